@@ -1,0 +1,10 @@
+"""cuhouse: orthogonal and SVD-parameterized matrices as Householder products.
+
+FastH ("What if Neural Networks had SVDs?", NeurIPS 2020) and level-3 compact
+WY products for NumPy and CuPy arrays.
+"""
+from .autodiff import logdet, matmul, vjp
+from .householder import HouseholderProduct
+
+__all__ = ["HouseholderProduct", "logdet", "matmul", "vjp"]
+__version__ = "0.1.0"

@@ -1,0 +1,69 @@
+"""The few operations whose GPU version may be a raw CUDA kernel.
+
+Each function here is written against the array module ``xp`` and is the NumPy
+twin of its kernel: this module alone decides, per call, whether a raw kernel
+from ``_kernels`` runs instead. The GPU tests check that both agree.
+"""
+import numpy
+
+
+def row_norms(v, xp):
+    """Euclidean norms of the rows of ``v`` ``(..., n, d)``, without spurious
+    overflow or underflow. Cost: one pass over ``v``; a second, scaled pass
+    only for rows whose sum of squares left the safe range (or is NaN/Inf)."""
+    sumsq = xp.einsum("...i,...i->...", v, v)
+    info = numpy.finfo(v.dtype)
+    risky = ~(sumsq >= info.tiny / info.eps) | ~(sumsq <= info.max * info.eps)
+    if not bool(risky.any()):
+        return xp.sqrt(sumsq)
+    row_max = xp.abs(v).max(axis=-1)
+    safe_max = xp.where(row_max == 0, 1, row_max)[..., None]
+    scaled = v / safe_max
+    robust = xp.sqrt(xp.einsum("...i,...i->...", scaled, scaled)) * safe_max[..., 0]
+    return xp.where(risky, robust, xp.sqrt(sumsq))
+
+
+def normalize_rows(v, norms, xp):
+    """``v / ||v||`` row-wise for ``v`` ``(..., n, d)`` and ``norms`` ``(..., n)``.
+
+    A zero row (an identity factor, as LAPACK's ``tau == 0``) stays zero.
+    Cost: one pass over ``v``.
+    """
+    return v / xp.where(norms == 0, 1, norms)[..., None]
+
+
+def upper_triangular_inverse(s, xp):
+    """Inverse of a stack of upper-triangular matrices ``s`` of shape ``(..., k, k)``.
+
+    Level-3 doubling: the diagonal blocks of size 1, 2, 4, ... are inverted
+    together, each level joining pairs with ``T12 = -T11 S12 T22`` as one
+    batched GEMM. ``k`` is padded to a power of two with identity rows.
+    Cost: O(k^3 / 3) flops per matrix in log2(k) batched steps. The strictly
+    lower triangle of the result is exactly zero.
+    """
+    k = s.shape[-1]
+    size = 1 << max(k - 1, 0).bit_length()
+    batch = s.shape[:-2]
+    if size != k:
+        padded = xp.zeros(batch + (size, size), dtype=s.dtype)
+        padded[..., :k, :k] = s
+        idx = xp.arange(k, size)
+        padded[..., idx, idx] = 1
+        s = padded
+    diag = xp.diagonal(s, axis1=-2, axis2=-1)
+    t = (1 / diag)[..., None, None]                       # (..., size, 1, 1) blocks
+    b = 1
+    rows = xp.arange(size)
+    while b < size:
+        pairs = size // (2 * b)
+        r = rows.reshape(pairs, 2 * b)
+        s12 = s[..., r[:, :b, None], r[:, None, b:]]         # (..., pairs, b, b)
+        t11 = t[..., 0::2, :, :]
+        t22 = t[..., 1::2, :, :]
+        joined = xp.zeros(batch + (pairs, 2 * b, 2 * b), dtype=s.dtype)
+        joined[..., :b, :b] = t11
+        joined[..., b:, b:] = t22
+        joined[..., :b, b:] = -(t11 @ s12) @ t22
+        t = joined
+        b *= 2
+    return t[..., 0, :k, :k]

@@ -1,0 +1,128 @@
+"""Input checks with clear messages.
+
+Every check raises ``TypeError`` (wrong kind of object or dtype) or
+``ValueError`` (wrong shape or value) naming the argument, what was expected
+and what was received. No check mutates its input.
+"""
+import numpy
+
+from ._primitives import row_norms
+from ._backend import SUPPORTED_DTYPES, type_name, is_cupy_array
+
+_REAL_KINDS = "biuf"  # bool, signed, unsigned, float
+
+
+def as_array(x, name, xp):
+    """``x`` as an array of module ``xp`` with a real dtype.
+
+    Lists and scalars go through ``xp.asarray``; ``None``, strings, complex,
+    float16 and object data are a ``TypeError``.
+    """
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError("{} must be an array of real numbers, got {}".format(
+            name, type(x).__name__))
+    if not isinstance(x, xp.ndarray):
+        if isinstance(x, numpy.ndarray) or is_cupy_array(x):
+            raise TypeError(
+                "cannot mix NumPy and CuPy arrays: {} is {} but the operator holds "
+                "{}.ndarray; move the data explicitly with cupy.asarray or "
+                "cupy.asnumpy".format(name, type_name(type(x)), xp.__name__))
+        try:
+            x = xp.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise TypeError("{} must be an array of real numbers, got {}: {}".format(
+                name, type(x).__name__, exc)) from None
+    check_dtype(x.dtype, name)
+    return x
+
+
+def check_dtype(dtype, name):
+    """``TypeError`` unless ``dtype`` is bool, integer, float32 or float64."""
+    dtype = numpy.dtype(dtype)
+    if dtype.kind not in _REAL_KINDS or (dtype.kind == "f" and dtype not in SUPPORTED_DTYPES):
+        raise TypeError(
+            "{} has dtype {}; supported dtypes are float32 and float64 "
+            "(bool and integer input is promoted as NumPy promotes it)".format(name, dtype))
+
+
+def float_dtype(dtype):
+    """The floating dtype used for data of ``dtype``: floats stay, the rest go to float64."""
+    dtype = numpy.dtype(dtype)
+    return dtype if dtype in SUPPORTED_DTYPES else numpy.dtype(numpy.float64)
+
+
+def vectors(v, xp, check_finite, allow_zero_rows=False, name="vectors"):
+    """Validate Householder vectors of shape ``(..., n, d)`` with 1 <= n <= d.
+
+    Returns ``(v, norms)``: ``v`` as a float array (the caller's array itself
+    when it is already float32/float64) and the row norms, which the
+    normalization reuses. Zero rows and non-finite entries are a ``ValueError``
+    (the latter only when ``check_finite``). Cost: one pass over ``v``.
+    """
+    v = as_array(v, name, xp)
+    if v.ndim < 2:
+        raise ValueError("{} must have shape (..., n, d) with one vector per row, "
+                         "got an array of shape {}".format(name, tuple(v.shape)))
+    n, d = v.shape[-2:]
+    if d == 0 or n == 0:
+        raise ValueError("{} must have 1 <= n <= d and d >= 1, got shape {} (n={}, d={})".format(
+            name, tuple(v.shape), n, d))
+    if n > d:
+        raise ValueError("{} has n={} rows of length d={}; a Householder product needs "
+                         "1 <= n <= d, got shape {}".format(name, n, d, tuple(v.shape)))
+    if v.dtype not in SUPPORTED_DTYPES:
+        v = v.astype(float_dtype(v.dtype))
+    norms = row_norms(v, xp)
+    if check_finite and not bool(xp.isfinite(norms).all()):
+        raise ValueError("{} must be finite; found NaN or Inf (pass check_finite=False "
+                         "to skip this check)".format(name))
+    if not allow_zero_rows:
+        zero = norms == 0
+        if bool(zero.any()):
+            where = tuple(int(i) for i in numpy.argwhere(to_host(zero))[0])
+            raise ValueError("{} row {} is a zero vector; every Householder vector must be "
+                             "nonzero".format(name, where if len(where) > 1 else where[0]))
+    return v, norms
+
+
+def operand(x, xp, d, side, check_finite):
+    """Validate the array multiplied by a d x d operator.
+
+    ``side == "left"`` for ``op @ x``: ``x`` is ``(d,)`` or ``(..., d, m)``.
+    ``side == "right"`` for ``x @ op``: ``x`` is ``(d,)`` or ``(..., m, d)``.
+    """
+    x = as_array(x, "X", xp)
+    if x.ndim == 0:
+        raise ValueError("X must have at least one dimension for matmul, got a scalar")
+    axis = -1 if (x.ndim == 1 or side == "right") else -2
+    if x.shape[axis] != d:
+        expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
+        raise ValueError("X has shape {} but the operator is {}x{}: expected {} with d={}".format(
+            tuple(x.shape), d, d, expected, d))
+    if check_finite and not bool(xp.isfinite(x).all()):
+        raise ValueError("X must be finite; found NaN or Inf (pass check_finite=False "
+                         "to skip this check)")
+    return x
+
+
+def choice(value, name, options):
+    """``ValueError`` unless ``value`` is one of ``options``."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError("{} must be one of {}, got {!r}".format(name, ", ".join(map(repr, options)), value))
+    return value
+
+
+def positive_int_or_none(value, name):
+    """``None`` or a positive int; ``TypeError``/``ValueError`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)):
+        raise TypeError("{} must be a positive int or None, got {}".format(name, type(value).__name__))
+    if value < 1:
+        raise ValueError("{} must be a positive int or None, got {}".format(name, value))
+    return int(value)
+
+
+def to_host(a):
+    """A NumPy copy of a CuPy array; NumPy arrays pass through."""
+    return a.get() if hasattr(a, "get") else a

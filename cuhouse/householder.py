@@ -1,0 +1,349 @@
+"""``HouseholderProduct``: a d x d orthogonal matrix kept as its reflections.
+
+H = H(v_1) H(v_2) ... H(v_n) with H(v) = I - 2 v v^T / (v^T v); ``H @ X``
+applies H(v_n) first. Nothing dense is formed unless asked: products cost
+O(d n m) and run as GEMMs, ``.T``/``.inv()`` are free, ``det`` is (-1)^n.
+
+The parameter arrays are treated as immutable: block factors are built once,
+lazily, and reused by every later product. After changing ``vectors`` in place
+(an optimizer step), call :meth:`HouseholderProduct.refresh`.
+"""
+import numpy
+
+from . import _primitives, _validate, plan
+from ._backend import array_module, backend_name
+from .algorithms import ALGORITHMS
+
+ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
+
+
+class Reflections:
+    """The shared state behind one or more ``HouseholderProduct`` views.
+
+    It holds the reflections ``vectors`` ``(..., n, d)`` as slices of the leaf
+    arrays the user passed in (``segments``: leaf index and whether the leaf's
+    rows appear reversed), plus every cache derived from them. ``H`` and
+    ``H.T`` share one ``Reflections``; ``H1 @ H2`` makes a new one.
+    """
+
+    def __init__(self, xp, leaves, segments, check_finite, may_have_identity_rows=False):
+        self.xp = xp
+        self.leaves = leaves
+        self.segments = segments
+        self.check_finite = check_finite
+        self.may_have_identity_rows = may_have_identity_rows
+        self.refresh()
+
+    def refresh(self):
+        """Drop every cache; the next use rebuilds from the leaf arrays."""
+        self._vectors = None
+        self._norms = None
+        self._unit = {}
+        self._factors = {}
+
+    @property
+    def vectors(self):
+        if self._vectors is None:
+            xp = self.xp
+            parts = [self.leaves[i][..., ::-1, :] if rev else self.leaves[i] for i, rev in self.segments]
+            if len(parts) == 1:
+                self._vectors = parts[0]
+            else:
+                batch = xp.broadcast_shapes(*(p.shape[:-2] for p in parts))
+                parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
+                self._vectors = xp.concatenate(parts, axis=-2)
+        return self._vectors
+
+    @property
+    def norms(self):
+        if self._norms is None:
+            self._norms = _primitives.row_norms(self.vectors, self.xp)
+        return self._norms
+
+    def unit(self, dtype):
+        """Unit rows in ``dtype`` (zero rows stay zero). Cached. O(n d)."""
+        if dtype not in self._unit:
+            v = self.vectors.astype(dtype, copy=False)
+            self._unit[dtype] = _primitives.normalize_rows(v, self.norms.astype(dtype, copy=False), self.xp)
+        return self._unit[dtype]
+
+    def factors(self, chosen, dtype):
+        """The block factors of ``chosen`` (a :class:`plan.Plan`) in ``dtype``. Cached."""
+        key = (chosen, dtype)
+        if key not in self._factors:
+            module = ALGORITHMS[chosen.algorithm]
+            self._factors[key] = module.build(self.unit(dtype), chosen.block_size, self.xp)
+        return self._factors[key]
+
+    def built_plans(self, dtype):
+        return tuple(p for p, dt in self._factors if dt == dtype)
+
+
+class HouseholderProduct:
+    """The orthogonal matrix H = H(v_1) ... H(v_n), stored as its vectors.
+
+    Parameters
+    ----------
+    vectors : array_like, shape ``(..., n, d)``
+        One Householder vector per row, ``1 <= n <= d``; need not be
+        normalized. Leading dimensions are a batch of matrices. NumPy or CuPy:
+        the backend follows the array type.
+    algorithm : {"auto", "cwy", "fasth", "sequential", "dense"}
+        How products are computed; ``"auto"`` lets :mod:`cuhouse.plan` pick
+        the algorithm and block size per call from (d, n, m, dtype, backend).
+    block_size : int, optional
+        Reflections per block for the blocked algorithms.
+    check_finite : bool, optional
+        Reject NaN/Inf in ``vectors`` and in every ``X``. Defaults to True on
+        NumPy; on CuPy the check synchronizes, and defaults to True as well.
+
+    Cost: construction validates in O(n d); ``H @ X`` with X ``(d, m)`` is
+    O(d n m) (plus an O(n k d) one-off build of the block factors); ``.T``,
+    ``.inv()``, ``det``, ``slogdet`` and ``logdet`` are O(1) per batch entry.
+    """
+
+    __array_ufunc__ = None          # ndarray @ H defers to H.__rmatmul__
+    __array_priority__ = 1000
+
+    def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
+        xp = array_module(vectors)
+        algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
+        block_size = _validate.positive_int_or_none(block_size, "block_size")
+        v, norms = _validate.vectors(vectors, xp, bool(check_finite))
+        core = Reflections(xp, (v,), ((0, False),), bool(check_finite))
+        core._norms = norms
+        self._init(core, False, algorithm, block_size)
+
+    def _init(self, core, transposed, algorithm, block_size):
+        self._core = core
+        self._transposed = transposed
+        self.algorithm = algorithm
+        self.block_size = block_size
+
+    @classmethod
+    def _view(cls, core, transposed, algorithm, block_size):
+        obj = cls.__new__(cls)
+        obj._init(core, transposed, algorithm, block_size)
+        return obj
+
+    @classmethod
+    def from_lapack(cls, a, tau, algorithm="auto", block_size=None, *, check_finite=True):
+        """Q = H(1) ... H(k) from the ``geqrf`` layout.
+
+        ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i
+        (with an implicit 1 on the diagonal); ``tau`` ``(..., k)``, k <= min(M, N).
+        This is what ``scipy.linalg.lapack.?geqrf``, ``scipy.linalg.qr(mode="raw")``
+        and ``torch.geqrf`` return. A factor with ``tau == 0`` is the identity.
+        The result is the M x M matrix Q of LAPACK ``orgqr``/``ormqr``.
+        Cost: O(k M) to copy the vectors out of ``a``.
+        """
+        xp = array_module(a, tau)
+        a = _validate.as_array(a, "a", xp)
+        tau = _validate.as_array(tau, "tau", xp)
+        if a.ndim < 2:
+            raise ValueError("a must have shape (..., M, N) as returned by geqrf, got shape {}".format(
+                tuple(a.shape)))
+        rows, cols = a.shape[-2:]
+        k = tau.shape[-1] if tau.ndim else 0
+        if tau.ndim < 1 or k == 0 or k > min(rows, cols):
+            raise ValueError("tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
+                min(rows, cols), tuple(tau.shape)))
+        try:
+            batch = xp.broadcast_shapes(a.shape[:-2], tau.shape[:-1])
+        except ValueError:
+            raise ValueError("the batch shapes of a {} and tau {} do not broadcast".format(
+                tuple(a.shape[:-2]), tuple(tau.shape[:-1]))) from None
+        dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
+        below = xp.triu(xp.ones((k, rows), dtype=bool), 1)             # reflector i lives at rows > i
+        v = xp.where(below, xp.swapaxes(a[..., :k], -1, -2), 0).astype(dtype)
+        v = xp.broadcast_to(v, batch + (k, rows)).copy()
+        idx = xp.arange(k)
+        v[..., idx, idx] = 1
+        identity = tau == 0
+        v = xp.where(identity[..., None], 0, v)
+        if check_finite and not (bool(xp.isfinite(v).all()) and bool(xp.isfinite(tau).all())):
+            raise ValueError("a and tau must be finite; found NaN or Inf")
+        norms = _primitives.row_norms(v, xp)
+        expected = xp.where(identity, 0, 2 / xp.where(identity, 1, norms ** 2))
+        tol = 1e3 * numpy.finfo(dtype).eps
+        if not bool((xp.abs(tau - expected) <= tol * xp.abs(expected) + tol).all()):
+            raise ValueError("tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
+                             "geqrf returns; got values that do not make orthogonal reflectors")
+        core = Reflections(xp, (v,), ((0, False),), bool(check_finite), may_have_identity_rows=True)
+        core._norms = norms
+        return cls._view(core, False, _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES),
+                         _validate.positive_int_or_none(block_size, "block_size"))
+
+    # ------------------------------------------------------------ attributes
+    @property
+    def vectors(self):
+        """The reflections ``(..., n, d)`` in product order (a view where possible)."""
+        v = self._core.vectors
+        return v[..., ::-1, :] if self._transposed else v
+
+    @property
+    def params(self):
+        """The leaf arrays that gradients are taken with respect to."""
+        return tuple(self._core.leaves)
+
+    @property
+    def dtype(self):
+        return self._core.vectors.dtype
+
+    @property
+    def shape(self):
+        v = self._core.vectors
+        return tuple(v.shape[:-2]) + (v.shape[-1], v.shape[-1])
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def n_reflections(self):
+        return self._core.vectors.shape[-2]
+
+    @property
+    def backend(self):
+        """``"numpy"`` or ``"cupy"``."""
+        return backend_name(self._core.xp)
+
+    def __repr__(self):
+        return "HouseholderProduct(shape={}, dtype={}, n_reflections={}, backend={}, algorithm={!r})".format(
+            self.shape, self.dtype, self.n_reflections, self.backend, self.algorithm)
+
+    def refresh(self):
+        """Rebuild from the parameter arrays after they were updated in place.
+
+        Re-validates the vectors and drops every cached block factor. Returns
+        ``self``. Cost: O(n d) now, the build again at the next product.
+        """
+        core = self._core
+        for leaf in core.leaves:
+            _validate.vectors(leaf, core.xp, core.check_finite, allow_zero_rows=core.may_have_identity_rows)
+        core.refresh()
+        return self
+
+    # --------------------------------------------------------------- algebra
+    @property
+    def T(self):
+        """The transpose, which is the reversed product (shares all caches). O(1)."""
+        return self._view(self._core, not self._transposed, self.algorithm, self.block_size)
+
+    def inv(self):
+        """The inverse, equal to :attr:`T` since H is orthogonal. O(1)."""
+        return self.T
+
+    def det(self):
+        """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded)."""
+        xp = self._core.xp
+        batch = self.shape[:-2]
+        if self._core.may_have_identity_rows:
+            count = xp.count_nonzero(self._core.norms > 0, axis=-1)
+            return xp.where(count % 2 == 0, 1, -1).astype(self.dtype)
+        return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype)
+
+    def slogdet(self):
+        """``(sign, log|det|) = (det, 0)`` per batch entry."""
+        sign = self.det()
+        return sign, self._core.xp.zeros_like(sign)
+
+    def logdet(self):
+        """``log|det H| = 0`` per batch entry."""
+        return self.slogdet()[1]
+
+    def todense(self):
+        """The dense matrix ``(..., d, d)``. O(n d^2)."""
+        d = self.shape[-1]
+        return self._apply_matrix(self._core.xp.eye(d, dtype=self.dtype), False)
+
+    def __array__(self, dtype=None, copy=None):
+        if self.backend != "numpy":
+            raise TypeError("a HouseholderProduct on the CuPy backend cannot become a NumPy array "
+                            "implicitly; use cupy.asnumpy(H.todense())")
+        dense = self.todense()
+        return dense if dtype is None else dense.astype(dtype)
+
+    def __matmul__(self, other):
+        if isinstance(other, HouseholderProduct):
+            return self._compose(other)
+        if _is_operator(other):
+            return NotImplemented
+        return self._apply(other, "left")
+
+    def __rmatmul__(self, other):
+        if _is_operator(other):
+            return NotImplemented
+        return self._apply(other, "right")
+
+    def matmul(self, x):
+        """``H @ X``; see :func:`cuhouse.matmul`."""
+        return self @ x
+
+    def _compose(self, other):
+        """``H1 @ H2`` as one product of n1 + n2 reflections. O(1) until used."""
+        a, b = self._core, other._core
+        if a.xp is not b.xp:
+            array_module(a.vectors, b.vectors)          # raises the mixed-backend TypeError
+        if self.shape[-1] != other.shape[-1]:
+            raise ValueError("cannot compose HouseholderProducts of sizes {0}x{0} and {1}x{1}".format(
+                self.shape[-1], other.shape[-1]))
+        try:
+            a.xp.broadcast_shapes(self.shape[:-2], other.shape[:-2])
+        except ValueError:
+            raise ValueError("batch shapes {} and {} do not broadcast".format(
+                self.shape[:-2], other.shape[:-2])) from None
+        leaves, segments = [], []
+        for op in (self, other):
+            core = op._core
+            order = reversed(core.segments) if op._transposed else core.segments
+            for leaf_index, rev in order:
+                leaf = core.leaves[leaf_index]
+                matches = [i for i, existing in enumerate(leaves) if existing is leaf]
+                if not matches:
+                    leaves.append(leaf)
+                segments.append((matches[0] if matches else len(leaves) - 1, rev != op._transposed))
+        core = Reflections(a.xp, tuple(leaves), tuple(segments), a.check_finite and b.check_finite,
+                           a.may_have_identity_rows or b.may_have_identity_rows)
+        return self._view(core, False, self.algorithm, self.block_size)
+
+    # ------------------------------------------------------------- products
+    def plan_for(self, m, dtype=None):
+        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns."""
+        dtype = numpy.dtype(dtype or self.dtype)
+        core = self._core
+        return plan.choose(self.shape[-1], self.n_reflections, m, dtype, self.backend,
+                           self.algorithm, self.block_size, built=core.built_plans(dtype))
+
+    def _apply_matrix(self, x, transpose):
+        """``H @ x`` (``H.T @ x``) for a validated float ``x`` ``(..., d, m)``."""
+        transpose = transpose != self._transposed
+        chosen = self.plan_for(x.shape[-1], x.dtype)
+        factors = self._core.factors(chosen, x.dtype)
+        return ALGORITHMS[chosen.algorithm].apply(factors, x, transpose, self._core.xp)
+
+    def _apply(self, x, side):
+        xp = self._core.xp
+        d = self.shape[-1]
+        x = _validate.operand(x, xp, d, side, self._core.check_finite)
+        dtype = _validate.float_dtype(numpy.result_type(self.dtype, x.dtype))
+        x = x.astype(dtype, copy=False)
+        if x.ndim == 1:
+            return self._apply_matrix(x[:, None], side == "right")[..., 0]
+        try:
+            xp.broadcast_shapes(self.shape[:-2], x.shape[:-2])
+        except ValueError:
+            raise ValueError("batch shapes of H {} and X {} do not broadcast".format(
+                self.shape[:-2], tuple(x.shape[:-2]))) from None
+        if side == "left":
+            return self._apply_matrix(x, False)
+        # X @ H = (H^T X^T)^T
+        return xp.ascontiguousarray(xp.swapaxes(self._apply_matrix(xp.swapaxes(x, -1, -2), True), -1, -2))
+
+
+def _is_operator(obj):
+    """True for cuhouse's matrix types, which handle ``@`` among themselves."""
+    return getattr(obj, "_cuhouse_operator", False)
+
+
+HouseholderProduct._cuhouse_operator = True

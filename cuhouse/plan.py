@@ -1,0 +1,101 @@
+"""Cost model: which algorithm and block size for (d, n, m, dtype, backend).
+
+Every algorithm is a sequence of GEMMs and element-wise passes, so its time is
+predicted from two machine models:
+
+* a GEMM ``(p x q) @ (q x r)`` costs ``launch + 2 p q r / (peak e(p) e(q) e(r))``
+  with the shape efficiency ``e(s) = s / (s + half)``;
+* an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``.
+
+The CPU constants were fitted (``scipy.optimize.least_squares`` on log-times)
+to 120 single-threaded OpenBLAS float32 GEMMs of every shape class used here,
+on the project's 2-core machine: median error 1.13x, worst 1.9x. The GPU
+constants are H100 figures (cuBLAS FP32 without TF32, a ~10 us launch
+through CuPy). float64 halves the peak. ``python -m cuhouse bench --check-plan``
+prints the model's prediction beside the measured time of each plan.
+"""
+from collections import namedtuple
+
+import numpy
+
+Plan = namedtuple("Plan", "algorithm block_size")
+Plan.__doc__ = "An algorithm name and a block size (``None`` for ``sequential``)."
+
+Machine = namedtuple("Machine", "launch peak half bandwidth")
+MACHINES = {
+    "numpy": Machine(launch=1.1e-6, peak=9.7e10, half=1.44, bandwidth=8e9),
+    "cupy": Machine(launch=1.0e-5, peak=5.0e13, half=64.0, bandwidth=2.5e12),
+}
+
+ALGORITHM_NAMES = ("sequential", "fasth", "cwy", "dense")
+BLOCK_SIZES = (8, 16, 32, 64, 128, 256, 512)
+
+
+def _gemm(mach, p, q, r, itemsize, count=1, calls=1):
+    eff = (p / (p + mach.half)) * (q / (q + mach.half)) * (r / (r + mach.half))
+    flops = 2.0 * p * q * r * count
+    peak = mach.peak * (4 / itemsize)
+    return calls * mach.launch + flops / (peak * eff)
+
+
+def _pass(mach, elements, itemsize, calls=1):
+    return calls * mach.launch + elements * itemsize / mach.bandwidth
+
+
+def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=False):
+    """Predicted seconds of one ``H @ X`` with X ``(d, m)``.
+
+    ``built`` leaves out the one-off cost of normalizing and building the
+    block factors (they are cached on the operator).
+    """
+    mach = MACHINES[backend]
+    build = 0.0 if built else _pass(mach, 3 * n * d, itemsize, calls=3)   # norms, normalize
+    if algorithm == "sequential":
+        step = _gemm(mach, 1, d, m, itemsize) + _gemm(mach, d, 1, m, itemsize) + _pass(mach, 3 * d * m, itemsize, 2)
+        return build + n * step
+    k = min(block_size, n)
+    nb = -(-n // k)
+    if algorithm == "fasth":
+        if not built:
+            # k sequential steps, each two batched products over all blocks.
+            build += k * (2 * mach.launch) + _gemm(mach, nb * k, k, d, itemsize) * 2 - 2 * mach.launch
+        step = _gemm(mach, k, d, m, itemsize) + _gemm(mach, d, k, m, itemsize) + _pass(mach, 3 * d * m, itemsize)
+        return build + nb * step
+    cwy_build = (_gemm(mach, k, d, k, itemsize, count=nb)
+                 + k.bit_length() * (4 * mach.launch + _gemm(mach, k, k, k, itemsize, count=nb / 2)))
+    if algorithm == "cwy":
+        if not built:
+            build += cwy_build
+        step = (_gemm(mach, k, d, m, itemsize) + _gemm(mach, k, k, m, itemsize)
+                + _gemm(mach, d, k, m, itemsize) + _pass(mach, 3 * d * m, itemsize))
+        return build + nb * step
+    if algorithm == "dense":
+        if not built:
+            build += cwy_build + predict("cwy", d, n, d, k, itemsize, backend, built=True)
+        return build + _gemm(mach, d, d, m, itemsize)
+    raise ValueError("unknown algorithm {!r}".format(algorithm))
+
+
+def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, built=()):
+    """The fastest :class:`Plan` for ``H @ X`` by the cost model.
+
+    ``algorithm`` and ``block_size`` pin what the caller fixed; ``built`` lists
+    the plans whose factors are already cached (their build cost is free).
+    Cost: a few hundred float operations.
+    """
+    itemsize = numpy.dtype(dtype).itemsize
+    names = ALGORITHM_NAMES if algorithm == "auto" else (algorithm,)
+    best = None
+    for name in names:
+        if name == "sequential":
+            sizes = (None,)
+        elif block_size is not None:
+            sizes = (min(block_size, n),)
+        else:
+            sizes = sorted({min(k, n) for k in BLOCK_SIZES})
+        for k in sizes:
+            plan = Plan(name, k)
+            seconds = predict(name, d, n, m, k or 1, itemsize, backend, built=plan in built)
+            if best is None or seconds < best[0]:
+                best = (seconds, plan)
+    return best[1]
