@@ -67,3 +67,18 @@ def upper_triangular_inverse(s, xp):
         t = joined
         b *= 2
     return t[..., 0, :k, :k]
+
+
+def cwy_gradient_coefficients(t, n, xp):
+    """The k x k coefficient of the level-3 CWY backward, per block.
+
+    ``t``: T factors ``(..., k, k)`` (upper triangular); ``n``: ``YG YA^T``
+    ``(..., k, k)``. Returns ``Ru + Ru^T`` with ``R = T^T N T^T`` and
+    ``Ru = striu(R)``, so that a block's gradient is
+    ``dY = -T YA G^T - T^T YG A^T + (Ru + Ru^T) Y``. Cost: O(k^3) per block.
+    """
+    tt = xp.swapaxes(t, -1, -2)
+    r = tt @ n @ tt
+    k = t.shape[-1]
+    ru = r * xp.triu(xp.ones((k, k), dtype=r.dtype), 1)
+    return ru + xp.swapaxes(ru, -1, -2)

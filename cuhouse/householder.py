@@ -49,7 +49,7 @@ class Reflections:
             if len(parts) == 1:
                 self._vectors = parts[0]
             else:
-                batch = xp.broadcast_shapes(*(p.shape[:-2] for p in parts))
+                batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
                 parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
                 self._vectors = xp.concatenate(parts, axis=-2)
         return self._vectors
@@ -149,7 +149,7 @@ class HouseholderProduct:
             raise ValueError("tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
                 min(rows, cols), tuple(tau.shape)))
         try:
-            batch = xp.broadcast_shapes(a.shape[:-2], tau.shape[:-1])
+            batch = numpy.broadcast_shapes(a.shape[:-2], tau.shape[:-1])
         except ValueError:
             raise ValueError("the batch shapes of a {} and tau {} do not broadcast".format(
                 tuple(a.shape[:-2]), tuple(tau.shape[:-1]))) from None
@@ -289,7 +289,7 @@ class HouseholderProduct:
             raise ValueError("cannot compose HouseholderProducts of sizes {0}x{0} and {1}x{1}".format(
                 self.shape[-1], other.shape[-1]))
         try:
-            a.xp.broadcast_shapes(self.shape[:-2], other.shape[:-2])
+            a.numpy.broadcast_shapes(self.shape[:-2], other.shape[:-2])
         except ValueError:
             raise ValueError("batch shapes {} and {} do not broadcast".format(
                 self.shape[:-2], other.shape[:-2])) from None
@@ -331,7 +331,7 @@ class HouseholderProduct:
         if x.ndim == 1:
             return self._apply_matrix(x[:, None], side == "right")[..., 0]
         try:
-            xp.broadcast_shapes(self.shape[:-2], x.shape[:-2])
+            numpy.broadcast_shapes(self.shape[:-2], x.shape[:-2])
         except ValueError:
             raise ValueError("batch shapes of H {} and X {} do not broadcast".format(
                 self.shape[:-2], tuple(x.shape[:-2]))) from None

@@ -3,6 +3,8 @@
 ``H @ X`` runs ``X <- X - 2 y (y^T X)`` over the rows from last to first: n
 sequential level-2 steps of O(d m) each, O(n d m) in all, no precomputation.
 """
+import numpy
+
 from ._blocks import application_order, chain, swap
 
 
@@ -26,7 +28,7 @@ def backward(y, out, dout, transpose, xp):
     order = reversed(application_order(n, transpose))
     a = out.copy()
     g = dout.copy()
-    dy = xp.zeros(xp.broadcast_shapes(y.shape[:-2], out.shape[:-2]) + y.shape[-2:], dtype=out.dtype)
+    dy = xp.zeros(numpy.broadcast_shapes(y.shape[:-2], out.shape[:-2]) + y.shape[-2:], dtype=out.dtype)
     for i in order:
         yi = y[..., i:i + 1, :]
         a -= 2 * (swap(yi, xp) @ (yi @ a))            # input of this reflection
