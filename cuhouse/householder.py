@@ -289,7 +289,7 @@ class HouseholderProduct:
             raise ValueError("cannot compose HouseholderProducts of sizes {0}x{0} and {1}x{1}".format(
                 self.shape[-1], other.shape[-1]))
         try:
-            a.numpy.broadcast_shapes(self.shape[:-2], other.shape[:-2])
+            numpy.broadcast_shapes(self.shape[:-2], other.shape[:-2])
         except ValueError:
             raise ValueError("batch shapes {} and {} do not broadcast".format(
                 self.shape[:-2], other.shape[:-2])) from None
