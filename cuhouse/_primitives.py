@@ -18,8 +18,9 @@ def row_norms(v, xp):
         return xp.sqrt(sumsq)
     row_max = xp.abs(v).max(axis=-1)
     safe_max = xp.where(row_max == 0, 1, row_max)[..., None]
-    scaled = v / safe_max
-    robust = xp.sqrt(xp.einsum("...i,...i->...", scaled, scaled)) * safe_max[..., 0]
+    with numpy.errstate(invalid="ignore", over="ignore"):     # Inf rows give NaN/Inf norms, as they should
+        scaled = v / safe_max
+        robust = xp.sqrt(xp.einsum("...i,...i->...", scaled, scaled)) * safe_max[..., 0]
     return xp.where(risky, robust, xp.sqrt(sumsq))
 
 

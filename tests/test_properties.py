@@ -1,0 +1,67 @@
+"""Invariants on random well-conditioned inputs (hypothesis)."""
+import numpy
+from hypothesis import given, settings, strategies as st
+
+import cuhouse
+from cuhouse.algorithms import ALGORITHMS
+
+ALGORITHM_NAMES = ["auto"] + sorted(ALGORITHMS)
+
+
+@st.composite
+def products(draw, dtype=None):
+    """A HouseholderProduct with well-conditioned (norm >= 0.5) vectors, and an X."""
+    d = draw(st.integers(1, 40))
+    n = draw(st.integers(1, d))
+    dtype = dtype or draw(st.sampled_from([numpy.float32, numpy.float64]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = numpy.random.default_rng(seed)
+    v = rng.standard_normal((n, d))
+    v[:, 0] += numpy.where(v[:, 0] >= 0, 1.0, -1.0)            # keep every row away from zero
+    algorithm = draw(st.sampled_from(ALGORITHM_NAMES))
+    block = draw(st.one_of(st.none(), st.integers(1, 12)))
+    m = draw(st.integers(1, 5))
+    x = rng.standard_normal((d, m)).astype(dtype)
+    return cuhouse.HouseholderProduct(v.astype(dtype), algorithm=algorithm, block_size=block), x
+
+
+def _eps(dtype):
+    return numpy.finfo(dtype).eps
+
+
+@settings(max_examples=60, deadline=None)
+@given(products())
+def test_transpose_undoes_product(hx):
+    h, x = hx
+    back = h.T @ (h @ x)
+    d = h.shape[-1]
+    assert numpy.abs(back - x).max() <= 50 * _eps(h.dtype) * d * max(1, numpy.abs(x).max())
+
+
+@settings(max_examples=60, deadline=None)
+@given(products())
+def test_dense_is_orthogonal(hx):
+    h, _ = hx
+    q = h.todense()
+    d = h.shape[-1]
+    assert numpy.abs(q.T @ q - numpy.eye(d)).max() <= 50 * _eps(h.dtype) * d
+
+
+@settings(max_examples=60, deadline=None)
+@given(products())
+def test_det_parity(hx):
+    h, _ = hx
+    assert h.det() == (-1) ** h.n_reflections
+    assert numpy.isclose(numpy.linalg.det(h.todense().astype(numpy.float64)), (-1) ** h.n_reflections,
+                         atol=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(products(dtype=numpy.float64), st.integers(0, 2**32 - 1))
+def test_composition_is_associative(hx, seed):
+    h1, x = hx
+    d = h1.shape[-1]
+    rng = numpy.random.default_rng(seed)
+    h2 = cuhouse.HouseholderProduct(rng.standard_normal((rng.integers(1, d + 1), d)) + numpy.eye(1, d))
+    numpy.testing.assert_allclose((h1 @ h2) @ x, h1 @ (h2 @ x), atol=1e-12 * d)
+    numpy.testing.assert_allclose((h1 @ h2.T) @ x, h1 @ (h2.T @ x), atol=1e-12 * d)
