@@ -17,12 +17,14 @@ import sys
 import numpy
 
 from .._backend import backend_name, cupy_module, gpu_available
-from . import forward
+from . import forward, plan_check
 from ._timing import measure
 
 SECTIONS = {
     "forward": forward,
+    "plan": plan_check,
 }
+DEFAULT_SECTIONS = ("forward",)
 DEFAULT_SIZES = (256, 512, 1024, 2048)
 QUICK_SIZES = (256, 512)
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -39,8 +41,9 @@ def _parser():
     p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                    help="auto: cupy when a GPU answers, else numpy")
     p.add_argument("--rounds", type=int, help="timing rounds per case (default 7, 3 with --quick)")
-    p.add_argument("--sections", default=",".join(SECTIONS),
-                   help="comma-separated subset of: " + ", ".join(SECTIONS))
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                   help="comma-separated subset of: {} (default: {})".format(
+                       ", ".join(SECTIONS), ", ".join(DEFAULT_SECTIONS)))
     p.add_argument("--pairs", action="store_true",
                    help="single-threaded BLAS and interleaved rounds: the setting for quoting CPU ratios")
     return p
@@ -72,12 +75,12 @@ def main(argv=None):
     for name in names:
         section = SECTIONS[name]
         print("\n## {}: {}".format(name, section.TITLE))
-        print("{:>6}  {:<34} {:>11} {:>9}".format("d", "method", "median ms", "ratio"))
+        print("{:>6}  {:<44} {:>11} {:>9}".format("d", "method", "median ms", "ratio"))
         for d in sizes:
             baseline, cases = section.cases(d, args.m, dtype, xp)
             result = measure(cases, baseline, rounds, xp)
             for case, (seconds, ratio) in result.items():
-                print("{:>6}  {:<34} {:>11.3f} {:>9.2f}".format(d, case, seconds * 1e3, ratio))
+                print("{:>6}  {:<44} {:>11.3f} {:>9.2f}".format(d, case, seconds * 1e3, ratio))
         print("ratio = time / time of '{}', the median over rounds of the paired ratio".format(
             section.BASELINE_LABEL))
     return 0
