@@ -14,6 +14,7 @@ constants are H100 figures (cuBLAS FP32 without TF32, a ~10 us launch
 through CuPy). float64 halves the peak. ``python -m cuhouse bench --check-plan``
 prints the model's prediction beside the measured time of each plan.
 """
+import functools
 from collections import namedtuple
 
 import numpy
@@ -81,9 +82,13 @@ def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, b
 
     ``algorithm`` and ``block_size`` pin what the caller fixed; ``built`` lists
     the plans whose factors are already cached (their build cost is free).
-    Cost: a few hundred float operations.
+    Memoized: a dictionary lookup after the first call with these arguments.
     """
-    itemsize = numpy.dtype(dtype).itemsize
+    return _choose(d, n, m, numpy.dtype(dtype).itemsize, backend, algorithm, block_size, tuple(built))
+
+
+@functools.lru_cache(maxsize=4096)
+def _choose(d, n, m, itemsize, backend, algorithm, block_size, built):
     names = ALGORITHM_NAMES if algorithm == "auto" else (algorithm,)
     best = None
     for name in names:
