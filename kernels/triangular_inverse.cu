@@ -28,24 +28,30 @@ __device__ void cuhouse_invert_column(const T* __restrict__ s, T* t, int k, int 
 
 // k <= 64: blockDim = (columns >= k, matrices per block); each matrix's T is
 // built in a k x k shared-memory tile (dynamic shared memory of
-// blockDim.y * k * k elements), then copied out coalesced.
+// blockDim.y * k * k elements), then copied out coalesced. Grid-stride over
+// groups of blockDim.y matrices; `first` is block-uniform, so every thread
+// reaches both __syncthreads of each round.
 template <typename T>
 __global__ void cuhouse_triangular_inverse_shared(const T* __restrict__ s, cuhouse_index count, int k,
                                                   T* __restrict__ t) {
     extern __shared__ __align__(16) unsigned char cuhouse_shared_bytes[];
     const cuhouse_index size = (cuhouse_index)k * k;
     T* tile = reinterpret_cast<T*>(cuhouse_shared_bytes) + threadIdx.y * size;
-    const cuhouse_index matrix = (cuhouse_index)blockIdx.x * blockDim.y + threadIdx.y;
-    const bool active = matrix < count;
-    if (active && (int)threadIdx.x < k) {
-        cuhouse_invert_column(s + matrix * size, tile, k, (int)threadIdx.x);
-    }
-    __syncthreads();  // the copy below reads every column of the tile
-    if (active) {
-        T* out = t + matrix * size;
-        for (cuhouse_index e = threadIdx.x; e < size; e += blockDim.x) {
-            out[e] = tile[e];
+    const cuhouse_index group = blockDim.y;
+    for (cuhouse_index first = (cuhouse_index)blockIdx.x * group; first < count; first += gridDim.x * group) {
+        const cuhouse_index matrix = first + threadIdx.y;
+        const bool active = matrix < count;
+        if (active && (int)threadIdx.x < k) {
+            cuhouse_invert_column(s + matrix * size, tile, k, (int)threadIdx.x);
         }
+        __syncthreads();  // the copy below reads every column of the tile
+        if (active) {
+            T* out = t + matrix * size;
+            for (cuhouse_index e = threadIdx.x; e < size; e += blockDim.x) {
+                out[e] = tile[e];
+            }
+        }
+        __syncthreads();  // the tile is rebuilt next round
     }
 }
 
