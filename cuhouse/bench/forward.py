@@ -32,23 +32,33 @@ def peers(v, x, xp):
     """ormqr on the same reflections (LAPACK on NumPy, cuSOLVER on CuPy) and the
     dense GEMM floor (cuBLAS on CuPy)."""
     out = {}
-    prefix = "s" if x.dtype == numpy.float32 else "d"
     if xp is numpy:
-        from scipy.linalg import lapack
-        geqrf, ormqr = getattr(lapack, prefix + "geqrf"), getattr(lapack, prefix + "ormqr")
-        qr, tau, _, _ = geqrf(v.T.copy())
-        lwork = int(ormqr("L", "N", qr, tau, x, -1)[1][0])
-        out["LAPACK {}ormqr (trapezoidal)".format(prefix)] = lambda: ormqr("L", "N", qr, tau, x, lwork)
+        out.update([lapack_ormqr(v, x)])
     else:
-        out["cuSOLVER {}ormqr (trapezoidal, in place)".format(prefix)] = cusolver_ormqr(v, x, xp)
-    dense = cuhouse.HouseholderProduct(v).todense()
-    out["dense GEMM, H precomputed"] = lambda: dense @ x
+        out.update([cusolver_ormqr(v, x, xp)])
+    out.update([dense_gemm(v, x)])
     return out
 
 
+def lapack_ormqr(v, x):
+    """``(name, callable)``: LAPACK ``?ormqr`` applying the reflectors of ``geqrf(v.T)`` to ``x``."""
+    from scipy.linalg import lapack
+    prefix = "s" if x.dtype == numpy.float32 else "d"
+    geqrf, ormqr = getattr(lapack, prefix + "geqrf"), getattr(lapack, prefix + "ormqr")
+    qr, tau, _, _ = geqrf(v.T.copy())
+    lwork = int(ormqr("L", "N", qr, tau, x, -1)[1][0])
+    return "LAPACK {}ormqr (trapezoidal)".format(prefix), lambda: ormqr("L", "N", qr, tau, x, lwork)
+
+
+def dense_gemm(v, x):
+    """``(name, callable)``: one GEMM with the dense H precomputed, the floor."""
+    dense = cuhouse.HouseholderProduct(v).todense()
+    return "dense GEMM, H precomputed", lambda: dense @ x
+
+
 def cusolver_ormqr(v, x, cupy):
-    """A callable applying Q from ``geqrf`` of ``v^T`` to a column-major copy of ``x``
-    in place, through cuSOLVER ``?ormqr``. ``geqrf`` and the workspace queries run
+    """``(name, callable)``: cuSOLVER ``?ormqr`` applying the reflectors of
+    ``geqrf(v.T)`` to a column-major copy of ``x``, in place. ``geqrf`` and the workspace queries run
     once, untimed. Applying an orthogonal Q in place again and again keeps the
     data bounded, so every call does the same work; it leaves out the output
     allocation that ``H @ X`` pays, which favours the peer."""
@@ -76,4 +86,4 @@ def cusolver_ormqr(v, x, cupy):
     def apply():
         ormqr(handle, side, trans, d, m, n, a.data.ptr, d, tau.data.ptr, c.data.ptr, d,
               work.data.ptr, work.size, info.data.ptr)
-    return apply
+    return "cuSOLVER {}ormqr (trapezoidal, in place)".format(prefix), apply
