@@ -65,7 +65,11 @@ class Reflections:
         """Unit rows in ``dtype`` (zero rows stay zero). Cached. O(n d)."""
         if dtype not in self._unit:
             v = self.vectors.astype(dtype, copy=False)
-            self._unit[dtype] = _primitives.normalize_rows(v, self.norms.astype(dtype, copy=False), self.xp)
+            if self._norms is None and v.dtype == self.vectors.dtype:
+                # norms not known yet (a composed product): one fused pass on the GPU
+                self._unit[dtype], self._norms = _primitives.unit_rows(v, self.xp)
+            else:
+                self._unit[dtype] = _primitives.normalize_rows(v, self.norms.astype(dtype, copy=False), self.xp)
         return self._unit[dtype]
 
     def factors(self, chosen, dtype):

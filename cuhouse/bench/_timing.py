@@ -1,4 +1,4 @@
-"""Round-robin timing with device synchronization."""
+"""Round-robin timing: CUDA events on CuPy, a host clock on NumPy."""
 import time
 
 import numpy
@@ -11,18 +11,37 @@ def measure(cases, baseline, rounds, xp):
 
     ``cases`` maps names to zero-argument callables. Every round runs each case
     once, in order, after one untimed warm-up round. Device work is synchronized
-    before the clock starts and before it stops.
+    before every call; on CuPy the time is the span between two CUDA events
+    recorded around the call on the current stream (host launch gaps included),
+    waited for before the next case.
     """
     for fn in cases.values():
         fn()
+    clock = _event_clock(xp) if xp is not numpy else _host_clock
     samples = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
             synchronize(xp)
-            start = time.perf_counter()
-            fn()
-            synchronize(xp)
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock(fn))
     base = numpy.array(samples[baseline])
     return {name: (float(numpy.median(s)), float(numpy.median(numpy.array(s) / base)))
             for name, s in samples.items()}
+
+
+def _host_clock(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _event_clock(cupy):
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+
+    def clock(fn):
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        return cupy.cuda.get_elapsed_time(start, stop) * 1e-3     # milliseconds to seconds
+
+    return clock

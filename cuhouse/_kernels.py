@@ -1,0 +1,181 @@
+"""Raw CUDA kernels: the only module that touches ``cupy.RawModule``.
+
+The sources live in ``cuhouse/kernels/*.cu`` (package data). Local
+``#include "x.cuh"`` lines are inlined here before compilation, so CuPy's
+kernel cache, which is keyed on the source text, also notices header edits.
+One ``RawModule`` holding every kernel for float and double is compiled per
+device on first use and memoized. CuPy is imported only when a kernel is
+actually needed, never at ``import cuhouse``.
+
+Every launcher below takes and returns CuPy arrays of dtype float32 or
+float64 and launches on the current stream. The kernels need C-contiguous
+input: non-contiguous input is copied first, which costs one extra pass over
+it (noted on each launcher).
+"""
+import importlib.resources
+import re
+
+import numpy
+
+from ._backend import SUPPORTED_DTYPES, cupy_module
+
+KERNEL_SOURCES = ("row_norms.cu", "triangular_inverse.cu", "cwy_gradient.cu")
+KERNEL_TEMPLATES = (
+    "cuhouse_row_norms",
+    "cuhouse_normalize_rows",
+    "cuhouse_triangular_inverse_shared",
+    "cuhouse_triangular_inverse_global",
+    "cuhouse_cwy_gradient_right",
+    "cuhouse_cwy_gradient_left",
+)
+COMPILE_OPTIONS = ("-std=c++17",)
+_CTYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
+
+SHARED_INVERSE_MAX_K = 64          # k up to this builds T in shared memory
+_SHARED_TILE_BYTES = 32 * 1024     # per block, under the 48 KiB default limit
+_MAX_GRID = 1 << 16                # grid-stride kernels need no more blocks than this
+_THREADS = 256
+_WARP = 32
+_TILE = 16                         # CUHOUSE_TILE in cwy_gradient.cu
+
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
+_modules = {}
+
+
+def kernel_directory():
+    """The directory holding the shipped ``.cu``/``.cuh`` sources."""
+    return importlib.resources.files("cuhouse").joinpath("kernels")
+
+
+def kernel_source():
+    """The full CUDA source of the module: every kernel file, includes inlined once."""
+    directory = kernel_directory()
+    seen = set()
+
+    def inline(name):
+        if name in seen:
+            return ""
+        seen.add(name)
+        text = directory.joinpath(name).read_text(encoding="utf-8")
+        return _INCLUDE.sub(lambda match: inline(match.group(1)), text)
+
+    return "\n".join(inline(name) for name in KERNEL_SOURCES)
+
+
+def name_expressions():
+    """``"kernel<float>"`` and ``"kernel<double>"`` for every template."""
+    return [f"{name}<{ctype}>" for name in KERNEL_TEMPLATES for ctype in _CTYPES.values()]
+
+
+def module():
+    """The compiled ``RawModule`` for the current device (compiled once per device)."""
+    cupy = cupy_module()
+    device = cupy.cuda.Device().id
+    if device not in _modules:
+        _modules[device] = cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS,
+                                          name_expressions=name_expressions())
+    return _modules[device]
+
+
+def supports(*arrays):
+    """True when every array is float32/float64 with one dtype (what the kernels take)."""
+    dtypes = {numpy.dtype(a.dtype) for a in arrays}
+    return len(dtypes) == 1 and dtypes.pop() in SUPPORTED_DTYPES
+
+
+def _function(name, dtype):
+    return module().get_function(f"{name}<{_CTYPES[numpy.dtype(dtype)]}>")
+
+
+def _blocks(units, per_block):
+    return max(1, min(-(-units // per_block), _MAX_GRID))
+
+
+def row_norms(v, with_unit=False):
+    """Norms ``(..., n)`` of the rows of ``v`` ``(..., n, d)``; with ``with_unit``,
+    ``(unit, norms)`` where ``unit`` is ``v`` with rows normalized (zero rows stay
+    zero), fused into the same pass. One warp per row.
+    Cost: one read of ``v`` (two for rows out of the safe range, as the twin),
+    plus one write of ``unit``; a copy first when ``v`` is not contiguous."""
+    cupy = cupy_module()
+    v = cupy.ascontiguousarray(v)
+    d = v.shape[-1]
+    rows = v.size // d if d else 0
+    norms = cupy.empty(v.shape[:-1], dtype=v.dtype)
+    unit = cupy.empty_like(v) if with_unit else None
+    if rows:
+        info = numpy.finfo(v.dtype)
+        scalar = v.dtype.type
+        warps = _THREADS // _WARP
+        _function("cuhouse_row_norms", v.dtype)(
+            (_blocks(rows, warps),), (_THREADS,),
+            (v, numpy.int64(rows), numpy.int64(d), scalar(info.tiny / info.eps), scalar(info.max * info.eps),
+             norms, unit if with_unit else numpy.uint64(0)))   # 0: a null pointer, no unit rows
+    return (unit, norms) if with_unit else norms
+
+
+def normalize_rows(v, norms):
+    """``v / norms[..., None]`` for ``v`` ``(..., n, d)`` and ``norms`` ``(..., n)`` of
+    the same batch shape; a zero norm divides by 1. One element-wise launch.
+    Cost: one read of ``v``; a copy first when ``v`` or ``norms`` is not contiguous."""
+    cupy = cupy_module()
+    v = cupy.ascontiguousarray(v)
+    norms = cupy.ascontiguousarray(norms)
+    d = v.shape[-1]
+    unit = cupy.empty_like(v)
+    if v.size:
+        _function("cuhouse_normalize_rows", v.dtype)(
+            (_blocks(v.size, _THREADS),), (_THREADS,),
+            (v, norms, numpy.int64(v.size // d), numpy.int64(d), unit))
+    return unit
+
+
+def upper_triangular_inverse(s):
+    """``S^{-1}`` for a stack ``s`` ``(..., k, k)`` of upper-triangular matrices, all
+    in one launch; the strictly lower triangle of ``s`` is not read and that of
+    the result is exactly zero. k <= 64 builds each inverse in shared memory;
+    larger k works column by column in global memory.
+    Cost: about k^3 / 3 flops per matrix, the columns in parallel; a copy first
+    when ``s`` is not contiguous (O(k^2) per matrix)."""
+    cupy = cupy_module()
+    s = cupy.ascontiguousarray(s)
+    k = s.shape[-1]
+    t = cupy.empty_like(s)
+    count = s.size // (k * k) if k else 0
+    if not count:
+        return t
+    args = (s, numpy.int64(count), numpy.int32(k), t)
+    if k <= SHARED_INVERSE_MAX_K:
+        columns = _WARP * -(-k // _WARP)
+        tile_bytes = k * k * s.dtype.itemsize
+        per_block = max(1, min(128 // columns, _SHARED_TILE_BYTES // tile_bytes))
+        _function("cuhouse_triangular_inverse_shared", s.dtype)(
+            (_blocks(count, per_block),), (columns, per_block), args, shared_mem=per_block * tile_bytes)
+    else:
+        _function("cuhouse_triangular_inverse_global", s.dtype)((_blocks(count, 1),), (128,), args)
+    return t
+
+
+def cwy_gradient_coefficients(t, n):
+    """``Ru + Ru^T`` with ``R = T^T N T^T``, ``Ru = striu(R)``, for stacks ``t``
+    (upper triangular; its strictly lower part is taken as zero) and ``n``, both
+    ``(..., k, k)`` with broadcastable batch shapes. Two tiled launches.
+    Cost: about k^3 flops per block; broadcasting or non-contiguous input is
+    first copied into contiguous stacks (O(k^2) per block)."""
+    cupy = cupy_module()
+    shape = numpy.broadcast_shapes(t.shape, n.shape)
+    t = cupy.ascontiguousarray(cupy.broadcast_to(t, shape))
+    n = cupy.ascontiguousarray(cupy.broadcast_to(n, shape))
+    k = shape[-1]
+    count = n.size // (k * k) if k else 0
+    workspace = cupy.empty_like(n)
+    coefficients = cupy.empty_like(n)
+    if count:
+        tiles = -(-k // _TILE)
+        grid = (_blocks(count * tiles * tiles, 1),)
+        block = (_TILE, _TILE)
+        _function("cuhouse_cwy_gradient_right", n.dtype)(
+            grid, block, (t, n, numpy.int64(count), numpy.int32(k), workspace))
+        _function("cuhouse_cwy_gradient_left", n.dtype)(
+            grid, block, (t, workspace, numpy.int64(count), numpy.int32(k), coefficients))
+    return coefficients
