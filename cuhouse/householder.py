@@ -12,7 +12,7 @@ import numpy
 
 from . import _primitives, _validate, plan
 from ._backend import array_module, backend_name
-from .autodiff import accumulate, reduce_to_shape
+from .autodiff import accumulate, is_operator as _is_operator, reduce_to_shape
 from .algorithms import ALGORITHMS
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
@@ -441,11 +441,6 @@ def _from_columns(c, vector, side, xp):
     if vector:
         return c[..., 0]
     return xp.swapaxes(c, -1, -2) if side == "right" else c
-
-
-def _is_operator(obj):
-    """True for cuhouse's matrix types, which handle ``@`` among themselves."""
-    return getattr(obj, "_cuhouse_operator", False)
 
 
 HouseholderProduct._cuhouse_operator = True
