@@ -5,6 +5,7 @@ WY products for NumPy and CuPy arrays.
 """
 from .autodiff import logdet, matmul, vjp
 from .householder import HouseholderProduct
+from .spectral import EighMatrix, SVDMatrix
 
-__all__ = ["HouseholderProduct", "logdet", "matmul", "vjp"]
+__all__ = ["EighMatrix", "HouseholderProduct", "SVDMatrix", "logdet", "matmul", "vjp"]
 __version__ = "0.1.0"
