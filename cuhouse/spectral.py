@@ -18,8 +18,8 @@ import numpy
 
 from . import _validate
 from ._backend import array_module, backend_name
-from .autodiff import accumulate, is_operator
-from .householder import HouseholderProduct
+from .autodiff import accumulate, is_operator, reduce_to_shape
+from .householder import HouseholderProduct, _from_columns, _to_columns
 
 
 class _SpectralMatrix:
@@ -218,8 +218,8 @@ class _SpectralMatrix:
         return self @ x
 
     def _product(self, x, side):
-        operator, columns, layout = self._as_left_product(x, side)
-        return _from_columns(operator._apply_columns(columns), layout, self._xp)
+        operator, columns, vector = self._as_left_product(x, side)
+        return self._xp.ascontiguousarray(_from_columns(operator._apply_columns(columns), vector, side, self._xp))
 
     def _apply_columns(self, x):
         """``W @ x`` for a validated float ``x`` ``(..., d_in, m)``: R^T, scale, L. O(d n m)."""
@@ -237,11 +237,11 @@ class _SpectralMatrix:
         return out
 
     def _as_left_product(self, x, side):
-        """``(operator, columns, layout)``: ``x @ W`` becomes ``W^T @ x^T``; a vector becomes one column.
+        """``(operator, columns, vector)``: ``x @ W`` becomes ``W^T @ x^T``; a vector becomes one column.
 
         ``columns`` is ``x`` validated, cast to the result dtype and shaped
-        ``(..., d, m)``; ``layout`` tells :func:`_from_columns` how to map a
-        result (or gradient) in that shape back to the caller's layout.
+        ``(..., d, m)``; ``vector`` (whether ``x`` is 1-D) and the side tell
+        ``_from_columns`` how to map a result or gradient back.
         """
         rows, cols = self.shape[-2:]
         x = _validate.operand(x, self._xp, cols if side == "left" else rows, side,
@@ -254,20 +254,21 @@ class _SpectralMatrix:
                 raise ValueError("batch shapes of W {} and X {} do not broadcast".format(
                     self.shape[:-2], tuple(x.shape[:-2]))) from None
         operator = self if side == "left" else self.T
-        layout = "vector" if x.ndim == 1 else side
-        return operator, _to_columns(x, layout, self._xp), layout
+        return operator, _to_columns(x, x.ndim == 1, side, self._xp), x.ndim == 1
 
     # ------------------------------------------------------------ gradients
     def _vjp_matmul(self, x, side):
         """``(out, back)`` for ``W @ x`` (``x @ W``); ``back(dout) -> (dparams, dx)``. Twice the forward cost."""
         xp = self._xp
-        operator, columns, layout = self._as_left_product(x, side)
-        out, back_columns = operator._vjp_columns(columns)
+        operator, columns, vector = self._as_left_product(x, side)
+        out_columns, back_columns = operator._vjp_columns(columns)
+        out = xp.ascontiguousarray(_from_columns(out_columns, vector, side, xp))
 
         def back(dout):
-            dparams, dx = back_columns(_to_columns(xp.asarray(dout, dtype=out.dtype), layout, xp))
-            return dparams, _from_columns(dx, layout, xp)
-        return _from_columns(out, layout, xp), back
+            dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
+            dparams, dx = back_columns(_to_columns(dout, vector, side, xp))
+            return dparams, xp.ascontiguousarray(_from_columns(dx, vector, side, xp))
+        return out, back
 
     def _vjp_columns(self, x):
         """``W @ x`` for columns ``x`` ``(..., d_in, m)`` through the factors' own adjoints."""
@@ -277,7 +278,8 @@ class _SpectralMatrix:
         def back(dout):
             left_grads, dz = back_left(dout)
             dvalues = (dz[..., :self.rank, :] * y[..., :self.rank, :]).sum(axis=-1)
-            right_grads, dx = back_right(self._scale(dz, self._right.shape[-1]))
+            dy = reduce_to_shape(self._scale(dz, self._right.shape[-1]), y.shape, self._xp)
+            right_grads, dx = back_right(dy)
             return self._leaf_grads(left_grads, dvalues, right_grads), dx
         return out, back
 
@@ -287,7 +289,7 @@ class _SpectralMatrix:
         value = self.logdet()
 
         def back(dvalue):
-            dvalue = self._xp.asarray(dvalue, dtype=value.dtype)
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, self._xp)
             return self._leaf_grads((), dvalue[..., None] / self._values, ())
         return value, back
 
@@ -320,20 +322,6 @@ class _SpectralMatrix:
             bad = float(self._values[where])
             raise ValueError("{} needs {}, got {}{} = {!r}".format(
                 operation, expected.format(self._SPECTRUM), self._SPECTRUM, list(where), bad))
-
-
-def _to_columns(a, layout, xp):
-    """``a`` in the caller's ``layout`` ("left", "right" or "vector") as columns ``(..., d, m)``."""
-    if layout == "vector":
-        return a[..., None]
-    return xp.swapaxes(a, -1, -2) if layout == "right" else a
-
-
-def _from_columns(a, layout, xp):
-    """Inverse of :func:`_to_columns`."""
-    if layout == "vector":
-        return a[..., 0]
-    return xp.ascontiguousarray(xp.swapaxes(a, -1, -2)) if layout == "right" else a
 
 
 def _householder(obj, name, check_finite):

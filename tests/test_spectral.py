@@ -397,3 +397,152 @@ def test_from_dense_errors():
         ch.SVDMatrix.from_dense(numpy.ones((2, 3)), rank=3)
     with pytest.raises(ValueError, match=r"A must be finite"):
         ch.SVDMatrix.from_dense(numpy.full((2, 2), numpy.inf))
+
+
+# -------------------------------------------------------------- gradients
+SVD_STEPS = {"T": lambda W: W.T, "inv": lambda W: W.inv(), "pinv": lambda W: W.pinv(),
+             "clip": lambda W: W.clip(0.6, 1.5)}
+EIGH_STEPS = {"T": lambda E: E.T, "inv": lambda E: E.inv(), "expm": lambda E: E.expm(),
+              "logm": lambda E: E.logm(), "sqrtm": lambda E: E.sqrtm(), "power(1.5)": lambda E: E.power(1.5),
+              "power(-2)": lambda E: E.power(-2), "cayley": lambda E: E.cayley()}
+# singular values kept at least 0.05 away from the clip bounds, before and after inversion
+SVD_VALUES = numpy.array([0.5, -0.9, 1.3, 2.0, -1.1, 0.8])
+EIGH_VALUE_SETS = (numpy.array([0.2, 0.35, 0.5, 0.7, 0.9]), numpy.array([1.2, 1.5, 1.8, 2.1, 2.5]))
+
+
+def chains(steps):
+    """Every chain of length 0, 1 and 2 over ``steps``."""
+    return [()] + [(a,) for a in steps] + list(itertools.product(steps, repeat=2))
+
+
+def apply_chain(matrix, chain, steps):
+    for name in chain:
+        matrix = steps[name](matrix)
+    return matrix
+
+
+def eigh_values_for(chain):
+    """The first eigenvalue set on which every step of ``chain`` is defined, else None."""
+    for w in EIGH_VALUE_SETS:
+        try:
+            apply_chain(ch.EighMatrix(numpy.eye(5), w), chain, EIGH_STEPS)
+            return w
+        except ValueError:
+            continue
+    return None
+
+
+def svd_cases():
+    """(shape, chain) pairs: square full rank for every chain, tall and wide where no inv() is needed."""
+    for shape in [(6, 6, 6), (7, 4, 4), (4, 7, 3)]:
+        for chain in chains(SVD_STEPS):
+            if shape[0] == shape[1] or "inv" not in chain:
+                yield pytest.param(shape, chain, id="{}x{}-W.{}".format(shape[0], shape[1], ".".join(chain)))
+
+
+def inner(a, b):
+    return float(numpy.sum(to_numpy(a) * to_numpy(b)))
+
+
+def check_matmul_adjoint(xp, make, leaves, x, side, seed=1, step=1e-6):
+    """<u, J t> by central differences equals <J^T u, t> from cuhouse.vjp(matmul), to 1e-6 relative.
+
+    ``make(*leaves)`` builds the (derived) matrix; the tangent t moves every
+    leaf and X at once.
+    """
+    rng = numpy.random.default_rng(seed)
+    A = make(*leaves)
+    if side == "left":
+        out, back = ch.vjp(ch.matmul, A, x)
+    else:
+        out, back = ch.vjp(ch.matmul, x, A)
+    u = xp.asarray(rng.standard_normal(out.shape))
+    grads = back(u)
+    dleaves, dx = grads if side == "left" else grads[::-1]
+    assert [g.shape for g in dleaves] == [leaf.shape for leaf in leaves] and dx.shape == x.shape
+    tangents = [xp.asarray(rng.standard_normal(leaf.shape)) for leaf in leaves]
+    tx = xp.asarray(rng.standard_normal(x.shape))
+
+    def product(t):
+        matrix = make(*(leaf + t * tangent for leaf, tangent in zip(leaves, tangents)))
+        return matrix @ (x + t * tx) if side == "left" else (x + t * tx) @ matrix
+
+    numeric = inner(u, (product(step) - product(-step)) / (2 * step))
+    adjoint = sum(inner(g, t) for g, t in zip(dleaves, tangents)) + inner(dx, tx)
+    assert abs(numeric - adjoint) <= 1e-6 * max(abs(adjoint), 1.0)
+
+
+def check_logdet_adjoint(xp, make, leaves, seed=1, step=1e-6):
+    """The same dot-product test for cuhouse.vjp(logdet)."""
+    rng = numpy.random.default_rng(seed)
+    value, back = ch.vjp(ch.logdet, make(*leaves))
+    u = xp.asarray(rng.standard_normal(value.shape))
+    (dleaves,) = back(u)
+    assert [g.shape for g in dleaves] == [leaf.shape for leaf in leaves]
+    tangents = [xp.asarray(rng.standard_normal(leaf.shape)) for leaf in leaves]
+
+    def logdet(t):
+        return make(*(leaf + t * tangent for leaf, tangent in zip(leaves, tangents))).logdet()
+
+    numeric = inner(u, (logdet(step) - logdet(-step)) / (2 * step))
+    adjoint = sum(inner(g, t) for g, t in zip(dleaves, tangents))
+    assert abs(numeric - adjoint) <= 1e-6 * max(abs(adjoint), 1.0)
+
+
+def svd_leaves(xp, shape, batch=()):
+    (u, _, v), _ = svd_arrays(xp, numpy.float64, *shape, batch)
+    s = numpy.broadcast_to(SVD_VALUES[:shape[2]], batch + (shape[2],)).copy()
+    return u, xp.asarray(s), v
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("shape, chain", list(svd_cases()))
+def test_svd_matmul_gradient_dot_product(xp, shape, chain, side):
+    rows, cols = apply_chain(ch.SVDMatrix.random(*shape[:2], rank=shape[2], rng=0), chain, SVD_STEPS).shape
+    x = numpy.random.default_rng(2).standard_normal((cols, 3) if side == "left" else (3, rows))
+    make = lambda u, s, v: apply_chain(ch.SVDMatrix(u, s, v), chain, SVD_STEPS)
+    check_matmul_adjoint(xp, make, svd_leaves(xp, shape), xp.asarray(x), side)
+
+
+@pytest.mark.parametrize("chain", [c for c in chains(SVD_STEPS) if len(c) < 2])
+@pytest.mark.parametrize("x_shape", [(3, 1, 6, 2), (6,)], ids=["broadcast", "vector"])
+def test_svd_matmul_gradient_batched(xp, chain, x_shape):
+    """U and s carry a batch (2,), V none, X a batch (3, 1): leaf gradients are reduced to each leaf's shape."""
+    x = xp.asarray(numpy.random.default_rng(3).standard_normal(x_shape))
+    make = lambda u, s, v: apply_chain(ch.SVDMatrix(u, s, v), chain, SVD_STEPS)
+    check_matmul_adjoint(xp, make, svd_leaves(xp, (6, 6, 6), batch=(2,)), x, "left")
+
+
+@pytest.mark.parametrize("chain", [c for c in chains(SVD_STEPS)], ids=lambda c: "W." + ".".join(c))
+@pytest.mark.parametrize("batch", BATCHES)
+def test_svd_logdet_gradient_dot_product(xp, chain, batch):
+    make = lambda u, s, v: apply_chain(ch.SVDMatrix(u, s, v), chain, SVD_STEPS)
+    check_logdet_adjoint(xp, make, svd_leaves(xp, (6, 6, 6), batch))
+
+
+EIGH_CHAINS = [pytest.param(c, eigh_values_for(c), id="E." + ".".join(c))
+               for c in chains(EIGH_STEPS) if eigh_values_for(c) is not None]
+
+
+@pytest.mark.parametrize("chain, w", EIGH_CHAINS)
+def test_eigh_matmul_gradient_dot_product(xp, chain, w):
+    u = xp.asarray(numpy.random.default_rng(4).standard_normal((4, 5)))
+    x = xp.asarray(numpy.random.default_rng(5).standard_normal((5, 3)))
+    make = lambda u, w: apply_chain(ch.EighMatrix(u, w), chain, EIGH_STEPS)
+    check_matmul_adjoint(xp, make, (u, xp.asarray(w)), x, "left")
+
+
+@pytest.mark.parametrize("chain, w", EIGH_CHAINS)
+def test_eigh_logdet_gradient_dot_product(xp, chain, w):
+    u = xp.asarray(numpy.random.default_rng(6).standard_normal((2, 5, 5)))
+    make = lambda u, w: apply_chain(ch.EighMatrix(u, w), chain, EIGH_STEPS)
+    check_logdet_adjoint(xp, make, (u, xp.asarray(w)))
+
+
+def test_every_eigh_chain_of_length_two_is_tested():
+    assert len(EIGH_CHAINS) == len(chains(EIGH_STEPS))
+
+
+def test_logdet_gradient_of_singular_matrix_is_a_value_error():
+    with pytest.raises(ValueError, match=r"the gradient of logdet needs a full-rank square matrix.*rank r=2"):
+        ch.vjp(ch.logdet, ch.SVDMatrix.random(4, 4, rank=2, rng=0))
