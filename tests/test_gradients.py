@@ -234,3 +234,21 @@ def test_logdet_gradient_of_wrong_shape_is_a_value_error(xp):
     _, back = ch.vjp(ch.logdet, h)
     with pytest.raises(ValueError, match=r"dvalue must have the shape .* \(3,\), got shape \(\)"):
         back(xp.asarray(1.0))
+
+
+def test_recompute_mode_peak_memory_is_within_the_bound():
+    """Peak extra host memory of fwd+bwd (auto, recompute) <= 4 (d m + n d) itemsize."""
+    from cuhouse.bench.gradients import peak_extra_memory
+    d, n, m = 512, 384, 16
+    assert not ch.plan.store_block_inputs(d, n, m, 64, 4, "numpy")
+    peak = peak_extra_memory(d, n, m, numpy.float32)
+    assert 0 < peak <= 4 * (d * m + n * d) * 4
+
+
+def test_procrustes_example_reaches_the_closed_form_optimum(capsys):
+    import pathlib
+    import runpy
+    module = runpy.run_path(str(pathlib.Path(__file__).parent.parent / "examples" / "procrustes.py"))
+    gap = module["main"](steps=3000)
+    assert -1e-9 < gap < 1e-6
+    assert "closed-form optimum" in capsys.readouterr().out

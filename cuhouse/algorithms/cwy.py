@@ -12,8 +12,6 @@ Cost: build O(n k d) in O(log k) batched steps; apply O(n d m + n k m) in
 """
 from collections import namedtuple
 
-import numpy
-
 from .. import _primitives, plan
 from .._backend import backend_name
 from . import _blocks
@@ -67,9 +65,8 @@ def backward(f, out, dout, transpose, xp, store_inputs=None):
     if store_inputs is None:
         store_inputs = plan.store_block_inputs(d, n_blocks * k, m, k, out.dtype.itemsize, backend_name(xp))
     m_factor = swap(f.t, xp) if transpose else f.t
-    b = xp.concatenate([out, dout], axis=-1)
-    batch = numpy.broadcast_shapes(f.y.shape[:-3], b.shape[:-2])
-    b = xp.broadcast_to(b, batch + b.shape[-2:]).copy() if b.shape[:-2] != batch else b
+    b = xp.concatenate([out, dout], axis=-1)                      # out's batch already includes Y's
+    batch = b.shape[:-2]
     z = xp.empty(batch + (n_blocks, k, 2 * m), dtype=b.dtype)
     u = xp.empty_like(z)
     stored = xp.empty(batch + (n_blocks, d, 2 * m), dtype=b.dtype) if store_inputs else None
