@@ -5,7 +5,8 @@
 ``HouseholderProduct``s. Products cost two Householder applications,
 O(d n m); inverse, pseudo-inverse, Cayley map, powers, ``expm``, ``logm``,
 clipping and the transpose are O(r) maps on the spectrum; determinants and
-norms are O(r) reductions. Nothing O(d^3) is ever formed.
+norms are O(r) reductions. Only ``from_dense`` (an SVD or eigendecomposition)
+and ``todense`` cost O(d^3).
 
 A derived matrix (``W.inv()``, ``W.T``, ``E.expm()``, ...) is the same kind of
 object with a lineage: its parent, the element-wise map applied to the
@@ -260,6 +261,9 @@ class _SpectralMatrix:
     def _vjp_matmul(self, x, side):
         """``(out, back)`` for ``W @ x`` (``x @ W``); ``back(dout) -> (dparams, dx)``. Twice the forward cost."""
         xp = self._xp
+        if is_operator(x):
+            raise TypeError("vjp(matmul, A, X) differentiates a matrix times an array; got two cuhouse matrices "
+                            "({} and {})".format(type(self).__name__, type(x).__name__))
         operator, columns, vector = self._as_left_product(x, side)
         out_columns, back_columns = operator._vjp_columns(columns)
         out = xp.ascontiguousarray(_from_columns(out_columns, vector, side, xp))

@@ -286,6 +286,8 @@ def test_property_from_dense_reproduces_and_keeps_singular_values(d_out, d_in, s
     a = numpy.random.default_rng(seed).standard_normal((d_out, d_in))
     W = ch.SVDMatrix.from_dense(a)
     assert_close(W.todense(), a, numpy.float64)
+    if d_out == d_in:                                  # the signs of U, V and s all reach det
+        assert_close(W.det(), numpy.linalg.det(a), numpy.float64)
     assert_close(numpy.sort(numpy.abs(W.s)), numpy.sort(numpy.linalg.svd(a, compute_uv=False)), numpy.float64)
 
 
@@ -543,6 +545,21 @@ def test_every_eigh_chain_of_length_two_is_tested():
     assert len(EIGH_CHAINS) == len(chains(EIGH_STEPS))
 
 
+def test_vjp_of_a_product_of_two_matrices_is_a_type_error():
+    W = ch.SVDMatrix.random(3, 3, rng=0)
+    with pytest.raises(TypeError, match=r"got two cuhouse matrices \(SVDMatrix and EighMatrix\)"):
+        ch.vjp(ch.matmul, W, ch.EighMatrix(numpy.eye(3), numpy.ones(3)))
+
+
 def test_logdet_gradient_of_singular_matrix_is_a_value_error():
     with pytest.raises(ValueError, match=r"the gradient of logdet needs a full-rank square matrix.*rank r=2"):
         ch.vjp(ch.logdet, ch.SVDMatrix.random(4, 4, rank=2, rng=0))
+
+
+def test_bench_section_runs_and_pairs_each_case_with_its_operation():
+    from cuhouse.bench import SECTIONS
+    from cuhouse.bench._timing import measure
+    baseline, cases = SECTIONS["spectral"].cases(16, 4, numpy.dtype(numpy.float32), numpy)
+    assert set(baseline) == set(cases) and set(baseline.values()) <= set(cases)
+    result = measure(cases, baseline, 1, numpy)
+    assert all(result[name][1] == 1.0 for name in set(baseline.values()))
