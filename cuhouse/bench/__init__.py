@@ -17,15 +17,16 @@ import sys
 import numpy
 
 from .._backend import backend_name, cupy_module, gpu_available
-from . import forward, gradients, plan_check
+from . import forward, gradients, plan_check, spectral
 from ._timing import measure
 
 SECTIONS = {
     "forward": forward,
     "gradients": gradients,
+    "spectral": spectral,
     "plan": plan_check,
 }
-DEFAULT_SECTIONS = ("forward", "gradients")
+DEFAULT_SECTIONS = ("forward", "gradients", "spectral")
 DEFAULT_SIZES = (256, 512, 1024, 2048)
 QUICK_SIZES = (256, 512)
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

@@ -9,7 +9,9 @@ from .._backend import synchronize
 def measure(cases, baseline, rounds, xp):
     """Median seconds of each case and its median per-round ratio to ``baseline``.
 
-    ``cases`` maps names to zero-argument callables. Every round runs each case
+    ``cases`` maps names to zero-argument callables; ``baseline`` is one case
+    name, or a dict giving each case the name of its own baseline (a section
+    that compares several operations). Every round runs each case
     once, in order, after one untimed warm-up round. Device work is synchronized
     before every call; on CuPy the time is the span between two CUDA events
     recorded around the call on the current stream (host launch gaps included),
@@ -23,9 +25,10 @@ def measure(cases, baseline, rounds, xp):
         for name, fn in cases.items():
             synchronize(xp)
             samples[name].append(clock(fn))
-    base = numpy.array(samples[baseline])
-    return {name: (float(numpy.median(s)), float(numpy.median(numpy.array(s) / base)))
-            for name, s in samples.items()}
+    baseline_of = baseline if isinstance(baseline, dict) else dict.fromkeys(cases, baseline)
+    times = {name: numpy.array(s) for name, s in samples.items()}
+    return {name: (float(numpy.median(t)), float(numpy.median(t / times[baseline_of[name]])))
+            for name, t in times.items()}
 
 
 def _host_clock(fn):
