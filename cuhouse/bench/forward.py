@@ -32,12 +32,22 @@ def peers(v, x, xp):
     """LAPACK ormqr on the same number of reflections, and the dense GEMM floor."""
     out = {}
     if xp is numpy:
-        from scipy.linalg import lapack
-        prefix = "s" if x.dtype == numpy.float32 else "d"
-        geqrf, ormqr = getattr(lapack, prefix + "geqrf"), getattr(lapack, prefix + "ormqr")
-        qr, tau, _, _ = geqrf(v.T.copy())
-        lwork = int(ormqr("L", "N", qr, tau, x, -1)[1][0])
-        out["LAPACK {}ormqr (trapezoidal)".format(prefix)] = lambda: ormqr("L", "N", qr, tau, x, lwork)
-    dense = cuhouse.HouseholderProduct(v).todense()
-    out["dense GEMM, H precomputed"] = lambda: dense @ x
+        out.update([lapack_ormqr(v, x)])
+    out.update([dense_gemm(v, x)])
     return out
+
+
+def lapack_ormqr(v, x):
+    """``(name, callable)``: LAPACK ``?ormqr`` applying the reflectors of ``geqrf(v.T)`` to ``x``."""
+    from scipy.linalg import lapack
+    prefix = "s" if x.dtype == numpy.float32 else "d"
+    geqrf, ormqr = getattr(lapack, prefix + "geqrf"), getattr(lapack, prefix + "ormqr")
+    qr, tau, _, _ = geqrf(v.T.copy())
+    lwork = int(ormqr("L", "N", qr, tau, x, -1)[1][0])
+    return "LAPACK {}ormqr (trapezoidal)".format(prefix), lambda: ormqr("L", "N", qr, tau, x, lwork)
+
+
+def dense_gemm(v, x):
+    """``(name, callable)``: one GEMM with the dense H precomputed, the floor."""
+    dense = cuhouse.HouseholderProduct(v).todense()
+    return "dense GEMM, H precomputed", lambda: dense @ x
