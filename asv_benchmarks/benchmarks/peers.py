@@ -25,18 +25,16 @@ class ForwardFromVectors:
     param_names = ["method", "d", "m", "dtype"]
 
     def setup(self, method, d, m, dtype):
-        skip_unavailable_peer(method, self.xp)
+        skip_unavailable(method, self.xp, d, m)
         vectors, x = data(d, d, m, dtype, self.xp)
         if method.startswith("cuhouse "):
             algorithm = method.split()[1]
-            skip_if_too_slow_on_cpu(self.xp, algorithm, d, m)
             self.run = lambda: cuhouse.HouseholderProduct(vectors, algorithm=algorithm) @ x
         elif method == "lapack ormqr":
             _, self.run = lapack_ormqr(vectors, x)
         elif method == "cusolver ormqr":
             self.run = cusolver_ormqr(vectors, x)
         elif method == "dense gemm":
-            skip_if_too_slow_on_cpu(self.xp, "dense", d, m)
             _, self.run = dense_gemm(vectors, x)
         else:
             self.run = torch_householder_product(vectors, x, self.xp)
@@ -48,13 +46,18 @@ class ForwardFromVectors:
         self.run()
 
 
-def skip_unavailable_peer(method, xp):
-    """LAPACK runs on the numpy backend, cuSOLVER on cupy, torch when importable."""
-    if method == "lapack ormqr" and xp is not numpy:
+def skip_unavailable(method, xp, d, m):
+    """LAPACK runs on the numpy backend, cuSOLVER on cupy, torch when importable;
+    cuhouse and the dense GEMM follow the CPU pruning of ``common``."""
+    if method.startswith("cuhouse "):
+        skip_if_too_slow_on_cpu(xp, method.split()[1], d, m)
+    elif method == "dense gemm":
+        skip_if_too_slow_on_cpu(xp, "dense", d, m)
+    elif method == "lapack ormqr" and xp is not numpy:
         raise NotImplementedError("LAPACK ormqr runs on the numpy backend")
-    if method == "cusolver ormqr" and xp is numpy:
+    elif method == "cusolver ormqr" and xp is numpy:
         raise NotImplementedError("cuSOLVER ormqr runs on the cupy backend")
-    if method.startswith("torch"):
+    elif method.startswith("torch"):
         torch_module(xp)
 
 
