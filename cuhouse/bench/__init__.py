@@ -17,7 +17,7 @@ import sys
 import numpy
 
 from .._backend import backend_name, cupy_module, gpu_available
-from . import forward
+from . import forward, plot
 from ._timing import measure
 
 SECTIONS = {
@@ -41,6 +41,9 @@ def _parser():
     p.add_argument("--rounds", type=int, help="timing rounds per case (default 7, 3 with --quick)")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help="comma-separated subset of: " + ", ".join(SECTIONS))
+    p.add_argument("--plot", metavar="PNG",
+                   help="draw the seed paper's Figure 3 (forward + backward time against d) to PNG; "
+                        "needs matplotlib: pip install 'cuhouse[plot]'")
     p.add_argument("--pairs", action="store_true",
                    help="single-threaded BLAS and interleaved rounds: the setting for quoting CPU ratios")
     return p
@@ -66,6 +69,8 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     dtype = numpy.dtype(args.dtype)
+    if args.plot:
+        return plot.draw(args.plot, sizes, args.m, dtype, xp, rounds)
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
     print("cuhouse bench: backend={} dtype={} m={} rounds={} BLAS threads={}".format(
         backend_name(xp), dtype, args.m, rounds, threads))
