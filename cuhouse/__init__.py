@@ -4,7 +4,8 @@ FastH ("What if Neural Networks had SVDs?", NeurIPS 2020) and level-3 compact
 WY products for NumPy and CuPy arrays.
 """
 from .autodiff import logdet, matmul, vjp
+from .flatten import flatten_params, unflatten_params
 from .householder import HouseholderProduct
 
-__all__ = ["HouseholderProduct", "logdet", "matmul", "vjp"]
+__all__ = ["HouseholderProduct", "flatten_params", "logdet", "matmul", "unflatten_params", "vjp"]
 __version__ = "0.1.0"

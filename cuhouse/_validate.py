@@ -105,6 +105,15 @@ def operand(x, xp, d, side, check_finite):
     return x
 
 
+def cotangent(g, name, shape, xp):
+    """The gradient ``g`` fed to a vjp function: a real array of module ``xp`` of exactly ``shape``."""
+    g = as_array(g, name, xp)
+    if tuple(g.shape) != tuple(shape):
+        raise ValueError("{} must have the shape of the value it is the gradient of, {}, got shape {}".format(
+            name, tuple(shape), tuple(g.shape)))
+    return g
+
+
 def choice(value, name, options):
     """``ValueError`` unless ``value`` is one of ``options``."""
     if not isinstance(value, str) or value not in options:

@@ -12,6 +12,7 @@ import numpy
 
 from . import _primitives, _validate, plan
 from ._backend import array_module, backend_name
+from .autodiff import accumulate, reduce_to_shape
 from .algorithms import ALGORITHMS
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
@@ -315,30 +316,127 @@ class HouseholderProduct:
         return plan.choose(self.shape[-1], self.n_reflections, m, dtype, self.backend,
                            self.algorithm, self.block_size, built=core.built_plans(dtype))
 
+    def _algorithm_for(self, x, transpose):
+        """The algorithm module, its cached factors and the core's orientation for ``x`` ``(..., d, m)``."""
+        chosen = self.plan_for(x.shape[-1], x.dtype)
+        return ALGORITHMS[chosen.algorithm], self._core.factors(chosen, x.dtype), transpose != self._transposed
+
     def _apply_matrix(self, x, transpose):
         """``H @ x`` (``H.T @ x``) for a validated float ``x`` ``(..., d, m)``."""
-        transpose = transpose != self._transposed
-        chosen = self.plan_for(x.shape[-1], x.dtype)
-        factors = self._core.factors(chosen, x.dtype)
-        return ALGORITHMS[chosen.algorithm].apply(factors, x, transpose, self._core.xp)
+        module, factors, transpose = self._algorithm_for(x, transpose)
+        return module.apply(factors, x, transpose, self._core.xp)
+
+    def _operand(self, x, side):
+        """Validate ``X`` of ``H @ X`` (``side == "left"``) or ``X @ H`` (``"right"``).
+
+        Returns ``(x, columns, transpose)``: ``x`` as validated (its own dtype),
+        ``columns`` its ``(..., d, m)`` form in the result dtype, and whether H
+        acts transposed on it (``X @ H = (H^T X^T)^T``; a vector is one column).
+        """
+        xp = self._core.xp
+        x = _validate.operand(x, xp, self.shape[-1], side, self._core.check_finite)
+        dtype = _validate.float_dtype(numpy.result_type(self.dtype, x.dtype))
+        if x.ndim > 1:
+            try:
+                numpy.broadcast_shapes(self.shape[:-2], x.shape[:-2])
+            except ValueError:
+                raise ValueError("batch shapes of H {} and X {} do not broadcast".format(
+                    self.shape[:-2], tuple(x.shape[:-2]))) from None
+        return x, _to_columns(x.astype(dtype, copy=False), x.ndim == 1, side, xp), side == "right"
 
     def _apply(self, x, side):
+        return self._product(x, side)[1]
+
+    def _product(self, x, side):
+        """``H @ X`` (``X @ H``) with its adjoint: ``(x, out, adjoint)``.
+
+        ``x`` is X as validated; ``adjoint(dout) -> (dy, dx)`` gives the
+        gradient w.r.t. the core's unit rows ``(..., n, d)`` and w.r.t. X, both
+        unreduced over broadcast batch dimensions. Cost: the product now.
+        """
         xp = self._core.xp
-        d = self.shape[-1]
-        x = _validate.operand(x, xp, d, side, self._core.check_finite)
-        dtype = _validate.float_dtype(numpy.result_type(self.dtype, x.dtype))
-        x = x.astype(dtype, copy=False)
-        if x.ndim == 1:
-            return self._apply_matrix(x[:, None], side == "right")[..., 0]
-        try:
-            numpy.broadcast_shapes(self.shape[:-2], x.shape[:-2])
-        except ValueError:
-            raise ValueError("batch shapes of H {} and X {} do not broadcast".format(
-                self.shape[:-2], tuple(x.shape[:-2]))) from None
-        if side == "left":
-            return self._apply_matrix(x, False)
-        # X @ H = (H^T X^T)^T
-        return xp.ascontiguousarray(xp.swapaxes(self._apply_matrix(xp.swapaxes(x, -1, -2), True), -1, -2))
+        x, columns, transpose = self._operand(x, side)
+        module, factors, transpose = self._algorithm_for(columns, transpose)
+        out_columns = module.apply(factors, columns, transpose, xp)
+        vector = x.ndim == 1
+
+        def adjoint(dout):
+            dy, dx = module.backward(factors, out_columns, _to_columns(dout, vector, side, xp), transpose, xp)
+            return dy[..., :self.n_reflections, :], _from_columns(dx, vector, side, xp)
+
+        return x, xp.ascontiguousarray(_from_columns(out_columns, vector, side, xp)), adjoint
+
+    # ------------------------------------------------------------ gradients
+    def _vjp_matmul(self, x, side):
+        """``H @ X`` (``X @ H``) and its adjoint ``dout -> ((dvectors, ...), dX)``.
+
+        The gradients are with respect to the leaf arrays of :attr:`params` (in
+        their dtypes) and to ``X`` (its shape; a float dtype). Cost: the
+        product now; the algorithm's backward, about 2-3 products, later.
+        """
+        xp = self._core.xp
+        if _is_operator(x):
+            raise TypeError("vjp(matmul, A, X) differentiates a matrix times an array; got two cuhouse "
+                            "matrices ({} and {}): differentiate (A1 @ A2) @ X instead".format(
+                                type(self).__name__, type(x).__name__))
+        x, out, adjoint = self._product(x, side)
+
+        def back(dout):
+            dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
+            dy, dx = adjoint(dout)
+            dx = xp.ascontiguousarray(reduce_to_shape(dx, x.shape, xp), dtype=_validate.float_dtype(x.dtype))
+            return self._leaf_gradients(dy), dx
+
+        return out, back
+
+    def _vjp_logdet(self):
+        """``logdet`` (zeros of the batch shape) and its adjoint: zero gradients for :attr:`params`."""
+        value = self.logdet()
+        xp = self._core.xp
+
+        def back(dvalue):
+            _validate.cotangent(dvalue, "dvalue", value.shape, xp)
+            return tuple(xp.zeros(leaf.shape, dtype=leaf.dtype) for leaf in self._core.leaves)
+
+        return value, back
+
+    def _leaf_gradients(self, dy):
+        """Gradients for the leaf arrays from ``dy``, the gradient w.r.t. the core's unit rows.
+
+        A raw row v gets ``(I - y y^T) g / ||v||`` (zero rows, identity factors,
+        get zero); each core segment then goes back to its leaf, reversed if it
+        appears reversed, summed over broadcast batch dimensions and over
+        repeated uses of the leaf. ``dy`` is overwritten. Cost: O(n d).
+        """
+        core = self._core
+        xp = core.xp
+        unit = core.unit(dy.dtype)
+        norms = core.norms.astype(dy.dtype, copy=False)
+        radial = xp.einsum("...i,...i->...", unit, dy)
+        dy -= unit * radial[..., None]
+        dy /= xp.where(norms == 0, 1, norms)[..., None]
+        contributions, start = [], 0
+        for leaf_index, reversed_rows in core.segments:
+            leaf = core.leaves[leaf_index]
+            part = dy[..., start:start + leaf.shape[-2], :]
+            start += leaf.shape[-2]
+            contributions.append(((leaf,), (part[..., ::-1, :] if reversed_rows else part,)))
+        grads = accumulate(core.leaves, contributions, xp)
+        return tuple(xp.ascontiguousarray(g, dtype=leaf.dtype) for g, leaf in zip(grads, core.leaves))
+
+
+def _to_columns(a, vector, side, xp):
+    """The ``(..., d, m)`` form of an operand (or output) of ``H @ X`` / ``X @ H``: a view."""
+    if vector:
+        return a[..., None]
+    return xp.swapaxes(a, -1, -2) if side == "right" else a
+
+
+def _from_columns(c, vector, side, xp):
+    """Inverse of :func:`_to_columns`: a view."""
+    if vector:
+        return c[..., 0]
+    return xp.swapaxes(c, -1, -2) if side == "right" else c
 
 
 def _is_operator(obj):

@@ -99,3 +99,23 @@ def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, b
             if best is None or seconds < best[0]:
                 best = (seconds, plan)
     return best[1]
+
+
+def store_block_inputs(d, n, m, block_size, itemsize=4, backend="numpy"):
+    """Whether the CWY backward stores every block's input instead of recomputing it.
+
+    Storing keeps ``n/k * d * 2m`` values (a block's output and its gradient)
+    and turns the n/k per-block dY GEMMs into one batched GEMM, at the price of
+    one copy per block. It is chosen only when the cost model predicts it
+    faster and the stored values fit in ``n * d`` (the size of dY itself), so
+    the extra memory stays O(d m + n d) either way. Cost: O(1).
+    """
+    mach = MACHINES[backend]
+    k = min(block_size, n)
+    n_blocks = -(-n // k)
+    stored = n_blocks * d * 2 * m
+    if stored > n * d:
+        return False
+    per_block = n_blocks * _gemm(mach, k, 2 * m, d, itemsize)
+    batched = _gemm(mach, k, 2 * m, d, itemsize, count=n_blocks) + _pass(mach, 2 * stored, itemsize, n_blocks)
+    return batched < per_block

@@ -10,7 +10,10 @@ Every module offers the same three functions on *unit* vectors ``Y`` of shape
     batch dimensions like ``numpy.matmul``; ``X`` is never written to;
 ``backward(factors, out, dout, transpose, xp) -> (dY, dX)``
     the adjoint of ``apply`` given its output ``out``: gradients with respect to
-    the unit vectors ``Y`` (unreduced over X's batch dimensions) and to ``X``.
+    the unit vectors ``Y`` (unreduced over X's batch dimensions; the blocked
+    algorithms return one row per block row, and the rows past n, which belong
+    to block padding, are zero) and to ``X`` (shaped like ``out``). Zero rows
+    of ``Y`` get zero gradient; ``out`` and ``dout`` are never written to.
 
 The algorithms know nothing about the classes that use them.
 """

@@ -3,16 +3,36 @@
 Pays O(n d^2) once per H (cached) and O(d^2 m) per product: the fastest route
 once m, summed over the products that reuse H, is comparable to d.
 """
+from collections import namedtuple
+
 from . import cwy
+from ._blocks import swap
+
+Factors = namedtuple("DenseFactors", "h wy")
+Factors.__doc__ = "The dense matrix ``h`` ``(..., d, d)`` and the CWY factors ``wy`` it was built from."
 
 
 def build(y, block_size, xp):
     """The dense d x d matrix H (batched), via CWY applied to the identity. O(n d^2)."""
     d = y.shape[-1]
-    eye = xp.eye(d, dtype=y.dtype)
-    return cwy.apply(cwy.build(y, block_size, xp), eye, False, xp)
+    wy = cwy.build(y, block_size, xp)
+    return Factors(cwy.apply(wy, xp.eye(d, dtype=y.dtype), False, xp), wy)
 
 
-def apply(h, x, transpose, xp):
+def apply(f, x, transpose, xp):
     """``H @ X`` (``H.T @ X``) as one GEMM. O(d^2 m)."""
-    return (xp.swapaxes(h, -1, -2) if transpose else h) @ x
+    return (swap(f.h, xp) if transpose else f.h) @ x
+
+
+def backward(f, out, dout, transpose, xp):
+    """Adjoint of :func:`apply` via the WY form: ``(dY, dX)``.
+
+    ``dX = H^T dout`` (``H dout``) is one GEMM. The gradient with respect to
+    the dense matrix, ``dH = dout X^T`` (``X dout^T``) with ``X`` recovered from
+    ``out``, is taken back to the vectors by the CWY adjoint of ``H = P I``.
+    Cost: O(d^2 m) plus O(n d^2).
+    """
+    x = apply(f, out, not transpose, xp)
+    dh = x @ swap(dout, xp) if transpose else dout @ swap(x, xp)
+    dy, _ = cwy.backward(f.wy, xp.broadcast_to(f.h, dh.shape), dh, False, xp)
+    return dy, apply(f, dout, not transpose, xp)

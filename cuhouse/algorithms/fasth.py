@@ -7,11 +7,12 @@ sequential steps, each batched over the blocks). The blocks are then applied
 in sequence by two GEMMs each: ``X <- X - 2 W_j^T (Y_j X)``, and for the
 transpose ``X <- X - 2 Y_j^T (W_j X)``.
 
-Cost: build O(n k d) in k steps; apply O(n d m) in 2 n/k GEMMs.
+Cost: build O(n k d) in k steps; apply O(n d m) in 2 n/k GEMMs; backward
+O(n d m) in 2 n/k GEMMs plus k level-2 steps batched over the blocks.
 """
 from collections import namedtuple
 
-from . import _blocks
+from . import _blocks, sequential
 from ._blocks import application_order, chain, swap
 
 Factors = namedtuple("FastHFactors", "y w")
@@ -32,11 +33,36 @@ def build(y, block_size, xp):
     return Factors(yb, w)
 
 
+def _block_product(f, j, x, transpose, xp):
+    """``2 W_j^T (Y_j x)`` (``2 Y_j^T (W_j x)`` when ``transpose``): ``x - P_j x``. Two GEMMs."""
+    yj, wj = f.y[..., j, :, :], f.w[..., j, :, :]
+    first, second = (yj, wj) if transpose else (wj, yj)
+    return 2 * (swap(first, xp) @ (second @ x))
+
+
 def apply(f, x, transpose, xp):
     """``H @ X`` (``H.T @ X``) by two GEMMs per block. O(n d m)."""
-    def update(j, out):
-        yj, wj = f.y[..., j, :, :], f.w[..., j, :, :]
-        first, second = (yj, wj) if transpose else (wj, yj)
-        return 2 * (swap(first, xp) @ (second @ out))
+    return chain(x, application_order(f.y.shape[-3], transpose),
+                 lambda j, out: _block_product(f, j, out, transpose, xp))
 
-    return chain(x, application_order(f.y.shape[-3], transpose), update)
+
+def backward(f, out, dout, transpose, xp):
+    """The paper's backward: ``(dY, dX)`` for ``out = H @ X`` (``H.T @ X``) given ``dout``.
+
+    A sweep from the last applied block to the first recomputes each block's
+    input from its output with ``P_j^T = P_j^{-1}`` (two GEMMs, applied to the
+    activation and the gradient together) and keeps every block's output and
+    output gradient (``2 n/k * d * m`` values). The in-block loop of rank-1
+    adjoints (:func:`sequential.backward`) then runs for all blocks at once:
+    the blocks are independent. dY has one row per block row (padding rows
+    past n are zero). Cost: O(n d m).
+    """
+    n_blocks, k, d = f.y.shape[-3:]
+    m = out.shape[-1]
+    b = xp.concatenate([out, dout], axis=-1)                     # [A | G] at a block's output
+    outputs = xp.empty(b.shape[:-2] + (n_blocks,) + b.shape[-2:], dtype=b.dtype)
+    for j in reversed(application_order(n_blocks, transpose)):
+        outputs[..., j, :, :] = b
+        b -= _block_product(f, j, b, not transpose, xp)
+    dy, _ = sequential.backward(f.y, outputs[..., :m], outputs[..., m:], transpose, xp)
+    return dy.reshape(dy.shape[:-3] + (n_blocks * k, d)), b[..., m:]

@@ -17,11 +17,12 @@ import sys
 import numpy
 
 from .._backend import backend_name, cupy_module, gpu_available
-from . import forward, plot
+from . import forward, gradients, plot
 from ._timing import measure
 
 SECTIONS = {
     "forward": forward,
+    "gradients": gradients,
 }
 DEFAULT_SIZES = (256, 512, 1024, 2048)
 QUICK_SIZES = (256, 512)
@@ -83,6 +84,9 @@ def main(argv=None):
             result = measure(cases, baseline, rounds, xp)
             for case, (seconds, ratio) in result.items():
                 print("{:>6}  {:<34} {:>11.3f} {:>9.2f}".format(d, case, seconds * 1e3, ratio))
+            note = section.report(d, args.m, dtype, xp) if hasattr(section, "report") else None
+            if note:
+                print("{:>6}  {}".format(d, note))
         print("ratio = time / time of '{}', the median over rounds of the paired ratio".format(
             section.BASELINE_LABEL))
     return 0
