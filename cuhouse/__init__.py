@@ -6,6 +6,8 @@ WY products for NumPy and CuPy arrays.
 from .autodiff import logdet, matmul, vjp
 from .flatten import flatten_params, unflatten_params
 from .householder import HouseholderProduct
+from .spectral import EighMatrix, SVDMatrix
 
-__all__ = ["HouseholderProduct", "flatten_params", "logdet", "matmul", "unflatten_params", "vjp"]
+__all__ = ["EighMatrix", "HouseholderProduct", "SVDMatrix", "flatten_params", "logdet", "matmul",
+           "unflatten_params", "vjp"]
 __version__ = "0.1.0"

@@ -85,11 +85,13 @@ def vectors(v, xp, check_finite, allow_zero_rows=False, name="vectors"):
     return v, norms
 
 
-def operand(x, xp, d, side, check_finite):
-    """Validate the array multiplied by a d x d operator.
+def operand(x, xp, d, side, check_finite, shape=None):
+    """Validate the array multiplied by an operator along its dimension ``d``.
 
     ``side == "left"`` for ``op @ x``: ``x`` is ``(d,)`` or ``(..., d, m)``.
     ``side == "right"`` for ``x @ op``: ``x`` is ``(d,)`` or ``(..., m, d)``.
+    ``shape`` (rows, cols) names a rectangular operator in the message;
+    the default is d x d.
     """
     x = as_array(x, "X", xp)
     if x.ndim == 0:
@@ -97,8 +99,9 @@ def operand(x, xp, d, side, check_finite):
     axis = -1 if (x.ndim == 1 or side == "right") else -2
     if x.shape[axis] != d:
         expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
+        rows, cols = shape or (d, d)
         raise ValueError("X has shape {} but the operator is {}x{}: expected {} with d={}".format(
-            tuple(x.shape), d, d, expected, d))
+            tuple(x.shape), rows, cols, expected, d))
     if check_finite and not bool(xp.isfinite(x).all()):
         raise ValueError("X must be finite; found NaN or Inf (pass check_finite=False "
                          "to skip this check)")

@@ -17,12 +17,13 @@ import sys
 import numpy
 
 from .._backend import backend_name, cupy_module, gpu_available
-from . import forward, gradients, plot
+from . import forward, gradients, plot, spectral
 from ._timing import measure
 
 SECTIONS = {
     "forward": forward,
     "gradients": gradients,
+    "spectral": spectral,
 }
 DEFAULT_SIZES = (256, 512, 1024, 2048)
 QUICK_SIZES = (256, 512)

@@ -1,0 +1,591 @@
+"""SVD- and eigen-parameterized matrices: ``SVDMatrix`` and ``EighMatrix``.
+
+``SVDMatrix(U, s, V)`` is W = U[:, :r] diag(s) V[:, :r]^T and
+``EighMatrix(U, w)`` the symmetric W = U diag(w) U^T, with U and V kept as
+``HouseholderProduct``s. Products cost two Householder applications,
+O(d n m); inverse, pseudo-inverse, Cayley map, powers, ``expm``, ``logm``,
+clipping and the transpose are O(r) maps on the spectrum; determinants and
+norms are O(r) reductions. Only ``from_dense`` (an SVD or eigendecomposition)
+and ``todense`` cost O(d^3).
+
+A derived matrix (``W.inv()``, ``W.T``, ``E.expm()``, ...) is the same kind of
+object with a lineage: its parent, the element-wise map applied to the
+parent's spectrum and that map's derivative. Gradients follow the lineage back
+to the leaf arrays the user passed in (``params``). The spectrum of a derived
+matrix is computed when it is derived; derive again after an optimizer step
+changes ``s`` or ``w`` in place (and call ``refresh()`` on U and V).
+"""
+import numpy
+
+from . import _validate
+from ._backend import array_module, backend_name
+from .autodiff import accumulate, is_operator, reduce_to_shape
+from .householder import HouseholderProduct, _from_columns, _to_columns
+
+
+class _SpectralMatrix:
+    """W = L[:, :r] diag(values) R[:, :r]^T with Householder products L, R.
+
+    The shared algebra of :class:`SVDMatrix` and :class:`EighMatrix`. A leaf
+    holds the user's arrays; a derived matrix holds its parent, the name of
+    the step that made it and the derivative of its values with respect to
+    the parent's values (``None`` for a transpose).
+    """
+
+    __array_ufunc__ = None          # ndarray @ W defers to W.__rmatmul__
+    __array_priority__ = 1000
+    _cuhouse_operator = True
+    _SPECTRUM = "s"                 # the name of the spectrum in messages and ``params``
+    _LEAF_NAME = "W"
+
+    def _init(self, left, values, right, leaf=None, parent=None, step=None, derivative=None):
+        self._left, self._values, self._right = left, values, right
+        self._leaf = self if leaf is None else leaf
+        self._parent, self._step, self._derivative = parent, step, derivative
+        self._xp = array_module(values)
+
+    def _derive(self, step, values, derivative, transpose=False):
+        """A child with ``values = map(self.values)`` and ``derivative = map'(self.values)``. O(1)."""
+        left, right = (self._right, self._left) if transpose else (self._left, self._right)
+        child = type(self).__new__(type(self))
+        child._init(left, values, right, self._leaf, self, step, derivative)
+        return child
+
+    # ------------------------------------------------------------ attributes
+    @property
+    def params(self):
+        """The leaf arrays gradients are taken with respect to (shared by every derived matrix)."""
+        return self._leaf._params
+
+    @property
+    def rank(self):
+        """r, the number of stored singular values (eigenvalues)."""
+        return self._values.shape[-1]
+
+    @property
+    def shape(self):
+        batch = numpy.broadcast_shapes(self._left.shape[:-2], self._values.shape[:-1], self._right.shape[:-2])
+        return batch + (self._left.shape[-1], self._right.shape[-1])
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def dtype(self):
+        return numpy.result_type(self._left.dtype, self._values.dtype, self._right.dtype)
+
+    @property
+    def backend(self):
+        """``"numpy"`` or ``"cupy"``."""
+        return backend_name(self._xp)
+
+    @property
+    def lineage(self):
+        """How this matrix was derived from its leaf, e.g. ``"W.inv().T"``."""
+        node, steps = self, []
+        while node._parent is not None:
+            steps.append(node._step)
+            node = node._parent
+        return ".".join([self._LEAF_NAME] + steps[::-1])
+
+    def __repr__(self):
+        return "{}(shape={}, rank={}, dtype={}, backend={}, lineage={!r})".format(
+            type(self).__name__, self.shape, self.rank, self.dtype, self.backend, self.lineage)
+
+    # --------------------------------------------------------------- algebra
+    @property
+    def T(self):
+        """The transpose R diag(values) L^T (the matrix itself when symmetric). O(1)."""
+        if self._left is self._right:
+            return self
+        return self._derive("T", self._values, None, transpose=True)
+
+    def inv(self):
+        """W^{-1} = R diag(1/values) L^T; square, full rank, every value nonzero. O(r)."""
+        self._require_full_rank("inv()", "use pinv() for a pseudo-inverse")
+        self._require_values("inv()", self._values != 0, "every {} nonzero (W is singular); use pinv()")
+        values = 1 / self._values
+        return self._derive("inv()", values, -values * values, transpose=True)
+
+    def pinv(self, rcond=1e-15):
+        """Moore-Penrose pseudo-inverse, shape ``(..., d_in, d_out)``. O(r).
+
+        As ``numpy.linalg.pinv``: values with ``|v| <= rcond * max|v|`` count
+        as zero. The cut-off is held fixed in the gradient.
+        """
+        xp = self._xp
+        magnitude = xp.abs(self._values)
+        cutoff = xp.asarray(rcond, dtype=magnitude.dtype)[..., None] * magnitude.max(axis=-1, keepdims=True)
+        kept = magnitude > cutoff
+        values = xp.where(kept, 1 / xp.where(kept, self._values, 1), 0)
+        return self._derive("pinv()", values, -values * values, transpose=True)
+
+    def solve(self, b):
+        """X with W X = B, as ``numpy.linalg.solve``: B ``(d,)`` or ``(..., d, m)``. O(d n m)."""
+        self._require_full_rank("solve()", "use pinv() @ B for least squares")
+        return self.inv() @ b
+
+    def det(self):
+        """det W per batch entry: det U det V prod(s) (0 when r < d). Square W. O(r)."""
+        self._require_square("det()")
+        xp = self._xp
+        if self.rank < self.shape[-1]:
+            return xp.zeros(self.shape[:-2], dtype=self.dtype)
+        det = self._left.det() * self._right.det() * xp.prod(self._values, axis=-1)
+        return xp.broadcast_to(det.astype(self.dtype, copy=False), self.shape[:-2])
+
+    def slogdet(self):
+        """``(sign, log|det W|)`` per batch entry, as ``numpy.linalg.slogdet``. Square W. O(r)."""
+        self._require_square("slogdet()")
+        xp = self._xp
+        batch = self.shape[:-2]
+        if self.rank < self.shape[-1]:
+            return xp.zeros(batch, dtype=self.dtype), xp.full(batch, -numpy.inf, dtype=self.dtype)
+        sign = self._left.det() * self._right.det() * xp.prod(xp.sign(self._values), axis=-1)
+        with numpy.errstate(divide="ignore"):
+            logabs = xp.sum(xp.log(xp.abs(self._values)), axis=-1)
+        return (xp.broadcast_to(sign.astype(self.dtype, copy=False), batch),
+                xp.broadcast_to(logabs.astype(self.dtype, copy=False), batch))
+
+    def logdet(self):
+        """``log|det W|`` per batch entry (``-inf`` when singular). Square W. O(r)."""
+        return self.slogdet()[1]
+
+    def singular_values(self):
+        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: |values| padded with zeros."""
+        xp = self._xp
+        magnitude = xp.abs(self._values)
+        missing = min(self.shape[-2:]) - self.rank
+        if missing:
+            magnitude = xp.concatenate([magnitude, xp.zeros(magnitude.shape[:-1] + (missing,), magnitude.dtype)], -1)
+        return xp.broadcast_to(magnitude, self.shape[:-2] + magnitude.shape[-1:])
+
+    def norm(self, ord=None):
+        """Matrix norm per batch entry, as ``numpy.linalg.norm``: ord in None/"fro", "nuc", 2, -2. O(r)."""
+        sigma = self.singular_values()
+        if ord is None or ord == "fro":
+            return self._xp.sqrt((sigma * sigma).sum(axis=-1))
+        if ord == "nuc":
+            return sigma.sum(axis=-1)
+        if ord == 2:
+            return sigma.max(axis=-1)
+        if ord == -2:
+            return sigma.min(axis=-1)
+        raise ValueError("ord must be one of None, 'fro', 'nuc', 2, -2, got {!r}".format(ord))
+
+    def cond(self, p=None):
+        """Condition number per batch entry, as ``numpy.linalg.cond``: p in None/2, -2, "fro", "nuc". O(r).
+
+        ``inf`` for a singular matrix; "fro" and "nuc" need a square W.
+        """
+        if p in ("fro", "nuc"):
+            self._require_square("cond(p={!r})".format(p))
+            sigma = self.singular_values()
+            with numpy.errstate(divide="ignore"):
+                inverse = self._xp.where(sigma > 0, 1 / self._xp.where(sigma > 0, sigma, 1), numpy.inf)
+            power = 2 if p == "fro" else 1
+            return ((sigma ** power).sum(axis=-1) * (inverse ** power).sum(axis=-1)) ** (1 / power)
+        if p is None or p in (2, -2):
+            with numpy.errstate(divide="ignore"):
+                ratio = self.norm(2) / self.norm(-2)
+            return ratio if p != -2 else 1 / ratio
+        raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
+
+    def todense(self):
+        """The dense matrix ``(..., d_out, d_in)``. O(d_in n (d_out + d_in))."""
+        return self @ self._xp.eye(self.shape[-1], dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        if self.backend != "numpy":
+            raise TypeError("a {} on the CuPy backend cannot become a NumPy array implicitly; "
+                            "use cupy.asnumpy(W.todense())".format(type(self).__name__))
+        dense = self.todense()
+        return dense if dtype is None else dense.astype(dtype)
+
+    # ------------------------------------------------------------- products
+    def __matmul__(self, other):
+        if is_operator(other):
+            return NotImplemented
+        return self._product(other, "left")
+
+    def __rmatmul__(self, other):
+        if is_operator(other):
+            return NotImplemented
+        return self._product(other, "right")
+
+    def matmul(self, x):
+        """``W @ X``; see :func:`cuhouse.matmul`."""
+        return self @ x
+
+    def _product(self, x, side):
+        operator, columns, vector = self._as_left_product(x, side)
+        return self._xp.ascontiguousarray(_from_columns(operator._apply_columns(columns), vector, side, self._xp))
+
+    def _apply_columns(self, x):
+        """``W @ x`` for a validated float ``x`` ``(..., d_in, m)``: R^T, scale, L. O(d n m)."""
+        y = self._right._apply_matrix(x, True)
+        return self._left._apply_matrix(self._scale(y, self._left.shape[-1]), False)
+
+    def _scale(self, y, rows):
+        """``diag(values) y[:r]`` zero-padded to ``rows`` rows: ``(..., d, m) -> (..., rows, m)``. O(r m)."""
+        r = self.rank
+        scaled = self._values.astype(y.dtype, copy=False)[..., :, None] * y[..., :r, :]
+        if rows == r:
+            return scaled
+        out = self._xp.zeros(scaled.shape[:-2] + (rows, y.shape[-1]), dtype=scaled.dtype)
+        out[..., :r, :] = scaled
+        return out
+
+    def _as_left_product(self, x, side):
+        """``(operator, columns, vector)``: ``x @ W`` becomes ``W^T @ x^T``; a vector becomes one column.
+
+        ``columns`` is ``x`` validated, cast to the result dtype and shaped
+        ``(..., d, m)``; ``vector`` (whether ``x`` is 1-D) and the side tell
+        ``_from_columns`` how to map a result or gradient back.
+        """
+        rows, cols = self.shape[-2:]
+        x = _validate.operand(x, self._xp, cols if side == "left" else rows, side,
+                              self._leaf._check_finite, shape=(rows, cols))
+        x = x.astype(_validate.float_dtype(numpy.result_type(self.dtype, x.dtype)), copy=False)
+        if x.ndim > 1:
+            try:
+                numpy.broadcast_shapes(self.shape[:-2], x.shape[:-2])
+            except ValueError:
+                raise ValueError("batch shapes of W {} and X {} do not broadcast".format(
+                    self.shape[:-2], tuple(x.shape[:-2]))) from None
+        operator = self if side == "left" else self.T
+        return operator, _to_columns(x, x.ndim == 1, side, self._xp), x.ndim == 1
+
+    # ------------------------------------------------------------ gradients
+    def _vjp_matmul(self, x, side):
+        """``(out, back)`` for ``W @ x`` (``x @ W``); ``back(dout) -> (dparams, dx)``. Twice the forward cost."""
+        xp = self._xp
+        if is_operator(x):
+            raise TypeError("vjp(matmul, A, X) differentiates a matrix times an array; got two cuhouse matrices "
+                            "({} and {})".format(type(self).__name__, type(x).__name__))
+        operator, columns, vector = self._as_left_product(x, side)
+        out_columns, back_columns = operator._vjp_columns(columns)
+        out = xp.ascontiguousarray(_from_columns(out_columns, vector, side, xp))
+
+        def back(dout):
+            dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
+            dparams, dx = back_columns(_to_columns(dout, vector, side, xp))
+            return dparams, xp.ascontiguousarray(_from_columns(dx, vector, side, xp))
+        return out, back
+
+    def _vjp_columns(self, x):
+        """``W @ x`` for columns ``x`` ``(..., d_in, m)`` through the factors' own adjoints."""
+        y, back_right = self._right.T._vjp_matmul(x, "left")
+        out, back_left = self._left._vjp_matmul(self._scale(y, self._left.shape[-1]), "left")
+
+        def back(dout):
+            left_grads, dz = back_left(dout)
+            dvalues = (dz[..., :self.rank, :] * y[..., :self.rank, :]).sum(axis=-1)
+            dy = reduce_to_shape(self._scale(dz, self._right.shape[-1]), y.shape, self._xp)
+            right_grads, dx = back_right(dy)
+            return self._leaf_grads(left_grads, dvalues, right_grads), dx
+        return out, back
+
+    def _vjp_logdet(self):
+        """``(log|det W|, back)`` with ``back(dvalue) -> dparams``: only the spectrum gets a gradient."""
+        self._require_full_rank("the gradient of logdet", "log|det W| is -inf")
+        value = self.logdet()
+
+        def back(dvalue):
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, self._xp)
+            return self._leaf_grads((), dvalue[..., None] / self._values, ())
+        return value, back
+
+    def _leaf_grads(self, left_grads, dvalues, right_grads):
+        """Gradients for ``params``: ``dvalues`` chained back along the lineage, factor gradients added by leaf."""
+        node = self
+        while node._parent is not None:
+            if node._derivative is not None:
+                dvalues = dvalues * node._derivative
+            node = node._parent
+        return accumulate(self.params, [(self._left.params, left_grads), ((node._values,), (dvalues,)),
+                                        (self._right.params, right_grads)], self._xp)
+
+    # ---------------------------------------------------------------- checks
+    def _require_square(self, operation):
+        rows, cols = self.shape[-2:]
+        if rows != cols:
+            raise ValueError("{} needs a square matrix, but W is {}x{}".format(operation, rows, cols))
+
+    def _require_full_rank(self, operation, hint):
+        self._require_square(operation)
+        if self.rank < self.shape[-1]:
+            raise ValueError("{} needs a full-rank square matrix, but W is {}x{} with rank r={}; {}".format(
+                operation, self.shape[-2], self.shape[-1], self.rank, hint))
+
+    def _require_values(self, operation, ok, expected):
+        """``ValueError`` naming the first value where the mask ``ok`` is False."""
+        if not bool(ok.all()):
+            where = tuple(int(i) for i in numpy.argwhere(_validate.to_host(~ok))[0])
+            bad = float(self._values[where])
+            raise ValueError("{} needs {}, got {}{} = {!r}".format(
+                operation, expected.format(self._SPECTRUM), self._SPECTRUM, list(where), bad))
+
+
+def _householder(obj, name, check_finite):
+    """``obj`` if it is a ``HouseholderProduct``, else one built from its vectors."""
+    if isinstance(obj, HouseholderProduct):
+        return obj
+    if is_operator(obj):
+        raise TypeError("{} must be a HouseholderProduct or an array of Householder vectors (..., n, d), "
+                        "got {}".format(name, type(obj).__name__))
+    try:
+        return HouseholderProduct(obj, check_finite=check_finite)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)("{}: {}".format(name, exc)) from None
+
+
+def _spectrum(values, name, xp, check_finite):
+    """The spectrum ``(..., r)`` as a float array (the caller's array when already float)."""
+    values = _validate.as_array(values, name, xp)
+    if values.ndim < 1 or values.shape[-1] == 0:
+        raise ValueError("{} must have shape (..., r) with r >= 1, got shape {}".format(name, tuple(values.shape)))
+    values = values.astype(_validate.float_dtype(values.dtype), copy=False)
+    if check_finite and not bool(xp.isfinite(values).all()):
+        raise ValueError("{} must be finite; found NaN or Inf".format(name))
+    return values
+
+
+def _householder_from_orthonormal(q, xp):
+    """``(H, signs)`` with ``H[:, :k] = q diag(signs)`` for orthonormal columns ``q`` ``(..., d, k)``.
+
+    A Householder QR of ``q``: its R is diagonal with entries +-1 (``signs``
+    ``(..., k)``) and its reflectors, at most d - 1 of them, form H. O(d k^2).
+    """
+    d, k = q.shape[-2:]
+    raw, tau = xp.linalg.qr(q, mode="raw")             # raw is the transposed geqrf layout
+    a = xp.swapaxes(raw, -1, -2)
+    signs = xp.sign(xp.diagonal(a, axis1=-2, axis2=-1)[..., :k])
+    n = max(1, min(k, d - 1))                          # the last reflector of a full d x d QR is the identity
+    return HouseholderProduct.from_lapack(a, tau[..., :n]), signs
+
+
+def _dense_operand(a, name, xp):
+    """A finite float matrix stack ``(..., rows, cols)`` for the ``from_dense`` constructors."""
+    a = _validate.as_array(a, name, xp)
+    if a.ndim < 2 or 0 in a.shape[-2:]:
+        raise ValueError("{} must have shape (..., rows, cols) with rows, cols >= 1, got shape {}".format(
+            name, tuple(a.shape)))
+    a = a.astype(_validate.float_dtype(a.dtype), copy=False)
+    if not bool(xp.isfinite(a).all()):
+        raise ValueError("{} must be finite; found NaN or Inf".format(name))
+    return a
+
+
+class SVDMatrix(_SpectralMatrix):
+    """W = U[:, :r] diag(s) V[:, :r]^T, shape ``(..., d_out, d_in)``.
+
+    Parameters
+    ----------
+    U, V : HouseholderProduct or array of Householder vectors
+        U is d_out x d_out, V is d_in x d_in (vectors ``(..., n, d)``).
+    s : array_like, shape ``(..., r)``
+        The singular values, ``1 <= r <= min(d_out, d_in)``. They may carry
+        signs: the singular values of W are ``|s|``.
+    check_finite : bool
+        Reject NaN/Inf in ``s`` and in every operand.
+
+    ``params`` is ``U.params + (s,) + V.params``, that is
+    ``(U.vectors, s, V.vectors)`` for products built from one vector array.
+    Batch dimensions of U, s and V broadcast. Cost: ``W @ X`` with X
+    ``(d_in, m)`` is O((d_in n_V + d_out n_U) m), so O(d r m) when U and V
+    have r reflections; the spectral operations are O(r).
+    """
+
+    def __init__(self, U, s, V, *, check_finite=True):
+        U, V = _householder(U, "U", check_finite), _householder(V, "V", check_finite)
+        xp = array_module(U.vectors, s, V.vectors)
+        s = _spectrum(s, "s", xp, check_finite)
+        r, d_out, d_in = s.shape[-1], U.shape[-1], V.shape[-1]
+        if r > min(d_out, d_in):
+            raise ValueError("s has r={} values but U is {}x{} and V is {}x{}: "
+                             "W = U[:, :r] diag(s) V[:, :r]^T needs r <= min(d_out, d_in) = {}".format(
+                                 r, d_out, d_out, d_in, d_in, min(d_out, d_in)))
+        try:
+            numpy.broadcast_shapes(U.shape[:-2], s.shape[:-1], V.shape[:-2])
+        except ValueError:
+            raise ValueError("the batch shapes of U {}, s {} and V {} do not broadcast".format(
+                U.shape[:-2], tuple(s.shape[:-1]), V.shape[:-2])) from None
+        self._init(U, s, V)
+        self._params = U.params + (s,) + V.params
+        self._check_finite = bool(check_finite)
+
+    @property
+    def U(self):
+        """The left Householder product (d_out x d_out)."""
+        return self._left
+
+    @property
+    def s(self):
+        """The singular values ``(..., r)`` (signed; derived for a derived matrix)."""
+        return self._values
+
+    @property
+    def V(self):
+        """The right Householder product (d_in x d_in)."""
+        return self._right
+
+    def clip(self, lo=0.0, hi=numpy.inf):
+        """Spectral clipping: singular values |s| clipped to ``[lo, hi]``, signs kept. O(r).
+
+        The gradient passes where ``lo <= |s| <= hi`` and is zero elsewhere.
+        """
+        lo, hi = float(lo), float(hi)
+        if not 0 <= lo <= hi:
+            raise ValueError("clip needs 0 <= lo <= hi, got lo={!r}, hi={!r}".format(lo, hi))
+        xp = self._xp
+        magnitude = xp.abs(self._values)
+        values = xp.where(self._values < 0, -1, 1) * xp.clip(magnitude, lo, hi)
+        inside = ((magnitude >= lo) & (magnitude <= hi)).astype(self._values.dtype)
+        return self._derive("clip({!r}, {!r})".format(lo, hi), values.astype(self._values.dtype), inside)
+
+    def expm(self):
+        """Not defined for U diag(s) V^T; a matrix function needs ``EighMatrix``."""
+        raise TypeError("expm() needs a symmetric matrix U diag(w) U^T, but an SVDMatrix has independent U and "
+                        "V; build it as cuhouse.EighMatrix(U, w) to use expm, logm, sqrtm, power or cayley")
+
+    @classmethod
+    def from_dense(cls, a, rank=None, *, check_finite=True):
+        """The SVD of ``a`` ``(..., d_out, d_in)`` with Householder singular vectors.
+
+        ``rank`` keeps the r largest singular values (the best rank-r
+        approximation); the default keeps min(d_out, d_in). U and V get at
+        most r reflections each; the signs of the QR that turns the singular
+        vectors into reflections move into ``s``. Cost: O(d^3) once.
+        """
+        xp = array_module(a)
+        a = _dense_operand(a, "A", xp)
+        full = min(a.shape[-2:])
+        r = full if rank is None else _validate.positive_int_or_none(rank, "rank")
+        if r > full:
+            raise ValueError("rank must be at most min(d_out, d_in) = {} for A of shape {}, got {}".format(
+                full, tuple(a.shape), r))
+        left, sigma, right_t = xp.linalg.svd(a, full_matrices=False)
+        U, u_signs = _householder_from_orthonormal(left[..., :r], xp)
+        V, v_signs = _householder_from_orthonormal(xp.swapaxes(right_t, -1, -2)[..., :r], xp)
+        return cls(U, sigma[..., :r] * u_signs * v_signs, V, check_finite=check_finite)
+
+    @classmethod
+    def random(cls, d_out, d_in, rank=None, rng=None, *, dtype=numpy.float64, batch_shape=(), spread=0.1):
+        """A random layer: Gaussian Householder vectors (r per side) and s uniform in 1 +- spread.
+
+        ``rng`` is anything ``numpy.random.default_rng`` accepts. NumPy arrays.
+        """
+        rng = numpy.random.default_rng(rng)
+        full = min(d_out, d_in)
+        r = full if rank is None else _validate.positive_int_or_none(rank, "rank")
+        if r > full:
+            raise ValueError("rank must be at most min(d_out, d_in) = {}, got {}".format(full, r))
+        batch_shape = tuple(batch_shape)
+        u = rng.standard_normal(batch_shape + (r, d_out)).astype(dtype)
+        v = rng.standard_normal(batch_shape + (r, d_in)).astype(dtype)
+        s = rng.uniform(1 - spread, 1 + spread, batch_shape + (r,)).astype(dtype)
+        return cls(u, s, v)
+
+
+class EighMatrix(_SpectralMatrix):
+    """The symmetric W = U diag(w) U^T, shape ``(..., d, d)``.
+
+    Parameters
+    ----------
+    U : HouseholderProduct or array of Householder vectors ``(..., n, d)``
+    w : array_like, shape ``(..., d)``
+        The eigenvalues (real).
+
+    ``params`` is ``U.params + (w,)``. Matrix functions (``expm``, ``logm``,
+    ``sqrtm``, ``power``, ``cayley``, ``inv``) map w element-wise: O(d), and
+    the result is again an ``EighMatrix``. ``W @ X`` costs O(d n m).
+    """
+
+    _SPECTRUM = "w"
+    _LEAF_NAME = "E"
+
+    def __init__(self, U, w, *, check_finite=True):
+        U = _householder(U, "U", check_finite)
+        xp = array_module(U.vectors, w)
+        w = _spectrum(w, "w", xp, check_finite)
+        d = U.shape[-1]
+        if w.shape[-1] != d:
+            raise ValueError("w must have shape (..., d) with d={} to match U ({}x{}), got shape {}".format(
+                d, d, d, tuple(w.shape)))
+        try:
+            numpy.broadcast_shapes(U.shape[:-2], w.shape[:-1])
+        except ValueError:
+            raise ValueError("the batch shapes of U {} and w {} do not broadcast".format(
+                U.shape[:-2], tuple(w.shape[:-1]))) from None
+        self._init(U, w, U)
+        self._params = U.params + (w,)
+        self._check_finite = bool(check_finite)
+
+    @property
+    def U(self):
+        """The eigenvectors as a Householder product (d x d)."""
+        return self._left
+
+    @property
+    def w(self):
+        """The eigenvalues ``(..., d)`` (derived for a derived matrix)."""
+        return self._values
+
+    def expm(self):
+        """The matrix exponential U diag(exp w) U^T. O(d)."""
+        values = self._xp.exp(self._values)
+        return self._derive("expm()", values, values)
+
+    def logm(self):
+        """The principal logarithm U diag(log w) U^T; every w > 0. O(d)."""
+        self._require_values("logm()", self._values > 0, "every {} > 0 (a positive definite matrix)")
+        return self._derive("logm()", self._xp.log(self._values), 1 / self._values)
+
+    def sqrtm(self):
+        """The principal square root U diag(sqrt w) U^T; every w > 0. O(d)."""
+        self._require_values("sqrtm()", self._values > 0, "every {} > 0 (a positive definite matrix)")
+        values = self._xp.sqrt(self._values)
+        return self._derive("sqrtm()", values, 0.5 / values)
+
+    def power(self, p):
+        """W**p = U diag(w**p) U^T, as ``scipy.linalg.fractional_matrix_power``. O(d).
+
+        An integer p allows any w (nonzero when p < 0); a fractional p needs every w > 0.
+        """
+        p = float(p)
+        if not p.is_integer():
+            self._require_values("power({!r})".format(p), self._values > 0,
+                                 "every {} > 0 for a fractional power")
+        elif p < 0:
+            self._require_values("power({!r})".format(p), self._values != 0,
+                                 "every {} nonzero for a negative power")
+        values = self._values ** p
+        derivative = p * self._values ** (p - 1) if p else self._xp.zeros_like(self._values)
+        return self._derive("power({!r})".format(p), values, derivative)
+
+    def cayley(self):
+        """The Cayley map (I - W)(I + W)^{-1} = U diag((1 - w)/(1 + w)) U^T; every w != -1. O(d)."""
+        self._require_values("cayley()", self._values != -1, "every {} != -1 (I + W invertible)")
+        plus = 1 + self._values
+        return self._derive("cayley()", (1 - self._values) / plus, -2 / (plus * plus))
+
+    @classmethod
+    def from_dense(cls, a, *, check_finite=True):
+        """The eigendecomposition of a symmetric ``a`` ``(..., d, d)``, eigenvectors as reflections.
+
+        ``a`` must be symmetric to within 100 eps of its largest entry. Cost: O(d^3) once.
+        """
+        xp = array_module(a)
+        a = _dense_operand(a, "A", xp)
+        if a.shape[-1] != a.shape[-2]:
+            raise ValueError("A must be square and symmetric, got shape {}".format(tuple(a.shape)))
+        asymmetry = float(xp.abs(a - xp.swapaxes(a, -1, -2)).max())
+        scale = float(xp.abs(a).max())
+        if asymmetry > 100 * numpy.finfo(a.dtype).eps * scale:
+            raise ValueError("A must be symmetric, but max |A - A^T| = {:.3g} (max |A| = {:.3g}); "
+                             "use SVDMatrix.from_dense for a general matrix".format(asymmetry, scale))
+        w, vectors = xp.linalg.eigh(a)
+        U, _ = _householder_from_orthonormal(vectors, xp)
+        return cls(U, w, check_finite=check_finite)

@@ -1,0 +1,565 @@
+"""SVDMatrix and EighMatrix against numpy.linalg / scipy.linalg on the dense matrix."""
+import itertools
+
+import numpy
+import pytest
+import scipy.linalg
+from hypothesis import given, settings, strategies as st
+
+import cuhouse as ch
+from conftest import dense_reference, rtol, to_numpy
+
+DTYPES = [numpy.float32, numpy.float64]
+# (d_out, d_in, r): square full rank, tall, wide, square rank-deficient
+SHAPES = [(6, 6, 6), (7, 4, 4), (4, 7, 3), (5, 5, 2)]
+BATCHES = [(), (2,)]
+
+
+def spectrum(rng, shape, low=0.5, high=2.0):
+    """Values with magnitudes in [low, high] and random signs."""
+    return rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def svd_arrays(xp, dtype, d_out, d_in, r, batch=(), seed=0):
+    """Leaf arrays ``(u, s, v)`` (U batched, V not) and the float64 dense W.
+
+    U has d_out reflections and V d_in - 1, so det U det V = -1 for square W.
+    """
+    rng = numpy.random.default_rng(seed)
+    u = rng.standard_normal(batch + (d_out, d_out))
+    v = rng.standard_normal((max(d_in - 1, 1), d_in))
+    s = spectrum(rng, batch + (r,))
+    dense = dense_reference(u)[..., :r] * s[..., None, :] @ numpy.swapaxes(dense_reference(v)[..., :r], -1, -2)
+    return tuple(xp.asarray(a.astype(dtype)) for a in (u, s, v)), dense
+
+
+def eigh_arrays(xp, dtype, d, batch=(), seed=0, low=0.3, high=2.0):
+    """Leaf arrays ``(u, w)`` with positive w in [low, high] and the float64 dense W."""
+    rng = numpy.random.default_rng(seed)
+    u = rng.standard_normal(batch + (d, d))
+    w = rng.uniform(low, high, batch + (d,))
+    q = dense_reference(u)
+    return (xp.asarray(u.astype(dtype)), xp.asarray(w.astype(dtype))), (q * w[..., None, :]) @ numpy.swapaxes(q, -1, -2)
+
+
+def assert_close(actual, expected, dtype, scale=10):
+    """Relative to the largest entry of ``expected``, with a dtype-aware tolerance."""
+    actual, expected = to_numpy(actual), numpy.asarray(expected)
+    assert actual.shape == expected.shape
+    finite = numpy.isfinite(expected)
+    assert numpy.array_equal(finite, numpy.isfinite(actual))
+    assert numpy.array_equal(numpy.sign(expected[~finite]), numpy.sign(actual[~finite]))
+    bound = rtol(dtype, scale) * max(1.0, numpy.abs(expected[finite]).max(initial=0))
+    numpy.testing.assert_allclose(actual[finite], expected[finite], rtol=0, atol=bound)
+
+
+def per_matrix(fn, a):
+    """``fn`` applied to each matrix of a stack."""
+    a = numpy.asarray(a)
+    flat = a.reshape((-1,) + a.shape[-2:])
+    return numpy.stack([numpy.real_if_close(fn(m)) for m in flat]).reshape(a.shape[:-2] + (-1,) + a.shape[-1:])
+
+
+# ---------------------------------------------------------------- SVDMatrix
+@pytest.fixture(params=list(itertools.product(DTYPES, SHAPES, BATCHES)),
+                ids=lambda p: "{}-{}x{}r{}-batch{}".format(numpy.dtype(p[0]).name, *p[1], len(p[2])))
+def svd_case(request, xp):
+    """``(W, dense float64 W, dtype, (d_out, d_in, r), batch)`` for every dtype, shape class and batch."""
+    dtype, shape, batch = request.param
+    (u, s, v), dense = svd_arrays(xp, dtype, *shape, batch)
+    return ch.SVDMatrix(u, s, v), dense, dtype, shape, batch
+
+
+def test_products_and_dense_match_reference(xp, svd_case):
+    W, dense, dtype, shape, batch = svd_case
+    d_out, d_in, _ = shape
+    rng = numpy.random.default_rng(1)
+    x_left = rng.standard_normal((3, 1, d_in, 5)).astype(dtype)         # broadcasts against the batch
+    x_right = rng.standard_normal((5, d_out)).astype(dtype)
+    assert W.shape == batch + (d_out, d_in) and W.dtype == dtype
+    assert_close(W.todense(), dense, dtype)
+    assert_close(W @ xp.asarray(x_left), dense @ x_left, dtype)
+    assert_close(xp.asarray(x_right) @ W, x_right @ dense, dtype)
+    assert_close(W @ xp.asarray(x_left[0, 0, :, 0]), dense @ x_left[0, 0, :, 0], dtype)
+    assert_close(xp.asarray(x_right[0]) @ W, x_right[0] @ dense, dtype)
+    assert_close(W.T.todense(), numpy.swapaxes(dense, -1, -2), dtype)
+    assert_close(W.T @ xp.asarray(x_right.T), numpy.swapaxes(dense, -1, -2) @ x_right.T, dtype)
+    assert (W @ xp.asarray(x_left)).dtype == dtype
+    if xp is numpy:
+        assert_close(numpy.asarray(W), dense, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_inv_solve_and_round_trip(xp, dtype, batch):
+    (u, s, v), dense = svd_arrays(xp, dtype, 6, 6, 6, batch)
+    W = ch.SVDMatrix(u, s, v)
+    rng = numpy.random.default_rng(2)
+    x = rng.standard_normal((6, 4)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    assert_close(W.inv().todense(), numpy.linalg.inv(dense), dtype)
+    assert_close(W.solve(xp.asarray(x)), numpy.linalg.solve(dense, x), dtype)
+    assert_close(W.solve(xp.asarray(b)), numpy.linalg.solve(dense, b), dtype)
+    assert_close(W.inv() @ (W @ xp.asarray(x)), numpy.broadcast_to(x, batch + x.shape), dtype)
+    assert_close(W.inv().T.todense(), numpy.swapaxes(numpy.linalg.inv(dense), -1, -2), dtype)
+
+
+def test_pinv_matches_numpy(svd_case):
+    W, dense, dtype, shape, batch = svd_case
+    assert W.pinv(rcond=1e-6).shape == batch + shape[1::-1]
+    assert_close(W.pinv(rcond=1e-6).todense(), numpy.linalg.pinv(dense, rcond=1e-6), dtype)
+
+
+def test_pinv_cuts_small_values_like_numpy(xp):
+    (u, _, v), _ = svd_arrays(xp, numpy.float64, 5, 5, 5)
+    s = numpy.array([3.0, 1.0, 1e-3, -2.0, 1e-4])
+    W = ch.SVDMatrix(u, xp.asarray(s), v)
+    dense = to_numpy(W.todense())
+    assert_close(W.pinv(rcond=1e-3).todense(), numpy.linalg.pinv(dense, rcond=1e-3), numpy.float64, 1e4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(6, 6, 6), (5, 5, 2)])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_determinants_match_numpy(xp, dtype, shape, batch):
+    (u, s, v), dense = svd_arrays(xp, dtype, *shape, batch)
+    W = ch.SVDMatrix(u, s, v)
+    sign, logabs = numpy.linalg.slogdet(dense)
+    if shape[2] < shape[0]:                          # rank-deficient: exactly singular
+        sign, logabs = numpy.zeros_like(sign), numpy.full_like(logabs, -numpy.inf)
+    got_sign, got_logabs = W.slogdet()
+    assert_close(got_sign, sign, dtype)
+    assert_close(got_logabs, logabs, dtype)
+    assert_close(W.logdet(), logabs, dtype)
+    assert_close(W.det(), sign * numpy.exp(logabs), dtype)
+    assert W.det().shape == batch and W.det().dtype == dtype
+
+
+def test_norms_and_cond_match_numpy(svd_case):
+    W, dense, dtype, shape, _ = svd_case
+    for order in (None, "fro", "nuc", 2, -2):
+        assert_close(W.norm(order), numpy.linalg.norm(dense, order, axis=(-2, -1)), dtype)
+    full_rank = shape[2] == min(shape[:2])
+    if full_rank:
+        assert_close(W.cond(), numpy.linalg.cond(dense), dtype)
+        assert_close(W.cond(-2), numpy.linalg.cond(dense, -2), dtype)
+    else:
+        assert numpy.all(to_numpy(W.cond()) == numpy.inf)
+    if full_rank and shape[0] == shape[1]:
+        for p in ("fro", "nuc"):
+            assert_close(W.cond(p), numpy.linalg.cond(dense, p), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_clip_clips_singular_values(xp, dtype, shape):
+    (u, s, v), dense = svd_arrays(xp, dtype, *shape)
+    left, sigma, right = numpy.linalg.svd(dense, full_matrices=False)
+    rank = shape[2]
+    expected = (left[:, :rank] * numpy.clip(sigma[:rank], 0.8, 1.5)) @ right[:rank]
+    W = ch.SVDMatrix(u, s, v).clip(0.8, 1.5)
+    assert_close(W.todense(), expected, dtype)
+    assert_close(W.norm(2), min(1.5, sigma.max()), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_from_dense_round_trip(xp, dtype, shape, batch):
+    d_out, d_in, _ = shape
+    a = numpy.random.default_rng(3).standard_normal(batch + (d_out, d_in))
+    W = ch.SVDMatrix.from_dense(xp.asarray(a.astype(dtype)))
+    assert W.rank == min(d_out, d_in) and W.U.n_reflections <= max(1, d_out - 1)
+    assert_close(W.todense(), a, dtype)
+
+
+def test_from_dense_truncates_to_best_rank_r(xp):
+    a = numpy.random.default_rng(4).standard_normal((6, 8))
+    W = ch.SVDMatrix.from_dense(xp.asarray(a), rank=2)
+    left, sigma, right = numpy.linalg.svd(a, full_matrices=False)
+    assert W.rank == 2 and W.U.n_reflections == 2 and W.V.n_reflections == 2
+    assert_close(W.todense(), (left[:, :2] * sigma[:2]) @ right[:2], numpy.float64)
+
+
+def test_random_layer():
+    W = ch.SVDMatrix.random(8, 5, rank=3, rng=0)
+    again = ch.SVDMatrix.random(8, 5, rank=3, rng=0)
+    assert W.shape == (8, 5) and W.rank == 3 and W.U.n_reflections == 3
+    assert numpy.all(numpy.abs(W.s - 1) <= 0.1)
+    numpy.testing.assert_array_equal(W.todense(), again.todense())
+    assert ch.SVDMatrix.random(4, 4, rng=1, dtype=numpy.float32, batch_shape=(2,)).shape == (2, 4, 4)
+
+
+def test_params_are_the_leaf_arrays(xp):
+    (u, s, v), _ = svd_arrays(xp, numpy.float64, 5, 4, 3)
+    U, V = ch.HouseholderProduct(u), ch.HouseholderProduct(v)
+    W = ch.SVDMatrix(U, s, V)
+    assert all(a is b for a, b in zip(W.params, (U.vectors, s, V.vectors)))
+    for derived in (W.T, W.pinv().T, W.clip(0.6, 1.5).pinv()):
+        assert all(a is b for a, b in zip(derived.params, W.params))
+    assert ch.SVDMatrix(u, s, v).params[0] is u
+
+
+def test_repr_and_lineage():
+    W = ch.SVDMatrix.random(4, 4, rng=0)
+    assert W.inv().T.lineage == "W.inv().T"
+    assert "lineage='W.clip(0.0, 1.0).T'" in repr(W.clip(0, 1).T)
+    assert "shape=(4, 4)" in repr(W) and "rank=4" in repr(W)
+
+
+def test_inputs_are_not_mutated(xp):
+    (u, s, v), _ = svd_arrays(xp, numpy.float64, 5, 5, 5)
+    x = xp.asarray(numpy.random.default_rng(5).standard_normal((5, 3)))
+    before = [to_numpy(a).copy() for a in (u, s, v, x)]
+    W = ch.SVDMatrix(u, s, v)
+    for result in (W @ x, x.T @ W, W.inv() @ x, W.pinv() @ x, W.solve(x), W.clip(0.6, 1.2) @ x, W.slogdet()):
+        assert result is not None
+    for a, b in zip(before, (u, s, v, x)):
+        numpy.testing.assert_array_equal(a, to_numpy(b))
+
+
+# --------------------------------------------------------------- EighMatrix
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_eigh_matrix_functions_match_scipy(xp, dtype, batch):
+    (u, w), dense = eigh_arrays(xp, dtype, 5, batch)
+    E = ch.EighMatrix(u, w)
+    eye = numpy.eye(5)
+    assert E.T is E and E.shape == batch + (5, 5)
+    assert_close(E.todense(), dense, dtype)
+    assert_close(E.expm().todense(), per_matrix(scipy.linalg.expm, dense), dtype)
+    assert_close(E.logm().todense(), per_matrix(scipy.linalg.logm, dense), dtype, 100)
+    assert_close(E.sqrtm().todense(), per_matrix(scipy.linalg.sqrtm, dense), dtype, 100)
+    for p in (0.5, -1.5, 3, -2):
+        expected = per_matrix(lambda m: scipy.linalg.fractional_matrix_power(m, p), dense)
+        assert_close(E.power(p).todense(), expected, dtype, 100)
+    assert_close(E.cayley().todense(), (eye - dense) @ numpy.linalg.inv(eye + dense), dtype)
+    assert_close(E.inv().todense(), numpy.linalg.inv(dense), dtype)
+    sign, logabs = numpy.linalg.slogdet(dense)
+    assert_close(E.slogdet()[0], sign, dtype)
+    assert_close(E.logdet(), logabs, dtype)
+    x = numpy.random.default_rng(6).standard_normal((5, 3)).astype(dtype)
+    assert_close(E.expm() @ xp.asarray(x), per_matrix(scipy.linalg.expm, dense) @ x, dtype)
+    assert_close(xp.asarray(x.T) @ E, x.T @ dense, dtype)
+
+
+def test_eigh_negative_eigenvalues_and_integer_powers(xp):
+    rng = numpy.random.default_rng(7)
+    u = xp.asarray(rng.standard_normal((4, 4)))
+    w = xp.asarray(numpy.array([-2.0, -0.5, 0.7, 3.0]))
+    E = ch.EighMatrix(u, w)
+    dense = to_numpy(E.todense())
+    assert_close(E.power(3).todense(), numpy.linalg.matrix_power(dense, 3), numpy.float64)
+    assert_close(E.power(-2).todense(), numpy.linalg.matrix_power(numpy.linalg.inv(dense), 2), numpy.float64)
+    assert_close(E.slogdet()[0], numpy.linalg.slogdet(dense)[0], numpy.float64)
+    assert_close(E.cayley().todense(), (numpy.eye(4) - dense) @ numpy.linalg.inv(numpy.eye(4) + dense),
+                 numpy.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eigh_from_dense_round_trip(xp, dtype):
+    a = numpy.random.default_rng(8).standard_normal((2, 6, 6))
+    a = a + numpy.swapaxes(a, -1, -2)
+    E = ch.EighMatrix.from_dense(xp.asarray(a.astype(dtype)))
+    assert_close(E.todense(), a, dtype)
+    assert_close(numpy.sort(to_numpy(E.w), axis=-1), numpy.linalg.eigvalsh(a), dtype)
+
+
+# ------------------------------------------------------------ properties
+well_conditioned = st.tuples(st.integers(1, 7), st.integers(0, 2 ** 32 - 1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(well_conditioned)
+def test_property_inverse_times_matrix_is_identity(case):
+    d, seed = case
+    (u, s, v), dense = svd_arrays(numpy, numpy.float64, d, d, d, seed=seed)
+    W = ch.SVDMatrix(u, s, v)
+    assert_close(W.inv() @ W.todense(), numpy.eye(d), numpy.float64)
+    assert_close(W.logdet(), numpy.linalg.slogdet(dense)[1], numpy.float64)
+    assert float(W.det()) * numpy.linalg.det(dense) > 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 7), st.integers(1, 7), st.integers(0, 2 ** 32 - 1))
+def test_property_from_dense_reproduces_and_keeps_singular_values(d_out, d_in, seed):
+    a = numpy.random.default_rng(seed).standard_normal((d_out, d_in))
+    W = ch.SVDMatrix.from_dense(a)
+    assert_close(W.todense(), a, numpy.float64)
+    if d_out == d_in:                                  # the signs of U, V and s all reach det
+        assert_close(W.det(), numpy.linalg.det(a), numpy.float64)
+    assert_close(numpy.sort(numpy.abs(W.s)), numpy.sort(numpy.linalg.svd(a, compute_uv=False)), numpy.float64)
+
+
+# ------------------------------------------------------------- bad input
+def test_inv_of_singular_matrix_is_a_value_error():
+    W = ch.SVDMatrix(numpy.eye(3), numpy.array([1.0, 0.0, 2.0]), numpy.eye(3))
+    with pytest.raises(ValueError, match=r"inv\(\) needs every s nonzero \(W is singular\).*s\[1\] = 0\.0"):
+        W.inv()
+
+
+def test_inv_of_rectangular_or_rank_deficient_matrix_points_to_pinv():
+    with pytest.raises(ValueError, match=r"inv\(\) needs a square matrix, but W is 4x3"):
+        ch.SVDMatrix.random(4, 3, rng=0).inv()
+    with pytest.raises(ValueError, match=r"full-rank square matrix.*rank r=2; use pinv"):
+        ch.SVDMatrix.random(4, 4, rank=2, rng=0).inv()
+
+
+def test_det_of_rectangular_matrix_is_a_value_error():
+    with pytest.raises(ValueError, match=r"slogdet\(\) needs a square matrix, but W is 3x5"):
+        ch.SVDMatrix.random(3, 5, rng=0).logdet()
+
+
+@pytest.mark.parametrize("method", ["logm", "sqrtm"])
+def test_logm_and_sqrtm_need_positive_eigenvalues(method):
+    E = ch.EighMatrix(numpy.eye(3), numpy.array([1.0, 2.0, -0.5]))
+    with pytest.raises(ValueError, match=r"{}\(\) needs every w > 0.*w\[2\] = -0\.5".format(method)):
+        getattr(E, method)()
+
+
+def test_fractional_power_needs_positive_eigenvalues():
+    E = ch.EighMatrix(numpy.eye(2), numpy.array([0.0, 2.0]))
+    with pytest.raises(ValueError, match=r"power\(0\.5\) needs every w > 0 for a fractional power"):
+        E.power(0.5)
+
+
+def test_cayley_needs_eigenvalues_other_than_minus_one():
+    E = ch.EighMatrix(numpy.eye(2), numpy.array([-1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"cayley\(\) needs every w != -1"):
+        E.cayley()
+
+
+def test_batch_shape_mismatch_between_u_s_and_v():
+    with pytest.raises(ValueError, match=r"batch shapes of U \(2,\), s \(3,\) and V \(\) do not broadcast"):
+        ch.SVDMatrix(numpy.ones((2, 3, 3)), numpy.ones((3, 3)), numpy.eye(3))
+
+
+def test_rank_larger_than_dimensions_allow():
+    with pytest.raises(ValueError, match=r"s has r=4 values but U is 5x5 and V is 3x3.*min\(d_out, d_in\) = 3"):
+        ch.SVDMatrix(numpy.eye(5), numpy.ones(4), numpy.eye(3))
+
+
+def test_eigenvalue_count_must_match_u():
+    with pytest.raises(ValueError, match=r"w must have shape \(\.\.\., d\) with d=3 to match U \(3x3\), got shape \(2,\)"):
+        ch.EighMatrix(numpy.eye(3), numpy.ones(2))
+
+
+def test_expm_on_svd_matrix_points_to_eigh_matrix():
+    with pytest.raises(TypeError, match=r"expm\(\) needs a symmetric matrix.*cuhouse\.EighMatrix\(U, w\)"):
+        ch.SVDMatrix.random(3, 3, rng=0).expm()
+
+
+def test_factor_must_be_householder_product_or_vectors():
+    W = ch.SVDMatrix.random(3, 3, rng=0)
+    with pytest.raises(TypeError, match=r"U must be a HouseholderProduct or an array of Householder vectors.*got SVDMatrix"):
+        ch.SVDMatrix(W, numpy.ones(3), numpy.eye(3))
+
+
+def test_bad_factor_vectors_name_the_factor():
+    with pytest.raises(ValueError, match=r"^V: vectors row 1 is a zero vector"):
+        ch.SVDMatrix(numpy.eye(3), numpy.ones(2), numpy.array([[1.0, 0, 0], [0, 0, 0]]))
+
+
+def test_spectrum_must_be_finite_real_and_nonempty():
+    with pytest.raises(ValueError, match=r"s must be finite"):
+        ch.SVDMatrix(numpy.eye(2), numpy.array([1.0, numpy.nan]), numpy.eye(2))
+    with pytest.raises(TypeError, match=r"s has dtype float16"):
+        ch.SVDMatrix(numpy.eye(2), numpy.ones(2, dtype=numpy.float16), numpy.eye(2))
+    with pytest.raises(ValueError, match=r"s must have shape \(\.\.\., r\) with r >= 1, got shape \(\)"):
+        ch.SVDMatrix(numpy.eye(2), 1.0, numpy.eye(2))
+
+
+def test_operand_shape_mismatch_names_rectangular_shape():
+    W = ch.SVDMatrix.random(4, 6, rng=0)
+    with pytest.raises(ValueError, match=r"X has shape \(4, 2\) but the operator is 4x6: expected .*d=6"):
+        W @ numpy.ones((4, 2))
+    with pytest.raises(ValueError, match=r"X has shape \(2, 6\) but the operator is 4x6.*d=4"):
+        numpy.ones((2, 6)) @ W
+    with pytest.raises(ValueError, match=r"batch shapes of W \(2,\) and X \(3,\) do not broadcast"):
+        ch.SVDMatrix.random(4, 4, rng=0, batch_shape=(2,)) @ numpy.ones((3, 4, 1))
+
+
+def test_unknown_norm_and_cond_orders():
+    W = ch.SVDMatrix.random(3, 3, rng=0)
+    with pytest.raises(ValueError, match=r"ord must be one of None, 'fro', 'nuc', 2, -2, got 1"):
+        W.norm(1)
+    with pytest.raises(ValueError, match=r"p must be one of None, 2, -2, 'fro', 'nuc', got 'inf'"):
+        W.cond("inf")
+
+
+def test_clip_bounds_must_be_ordered_and_nonnegative():
+    with pytest.raises(ValueError, match=r"clip needs 0 <= lo <= hi, got lo=2.0, hi=1.0"):
+        ch.SVDMatrix.random(3, 3, rng=0).clip(2, 1)
+
+
+def test_from_dense_errors():
+    with pytest.raises(ValueError, match=r"A must be symmetric, but max \|A - A\^T\|"):
+        ch.EighMatrix.from_dense(numpy.arange(9.0).reshape(3, 3))
+    with pytest.raises(ValueError, match=r"rank must be at most min\(d_out, d_in\) = 2 for A of shape \(2, 3\), got 3"):
+        ch.SVDMatrix.from_dense(numpy.ones((2, 3)), rank=3)
+    with pytest.raises(ValueError, match=r"A must be finite"):
+        ch.SVDMatrix.from_dense(numpy.full((2, 2), numpy.inf))
+
+
+# -------------------------------------------------------------- gradients
+SVD_STEPS = {"T": lambda W: W.T, "inv": lambda W: W.inv(), "pinv": lambda W: W.pinv(),
+             "clip": lambda W: W.clip(0.6, 1.5)}
+EIGH_STEPS = {"T": lambda E: E.T, "inv": lambda E: E.inv(), "expm": lambda E: E.expm(),
+              "logm": lambda E: E.logm(), "sqrtm": lambda E: E.sqrtm(), "power(1.5)": lambda E: E.power(1.5),
+              "power(-2)": lambda E: E.power(-2), "cayley": lambda E: E.cayley()}
+# singular values kept at least 0.05 away from the clip bounds, before and after inversion
+SVD_VALUES = numpy.array([0.5, -0.9, 1.3, 2.0, -1.1, 0.8])
+EIGH_VALUE_SETS = (numpy.array([0.2, 0.35, 0.5, 0.7, 0.9]), numpy.array([1.2, 1.5, 1.8, 2.1, 2.5]))
+
+
+def chains(steps):
+    """Every chain of length 0, 1 and 2 over ``steps``."""
+    return [()] + [(a,) for a in steps] + list(itertools.product(steps, repeat=2))
+
+
+def apply_chain(matrix, chain, steps):
+    for name in chain:
+        matrix = steps[name](matrix)
+    return matrix
+
+
+def eigh_values_for(chain):
+    """The first eigenvalue set on which every step of ``chain`` is defined, else None."""
+    for w in EIGH_VALUE_SETS:
+        try:
+            apply_chain(ch.EighMatrix(numpy.eye(5), w), chain, EIGH_STEPS)
+            return w
+        except ValueError:
+            continue
+    return None
+
+
+def svd_cases():
+    """(shape, chain) pairs: square full rank for every chain, tall and wide where no inv() is needed."""
+    for shape in [(6, 6, 6), (7, 4, 4), (4, 7, 3)]:
+        for chain in chains(SVD_STEPS):
+            if shape[0] == shape[1] or "inv" not in chain:
+                yield pytest.param(shape, chain, id="{}x{}-W.{}".format(shape[0], shape[1], ".".join(chain)))
+
+
+def inner(a, b):
+    return float(numpy.sum(to_numpy(a) * to_numpy(b)))
+
+
+def check_matmul_adjoint(xp, make, leaves, x, side, seed=1, step=1e-6):
+    """<u, J t> by central differences equals <J^T u, t> from cuhouse.vjp(matmul), to 1e-6 relative.
+
+    ``make(*leaves)`` builds the (derived) matrix; the tangent t moves every
+    leaf and X at once.
+    """
+    rng = numpy.random.default_rng(seed)
+    A = make(*leaves)
+    if side == "left":
+        out, back = ch.vjp(ch.matmul, A, x)
+    else:
+        out, back = ch.vjp(ch.matmul, x, A)
+    u = xp.asarray(rng.standard_normal(out.shape))
+    grads = back(u)
+    dleaves, dx = grads if side == "left" else grads[::-1]
+    assert [g.shape for g in dleaves] == [leaf.shape for leaf in leaves] and dx.shape == x.shape
+    tangents = [xp.asarray(rng.standard_normal(leaf.shape)) for leaf in leaves]
+    tx = xp.asarray(rng.standard_normal(x.shape))
+
+    def product(t):
+        matrix = make(*(leaf + t * tangent for leaf, tangent in zip(leaves, tangents)))
+        return matrix @ (x + t * tx) if side == "left" else (x + t * tx) @ matrix
+
+    numeric = inner(u, (product(step) - product(-step)) / (2 * step))
+    adjoint = sum(inner(g, t) for g, t in zip(dleaves, tangents)) + inner(dx, tx)
+    assert abs(numeric - adjoint) <= 1e-6 * max(abs(adjoint), 1.0)
+
+
+def check_logdet_adjoint(xp, make, leaves, seed=1, step=1e-6):
+    """The same dot-product test for cuhouse.vjp(logdet)."""
+    rng = numpy.random.default_rng(seed)
+    value, back = ch.vjp(ch.logdet, make(*leaves))
+    u = xp.asarray(rng.standard_normal(value.shape))
+    (dleaves,) = back(u)
+    assert [g.shape for g in dleaves] == [leaf.shape for leaf in leaves]
+    tangents = [xp.asarray(rng.standard_normal(leaf.shape)) for leaf in leaves]
+
+    def logdet(t):
+        return make(*(leaf + t * tangent for leaf, tangent in zip(leaves, tangents))).logdet()
+
+    numeric = inner(u, (logdet(step) - logdet(-step)) / (2 * step))
+    adjoint = sum(inner(g, t) for g, t in zip(dleaves, tangents))
+    assert abs(numeric - adjoint) <= 1e-6 * max(abs(adjoint), 1.0)
+
+
+def svd_leaves(xp, shape, batch=()):
+    (u, _, v), _ = svd_arrays(xp, numpy.float64, *shape, batch)
+    s = numpy.broadcast_to(SVD_VALUES[:shape[2]], batch + (shape[2],)).copy()
+    return u, xp.asarray(s), v
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("shape, chain", list(svd_cases()))
+def test_svd_matmul_gradient_dot_product(xp, shape, chain, side):
+    rows, cols = apply_chain(ch.SVDMatrix.random(*shape[:2], rank=shape[2], rng=0), chain, SVD_STEPS).shape
+    x = numpy.random.default_rng(2).standard_normal((cols, 3) if side == "left" else (3, rows))
+    make = lambda u, s, v: apply_chain(ch.SVDMatrix(u, s, v), chain, SVD_STEPS)
+    check_matmul_adjoint(xp, make, svd_leaves(xp, shape), xp.asarray(x), side)
+
+
+@pytest.mark.parametrize("chain", [c for c in chains(SVD_STEPS) if len(c) < 2])
+@pytest.mark.parametrize("x_shape", [(3, 1, 6, 2), (6,)], ids=["broadcast", "vector"])
+def test_svd_matmul_gradient_batched(xp, chain, x_shape):
+    """U and s carry a batch (2,), V none, X a batch (3, 1): leaf gradients are reduced to each leaf's shape."""
+    x = xp.asarray(numpy.random.default_rng(3).standard_normal(x_shape))
+    make = lambda u, s, v: apply_chain(ch.SVDMatrix(u, s, v), chain, SVD_STEPS)
+    check_matmul_adjoint(xp, make, svd_leaves(xp, (6, 6, 6), batch=(2,)), x, "left")
+
+
+@pytest.mark.parametrize("chain", [c for c in chains(SVD_STEPS)], ids=lambda c: "W." + ".".join(c))
+@pytest.mark.parametrize("batch", BATCHES)
+def test_svd_logdet_gradient_dot_product(xp, chain, batch):
+    make = lambda u, s, v: apply_chain(ch.SVDMatrix(u, s, v), chain, SVD_STEPS)
+    check_logdet_adjoint(xp, make, svd_leaves(xp, (6, 6, 6), batch))
+
+
+EIGH_CHAINS = [pytest.param(c, eigh_values_for(c), id="E." + ".".join(c))
+               for c in chains(EIGH_STEPS) if eigh_values_for(c) is not None]
+
+
+@pytest.mark.parametrize("chain, w", EIGH_CHAINS)
+def test_eigh_matmul_gradient_dot_product(xp, chain, w):
+    u = xp.asarray(numpy.random.default_rng(4).standard_normal((4, 5)))
+    x = xp.asarray(numpy.random.default_rng(5).standard_normal((5, 3)))
+    make = lambda u, w: apply_chain(ch.EighMatrix(u, w), chain, EIGH_STEPS)
+    check_matmul_adjoint(xp, make, (u, xp.asarray(w)), x, "left")
+
+
+@pytest.mark.parametrize("chain, w", EIGH_CHAINS)
+def test_eigh_logdet_gradient_dot_product(xp, chain, w):
+    u = xp.asarray(numpy.random.default_rng(6).standard_normal((2, 5, 5)))
+    make = lambda u, w: apply_chain(ch.EighMatrix(u, w), chain, EIGH_STEPS)
+    check_logdet_adjoint(xp, make, (u, xp.asarray(w)))
+
+
+def test_every_eigh_chain_of_length_two_is_tested():
+    assert len(EIGH_CHAINS) == len(chains(EIGH_STEPS))
+
+
+def test_vjp_of_a_product_of_two_matrices_is_a_type_error():
+    W = ch.SVDMatrix.random(3, 3, rng=0)
+    with pytest.raises(TypeError, match=r"got two cuhouse matrices \(SVDMatrix and EighMatrix\)"):
+        ch.vjp(ch.matmul, W, ch.EighMatrix(numpy.eye(3), numpy.ones(3)))
+
+
+def test_logdet_gradient_of_singular_matrix_is_a_value_error():
+    with pytest.raises(ValueError, match=r"the gradient of logdet needs a full-rank square matrix.*rank r=2"):
+        ch.vjp(ch.logdet, ch.SVDMatrix.random(4, 4, rank=2, rng=0))
+
+
+def test_bench_section_runs_and_pairs_each_case_with_its_operation():
+    from cuhouse.bench import SECTIONS
+    from cuhouse.bench._timing import measure
+    baseline, cases = SECTIONS["spectral"].cases(16, 4, numpy.dtype(numpy.float32), numpy)
+    assert set(baseline) == set(cases) and set(baseline.values()) <= set(cases)
+    result = measure(cases, baseline, 1, numpy)
+    assert all(result[name][1] == 1.0 for name in set(baseline.values()))
