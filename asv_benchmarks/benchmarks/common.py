@@ -14,7 +14,7 @@ from cuhouse.algorithms import ALGORITHMS as ALGORITHM_MODULES
 from cuhouse.bench.forward import data
 
 __all__ = ["ALGORITHMS", "BLOCKED_ALGORITHMS", "COLUMNS", "DTYPES", "SIZES", "backends", "data",
-           "skip_if_too_slow_on_cpu", "spectrum"]
+           "skip_if_too_slow_on_cpu"]
 
 # CUHOUSE_ASV_SMOKE=1 (tools/asv_smoke.sh) shrinks the axes to a small,
 # NumPy-only grid that still runs every benchmark's code.
@@ -26,12 +26,6 @@ ALGORITHMS = ["auto"] + list(ALGORITHM_MODULES)
 BLOCKED_ALGORITHMS = [name for name in ALGORITHM_MODULES if name != "sequential"]
 BACKENDS = ["numpy"] if SMOKE else ["numpy", "cupy"]
 MEASURED_PREFIXES = ("time_", "peakmem_", "track_", "mem_")
-
-
-def spectrum(d, dtype, xp, seed=1):
-    """``d`` values in [0.5, 2], a well-conditioned spectrum with a fixed seed."""
-    rng = numpy.random.default_rng(seed)
-    return xp.asarray(rng.uniform(0.5, 2.0, d).astype(dtype))
 
 
 def array_module(backend):
@@ -85,18 +79,21 @@ def _synchronized(method):
     return measured
 
 
-def skip_if_too_slow_on_cpu(xp, algorithm, d, m):
+def skip_if_too_slow_on_cpu(xp, algorithm, d, m, backward=False):
     """The CPU pruning of the product benchmarks (GPU runs keep everything).
 
     On NumPy, skip
     * ``dense`` at d = 4096: materializing H is an O(d^3) build of seconds per
       setup;
     * ``sequential`` at d * m >= 4096 * 1024: n = d rank-1 updates of a d x m
-      block, about a minute at d = 4096, m = 1024.
+      block, about a minute at d = 4096, m = 1024;
+    * with ``backward``, also ``fasth`` at d * m >= 4096 * 1024: its backward
+      loops over every block's vectors, about two minutes at d = 4096, m = 1024.
     """
     if xp is not numpy:
         return
     if algorithm == "dense" and d >= 4096:
         raise NotImplementedError("dense at d=4096 on the CPU: an O(d^3) build")
-    if algorithm == "sequential" and d * m >= 4096 * 1024:
-        raise NotImplementedError("sequential at d*m >= 4096*1024 on the CPU: about a minute")
+    slow = ("sequential", "fasth") if backward else ("sequential",)
+    if algorithm in slow and d * m >= 4096 * 1024:
+        raise NotImplementedError("{} at d*m >= 4096*1024 on the CPU: minutes".format(algorithm))

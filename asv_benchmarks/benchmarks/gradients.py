@@ -2,16 +2,16 @@
 work for an orthogonal layer), against torch autograd through
 ``torch.linalg.householder_product``.
 
-cuhouse's side is ``cuhouse.vjp(cuhouse.matmul, H, X)`` followed by the
-pullback, on a fresh H. Where ``cuhouse.vjp`` cannot differentiate a
-``HouseholderProduct`` yet, ``setup`` skips.
+Both sides are the ``gradients`` section of ``python -m cuhouse bench``:
+``cuhouse.vjp(cuhouse.matmul, H, X)`` and its pullback on a fresh H, and
+torch when it is importable. Where ``cuhouse.vjp`` cannot differentiate a
+``HouseholderProduct`` (commits before it landed), ``setup`` skips.
 """
 import numpy
 
-import cuhouse
+from cuhouse.bench.gradients import forward_and_backward, torch_householder_product
 
 from .common import ALGORITHMS, COLUMNS, DTYPES, SIZES, backends, data, skip_if_too_slow_on_cpu
-from .peers import torch_module, torch_operands, torch_synchronize
 
 METHODS = ["cuhouse " + name for name in ALGORITHMS] + ["torch householder_product"]
 
@@ -22,20 +22,20 @@ class ForwardBackward:
     param_names = ["method", "d", "m", "dtype"]
 
     def setup(self, method, d, m, dtype):
+        algorithm = method.split()[1]
         if method.startswith("cuhouse "):
-            algorithm = method.split()[1]
-            skip_if_too_slow_on_cpu(self.xp, algorithm, d, m)
+            skip_if_too_slow_on_cpu(self.xp, algorithm, d, m, backward=True)
             require_vjp(algorithm, dtype, self.xp)
         elif self.xp is numpy and d >= 4096:
             raise NotImplementedError("torch's backward at d=4096 on the CPU: minutes")
-        else:
-            torch_module(self.xp)
         vectors, x = data(d, d, m, dtype, self.xp)
         _, dout = data(d, 1, m, dtype, self.xp, seed=1)
         if method.startswith("cuhouse "):
-            self.run = lambda: cuhouse_step(vectors, x, dout, algorithm)
+            self.run = lambda: forward_and_backward(vectors, x, dout, algorithm)
         else:
-            self.run = torch_step(vectors, x, dout, self.xp)
+            self.run = torch_householder_product(vectors, x, dout, self.xp)
+            if self.run is None:
+                raise NotImplementedError("torch is not installed")
 
     def time_forward_backward(self, method, d, m, dtype):
         self.run()
@@ -44,31 +44,11 @@ class ForwardBackward:
         self.run()
 
 
-def cuhouse_step(vectors, x, dout, algorithm):
-    """Gradients of ``<dout, H @ X>`` with respect to the vectors and X."""
-    h = cuhouse.HouseholderProduct(vectors, algorithm=algorithm)
-    _, pullback = cuhouse.vjp(cuhouse.matmul, h, x)
-    return pullback(dout)
-
-
 def require_vjp(algorithm, dtype, xp):
     """Skip unless ``cuhouse.vjp`` differentiates ``H @ X`` for ``algorithm`` (a tiny probe)."""
     vectors, x = data(8, 8, 2, dtype, xp)
     try:
-        cuhouse_step(vectors, x, x, algorithm)
+        forward_and_backward(vectors, x, x, algorithm)
     except (AttributeError, NotImplementedError) as error:
         raise NotImplementedError("cuhouse.vjp cannot differentiate HouseholderProduct "
                                   "({}) yet: {}".format(algorithm, error)) from None
-
-
-def torch_step(vectors, x, dout, xp):
-    """torch autograd through ``householder_product(A, tau) @ X``, with respect to A."""
-    torch, a, tau, x = torch_operands(vectors, x, xp)
-    a.requires_grad_(True)
-    dout = torch.as_tensor(dout if xp is numpy else xp.asnumpy(dout)).to(x.device)
-
-    def run():
-        a.grad = None
-        (torch.linalg.householder_product(a, tau) @ x).backward(dout)
-        torch_synchronize(torch, x)
-    return run

@@ -2,29 +2,22 @@
 applied to X, against the same operations on the dense matrix (NumPy/SciPy,
 or CuPy/cupyx on the GPU), as in the seed paper's comparison.
 
-U and V are Householder products of n = d reflections; s and w lie in
-[0.5, 2]. The cuhouse side skips where ``cuhouse.SVDMatrix`` or
-``cuhouse.EighMatrix`` does not exist yet. The dense side is O(d^3) per call
-and is skipped at d = 4096 on the CPU.
+Data are those of the ``spectral`` section of ``python -m cuhouse bench``:
+U and V of n = d reflections, |s| and w in [0.5, 2]. The cuhouse matrices are
+built in ``setup`` (block factors cached, the steady state of a layer); the
+dense side is O(d^3) per call and is skipped at d = 4096 on the CPU.
 """
 import numpy
 
 import cuhouse
+from cuhouse.bench.spectral import data
 
-from .common import COLUMNS, DTYPES, SIZES, backends, data, spectrum
+from .common import COLUMNS, DTYPES, SIZES, backends
 
 METHODS = ["cuhouse", "dense"]
 
 
-def orthogonal_factor(d, dtype, xp, seed):
-    vectors, _ = data(d, d, 1, dtype, xp, seed=seed)
-    return cuhouse.HouseholderProduct(vectors)
-
-
-def require(method, name, xp, d):
-    """Skip what the current checkout or this machine cannot run."""
-    if method == "cuhouse" and not hasattr(cuhouse, name):
-        raise NotImplementedError("cuhouse.{} is not in this checkout".format(name))
+def skip_dense_on_cpu(method, xp, d):
     if method == "dense" and xp is numpy and d >= 4096:
         raise NotImplementedError("dense O(d^3) operations at d=4096 on the CPU")
 
@@ -40,28 +33,20 @@ def dense_expm(xp):
     return expm
 
 
-class SVDMixin:
-    """W as an ``SVDMatrix`` (method "cuhouse") or as a dense array ("dense")."""
-
-    def make(self, method, d, dtype):
-        require(method, "SVDMatrix", self.xp, d)
-        u, v = orthogonal_factor(d, dtype, self.xp, 2), orthogonal_factor(d, dtype, self.xp, 3)
-        s = spectrum(d, dtype, self.xp)
-        if method == "cuhouse":
-            return cuhouse.SVDMatrix(u, s, v)
-        return (u.todense() * s) @ v.todense().T
-
-
 @backends
-class SVDApply(SVDMixin):
+class SVDApply:
+    """``inv @ X`` and ``solve``; dense: ``inv(W) @ X`` and ``linalg.solve``."""
     params = [METHODS, SIZES, COLUMNS, DTYPES]
     param_names = ["method", "d", "m", "dtype"]
 
     def setup(self, method, d, m, dtype):
-        self.w = self.make(method, d, dtype)
-        _, self.x = data(d, 1, m, dtype, self.xp, seed=4)
-        self.w @ self.x
+        skip_dense_on_cpu(method, self.xp, d)
+        u, s, v, _, self.x = data(d, m, dtype, self.xp)
+        self.w = cuhouse.SVDMatrix(u, s, v)
         self.dense = method == "dense"
+        if self.dense:
+            self.w = self.w.todense()
+        self.w @ self.x
 
     def time_inv(self, method, d, m, dtype):
         (self.xp.linalg.inv(self.w) if self.dense else self.w.inv()) @ self.x
@@ -71,13 +56,18 @@ class SVDApply(SVDMixin):
 
 
 @backends
-class SVDLogdet(SVDMixin):
+class SVDLogdet:
+    """``logdet``; dense: ``linalg.slogdet``."""
     params = [METHODS, SIZES, DTYPES]
     param_names = ["method", "d", "dtype"]
 
     def setup(self, method, d, dtype):
-        self.w = self.make(method, d, dtype)
+        skip_dense_on_cpu(method, self.xp, d)
+        u, s, v, _, _ = data(d, 1, dtype, self.xp)
+        self.w = cuhouse.SVDMatrix(u, s, v)
         self.dense = method == "dense"
+        if self.dense:
+            self.w = self.w.todense()
 
     def time_logdet(self, method, d, dtype):
         self.xp.linalg.slogdet(self.w)[1] if self.dense else self.w.logdet()
@@ -85,29 +75,27 @@ class SVDLogdet(SVDMixin):
 
 @backends
 class EighApply:
-    """Spectral functions of E applied to X; Cayley is (I + E)^{-1} (I - E)."""
+    """``expm @ X`` and ``cayley @ X``, Cayley being (I - E)(I + E)^{-1};
+    dense: ``expm(E) @ X`` and ``(I - E) @ solve(I + E, X)``."""
     params = [METHODS, SIZES, COLUMNS, DTYPES]
     param_names = ["method", "d", "m", "dtype"]
 
     def setup(self, method, d, m, dtype):
-        require(method, "EighMatrix", self.xp, d)
-        u = orthogonal_factor(d, dtype, self.xp, 5)
-        w = spectrum(d, dtype, self.xp, seed=6)
-        _, self.x = data(d, 1, m, dtype, self.xp, seed=7)
+        skip_dense_on_cpu(method, self.xp, d)
+        u, _, _, w, self.x = data(d, m, dtype, self.xp)
+        self.e = cuhouse.EighMatrix(u, w)
         self.dense = method == "dense"
         if self.dense:
-            self.e = (u.todense() * w) @ u.todense().T
+            self.e = self.e.todense()
             self.eye = self.xp.eye(d, dtype=dtype)
             self.expm = dense_expm(self.xp)
-        else:
-            self.e = cuhouse.EighMatrix(u, w)
-            self.e @ self.x
+        self.e @ self.x
 
     def time_expm(self, method, d, m, dtype):
         (self.expm(self.e) if self.dense else self.e.expm()) @ self.x
 
     def time_cayley(self, method, d, m, dtype):
         if self.dense:
-            self.xp.linalg.solve(self.eye + self.e, self.x - self.e @ self.x)
+            (self.eye - self.e) @ self.xp.linalg.solve(self.eye + self.e, self.x)
         else:
             self.e.cayley() @ self.x

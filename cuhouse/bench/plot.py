@@ -1,30 +1,26 @@
 """``python -m cuhouse bench --plot out.png``: the seed paper's Figure 3.
 
 Time of forward plus backward of ``H @ X`` (gradients with respect to the
-vectors and X, from a fresh H) against d, for every algorithm and peer, on
-log axes. Where ``cuhouse.vjp`` cannot differentiate a ``HouseholderProduct``
-yet, it plots the forward pass (the ``forward`` section's cases) and says so
-in the title.
+vectors and X, from a fresh H) against d, for every algorithm and peer (the
+cases of the ``gradients`` section, torch included when it is installed, and
+the forward pass of ``auto`` for reference) and for the dense GEMM floor, on
+log axes. With ``--pairs`` the BLAS is single-threaded, as for quoted ratios.
 """
-import numpy
-
 import cuhouse
 from .._backend import backend_name
-from ..algorithms import ALGORITHMS
-from . import forward
+from . import forward, gradients
 from ._timing import measure
 
 
 def draw(path, sizes, m, dtype, xp, rounds):
     """Time every case at every d, print the table, and save the figure to ``path``."""
     pyplot = _pyplot()
-    backward = can_differentiate(dtype, xp)
-    cases = forward_backward_cases if backward else forward.cases
     times = {}
     print("cuhouse bench --plot: backend={} dtype={} m={} rounds={}".format(backend_name(xp), dtype, m, rounds))
     print("{:>6}  {:<34} {:>11}".format("d", "method", "median ms"))
     for d in sizes:
-        baseline, callables = cases(d, m, dtype, xp)
+        baseline, callables = gradients.cases(d, m, dtype, xp)
+        callables["dense GEMM floor fwd+bwd"] = dense_gemm_floor(d, m, dtype, xp)
         for name, (seconds, _) in measure(callables, baseline, rounds, xp).items():
             times.setdefault(name, {})[d] = seconds
             print("{:>6}  {:<34} {:>11.3f}".format(d, name, seconds * 1e3))
@@ -38,14 +34,21 @@ def draw(path, sizes, m, dtype, xp, rounds):
     axes.set_yscale("log")
     axes.set_xlabel("d (n = d reflections)")
     axes.set_ylabel("median seconds")
-    what = "forward + backward" if backward else "forward only (cuhouse.vjp cannot differentiate H yet)"
-    axes.set_title("H @ X, {}\nm = {}, {}, {}".format(what, m, dtype, backend_name(xp)))
+    axes.set_title("H @ X, forward + backward\nm = {}, {}, {}".format(m, dtype, backend_name(xp)))
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     print("wrote {}".format(path))
     return 0
+
+
+def dense_gemm_floor(d, m, dtype, xp):
+    """``H @ X`` and its two backward GEMMs (dH = dout X^T, dX = H^T dout) with H precomputed."""
+    v, x = forward.data(d, d, m, dtype, xp)
+    _, dout = forward.data(d, 1, m, dtype, xp, seed=1)
+    dense = cuhouse.HouseholderProduct(v).todense()
+    return lambda: (dense @ x, dout @ x.T, dense.T @ dout)
 
 
 def _pyplot():
@@ -56,54 +59,3 @@ def _pyplot():
     matplotlib.use("Agg")
     from matplotlib import pyplot
     return pyplot
-
-
-def can_differentiate(dtype, xp):
-    """True when ``cuhouse.vjp(cuhouse.matmul, H, X)`` works for a HouseholderProduct."""
-    v, x = forward.data(4, 4, 2, dtype, xp)
-    try:
-        _forward_backward(v, x, x, "auto")
-    except (AttributeError, NotImplementedError):
-        return False
-    return True
-
-
-def forward_backward_cases(d, m, dtype, xp):
-    """Baseline name and forward + backward callables for one size."""
-    v, x = forward.data(d, d, m, dtype, xp)
-    _, dout = forward.data(d, 1, m, dtype, xp, seed=1)
-    out = {}
-    for name in ("auto",) + tuple(ALGORITHMS):
-        if name == "dense" and d > 1024:
-            continue                   # O(d^3) build, as in the forward section
-        out["cuhouse " + name] = (lambda name: lambda: _forward_backward(v, x, dout, name))(name)
-    dense = cuhouse.HouseholderProduct(v).todense()
-    out["dense GEMM floor (H precomputed)"] = lambda: (dense @ x, dout @ x.T, dense.T @ dout)
-    torch_case = _torch_forward_backward(v, x, dout, xp)
-    if torch_case is not None:
-        out["torch householder_product"] = torch_case
-    return "cuhouse auto", out
-
-
-def _forward_backward(v, x, dout, algorithm):
-    h = cuhouse.HouseholderProduct(v, algorithm=algorithm)
-    _, pullback = cuhouse.vjp(cuhouse.matmul, h, x)
-    return pullback(dout)
-
-
-def _torch_forward_backward(v, x, dout, xp):
-    """torch autograd through ``householder_product``, on the CPU; None without torch."""
-    if xp is not numpy:
-        return None
-    try:
-        import torch
-    except ImportError:
-        return None
-    a, tau = torch.geqrf(torch.as_tensor(v.T.copy()))
-    a.requires_grad_(True)
-    x, dout = torch.as_tensor(x), torch.as_tensor(dout)
-
-    def run():
-        a.grad = None
-        (torch.linalg.householder_product(a, tau) @ x).backward(dout)
-    return run
