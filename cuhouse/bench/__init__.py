@@ -17,7 +17,7 @@ import sys
 import numpy
 
 from .._backend import backend_name, cupy_module, gpu_available
-from . import forward, gradients, plan_check, spectral
+from . import forward, gradients, plan_check, plot, spectral
 from ._timing import measure
 
 SECTIONS = {
@@ -46,6 +46,9 @@ def _parser():
     p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
                    help="comma-separated subset of: {} (default: {})".format(
                        ", ".join(SECTIONS), ", ".join(DEFAULT_SECTIONS)))
+    p.add_argument("--plot", metavar="PNG",
+                   help="draw the seed paper's Figure 3 (forward + backward time against d) to PNG; "
+                        "needs matplotlib: pip install 'cuhouse[plot]'")
     p.add_argument("--pairs", action="store_true",
                    help="single-threaded BLAS and interleaved rounds: the setting for quoting CPU ratios")
     return p
@@ -71,6 +74,8 @@ def main(argv=None):
               file=sys.stderr)
         return 2
     dtype = numpy.dtype(args.dtype)
+    if args.plot:
+        return plot.draw(args.plot, sizes, args.m, dtype, xp, rounds)
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
     print("cuhouse bench: backend={} dtype={} m={} rounds={} BLAS threads={}".format(
         backend_name(xp), dtype, args.m, rounds, threads))
