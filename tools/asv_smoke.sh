@@ -10,15 +10,24 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+log="$scratch/asv.log"
+# The shrunken grid must not overwrite the committed results/benchmarks.json:
+# run from a copy of the configuration whose results and html live in $scratch.
+sed -e "s|\"repo\": \"..\"|\"repo\": \"$root\"|" \
+    -e "s|\"benchmark_dir\": \"benchmarks\"|\"benchmark_dir\": \"$root/asv_benchmarks/benchmarks\"|" \
+    -e "s|\"results_dir\": \"results\"|\"results_dir\": \"$scratch/results\"|" \
+    -e "s|\"html_dir\": \"html\"|\"html_dir\": \"$scratch/html\"|" \
+    -e "s|\"env_dir\": \"env\"|\"env_dir\": \"$scratch/env\"|" \
+    "$root/asv_benchmarks/asv.conf.json" > "$scratch/asv.conf.json"
 cd "$root/asv_benchmarks"
 export CUHOUSE_ASV_SMOKE=1 ASV_PYTHONPATH="$root"
 
-asv machine --yes --machine asv-smoke >/dev/null
-asv check --python=same
+asv machine --yes --machine asv-smoke --config "$scratch/asv.conf.json" >/dev/null
+asv check --python=same --config "$scratch/asv.conf.json"
 status=0
-asv run --python=same --machine asv-smoke --quick --dry-run --show-stderr \
+asv run --python=same --machine asv-smoke --quick --dry-run --show-stderr --config "$scratch/asv.conf.json" \
     --set-commit-hash "$(git rev-parse HEAD)" 2>&1 | tee "$log" || status=$?
 
 if [ "$status" -ne 0 ] || grep -Eq '\bfailed\b' "$log"; then
