@@ -8,11 +8,15 @@ predicted from two machine models:
 * an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``.
 
 The CPU constants were fitted (``scipy.optimize.least_squares`` on log-times)
-to 120 single-threaded OpenBLAS float32 GEMMs of every shape class used here,
-on the project's 2-core machine: median error 1.13x, worst 1.9x. The GPU
-constants are H100 figures (cuBLAS FP32 without TF32, a ~10 us launch
-through CuPy). float64 halves the peak. ``python -m cuhouse bench --check-plan``
-prints the model's prediction beside the measured time of each plan.
+to 191 single-threaded OpenBLAS float32 GEMMs of the shapes the algorithms
+issue ((k, d, m), (d, k, m), (k, k, m), (k, d, k) for d = 256..2048,
+k = 8..512, m = 1..256) on the project's 2-core machine: median error 1.08x,
+worst 1.9x; the bandwidth is that of the normalization pass (16 MB in about
+0.6 ms per pass). The GPU constants are H100 figures (cuBLAS FP32 without
+TF32, a ~10 us launch through CuPy), not yet checked on a device. float64
+halves the peak. ``python -m cuhouse bench --sections plan`` prints the
+model's prediction beside the measured time of every plan: on the CPU it
+ranks the block sizes correctly to within about 10% of the best measured.
 """
 import functools
 from collections import namedtuple
@@ -24,7 +28,7 @@ Plan.__doc__ = "An algorithm name and a block size (``None`` for ``sequential``)
 
 Machine = namedtuple("Machine", "launch peak half bandwidth")
 MACHINES = {
-    "numpy": Machine(launch=1.1e-6, peak=9.7e10, half=1.44, bandwidth=8e9),
+    "numpy": Machine(launch=1.0e-6, peak=1.07e11, half=1.3, bandwidth=2.5e10),
     "cupy": Machine(launch=1.0e-5, peak=5.0e13, half=64.0, bandwidth=2.5e12),
 }
 
@@ -48,6 +52,15 @@ def _pass(mach, elements, itemsize, calls=1):
     return calls * mach.launch + elements * itemsize / mach.bandwidth
 
 
+def _triangular_inverse(mach, k, count, itemsize):
+    """The doubling inverse of ``count`` k x k triangles: at level b, two GEMMs of b x b x b per pair."""
+    seconds, b = 0.0, 1
+    while b < k:
+        seconds += 4 * mach.launch + 2 * _gemm(mach, b, b, b, itemsize, count=count * k / (2 * b))
+        b *= 2
+    return seconds
+
+
 def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=False):
     """Predicted seconds of one ``H @ X`` with X ``(d, m)``.
 
@@ -67,8 +80,7 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
             build += k * 2 * _gemm(mach, k / 2, d, 1, itemsize, count=nb)
         step = _gemm(mach, k, d, m, itemsize) + _gemm(mach, d, k, m, itemsize) + _pass(mach, 3 * d * m, itemsize)
         return build + nb * step
-    cwy_build = (_gemm(mach, k, d, k, itemsize, count=nb)
-                 + k.bit_length() * (4 * mach.launch + _gemm(mach, k, k, k, itemsize, count=nb / 2)))
+    cwy_build = _gemm(mach, k, d, k, itemsize, count=nb) + _triangular_inverse(mach, k, nb, itemsize)
     if algorithm == "cwy":
         if not built:
             build += cwy_build
