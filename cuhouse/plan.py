@@ -70,7 +70,7 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
     mach = MACHINES[backend]
     build = 0.0 if built else _pass(mach, 3 * n * d, itemsize, calls=3)   # norms, normalize
     if algorithm == "sequential":
-        step = _gemm(mach, 1, d, m, itemsize) + _gemm(mach, d, 1, m, itemsize) + _pass(mach, 3 * d * m, itemsize, 2)
+        step = _gemm(mach, 1, d, m, itemsize) + _gemm(mach, d, 1, m, itemsize) + _pass(mach, 6 * d * m, itemsize, 4)
         return build + n * step
     k = min(block_size, n)
     nb = -(-n // k)
