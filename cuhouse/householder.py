@@ -62,14 +62,20 @@ class Reflections:
         return self._norms
 
     def unit(self, dtype):
-        """Unit rows in ``dtype`` (zero rows stay zero). Cached. O(n d)."""
+        """Unit rows in ``dtype`` (zero rows stay zero). Cached. O(n d).
+
+        The norms are those of the rows in ``dtype``: float32 vectors used
+        with float64 data are normalized to float64 precision.
+        """
         if dtype not in self._unit:
             v = self.vectors.astype(dtype, copy=False)
-            if self._norms is None and v.dtype == self.vectors.dtype:
-                # norms not known yet (a composed product): one fused pass on the GPU
-                self._unit[dtype], self._norms = _primitives.unit_rows(v, self.xp)
+            if self._norms is not None and self._norms.dtype == dtype:
+                self._unit[dtype] = _primitives.normalize_rows(v, self._norms, self.xp)
             else:
-                self._unit[dtype] = _primitives.normalize_rows(v, self.norms.astype(dtype, copy=False), self.xp)
+                # one fused pass on the GPU; the norms of the vectors' own dtype are kept
+                self._unit[dtype], norms = _primitives.unit_rows(v, self.xp)
+                if v.dtype == self.vectors.dtype:
+                    self._norms = norms
         return self._unit[dtype]
 
     def factors(self, chosen, dtype):

@@ -21,3 +21,14 @@ def test_empty_operand_gives_empty_result_and_gradients(xp, algorithm):
     assert not to_numpy(dv).any()
     w = cuhouse.SVDMatrix(v, xp.ones(3), v[:, :4] + 1)
     assert (w @ xp.ones((4, 0))).shape == (5, 0)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_float32_vectors_with_float64_x_are_float64_accurate(xp, algorithm):
+    v = numpy.random.default_rng(1).standard_normal((20, 30)).astype(numpy.float32)
+    h = cuhouse.HouseholderProduct(xp.asarray(v), algorithm=algorithm)
+    out = h @ xp.eye(30)
+    assert out.dtype == numpy.float64
+    numpy.testing.assert_allclose(to_numpy(out), dense_reference(v), rtol=0, atol=1e-12)
+    ht = cuhouse.HouseholderProduct(xp.asarray(v), algorithm=algorithm).T
+    numpy.testing.assert_allclose(to_numpy(ht @ xp.eye(30)), dense_reference(v).T, rtol=0, atol=1e-12)
