@@ -177,20 +177,25 @@ class _SpectralMatrix:
     def cond(self, p=None):
         """Condition number per batch entry, as ``numpy.linalg.cond``: p in None/2, -2, "fro", "nuc". O(r).
 
-        ``inf`` for a singular matrix; "fro" and "nuc" need a square W.
+        ``inf`` for a singular matrix (the zero matrix included); "fro" and
+        "nuc" need a square W.
         """
+        xp = self._xp
         if p in ("fro", "nuc"):
             self._require_square("cond(p={!r})".format(p))
             sigma = self.singular_values()
             with numpy.errstate(divide="ignore"):
-                inverse = self._xp.where(sigma > 0, 1 / self._xp.where(sigma > 0, sigma, 1), numpy.inf)
+                inverse = xp.where(sigma > 0, 1 / xp.where(sigma > 0, sigma, 1), numpy.inf)
             power = 2 if p == "fro" else 1
-            return ((sigma ** power).sum(axis=-1) * (inverse ** power).sum(axis=-1)) ** (1 / power)
-        if p is None or p in (2, -2):
-            with numpy.errstate(divide="ignore"):
+            with numpy.errstate(invalid="ignore"):
+                result = ((sigma ** power).sum(axis=-1) * (inverse ** power).sum(axis=-1)) ** (1 / power)
+        elif p is None or p in (2, -2):
+            with numpy.errstate(divide="ignore", invalid="ignore"):
                 ratio = self.norm(2) / self.norm(-2)
-            return ratio if p != -2 else 1 / ratio
-        raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
+                result = ratio if p != -2 else 1 / ratio
+        else:
+            raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
+        return xp.where(xp.isnan(result), numpy.inf, result)       # 0 * inf or 0 / 0: the zero matrix
 
     def todense(self):
         """The dense matrix ``(..., d_out, d_in)``. O(d_in n (d_out + d_in))."""

@@ -32,3 +32,14 @@ def test_float32_vectors_with_float64_x_are_float64_accurate(xp, algorithm):
     numpy.testing.assert_allclose(to_numpy(out), dense_reference(v), rtol=0, atol=1e-12)
     ht = cuhouse.HouseholderProduct(xp.asarray(v), algorithm=algorithm).T
     numpy.testing.assert_allclose(to_numpy(ht @ xp.eye(30)), dense_reference(v).T, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [None, 2, -2, "fro", "nuc"])
+@pytest.mark.parametrize("s", [[0.0, 0.0, 0.0], [2.0, 0.0, 1.0]])
+def test_cond_of_singular_matrix_is_inf_like_numpy(xp, p, s):
+    rng = numpy.random.default_rng(2)
+    w = cuhouse.SVDMatrix(xp.asarray(rng.standard_normal((3, 3))), xp.asarray(s),
+                          xp.asarray(rng.standard_normal((2, 3))))
+    expected = 0.0 if (p == -2 and any(s)) else numpy.inf
+    with numpy.errstate(all="raise"):
+        assert float(w.cond(p)) == expected
