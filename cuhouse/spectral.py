@@ -586,8 +586,8 @@ class EighMatrix(_SpectralMatrix):
         a = _dense_operand(a, "A", xp)
         if a.shape[-1] != a.shape[-2]:
             raise ValueError("A must be square and symmetric, got shape {}".format(tuple(a.shape)))
-        asymmetry = float(xp.abs(a - xp.swapaxes(a, -1, -2)).max())
-        scale = float(xp.abs(a).max())
+        asymmetry = float(xp.abs(a - xp.swapaxes(a, -1, -2)).max()) if a.size else 0.0   # an empty batch
+        scale = float(xp.abs(a).max()) if a.size else 0.0
         if asymmetry > 100 * numpy.finfo(a.dtype).eps * scale:
             raise ValueError("A must be symmetric, but max |A - A^T| = {:.3g} (max |A| = {:.3g}); "
                              "use SVDMatrix.from_dense for a general matrix".format(asymmetry, scale))

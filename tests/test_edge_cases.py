@@ -43,3 +43,9 @@ def test_cond_of_singular_matrix_is_inf_like_numpy(xp, p, s):
     expected = 0.0 if (p == -2 and any(s)) else numpy.inf
     with numpy.errstate(all="raise"):
         assert float(w.cond(p)) == expected
+
+
+def test_from_dense_of_an_empty_batch_is_empty(xp):
+    assert cuhouse.SVDMatrix.from_dense(xp.zeros((0, 4, 3))).shape == (0, 4, 3)
+    e = cuhouse.EighMatrix.from_dense(xp.zeros((0, 4, 4)))
+    assert e.shape == (0, 4, 4) and e.expm().logdet().shape == (0,)
