@@ -133,7 +133,7 @@ class _SpectralMatrix:
         if self.rank < self.shape[-1]:
             return xp.zeros(self.shape[:-2], dtype=self.dtype)
         det = self._left.det() * self._right.det() * xp.prod(self._values, axis=-1)
-        return xp.broadcast_to(det.astype(self.dtype, copy=False), self.shape[:-2])
+        return _batch_array(det, self.shape[:-2], self.dtype, xp)
 
     def slogdet(self):
         """``(sign, log|det W|)`` per batch entry, as ``numpy.linalg.slogdet``. Square W. O(r)."""
@@ -145,8 +145,7 @@ class _SpectralMatrix:
         sign = self._left.det() * self._right.det() * xp.prod(xp.sign(self._values), axis=-1)
         with numpy.errstate(divide="ignore"):
             logabs = xp.sum(xp.log(xp.abs(self._values)), axis=-1)
-        return (xp.broadcast_to(sign.astype(self.dtype, copy=False), batch),
-                xp.broadcast_to(logabs.astype(self.dtype, copy=False), batch))
+        return _batch_array(sign, batch, self.dtype, xp), _batch_array(logabs, batch, self.dtype, xp)
 
     def logdet(self):
         """``log|det W|`` per batch entry (``-inf`` when singular). Square W. O(r)."""
@@ -331,6 +330,11 @@ class _SpectralMatrix:
             bad = float(self._values[where])
             raise ValueError("{} needs {}, got {}{} = {!r}".format(
                 operation, expected.format(self._SPECTRUM), self._SPECTRUM, list(where), bad))
+
+
+def _batch_array(a, batch, dtype, xp):
+    """``a`` broadcast to the batch shape as a new writable array of ``dtype``. O(batch size)."""
+    return xp.broadcast_to(a, batch).astype(dtype)
 
 
 def _householder(obj, name, check_finite):

@@ -49,3 +49,15 @@ def test_from_dense_of_an_empty_batch_is_empty(xp):
     assert cuhouse.SVDMatrix.from_dense(xp.zeros((0, 4, 3))).shape == (0, 4, 3)
     e = cuhouse.EighMatrix.from_dense(xp.zeros((0, 4, 4)))
     assert e.shape == (0, 4, 4) and e.expm().logdet().shape == (0,)
+
+
+def test_determinants_are_writable_arrays_of_the_batch_shape(xp):
+    rng = numpy.random.default_rng(3)
+    w = cuhouse.SVDMatrix(xp.asarray(rng.standard_normal((2, 3, 4))), xp.asarray(rng.uniform(1, 2, 4)),
+                          xp.asarray(rng.standard_normal((3, 4))))
+    e = cuhouse.EighMatrix(xp.asarray(rng.standard_normal((3, 4))), xp.asarray(rng.uniform(1, 2, (2, 4))))
+    for a in (w.det(), *w.slogdet(), w.logdet(), e.logdet(), e.expm().det()):
+        assert a.shape == (2,)
+        expected = to_numpy(a) * 2
+        a *= 2                           # a read-only broadcast view would raise (or alias, on CuPy)
+        numpy.testing.assert_array_equal(to_numpy(a), expected)
