@@ -15,10 +15,11 @@ _REAL_KINDS = "biuf"  # bool, signed, unsigned, float
 def as_array(x, name, xp):
     """``x`` as an array of module ``xp`` with a real dtype.
 
-    Lists and scalars go through ``xp.asarray``; ``None``, strings, complex,
-    float16 and object data are a ``TypeError``.
+    Lists and scalars go through ``xp.asarray``; ``None``, strings, cuhouse
+    matrices (whose ``__array__`` would densify them), complex, float16 and
+    object data are a ``TypeError``.
     """
-    if x is None or isinstance(x, (str, bytes)):
+    if x is None or isinstance(x, (str, bytes)) or getattr(x, "_cuhouse_operator", False):
         raise TypeError("{} must be an array of real numbers, got {}".format(
             name, type(x).__name__))
     if not isinstance(x, xp.ndarray):
