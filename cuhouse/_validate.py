@@ -125,6 +125,16 @@ def choice(value, name, options):
     return value
 
 
+def real_number(value, name):
+    """``value`` as a Python float; ``TypeError`` unless it is a real scalar."""
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError("{} must be a real number, got {!r}".format(name, value))
+
+
 def positive_int_or_none(value, name):
     """``None`` or a positive int; ``TypeError``/``ValueError`` otherwise."""
     if value is None:

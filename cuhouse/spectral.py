@@ -445,7 +445,7 @@ class SVDMatrix(_SpectralMatrix):
 
         The gradient passes where ``lo <= |s| <= hi`` and is zero elsewhere.
         """
-        lo, hi = float(lo), float(hi)
+        lo, hi = _validate.real_number(lo, "lo"), _validate.real_number(hi, "hi")
         if not 0 <= lo <= hi:
             raise ValueError("clip needs 0 <= lo <= hi, got lo={!r}, hi={!r}".format(lo, hi))
         xp = self._xp
@@ -563,7 +563,9 @@ class EighMatrix(_SpectralMatrix):
 
         An integer p allows any w (nonzero when p < 0); a fractional p needs every w > 0.
         """
-        p = float(p)
+        p = _validate.real_number(p, "p")
+        if not numpy.isfinite(p):
+            raise ValueError("power(p) needs a finite p, got {!r}".format(p))
         if not p.is_integer():
             self._require_values("power({!r})".format(p), self._values > 0,
                                  "every {} > 0 for a fractional power")
