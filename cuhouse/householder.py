@@ -432,7 +432,7 @@ class HouseholderProduct:
             start += leaf.shape[-2]
             contributions.append(((leaf,), (part[..., ::-1, :] if reversed_rows else part,)))
         grads = accumulate(core.leaves, contributions, xp)
-        return tuple(xp.ascontiguousarray(g, dtype=leaf.dtype) for g, leaf in zip(grads, core.leaves))
+        return tuple(xp.ascontiguousarray(g) for g in grads)
 
 
 def _to_columns(a, vector, side, xp):

@@ -268,6 +268,7 @@ class _SpectralMatrix:
         if is_operator(x):
             raise TypeError("vjp(matmul, A, X) differentiates a matrix times an array; got two cuhouse matrices "
                             "({} and {})".format(type(self).__name__, type(x).__name__))
+        x = _validate.as_array(x, "X", xp)
         operator, columns, vector = self._as_left_product(x, side)
         out_columns, back_columns = operator._vjp_columns(columns)
         out = xp.ascontiguousarray(_from_columns(out_columns, vector, side, xp))
@@ -275,7 +276,8 @@ class _SpectralMatrix:
         def back(dout):
             dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
             dparams, dx = back_columns(_to_columns(dout, vector, side, xp))
-            return dparams, xp.ascontiguousarray(_from_columns(dx, vector, side, xp))
+            return dparams, xp.ascontiguousarray(_from_columns(dx, vector, side, xp),
+                                                 dtype=_validate.float_dtype(x.dtype))
         return out, back
 
     def _vjp_columns(self, x):

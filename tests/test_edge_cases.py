@@ -61,3 +61,21 @@ def test_determinants_are_writable_arrays_of_the_batch_shape(xp):
         expected = to_numpy(a) * 2
         a *= 2                           # a read-only broadcast view would raise (or alias, on CuPy)
         numpy.testing.assert_array_equal(to_numpy(a), expected)
+
+
+@pytest.mark.parametrize("make", ["svd", "householder"])
+def test_gradients_have_the_dtype_of_their_leaf_and_of_x(xp, make):
+    rng = numpy.random.default_rng(4)
+    u = xp.asarray(rng.standard_normal((3, 4)).astype(numpy.float32))
+    s = xp.asarray(rng.uniform(1, 2, 4).astype(numpy.float32))
+    v = xp.asarray(rng.standard_normal((3, 4)))                      # float64
+    a = cuhouse.SVDMatrix(u, s, v) if make == "svd" else cuhouse.HouseholderProduct(u) @ cuhouse.HouseholderProduct(v)
+    for x in (xp.ones((4, 2), dtype=numpy.float32), xp.ones((4, 2))):
+        out, back = cuhouse.vjp(cuhouse.matmul, a, x)
+        assert out.dtype == numpy.float64
+        grads, dx = back(xp.ones(out.shape))
+        assert [g.dtype for g in grads] == [p.dtype for p in a.params]
+        assert dx.dtype == x.dtype
+    if make == "svd":
+        value, back = cuhouse.vjp(cuhouse.logdet, a)
+        assert [g.dtype for g in back(xp.ones(value.shape))[0]] == [p.dtype for p in a.params]
