@@ -38,8 +38,8 @@ def as_array(x, name, xp):
 
 
 def check_dtype(dtype, name):
-    """``TypeError`` unless ``dtype`` is bool, integer, float32 or float64."""
-    dtype = numpy.dtype(dtype)
+    """``TypeError`` unless ``dtype`` is bool, integer, float32 or float64 (either byte order)."""
+    dtype = numpy.dtype(dtype).newbyteorder("=")
     if dtype.kind not in _REAL_KINDS or (dtype.kind == "f" and dtype not in SUPPORTED_DTYPES):
         raise TypeError(
             "{} has dtype {}; supported dtypes are float32 and float64 "
@@ -47,8 +47,8 @@ def check_dtype(dtype, name):
 
 
 def float_dtype(dtype):
-    """The floating dtype used for data of ``dtype``: floats stay, the rest go to float64."""
-    dtype = numpy.dtype(dtype)
+    """The native floating dtype used for data of ``dtype``: floats stay, the rest go to float64."""
+    dtype = numpy.dtype(dtype).newbyteorder("=")
     return dtype if dtype in SUPPORTED_DTYPES else numpy.dtype(numpy.float64)
 
 

@@ -79,3 +79,14 @@ def test_gradients_have_the_dtype_of_their_leaf_and_of_x(xp, make):
     if make == "svd":
         value, back = cuhouse.vjp(cuhouse.logdet, a)
         assert [g.dtype for g in back(xp.ones(value.shape))[0]] == [p.dtype for p in a.params]
+
+
+def test_non_native_byte_order_is_accepted():
+    rng = numpy.random.default_rng(5)
+    v, x = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
+    swapped = v.dtype.newbyteorder(">" if numpy.little_endian else "<")
+    h = cuhouse.HouseholderProduct(v.astype(swapped))
+    assert h.dtype == numpy.float64
+    numpy.testing.assert_allclose(h @ x.astype(swapped), dense_reference(v) @ x, atol=1e-14)
+    w = cuhouse.SVDMatrix(v.astype(swapped), numpy.ones(3, swapped), v)
+    numpy.testing.assert_allclose(w.todense(), cuhouse.SVDMatrix(v, numpy.ones(3), v).todense())
