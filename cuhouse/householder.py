@@ -383,6 +383,8 @@ class HouseholderProduct:
         The gradients are with respect to the leaf arrays of :attr:`params` (in
         their dtypes) and to ``X`` (its shape; a float dtype). Cost: the
         product now; the algorithm's backward, about 2-3 products, later.
+        The returned ``out`` is the caller's to modify: the backward, which
+        recomputes from the output, keeps its own copy (O(d m) more memory).
         """
         xp = self._core.xp
         if _is_operator(x):
@@ -397,7 +399,7 @@ class HouseholderProduct:
             dx = xp.ascontiguousarray(reduce_to_shape(dx, x.shape, xp), dtype=_validate.float_dtype(x.dtype))
             return self._leaf_gradients(dy), dx
 
-        return out, back
+        return out.copy(), back
 
     def _vjp_logdet(self):
         """``logdet`` (zeros of the batch shape) and its adjoint: zero gradients for :attr:`params`."""

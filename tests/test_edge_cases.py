@@ -90,3 +90,20 @@ def test_non_native_byte_order_is_accepted():
     numpy.testing.assert_allclose(h @ x.astype(swapped), dense_reference(v) @ x, atol=1e-14)
     w = cuhouse.SVDMatrix(v.astype(swapped), numpy.ones(3, swapped), v)
     numpy.testing.assert_allclose(w.todense(), cuhouse.SVDMatrix(v, numpy.ones(3), v).todense())
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+@pytest.mark.parametrize("make", ["householder", "svd"])
+def test_modifying_the_vjp_output_in_place_leaves_the_gradients_intact(xp, algorithm, make):
+    rng = numpy.random.default_rng(6)
+    v = xp.asarray(rng.standard_normal((4, 5)))
+    a = (cuhouse.HouseholderProduct(v, algorithm=algorithm) if make == "householder"
+         else cuhouse.SVDMatrix(cuhouse.HouseholderProduct(v, algorithm=algorithm), xp.ones(4), v))
+    x, y = xp.asarray(rng.standard_normal((5, 3))), xp.asarray(rng.standard_normal((5, 3)))
+    out, back = cuhouse.vjp(cuhouse.matmul, a, x)
+    expected = back(out - y)
+    out, back = cuhouse.vjp(cuhouse.matmul, a, x)
+    out -= y                                        # the residual, computed in place
+    grads, dx = back(out)
+    for g, e in zip(grads + (dx,), expected[0] + (expected[1],)):
+        numpy.testing.assert_allclose(to_numpy(g), to_numpy(e), rtol=1e-12, atol=1e-12)
