@@ -15,10 +15,11 @@ _REAL_KINDS = "biuf"  # bool, signed, unsigned, float
 def as_array(x, name, xp):
     """``x`` as an array of module ``xp`` with a real dtype.
 
-    Lists and scalars go through ``xp.asarray``; ``None``, strings, complex,
-    float16 and object data are a ``TypeError``.
+    Lists and scalars go through ``xp.asarray``; ``None``, strings, cuhouse
+    matrices (whose ``__array__`` would densify them), complex, float16 and
+    object data are a ``TypeError``.
     """
-    if x is None or isinstance(x, (str, bytes)):
+    if x is None or isinstance(x, (str, bytes)) or getattr(x, "_cuhouse_operator", False):
         raise TypeError("{} must be an array of real numbers, got {}".format(
             name, type(x).__name__))
     if not isinstance(x, xp.ndarray):
@@ -37,8 +38,8 @@ def as_array(x, name, xp):
 
 
 def check_dtype(dtype, name):
-    """``TypeError`` unless ``dtype`` is bool, integer, float32 or float64."""
-    dtype = numpy.dtype(dtype)
+    """``TypeError`` unless ``dtype`` is bool, integer, float32 or float64 (either byte order)."""
+    dtype = numpy.dtype(dtype).newbyteorder("=")
     if dtype.kind not in _REAL_KINDS or (dtype.kind == "f" and dtype not in SUPPORTED_DTYPES):
         raise TypeError(
             "{} has dtype {}; supported dtypes are float32 and float64 "
@@ -46,8 +47,8 @@ def check_dtype(dtype, name):
 
 
 def float_dtype(dtype):
-    """The floating dtype used for data of ``dtype``: floats stay, the rest go to float64."""
-    dtype = numpy.dtype(dtype)
+    """The native floating dtype used for data of ``dtype``: floats stay, the rest go to float64."""
+    dtype = numpy.dtype(dtype).newbyteorder("=")
     return dtype if dtype in SUPPORTED_DTYPES else numpy.dtype(numpy.float64)
 
 
@@ -122,6 +123,16 @@ def choice(value, name, options):
     if not isinstance(value, str) or value not in options:
         raise ValueError("{} must be one of {}, got {!r}".format(name, ", ".join(map(repr, options)), value))
     return value
+
+
+def real_number(value, name):
+    """``value`` as a Python float; ``TypeError`` unless it is a real scalar."""
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError("{} must be a real number, got {!r}".format(name, value))
 
 
 def positive_int_or_none(value, name):

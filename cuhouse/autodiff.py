@@ -78,8 +78,8 @@ def accumulate(params, contributions, xp):
     """Gradients for ``params`` from ``(child_params, child_grads)`` pairs.
 
     Each child gradient is added to the leaf it belongs to, matched by
-    identity, and reduced over broadcast batch dimensions. Leaves no child
-    touches get zeros.
+    identity, and reduced over broadcast batch dimensions. Every gradient has
+    its leaf's (float) dtype; leaves no child touches get zeros.
     """
     total = [None] * len(params)
     for child_params, child_grads in contributions:
@@ -87,5 +87,6 @@ def accumulate(params, contributions, xp):
             i = next(i for i, p in enumerate(params) if p is leaf)
             grad = reduce_to_shape(grad, leaf.shape, xp)
             total[i] = grad if total[i] is None else total[i] + grad
-    return tuple(xp.zeros(p.shape, dtype=numpy.result_type(p.dtype, numpy.float32)) if g is None else g
-                 for p, g in zip(params, total))
+    dtypes = [numpy.result_type(p.dtype, numpy.float32) for p in params]
+    return tuple(xp.zeros(p.shape, dtype=dt) if g is None else g.astype(dt, copy=False)
+                 for p, g, dt in zip(params, total, dtypes))

@@ -62,14 +62,20 @@ class Reflections:
         return self._norms
 
     def unit(self, dtype):
-        """Unit rows in ``dtype`` (zero rows stay zero). Cached. O(n d)."""
+        """Unit rows in ``dtype`` (zero rows stay zero). Cached. O(n d).
+
+        The norms are those of the rows in ``dtype``: float32 vectors used
+        with float64 data are normalized to float64 precision.
+        """
         if dtype not in self._unit:
             v = self.vectors.astype(dtype, copy=False)
-            if self._norms is None and v.dtype == self.vectors.dtype:
-                # norms not known yet (a composed product): one fused pass on the GPU
-                self._unit[dtype], self._norms = _primitives.unit_rows(v, self.xp)
+            if self._norms is not None and self._norms.dtype == dtype:
+                self._unit[dtype] = _primitives.normalize_rows(v, self._norms, self.xp)
             else:
-                self._unit[dtype] = _primitives.normalize_rows(v, self.norms.astype(dtype, copy=False), self.xp)
+                # one fused pass on the GPU; the norms of the vectors' own dtype are kept
+                self._unit[dtype], norms = _primitives.unit_rows(v, self.xp)
+                if v.dtype == self.vectors.dtype:
+                    self._norms = norms
         return self._unit[dtype]
 
     def factors(self, chosen, dtype):
@@ -377,6 +383,8 @@ class HouseholderProduct:
         The gradients are with respect to the leaf arrays of :attr:`params` (in
         their dtypes) and to ``X`` (its shape; a float dtype). Cost: the
         product now; the algorithm's backward, about 2-3 products, later.
+        The returned ``out`` is the caller's to modify: the backward, which
+        recomputes from the output, keeps its own copy (O(d m) more memory).
         """
         xp = self._core.xp
         if _is_operator(x):
@@ -391,7 +399,7 @@ class HouseholderProduct:
             dx = xp.ascontiguousarray(reduce_to_shape(dx, x.shape, xp), dtype=_validate.float_dtype(x.dtype))
             return self._leaf_gradients(dy), dx
 
-        return out, back
+        return out.copy(), back
 
     def _vjp_logdet(self):
         """``logdet`` (zeros of the batch shape) and its adjoint: zero gradients for :attr:`params`."""
@@ -426,7 +434,7 @@ class HouseholderProduct:
             start += leaf.shape[-2]
             contributions.append(((leaf,), (part[..., ::-1, :] if reversed_rows else part,)))
         grads = accumulate(core.leaves, contributions, xp)
-        return tuple(xp.ascontiguousarray(g, dtype=leaf.dtype) for g, leaf in zip(grads, core.leaves))
+        return tuple(xp.ascontiguousarray(g) for g in grads)
 
 
 def _to_columns(a, vector, side, xp):

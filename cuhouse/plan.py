@@ -42,6 +42,8 @@ BLOCK_SIZES = (8, 16, 32, 64, 128, 256, 512)
 
 
 def _gemm(mach, p, q, r, itemsize, count=1, calls=1):
+    if not p * q * r:                                   # an empty operand (m = 0): launches only
+        return calls * mach.launch
     eff = (p / (p + mach.half)) * (q / (q + mach.half)) * (r / (r + mach.half))
     flops = 2.0 * p * q * r * count
     peak = mach.peak * (4 / itemsize)

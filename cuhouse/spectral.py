@@ -133,7 +133,7 @@ class _SpectralMatrix:
         if self.rank < self.shape[-1]:
             return xp.zeros(self.shape[:-2], dtype=self.dtype)
         det = self._left.det() * self._right.det() * xp.prod(self._values, axis=-1)
-        return xp.broadcast_to(det.astype(self.dtype, copy=False), self.shape[:-2])
+        return _batch_array(det, self.shape[:-2], self.dtype, xp)
 
     def slogdet(self):
         """``(sign, log|det W|)`` per batch entry, as ``numpy.linalg.slogdet``. Square W. O(r)."""
@@ -145,8 +145,7 @@ class _SpectralMatrix:
         sign = self._left.det() * self._right.det() * xp.prod(xp.sign(self._values), axis=-1)
         with numpy.errstate(divide="ignore"):
             logabs = xp.sum(xp.log(xp.abs(self._values)), axis=-1)
-        return (xp.broadcast_to(sign.astype(self.dtype, copy=False), batch),
-                xp.broadcast_to(logabs.astype(self.dtype, copy=False), batch))
+        return _batch_array(sign, batch, self.dtype, xp), _batch_array(logabs, batch, self.dtype, xp)
 
     def logdet(self):
         """``log|det W|`` per batch entry (``-inf`` when singular). Square W. O(r)."""
@@ -177,20 +176,25 @@ class _SpectralMatrix:
     def cond(self, p=None):
         """Condition number per batch entry, as ``numpy.linalg.cond``: p in None/2, -2, "fro", "nuc". O(r).
 
-        ``inf`` for a singular matrix; "fro" and "nuc" need a square W.
+        ``inf`` for a singular matrix (the zero matrix included); "fro" and
+        "nuc" need a square W.
         """
+        xp = self._xp
         if p in ("fro", "nuc"):
             self._require_square("cond(p={!r})".format(p))
             sigma = self.singular_values()
             with numpy.errstate(divide="ignore"):
-                inverse = self._xp.where(sigma > 0, 1 / self._xp.where(sigma > 0, sigma, 1), numpy.inf)
+                inverse = xp.where(sigma > 0, 1 / xp.where(sigma > 0, sigma, 1), numpy.inf)
             power = 2 if p == "fro" else 1
-            return ((sigma ** power).sum(axis=-1) * (inverse ** power).sum(axis=-1)) ** (1 / power)
-        if p is None or p in (2, -2):
-            with numpy.errstate(divide="ignore"):
+            with numpy.errstate(invalid="ignore"):
+                result = ((sigma ** power).sum(axis=-1) * (inverse ** power).sum(axis=-1)) ** (1 / power)
+        elif p is None or p in (2, -2):
+            with numpy.errstate(divide="ignore", invalid="ignore"):
                 ratio = self.norm(2) / self.norm(-2)
-            return ratio if p != -2 else 1 / ratio
-        raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
+                result = ratio if p != -2 else 1 / ratio
+        else:
+            raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
+        return xp.where(xp.isnan(result), numpy.inf, result)       # 0 * inf or 0 / 0: the zero matrix
 
     def todense(self):
         """The dense matrix ``(..., d_out, d_in)``. O(d_in n (d_out + d_in))."""
@@ -264,6 +268,7 @@ class _SpectralMatrix:
         if is_operator(x):
             raise TypeError("vjp(matmul, A, X) differentiates a matrix times an array; got two cuhouse matrices "
                             "({} and {})".format(type(self).__name__, type(x).__name__))
+        x = _validate.as_array(x, "X", xp)
         operator, columns, vector = self._as_left_product(x, side)
         out_columns, back_columns = operator._vjp_columns(columns)
         out = xp.ascontiguousarray(_from_columns(out_columns, vector, side, xp))
@@ -271,7 +276,8 @@ class _SpectralMatrix:
         def back(dout):
             dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
             dparams, dx = back_columns(_to_columns(dout, vector, side, xp))
-            return dparams, xp.ascontiguousarray(_from_columns(dx, vector, side, xp))
+            return dparams, xp.ascontiguousarray(_from_columns(dx, vector, side, xp),
+                                                 dtype=_validate.float_dtype(x.dtype))
         return out, back
 
     def _vjp_columns(self, x):
@@ -326,6 +332,11 @@ class _SpectralMatrix:
             bad = float(self._values[where])
             raise ValueError("{} needs {}, got {}{} = {!r}".format(
                 operation, expected.format(self._SPECTRUM), self._SPECTRUM, list(where), bad))
+
+
+def _batch_array(a, batch, dtype, xp):
+    """``a`` broadcast to the batch shape as a new writable array of ``dtype``. O(batch size)."""
+    return xp.broadcast_to(a, batch).astype(dtype)
 
 
 def _householder(obj, name, check_finite):
@@ -436,7 +447,7 @@ class SVDMatrix(_SpectralMatrix):
 
         The gradient passes where ``lo <= |s| <= hi`` and is zero elsewhere.
         """
-        lo, hi = float(lo), float(hi)
+        lo, hi = _validate.real_number(lo, "lo"), _validate.real_number(hi, "hi")
         if not 0 <= lo <= hi:
             raise ValueError("clip needs 0 <= lo <= hi, got lo={!r}, hi={!r}".format(lo, hi))
         xp = self._xp
@@ -554,7 +565,9 @@ class EighMatrix(_SpectralMatrix):
 
         An integer p allows any w (nonzero when p < 0); a fractional p needs every w > 0.
         """
-        p = float(p)
+        p = _validate.real_number(p, "p")
+        if not numpy.isfinite(p):
+            raise ValueError("power(p) needs a finite p, got {!r}".format(p))
         if not p.is_integer():
             self._require_values("power({!r})".format(p), self._values > 0,
                                  "every {} > 0 for a fractional power")
@@ -581,8 +594,8 @@ class EighMatrix(_SpectralMatrix):
         a = _dense_operand(a, "A", xp)
         if a.shape[-1] != a.shape[-2]:
             raise ValueError("A must be square and symmetric, got shape {}".format(tuple(a.shape)))
-        asymmetry = float(xp.abs(a - xp.swapaxes(a, -1, -2)).max())
-        scale = float(xp.abs(a).max())
+        asymmetry = float(xp.abs(a - xp.swapaxes(a, -1, -2)).max()) if a.size else 0.0   # an empty batch
+        scale = float(xp.abs(a).max()) if a.size else 0.0
         if asymmetry > 100 * numpy.finfo(a.dtype).eps * scale:
             raise ValueError("A must be symmetric, but max |A - A^T| = {:.3g} (max |A| = {:.3g}); "
                              "use SVDMatrix.from_dense for a general matrix".format(asymmetry, scale))

@@ -323,6 +323,26 @@ def test_fractional_power_needs_positive_eigenvalues():
         E.power(0.5)
 
 
+@pytest.mark.parametrize("p,error,match", [
+    (numpy.nan, ValueError, r"power\(p\) needs a finite p, got nan"),
+    (numpy.inf, ValueError, r"power\(p\) needs a finite p, got inf"),
+    (None, TypeError, r"p must be a real number, got None"),
+    ("2", TypeError, r"p must be a real number, got '2'"),
+])
+def test_power_needs_a_finite_real_exponent(p, error, match):
+    E = ch.EighMatrix(numpy.eye(2), numpy.array([1.0, 2.0]))
+    with pytest.raises(error, match=match):
+        E.power(p)
+
+
+def test_clip_bounds_must_be_real_numbers():
+    W = ch.SVDMatrix(numpy.eye(2), numpy.array([1.0, 2.0]), numpy.eye(2))
+    with pytest.raises(TypeError, match=r"lo must be a real number, got 'a'"):
+        W.clip("a")
+    with pytest.raises(TypeError, match=r"hi must be a real number, got None"):
+        W.clip(0, None)
+
+
 def test_cayley_needs_eigenvalues_other_than_minus_one():
     E = ch.EighMatrix(numpy.eye(2), numpy.array([-1.0, 2.0]))
     with pytest.raises(ValueError, match=r"cayley\(\) needs every w != -1"):

@@ -171,3 +171,11 @@ def test_errors_do_not_mutate_inputs():
     with pytest.raises(ValueError):
         cuhouse.HouseholderProduct(v)
     numpy.testing.assert_array_equal(v, snapshot)
+
+
+def test_a_cuhouse_matrix_is_not_taken_as_vectors():
+    h = cuhouse.HouseholderProduct(V)
+    with pytest.raises(TypeError, match="vectors must be an array of real numbers, got HouseholderProduct"):
+        cuhouse.HouseholderProduct(h)
+    with pytest.raises(TypeError, match="a must be an array of real numbers, got HouseholderProduct"):
+        cuhouse.HouseholderProduct.from_lapack(h, numpy.ones(1))

@@ -1,0 +1,109 @@
+"""Edge cases: empty operands, mixed precision, degenerate spectra."""
+import numpy
+import pytest
+
+import cuhouse
+from cuhouse.algorithms import ALGORITHMS
+from conftest import dense_reference, to_numpy
+
+ALGORITHM_NAMES = ["auto"] + sorted(ALGORITHMS)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_empty_operand_gives_empty_result_and_gradients(xp, algorithm):
+    v = xp.asarray(numpy.random.default_rng(0).standard_normal((3, 5)))
+    h = cuhouse.HouseholderProduct(v, algorithm=algorithm)
+    assert (h @ xp.ones((5, 0))).shape == (5, 0)
+    assert (xp.ones((0, 5)) @ h).shape == (0, 5)
+    out, back = cuhouse.vjp(cuhouse.matmul, h, xp.ones((5, 0)))
+    (dv,), dx = back(xp.ones((5, 0)))
+    assert dv.shape == (3, 5) and dx.shape == (5, 0)
+    assert not to_numpy(dv).any()
+    w = cuhouse.SVDMatrix(v, xp.ones(3), v[:, :4] + 1)
+    assert (w @ xp.ones((4, 0))).shape == (5, 0)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_float32_vectors_with_float64_x_are_float64_accurate(xp, algorithm):
+    v = numpy.random.default_rng(1).standard_normal((20, 30)).astype(numpy.float32)
+    h = cuhouse.HouseholderProduct(xp.asarray(v), algorithm=algorithm)
+    out = h @ xp.eye(30)
+    assert out.dtype == numpy.float64
+    numpy.testing.assert_allclose(to_numpy(out), dense_reference(v), rtol=0, atol=1e-12)
+    ht = cuhouse.HouseholderProduct(xp.asarray(v), algorithm=algorithm).T
+    numpy.testing.assert_allclose(to_numpy(ht @ xp.eye(30)), dense_reference(v).T, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [None, 2, -2, "fro", "nuc"])
+@pytest.mark.parametrize("s", [[0.0, 0.0, 0.0], [2.0, 0.0, 1.0]])
+def test_cond_of_singular_matrix_is_inf_like_numpy(xp, p, s):
+    rng = numpy.random.default_rng(2)
+    w = cuhouse.SVDMatrix(xp.asarray(rng.standard_normal((3, 3))), xp.asarray(s),
+                          xp.asarray(rng.standard_normal((2, 3))))
+    expected = 0.0 if (p == -2 and any(s)) else numpy.inf
+    with numpy.errstate(all="raise"):
+        assert float(w.cond(p)) == expected
+
+
+def test_from_dense_of_an_empty_batch_is_empty(xp):
+    assert cuhouse.SVDMatrix.from_dense(xp.zeros((0, 4, 3))).shape == (0, 4, 3)
+    e = cuhouse.EighMatrix.from_dense(xp.zeros((0, 4, 4)))
+    assert e.shape == (0, 4, 4) and e.expm().logdet().shape == (0,)
+
+
+def test_determinants_are_writable_arrays_of_the_batch_shape(xp):
+    rng = numpy.random.default_rng(3)
+    w = cuhouse.SVDMatrix(xp.asarray(rng.standard_normal((2, 3, 4))), xp.asarray(rng.uniform(1, 2, 4)),
+                          xp.asarray(rng.standard_normal((3, 4))))
+    e = cuhouse.EighMatrix(xp.asarray(rng.standard_normal((3, 4))), xp.asarray(rng.uniform(1, 2, (2, 4))))
+    for a in (w.det(), *w.slogdet(), w.logdet(), e.logdet(), e.expm().det()):
+        assert a.shape == (2,)
+        expected = to_numpy(a) * 2
+        a *= 2                           # a read-only broadcast view would raise (or alias, on CuPy)
+        numpy.testing.assert_array_equal(to_numpy(a), expected)
+
+
+@pytest.mark.parametrize("make", ["svd", "householder"])
+def test_gradients_have_the_dtype_of_their_leaf_and_of_x(xp, make):
+    rng = numpy.random.default_rng(4)
+    u = xp.asarray(rng.standard_normal((3, 4)).astype(numpy.float32))
+    s = xp.asarray(rng.uniform(1, 2, 4).astype(numpy.float32))
+    v = xp.asarray(rng.standard_normal((3, 4)))                      # float64
+    a = cuhouse.SVDMatrix(u, s, v) if make == "svd" else cuhouse.HouseholderProduct(u) @ cuhouse.HouseholderProduct(v)
+    for x in (xp.ones((4, 2), dtype=numpy.float32), xp.ones((4, 2))):
+        out, back = cuhouse.vjp(cuhouse.matmul, a, x)
+        assert out.dtype == numpy.float64
+        grads, dx = back(xp.ones(out.shape))
+        assert [g.dtype for g in grads] == [p.dtype for p in a.params]
+        assert dx.dtype == x.dtype
+    if make == "svd":
+        value, back = cuhouse.vjp(cuhouse.logdet, a)
+        assert [g.dtype for g in back(xp.ones(value.shape))[0]] == [p.dtype for p in a.params]
+
+
+def test_non_native_byte_order_is_accepted():
+    rng = numpy.random.default_rng(5)
+    v, x = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
+    swapped = v.dtype.newbyteorder(">" if numpy.little_endian else "<")
+    h = cuhouse.HouseholderProduct(v.astype(swapped))
+    assert h.dtype == numpy.float64
+    numpy.testing.assert_allclose(h @ x.astype(swapped), dense_reference(v) @ x, atol=1e-14)
+    w = cuhouse.SVDMatrix(v.astype(swapped), numpy.ones(3, swapped), v)
+    numpy.testing.assert_allclose(w.todense(), cuhouse.SVDMatrix(v, numpy.ones(3), v).todense())
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+@pytest.mark.parametrize("make", ["householder", "svd"])
+def test_modifying_the_vjp_output_in_place_leaves_the_gradients_intact(xp, algorithm, make):
+    rng = numpy.random.default_rng(6)
+    v = xp.asarray(rng.standard_normal((4, 5)))
+    a = (cuhouse.HouseholderProduct(v, algorithm=algorithm) if make == "householder"
+         else cuhouse.SVDMatrix(cuhouse.HouseholderProduct(v, algorithm=algorithm), xp.ones(4), v))
+    x, y = xp.asarray(rng.standard_normal((5, 3))), xp.asarray(rng.standard_normal((5, 3)))
+    out, back = cuhouse.vjp(cuhouse.matmul, a, x)
+    expected = back(out - y)
+    out, back = cuhouse.vjp(cuhouse.matmul, a, x)
+    out -= y                                        # the residual, computed in place
+    grads, dx = back(out)
+    for g, e in zip(grads + (dx,), expected[0] + (expected[1],)):
+        numpy.testing.assert_allclose(to_numpy(g), to_numpy(e), rtol=1e-12, atol=1e-12)
