@@ -86,26 +86,26 @@ def vectors(v, xp, check_finite, allow_zero_rows=False, name="vectors"):
     return v, norms
 
 
-def operand(x, xp, d, side, check_finite, shape=None):
+def operand(x, xp, d, side, check_finite, shape=None, name="X"):
     """Validate the array multiplied by an operator along its dimension ``d``.
 
     ``side == "left"`` for ``op @ x``: ``x`` is ``(d,)`` or ``(..., d, m)``.
     ``side == "right"`` for ``x @ op``: ``x`` is ``(d,)`` or ``(..., m, d)``.
     ``shape`` (rows, cols) names a rectangular operator in the message;
-    the default is d x d.
+    the default is d x d. ``name`` is the argument's name in messages.
     """
-    x = as_array(x, "X", xp)
+    x = as_array(x, name, xp)
     if x.ndim == 0:
-        raise ValueError("X must have at least one dimension for matmul, got a scalar")
+        raise ValueError("{} must have at least one dimension for matmul, got a scalar".format(name))
     axis = -1 if (x.ndim == 1 or side == "right") else -2
     if x.shape[axis] != d:
         expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
         rows, cols = shape or (d, d)
-        raise ValueError("X has shape {} but the operator is {}x{}: expected {} with d={}".format(
-            tuple(x.shape), rows, cols, expected, d))
+        raise ValueError("{} has shape {} but the operator is {}x{}: expected {} with d={}".format(
+            name, tuple(x.shape), rows, cols, expected, d))
     if check_finite and not bool(xp.isfinite(x).all()):
-        raise ValueError("X must be finite; found NaN or Inf (pass check_finite=False "
-                         "to skip this check)")
+        raise ValueError("{} must be finite; found NaN or Inf (pass check_finite=False "
+                         "to skip this check)".format(name))
     return x
 
 
@@ -135,15 +135,27 @@ def real_number(value, name):
     raise TypeError("{} must be a real number, got {!r}".format(name, value))
 
 
+def non_negative_real(value, name):
+    """``value`` as a float; ``TypeError`` unless a real number, ``ValueError`` if negative or NaN."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, numpy.integer, numpy.floating)):
+        raise TypeError("{} must be a real number, got {}".format(name, type(value).__name__))
+    if not value >= 0:
+        raise ValueError("{} must be a non-negative number, got {}".format(name, value))
+    return float(value)
+
+
+def positive_int(value, name, expected="a positive int"):
+    """``value`` as an int >= 1; ``TypeError``/``ValueError`` saying ``expected`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)):
+        raise TypeError("{} must be {}, got {}".format(name, expected, type(value).__name__))
+    if value < 1:
+        raise ValueError("{} must be {}, got {}".format(name, expected, value))
+    return int(value)
+
+
 def positive_int_or_none(value, name):
     """``None`` or a positive int; ``TypeError``/``ValueError`` otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, numpy.integer)):
-        raise TypeError("{} must be a positive int or None, got {}".format(name, type(value).__name__))
-    if value < 1:
-        raise ValueError("{} must be a positive int or None, got {}".format(name, value))
-    return int(value)
+    return None if value is None else positive_int(value, name, "a positive int or None")
 
 
 def to_host(a):

@@ -176,7 +176,8 @@ class HouseholderProduct:
             raise ValueError("a and tau must be finite; found NaN or Inf")
         norms = _primitives.row_norms(v, xp)
         expected = xp.where(identity, 0, 2 / xp.where(identity, 1, norms ** 2))
-        tol = 1e3 * numpy.finfo(dtype).eps
+        # as accurate as the less precise of a and tau (float32 geqrf output may come with float64 tau)
+        tol = 1e3 * max(numpy.finfo(_validate.float_dtype(t)).eps for t in (a.dtype, tau.dtype))
         if not bool((xp.abs(tau - expected) <= tol * xp.abs(expected) + tol).all()):
             raise ValueError("tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
                              "geqrf returns; got values that do not make orthogonal reflectors")
@@ -269,11 +270,7 @@ class HouseholderProduct:
         return self._apply_matrix(self._core.xp.eye(d, dtype=self.dtype), False)
 
     def __array__(self, dtype=None, copy=None):
-        if self.backend != "numpy":
-            raise TypeError("a HouseholderProduct on the CuPy backend cannot become a NumPy array "
-                            "implicitly; use cupy.asnumpy(H.todense())")
-        dense = self.todense()
-        return dense if dtype is None else dense.astype(dtype)
+        return dense_array(self, dtype, copy)
 
     def __matmul__(self, other):
         if isinstance(other, HouseholderProduct):
@@ -435,6 +432,23 @@ class HouseholderProduct:
             contributions.append(((leaf,), (part[..., ::-1, :] if reversed_rows else part,)))
         grads = accumulate(core.leaves, contributions, xp)
         return tuple(xp.ascontiguousarray(g) for g in grads)
+
+
+def dense_array(op, dtype=None, copy=None):
+    """``numpy.asarray(op)`` for a cuhouse matrix: its dense form, a new array.
+
+    NumPy backend only (a CuPy matrix would need a silent device-to-host copy:
+    ``TypeError``). ``copy=False`` is a ``ValueError``, as NumPy 2 asks of
+    objects that cannot be viewed without a copy. Cost: ``op.todense()``.
+    """
+    if op.backend != "numpy":
+        raise TypeError("a {} on the CuPy backend cannot become a NumPy array implicitly; "
+                        "use cupy.asnumpy(A.todense())".format(type(op).__name__))
+    if copy is False:
+        raise ValueError("a {} has no array to view: numpy.asarray(..., copy=False) is impossible; "
+                         "use todense()".format(type(op).__name__))
+    dense = op.todense()
+    return dense if dtype is None else dense.astype(dtype, copy=False)
 
 
 def _to_columns(a, vector, side, xp):

@@ -20,7 +20,7 @@ import numpy
 from . import _validate
 from ._backend import array_module, backend_name
 from .autodiff import accumulate, is_operator, reduce_to_shape
-from .householder import HouseholderProduct, _from_columns, _to_columns
+from .householder import HouseholderProduct, _from_columns, _to_columns, dense_array
 
 
 class _SpectralMatrix:
@@ -114,6 +114,7 @@ class _SpectralMatrix:
         As ``numpy.linalg.pinv``: values with ``|v| <= rcond * max|v|`` count
         as zero. The cut-off is held fixed in the gradient.
         """
+        rcond = _validate.non_negative_real(rcond, "rcond")
         xp = self._xp
         magnitude = xp.abs(self._values)
         cutoff = xp.asarray(rcond, dtype=magnitude.dtype)[..., None] * magnitude.max(axis=-1, keepdims=True)
@@ -124,6 +125,7 @@ class _SpectralMatrix:
     def solve(self, b):
         """X with W X = B, as ``numpy.linalg.solve``: B ``(d,)`` or ``(..., d, m)``. O(d n m)."""
         self._require_full_rank("solve()", "use pinv() @ B for least squares")
+        b = _validate.operand(b, self._xp, self.shape[-1], "left", False, name="B")   # finiteness: in @
         return self.inv() @ b
 
     def det(self):
@@ -201,11 +203,7 @@ class _SpectralMatrix:
         return self @ self._xp.eye(self.shape[-1], dtype=self.dtype)
 
     def __array__(self, dtype=None, copy=None):
-        if self.backend != "numpy":
-            raise TypeError("a {} on the CuPy backend cannot become a NumPy array implicitly; "
-                            "use cupy.asnumpy(W.todense())".format(type(self).__name__))
-        dense = self.todense()
-        return dense if dtype is None else dense.astype(dtype)
+        return dense_array(self, dtype, copy)
 
     # ------------------------------------------------------------- products
     def __matmul__(self, other):
@@ -488,6 +486,7 @@ class SVDMatrix(_SpectralMatrix):
 
         ``rng`` is anything ``numpy.random.default_rng`` accepts. NumPy arrays.
         """
+        d_out, d_in = _validate.positive_int(d_out, "d_out"), _validate.positive_int(d_in, "d_in")
         rng = numpy.random.default_rng(rng)
         full = min(d_out, d_in)
         r = full if rank is None else _validate.positive_int_or_none(rank, "rank")

@@ -107,3 +107,47 @@ def test_modifying_the_vjp_output_in_place_leaves_the_gradients_intact(xp, algor
     grads, dx = back(out)
     for g, e in zip(grads + (dx,), expected[0] + (expected[1],)):
         numpy.testing.assert_allclose(to_numpy(g), to_numpy(e), rtol=1e-12, atol=1e-12)
+
+
+def test_solve_names_b_in_shape_errors():
+    w = cuhouse.SVDMatrix.random(4, 4, rng=0)
+    with pytest.raises(ValueError, match=r"B has shape \(3,\) but the operator is 4x4"):
+        w.solve(numpy.ones(3))
+
+
+@pytest.mark.parametrize("rcond,error,match", [
+    ("a", TypeError, "rcond must be a real number, got str"),
+    (-1.0, ValueError, "rcond must be a non-negative number, got -1.0"),
+    (numpy.nan, ValueError, "rcond must be a non-negative number, got nan"),
+])
+def test_pinv_rejects_bad_rcond(rcond, error, match):
+    with pytest.raises(error, match=match):
+        cuhouse.SVDMatrix.random(4, 3, rng=0).pinv(rcond)
+
+
+@pytest.mark.parametrize("d_out,error,match", [
+    (-1, ValueError, "d_out must be a positive int, got -1"),
+    (None, TypeError, "d_out must be a positive int, got NoneType"),
+    (2.0, TypeError, "d_out must be a positive int, got float"),
+])
+def test_random_rejects_bad_sizes(d_out, error, match):
+    with pytest.raises(error, match=match):
+        cuhouse.SVDMatrix.random(d_out, 3, rng=0)
+
+
+def test_asarray_without_copy_is_refused():
+    h = cuhouse.HouseholderProduct(numpy.eye(3))
+    with pytest.raises(ValueError, match=r"copy=False\) is impossible"):
+        numpy.asarray(h, copy=False)
+    with pytest.raises(ValueError, match=r"copy=False\) is impossible"):
+        numpy.asarray(cuhouse.SVDMatrix.random(3, 3, rng=0), copy=False)
+    assert numpy.asarray(h, copy=True).shape == (3, 3)
+
+
+def test_from_lapack_accepts_float32_a_with_float64_tau():
+    from scipy.linalg import lapack
+    a = numpy.random.default_rng(1).standard_normal((6, 4)).astype(numpy.float32)
+    qr, tau, _, _ = lapack.sgeqrf(a)
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau.astype(numpy.float64))
+    q = cuhouse.HouseholderProduct.from_lapack(qr, tau).todense()
+    numpy.testing.assert_allclose(h.todense(), q, atol=1e-5)
