@@ -242,3 +242,13 @@ class TestFromLapack:
         qr, tau, _, _ = lapack.dgeqrf(numpy.eye(4))
         with pytest.raises(ValueError, match="tau must have shape"):
             cuhouse.HouseholderProduct.from_lapack(qr, numpy.zeros(5))
+
+
+def test_from_lapack_accepts_torch_geqrf():
+    torch = pytest.importorskip("torch")
+    a = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    qr, tau = torch.geqrf(a)
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
+    q = torch.linalg.householder_product(qr, tau).numpy()            # the first 5 columns of Q
+    numpy.testing.assert_allclose(h.todense()[:, :5], q, atol=1e-13)
+    numpy.testing.assert_allclose(h.todense()[:, :5], numpy.linalg.qr(a.numpy())[0], atol=1e-13)
