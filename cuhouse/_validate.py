@@ -118,6 +118,34 @@ def cotangent(g, name, shape, xp):
     return g
 
 
+def batch_shape(*named):
+    """The broadcast of batch shapes given as ``(name, shape)`` pairs.
+
+    ``ValueError`` naming every argument and its batch shape when they do not
+    broadcast, e.g. "the batch shapes of H (2,) and X (3,) do not broadcast".
+    """
+    try:
+        return numpy.broadcast_shapes(*(tuple(shape) for _, shape in named))
+    except ValueError:
+        parts = ["{} {}".format(name, tuple(shape)) for name, shape in named]
+        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        raise ValueError("the batch shapes of {} do not broadcast".format(listed)) from None
+
+
+def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite):
+    """Validate X of ``op @ X`` (``side == "left"``) or ``X @ op`` for an operator
+    of shape ``(..., rows, cols)`` and dtype ``op_dtype``.
+
+    Returns ``(x, cast)``: ``x`` as validated (its own dtype) and ``x`` in the
+    result dtype, ``numpy.result_type`` of both (float64 for integer data).
+    """
+    rows, cols = op_shape[-2:]
+    x = operand(x, xp, cols if side == "left" else rows, side, check_finite, shape=(rows, cols))
+    if x.ndim > 1:
+        batch_shape((op_name, op_shape[:-2]), ("X", x.shape[:-2]))
+    return x, x.astype(float_dtype(numpy.result_type(op_dtype, x.dtype)), copy=False)
+
+
 def choice(value, name, options):
     """``ValueError`` unless ``value`` is one of ``options``."""
     if not isinstance(value, str) or value not in options:

@@ -159,11 +159,7 @@ class HouseholderProduct:
         if tau.ndim < 1 or k == 0 or k > min(rows, cols):
             raise ValueError("tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
                 min(rows, cols), tuple(tau.shape)))
-        try:
-            batch = numpy.broadcast_shapes(a.shape[:-2], tau.shape[:-1])
-        except ValueError:
-            raise ValueError("the batch shapes of a {} and tau {} do not broadcast".format(
-                tuple(a.shape[:-2]), tuple(tau.shape[:-1]))) from None
+        batch = _validate.batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
         dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
         below = xp.triu(xp.ones((k, rows), dtype=bool), 1)             # reflector i lives at rows > i
         v = xp.where(below, xp.swapaxes(a[..., :k], -1, -2), 0).astype(dtype)
@@ -296,11 +292,7 @@ class HouseholderProduct:
         if self.shape[-1] != other.shape[-1]:
             raise ValueError("cannot compose HouseholderProducts of sizes {0}x{0} and {1}x{1}".format(
                 self.shape[-1], other.shape[-1]))
-        try:
-            numpy.broadcast_shapes(self.shape[:-2], other.shape[:-2])
-        except ValueError:
-            raise ValueError("batch shapes {} and {} do not broadcast".format(
-                self.shape[:-2], other.shape[:-2])) from None
+        _validate.batch_shape(("H1", self.shape[:-2]), ("H2", other.shape[:-2]))
         leaves, segments = [], []
         for op in (self, other):
             core = op._core
@@ -341,15 +333,8 @@ class HouseholderProduct:
         acts transposed on it (``X @ H = (H^T X^T)^T``; a vector is one column).
         """
         xp = self._core.xp
-        x = _validate.operand(x, xp, self.shape[-1], side, self._core.check_finite)
-        dtype = _validate.float_dtype(numpy.result_type(self.dtype, x.dtype))
-        if x.ndim > 1:
-            try:
-                numpy.broadcast_shapes(self.shape[:-2], x.shape[:-2])
-            except ValueError:
-                raise ValueError("batch shapes of H {} and X {} do not broadcast".format(
-                    self.shape[:-2], tuple(x.shape[:-2]))) from None
-        return x, _to_columns(x.astype(dtype, copy=False), x.ndim == 1, side, xp), side == "right"
+        x, cast = _validate.product_operand(x, xp, "H", self.shape, self.dtype, side, self._core.check_finite)
+        return x, _to_columns(cast, x.ndim == 1, side, xp), side == "right"
 
     def _apply(self, x, side):
         return self._product(x, side)[1]

@@ -246,16 +246,7 @@ class _SpectralMatrix:
         ``(..., d, m)``; ``vector`` (whether ``x`` is 1-D) and the side tell
         ``_from_columns`` how to map a result or gradient back.
         """
-        rows, cols = self.shape[-2:]
-        x = _validate.operand(x, self._xp, cols if side == "left" else rows, side,
-                              self._leaf._check_finite, shape=(rows, cols))
-        x = x.astype(_validate.float_dtype(numpy.result_type(self.dtype, x.dtype)), copy=False)
-        if x.ndim > 1:
-            try:
-                numpy.broadcast_shapes(self.shape[:-2], x.shape[:-2])
-            except ValueError:
-                raise ValueError("batch shapes of W {} and X {} do not broadcast".format(
-                    self.shape[:-2], tuple(x.shape[:-2]))) from None
+        _, x = _validate.product_operand(x, self._xp, "W", self.shape, self.dtype, side, self._leaf._check_finite)
         operator = self if side == "left" else self.T
         return operator, _to_columns(x, x.ndim == 1, side, self._xp), x.ndim == 1
 
@@ -416,11 +407,7 @@ class SVDMatrix(_SpectralMatrix):
             raise ValueError("s has r={} values but U is {}x{} and V is {}x{}: "
                              "W = U[:, :r] diag(s) V[:, :r]^T needs r <= min(d_out, d_in) = {}".format(
                                  r, d_out, d_out, d_in, d_in, min(d_out, d_in)))
-        try:
-            numpy.broadcast_shapes(U.shape[:-2], s.shape[:-1], V.shape[:-2])
-        except ValueError:
-            raise ValueError("the batch shapes of U {}, s {} and V {} do not broadcast".format(
-                U.shape[:-2], tuple(s.shape[:-1]), V.shape[:-2])) from None
+        _validate.batch_shape(("U", U.shape[:-2]), ("s", s.shape[:-1]), ("V", V.shape[:-2]))
         self._init(U, s, V)
         self._params = U.params + (s,) + V.params
         self._check_finite = bool(check_finite)
@@ -524,11 +511,7 @@ class EighMatrix(_SpectralMatrix):
         if w.shape[-1] != d:
             raise ValueError("w must have shape (..., d) with d={} to match U ({}x{}), got shape {}".format(
                 d, d, d, tuple(w.shape)))
-        try:
-            numpy.broadcast_shapes(U.shape[:-2], w.shape[:-1])
-        except ValueError:
-            raise ValueError("the batch shapes of U {} and w {} do not broadcast".format(
-                U.shape[:-2], tuple(w.shape[:-1]))) from None
+        _validate.batch_shape(("U", U.shape[:-2]), ("w", w.shape[:-1]))
         self._init(U, w, U)
         self._params = U.params + (w,)
         self._check_finite = bool(check_finite)
