@@ -6,7 +6,6 @@ and what was received. No check mutates its input.
 """
 import numpy
 
-from ._primitives import row_norms
 from ._backend import SUPPORTED_DTYPES, type_name, is_cupy_array
 
 _REAL_KINDS = "biuf"  # bool, signed, unsigned, float
@@ -52,13 +51,13 @@ def float_dtype(dtype):
     return dtype if dtype in SUPPORTED_DTYPES else numpy.dtype(numpy.float64)
 
 
-def vectors(v, xp, check_finite, allow_zero_rows=False, name="vectors"):
+def vectors(v, xp, name="vectors"):
     """Validate Householder vectors of shape ``(..., n, d)`` with 1 <= n <= d.
 
-    Returns ``(v, norms)``: ``v`` as a float array (the caller's array itself
-    when it is already float32/float64) and the row norms, which the
-    normalization reuses. Zero rows and non-finite entries are a ``ValueError``
-    (the latter only when ``check_finite``). Cost: one pass over ``v``.
+    Returns ``v`` as a float array: the caller's array itself when it is
+    already float32/float64. Values are checked by :func:`vector_norms`,
+    on the norms the caller computes anyway. Cost: O(1) (a cast for
+    integer input).
     """
     v = as_array(v, name, xp)
     if v.ndim < 2:
@@ -73,7 +72,14 @@ def vectors(v, xp, check_finite, allow_zero_rows=False, name="vectors"):
                          "1 <= n <= d, got shape {}".format(name, n, d, tuple(v.shape)))
     if v.dtype not in SUPPORTED_DTYPES:
         v = v.astype(float_dtype(v.dtype))
-    norms = row_norms(v, xp)
+    return v
+
+
+def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors"):
+    """Check the row norms ``(..., n)`` of Householder vectors: a NaN/Inf norm
+    (only when ``check_finite``) or a zero row (unless ``allow_zero_rows``) is a
+    ``ValueError``. A norm is finite exactly when its row is. Cost: O(n).
+    """
     if check_finite and not bool(xp.isfinite(norms).all()):
         raise ValueError("{} must be finite; found NaN or Inf (pass check_finite=False "
                          "to skip this check)".format(name))
@@ -83,7 +89,6 @@ def vectors(v, xp, check_finite, allow_zero_rows=False, name="vectors"):
             where = tuple(int(i) for i in numpy.argwhere(to_host(zero))[0])
             raise ValueError("{} row {} is a zero vector; every Householder vector must be "
                              "nonzero".format(name, where if len(where) > 1 else where[0]))
-    return v, norms
 
 
 def operand(x, xp, d, side, check_finite, shape=None, name="X"):

@@ -10,7 +10,8 @@ lazily, and reused by every later product. After changing ``vectors`` in place
 """
 import numpy
 
-from . import _primitives, _validate, plan
+from . import _validate, plan
+from ._gpu import primitives as _primitives
 from ._backend import array_module, backend_name
 from .autodiff import accumulate, is_operator as _is_operator, reduce_to_shape
 from .algorithms import ALGORITHMS
@@ -80,14 +81,11 @@ class Reflections:
 
     def factors(self, chosen, dtype):
         """The block factors of ``chosen`` (a :class:`plan.Plan`) in ``dtype``. Cached."""
-        key = (chosen, dtype)
+        key = (chosen.algorithm, chosen.block_size, dtype)
         if key not in self._factors:
             module = ALGORITHMS[chosen.algorithm]
             self._factors[key] = module.build(self.unit(dtype), chosen.block_size, self.xp)
         return self._factors[key]
-
-    def built_plans(self, dtype):
-        return tuple(p for p, dt in self._factors if dt == dtype)
 
 
 class HouseholderProduct:
@@ -120,7 +118,9 @@ class HouseholderProduct:
         xp = array_module(vectors)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        v, norms = _validate.vectors(vectors, xp, bool(check_finite))
+        v = _validate.vectors(vectors, xp)
+        norms = _primitives.row_norms(v, xp)
+        _validate.vector_norms(norms, xp, bool(check_finite))
         core = Reflections(xp, (v,), ((0, False),), bool(check_finite))
         core._norms = norms
         self._init(core, False, algorithm, block_size)
@@ -228,7 +228,8 @@ class HouseholderProduct:
         """
         core = self._core
         for leaf in core.leaves:
-            _validate.vectors(leaf, core.xp, core.check_finite, allow_zero_rows=core.may_have_identity_rows)
+            _validate.vector_norms(_primitives.row_norms(_validate.vectors(leaf, core.xp), core.xp), core.xp,
+                                   core.check_finite, allow_zero_rows=core.may_have_identity_rows)
         core.refresh()
         return self
 
@@ -313,17 +314,17 @@ class HouseholderProduct:
         dtype = numpy.dtype(dtype or self.dtype)
         core = self._core
         return plan.choose(self.shape[-1], self.n_reflections, m, dtype, self.backend,
-                           self.algorithm, self.block_size, built=core.built_plans(dtype))
+                           self.algorithm, self.block_size)
 
     def _algorithm_for(self, x, transpose):
-        """The algorithm module, its cached factors and the core's orientation for ``x`` ``(..., d, m)``."""
+        """The plan, its cached factors and the core's orientation for ``x`` ``(..., d, m)``."""
         chosen = self.plan_for(x.shape[-1], x.dtype)
-        return ALGORITHMS[chosen.algorithm], self._core.factors(chosen, x.dtype), transpose != self._transposed
+        return chosen, self._core.factors(chosen, x.dtype), transpose != self._transposed
 
     def _apply_matrix(self, x, transpose):
         """``H @ x`` (``H.T @ x``) for a validated float ``x`` ``(..., d, m)``."""
-        module, factors, transpose = self._algorithm_for(x, transpose)
-        return module.apply(factors, x, transpose, self._core.xp)
+        chosen, factors, transpose = self._algorithm_for(x, transpose)
+        return ALGORITHMS[chosen.algorithm].apply(factors, x, transpose, self._core.xp)
 
     def _operand(self, x, side):
         """Validate ``X`` of ``H @ X`` (``side == "left"``) or ``X @ H`` (``"right"``).
@@ -348,12 +349,14 @@ class HouseholderProduct:
         """
         xp = self._core.xp
         x, columns, transpose = self._operand(x, side)
-        module, factors, transpose = self._algorithm_for(columns, transpose)
+        chosen, factors, transpose = self._algorithm_for(columns, transpose)
+        module = ALGORITHMS[chosen.algorithm]
         out_columns = module.apply(factors, columns, transpose, xp)
         vector = x.ndim == 1
 
         def adjoint(dout):
-            dy, dx = module.backward(factors, out_columns, _to_columns(dout, vector, side, xp), transpose, xp)
+            dy, dx = module.backward(factors, out_columns, _to_columns(dout, vector, side, xp), transpose, xp,
+                                     chosen.store_inputs)
             return dy[..., :self.n_reflections, :], _from_columns(dx, vector, side, xp)
 
         return x, xp.ascontiguousarray(_from_columns(out_columns, vector, side, xp)), adjoint

@@ -23,8 +23,10 @@ from collections import namedtuple
 
 import numpy
 
-Plan = namedtuple("Plan", "algorithm block_size")
-Plan.__doc__ = "An algorithm name and a block size (``None`` for ``sequential``)."
+Plan = namedtuple("Plan", "algorithm block_size store_inputs")
+Plan.__doc__ = """An algorithm name, a block size (``None`` for ``sequential``) and whether
+the backward stores every block's input (``store_inputs``, cwy only; see
+:func:`store_block_inputs`) instead of recomputing it."""
 
 Machine = namedtuple("Machine", "launch peak half bandwidth")
 MACHINES = {
@@ -96,18 +98,19 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
     raise ValueError("unknown algorithm {!r}".format(algorithm))
 
 
-def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, built=()):
-    """The fastest :class:`Plan` for ``H @ X`` by the cost model.
+def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None):
+    """The fastest :class:`Plan` for ``H @ X`` by the cost model, build included.
 
-    ``algorithm`` and ``block_size`` pin what the caller fixed; ``built`` lists
-    the plans whose factors are already cached (their build cost is free).
-    Memoized: a dictionary lookup after the first call with these arguments.
+    ``algorithm`` and ``block_size`` pin what the caller fixed. The choice
+    depends on these arguments only, never on which factors happen to be
+    cached, so the same H and X always run the same plan (and give the same
+    bits). Memoized: a dictionary lookup after the first call.
     """
-    return _choose(d, n, m, numpy.dtype(dtype).itemsize, backend, algorithm, block_size, tuple(built))
+    return _choose(d, n, m, numpy.dtype(dtype).itemsize, backend, algorithm, block_size)
 
 
 @functools.lru_cache(maxsize=4096)
-def _choose(d, n, m, itemsize, backend, algorithm, block_size, built):
+def _choose(d, n, m, itemsize, backend, algorithm, block_size):
     names = AUTO_CANDIDATES if algorithm == "auto" else (algorithm,)
     best = None
     for name in names:
@@ -118,11 +121,12 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, built):
         else:
             sizes = sorted({min(k, n) for k in BLOCK_SIZES})
         for k in sizes:
-            plan = Plan(name, k)
-            seconds = predict(name, d, n, m, k or 1, itemsize, backend, built=plan in built)
+            seconds = predict(name, d, n, m, k or 1, itemsize, backend)
             if best is None or seconds < best[0]:
-                best = (seconds, plan)
-    return best[1]
+                best = (seconds, name, k)
+    _, name, k = best
+    store = name == "cwy" and store_block_inputs(d, n, m, k, itemsize, backend)
+    return Plan(name, k, store)
 
 
 def store_block_inputs(d, n, m, block_size, itemsize=4, backend="numpy"):

@@ -3,7 +3,7 @@ import numpy
 import pytest
 
 import cuhouse as ch
-from cuhouse import _primitives
+from cuhouse._gpu import primitives as _primitives
 from cuhouse.algorithms import ALGORITHMS, cwy
 from conftest import dense_reference, to_numpy
 

@@ -6,7 +6,7 @@ import math
 import numpy
 import pytest
 
-from cuhouse import _kernels, _primitives
+from cuhouse._gpu import primitives as _primitives, raw_kernels as _kernels
 from cuhouse._backend import cupy_module, gpu_available
 
 from conftest import rtol, to_numpy

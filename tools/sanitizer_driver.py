@@ -13,7 +13,7 @@ import numpy
 def main():
     import cupy
 
-    from cuhouse import _kernels, _primitives
+    from cuhouse._gpu import primitives as _primitives, raw_kernels as _kernels
 
     cupy.cuda.set_allocator(None)
     rng = numpy.random.default_rng(0)

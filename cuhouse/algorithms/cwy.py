@@ -12,8 +12,7 @@ Cost: build O(n k d) in O(log k) batched steps; apply O(n d m + n k m) in
 """
 from collections import namedtuple
 
-from .. import _primitives, plan
-from .._backend import backend_name
+from .._gpu import primitives as _primitives
 from . import _blocks
 from ._blocks import application_order, chain, swap
 
@@ -41,7 +40,7 @@ def apply(f, x, transpose, xp):
     return chain(x, application_order(f.y.shape[-3], transpose), update)
 
 
-def backward(f, out, dout, transpose, xp, store_inputs=None):
+def backward(f, out, dout, transpose, xp, store_inputs=False):
     """Adjoint of :func:`apply` given its output: ``(dY, dX)``, all GEMMs, no per-vector loop.
 
     The applied block is ``Q = I - Y^T M Y`` (``M = T``, or ``T^T`` when
@@ -50,20 +49,18 @@ def backward(f, out, dout, transpose, xp, store_inputs=None):
     there; per block ``Z = Y B`` and ``U = M^T Z``, then ``B <- B - Y^T U``
     undoes the block (``Q^T = Q^{-1}``). With ``Y A_in = -M^{-1} U_A`` the
     DESIGN.md gradient becomes ``dY = [-U_G, U_A] B^T + (C + U_G U_A^T) Y``,
-    ``C`` from :func:`cuhouse._primitives.cwy_gradient_coefficients`; all the
+    ``C`` from :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`; all the
     k x k work and the ``C Y`` products run batched over blocks after the sweep.
 
     ``store_inputs`` keeps every block's ``B`` (extra ``n/k * d * 2m`` values)
     and forms the ``[-U_G, U_A] B^T`` products as one batched GEMM; otherwise
-    they run inside the sweep and the extra memory is O(d m + n d). ``None``
-    lets :func:`cuhouse.plan.store_block_inputs` choose. dY has one row per
+    they run inside the sweep and the extra memory is O(d m + n d); the plan
+    chooses (:func:`cuhouse.plan.store_block_inputs`). dY has one row per
     block row (padding rows past n are zero). Cost: 3 GEMMs of O(k d m) per
     block plus O(n k d) for ``C Y``.
     """
     n_blocks, k, d = f.y.shape[-3:]
     m = out.shape[-1]
-    if store_inputs is None:
-        store_inputs = plan.store_block_inputs(d, n_blocks * k, m, k, out.dtype.itemsize, backend_name(xp))
     m_factor = swap(f.t, xp) if transpose else f.t
     b = xp.concatenate([out, dout], axis=-1)                      # out's batch already includes Y's
     batch = b.shape[:-2]

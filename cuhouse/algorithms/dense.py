@@ -24,13 +24,14 @@ def apply(f, x, transpose, xp):
     return (swap(f.h, xp) if transpose else f.h) @ x
 
 
-def backward(f, out, dout, transpose, xp):
+def backward(f, out, dout, transpose, xp, store_inputs=False):
     """Adjoint of :func:`apply` via the WY form: ``(dY, dX)``.
 
     ``dX = H^T dout`` (``H dout``) is one GEMM. The gradient with respect to
     the dense matrix, ``dH = dout X^T`` (``X dout^T``) with ``X`` recovered from
     ``out``, is taken back to the vectors by the CWY adjoint of ``H = P I``.
-    Cost: O(d^2 m) plus O(n d^2).
+    Cost: O(d^2 m) plus O(n d^2). ``store_inputs`` is unused: the CWY
+    adjoint here always recomputes (storing d x 2d per block never pays).
     """
     x = apply(f, out, not transpose, xp)
     dh = x @ swap(dout, xp) if transpose else dout @ swap(x, xp)

@@ -46,7 +46,7 @@ def apply(f, x, transpose, xp):
                  lambda j, out: _block_product(f, j, out, transpose, xp))
 
 
-def backward(f, out, dout, transpose, xp):
+def backward(f, out, dout, transpose, xp, store_inputs=False):
     """The paper's backward: ``(dY, dX)`` for ``out = H @ X`` (``H.T @ X``) given ``dout``.
 
     A sweep from the last applied block to the first recomputes each block's
@@ -55,7 +55,8 @@ def backward(f, out, dout, transpose, xp):
     output gradient (``2 n/k * d * m`` values). The in-block loop of rank-1
     adjoints (:func:`sequential.backward`) then runs for all blocks at once:
     the blocks are independent. dY has one row per block row (padding rows
-    past n are zero). Cost: O(n d m).
+    past n are zero). Cost: O(n d m). ``store_inputs`` is unused: the
+    paper's backward always keeps every block's output.
     """
     n_blocks, k, d = f.y.shape[-3:]
     m = out.shape[-1]

@@ -22,8 +22,11 @@ def apply(y, x, transpose, xp):
     return chain(x, application_order(y.shape[-2], transpose), update)
 
 
-def backward(y, out, dout, transpose, xp):
-    """Adjoint of :func:`apply`: recompute each input from the output. O(n d m)."""
+def backward(y, out, dout, transpose, xp, store_inputs=False):
+    """Adjoint of :func:`apply`: recompute each input from the output. O(n d m).
+
+    ``store_inputs`` is unused (nothing is stored).
+    """
     n = y.shape[-2]
     order = reversed(application_order(n, transpose))
     a = out.copy()

@@ -19,7 +19,7 @@ def cases(d, m, dtype, xp):
         for k in ((None,) if name == "sequential" else sorted({min(k, d) for k in plan.BLOCK_SIZES})):
             predicted = plan.predict(name, d, d, m, k or 1, dtype.itemsize, backend)
             label = "{} k={} (model {:.2f} ms){}".format(
-                name, k, predicted * 1e3, " <- auto" if plan.Plan(name, k) == chosen else "")
+                name, k, predicted * 1e3, " <- auto" if (chosen.algorithm, chosen.block_size) == (name, k) else "")
             out[label] = (lambda name, k: lambda: cuhouse.HouseholderProduct(
                 v, algorithm=name, block_size=k) @ x)(name, k)
     baseline = next(label for label in out if label.endswith("<- auto"))

@@ -2,20 +2,20 @@
 
 Each function here is written against the array module ``xp`` and is the NumPy
 twin of its kernel: this module alone decides, per call, whether a raw kernel
-from ``_kernels`` runs instead. The GPU tests check that both agree.
+from :mod:`.raw_kernels` runs instead. The GPU tests check that both agree.
 
 On CuPy, float32/float64 input of one dtype goes to the kernel (a
-non-contiguous array is first copied, see ``_kernels``); anything else, and
+non-contiguous array is first copied, see :mod:`.raw_kernels`); anything else, and
 all NumPy input, runs the twin below the dispatch.
 """
 import numpy
 
-from . import _kernels
+from . import raw_kernels
 
 
 def _on_kernel(xp, *arrays):
     """True when ``arrays`` are CuPy arrays a raw kernel takes."""
-    return xp is not numpy and _kernels.supports(*arrays)
+    return xp is not numpy and raw_kernels.supports(*arrays)
 
 
 def row_norms(v, xp):
@@ -23,7 +23,7 @@ def row_norms(v, xp):
     overflow or underflow. Cost: one pass over ``v``; a second, scaled pass
     only for rows whose sum of squares left the safe range (or is NaN/Inf)."""
     if _on_kernel(xp, v):
-        return _kernels.row_norms(v)
+        return raw_kernels.row_norms(v)
     sumsq = xp.einsum("...i,...i->...", v, v)
     info = numpy.finfo(v.dtype)
     risky = ~(sumsq >= info.tiny / info.eps) | ~(sumsq <= info.max * info.eps)
@@ -44,7 +44,7 @@ def normalize_rows(v, norms, xp):
     Cost: one pass over ``v``.
     """
     if _on_kernel(xp, v, norms) and norms.shape == v.shape[:-1]:
-        return _kernels.normalize_rows(v, norms)
+        return raw_kernels.normalize_rows(v, norms)
     return v / xp.where(norms == 0, 1, norms)[..., None]
 
 
@@ -52,7 +52,7 @@ def unit_rows(v, xp):
     """``(normalize_rows(v, norms), norms)`` with ``norms = row_norms(v)``, for ``v``
     ``(..., n, d)``. On the GPU both come from one fused pass over ``v``."""
     if _on_kernel(xp, v):
-        return _kernels.row_norms(v, with_unit=True)
+        return raw_kernels.row_norms(v, with_unit=True)
     norms = row_norms(v, xp)
     return normalize_rows(v, norms, xp), norms
 
@@ -67,7 +67,7 @@ def upper_triangular_inverse(s, xp):
     lower triangle of the result is exactly zero.
     """
     if _on_kernel(xp, s):
-        return _kernels.upper_triangular_inverse(s)
+        return raw_kernels.upper_triangular_inverse(s)
     k = s.shape[-1]
     size = 1 << max(k - 1, 0).bit_length()
     batch = s.shape[:-2]
@@ -105,7 +105,7 @@ def cwy_gradient_coefficients(t, n, xp):
     ``dY = -T YA G^T - T^T YG A^T + (Ru + Ru^T) Y``. Cost: O(k^3) per block.
     """
     if _on_kernel(xp, t, n):
-        return _kernels.cwy_gradient_coefficients(t, n)
+        return raw_kernels.cwy_gradient_coefficients(t, n)
     tt = xp.swapaxes(t, -1, -2)
     r = tt @ n @ tt
     k = t.shape[-1]

@@ -1,6 +1,7 @@
 """Raw CUDA kernels: the only module that touches ``cupy.RawModule``.
 
-The sources live in ``cuhouse/kernels/*.cu`` (package data). Local
+The sources are the package data of :mod:`cuhouse._gpu.kernels`
+(the repository's top-level ``kernels/``). Local
 ``#include "x.cuh"`` lines are inlined here before compilation, so CuPy's
 kernel cache, which is keyed on the source text, also notices header edits.
 One ``RawModule`` holding every kernel for float and double is compiled per
@@ -17,7 +18,7 @@ import re
 
 import numpy
 
-from ._backend import SUPPORTED_DTYPES, cupy_module
+from .._backend import SUPPORTED_DTYPES, cupy_module
 
 KERNEL_SOURCES = ("row_norms.cu", "triangular_inverse.cu", "cwy_gradient.cu")
 KERNEL_TEMPLATES = (
@@ -44,7 +45,7 @@ _modules = {}
 
 def kernel_directory():
     """The directory holding the shipped ``.cu``/``.cuh`` sources."""
-    return importlib.resources.files("cuhouse").joinpath("kernels")
+    return importlib.resources.files("cuhouse._gpu.kernels")
 
 
 def kernel_source():

@@ -1,0 +1,1 @@
+"""The CUDA sources, importable as ``cuhouse._gpu.kernels`` (see ``setup.cfg``)."""
