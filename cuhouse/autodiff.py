@@ -45,6 +45,12 @@ def vjp(fun, *args):
         if len(args) != 2:
             raise TypeError("vjp(matmul, A, X) takes two operands, got {}".format(len(args)))
         a, x = args
+        from . import _dask                 # TEMPORARY dask hook, until the operator base owns dispatch
+        if is_operator(a) and _dask.is_dask_array(x):
+            return _dask.vjp_matmul(a, x, "left")
+        if is_operator(x) and _dask.is_dask_array(a):
+            out, back = _dask.vjp_matmul(x, a, "right")
+            return out, lambda dout: tuple(reversed(back(dout)))
         if is_operator(a):
             out, back = a._vjp_matmul(x, "left")
             return out, back

@@ -10,7 +10,7 @@ lazily, and reused by every later product. After changing ``vectors`` in place
 """
 import numpy
 
-from . import _validate, plan
+from . import _dask, _validate, plan  # _dask: TEMPORARY hook
 from ._gpu import primitives as _primitives
 from ._backend import array_module, backend_name
 from .autodiff import accumulate, is_operator as _is_operator, reduce_to_shape
@@ -274,11 +274,15 @@ class HouseholderProduct:
             return self._compose(other)
         if _is_operator(other):
             return NotImplemented
+        if _dask.is_dask_array(other):      # TEMPORARY dask hook, until the operator base owns dispatch
+            return _dask.matmul(self, other, "left")
         return self._apply(other, "left")
 
     def __rmatmul__(self, other):
         if _is_operator(other):
             return NotImplemented
+        if _dask.is_dask_array(other):      # TEMPORARY dask hook, until the operator base owns dispatch
+            return _dask.matmul(self, other, "right")
         return self._apply(other, "right")
 
     def matmul(self, x):

@@ -17,7 +17,7 @@ changes ``s`` or ``w`` in place (and call ``refresh()`` on U and V).
 """
 import numpy
 
-from . import _validate
+from . import _dask, _validate  # _dask: TEMPORARY hook
 from ._backend import array_module, backend_name
 from .autodiff import accumulate, is_operator, reduce_to_shape
 from .householder import HouseholderProduct, _from_columns, _to_columns, dense_array
@@ -209,11 +209,15 @@ class _SpectralMatrix:
     def __matmul__(self, other):
         if is_operator(other):
             return NotImplemented
+        if _dask.is_dask_array(other):      # TEMPORARY dask hook, until the operator base owns dispatch
+            return _dask.matmul(self, other, "left")
         return self._product(other, "left")
 
     def __rmatmul__(self, other):
         if is_operator(other):
             return NotImplemented
+        if _dask.is_dask_array(other):      # TEMPORARY dask hook, until the operator base owns dispatch
+            return _dask.matmul(self, other, "right")
         return self._product(other, "right")
 
     def matmul(self, x):
