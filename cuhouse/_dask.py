@@ -4,8 +4,9 @@ Every function here builds a graph and computes nothing. The matrix enters
 the graph once, as a single key that every chunk task depends on, so a
 ``dask.distributed`` worker receives its factors once, keeps them, and reuses
 its cached block factors for all the chunks it runs. Each chunk goes through
-cuhouse's public API (``A @ chunk``, ``chunk @ A``, ``cuhouse.vjp``), so
-finiteness of ``X`` is checked per chunk, when the chunk is computed.
+the operator's in-memory path (``A @ chunk``, ``chunk @ A`` and the vjp of
+:class:`cuhouse._operator.Operator`), so finiteness of ``X`` is checked per
+chunk, when the chunk is computed.
 
 Layout: ``X`` (``(..., d, m)`` for ``A @ X``, ``(..., m, d)`` for ``X @ A``)
 maps block-wise along its batch and non-contracted axes; the contracted axis
@@ -25,8 +26,8 @@ import uuid
 
 import numpy
 
-from . import _validate, autodiff
-from ._backend import cupy_module, is_cupy_array, type_name
+from . import _operator, _validate
+from ._backend import is_cupy_array, module_named, type_name
 
 GRADIENT_FAN_IN = 8      # chunks summed per task in the tree reduction of parameter gradients
 
@@ -98,7 +99,7 @@ class _Layout:
         rows, cols = op.shape[-2:]
         d = cols if side == "left" else rows
         self.side, self.chunks, self.vector = side, x.chunks, x.ndim == 1
-        self.xp = cupy_module() if op.backend == "cupy" else numpy
+        self.xp = module_named(op.backend)
         self.contracted = -2 if side == "left" else -1
         if x.shape[-1 if self.vector else self.contracted] != d:
             expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
@@ -150,7 +151,7 @@ class _Layout:
 
     def gradient(self, dx):
         """The gradient for ``x`` (laid out) back in ``X``'s shape and chunks."""
-        dx = autodiff.reduce_to_shape(dx, self.column_shape, None)
+        dx = _operator.reduce_to_shape(dx, self.column_shape)
         if self.vector:
             dx = dx[:, 0] if self.side == "left" else dx[0, :]
         return dx.rechunk(self.chunks)
@@ -205,16 +206,11 @@ def _tree_sum(pairs, params):
 
 
 def _block_product(op, block, side):
-    return autodiff.matmul(op, block) if side == "left" else autodiff.matmul(block, op)
+    return op._product(block, side)
 
 
 def _block_vjp(op, block, dout, side):
-    if side == "left":
-        _, back = autodiff.vjp(autodiff.matmul, op, block)
-        return back(dout)
-    _, back = autodiff.vjp(autodiff.matmul, block, op)
-    dx, dparams = back(dout)
-    return dparams, dx
+    return op._vjp_matmul(block, side)[1](dout)
 
 
 def _sum_gradients(*parts):

@@ -40,6 +40,7 @@ MATRICES = {
     "SVDMatrix": _svd,
     "W.inv()": lambda rng: _square_svd(rng).inv(),
     "EighMatrix.expm()": lambda rng: ch.EighMatrix(_householder(rng), rng.uniform(-1.0, 1.0, D)).expm(),
+    "W @ H (Product)": lambda rng: _svd(rng) @ _householder(rng, n=3),
 }
 # chunks of X (d, m) for A @ X; transposed for X @ A
 CHUNKINGS = {"non-contracted": (-1, 4), "contracted": (2, -1), "both": (4, 3), "single": (-1, -1)}
@@ -125,6 +126,17 @@ def test_matmul_function_and_rmatmul_reach_the_dask_path(side):
     out = ch.matmul(a, xd) if side == "left" else ch.matmul(xd, a)
     assert any(str(layer).startswith("cuhouse-matmul") for layer in out.__dask_graph__().layers)
     _assert_close(out.compute(), _product(a, x, side))
+
+
+def test_scipy_methods_take_dask_arrays():
+    """``matmat``/``rmatmat`` (SciPy's LinearOperator names) route through the same lazy path; ``rmatmat`` is A^T X."""
+    rng = numpy.random.default_rng(3)
+    a = _svd(rng)
+    x = rng.standard_normal((8, 10))
+    out = a.rmatmat(da.from_array(x, chunks=(-1, 4)))
+    assert isinstance(out, da.Array)
+    _assert_close(out.compute(), a.T @ x)
+    _assert_close(a.matmat(da.from_array(x[:D], chunks=(3, 4))).compute(), a @ x[:D])
 
 
 def test_integer_and_float32_operands_promote_like_numpy():
