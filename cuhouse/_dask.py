@@ -106,7 +106,7 @@ class _Layout:
             raise ValueError("X has shape {} but the operator is {}x{}: expected {} with d={}".format(
                 tuple(x.shape), rows, cols, expected, d))
         if self.vector:
-            x = x[:, None] if side == "left" else x[None, :]
+            x = _to_columns(x, side)
         self.column_shape = x.shape
         batch = _validate.batch_shape(("A", op.shape[:-2]), ("X", x.shape[:-2]))
         if batch != x.shape[:-2]:
@@ -129,9 +129,7 @@ class _Layout:
 
     def result(self, out):
         """The product in ``X``'s layout: a vector again for a vector ``X``."""
-        if self.vector:
-            return out[:, 0] if self.side == "left" else out[0, :]
-        return out
+        return _from_columns(out, self.side) if self.vector else out
 
     def cotangent(self, dout, out):
         """``dout`` as a Dask array in the layout of the block-wise product, chunked like it."""
@@ -144,7 +142,7 @@ class _Layout:
             raise ValueError("dout must have the shape of the value it is the gradient of, {}, got shape {}".format(
                 tuple(out.shape), tuple(dout.shape)))
         if self.vector:
-            dout = dout[:, None] if self.side == "left" else dout[None, :]
+            dout = _to_columns(dout, self.side)
         chunks = list(self.x.chunks)
         chunks[self.contracted] = (self.out_size,)
         return dout.astype(self.dtype).rechunk(tuple(chunks))
@@ -152,9 +150,17 @@ class _Layout:
     def gradient(self, dx):
         """The gradient for ``x`` (laid out) back in ``X``'s shape and chunks."""
         dx = _operator.reduce_to_shape(dx, self.column_shape)
-        if self.vector:
-            dx = dx[:, 0] if self.side == "left" else dx[0, :]
-        return dx.rechunk(self.chunks)
+        return (_from_columns(dx, self.side) if self.vector else dx).rechunk(self.chunks)
+
+
+def _to_columns(v, side):
+    """A vector (or a stack of them) as one column (``A @ v``) or one row (``v @ A``)."""
+    return v[..., None] if side == "left" else v[..., None, :]
+
+
+def _from_columns(c, side):
+    """Inverse of :func:`_to_columns`."""
+    return c[..., 0] if side == "left" else c[..., 0, :]
 
 
 def _operator_key(op):

@@ -100,7 +100,8 @@ def test_vector_equals_in_memory(name, side):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("case", ["batched X", "batched A", "batched both", "broadcast A over leading X axis"])
+@pytest.mark.parametrize("case", ["batched X", "batched A", "batched both", "broadcast A over leading X axis",
+                                  "batched A, vector X"])
 def test_batched_equals_in_memory(case, side):
     rng = numpy.random.default_rng(2)
     a_batch, x_batch, chunks = {
@@ -108,9 +109,10 @@ def test_batched_equals_in_memory(case, side):
         "batched A": ((2,), (), (-1, 4)),
         "batched both": ((2,), (2,), (1, 2, 4)),                   # the batch axis A spans is rechunked
         "broadcast A over leading X axis": ((2,), (3, 1), (2, 1, -1, 4)),
+        "batched A, vector X": ((2,), None, (4,)),
     }[case]
     a = _householder(rng, n=4, batch=a_batch)
-    x, xd = _operand(a, side, "matrix", chunks, rng, batch=x_batch)
+    x, xd = _operand(a, side, "vector" if x_batch is None else "matrix", chunks, rng, batch=x_batch)
     out = _product(a, xd, side)
     expected = _product(a, x, side)
     assert out.shape == expected.shape
@@ -220,11 +222,11 @@ def test_gradients_equal_in_memory(name, chunking, side):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("case", ["vector", "broadcast A over X"])
+@pytest.mark.parametrize("case", ["vector", "broadcast A over X", "batched A, vector X"])
 def test_gradients_of_vectors_and_broadcasts(case, side):
     rng = numpy.random.default_rng(8)
-    if case == "vector":
-        a = _svd(rng)
+    if case != "broadcast A over X":
+        a = _svd(rng) if case == "vector" else _householder(rng, n=4, batch=(2,))
         x, xd = _operand(a, side, "vector", (4,), rng)
     else:
         a = _householder(rng, n=4, batch=(2,))
