@@ -363,18 +363,32 @@ def test_import_cuhouse_does_not_import_dask():
 
 
 def test_local_cluster_with_processes():
-    """Two worker processes: the matrices (derived ones included) travel by pickle and give the same results."""
+    """Two worker processes: the matrices (derived ones included) travel by pickle, once per worker, not
+    once per chunk, and give the in-memory results."""
     distributed = pytest.importorskip("distributed")
     rng = numpy.random.default_rng(20)
-    w_inv = _square_svd(rng).inv()
-    h = _householder(rng, n=4)
+    w_inv = _square_svd(rng).inv()                                   # two Reflections: U and V
+    h = _householder(rng, n=4)                                       # one more
     x = rng.standard_normal((D, 32))
-    xd = da.from_array(x, chunks=(-1, 8))
+    xd = da.from_array(x, chunks=(-1, 2))                            # 16 chunks
+
+    def count_unpickled_reflections():                               # runs in each worker (pickled by value)
+        from cuhouse.householder import Reflections
+        restore = Reflections.__setstate__
+
+        def counting(self, state):
+            Reflections.unpickled += 1
+            restore(self, state)
+        Reflections.unpickled, Reflections.__setstate__ = 0, counting
+
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        out, back = ch.vjp(ch.matmul, w_inv, xd)
         assert len(client.scheduler_info()["workers"]) == 2
+        client.run(count_unpickled_reflections)
+        out, back = ch.vjp(ch.matmul, w_inv, xd)
         left, right, (dparams, dx) = dask.compute(out, xd.T @ h, back(numpy.ones((D, 32))))
+        unpickled = client.run(lambda: __import__("cuhouse.householder").householder.Reflections.unpickled)
+    assert sum(unpickled.values()) >= 3 and all(count <= 3 for count in unpickled.values()), unpickled
     _assert_close(left, w_inv @ x)
     _assert_close(right, x.T @ h)
     expected_dparams, expected_dx = ch.vjp(ch.matmul, w_inv, x)[1](numpy.ones((D, 32)))
