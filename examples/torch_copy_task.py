@@ -12,7 +12,10 @@ with a linear read-out; only the recurrent matrix W differs between variants:
   W formed once per sequence;
 - ``torch matrix_exp`` / ``torch householder``: ``torch.nn.utils.parametrizations.orthogonal``
   with that map, W formed once per sequence (``parametrize.cached()``);
-- ``nn.Linear``: unconstrained, orthogonal initialization.
+- ``nn.Linear``: unconstrained.
+
+Every variant starts from the same random orthogonal W = H(v_1) ... H(v_d)
+(standard normal vectors) and the same embedding and read-out.
 
 All train with Adam (lr 1e-3) on the same batches, single-threaded, one step of
 every variant in turn (round-robin), so timings share the machine's state.
@@ -70,17 +73,20 @@ class ModReLU(nn.Module):
 class CopyRNN(nn.Module):
     """Embedding, recurrence ``h -> recurrent(h)``, modReLU, per-step read-out."""
 
-    def __init__(self, variant, hidden):
+    def __init__(self, variant, initial_vectors):
         super().__init__()
-        self.variant = variant
+        hidden = initial_vectors.shape[1]
         self.embed = nn.Embedding(SYMBOLS + 2, hidden)
         self.nonlinearity = ModReLU(hidden)
         self.readout = nn.Linear(hidden, SYMBOLS + 1)
         if variant == "cuhouse Orthogonal":
             self.recurrent = cuhouse.torch.Orthogonal(hidden)
+            with torch.no_grad():
+                self.recurrent.vectors.copy_(initial_vectors)
         else:
             self.recurrent = nn.Linear(hidden, hidden, bias=False)
-            nn.init.orthogonal_(self.recurrent.weight)
+            with torch.no_grad():
+                self.recurrent.weight.copy_(cuhouse.torch.householder_matmul(initial_vectors, torch.eye(hidden)))
             if variant == "cuhouse orthogonal()":
                 cuhouse.torch.orthogonal(self.recurrent)
             elif variant == "torch matrix_exp":
@@ -110,7 +116,7 @@ class CopyRNN(nn.Module):
 def trainer(variant, hidden, delay, batch, seed):
     """A closure doing one Adam step on a fresh batch; returns the loss."""
     torch.manual_seed(seed)
-    model = CopyRNN(variant, hidden)
+    model = CopyRNN(variant, torch.randn(hidden, hidden))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     data = torch.Generator().manual_seed(seed)
 
@@ -169,7 +175,7 @@ def main(argv=None):
     _measure.print_table(["recurrent matrix", "ms/step (median)", "peak MiB", "first loss",
                           "loss (mean of last {})".format(last)], rows)
     print("ms/step: forward + backward + Adam, round-robin over variants; peak MiB: growth of peak RSS over "
-          "one training step after a warm-up step, each variant in its own process")
+          "two training steps after a warm-up step, each variant in its own process")
     return results
 
 

@@ -7,6 +7,9 @@ log N(z; 0, I) + sum_k log|det W_k| + sum log a_k'. With ``cuhouse.torch.SVDLine
 ``log|det W_k| = layer.logdet() = sum log|s|``, O(d); the dense flow uses
 ``nn.Linear`` and ``torch.linalg.slogdet(W)``, O(d^3) forward and backward.
 
+Both flows start from the same weights (the dense one copies the SVD layers'
+``.weight``).
+
 1. Fit both flows (d = 2) to ``sklearn.datasets.make_moons`` (generated, no
    download) with Adam; print the test log-likelihood (nats per point) of
    both, next to a fitted Gaussian.
@@ -54,13 +57,18 @@ class LinearFlow(nn.Module):
         super().__init__()
         self.svd = svd
         self.maps = nn.ModuleList(MonotoneTanh(width) for _ in range(layers - 1))
-        if svd:
-            self.layers = nn.ModuleList(cuhouse.torch.SVDLinear(width, width) for _ in range(layers))
-        else:
-            self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
-            for layer in self.layers:
-                nn.init.orthogonal_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        make = cuhouse.torch.SVDLinear if svd else nn.Linear
+        self.layers = nn.ModuleList(make(width, width) for _ in range(layers))
+
+    @torch.no_grad()
+    def densified(self):
+        """The same flow (same weights, biases and maps) with dense ``nn.Linear`` layers."""
+        dense = LinearFlow(self.layers[0].in_features, len(self.layers), svd=False)
+        dense.maps.load_state_dict(self.maps.state_dict())
+        for target, layer in zip(dense.layers, self.layers):
+            target.weight.copy_(layer.weight)
+            target.bias.copy_(layer.bias)
+        return dense
 
     def logdet_terms(self):
         """Sum over layers of log|det W_k|: ``logdet()`` for SVD layers, ``slogdet`` for dense ones."""
@@ -110,12 +118,12 @@ def training_step(flow, data, batch, generator):
 
 
 def fit_moons(layers, steps, batch, n_train=2000, n_test=1000):
-    """Train SVD and dense flows on the same batches; {name: (losses, test log-likelihood)}."""
+    """Train an SVD flow and its dense copy on the same batches; {name: (losses, test log-likelihood)}."""
     train, test = moons(n_train, 2, seed=0), moons(n_test, 2, seed=1)
+    torch.manual_seed(0)
+    svd_flow = LinearFlow(2, layers, svd=True)
     results = {}
-    for name, svd in (("SVDLinear + logdet()", True), ("nn.Linear + slogdet", False)):
-        torch.manual_seed(0)
-        flow = LinearFlow(2, layers, svd)
+    for name, flow in (("SVDLinear + logdet()", svd_flow), ("nn.Linear + slogdet", svd_flow.densified())):
         step = training_step(flow, train, batch, torch.Generator().manual_seed(0))
         losses = [step() for _ in range(steps)]
         with torch.no_grad():
@@ -127,8 +135,8 @@ def fit_moons(layers, steps, batch, n_train=2000, n_test=1000):
 def time_width(width, layers, batch, rounds):
     """Median ms of a training step and of the log-determinant term (forward + backward) of both flows."""
     data = moons(4 * batch, width, seed=0)
-    flows = {"SVDLinear + logdet()": LinearFlow(width, layers, True),
-             "nn.Linear + slogdet": LinearFlow(width, layers, False)}
+    svd_flow = LinearFlow(width, layers, svd=True)
+    flows = {"SVDLinear + logdet()": svd_flow, "nn.Linear + slogdet": svd_flow.densified()}
     steps, logdets = {}, {}
     for name, flow in flows.items():
         steps[name] = training_step(flow, data, batch, torch.Generator().manual_seed(0))
