@@ -1,4 +1,6 @@
 """cuhouse.torch: forward and gradients against dense torch references, gradcheck, DLPack, errors, compile."""
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -425,3 +427,29 @@ def test_cuda_matches_cpu():
         assert_close(got.cpu(), want, torch.float32, scale=100)
     with pytest.raises(TypeError, match="X is on cpu but vectors is on cuda"):
         cht.householder_matmul(vc, x)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_inductor():
+    """The default backend (inductor, which builds C++ on the CPU) with fullgraph=True."""
+    torch.manual_seed(0)
+    model = _Model()
+    x = torch.randn(4, 2, 6)
+    out = torch.compile(model, fullgraph=True)(x)
+    out.square().sum().backward()
+    compiled_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    expected = model(x)
+    expected.square().sum().backward()
+    assert_close(out, expected, torch.float32)
+    for got, p in zip(compiled_grads, model.parameters()):
+        assert_close(got, p.grad, torch.float32)
+
+
+def test_readme_pytorch_block_runs():
+    """The README's PyTorch example (a ``py`` block, so that the torch-free README test skips it)."""
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = re.findall(r"## PyTorch\n.*?```py\n(.*?)```", text, flags=re.S)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["Y"].shape == (256, 32) and namespace["v"].grad.shape == (64, 256)
