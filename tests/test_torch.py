@@ -3,6 +3,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import types
 
 import numpy
 import pytest
@@ -289,6 +290,9 @@ def test_orthogonal_layer_gradcheck_and_errors():
     x = randn(4, 5, seed=3, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, v: torch.func.functional_call(layer, {"vectors": v}, (x,)),
                                     (x, layer.vectors))
+    weight = cht.Orthogonal.weight.fget                # the property, on any object with vectors and features
+    assert torch.autograd.gradcheck(lambda v: weight(types.SimpleNamespace(vectors=v, features=5)),
+                                    (layer.vectors,))
     with pytest.raises(ValueError, match="n_reflections must be at most features = 5, got 6"):
         cht.Orthogonal(5, n_reflections=6)
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 5\), got shape \(3,\)"):
@@ -381,6 +385,17 @@ def test_custom_op_registration():
     for args in [("householder", False, "left", x, [v]), ("householder", True, "right", x.mT.detach(), [v])]:
         result = torch.library.opcheck(torch.ops.cuhouse.matmul.default, args)
         assert set(result.values()) == {"SUCCESS"}, result
+
+
+def test_custom_op_gradcheck():
+    """The compiled path's backward (the registered autograd of cuhouse::matmul), run eagerly."""
+    v, x = randn(2, 4, 6, requires_grad=True), randn(6, 3, seed=2, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, x: torch.ops.cuhouse.matmul("householder", False, "left", x, [v]),
+                                    (v, x))
+    u, s, w = randn(3, 5, seed=3), randn(3, seed=4), randn(3, 4, seed=5)
+    params = [p.requires_grad_() for p in (u, s, w)]
+    assert torch.autograd.gradcheck(lambda x, *p: torch.ops.cuhouse.matmul("svd", True, "right", x, list(p)),
+                                    (randn(2, 4, seed=6, requires_grad=True), *params))
 
 
 def test_compile_fullgraph():
