@@ -86,13 +86,13 @@ def report(title, cases, rounds):
         print("  {:<42} {:>12.2f} {:>22.2f}".format(name, seconds * 1e3, ratio))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--d", type=int, default=1024, help="d = n (default 1024)")
     parser.add_argument("--m", type=int, default=32, help="columns of X / rows of the batch (default 32)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
     print("torch {}, {} thread, d = n = {}, m = {}, {}, {} interleaved rounds".format(

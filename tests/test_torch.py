@@ -454,6 +454,14 @@ def test_cuda_matches_cpu():
 
 
 
+@pytest.mark.slow
+def test_bench_script_runs_on_a_tiny_size():
+    script = pathlib.Path(__file__).resolve().parent.parent / "examples" / "bench_torch.py"
+    out = subprocess.run([sys.executable, str(script), "--d", "8", "--m", "2", "--rounds", "1"], check=True,
+                         capture_output=True, text=True).stdout
+    assert "torch householder_product + matmul" in out and "parametrizations.orthogonal matrix_exp" in out
+
+
 def test_readme_pytorch_block_runs():
     """The README's PyTorch example (a ``py`` block, so that the torch-free README test skips it)."""
     text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
