@@ -116,6 +116,21 @@ def test_inputs_are_not_modified_and_requires_grad_is_kept():
     assert out.requires_grad and x.grad is None and v.grad is not None
 
 
+def test_without_grad_no_graph_is_recorded():
+    v, x = randn(4, 6, requires_grad=True), randn(6, 2, seed=2)
+    expected = dense_householder(v.detach()) @ x
+    with torch.no_grad():
+        out = cht.householder_matmul(v, x)
+    assert out.grad_fn is None and not out.requires_grad
+    assert_close(out, expected, torch.float64)
+    out = cht.householder_matmul(v.detach(), x)
+    assert out.grad_fn is None
+    layer = cht.SVDLinear(6, 3, dtype=torch.float64)
+    recorded = layer(x.T)
+    with torch.no_grad():
+        assert_close(layer(x.T), recorded.detach(), torch.float64)
+
+
 def test_mixed_float_dtypes_promote_to_float64():
     v = randn(4, 6, dtype=torch.float32, requires_grad=True)
     x = randn(6, 2, seed=2, requires_grad=True)
