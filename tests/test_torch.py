@@ -448,6 +448,16 @@ def test_compile_fullgraph(backend):
         assert_close(got, p.grad, torch.float32)
 
 
+def test_export_keeps_the_custom_op():
+    torch.manual_seed(0)
+    model = _Model()
+    x = torch.randn(4, 6)
+    exported = torch.export.export(model, (x,))
+    targets = [node.target for node in exported.graph.nodes]
+    assert targets.count(torch.ops.cuhouse.matmul.default) == 3
+    assert_close(exported.module()(x), model(x), torch.float32)
+
+
 # ------------------------------------------------------------------- imports
 def test_import_cuhouse_does_not_import_torch():
     code = "import sys, cuhouse; assert 'torch' not in sys.modules, 'torch was imported'"
