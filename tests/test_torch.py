@@ -1,4 +1,6 @@
 """cuhouse.torch: forward and gradients against dense torch references, gradcheck, DLPack, errors, compile."""
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -7,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="cuhouse.torch needs PyTorch: pip install 'cuhouse[torch]'")
 
+import cuhouse  # noqa: E402
 import cuhouse.torch as cht  # noqa: E402
 from cuhouse.torch import ops  # noqa: E402
 
@@ -40,6 +43,23 @@ def assert_close(a, b, dtype, scale=10):
     assert a.shape == b.shape
     err = (a - b).abs().max().item() / max(1.0, b.abs().max().item())
     assert err <= tol, err
+
+
+def gradcheck_attribute(layer, attribute):
+    """gradcheck of ``layer.<attribute>`` (a property, or a method taking no argument) w.r.t. its parameters."""
+    class Read(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self):
+            value = getattr(self.layer, attribute)
+            return value() if callable(value) else value
+
+    read = Read()
+    names = ["layer." + name for name, _ in layer.named_parameters()]
+    return torch.autograd.gradcheck(lambda *params: torch.func.functional_call(read, dict(zip(names, params)), ()),
+                                    tuple(layer.parameters()))
 
 
 def grads(out, inputs, seed=1):
@@ -96,6 +116,21 @@ def test_inputs_are_not_modified_and_requires_grad_is_kept():
     assert out.requires_grad and x.grad is None and v.grad is not None
 
 
+def test_without_grad_no_graph_is_recorded():
+    v, x = randn(4, 6, requires_grad=True), randn(6, 2, seed=2)
+    expected = dense_householder(v.detach()) @ x
+    with torch.no_grad():
+        out = cht.householder_matmul(v, x)
+    assert out.grad_fn is None and not out.requires_grad
+    assert_close(out, expected, torch.float64)
+    out = cht.householder_matmul(v.detach(), x)
+    assert out.grad_fn is None
+    layer = cht.SVDLinear(6, 3, dtype=torch.float64)
+    recorded = layer(x.T)
+    with torch.no_grad():
+        assert_close(layer(x.T), recorded.detach(), torch.float64)
+
+
 def test_mixed_float_dtypes_promote_to_float64():
     v = randn(4, 6, dtype=torch.float32, requires_grad=True)
     x = randn(6, 2, seed=2, requires_grad=True)
@@ -124,6 +159,12 @@ def test_dlpack_shares_memory_on_the_cpu():
     assert a.strides == tuple(8 * s for s in t.stride())
     back = ops.to_tensor(a)
     assert back.data_ptr() == t.data_ptr()
+
+
+def test_cuhouse_holds_the_tensors_memory():
+    v = randn(4, 6, requires_grad=True)
+    h = cuhouse.HouseholderProduct(ops.to_array(v))
+    assert h.params[0].__array_interface__["data"][0] == v.data_ptr()
 
 
 def test_to_tensor_copies_only_reversed_views():
@@ -231,11 +272,7 @@ def test_svd_linear_gradcheck():
         return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
 
     assert torch.autograd.gradcheck(forward, (x,) + tuple(layer.parameters()))
-    u, s, v = layer.U_vectors, layer.s, layer.V_vectors
-    eye = torch.eye(5, dtype=torch.float64)
-    assert torch.autograd.gradcheck(
-        lambda u, s, v: ops.product("svd", False, "left", eye, (u, s, v), ("U_vectors", "s", "V_vectors", "X")),
-        (u, s, v))
+    assert gradcheck_attribute(layer, "weight")
 
 
 def test_svd_linear_logdet():
@@ -244,7 +281,7 @@ def test_svd_linear_logdet():
     with torch.no_grad():
         layer.s[0] = -1.5
     assert_close(layer.logdet(), torch.linalg.slogdet(layer.weight)[1], torch.float64)
-    assert torch.autograd.gradcheck(lambda s: torch.log(torch.abs(s)).sum(), (layer.s,))
+    assert gradcheck_attribute(layer, "logdet")
     (ds,) = torch.autograd.grad(layer.logdet(), layer.s)
     assert_close(ds, 1 / layer.s.detach(), torch.float64)
     with pytest.raises(ValueError, match="logdet needs a square layer, but this SVDLinear is 6 -> 4"):
@@ -287,6 +324,7 @@ def test_orthogonal_layer_gradcheck_and_errors():
     x = randn(4, 5, seed=3, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, v: torch.func.functional_call(layer, {"vectors": v}, (x,)),
                                     (x, layer.vectors))
+    assert gradcheck_attribute(layer, "weight")
     with pytest.raises(ValueError, match="n_reflections must be at most features = 5, got 6"):
         cht.Orthogonal(5, n_reflections=6)
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 5\), got shape \(3,\)"):
@@ -381,12 +419,25 @@ def test_custom_op_registration():
         assert set(result.values()) == {"SUCCESS"}, result
 
 
-def test_compile_fullgraph():
+def test_custom_op_gradcheck():
+    """The compiled path's backward (the registered autograd of cuhouse::matmul), run eagerly."""
+    v, x = randn(2, 4, 6, requires_grad=True), randn(6, 3, seed=2, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, x: torch.ops.cuhouse.matmul("householder", False, "left", x, [v]),
+                                    (v, x))
+    u, s, w = randn(3, 5, seed=3), randn(3, seed=4), randn(3, 4, seed=5)
+    params = [p.requires_grad_() for p in (u, s, w)]
+    assert torch.autograd.gradcheck(lambda x, *p: torch.ops.cuhouse.matmul("svd", True, "right", x, list(p)),
+                                    (randn(2, 4, seed=6, requires_grad=True), *params))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compile_fullgraph(backend):
+    """fullgraph=True: the fake implementations and AOT autograd (aot_eager), and the default
+    backend inductor, which builds C++ on the CPU (about 10 s)."""
     torch.manual_seed(0)
     model = _Model()
     x = torch.randn(4, 2, 6)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    out = compiled(x)
+    out = torch.compile(model, fullgraph=True, backend=backend)(x)
     out.square().sum().backward()
     compiled_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -395,6 +446,16 @@ def test_compile_fullgraph():
     assert_close(out, expected, torch.float32)
     for got, p in zip(compiled_grads, model.parameters()):
         assert_close(got, p.grad, torch.float32)
+
+
+def test_export_keeps_the_custom_op():
+    torch.manual_seed(0)
+    model = _Model()
+    x = torch.randn(4, 6)
+    exported = torch.export.export(model, (x,))
+    targets = [node.target for node in exported.graph.nodes]
+    assert targets.count(torch.ops.cuhouse.matmul.default) == 3
+    assert_close(exported.module()(x), model(x), torch.float32)
 
 
 # ------------------------------------------------------------------- imports
@@ -425,3 +486,21 @@ def test_cuda_matches_cpu():
         assert_close(got.cpu(), want, torch.float32, scale=100)
     with pytest.raises(TypeError, match="X is on cpu but vectors is on cuda"):
         cht.householder_matmul(vc, x)
+
+
+
+@pytest.mark.slow
+def test_bench_script_runs_on_a_tiny_size():
+    script = pathlib.Path(__file__).resolve().parent.parent / "examples" / "bench_torch.py"
+    out = subprocess.run([sys.executable, str(script), "--d", "8", "--m", "2", "--rounds", "1"], check=True,
+                         capture_output=True, text=True).stdout
+    assert "torch householder_product + matmul" in out and "parametrizations.orthogonal matrix_exp" in out
+
+
+def test_readme_pytorch_block_runs():
+    """The README's PyTorch example (a ``py`` block, so that the torch-free README test skips it)."""
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = re.findall(r"## PyTorch\n.*?```py\n(.*?)```", text, flags=re.S)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["Y"].shape == (256, 32) and namespace["v"].grad.shape == (64, 256)

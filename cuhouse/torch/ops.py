@@ -52,6 +52,8 @@ def product(kind, transpose, side, x, params, names):
     check(kind, transpose, side, x, params, names)
     if torch.compiler.is_compiling():
         return torch.ops.cuhouse.matmul(kind, transpose, side, x, list(params))
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + tuple(params))):
+        return forward(kind, transpose, side, x, params)        # no graph to record: no adjoint kept
     return _Product.apply(kind, transpose, side, x, *params)
 
 
@@ -163,6 +165,14 @@ def _operator(kind, transpose, arrays):
     return op.T if transpose else op
 
 
+def forward(kind, transpose, side, x, params):
+    """``A @ x`` or ``x @ A`` as a tensor, without an adjoint."""
+    with _on_device(x.device):
+        op = _operator(kind, transpose, [to_array(p) for p in params])
+        out = op @ to_array(x) if side == "left" else to_array(x) @ op
+        return to_tensor(out)
+
+
 def forward_with_vjp(kind, transpose, side, x, params):
     """``(out, vjp_fn)`` with ``vjp_fn(dout) -> (dx, dparams)``, all torch tensors. Call inside ``_on_device``."""
     op = _operator(kind, transpose, [to_array(p) for p in params])
@@ -201,9 +211,7 @@ class _Product(torch.autograd.Function):
 # -------------------------------------------------- custom operators (compile)
 @torch.library.custom_op("cuhouse::matmul", mutates_args=())
 def _matmul_op(kind: str, transpose: bool, side: str, x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    with _on_device(x.device):
-        out, _ = forward_with_vjp(kind, transpose, side, x, params)
-    return out
+    return forward(kind, transpose, side, x, params)
 
 
 @_matmul_op.register_fake
