@@ -4,7 +4,7 @@ Input: 10 symbols from {1..8}, T - 1 blanks, a marker, 10 blanks (length
 T + 20); target: blanks, then the 10 symbols after the marker. Predicting
 blanks and then uniform guesses scores ``10 log 8 / (T + 20)``: a loss below
 that means the network remembers. The RNN is ``h_t = modrelu(W h_{t-1} + U x_t)``
-with a linear read-out; only the recurrent matrix W differs between variants:
+(U x_t an embedding of the symbol) with a linear read-out; only the recurrent matrix W differs between variants:
 
 - ``cuhouse Orthogonal``: ``cuhouse.torch.Orthogonal``, applied matrix-free at
   every time step (O(d n b) per step for n reflections, batch b);
@@ -28,7 +28,6 @@ batch 64, 400 steps: a few minutes); ``--tiny`` for a smoke run.
 import argparse
 import math
 import os
-import sys
 
 import torch
 from torch import nn
@@ -183,8 +182,8 @@ def main(argv=None):
     _measure.print_table(["recurrent matrix", "ms/step (median)", "peak MiB", "first loss",
                           "loss (mean of last {})".format(last), "recall"], rows)
     print("ms/step: forward + backward + Adam, round-robin over variants; peak MiB: growth of peak RSS over "
-          "two training steps after a warm-up step, each variant in its own process; recall: fraction of the 10 symbols recalled on 256 fresh sequences "
-          "(chance 1/8)")
+          "two training steps after a warm-up step, each variant in its own process; recall: fraction of the "
+          "10 symbols recalled on 256 fresh sequences (chance 1/8)")
     return results
 
 

@@ -20,7 +20,7 @@ def example(monkeypatch):
         return importlib.import_module(name)
     yield load
     for name in [n for n in sys.modules if n.startswith("torch_") or n == "_measure"]:
-        if getattr(sys.modules[name], "__file__", "").startswith(str(EXAMPLES)):
+        if (getattr(sys.modules[name], "__file__", None) or "").startswith(str(EXAMPLES)):
             del sys.modules[name]
 
 
