@@ -1,16 +1,55 @@
-"""Runs every raw kernel once per dtype on small, awkward sizes, for
-compute-sanitizer (``tools/gpu_check.sh``); exits non-zero if a kernel's
-result differs from its NumPy twin.
+"""Runs every raw kernel once per dtype on small, awkward sizes and exits
+non-zero if a kernel's result differs from its NumPy twin; and drives that
+run (or any command) on the CPU under the sanitizer modes.
 
-CuPy's memory pool is switched off so that every array is its own
-``cudaMalloc`` and memcheck sees an access past the end of any of them.
+    python tools/sanitizer_driver.py                 # on CuPy: for compute-sanitizer (tools/gpu_check.sh)
+    python tools/sanitizer_driver.py --on-cpu MODE   # on the CPU stand-in of CuPy, MODE below
+    python tools/sanitizer_driver.py --on-cpu plain -- python -m pytest -m gpu tests/test_kernels.py
+
+On a device, CuPy's memory pool is switched off so that every array is its
+own ``cudaMalloc`` and memcheck sees an access past the end of any of them.
+
+``--on-cpu`` puts ``tests/cuda_cpu/fake_cupy`` (which refuses to shadow a
+real CuPy) on ``PYTHONPATH``, so the kernel sources, exactly as
+``raw_kernels.kernel_source()`` gives them, are compiled with
+``tests/cuda_cpu/cuda_cpu.h`` and launched by the project's own launch code.
+Modes:
+
+* ``plain``: g++; the model's own checks (barriers, warp masks, launch limits,
+  argument types, dynamic shared memory and buffer guard bytes) and results;
+* ``asan``: clang++ with ASan+UBSan, guard bytes poisoned;
+* ``tsan``: clang++ with TSan, blocks on 4 threads at once, happens-before
+  only at barriers and warp rendezvous (a missing barrier is a race);
+* ``valgrind``: g++ under valgrind memcheck, exact-size buffers, fresh memory
+  undefined.
+
+Any finding (a non-zero exit or a sanitizer report) makes the exit non-zero.
+``--sizes small`` shrinks the workload; ``--project DIR`` imports ``cuhouse``
+from ``DIR`` (a mutated copy, see ``tests/cuda_cpu/seeded_bugs.py``).
 """
+import argparse
+import os
+import re
+import shutil
+import subprocess
 import sys
+import time
 
 import numpy
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAKE_CUPY = os.path.join(ROOT, "tests", "cuda_cpu", "fake_cupy")
+MODES = ("plain", "asan", "tsan", "valgrind")
+SIZES = {
+    "full": {"rows": ((1, 1), (3, 7), (37, 129)), "blocks": ((3, 1), (5, 17), (2, 64), (2, 65), (1, 100))},
+    "small": {"rows": ((1, 1), (3, 7), (9, 40)), "blocks": ((3, 1), (5, 17), (2, 33), (2, 65))},
+}
+FINDINGS = re.compile(r"ERROR: AddressSanitizer|runtime error:|WARNING: ThreadSanitizer|ERROR: LeakSanitizer|"
+                      r"ERROR SUMMARY: [1-9]|KernelError|MISMATCH")
 
-def main():
+
+def workload(sizes):
+    """Every kernel, float and double; the number of mismatches."""
     import cupy
 
     from cuhouse._gpu import primitives as _primitives, raw_kernels as _kernels
@@ -27,7 +66,7 @@ def main():
 
     for dtype in (numpy.float32, numpy.float64):
         tol = 1e-4 if dtype == numpy.float32 else 1e-11
-        for rows, d in ((1, 1), (3, 7), (37, 129)):
+        for rows, d in SIZES[sizes]["rows"]:
             v = rng.standard_normal((rows, d)).astype(dtype)
             v[-1] = 0
             unit, norms = _kernels.row_norms(cupy.asarray(v), with_unit=True)
@@ -36,7 +75,7 @@ def main():
             check("unit_rows {} {}x{}".format(dtype.__name__, rows, d), unit, expected_unit, tol)
             check("normalize_rows {} {}x{}".format(dtype.__name__, rows, d),
                   _kernels.normalize_rows(cupy.asarray(v), cupy.asarray(expected)), expected_unit, tol)
-        for count, k in ((3, 1), (5, 17), (2, 64), (2, 65), (1, 100)):
+        for count, k in SIZES[sizes]["blocks"]:
             y = rng.standard_normal((count, k, k + 3))
             y /= numpy.linalg.norm(y, axis=-1, keepdims=True)
             s = (numpy.triu(y @ numpy.swapaxes(y, -1, -2), 1) + 0.5 * numpy.eye(k)).astype(dtype)
@@ -51,7 +90,114 @@ def main():
     for name in failures:
         print("MISMATCH", name, file=sys.stderr)
     print("sanitizer_driver: {} kernel checks failed".format(len(failures)))
-    return 1 if failures else 0
+    return len(failures)
+
+
+def _clang():
+    """The clang++ whose sanitizer runtimes the CPU modes preload."""
+    for name in (os.environ.get("CUDA_CPU_CLANG"), "clang++-19", "clang++"):
+        if name and shutil.which(name):
+            return name
+    raise SystemExit("sanitizer_driver: no clang++ found (tools/kernels_on_cpu.sh installs clang-19)")
+
+
+def _runtime(clang, name):
+    path = subprocess.run([clang, "-print-file-name=" + name], capture_output=True, text=True).stdout.strip()
+    if not os.path.isfile(path):
+        raise SystemExit("sanitizer_driver: {} has no {}".format(clang, name))
+    return path
+
+
+def cpu_environment(mode):
+    """``(environment, command prefix)`` for running Python on the CPU stand-in in ``mode``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([FAKE_CUPY] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.pop("CUDA_CPU_CONCURRENT_BLOCKS", None)
+    for threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[threads] = "1"            # BLAS thread pools are not what is checked (and confuse TSan)
+    prefix = []
+    if mode == "plain":
+        env["CUDA_CPU_CXX"] = "g++"
+        env["CUDA_CPU_CXXFLAGS"] = ""
+    elif mode == "asan":
+        clang = _clang()
+        env["CUDA_CPU_CXX"] = clang
+        env["CUDA_CPU_CXXFLAGS"] = "-fsanitize=address,undefined -fno-sanitize-recover=all -shared-libsan"
+        env["CUDA_CPU_PRELOAD"] = _runtime(clang, "libclang_rt.asan-x86_64.so")
+        env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0"
+        env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
+    elif mode == "tsan":
+        clang = _clang()
+        env["CUDA_CPU_CXX"] = clang
+        env["CUDA_CPU_CXXFLAGS"] = "-fsanitize=thread -shared-libsan"
+        env["CUDA_CPU_PRELOAD"] = _runtime(clang, "libclang_rt.tsan-x86_64.so")
+        env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66:report_signal_unsafe=0"
+        env["CUDA_CPU_CONCURRENT_BLOCKS"] = "4"
+    elif mode == "valgrind":
+        env["CUDA_CPU_CXX"] = "g++"
+        env["CUDA_CPU_CXXFLAGS"] = ""
+        env["CUDA_CPU_GUARD_BYTES"] = "0"
+        env["CUDA_CPU_UNDEFINED_MEMORY"] = "1"
+        env["PYTHONMALLOC"] = "malloc"
+        prefix = ["valgrind", "--tool=memcheck", "--error-exitcode=99", "--leak-check=no", "--track-origins=no",
+                  "--max-stackframe=4000000", "--suppressions=" + os.path.join(ROOT, "tests", "cuda_cpu",
+                                                                                "python.supp")]
+    else:
+        raise SystemExit("sanitizer_driver: unknown mode {!r}; modes: {}".format(mode, ", ".join(MODES)))
+    return env, prefix
+
+
+def prebuild(env, project):
+    """Compiles the kernel module outside the sanitizer (the library is cached)."""
+    env = dict(env)
+    env.pop("CUDA_CPU_PRELOAD", None)
+    code = ("import sys; sys.path.insert(0, {!r}) if {!r} else None\n"
+            "from cuhouse._gpu import raw_kernels; from cupy._compiler import build\n"
+            "build(raw_kernels.kernel_source(), raw_kernels.COMPILE_OPTIONS, raw_kernels.name_expressions())").format(project or "", project or "")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return result.returncode, result.stdout + result.stderr
+
+
+def run_on_cpu(mode, command, project=None, quiet=False):
+    """Runs ``command`` in ``mode``; returns ``(finding, seconds, output)``."""
+    env, prefix = cpu_environment(mode)
+    started = time.monotonic()
+    rc, output = prebuild(env, project)
+    if rc == 0:
+        preload = env.pop("CUDA_CPU_PRELOAD", None)
+        if preload:
+            env["LD_PRELOAD"] = preload
+        result = subprocess.run(prefix + command, env=env, capture_output=True, text=True, cwd=ROOT)
+        rc, output = result.returncode, result.stdout + result.stderr
+    seconds = time.monotonic() - started
+    finding = rc != 0 or bool(FINDINGS.search(output))
+    if not quiet:
+        sys.stdout.write(output)
+    return finding, seconds, output
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--on-cpu", choices=MODES, help="run on the CPU stand-in of CuPy in this mode")
+    parser.add_argument("--sizes", choices=sorted(SIZES), default="full")
+    parser.add_argument("--project", help="import cuhouse from this directory")
+    parser.add_argument("command", nargs="*", help="with --on-cpu: the command to run (default: this workload)")
+    args = parser.parse_args(argv)
+    if args.on_cpu:
+        command = args.command or [sys.executable, os.path.abspath(__file__), "--sizes", args.sizes] + (
+            ["--project", args.project] if args.project else [])
+        finding, seconds, _ = run_on_cpu(args.on_cpu, command, args.project)
+        print("sanitizer_driver --on-cpu {}: {} in {:.1f} s".format(
+            args.on_cpu, "FINDING" if finding else "clean", seconds))
+        return 1 if finding else 0
+    if args.command:
+        parser.error("a command is only taken with --on-cpu")
+    if args.project:
+        sys.path.insert(0, os.path.abspath(args.project))
+        import cuhouse
+        if not os.path.abspath(cuhouse.__file__).startswith(os.path.abspath(args.project)):
+            raise SystemExit("sanitizer_driver: cuhouse came from {}, not {}".format(cuhouse.__file__, args.project))
+    return 1 if workload(args.sizes) else 0
 
 
 if __name__ == "__main__":

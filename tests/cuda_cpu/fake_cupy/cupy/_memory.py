@@ -1,0 +1,105 @@
+"""'Device' memory of the stand-in: host ``malloc`` blocks with guard bytes.
+
+Each allocation is ``guard | payload | guard``; the guards hold a canary that
+:func:`check_guards` verifies after every launch (a kernel writing past either
+end of a buffer is reported), and under ASan they are also poisoned, so a read
+is reported at once. ``CUDA_CPU_GUARD_BYTES=0`` (the valgrind mode) leaves
+them out: then the tool's own red zones around each ``malloc`` block do it.
+Fresh memory is filled with 0xFF bytes (a NaN pattern), except under valgrind,
+which tracks it as undefined instead.
+"""
+import ctypes
+import os
+import weakref
+
+import numpy
+
+CANARY = 0xA5
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = (ctypes.c_size_t,)
+_libc.free.argtypes = (ctypes.c_void_p,)
+_poison = getattr(_libc, "__asan_poison_memory_region", None)
+_unpoison = getattr(_libc, "__asan_unpoison_memory_region", None)
+for _f in (_poison, _unpoison):
+    if _f is not None:
+        _f.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+
+_live = weakref.WeakValueDictionary()   # address -> Allocation
+
+
+def guard_bytes():
+    return int(os.environ.get("CUDA_CPU_GUARD_BYTES", "256"))
+
+
+class Allocation:
+    """``nbytes`` of device memory, alive while its ``payload`` (a ctypes byte
+    array over it, the base of every NumPy view) is."""
+
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+        self.guard = guard_bytes()
+        total = nbytes + 2 * self.guard
+        self.base = _libc.malloc(max(total, 1))
+        if not self.base:
+            raise MemoryError("cannot allocate {} bytes".format(total))
+        self.address = self.base + self.guard
+        if self.guard:
+            ctypes.memset(self.base, CANARY, self.guard)
+            ctypes.memset(self.address + nbytes, CANARY, self.guard)
+            if _poison is not None:
+                _poison(self.base, self.guard)
+                _poison(self.address + nbytes, self.guard)
+        if os.environ.get("CUDA_CPU_UNDEFINED_MEMORY") != "1":
+            ctypes.memset(self.address, 0xFF, nbytes)
+        self.payload = weakref.ref(self._payload(nbytes))
+        _live[self.address] = self
+        weakref.finalize(self, _release, self.base, self.guard, nbytes)
+
+    def _payload(self, nbytes):
+        payload = (ctypes.c_ubyte * nbytes).from_address(self.address)
+        payload._allocation = self
+        self._strong = payload        # dropped by device_array once a view holds it
+        return payload
+
+    def corrupted_guard(self):
+        """``None``, or a sentence naming the first guard byte a kernel overwrote."""
+        if not self.guard:
+            return None
+        before = numpy.frombuffer((ctypes.c_ubyte * self.guard).from_address(self.base), numpy.uint8)
+        after = numpy.frombuffer((ctypes.c_ubyte * self.guard).from_address(self.address + self.nbytes), numpy.uint8)
+        for name, guard, sign in (("before", before, -1), ("after", after, 1)):
+            bad = numpy.flatnonzero(guard != CANARY)
+            if bad.size:
+                offset = (self.guard - bad[-1]) if sign < 0 else bad[0] + 1
+                return "a kernel wrote {} bytes {} a {}-byte buffer".format(offset, name, self.nbytes)
+        return None
+
+
+def _release(base, guard, nbytes):
+    if guard and _unpoison is not None:
+        _unpoison(base, nbytes + 2 * guard)
+    _libc.free(base)
+
+
+def check_guards():
+    """Sentences for every live allocation whose guard bytes were overwritten."""
+    return [problem for problem in (a.corrupted_guard() for a in list(_live.values())) if problem]
+
+
+def device_array(shape, dtype):
+    """A NumPy array of ``shape`` and ``dtype`` over a fresh allocation (C order)."""
+    dtype = numpy.dtype(dtype)
+    count = int(numpy.prod(shape, dtype=numpy.int64))
+    allocation = Allocation(count * dtype.itemsize)
+    array = numpy.frombuffer(allocation.payload(), dtype=dtype, count=count).reshape(shape)
+    del allocation._strong
+    return array
+
+
+def owns(array):
+    """True when ``array`` is a view of device memory (its base chain ends in an allocation)."""
+    base = array
+    while isinstance(base, numpy.ndarray) and base.base is not None:
+        base = base.base
+    return hasattr(base, "_allocation") or (isinstance(base, memoryview) and hasattr(base.obj, "_allocation"))
