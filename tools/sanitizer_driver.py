@@ -44,8 +44,34 @@ SIZES = {
     "full": {"rows": ((1, 1), (3, 7), (37, 129)), "blocks": ((3, 1), (5, 17), (2, 64), (2, 65), (1, 100))},
     "small": {"rows": ((1, 1), (3, 7), (9, 40)), "blocks": ((3, 1), (5, 17), (2, 33), (2, 65))},
 }
-FINDINGS = re.compile(r"ERROR: AddressSanitizer|runtime error:|WARNING: ThreadSanitizer|ERROR: LeakSanitizer|"
-                      r"ERROR SUMMARY: [1-9]|KernelError|MISMATCH")
+# What a finding looks like in the output, by kind (the first that matches names it).
+FINDINGS = (
+    ("race", re.compile(r"WARNING: ThreadSanitizer")),
+    ("asan", re.compile(r"ERROR: AddressSanitizer")),
+    ("ubsan", re.compile(r"runtime error:")),
+    ("memcheck", re.compile(r"ERROR SUMMARY: [1-9]")),
+    ("model", re.compile(r"KernelError")),
+    ("result", re.compile(r"MISMATCH|[1-9]\d* failed")),
+)
+
+
+def evidence(output):
+    """The line of ``output`` that best says what was found (for reports)."""
+    for pattern in (r"KernelError: .*", r"SUMMARY: \w+Sanitizer: .*", r".*runtime error: .*",
+                    r"== (Invalid (read|write)|Conditional jump).*", r"MISMATCH .*", r"\d+ failed.*"):
+        match = re.search(pattern, output)
+        if match:
+            return match.group(0).strip()
+    return output.strip().splitlines()[-1] if output.strip() else ""
+
+
+def finding_kind(returncode, output):
+    """``None`` for a clean run, else what was found: race, asan, ubsan, memcheck,
+    model (the CPU model refused a launch), result (a wrong result), exit N."""
+    for kind, pattern in FINDINGS:
+        if pattern.search(output):
+            return kind
+    return None if returncode == 0 else "exit {}".format(returncode)
 
 
 def workload(sizes):
@@ -159,7 +185,8 @@ def prebuild(env, project):
 
 
 def run_on_cpu(mode, command, project=None, quiet=False):
-    """Runs ``command`` in ``mode``; returns ``(finding, seconds, output)``."""
+    """Runs ``command`` in ``mode``; returns ``(finding, seconds, output)``, the
+    finding ``None`` or its kind (:func:`finding_kind`)."""
     env, prefix = cpu_environment(mode)
     started = time.monotonic()
     rc, output = prebuild(env, project)
@@ -170,7 +197,7 @@ def run_on_cpu(mode, command, project=None, quiet=False):
         result = subprocess.run(prefix + command, env=env, capture_output=True, text=True, cwd=ROOT)
         rc, output = result.returncode, result.stdout + result.stderr
     seconds = time.monotonic() - started
-    finding = rc != 0 or bool(FINDINGS.search(output))
+    finding = finding_kind(rc, output)
     if not quiet:
         sys.stdout.write(output)
     return finding, seconds, output
@@ -188,7 +215,7 @@ def main(argv=None):
             ["--project", args.project] if args.project else [])
         finding, seconds, _ = run_on_cpu(args.on_cpu, command, args.project)
         print("sanitizer_driver --on-cpu {}: {} in {:.1f} s".format(
-            args.on_cpu, "FINDING" if finding else "clean", seconds))
+            args.on_cpu, "FINDING ({})".format(finding) if finding else "clean", seconds))
         return 1 if finding else 0
     if args.command:
         parser.error("a command is only taken with --on-cpu")

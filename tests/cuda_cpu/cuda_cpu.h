@@ -400,13 +400,15 @@ struct Worker {
             const unsigned first = w * kWarp;
             const unsigned lanes = threads - first < (unsigned)kWarp ? threads - first : (unsigned)kWarp;
             for (unsigned l = 0; l < lanes && error.empty(); ++l) {
-                Fiber& f = fibers[first + l];
-                if (f.wait != Wait::warp) continue;
-                if (!(f.mask >> l & 1u)) {
+                const Fiber& f = fibers[first + l];
+                if (f.wait == Wait::warp && !(f.mask >> l & 1u)) {
                     fail(std::string(op_name(f.op)) + " at " + site(f) + ": the mask " + hex(f.mask) +
                          " omits the calling lane " + std::to_string(l) + " (" + where(f) + ")");
-                    break;
                 }
+            }
+            for (unsigned l = 0; l < lanes && error.empty(); ++l) {
+                Fiber& f = fibers[first + l];
+                if (f.wait != Wait::warp) continue;
                 bool present = true;
                 for (unsigned m = 0; m < (unsigned)kWarp && error.empty(); ++m) {
                     if (!(f.mask >> m & 1u)) continue;

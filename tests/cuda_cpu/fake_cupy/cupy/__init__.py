@@ -93,6 +93,8 @@ class ndarray:
         return (self[i] for i in range(len(self)))
 
     def __getattr__(self, name):      # methods: reshape, astype, copy, sum, ...
+        if name.startswith("__"):     # no __array_interface__ & co.: no silent conversion to NumPy
+            raise AttributeError(name)
         attribute = getattr(self._view, name)
         if not callable(attribute):
             return _wrap(attribute)

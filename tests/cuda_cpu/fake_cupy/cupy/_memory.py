@@ -63,18 +63,18 @@ class Allocation:
         return payload
 
     def corrupted_guard(self):
-        """``None``, or a sentence naming the first guard byte a kernel overwrote."""
+        """``None``, or a sentence saying how far past the payload a kernel wrote
+        (the canary is then restored, so each overrun is reported once)."""
         if not self.guard:
             return None
-        before = numpy.frombuffer((ctypes.c_ubyte * self.guard).from_address(self.base), numpy.uint8)
-        after = numpy.frombuffer((ctypes.c_ubyte * self.guard).from_address(self.address + self.nbytes), numpy.uint8)
-        for name, guard, sign in (("before", before, -1), ("after", after, 1)):
+        for name, start in (("before", self.base), ("after", self.address + self.nbytes)):
+            guard = numpy.frombuffer((ctypes.c_ubyte * self.guard).from_address(start), numpy.uint8)
             bad = numpy.flatnonzero(guard != CANARY)
             if bad.size:
-                offset = (self.guard - bad[-1]) if sign < 0 else bad[0] + 1
-                return "a kernel wrote {} bytes {} a {}-byte buffer".format(offset, name, self.nbytes)
+                reach = self.guard - bad[0] if name == "before" else bad[-1] + 1
+                ctypes.memset(start, CANARY, self.guard)
+                return "a kernel wrote {} bytes {} a {}-byte buffer".format(reach, name, self.nbytes)
         return None
-
 
 def _release(base, guard, nbytes):
     if guard and _unpoison is not None:
