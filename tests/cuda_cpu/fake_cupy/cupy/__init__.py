@@ -184,14 +184,18 @@ def get_array_module(*args):
 
 
 class RawModule:
-    """``cupy.RawModule(code=..., options=..., name_expressions=...)`` for the CPU."""
+    """``cupy.RawModule(code=..., options=..., name_expressions=...)`` for the CPU;
+    compiled at the first ``get_function``, as CuPy does."""
 
     def __init__(self, code, options=(), name_expressions=None, **unsupported):
         if unsupported:
             raise KernelError("the CPU stand-in does not take {}".format(sorted(unsupported)))
-        self._library = Library(code, options, name_expressions or ())
+        self._arguments = (code, tuple(options), tuple(name_expressions or ()))
+        self._library = None
 
     def get_function(self, name):
+        if self._library is None:
+            self._library = Library(*self._arguments)
         return self._library.function(name)
 
 
