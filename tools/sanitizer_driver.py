@@ -39,7 +39,6 @@ import numpy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE_CUPY = os.path.join(ROOT, "tests", "cuda_cpu", "fake_cupy")
-MODES = ("plain", "asan", "tsan", "valgrind")
 SIZES = {
     "full": {"rows": ((1, 1), (3, 7), (37, 129)), "blocks": ((3, 1), (5, 17), (2, 64), (2, 65), (1, 100))},
     "small": {"rows": ((1, 1), (3, 7), (9, 40)), "blocks": ((3, 1), (5, 17), (2, 33), (2, 65))},
@@ -134,43 +133,42 @@ def _runtime(clang, name):
     return path
 
 
+# mode: (compiler, extra compile flags, sanitizer runtime to preload, environment)
+CPU_MODES = {
+    "plain": ("g++", "", None, {}),
+    "asan": ("clang", "-fsanitize=address,undefined -fno-sanitize-recover=all -shared-libsan",
+             "libclang_rt.asan-x86_64.so",
+             {"ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0",
+              "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}),
+    "tsan": ("clang", "-fsanitize=thread -shared-libsan", "libclang_rt.tsan-x86_64.so",
+             {"TSAN_OPTIONS": "halt_on_error=1:exitcode=66:report_signal_unsafe=0",
+              "CUDA_CPU_CONCURRENT_BLOCKS": "4"}),
+    "valgrind": ("g++", "", None,
+                 {"CUDA_CPU_GUARD_BYTES": "0", "CUDA_CPU_UNDEFINED_MEMORY": "1", "PYTHONMALLOC": "malloc"}),
+}
+VALGRIND = ("valgrind", "--tool=memcheck", "--error-exitcode=99", "--leak-check=no", "--track-origins=no",
+            "--max-stackframe=4000000", "--suppressions=" + os.path.join(ROOT, "tests", "cuda_cpu", "python.supp"))
+
+
+MODES = tuple(CPU_MODES)
+
+
 def cpu_environment(mode):
     """``(environment, command prefix)`` for running Python on the CPU stand-in in ``mode``."""
+    if mode not in CPU_MODES:
+        raise SystemExit("sanitizer_driver: unknown mode {!r}; modes: {}".format(mode, ", ".join(MODES)))
+    compiler, flags, runtime, settings = CPU_MODES[mode]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([FAKE_CUPY] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("CUDA_CPU_CONCURRENT_BLOCKS", None)
     for threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[threads] = "1"            # BLAS thread pools are not what is checked (and confuse TSan)
-    prefix = []
-    if mode == "plain":
-        env["CUDA_CPU_CXX"] = "g++"
-        env["CUDA_CPU_CXXFLAGS"] = ""
-    elif mode == "asan":
-        clang = _clang()
-        env["CUDA_CPU_CXX"] = clang
-        env["CUDA_CPU_CXXFLAGS"] = "-fsanitize=address,undefined -fno-sanitize-recover=all -shared-libsan"
-        env["CUDA_CPU_PRELOAD"] = _runtime(clang, "libclang_rt.asan-x86_64.so")
-        env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0"
-        env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
-    elif mode == "tsan":
-        clang = _clang()
-        env["CUDA_CPU_CXX"] = clang
-        env["CUDA_CPU_CXXFLAGS"] = "-fsanitize=thread -shared-libsan"
-        env["CUDA_CPU_PRELOAD"] = _runtime(clang, "libclang_rt.tsan-x86_64.so")
-        env["TSAN_OPTIONS"] = "halt_on_error=1:exitcode=66:report_signal_unsafe=0"
-        env["CUDA_CPU_CONCURRENT_BLOCKS"] = "4"
-    elif mode == "valgrind":
-        env["CUDA_CPU_CXX"] = "g++"
-        env["CUDA_CPU_CXXFLAGS"] = ""
-        env["CUDA_CPU_GUARD_BYTES"] = "0"
-        env["CUDA_CPU_UNDEFINED_MEMORY"] = "1"
-        env["PYTHONMALLOC"] = "malloc"
-        prefix = ["valgrind", "--tool=memcheck", "--error-exitcode=99", "--leak-check=no", "--track-origins=no",
-                  "--max-stackframe=4000000", "--suppressions=" + os.path.join(ROOT, "tests", "cuda_cpu",
-                                                                                "python.supp")]
-    else:
-        raise SystemExit("sanitizer_driver: unknown mode {!r}; modes: {}".format(mode, ", ".join(MODES)))
-    return env, prefix
+    env["CUDA_CPU_CXX"] = _clang() if compiler == "clang" else compiler
+    env["CUDA_CPU_CXXFLAGS"] = flags
+    if runtime:
+        env["CUDA_CPU_PRELOAD"] = _runtime(env["CUDA_CPU_CXX"], runtime)
+    env.update(settings)
+    return env, list(VALGRIND) if mode == "valgrind" else []
 
 
 def prebuild(env, project):
