@@ -1,4 +1,4 @@
-"""CuPy API audit, without a device: every ``xp.<name>`` and ``cupy.<name>``
+"""CuPy API audit, without a device: every ``xp.<name>``, ``cupy.<name>`` and ``cupy_module().<name>``
 the package uses (found in the syntax tree of ``cuhouse/``) exists in the
 installed CuPy, and every call passes only arguments its signature takes.
 CuPy imports without a GPU, so this runs wherever ``cupy-cuda13x`` is
@@ -30,11 +30,14 @@ pytestmark = pytest.mark.skipif(cupy is None, reason="needs CuPy installed (pip 
 
 
 def _chain(node):
-    """``("xp", "linalg", "solve")`` for ``xp.linalg.solve``; None for other expressions."""
+    """``("xp", "linalg", "solve")`` for ``xp.linalg.solve`` (``cupy_module().x`` counts as
+    ``cupy.x``); None for other expressions."""
     names = []
     while isinstance(node, ast.Attribute):
         names.append(node.attr)
         node = node.value
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "cupy_module":
+        node = ast.Name(id="cupy")               # cupy_module().RawModule is cupy.RawModule
     if isinstance(node, ast.Name) and node.id in ROOTS and names:
         return (node.id,) + tuple(reversed(names))
     return None

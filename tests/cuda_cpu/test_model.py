@@ -233,3 +233,16 @@ def test_the_stand_in_refuses_to_shadow_a_real_cupy(tmp_path):
     result = subprocess.run([sys.executable, "-c", "import cupy"], env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "refuses to shadow the real CuPy" in result.stderr
+
+
+def test_every_seeded_bug_still_applies_to_the_sources(tmp_path):
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    try:
+        import seeded_bugs
+    finally:
+        sys.path.pop(0)
+    for i, (name, relative, text, replacement) in enumerate(seeded_bugs.MUTANTS):
+        copy = tmp_path / str(i)
+        seeded_bugs.project_copy(str(copy))
+        seeded_bugs.apply(str(copy), relative, text, replacement)   # exits when the text left the sources
+    assert len(seeded_bugs.MUTANTS) >= 11
