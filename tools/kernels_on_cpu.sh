@@ -74,7 +74,8 @@ if [ "$record" -eq 1 ]; then
     git diff --quiet HEAD -- 2>/dev/null || commit="$commit (with uncommitted changes)"
     cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
     modes=$(for mode in plain asan tsan valgrind; do
-        grep -h "^sanitizer_driver --on-cpu" "$logs/$mode.log" | sed 's/^sanitizer_driver --on-cpu //'; done | paste -sd ';' | sed 's/;/; /g')
+        grep -h "^sanitizer_driver --on-cpu" "$logs/$mode.log" | sed 's/^sanitizer_driver --on-cpu //'
+    done | paste -sd ';' | sed 's/;/; /g')
     entry="$logs/entry.md"
     {
         echo "### $(date -u +%Y-%m-%dT%H:%MZ) on the CPU (${cpu:-unknown CPU}, $(nproc) cores)"
@@ -94,7 +95,10 @@ if [ "$record" -eq 1 ]; then
         echo
     } > "$entry"
     marker='<!-- CPU entries: tools/kernels_on_cpu.sh --record inserts each above this line -->'
-    grep -qF "$marker" kernels/VALIDATION.md || { echo "kernels_on_cpu: no CPU marker in kernels/VALIDATION.md" >&2; exit 1; }
+    if ! grep -qF "$marker" kernels/VALIDATION.md; then
+        echo "kernels_on_cpu: no CPU marker in kernels/VALIDATION.md" >&2
+        exit 1
+    fi
     python3 - "$entry" "$marker" <<'PY'
 import sys
 entry, marker = open(sys.argv[1]).read(), sys.argv[2]

@@ -175,9 +175,10 @@ def prebuild(env, project):
     """Compiles the kernel module outside the sanitizer (the library is cached)."""
     env = dict(env)
     env.pop("CUDA_CPU_PRELOAD", None)
-    code = ("import sys; sys.path.insert(0, {!r}) if {!r} else None\n"
+    code = ("import sys; sys.path[:0] = {!r}\n"
             "from cuhouse._gpu import raw_kernels; from cupy._compiler import build\n"
-            "build(raw_kernels.kernel_source(), raw_kernels.COMPILE_OPTIONS, raw_kernels.name_expressions())").format(project or "", project or "")
+            "build(raw_kernels.kernel_source(), raw_kernels.COMPILE_OPTIONS, raw_kernels.name_expressions())"
+            ).format([project] if project else [])
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     return result.returncode, result.stdout + result.stderr
 

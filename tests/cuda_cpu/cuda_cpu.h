@@ -159,7 +159,6 @@ struct Fiber {
     ucontext_t context;
     char* stack;
     uint3 index;
-    unsigned lane;
     Wait wait;
     const char* file;    // where it waits
     int line;
@@ -206,7 +205,6 @@ struct Worker {
     std::vector<char> warp_sync;
     char start_sync, exit_sync;
     std::string error;
-    unsigned valgrind_stacks_first = 0;
     std::vector<unsigned> valgrind_ids;
 
     Worker(dim3 g, dim3 b, size_t shared, const std::function<void()>* f)
@@ -355,7 +353,6 @@ struct Worker {
         for (unsigned i = 0; i < threads; ++i) {
             Fiber& f = fibers[i];
             f.index = uint3{i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
-            f.lane = i % kWarp;
             f.wait = Wait::ready;
             f.asan_fake_stack = nullptr;
             getcontext(&f.context);
@@ -407,30 +404,31 @@ struct Worker {
                 }
             }
             for (unsigned l = 0; l < lanes && error.empty(); ++l) {
-                Fiber& f = fibers[first + l];
+                const Fiber& f = fibers[first + l];
                 if (f.wait != Wait::warp) continue;
-                bool present = true;
                 for (unsigned m = 0; m < (unsigned)kWarp && error.empty(); ++m) {
                     if (!(f.mask >> m & 1u)) continue;
-                    const std::string head = std::string(op_name(f.op)) + " at " + site(f) + " by " + where(f) +
-                                             " with mask " + hex(f.mask) + ": lane " + std::to_string(m);
+                    std::string problem;
                     if (m >= lanes) {
-                        fail(head + " does not exist (the block has " + std::to_string(threads) + " threads)");
+                        problem = "does not exist (the block has " + std::to_string(threads) + " threads)";
                     } else {
                         const Fiber& g = fibers[first + m];
                         if (g.wait == Wait::done) {
-                            fail(head + " has exited");
+                            problem = "has exited";
                         } else if (g.wait == Wait::barrier) {
-                            fail(head + " waits at __syncthreads at " + site(g));
-                        } else if (g.wait != Wait::warp || g.op != f.op || g.mask != f.mask || g.file != f.file ||
-                                   g.line != f.line) {
-                            fail(head + " waits at " + std::string(op_name(g.op)) + " at " + site(g) +
-                                 " with mask " + hex(g.mask));
+                            problem = "waits at __syncthreads at " + site(g);
+                        } else if (g.wait != Wait::warp || g.op != f.op || g.mask != f.mask ||
+                                   strcmp(g.file, f.file) != 0 || g.line != f.line) {
+                            problem = std::string("waits at ") + op_name(g.op) + " at " + site(g) + " with mask " +
+                                      hex(g.mask);
                         }
                     }
-                    present = present && error.empty();
+                    if (!problem.empty()) {
+                        fail(std::string(op_name(f.op)) + " at " + site(f) + " by " + where(f) + " with mask " +
+                             hex(f.mask) + ": lane " + std::to_string(m) + " " + problem);
+                    }
                 }
-                if (present && error.empty()) {
+                if (error.empty()) {
                     exchange(first, lanes, f.mask);
                     progressed = true;
                 }
@@ -520,7 +518,7 @@ struct Worker {
                      op_name(f.op) + " at " + site(f));
                 return;
             }
-            if (f.file != at->file || f.line != at->line) {
+            if (strcmp(f.file, at->file) != 0 || f.line != at->line) {
                 fail("__syncthreads reached at different places: " + where(*at) + " at " + site(*at) + ", " +
                      where(f) + " at " + site(f));
                 return;

@@ -33,8 +33,8 @@ def guard_bytes():
 
 
 class Allocation:
-    """``nbytes`` of device memory, alive while its ``payload`` (a ctypes byte
-    array over it, the base of every NumPy view) is."""
+    """``nbytes`` of device memory at ``address``, freed with the last NumPy
+    view of it (see :func:`device_array`)."""
 
     def __init__(self, nbytes):
         self.nbytes = nbytes
@@ -52,15 +52,8 @@ class Allocation:
                 _poison(self.address + nbytes, self.guard)
         if os.environ.get("CUDA_CPU_UNDEFINED_MEMORY") != "1":
             ctypes.memset(self.address, 0xFF, nbytes)
-        self.payload = weakref.ref(self._payload(nbytes))
         _live[self.address] = self
         weakref.finalize(self, _release, self.base, self.guard, nbytes)
-
-    def _payload(self, nbytes):
-        payload = (ctypes.c_ubyte * nbytes).from_address(self.address)
-        payload._allocation = self
-        self._strong = payload        # dropped by device_array once a view holds it
-        return payload
 
     def corrupted_guard(self):
         """``None``, or a sentence saying how far past the payload a kernel wrote
@@ -92,9 +85,9 @@ def device_array(shape, dtype):
     dtype = numpy.dtype(dtype)
     count = int(numpy.prod(shape, dtype=numpy.int64))
     allocation = Allocation(count * dtype.itemsize)
-    array = numpy.frombuffer(allocation.payload(), dtype=dtype, count=count).reshape(shape)
-    del allocation._strong
-    return array
+    payload = (ctypes.c_ubyte * allocation.nbytes).from_address(allocation.address)
+    payload._allocation = allocation       # the base of every view keeps the memory alive
+    return numpy.frombuffer(payload, dtype=dtype, count=count).reshape(shape)
 
 
 def owns(array):
@@ -102,4 +95,4 @@ def owns(array):
     base = array
     while isinstance(base, numpy.ndarray) and base.base is not None:
         base = base.base
-    return hasattr(base, "_allocation") or (isinstance(base, memoryview) and hasattr(base.obj, "_allocation"))
+    return hasattr(base, "_allocation")
