@@ -40,9 +40,10 @@ import numpy
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE_CUPY = os.path.join(ROOT, "tests", "cuda_cpu", "fake_cupy")
 SIZES = {
-    "full": {"rows": ((1, 1), (3, 7), (37, 129)), "blocks": ((3, 1), (5, 17), (2, 64), (2, 65), (1, 100))},
-    "small": {"rows": ((1, 1), (3, 7), (9, 40)), "blocks": ((3, 1), (5, 17), (2, 33), (2, 65))},
+    "full": {"rows": ((1, 1), (3, 7), (37, 129)), "blocks": ((3, 1), (9, 17), (2, 64), (3, 65), (1, 100))},
+    "small": {"rows": ((1, 1), (3, 7), (17, 40)), "blocks": ((3, 1), (9, 17), (2, 33), (3, 65))},
 }
+GRID_STRIDE_PASS = 2
 # What a finding looks like in the output, by kind (the first that matches names it).
 FINDINGS = (
     ("race", re.compile(r"WARNING: ThreadSanitizer")),
@@ -74,7 +75,8 @@ def finding_kind(returncode, output):
 
 
 def workload(sizes):
-    """Every kernel, float and double; the number of mismatches."""
+    """Every kernel, float and double, twice: with the launchers' grids, then with
+    grids of at most GRID_STRIDE_PASS blocks; the number of mismatches."""
     import cupy
 
     from cuhouse._gpu import primitives as _primitives, raw_kernels as _kernels
@@ -89,28 +91,33 @@ def workload(sizes):
         if got.shape != expected.shape or not numpy.allclose(got, expected, rtol=0, atol=tol * scale):
             failures.append(name)
 
-    for dtype in (numpy.float32, numpy.float64):
-        tol = 1e-4 if dtype == numpy.float32 else 1e-11
-        for rows, d in SIZES[sizes]["rows"]:
-            v = rng.standard_normal((rows, d)).astype(dtype)
-            v[-1] = 0
-            unit, norms = _kernels.row_norms(cupy.asarray(v), with_unit=True)
-            expected_unit, expected = _primitives.unit_rows(v, numpy)
-            check("row_norms {} {}x{}".format(dtype.__name__, rows, d), norms, expected, tol)
-            check("unit_rows {} {}x{}".format(dtype.__name__, rows, d), unit, expected_unit, tol)
-            check("normalize_rows {} {}x{}".format(dtype.__name__, rows, d),
-                  _kernels.normalize_rows(cupy.asarray(v), cupy.asarray(expected)), expected_unit, tol)
-        for count, k in SIZES[sizes]["blocks"]:
-            y = rng.standard_normal((count, k, k + 3))
-            y /= numpy.linalg.norm(y, axis=-1, keepdims=True)
-            s = (numpy.triu(y @ numpy.swapaxes(y, -1, -2), 1) + 0.5 * numpy.eye(k)).astype(dtype)
-            t = _kernels.upper_triangular_inverse(cupy.asarray(s))
-            expected_t = _primitives.upper_triangular_inverse(s, numpy)
-            check("triangular_inverse {} {}x{}^2".format(dtype.__name__, count, k), t, expected_t, tol)
-            n = rng.standard_normal((count, k, k)).astype(dtype)
-            check("cwy_gradient {} {}x{}^2".format(dtype.__name__, count, k),
-                  _kernels.cwy_gradient_coefficients(cupy.asarray(expected_t), cupy.asarray(n)),
-                  _primitives.cwy_gradient_coefficients(expected_t, n, numpy), tol * k)
+    default_grid = _kernels._MAX_GRID
+    for grid in (default_grid, GRID_STRIDE_PASS):     # the second pass makes every grid-stride loop wrap
+        _kernels._MAX_GRID = grid
+        tag = "" if grid == default_grid else " grid<={}".format(grid)
+        for dtype in (numpy.float32, numpy.float64):
+            tol = 1e-4 if dtype == numpy.float32 else 1e-11
+            for rows, d in SIZES[sizes]["rows"]:
+                v = rng.standard_normal((rows, d)).astype(dtype)
+                v[-1] = 0
+                unit, norms = _kernels.row_norms(cupy.asarray(v), with_unit=True)
+                expected_unit, expected = _primitives.unit_rows(v, numpy)
+                check("row_norms {} {}x{}{}".format(dtype.__name__, rows, d, tag), norms, expected, tol)
+                check("unit_rows {} {}x{}{}".format(dtype.__name__, rows, d, tag), unit, expected_unit, tol)
+                check("normalize_rows {} {}x{}{}".format(dtype.__name__, rows, d, tag),
+                      _kernels.normalize_rows(cupy.asarray(v), cupy.asarray(expected)), expected_unit, tol)
+            for count, k in SIZES[sizes]["blocks"]:
+                y = rng.standard_normal((count, k, k + 3))
+                y /= numpy.linalg.norm(y, axis=-1, keepdims=True)
+                s = (numpy.triu(y @ numpy.swapaxes(y, -1, -2), 1) + 0.5 * numpy.eye(k)).astype(dtype)
+                t = _kernels.upper_triangular_inverse(cupy.asarray(s))
+                expected_t = _primitives.upper_triangular_inverse(s, numpy)
+                check("triangular_inverse {} {}x{}^2{}".format(dtype.__name__, count, k, tag), t, expected_t, tol)
+                n = rng.standard_normal((count, k, k)).astype(dtype)
+                check("cwy_gradient {} {}x{}^2{}".format(dtype.__name__, count, k, tag),
+                      _kernels.cwy_gradient_coefficients(cupy.asarray(expected_t), cupy.asarray(n)),
+                      _primitives.cwy_gradient_coefficients(expected_t, n, numpy), tol * k)
+    _kernels._MAX_GRID = default_grid
     cupy.cuda.Device().synchronize()
     for name in failures:
         print("MISMATCH", name, file=sys.stderr)

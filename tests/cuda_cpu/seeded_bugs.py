@@ -50,6 +50,8 @@ MUTANTS = (
      "value, offset));"),
     ("grid-stride loop bound off by one", "kernels/row_norms.cu",
      "e < total; e += step", "e <= total; e += step"),
+    ("grid-stride step off by one", "kernels/row_norms.cu",
+     "row < rows; row += row_step)", "row < rows; row += row_step + 1)"),
     ("int passed where C++ takes 64 bits", "cuhouse/_gpu/raw_kernels.py",
      "args = (s, numpy.int64(count), numpy.int32(k), t)", "args = (s, numpy.int64(count), numpy.int64(k), t)"),
     ("wrong dynamic shared memory size", "cuhouse/_gpu/raw_kernels.py",
