@@ -655,24 +655,24 @@ inline std::string check_configuration(dim3 grid, dim3 block, size_t shared) {
 }
 
 // Runs the grid: blocks one after another on one worker thread, or on
-// CUDA_CPU_CONCURRENT_BLOCKS worker threads at once. The block counter is a
-// relaxed atomic, so blocks on different workers have no happens-before.
+// CUDA_CPU_CONCURRENT_BLOCKS worker threads at once, worker w taking blocks
+// w, w + workers, ...: neighbouring blocks always run on different threads,
+// with no happens-before between them, so TSan sees any race between them
+// whatever the timing.
 inline std::string run_grid(dim3 grid, dim3 block, size_t shared, const std::function<void()>& body) {
     const unsigned long long blocks = (unsigned long long)grid.x * grid.y * grid.z;
     const char* concurrent = getenv("CUDA_CPU_CONCURRENT_BLOCKS");
     unsigned long long workers = concurrent ? strtoull(concurrent, nullptr, 10) : 1;
     if (workers < 1) workers = 1;
     if (workers > blocks) workers = blocks;
-    std::atomic<unsigned long long> next(0);
     std::atomic<bool> failed(false);
     std::mutex lock;
     std::string error;
-    auto work = [&] {
+    auto work = [&](unsigned long long first) {
         Worker w(grid, block, shared, &body);
         current_worker = &w;
-        for (;;) {
-            const unsigned long long b = next.fetch_add(1, std::memory_order_relaxed);
-            if (b >= blocks || failed.load(std::memory_order_relaxed)) break;
+        for (unsigned long long b = first; b < blocks; b += workers) {
+            if (failed.load(std::memory_order_relaxed)) break;
             w.run_block(uint3{(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
                               (unsigned)(b / ((unsigned long long)grid.x * grid.y))});
             if (!w.error.empty()) {
@@ -685,7 +685,7 @@ inline std::string run_grid(dim3 grid, dim3 block, size_t shared, const std::fun
         current_worker = nullptr;
     };
     std::vector<std::thread> pool;
-    for (unsigned long long i = 0; i < workers; ++i) pool.emplace_back(work);
+    for (unsigned long long i = 0; i < workers; ++i) pool.emplace_back(work, i);
     for (auto& t : pool) t.join();
     return error;
 }
