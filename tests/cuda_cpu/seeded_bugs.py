@@ -118,7 +118,7 @@ def main(argv=None):
             shutil.copy(os.path.join(ROOT, mutant[1]), os.path.join(directory, installed_path(mutant[1])))
             apply(directory, *mutant[1:])
     width = max(len(m[0]) for m in MUTANTS)
-    print("{:<{w}}  {}".format("mutant", "  ".join("{:<15}".format(m) for m in modes), w=width), flush=True)
+    print("{:<{w}}  {}".format("mutant", "  ".join("{:<15}".format(m) for m in modes), w=width).rstrip(), flush=True)
     survivors, total, evidence = [], {m: 0.0 for m in modes}, []
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         results = pool.map(lambda mutant: try_mutant(mutant, modes, args.first_catch), MUTANTS)
@@ -128,7 +128,8 @@ def main(argv=None):
                 total[mode] += spent
             if not any(c.startswith("caught") for c in cells):
                 survivors.append(mutant[0])
-            print("{:<{w}}  {}".format(mutant[0], "  ".join("{:<15}".format(c) for c in cells), w=width), flush=True)
+            print("{:<{w}}  {}".format(mutant[0], "  ".join("{:<15}".format(c) for c in cells), w=width).rstrip(),
+                  flush=True)
     print("\nfirst report per mutant:\n" + "\n".join(filter(None, evidence)) + "\n")
     print("time per mode (summed over mutants): " + ", ".join("{} {:.0f} s".format(m, s) for m, s in total.items()))
     print("seeded bugs: {} mutants, {} caught, {} survived{}".format(
