@@ -36,19 +36,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 python="${PYTHON:-python3}"
 if ! "$python" -c "import cuhouse, numpy, pytest" 2>/dev/null || "$python" -c "import cupy" 2>/dev/null; then
-    venv="$(mktemp -d)/venv"
+    venv="$scratch/venv"
     echo "+ a private virtual environment without CuPy: $venv"
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet -e ".[test]"
     python="$venv/bin/python"
 fi
-export CUDA_CPU_CACHE="${CUDA_CPU_CACHE:-$(mktemp -d)}"
+export CUDA_CPU_CACHE="${CUDA_CPU_CACHE:-$scratch/cache}"
 driver=(tools/sanitizer_driver.py)
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
+logs="$scratch/logs"
+mkdir -p "$logs"
 log="$logs/pytest.log"
 
 step_started=$SECONDS
