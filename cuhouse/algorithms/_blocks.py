@@ -1,4 +1,134 @@
-"""Splitting reflections into blocks of k rows."""
+"""The layouts reflections are stored in, and splitting them into blocks of k rows.
+
+A layout says which entries of reflector i (row i of ``y`` ``(..., n, d)``) are
+stored:
+
+``"full"``
+    every entry; reflector i may touch all d rows of X.
+``"trapezoidal"``
+    reflector i is zero in its first i entries (unit upper trapezoidal rows:
+    the minimal d(d-1)/2-parameter map); those entries are never read, so the
+    block of reflectors i0..i1 touches rows i0..d of X only.
+``"unit"``
+    LAPACK's ``geqrf`` layout read through ``a^T``: reflector i has implicit
+    zeros in its first i entries and an implicit 1 at entry i; only the entries
+    after i are read (anything stored on or before entry i is ignored).
+"""
+from collections import namedtuple
+
+from .._gpu import primitives as _primitives
+
+FULL, TRAPEZOIDAL, UNIT = "full", "trapezoidal", "unit"
+LAYOUTS = (FULL, TRAPEZOIDAL, UNIT)
+
+Block = namedtuple("Block", "first last start head tail")
+Block.__doc__ = """Reflectors ``first .. last - 1`` acting on rows ``start ..`` of X.
+
+``head`` ``(..., kb, kb)`` is the block's leading triangle with the layout's
+implicit zeros (and ones) written in (a small copy; ``None`` for ``"full"``);
+``tail`` is a view of the stored rows for X's rows ``start + (kb if head) ..``."""
+
+
+def blocks(y, block_size, layout, xp):
+    """``y`` ``(..., n, d)`` as a list of :class:`Block` of at most k reflectors, in product order.
+
+    No copy of ``y``: the tails are views; the heads are k x k copies (structured layouts only).
+    """
+    n = y.shape[-2]
+    k = min(block_size, n)
+    out = []
+    for first in range(0, n, k):
+        last = min(first + k, n)
+        if layout == FULL:
+            out.append(Block(first, last, 0, None, y[..., first:last, :]))
+            continue
+        corner = y[..., first:last, first:last]
+        head = xp.triu(corner, 1) + xp.eye(last - first, dtype=y.dtype) if layout == UNIT else xp.triu(corner)
+        out.append(Block(first, last, first, head, y[..., first:last, last:]))
+    return out
+
+
+def rows_times(block, x, xp):
+    """``Y_b @ x[start:]`` ``(..., kb, m)`` for ``x`` ``(..., d, m)``: one GEMM per stored part."""
+    if block.head is None:
+        return block.tail @ x
+    kb = block.last - block.first
+    top = x[..., block.start:block.start + kb, :]
+    out = block.tail @ x[..., block.start + kb:, :]
+    out += block.head @ top
+    return out
+
+
+def subtract_rows_transposed(block, u, x, xp):
+    """``x[start:] -= Y_b^T @ u`` in place, for ``u`` ``(..., kb, m)``."""
+    if block.head is None:
+        x -= swap(block.tail, xp) @ u
+        return
+    kb = block.last - block.first
+    x[..., block.start:block.start + kb, :] -= swap(block.head, xp) @ u
+    x[..., block.start + kb:, :] -= swap(block.tail, xp) @ u
+
+
+def add_coefficients_times_rows(block, c, dy, xp):
+    """``dy[first:last, start:] += c @ Y_b`` for ``c`` ``(..., kb, kb)``."""
+    target = dy[..., block.first:block.last, block.start:]
+    if block.head is None:
+        target += c @ block.tail
+        return
+    kb = block.last - block.first
+    target[..., :kb] += c @ block.head
+    target[..., kb:] += c @ block.tail
+
+
+def gram(block, xp):
+    """``Y_b Y_b^T`` ``(..., kb, kb)``: O(kb^2 (d - start))."""
+    g = block.tail @ swap(block.tail, xp)
+    if block.head is not None:
+        g += block.head @ swap(block.head, xp)
+    return g
+
+
+def full_rows(y, layout, xp):
+    """The reflectors as full rows ``(..., n, d)``: ``y`` itself for ``"full"``, else a copy."""
+    if layout == FULL:
+        return y
+    if layout == TRAPEZOIDAL:
+        return xp.triu(y)
+    return xp.triu(y, 1) + xp.eye(*y.shape[-2:], dtype=y.dtype)
+
+
+def structured(dy, layout, xp):
+    """``dy`` ``(..., n, d)`` with the entries the layout does not store set to zero (in place)."""
+    if layout != FULL:
+        dy[...] = xp.triu(dy, 1 if layout == UNIT else 0)
+    return dy
+
+
+def unit_rows(y, layout, identity, xp):
+    """``(unit, norms)``: the full rows normalized, identity factors as zero rows. O(n d)."""
+    v = full_rows(y, layout, xp)
+    if identity is not None:
+        v = xp.where(identity[..., None], 0, v)
+    unit, norms = _primitives.unit_rows(v, xp)
+    return unit, norms
+
+
+def raw_gradient(dunit, unit, norms, xp):
+    """The gradient w.r.t. raw rows from the one w.r.t. their unit rows: ``(I - y y^T) g / ||v||``.
+
+    Zero rows (identity factors) get zero. ``dunit`` is overwritten. O(n d).
+    """
+    radial = xp.einsum("...i,...i->...", unit, dunit)
+    dunit -= unit * radial[..., None]
+    dunit /= xp.where(norms == 0, 1, norms)[..., None]
+    return dunit
+
+
+def writable(x, batch, xp):
+    """A new array of shape ``batch + x.shape[-2:]`` holding ``x`` (broadcast). O(size)."""
+    out = xp.empty(tuple(batch) + x.shape[-2:], dtype=x.dtype)
+    out[...] = x
+    return out
 
 
 def split(y, block_size, xp):
@@ -17,12 +147,6 @@ def split(y, block_size, xp):
         padded[..., :n, :] = y
         y = padded
     return y.reshape(y.shape[:-2] + (n_blocks, k, d))
-
-
-def merge(blocks, n):
-    """Inverse of :func:`split`: ``(..., nb, k, d)`` back to ``(..., n, d)``."""
-    nb, k, d = blocks.shape[-3:]
-    return blocks.reshape(blocks.shape[:-3] + (nb * k, d))[..., :n, :]
 
 
 def swap(a, xp):
