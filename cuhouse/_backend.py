@@ -66,6 +66,34 @@ def backend_name(xp):
     return "cupy" if xp is not numpy else "numpy"
 
 
+def module_named(name):
+    """The array module called ``name`` (``"numpy"`` or ``"cupy"``).
+
+    Matrices keep their backend by name, so that they pickle without a
+    module object; unpickling a CuPy matrix where CuPy is missing is an
+    ``ImportError`` that says so.
+    """
+    if name == "numpy":
+        return numpy
+    cupy = cupy_module()
+    if cupy is None:
+        raise ImportError("this matrix lives on the CuPy backend, but CuPy is not installed; "
+                          "pip install 'cuhouse[cuda13]' (or move the data to NumPy before pickling)")
+    return cupy
+
+
+def read_only(a):
+    """A read-only view of the NumPy array ``a`` (writing raises NumPy's ``ValueError``).
+
+    CuPy has no read-only arrays: a CuPy array is returned as it is.
+    """
+    if not isinstance(a, numpy.ndarray):
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 def synchronize(xp):
     """Wait for queued device work (a no-op on NumPy)."""
     if xp is not numpy:

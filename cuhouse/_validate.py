@@ -4,6 +4,8 @@ Every check raises ``TypeError`` (wrong kind of object or dtype) or
 ``ValueError`` (wrong shape or value) naming the argument, what was expected
 and what was received. No check mutates its input.
 """
+import os
+
 import numpy
 
 from ._backend import SUPPORTED_DTYPES, type_name, is_cupy_array
@@ -14,13 +16,22 @@ _REAL_KINDS = "biuf"  # bool, signed, unsigned, float
 def as_array(x, name, xp):
     """``x`` as an array of module ``xp`` with a real dtype.
 
-    Lists and scalars go through ``xp.asarray``; ``None``, strings, cuhouse
-    matrices (whose ``__array__`` would densify them), complex, float16 and
-    object data are a ``TypeError``.
+    Lists and scalars go through ``xp.asarray``. A ``TypeError`` names what
+    is refused: ``None``, strings, objects that opt out of NumPy's array
+    protocol with ``__array_ufunc__ = None`` (cuhouse matrices, whose
+    ``__array__`` would densify them), SciPy sparse matrices, NumPy masked
+    arrays, complex, float16 and object data.
     """
-    if x is None or isinstance(x, (str, bytes)) or getattr(x, "_cuhouse_operator", False):
+    if x is None or isinstance(x, (str, bytes)) or getattr(type(x), "__array_ufunc__", False) is None:
         raise TypeError("{} must be an array of real numbers, got {}".format(
             name, type(x).__name__))
+    if type(x).__module__.startswith("scipy.sparse"):
+        raise TypeError("{} is a SciPy sparse {}; cuhouse multiplies dense arrays: pass {}.toarray() "
+                        "(a dense result), or apply a sparse X column by column".format(
+                            name, type(x).__name__, name))
+    if isinstance(x, numpy.ma.MaskedArray):
+        raise TypeError("{} is a numpy.ma.MaskedArray; masked arrays are not supported: pass "
+                        "{}.filled(value) or {}.data".format(name, name, name))
     if not isinstance(x, xp.ndarray):
         if isinstance(x, numpy.ndarray) or is_cupy_array(x):
             raise TypeError(
@@ -151,6 +162,18 @@ def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite):
     return x, x.astype(float_dtype(numpy.result_type(op_dtype, x.dtype)), copy=False)
 
 
+def dense_matrix(a, name, xp):
+    """A finite float matrix stack ``(..., rows, cols)`` with rows, cols >= 1, for the ``from_dense`` constructors."""
+    a = as_array(a, name, xp)
+    if a.ndim < 2 or 0 in a.shape[-2:]:
+        raise ValueError("{} must have shape (..., rows, cols) with rows, cols >= 1, got shape {}".format(
+            name, tuple(a.shape)))
+    a = a.astype(float_dtype(a.dtype), copy=False)
+    if not bool(xp.isfinite(a).all()):
+        raise ValueError("{} must be finite; found NaN or Inf".format(name))
+    return a
+
+
 def choice(value, name, options):
     """``ValueError`` unless ``value`` is one of ``options``."""
     if not isinstance(value, str) or value not in options:
@@ -189,6 +212,31 @@ def positive_int(value, name, expected="a positive int"):
 def positive_int_or_none(value, name):
     """``None`` or a positive int; ``TypeError``/``ValueError`` otherwise."""
     return None if value is None else positive_int(value, name, "a positive int or None")
+
+
+def dense_memory(shape, dtype, what, xp):
+    """``MemoryError`` up front when an array of ``shape`` and ``dtype`` is larger
+    than the memory of the machine (host RAM, or the device's memory on CuPy).
+
+    Says how much it needs and what to do instead, rather than failing deep
+    inside an allocation of terabytes. Cost: O(1).
+    """
+    needed = float(numpy.prod(shape, dtype=numpy.float64)) * numpy.dtype(dtype).itemsize
+    if xp is numpy:
+        available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    else:
+        available, where = xp.cuda.Device().mem_info[1], "the GPU's memory"
+    if needed > available:
+        raise MemoryError("{} needs a dense {} array of shape {} ({}), more than {} ({}); multiply by a thin "
+                          "X instead (A @ X costs O(d n m) without forming A)".format(
+                              what, numpy.dtype(dtype), tuple(shape), _bytes(needed), where, _bytes(available)))
+
+
+def _bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return "{:.3g} {}".format(n, unit)
+        n /= 1024
 
 
 def to_host(a):

@@ -17,13 +17,13 @@ changes ``s`` or ``w`` in place (and call ``refresh()`` on U and V).
 """
 import numpy
 
-from . import _validate
-from ._backend import array_module, backend_name
-from .autodiff import accumulate, is_operator, reduce_to_shape
-from .householder import HouseholderProduct, _from_columns, _to_columns, dense_array
+from . import _validate, layouts
+from ._backend import array_module, backend_name, read_only
+from ._operator import Operator, reduce_to_shape
+from .householder import HouseholderProduct
 
 
-class _SpectralMatrix:
+class _SpectralMatrix(Operator):
     """W = L[:, :r] diag(values) R[:, :r]^T with Householder products L, R.
 
     The shared algebra of :class:`SVDMatrix` and :class:`EighMatrix`. A leaf
@@ -32,17 +32,14 @@ class _SpectralMatrix:
     the parent's values (``None`` for a transpose).
     """
 
-    __array_ufunc__ = None          # ndarray @ W defers to W.__rmatmul__
-    __array_priority__ = 1000
-    _cuhouse_operator = True
     _SPECTRUM = "s"                 # the name of the spectrum in messages and ``params``
-    _LEAF_NAME = "W"
+    _NAME = "W"
 
     def _init(self, left, values, right, leaf=None, parent=None, step=None, derivative=None):
         self._left, self._values, self._right = left, values, right
         self._leaf = self if leaf is None else leaf
         self._parent, self._step, self._derivative = parent, step, derivative
-        self._xp = array_module(values)
+        self._backend = backend_name(array_module(values))
 
     def _derive(self, step, values, derivative, transpose=False):
         """A child with ``values = map(self.values)`` and ``derivative = map'(self.values)``. O(1)."""
@@ -68,17 +65,18 @@ class _SpectralMatrix:
         return batch + (self._left.shape[-1], self._right.shape[-1])
 
     @property
-    def ndim(self):
-        return len(self.shape)
-
-    @property
     def dtype(self):
         return numpy.result_type(self._left.dtype, self._values.dtype, self._right.dtype)
 
     @property
     def backend(self):
         """``"numpy"`` or ``"cupy"``."""
-        return backend_name(self._xp)
+        return self._backend
+
+    @property
+    def check_finite(self):
+        """Whether NaN/Inf in every ``X`` is rejected (as the leaf was built)."""
+        return self._leaf._check_finite
 
     @property
     def lineage(self):
@@ -87,7 +85,7 @@ class _SpectralMatrix:
         while node._parent is not None:
             steps.append(node._step)
             node = node._parent
-        return ".".join([self._LEAF_NAME] + steps[::-1])
+        return ".".join([self._NAME] + steps[::-1])
 
     def __repr__(self):
         return "{}(shape={}, rank={}, dtype={}, backend={}, lineage={!r})".format(
@@ -198,36 +196,20 @@ class _SpectralMatrix:
             raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
         return xp.where(xp.isnan(result), numpy.inf, result)       # 0 * inf or 0 / 0: the zero matrix
 
-    def todense(self):
-        """The dense matrix ``(..., d_out, d_in)``. O(d_in n (d_out + d_in))."""
-        return self @ self._xp.eye(self.shape[-1], dtype=self.dtype)
-
-    def __array__(self, dtype=None, copy=None):
-        return dense_array(self, dtype, copy)
-
-    # ------------------------------------------------------------- products
-    def __matmul__(self, other):
-        if is_operator(other):
-            return NotImplemented
-        return self._product(other, "left")
-
-    def __rmatmul__(self, other):
-        if is_operator(other):
-            return NotImplemented
-        return self._product(other, "right")
-
     def matmul(self, x):
         """``W @ X``; see :func:`cuhouse.matmul`."""
         return self @ x
 
-    def _product(self, x, side):
-        operator, columns, vector = self._as_left_product(x, side)
-        return self._xp.ascontiguousarray(_from_columns(operator._apply_columns(columns), vector, side, self._xp))
+    # ------------------------------------------------------------- products
+    def _factors(self, transpose):
+        """``(outer, inner)``: W x = outer (values * inner^T x); W^T swaps L and R."""
+        return (self._right, self._left) if transpose else (self._left, self._right)
 
-    def _apply_columns(self, x):
-        """``W @ x`` for a validated float ``x`` ``(..., d_in, m)``: R^T, scale, L. O(d n m)."""
-        y = self._right._apply_matrix(x, True)
-        return self._left._apply_matrix(self._scale(y, self._left.shape[-1]), False)
+    def _matmat(self, columns, transpose):
+        """``W @ x`` (``W^T @ x``): inner^T, scale, outer. O(d n m)."""
+        outer, inner = self._factors(transpose)
+        y = inner._matmat(columns, True)
+        return outer._matmat(self._scale(y, outer.shape[-1]), False)
 
     def _scale(self, y, rows):
         """``diag(values) y[:r]`` zero-padded to ``rows`` rows: ``(..., d, m) -> (..., rows, m)``. O(r m)."""
@@ -239,68 +221,39 @@ class _SpectralMatrix:
         out[..., :r, :] = scaled
         return out
 
-    def _as_left_product(self, x, side):
-        """``(operator, columns, vector)``: ``x @ W`` becomes ``W^T @ x^T``; a vector becomes one column.
-
-        ``columns`` is ``x`` validated, cast to the result dtype and shaped
-        ``(..., d, m)``; ``vector`` (whether ``x`` is 1-D) and the side tell
-        ``_from_columns`` how to map a result or gradient back.
-        """
-        _, x = _validate.product_operand(x, self._xp, "W", self.shape, self.dtype, side, self._leaf._check_finite)
-        operator = self if side == "left" else self.T
-        return operator, _to_columns(x, x.ndim == 1, side, self._xp), x.ndim == 1
-
     # ------------------------------------------------------------ gradients
-    def _vjp_matmul(self, x, side):
-        """``(out, back)`` for ``W @ x`` (``x @ W``); ``back(dout) -> (dparams, dx)``. Twice the forward cost."""
-        xp = self._xp
-        if is_operator(x):
-            raise TypeError("vjp(matmul, A, X) differentiates a matrix times an array; got two cuhouse matrices "
-                            "({} and {})".format(type(self).__name__, type(x).__name__))
-        x = _validate.as_array(x, "X", xp)
-        operator, columns, vector = self._as_left_product(x, side)
-        out_columns, back_columns = operator._vjp_columns(columns)
-        out = xp.ascontiguousarray(_from_columns(out_columns, vector, side, xp))
+    def _vjp_matmat(self, columns, transpose):
+        """``W @ x`` (``W^T @ x``) through the factors' own hooks; the spectrum's gradient chained to its leaf."""
+        outer, inner = self._factors(transpose)
+        y, back_inner = inner._vjp_matmat(columns, True)
+        out, back_outer = outer._vjp_matmat(self._scale(y, outer.shape[-1]), False)
+        r = self.rank
 
         def back(dout):
-            dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
-            dparams, dx = back_columns(_to_columns(dout, vector, side, xp))
-            return dparams, xp.ascontiguousarray(_from_columns(dx, vector, side, xp),
-                                                 dtype=_validate.float_dtype(x.dtype))
+            outer_contributions, dz = back_outer(dout)
+            dvalues = (dz[..., :r, :] * y[..., :r, :]).sum(axis=-1)
+            dy = reduce_to_shape(self._scale(dz, inner.shape[-1]), y.shape)
+            inner_contributions, dx = back_inner(dy)
+            return outer_contributions + [self._to_leaf_values(dvalues)] + inner_contributions, dx
+
         return out, back
 
-    def _vjp_columns(self, x):
-        """``W @ x`` for columns ``x`` ``(..., d_in, m)`` through the factors' own adjoints."""
-        y, back_right = self._right.T._vjp_matmul(x, "left")
-        out, back_left = self._left._vjp_matmul(self._scale(y, self._left.shape[-1]), "left")
-
-        def back(dout):
-            left_grads, dz = back_left(dout)
-            dvalues = (dz[..., :self.rank, :] * y[..., :self.rank, :]).sum(axis=-1)
-            dy = reduce_to_shape(self._scale(dz, self._right.shape[-1]), y.shape, self._xp)
-            right_grads, dx = back_right(dy)
-            return self._leaf_grads(left_grads, dvalues, right_grads), dx
-        return out, back
-
-    def _vjp_logdet(self):
-        """``(log|det W|, back)`` with ``back(dvalue) -> dparams``: only the spectrum gets a gradient."""
+    def _vjp_logabsdet(self):
+        """``log|det W|`` and its adjoint: only the spectrum gets a gradient. Every value nonzero."""
         self._require_full_rank("the gradient of logdet", "log|det W| is -inf")
-        value = self.logdet()
+        self._require_values("the gradient of logdet", self._values != 0,
+                             "every {} nonzero (log|det W| is -inf at a singular matrix)")
+        values = self._values
+        return self.logdet(), lambda dvalue: [self._to_leaf_values(dvalue[..., None] / values)]
 
-        def back(dvalue):
-            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, self._xp)
-            return self._leaf_grads((), dvalue[..., None] / self._values, ())
-        return value, back
-
-    def _leaf_grads(self, left_grads, dvalues, right_grads):
-        """Gradients for ``params``: ``dvalues`` chained back along the lineage, factor gradients added by leaf."""
+    def _to_leaf_values(self, dvalues):
+        """``(leaf spectrum, gradient)``: ``dvalues`` chained back along the lineage."""
         node = self
         while node._parent is not None:
             if node._derivative is not None:
                 dvalues = dvalues * node._derivative
             node = node._parent
-        return accumulate(self.params, [(self._left.params, left_grads), ((node._values,), (dvalues,)),
-                                        (self._right.params, right_grads)], self._xp)
+        return node._values, dvalues
 
     # ---------------------------------------------------------------- checks
     def _require_square(self, operation):
@@ -332,7 +285,7 @@ def _householder(obj, name, check_finite):
     """``obj`` if it is a ``HouseholderProduct``, else one built from its vectors."""
     if isinstance(obj, HouseholderProduct):
         return obj
-    if is_operator(obj):
+    if isinstance(obj, Operator):
         raise TypeError("{} must be a HouseholderProduct or an array of Householder vectors (..., n, d), "
                         "got {}".format(name, type(obj).__name__))
     try:
@@ -353,29 +306,9 @@ def _spectrum(values, name, xp, check_finite):
 
 
 def _householder_from_orthonormal(q, xp):
-    """``(H, signs)`` with ``H[:, :k] = q diag(signs)`` for orthonormal columns ``q`` ``(..., d, k)``.
-
-    A Householder QR of ``q``: its R is diagonal with entries +-1 (``signs``
-    ``(..., k)``) and its reflectors, at most d - 1 of them, form H. O(d k^2).
-    """
-    d, k = q.shape[-2:]
-    raw, tau = xp.linalg.qr(q, mode="raw")             # raw is the transposed geqrf layout
-    a = xp.swapaxes(raw, -1, -2)
-    signs = xp.sign(xp.diagonal(a, axis1=-2, axis2=-1)[..., :k])
-    n = max(1, min(k, d - 1))                          # the last reflector of a full d x d QR is the identity
-    return HouseholderProduct.from_lapack(a, tau[..., :n]), signs
-
-
-def _dense_operand(a, name, xp):
-    """A finite float matrix stack ``(..., rows, cols)`` for the ``from_dense`` constructors."""
-    a = _validate.as_array(a, name, xp)
-    if a.ndim < 2 or 0 in a.shape[-2:]:
-        raise ValueError("{} must have shape (..., rows, cols) with rows, cols >= 1, got shape {}".format(
-            name, tuple(a.shape)))
-    a = a.astype(_validate.float_dtype(a.dtype), copy=False)
-    if not bool(xp.isfinite(a).all()):
-        raise ValueError("{} must be finite; found NaN or Inf".format(name))
-    return a
+    """``(H, signs)`` with ``H[:, :r] = q diag(signs)`` for orthonormal columns ``q`` ``(..., d, r)``. O(d r^2)."""
+    a, tau, signs = layouts.orthonormal_to_reflectors(q, xp)
+    return HouseholderProduct.from_lapack(a, tau), signs
 
 
 class SVDMatrix(_SpectralMatrix):
@@ -419,8 +352,8 @@ class SVDMatrix(_SpectralMatrix):
 
     @property
     def s(self):
-        """The singular values ``(..., r)`` (signed; derived for a derived matrix)."""
-        return self._values
+        """The singular values ``(..., r)`` (signed; derived for a derived matrix); read-only (NumPy)."""
+        return read_only(self._values)
 
     @property
     def V(self):
@@ -456,7 +389,7 @@ class SVDMatrix(_SpectralMatrix):
         vectors into reflections move into ``s``. Cost: O(d^3) once.
         """
         xp = array_module(a)
-        a = _dense_operand(a, "A", xp)
+        a = _validate.dense_matrix(a, "A", xp)
         full = min(a.shape[-2:])
         r = full if rank is None else _validate.positive_int_or_none(rank, "rank")
         if r > full:
@@ -501,7 +434,7 @@ class EighMatrix(_SpectralMatrix):
     """
 
     _SPECTRUM = "w"
-    _LEAF_NAME = "E"
+    _NAME = "E"
 
     def __init__(self, U, w, *, check_finite=True):
         U = _householder(U, "U", check_finite)
@@ -523,8 +456,8 @@ class EighMatrix(_SpectralMatrix):
 
     @property
     def w(self):
-        """The eigenvalues ``(..., d)`` (derived for a derived matrix)."""
-        return self._values
+        """The eigenvalues ``(..., d)`` (derived for a derived matrix); read-only (NumPy)."""
+        return read_only(self._values)
 
     def expm(self):
         """The matrix exponential U diag(exp w) U^T. O(d)."""
@@ -573,7 +506,7 @@ class EighMatrix(_SpectralMatrix):
         ``a`` must be symmetric to within 100 eps of its largest entry. Cost: O(d^3) once.
         """
         xp = array_module(a)
-        a = _dense_operand(a, "A", xp)
+        a = _validate.dense_matrix(a, "A", xp)
         if a.shape[-1] != a.shape[-2]:
             raise ValueError("A must be square and symmetric, got shape {}".format(tuple(a.shape)))
         asymmetry = float(xp.abs(a - xp.swapaxes(a, -1, -2)).max()) if a.size else 0.0   # an empty batch

@@ -102,7 +102,9 @@ def test_attributes_and_repr(xp):
     h = cuhouse.HouseholderProduct(v)
     assert h.shape == (2, 5, 5) and h.ndim == 3 and h.dtype == numpy.float32
     assert h.n_reflections == 3
-    assert h.vectors is v and h.params == (v,)
+    assert h.params == (v,) and h.params[0] is v
+    # vectors is a read-only view of the caller's array (CuPy has no read-only arrays)
+    assert h.vectors is v if xp is not numpy else (h.vectors.base is v and not h.vectors.flags.writeable)
     text = repr(h)
     for part in ("shape=(2, 5, 5)", "float32", "n_reflections=3", "backend=", "algorithm='auto'"):
         assert part in text

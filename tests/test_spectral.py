@@ -194,7 +194,9 @@ def test_params_are_the_leaf_arrays(xp):
     (u, s, v), _ = svd_arrays(xp, numpy.float64, 5, 4, 3)
     U, V = ch.HouseholderProduct(u), ch.HouseholderProduct(v)
     W = ch.SVDMatrix(U, s, V)
-    assert all(a is b for a, b in zip(W.params, (U.vectors, s, V.vectors)))
+    # the caller's own arrays (U.vectors is a read-only view of u, so params name u itself)
+    assert all(a is b for a, b in zip(W.params, (u, s, v)))
+    assert all(a is b for a, b in zip(W.params, U.params + (s,) + V.params))
     for derived in (W.T, W.pinv().T, W.clip(0.6, 1.5).pinv()):
         assert all(a is b for a, b in zip(derived.params, W.params))
     assert ch.SVDMatrix(u, s, v).params[0] is u

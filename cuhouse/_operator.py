@@ -1,0 +1,215 @@
+"""The operator protocol shared by every cuhouse matrix.
+
+In the manner of ``scipy.sparse.linalg.LinearOperator``, one base class owns
+the protocol: ``@`` on both sides, ``numpy.asarray``, the SciPy duck-typing
+methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``, ``dot``),
+``todense``, pickling, the validation of the outer operand (once per user
+call), the cotangent check, the dtype rules and the columns layout. A
+subclass provides ``shape``, ``dtype``, ``params``, ``backend``,
+``check_finite``, ``T`` and three hooks that work on already-validated
+arrays and call their parents' hooks, never the public path:
+
+``_matmat(columns, transpose) -> out``
+    ``A @ columns`` (``A^T @ columns`` when ``transpose``) for float
+    ``columns`` ``(..., d, m)`` in the result dtype. Builds nothing for a
+    backward.
+``_vjp_matmat(columns, transpose) -> (out, back)``
+    the same product and ``back(dout) -> (contributions, dcolumns)``:
+    ``dout`` is shaped like ``out``; ``dcolumns`` like ``columns``;
+    ``contributions`` is a list of ``(leaf, gradient)`` pairs, a gradient
+    possibly carrying batch dimensions that broadcasting added.
+``_vjp_logabsdet() -> (value, back)``
+    ``log|det A|`` per batch entry and ``back(dvalue) -> contributions``.
+
+Contributions become gradients in one place, :func:`accumulate`: summed
+over broadcast dimensions and over repeated uses of a leaf, matched to
+``params`` by identity.
+
+Pickling (and ``copy.copy``/``copy.deepcopy``) is Python's default for plain
+objects: no matrix holds a module (the backend is a name) and the one class
+with caches, :class:`cuhouse.householder.Reflections`, drops them in its
+``__getstate__``. Leaves shared inside one pickle stay shared, so the
+gradients of a copy reach the copy's leaves.
+"""
+import numpy
+
+from . import _validate
+from ._backend import module_named
+
+
+class Operator:
+    """Base of every cuhouse matrix; ``isinstance(A, Operator)`` is "A is a cuhouse matrix"."""
+
+    __array_ufunc__ = None          # ndarray @ A (and dask, and NumPy ufuncs) defer to A
+    __array_priority__ = 1000
+    _NAME = "A"                     # the matrix in messages
+
+    # ------------------------------------------------------------ attributes
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def _xp(self):
+        return module_named(self.backend)
+
+    # --------------------------------------------------------------- algebra
+    def __matmul__(self, other):
+        if isinstance(other, Operator):
+            return self._compose(other)
+        return self._product(other, "left")
+
+    def __rmatmul__(self, other):
+        return self._product(other, "right")
+
+    def _compose(self, other):
+        """``self @ other`` for two cuhouse matrices: a lazy :class:`cuhouse.product.Product`."""
+        from .product import Product
+        return Product(self, other)
+
+    def dot(self, x):
+        """``A @ x``, as ``LinearOperator.dot``: an array, or a cuhouse matrix for a cuhouse matrix."""
+        return self @ x
+
+    def matvec(self, x):
+        """``A x`` for ``x`` ``(d_in,)`` or ``(d_in, 1)``, as ``LinearOperator.matvec``. O(cost of A @ x)."""
+        return self._product(x, "left")
+
+    def rmatvec(self, x):
+        """``A^T x`` for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec`` (real A)."""
+        return self._product(x, "left", transpose=True)
+
+    def matmat(self, x):
+        """``A X`` for ``X`` ``(d_in, m)``, as ``LinearOperator.matmat``."""
+        return self._product(x, "left")
+
+    def rmatmat(self, x):
+        """``A^T X`` for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat`` (real A)."""
+        return self._product(x, "left", transpose=True)
+
+    def todense(self):
+        """The dense matrix ``(..., d_out, d_in)``: ``A`` applied to the identity.
+
+        ``MemoryError`` up front when it cannot fit. Cost: one product with
+        d_in columns.
+        """
+        xp = self._xp
+        _validate.dense_memory(self.shape, self.dtype, "todense()", xp)
+        return self._matmat(xp.eye(self.shape[-1], dtype=self.dtype), False)
+
+    def __array__(self, dtype=None, copy=None):
+        """``numpy.asarray(A)``: the dense form, a new array. NumPy backend only.
+
+        A CuPy matrix would need a silent device-to-host copy: ``TypeError``.
+        ``copy=False`` is a ``ValueError``, as NumPy 2 asks of objects that
+        cannot be viewed without a copy. Cost: :meth:`todense`.
+        """
+        if self.backend != "numpy":
+            raise TypeError("a {} on the CuPy backend cannot become a NumPy array implicitly; "
+                            "use cupy.asnumpy(A.todense())".format(type(self).__name__))
+        if copy is False:
+            raise ValueError("a {} has no array to view: numpy.asarray(..., copy=False) is impossible; "
+                             "use todense()".format(type(self).__name__))
+        dense = self.todense()
+        return dense if dtype is None else dense.astype(dtype, copy=False)
+
+    # ------------------------------------------------------------- products
+    def _operand(self, x, side, transpose=False):
+        """Validate ``X`` of ``A @ X`` (``side == "left"``) or ``X @ A`` (``"right"``), once.
+
+        With ``transpose``, ``A^T`` takes A's place. Returns ``(x, columns,
+        flip)``: ``x`` as validated (its own dtype), ``columns`` its
+        ``(..., d, m)`` form in the result dtype (a vector is one column,
+        ``X @ A`` is ``(A^T X^T)^T``), and whether the hook applies ``A^T``.
+        """
+        if isinstance(x, Operator):
+            raise TypeError("vjp(matmul, A, X) differentiates a matrix times an array; got two cuhouse "
+                            "matrices ({} and {}): differentiate (A1 @ A2) @ X instead".format(
+                                type(self).__name__, type(x).__name__))
+        shape = self.shape[:-2] + self.shape[-2:][::-1] if transpose else self.shape
+        x, cast = _validate.product_operand(x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite)
+        return x, to_columns(cast, x.ndim == 1, side, self._xp), (side == "right") != transpose
+
+    def _product(self, x, side, transpose=False):
+        """``A @ X`` (``X @ A``; ``A^T`` in place of A with ``transpose``): validate once, run the hook."""
+        x, columns, flip = self._operand(x, side, transpose)
+        out = self._matmat(columns, flip)
+        return self._xp.ascontiguousarray(from_columns(out, x.ndim == 1, side, self._xp))
+
+    # ------------------------------------------------------------ gradients
+    def _vjp_matmul(self, x, side):
+        """``A @ X`` (``X @ A``) and ``back(dout) -> (dparams, dX)``, for :func:`cuhouse.vjp`.
+
+        ``dparams`` matches :attr:`params` (each in its leaf's float dtype),
+        ``dX`` has X's shape and float dtype. The returned ``out`` is the
+        caller's to modify: the backward keeps its own. Cost: the product now,
+        about twice it in ``back``.
+        """
+        xp = self._xp
+        x, columns, flip = self._operand(x, side)
+        vector = x.ndim == 1
+        out_columns, back_columns = self._vjp_matmat(columns, flip)
+        out = xp.array(from_columns(out_columns, vector, side, xp), order="C", copy=True)
+
+        def back(dout):
+            dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
+            contributions, dcolumns = back_columns(to_columns(dout, vector, side, xp))
+            dx = xp.ascontiguousarray(from_columns(dcolumns, vector, side, xp), dtype=_validate.float_dtype(x.dtype))
+            return accumulate(self.params, contributions, xp), dx
+
+        return out, back
+
+    def _vjp_logdet(self):
+        """``log|det A|`` and ``back(dvalue) -> dparams``, for :func:`cuhouse.vjp`."""
+        xp = self._xp
+        value, back_contributions = self._vjp_logabsdet()
+
+        def back(dvalue):
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp)
+            return accumulate(self.params, back_contributions(dvalue), xp)
+
+        return value, back
+
+
+def to_columns(a, vector, side, xp):
+    """The ``(..., d, m)`` form of an operand (or output) of ``A @ X`` / ``X @ A``: a view."""
+    if vector:
+        return a[..., None]
+    return xp.swapaxes(a, -1, -2) if side == "right" else a
+
+
+def from_columns(c, vector, side, xp):
+    """Inverse of :func:`to_columns`: a view."""
+    if vector:
+        return c[..., 0]
+    return xp.swapaxes(c, -1, -2) if side == "right" else c
+
+
+def reduce_to_shape(g, shape):
+    """Sum ``g`` over the dimensions that broadcasting added to reach it from ``shape``."""
+    shape = tuple(shape)
+    extra = g.ndim - len(shape)
+    if extra:
+        g = g.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, (gs, s) in enumerate(zip(g.shape, shape)) if s == 1 and gs != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g
+
+
+def accumulate(params, contributions, xp):
+    """Gradients for ``params`` from ``(leaf, gradient)`` pairs.
+
+    Each gradient is reduced over broadcast batch dimensions and added to the
+    leaf it belongs to, matched by identity (the first slot of a leaf listed
+    twice). Every gradient has its leaf's float dtype and is C-contiguous;
+    leaves no pair touches get zeros.
+    """
+    total = [None] * len(params)
+    for leaf, grad in contributions:
+        i = next(i for i, p in enumerate(params) if p is leaf)
+        grad = reduce_to_shape(grad, leaf.shape)
+        total[i] = grad if total[i] is None else total[i] + grad
+    dtypes = [numpy.result_type(p.dtype, numpy.float32) for p in params]
+    return tuple(xp.zeros(p.shape, dtype=dt) if g is None else xp.ascontiguousarray(g, dtype=dt)
+                 for p, g, dt in zip(params, total, dtypes))

@@ -1,0 +1,112 @@
+"""Array-level constructions of Householder vectors, for the ``from_*`` constructors.
+
+* :func:`lapack_vectors`: the reflectors of LAPACK's ``geqrf`` layout as rows;
+* :func:`orthogonal_to_reflectors`: a Householder QR of an orthogonal (or
+  orthonormal-column) matrix whose R is the identity, so that the product of
+  its reflectors *is* the matrix (``HouseholderProduct.from_dense``);
+* :func:`orthonormal_to_reflectors`: the same with the signs of R handed back,
+  for the singular and eigenvectors of ``SVDMatrix``/``EighMatrix.from_dense``.
+
+Nothing here knows the matrix classes; they call these and build themselves.
+"""
+import numpy
+
+from . import _validate
+from ._gpu import primitives
+
+
+def lapack_vectors(a, tau, xp, check_finite):
+    """``(v, norms)``: the reflectors of ``(a, tau)`` as rows ``(..., k, M)``.
+
+    ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i with
+    an implicit 1 on the diagonal; ``tau`` ``(..., k)``, k <= min(M, N). A
+    ``tau == 0`` factor is the identity: its row is zero. ``tau`` must equal
+    ``2 / (v^T v)`` to the precision of the less precise of ``a`` and ``tau``.
+    Cost: O(k M), one copy of the reflectors.
+    """
+    a = _validate.as_array(a, "a", xp)
+    tau = _validate.as_array(tau, "tau", xp)
+    if a.ndim < 2:
+        raise ValueError("a must have shape (..., M, N) as returned by geqrf, got shape {}".format(tuple(a.shape)))
+    rows, cols = a.shape[-2:]
+    k = tau.shape[-1] if tau.ndim else 0
+    if tau.ndim < 1 or k == 0 or k > min(rows, cols):
+        raise ValueError("tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
+            min(rows, cols), tuple(tau.shape)))
+    batch = _validate.batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
+    dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
+    below = xp.triu(xp.ones((k, rows), dtype=bool), 1)             # reflector i lives at rows > i
+    v = xp.where(below, xp.swapaxes(a[..., :k], -1, -2), 0).astype(dtype)
+    v = xp.broadcast_to(v, batch + (k, rows)).copy()
+    idx = xp.arange(k)
+    v[..., idx, idx] = 1
+    identity = tau == 0
+    v = xp.where(identity[..., None], 0, v)
+    if check_finite and not (bool(xp.isfinite(v).all()) and bool(xp.isfinite(tau).all())):
+        raise ValueError("a and tau must be finite; found NaN or Inf")
+    norms = primitives.row_norms(v, xp)
+    expected = xp.where(identity, 0, 2 / xp.where(identity, 1, norms ** 2))
+    # as accurate as the less precise of a and tau (float32 geqrf output may come with float64 tau)
+    tol = 1e3 * max(numpy.finfo(_validate.float_dtype(t)).eps for t in (a.dtype, tau.dtype))
+    if not bool((xp.abs(tau - expected) <= tol * xp.abs(expected) + tol).all()):
+        raise ValueError("tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
+                         "geqrf returns; got values that do not make orthogonal reflectors")
+    return v, norms
+
+
+def orthogonal_to_reflectors(q, xp):
+    """``(a, tau)`` in the geqrf layout with Q = H(1) ... H(r) [I_r; 0] exactly.
+
+    ``q`` ``(..., d, r)``, r <= d, must have orthonormal columns (an orthogonal
+    matrix when r = d): max |Q^T Q - I| <= 50 eps d, else ``ValueError``. Each
+    reflector maps its column onto +e_i (LAPACK's ``larfgp`` choice, with
+    Parlett's cancellation-free formula), so R is the identity and no sign is
+    left over; a column already equal to e_i gets an identity factor
+    (``tau == 0``). Cost: O(d r^2) in r level-2 steps, batched.
+    """
+    d, r = q.shape[-2:]
+    eps = numpy.finfo(q.dtype).eps
+    gram = xp.swapaxes(q, -1, -2) @ q
+    error = float(xp.abs(gram - xp.eye(r, dtype=q.dtype)).max()) if q.size else 0.0
+    if not error <= 50 * eps * d:
+        what = "orthogonal" if r == d else "orthonormal columns"
+        raise ValueError("Q must be {} to within 50 eps d = {:.3g} (max |Q^T Q - I|), got {:.3g}".format(
+            what, 50 * eps * d, error))
+    a = q.copy()
+    tau = xp.zeros(q.shape[:-2] + (r,), dtype=q.dtype)
+    for i in range(r):
+        head = a[..., i, i]
+        tail = a[..., i + 1:, i]
+        sigma = (tail * tail).sum(axis=-1)
+        norm = xp.sqrt(head * head + sigma)
+        # v = x - ||x|| e_1, scaled to v_1 = 1; v_1 by Parlett's formula when x_1 > 0 (no cancellation)
+        v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, 1), head - norm)
+        identity = v1 == 0                                  # x == ||x|| e_1 already
+        safe = xp.where(identity, 1, v1)
+        v_tail = xp.where(identity[..., None], 0, tail / safe[..., None])
+        tau_i = xp.where(identity, 0, 2 / (1 + (v_tail * v_tail).sum(axis=-1)))
+        if i + 1 < r:       # apply H_i to the trailing columns: A <- A - tau v (v^T A)
+            trailing = a[..., i:, i + 1:]
+            w = trailing[..., 0, :] + (v_tail[..., :, None] * trailing[..., 1:, :]).sum(axis=-2)
+            trailing[..., 0, :] -= tau_i[..., None] * w
+            trailing[..., 1:, :] -= tau_i[..., None, None] * v_tail[..., :, None] * w[..., None, :]
+        a[..., i, i] = norm
+        a[..., i + 1:, i] = v_tail
+        tau[..., i] = tau_i
+    return a, tau
+
+
+def orthonormal_to_reflectors(q, xp):
+    """``(a, tau, signs)`` with H(1) ... H(n) [I_r; 0] = q diag(signs), for the
+    ``from_dense`` of ``SVDMatrix``/``EighMatrix``.
+
+    LAPACK's QR of the orthonormal ``q`` ``(..., d, r)``: R is diagonal with
+    entries +-1 (``signs`` ``(..., r)``, which the caller moves into the
+    spectrum) and n = max(1, min(r, d - 1)) reflectors (the last of a full
+    d x d QR is the identity). Cost: O(d r^2), blocked.
+    """
+    d, r = q.shape[-2:]
+    raw, tau = xp.linalg.qr(q, mode="raw")             # raw is the transposed geqrf layout
+    a = xp.swapaxes(raw, -1, -2)
+    signs = xp.sign(xp.diagonal(a, axis1=-2, axis2=-1)[..., :r])
+    return a, tau[..., :max(1, min(r, d - 1))], signs
