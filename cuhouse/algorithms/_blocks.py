@@ -88,6 +88,19 @@ def gram(block, xp):
     return g
 
 
+def squared_norms(y, layout, xp, block_size=64):
+    """Sums of squares of the stored entries of each row ``(..., n)`` (the implicit 1 of
+    ``"unit"`` not included): one pass over them, no copy. O(n d)."""
+    parts = []
+    for block in blocks(y, block_size, layout, xp):
+        sumsq = xp.einsum("...ij,...ij->...i", block.tail, block.tail)
+        if block.head is not None:
+            head = block.head - xp.eye(block.head.shape[-1], dtype=y.dtype) if layout == UNIT else block.head
+            sumsq = sumsq + xp.einsum("...ij,...ij->...i", head, head)
+        parts.append(sumsq)
+    return xp.concatenate(parts, axis=-1)
+
+
 def full_rows(y, layout, xp):
     """The reflectors as full rows ``(..., n, d)``: ``y`` itself for ``"full"``, else a copy."""
     if layout == FULL:
