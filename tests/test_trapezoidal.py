@@ -110,3 +110,98 @@ def test_float32_structured_matches_float64(algorithm, layout):
     assert out.dtype == numpy.float32
     expected = _dense(_full(y, layout)).T @ x
     numpy.testing.assert_allclose(out, expected, rtol=0, atol=50 * numpy.finfo(numpy.float32).eps * 24)
+
+
+# ------------------------------------------------------------------ from_lapack in place
+import cuhouse  # noqa: E402
+from scipy.linalg import lapack  # noqa: E402
+
+
+def _geqrf(rng, shape, dtype=numpy.float64, order="F"):
+    """``(a, tau)`` from LAPACK, batched by stacking; ``a`` in the requested memory order."""
+    prefix = "s" if dtype == numpy.float32 else "d"
+    mats = rng.standard_normal(shape).astype(dtype).reshape((-1,) + shape[-2:])
+    pieces = [getattr(lapack, prefix + "geqrf")(m)[:2] for m in mats]
+    a = numpy.stack([p[0] for p in pieces]).reshape(shape)
+    tau = numpy.stack([p[1] for p in pieces]).reshape(shape[:-2] + (-1,))
+    return (numpy.asfortranarray(a) if order == "F" else numpy.ascontiguousarray(a)), tau
+
+
+@pytest.mark.parametrize("algorithm", ["auto"] + sorted(ALGORITHMS))
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("shape, k, order", [((7, 7), 6, "F"), ((9, 4), 4, "C"), ((2, 9, 6), 3, "F")])
+def test_from_lapack_in_place_matches_full_rows(algorithm, side, shape, k, order):
+    """Tall a, k < N, batched, both memory orders; H and H.T on both sides, values and gradients."""
+    rng = numpy.random.default_rng(21)
+    a, tau = _geqrf(rng, shape, order=order)
+    tau = tau[..., :k]
+    h = cuhouse.HouseholderProduct.from_lapack(a, tau, algorithm=algorithm, block_size=2)
+    assert h.params[0] is a and numpy.shares_memory(h._core.rows, a)
+    full = cuhouse.HouseholderProduct(h.vectors.copy(), algorithm=algorithm, block_size=2)
+    d = shape[-2]
+    x = rng.standard_normal(shape[:-2] + ((d, 3) if side == "left" else (3, d)))
+    for op, reference in ((h, full), (h.T, full.T)):
+        args = (op, x) if side == "left" else (x, op)
+        ref_args = (reference, x) if side == "left" else (x, reference)
+        out, back = cuhouse.vjp(cuhouse.matmul, *args)
+        ref_out, ref_back = cuhouse.vjp(cuhouse.matmul, *ref_args)
+        numpy.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-12)
+        dout = rng.standard_normal(out.shape)
+        grads, ref_grads = back(dout), ref_back(dout)
+        (da,), dx = grads if side == "left" else grads[::-1]
+        (dv,), dx_ref = ref_grads if side == "left" else ref_grads[::-1]
+        assert da.shape == a.shape
+        numpy.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-12)
+        expected = numpy.zeros_like(da)
+        expected[..., :k] = numpy.swapaxes(numpy.triu(dv, 1), -1, -2)
+        numpy.testing.assert_allclose(da, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_from_lapack_gradient_wrt_a_matches_central_differences(algorithm):
+    """tau implied by a (recomputed for every perturbed a); a tau == 0 factor stays the identity."""
+    rng = numpy.random.default_rng(22)
+    a, tau = _geqrf(rng, (2, 8, 5))
+    tau[1, 2] = 0
+    x = rng.standard_normal((2, 8, 3))
+    dout = rng.standard_normal((2, 8, 3))
+
+    def product(a_):
+        implied = 2 / (1 + (numpy.tril(a_, -1)[..., :5] ** 2).sum(axis=-2))
+        return cuhouse.HouseholderProduct.from_lapack(a_, numpy.where(tau == 0, 0, implied),
+                                                      algorithm=algorithm, block_size=2) @ x
+
+    (da,), _ = cuhouse.vjp(cuhouse.matmul, cuhouse.HouseholderProduct.from_lapack(
+        a, tau, algorithm=algorithm, block_size=2), x)[1](dout)
+    assert not numpy.triu(da).any() and not da[1, :, 2].any()
+    direction = rng.standard_normal(a.shape)
+    eps = 1e-6
+    numeric = _inner(dout, (product(a + eps * direction) - product(a - eps * direction)) / (2 * eps))
+    assert abs(numeric - _inner(da, direction)) <= 1e-7 * max(abs(numeric), 1.0)
+
+
+def test_nan_above_the_diagonal_of_a_does_not_reach_the_result():
+    rng = numpy.random.default_rng(23)
+    a, tau = _geqrf(rng, (6, 6))
+    reference = cuhouse.HouseholderProduct.from_lapack(a, tau[:5])
+    poisoned = a.copy(order="F")
+    poisoned[numpy.triu_indices(6)] = numpy.nan
+    h = cuhouse.HouseholderProduct.from_lapack(poisoned, tau[:5])
+    x = rng.standard_normal((6, 2))
+    for algorithm in sorted(ALGORITHMS):
+        h.algorithm = reference.algorithm = algorithm
+        numpy.testing.assert_array_equal(h @ x, reference @ x)
+        (da,), dx = cuhouse.vjp(cuhouse.matmul, h, x)[1](numpy.ones((6, 2)))
+        assert numpy.isfinite(da).all() and numpy.isfinite(dx).all()
+    numpy.testing.assert_array_equal(h.todense(), reference.todense())
+
+
+def test_from_lapack_float32_matches_float64():
+    rng = numpy.random.default_rng(24)
+    a, tau = _geqrf(rng, (40, 30), numpy.float32)
+    x = rng.standard_normal((40, 4)).astype(numpy.float32)
+    h = cuhouse.HouseholderProduct.from_lapack(a, tau, block_size=8)
+    assert h.params[0] is a and (h @ x).dtype == numpy.float32
+    exact = cuhouse.HouseholderProduct.from_lapack(a.astype(numpy.float64), tau)
+    numpy.testing.assert_allclose(h @ x, exact @ x.astype(numpy.float64), rtol=0,
+                                  atol=100 * numpy.finfo(numpy.float32).eps)
