@@ -421,7 +421,7 @@ class HouseholderProduct(Operator):
         """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns."""
         dtype = numpy.dtype(dtype or self.dtype)
         return plan.choose(self.shape[-1], self.n_reflections, m, dtype, self.backend,
-                           self.algorithm, self.block_size)
+                           self.algorithm, self.block_size, self._core.layout)
 
     def _run(self, columns, transpose):
         """``(algorithm module, plan, (factors, scaled), flip)`` for ``columns`` ``(..., d, m)``."""
