@@ -4,8 +4,8 @@ The sources are the package data of :mod:`cuhouse._gpu.kernels`
 (the repository's top-level ``kernels/``). Local
 ``#include "x.cuh"`` lines are inlined here before compilation, so CuPy's
 kernel cache, which is keyed on the source text, also notices header edits.
-One ``RawModule`` holding every kernel for float and double is compiled per
-device on first use and memoized. CuPy is imported only when a kernel is
+One ``RawModule`` holding every kernel for float and double is created once;
+CuPy compiles it per device on first use. CuPy is imported only when a kernel is
 actually needed, never at ``import cuhouse``.
 
 Every launcher below takes and returns CuPy arrays of dtype float32 or
@@ -13,6 +13,7 @@ float64 and launches on the current stream. The kernels need C-contiguous
 input: non-contiguous input is copied first, which costs one extra pass over
 it (noted on each launcher).
 """
+import functools
 import importlib.resources
 import re
 
@@ -40,7 +41,6 @@ _WARP = 32
 _TILE = 16                         # CUHOUSE_TILE in cwy_gradient.cu
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
-_modules = {}
 
 
 def kernel_directory():
@@ -68,14 +68,12 @@ def name_expressions():
     return [f"{name}<{ctype}>" for name in KERNEL_TEMPLATES for ctype in _CTYPES.values()]
 
 
+@functools.lru_cache(maxsize=None)
 def module():
-    """The compiled ``RawModule`` for the current device (compiled once per device)."""
-    cupy = cupy_module()
-    device = cupy.cuda.Device().id
-    if device not in _modules:
-        _modules[device] = cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS,
-                                          name_expressions=name_expressions())
-    return _modules[device]
+    """The one ``RawModule`` holding every kernel. CuPy compiles and loads it
+    lazily, once per device, at the first ``get_function`` there."""
+    return cupy_module().RawModule(code=kernel_source(), options=COMPILE_OPTIONS,
+                                   name_expressions=name_expressions())
 
 
 def supports(*arrays):

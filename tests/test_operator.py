@@ -1,0 +1,371 @@
+"""The operator protocol (issue 9): SciPy interop, pickling, the closed algebra of
+products, ``from_dense``, read-only views, refused operands, singular spectra,
+memory checks, and validation once per call."""
+import copy
+import pickle
+
+import numpy
+import pytest
+import scipy.linalg
+import scipy.sparse
+import scipy.sparse.linalg as sla
+
+import cuhouse as ch
+from cuhouse import _validate
+from conftest import to_numpy
+
+RNG = numpy.random.default_rng(1234)
+
+
+def _householder(d, n=None, seed=0, dtype=numpy.float64, batch=()):
+    rng = numpy.random.default_rng(seed)
+    return ch.HouseholderProduct(rng.standard_normal(batch + (n or d, d)).astype(dtype))
+
+
+def _svd(d_out, d_in, seed=0, low=1.0, high=2.0):
+    rng = numpy.random.default_rng(seed)
+    r = min(d_out, d_in)
+    return ch.SVDMatrix(_householder(d_out, seed=seed + 1), rng.uniform(low, high, r), _householder(d_in, seed=seed + 2))
+
+
+def _eigh(d, seed=0, low=0.5, high=2.0):
+    rng = numpy.random.default_rng(seed)
+    return ch.EighMatrix(_householder(d, seed=seed + 3), rng.uniform(low, high, d))
+
+
+def _lapack(d, seed=0):
+    (qr, tau), _ = scipy.linalg.qr(numpy.random.default_rng(seed).standard_normal((d, d)), mode="raw")
+    return ch.HouseholderProduct.from_lapack(qr, tau)
+
+
+def _matrices(d=6):
+    """Every kind of cuhouse matrix, square d x d, derived ones and products included."""
+    H, H2, W, E = _householder(d), _householder(d, 4, seed=5), _svd(d, d, seed=7), _eigh(d, seed=9)
+    return {
+        "H": H, "H1 @ H2.T": H @ H2.T, "from_lapack": _lapack(d), "W": W, "W.inv()": W.inv(),
+        "W.pinv().T": W.pinv().T, "E": E, "E.expm()": E.expm(), "E.cayley().inv()": E.cayley().inv(),
+        "W @ W": W @ W, "W @ H": W @ H, "H @ W": H @ W, "E @ W": E @ W, "W.inv() @ E.expm() @ H2": W.inv() @ E.expm() @ H2,
+    }
+
+
+MATRICES = _matrices()
+
+
+def _dense(a):
+    return numpy.asarray(a.todense(), dtype=numpy.float64)
+
+
+@pytest.fixture(params=list(MATRICES), ids=list(MATRICES))
+def matrix(request):
+    return MATRICES[request.param]
+
+
+# ------------------------------------------------------------------ SciPy
+def test_every_matrix_is_an_operator(matrix):
+    assert isinstance(matrix, ch.Operator)
+
+
+def test_aslinearoperator_methods_match_dense(matrix):
+    op = sla.aslinearoperator(matrix)
+    dense = _dense(matrix)
+    x = RNG.standard_normal(6)
+    xs = RNG.standard_normal((6, 3))
+    numpy.testing.assert_allclose(op.matvec(x), dense @ x, atol=1e-12)
+    numpy.testing.assert_allclose(op.matvec(x[:, None]), (dense @ x)[:, None], atol=1e-12)
+    numpy.testing.assert_allclose(op.rmatvec(x), dense.T @ x, atol=1e-12)
+    numpy.testing.assert_allclose(op.matmat(xs), dense @ xs, atol=1e-12)
+    numpy.testing.assert_allclose(op.rmatmat(xs), dense.T @ xs, atol=1e-12)
+    numpy.testing.assert_allclose(op @ xs, dense @ xs, atol=1e-12)
+    numpy.testing.assert_allclose(matrix.dot(x), dense @ x, atol=1e-12)
+
+
+def test_duck_methods_on_rectangular_matrix():
+    W = _svd(7, 4)
+    dense = _dense(W)
+    numpy.testing.assert_allclose(W.matvec(numpy.ones(4)), dense @ numpy.ones(4), atol=1e-12)
+    numpy.testing.assert_allclose(W.rmatvec(numpy.ones(7)), dense.T @ numpy.ones(7), atol=1e-12)
+    numpy.testing.assert_allclose(W.rmatmat(numpy.eye(7)), dense.T, atol=1e-12)
+    with pytest.raises(ValueError, match=r"X has shape \(4,\) but the operator is 4x7"):
+        W.rmatvec(numpy.ones(4))
+
+
+def test_gmres_solves_with_a_cuhouse_matrix():
+    W = _svd(12, 12, seed=3)
+    b = RNG.standard_normal(12)
+    x, info = sla.gmres(sla.aslinearoperator(W), b, rtol=1e-12, atol=0, restart=12, maxiter=50)
+    assert info == 0
+    numpy.testing.assert_allclose(x, numpy.linalg.solve(_dense(W), b), atol=1e-9)
+
+
+def test_lsqr_on_a_tall_matrix():
+    W = _svd(12, 5, seed=4)
+    b = RNG.standard_normal(12)
+    x = sla.lsqr(sla.aslinearoperator(W), b, atol=1e-14, btol=1e-14)[0]
+    numpy.testing.assert_allclose(x, numpy.linalg.lstsq(_dense(W), b, rcond=None)[0], atol=1e-9)
+
+
+def test_svds_finds_the_singular_values():
+    rng = numpy.random.default_rng(5)
+    s = numpy.linspace(1, 5, 12)
+    W = ch.SVDMatrix(_householder(12, seed=1), s, _householder(12, seed=2))
+    found = sla.svds(sla.aslinearoperator(W), k=3, return_singular_vectors=False, random_state=rng)
+    numpy.testing.assert_allclose(numpy.sort(found), s[-3:], rtol=1e-10)
+
+
+def test_eigsh_finds_the_eigenvalues():
+    w = numpy.linspace(-2, 3, 12)
+    E = ch.EighMatrix(_householder(12, seed=6), w)
+    found = sla.eigsh(sla.aslinearoperator(E), k=2, which="LA", return_eigenvectors=False)
+    numpy.testing.assert_allclose(numpy.sort(found), w[-2:], rtol=1e-10)
+
+
+# --------------------------------------------------------------- pickling
+@pytest.mark.parametrize("clone", ["pickle", "copy", "deepcopy"])
+def test_round_trip_keeps_the_matrix_and_its_lineage(matrix, clone):
+    twin = {"pickle": lambda a: pickle.loads(pickle.dumps(a)), "copy": copy.copy, "deepcopy": copy.deepcopy}[clone](matrix)
+    assert type(twin) is type(matrix) and twin.shape == matrix.shape and twin.dtype == matrix.dtype
+    numpy.testing.assert_array_equal(_dense(twin), _dense(matrix))
+    if hasattr(matrix, "lineage"):
+        assert twin.lineage == matrix.lineage
+    x = RNG.standard_normal((6, 2))
+    dout = RNG.standard_normal((6, 2))
+    (grads, dx), (twin_grads, twin_dx) = (ch.vjp(ch.matmul, a, x)[1](dout) for a in (matrix, twin))
+    assert len(twin.params) == len(matrix.params)
+    for g, tg in zip(grads, twin_grads):
+        numpy.testing.assert_allclose(tg, g, atol=1e-13)
+    if clone != "copy":     # a deep copy has leaves of its own, which its gradients belong to
+        assert all(t is not m for t, m in zip(twin.params, matrix.params))
+
+
+def test_pickle_drops_caches_and_keeps_the_backend_by_name():
+    H = _householder(64, seed=2)
+    before = len(pickle.dumps(H))
+    H @ numpy.ones((64, 8))                            # builds and caches block factors
+    assert H._core._factors
+    assert len(pickle.dumps(H)) == before
+    twin = pickle.loads(pickle.dumps(H))
+    assert twin._core._factors == {} and twin._core._unit == {}
+    assert twin.backend == "numpy" and twin._core.__getstate__()["backend"] == "numpy"
+    numpy.testing.assert_allclose(twin @ numpy.ones((64, 8)), H @ numpy.ones((64, 8)), atol=1e-13)
+
+
+def test_shared_leaves_stay_shared_in_a_copy():
+    W = _svd(5, 5)
+    twin = copy.deepcopy(W @ W.T)
+    assert len(twin.params) == 3 and twin.params[0] is twin.args[0].params[0]
+
+
+# ------------------------------------------------------------- products
+@pytest.mark.parametrize("name", ["W @ W", "W @ H", "H @ W", "E @ W", "W.inv() @ E.expm() @ H2"])
+def test_products_are_cuhouse_matrices(name):
+    P = MATRICES[name]
+    assert isinstance(P, ch.Product)
+    factors = [_dense(f) for f in P.args]
+    expected = factors[0]
+    for f in factors[1:]:
+        expected = expected @ f
+    numpy.testing.assert_allclose(_dense(P), expected, atol=1e-12)
+    numpy.testing.assert_allclose(_dense(P.T), expected.T, atol=1e-12)
+    x = RNG.standard_normal((6, 3))
+    numpy.testing.assert_allclose(P @ x, expected @ x, atol=1e-12)
+    numpy.testing.assert_allclose(x.T @ P, x.T @ expected, atol=1e-12)
+    assert P.shape == (6, 6)
+
+
+def test_householder_products_still_compose_into_one():
+    H1, H2 = _householder(6), _householder(6, 3, seed=1)
+    assert isinstance(H1 @ H2.T, ch.HouseholderProduct)
+    assert isinstance(H1 @ ch.SVDMatrix(H1, numpy.ones(6), H2), ch.Product)
+
+
+def test_product_params_are_distinct_leaves_in_order_of_first_appearance():
+    W, H = MATRICES["W"], MATRICES["H"]
+    P = W @ H @ W.inv()
+    assert len(P.params) == 4
+    assert all(a is b for a, b in zip(P.params, W.params + H.params))
+
+
+def test_nested_products_flatten():
+    W, H = MATRICES["W"], MATRICES["H"]
+    assert len(((W @ H) @ (W @ W)).args) == 4
+
+
+def _check_gradients(build, leaves, x, dout, eps=1e-6):
+    """The vjp of ``build(*leaves) @ x`` against central differences along random directions."""
+    P = build(*leaves)
+    grads, dx = ch.vjp(ch.matmul, P, x)[1](dout)
+    assert len(grads) == len(leaves) and all(a is b for a, b in zip(P.params, leaves))
+    rng = numpy.random.default_rng(0)
+    for i, grad in enumerate(grads):
+        direction = rng.standard_normal(leaves[i].shape)
+        values = [numpy.sum(dout * (build(*(leaf + sign * eps * direction if j == i else leaf
+                                             for j, leaf in enumerate(leaves))) @ x))
+                  for sign in (1, -1)]
+        numpy.testing.assert_allclose((values[0] - values[1]) / (2 * eps), numpy.sum(grad * direction),
+                                      rtol=1e-6, atol=1e-8)
+    direction = rng.standard_normal(x.shape)
+    numpy.testing.assert_allclose(numpy.sum(dout * (P @ direction)), numpy.sum(dx * direction), rtol=1e-10)
+
+
+def test_product_gradients_sum_a_leaf_used_twice():
+    rng = numpy.random.default_rng(8)
+    leaves = (rng.standard_normal((5, 5)), rng.uniform(1, 2, 5), rng.standard_normal((5, 5)),
+              rng.standard_normal((3, 5)))
+
+    def svd(u, s, v):
+        return ch.SVDMatrix(ch.HouseholderProduct(u), s, ch.HouseholderProduct(v))
+    builds = [lambda u, s, v, h: svd(u, s, v) @ svd(u, s, v) @ ch.HouseholderProduct(h),
+              lambda u, s, v, h: svd(u, s, v) @ ch.HouseholderProduct(h) @ svd(u, s, v).inv(),
+              lambda u, s, v, h: svd(u, s, v).T @ ch.HouseholderProduct(h).T @ ch.EighMatrix(ch.HouseholderProduct(u), s).expm()]
+    for build in builds:
+        _check_gradients(build, leaves, rng.standard_normal((5, 2)), rng.standard_normal((5, 2)))
+
+
+def test_product_logdet_and_its_gradient():
+    W, E = _svd(6, 6, seed=1), _eigh(6, seed=2)
+    P = W @ E.expm()
+    numpy.testing.assert_allclose(P.logdet(), numpy.linalg.slogdet(_dense(P))[1], atol=1e-12)
+    numpy.testing.assert_allclose(P.det(), numpy.linalg.det(_dense(P)), rtol=1e-10)
+    value, back = ch.vjp(ch.logdet, P)
+    (grads,) = back(numpy.ones(()))
+    numpy.testing.assert_allclose(grads[1], 1 / W.s, atol=1e-12)                # d/ds sum log|s|
+    numpy.testing.assert_allclose(grads[-1], numpy.ones(6), atol=1e-12)     # d/dw sum(w) through expm
+
+
+def test_product_errors():
+    with pytest.raises(ValueError, match=r"cannot multiply a 6x4 SVDMatrix by a 6x6 HouseholderProduct"):
+        _svd(6, 4) @ _householder(6)
+    with pytest.raises(ValueError, match=r"slogdet\(\) of a Product needs square factors, but a factor is 6x4"):
+        (_svd(6, 4) @ _householder(4)).logdet()
+    with pytest.raises(TypeError, match="Product takes cuhouse matrices, got ndarray"):
+        ch.Product(_householder(3), numpy.eye(3))
+
+
+# ------------------------------------------------------------- from_dense
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("batch", [(), (3,)])
+@pytest.mark.parametrize("d", [1, 2, 7, 40])
+def test_from_dense_reproduces_an_orthogonal_matrix(dtype, batch, d):
+    q = numpy.linalg.qr(numpy.random.default_rng(d).standard_normal(batch + (d, d)))[0].astype(dtype)
+    H = ch.HouseholderProduct.from_dense(q)
+    assert H.n_reflections <= d and H.dtype == dtype
+    assert numpy.abs(H.todense() - q).max() <= 50 * numpy.finfo(dtype).eps * d
+    numpy.testing.assert_allclose(H.det(), numpy.linalg.det(q.astype(numpy.float64)), atol=1e-3)
+
+
+def test_from_dense_of_identity_and_sign_flips_uses_identity_factors():
+    H = ch.HouseholderProduct.from_dense(numpy.eye(5))
+    numpy.testing.assert_array_equal(H.todense(), numpy.eye(5))
+    assert H.det() == 1
+    flip = numpy.diag([1.0, -1.0, 1.0, 1.0, -1.0])
+    numpy.testing.assert_allclose(ch.HouseholderProduct.from_dense(flip).todense(), flip, atol=1e-15)
+
+
+def test_from_dense_of_orthonormal_columns():
+    q = numpy.linalg.qr(numpy.random.default_rng(0).standard_normal((9, 4)))[0]
+    H = ch.HouseholderProduct.from_dense(q)
+    assert H.n_reflections <= 4 and H.shape == (9, 9)
+    numpy.testing.assert_allclose(H.todense()[:, :4], q, atol=50 * numpy.finfo(float).eps * 9)
+
+
+def test_from_dense_rejects_a_matrix_that_is_not_orthogonal():
+    with pytest.raises(ValueError, match=r"Q must be orthogonal to within 50 eps d = .* \(max \|Q\^T Q - I\|\), got"):
+        ch.HouseholderProduct.from_dense(numpy.eye(4) * 1.01)
+    with pytest.raises(ValueError, match="Q must be orthonormal columns to within"):
+        ch.HouseholderProduct.from_dense(numpy.ones((4, 2)))
+
+
+def test_from_dense_rejects_a_wide_matrix():
+    with pytest.raises(ValueError, match=r"Q must have shape \(\.\.\., d, r\) with r <= d .* got shape \(2, 3\)"):
+        ch.HouseholderProduct.from_dense(numpy.zeros((2, 3)))
+
+
+# -------------------------------------------------------- read-only views
+def test_views_of_caller_arrays_are_read_only():
+    v = numpy.random.default_rng(0).standard_normal((3, 4))
+    original = v.copy()
+    H = ch.HouseholderProduct(v)
+    for view in (H.vectors, H.T.vectors):
+        with pytest.raises(ValueError, match="read-only"):
+            view[0, 0] = 123
+    numpy.testing.assert_array_equal(v, original)
+    W, E = _svd(4, 4), _eigh(4)
+    for view in (W.s, W.U.vectors, E.w, W.inv().s):
+        with pytest.raises(ValueError, match="read-only"):
+            view[0] = 1
+    assert H.params[0] is v                   # the caller's own array, for optimizers that update in place
+
+
+# ------------------------------------------------------ refused operands
+@pytest.mark.parametrize("name", ["H", "W"])
+def test_sparse_operand_is_a_type_error_that_says_what_to_do(name):
+    A = MATRICES[name]
+    with pytest.raises(TypeError, match=r"X is a SciPy sparse csr_matrix; .* pass X.toarray\(\)"):
+        A @ scipy.sparse.csr_matrix(numpy.eye(6))
+    with pytest.raises(TypeError, match=r"X is a SciPy sparse csr_array"):
+        ch.vjp(ch.matmul, A, scipy.sparse.csr_array(numpy.eye(6)))
+
+
+@pytest.mark.parametrize("name", ["H", "W"])
+def test_masked_operand_is_a_type_error(name):
+    A = MATRICES[name]
+    masked = numpy.ma.masked_array(numpy.eye(6), mask=numpy.eye(6) > 0)
+    with pytest.raises(TypeError, match="X is a numpy.ma.MaskedArray; masked arrays are not supported"):
+        A @ masked
+    with pytest.raises(TypeError, match="masked arrays are not supported"):
+        masked @ A
+
+
+# ------------------------------------------------------ singular spectra
+def test_logdet_of_a_singular_spectrum_is_minus_inf_and_its_gradient_a_value_error():
+    E = ch.EighMatrix(_householder(4), numpy.array([0.0, 1.0, 2.0, 3.0]))
+    assert E.logdet() == -numpy.inf                  # RuntimeWarnings are errors in this suite
+    with pytest.raises(ValueError, match=r"the gradient of logdet needs every w nonzero .* got w\[0\] = 0.0"):
+        ch.vjp(ch.logdet, E)
+    with pytest.raises(ValueError, match=r"inv\(\) needs every w nonzero"):
+        E.inv()
+
+
+# ----------------------------------------------------------------- memory
+def test_todense_too_large_says_how_much_memory_it_needs():
+    H = ch.HouseholderProduct(numpy.ones((1, 10 ** 6)))
+    with pytest.raises(MemoryError, match=r"todense\(\) needs a dense float64 array of shape \(1000000, 1000000\) "
+                                          r"\(7.28 TiB\), more than this machine's memory"):
+        H.todense()
+    with pytest.raises(MemoryError, match=r'algorithm="dense" needs a dense float64 array .* \(7.28 TiB\)'):
+        ch.HouseholderProduct(numpy.ones((1, 10 ** 6)), algorithm="dense") @ numpy.ones(10 ** 6)
+
+
+# --------------------------------------------- one validation per call
+def test_one_validation_and_one_cotangent_check_per_call(monkeypatch):
+    calls = {"product_operand": 0, "cotangent": 0}
+    for name in calls:
+        original = getattr(_validate, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(_validate, name, counted)
+    W = _svd(6, 6)
+    x = numpy.ones((6, 2))
+    out, back = ch.vjp(ch.matmul, (W.inv() @ W.T) @ _householder(6), x)
+    back(numpy.ones_like(out))
+    assert calls == {"product_operand": 1, "cotangent": 1}
+
+
+def test_plain_products_build_no_backward(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("a plain product built an adjoint")
+    for cls in (ch.HouseholderProduct, ch.SVDMatrix, ch.Product):
+        monkeypatch.setattr(cls, "_vjp_matmat", refuse)
+    x = numpy.ones((6, 2))
+    for A in (MATRICES["H"], MATRICES["W.inv()"], MATRICES["W @ H"]):
+        A @ x, x.T @ A, A.todense()
+
+
+def test_the_plan_does_not_depend_on_what_is_cached():
+    H = _householder(256, seed=3)
+    before = [H.plan_for(m) for m in (1, 32, 256)]
+    for m in (1, 32, 256):
+        H @ numpy.ones((256, m))
+    assert [H.plan_for(m) for m in (1, 32, 256)] == before
