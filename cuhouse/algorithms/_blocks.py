@@ -36,14 +36,18 @@ def blocks(y, block_size, layout, xp):
     """
     n = y.shape[-2]
     k = min(block_size, n)
+    if layout != FULL:
+        # where() takes the stored entries and writes the implicit ones: NaN stored there never gets in
+        stored = xp.triu(xp.ones((k, k), dtype=bool), 1 if layout == UNIT else 0)
+        implicit = xp.eye(k, dtype=y.dtype) if layout == UNIT else xp.zeros((k, k), dtype=y.dtype)
     out = []
     for first in range(0, n, k):
         last = min(first + k, n)
         if layout == FULL:
             out.append(Block(first, last, 0, None, y[..., first:last, :]))
             continue
-        corner = y[..., first:last, first:last]
-        head = xp.triu(corner, 1) + xp.eye(last - first, dtype=y.dtype) if layout == UNIT else xp.triu(corner)
+        kb = last - first
+        head = xp.where(stored[:kb, :kb], y[..., first:last, first:last], implicit[:kb, :kb])
         out.append(Block(first, last, first, head, y[..., first:last, last:]))
     return out
 
