@@ -16,8 +16,8 @@ EXPLAIN = {
     "cuhouse from_lapack forward": "HouseholderProduct.from_lapack(qr, tau) @ X alone: the reference of the "
                                    "trapezoidal rows",
     "cuhouse from_lapack fwd+bwd": "the same with vjp and its pullback: the gradient w.r.t. qr and X",
-    "torch householder_product fwd+bwd": "torch.linalg.householder_product(qr, tau) @ X with autograd, "
-                                         "gradient w.r.t. qr (compared with cuhouse from_lapack fwd+bwd)",
+    "torch householder_product fwd+bwd": "torch.linalg.householder_product(qr, tau) @ X with autograd to "
+                                         "qr (tau held fixed), against cuhouse from_lapack fwd+bwd",
 }
 
 

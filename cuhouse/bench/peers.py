@@ -117,7 +117,8 @@ def torch_forward(qr, tau, x, xp):
 
 
 def torch_forward_backward(qr, tau, x, dout, xp):
-    """The same with autograd: forward, then ``backward(dout)`` to the gradient w.r.t. ``qr``, or ``None``.
+    """The same with autograd: forward, then ``backward(dout)`` to the gradient w.r.t. ``qr``
+    (torch holds ``tau`` fixed), or ``None``.
 
     ``householder_product`` gives Q's first n columns: with n = d reflections it
     is the whole Q, the product cuhouse computes.
