@@ -52,11 +52,12 @@ class Reflections:
         """Drop every cache; the next use rebuilds from the leaf arrays."""
         self._vectors = None
         self._norms = None
+        self._layout = None
         self._factors = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_factors"):
+        for cache in ("_vectors", "_norms", "_layout", "_factors"):
             del state[cache]
         return state
 
@@ -76,9 +77,25 @@ class Reflections:
 
     @property
     def layout(self):
-        """The layout of :attr:`rows` (see :mod:`cuhouse.algorithms._blocks`)."""
-        (segment, *more) = self.segments
-        return _blocks.UNIT if not more and segment.k is not None else _blocks.FULL
+        """The layout of :attr:`rows` (see :mod:`cuhouse.algorithms._blocks`): ``"unit"`` for a
+        ``geqrf`` array, ``"trapezoidal"`` for one vectors array whose row i is zero in its first i
+        entries (checked once, see :func:`~cuhouse.algorithms._blocks.is_trapezoidal`), else ``"full"``."""
+        if self._layout is None:
+            (segment, *more) = self.segments
+            if more or segment.reversed:
+                self._layout = _blocks.FULL
+            elif segment.k is not None:
+                self._layout = _blocks.UNIT
+            else:
+                trapezoidal = _blocks.is_trapezoidal(self.leaves[segment.leaf], self.xp)
+                self._layout = _blocks.TRAPEZOIDAL if trapezoidal else _blocks.FULL
+        return self._layout
+
+    def layout_for(self, differentiable):
+        """The layout products run in. A gradient w.r.t. a vectors array covers every entry, the zeros
+        of a trapezoidal array included, so differentiable products use its full rows."""
+        layout = self.layout
+        return _blocks.FULL if differentiable and layout == _blocks.TRAPEZOIDAL else layout
 
     @property
     def identity(self):
@@ -140,8 +157,9 @@ class Reflections:
             return None
         return sum(self.xp.count_nonzero(mask, axis=-1) for mask in masks)
 
-    def factors(self, chosen, dtype):
-        """``(factors, scaled)``: the block factors of ``chosen`` (a :class:`plan.Plan`) in ``dtype``. Cached.
+    def factors(self, chosen, dtype, layout):
+        """``(factors, scaled)``: the block factors of ``chosen`` (a :class:`plan.Plan`) in ``dtype``,
+        for :attr:`rows` read in ``layout`` (:meth:`layout_for`). Cached.
 
         Built from the raw rows in place (converted only when ``dtype`` differs),
         with no normalization pass. Only when some row's sum of squares would
@@ -150,14 +168,14 @@ class Reflections:
         ``None``. The dense plan's d x d matrix is checked against the
         machine's memory first.
         """
-        key = (chosen.algorithm, chosen.block_size, dtype)
+        key = (chosen.algorithm, chosen.block_size, dtype, layout)
         if key not in self._factors:
             xp = self.xp
             if chosen.algorithm == "dense":
                 d = self.shape[-1]
                 _validate.dense_memory(self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp)
             module = ALGORITHMS[chosen.algorithm]
-            rows, layout, identity, scaled = self.rows.astype(dtype, copy=False), self.layout, self.identity, None
+            rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
             info = numpy.finfo(dtype)
             norms = self.norms
             safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (norms <= numpy.sqrt(info.max * info.eps))
@@ -268,9 +286,7 @@ class HouseholderProduct(Operator):
         xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        a, identity = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
-        k = tau.shape[-1]
-        dtype = _validate.float_dtype(numpy.result_type(a.dtype, getattr(tau, "dtype", a.dtype)))
+        a, k, identity, dtype = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
         core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype)
         return cls._view(core, False, algorithm, block_size)
 
@@ -417,25 +433,26 @@ class HouseholderProduct(Operator):
         return self._view(core, False, self.algorithm, self.block_size)
 
     # ------------------------------------------------------------- products
-    def plan_for(self, m, dtype=None):
-        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns."""
+    def plan_for(self, m, dtype=None, differentiable=False):
+        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns (in ``vjp`` when
+        ``differentiable``)."""
         dtype = numpy.dtype(dtype or self.dtype)
         return plan.choose(self.shape[-1], self.n_reflections, m, dtype, self.backend,
-                           self.algorithm, self.block_size, self._core.layout)
+                           self.algorithm, self.block_size, self._core.layout_for(differentiable))
 
-    def _run(self, columns, transpose):
+    def _run(self, columns, transpose, differentiable):
         """``(algorithm module, plan, (factors, scaled), flip)`` for ``columns`` ``(..., d, m)``."""
-        chosen = self.plan_for(columns.shape[-1], columns.dtype)
-        built = self._core.factors(chosen, columns.dtype)
+        chosen = self.plan_for(columns.shape[-1], columns.dtype, differentiable)
+        built = self._core.factors(chosen, columns.dtype, self._core.layout_for(differentiable))
         return ALGORITHMS[chosen.algorithm], chosen, built, transpose != self._transposed
 
     def _matmat(self, columns, transpose):
-        module, _, (factors, _), flip = self._run(columns, transpose)
+        module, _, (factors, _), flip = self._run(columns, transpose, False)
         return module.apply(factors, columns, flip, self._xp)
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
-        module, chosen, (factors, scaled), flip = self._run(columns, transpose)
+        module, chosen, (factors, scaled), flip = self._run(columns, transpose, True)
         out = module.apply(factors, columns, flip, xp)
 
         def back(dout):

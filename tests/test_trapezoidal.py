@@ -205,3 +205,43 @@ def test_from_lapack_float32_matches_float64():
     exact = cuhouse.HouseholderProduct.from_lapack(a.astype(numpy.float64), tau)
     numpy.testing.assert_allclose(h @ x, exact @ x.astype(numpy.float64), rtol=0,
                                   atol=100 * numpy.finfo(numpy.float32).eps)
+
+
+def test_cost_model_knows_the_structure():
+    from cuhouse import plan
+    for algorithm in ("sequential", "cwy", "dense"):
+        full = plan.predict(algorithm, 1024, 1024, 32, 32)
+        structured = plan.predict(algorithm, 1024, 1024, 32, 32, layout="unit")
+        assert structured < full
+    assert plan.choose(512, 512, 32, numpy.float32, layout="unit").store_inputs is False
+    a, tau = _geqrf(numpy.random.default_rng(25), (12, 12))
+    h = cuhouse.HouseholderProduct.from_lapack(a, tau[:11])
+    assert h.plan_for(3) == plan.choose(12, 11, 3, numpy.float64, layout="unit")
+
+
+@pytest.mark.parametrize("algorithm", ["auto"] + sorted(ALGORITHMS))
+def test_trapezoidal_vectors_are_detected_and_keep_their_gradient(algorithm):
+    """V with row i zero in its first i entries (torch's minimal map): products run on the trailing
+    rows; the gradient still covers every entry of V (a product that is differentiated uses full rows)."""
+    rng = numpy.random.default_rng(26)
+    v = numpy.triu(rng.standard_normal((2, 70, 75)))          # more than one 64-row detection block
+    h = cuhouse.HouseholderProduct(v, algorithm=algorithm, block_size=8)
+    assert h._core.layout == "trapezoidal"
+    x = rng.standard_normal((2, 75, 3))
+    dense = numpy.stack([_dense(v[i]) for i in range(2)])
+    numpy.testing.assert_allclose(h @ x, dense @ x, rtol=0, atol=1e-12)
+    numpy.testing.assert_allclose(x.swapaxes(-1, -2) @ h, x.swapaxes(-1, -2) @ dense, rtol=0, atol=1e-12)
+    (dv,), dx = cuhouse.vjp(cuhouse.matmul, h, x)[1](numpy.ones_like(x))
+    w = v.copy()
+    w[0, 40, 1] = 1e-300                                        # one entry below: full rows
+    full = cuhouse.HouseholderProduct(w, algorithm=algorithm, block_size=8)
+    assert full._core.layout == "full"
+    (dv_full,), dx_full = cuhouse.vjp(cuhouse.matmul, full, x)[1](numpy.ones_like(x))
+    numpy.testing.assert_allclose(dv, dv_full, rtol=0, atol=1e-10)
+    assert numpy.abs(numpy.tril(dv[0], -1)).max() > 0
+
+
+def test_rows_with_nan_are_not_trapezoidal():
+    v = numpy.triu(numpy.ones((4, 5)))
+    v[2, 0] = numpy.nan
+    assert not _blocks.is_trapezoidal(v, numpy) and _blocks.is_trapezoidal(numpy.triu(v), numpy)

@@ -92,6 +92,26 @@ def gram(block, xp):
     return g
 
 
+def is_trapezoidal(y, xp, block_size=64):
+    """Whether every row i of ``y`` ``(..., n, d)`` is zero in its first i entries (NaN is not zero).
+
+    Checked block by block, the cheapest parts first, stopping at the first
+    block that fails: full-length rows cost O(block_size^2), trapezoidal ones a
+    pass over the n^2/2 entries that must be zero.
+    """
+    n, d = y.shape[-2:]
+    if n > d:
+        return False
+    lower = xp.tril(xp.ones((block_size, block_size), dtype=bool), -1)
+    for first in range(0, n, block_size):
+        last = min(first + block_size, n)
+        corner = y[..., first:last, first:last]
+        if bool(xp.any(corner[..., lower[:last - first, :last - first]] != 0)):
+            return False
+    return not any(bool(xp.any(y[..., first:first + block_size, :first] != 0))
+                   for first in range(block_size, n, block_size))
+
+
 def squared_norms(y, layout, xp, block_size=64):
     """Sums of squares of the stored entries of each row ``(..., n)`` (the implicit 1 of
     ``"unit"`` not included): one pass over them, no copy. O(n d)."""
