@@ -57,3 +57,13 @@ def test_bench_table_says_how_it_measured(capsys, monkeypatch):
 def test_bench_rejects_zero_threads(capsys):
     assert main(["bench", "--threads", "0"]) == 2
     assert "--threads must be a positive integer" in capsys.readouterr().err
+
+
+def test_methods_keep_the_chosen_rows_and_their_references(capsys, monkeypatch):
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")
+    assert main(["bench", "--sizes", "16", "--sections", "forward", "--rounds", "1", "--backend", "numpy",
+                 "--methods", "from_lapack"]) == 0
+    rows = [line[8:46].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("    16")]
+    assert rows == ["cuhouse from_lapack", "LAPACK sormqr"]

@@ -47,6 +47,9 @@ def _parser():
     p.add_argument("--rounds", type=int, help="timing rounds per case (default 9, 5 with --quick)")
     p.add_argument("--threads", type=int, default=1,
                    help="BLAS threads (default 1: the setting in which ratios repeat on a shared machine)")
+    p.add_argument("--methods", type=lambda s: tuple(x for x in s.split(",") if x),
+                   help="comma-separated substrings: time only the rows whose name contains one of them "
+                        "(and the rows they are compared with)")
     p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
                    help="comma-separated subset of: {} (default: {})".format(
                        ", ".join(SECTIONS), ", ".join(DEFAULT_SECTIONS)))
@@ -100,6 +103,10 @@ def main(argv=None):
             baselines, cases = section.cases(d, args.m, dtype, xp)
             if not isinstance(baselines, dict):
                 baselines = dict.fromkeys(cases, baselines)
+            if args.methods:
+                chosen = {c for c in cases if any(part in c for part in args.methods)}
+                chosen |= {baselines[c] for c in chosen}
+                cases = {c: fn for c, fn in cases.items() if c in chosen}
             for case, result in measure(cases, baselines, rounds, xp).items():
                 vs = baselines[case]
                 print("{:>6}  {:<38} {:>10.3f} {:>7.2f} {:>5.0%}{} {}".format(
