@@ -88,11 +88,14 @@ def main(argv=None):
     if args.plot:
         return plot.draw(args.plot, sizes, args.m, dtype, xp, rounds)
     print("cuhouse bench: backend={} dtype={} m={} (columns of X)".format(backend_name(xp), dtype, args.m))
-    print("how: BLAS threads = {} (OPENBLAS/OMP/MKL_NUM_THREADS), one warm-up round, then {} rounds that run "
-          "every case of a size once each, interleaved; 'median ms' is the median time, 'ratio' the median over "
+    cpu_clock = xp is numpy and args.threads == 1
+    clock = ("the process's CPU time (single-threaded: the time waiting for a core on a shared machine is left out)"
+             if cpu_clock else "CUDA events" if xp is not numpy else "the wall clock")
+    print("how: BLAS threads = {} (OPENBLAS/OMP/MKL_NUM_THREADS), timed by {}; one warm-up round, then {} rounds "
+          "that run every case of a size once each, interleaved; 'median ms' is the median time, 'ratio' the median over "
           "rounds of time / time of the row named in 'vs' measured in the same round; '!' marks a row whose "
           "per-round ratios spread by more than {:.0%} of the median (extreme round on each side left out): "
-          "re-run it before quoting it.".format(threads, rounds, DISAGREEMENT))
+          "re-run it before quoting it.".format(threads, clock, rounds, DISAGREEMENT))
     for name in names:
         section = SECTIONS[name]
         print("\n## {}: {}".format(name, section.TITLE))
@@ -107,7 +110,7 @@ def main(argv=None):
                 chosen = {c for c in cases if any(part in c for part in args.methods)}
                 chosen |= {baselines[c] for c in chosen}
                 cases = {c: fn for c, fn in cases.items() if c in chosen}
-            for case, result in measure(cases, baselines, rounds, xp).items():
+            for case, result in measure(cases, baselines, rounds, xp, cpu_clock).items():
                 vs = baselines[case]
                 print("{:>6}  {:<38} {:>10.3f} {:>7.2f} {:>5.0%}{} {}".format(
                     d, case, result.seconds * 1e3, result.ratio, result.spread,

@@ -15,7 +15,7 @@ spread of the per-round ratios: (largest - smallest) / median, the single most
 extreme round on each side left out when there are 5 rounds or more."""
 
 
-def measure(cases, baseline, rounds, xp):
+def measure(cases, baseline, rounds, xp, cpu_clock=False):
     """A :class:`Result` per case.
 
     ``cases`` maps names to zero-argument callables; ``baseline`` is one case
@@ -25,11 +25,13 @@ def measure(cases, baseline, rounds, xp):
     one untimed warm-up round. Device work is synchronized before every call;
     on CuPy the time is the span between two CUDA events recorded around the
     call on the current stream (host launch gaps included), waited for before
-    the next case.
+    the next case. ``cpu_clock`` (NumPy with single-threaded BLAS) times the
+    process's CPU time instead of the wall clock: on a shared machine it leaves
+    out the time the process waits for a core.
     """
     for fn in cases.values():
         fn()
-    clock = _event_clock(xp) if xp is not numpy else _host_clock
+    clock = _event_clock(xp) if xp is not numpy else (_cpu_clock if cpu_clock else _host_clock)
     samples = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
@@ -51,6 +53,12 @@ def _host_clock(fn):
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _cpu_clock(fn):
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
 
 
 def _event_clock(cupy):
