@@ -286,8 +286,9 @@ class HouseholderProduct(Operator):
         xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        a, k, identity, dtype = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
-        core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype)
+        a, k, identity, dtype, norms = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
+        core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype,
+                           norms)
         return cls._view(core, False, algorithm, block_size)
 
     @classmethod

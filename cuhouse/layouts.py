@@ -16,8 +16,9 @@ from .algorithms import _blocks
 
 
 def lapack_reflectors(a, tau, xp, check_finite):
-    """``(a, k, identity, dtype)``: ``a`` checked (converted only when its dtype or type
-    requires it), the number k of reflectors, the ``tau == 0`` mask ``(..., k)`` (``None`` when no factor is the
+    """``(a, k, identity, dtype, norms)``: ``a`` checked (converted only when its dtype or type
+    requires it), the number k of reflectors, the reflectors' norms ``(..., k)`` (their implicit 1
+    included), the ``tau == 0`` mask ``(..., k)`` (``None`` when no factor is the
     identity) and the float dtype of the product (that of ``a`` and ``tau`` together).
 
     ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i with
@@ -50,7 +51,7 @@ def lapack_reflectors(a, tau, xp, check_finite):
         raise ValueError("tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
                          "geqrf returns; got values that do not make orthogonal reflectors")
     dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
-    return a, k, (identity if bool(identity.any()) else None), dtype
+    return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq)
 
 
 def orthogonal_to_reflectors(q, xp):

@@ -32,24 +32,45 @@ implicit zeros (and ones) written in (a small copy; ``None`` for ``"full"``);
 def blocks(y, block_size, layout, xp):
     """``y`` ``(..., n, d)`` as a list of :class:`Block` of at most k reflectors, in product order.
 
-    No copy of ``y``: the tails are views; the heads are k x k copies (structured layouts only).
+    No copy of ``y``: the tails are views; the heads are k x k copies (structured layouts only),
+    made by one ``where`` over all of them.
     """
     n = y.shape[-2]
     k = min(block_size, n)
-    if layout != FULL:
-        # where() takes the stored entries and writes the implicit ones: NaN stored there never gets in
-        stored = xp.triu(xp.ones((k, k), dtype=bool), 1 if layout == UNIT else 0)
-        implicit = xp.eye(k, dtype=y.dtype) if layout == UNIT else xp.zeros((k, k), dtype=y.dtype)
-    out = []
-    for first in range(0, n, k):
-        last = min(first + k, n)
-        if layout == FULL:
-            out.append(Block(first, last, 0, None, y[..., first:last, :]))
-            continue
-        kb = last - first
-        head = xp.where(stored[:kb, :kb], y[..., first:last, first:last], implicit[:kb, :kb])
-        out.append(Block(first, last, first, head, y[..., first:last, last:]))
-    return out
+    starts = range(0, n, k)
+    if layout == FULL:
+        return [Block(first, min(first + k, n), 0, None, y[..., first:min(first + k, n), :]) for first in starts]
+    heads = _heads(y, k, layout, xp)
+    return [Block(first, min(first + k, n), first, heads[j], y[..., first:min(first + k, n), min(first + k, n):])
+            for j, first in enumerate(starts)]
+
+
+def _heads(y, k, layout, xp):
+    """The diagonal corners of ``y`` (k x k, the last one smaller when k does not divide n) with the
+    layout's implicit entries written in: one ``where`` on a strided view of the full-size ones.
+
+    ``where`` takes the stored entries and writes the implicit ones, so NaN stored there never gets in.
+    """
+    n = y.shape[-2]
+    full = n // k
+    stored = xp.triu(xp.ones((k, k), dtype=bool), 1 if layout == UNIT else 0)
+    implicit = xp.eye(k, dtype=y.dtype) if layout == UNIT else xp.zeros((k, k), dtype=y.dtype)
+    row, col = y.strides[-2:]
+    corners = _as_strided(xp)(y, y.shape[:-2] + (full, k, k), y.strides[:-2] + (k * (row + col), row, col))
+    stacked = xp.where(stored, corners, implicit)
+    heads = [stacked[..., j, :, :] for j in range(full)]
+    if full * k < n:
+        rest = n - full * k
+        heads.append(xp.where(stored[:rest, :rest], y[..., full * k:, full * k:n], implicit[:rest, :rest]))
+    return heads
+
+
+def _as_strided(xp):
+    if xp.__name__ == "numpy":
+        from numpy.lib.stride_tricks import as_strided
+    else:
+        from cupy.lib.stride_tricks import as_strided
+    return as_strided
 
 
 def rows_times(block, x, xp):
@@ -63,14 +84,23 @@ def rows_times(block, x, xp):
     return out
 
 
-def subtract_rows_transposed(block, u, x, xp):
-    """``x[start:] -= Y_b^T @ u`` in place, for ``u`` ``(..., kb, m)``."""
-    if block.head is None:
-        x -= swap(block.tail, xp) @ u
-        return
+def subtract_rows_transposed(block, u, x, xp, work=None):
+    """``x[start:] -= Y_b^T @ u`` in place, for ``u`` ``(..., kb, m)``.
+
+    ``work`` (optional, shaped like ``x``) receives the product first, so that
+    no temporary of ``x``'s size is allocated per block.
+    """
     kb = block.last - block.first
-    x[..., block.start:block.start + kb, :] -= swap(block.head, xp) @ u
-    x[..., block.start + kb:, :] -= swap(block.tail, xp) @ u
+    parts = [(block.tail, x[..., block.start + (kb if block.head is not None else 0):, :])]
+    if block.head is not None:
+        parts.append((block.head, x[..., block.start:block.start + kb, :]))
+    for rows, target in parts:
+        if work is None:
+            target -= swap(rows, xp) @ u
+        else:
+            product = work[..., :target.shape[-2], :]
+            xp.matmul(swap(rows, xp), u, out=product)
+            target -= product
 
 
 def add_coefficients_times_rows(block, c, dy, xp):
@@ -112,7 +142,7 @@ def is_trapezoidal(y, xp, block_size=64):
                    for first in range(block_size, n, block_size))
 
 
-def squared_norms(y, layout, xp, block_size=64):
+def squared_norms(y, layout, xp, block_size=32):
     """Sums of squares of the stored entries of each row ``(..., n)`` (the implicit 1 of
     ``"unit"`` not included): one pass over them, no copy. O(n d)."""
     parts = []

@@ -68,12 +68,13 @@ def _block_rows_times(f, j, x, xp):
 def apply(f, x, transpose, xp):
     """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m)."""
     out = _blocks.writable(x, _batch(f, x), xp)
+    work = xp.empty_like(out)
     for j in application_order(len(f.blocks), transpose):
         block = f.blocks[j]
         kb = block.last - block.first
         tj = f.t[..., j, :kb, :kb]
         z = _block_rows_times(f, j, out, xp)
-        _blocks.subtract_rows_transposed(block, (swap(tj, xp) if transpose else tj) @ z, out, xp)
+        _blocks.subtract_rows_transposed(block, (swap(tj, xp) if transpose else tj) @ z, out, xp, work)
     return out
 
 
@@ -115,6 +116,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     store_inputs = store_inputs and f.layout == FULL
     stored = xp.empty(batch + (n_blocks, d, 2 * m), dtype=b.dtype) if store_inputs else None
     dy = xp.zeros(batch + (f.n, d), dtype=b.dtype)
+    work = xp.empty_like(b)
     for j in reversed(application_order(n_blocks, transpose)):
         block = f.blocks[j]
         kb = block.last - block.first
@@ -127,7 +129,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         else:
             dy[..., block.first:block.last, block.start:] = (
                 _explicit_coefficients(uj, m, xp) @ swap(b[..., block.start:, :], xp))
-        _blocks.subtract_rows_transposed(block, uj, b, xp)
+        _blocks.subtract_rows_transposed(block, uj, b, xp, work)
     if store_inputs:
         explicit = _explicit_coefficients(u, m, xp) @ swap(stored, xp)        # (..., nb, k, d)
         dy[...] = explicit.reshape(batch + (n_blocks * k, d))[..., :f.n, :]
