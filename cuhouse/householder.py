@@ -206,11 +206,12 @@ class Reflections:
             if segment.reversed:
                 part = part[..., ::-1, :]
             if segment.k is not None:
-                part = _blocks.structured(part.copy(), _blocks.UNIT, xp)
-                if segment.identity is not None:
-                    part *= ~segment.identity[..., None]
+                if scaled is not None or len(self.segments) > 1:     # full rows: keep the stored entries only
+                    part = _blocks.structured(part.copy(), _blocks.UNIT, xp)
+                    if segment.identity is not None:
+                        part *= ~segment.identity[..., None]
                 grad = xp.zeros(part.shape[:-2] + leaf.shape[-2:], dtype=part.dtype)
-                grad[..., :segment.k] = xp.swapaxes(part, -1, -2)
+                _blocks.transpose_into(grad[..., :segment.k], part, xp)
                 part = grad
             contributions.append((leaf, part))
         return contributions

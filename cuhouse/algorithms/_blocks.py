@@ -51,18 +51,41 @@ def _heads(y, k, layout, xp):
 
     ``where`` takes the stored entries and writes the implicit ones, so NaN stored there never gets in.
     """
+    stored, implicit = _corner_masks(k, layout, y.dtype, xp)
+    heads = []
+    for corners in _corners(y, k, xp):
+        size = corners.shape[-1]
+        stacked = xp.where(stored[:size, :size], corners, implicit[:size, :size])
+        heads.extend(stacked[..., j, :, :] for j in range(stacked.shape[-3]))
+    return heads
+
+
+def mask_heads(dy, block_size, layout, xp):
+    """Zero, in place, the entries of ``dy`` ``(..., n, d)``'s diagonal k x k corners that
+    ``layout`` does not store (a structured backward writes nothing left of them). O(n k)."""
+    stored, _ = _corner_masks(min(block_size, dy.shape[-2]), layout, dy.dtype, xp)
+    for corners in _corners(dy, min(block_size, dy.shape[-2]), xp):
+        size = corners.shape[-1]
+        corners[...] = xp.where(stored[:size, :size], corners, 0)
+
+
+def _corner_masks(k, layout, dtype, xp):
+    """``(stored, implicit)``: which entries of a k x k corner the layout stores, and the values of the others."""
+    stored = xp.triu(xp.ones((k, k), dtype=bool), 1 if layout == UNIT else 0)
+    implicit = xp.eye(k, dtype=dtype) if layout == UNIT else xp.zeros((k, k), dtype=dtype)
+    return stored, implicit
+
+
+def _corners(y, k, xp):
+    """Views of the diagonal corners of ``y`` ``(..., n, d)``, ``n <= d``: the full k x k ones stacked
+    ``(..., n // k, k, k)`` (a strided view), then the smaller last one ``(..., 1, r, r)`` if any."""
     n = y.shape[-2]
     full = n // k
-    stored = xp.triu(xp.ones((k, k), dtype=bool), 1 if layout == UNIT else 0)
-    implicit = xp.eye(k, dtype=y.dtype) if layout == UNIT else xp.zeros((k, k), dtype=y.dtype)
     row, col = y.strides[-2:]
-    corners = _as_strided(xp)(y, y.shape[:-2] + (full, k, k), y.strides[:-2] + (k * (row + col), row, col))
-    stacked = xp.where(stored, corners, implicit)
-    heads = [stacked[..., j, :, :] for j in range(full)]
+    views = [_as_strided(xp)(y, y.shape[:-2] + (full, k, k), y.strides[:-2] + (k * (row + col), row, col))]
     if full * k < n:
-        rest = n - full * k
-        heads.append(xp.where(stored[:rest, :rest], y[..., full * k:, full * k:n], implicit[:rest, :rest]))
-    return heads
+        views.append(y[..., None, full * k:, full * k:n])
+    return views
 
 
 def _as_strided(xp):
@@ -162,6 +185,17 @@ def full_rows(y, layout, xp):
     if layout == TRAPEZOIDAL:
         return xp.triu(y)
     return xp.triu(y, 1) + xp.eye(*y.shape[-2:], dtype=y.dtype)
+
+
+def transpose_into(target, source, xp, strip=16):
+    """``target[...] = swapaxes(source)`` for ``source`` ``(..., p, q)``, by strips of rows on NumPy
+    (a whole transposed copy of a large power-of-two array thrashes the cache: about 8x slower)."""
+    if xp.__name__ != "numpy":
+        target[...] = xp.swapaxes(source, -1, -2)
+        return target
+    for first in range(0, source.shape[-2], strip):
+        target[..., first:first + strip] = xp.swapaxes(source[..., first:first + strip, :], -1, -2)
+    return target
 
 
 def structured(dy, layout, xp):

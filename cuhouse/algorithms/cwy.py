@@ -127,8 +127,8 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         if store_inputs:
             stored[..., j, :, :] = b
         else:
-            dy[..., block.first:block.last, block.start:] = (
-                _explicit_coefficients(uj, m, xp) @ swap(b[..., block.start:, :], xp))
+            xp.matmul(_explicit_coefficients(uj, m, xp), swap(b[..., block.start:, :], xp),
+                      out=dy[..., block.first:block.last, block.start:])
         _blocks.subtract_rows_transposed(block, uj, b, xp, work)
     if store_inputs:
         explicit = _explicit_coefficients(u, m, xp) @ swap(stored, xp)        # (..., nb, k, d)
@@ -150,7 +150,9 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         _blocks.add_coefficients_times_rows(block, c, dy, xp)
     if f.active is not None:
         dy *= f.active[..., None]
-    return _blocks.structured(dy, f.layout, xp), b[..., m:]
+    if f.layout != FULL:
+        _blocks.mask_heads(dy, k, f.layout, xp)
+    return dy, b[..., m:]
 
 
 def _explicit_coefficients(u, m, xp):

@@ -9,7 +9,7 @@ from collections import namedtuple
 import numpy
 
 from . import _blocks
-from ._blocks import FULL, application_order, swap
+from ._blocks import FULL, UNIT, application_order, swap
 
 Factors = namedtuple("SequentialFactors", "unit norms layout")
 Factors.__doc__ = "Unit rows ``(..., n, d)`` (identity factors zero), their raw ``norms`` and the ``layout``."
@@ -57,4 +57,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         dy[..., i:i + 1, s:] = -2 * (yg @ swap(ai, xp) + ya @ swap(gi, xp))
         gi -= 2 * (swap(yi, xp) @ yg)
     dy = _blocks.raw_gradient(dy, f.unit.astype(dy.dtype, copy=False), f.norms.astype(dy.dtype, copy=False), xp)
-    return _blocks.structured(dy, f.layout, xp), g
+    if f.layout == UNIT:                             # the implicit 1 is no parameter; nothing left of it was written
+        idx = xp.arange(n)
+        dy[..., idx, idx] = 0
+    return dy, g
