@@ -26,12 +26,13 @@ def as_array(x, name, xp):
         raise TypeError("{} must be an array of real numbers, got {}".format(
             name, type(x).__name__))
     if type(x).__module__.startswith("scipy.sparse"):
-        raise TypeError("{} is a SciPy sparse {}; cuhouse multiplies dense arrays: pass {}.toarray() "
-                        "(a dense result), or apply a sparse X column by column".format(
+        raise TypeError("{} is a SciPy sparse {}; cuhouse takes dense arrays: pass {}.toarray()".format(
                             name, type(x).__name__, name))
     if isinstance(x, numpy.ma.MaskedArray):
         raise TypeError("{} is a numpy.ma.MaskedArray; masked arrays are not supported: pass "
                         "{}.filled(value) or {}.data".format(name, name, name))
+    if isinstance(x, numpy.ndarray) and type(x) is not numpy.ndarray and xp is numpy:
+        x = numpy.asarray(x)            # a subclass such as numpy.matrix: its plain ndarray view
     if not isinstance(x, xp.ndarray):
         if isinstance(x, numpy.ndarray) or is_cupy_array(x):
             raise TypeError(
@@ -148,17 +149,17 @@ def batch_shape(*named):
         raise ValueError("the batch shapes of {} do not broadcast".format(listed)) from None
 
 
-def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite):
+def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name="X"):
     """Validate X of ``op @ X`` (``side == "left"``) or ``X @ op`` for an operator
-    of shape ``(..., rows, cols)`` and dtype ``op_dtype``.
+    of shape ``(..., rows, cols)`` and dtype ``op_dtype``; ``name`` is X's name in messages.
 
     Returns ``(x, cast)``: ``x`` as validated (its own dtype) and ``x`` in the
     result dtype, ``numpy.result_type`` of both (float64 for integer data).
     """
     rows, cols = op_shape[-2:]
-    x = operand(x, xp, cols if side == "left" else rows, side, check_finite, shape=(rows, cols))
+    x = operand(x, xp, cols if side == "left" else rows, side, check_finite, shape=(rows, cols), name=name)
     if x.ndim > 1:
-        batch_shape((op_name, op_shape[:-2]), ("X", x.shape[:-2]))
+        batch_shape((op_name, op_shape[:-2]), (name, x.shape[:-2]))
     return x, x.astype(float_dtype(numpy.result_type(op_dtype, x.dtype)), copy=False)
 
 
@@ -214,22 +215,25 @@ def positive_int_or_none(value, name):
     return None if value is None else positive_int(value, name, "a positive int or None")
 
 
-def dense_memory(shape, dtype, what, xp):
-    """``MemoryError`` up front when an array of ``shape`` and ``dtype`` is larger
-    than the memory of the machine (host RAM, or the device's memory on CuPy).
+def dense_memory(shape, dtype, what, xp, workspace):
+    """``MemoryError`` up front when a dense result of ``shape`` and ``dtype``,
+    with its intermediates (``workspace`` times the result), is larger than
+    the memory of the machine (host RAM, or the device's memory on CuPy).
 
     Says how much it needs and what to do instead, rather than failing deep
     inside an allocation of terabytes. Cost: O(1).
     """
-    needed = float(numpy.prod(shape, dtype=numpy.float64)) * numpy.dtype(dtype).itemsize
+    result = float(numpy.prod(shape, dtype=numpy.float64)) * numpy.dtype(dtype).itemsize
+    needed = workspace * result
     if xp is numpy:
         available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
     else:
         available, where = xp.cuda.Device().mem_info[1], "the GPU's memory"
     if needed > available:
-        raise MemoryError("{} needs a dense {} array of shape {} ({}), more than {} ({}); multiply by a thin "
-                          "X instead (A @ X costs O(d n m) without forming A)".format(
-                              what, numpy.dtype(dtype), tuple(shape), _bytes(needed), where, _bytes(available)))
+        raise MemoryError("{} needs a dense {} array of shape {} ({}; about {} with its intermediates), more "
+                          "than {} ({}); multiply by a thin X instead (A @ X costs O(d n m) without forming "
+                          "A)".format(what, numpy.dtype(dtype), tuple(shape), _bytes(result), _bytes(needed), where,
+                                      _bytes(available)))
 
 
 def _bytes(n):

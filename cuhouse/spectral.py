@@ -103,7 +103,9 @@ class _SpectralMatrix(Operator):
         """W^{-1} = R diag(1/values) L^T; square, full rank, every value nonzero. O(r)."""
         self._require_full_rank("inv()", "use pinv() for a pseudo-inverse")
         self._require_values("inv()", self._values != 0, "every {} nonzero (W is singular); use pinv()")
-        values = 1 / self._values
+        with numpy.errstate(over="ignore"):
+            values = 1 / self._values
+        self._require_values("inv()", self._xp.isfinite(values), "every 1/{} finite (W is numerically singular)")
         return self._derive("inv()", values, -values * values, transpose=True)
 
     def pinv(self, rcond=1e-15):
@@ -123,8 +125,7 @@ class _SpectralMatrix(Operator):
     def solve(self, b):
         """X with W X = B, as ``numpy.linalg.solve``: B ``(d,)`` or ``(..., d, m)``. O(d n m)."""
         self._require_full_rank("solve()", "use pinv() @ B for least squares")
-        b = _validate.operand(b, self._xp, self.shape[-1], "left", False, name="B")   # finiteness: in @
-        return self.inv() @ b
+        return self.inv()._product(b, "left", name="B")
 
     def det(self):
         """det W per batch entry: det U det V prod(s) (0 when r < d). Square W. O(r)."""

@@ -300,8 +300,10 @@ def test_views_of_caller_arrays_are_read_only():
 @pytest.mark.parametrize("name", ["H", "W"])
 def test_sparse_operand_is_a_type_error_that_says_what_to_do(name):
     A = MATRICES[name]
-    with pytest.raises(TypeError, match=r"X is a SciPy sparse csr_matrix; .* pass X.toarray\(\)"):
+    with pytest.raises(TypeError, match=r"X is a SciPy sparse csr_matrix; cuhouse takes dense arrays: pass X.toarray\(\)"):
         A @ scipy.sparse.csr_matrix(numpy.eye(6))
+    with pytest.raises(TypeError, match=r"X is a SciPy sparse csr_array"):
+        ch.vjp(ch.matmul, A, scipy.sparse.csr_array(numpy.eye(6)))[1]
     with pytest.raises(TypeError, match=r"X is a SciPy sparse csr_array"):
         ch.vjp(ch.matmul, A, scipy.sparse.csr_array(numpy.eye(6)))
 
@@ -316,6 +318,31 @@ def test_masked_operand_is_a_type_error(name):
         masked @ A
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_numpy_matrix_input_is_taken_as_its_ndarray_view():
+    v = numpy.random.default_rng(0).standard_normal((4, 4))
+    H = ch.HouseholderProduct(numpy.matrix(v))
+    assert type(H.vectors) is numpy.ndarray
+    numpy.testing.assert_allclose(H @ numpy.eye(4), ch.HouseholderProduct(v).todense(), atol=1e-15)
+    q = numpy.linalg.qr(v)[0]
+    numpy.testing.assert_allclose(ch.HouseholderProduct.from_dense(numpy.matrix(q)).todense(), q, atol=1e-14)
+
+
+def test_solve_names_b_in_its_errors():
+    W = _svd(4, 4)
+    with pytest.raises(ValueError, match="B must be finite"):
+        W.solve(numpy.full(4, numpy.nan))
+    with pytest.raises(ValueError, match=r"B has shape \(3,\) but the operator is 4x4"):
+        W.solve(numpy.ones(3))
+
+
+def test_matrix_times_a_scipy_linear_operator_stays_lazy():
+    m = numpy.random.default_rng(0).standard_normal((6, 6))
+    product = MATRICES["H"] @ sla.aslinearoperator(m)
+    assert isinstance(product, sla.LinearOperator)
+    numpy.testing.assert_allclose(product @ numpy.eye(6), _dense(MATRICES["H"]) @ m, atol=1e-12)
+
+
 # ------------------------------------------------------ singular spectra
 def test_logdet_of_a_singular_spectrum_is_minus_inf_and_its_gradient_a_value_error():
     E = ch.EighMatrix(_householder(4), numpy.array([0.0, 1.0, 2.0, 3.0]))
@@ -326,14 +353,33 @@ def test_logdet_of_a_singular_spectrum_is_minus_inf_and_its_gradient_a_value_err
         E.inv()
 
 
+def test_inverse_of_a_subnormal_spectrum_is_a_value_error_not_a_warning():
+    E = ch.EighMatrix(_householder(3), numpy.array([1e-320, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"inv\(\) needs every 1/w finite \(W is numerically singular\), got w\[0\]"):
+        E.inv()
+
+
 # ----------------------------------------------------------------- memory
 def test_todense_too_large_says_how_much_memory_it_needs():
     H = ch.HouseholderProduct(numpy.ones((1, 10 ** 6)))
     with pytest.raises(MemoryError, match=r"todense\(\) needs a dense float64 array of shape \(1000000, 1000000\) "
-                                          r"\(7.28 TiB\), more than this machine's memory"):
+                                          r"\(7.28 TiB; about 29.1 TiB with its intermediates\), more than this "
+                                          r"machine's memory"):
         H.todense()
-    with pytest.raises(MemoryError, match=r'algorithm="dense" needs a dense float64 array .* \(7.28 TiB\)'):
+    with pytest.raises(MemoryError, match=r'algorithm="dense" needs a dense float64 array .* \(7.28 TiB; about'):
         ch.HouseholderProduct(numpy.ones((1, 10 ** 6)), algorithm="dense") @ numpy.ones(10 ** 6)
+    W = ch.SVDMatrix(numpy.eye(1, 5), numpy.ones(1), numpy.ones((1, 10 ** 6)))
+    with pytest.raises(MemoryError, match=r"shape \(1000000, 1000000\)"):
+        ch.SVDMatrix(numpy.ones((1, 10 ** 6)), numpy.ones(1), numpy.ones((1, 10 ** 6))).todense()
+
+
+def test_todense_of_a_wide_matrix_applies_the_transpose_to_the_smaller_identity():
+    W = ch.SVDMatrix(numpy.eye(1, 5), numpy.ones(1), numpy.ones((1, 10 ** 6)))     # 5 x 10^6: 40 MB
+    dense = W.todense()
+    assert dense.shape == (5, 10 ** 6)
+    numpy.testing.assert_allclose(dense[:, :3], W @ numpy.eye(10 ** 6, 3), atol=1e-15)
+    wide = _svd(3, 6) @ MATRICES["W"]
+    numpy.testing.assert_allclose(_dense(wide), _dense(_svd(3, 6)) @ _dense(MATRICES["W"]), atol=1e-12)
 
 
 # --------------------------------------------- one validation per call

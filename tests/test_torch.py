@@ -1,0 +1,506 @@
+"""cuhouse.torch: forward and gradients against dense torch references, gradcheck, DLPack, errors, compile."""
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy
+import pytest
+
+torch = pytest.importorskip("torch", reason="cuhouse.torch needs PyTorch: pip install 'cuhouse[torch]'")
+
+import cuhouse  # noqa: E402
+import cuhouse.torch as cht  # noqa: E402
+from cuhouse.torch import ops  # noqa: E402
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
+DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
+
+
+def randn(*shape, dtype=torch.float64, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_(requires_grad)
+
+
+def dense_householder(v):
+    """H(v_1) ... H(v_n) by the rank-1 loop in torch (differentiable): the reference."""
+    d = v.shape[-1]
+    h = torch.eye(d, dtype=v.dtype).expand(v.shape[:-2] + (d, d))
+    for i in range(v.shape[-2]):
+        u = v[..., i, :] / v[..., i, :].norm(dim=-1, keepdim=True)
+        h = h - 2 * (h @ u[..., :, None]) @ u[..., None, :]
+    return h
+
+
+def dense_svd_weight(layer):
+    r = layer.rank
+    u, v = dense_householder(layer.U_vectors), dense_householder(layer.V_vectors)
+    return u[:, :r] * layer.s @ v[:, :r].T
+
+
+def assert_close(a, b, dtype, scale=10):
+    tol = scale * TOL[dtype]
+    assert a.shape == b.shape
+    err = (a - b).abs().max().item() / max(1.0, b.abs().max().item())
+    assert err <= tol, err
+
+
+def gradcheck_attribute(layer, attribute):
+    """gradcheck of ``layer.<attribute>`` (a property, or a method taking no argument) w.r.t. its parameters."""
+    class Read(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self):
+            value = getattr(self.layer, attribute)
+            return value() if callable(value) else value
+
+    read = Read()
+    names = ["layer." + name for name, _ in layer.named_parameters()]
+    return torch.autograd.gradcheck(lambda *params: torch.func.functional_call(read, dict(zip(names, params)), ()),
+                                    tuple(layer.parameters()))
+
+
+def grads(out, inputs, seed=1):
+    """Gradients of <out, G> for a fixed random G."""
+    g = randn(*out.shape, dtype=out.dtype, seed=seed).to(out.device)
+    return torch.autograd.grad(out, inputs, g)
+
+
+# ------------------------------------------------------------ householder_matmul
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("v_shape, x_shape", [((5, 7), (7, 3)), ((2, 1, 5, 7), (3, 7, 4)), ((7, 7), (7,)),
+                                               ((2, 3, 6), (6,)), ((4, 6), (2, 6, 1))])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_householder_matmul_matches_dense(dtype, v_shape, x_shape, transpose):
+    v = randn(*v_shape, dtype=dtype, requires_grad=True)
+    x = randn(*x_shape, dtype=dtype, seed=2, requires_grad=True)
+    h = dense_householder(v)
+    h = h.mT if transpose else h
+    expected = torch.matmul(h, x)
+    out = cht.householder_matmul(v, x, transpose=transpose)
+    assert out.dtype == dtype
+    assert_close(out, expected, dtype)
+    for got, want in zip(grads(out, (v, x)), grads(expected, (v, x))):
+        assert_close(got, want, dtype, scale=100)
+
+
+def test_householder_matmul_gradcheck():
+    v = randn(2, 4, 6, requires_grad=True)
+    x = randn(6, 3, seed=2, requires_grad=True)
+    assert torch.autograd.gradcheck(cht.householder_matmul, (v, x))
+    assert torch.autograd.gradcheck(lambda v, x: cht.householder_matmul(v, x, transpose=True), (v, x[:, 0]))
+
+
+def test_non_contiguous_inputs():
+    base_v = randn(6, 10, requires_grad=True)
+    base_x = randn(3, 6, seed=2, requires_grad=True)
+    v, x = base_v[1::2, :6], base_x.mT            # rows 1, 3, 5 of the first 6 columns; a transposed (6, 3)
+    assert not v.is_contiguous() and not x.is_contiguous()
+    out = cht.householder_matmul(v, x)
+    expected = dense_householder(v.detach().contiguous()) @ x.detach().contiguous()
+    assert_close(out, expected, torch.float64)
+    out.sum().backward()
+    assert base_v.grad.shape == base_v.shape and base_x.grad.shape == base_x.shape
+    assert torch.autograd.gradcheck(cht.householder_matmul, (v, x))
+
+
+def test_inputs_are_not_modified_and_requires_grad_is_kept():
+    v = randn(4, 6, requires_grad=True)
+    x = randn(6, 2, seed=2)
+    v0, x0 = v.detach().clone(), x.clone()
+    out = cht.householder_matmul(v, x)
+    out.sum().backward()
+    assert torch.equal(v.detach(), v0) and torch.equal(x, x0)
+    assert out.requires_grad and x.grad is None and v.grad is not None
+
+
+def test_without_grad_no_graph_is_recorded():
+    v, x = randn(4, 6, requires_grad=True), randn(6, 2, seed=2)
+    expected = dense_householder(v.detach()) @ x
+    with torch.no_grad():
+        out = cht.householder_matmul(v, x)
+    assert out.grad_fn is None and not out.requires_grad
+    assert_close(out, expected, torch.float64)
+    out = cht.householder_matmul(v.detach(), x)
+    assert out.grad_fn is None
+    layer = cht.SVDLinear(6, 3, dtype=torch.float64)
+    recorded = layer(x.T)
+    with torch.no_grad():
+        assert_close(layer(x.T), recorded.detach(), torch.float64)
+
+
+def test_mixed_float_dtypes_promote_to_float64():
+    v = randn(4, 6, dtype=torch.float32, requires_grad=True)
+    x = randn(6, 2, seed=2, requires_grad=True)
+    out = cht.householder_matmul(v, x)
+    assert out.dtype == torch.float64
+    out.sum().backward()
+    assert v.grad.dtype == torch.float32 and x.grad.dtype == torch.float64
+
+
+def test_in_place_change_before_backward_is_detected():
+    v = randn(4, 6, requires_grad=True)
+    leaf = v * 1
+    out = cht.householder_matmul(leaf, randn(6, 2, seed=2))
+    with torch.no_grad():
+        leaf.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+# --------------------------------------------------------------------- DLPack
+def test_dlpack_shares_memory_on_the_cpu():
+    t = randn(5, 4, requires_grad=True).mT        # requires grad and non-contiguous
+    a = ops.to_array(t)
+    assert isinstance(a, numpy.ndarray)
+    assert a.__array_interface__["data"][0] == t.data_ptr()
+    assert a.strides == tuple(8 * s for s in t.stride())
+    back = ops.to_tensor(a)
+    assert back.data_ptr() == t.data_ptr()
+
+
+def test_cuhouse_holds_the_tensors_memory():
+    v = randn(4, 6, requires_grad=True)
+    h = cuhouse.HouseholderProduct(ops.to_array(v))
+    assert h.params[0].__array_interface__["data"][0] == v.data_ptr()
+
+
+def test_to_tensor_copies_only_reversed_views():
+    a = numpy.arange(6.0)[::-1]
+    t = ops.to_tensor(a)
+    assert torch.equal(t, torch.tensor(a.copy()))
+
+
+# ----------------------------------------------------------------- bad input
+@pytest.mark.parametrize("bad_dtype", [torch.int64, torch.bfloat16, torch.float16, torch.complex64])
+def test_unsupported_dtype_of_vectors(bad_dtype):
+    v = torch.ones(3, 5, dtype=bad_dtype)
+    with pytest.raises(TypeError, match=r"vectors has dtype torch\.{}; supported dtypes are torch\.float32 "
+                                        r"and torch\.float64".format(str(bad_dtype).split(".")[1])):
+        cht.householder_matmul(v, randn(5, 2))
+
+
+@pytest.mark.parametrize("bad_dtype", [torch.int32, torch.bfloat16])
+def test_unsupported_dtype_of_x(bad_dtype):
+    with pytest.raises(TypeError, match=r"X has dtype torch\.{}".format(str(bad_dtype).split(".")[1])):
+        cht.householder_matmul(randn(3, 5), torch.ones(5, 2, dtype=bad_dtype))
+
+
+def test_not_a_tensor():
+    with pytest.raises(TypeError, match="X must be a torch.Tensor, got ndarray"):
+        cht.householder_matmul(randn(3, 5), numpy.ones((5, 2)))
+
+
+def test_wrong_shape_of_x():
+    with pytest.raises(ValueError, match=r"X has shape \(4, 2\) but the operator is 5x5: expected "
+                                         r"\(d,\) or \(\.\.\., d, m\) with d=5"):
+        cht.householder_matmul(randn(3, 5), randn(4, 2))
+
+
+def test_scalar_x():
+    with pytest.raises(ValueError, match="X must have at least one dimension"):
+        cht.householder_matmul(randn(3, 5), torch.tensor(1.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shape", [(5,), (6, 5), (0, 5)])
+def test_wrong_shape_of_vectors(shape):
+    with pytest.raises(ValueError, match=r"vectors must have shape \(\.\.\., n, d\)"):
+        cht.householder_matmul(torch.ones(shape, dtype=torch.float64), randn(5, 2))
+
+
+def test_batch_shapes_that_do_not_broadcast():
+    with pytest.raises(ValueError, match=r"the batch shapes of the operator \(2,\) and X \(3,\) do not broadcast"):
+        cht.householder_matmul(randn(2, 3, 5), randn(3, 5, 2))
+
+
+def test_zero_vector_is_cuhouse_s_value_error():
+    v = randn(3, 5)
+    v[1] = 0
+    with pytest.raises(ValueError, match="row 1 is a zero vector"):
+        cht.householder_matmul(v, randn(5, 2))
+
+
+def test_mixed_devices():
+    with pytest.raises(TypeError, match=r"X is on cpu but vectors is on meta; .*move one with \.to\(device\)"):
+        cht.householder_matmul(torch.ones(3, 5, device="meta", dtype=torch.float64), randn(5, 2))
+
+
+def test_unsupported_device():
+    with pytest.raises(TypeError, match="X is on meta; cuhouse.torch supports CPU and CUDA tensors"):
+        cht.householder_matmul(torch.ones(3, 5, device="meta"), torch.ones(5, 2, device="meta"))
+
+
+# ------------------------------------------------------------------- SVDLinear
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_features, out_features", [(6, 6), (7, 4), (4, 7)])
+@pytest.mark.parametrize("x_shape", [(), (5,), (2, 3)])
+def test_svd_linear_matches_dense(dtype, in_features, out_features, x_shape):
+    torch.manual_seed(0)
+    layer = cht.SVDLinear(in_features, out_features, dtype=dtype)
+    x = randn(*x_shape, in_features, dtype=dtype, seed=3, requires_grad=True)
+    weight = dense_svd_weight(layer)
+    expected = x @ weight.T + layer.bias
+    out = layer(x)
+    assert out.shape == x_shape + (out_features,) and out.dtype == dtype
+    assert_close(out, expected, dtype)
+    assert_close(layer.weight, weight, dtype)
+    inputs = (x,) + tuple(layer.parameters())
+    for got, want in zip(grads(out, inputs), grads(expected, inputs)):
+        assert_close(got, want, dtype, scale=100)
+
+
+def test_svd_linear_parameters_and_initialization():
+    torch.manual_seed(0)
+    layer = cht.SVDLinear(5, 3)
+    assert dict((n, tuple(p.shape)) for n, p in layer.named_parameters()) == {
+        "U_vectors": (3, 3), "s": (3,), "V_vectors": (3, 5), "bias": (3,)}
+    assert bool(((layer.s >= 0.9) & (layer.s <= 1.1)).all())
+    assert cht.SVDLinear(5, 3, bias=False).bias is None
+    assert cht.SVDLinear(5, 3, dtype=torch.float64).s.dtype == torch.float64
+    assert "rank=3" in repr(layer)
+
+
+def test_svd_linear_gradcheck():
+    torch.manual_seed(0)
+    layer = cht.SVDLinear(5, 4, dtype=torch.float64)
+    x = randn(3, 5, seed=3, requires_grad=True)
+    names = [n for n, _ in layer.named_parameters()]
+
+    def forward(x, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x,))
+
+    assert torch.autograd.gradcheck(forward, (x,) + tuple(layer.parameters()))
+    assert gradcheck_attribute(layer, "weight")
+
+
+def test_svd_linear_logdet():
+    torch.manual_seed(0)
+    layer = cht.SVDLinear(6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        layer.s[0] = -1.5
+    assert_close(layer.logdet(), torch.linalg.slogdet(layer.weight)[1], torch.float64)
+    assert gradcheck_attribute(layer, "logdet")
+    (ds,) = torch.autograd.grad(layer.logdet(), layer.s)
+    assert_close(ds, 1 / layer.s.detach(), torch.float64)
+    with pytest.raises(ValueError, match="logdet needs a square layer, but this SVDLinear is 6 -> 4"):
+        cht.SVDLinear(6, 4).logdet()
+
+
+def test_svd_linear_bad_input():
+    layer = cht.SVDLinear(5, 3)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 5\), got shape \(2, 4\)"):
+        layer(torch.ones(2, 4))
+    with pytest.raises(TypeError, match=r"x has dtype torch\.int64"):
+        layer(torch.ones(2, 5, dtype=torch.int64))
+    with pytest.raises(TypeError, match="dtype must be torch.float32 or torch.float64, got torch.bfloat16"):
+        cht.SVDLinear(5, 3, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+        cht.SVDLinear(0, 3)
+
+
+# ------------------------------------------------------------------- Orthogonal
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_orthogonal_layer_matches_dense(dtype):
+    torch.manual_seed(0)
+    layer = cht.Orthogonal(6, n_reflections=4, bias=True, dtype=dtype)
+    x = randn(2, 3, 6, dtype=dtype, seed=3, requires_grad=True)
+    h = dense_householder(layer.vectors)
+    expected = x @ h.T + layer.bias
+    out = layer(x)
+    assert_close(out, expected, dtype)
+    assert_close(layer.weight, h, dtype)
+    assert_close(layer.weight @ layer.weight.T, torch.eye(6, dtype=dtype), dtype)
+    inputs = (x, layer.vectors, layer.bias)
+    for got, want in zip(grads(out, inputs), grads(expected, inputs)):
+        assert_close(got, want, dtype, scale=100)
+
+
+def test_orthogonal_layer_gradcheck_and_errors():
+    torch.manual_seed(0)
+    layer = cht.Orthogonal(5, dtype=torch.float64)
+    assert layer.vectors.shape == (5, 5) and layer.bias is None
+    x = randn(4, 5, seed=3, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, v: torch.func.functional_call(layer, {"vectors": v}, (x,)),
+                                    (x, layer.vectors))
+    assert gradcheck_attribute(layer, "weight")
+    with pytest.raises(ValueError, match="n_reflections must be at most features = 5, got 6"):
+        cht.Orthogonal(5, n_reflections=6)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 5\), got shape \(3,\)"):
+        layer(torch.ones(3, dtype=torch.float64))
+
+
+# ----------------------------------------------------- orthogonal(parametrization)
+@pytest.mark.parametrize("shape", [(6, 6), (7, 4), (4, 7)])
+def test_orthogonal_parametrization_is_the_q_of_the_weight(shape):
+    rows, cols = shape
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(cols, rows, dtype=torch.float64)
+    w = linear.weight.detach().clone()
+    cht.orthogonal(linear)
+    a = w if rows >= cols else w.T
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r))
+    assert_close(linear.weight, q if rows >= cols else q.T, torch.float64, scale=1000)
+    k = min(shape)
+    original = linear.parametrizations.weight.original
+    assert original.shape == (k, max(shape))
+    eye = torch.eye(k, dtype=torch.float64)
+    semi = linear.weight.T @ linear.weight if rows >= cols else linear.weight @ linear.weight.T
+    assert_close(semi, eye, torch.float64)
+    x = randn(3, cols, seed=4)
+    assert torch.autograd.gradcheck(lambda o: linear.parametrizations.weight[0](o), (original,))
+    linear(x).sum().backward()
+    assert original.grad is not None and original.grad.shape == original.shape
+
+
+def test_orthogonal_parametrization_keeps_an_orthogonal_weight():
+    q, _ = torch.linalg.qr(randn(5, 5))
+    linear = torch.nn.Linear(5, 5, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        linear.weight.copy_(q)
+    cht.orthogonal(linear)
+    assert_close(linear.weight, q, torch.float64, scale=100)
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_orthogonal_parametrization_n_reflections(n):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3, 5, dtype=torch.float64)   # weight (5, 3): k = 3
+    w = linear.weight.detach().clone()
+    cht.orthogonal(linear, n_reflections=n)
+    assert linear.parametrizations.weight.original.shape == (n, 5)
+    q, r = torch.linalg.qr(w)
+    q = q * torch.sign(torch.diagonal(r))
+    m = min(n, 3)
+    assert_close(linear.weight[:, :m], q[:, :m], torch.float64, scale=1000)
+
+
+def test_orthogonal_parametrization_training_step():
+    torch.manual_seed(0)
+    linear = cht.orthogonal(torch.nn.Linear(4, 4))
+    opt = torch.optim.SGD(linear.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = (linear(x) - x.flip(-1)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert_close(linear.weight @ linear.weight.T, torch.eye(4), torch.float32)
+
+
+def test_orthogonal_parametrization_errors():
+    with pytest.raises(ValueError, match="orthogonal needs a 2-D tensor module.missing, got None"):
+        cht.orthogonal(torch.nn.Linear(3, 3), name="missing")
+    with pytest.raises(ValueError, match=r"n_reflections must be at most max\(weight.shape\) = 3, got 4"):
+        cht.orthogonal(torch.nn.Linear(3, 3), n_reflections=4)
+
+
+# ------------------------------------------------------------- torch.compile
+class _Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.svd = cht.SVDLinear(6, 5)
+        self.orth = cht.Orthogonal(5, bias=True)
+        self.linear = cht.orthogonal(torch.nn.Linear(5, 3))
+
+    def forward(self, x):
+        return self.linear(torch.tanh(self.orth(self.svd(x))))
+
+
+def test_custom_op_registration():
+    v, x = randn(2, 4, 6, requires_grad=True), randn(6, 3, seed=2, requires_grad=True)
+    for args in [("householder", False, "left", x, [v]), ("householder", True, "right", x.mT.detach(), [v])]:
+        result = torch.library.opcheck(torch.ops.cuhouse.matmul.default, args)
+        assert set(result.values()) == {"SUCCESS"}, result
+
+
+def test_custom_op_gradcheck():
+    """The compiled path's backward (the registered autograd of cuhouse::matmul), run eagerly."""
+    v, x = randn(2, 4, 6, requires_grad=True), randn(6, 3, seed=2, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, x: torch.ops.cuhouse.matmul("householder", False, "left", x, [v]),
+                                    (v, x))
+    u, s, w = randn(3, 5, seed=3), randn(3, seed=4), randn(3, 4, seed=5)
+    params = [p.requires_grad_() for p in (u, s, w)]
+    assert torch.autograd.gradcheck(lambda x, *p: torch.ops.cuhouse.matmul("svd", True, "right", x, list(p)),
+                                    (randn(2, 4, seed=6, requires_grad=True), *params))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compile_fullgraph(backend):
+    """fullgraph=True: the fake implementations and AOT autograd (aot_eager), and the default
+    backend inductor, which builds C++ on the CPU (about 10 s)."""
+    torch.manual_seed(0)
+    model = _Model()
+    x = torch.randn(4, 2, 6)
+    out = torch.compile(model, fullgraph=True, backend=backend)(x)
+    out.square().sum().backward()
+    compiled_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    expected = model(x)
+    expected.square().sum().backward()
+    assert_close(out, expected, torch.float32)
+    for got, p in zip(compiled_grads, model.parameters()):
+        assert_close(got, p.grad, torch.float32)
+
+
+def test_export_keeps_the_custom_op():
+    torch.manual_seed(0)
+    model = _Model()
+    x = torch.randn(4, 6)
+    exported = torch.export.export(model, (x,))
+    targets = [node.target for node in exported.graph.nodes]
+    assert targets.count(torch.ops.cuhouse.matmul.default) == 3
+    assert_close(exported.module()(x), model(x), torch.float32)
+
+
+# ------------------------------------------------------------------- imports
+def test_import_cuhouse_does_not_import_torch():
+    code = "import sys, cuhouse; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_import_without_torch_says_how_to_install():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "try:\n    import cuhouse.torch\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert 'pip install "cuhouse[torch]"' in out
+
+
+# ----------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch and a device")
+def test_cuda_matches_cpu():
+    pytest.importorskip("cupy")
+    v = randn(2, 8, 16, dtype=torch.float32, requires_grad=True)
+    x = randn(16, 5, dtype=torch.float32, seed=2, requires_grad=True)
+    vc, xc = v.detach().cuda().requires_grad_(), x.detach().cuda().requires_grad_()
+    out, out_c = cht.householder_matmul(v, x), cht.householder_matmul(vc, xc)
+    assert out_c.device == xc.device
+    assert_close(out_c.cpu(), out.detach(), torch.float32)
+    for got, want in zip(grads(out_c, (vc, xc)), grads(out, (v, x))):
+        assert_close(got.cpu(), want, torch.float32, scale=100)
+    with pytest.raises(TypeError, match="X is on cpu but vectors is on cuda"):
+        cht.householder_matmul(vc, x)
+
+
+
+@pytest.mark.slow
+def test_bench_script_runs_on_a_tiny_size():
+    script = pathlib.Path(__file__).resolve().parent.parent / "examples" / "bench_torch.py"
+    out = subprocess.run([sys.executable, str(script), "--d", "8", "--m", "2", "--rounds", "1"], check=True,
+                         capture_output=True, text=True).stdout
+    assert "torch householder_product + matmul" in out and "parametrizations.orthogonal matrix_exp" in out
+
+
+def test_readme_pytorch_block_runs():
+    """The README's PyTorch example (a ``py`` block, so that the torch-free README test skips it)."""
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = re.findall(r"## PyTorch\n.*?```py\n(.*?)```", text, flags=re.S)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["Y"].shape == (256, 32) and namespace["v"].grad.shape == (64, 256)
