@@ -89,7 +89,8 @@ def main(argv=None):
         return plot.draw(args.plot, sizes, args.m, dtype, xp, rounds)
     print("cuhouse bench: backend={} dtype={} m={} (columns of X)".format(backend_name(xp), dtype, args.m))
     cpu_clock = xp is numpy and args.threads == 1
-    clock = ("the process's CPU time (single-threaded: the time waiting for a core on a shared machine is left out)"
+    clock = ("the calling thread's CPU time (single-threaded BLAS runs there; the time waiting for a core on a "
+             "shared machine is left out)"
              if cpu_clock else "CUDA events" if xp is not numpy else "the wall clock")
     print("how: BLAS threads = {} (OPENBLAS/OMP/MKL_NUM_THREADS), timed by {}; one warm-up round, then {} rounds "
           "that run every case of a size once each, interleaved; 'median ms' is the median time, 'ratio' the median over "

@@ -26,8 +26,9 @@ def measure(cases, baseline, rounds, xp, cpu_clock=False):
     on CuPy the time is the span between two CUDA events recorded around the
     call on the current stream (host launch gaps included), waited for before
     the next case. ``cpu_clock`` (NumPy with single-threaded BLAS) times the
-    process's CPU time instead of the wall clock: on a shared machine it leaves
-    out the time the process waits for a core.
+    calling thread's CPU time instead of the wall clock: on a shared machine it
+    leaves out the time the thread waits for a core (and the spinning of other
+    threads, such as an OpenMP pool that a previous case left busy-waiting).
     """
     for fn in cases.values():
         fn()
@@ -56,9 +57,9 @@ def _host_clock(fn):
 
 
 def _cpu_clock(fn):
-    start = time.process_time()
+    start = time.thread_time()
     fn()
-    return time.process_time() - start
+    return time.thread_time() - start
 
 
 def _event_clock(cupy):
