@@ -165,17 +165,22 @@ def is_trapezoidal(y, xp, block_size=64):
                    for first in range(block_size, n, block_size))
 
 
-def squared_norms(y, layout, xp, block_size=32):
+def squared_norms(y, layout, xp, block_size=64):
     """Sums of squares of the stored entries of each row ``(..., n)`` (the implicit 1 of
     ``"unit"`` not included): one pass over them, no copy. O(n d)."""
-    parts = []
-    for block in blocks(y, block_size, layout, xp):
-        sumsq = xp.einsum("...ij,...ij->...i", block.tail, block.tail)
-        if block.head is not None:
-            head = block.head - xp.eye(block.head.shape[-1], dtype=y.dtype) if layout == UNIT else block.head
-            sumsq = sumsq + xp.einsum("...ij,...ij->...i", head, head)
-        parts.append(sumsq)
-    return xp.concatenate(parts, axis=-1)
+    n = y.shape[-2]
+    k = min(block_size, n)
+    stored, _ = _corner_masks(k, layout, y.dtype, xp)
+    sums = []
+    for corners in _corners(y, k, xp):
+        size = corners.shape[-1]
+        kept = xp.where(stored[:size, :size], corners, 0)
+        per_row = xp.einsum("...bij,...bij->...bi", kept, kept)
+        sums.append(per_row.reshape(per_row.shape[:-2] + (-1,)))
+    heads = xp.concatenate(sums, axis=-1)
+    tails = xp.concatenate([xp.einsum("...ij,...ij->...i", y[..., first:first + k, first + k:],
+                                      y[..., first:first + k, first + k:]) for first in range(0, n, k)], axis=-1)
+    return heads + tails
 
 
 def full_rows(y, layout, xp):
