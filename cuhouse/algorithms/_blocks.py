@@ -176,7 +176,7 @@ def squared_norms(y, layout, xp, block_size=64):
         size = corners.shape[-1]
         kept = xp.where(stored[:size, :size], corners, 0)
         per_row = xp.einsum("...bij,...bij->...bi", kept, kept)
-        sums.append(per_row.reshape(per_row.shape[:-2] + (-1,)))
+        sums.append(per_row.reshape(per_row.shape[:-2] + (per_row.shape[-2] * per_row.shape[-1],)))
     heads = xp.concatenate(sums, axis=-1)
     tails = xp.concatenate([xp.einsum("...ij,...ij->...i", y[..., first:first + k, first + k:],
                                       y[..., first:first + k, first + k:]) for first in range(0, n, k)], axis=-1)
