@@ -30,7 +30,8 @@ the ``layout`` and the number ``n`` of reflections."""
 
 
 def build(y, block_size, xp, layout=FULL, identity=None):
-    """T factors of every block: a Gram GEMM per block, one batched inverse. O(n k d).
+    """T factors of every block: the Gram matrices (one batched GEMM over the full-length blocks
+    of a contiguous ``y``, else one GEMM per block), one batched inverse. O(n k d).
 
     ``identity`` ``(..., n)`` (optional) marks reflections that are identity
     factors whatever their stored entries (LAPACK's ``tau == 0``).
@@ -40,13 +41,18 @@ def build(y, block_size, xp, layout=FULL, identity=None):
     batch = y.shape[:-2]
     active = None if identity is None else ~identity
     g = xp.zeros(batch + (len(blocks), k, k), dtype=y.dtype)
+    whole = y.shape[-2] // k
+    batched = layout == FULL and y.flags.c_contiguous and whole > 1
+    if batched:
+        stacked = y[..., :whole * k, :].reshape(batch + (whole, k, y.shape[-1]))
+        xp.matmul(stacked, swap(stacked, xp), out=g[..., :whole, :, :])
     for j, block in enumerate(blocks):
-        gj = _blocks.gram(block, xp)
+        kb = block.last - block.first
+        if not (batched and j < whole):
+            g[..., j, :kb, :kb] = _blocks.gram(block, xp)
         if active is not None:
             a = active[..., block.first:block.last].astype(y.dtype)
-            gj *= a[..., :, None] * a[..., None, :]
-        kb = block.last - block.first
-        g[..., j, :kb, :kb] = gj
+            g[..., j, :kb, :kb] *= a[..., :, None] * a[..., None, :]
     diag = xp.diagonal(g, axis1=-2, axis2=-1)
     # a zero row (an identity factor, or block padding) gets s_ii = 1/2: decoupled, it acts as nothing
     half = xp.where(diag > 0, diag / 2, 0.5)
