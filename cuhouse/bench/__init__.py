@@ -93,7 +93,7 @@ def main(argv=None):
              "shared machine is left out)"
              if cpu_clock else "CUDA events" if xp is not numpy else "the wall clock")
     print("how: BLAS threads = {} (OPENBLAS/OMP/MKL_NUM_THREADS), timed by {}; one warm-up round, then {} rounds "
-          "that run every case of a size once each, interleaved; 'median ms' is the median time, 'ratio' the median over "
+          "that run every case of a size once each, interleaved (each round starting one case later); 'median ms' is the median time, 'ratio' the median over "
           "rounds of time / time of the row named in 'vs' measured in the same round; '!' marks a row whose "
           "per-round ratios spread by more than {:.0%} of the median (extreme round on each side left out): "
           "re-run it before quoting it.".format(threads, clock, rounds, DISAGREEMENT))

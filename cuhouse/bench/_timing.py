@@ -20,9 +20,9 @@ def measure(cases, baseline, rounds, xp, cpu_clock=False):
 
     ``cases`` maps names to zero-argument callables; ``baseline`` is one case
     name, or a dict giving each case the name of its own baseline (a section
-    that compares several operations). Every round runs each case once, in
-    order (interleaved: drift on a shared machine hits all cases alike), after
-    one untimed warm-up round. Device work is synchronized before every call;
+    that compares several operations). Every round runs each case once
+    (interleaved: drift on a shared machine hits all cases alike; each round
+    starts one case later than the last), after one untimed warm-up round. Device work is synchronized before every call;
     on CuPy the time is the span between two CUDA events recorded around the
     call on the current stream (host launch gaps included), waited for before
     the next case. ``cpu_clock`` (NumPy with single-threaded BLAS) times the
@@ -34,10 +34,14 @@ def measure(cases, baseline, rounds, xp, cpu_clock=False):
         fn()
     clock = _event_clock(xp) if xp is not numpy else (_cpu_clock if cpu_clock else _host_clock)
     samples = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
+    names = list(cases)
+    for round_index in range(rounds):
+        # each round starts one case later, so that no case always follows the same one (a case that
+        # leaves the caches cold would otherwise slow down its successor in every round)
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
             synchronize(xp)
-            samples[name].append(clock(fn))
+            samples[name].append(clock(cases[name]))
     baseline_of = baseline if isinstance(baseline, dict) else dict.fromkeys(cases, baseline)
     times = {name: numpy.array(s) for name, s in samples.items()}
     results = {}
