@@ -179,7 +179,8 @@ class Reflections:
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
             info = numpy.finfo(dtype)
             norms = self.norms
-            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (norms <= numpy.sqrt(info.max * info.eps))
+            safe = (((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0))
+                    & (norms <= numpy.sqrt(info.max * info.eps)))
             if not bool(safe.all()):
                 scaled = _blocks.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _blocks.FULL, None

@@ -92,11 +92,13 @@ def main(argv=None):
     clock = ("the calling thread's CPU time (single-threaded BLAS runs there; the time waiting for a core on a "
              "shared machine is left out)"
              if cpu_clock else "CUDA events" if xp is not numpy else "the wall clock")
-    print("how: BLAS threads = {} (OPENBLAS/OMP/MKL_NUM_THREADS), timed by {}; one warm-up round, then {} rounds "
-          "that run every case of a size once each, interleaved (each round starting one case later); 'median ms' is the median time, 'ratio' the median over "
-          "rounds of time / time of the row named in 'vs' measured in the same round; '!' marks a row whose "
-          "per-round ratios spread by more than {:.0%} of the median (extreme round on each side left out): "
-          "re-run it before quoting it.".format(threads, clock, rounds, DISAGREEMENT))
+    print("how: BLAS threads = {} (OPENBLAS/OMP/MKL_NUM_THREADS), timed by {}.".format(threads, clock))
+    print("     One warm-up round, then {} rounds that run every case of a size once each, interleaved "
+          "(each round starting one case later).".format(rounds))
+    print("     'median ms' is the median time; 'ratio' the median over rounds of time / time of the row named "
+          "in 'vs', measured in the same round.")
+    print("     'spread' is how far the per-round ratios disagree (largest - smallest over the median, the extreme "
+          "round on each side left out); '!' marks more than {:.0%}: re-run before quoting.".format(DISAGREEMENT))
     for name in names:
         section = SECTIONS[name]
         print("\n## {}: {}".format(name, section.TITLE))
