@@ -25,9 +25,9 @@ def measure(cases, baseline, rounds, xp, cpu_clock=False):
     starts one case later than the last), after one untimed warm-up round.
     Device work is synchronized before every call; on CuPy the time is the
     span between two CUDA events recorded around the call on the current
-    stream (host launch gaps included), waited for before the next case. ``cpu_clock`` (NumPy with single-threaded BLAS) times the
-    calling thread's CPU time instead of the wall clock: on a shared machine it
-    leaves out the time the thread waits for a core (and the spinning of other
+    stream (host launch gaps included), waited for before the next case.
+    ``cpu_clock`` (NumPy with single-threaded BLAS) times the calling thread's
+    CPU time instead of the wall clock: on a shared machine it leaves out the time the thread waits for a core (and the spinning of other
     threads, such as an OpenMP pool that a previous case left busy-waiting).
     """
     for fn in cases.values():
