@@ -27,8 +27,9 @@ def measure(cases, baseline, rounds, xp, cpu_clock=False):
     span between two CUDA events recorded around the call on the current
     stream (host launch gaps included), waited for before the next case.
     ``cpu_clock`` (NumPy with single-threaded BLAS) times the calling thread's
-    CPU time instead of the wall clock: on a shared machine it leaves out the time the thread waits for a core (and the spinning of other
-    threads, such as an OpenMP pool that a previous case left busy-waiting).
+    CPU time instead of the wall clock: on a shared machine it leaves out the
+    time the thread waits for a core (and the spinning of other threads, such
+    as an OpenMP pool that a previous case left busy-waiting).
     """
     for fn in cases.values():
         fn()
