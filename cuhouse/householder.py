@@ -8,45 +8,56 @@ The parameter arrays are treated as immutable: block factors are built once,
 lazily, and reused by every later product. After changing ``vectors`` in place
 (an optimizer step), call :meth:`HouseholderProduct.refresh`.
 """
+from collections import namedtuple
+
 import numpy
 
 from . import _validate, layouts, plan
 from ._backend import array_module, backend_name, module_named, read_only
 from ._gpu import primitives
 from ._operator import Operator, reduce_to_shape
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, _blocks
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
+
+
+Segment = namedtuple("Segment", "leaf reversed k identity")
+Segment.__doc__ = """Where a run of reflections comes from: leaf array number ``leaf``, its rows
+``reversed`` or not; ``k`` is ``None`` for a vectors leaf ``(..., n, d)``, or the
+number of reflectors read in place from a ``geqrf`` array ``a`` ``(..., d, N)``
+(LAPACK's layout), whose ``tau == 0`` mask is ``identity`` (or ``None``)."""
 
 
 class Reflections:
     """The shared state behind one or more ``HouseholderProduct`` views.
 
-    It holds the reflections ``vectors`` ``(..., n, d)`` as slices of the leaf
-    arrays the user passed in (``segments``: leaf index and whether the leaf's
-    rows appear reversed), plus every cache derived from them. ``H`` and
-    ``H.T`` share one ``Reflections``; ``H1 @ H2`` makes a new one. It pickles
-    without its caches, and with its backend as a name.
+    It holds the reflections as the leaf arrays the user passed in
+    (``segments``, see :class:`Segment`), plus every cache derived from them.
+    A single leaf is used in place, in its layout (``rows``, ``layout``,
+    ``identity``); several leaves (``H1 @ H2``) are joined into full rows once.
+    ``H`` and ``H.T`` share one ``Reflections``; ``H1 @ H2`` makes a new one.
+    It pickles without its caches, and with its backend as a name.
     """
 
-    def __init__(self, backend, leaves, segments, check_finite, may_have_identity_rows=False):
+    def __init__(self, backend, leaves, segments, check_finite, dtype, norms=None):
         self.backend = backend
         self.leaves = leaves
         self.segments = segments
         self.check_finite = check_finite
-        self.may_have_identity_rows = may_have_identity_rows
+        self.dtype = numpy.dtype(dtype)
         self.refresh()
+        self._norms = norms
 
     def refresh(self):
         """Drop every cache; the next use rebuilds from the leaf arrays."""
         self._vectors = None
         self._norms = None
-        self._unit = {}
+        self._layout = None
         self._factors = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_unit", "_factors"):
+        for cache in ("_vectors", "_norms", "_layout", "_factors"):
             del state[cache]
         return state
 
@@ -58,12 +69,69 @@ class Reflections:
     def xp(self):
         return module_named(self.backend)
 
+    def _stored(self, segment):
+        """The stored rows of one segment (a view), in product order."""
+        leaf = self.leaves[segment.leaf]
+        rows = leaf if segment.k is None else self.xp.swapaxes(leaf[..., :segment.k], -1, -2)
+        return rows[..., ::-1, :] if segment.reversed else rows
+
+    @property
+    def layout(self):
+        """The layout of :attr:`rows` (see :mod:`cuhouse.algorithms._blocks`): ``"unit"`` for a
+        ``geqrf`` array, ``"trapezoidal"`` for one vectors array whose row i is zero in its first i
+        entries (checked once, see :func:`~cuhouse.algorithms._blocks.is_trapezoidal`), else ``"full"``."""
+        if self._layout is None:
+            (segment, *more) = self.segments
+            if more or segment.reversed:
+                self._layout = _blocks.FULL
+            elif segment.k is not None:
+                self._layout = _blocks.UNIT
+            else:
+                trapezoidal = _blocks.is_trapezoidal(self.leaves[segment.leaf], self.xp)
+                self._layout = _blocks.TRAPEZOIDAL if trapezoidal else _blocks.FULL
+        return self._layout
+
+    def layout_for(self, differentiable):
+        """The layout products run in. A gradient w.r.t. a vectors array covers every entry, the zeros
+        of a trapezoidal array included, so differentiable products use its full rows."""
+        layout = self.layout
+        return _blocks.FULL if differentiable and layout == _blocks.TRAPEZOIDAL else layout
+
+    @property
+    def identity(self):
+        """The identity-factor mask ``(..., n)`` of :attr:`rows`, or ``None``."""
+        return self.segments[0].identity if self.layout == _blocks.UNIT else None
+
+    @property
+    def rows(self):
+        """The rows the algorithms run on, in :attr:`layout`: the caller's array itself for one leaf."""
+        if len(self.segments) == 1:
+            return self._stored(self.segments[0])
+        return self.vectors
+
+    @property
+    def shape(self):
+        """``(..., n, d)`` of the reflections."""
+        if len(self.segments) == 1:
+            return self._stored(self.segments[0]).shape
+        return self.vectors.shape
+
     @property
     def vectors(self):
-        """All reflections ``(..., n, d)`` in product order: a read-only view (NumPy). Cached."""
+        """All reflections as full rows ``(..., n, d)`` in product order (identity factors as zero
+        rows): a read-only view (NumPy) of a vectors leaf, else a copy made once. Cached."""
         if self._vectors is None:
             xp = self.xp
-            parts = [self.leaves[i][..., ::-1, :] if rev else self.leaves[i] for i, rev in self.segments]
+            parts = []
+            for segment in self.segments:
+                rows = self._stored(segment._replace(reversed=False))
+                if segment.k is not None:
+                    rows = _blocks.full_rows(rows, _blocks.UNIT, xp)
+                    if segment.identity is not None:
+                        rows = xp.where(segment.identity[..., None], 0, rows)
+                if segment.reversed:
+                    rows = rows[..., ::-1, :]
+                parts.append(rows.astype(self.dtype, copy=False))
             if len(parts) == 1:
                 self._vectors = read_only(parts[0])
             else:
@@ -74,61 +142,80 @@ class Reflections:
 
     @property
     def norms(self):
+        """Euclidean norms ``(..., n)`` of the reflections (as stored, the implicit 1 included). Cached."""
         if self._norms is None:
-            self._norms = primitives.row_norms(self.vectors, self.xp)
+            if self.layout == _blocks.UNIT:
+                self._norms = self.xp.sqrt(1 + _blocks.squared_norms(self.rows, _blocks.UNIT, self.xp))
+            else:
+                self._norms = primitives.row_norms(self.vectors, self.xp)
         return self._norms
 
-    def unit(self, dtype):
-        """Unit rows in ``dtype`` (zero rows stay zero). Cached. O(n d).
+    def identity_count(self):
+        """Identity factors (``tau == 0``) per batch entry, or ``None`` when there are none. O(n)."""
+        masks = [segment.identity for segment in self.segments if segment.identity is not None]
+        if not masks:
+            return None
+        return sum(self.xp.count_nonzero(mask, axis=-1) for mask in masks)
 
-        The norms are those of the rows in ``dtype``: float32 vectors used
-        with float64 data are normalized to float64 precision.
+    def factors(self, chosen, dtype, layout):
+        """``(factors, scaled)``: the block factors of ``chosen`` (a :class:`plan.Plan`) in ``dtype``,
+        for :attr:`rows` read in ``layout`` (:meth:`layout_for`). Cached.
+
+        Built from the raw rows in place (converted only when ``dtype`` differs),
+        with no normalization pass. Only when some row's sum of squares would
+        leave ``dtype``'s safe range are the rows normalized first (full rows,
+        a copy); ``scaled`` is then ``(unit, norms)`` for the gradient, else
+        ``None``. The dense plan's d x d matrix is checked against the
+        machine's memory first.
         """
-        if dtype not in self._unit:
-            v = self.vectors.astype(dtype, copy=False)
-            if self._norms is not None and self._norms.dtype == dtype:
-                self._unit[dtype] = primitives.normalize_rows(v, self._norms, self.xp)
-            else:
-                # one fused pass on the GPU; the norms of the vectors' own dtype are kept
-                self._unit[dtype], norms = primitives.unit_rows(v, self.xp)
-                if v.dtype == self.vectors.dtype:
-                    self._norms = norms
-        return self._unit[dtype]
-
-    def factors(self, chosen, dtype):
-        """The block factors of ``chosen`` (a :class:`plan.Plan`) in ``dtype``. Cached.
-
-        The dense plan's d x d matrix is checked against the machine's memory first.
-        """
-        key = (chosen.algorithm, chosen.block_size, dtype)
+        key = (chosen.algorithm, chosen.block_size, dtype, layout)
         if key not in self._factors:
+            xp = self.xp
             if chosen.algorithm == "dense":
-                d = self.vectors.shape[-1]
-                _validate.dense_memory(self.vectors.shape[:-2] + (d, d), dtype, 'algorithm="dense"', self.xp,
+                d = self.shape[-1]
+                _validate.dense_memory(self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp,
                                        HouseholderProduct._TODENSE_WORKSPACE)
             module = ALGORITHMS[chosen.algorithm]
-            self._factors[key] = module.build(self.unit(dtype), chosen.block_size, self.xp)
+            rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
+            info = numpy.finfo(dtype)
+            norms = self.norms
+            safe = (((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0))
+                    & (norms <= numpy.sqrt(info.max * info.eps)))
+            if not bool(safe.all()):
+                scaled = _blocks.unit_rows(rows, layout, identity, xp)
+                rows, layout, identity = scaled[0], _blocks.FULL, None
+            self._factors[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled
         return self._factors[key]
 
-    def leaf_contributions(self, dy):
-        """``(leaf, gradient)`` pairs from ``dy``, the gradient w.r.t. the unit rows ``(..., n, d)``.
+    def leaf_contributions(self, dv, scaled):
+        """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the rows the factors were built
+        from (``(..., n, d)``; see :meth:`factors` for ``scaled``).
 
-        A raw row v gets ``(I - y y^T) g / ||v||`` (zero rows, identity factors,
-        get zero); each segment then goes back to its leaf, reversed if it
-        appears reversed. ``dy`` is overwritten. Cost: O(n d).
+        Each segment goes back to its leaf, reversed if it appears reversed; a
+        ``geqrf`` leaf gets its strictly lower part (zero on and above the
+        diagonal and for ``tau == 0``). ``dv`` may be overwritten. Cost: O(n d).
         """
         xp = self.xp
-        unit = self.unit(dy.dtype)
-        norms = self.norms.astype(dy.dtype, copy=False)
-        radial = xp.einsum("...i,...i->...", unit, dy)
-        dy -= unit * radial[..., None]
-        dy /= xp.where(norms == 0, 1, norms)[..., None]
+        if scaled is not None:
+            unit, norms = scaled
+            dv = _blocks.raw_gradient(dv, unit.astype(dv.dtype, copy=False), norms.astype(dv.dtype, copy=False), xp)
         contributions, start = [], 0
-        for leaf_index, reversed_rows in self.segments:
-            leaf = self.leaves[leaf_index]
-            part = dy[..., start:start + leaf.shape[-2], :]
-            start += leaf.shape[-2]
-            contributions.append((leaf, part[..., ::-1, :] if reversed_rows else part))
+        for segment in self.segments:
+            leaf = self.leaves[segment.leaf]
+            n = leaf.shape[-2] if segment.k is None else segment.k
+            part = dv[..., start:start + n, :]
+            start += n
+            if segment.reversed:
+                part = part[..., ::-1, :]
+            if segment.k is not None:
+                if scaled is not None or len(self.segments) > 1:     # full rows: keep the stored entries only
+                    part = _blocks.structured(part.copy(), _blocks.UNIT, xp)
+                    if segment.identity is not None:
+                        part *= ~segment.identity[..., None]
+                grad = xp.zeros(part.shape[:-2] + leaf.shape[-2:], dtype=part.dtype)
+                _blocks.transpose_into(grad[..., :segment.k], part, xp)
+                part = grad
+            contributions.append((leaf, part))
         return contributions
 
 
@@ -165,8 +252,8 @@ class HouseholderProduct(Operator):
         v = _validate.vectors(vectors, xp)
         norms = primitives.row_norms(v, xp)
         _validate.vector_norms(norms, xp, bool(check_finite))
-        core = Reflections(backend_name(xp), (v,), ((0, False),), bool(check_finite))
-        core._norms = norms
+        core = Reflections(backend_name(xp), (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype,
+                           norms)
         self._init(core, False, algorithm, block_size)
 
     def _init(self, core, transposed, algorithm, block_size):
@@ -188,16 +275,24 @@ class HouseholderProduct(Operator):
         ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i
         (with an implicit 1 on the diagonal); ``tau`` ``(..., k)``, k <= min(M, N).
         This is what ``scipy.linalg.lapack.?geqrf``, ``scipy.linalg.qr(mode="raw")``
-        and ``torch.geqrf`` return. A factor with ``tau == 0`` is the identity.
-        The result is the M x M matrix Q of LAPACK ``orgqr``/``ormqr``.
-        Cost: O(k M) to copy the vectors out of ``a``.
+        and ``torch.geqrf`` return. The result is the M x M matrix Q of LAPACK
+        ``orgqr``/``ormqr``.
+
+        The reflectors are read from ``a`` in place (any memory order; nothing
+        on or above the diagonal is read) and kept in their trapezoidal layout,
+        so every product does LAPACK's flops. :attr:`params` is ``(a,)``: the
+        caller's array (converted only when its dtype requires it), whose
+        gradient is zero on and above the diagonal; ``tau`` is implied by ``a``
+        (``tau_i = 2 / (1 + ||a[i+1:, i]||^2)``). A factor with ``tau == 0`` is
+        the identity and gets zero gradient. Cost: one pass over the
+        reflectors to check ``tau``, no copy.
         """
         xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        v, norms = layouts.lapack_vectors(a, tau, xp, bool(check_finite))
-        core = Reflections(backend_name(xp), (v,), ((0, False),), bool(check_finite), may_have_identity_rows=True)
-        core._norms = norms
+        a, k, identity, dtype, norms = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
+        core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype,
+                           norms)
         return cls._view(core, False, algorithm, block_size)
 
     @classmethod
@@ -224,7 +319,8 @@ class HouseholderProduct(Operator):
     # ------------------------------------------------------------ attributes
     @property
     def vectors(self):
-        """The reflections ``(..., n, d)`` in product order: a read-only view (NumPy) of the caller's array."""
+        """The reflections ``(..., n, d)`` in product order: a read-only view (NumPy) of the caller's array
+        (from :meth:`from_lapack` or ``H1 @ H2``: full rows, a copy made once)."""
         v = self._core.vectors
         return v[..., ::-1, :] if self._transposed else v
 
@@ -235,16 +331,16 @@ class HouseholderProduct(Operator):
 
     @property
     def dtype(self):
-        return self._core.vectors.dtype
+        return self._core.dtype
 
     @property
     def shape(self):
-        v = self._core.vectors
-        return tuple(v.shape[:-2]) + (v.shape[-1], v.shape[-1])
+        shape = self._core.shape
+        return tuple(shape[:-2]) + (shape[-1], shape[-1])
 
     @property
     def n_reflections(self):
-        return self._core.vectors.shape[-2]
+        return self._core.shape[-2]
 
     @property
     def backend(self):
@@ -268,9 +364,14 @@ class HouseholderProduct(Operator):
         """
         core = self._core
         xp = core.xp
-        for leaf in core.leaves:
-            norms = primitives.row_norms(_validate.vectors(leaf, xp), xp)
-            _validate.vector_norms(norms, xp, core.check_finite, allow_zero_rows=core.may_have_identity_rows)
+        for segment in core.segments:
+            leaf = core.leaves[segment.leaf]
+            if segment.k is None:
+                norms = primitives.row_norms(_validate.vectors(leaf, xp), xp)
+            else:                                   # a geqrf array: tau is implied by the stored entries
+                norms = xp.sqrt(1 + _blocks.squared_norms(xp.swapaxes(leaf[..., :segment.k], -1, -2),
+                                                          _blocks.UNIT, xp))
+            _validate.vector_norms(norms, xp, core.check_finite)
         core.refresh()
         return self
 
@@ -288,9 +389,10 @@ class HouseholderProduct(Operator):
         """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded)."""
         xp = self._xp
         batch = self.shape[:-2]
-        if self._core.may_have_identity_rows:
-            count = xp.count_nonzero(self._core.norms > 0, axis=-1)
-            return xp.where(count % 2 == 0, 1, -1).astype(self.dtype)
+        identities = self._core.identity_count()
+        if identities is not None:
+            count = self.n_reflections - identities
+            return xp.broadcast_to(xp.where(count % 2 == 0, 1, -1).astype(self.dtype), batch).copy()
         return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype)
 
     def slogdet(self):
@@ -324,42 +426,43 @@ class HouseholderProduct(Operator):
         for op in (self, other):
             core = op._core
             order = reversed(core.segments) if op._transposed else core.segments
-            for leaf_index, rev in order:
-                leaf = core.leaves[leaf_index]
+            for segment in order:
+                leaf = core.leaves[segment.leaf]
                 matches = [i for i, existing in enumerate(leaves) if existing is leaf]
                 if not matches:
                     leaves.append(leaf)
-                segments.append((matches[0] if matches else len(leaves) - 1, rev != op._transposed))
+                segments.append(segment._replace(leaf=matches[0] if matches else len(leaves) - 1,
+                                                 reversed=segment.reversed != op._transposed))
         core = Reflections(a.backend, tuple(leaves), tuple(segments), a.check_finite and b.check_finite,
-                           a.may_have_identity_rows or b.may_have_identity_rows)
+                           numpy.result_type(a.dtype, b.dtype))
         return self._view(core, False, self.algorithm, self.block_size)
 
     # ------------------------------------------------------------- products
-    def plan_for(self, m, dtype=None):
-        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns."""
+    def plan_for(self, m, dtype=None, differentiable=False):
+        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns (in ``vjp`` when
+        ``differentiable``)."""
         dtype = numpy.dtype(dtype or self.dtype)
         return plan.choose(self.shape[-1], self.n_reflections, m, dtype, self.backend,
-                           self.algorithm, self.block_size)
+                           self.algorithm, self.block_size, self._core.layout_for(differentiable))
 
-    def _run(self, columns, transpose):
-        """``(algorithm module, plan, factors, flip)`` for ``columns`` ``(..., d, m)``."""
-        chosen = self.plan_for(columns.shape[-1], columns.dtype)
-        factors = self._core.factors(chosen, columns.dtype)
-        return ALGORITHMS[chosen.algorithm], chosen, factors, transpose != self._transposed
+    def _run(self, columns, transpose, differentiable):
+        """``(algorithm module, plan, (factors, scaled), flip)`` for ``columns`` ``(..., d, m)``."""
+        chosen = self.plan_for(columns.shape[-1], columns.dtype, differentiable)
+        built = self._core.factors(chosen, columns.dtype, self._core.layout_for(differentiable))
+        return ALGORITHMS[chosen.algorithm], chosen, built, transpose != self._transposed
 
     def _matmat(self, columns, transpose):
-        module, _, factors, flip = self._run(columns, transpose)
+        module, _, (factors, _), flip = self._run(columns, transpose, False)
         return module.apply(factors, columns, flip, self._xp)
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
-        module, chosen, factors, flip = self._run(columns, transpose)
+        module, chosen, (factors, scaled), flip = self._run(columns, transpose, True)
         out = module.apply(factors, columns, flip, xp)
-        n = self.n_reflections
 
         def back(dout):
-            dy, dx = module.backward(factors, out, dout, flip, xp, chosen.store_inputs)
-            return self._core.leaf_contributions(dy[..., :n, :]), reduce_to_shape(dx, columns.shape)
+            dv, dx = module.backward(factors, out, dout, flip, xp, chosen.store_inputs)
+            return self._core.leaf_contributions(dv, scaled), reduce_to_shape(dx, columns.shape)
 
         return out, back
 

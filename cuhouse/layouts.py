@@ -1,6 +1,6 @@
 """Array-level constructions of Householder vectors, for the ``from_*`` constructors.
 
-* :func:`lapack_vectors`: the reflectors of LAPACK's ``geqrf`` layout as rows;
+* :func:`lapack_reflectors`: LAPACK's ``geqrf`` layout checked, read in place;
 * :func:`orthogonal_to_reflectors`: a Householder QR of an orthogonal (or
   orthonormal-column) matrix whose R is the identity, so that the product of
   its reflectors *is* the matrix (``HouseholderProduct.from_dense``);
@@ -12,17 +12,20 @@ Nothing here knows the matrix classes; they call these and build themselves.
 import numpy
 
 from . import _validate
-from ._gpu import primitives
+from .algorithms import _blocks
 
 
-def lapack_vectors(a, tau, xp, check_finite):
-    """``(v, norms)``: the reflectors of ``(a, tau)`` as rows ``(..., k, M)``.
+def lapack_reflectors(a, tau, xp, check_finite):
+    """``(a, k, identity, dtype, norms)``: ``a`` checked (converted only when its dtype or type
+    requires it), the number k of reflectors, the reflectors' norms ``(..., k)`` (their implicit 1
+    included), the ``tau == 0`` mask ``(..., k)`` (``None`` when no factor is the
+    identity) and the float dtype of the product (that of ``a`` and ``tau`` together).
 
     ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i with
-    an implicit 1 on the diagonal; ``tau`` ``(..., k)``, k <= min(M, N). A
-    ``tau == 0`` factor is the identity: its row is zero. ``tau`` must equal
-    ``2 / (v^T v)`` to the precision of the less precise of ``a`` and ``tau``.
-    Cost: O(k M), one copy of the reflectors.
+    an implicit 1 on the diagonal; ``tau`` ``(..., k)``, k <= min(M, N). Nothing
+    on or above the diagonal is read. ``tau`` must be 0 or ``2 / (v^T v)`` to the
+    precision of the less precise of ``a`` and ``tau``. Cost: one pass over the
+    reflectors' stored entries for their norms (no copy of ``a``), O(k) for tau.
     """
     a = _validate.as_array(a, "a", xp)
     tau = _validate.as_array(tau, "tau", xp)
@@ -33,25 +36,22 @@ def lapack_vectors(a, tau, xp, check_finite):
     if tau.ndim < 1 or k == 0 or k > min(rows, cols):
         raise ValueError("tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
             min(rows, cols), tuple(tau.shape)))
-    batch = _validate.batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
-    dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
-    below = xp.triu(xp.ones((k, rows), dtype=bool), 1)             # reflector i lives at rows > i
-    v = xp.where(below, xp.swapaxes(a[..., :k], -1, -2), 0).astype(dtype)
-    v = xp.broadcast_to(v, batch + (k, rows)).copy()
-    idx = xp.arange(k)
-    v[..., idx, idx] = 1
-    identity = tau == 0
-    v = xp.where(identity[..., None], 0, v)
-    if check_finite and not (bool(xp.isfinite(v).all()) and bool(xp.isfinite(tau).all())):
+    _validate.batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
+    a = a.astype(_validate.float_dtype(a.dtype), copy=False)
+    if check_finite and not bool(xp.isfinite(tau).all()):
         raise ValueError("a and tau must be finite; found NaN or Inf")
-    norms = primitives.row_norms(v, xp)
-    expected = xp.where(identity, 0, 2 / xp.where(identity, 1, norms ** 2))
+    identity = tau == 0
+    sumsq = 1 + _blocks.squared_norms(xp.swapaxes(a[..., :k], -1, -2), _blocks.UNIT, xp)
+    if check_finite and not bool(xp.isfinite(sumsq).all()):
+        raise ValueError("a and tau must be finite; found NaN or Inf")
+    expected = xp.where(identity, 0, 2 / sumsq)
     # as accurate as the less precise of a and tau (float32 geqrf output may come with float64 tau)
     tol = 1e3 * max(numpy.finfo(_validate.float_dtype(t)).eps for t in (a.dtype, tau.dtype))
     if not bool((xp.abs(tau - expected) <= tol * xp.abs(expected) + tol).all()):
         raise ValueError("tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
                          "geqrf returns; got values that do not make orthogonal reflectors")
-    return v, norms
+    dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
+    return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq)
 
 
 def orthogonal_to_reflectors(q, xp):

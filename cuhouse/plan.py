@@ -65,26 +65,35 @@ def _triangular_inverse(mach, k, count, itemsize):
     return seconds
 
 
-def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=False):
+def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=False, layout="full"):
     """Predicted seconds of one ``H @ X`` with X ``(d, m)``.
 
-    ``built`` leaves out the one-off cost of normalizing and building the
-    block factors (they are cached on the operator).
+    ``built`` leaves out the one-off cost of building the block factors (they
+    are cached on the operator). A structured ``layout`` ("trapezoidal",
+    "unit") has block j of k reflections touch rows jk..d only: every GEMM
+    runs on ``d - (n - k) / 2`` rows on average.
     """
     mach = MACHINES[backend]
-    build = 0.0 if built else _pass(mach, 3 * n * d, itemsize, calls=3)   # norms, normalize
+    full_d = d
+    if layout != "full":
+        d = max(d - (n - min(block_size, n)) / 2, 1)
     if algorithm == "sequential":
+        build = 0.0 if built else _pass(mach, 3 * n * full_d, itemsize, calls=3)    # norms, normalize
         step = _gemm(mach, 1, d, m, itemsize) + _gemm(mach, d, 1, m, itemsize) + _pass(mach, 6 * d * m, itemsize, 4)
         return build + n * step
     k = min(block_size, n)
     nb = -(-n // k)
     if algorithm == "fasth":
+        d = full_d                                                        # normalizes full-length copies
+        build = 0.0 if built else _pass(mach, 3 * n * d, itemsize, calls=3)
         if not built:
             # k sequential steps, each two batched matrix-vector products over all blocks.
             build += k * 2 * _gemm(mach, k / 2, d, 1, itemsize, count=nb)
         step = _gemm(mach, k, d, m, itemsize) + _gemm(mach, d, k, m, itemsize) + _pass(mach, 3 * d * m, itemsize)
         return build + nb * step
-    cwy_build = _gemm(mach, k, d, k, itemsize, count=nb) + _triangular_inverse(mach, k, nb, itemsize)
+    # raw vectors: no normalization pass; one Gram GEMM per block
+    cwy_build = _gemm(mach, k, d, k, itemsize, count=nb, calls=nb) + _triangular_inverse(mach, k, nb, itemsize)
+    build = 0.0
     if algorithm == "cwy":
         if not built:
             build += cwy_build
@@ -93,24 +102,25 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
         return build + nb * step
     if algorithm == "dense":
         if not built:
-            build += cwy_build + predict("cwy", d, n, d, k, itemsize, backend, built=True)
-        return build + _gemm(mach, d, d, m, itemsize)
+            build += cwy_build + predict("cwy", full_d, n, full_d, k, itemsize, backend, built=True, layout=layout)
+        return build + _gemm(mach, full_d, full_d, m, itemsize)
     raise ValueError("unknown algorithm {!r}".format(algorithm))
 
 
-def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None):
+def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full"):
     """The fastest :class:`Plan` for ``H @ X`` by the cost model, build included.
 
-    ``algorithm`` and ``block_size`` pin what the caller fixed. The choice
+    ``algorithm`` and ``block_size`` pin what the caller fixed; ``layout`` is
+    the reflections' (see :mod:`cuhouse.algorithms._blocks`). The choice
     depends on these arguments only, never on which factors happen to be
     cached, so the same H and X always run the same plan (and give the same
     bits). Memoized: a dictionary lookup after the first call.
     """
-    return _choose(d, n, m, numpy.dtype(dtype).itemsize, backend, algorithm, block_size)
+    return _choose(d, n, m, numpy.dtype(dtype).itemsize, backend, algorithm, block_size, layout)
 
 
 @functools.lru_cache(maxsize=4096)
-def _choose(d, n, m, itemsize, backend, algorithm, block_size):
+def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout):
     names = AUTO_CANDIDATES if algorithm == "auto" else (algorithm,)
     best = None
     for name in names:
@@ -121,11 +131,11 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size):
         else:
             sizes = sorted({min(k, n) for k in BLOCK_SIZES})
         for k in sizes:
-            seconds = predict(name, d, n, m, k or 1, itemsize, backend)
+            seconds = predict(name, d, n, m, k or 1, itemsize, backend, layout=layout)
             if best is None or seconds < best[0]:
                 best = (seconds, name, k)
     _, name, k = best
-    store = name == "cwy" and store_block_inputs(d, n, m, k, itemsize, backend)
+    store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend)
     return Plan(name, k, store)
 
 

@@ -82,8 +82,8 @@ def report(title, cases, rounds):
     results = measure(cases, baseline, rounds, numpy)
     print(title)
     print("  {:<42} {:>12} {:>22}".format("case", "median ms", "time / cuhouse (median)"))
-    for name, (seconds, ratio) in results.items():
-        print("  {:<42} {:>12.2f} {:>22.2f}".format(name, seconds * 1e3, ratio))
+    for name, result in results.items():
+        print("  {:<42} {:>12.2f} {:>22.2f}".format(name, result.seconds * 1e3, result.ratio))
 
 
 def main(argv=None):

@@ -3,17 +3,20 @@ work for an orthogonal layer), against torch autograd through
 ``torch.linalg.householder_product``.
 
 Both sides are the ``gradients`` section of ``python -m cuhouse bench``:
-``cuhouse.vjp(cuhouse.matmul, H, X)`` and its pullback on a fresh H, and
-torch when it is importable. Where ``cuhouse.vjp`` cannot differentiate a
-``HouseholderProduct`` (commits before it landed), ``setup`` skips.
+``cuhouse.vjp(cuhouse.matmul, H, X)`` and its pullback on a fresh H (full
+vectors, or ``from_lapack(qr, tau)``, whose gradient is w.r.t. ``qr`` as
+torch's), and torch when it is importable. Where ``cuhouse.vjp`` cannot
+differentiate a ``HouseholderProduct`` (commits before it landed), ``setup`` skips.
 """
 import numpy
 
-from cuhouse.bench.gradients import forward_and_backward, torch_householder_product
+from cuhouse.bench import peers
+from cuhouse.bench.gradients import forward_and_backward, lapack_forward_and_backward
 
 from .common import ALGORITHMS, COLUMNS, DTYPES, SIZES, backends, data, skip_if_too_slow_on_cpu
+from .peers import require
 
-METHODS = ["cuhouse " + name for name in ALGORITHMS] + ["torch householder_product"]
+METHODS = ["cuhouse " + name for name in ALGORITHMS] + ["cuhouse from_lapack", "torch householder_product"]
 
 
 @backends
@@ -23,19 +26,23 @@ class ForwardBackward:
 
     def setup(self, method, d, m, dtype):
         algorithm = method.split()[1]
-        if method.startswith("cuhouse "):
+        if method == "cuhouse from_lapack":
+            skip_if_too_slow_on_cpu(self.xp, "auto", d, m, backward=True)
+        elif method.startswith("cuhouse "):
             skip_if_too_slow_on_cpu(self.xp, algorithm, d, m, backward=True)
             require_vjp(algorithm, dtype, self.xp)
         elif self.xp is numpy and d >= 4096:
             raise NotImplementedError("torch's backward at d=4096 on the CPU: minutes")
         vectors, x = data(d, d, m, dtype, self.xp)
         _, dout = data(d, 1, m, dtype, self.xp, seed=1)
-        if method.startswith("cuhouse "):
+        if method == "cuhouse from_lapack":
+            qr, tau = peers.geqrf(vectors, self.xp)
+            self.run = lambda: lapack_forward_and_backward(qr, tau, x, dout)
+        elif method.startswith("cuhouse "):
             self.run = lambda: forward_and_backward(vectors, x, dout, algorithm)
         else:
-            self.run = torch_householder_product(vectors, x, dout, self.xp)
-            if self.run is None:
-                raise NotImplementedError("torch is not installed")
+            qr, tau = peers.geqrf(vectors, self.xp)
+            self.run = require(peers.torch_forward_backward(qr, tau, x, dout, self.xp))
 
     def time_forward_backward(self, method, d, m, dtype):
         self.run()

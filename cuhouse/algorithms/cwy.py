@@ -1,94 +1,164 @@
-"""Compact WY with level-3 T factors, the default algorithm.
+"""Compact WY with level-3 T factors from raw vectors, the default algorithm.
 
-For a block Y of k unit rows, ``S = I/2 + striu(Y Y^T)``, ``T = S^{-1}`` and
-``P = I - Y^T T Y``. The Gram matrices of all blocks come from one batched
-GEMM and all T factors from one batched triangular inverse; each block is then
-applied by two skinny GEMMs and one k x k product. Merging adjacent blocks is
-the same formula with a larger k, so the block size the plan picks is also the
-merge depth.
+For a block V of k rows (any lengths, not normalized), with the Gram matrix
+``G = V V^T``: ``S = diag(G)/2 + striu(G)``, ``T = S^{-1}`` and
+``P = I - V^T T V``. This is LAPACK's ``larft`` with ``tau_i = 2 / v_i^T v_i``,
+so no normalization pass is needed. The T factors of all blocks come from one
+batched triangular inverse; each block is applied by two skinny GEMMs (per
+stored part: a structured layout's block touches only X's rows from its first
+reflector on) and one k x k product. Merging adjacent blocks is the same
+formula with a larger k, so the block size the plan picks is also the merge
+depth.
 
-Cost: build O(n k d) in O(log k) batched steps; apply O(n d m + n k m) in
-3 n/k GEMMs; backward about three times apply, all GEMMs.
+Cost: build O(n k d) (half for a structured layout) in O(log k) batched
+steps; apply O(n d m + n k m) in 3 n/k GEMMs (half the flops for a structured
+layout); backward about three times apply, all GEMMs.
 """
 from collections import namedtuple
 
+import numpy
+
 from .._gpu import primitives as _primitives
 from . import _blocks
-from ._blocks import application_order, chain, swap
+from ._blocks import FULL, application_order, swap
 
-Factors = namedtuple("CWYFactors", "y t")
-Factors.__doc__ = "Blocks ``y`` ``(..., n/k, k, d)`` and T factors ``t`` ``(..., n/k, k, k)``."
+Factors = namedtuple("CWYFactors", "blocks t s active layout n")
+Factors.__doc__ = """The :class:`~._blocks.Block` list ``blocks``, T factors ``t`` and their
+inverses ``s`` ``(..., n/k, k, k)`` (the last block padded with decoupled
+rows), ``active`` ``(..., n)`` (``None``, or False for identity factors),
+the ``layout`` and the number ``n`` of reflections."""
 
 
-def build(y, block_size, xp):
-    """T factors of every block: one batched Gram GEMM, one batched inverse. O(n k d)."""
-    yb = _blocks.split(y, block_size, xp)
-    k = yb.shape[-2]
-    gram = yb @ swap(yb, xp)
-    s = gram * xp.triu(xp.ones((k, k), dtype=y.dtype), 1) + 0.5 * xp.eye(k, dtype=y.dtype)
-    return Factors(yb, _primitives.upper_triangular_inverse(s, xp))
+def build(y, block_size, xp, layout=FULL, identity=None):
+    """T factors of every block: the Gram matrices (one batched GEMM over the full-length blocks
+    of a contiguous ``y``, else one GEMM per block), one batched inverse. O(n k d).
+
+    ``identity`` ``(..., n)`` (optional) marks reflections that are identity
+    factors whatever their stored entries (LAPACK's ``tau == 0``).
+    """
+    blocks = _blocks.blocks(y, block_size, layout, xp)
+    k = blocks[0].last - blocks[0].first
+    batch = y.shape[:-2]
+    active = None if identity is None else ~identity
+    g = xp.zeros(batch + (len(blocks), k, k), dtype=y.dtype)
+    whole = y.shape[-2] // k
+    batched = layout == FULL and y.flags.c_contiguous and whole > 1
+    if batched:
+        stacked = y[..., :whole * k, :].reshape(batch + (whole, k, y.shape[-1]))
+        xp.matmul(stacked, swap(stacked, xp), out=g[..., :whole, :, :])
+    for j, block in enumerate(blocks):
+        kb = block.last - block.first
+        if not (batched and j < whole):
+            g[..., j, :kb, :kb] = _blocks.gram(block, xp)
+        if active is not None:
+            a = active[..., block.first:block.last].astype(y.dtype)
+            g[..., j, :kb, :kb] *= a[..., :, None] * a[..., None, :]
+    diag = xp.diagonal(g, axis1=-2, axis2=-1)
+    # a zero row (an identity factor, or block padding) gets s_ii = 1/2: decoupled, it acts as nothing
+    half = xp.where(diag > 0, diag / 2, 0.5)
+    s = xp.triu(g, 1)
+    idx = xp.arange(k)
+    s[..., idx, idx] = half
+    return Factors(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2])
+
+
+def _block_rows_times(f, j, x, xp):
+    """``V_j x[start:]`` with identity factors' rows zeroed: ``(..., kb, m)``."""
+    block = f.blocks[j]
+    z = _blocks.rows_times(block, x, xp)
+    if f.active is not None:
+        z *= f.active[..., block.first:block.last, None]
+    return z
 
 
 def apply(f, x, transpose, xp):
-    """``H @ X`` (``H.T @ X``): per block ``X <- X - Y^T (T (Y X))``. O(n d m)."""
-    def update(j, out):
-        yj, tj = f.y[..., j, :, :], f.t[..., j, :, :]
-        if transpose:
-            tj = swap(tj, xp)
-        return swap(yj, xp) @ (tj @ (yj @ out))
+    """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m)."""
+    out = _blocks.writable(x, _batch(f, x), xp)
+    work = xp.empty_like(out)
+    for j in application_order(len(f.blocks), transpose):
+        block = f.blocks[j]
+        kb = block.last - block.first
+        tj = f.t[..., j, :kb, :kb]
+        z = _block_rows_times(f, j, out, xp)
+        _blocks.subtract_rows_transposed(block, (swap(tj, xp) if transpose else tj) @ z, out, xp, work)
+    return out
 
-    return chain(x, application_order(f.y.shape[-3], transpose), update)
+
+def _batch(f, x):
+    """The batch shape of ``H @ x``."""
+    return numpy.broadcast_shapes(f.t.shape[:-3], x.shape[:-2])
 
 
 def backward(f, out, dout, transpose, xp, store_inputs=False):
-    """Adjoint of :func:`apply` given its output: ``(dY, dX)``, all GEMMs, no per-vector loop.
+    """Adjoint of :func:`apply` given its output: ``(dV, dX)``, all GEMMs, no per-vector loop.
 
-    The applied block is ``Q = I - Y^T M Y`` (``M = T``, or ``T^T`` when
+    The applied block is ``Q = I - V^T M V`` (``M = T``, or ``T^T`` when
     ``transpose``). The blocks are swept from the last applied to the first,
     carrying ``B = [A | G]`` ``(..., d, 2m)``, a block's output and the gradient
-    there; per block ``Z = Y B`` and ``U = M^T Z``, then ``B <- B - Y^T U``
-    undoes the block (``Q^T = Q^{-1}``). With ``Y A_in = -M^{-1} U_A`` the
-    DESIGN.md gradient becomes ``dY = [-U_G, U_A] B^T + (C + U_G U_A^T) Y``,
-    ``C`` from :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`; all the
-    k x k work and the ``C Y`` products run batched over blocks after the sweep.
+    there; per block ``Z = V B`` and ``U = M^T Z``, then ``B <- B - V^T U``
+    undoes the block (``Q^T = Q^{-1}``). With ``V A_in = -M^{-1} U_A`` the
+    gradient becomes ``dV = [-U_G, U_A] B^T + (C + U_G U_A^T) V``, where ``C``
+    (from :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`) carries
+    ``R = dL/dS = T^T N T^T`` through ``striu(G)``, plus ``diag(R)`` for the
+    ``diag(G)/2`` of the raw form; all the k x k work and the ``C V``
+    products run batched over blocks after the sweep. Since P does not
+    change when a vector is scaled, each row of dV is orthogonal to its vector.
 
-    ``store_inputs`` keeps every block's ``B`` (extra ``n/k * d * 2m`` values)
-    and forms the ``[-U_G, U_A] B^T`` products as one batched GEMM; otherwise
-    they run inside the sweep and the extra memory is O(d m + n d); the plan
-    chooses (:func:`cuhouse.plan.store_block_inputs`). dY has one row per
-    block row (padding rows past n are zero). Cost: 3 GEMMs of O(k d m) per
-    block plus O(n k d) for ``C Y``.
+    ``store_inputs`` (full layout only; see :func:`cuhouse.plan.store_block_inputs`)
+    keeps every block's ``B`` (extra ``n/k * d * 2m`` values) and forms the
+    ``[-U_G, U_A] B^T`` products as one batched GEMM; otherwise they run inside
+    the sweep. dV ``(..., n, d)`` is zero where the layout stores nothing and
+    for identity factors. Cost: 3 GEMMs of O(k (d - start) m) per block plus
+    O(n k d) for ``C V``.
     """
-    n_blocks, k, d = f.y.shape[-3:]
+    n_blocks, k = f.t.shape[-3], f.t.shape[-1]
     m = out.shape[-1]
+    d = out.shape[-2]
     m_factor = swap(f.t, xp) if transpose else f.t
-    b = xp.concatenate([out, dout], axis=-1)                      # out's batch already includes Y's
+    b = xp.concatenate([out, dout], axis=-1)                      # out's batch already includes V's
     batch = b.shape[:-2]
-    z = xp.empty(batch + (n_blocks, k, 2 * m), dtype=b.dtype)
-    u = xp.empty_like(z)
+    z = xp.zeros(batch + (n_blocks, k, 2 * m), dtype=b.dtype)
+    u = xp.zeros_like(z)
+    store_inputs = store_inputs and f.layout == FULL
     stored = xp.empty(batch + (n_blocks, d, 2 * m), dtype=b.dtype) if store_inputs else None
-    dy = xp.empty(batch + (n_blocks, k, d), dtype=b.dtype)
+    dy = xp.zeros(batch + (f.n, d), dtype=b.dtype)
+    work = xp.empty_like(b)
     for j in reversed(application_order(n_blocks, transpose)):
-        yj = f.y[..., j, :, :]
-        zj = z[..., j, :, :]
-        uj = u[..., j, :, :]
-        xp.matmul(yj, b, out=zj)
-        xp.matmul(swap(m_factor[..., j, :, :], xp), zj, out=uj)
+        block = f.blocks[j]
+        kb = block.last - block.first
+        zj = _block_rows_times(f, j, b, xp)
+        z[..., j, :kb, :] = zj
+        uj = swap(m_factor[..., j, :kb, :kb], xp) @ zj
+        u[..., j, :kb, :] = uj
         if store_inputs:
             stored[..., j, :, :] = b
         else:
-            xp.matmul(_explicit_coefficients(uj, m, xp), swap(b, xp), out=dy[..., j, :, :])
-        b -= swap(yj, xp) @ uj
+            xp.matmul(_explicit_coefficients(uj, m, xp), swap(b[..., block.start:, :], xp),
+                      out=dy[..., block.first:block.last, block.start:])
+        _blocks.subtract_rows_transposed(block, uj, b, xp, work)
     if store_inputs:
-        xp.matmul(_explicit_coefficients(u, m, xp), swap(stored, xp), out=dy)
+        explicit = _explicit_coefficients(u, m, xp) @ swap(stored, xp)        # (..., nb, k, d)
+        dy[...] = explicit.reshape(batch + (n_blocks * k, d))[..., :f.n, :]
     u_a, u_g = u[..., :m], u[..., m:]
-    s = _primitives.upper_triangular_inverse(f.t, xp)            # S = T^{-1}, O(n k^2)
-    y_a_in = -((swap(s, xp) if transpose else s) @ u_a)           # Y A_in = -M^{-1} U_A
+    y_a_in = -((swap(f.s, xp) if transpose else f.s) @ u_a)          # V A_in = -M^{-1} U_A
     y_g = z[..., m:]
     n_mat = y_a_in @ swap(y_g, xp) if transpose else y_g @ swap(y_a_in, xp)
     coefficients = _primitives.cwy_gradient_coefficients(f.t, n_mat, xp) + u_g @ swap(u_a, xp)
-    dy += coefficients @ f.y
-    return dy.reshape(batch + (n_blocks * k, d)), b[..., m:]
+    # d(diag(G)/2): R_ii v_i, with R = T^T N T^T; S_ii is a constant for zero rows and identity factors
+    r_diag = ((swap(f.t, xp) @ n_mat) * f.t).sum(axis=-1)
+    idx = xp.arange(k)
+    coefficients[..., idx, idx] += r_diag
+    for j, block in enumerate(f.blocks):
+        kb = block.last - block.first
+        c = coefficients[..., j, :kb, :kb]
+        if f.active is not None:
+            c = c * f.active[..., None, block.first:block.last]
+        _blocks.add_coefficients_times_rows(block, c, dy, xp)
+    if f.active is not None:
+        dy *= f.active[..., None]
+    if f.layout != FULL:
+        _blocks.mask_heads(dy, k, f.layout, xp)
+    return dy, b[..., m:]
 
 
 def _explicit_coefficients(u, m, xp):

@@ -12,10 +12,11 @@ Factors = namedtuple("DenseFactors", "h wy")
 Factors.__doc__ = "The dense matrix ``h`` ``(..., d, d)`` and the CWY factors ``wy`` it was built from."
 
 
-def build(y, block_size, xp):
-    """The dense d x d matrix H (batched), via CWY applied to the identity. O(n d^2)."""
+def build(y, block_size, xp, layout="full", identity=None):
+    """The dense d x d matrix H (batched), via CWY applied to the identity. O(n d^2)
+    (half for a structured layout)."""
     d = y.shape[-1]
-    wy = cwy.build(y, block_size, xp)
+    wy = cwy.build(y, block_size, xp, layout, identity)
     return Factors(cwy.apply(wy, xp.eye(d, dtype=y.dtype), False, xp), wy)
 
 

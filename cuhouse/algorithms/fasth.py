@@ -7,6 +7,9 @@ sequential steps, each batched over the blocks). The blocks are then applied
 in sequence by two GEMMs each: ``X <- X - 2 W_j^T (Y_j X)``, and for the
 transpose ``X <- X - 2 Y_j^T (W_j X)``.
 
+FastH does not exploit a structured layout: it normalizes full-length copies
+of the rows first (the gradient is taken back to the stored entries).
+
 Cost: build O(n k d) in k steps; apply O(n d m) in 2 n/k GEMMs; backward
 O(n d m) in 2 n/k GEMMs plus k level-2 steps batched over the blocks.
 """
@@ -15,13 +18,15 @@ from collections import namedtuple
 from . import _blocks, sequential
 from ._blocks import application_order, chain, swap
 
-Factors = namedtuple("FastHFactors", "y w")
-Factors.__doc__ = "Blocks ``y`` and ``w``, both ``(..., n/k, k, d)``."
+Factors = namedtuple("FastHFactors", "y w unit norms layout")
+Factors.__doc__ = """Blocks ``y`` and ``w``, both ``(..., n/k, k, d)``, and the unit rows
+``unit`` ``(..., n, d)``, raw ``norms`` and ``layout`` they came from."""
 
 
-def build(y, block_size, xp):
-    """The per-block W of every block, built row by row. O(n k d)."""
-    yb = _blocks.split(y, block_size, xp)
+def build(y, block_size, xp, layout=_blocks.FULL, identity=None):
+    """The per-block W of every block, built row by row, from full unit rows. O(n k d)."""
+    unit, norms = _blocks.unit_rows(y, layout, identity, xp)
+    yb = _blocks.split(unit, block_size, xp)
     w = xp.empty_like(yb)
     for i in range(yb.shape[-2]):
         yi = yb[..., i, :]                                      # (..., nb, d)
@@ -30,7 +35,7 @@ def build(y, block_size, xp):
             continue
         coeff = (yb[..., :i, :] @ yi[..., None])[..., 0]         # (..., nb, i)
         w[..., i, :] = yi - 2 * (coeff[..., None, :] @ w[..., :i, :])[..., 0, :]
-    return Factors(yb, w)
+    return Factors(yb, w, unit, norms, layout)
 
 
 def _block_product(f, j, x, transpose, xp):
@@ -47,15 +52,15 @@ def apply(f, x, transpose, xp):
 
 
 def backward(f, out, dout, transpose, xp, store_inputs=False):
-    """The paper's backward: ``(dY, dX)`` for ``out = H @ X`` (``H.T @ X``) given ``dout``.
+    """The paper's backward: ``(dV, dX)`` for ``out = H @ X`` (``H.T @ X``) given ``dout``.
 
     A sweep from the last applied block to the first recomputes each block's
     input from its output with ``P_j^T = P_j^{-1}`` (two GEMMs, applied to the
     activation and the gradient together) and keeps every block's output and
     output gradient (``2 n/k * d * m`` values). The in-block loop of rank-1
     adjoints (:func:`sequential.backward`) then runs for all blocks at once:
-    the blocks are independent. dY has one row per block row (padding rows
-    past n are zero). Cost: O(n d m). ``store_inputs`` is unused: the
+    the blocks are independent; the gradients are then taken from the unit
+    rows back to the stored ones. Cost: O(n d m). ``store_inputs`` is unused: the
     paper's backward always keeps every block's output.
     """
     n_blocks, k, d = f.y.shape[-3:]
@@ -65,5 +70,9 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     for j in reversed(application_order(n_blocks, transpose)):
         outputs[..., j, :, :] = b
         b -= _block_product(f, j, b, not transpose, xp)
-    dy, _ = sequential.backward(f.y, outputs[..., :m], outputs[..., m:], transpose, xp)
-    return dy.reshape(dy.shape[:-3] + (n_blocks * k, d)), b[..., m:]
+    per_block = sequential.Factors(f.y, xp.ones(f.y.shape[:-1], dtype=f.y.dtype), _blocks.FULL)
+    dy, _ = sequential.backward(per_block, outputs[..., :m], outputs[..., m:], transpose, xp)
+    n = f.unit.shape[-2]
+    dy = dy.reshape(dy.shape[:-3] + (n_blocks * k, d))[..., :n, :]
+    dy = _blocks.raw_gradient(dy, f.unit.astype(dy.dtype, copy=False), f.norms.astype(dy.dtype, copy=False), xp)
+    return _blocks.structured(dy, f.layout, xp), b[..., m:]

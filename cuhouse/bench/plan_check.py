@@ -4,7 +4,10 @@ from .. import plan
 from .forward import data
 
 TITLE = "cost model check: H @ X on a fresh H, each (algorithm, block size) with the model's prediction"
-BASELINE_LABEL = "the plan 'auto' picks"
+EXPLAIN = {
+    "<algorithm> k=<block> (model t ms)": "H @ X on a fresh H with that plan pinned; t is the cost model's "
+                                          "prediction, '<- auto' the plan auto picks (the reference)",
+}
 
 
 def cases(d, m, dtype, xp):

@@ -21,9 +21,9 @@ def draw(path, sizes, m, dtype, xp, rounds):
     for d in sizes:
         baseline, callables = gradients.cases(d, m, dtype, xp)
         callables["dense GEMM floor fwd+bwd"] = dense_gemm_floor(d, m, dtype, xp)
-        for name, (seconds, _) in measure(callables, baseline, rounds, xp).items():
-            times.setdefault(name, {})[d] = seconds
-            print("{:>6}  {:<34} {:>11.3f}".format(d, name, seconds * 1e3))
+        for name, result in measure(callables, baseline, rounds, xp).items():
+            times.setdefault(name, {})[d] = result.seconds
+            print("{:>6}  {:<34} {:>11.3f}".format(d, name, result.seconds * 1e3))
     figure, axes = pyplot.subplots(figsize=(7, 5))
     for name, by_size in times.items():
         ds = sorted(by_size)

@@ -18,7 +18,11 @@ import numpy
 import cuhouse
 
 TITLE = "matrix operations on W = U diag(s) V^T (n = d reflections), factored vs dense"
-BASELINE_LABEL = "the cuhouse case of the same operation"
+EXPLAIN = {
+    "<op>: cuhouse": "the factored route, W built from its raw arrays inside the call: the reference of its op",
+    "<op>: cuhouse, cached factors": "the same with U's and V's block factors built once (a loop reusing W)",
+    "<op>: numpy/scipy ...": "the dense route on W precomputed as a d x d array",
+}
 
 
 def data(d, m, dtype, xp, seed=0):

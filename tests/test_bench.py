@@ -1,0 +1,69 @@
+"""The bench command and its peers: what they compute agrees, and the table says how it measured."""
+import numpy
+import pytest
+
+import cuhouse
+from cuhouse.bench import SECTIONS, main, peers
+from cuhouse.bench._timing import DISAGREEMENT, measure
+from cuhouse.bench.forward import data
+
+
+def test_peers_compute_the_product_cuhouse_computes():
+    v, x = data(24, 24, 3, numpy.float64, numpy)
+    qr, tau = peers.geqrf(v, numpy)
+    expected = cuhouse.HouseholderProduct.from_lapack(qr, tau) @ x
+    numpy.testing.assert_allclose(peers.lapack_ormqr(qr, tau, x)(), expected, atol=1e-12)
+    numpy.testing.assert_allclose(peers.lapack_orgqr_gemm(qr, tau, x)(), expected, atol=1e-12)
+    dense = cuhouse.HouseholderProduct.from_lapack(qr, tau).todense()
+    numpy.testing.assert_allclose(peers.dense_gemm(dense, x)(), expected, atol=1e-12)
+
+
+def test_torch_peers_agree_with_from_lapack():
+    pytest.importorskip("torch")
+    v, x = data(12, 12, 2, numpy.float64, numpy)
+    dout = numpy.random.default_rng(1).standard_normal((12, 2))
+    qr, tau = peers.geqrf(v, numpy)
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
+    numpy.testing.assert_allclose(peers.torch_forward(qr, tau, x, numpy)().numpy(), h @ x, atol=1e-12)
+    (dqr,), _ = cuhouse.vjp(cuhouse.matmul, h, x)[1](dout)
+    # torch holds tau fixed, cuhouse implies it from qr: the same work, gradients of the same shape
+    torch_dqr = peers.torch_forward_backward(qr, tau, x, dout, numpy)().numpy()
+    assert torch_dqr.shape == dqr.shape and numpy.isfinite(torch_dqr).all()
+
+
+def test_measure_reports_the_spread_of_the_per_round_ratios():
+    steady = measure({"a": lambda: None, "b": lambda: None}, "a", 3, numpy)
+    assert steady["a"].ratio == 1.0 and steady["a"].spread == 0.0
+    assert set(steady["b"]._fields) == {"seconds", "ratio", "spread"}
+
+
+@pytest.mark.parametrize("section", ["forward", "gradients"])
+def test_every_case_names_a_reference_among_the_cases(section):
+    baselines, cases = SECTIONS[section].cases(16, 2, numpy.dtype(numpy.float32), numpy)
+    assert set(baselines) == set(cases) and set(baselines.values()) <= set(cases)
+    assert "cuhouse from_lapack" in " ".join(cases)
+
+
+def test_bench_table_says_how_it_measured(capsys, monkeypatch):
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")                  # already single-threaded: no re-exec
+    assert main(["bench", "--sizes", "16", "--sections", "forward", "--rounds", "1", "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert "BLAS threads = 1" in out and "interleaved" in out and "{:.0%}".format(DISAGREEMENT) in out
+    assert "LAPACK dormqr" not in out and "LAPACK sormqr" in out and "(itself)" in out
+    assert "cuhouse from_lapack" in out and "orgqr then GEMM" in out
+
+
+def test_bench_rejects_zero_threads(capsys):
+    assert main(["bench", "--threads", "0"]) == 2
+    assert "--threads must be a positive integer" in capsys.readouterr().err
+
+
+def test_methods_keep_the_chosen_rows_and_their_references(capsys, monkeypatch):
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")
+    assert main(["bench", "--sizes", "16", "--sections", "forward", "--rounds", "1", "--backend", "numpy",
+                 "--methods", "from_lapack"]) == 0
+    rows = [line[8:46].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("    16")]
+    assert rows == ["cuhouse from_lapack", "LAPACK sormqr"]

@@ -1,0 +1,247 @@
+"""Structured layouts (``"trapezoidal"``, LAPACK's ``"unit"``) in every algorithm: the same
+products and gradients as the full-length rows, computed on the trailing rows only."""
+import numpy
+import pytest
+
+from cuhouse.algorithms import ALGORITHMS, _blocks
+
+LAYOUTS = ("trapezoidal", "unit")
+
+
+def _dense(v, identity=None):
+    """H = H(v_1) ... H(v_n) in float64 from full rows ``(n, d)``, one batch entry."""
+    d = v.shape[-1]
+    h = numpy.eye(d)
+    for i, vi in enumerate(v.astype(numpy.float64)):
+        if (identity is not None and identity[i]) or not vi.any():
+            continue
+        h = h @ (numpy.eye(d) - 2 * numpy.outer(vi, vi) / (vi @ vi))
+    return h
+
+
+def _stored(rng, batch, n, d, layout, dtype=numpy.float64):
+    """Stored rows of the layout, with NaN written where the layout stores nothing."""
+    y = rng.standard_normal(batch + (n, d)).astype(dtype)
+    ignored = numpy.tril(numpy.ones((n, d), dtype=bool), 0 if layout == "unit" else -1)
+    return numpy.where(ignored, numpy.nan, y)
+
+
+def _full(y, layout):
+    full = _blocks.full_rows(numpy.nan_to_num(y, nan=0.0), layout, numpy)
+    return full
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("batch, n, d", [((), 7, 7), ((2,), 5, 9), ((3,), 9, 11)])
+def test_structured_product_and_gradient_equal_full_rows(algorithm, layout, transpose, batch, n, d):
+    rng = numpy.random.default_rng(n * d)
+    y = _stored(rng, batch, n, d, layout)
+    full = _full(y, layout)
+    module = ALGORITHMS[algorithm]
+    x = rng.standard_normal(batch + (d, 3))
+    dout = rng.standard_normal(batch + (d, 3))
+    structured = module.build(y, 4, numpy, layout)
+    reference = module.build(full, 4, numpy)
+    out = module.apply(structured, x, transpose, numpy)
+    expected = module.apply(reference, x, transpose, numpy)
+    assert numpy.isfinite(out).all()                      # the NaN where nothing is stored never reach it
+    numpy.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
+    dense = numpy.stack([_dense(f) for f in full.reshape((-1, n, d))]).reshape(batch + (d, d))
+    numpy.testing.assert_allclose(out, (numpy.swapaxes(dense, -1, -2) if transpose else dense) @ x, atol=1e-12)
+    dv, dx = module.backward(structured, out, dout, transpose, numpy)
+    dv_full, dx_full = module.backward(reference, expected, dout, transpose, numpy)
+    numpy.testing.assert_allclose(dx, dx_full, rtol=0, atol=1e-12)
+    numpy.testing.assert_allclose(dv, _blocks.structured(dv_full.copy(), layout, numpy), rtol=0, atol=1e-12)
+
+
+def _inner(a, b):
+    return float((a * b).sum())
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("layout", ("full",) + LAYOUTS)
+@pytest.mark.parametrize("transpose", [False, True])
+def test_gradient_of_raw_rows_matches_central_differences(algorithm, layout, transpose):
+    """Rows far from unit length, identity factors included: the adjoint is the derivative."""
+    rng = numpy.random.default_rng(11)
+    n, d = 6, 8
+    y = rng.standard_normal((2, n, d)) * rng.uniform(0.3, 3.0, (2, n, 1))
+    identity = numpy.zeros((2, n), dtype=bool)
+    identity[0, 2] = identity[1, 5] = True
+    x = rng.standard_normal((2, d, 3))
+    dout = rng.standard_normal((2, d, 3))
+    module = ALGORITHMS[algorithm]
+
+    def product(rows, operand):
+        return module.apply(module.build(rows, 4, numpy, layout, identity), operand, transpose, numpy)
+
+    out = product(y, x)
+    dv, dx = module.backward(module.build(y, 4, numpy, layout, identity), out, dout, transpose, numpy)
+    assert not dv[identity].any()
+    ty, tx = rng.standard_normal(y.shape), rng.standard_normal(x.shape)
+    eps = 1e-6
+    numeric = _inner(dout, (product(y + eps * ty, x + eps * tx) - product(y - eps * ty, x - eps * tx)) / (2 * eps))
+    adjoint = _inner(dv, ty) + _inner(dx, tx)
+    assert abs(numeric - adjoint) <= 1e-7 * max(abs(adjoint), 1.0)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_identity_factors_act_as_nothing(algorithm, layout):
+    rng = numpy.random.default_rng(12)
+    y = _stored(rng, (), 6, 8, layout)
+    identity = numpy.array([False, True, False, False, True, False])
+    x = rng.standard_normal((8, 2))
+    module = ALGORITHMS[algorithm]
+    out = module.apply(module.build(y, 4, numpy, layout, identity), x, False, numpy)
+    numpy.testing.assert_allclose(out, _dense(_full(y, layout), identity) @ x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float32_structured_matches_float64(algorithm, layout):
+    rng = numpy.random.default_rng(13)
+    y = _stored(rng, (), 20, 24, layout, numpy.float32)
+    x = rng.standard_normal((24, 5)).astype(numpy.float32)
+    module = ALGORITHMS[algorithm]
+    out = module.apply(module.build(y, 8, numpy, layout), x, True, numpy)
+    assert out.dtype == numpy.float32
+    expected = _dense(_full(y, layout)).T @ x
+    numpy.testing.assert_allclose(out, expected, rtol=0, atol=50 * numpy.finfo(numpy.float32).eps * 24)
+
+
+# ------------------------------------------------------------------ from_lapack in place
+import cuhouse  # noqa: E402
+from scipy.linalg import lapack  # noqa: E402
+
+
+def _geqrf(rng, shape, dtype=numpy.float64, order="F"):
+    """``(a, tau)`` from LAPACK, batched by stacking; ``a`` in the requested memory order."""
+    prefix = "s" if dtype == numpy.float32 else "d"
+    mats = rng.standard_normal(shape).astype(dtype).reshape((-1,) + shape[-2:])
+    pieces = [getattr(lapack, prefix + "geqrf")(m)[:2] for m in mats]
+    a = numpy.stack([p[0] for p in pieces]).reshape(shape)
+    tau = numpy.stack([p[1] for p in pieces]).reshape(shape[:-2] + (-1,))
+    return (numpy.asfortranarray(a) if order == "F" else numpy.ascontiguousarray(a)), tau
+
+
+@pytest.mark.parametrize("algorithm", ["auto"] + sorted(ALGORITHMS))
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("shape, k, order", [((7, 7), 6, "F"), ((9, 4), 4, "C"), ((2, 9, 6), 3, "F")])
+def test_from_lapack_in_place_matches_full_rows(algorithm, side, shape, k, order):
+    """Tall a, k < N, batched, both memory orders; H and H.T on both sides, values and gradients."""
+    rng = numpy.random.default_rng(21)
+    a, tau = _geqrf(rng, shape, order=order)
+    tau = tau[..., :k]
+    h = cuhouse.HouseholderProduct.from_lapack(a, tau, algorithm=algorithm, block_size=2)
+    assert h.params[0] is a and numpy.shares_memory(h._core.rows, a)
+    full = cuhouse.HouseholderProduct(h.vectors.copy(), algorithm=algorithm, block_size=2)
+    d = shape[-2]
+    x = rng.standard_normal(shape[:-2] + ((d, 3) if side == "left" else (3, d)))
+    for op, reference in ((h, full), (h.T, full.T)):
+        args = (op, x) if side == "left" else (x, op)
+        ref_args = (reference, x) if side == "left" else (x, reference)
+        out, back = cuhouse.vjp(cuhouse.matmul, *args)
+        ref_out, ref_back = cuhouse.vjp(cuhouse.matmul, *ref_args)
+        numpy.testing.assert_allclose(out, ref_out, rtol=0, atol=1e-12)
+        dout = rng.standard_normal(out.shape)
+        grads, ref_grads = back(dout), ref_back(dout)
+        (da,), dx = grads if side == "left" else grads[::-1]
+        (dv,), dx_ref = ref_grads if side == "left" else ref_grads[::-1]
+        assert da.shape == a.shape
+        numpy.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-12)
+        expected = numpy.zeros_like(da)
+        expected[..., :k] = numpy.swapaxes(numpy.triu(dv, 1), -1, -2)
+        numpy.testing.assert_allclose(da, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_from_lapack_gradient_wrt_a_matches_central_differences(algorithm):
+    """tau implied by a (recomputed for every perturbed a); a tau == 0 factor stays the identity."""
+    rng = numpy.random.default_rng(22)
+    a, tau = _geqrf(rng, (2, 8, 5))
+    tau[1, 2] = 0
+    x = rng.standard_normal((2, 8, 3))
+    dout = rng.standard_normal((2, 8, 3))
+
+    def product(a_):
+        implied = 2 / (1 + (numpy.tril(a_, -1)[..., :5] ** 2).sum(axis=-2))
+        return cuhouse.HouseholderProduct.from_lapack(a_, numpy.where(tau == 0, 0, implied),
+                                                      algorithm=algorithm, block_size=2) @ x
+
+    (da,), _ = cuhouse.vjp(cuhouse.matmul, cuhouse.HouseholderProduct.from_lapack(
+        a, tau, algorithm=algorithm, block_size=2), x)[1](dout)
+    assert not numpy.triu(da).any() and not da[1, :, 2].any()
+    direction = rng.standard_normal(a.shape)
+    eps = 1e-6
+    numeric = _inner(dout, (product(a + eps * direction) - product(a - eps * direction)) / (2 * eps))
+    assert abs(numeric - _inner(da, direction)) <= 1e-7 * max(abs(numeric), 1.0)
+
+
+def test_nan_above_the_diagonal_of_a_does_not_reach_the_result():
+    rng = numpy.random.default_rng(23)
+    a, tau = _geqrf(rng, (6, 6))
+    reference = cuhouse.HouseholderProduct.from_lapack(a, tau[:5])
+    poisoned = a.copy(order="F")
+    poisoned[numpy.triu_indices(6)] = numpy.nan
+    h = cuhouse.HouseholderProduct.from_lapack(poisoned, tau[:5])
+    x = rng.standard_normal((6, 2))
+    for algorithm in sorted(ALGORITHMS):
+        h.algorithm = reference.algorithm = algorithm
+        numpy.testing.assert_array_equal(h @ x, reference @ x)
+        (da,), dx = cuhouse.vjp(cuhouse.matmul, h, x)[1](numpy.ones((6, 2)))
+        assert numpy.isfinite(da).all() and numpy.isfinite(dx).all()
+    numpy.testing.assert_array_equal(h.todense(), reference.todense())
+
+
+def test_from_lapack_float32_matches_float64():
+    rng = numpy.random.default_rng(24)
+    a, tau = _geqrf(rng, (40, 30), numpy.float32)
+    x = rng.standard_normal((40, 4)).astype(numpy.float32)
+    h = cuhouse.HouseholderProduct.from_lapack(a, tau, block_size=8)
+    assert h.params[0] is a and (h @ x).dtype == numpy.float32
+    exact = cuhouse.HouseholderProduct.from_lapack(a.astype(numpy.float64), tau)
+    numpy.testing.assert_allclose(h @ x, exact @ x.astype(numpy.float64), rtol=0,
+                                  atol=100 * numpy.finfo(numpy.float32).eps)
+
+
+def test_cost_model_knows_the_structure():
+    from cuhouse import plan
+    for algorithm in ("sequential", "cwy", "dense"):
+        full = plan.predict(algorithm, 1024, 1024, 32, 32)
+        structured = plan.predict(algorithm, 1024, 1024, 32, 32, layout="unit")
+        assert structured < full
+    assert plan.choose(512, 512, 32, numpy.float32, layout="unit").store_inputs is False
+    a, tau = _geqrf(numpy.random.default_rng(25), (12, 12))
+    h = cuhouse.HouseholderProduct.from_lapack(a, tau[:11])
+    assert h.plan_for(3) == plan.choose(12, 11, 3, numpy.float64, layout="unit")
+
+
+@pytest.mark.parametrize("algorithm", ["auto"] + sorted(ALGORITHMS))
+def test_trapezoidal_vectors_are_detected_and_keep_their_gradient(algorithm):
+    """V with row i zero in its first i entries (torch's minimal map): products run on the trailing
+    rows; the gradient still covers every entry of V (a product that is differentiated uses full rows)."""
+    rng = numpy.random.default_rng(26)
+    v = numpy.triu(rng.standard_normal((2, 70, 75)))          # more than one 64-row detection block
+    h = cuhouse.HouseholderProduct(v, algorithm=algorithm, block_size=8)
+    assert h._core.layout == "trapezoidal"
+    x = rng.standard_normal((2, 75, 3))
+    dense = numpy.stack([_dense(v[i]) for i in range(2)])
+    numpy.testing.assert_allclose(h @ x, dense @ x, rtol=0, atol=1e-12)
+    numpy.testing.assert_allclose(x.swapaxes(-1, -2) @ h, x.swapaxes(-1, -2) @ dense, rtol=0, atol=1e-12)
+    (dv,), dx = cuhouse.vjp(cuhouse.matmul, h, x)[1](numpy.ones_like(x))
+    w = v.copy()
+    w[0, 40, 1] = 1e-300                                        # one entry below: full rows
+    full = cuhouse.HouseholderProduct(w, algorithm=algorithm, block_size=8)
+    assert full._core.layout == "full"
+    (dv_full,), dx_full = cuhouse.vjp(cuhouse.matmul, full, x)[1](numpy.ones_like(x))
+    numpy.testing.assert_allclose(dv, dv_full, rtol=0, atol=1e-10)
+    assert numpy.abs(numpy.tril(dv[0], -1)).max() > 0
+
+
+def test_rows_with_nan_are_not_trapezoidal():
+    v = numpy.triu(numpy.ones((4, 5)))
+    v[2, 0] = numpy.nan
+    assert not _blocks.is_trapezoidal(v, numpy) and _blocks.is_trapezoidal(numpy.triu(v), numpy)
