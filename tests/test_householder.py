@@ -254,3 +254,15 @@ def test_from_lapack_accepts_torch_geqrf():
     q = torch.linalg.householder_product(qr, tau).numpy()            # the first 5 columns of Q
     numpy.testing.assert_allclose(h.todense()[:, :5], q, atol=1e-13)
     numpy.testing.assert_allclose(h.todense()[:, :5], numpy.linalg.qr(a.numpy())[0], atol=1e-13)
+
+
+@pytest.mark.parametrize("algorithm", ["dense", "cwy"])
+def test_both_memory_orders_of_x_give_the_same_contiguous_result(algorithm):
+    v, _ = _data(numpy, (6, 8), (8, 3), numpy.float64)
+    h = cuhouse.HouseholderProduct(v, algorithm=algorithm)
+    x = numpy.random.default_rng(1).standard_normal((5, 8))
+    reference = x @ dense_reference(v)
+    for operand in (x, numpy.asfortranarray(x)):
+        numpy.testing.assert_allclose(operand @ h, reference, atol=1e-13)
+        numpy.testing.assert_allclose(h.T @ operand.T, reference.T, atol=1e-13)
+        assert (operand @ h).flags.c_contiguous and (h.T @ operand.T).flags.c_contiguous

@@ -21,8 +21,16 @@ def build(y, block_size, xp, layout="full", identity=None):
 
 
 def apply(f, x, transpose, xp):
-    """``H @ X`` (``H.T @ X``) as one GEMM. O(d^2 m)."""
-    return (swap(f.h, xp) if transpose else f.h) @ x
+    """``H @ X`` (``H.T @ X``) as one GEMM. O(d^2 m).
+
+    The result keeps X's memory order: for X the transposed view of a
+    row-major array (the columns of ``X @ H``), the GEMM runs as
+    ``(X^T H^T)^T``, so the caller's row-major result needs no transposing copy.
+    """
+    h = swap(f.h, xp) if transpose else f.h
+    if x.strides[-2] < x.strides[-1]:
+        return swap(swap(x, xp) @ swap(h, xp), xp)
+    return h @ x
 
 
 def backward(f, out, dout, transpose, xp, store_inputs=False):
