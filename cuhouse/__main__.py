@@ -1,4 +1,5 @@
 """``python -m cuhouse bench ...``: see ``cuhouse.bench``."""
+
 import sys
 
 from .bench import main

@@ -3,6 +3,7 @@
 Nothing here touches the GPU at import time: CuPy is imported lazily, and only
 the array types of the arguments decide the backend.
 """
+
 import functools
 
 import numpy
@@ -54,8 +55,8 @@ def array_module(*arrays):
     if len(kinds) > 1:
         raise TypeError(
             "cannot mix NumPy and CuPy arrays: got {} and {}; move the data "
-            "explicitly with cupy.asarray or cupy.asnumpy".format(
-                type_name(kinds["numpy"]), type_name(kinds["cupy"])))
+            "explicitly with cupy.asarray or cupy.asnumpy".format(type_name(kinds["numpy"]), type_name(kinds["cupy"]))
+        )
     if "cupy" in kinds:
         return cupy_module()
     return numpy
@@ -77,8 +78,10 @@ def module_named(name):
         return numpy
     cupy = cupy_module()
     if cupy is None:
-        raise ImportError("this matrix lives on the CuPy backend, but CuPy is not installed; "
-                          "pip install 'cuhouse[cuda13]' (or move the data to NumPy before pickling)")
+        raise ImportError(
+            "this matrix lives on the CuPy backend, but CuPy is not installed; "
+            "pip install 'cuhouse[cuda13]' (or move the data to NumPy before pickling)"
+        )
     return cupy
 
 

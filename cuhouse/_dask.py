@@ -19,6 +19,7 @@ device, with a matrix whose parameters are CuPy arrays.
 Dask is imported only inside these functions; ``import cuhouse`` never
 imports it.
 """
+
 import functools
 import math
 import operator
@@ -29,7 +30,7 @@ import numpy
 from . import _operator, _validate
 from ._backend import is_cupy_array, module_named, type_name
 
-GRADIENT_FAN_IN = 8      # chunks summed per task in the tree reduction of parameter gradients
+GRADIENT_FAN_IN = 8  # chunks summed per task in the tree reduction of parameter gradients
 
 
 def is_dask_array(x):
@@ -66,8 +67,9 @@ def vjp_matmul(op, x, side):
 
     def back(dout):
         pairs = _vjp_blocks(key, layout, layout.cotangent(dout, out))
-        dx = pairs.map_blocks(operator.itemgetter(1), dtype=layout.grad_dtype,
-                              meta=layout.meta(layout.x.ndim, layout.grad_dtype))
+        dx = pairs.map_blocks(
+            operator.itemgetter(1), dtype=layout.grad_dtype, meta=layout.meta(layout.x.ndim, layout.grad_dtype)
+        )
         return _tree_sum(pairs, op.params), layout.gradient(dx)
 
     return out, back
@@ -88,12 +90,16 @@ class _Layout:
 
         _validate.check_dtype(x.dtype, "X")
         if any(math.isnan(size) for sizes in x.chunks for size in sizes):
-            raise ValueError("X is a dask array with unknown chunk sizes (NaN in X.chunks, e.g. after boolean "
-                             "indexing): call X.compute_chunk_sizes() before the product")
+            raise ValueError(
+                "X is a dask array with unknown chunk sizes (NaN in X.chunks, e.g. after boolean "
+                "indexing): call X.compute_chunk_sizes() before the product"
+            )
         if is_cupy_array(x._meta) != (op.backend == "cupy"):
-            raise TypeError("cannot mix NumPy and CuPy arrays: the chunks of X are {} (X._meta) but the operator "
-                            "holds {} arrays; move the data explicitly (X.map_blocks(cupy.asarray) or "
-                            "cupy.asnumpy)".format(type_name(type(x._meta)), op.backend))
+            raise TypeError(
+                "cannot mix NumPy and CuPy arrays: the chunks of X are {} (X._meta) but the operator "
+                "holds {} arrays; move the data explicitly (X.map_blocks(cupy.asarray) or "
+                "cupy.asnumpy)".format(type_name(type(x._meta)), op.backend)
+            )
         if x.ndim == 0:
             raise ValueError("X must have at least one dimension for matmul, got a scalar")
         rows, cols = op.shape[-2:]
@@ -103,8 +109,11 @@ class _Layout:
         self.contracted = -2 if side == "left" else -1
         if x.shape[-1 if self.vector else self.contracted] != d:
             expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
-            raise ValueError("X has shape {} but the operator is {}x{}: expected {} with d={}".format(
-                tuple(x.shape), rows, cols, expected, d))
+            raise ValueError(
+                "X has shape {} but the operator is {}x{}: expected {} with d={}".format(
+                    tuple(x.shape), rows, cols, expected, d
+                )
+            )
         if self.vector:
             x = _to_columns(x, side)
         self.column_shape = x.shape
@@ -139,8 +148,11 @@ class _Layout:
             dout = da.from_array(_validate.as_array(dout, "dout", self.xp), chunks=out.chunks)
         _validate.check_dtype(dout.dtype, "dout")
         if tuple(dout.shape) != tuple(out.shape):
-            raise ValueError("dout must have the shape of the value it is the gradient of, {}, got shape {}".format(
-                tuple(out.shape), tuple(dout.shape)))
+            raise ValueError(
+                "dout must have the shape of the value it is the gradient of, {}, got shape {}".format(
+                    tuple(out.shape), tuple(dout.shape)
+                )
+            )
         if self.vector:
             dout = _to_columns(dout, self.side)
         chunks = list(self.x.chunks)
@@ -175,10 +187,20 @@ def _product_blocks(key, layout):
     import dask.array as da
 
     ind = layout.letters
-    return da.blockwise(_block_product, ind, key, None, layout.x, ind, layout.side, None,
-                        adjust_chunks={ind[layout.contracted]: layout.out_size},
-                        dtype=layout.dtype, meta=layout.meta(layout.x.ndim, layout.dtype),
-                        token="cuhouse-matmul")
+    return da.blockwise(
+        _block_product,
+        ind,
+        key,
+        None,
+        layout.x,
+        ind,
+        layout.side,
+        None,
+        adjust_chunks={ind[layout.contracted]: layout.out_size},
+        dtype=layout.dtype,
+        meta=layout.meta(layout.x.ndim, layout.dtype),
+        token="cuhouse-matmul",
+    )
 
 
 def _vjp_blocks(key, layout, dout):
@@ -186,9 +208,22 @@ def _vjp_blocks(key, layout, dout):
     import dask.array as da
 
     ind = layout.letters
-    return da.blockwise(_block_vjp, ind, key, None, layout.x, ind, dout, ind, layout.side, None,
-                        dtype=object, meta=numpy.empty((0,) * layout.x.ndim, dtype=object),
-                        token="cuhouse-vjp", align_arrays=False)
+    return da.blockwise(
+        _block_vjp,
+        ind,
+        key,
+        None,
+        layout.x,
+        ind,
+        dout,
+        ind,
+        layout.side,
+        None,
+        dtype=object,
+        meta=numpy.empty((0,) * layout.x.ndim, dtype=object),
+        token="cuhouse-vjp",
+        align_arrays=False,
+    )
 
 
 def _tree_sum(pairs, params):
@@ -197,17 +232,24 @@ def _tree_sum(pairs, params):
     import dask.array as da
     from dask.array.utils import meta_from_array
 
-    level = [dask.delayed(operator.itemgetter(0), pure=True)(block)
-             for block in pairs.to_delayed(optimize_graph=False).ravel()]
+    level = [
+        dask.delayed(operator.itemgetter(0), pure=True)(block)
+        for block in pairs.to_delayed(optimize_graph=False).ravel()
+    ]
     while len(level) > 1:
-        level = [dask.delayed(_sum_gradients, pure=True)(*level[i:i + GRADIENT_FAN_IN])
-                 for i in range(0, len(level), GRADIENT_FAN_IN)]
+        level = [
+            dask.delayed(_sum_gradients, pure=True)(*level[i : i + GRADIENT_FAN_IN])
+            for i in range(0, len(level), GRADIENT_FAN_IN)
+        ]
     total = level[0]
     grads = []
     for i, leaf in enumerate(params):
         dtype = numpy.result_type(leaf.dtype, numpy.float32)
-        grads.append(da.from_delayed(total[i], shape=leaf.shape, dtype=dtype,
-                                     meta=meta_from_array(leaf, ndim=leaf.ndim, dtype=dtype)))
+        grads.append(
+            da.from_delayed(
+                total[i], shape=leaf.shape, dtype=dtype, meta=meta_from_array(leaf, ndim=leaf.ndim, dtype=dtype)
+            )
+        )
     return tuple(grads)
 
 

@@ -31,6 +31,7 @@ with caches, :class:`cuhouse.householder.Reflections`, drops them in its
 ``__getstate__``. Leaves shared inside one pickle stay shared, so the
 gradients of a copy reach the copy's leaves.
 """
+
 import numpy
 
 from . import _dask, _validate
@@ -40,9 +41,9 @@ from ._backend import module_named
 class Operator:
     """Base of every cuhouse matrix; ``isinstance(A, Operator)`` is "A is a cuhouse matrix"."""
 
-    __array_ufunc__ = None          # ndarray @ A (and dask, and NumPy ufuncs) defer to A
+    __array_ufunc__ = None  # ndarray @ A (and dask, and NumPy ufuncs) defer to A
     __array_priority__ = 1000
-    _NAME = "A"                     # the matrix in messages
+    _NAME = "A"  # the matrix in messages
 
     # ------------------------------------------------------------ attributes
     @property
@@ -57,8 +58,9 @@ class Operator:
     def __matmul__(self, other):
         if isinstance(other, Operator):
             return self._compose(other)
-        if _is_scipy_linear_operator(other):     # stay lazy: SciPy composes the two operators
+        if _is_scipy_linear_operator(other):  # stay lazy: SciPy composes the two operators
             from scipy.sparse.linalg import aslinearoperator
+
             return aslinearoperator(self) @ other
         return self._product(other, "left")
 
@@ -68,6 +70,7 @@ class Operator:
     def _compose(self, other):
         """``self @ other`` for two cuhouse matrices: a lazy :class:`cuhouse.product.Product`."""
         from .product import Product
+
         return Product(self, other)
 
     def dot(self, x):
@@ -115,11 +118,17 @@ class Operator:
         cannot be viewed without a copy. Cost: :meth:`todense`.
         """
         if self.backend != "numpy":
-            raise TypeError("a {} on the CuPy backend cannot become a NumPy array implicitly; "
-                            "use cupy.asnumpy(A.todense())".format(type(self).__name__))
+            raise TypeError(
+                "a {} on the CuPy backend cannot become a NumPy array implicitly; use cupy.asnumpy(A.todense())".format(
+                    type(self).__name__
+                )
+            )
         if copy is False:
-            raise ValueError("a {} has no array to view: numpy.asarray(..., copy=False) is impossible; "
-                             "use todense()".format(type(self).__name__))
+            raise ValueError(
+                "a {} has no array to view: numpy.asarray(..., copy=False) is impossible; use todense()".format(
+                    type(self).__name__
+                )
+            )
         dense = self.todense()
         return dense if dtype is None else dense.astype(dtype, copy=False)
 
@@ -134,8 +143,7 @@ class Operator:
         hook applies ``A^T``.
         """
         shape = self.shape[:-2] + self.shape[-2:][::-1] if transpose else self.shape
-        x, cast = _validate.product_operand(x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite,
-                                            name)
+        x, cast = _validate.product_operand(x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite, name)
         return x, to_columns(cast, x.ndim == 1, side, self._xp), (side == "right") != transpose
 
     def _product(self, x, side, transpose=False, name="X"):
@@ -163,9 +171,12 @@ class Operator:
             return _dask.vjp_matmul(self, x, side)
         xp = self._xp
         if isinstance(x, Operator):
-            raise TypeError("vjp(matmul, A, X) differentiates a matrix times an array; got two cuhouse "
-                            "matrices ({} and {}): differentiate (A1 @ A2) @ X instead".format(
-                                type(self).__name__, type(x).__name__))
+            raise TypeError(
+                "vjp(matmul, A, X) differentiates a matrix times an array; got two cuhouse "
+                "matrices ({} and {}): differentiate (A1 @ A2) @ X instead".format(
+                    type(self).__name__, type(x).__name__
+                )
+            )
         x, columns, flip = self._operand(x, side)
         vector = x.ndim == 1
         out_columns, back_columns = self._vjp_matmat(columns, flip)
@@ -192,8 +203,9 @@ class Operator:
 
 
 def _is_scipy_linear_operator(x):
-    return any(c.__module__.startswith("scipy.sparse.linalg") and c.__name__ == "LinearOperator"
-               for c in type(x).__mro__)
+    return any(
+        c.__module__.startswith("scipy.sparse.linalg") and c.__name__ == "LinearOperator" for c in type(x).__mro__
+    )
 
 
 def to_columns(a, vector, side, xp):
@@ -236,5 +248,7 @@ def accumulate(params, contributions, xp):
         grad = reduce_to_shape(grad, leaf.shape)
         total[i] = grad if total[i] is None else total[i] + grad
     dtypes = [numpy.result_type(p.dtype, numpy.float32) for p in params]
-    return tuple(xp.zeros(p.shape, dtype=dt) if g is None else xp.ascontiguousarray(g, dtype=dt)
-                 for p, g, dt in zip(params, total, dtypes))
+    return tuple(
+        xp.zeros(p.shape, dtype=dt) if g is None else xp.ascontiguousarray(g, dtype=dt)
+        for p, g, dt in zip(params, total, dtypes)
+    )

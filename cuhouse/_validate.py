@@ -4,11 +4,12 @@ Every check raises ``TypeError`` (wrong kind of object or dtype) or
 ``ValueError`` (wrong shape or value) naming the argument, what was expected
 and what was received. No check mutates its input.
 """
+
 import os
 
 import numpy
 
-from ._backend import SUPPORTED_DTYPES, type_name, is_cupy_array
+from ._backend import SUPPORTED_DTYPES, is_cupy_array, type_name
 
 _REAL_KINDS = "biuf"  # bool, signed, unsigned, float
 
@@ -23,27 +24,34 @@ def as_array(x, name, xp):
     arrays, complex, float16 and object data.
     """
     if x is None or isinstance(x, (str, bytes)) or getattr(type(x), "__array_ufunc__", False) is None:
-        raise TypeError("{} must be an array of real numbers, got {}".format(
-            name, type(x).__name__))
+        raise TypeError("{} must be an array of real numbers, got {}".format(name, type(x).__name__))
     if type(x).__module__.startswith("scipy.sparse"):
-        raise TypeError("{} is a SciPy sparse {}; cuhouse takes dense arrays: pass {}.toarray()".format(
-                            name, type(x).__name__, name))
+        raise TypeError(
+            "{} is a SciPy sparse {}; cuhouse takes dense arrays: pass {}.toarray()".format(
+                name, type(x).__name__, name
+            )
+        )
     if isinstance(x, numpy.ma.MaskedArray):
-        raise TypeError("{} is a numpy.ma.MaskedArray; masked arrays are not supported: pass "
-                        "{}.filled(value) or {}.data".format(name, name, name))
+        raise TypeError(
+            "{} is a numpy.ma.MaskedArray; masked arrays are not supported: pass {}.filled(value) or {}.data".format(
+                name, name, name
+            )
+        )
     if isinstance(x, numpy.ndarray) and type(x) is not numpy.ndarray and xp is numpy:
-        x = numpy.asarray(x)            # a subclass such as numpy.matrix: its plain ndarray view
+        x = numpy.asarray(x)  # a subclass such as numpy.matrix: its plain ndarray view
     if not isinstance(x, xp.ndarray):
         if isinstance(x, numpy.ndarray) or is_cupy_array(x):
             raise TypeError(
                 "cannot mix NumPy and CuPy arrays: {} is {} but the operator holds "
                 "{}.ndarray; move the data explicitly with cupy.asarray or "
-                "cupy.asnumpy".format(name, type_name(type(x)), xp.__name__))
+                "cupy.asnumpy".format(name, type_name(type(x)), xp.__name__)
+            )
         try:
             x = xp.asarray(x)
         except (TypeError, ValueError) as exc:
-            raise TypeError("{} must be an array of real numbers, got {}: {}".format(
-                name, type(x).__name__, exc)) from None
+            raise TypeError(
+                "{} must be an array of real numbers, got {}: {}".format(name, type(x).__name__, exc)
+            ) from None
     check_dtype(x.dtype, name)
     return x
 
@@ -54,7 +62,8 @@ def check_dtype(dtype, name):
     if dtype.kind not in _REAL_KINDS or (dtype.kind == "f" and dtype not in SUPPORTED_DTYPES):
         raise TypeError(
             "{} has dtype {}; supported dtypes are float32 and float64 "
-            "(bool and integer input is promoted as NumPy promotes it)".format(name, dtype))
+            "(bool and integer input is promoted as NumPy promotes it)".format(name, dtype)
+        )
 
 
 def float_dtype(dtype):
@@ -73,15 +82,22 @@ def vectors(v, xp, name="vectors"):
     """
     v = as_array(v, name, xp)
     if v.ndim < 2:
-        raise ValueError("{} must have shape (..., n, d) with one vector per row, "
-                         "got an array of shape {}".format(name, tuple(v.shape)))
+        raise ValueError(
+            "{} must have shape (..., n, d) with one vector per row, got an array of shape {}".format(
+                name, tuple(v.shape)
+            )
+        )
     n, d = v.shape[-2:]
     if d == 0 or n == 0:
-        raise ValueError("{} must have 1 <= n <= d and d >= 1, got shape {} (n={}, d={})".format(
-            name, tuple(v.shape), n, d))
+        raise ValueError(
+            "{} must have 1 <= n <= d and d >= 1, got shape {} (n={}, d={})".format(name, tuple(v.shape), n, d)
+        )
     if n > d:
-        raise ValueError("{} has n={} rows of length d={}; a Householder product needs "
-                         "1 <= n <= d, got shape {}".format(name, n, d, tuple(v.shape)))
+        raise ValueError(
+            "{} has n={} rows of length d={}; a Householder product needs 1 <= n <= d, got shape {}".format(
+                name, n, d, tuple(v.shape)
+            )
+        )
     if v.dtype not in SUPPORTED_DTYPES:
         v = v.astype(float_dtype(v.dtype))
     return v
@@ -93,14 +109,18 @@ def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors")
     ``ValueError``. A norm is finite exactly when its row is. Cost: O(n).
     """
     if check_finite and not bool(xp.isfinite(norms).all()):
-        raise ValueError("{} must be finite; found NaN or Inf (pass check_finite=False "
-                         "to skip this check)".format(name))
+        raise ValueError(
+            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
+        )
     if not allow_zero_rows:
         zero = norms == 0
         if bool(zero.any()):
             where = tuple(int(i) for i in numpy.argwhere(to_host(zero))[0])
-            raise ValueError("{} row {} is a zero vector; every Householder vector must be "
-                             "nonzero".format(name, where if len(where) > 1 else where[0]))
+            raise ValueError(
+                "{} row {} is a zero vector; every Householder vector must be nonzero".format(
+                    name, where if len(where) > 1 else where[0]
+                )
+            )
 
 
 def operand(x, xp, d, side, check_finite, shape=None, name="X"):
@@ -118,11 +138,15 @@ def operand(x, xp, d, side, check_finite, shape=None, name="X"):
     if x.shape[axis] != d:
         expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
         rows, cols = shape or (d, d)
-        raise ValueError("{} has shape {} but the operator is {}x{}: expected {} with d={}".format(
-            name, tuple(x.shape), rows, cols, expected, d))
+        raise ValueError(
+            "{} has shape {} but the operator is {}x{}: expected {} with d={}".format(
+                name, tuple(x.shape), rows, cols, expected, d
+            )
+        )
     if check_finite and not bool(xp.isfinite(x).all()):
-        raise ValueError("{} must be finite; found NaN or Inf (pass check_finite=False "
-                         "to skip this check)".format(name))
+        raise ValueError(
+            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
+        )
     return x
 
 
@@ -130,8 +154,11 @@ def cotangent(g, name, shape, xp):
     """The gradient ``g`` fed to a vjp function: a real array of module ``xp`` of exactly ``shape``."""
     g = as_array(g, name, xp)
     if tuple(g.shape) != tuple(shape):
-        raise ValueError("{} must have the shape of the value it is the gradient of, {}, got shape {}".format(
-            name, tuple(shape), tuple(g.shape)))
+        raise ValueError(
+            "{} must have the shape of the value it is the gradient of, {}, got shape {}".format(
+                name, tuple(shape), tuple(g.shape)
+            )
+        )
     return g
 
 
@@ -167,8 +194,9 @@ def dense_matrix(a, name, xp):
     """A finite float matrix stack ``(..., rows, cols)`` with rows, cols >= 1, for the ``from_dense`` constructors."""
     a = as_array(a, name, xp)
     if a.ndim < 2 or 0 in a.shape[-2:]:
-        raise ValueError("{} must have shape (..., rows, cols) with rows, cols >= 1, got shape {}".format(
-            name, tuple(a.shape)))
+        raise ValueError(
+            "{} must have shape (..., rows, cols) with rows, cols >= 1, got shape {}".format(name, tuple(a.shape))
+        )
     a = a.astype(float_dtype(a.dtype), copy=False)
     if not bool(xp.isfinite(a).all()):
         raise ValueError("{} must be finite; found NaN or Inf".format(name))
@@ -230,10 +258,13 @@ def dense_memory(shape, dtype, what, xp, workspace):
     else:
         available, where = xp.cuda.Device().mem_info[1], "the GPU's memory"
     if needed > available:
-        raise MemoryError("{} needs a dense {} array of shape {} ({}; about {} with its intermediates), more "
-                          "than {} ({}); multiply by a thin X instead (A @ X costs O(d n m) without forming "
-                          "A)".format(what, numpy.dtype(dtype), tuple(shape), _bytes(result), _bytes(needed), where,
-                                      _bytes(available)))
+        raise MemoryError(
+            "{} needs a dense {} array of shape {} ({}; about {} with its intermediates), more "
+            "than {} ({}); multiply by a thin X instead (A @ X costs O(d n m) without forming "
+            "A)".format(
+                what, numpy.dtype(dtype), tuple(shape), _bytes(result), _bytes(needed), where, _bytes(available)
+            )
+        )
 
 
 def _bytes(n):

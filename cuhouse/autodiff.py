@@ -7,6 +7,7 @@ in one place, :func:`cuhouse._operator.accumulate`. This is a small closed
 algebra, not a general autodiff engine: the functions that can be
 differentiated are :func:`cuhouse.matmul` and :func:`cuhouse.logdet`.
 """
+
 from ._operator import Operator
 
 
@@ -38,12 +39,16 @@ def vjp(fun, *args):
         if isinstance(x, Operator):
             out, back = x._vjp_matmul(a, "right")
             return out, lambda dout: tuple(reversed(back(dout)))
-        raise TypeError("vjp(matmul, A, X) needs a cuhouse matrix on one side, got {} and {}".format(
-            type(a).__name__, type(x).__name__))
+        raise TypeError(
+            "vjp(matmul, A, X) needs a cuhouse matrix on one side, got {} and {}".format(
+                type(a).__name__, type(x).__name__
+            )
+        )
     if fun is logdet:
         if len(args) != 1 or not isinstance(args[0], Operator):
-            raise TypeError("vjp(logdet, A) takes one cuhouse matrix, got {}".format(
-                ", ".join(type(a).__name__ for a in args)))
+            raise TypeError(
+                "vjp(logdet, A) takes one cuhouse matrix, got {}".format(", ".join(type(a).__name__ for a in args))
+            )
         value, back = args[0]._vjp_logdet()
         return value, lambda dvalue: (back(dvalue),)
     raise TypeError("vjp supports cuhouse.matmul and cuhouse.logdet, got {!r}".format(fun))

@@ -10,6 +10,7 @@ works on a single vector::
         ...
         return loss, flatten_params(back(dout)[0])
 """
+
 import numpy
 
 from . import _validate
@@ -39,17 +40,21 @@ def unflatten_params(vector, like):
     vector = _validate.as_array(vector, "vector", xp)
     sizes = [int(numpy.prod(p.shape)) for p in like]
     if vector.ndim != 1 or vector.shape[0] != sum(sizes):
-        raise ValueError("vector must be 1-D with {} elements (the sizes of like: {}), got shape {}".format(
-            sum(sizes), [tuple(p.shape) for p in like], tuple(vector.shape)))
+        raise ValueError(
+            "vector must be 1-D with {} elements (the sizes of like: {}), got shape {}".format(
+                sum(sizes), [tuple(p.shape) for p in like], tuple(vector.shape)
+            )
+        )
     out, start = [], 0
     for p, size in zip(like, sizes):
-        out.append(vector[start:start + size].reshape(p.shape).astype(p.dtype, copy=True))
+        out.append(vector[start : start + size].reshape(p.shape).astype(p.dtype, copy=True))
         start += size
     return tuple(out)
 
 
 def _as_tuple(params, name):
     if not isinstance(params, (tuple, list)) or not params:
-        raise TypeError("{} must be a non-empty tuple of arrays such as H.params, got {}".format(
-            name, type(params).__name__))
+        raise TypeError(
+            "{} must be a non-empty tuple of arrays such as H.params, got {}".format(name, type(params).__name__)
+        )
     return tuple(params)

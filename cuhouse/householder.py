@@ -8,6 +8,7 @@ The parameter arrays are treated as immutable: block factors are built once,
 lazily, and reused by every later product. After changing ``vectors`` in place
 (an optimizer step), call :meth:`HouseholderProduct.refresh`.
 """
+
 from collections import namedtuple
 
 import numpy
@@ -72,7 +73,7 @@ class Reflections:
     def _stored(self, segment):
         """The stored rows of one segment (a view), in product order."""
         leaf = self.leaves[segment.leaf]
-        rows = leaf if segment.k is None else self.xp.swapaxes(leaf[..., :segment.k], -1, -2)
+        rows = leaf if segment.k is None else self.xp.swapaxes(leaf[..., : segment.k], -1, -2)
         return rows[..., ::-1, :] if segment.reversed else rows
 
     @property
@@ -173,14 +174,16 @@ class Reflections:
             xp = self.xp
             if chosen.algorithm == "dense":
                 d = self.shape[-1]
-                _validate.dense_memory(self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp,
-                                       HouseholderProduct._TODENSE_WORKSPACE)
+                _validate.dense_memory(
+                    self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, HouseholderProduct._TODENSE_WORKSPACE
+                )
             module = ALGORITHMS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
             info = numpy.finfo(dtype)
             norms = self.norms
-            safe = (((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0))
-                    & (norms <= numpy.sqrt(info.max * info.eps)))
+            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
+                norms <= numpy.sqrt(info.max * info.eps)
+            )
             if not bool(safe.all()):
                 scaled = _blocks.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _blocks.FULL, None
@@ -203,17 +206,17 @@ class Reflections:
         for segment in self.segments:
             leaf = self.leaves[segment.leaf]
             n = leaf.shape[-2] if segment.k is None else segment.k
-            part = dv[..., start:start + n, :]
+            part = dv[..., start : start + n, :]
             start += n
             if segment.reversed:
                 part = part[..., ::-1, :]
             if segment.k is not None:
-                if scaled is not None or len(self.segments) > 1:     # full rows: keep the stored entries only
+                if scaled is not None or len(self.segments) > 1:  # full rows: keep the stored entries only
                     part = _blocks.structured(part.copy(), _blocks.UNIT, xp)
                     if segment.identity is not None:
                         part *= ~segment.identity[..., None]
                 grad = xp.zeros(part.shape[:-2] + leaf.shape[-2:], dtype=part.dtype)
-                _blocks.transpose_into(grad[..., :segment.k], part, xp)
+                _blocks.transpose_into(grad[..., : segment.k], part, xp)
                 part = grad
             contributions.append((leaf, part))
         return contributions
@@ -243,7 +246,7 @@ class HouseholderProduct(Operator):
     """
 
     _NAME = "H"
-    _TODENSE_WORKSPACE = 4          # measured peak 4.06x the result at d = 2000 (cwy), 2.0x (dense)
+    _TODENSE_WORKSPACE = 4  # measured peak 4.06x the result at d = 2000 (cwy), 2.0x (dense)
 
     def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
         xp = array_module(vectors)
@@ -252,8 +255,7 @@ class HouseholderProduct(Operator):
         v = _validate.vectors(vectors, xp)
         norms = primitives.row_norms(v, xp)
         _validate.vector_norms(norms, xp, bool(check_finite))
-        core = Reflections(backend_name(xp), (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype,
-                           norms)
+        core = Reflections(backend_name(xp), (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
         self._init(core, False, algorithm, block_size)
 
     def _init(self, core, transposed, algorithm, block_size):
@@ -291,8 +293,7 @@ class HouseholderProduct(Operator):
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
         a, k, identity, dtype, norms = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
-        core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype,
-                           norms)
+        core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, norms)
         return cls._view(core, False, algorithm, block_size)
 
     @classmethod
@@ -311,8 +312,9 @@ class HouseholderProduct(Operator):
         xp = array_module(q)
         q = _validate.dense_matrix(q, "Q", xp)
         if q.shape[-1] > q.shape[-2]:
-            raise ValueError("Q must have shape (..., d, r) with r <= d (orthonormal columns), got shape {}".format(
-                tuple(q.shape)))
+            raise ValueError(
+                "Q must have shape (..., d, r) with r <= d (orthonormal columns), got shape {}".format(tuple(q.shape))
+            )
         a, tau = layouts.orthogonal_to_reflectors(q, xp)
         return cls.from_lapack(a, tau, algorithm, block_size, check_finite=check_finite)
 
@@ -354,7 +356,8 @@ class HouseholderProduct(Operator):
 
     def __repr__(self):
         return "HouseholderProduct(shape={}, dtype={}, n_reflections={}, backend={}, algorithm={!r})".format(
-            self.shape, self.dtype, self.n_reflections, self.backend, self.algorithm)
+            self.shape, self.dtype, self.n_reflections, self.backend, self.algorithm
+        )
 
     def refresh(self):
         """Rebuild from the parameter arrays after they were updated in place.
@@ -368,9 +371,10 @@ class HouseholderProduct(Operator):
             leaf = core.leaves[segment.leaf]
             if segment.k is None:
                 norms = primitives.row_norms(_validate.vectors(leaf, xp), xp)
-            else:                                   # a geqrf array: tau is implied by the stored entries
-                norms = xp.sqrt(1 + _blocks.squared_norms(xp.swapaxes(leaf[..., :segment.k], -1, -2),
-                                                          _blocks.UNIT, xp))
+            else:  # a geqrf array: tau is implied by the stored entries
+                norms = xp.sqrt(
+                    1 + _blocks.squared_norms(xp.swapaxes(leaf[..., : segment.k], -1, -2), _blocks.UNIT, xp)
+                )
             _validate.vector_norms(norms, xp, core.check_finite)
         core.refresh()
         return self
@@ -417,10 +421,13 @@ class HouseholderProduct(Operator):
             return super()._compose(other)
         a, b = self._core, other._core
         if a.backend != b.backend:
-            array_module(a.vectors, b.vectors)          # raises the mixed-backend TypeError
+            array_module(a.vectors, b.vectors)  # raises the mixed-backend TypeError
         if self.shape[-1] != other.shape[-1]:
-            raise ValueError("cannot compose HouseholderProducts of sizes {0}x{0} and {1}x{1}".format(
-                self.shape[-1], other.shape[-1]))
+            raise ValueError(
+                "cannot compose HouseholderProducts of sizes {0}x{0} and {1}x{1}".format(
+                    self.shape[-1], other.shape[-1]
+                )
+            )
         _validate.batch_shape(("H1", self.shape[:-2]), ("H2", other.shape[:-2]))
         leaves, segments = [], []
         for op in (self, other):
@@ -431,10 +438,18 @@ class HouseholderProduct(Operator):
                 matches = [i for i, existing in enumerate(leaves) if existing is leaf]
                 if not matches:
                     leaves.append(leaf)
-                segments.append(segment._replace(leaf=matches[0] if matches else len(leaves) - 1,
-                                                 reversed=segment.reversed != op._transposed))
-        core = Reflections(a.backend, tuple(leaves), tuple(segments), a.check_finite and b.check_finite,
-                           numpy.result_type(a.dtype, b.dtype))
+                segments.append(
+                    segment._replace(
+                        leaf=matches[0] if matches else len(leaves) - 1, reversed=segment.reversed != op._transposed
+                    )
+                )
+        core = Reflections(
+            a.backend,
+            tuple(leaves),
+            tuple(segments),
+            a.check_finite and b.check_finite,
+            numpy.result_type(a.dtype, b.dtype),
+        )
         return self._view(core, False, self.algorithm, self.block_size)
 
     # ------------------------------------------------------------- products
@@ -442,8 +457,16 @@ class HouseholderProduct(Operator):
         """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns (in ``vjp`` when
         ``differentiable``)."""
         dtype = numpy.dtype(dtype or self.dtype)
-        return plan.choose(self.shape[-1], self.n_reflections, m, dtype, self.backend,
-                           self.algorithm, self.block_size, self._core.layout_for(differentiable))
+        return plan.choose(
+            self.shape[-1],
+            self.n_reflections,
+            m,
+            dtype,
+            self.backend,
+            self.algorithm,
+            self.block_size,
+            self._core.layout_for(differentiable),
+        )
 
     def _run(self, columns, transpose, differentiable):
         """``(algorithm module, plan, (factors, scaled), flip)`` for ``columns`` ``(..., d, m)``."""

@@ -9,6 +9,7 @@
 
 Nothing here knows the matrix classes; they call these and build themselves.
 """
+
 import numpy
 
 from . import _validate
@@ -34,8 +35,11 @@ def lapack_reflectors(a, tau, xp, check_finite):
     rows, cols = a.shape[-2:]
     k = tau.shape[-1] if tau.ndim else 0
     if tau.ndim < 1 or k == 0 or k > min(rows, cols):
-        raise ValueError("tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
-            min(rows, cols), tuple(tau.shape)))
+        raise ValueError(
+            "tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
+                min(rows, cols), tuple(tau.shape)
+            )
+        )
     _validate.batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
     a = a.astype(_validate.float_dtype(a.dtype), copy=False)
     if check_finite and not bool(xp.isfinite(tau).all()):
@@ -48,8 +52,10 @@ def lapack_reflectors(a, tau, xp, check_finite):
     # as accurate as the less precise of a and tau (float32 geqrf output may come with float64 tau)
     tol = 1e3 * max(numpy.finfo(_validate.float_dtype(t)).eps for t in (a.dtype, tau.dtype))
     if not bool((xp.abs(tau - expected) <= tol * xp.abs(expected) + tol).all()):
-        raise ValueError("tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
-                         "geqrf returns; got values that do not make orthogonal reflectors")
+        raise ValueError(
+            "tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
+            "geqrf returns; got values that do not make orthogonal reflectors"
+        )
     dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
     return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq)
 
@@ -70,28 +76,29 @@ def orthogonal_to_reflectors(q, xp):
     error = float(xp.abs(gram - xp.eye(r, dtype=q.dtype)).max()) if q.size else 0.0
     if not error <= 50 * eps * d:
         what = "orthogonal" if r == d else "orthonormal columns"
-        raise ValueError("Q must be {} to within 50 eps d = {:.3g} (max |Q^T Q - I|), got {:.3g}".format(
-            what, 50 * eps * d, error))
+        raise ValueError(
+            "Q must be {} to within 50 eps d = {:.3g} (max |Q^T Q - I|), got {:.3g}".format(what, 50 * eps * d, error)
+        )
     a = q.copy()
     tau = xp.zeros(q.shape[:-2] + (r,), dtype=q.dtype)
     for i in range(r):
         head = a[..., i, i]
-        tail = a[..., i + 1:, i]
+        tail = a[..., i + 1 :, i]
         sigma = (tail * tail).sum(axis=-1)
         norm = xp.sqrt(head * head + sigma)
         # v = x - ||x|| e_1, scaled to v_1 = 1; v_1 by Parlett's formula when x_1 > 0 (no cancellation)
         v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, 1), head - norm)
-        identity = v1 == 0                                  # x == ||x|| e_1 already
+        identity = v1 == 0  # x == ||x|| e_1 already
         safe = xp.where(identity, 1, v1)
         v_tail = xp.where(identity[..., None], 0, tail / safe[..., None])
         tau_i = xp.where(identity, 0, 2 / (1 + (v_tail * v_tail).sum(axis=-1)))
-        if i + 1 < r:       # apply H_i to the trailing columns: A <- A - tau v (v^T A)
-            trailing = a[..., i:, i + 1:]
+        if i + 1 < r:  # apply H_i to the trailing columns: A <- A - tau v (v^T A)
+            trailing = a[..., i:, i + 1 :]
             w = trailing[..., 0, :] + (v_tail[..., :, None] * trailing[..., 1:, :]).sum(axis=-2)
             trailing[..., 0, :] -= tau_i[..., None] * w
             trailing[..., 1:, :] -= tau_i[..., None, None] * v_tail[..., :, None] * w[..., None, :]
         a[..., i, i] = norm
-        a[..., i + 1:, i] = v_tail
+        a[..., i + 1 :, i] = v_tail
         tau[..., i] = tau_i
     return a, tau
 
@@ -106,7 +113,7 @@ def orthonormal_to_reflectors(q, xp):
     d x d QR is the identity). Cost: O(d r^2), blocked.
     """
     d, r = q.shape[-2:]
-    raw, tau = xp.linalg.qr(q, mode="raw")             # raw is the transposed geqrf layout
+    raw, tau = xp.linalg.qr(q, mode="raw")  # raw is the transposed geqrf layout
     a = xp.swapaxes(raw, -1, -2)
     signs = xp.sign(xp.diagonal(a, axis1=-2, axis2=-1)[..., :r])
-    return a, tau[..., :max(1, min(r, d - 1))], signs
+    return a, tau[..., : max(1, min(r, d - 1))], signs

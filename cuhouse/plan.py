@@ -18,6 +18,7 @@ halves the peak. ``python -m cuhouse bench --sections plan`` prints the
 model's prediction beside the measured time of every plan: on the CPU it
 ranks the block sizes correctly to within about 10% of the best measured.
 """
+
 import functools
 from collections import namedtuple
 
@@ -44,7 +45,7 @@ BLOCK_SIZES = (8, 16, 32, 64, 128, 256, 512)
 
 
 def _gemm(mach, p, q, r, itemsize, count=1, calls=1):
-    if not p * q * r:                                   # an empty operand (m = 0): launches only
+    if not p * q * r:  # an empty operand (m = 0): launches only
         return calls * mach.launch
     eff = (p / (p + mach.half)) * (q / (q + mach.half)) * (r / (r + mach.half))
     flops = 2.0 * p * q * r * count
@@ -78,13 +79,13 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
     if layout != "full":
         d = max(d - (n - min(block_size, n)) / 2, 1)
     if algorithm == "sequential":
-        build = 0.0 if built else _pass(mach, 3 * n * full_d, itemsize, calls=3)    # norms, normalize
+        build = 0.0 if built else _pass(mach, 3 * n * full_d, itemsize, calls=3)  # norms, normalize
         step = _gemm(mach, 1, d, m, itemsize) + _gemm(mach, d, 1, m, itemsize) + _pass(mach, 6 * d * m, itemsize, 4)
         return build + n * step
     k = min(block_size, n)
     nb = -(-n // k)
     if algorithm == "fasth":
-        d = full_d                                                        # normalizes full-length copies
+        d = full_d  # normalizes full-length copies
         build = 0.0 if built else _pass(mach, 3 * n * d, itemsize, calls=3)
         if not built:
             # k sequential steps, each two batched matrix-vector products over all blocks.
@@ -97,8 +98,12 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
     if algorithm == "cwy":
         if not built:
             build += cwy_build
-        step = (_gemm(mach, k, d, m, itemsize) + _gemm(mach, k, k, m, itemsize)
-                + _gemm(mach, d, k, m, itemsize) + _pass(mach, 3 * d * m, itemsize))
+        step = (
+            _gemm(mach, k, d, m, itemsize)
+            + _gemm(mach, k, k, m, itemsize)
+            + _gemm(mach, d, k, m, itemsize)
+            + _pass(mach, 3 * d * m, itemsize)
+        )
         return build + nb * step
     if algorithm == "dense":
         if not built:

@@ -5,6 +5,7 @@
 ``Product``, which keeps its factors as ``args`` (as SciPy's composite
 operators do) and applies them right to left through their private hooks.
 """
+
 import functools
 import operator
 
@@ -33,13 +34,21 @@ class Product(Operator):
             raise ValueError("Product needs at least two factors, got {}".format(len(factors)))
         backends = {f.backend for f in factors}
         if len(backends) > 1:
-            raise TypeError("cannot multiply cuhouse matrices on different backends: {}".format(
-                " and ".join(sorted(backends))))
+            raise TypeError(
+                "cannot multiply cuhouse matrices on different backends: {}".format(" and ".join(sorted(backends)))
+            )
         for left, right in zip(factors, factors[1:]):
             if left.shape[-1] != right.shape[-2]:
-                raise ValueError("cannot multiply a {}x{} {} by a {}x{} {}: inner sizes differ".format(
-                    left.shape[-2], left.shape[-1], type(left).__name__,
-                    right.shape[-2], right.shape[-1], type(right).__name__))
+                raise ValueError(
+                    "cannot multiply a {}x{} {} by a {}x{} {}: inner sizes differ".format(
+                        left.shape[-2],
+                        left.shape[-1],
+                        type(left).__name__,
+                        right.shape[-2],
+                        right.shape[-1],
+                        type(right).__name__,
+                    )
+                )
         _validate.batch_shape(*(("factor {}".format(i), f.shape[:-2]) for i, f in enumerate(factors)))
         self.args = tuple(factors)
 
@@ -72,7 +81,8 @@ class Product(Operator):
 
     def __repr__(self):
         return "Product(shape={}, dtype={}, factors=[{}])".format(
-            self.shape, self.dtype, ", ".join(type(f).__name__ for f in self.args))
+            self.shape, self.dtype, ", ".join(type(f).__name__ for f in self.args)
+        )
 
     # --------------------------------------------------------------- algebra
     @property
@@ -109,8 +119,9 @@ class Product(Operator):
     def _square(f, operation):
         rows, cols = f.shape[-2:]
         if rows != cols:
-            raise ValueError("{} of a Product needs square factors, but a factor is {}x{}".format(
-                operation, rows, cols))
+            raise ValueError(
+                "{} of a Product needs square factors, but a factor is {}x{}".format(operation, rows, cols)
+            )
         return f
 
     # ------------------------------------------------------------- products

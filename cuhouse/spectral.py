@@ -15,6 +15,7 @@ to the leaf arrays the user passed in (``params``). The spectrum of a derived
 matrix is computed when it is derived; derive again after an optimizer step
 changes ``s`` or ``w`` in place (and call ``refresh()`` on U and V).
 """
+
 import numpy
 
 from . import _validate, layouts
@@ -32,7 +33,7 @@ class _SpectralMatrix(Operator):
     the parent's values (``None`` for a transpose).
     """
 
-    _SPECTRUM = "s"                 # the name of the spectrum in messages and ``params``
+    _SPECTRUM = "s"  # the name of the spectrum in messages and ``params``
     _NAME = "W"
 
     def _init(self, left, values, right, leaf=None, parent=None, step=None, derivative=None):
@@ -89,7 +90,8 @@ class _SpectralMatrix(Operator):
 
     def __repr__(self):
         return "{}(shape={}, rank={}, dtype={}, backend={}, lineage={!r})".format(
-            type(self).__name__, self.shape, self.rank, self.dtype, self.backend, self.lineage)
+            type(self).__name__, self.shape, self.rank, self.dtype, self.backend, self.lineage
+        )
 
     # --------------------------------------------------------------- algebra
     @property
@@ -188,14 +190,14 @@ class _SpectralMatrix(Operator):
                 inverse = xp.where(sigma > 0, 1 / xp.where(sigma > 0, sigma, 1), numpy.inf)
             power = 2 if p == "fro" else 1
             with numpy.errstate(invalid="ignore"):
-                result = ((sigma ** power).sum(axis=-1) * (inverse ** power).sum(axis=-1)) ** (1 / power)
+                result = ((sigma**power).sum(axis=-1) * (inverse**power).sum(axis=-1)) ** (1 / power)
         elif p is None or p in (2, -2):
             with numpy.errstate(divide="ignore", invalid="ignore"):
                 ratio = self.norm(2) / self.norm(-2)
                 result = ratio if p != -2 else 1 / ratio
         else:
             raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
-        return xp.where(xp.isnan(result), numpy.inf, result)       # 0 * inf or 0 / 0: the zero matrix
+        return xp.where(xp.isnan(result), numpy.inf, result)  # 0 * inf or 0 / 0: the zero matrix
 
     def matmul(self, x):
         """``W @ X``; see :func:`cuhouse.matmul`."""
@@ -242,8 +244,9 @@ class _SpectralMatrix(Operator):
     def _vjp_logabsdet(self):
         """``log|det W|`` and its adjoint: only the spectrum gets a gradient. Every value nonzero."""
         self._require_full_rank("the gradient of logdet", "log|det W| is -inf")
-        self._require_values("the gradient of logdet", self._values != 0,
-                             "every {} nonzero (log|det W| is -inf at a singular matrix)")
+        self._require_values(
+            "the gradient of logdet", self._values != 0, "every {} nonzero (log|det W| is -inf at a singular matrix)"
+        )
         values = self._values
         return self.logdet(), lambda dvalue: [self._to_leaf_values(dvalue[..., None] / values)]
 
@@ -265,16 +268,22 @@ class _SpectralMatrix(Operator):
     def _require_full_rank(self, operation, hint):
         self._require_square(operation)
         if self.rank < self.shape[-1]:
-            raise ValueError("{} needs a full-rank square matrix, but W is {}x{} with rank r={}; {}".format(
-                operation, self.shape[-2], self.shape[-1], self.rank, hint))
+            raise ValueError(
+                "{} needs a full-rank square matrix, but W is {}x{} with rank r={}; {}".format(
+                    operation, self.shape[-2], self.shape[-1], self.rank, hint
+                )
+            )
 
     def _require_values(self, operation, ok, expected):
         """``ValueError`` naming the first value where the mask ``ok`` is False."""
         if not bool(ok.all()):
             where = tuple(int(i) for i in numpy.argwhere(_validate.to_host(~ok))[0])
             bad = float(self._values[where])
-            raise ValueError("{} needs {}, got {}{} = {!r}".format(
-                operation, expected.format(self._SPECTRUM), self._SPECTRUM, list(where), bad))
+            raise ValueError(
+                "{} needs {}, got {}{} = {!r}".format(
+                    operation, expected.format(self._SPECTRUM), self._SPECTRUM, list(where), bad
+                )
+            )
 
 
 def _batch_array(a, batch, dtype, xp):
@@ -287,8 +296,11 @@ def _householder(obj, name, check_finite):
     if isinstance(obj, HouseholderProduct):
         return obj
     if isinstance(obj, Operator):
-        raise TypeError("{} must be a HouseholderProduct or an array of Householder vectors (..., n, d), "
-                        "got {}".format(name, type(obj).__name__))
+        raise TypeError(
+            "{} must be a HouseholderProduct or an array of Householder vectors (..., n, d), got {}".format(
+                name, type(obj).__name__
+            )
+        )
     try:
         return HouseholderProduct(obj, check_finite=check_finite)
     except (TypeError, ValueError) as exc:
@@ -338,9 +350,12 @@ class SVDMatrix(_SpectralMatrix):
         s = _spectrum(s, "s", xp, check_finite)
         r, d_out, d_in = s.shape[-1], U.shape[-1], V.shape[-1]
         if r > min(d_out, d_in):
-            raise ValueError("s has r={} values but U is {}x{} and V is {}x{}: "
-                             "W = U[:, :r] diag(s) V[:, :r]^T needs r <= min(d_out, d_in) = {}".format(
-                                 r, d_out, d_out, d_in, d_in, min(d_out, d_in)))
+            raise ValueError(
+                "s has r={} values but U is {}x{} and V is {}x{}: "
+                "W = U[:, :r] diag(s) V[:, :r]^T needs r <= min(d_out, d_in) = {}".format(
+                    r, d_out, d_out, d_in, d_in, min(d_out, d_in)
+                )
+            )
         _validate.batch_shape(("U", U.shape[:-2]), ("s", s.shape[:-1]), ("V", V.shape[:-2]))
         self._init(U, s, V)
         self._params = U.params + (s,) + V.params
@@ -377,8 +392,10 @@ class SVDMatrix(_SpectralMatrix):
 
     def expm(self):
         """Not defined for U diag(s) V^T; a matrix function needs ``EighMatrix``."""
-        raise TypeError("expm() needs a symmetric matrix U diag(w) U^T, but an SVDMatrix has independent U and "
-                        "V; build it as cuhouse.EighMatrix(U, w) to use expm, logm, sqrtm, power or cayley")
+        raise TypeError(
+            "expm() needs a symmetric matrix U diag(w) U^T, but an SVDMatrix has independent U and "
+            "V; build it as cuhouse.EighMatrix(U, w) to use expm, logm, sqrtm, power or cayley"
+        )
 
     @classmethod
     def from_dense(cls, a, rank=None, *, check_finite=True):
@@ -394,8 +411,9 @@ class SVDMatrix(_SpectralMatrix):
         full = min(a.shape[-2:])
         r = full if rank is None else _validate.positive_int_or_none(rank, "rank")
         if r > full:
-            raise ValueError("rank must be at most min(d_out, d_in) = {} for A of shape {}, got {}".format(
-                full, tuple(a.shape), r))
+            raise ValueError(
+                "rank must be at most min(d_out, d_in) = {} for A of shape {}, got {}".format(full, tuple(a.shape), r)
+            )
         left, sigma, right_t = xp.linalg.svd(a, full_matrices=False)
         U, u_signs = _householder_from_orthonormal(left[..., :r], xp)
         V, v_signs = _householder_from_orthonormal(xp.swapaxes(right_t, -1, -2)[..., :r], xp)
@@ -443,8 +461,9 @@ class EighMatrix(_SpectralMatrix):
         w = _spectrum(w, "w", xp, check_finite)
         d = U.shape[-1]
         if w.shape[-1] != d:
-            raise ValueError("w must have shape (..., d) with d={} to match U ({}x{}), got shape {}".format(
-                d, d, d, tuple(w.shape)))
+            raise ValueError(
+                "w must have shape (..., d) with d={} to match U ({}x{}), got shape {}".format(d, d, d, tuple(w.shape))
+            )
         _validate.batch_shape(("U", U.shape[:-2]), ("w", w.shape[:-1]))
         self._init(U, w, U)
         self._params = U.params + (w,)
@@ -485,12 +504,10 @@ class EighMatrix(_SpectralMatrix):
         if not numpy.isfinite(p):
             raise ValueError("power(p) needs a finite p, got {!r}".format(p))
         if not p.is_integer():
-            self._require_values("power({!r})".format(p), self._values > 0,
-                                 "every {} > 0 for a fractional power")
+            self._require_values("power({!r})".format(p), self._values > 0, "every {} > 0 for a fractional power")
         elif p < 0:
-            self._require_values("power({!r})".format(p), self._values != 0,
-                                 "every {} nonzero for a negative power")
-        values = self._values ** p
+            self._require_values("power({!r})".format(p), self._values != 0, "every {} nonzero for a negative power")
+        values = self._values**p
         derivative = p * self._values ** (p - 1) if p else self._xp.zeros_like(self._values)
         return self._derive("power({!r})".format(p), values, derivative)
 
@@ -510,11 +527,13 @@ class EighMatrix(_SpectralMatrix):
         a = _validate.dense_matrix(a, "A", xp)
         if a.shape[-1] != a.shape[-2]:
             raise ValueError("A must be square and symmetric, got shape {}".format(tuple(a.shape)))
-        asymmetry = float(xp.abs(a - xp.swapaxes(a, -1, -2)).max()) if a.size else 0.0   # an empty batch
+        asymmetry = float(xp.abs(a - xp.swapaxes(a, -1, -2)).max()) if a.size else 0.0  # an empty batch
         scale = float(xp.abs(a).max()) if a.size else 0.0
         if asymmetry > 100 * numpy.finfo(a.dtype).eps * scale:
-            raise ValueError("A must be symmetric, but max |A - A^T| = {:.3g} (max |A| = {:.3g}); "
-                             "use SVDMatrix.from_dense for a general matrix".format(asymmetry, scale))
+            raise ValueError(
+                "A must be symmetric, but max |A - A^T| = {:.3g} (max |A| = {:.3g}); "
+                "use SVDMatrix.from_dense for a general matrix".format(asymmetry, scale)
+            )
         w, vectors = xp.linalg.eigh(a)
         U, _ = _householder_from_orthonormal(vectors, xp)
         return cls(U, w, check_finite=check_finite)

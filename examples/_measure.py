@@ -9,6 +9,7 @@ stays out of the baseline instead of being reused unseen, the child runs with
 glibc's mmap threshold fixed at 64 KiB (a freed large buffer goes back to the
 OS) and ``malloc_trim(0)`` returns the free heap before the reset.
 """
+
 import ctypes
 import ctypes.util
 import gc
@@ -27,6 +28,7 @@ MMAP_THRESHOLD = "65536"
 def single_threaded():
     """One thread for torch and for the BLAS under NumPy (cuhouse's CPU backend), for the rest of the process."""
     from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(1)
     threadpool_limits(1)
 
@@ -60,10 +62,16 @@ def memory_supported():
 
 def run_child(script, args):
     """Run ``python script *args`` single-threaded with a fixed mmap threshold; its last stdout line, as JSON."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD, OMP_NUM_THREADS="1",
-               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, script] + [str(a) for a in args], env=env, check=True,
-                          capture_output=True, text=True)
+    env = dict(
+        os.environ,
+        MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD,
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
+    done = subprocess.run(
+        [sys.executable, script] + [str(a) for a in args], env=env, check=True, capture_output=True, text=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -92,7 +100,10 @@ def print_table(header, rows):
     cells = [list(map(str, header))] + [list(map(str, row)) for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for k, row in enumerate(cells):
-        print("  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
-                        for i, (cell, width) in enumerate(zip(row, widths))))
+        print(
+            "  ".join(
+                cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))
+            )
+        )
         if k == 0:
             print("  ".join("-" * width for width in widths))

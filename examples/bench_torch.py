@@ -16,11 +16,12 @@ cuhouse case (> 1: cuhouse is faster). Run:
 ``python examples/bench_torch.py`` (d = 1024, m = 32, float32; about two
 minutes) or ``--d 256 --rounds 3`` for a quick look.
 """
+
 import argparse
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"          # before NumPy and torch load their BLAS
+    os.environ[_var] = "1"  # before NumPy and torch load their BLAS
 
 import numpy  # noqa: E402
 import torch  # noqa: E402
@@ -35,7 +36,7 @@ def products(d, m, dtype):
     """Forward + backward of H @ X: cuhouse and torch.linalg.householder_product."""
     g = torch.Generator().manual_seed(0)
     vectors = torch.randn(d, d, generator=g, dtype=dtype).requires_grad_()
-    a = torch.randn(d, d, generator=g, dtype=dtype).requires_grad_()      # geqrf layout: column i is v_i
+    a = torch.randn(d, d, generator=g, dtype=dtype).requires_grad_()  # geqrf layout: column i is v_i
     x = torch.randn(d, m, generator=g, dtype=dtype).requires_grad_()
     dout = torch.randn(d, m, generator=g, dtype=dtype)
 
@@ -57,9 +58,11 @@ def training_steps(d, m, dtype):
         "cuhouse Orthogonal": cht.Orthogonal(d, dtype=dtype),
         "nn.Linear + cuhouse.torch.orthogonal": cht.orthogonal(nn.Linear(d, d, bias=False, dtype=dtype)),
         "parametrizations.orthogonal matrix_exp": parametrizations.orthogonal(
-            nn.Linear(d, d, bias=False, dtype=dtype), orthogonal_map="matrix_exp"),
+            nn.Linear(d, d, bias=False, dtype=dtype), orthogonal_map="matrix_exp"
+        ),
         "parametrizations.orthogonal cayley": parametrizations.orthogonal(
-            nn.Linear(d, d, bias=False, dtype=dtype), orthogonal_map="cayley"),
+            nn.Linear(d, d, bias=False, dtype=dtype), orthogonal_map="cayley"
+        ),
         "nn.Linear (unconstrained, the floor)": nn.Linear(d, d, bias=False, dtype=dtype),
     }
     x = torch.randn(m, d, dtype=dtype)
@@ -72,6 +75,7 @@ def training_steps(d, m, dtype):
             optimizer.zero_grad()
             nn.functional.mse_loss(layer(x), target).backward()
             optimizer.step()
+
         return step
 
     return {name: step_of(layer) for name, layer in layers.items()}
@@ -95,8 +99,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
-    print("torch {}, {} thread, d = n = {}, m = {}, {}, {} interleaved rounds".format(
-        torch.__version__, torch.get_num_threads(), args.d, args.m, args.dtype, args.rounds))
+    print(
+        "torch {}, {} thread, d = n = {}, m = {}, {}, {} interleaved rounds".format(
+            torch.__version__, torch.get_num_threads(), args.d, args.m, args.dtype, args.rounds
+        )
+    )
     report("H @ X forward + backward", products(args.d, args.m, dtype), args.rounds)
     report("training step of a d x d orthogonal layer", training_steps(args.d, args.m, dtype), args.rounds)
 

@@ -21,6 +21,7 @@ adds an in-memory comparison of the two ways to handle chunks along the
 contracted axis: rechunk then one operator product per chunk (what cuhouse
 does) against a block-wise reduction over dense column blocks of H.
 """
+
 import argparse
 import os
 import shutil
@@ -31,11 +32,11 @@ import threading
 import time
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"                                   # before NumPy loads BLAS; workers inherit it
+    os.environ[_var] = "1"  # before NumPy loads BLAS; workers inherit it
 
-import numpy                                                  # noqa: E402
+import numpy  # noqa: E402
 
-import cuhouse as ch                                          # noqa: E402
+import cuhouse as ch  # noqa: E402
 
 DTYPE = numpy.dtype(numpy.float32)
 SAMPLE_ROWS = 2048
@@ -54,8 +55,12 @@ class NpyRows:
     def __getitem__(self, index):
         rows, cols = index
         start, stop, _ = rows.indices(self.shape[0])
-        block = numpy.fromfile(self.path, dtype=DTYPE, count=(stop - start) * self.shape[1],
-                               offset=self.offset + start * self.shape[1] * DTYPE.itemsize)
+        block = numpy.fromfile(
+            self.path,
+            dtype=DTYPE,
+            count=(stop - start) * self.shape[1],
+            offset=self.offset + start * self.shape[1] * DTYPE.itemsize,
+        )
         return block.reshape(stop - start, self.shape[1])[:, cols]
 
 
@@ -70,8 +75,11 @@ class NpyRowWriter:
         start = rows.indices(self.shape[0])[0]
         fd = os.open(self.path, os.O_WRONLY)
         try:
-            os.pwrite(fd, numpy.ascontiguousarray(block, dtype=DTYPE).tobytes(),
-                      self.offset + start * self.shape[1] * DTYPE.itemsize)
+            os.pwrite(
+                fd,
+                numpy.ascontiguousarray(block, dtype=DTYPE).tobytes(),
+                self.offset + start * self.shape[1] * DTYPE.itemsize,
+            )
         finally:
             os.close(fd)
 
@@ -79,8 +87,9 @@ class NpyRowWriter:
 def create_npy(path, shape):
     """An empty C-ordered float32 ``.npy`` of ``shape`` (sparse until written); returns the data offset."""
     with open(path, "wb") as f:
-        numpy.lib.format.write_array_header_2_0(f, {"descr": numpy.lib.format.dtype_to_descr(DTYPE),
-                                                    "fortran_order": False, "shape": shape})
+        numpy.lib.format.write_array_header_2_0(
+            f, {"descr": numpy.lib.format.dtype_to_descr(DTYPE), "fortran_order": False, "shape": shape}
+        )
         offset = f.tell()
         f.truncate(offset + shape[0] * shape[1] * DTYPE.itemsize)
     return offset
@@ -163,24 +172,32 @@ def compare_contracted(dim, rounds):
     x = rng.standard_normal((dim, 1 << 16))
     xd = da.from_array(x, chunks=(dim // 4, 1 << 13))
     whole = xd.rechunk((-1, 1 << 13))
-    print("\nchunks along the contracted axis: X ({}, {}) float64 in 4 x 8 chunks, threaded scheduler, median of "
-          "{} interleaved rounds".format(dim, 1 << 16, rounds))
+    print(
+        "\nchunks along the contracted axis: X ({}, {}) float64 in 4 x 8 chunks, threaded scheduler, median of "
+        "{} interleaved rounds".format(dim, 1 << 16, rounds)
+    )
     for n in (dim, max(dim // 16, 1)):
         h = ch.HouseholderProduct(rng.standard_normal((n, dim)))
-        columns = da.from_array(h.todense(), chunks=(-1, dim // 4))          # H's dense column blocks
-        jobs = {"rechunk + cuhouse": lambda: h @ xd, "block-wise reduction, dense blocks": lambda: columns @ xd,
-                "cuhouse, X already one chunk along d": lambda: h @ whole}
+        columns = da.from_array(h.todense(), chunks=(-1, dim // 4))  # H's dense column blocks
+        jobs = {
+            "rechunk + cuhouse": lambda: h @ xd,
+            "block-wise reduction, dense blocks": lambda: columns @ xd,
+            "cuhouse, X already one chunk along d": lambda: h @ whole,
+        }
         times = {name: [] for name in jobs}
         for _ in range(rounds):
-            for name, job in jobs.items():                                  # interleaved: A, B, C, A, B, C, ...
+            for name, job in jobs.items():  # interleaved: A, B, C, A, B, C, ...
                 started = time.perf_counter()
                 result = job().compute(scheduler="threads")
                 times[name].append(time.perf_counter() - started)
                 assert numpy.abs(result - h @ x).max() < 1e-9
         base = statistics.median(times["rechunk + cuhouse"])
         for name, values in times.items():
-            print("  n = {:4d}  {:38s} {:7.3f} s   {:.2f}x the rechunk route".format(
-                n, name, statistics.median(values), statistics.median(values) / base))
+            print(
+                "  n = {:4d}  {:38s} {:7.3f} s   {:.2f}x the rechunk route".format(
+                    n, name, statistics.median(values), statistics.median(values) / base
+                )
+            )
 
 
 def parse(argv):
@@ -202,8 +219,11 @@ def fit_rows(args, directory):
     bytes_per_row = args.dim * DTYPE.itemsize * (1 if args.no_store else 2)
     free = shutil.disk_usage(directory).free
     fits = int(0.9 * free) // bytes_per_row
-    print("free disk in {}: {:.1f} GB; X{} needs {:.1f} GB".format(
-        directory, free / 1e9, "" if args.no_store else " and Y", args.rows * bytes_per_row / 1e9))
+    print(
+        "free disk in {}: {:.1f} GB; X{} needs {:.1f} GB".format(
+            directory, free / 1e9, "" if args.no_store else " and Y", args.rows * bytes_per_row / 1e9
+        )
+    )
     if args.rows > fits:
         print("N = {} does not fit: using N = {}, the largest that does".format(args.rows, fits))
         return fits
@@ -225,34 +245,58 @@ def main(argv=None):
         print("wrote X {} float32 ({:.1f} GB) in {:.0f} s".format(shape, rows * args.dim * 4 / 1e9, seconds))
         y_offset = None if args.no_store else create_npy(y_path, shape)
         store = None if args.no_store else NpyRowWriter(y_path, shape, y_offset)
-        x = da.from_array(NpyRows(x_path, shape, x_offset), chunks=(args.chunk_rows, args.dim),
-                          meta=numpy.empty((0, 0), DTYPE), asarray=False, lock=False)
+        x = da.from_array(
+            NpyRows(x_path, shape, x_offset),
+            chunks=(args.chunk_rows, args.dim),
+            meta=numpy.empty((0, 0), DTYPE),
+            asarray=False,
+            lock=False,
+        )
         h = ch.HouseholderProduct(numpy.random.default_rng(1).standard_normal((args.dim, args.dim)).astype(DTYPE))
         matrices = {"cuhouse X @ H": h, "dense X @ H.todense()": h.todense()}
         results = {}
         for workers in [int(w) for w in args.workers.split(",")]:
-            with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=not args.in_process,
-                                          dashboard_address=None, worker_dashboard_address=None) as cluster, \
-                    distributed.Client(cluster) as client:
+            with (
+                distributed.LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=not args.in_process,
+                    dashboard_address=None,
+                    worker_dashboard_address=None,
+                ) as cluster,
+                distributed.Client(cluster) as client,
+            ):
                 pids = [os.getpid()] if args.in_process else list(client.run(os.getpid).values())
                 with dask.config.set(scheduler=client):
-                    for name, matrix in matrices.items():            # interleaved: cuhouse, dense per cluster
+                    for name, matrix in matrices.items():  # interleaved: cuhouse, dense per cluster
                         seconds, peak, reduced = run_job(x, matrix, store, pids)
-                        check = ("max rel. deviation of sampled rows {:.1e}".format(
-                            check_rows(x_path, x_offset, shape, h, y_path, y_offset)) if store else
-                            "sum of squares {:.6e}".format(reduced.sum()))
+                        check = (
+                            "max rel. deviation of sampled rows {:.1e}".format(
+                                check_rows(x_path, x_offset, shape, h, y_path, y_offset)
+                            )
+                            if store
+                            else "sum of squares {:.6e}".format(reduced.sum())
+                        )
                         results[name, workers] = rows / seconds
-                        print("{} worker{}  {:22s} {:10.0f} rows/s  {:6.1f} s  peak RSS per worker {:.2f} GiB  "
-                              "{}".format(workers, "s" if workers > 1 else " ", name, rows / seconds, seconds,
-                                          peak / 2**30, check))
+                        print(
+                            "{} worker{}  {:22s} {:10.0f} rows/s  {:6.1f} s  peak RSS per worker {:.2f} GiB  {}".format(
+                                workers, "s" if workers > 1 else " ", name, rows / seconds, seconds, peak / 2**30, check
+                            )
+                        )
         counts = sorted({w for _, w in results})
         for name in matrices:
             if len(counts) > 1:
-                print("speed-up {}: {} -> {} workers {:.2f}x".format(
-                    name, counts[0], counts[-1], results[name, counts[-1]] / results[name, counts[0]]))
+                print(
+                    "speed-up {}: {} -> {} workers {:.2f}x".format(
+                        name, counts[0], counts[-1], results[name, counts[-1]] / results[name, counts[0]]
+                    )
+                )
         for workers in counts:
-            print("{} worker(s): cuhouse / dense throughput {:.2f}".format(
-                workers, results["cuhouse X @ H", workers] / results["dense X @ H.todense()", workers]))
+            print(
+                "{} worker(s): cuhouse / dense throughput {:.2f}".format(
+                    workers, results["cuhouse X @ H", workers] / results["dense X @ H.todense()", workers]
+                )
+            )
         if args.contracted:
             compare_contracted(args.dim, args.rounds)
     finally:

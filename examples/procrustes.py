@@ -8,6 +8,7 @@ determinant (-1)^d, so the data are generated from such a matrix.
 
 Run: ``python examples/procrustes.py`` (a few seconds).
 """
+
 import numpy
 from scipy.linalg import orthogonal_procrustes
 
@@ -21,7 +22,7 @@ def loss_and_gradient(flat, like, a, b):
     residual = out - b
     m = a.shape[0]
     _, dparams = back(2 * residual / m)
-    return float(numpy.sum(residual ** 2) / m), cuhouse.flatten_params(dparams)
+    return float(numpy.sum(residual**2) / m), cuhouse.flatten_params(dparams)
 
 
 def adam(fun, x, steps, lr, decay, beta1=0.9, beta2=0.999, eps=1e-12, report=None):
@@ -31,8 +32,8 @@ def adam(fun, x, steps, lr, decay, beta1=0.9, beta2=0.999, eps=1e-12, report=Non
     for step in range(1, steps + 1):
         loss, grad = fun(x)
         mean = beta1 * mean + (1 - beta1) * grad
-        second = beta2 * second + (1 - beta2) * grad ** 2
-        step_size = lr * decay ** step * numpy.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+        second = beta2 * second + (1 - beta2) * grad**2
+        step_size = lr * decay**step * numpy.sqrt(1 - beta2**step) / (1 - beta1**step)
         x = x - step_size * mean / (numpy.sqrt(second) + eps)
         if report:
             report(step, loss)
@@ -55,8 +56,14 @@ def main(d=16, m=200, steps=3000, seed=0):
         if step % every == 0 or step == 1:
             print("step {:5d}  loss {:.10f}  loss - optimum {:.3e}".format(step, loss, loss - optimum))
 
-    flat, final = adam(lambda x: loss_and_gradient(x, params, a, b), cuhouse.flatten_params(params),
-                       steps, lr=0.05, decay=0.999, report=report)
+    flat, final = adam(
+        lambda x: loss_and_gradient(x, params, a, b),
+        cuhouse.flatten_params(params),
+        steps,
+        lr=0.05,
+        decay=0.999,
+        report=report,
+    )
     print("closed-form optimum (scipy orthogonal_procrustes): {:.10f}".format(optimum))
     print("Adam on Householder vectors:                       {:.10f}  (gap {:.3e})".format(final, final - optimum))
     return final - optimum

@@ -25,19 +25,20 @@ subprocess (see ``_measure.py``).
 Run: ``python examples/torch_copy_task.py`` (defaults T = 100, hidden 128,
 batch 64, 400 steps: a few minutes); ``--tiny`` for a smoke run.
 """
+
 import argparse
 import math
 import os
 
+import _measure
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import orthogonal as torch_orthogonal
 
 import cuhouse.torch
-import _measure
 
-SYMBOLS = 8          # 1..8; 0 is the blank, 9 the marker
+SYMBOLS = 8  # 1..8; 0 is the blank, 9 the marker
 MEMORIZE = 10
 VARIANTS = ("cuhouse Orthogonal", "cuhouse orthogonal()", "torch matrix_exp", "torch householder", "nn.Linear")
 
@@ -100,10 +101,10 @@ class CopyRNN(nn.Module):
         drive = self.embed(inputs)
         with parametrize.cached():
             if isinstance(self.recurrent, nn.Linear):
-                weight = self.recurrent.weight          # formed once per sequence
-                step = lambda h: h @ weight.T      # noqa: E731
+                weight = self.recurrent.weight  # formed once per sequence
+                step = lambda h: h @ weight.T  # noqa: E731
             else:
-                step = self.recurrent                  # matrix-free, every time step
+                step = self.recurrent  # matrix-free, every time step
             h = drive.new_zeros(drive.shape[1:])
             states = []
             for x in drive:
@@ -126,6 +127,7 @@ def trainer(variant, hidden, delay, batch, seed):
         loss.backward()
         optimizer.step()
         return loss.item()
+
     return model, step
 
 
@@ -154,7 +156,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--tiny", action="store_true", help="T = 10, hidden 16, 30 steps, no memory runs")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)    # child mode: peak memory of one variant
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # child mode: peak memory of one variant
     args = parser.parse_args(argv)
     if args.tiny:
         args.delay, args.hidden, args.batch, args.steps = 10, 16, 16, 30
@@ -166,8 +168,11 @@ def main(argv=None):
     variants = args.variants.split(",")
     results = train_all(variants, args.hidden, args.delay, args.batch, args.steps)
     measure_memory = not args.tiny and _measure.memory_supported()
-    print("copy task: T = {}, hidden {}, batch {}, {} Adam steps per variant, torch {} single-threaded".format(
-        args.delay, args.hidden, args.batch, args.steps, torch.__version__))
+    print(
+        "copy task: T = {}, hidden {}, batch {}, {} Adam steps per variant, torch {} single-threaded".format(
+            args.delay, args.hidden, args.batch, args.steps, torch.__version__
+        )
+    )
     print("memoryless baseline loss 10 log 8 / (T + 20) = {:.4f}".format(memoryless_loss(args.delay)))
     last = max(1, args.steps // 10)
     rows = []
@@ -175,15 +180,38 @@ def main(argv=None):
         losses, seconds, recall = results[v]
         memory = "n/a"
         if measure_memory:
-            memory = "{:.1f}".format(_measure.run_child(os.path.abspath(__file__), [
-                "--memory-of", v, "--delay", args.delay, "--hidden", args.hidden, "--batch", args.batch]))
-        rows.append([v, "{:.1f}".format(_measure.median_ms(seconds)), memory, "{:.4f}".format(losses[0]),
-                     "{:.4f}".format(sum(losses[-last:]) / last), "{:.3f}".format(recall)])
-    _measure.print_table(["recurrent matrix", "ms/step (median)", "peak MiB", "first loss",
-                          "loss (mean of last {})".format(last), "recall"], rows)
-    print("ms/step: forward + backward + Adam, round-robin over variants; peak MiB: growth of peak RSS over "
-          "two training steps after a warm-up step, each variant in its own process; recall: fraction of the "
-          "10 symbols recalled on 256 fresh sequences (chance 1/8)")
+            memory = "{:.1f}".format(
+                _measure.run_child(
+                    os.path.abspath(__file__),
+                    ["--memory-of", v, "--delay", args.delay, "--hidden", args.hidden, "--batch", args.batch],
+                )
+            )
+        rows.append(
+            [
+                v,
+                "{:.1f}".format(_measure.median_ms(seconds)),
+                memory,
+                "{:.4f}".format(losses[0]),
+                "{:.4f}".format(sum(losses[-last:]) / last),
+                "{:.3f}".format(recall),
+            ]
+        )
+    _measure.print_table(
+        [
+            "recurrent matrix",
+            "ms/step (median)",
+            "peak MiB",
+            "first loss",
+            "loss (mean of last {})".format(last),
+            "recall",
+        ],
+        rows,
+    )
+    print(
+        "ms/step: forward + backward + Adam, round-robin over variants; peak MiB: growth of peak RSS over "
+        "two training steps after a warm-up step, each variant in its own process; recall: fraction of the "
+        "10 symbols recalled on 256 fresh sequences (chance 1/8)"
+    )
     return results
 
 

@@ -18,25 +18,31 @@ perturbation of l2 norm <= eps can change the class.
 
 Run: ``python examples/torch_digits_mlp.py`` (under a minute); ``--tiny`` for a smoke run.
 """
+
 import argparse
 import math
 
+import _measure
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
 import cuhouse.torch
-import _measure
 
 
 def digits():
     """(x_train, y_train, x_test, y_test): float32 pixels in [0, 1], int64 labels."""
     data = load_digits()
     x_train, x_test, y_train, y_test = train_test_split(
-        data.data / 16.0, data.target, test_size=0.3, stratify=data.target, random_state=0)
-    return (torch.tensor(x_train, dtype=torch.float32), torch.tensor(y_train),
-            torch.tensor(x_test, dtype=torch.float32), torch.tensor(y_test))
+        data.data / 16.0, data.target, test_size=0.3, stratify=data.target, random_state=0
+    )
+    return (
+        torch.tensor(x_train, dtype=torch.float32),
+        torch.tensor(y_train),
+        torch.tensor(x_test, dtype=torch.float32),
+        torch.tensor(y_test),
+    )
 
 
 def mlp(svd, hidden):
@@ -58,8 +64,10 @@ def clip_spectrum(model, bound):
 @torch.no_grad()
 def spectral_norms(model):
     """Per layer: (max|s| or None for nn.Linear, matrix_norm(weight, 2))."""
-    return [(layer.s.abs().max().item() if hasattr(layer, "s") else None,
-             torch.linalg.matrix_norm(layer.weight, 2).item()) for layer in linear_layers(model)]
+    return [
+        (layer.s.abs().max().item() if hasattr(layer, "s") else None, torch.linalg.matrix_norm(layer.weight, 2).item())
+        for layer in linear_layers(model)
+    ]
 
 
 def train(model, x, y, epochs, batch, clip=None, seed=0):
@@ -71,7 +79,7 @@ def train(model, x, y, epochs, batch, clip=None, seed=0):
         order = torch.randperm(x.shape[0], generator=generator)
         total = 0.0
         for start in range(0, x.shape[0], batch):
-            rows = order[start:start + batch]
+            rows = order[start : start + batch]
             loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
             optimizer.zero_grad()
             loss.backward()
@@ -118,15 +126,38 @@ def main(argv=None):
         from_s = math.prod(s for s, _ in norms) if svd else None
         accuracy, certified = evaluate(model, x_test, y_test, lipschitz, args.eps)
         results[name] = {"losses": history, "accuracy": accuracy, "lipschitz": lipschitz, "certified": certified}
-        rows.append([name, "{:.3f}".format(history[0]), "{:.4f}".format(history[-1]), "{:.4f}".format(accuracy),
-                     "{:.3g}".format(lipschitz), "-" if from_s is None else "{:.3g}".format(from_s),
-                     "{:.4f}".format(certified)])
-    print("digits: {} train / {} test, MLP 64-{h}-{h}-10 ReLU, Adam lr 3e-3, batch {}, {} epochs".format(
-        len(y_train), len(y_test), args.batch, args.epochs, h=args.hidden))
-    _measure.print_table(["model", "first epoch loss", "last epoch loss", "test accuracy",
-                          "Lipschitz bound", "(prod max|s|)", "certified @ eps={:g}".format(args.eps)], rows)
-    print("Lipschitz bound: product of matrix_norm(weight, 2) over the three layers (l2, input to logits); "
-          "for SVD layers it equals the product of max|s|. Certified: correct and logit margin > sqrt(2) L eps")
+        rows.append(
+            [
+                name,
+                "{:.3f}".format(history[0]),
+                "{:.4f}".format(history[-1]),
+                "{:.4f}".format(accuracy),
+                "{:.3g}".format(lipschitz),
+                "-" if from_s is None else "{:.3g}".format(from_s),
+                "{:.4f}".format(certified),
+            ]
+        )
+    print(
+        "digits: {} train / {} test, MLP 64-{h}-{h}-10 ReLU, Adam lr 3e-3, batch {}, {} epochs".format(
+            len(y_train), len(y_test), args.batch, args.epochs, h=args.hidden
+        )
+    )
+    _measure.print_table(
+        [
+            "model",
+            "first epoch loss",
+            "last epoch loss",
+            "test accuracy",
+            "Lipschitz bound",
+            "(prod max|s|)",
+            "certified @ eps={:g}".format(args.eps),
+        ],
+        rows,
+    )
+    print(
+        "Lipschitz bound: product of matrix_norm(weight, 2) over the three layers (l2, input to logits); "
+        "for SVD layers it equals the product of max|s|. Certified: correct and logit margin > sqrt(2) L eps"
+    )
     return results
 
 

@@ -23,13 +23,14 @@ Run: ``python examples/torch_hra.py`` (defaults d = 1024, 4096, r = 8, 64,
 m = 256 tokens: a few minutes; the dense d = 4096, r = 64 step needs about
 4.5 GiB); ``--tiny`` for a smoke run.
 """
+
 import argparse
 import os
 
+import _measure
 import torch
 
 import cuhouse.torch
-import _measure
 
 VARIANTS = ("matrix-free", "dense (PEFT)")
 
@@ -37,7 +38,7 @@ VARIANTS = ("matrix-free", "dense (PEFT)")
 def problem(d, r, m, seed=0):
     """Frozen W (d, d), tokens X (d, m), trainable reflections U (r, d); float32."""
     generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(d, d, generator=generator) / d ** 0.5
+    weight = torch.randn(d, d, generator=generator) / d**0.5
     tokens = torch.randn(d, m, generator=generator)
     vectors = torch.randn(r, d, generator=generator).requires_grad_()
     return weight, tokens, vectors
@@ -62,9 +63,11 @@ OUTPUTS = {"matrix-free": matrix_free_output, "dense (PEFT)": dense_output}
 
 def training_step(variant, weight, tokens, vectors):
     """Forward + backward of mean(y^2) with respect to the reflections."""
+
     def step():
         vectors.grad = None
         OUTPUTS[variant](weight, tokens, vectors).square().mean().backward()
+
     return step
 
 
@@ -72,7 +75,7 @@ def fit_teacher(d, r, m, steps, seed=0):
     """Adam on r student reflections towards y = W H(teacher) X; the losses (relative squared error)."""
     weight, _, teacher = problem(d, r, m, seed)
     generator = torch.Generator().manual_seed(seed + 1)
-    student = (torch.randn(r, d, generator=generator) / d ** 0.5).requires_grad_()   # unit-scale vectors
+    student = (torch.randn(r, d, generator=generator) / d**0.5).requires_grad_()  # unit-scale vectors
     optimizer = torch.optim.Adam([student], lr=1e-2)
     losses = []
     for _ in range(steps):
@@ -103,13 +106,14 @@ def compare(d, r, m, rounds, measure_memory):
     memory = {v: None for v in VARIANTS}
     if measure_memory:
         for v in VARIANTS:
-            memory[v] = _measure.run_child(os.path.abspath(__file__), [
-                "--memory-of", v, "--sizes", d, "--reflections", r, "--tokens", m])
+            memory[v] = _measure.run_child(
+                os.path.abspath(__file__), ["--memory-of", v, "--sizes", d, "--reflections", r, "--tokens", m]
+            )
     return {"ms": ms, "memory": memory, "y_error": y_error, "grad_error": g_error}
 
 
 def mib(n_floats):
-    return n_floats * 4 / 2 ** 20
+    return n_floats * 4 / 2**20
 
 
 def main(argv=None):
@@ -121,7 +125,7 @@ def main(argv=None):
     parser.add_argument("--fit-steps", type=int, default=200, help="Adam steps of the teacher fit")
     parser.add_argument("--tiny", action="store_true", help="d = 128, r = 8, m = 16, 2 rounds, 40 fit steps")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)    # child mode: peak memory of one variant
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # child mode: peak memory of one variant
     args = parser.parse_args(argv)
     if args.tiny:
         args.sizes, args.reflections, args.tokens, args.rounds, args.fit_steps = "128", "8", 16, 2, 40
@@ -133,28 +137,46 @@ def main(argv=None):
         _measure.report_to_parent(_measure.peak_growth_mib(step, warmup=1, steps=1))
         return None
     fit = fit_teacher(sizes[0], reflections[0], args.tokens, args.fit_steps)
-    print("teacher fit, d = {}, r = {}, m = {}, Adam lr 1e-2: relative squared error {:.4f} at step 1, "
-          "{:.2e} at step {}".format(sizes[0], reflections[0], args.tokens, fit[0], fit[-1], len(fit)))
+    print(
+        "teacher fit, d = {}, r = {}, m = {}, Adam lr 1e-2: relative squared error {:.4f} at step 1, "
+        "{:.2e} at step {}".format(sizes[0], reflections[0], args.tokens, fit[0], fit[-1], len(fit))
+    )
     measure_memory = not args.no_memory and _measure.memory_supported()
     results, rows = {"fit": fit}, []
     for d in sizes:
         for r in reflections:
             result = results[d, r] = compare(d, r, args.tokens, args.rounds, measure_memory)
             free, dense = result["ms"]["matrix-free"], result["ms"]["dense (PEFT)"]
-            memory = ["n/a" if result["memory"][v] is None else "{:.1f}".format(result["memory"][v])
-                      for v in VARIANTS]
-            rows.append([d, r, "{:.2f}".format(free), "{:.2f}".format(dense), "{:.1f}".format(dense / free),
-                         memory[0], "{:.1f}".format(mib(r * d + d * args.tokens)),
-                         memory[1], "{:.1f}".format(mib(r * d * d)),
-                         "{:.0e}".format(max(result["y_error"], result["grad_error"]))])
-    print("HRA y = W H(u_1..u_r) X, W frozen (d x d), X (d x {}), float32, forward + backward of mean(y^2); "
-          "torch {} and NumPy's BLAS single-threaded, median of {} round-robin steps".format(
-              args.tokens, torch.__version__, args.rounds))
-    _measure.print_table(["d", "r", "free ms", "dense ms", "dense/free", "free MiB", "(r d + d m)",
-                          "dense MiB", "(r d^2)", "rel. diff"], rows)
-    print("MiB: growth of peak RSS over one step after a warm-up step, each variant in its own process; "
-          "in parentheses the float32 size of the tensors autograd keeps; rel. diff: max relative difference "
-          "of y and of the gradient between the two")
+            memory = ["n/a" if result["memory"][v] is None else "{:.1f}".format(result["memory"][v]) for v in VARIANTS]
+            rows.append(
+                [
+                    d,
+                    r,
+                    "{:.2f}".format(free),
+                    "{:.2f}".format(dense),
+                    "{:.1f}".format(dense / free),
+                    memory[0],
+                    "{:.1f}".format(mib(r * d + d * args.tokens)),
+                    memory[1],
+                    "{:.1f}".format(mib(r * d * d)),
+                    "{:.0e}".format(max(result["y_error"], result["grad_error"])),
+                ]
+            )
+    print(
+        "HRA y = W H(u_1..u_r) X, W frozen (d x d), X (d x {}), float32, forward + backward of mean(y^2); "
+        "torch {} and NumPy's BLAS single-threaded, median of {} round-robin steps".format(
+            args.tokens, torch.__version__, args.rounds
+        )
+    )
+    _measure.print_table(
+        ["d", "r", "free ms", "dense ms", "dense/free", "free MiB", "(r d + d m)", "dense MiB", "(r d^2)", "rel. diff"],
+        rows,
+    )
+    print(
+        "MiB: growth of peak RSS over one step after a warm-up step, each variant in its own process; "
+        "in parentheses the float32 size of the tensors autograd keeps; rel. diff: max relative difference "
+        "of y and of the gradient between the two"
+    )
     return results
 
 

@@ -20,15 +20,16 @@ Both flows start from the same weights (the dense one copies the SVD layers'
 
 Run: ``python examples/torch_svd_flow.py`` (a few minutes); ``--tiny`` for a smoke run.
 """
+
 import argparse
 import math
 
+import _measure
 import torch
 from sklearn.datasets import make_moons
 from torch import nn
 
 import cuhouse.torch
-import _measure
 
 BUMPS = 8
 
@@ -46,7 +47,7 @@ class MonotoneTanh(nn.Module):
         """(a(t), sum log a'(t)) for t (batch, width)."""
         alpha, beta = nn.functional.softplus(self.raw_alpha), nn.functional.softplus(self.raw_beta)
         inner = torch.tanh(beta * t[..., None] + self.gamma)
-        slope = 1 + (alpha * beta * (1 - inner ** 2)).sum(-1)
+        slope = 1 + (alpha * beta * (1 - inner**2)).sum(-1)
         return t + (alpha * inner).sum(-1), torch.log(slope).sum(-1)
 
 
@@ -84,7 +85,7 @@ class LinearFlow(nn.Module):
             z, log_slope = monotone(z)
             log_slopes = log_slopes + log_slope
             z = layer(z)
-        gauss = -0.5 * (z ** 2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+        gauss = -0.5 * (z**2).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
         return gauss + log_slopes + self.logdet_terms()
 
 
@@ -114,6 +115,7 @@ def training_step(flow, data, batch, generator):
         loss.backward()
         optimizer.step()
         return loss.item()
+
     return step
 
 
@@ -141,7 +143,7 @@ def time_width(width, layers, batch, rounds):
     for name, flow in flows.items():
         steps[name] = training_step(flow, data, batch, torch.Generator().manual_seed(0))
         logdets[name] = lambda flow=flow: flow.logdet_terms().backward()
-    for timed in (steps, logdets):     # one warm-up call each
+    for timed in (steps, logdets):  # one warm-up call each
         for call in timed.values():
             call()
     step_ms = {k: _measure.median_ms(v) for k, v in _measure.interleaved_times(steps, rounds).items()}
@@ -164,16 +166,26 @@ def main(argv=None):
         args.steps, args.widths, args.timing_batches, args.rounds, args.width_layers = 100, "32", "16", 2, 2
     _measure.single_threaded()
     fitted = fit_moons(args.layers, args.steps, args.batch)
-    print("two moons (noise 0.05, standardized), {} layers, {} Adam steps (lr 3e-3, batch {}); "
-          "2000 train / 1000 test points".format(args.layers, args.steps, args.batch))
-    rows = [[name, "{:.3f}".format(ll), "-" if losses is None else "{:.3f}".format(losses[0]),
-             "-" if losses is None else "{:.3f}".format(sum(losses[-50:]) / len(losses[-50:]))]
-            for name, (losses, ll) in fitted.items()]
+    print(
+        "two moons (noise 0.05, standardized), {} layers, {} Adam steps (lr 3e-3, batch {}); "
+        "2000 train / 1000 test points".format(args.layers, args.steps, args.batch)
+    )
+    rows = [
+        [
+            name,
+            "{:.3f}".format(ll),
+            "-" if losses is None else "{:.3f}".format(losses[0]),
+            "-" if losses is None else "{:.3f}".format(sum(losses[-50:]) / len(losses[-50:])),
+        ]
+        for name, (losses, ll) in fitted.items()
+    ]
     _measure.print_table(["flow", "test log-lik (nats/point)", "first train NLL", "train NLL (last 50)"], rows)
     print()
-    print("time per training step (log-likelihood + backward + Adam), {} layers, median of {} round-robin "
-          "steps, torch {} and NumPy's BLAS single-threaded; 'logdet' is the log-determinant term alone, "
-          "forward + backward".format(args.width_layers, args.rounds, torch.__version__))
+    print(
+        "time per training step (log-likelihood + backward + Adam), {} layers, median of {} round-robin "
+        "steps, torch {} and NumPy's BLAS single-threaded; 'logdet' is the log-determinant term alone, "
+        "forward + backward".format(args.width_layers, args.rounds, torch.__version__)
+    )
     rows = []
     timings = {}
     for width in map(int, args.widths.split(",")):
@@ -181,11 +193,20 @@ def main(argv=None):
             step_ms, logdet_ms = time_width(width, args.width_layers, batch, args.rounds)
             timings[width, batch] = (step_ms, logdet_ms)
             svd, dense = step_ms["SVDLinear + logdet()"], step_ms["nn.Linear + slogdet"]
-            rows.append([width, batch, "{:.1f}".format(svd), "{:.1f}".format(dense), "{:.2f}".format(dense / svd),
-                         "{:.2f}".format(logdet_ms["SVDLinear + logdet()"]),
-                         "{:.1f}".format(logdet_ms["nn.Linear + slogdet"])])
-    _measure.print_table(["d", "batch", "SVD ms/step", "dense ms/step", "dense/SVD", "SVD logdet ms",
-                          "slogdet ms"], rows)
+            rows.append(
+                [
+                    width,
+                    batch,
+                    "{:.1f}".format(svd),
+                    "{:.1f}".format(dense),
+                    "{:.2f}".format(dense / svd),
+                    "{:.2f}".format(logdet_ms["SVDLinear + logdet()"]),
+                    "{:.1f}".format(logdet_ms["nn.Linear + slogdet"]),
+                ]
+            )
+    _measure.print_table(
+        ["d", "batch", "SVD ms/step", "dense ms/step", "dense/SVD", "SVD logdet ms", "slogdet ms"], rows
+    )
     return fitted, timings
 
 

@@ -1,4 +1,5 @@
 """Backend parametrization and dtype-aware tolerances shared by the tests."""
+
 import numpy
 import pytest
 
@@ -7,9 +8,11 @@ from cuhouse._backend import cupy_module, gpu_available
 
 def _backends():
     yield pytest.param(numpy, id="numpy")
-    yield pytest.param(cupy_module(), id="cupy", marks=[
-        pytest.mark.gpu,
-        pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")])
+    yield pytest.param(
+        cupy_module(),
+        id="cupy",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")],
+    )
 
 
 @pytest.fixture(params=list(_backends()))

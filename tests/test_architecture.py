@@ -1,5 +1,6 @@
 """The layering of DESIGN.md: algorithms know nothing of the classes or the plan,
 checks compute nothing, and only the GPU layer touches kernels."""
+
 import ast
 import inspect
 import pathlib
@@ -20,7 +21,7 @@ def _imports(path):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(parts[:len(parts) - node.level]) if node.level else ""
+            base = ".".join(parts[: len(parts) - node.level]) if node.level else ""
             module = ".".join(p for p in (base, node.module) if p)
             names.update("{}.{}".format(module, alias.name) for alias in node.names)
             names.add(module)
@@ -53,6 +54,7 @@ def test_every_backward_has_one_signature():
 
 def test_kernel_sources_are_package_data_without_a_symlink():
     from cuhouse._gpu import raw_kernels
+
     directory = pathlib.Path(str(raw_kernels.kernel_directory()))
     assert not (PACKAGE / "kernels").exists() and not directory.is_symlink()
     assert {p.name for p in directory.glob("*.cu")} == set(raw_kernels.KERNEL_SOURCES)

@@ -1,4 +1,5 @@
 """The bench command and its peers: what they compute agrees, and the table says how it measured."""
+
 import numpy
 import pytest
 
@@ -46,7 +47,7 @@ def test_every_case_names_a_reference_among_the_cases(section):
 
 def test_bench_table_says_how_it_measured(capsys, monkeypatch):
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(name, "1")                  # already single-threaded: no re-exec
+        monkeypatch.setenv(name, "1")  # already single-threaded: no re-exec
     assert main(["bench", "--sizes", "16", "--sections", "forward", "--rounds", "1", "--backend", "numpy"]) == 0
     out = capsys.readouterr().out
     assert "BLAS threads = 1" in out and "interleaved" in out and "{:.0%}".format(DISAGREEMENT) in out
@@ -62,8 +63,23 @@ def test_bench_rejects_zero_threads(capsys):
 def test_methods_keep_the_chosen_rows_and_their_references(capsys, monkeypatch):
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(name, "1")
-    assert main(["bench", "--sizes", "16", "--sections", "forward", "--rounds", "1", "--backend", "numpy",
-                 "--methods", "from_lapack"]) == 0
-    rows = [line[8:46].strip() for line in capsys.readouterr().out.splitlines()
-            if line.startswith("    16")]
+    assert (
+        main(
+            [
+                "bench",
+                "--sizes",
+                "16",
+                "--sections",
+                "forward",
+                "--rounds",
+                "1",
+                "--backend",
+                "numpy",
+                "--methods",
+                "from_lapack",
+            ]
+        )
+        == 0
+    )
+    rows = [line[8:46].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("    16")]
     assert rows == ["cuhouse from_lapack", "LAPACK sormqr"]

@@ -3,6 +3,7 @@ the package uses (found in the syntax tree of ``cuhouse/``) exists in the
 installed CuPy, and every call passes only arguments its signature takes.
 CuPy imports without a GPU, so this runs wherever ``cupy-cuda13x`` is
 installed (``pip install -e .[cuda13]``; CI does); it is skipped otherwise."""
+
 import ast
 import inspect
 import pathlib
@@ -21,12 +22,13 @@ def _cupy():
         import cupy
     except ImportError:
         return None
-    return None if getattr(cupy, "__cuda_cpu__", False) else cupy   # never audit the CPU stand-in
+    return None if getattr(cupy, "__cuda_cpu__", False) else cupy  # never audit the CPU stand-in
 
 
 cupy = _cupy()
-pytestmark = pytest.mark.skipif(cupy is None, reason="needs CuPy installed (pip install -e .[cuda13]); "
-                                                     "no device needed")
+pytestmark = pytest.mark.skipif(
+    cupy is None, reason="needs CuPy installed (pip install -e .[cuda13]); no device needed"
+)
 
 
 def _chain(node):
@@ -37,7 +39,7 @@ def _chain(node):
         names.append(node.attr)
         node = node.value
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "cupy_module":
-        node = ast.Name(id="cupy")               # cupy_module().RawModule is cupy.RawModule
+        node = ast.Name(id="cupy")  # cupy_module().RawModule is cupy.RawModule
     if isinstance(node, ast.Name) and node.id in ROOTS and names:
         return (node.id,) + tuple(reversed(names))
     return None
@@ -122,8 +124,12 @@ def test_the_audit_sees_the_package_uses_of_cupy():
 
 
 def test_every_cupy_name_the_package_uses_exists_and_takes_its_arguments():
-    problems = ["{}: {}".format(where, problem) for where, chain, call in uses()
-                for problem in [_problem(chain, call)] if problem]
+    problems = [
+        "{}: {}".format(where, problem)
+        for where, chain, call in uses()
+        for problem in [_problem(chain, call)]
+        if problem
+    ]
     assert not problems, "\n".join(problems)
 
 

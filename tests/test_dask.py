@@ -1,4 +1,5 @@
 """cuhouse matrices applied to Dask arrays: lazy, chunk by chunk, equal to the in-memory results."""
+
 import pathlib
 import re
 import subprocess
@@ -84,7 +85,7 @@ def test_product_equals_in_memory(name, chunking, side):
     assert isinstance(out, da.Array)
     expected = _product(a, x, side)
     _assert_close(out.compute(), expected)
-    kept = xd.chunks[-1] if side == "left" else xd.chunks[-2]        # the non-contracted axis keeps its chunks
+    kept = xd.chunks[-1] if side == "left" else xd.chunks[-2]  # the non-contracted axis keeps its chunks
     assert out.chunks == ((expected.shape[-2],), kept) if side == "left" else (kept, (expected.shape[-1],))
 
 
@@ -100,14 +101,15 @@ def test_vector_equals_in_memory(name, side):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("case", ["batched X", "batched A", "batched both", "broadcast A over leading X axis",
-                                  "batched A, vector X"])
+@pytest.mark.parametrize(
+    "case", ["batched X", "batched A", "batched both", "broadcast A over leading X axis", "batched A, vector X"]
+)
 def test_batched_equals_in_memory(case, side):
     rng = numpy.random.default_rng(2)
     a_batch, x_batch, chunks = {
         "batched X": ((), (3,), (1, -1, 4)),
         "batched A": ((2,), (), (-1, 4)),
-        "batched both": ((2,), (2,), (1, 2, 4)),                   # the batch axis A spans is rechunked
+        "batched both": ((2,), (2,), (1, 2, 4)),  # the batch axis A spans is rechunked
         "broadcast A over leading X axis": ((2,), (3, 1), (2, 1, -1, 4)),
         "batched A, vector X": ((2,), None, (4,)),
     }[case]
@@ -165,7 +167,7 @@ def test_operator_is_one_key_that_every_chunk_task_depends_on():
     products = [task for key, task in graph.items() if key[0].startswith("cuhouse-matmul")]
     assert len(products) == 8
     assert all(holders[0] in task.dependencies for task in products)
-    assert all(a not in getattr(task, "args", ()) for task in products)    # referenced by key, not inlined
+    assert all(a not in getattr(task, "args", ()) for task in products)  # referenced by key, not inlined
 
 
 class _Raise:
@@ -209,10 +211,10 @@ def test_gradients_equal_in_memory(name, chunking, side):
     out, back = _vjp(a, xd, side)
     expected_out, expected_back = _vjp(a, x, side)
     dout = rng.standard_normal(expected_out.shape)
-    (dparams, dx), = dask.compute(back(da.from_array(dout, chunks=3)))
+    ((dparams, dx),) = dask.compute(back(da.from_array(dout, chunks=3)))
     expected_dparams, expected_dx = expected_back(dout)
     _assert_close(out.compute(), expected_out)
-    assert back(dout)[1].chunks == xd.chunks                           # dX keeps X's chunks
+    assert back(dout)[1].chunks == xd.chunks  # dX keeps X's chunks
     assert len(dparams) == len(a.params)
     for got, want, leaf in zip(dparams, expected_dparams, a.params):
         assert got.shape == leaf.shape and got.dtype == want.dtype
@@ -259,13 +261,15 @@ def test_cupy_chunk_type_follows_meta():
 
     A NumPy subclass stands in for the chunk type; the GPU test below uses CuPy itself.
     """
+
     class StandIn(numpy.ndarray):
         pass
 
     rng = numpy.random.default_rng(10)
     h = _householder(rng, n=4)
     xd = da.from_array(rng.standard_normal((D, 8)), chunks=(-1, 4)).map_blocks(
-        lambda b: b.view(StandIn), meta=numpy.empty((0, 0)).view(StandIn))
+        lambda b: b.view(StandIn), meta=numpy.empty((0, 0)).view(StandIn)
+    )
     for out in (h @ xd, xd.T @ h, ch.vjp(ch.matmul, h, xd)[1](numpy.ones((D, 8)))[1]):
         assert type(out._meta) is StandIn and out._meta.dtype == numpy.float64
 
@@ -295,7 +299,7 @@ def test_unknown_chunk_sizes_are_a_value_error():
     rng = numpy.random.default_rng(12)
     h = _householder(rng, n=4)
     xd = da.from_array(rng.standard_normal((20, D)), chunks=(5, -1))
-    xd = xd[xd[:, 0] > 0]                                             # boolean indexing: NaN row chunks
+    xd = xd[xd[:, 0] > 0]  # boolean indexing: NaN row chunks
     with pytest.raises(ValueError, match=r"X is a dask array with unknown chunk sizes.*compute_chunk_sizes\(\)"):
         xd @ h
     with pytest.raises(ValueError, match="unknown chunk sizes"):
@@ -329,7 +333,7 @@ def test_scalar_is_a_value_error():
 
 
 def test_cupy_chunks_with_a_numpy_matrix_are_a_type_error():
-    class ndarray(numpy.ndarray):        # stands in for cupy.ndarray (matched by module and name)
+    class ndarray(numpy.ndarray):  # stands in for cupy.ndarray (matched by module and name)
         __module__ = "cupy"
 
     h = _householder(numpy.random.default_rng(17), n=4)
@@ -351,7 +355,7 @@ def test_non_finite_chunk_fails_when_computed():
     h = _householder(numpy.random.default_rng(19), n=4)
     x = numpy.zeros((D, 8))
     x[2, 6] = numpy.nan
-    out = h @ da.from_array(x, chunks=(-1, 4))                        # building checks no values
+    out = h @ da.from_array(x, chunks=(-1, 4))  # building checks no values
     with pytest.raises(ValueError, match="X must be finite"):
         out.compute()
 
@@ -367,22 +371,28 @@ def test_local_cluster_with_processes():
     once per chunk, and give the in-memory results."""
     distributed = pytest.importorskip("distributed")
     rng = numpy.random.default_rng(20)
-    w_inv = _square_svd(rng).inv()                                   # two Reflections: U and V
-    h = _householder(rng, n=4)                                       # one more
+    w_inv = _square_svd(rng).inv()  # two Reflections: U and V
+    h = _householder(rng, n=4)  # one more
     x = rng.standard_normal((D, 32))
-    xd = da.from_array(x, chunks=(-1, 2))                            # 16 chunks
+    xd = da.from_array(x, chunks=(-1, 2))  # 16 chunks
 
-    def count_unpickled_reflections():                               # runs in each worker (pickled by value)
+    def count_unpickled_reflections():  # runs in each worker (pickled by value)
         from cuhouse.householder import Reflections
+
         restore = Reflections.__setstate__
 
         def counting(self, state):
             Reflections.unpickled += 1
             restore(self, state)
+
         Reflections.unpickled, Reflections.__setstate__ = 0, counting
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, worker_dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         assert len(client.scheduler_info()["workers"]) == 2
         client.run(count_unpickled_reflections)
         out, back = ch.vjp(ch.matmul, w_inv, xd)
@@ -406,9 +416,25 @@ def test_readme_dask_block_runs():
 def test_rotate_example_smoke(tmp_path):
     """The demonstration script end to end at a tiny size, on an in-process cluster."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "dask_rotate.py"), "--rows", "3000", "--dim", "16",
-         "--chunk-rows", "500", "--workers", "1", "--in-process", "--directory", str(tmp_path)],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(ROOT / "examples" / "dask_rotate.py"),
+            "--rows",
+            "3000",
+            "--dim",
+            "16",
+            "--chunk-rows",
+            "500",
+            "--workers",
+            "1",
+            "--in-process",
+            "--directory",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "rows/s" in result.stdout and "peak RSS" in result.stdout
-    assert list(tmp_path.iterdir()) == []                             # the on-disk array is deleted
+    assert list(tmp_path.iterdir()) == []  # the on-disk array is deleted

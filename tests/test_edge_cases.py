@@ -1,10 +1,11 @@
 """Edge cases: empty operands, mixed precision, degenerate spectra."""
+
 import numpy
 import pytest
+from conftest import dense_reference, to_numpy
 
 import cuhouse
 from cuhouse.algorithms import ALGORITHMS
-from conftest import dense_reference, to_numpy
 
 ALGORITHM_NAMES = ["auto"] + sorted(ALGORITHMS)
 
@@ -38,8 +39,9 @@ def test_float32_vectors_with_float64_x_are_float64_accurate(xp, algorithm):
 @pytest.mark.parametrize("s", [[0.0, 0.0, 0.0], [2.0, 0.0, 1.0]])
 def test_cond_of_singular_matrix_is_inf_like_numpy(xp, p, s):
     rng = numpy.random.default_rng(2)
-    w = cuhouse.SVDMatrix(xp.asarray(rng.standard_normal((3, 3))), xp.asarray(s),
-                          xp.asarray(rng.standard_normal((2, 3))))
+    w = cuhouse.SVDMatrix(
+        xp.asarray(rng.standard_normal((3, 3))), xp.asarray(s), xp.asarray(rng.standard_normal((2, 3)))
+    )
     expected = 0.0 if (p == -2 and any(s)) else numpy.inf
     with numpy.errstate(all="raise"):
         assert float(w.cond(p)) == expected
@@ -53,13 +55,16 @@ def test_from_dense_of_an_empty_batch_is_empty(xp):
 
 def test_determinants_are_writable_arrays_of_the_batch_shape(xp):
     rng = numpy.random.default_rng(3)
-    w = cuhouse.SVDMatrix(xp.asarray(rng.standard_normal((2, 3, 4))), xp.asarray(rng.uniform(1, 2, 4)),
-                          xp.asarray(rng.standard_normal((3, 4))))
+    w = cuhouse.SVDMatrix(
+        xp.asarray(rng.standard_normal((2, 3, 4))),
+        xp.asarray(rng.uniform(1, 2, 4)),
+        xp.asarray(rng.standard_normal((3, 4))),
+    )
     e = cuhouse.EighMatrix(xp.asarray(rng.standard_normal((3, 4))), xp.asarray(rng.uniform(1, 2, (2, 4))))
     for a in (w.det(), *w.slogdet(), w.logdet(), e.logdet(), e.expm().det()):
         assert a.shape == (2,)
         expected = to_numpy(a) * 2
-        a *= 2                           # a read-only broadcast view would raise (or alias, on CuPy)
+        a *= 2  # a read-only broadcast view would raise (or alias, on CuPy)
         numpy.testing.assert_array_equal(to_numpy(a), expected)
 
 
@@ -68,7 +73,7 @@ def test_gradients_have_the_dtype_of_their_leaf_and_of_x(xp, make):
     rng = numpy.random.default_rng(4)
     u = xp.asarray(rng.standard_normal((3, 4)).astype(numpy.float32))
     s = xp.asarray(rng.uniform(1, 2, 4).astype(numpy.float32))
-    v = xp.asarray(rng.standard_normal((3, 4)))                      # float64
+    v = xp.asarray(rng.standard_normal((3, 4)))  # float64
     a = cuhouse.SVDMatrix(u, s, v) if make == "svd" else cuhouse.HouseholderProduct(u) @ cuhouse.HouseholderProduct(v)
     for x in (xp.ones((4, 2), dtype=numpy.float32), xp.ones((4, 2))):
         out, back = cuhouse.vjp(cuhouse.matmul, a, x)
@@ -97,13 +102,16 @@ def test_non_native_byte_order_is_accepted():
 def test_modifying_the_vjp_output_in_place_leaves_the_gradients_intact(xp, algorithm, make):
     rng = numpy.random.default_rng(6)
     v = xp.asarray(rng.standard_normal((4, 5)))
-    a = (cuhouse.HouseholderProduct(v, algorithm=algorithm) if make == "householder"
-         else cuhouse.SVDMatrix(cuhouse.HouseholderProduct(v, algorithm=algorithm), xp.ones(4), v))
+    a = (
+        cuhouse.HouseholderProduct(v, algorithm=algorithm)
+        if make == "householder"
+        else cuhouse.SVDMatrix(cuhouse.HouseholderProduct(v, algorithm=algorithm), xp.ones(4), v)
+    )
     x, y = xp.asarray(rng.standard_normal((5, 3))), xp.asarray(rng.standard_normal((5, 3)))
     out, back = cuhouse.vjp(cuhouse.matmul, a, x)
     expected = back(out - y)
     out, back = cuhouse.vjp(cuhouse.matmul, a, x)
-    out -= y                                        # the residual, computed in place
+    out -= y  # the residual, computed in place
     grads, dx = back(out)
     for g, e in zip(grads + (dx,), expected[0] + (expected[1],)):
         numpy.testing.assert_allclose(to_numpy(g), to_numpy(e), rtol=1e-12, atol=1e-12)
@@ -115,21 +123,27 @@ def test_solve_names_b_in_shape_errors():
         w.solve(numpy.ones(3))
 
 
-@pytest.mark.parametrize("rcond,error,match", [
-    ("a", TypeError, "rcond must be a real number, got str"),
-    (-1.0, ValueError, "rcond must be a non-negative number, got -1.0"),
-    (numpy.nan, ValueError, "rcond must be a non-negative number, got nan"),
-])
+@pytest.mark.parametrize(
+    "rcond,error,match",
+    [
+        ("a", TypeError, "rcond must be a real number, got str"),
+        (-1.0, ValueError, "rcond must be a non-negative number, got -1.0"),
+        (numpy.nan, ValueError, "rcond must be a non-negative number, got nan"),
+    ],
+)
 def test_pinv_rejects_bad_rcond(rcond, error, match):
     with pytest.raises(error, match=match):
         cuhouse.SVDMatrix.random(4, 3, rng=0).pinv(rcond)
 
 
-@pytest.mark.parametrize("d_out,error,match", [
-    (-1, ValueError, "d_out must be a positive int, got -1"),
-    (None, TypeError, "d_out must be a positive int, got NoneType"),
-    (2.0, TypeError, "d_out must be a positive int, got float"),
-])
+@pytest.mark.parametrize(
+    "d_out,error,match",
+    [
+        (-1, ValueError, "d_out must be a positive int, got -1"),
+        (None, TypeError, "d_out must be a positive int, got NoneType"),
+        (2.0, TypeError, "d_out must be a positive int, got float"),
+    ],
+)
 def test_random_rejects_bad_sizes(d_out, error, match):
     with pytest.raises(error, match=match):
         cuhouse.SVDMatrix.random(d_out, 3, rng=0)
@@ -146,6 +160,7 @@ def test_asarray_without_copy_is_refused():
 
 def test_from_lapack_accepts_float32_a_with_float64_tau():
     from scipy.linalg import lapack
+
     a = numpy.random.default_rng(1).standard_normal((6, 4)).astype(numpy.float32)
     qr, tau, _, _ = lapack.sgeqrf(a)
     h = cuhouse.HouseholderProduct.from_lapack(qr, tau.astype(numpy.float64))

@@ -1,4 +1,5 @@
 """Smoke runs of the torch examples (examples/torch_*.py) at tiny sizes: each trains and its loss decreases."""
+
 import importlib
 import pathlib
 import sys
@@ -18,6 +19,7 @@ def example(monkeypatch):
 
     def load(name):
         return importlib.import_module(name)
+
     yield load
     for name in [n for n in sys.modules if n.startswith("torch_") or n == "_measure"]:
         if (getattr(sys.modules[name], "__file__", None) or "").startswith(str(EXAMPLES)):
@@ -29,8 +31,13 @@ def test_copy_task_losses_decrease(example, capsys):
     out, err = capsys.readouterr()
     assert err == ""
     assert "memoryless baseline" in out
-    assert set(results) == {"cuhouse Orthogonal", "cuhouse orthogonal()", "torch matrix_exp",
-                            "torch householder", "nn.Linear"}
+    assert set(results) == {
+        "cuhouse Orthogonal",
+        "cuhouse orthogonal()",
+        "torch matrix_exp",
+        "torch householder",
+        "nn.Linear",
+    }
     for variant, (losses, seconds, recall) in results.items():
         assert len(losses) == len(seconds) == 30
         assert 0 <= recall <= 1
@@ -45,7 +52,7 @@ def test_svd_flow_fits_and_both_flows_agree_at_the_start(example, capsys):
     assert err == ""
     svd_losses, svd_ll = fitted["SVDLinear + logdet()"]
     dense_losses, dense_ll = fitted["nn.Linear + slogdet"]
-    assert svd_losses[0] == pytest.approx(dense_losses[0], rel=1e-5)    # same weights, logdet() == slogdet
+    assert svd_losses[0] == pytest.approx(dense_losses[0], rel=1e-5)  # same weights, logdet() == slogdet
     assert sum(svd_losses[-10:]) / 10 < 0.8 * svd_losses[0]
     assert svd_ll > -svd_losses[0] and dense_ll > -dense_losses[0]
     assert set(timings) == {(32, 16)}
@@ -59,7 +66,7 @@ def test_hra_fit_decreases_and_matches_the_dense_product(example, capsys):
     row = results[128, 8]
     assert row["y_error"] < 1e-5 and row["grad_error"] < 1e-5
     memory = row["memory"]
-    if memory["matrix-free"] is not None:       # Linux: peak RSS of each variant in a subprocess
+    if memory["matrix-free"] is not None:  # Linux: peak RSS of each variant in a subprocess
         assert memory["dense (PEFT)"] > memory["matrix-free"] >= 0
 
 
@@ -71,4 +78,4 @@ def test_digits_mlp_trains_and_clipping_bounds_lipschitz(example, capsys):
         assert result["losses"][-1] < result["losses"][0], name
         assert result["accuracy"] > 0.3, name
     assert results["SVDLinear MLP"]["losses"][-1] < 0.8 * results["SVDLinear MLP"]["losses"][0]
-    assert results["SVDLinear MLP, |s| <= 0.8"]["lipschitz"] <= 0.8 ** 3 * (1 + 1e-5)
+    assert results["SVDLinear MLP, |s| <= 0.8"]["lipschitz"] <= 0.8**3 * (1 + 1e-5)

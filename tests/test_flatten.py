@@ -1,10 +1,11 @@
 """Optimizer adapters: flatten_params / unflatten_params."""
+
 import numpy
 import pytest
+from conftest import to_numpy
 from scipy.optimize import minimize
 
 import cuhouse as ch
-from conftest import to_numpy
 
 
 def test_round_trip_keeps_shapes_dtypes_and_values(xp):
@@ -16,7 +17,7 @@ def test_round_trip_keeps_shapes_dtypes_and_values(xp):
     for a, b in zip(params, back):
         numpy.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     flat[0] = 99
-    assert float(back[0][0, 0]) == 0.0                  # pieces are copies
+    assert float(back[0][0, 0]) == 0.0  # pieces are copies
 
 
 def test_wrong_length_is_a_value_error(xp):
@@ -41,7 +42,7 @@ def test_scipy_minimize_with_jac_fits_a_rotation():
         out, back = ch.vjp(ch.matmul, ch.HouseholderProduct(*ch.unflatten_params(flat, like)), x)
         residual = out - y
         dparams, _ = back(2 * residual)
-        return float(numpy.sum(residual ** 2)), ch.flatten_params(dparams)
+        return float(numpy.sum(residual**2)), ch.flatten_params(dparams)
 
     result = minimize(fun, ch.flatten_params(like), jac=True, method="BFGS", options={"gtol": 1e-10})
     fitted = ch.HouseholderProduct(*ch.unflatten_params(result.x, like)).todense()

@@ -1,15 +1,16 @@
 """Adjoints of ``HouseholderProduct``: dot-product tests, cross-algorithm agreement, derived matrices."""
+
 import numpy
 import pytest
+from conftest import dense_reference, to_numpy
 
 import cuhouse as ch
 from cuhouse._gpu import primitives as _primitives
 from cuhouse.algorithms import ALGORITHMS, cwy
-from conftest import dense_reference, to_numpy
 
 ALGORITHM_NAMES = tuple(ALGORITHMS)
-BLOCK = 3                                    # divides neither d = 7 nor n = 5
-SHAPES = {                                   # (batch of v, batch of X, X is a vector)
+BLOCK = 3  # divides neither d = 7 nor n = 5
+SHAPES = {  # (batch of v, batch of X, X is a vector)
     "vector": ((), (), True),
     "matrix": ((), (), False),
     "broadcast": ((2, 1), (3,), False),
@@ -145,7 +146,7 @@ def test_product_with_own_transpose_sums_into_one_leaf(xp):
     numpy.testing.assert_allclose(dw, dc[3:5], rtol=1e-10, atol=1e-12)
     (dv_identity,), _ = ch.vjp(ch.matmul, h @ h.T, x)[1](xp.ones((9, 2)))
     assert len((h @ h.T).params) == 1 and (h @ h.T).params[0] is v
-    assert numpy.abs(to_numpy(dv_identity)).max() < 1e-12       # H H^T = I does not depend on v
+    assert numpy.abs(to_numpy(dv_identity)).max() < 1e-12  # H H^T = I does not depend on v
 
 
 def test_identity_factors_get_zero_gradient():
@@ -156,7 +157,7 @@ def test_identity_factors_get_zero_gradient():
     h = ch.HouseholderProduct.from_lapack(qr, tau, algorithm="cwy", block_size=2)
     numpy.testing.assert_allclose(h.todense(), dense_reference(numpy.delete(h.vectors, 1, axis=0)), atol=1e-12)
     (da,), _ = ch.vjp(ch.matmul, h, rng.standard_normal((6, 3)))[1](numpy.ones((6, 3)))
-    assert da.shape == qr.shape                      # params is (a,): reflector 1 is column 1 of a
+    assert da.shape == qr.shape  # params is (a,): reflector 1 is column 1 of a
     assert numpy.all(da[:, 1] == 0) and numpy.abs(da).max() > 0
 
 
@@ -166,7 +167,7 @@ def test_logdet_vjp_gives_zeros_of_leaf_shapes(xp):
     h = ch.HouseholderProduct(v1) @ ch.HouseholderProduct(v2)
     value, back = ch.vjp(ch.logdet, h)
     assert value.shape == (2,) and not to_numpy(value).any()
-    (dv1, dv2), = back(xp.ones(2))
+    ((dv1, dv2),) = back(xp.ones(2))
     assert dv1.shape == v1.shape and dv2.shape == v2.shape and dv2.dtype == numpy.float32
     assert not to_numpy(dv1).any() and not to_numpy(dv2).any()
 
@@ -240,6 +241,7 @@ def test_logdet_gradient_of_wrong_shape_is_a_value_error(xp):
 def test_recompute_mode_peak_memory_is_within_the_bound():
     """Peak extra host memory of fwd+bwd (auto, recompute) <= 4 (d m + n d) itemsize."""
     from cuhouse.bench.gradients import peak_extra_memory
+
     d, n, m = 512, 384, 16
     assert not ch.plan.store_block_inputs(d, n, m, 64, 4, "numpy")
     peak = peak_extra_memory(d, n, m, numpy.float32)
@@ -249,6 +251,7 @@ def test_recompute_mode_peak_memory_is_within_the_bound():
 def test_procrustes_example_reaches_the_closed_form_optimum(capsys):
     import pathlib
     import runpy
+
     module = runpy.run_path(str(pathlib.Path(__file__).parent.parent / "examples" / "procrustes.py"))
     gap = module["main"](steps=3000)
     assert -1e-9 < gap < 1e-6

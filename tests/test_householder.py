@@ -1,12 +1,13 @@
 """HouseholderProduct against float64 dense references, for every algorithm."""
+
 import numpy
 import pytest
 import scipy.linalg
+from conftest import dense_reference, rtol, to_numpy
 from scipy.linalg import lapack
 
 import cuhouse
 from cuhouse.algorithms import ALGORITHMS
-from conftest import dense_reference, rtol, to_numpy
 
 ALGORITHM_NAMES = ["auto"] + sorted(ALGORITHMS)
 DTYPES = [numpy.float32, numpy.float64]
@@ -54,12 +55,15 @@ def test_block_sizes_including_non_divisors(xp, algorithm, block_size):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
-@pytest.mark.parametrize("shape_v,shape_x", [
-    ((3, 4, 6), (6, 2)),          # batched H, single X
-    ((4, 6), (3, 6, 2)),          # single H, batched X
-    ((2, 1, 4, 6), (3, 6, 2)),    # broadcasting to (2, 3)
-    ((3, 4, 6), (3, 6, 2)),
-])
+@pytest.mark.parametrize(
+    "shape_v,shape_x",
+    [
+        ((3, 4, 6), (6, 2)),  # batched H, single X
+        ((4, 6), (3, 6, 2)),  # single H, batched X
+        ((2, 1, 4, 6), (3, 6, 2)),  # broadcasting to (2, 3)
+        ((3, 4, 6), (3, 6, 2)),
+    ],
+)
 def test_batched_equals_loop_over_batch(xp, algorithm, shape_v, shape_x):
     v, x = _data(xp, shape_v, shape_x, numpy.float64)
     h = cuhouse.HouseholderProduct(v, algorithm=algorithm)
@@ -89,7 +93,7 @@ def test_transpose_inverse_and_composition(xp):
     assert h1.T.T.vectors is h1.vectors
     composed = h1 @ h2.T
     assert isinstance(composed, cuhouse.HouseholderProduct)
-    assert composed.n_reflections == 12                  # more than d: allowed for compositions
+    assert composed.n_reflections == 12  # more than d: allowed for compositions
     numpy.testing.assert_allclose(to_numpy(composed @ x), r1 @ r2.T @ xn, atol=1e-13)
     numpy.testing.assert_allclose(to_numpy(composed.T @ x), (r1 @ r2.T).T @ xn, atol=1e-13)
     assert composed.params[0] is h1.params[0] and composed.params[1] is h2.params[0]
@@ -167,7 +171,7 @@ def test_factors_are_cached_and_refresh_rebuilds():
     h @ x
     assert h._core._factors.keys() == built.keys()
     assert all(h._core._factors[k] is built[k] for k in built)
-    v[0] += 0.5                            # an in-place optimizer step
+    v[0] += 0.5  # an in-place optimizer step
     h.refresh()
     numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-13)
     assert not numpy.allclose(first, h @ x)
@@ -215,7 +219,7 @@ class TestFromLapack:
         padded[:, :5] = qr
         expected = lapack.dorgqr(padded, numpy.r_[tau, 0, 0])[0]
         numpy.testing.assert_allclose(h.todense(), expected, atol=1e-13)
-        assert h.det() == 1.0                # four proper reflections, one identity factor
+        assert h.det() == 1.0  # four proper reflections, one identity factor
 
     def test_all_identity_factors(self):
         upper = numpy.triu(numpy.arange(1.0, 10.0).reshape(3, 3))
@@ -251,7 +255,7 @@ def test_from_lapack_accepts_torch_geqrf():
     a = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     qr, tau = torch.geqrf(a)
     h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
-    q = torch.linalg.householder_product(qr, tau).numpy()            # the first 5 columns of Q
+    q = torch.linalg.householder_product(qr, tau).numpy()  # the first 5 columns of Q
     numpy.testing.assert_allclose(h.todense()[:, :5], q, atol=1e-13)
     numpy.testing.assert_allclose(h.todense()[:, :5], numpy.linalg.qr(a.numpy())[0], atol=1e-13)
 

@@ -1,15 +1,16 @@
 """The kernel primitives: the NumPy twins against plain references (always run),
 and each raw CUDA kernel against its NumPy twin (``-m gpu``, skipped cleanly
 without CuPy and a device)."""
+
 import math
 
 import numpy
 import pytest
-
-from cuhouse._gpu import primitives as _primitives, raw_kernels as _kernels
-from cuhouse._backend import cupy_module, gpu_available
-
 from conftest import rtol, to_numpy
+
+from cuhouse._backend import cupy_module, gpu_available
+from cuhouse._gpu import primitives as _primitives
+from cuhouse._gpu import raw_kernels as _kernels
 
 DTYPES = (numpy.float32, numpy.float64)
 BLOCK_SIZES = (1, 3, 17, 64, 100, 256)
@@ -26,7 +27,7 @@ def rows_with_extremes(shape, dtype, rng):
     """Random rows ``shape`` with, in the last batch entry, a tiny, a huge and a zero row."""
     v = rng.standard_normal(shape)
     big, tiny = (1e30, 1e-30) if dtype == numpy.float32 else (1e300, 1e-300)
-    last = v.reshape((-1,) + shape[-2:])[-1]        # a view on the last batch entry
+    last = v.reshape((-1,) + shape[-2:])[-1]  # a view on the last batch entry
     if len(last) >= 3:
         last[0] *= tiny
         last[1] *= big
@@ -49,6 +50,7 @@ def cwy_s(batch, k, dtype, rng):
 
 # ----------------------------------------------------------- NumPy twins
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d", LENGTHS)
 def test_row_norms_twin_matches_hypot_with_tiny_huge_and_zero_rows(dtype, d):
@@ -62,8 +64,7 @@ def test_row_norms_twin_matches_hypot_with_tiny_huge_and_zero_rows(dtype, d):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_row_norms_twin_matches_linalg_norm_in_range(dtype):
     v = numpy.random.default_rng(1).standard_normal((3, 4, 33)).astype(dtype)
-    numpy.testing.assert_allclose(_primitives.row_norms(v, numpy), numpy.linalg.norm(v, axis=-1),
-                                  rtol=rtol(dtype))
+    numpy.testing.assert_allclose(_primitives.row_norms(v, numpy), numpy.linalg.norm(v, axis=-1), rtol=rtol(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -109,8 +110,9 @@ def test_upper_triangular_inverse_twin_matches_linalg_inv(dtype, k):
 def test_upper_triangular_inverse_twin_ignores_the_lower_triangle():
     s = cwy_s((3,), 17, numpy.float64, numpy.random.default_rng(3))
     noisy = s + numpy.tril(numpy.ones_like(s), -1)
-    numpy.testing.assert_array_equal(_primitives.upper_triangular_inverse(noisy, numpy),
-                                     _primitives.upper_triangular_inverse(s, numpy))
+    numpy.testing.assert_array_equal(
+        _primitives.upper_triangular_inverse(noisy, numpy), _primitives.upper_triangular_inverse(s, numpy)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -130,6 +132,7 @@ def test_cwy_gradient_coefficients_twin_matches_definition(dtype, k):
 
 
 # ------------------------------------------------ kernel sources (no device)
+
 
 def test_kernel_sources_ship_with_the_package():
     directory = _kernels.kernel_directory()
@@ -151,8 +154,9 @@ def _nvrtc():
         return None
     try:
         from cupy_backends.cuda.libs import nvrtc
+
         nvrtc.getVersion()
-    except Exception:          # NVRTC's shared library is missing
+    except Exception:  # NVRTC's shared library is missing
         return None
     return nvrtc
 
@@ -172,6 +176,7 @@ def test_kernel_source_compiles_with_nvrtc_for_every_name_expression():
 
 
 # --------------------------------------------- kernels against their twins
+
 
 def _device(a):
     return cupy_module().asarray(a)
@@ -226,12 +231,11 @@ def test_upper_triangular_inverse_kernel_matches_twin(dtype, k):
 def test_cwy_gradient_coefficients_kernel_matches_twin(dtype, k):
     rng = numpy.random.default_rng(k)
     t = numpy.triu(numpy.linalg.inv(cwy_s((3,), k, numpy.float64, rng))).astype(dtype)
-    n = rng.standard_normal((2, 3, k, k)).astype(dtype)          # t broadcasts over n's batch
+    n = rng.standard_normal((2, 3, k, k)).astype(dtype)  # t broadcasts over n's batch
     c = _primitives.cwy_gradient_coefficients(_device(t), _device(n), cupy_module())
     expected = _primitives.cwy_gradient_coefficients(t, n, numpy)
     assert c.dtype == dtype and c.shape == expected.shape
-    numpy.testing.assert_allclose(to_numpy(c), expected, rtol=0,
-                                  atol=rtol(dtype, 4 * k) * numpy.abs(expected).max())
+    numpy.testing.assert_allclose(to_numpy(c), expected, rtol=0, atol=rtol(dtype, 4 * k) * numpy.abs(expected).max())
     assert (numpy.diagonal(to_numpy(c), axis1=-2, axis2=-1) == 0).all()
 
 
@@ -245,7 +249,7 @@ def test_kernels_take_non_contiguous_input_and_are_deterministic():
     s = _device(cwy_s((5,), 100, numpy.float32, numpy.random.default_rng(1)))
     first = _primitives.upper_triangular_inverse(s, cupy)
     cupy.testing.assert_array_equal(first, _primitives.upper_triangular_inverse(s, cupy))
-    n = cupy.swapaxes(s, -1, -2)                                   # a transposed view
+    n = cupy.swapaxes(s, -1, -2)  # a transposed view
     c = _primitives.cwy_gradient_coefficients(first, n, cupy)
     cupy.testing.assert_array_equal(c, _primitives.cwy_gradient_coefficients(first, n, cupy))
     cupy.testing.assert_array_equal(c, cupy.swapaxes(c, -1, -2))

@@ -1,6 +1,7 @@
 """The operator protocol (issue 9): SciPy interop, pickling, the closed algebra of
 products, ``from_dense``, read-only views, refused operands, singular spectra,
 memory checks, and validation once per call."""
+
 import copy
 import pickle
 
@@ -24,7 +25,9 @@ def _householder(d, n=None, seed=0, dtype=numpy.float64, batch=()):
 def _svd(d_out, d_in, seed=0, low=1.0, high=2.0):
     rng = numpy.random.default_rng(seed)
     r = min(d_out, d_in)
-    return ch.SVDMatrix(_householder(d_out, seed=seed + 1), rng.uniform(low, high, r), _householder(d_in, seed=seed + 2))
+    return ch.SVDMatrix(
+        _householder(d_out, seed=seed + 1), rng.uniform(low, high, r), _householder(d_in, seed=seed + 2)
+    )
 
 
 def _eigh(d, seed=0, low=0.5, high=2.0):
@@ -41,9 +44,20 @@ def _matrices(d=6):
     """Every kind of cuhouse matrix, square d x d, derived ones and products included."""
     H, H2, W, E = _householder(d), _householder(d, 4, seed=5), _svd(d, d, seed=7), _eigh(d, seed=9)
     return {
-        "H": H, "H1 @ H2.T": H @ H2.T, "from_lapack": _lapack(d), "W": W, "W.inv()": W.inv(),
-        "W.pinv().T": W.pinv().T, "E": E, "E.expm()": E.expm(), "E.cayley().inv()": E.cayley().inv(),
-        "W @ W": W @ W, "W @ H": W @ H, "H @ W": H @ W, "E @ W": E @ W, "W.inv() @ E.expm() @ H2": W.inv() @ E.expm() @ H2,
+        "H": H,
+        "H1 @ H2.T": H @ H2.T,
+        "from_lapack": _lapack(d),
+        "W": W,
+        "W.inv()": W.inv(),
+        "W.pinv().T": W.pinv().T,
+        "E": E,
+        "E.expm()": E.expm(),
+        "E.cayley().inv()": E.cayley().inv(),
+        "W @ W": W @ W,
+        "W @ H": W @ H,
+        "H @ W": H @ W,
+        "E @ W": E @ W,
+        "W.inv() @ E.expm() @ H2": W.inv() @ E.expm() @ H2,
     }
 
 
@@ -121,7 +135,9 @@ def test_eigsh_finds_the_eigenvalues():
 # --------------------------------------------------------------- pickling
 @pytest.mark.parametrize("clone", ["pickle", "copy", "deepcopy"])
 def test_round_trip_keeps_the_matrix_and_its_lineage(matrix, clone):
-    twin = {"pickle": lambda a: pickle.loads(pickle.dumps(a)), "copy": copy.copy, "deepcopy": copy.deepcopy}[clone](matrix)
+    twin = {"pickle": lambda a: pickle.loads(pickle.dumps(a)), "copy": copy.copy, "deepcopy": copy.deepcopy}[clone](
+        matrix
+    )
     assert type(twin) is type(matrix) and twin.shape == matrix.shape and twin.dtype == matrix.dtype
     numpy.testing.assert_array_equal(_dense(twin), _dense(matrix))
     if hasattr(matrix, "lineage"):
@@ -132,14 +148,14 @@ def test_round_trip_keeps_the_matrix_and_its_lineage(matrix, clone):
     assert len(twin.params) == len(matrix.params)
     for g, tg in zip(grads, twin_grads):
         numpy.testing.assert_allclose(tg, g, atol=1e-13)
-    if clone != "copy":     # a deep copy has leaves of its own, which its gradients belong to
+    if clone != "copy":  # a deep copy has leaves of its own, which its gradients belong to
         assert all(t is not m for t, m in zip(twin.params, matrix.params))
 
 
 def test_pickle_drops_caches_and_keeps_the_backend_by_name():
     H = _householder(64, seed=2)
     before = len(pickle.dumps(H))
-    H @ numpy.ones((64, 8))                            # builds and caches block factors
+    H @ numpy.ones((64, 8))  # builds and caches block factors
     assert H._core._factors
     assert len(pickle.dumps(H)) == before
     twin = pickle.loads(pickle.dumps(H))
@@ -197,25 +213,39 @@ def _check_gradients(build, leaves, x, dout, eps=1e-6):
     rng = numpy.random.default_rng(0)
     for i, grad in enumerate(grads):
         direction = rng.standard_normal(leaves[i].shape)
-        values = [numpy.sum(dout * (build(*(leaf + sign * eps * direction if j == i else leaf
-                                             for j, leaf in enumerate(leaves))) @ x))
-                  for sign in (1, -1)]
-        numpy.testing.assert_allclose((values[0] - values[1]) / (2 * eps), numpy.sum(grad * direction),
-                                      rtol=1e-6, atol=1e-8)
+        values = [
+            numpy.sum(
+                dout
+                * (build(*(leaf + sign * eps * direction if j == i else leaf for j, leaf in enumerate(leaves))) @ x)
+            )
+            for sign in (1, -1)
+        ]
+        numpy.testing.assert_allclose(
+            (values[0] - values[1]) / (2 * eps), numpy.sum(grad * direction), rtol=1e-6, atol=1e-8
+        )
     direction = rng.standard_normal(x.shape)
     numpy.testing.assert_allclose(numpy.sum(dout * (P @ direction)), numpy.sum(dx * direction), rtol=1e-10)
 
 
 def test_product_gradients_sum_a_leaf_used_twice():
     rng = numpy.random.default_rng(8)
-    leaves = (rng.standard_normal((5, 5)), rng.uniform(1, 2, 5), rng.standard_normal((5, 5)),
-              rng.standard_normal((3, 5)))
+    leaves = (
+        rng.standard_normal((5, 5)),
+        rng.uniform(1, 2, 5),
+        rng.standard_normal((5, 5)),
+        rng.standard_normal((3, 5)),
+    )
 
     def svd(u, s, v):
         return ch.SVDMatrix(ch.HouseholderProduct(u), s, ch.HouseholderProduct(v))
-    builds = [lambda u, s, v, h: svd(u, s, v) @ svd(u, s, v) @ ch.HouseholderProduct(h),
-              lambda u, s, v, h: svd(u, s, v) @ ch.HouseholderProduct(h) @ svd(u, s, v).inv(),
-              lambda u, s, v, h: svd(u, s, v).T @ ch.HouseholderProduct(h).T @ ch.EighMatrix(ch.HouseholderProduct(u), s).expm()]
+
+    builds = [
+        lambda u, s, v, h: svd(u, s, v) @ svd(u, s, v) @ ch.HouseholderProduct(h),
+        lambda u, s, v, h: svd(u, s, v) @ ch.HouseholderProduct(h) @ svd(u, s, v).inv(),
+        lambda u, s, v, h: (
+            svd(u, s, v).T @ ch.HouseholderProduct(h).T @ ch.EighMatrix(ch.HouseholderProduct(u), s).expm()
+        ),
+    ]
     for build in builds:
         _check_gradients(build, leaves, rng.standard_normal((5, 2)), rng.standard_normal((5, 2)))
 
@@ -227,8 +257,8 @@ def test_product_logdet_and_its_gradient():
     numpy.testing.assert_allclose(P.det(), numpy.linalg.det(_dense(P)), rtol=1e-10)
     value, back = ch.vjp(ch.logdet, P)
     (grads,) = back(numpy.ones(()))
-    numpy.testing.assert_allclose(grads[1], 1 / W.s, atol=1e-12)                # d/ds sum log|s|
-    numpy.testing.assert_allclose(grads[-1], numpy.ones(6), atol=1e-12)     # d/dw sum(w) through expm
+    numpy.testing.assert_allclose(grads[1], 1 / W.s, atol=1e-12)  # d/ds sum log|s|
+    numpy.testing.assert_allclose(grads[-1], numpy.ones(6), atol=1e-12)  # d/dw sum(w) through expm
 
 
 def test_product_errors():
@@ -292,14 +322,16 @@ def test_views_of_caller_arrays_are_read_only():
     for view in (W.s, W.U.vectors, E.w, W.inv().s):
         with pytest.raises(ValueError, match="read-only"):
             view[0] = 1
-    assert H.params[0] is v                   # the caller's own array, for optimizers that update in place
+    assert H.params[0] is v  # the caller's own array, for optimizers that update in place
 
 
 # ------------------------------------------------------ refused operands
 @pytest.mark.parametrize("name", ["H", "W"])
 def test_sparse_operand_is_a_type_error_that_says_what_to_do(name):
     A = MATRICES[name]
-    with pytest.raises(TypeError, match=r"X is a SciPy sparse csr_matrix; cuhouse takes dense arrays: pass X.toarray\(\)"):
+    with pytest.raises(
+        TypeError, match=r"X is a SciPy sparse csr_matrix; cuhouse takes dense arrays: pass X.toarray\(\)"
+    ):
         A @ scipy.sparse.csr_matrix(numpy.eye(6))
     with pytest.raises(TypeError, match=r"X is a SciPy sparse csr_array"):
         ch.vjp(ch.matmul, A, scipy.sparse.csr_array(numpy.eye(6)))[1]
@@ -345,7 +377,7 @@ def test_matrix_times_a_scipy_linear_operator_stays_lazy():
 # ------------------------------------------------------ singular spectra
 def test_logdet_of_a_singular_spectrum_is_minus_inf_and_its_gradient_a_value_error():
     E = ch.EighMatrix(_householder(4), numpy.array([0.0, 1.0, 2.0, 3.0]))
-    assert E.logdet() == -numpy.inf                  # RuntimeWarnings are errors in this suite
+    assert E.logdet() == -numpy.inf  # RuntimeWarnings are errors in this suite
     with pytest.raises(ValueError, match=r"the gradient of logdet needs every w nonzero .* got w\[0\] = 0.0"):
         ch.vjp(ch.logdet, E)
     with pytest.raises(ValueError, match=r"inv\(\) needs every w nonzero"):
@@ -360,22 +392,25 @@ def test_inverse_of_a_subnormal_spectrum_is_a_value_error_not_a_warning():
 
 # ----------------------------------------------------------------- memory
 def test_todense_too_large_says_how_much_memory_it_needs():
-    H = ch.HouseholderProduct(numpy.ones((1, 10 ** 6)))
-    with pytest.raises(MemoryError, match=r"todense\(\) needs a dense float64 array of shape \(1000000, 1000000\) "
-                                          r"\(7.28 TiB; about 29.1 TiB with its intermediates\), more than this "
-                                          r"machine's memory"):
+    H = ch.HouseholderProduct(numpy.ones((1, 10**6)))
+    with pytest.raises(
+        MemoryError,
+        match=r"todense\(\) needs a dense float64 array of shape \(1000000, 1000000\) "
+        r"\(7.28 TiB; about 29.1 TiB with its intermediates\), more than this "
+        r"machine's memory",
+    ):
         H.todense()
     with pytest.raises(MemoryError, match=r'algorithm="dense" needs a dense float64 array .* \(7.28 TiB; about'):
-        ch.HouseholderProduct(numpy.ones((1, 10 ** 6)), algorithm="dense") @ numpy.ones(10 ** 6)
+        ch.HouseholderProduct(numpy.ones((1, 10**6)), algorithm="dense") @ numpy.ones(10**6)
     with pytest.raises(MemoryError, match=r"shape \(1000000, 1000000\)"):
-        ch.SVDMatrix(numpy.ones((1, 10 ** 6)), numpy.ones(1), numpy.ones((1, 10 ** 6))).todense()
+        ch.SVDMatrix(numpy.ones((1, 10**6)), numpy.ones(1), numpy.ones((1, 10**6))).todense()
 
 
 def test_todense_of_a_wide_matrix_applies_the_transpose_to_the_smaller_identity():
-    W = ch.SVDMatrix(numpy.eye(1, 5), numpy.ones(1), numpy.ones((1, 10 ** 6)))     # 5 x 10^6: 40 MB
+    W = ch.SVDMatrix(numpy.eye(1, 5), numpy.ones(1), numpy.ones((1, 10**6)))  # 5 x 10^6: 40 MB
     dense = W.todense()
-    assert dense.shape == (5, 10 ** 6)
-    numpy.testing.assert_allclose(dense[:, :3], W @ numpy.eye(10 ** 6, 3), atol=1e-15)
+    assert dense.shape == (5, 10**6)
+    numpy.testing.assert_allclose(dense[:, :3], W @ numpy.eye(10**6, 3), atol=1e-15)
     wide = _svd(3, 6) @ MATRICES["W"]
     numpy.testing.assert_allclose(_dense(wide), _dense(_svd(3, 6)) @ _dense(MATRICES["W"]), atol=1e-12)
 
@@ -389,6 +424,7 @@ def test_one_validation_and_one_cotangent_check_per_call(monkeypatch):
         def counted(*args, _name=name, _original=original, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
+
         monkeypatch.setattr(_validate, name, counted)
     W = _svd(6, 6)
     x = numpy.ones((6, 2))
@@ -400,6 +436,7 @@ def test_one_validation_and_one_cotangent_check_per_call(monkeypatch):
 def test_plain_products_build_no_backward(monkeypatch):
     def refuse(*args):
         raise AssertionError("a plain product built an adjoint")
+
     for cls in (ch.HouseholderProduct, ch.SVDMatrix, ch.Product):
         monkeypatch.setattr(cls, "_vjp_matmat", refuse)
     x = numpy.ones((6, 2))

@@ -1,6 +1,8 @@
 """Invariants on random well-conditioned inputs (hypothesis)."""
+
 import numpy
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cuhouse
 from cuhouse.algorithms import ALGORITHMS
@@ -17,7 +19,7 @@ def products(draw, dtype=None):
     seed = draw(st.integers(0, 2**32 - 1))
     rng = numpy.random.default_rng(seed)
     v = rng.standard_normal((n, d))
-    v[:, 0] += numpy.where(v[:, 0] >= 0, 1.0, -1.0)            # keep every row away from zero
+    v[:, 0] += numpy.where(v[:, 0] >= 0, 1.0, -1.0)  # keep every row away from zero
     algorithm = draw(st.sampled_from(ALGORITHM_NAMES))
     block = draw(st.one_of(st.none(), st.integers(1, 12)))
     m = draw(st.integers(1, 5))
@@ -52,8 +54,7 @@ def test_dense_is_orthogonal(hx):
 def test_det_parity(hx):
     h, _ = hx
     assert h.det() == (-1) ** h.n_reflections
-    assert numpy.isclose(numpy.linalg.det(h.todense().astype(numpy.float64)), (-1) ** h.n_reflections,
-                         atol=1e-3)
+    assert numpy.isclose(numpy.linalg.det(h.todense().astype(numpy.float64)), (-1) ** h.n_reflections, atol=1e-3)
 
 
 @settings(max_examples=60, deadline=None)

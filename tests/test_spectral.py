@@ -1,13 +1,15 @@
 """SVDMatrix and EighMatrix against numpy.linalg / scipy.linalg on the dense matrix."""
+
 import itertools
 
 import numpy
 import pytest
 import scipy.linalg
-from hypothesis import given, settings, strategies as st
+from conftest import dense_reference, rtol, to_numpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cuhouse as ch
-from conftest import dense_reference, rtol, to_numpy
 
 DTYPES = [numpy.float32, numpy.float64]
 # (d_out, d_in, r): square full rank, tall, wide, square rank-deficient
@@ -61,8 +63,10 @@ def per_matrix(fn, a):
 
 
 # ---------------------------------------------------------------- SVDMatrix
-@pytest.fixture(params=list(itertools.product(DTYPES, SHAPES, BATCHES)),
-                ids=lambda p: "{}-{}x{}r{}-batch{}".format(numpy.dtype(p[0]).name, *p[1], len(p[2])))
+@pytest.fixture(
+    params=list(itertools.product(DTYPES, SHAPES, BATCHES)),
+    ids=lambda p: "{}-{}x{}r{}-batch{}".format(numpy.dtype(p[0]).name, *p[1], len(p[2])),
+)
 def svd_case(request, xp):
     """``(W, dense float64 W, dtype, (d_out, d_in, r), batch)`` for every dtype, shape class and batch."""
     dtype, shape, batch = request.param
@@ -74,7 +78,7 @@ def test_products_and_dense_match_reference(xp, svd_case):
     W, dense, dtype, shape, batch = svd_case
     d_out, d_in, _ = shape
     rng = numpy.random.default_rng(1)
-    x_left = rng.standard_normal((3, 1, d_in, 5)).astype(dtype)         # broadcasts against the batch
+    x_left = rng.standard_normal((3, 1, d_in, 5)).astype(dtype)  # broadcasts against the batch
     x_right = rng.standard_normal((5, d_out)).astype(dtype)
     assert W.shape == batch + (d_out, d_in) and W.dtype == dtype
     assert_close(W.todense(), dense, dtype)
@@ -125,7 +129,7 @@ def test_determinants_match_numpy(xp, dtype, shape, batch):
     (u, s, v), dense = svd_arrays(xp, dtype, *shape, batch)
     W = ch.SVDMatrix(u, s, v)
     sign, logabs = numpy.linalg.slogdet(dense)
-    if shape[2] < shape[0]:                          # rank-deficient: exactly singular
+    if shape[2] < shape[0]:  # rank-deficient: exactly singular
         sign, logabs = numpy.zeros_like(sign), numpy.full_like(logabs, -numpy.inf)
     got_sign, got_logabs = W.slogdet()
     assert_close(got_sign, sign, dtype)
@@ -254,8 +258,7 @@ def test_eigh_negative_eigenvalues_and_integer_powers(xp):
     assert_close(E.power(3).todense(), numpy.linalg.matrix_power(dense, 3), numpy.float64)
     assert_close(E.power(-2).todense(), numpy.linalg.matrix_power(numpy.linalg.inv(dense), 2), numpy.float64)
     assert_close(E.slogdet()[0], numpy.linalg.slogdet(dense)[0], numpy.float64)
-    assert_close(E.cayley().todense(), (numpy.eye(4) - dense) @ numpy.linalg.inv(numpy.eye(4) + dense),
-                 numpy.float64)
+    assert_close(E.cayley().todense(), (numpy.eye(4) - dense) @ numpy.linalg.inv(numpy.eye(4) + dense), numpy.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -268,7 +271,7 @@ def test_eigh_from_dense_round_trip(xp, dtype):
 
 
 # ------------------------------------------------------------ properties
-well_conditioned = st.tuples(st.integers(1, 7), st.integers(0, 2 ** 32 - 1))
+well_conditioned = st.tuples(st.integers(1, 7), st.integers(0, 2**32 - 1))
 
 
 @settings(max_examples=40, deadline=None)
@@ -283,12 +286,12 @@ def test_property_inverse_times_matrix_is_identity(case):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 7), st.integers(1, 7), st.integers(0, 2 ** 32 - 1))
+@given(st.integers(1, 7), st.integers(1, 7), st.integers(0, 2**32 - 1))
 def test_property_from_dense_reproduces_and_keeps_singular_values(d_out, d_in, seed):
     a = numpy.random.default_rng(seed).standard_normal((d_out, d_in))
     W = ch.SVDMatrix.from_dense(a)
     assert_close(W.todense(), a, numpy.float64)
-    if d_out == d_in:                                  # the signs of U, V and s all reach det
+    if d_out == d_in:  # the signs of U, V and s all reach det
         assert_close(W.det(), numpy.linalg.det(a), numpy.float64)
     assert_close(numpy.sort(numpy.abs(W.s)), numpy.sort(numpy.linalg.svd(a, compute_uv=False)), numpy.float64)
 
@@ -325,12 +328,15 @@ def test_fractional_power_needs_positive_eigenvalues():
         E.power(0.5)
 
 
-@pytest.mark.parametrize("p,error,match", [
-    (numpy.nan, ValueError, r"power\(p\) needs a finite p, got nan"),
-    (numpy.inf, ValueError, r"power\(p\) needs a finite p, got inf"),
-    (None, TypeError, r"p must be a real number, got None"),
-    ("2", TypeError, r"p must be a real number, got '2'"),
-])
+@pytest.mark.parametrize(
+    "p,error,match",
+    [
+        (numpy.nan, ValueError, r"power\(p\) needs a finite p, got nan"),
+        (numpy.inf, ValueError, r"power\(p\) needs a finite p, got inf"),
+        (None, TypeError, r"p must be a real number, got None"),
+        ("2", TypeError, r"p must be a real number, got '2'"),
+    ],
+)
 def test_power_needs_a_finite_real_exponent(p, error, match):
     E = ch.EighMatrix(numpy.eye(2), numpy.array([1.0, 2.0]))
     with pytest.raises(error, match=match):
@@ -362,7 +368,9 @@ def test_rank_larger_than_dimensions_allow():
 
 
 def test_eigenvalue_count_must_match_u():
-    with pytest.raises(ValueError, match=r"w must have shape \(\.\.\., d\) with d=3 to match U \(3x3\), got shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"w must have shape \(\.\.\., d\) with d=3 to match U \(3x3\), got shape \(2,\)"
+    ):
         ch.EighMatrix(numpy.eye(3), numpy.ones(2))
 
 
@@ -373,7 +381,9 @@ def test_expm_on_svd_matrix_points_to_eigh_matrix():
 
 def test_factor_must_be_householder_product_or_vectors():
     W = ch.SVDMatrix.random(3, 3, rng=0)
-    with pytest.raises(TypeError, match=r"U must be a HouseholderProduct or an array of Householder vectors.*got SVDMatrix"):
+    with pytest.raises(
+        TypeError, match=r"U must be a HouseholderProduct or an array of Householder vectors.*got SVDMatrix"
+    ):
         ch.SVDMatrix(W, numpy.ones(3), numpy.eye(3))
 
 
@@ -424,11 +434,22 @@ def test_from_dense_errors():
 
 
 # -------------------------------------------------------------- gradients
-SVD_STEPS = {"T": lambda W: W.T, "inv": lambda W: W.inv(), "pinv": lambda W: W.pinv(),
-             "clip": lambda W: W.clip(0.6, 1.5)}
-EIGH_STEPS = {"T": lambda E: E.T, "inv": lambda E: E.inv(), "expm": lambda E: E.expm(),
-              "logm": lambda E: E.logm(), "sqrtm": lambda E: E.sqrtm(), "power(1.5)": lambda E: E.power(1.5),
-              "power(-2)": lambda E: E.power(-2), "cayley": lambda E: E.cayley()}
+SVD_STEPS = {
+    "T": lambda W: W.T,
+    "inv": lambda W: W.inv(),
+    "pinv": lambda W: W.pinv(),
+    "clip": lambda W: W.clip(0.6, 1.5),
+}
+EIGH_STEPS = {
+    "T": lambda E: E.T,
+    "inv": lambda E: E.inv(),
+    "expm": lambda E: E.expm(),
+    "logm": lambda E: E.logm(),
+    "sqrtm": lambda E: E.sqrtm(),
+    "power(1.5)": lambda E: E.power(1.5),
+    "power(-2)": lambda E: E.power(-2),
+    "cayley": lambda E: E.cayley(),
+}
 # singular values kept at least 0.05 away from the clip bounds, before and after inversion
 SVD_VALUES = numpy.array([0.5, -0.9, 1.3, 2.0, -1.1, 0.8])
 EIGH_VALUE_SETS = (numpy.array([0.2, 0.35, 0.5, 0.7, 0.9]), numpy.array([1.2, 1.5, 1.8, 2.1, 2.5]))
@@ -515,7 +536,7 @@ def check_logdet_adjoint(xp, make, leaves, seed=1, step=1e-6):
 
 def svd_leaves(xp, shape, batch=()):
     (u, _, v), _ = svd_arrays(xp, numpy.float64, *shape, batch)
-    s = numpy.broadcast_to(SVD_VALUES[:shape[2]], batch + (shape[2],)).copy()
+    s = numpy.broadcast_to(SVD_VALUES[: shape[2]], batch + (shape[2],)).copy()
     return u, xp.asarray(s), v
 
 
@@ -544,8 +565,11 @@ def test_svd_logdet_gradient_dot_product(xp, chain, batch):
     check_logdet_adjoint(xp, make, svd_leaves(xp, (6, 6, 6), batch))
 
 
-EIGH_CHAINS = [pytest.param(c, eigh_values_for(c), id="E." + ".".join(c))
-               for c in chains(EIGH_STEPS) if eigh_values_for(c) is not None]
+EIGH_CHAINS = [
+    pytest.param(c, eigh_values_for(c), id="E." + ".".join(c))
+    for c in chains(EIGH_STEPS)
+    if eigh_values_for(c) is not None
+]
 
 
 @pytest.mark.parametrize("chain, w", EIGH_CHAINS)
@@ -581,6 +605,7 @@ def test_logdet_gradient_of_singular_matrix_is_a_value_error():
 def test_bench_section_runs_and_pairs_each_case_with_its_operation():
     from cuhouse.bench import SECTIONS
     from cuhouse.bench._timing import measure
+
     baseline, cases = SECTIONS["spectral"].cases(16, 4, numpy.dtype(numpy.float32), numpy)
     assert set(baseline) == set(cases) and set(baseline.values()) <= set(cases)
     result = measure(cases, baseline, 1, numpy)

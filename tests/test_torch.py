@@ -1,4 +1,5 @@
 """cuhouse.torch: forward and gradients against dense torch references, gradcheck, DLPack, errors, compile."""
+
 import pathlib
 import re
 import subprocess
@@ -47,6 +48,7 @@ def assert_close(a, b, dtype, scale=10):
 
 def gradcheck_attribute(layer, attribute):
     """gradcheck of ``layer.<attribute>`` (a property, or a method taking no argument) w.r.t. its parameters."""
+
     class Read(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -58,8 +60,9 @@ def gradcheck_attribute(layer, attribute):
 
     read = Read()
     names = ["layer." + name for name, _ in layer.named_parameters()]
-    return torch.autograd.gradcheck(lambda *params: torch.func.functional_call(read, dict(zip(names, params)), ()),
-                                    tuple(layer.parameters()))
+    return torch.autograd.gradcheck(
+        lambda *params: torch.func.functional_call(read, dict(zip(names, params)), ()), tuple(layer.parameters())
+    )
 
 
 def grads(out, inputs, seed=1):
@@ -70,8 +73,10 @@ def grads(out, inputs, seed=1):
 
 # ------------------------------------------------------------ householder_matmul
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("v_shape, x_shape", [((5, 7), (7, 3)), ((2, 1, 5, 7), (3, 7, 4)), ((7, 7), (7,)),
-                                               ((2, 3, 6), (6,)), ((4, 6), (2, 6, 1))])
+@pytest.mark.parametrize(
+    "v_shape, x_shape",
+    [((5, 7), (7, 3)), ((2, 1, 5, 7), (3, 7, 4)), ((7, 7), (7,)), ((2, 3, 6), (6,)), ((4, 6), (2, 6, 1))],
+)
 @pytest.mark.parametrize("transpose", [False, True])
 def test_householder_matmul_matches_dense(dtype, v_shape, x_shape, transpose):
     v = randn(*v_shape, dtype=dtype, requires_grad=True)
@@ -96,7 +101,7 @@ def test_householder_matmul_gradcheck():
 def test_non_contiguous_inputs():
     base_v = randn(6, 10, requires_grad=True)
     base_x = randn(3, 6, seed=2, requires_grad=True)
-    v, x = base_v[1::2, :6], base_x.mT            # rows 1, 3, 5 of the first 6 columns; a transposed (6, 3)
+    v, x = base_v[1::2, :6], base_x.mT  # rows 1, 3, 5 of the first 6 columns; a transposed (6, 3)
     assert not v.is_contiguous() and not x.is_contiguous()
     out = cht.householder_matmul(v, x)
     expected = dense_householder(v.detach().contiguous()) @ x.detach().contiguous()
@@ -152,7 +157,7 @@ def test_in_place_change_before_backward_is_detected():
 
 # --------------------------------------------------------------------- DLPack
 def test_dlpack_shares_memory_on_the_cpu():
-    t = randn(5, 4, requires_grad=True).mT        # requires grad and non-contiguous
+    t = randn(5, 4, requires_grad=True).mT  # requires grad and non-contiguous
     a = ops.to_array(t)
     assert isinstance(a, numpy.ndarray)
     assert a.__array_interface__["data"][0] == t.data_ptr()
@@ -177,8 +182,11 @@ def test_to_tensor_copies_only_reversed_views():
 @pytest.mark.parametrize("bad_dtype", [torch.int64, torch.bfloat16, torch.float16, torch.complex64])
 def test_unsupported_dtype_of_vectors(bad_dtype):
     v = torch.ones(3, 5, dtype=bad_dtype)
-    with pytest.raises(TypeError, match=r"vectors has dtype torch\.{}; supported dtypes are torch\.float32 "
-                                        r"and torch\.float64".format(str(bad_dtype).split(".")[1])):
+    with pytest.raises(
+        TypeError,
+        match=r"vectors has dtype torch\.{}; supported dtypes are torch\.float32 "
+        r"and torch\.float64".format(str(bad_dtype).split(".")[1]),
+    ):
         cht.householder_matmul(v, randn(5, 2))
 
 
@@ -194,8 +202,11 @@ def test_not_a_tensor():
 
 
 def test_wrong_shape_of_x():
-    with pytest.raises(ValueError, match=r"X has shape \(4, 2\) but the operator is 5x5: expected "
-                                         r"\(d,\) or \(\.\.\., d, m\) with d=5"):
+    with pytest.raises(
+        ValueError,
+        match=r"X has shape \(4, 2\) but the operator is 5x5: expected "
+        r"\(d,\) or \(\.\.\., d, m\) with d=5",
+    ):
         cht.householder_matmul(randn(3, 5), randn(4, 2))
 
 
@@ -255,7 +266,11 @@ def test_svd_linear_parameters_and_initialization():
     torch.manual_seed(0)
     layer = cht.SVDLinear(5, 3)
     assert dict((n, tuple(p.shape)) for n, p in layer.named_parameters()) == {
-        "U_vectors": (3, 3), "s": (3,), "V_vectors": (3, 5), "bias": (3,)}
+        "U_vectors": (3, 3),
+        "s": (3,),
+        "V_vectors": (3, 5),
+        "bias": (3,),
+    }
     assert bool(((layer.s >= 0.9) & (layer.s <= 1.1)).all())
     assert cht.SVDLinear(5, 3, bias=False).bias is None
     assert cht.SVDLinear(5, 3, dtype=torch.float64).s.dtype == torch.float64
@@ -322,8 +337,9 @@ def test_orthogonal_layer_gradcheck_and_errors():
     layer = cht.Orthogonal(5, dtype=torch.float64)
     assert layer.vectors.shape == (5, 5) and layer.bias is None
     x = randn(4, 5, seed=3, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, v: torch.func.functional_call(layer, {"vectors": v}, (x,)),
-                                    (x, layer.vectors))
+    assert torch.autograd.gradcheck(
+        lambda x, v: torch.func.functional_call(layer, {"vectors": v}, (x,)), (x, layer.vectors)
+    )
     assert gradcheck_attribute(layer, "weight")
     with pytest.raises(ValueError, match="n_reflections must be at most features = 5, got 6"):
         cht.Orthogonal(5, n_reflections=6)
@@ -367,7 +383,7 @@ def test_orthogonal_parametrization_keeps_an_orthogonal_weight():
 @pytest.mark.parametrize("n", [2, 5])
 def test_orthogonal_parametrization_n_reflections(n):
     torch.manual_seed(0)
-    linear = torch.nn.Linear(3, 5, dtype=torch.float64)   # weight (5, 3): k = 3
+    linear = torch.nn.Linear(3, 5, dtype=torch.float64)  # weight (5, 3): k = 3
     w = linear.weight.detach().clone()
     cht.orthogonal(linear, n_reflections=n)
     assert linear.parametrizations.weight.original.shape == (n, 5)
@@ -422,12 +438,13 @@ def test_custom_op_registration():
 def test_custom_op_gradcheck():
     """The compiled path's backward (the registered autograd of cuhouse::matmul), run eagerly."""
     v, x = randn(2, 4, 6, requires_grad=True), randn(6, 3, seed=2, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v, x: torch.ops.cuhouse.matmul("householder", False, "left", x, [v]),
-                                    (v, x))
+    assert torch.autograd.gradcheck(lambda v, x: torch.ops.cuhouse.matmul("householder", False, "left", x, [v]), (v, x))
     u, s, w = randn(3, 5, seed=3), randn(3, seed=4), randn(3, 4, seed=5)
     params = [p.requires_grad_() for p in (u, s, w)]
-    assert torch.autograd.gradcheck(lambda x, *p: torch.ops.cuhouse.matmul("svd", True, "right", x, list(p)),
-                                    (randn(2, 4, seed=6, requires_grad=True), *params))
+    assert torch.autograd.gradcheck(
+        lambda x, *p: torch.ops.cuhouse.matmul("svd", True, "right", x, list(p)),
+        (randn(2, 4, seed=6, requires_grad=True), *params),
+    )
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
@@ -465,8 +482,10 @@ def test_import_cuhouse_does_not_import_torch():
 
 
 def test_import_without_torch_says_how_to_install():
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "try:\n    import cuhouse.torch\nexcept ImportError as e:\n    print(e)\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "try:\n    import cuhouse.torch\nexcept ImportError as e:\n    print(e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert 'pip install "cuhouse[torch]"' in out
 
@@ -488,12 +507,15 @@ def test_cuda_matches_cpu():
         cht.householder_matmul(vc, x)
 
 
-
 @pytest.mark.slow
 def test_bench_script_runs_on_a_tiny_size():
     script = pathlib.Path(__file__).resolve().parent.parent / "examples" / "bench_torch.py"
-    out = subprocess.run([sys.executable, str(script), "--d", "8", "--m", "2", "--rounds", "1"], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(script), "--d", "8", "--m", "2", "--rounds", "1"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "torch householder_product + matmul" in out and "parametrizations.orthogonal matrix_exp" in out
 
 

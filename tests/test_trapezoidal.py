@@ -1,5 +1,6 @@
 """Structured layouts (``"trapezoidal"``, LAPACK's ``"unit"``) in every algorithm: the same
 products and gradients as the full-length rows, computed on the trailing rows only."""
+
 import numpy
 import pytest
 
@@ -46,7 +47,7 @@ def test_structured_product_and_gradient_equal_full_rows(algorithm, layout, tran
     reference = module.build(full, 4, numpy)
     out = module.apply(structured, x, transpose, numpy)
     expected = module.apply(reference, x, transpose, numpy)
-    assert numpy.isfinite(out).all()                      # the NaN where nothing is stored never reach it
+    assert numpy.isfinite(out).all()  # the NaN where nothing is stored never reach it
     numpy.testing.assert_allclose(out, expected, rtol=0, atol=1e-12)
     dense = numpy.stack([_dense(f) for f in full.reshape((-1, n, d))]).reshape(batch + (d, d))
     numpy.testing.assert_allclose(out, (numpy.swapaxes(dense, -1, -2) if transpose else dense) @ x, atol=1e-12)
@@ -113,8 +114,9 @@ def test_float32_structured_matches_float64(algorithm, layout):
 
 
 # ------------------------------------------------------------------ from_lapack in place
-import cuhouse  # noqa: E402
 from scipy.linalg import lapack  # noqa: E402
+
+import cuhouse  # noqa: E402
 
 
 def _geqrf(rng, shape, dtype=numpy.float64, order="F"):
@@ -168,11 +170,16 @@ def test_from_lapack_gradient_wrt_a_matches_central_differences(algorithm):
 
     def product(a_):
         implied = 2 / (1 + (numpy.tril(a_, -1)[..., :5] ** 2).sum(axis=-2))
-        return cuhouse.HouseholderProduct.from_lapack(a_, numpy.where(tau == 0, 0, implied),
-                                                      algorithm=algorithm, block_size=2) @ x
+        return (
+            cuhouse.HouseholderProduct.from_lapack(
+                a_, numpy.where(tau == 0, 0, implied), algorithm=algorithm, block_size=2
+            )
+            @ x
+        )
 
-    (da,), _ = cuhouse.vjp(cuhouse.matmul, cuhouse.HouseholderProduct.from_lapack(
-        a, tau, algorithm=algorithm, block_size=2), x)[1](dout)
+    (da,), _ = cuhouse.vjp(
+        cuhouse.matmul, cuhouse.HouseholderProduct.from_lapack(a, tau, algorithm=algorithm, block_size=2), x
+    )[1](dout)
     assert not numpy.triu(da).any() and not da[1, :, 2].any()
     direction = rng.standard_normal(a.shape)
     eps = 1e-6
@@ -203,12 +210,14 @@ def test_from_lapack_float32_matches_float64():
     h = cuhouse.HouseholderProduct.from_lapack(a, tau, block_size=8)
     assert h.params[0] is a and (h @ x).dtype == numpy.float32
     exact = cuhouse.HouseholderProduct.from_lapack(a.astype(numpy.float64), tau)
-    numpy.testing.assert_allclose(h @ x, exact @ x.astype(numpy.float64), rtol=0,
-                                  atol=100 * numpy.finfo(numpy.float32).eps)
+    numpy.testing.assert_allclose(
+        h @ x, exact @ x.astype(numpy.float64), rtol=0, atol=100 * numpy.finfo(numpy.float32).eps
+    )
 
 
 def test_cost_model_knows_the_structure():
     from cuhouse import plan
+
     for algorithm in ("sequential", "cwy", "dense"):
         full = plan.predict(algorithm, 1024, 1024, 32, 32)
         structured = plan.predict(algorithm, 1024, 1024, 32, 32, layout="unit")
@@ -224,7 +233,7 @@ def test_trapezoidal_vectors_are_detected_and_keep_their_gradient(algorithm):
     """V with row i zero in its first i entries (torch's minimal map): products run on the trailing
     rows; the gradient still covers every entry of V (a product that is differentiated uses full rows)."""
     rng = numpy.random.default_rng(26)
-    v = numpy.triu(rng.standard_normal((2, 70, 75)))          # more than one 64-row detection block
+    v = numpy.triu(rng.standard_normal((2, 70, 75)))  # more than one 64-row detection block
     h = cuhouse.HouseholderProduct(v, algorithm=algorithm, block_size=8)
     assert h._core.layout == "trapezoidal"
     x = rng.standard_normal((2, 75, 3))
@@ -233,7 +242,7 @@ def test_trapezoidal_vectors_are_detected_and_keep_their_gradient(algorithm):
     numpy.testing.assert_allclose(x.swapaxes(-1, -2) @ h, x.swapaxes(-1, -2) @ dense, rtol=0, atol=1e-12)
     (dv,), dx = cuhouse.vjp(cuhouse.matmul, h, x)[1](numpy.ones_like(x))
     w = v.copy()
-    w[0, 40, 1] = 1e-300                                        # one entry below: full rows
+    w[0, 40, 1] = 1e-300  # one entry below: full rows
     full = cuhouse.HouseholderProduct(w, algorithm=algorithm, block_size=8)
     assert full._core.layout == "full"
     (dv_full,), dx_full = cuhouse.vjp(cuhouse.matmul, full, x)[1](numpy.ones_like(x))

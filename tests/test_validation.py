@@ -1,4 +1,5 @@
 """Every bad input gets its own test: exception type and a helpful message."""
+
 import numpy
 import pytest
 
@@ -101,7 +102,9 @@ def test_list_of_strings_operand():
 
 
 def test_mismatched_rows_left():
-    with pytest.raises(ValueError, match=r"X has shape \(4, 2\) but the operator is 5x5: expected \(d,\) or \(\.\.\., d, m\) with d=5"):
+    with pytest.raises(
+        ValueError, match=r"X has shape \(4, 2\) but the operator is 5x5: expected \(d,\) or \(\.\.\., d, m\) with d=5"
+    ):
         cuhouse.HouseholderProduct(V) @ numpy.ones((4, 2))
 
 
@@ -136,12 +139,15 @@ def test_unknown_algorithm():
         cuhouse.HouseholderProduct(V, algorithm="qr")
 
 
-@pytest.mark.parametrize("block_size,error,match", [
-    (0, ValueError, "block_size must be a positive int or None, got 0"),
-    (-3, ValueError, "got -3"),
-    (2.5, TypeError, "block_size must be a positive int or None, got float"),
-    (True, TypeError, "got bool"),
-])
+@pytest.mark.parametrize(
+    "block_size,error,match",
+    [
+        (0, ValueError, "block_size must be a positive int or None, got 0"),
+        (-3, ValueError, "got -3"),
+        (2.5, TypeError, "block_size must be a positive int or None, got float"),
+        (True, TypeError, "got bool"),
+    ],
+)
 def test_bad_block_size(block_size, error, match):
     with pytest.raises(error, match=match):
         cuhouse.HouseholderProduct(V, block_size=block_size)
@@ -150,11 +156,13 @@ def test_bad_block_size(block_size, error, match):
 def test_mixed_backends_names_both_types():
     class FakeCupyArray:
         """Stands in for cupy.ndarray: the backend is decided by the class's module and name."""
+
     FakeCupyArray.__module__ = "cupy._core.core"
     FakeCupyArray.__name__ = "ndarray"
     with pytest.raises(TypeError, match=r"cannot mix NumPy and CuPy arrays: X is cupy.ndarray .*numpy.ndarray"):
         cuhouse.HouseholderProduct(V) @ FakeCupyArray()
     from cuhouse._backend import array_module
+
     with pytest.raises(TypeError, match=r"cannot mix NumPy and CuPy arrays: got numpy.ndarray and cupy.ndarray"):
         array_module(V, FakeCupyArray())
 

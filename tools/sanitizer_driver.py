@@ -27,6 +27,7 @@ Any finding (a non-zero exit or a sanitizer report) makes the exit non-zero.
 ``--sizes small`` shrinks the workload; ``--project DIR`` imports ``cuhouse``
 from ``DIR`` (a mutated copy, see ``tests/cuda_cpu/seeded_bugs.py``).
 """
+
 import argparse
 import os
 import re
@@ -57,8 +58,14 @@ FINDINGS = (
 
 def evidence(output):
     """The line of ``output`` that best says what was found (for reports)."""
-    for pattern in (r"KernelError: .*", r"SUMMARY: \w+Sanitizer: .*", r".*runtime error: .*",
-                    r"== (Invalid (read|write)|Conditional jump).*", r"MISMATCH .*", r"\d+ failed.*"):
+    for pattern in (
+        r"KernelError: .*",
+        r"SUMMARY: \w+Sanitizer: .*",
+        r".*runtime error: .*",
+        r"== (Invalid (read|write)|Conditional jump).*",
+        r"MISMATCH .*",
+        r"\d+ failed.*",
+    ):
         match = re.search(pattern, output)
         if match:
             return match.group(0).strip()
@@ -79,7 +86,8 @@ def workload(sizes):
     grids of at most GRID_STRIDE_PASS blocks; the number of mismatches."""
     import cupy
 
-    from cuhouse._gpu import primitives as _primitives, raw_kernels as _kernels
+    from cuhouse._gpu import primitives as _primitives
+    from cuhouse._gpu import raw_kernels as _kernels
 
     cupy.cuda.set_allocator(None)
     rng = numpy.random.default_rng(0)
@@ -92,7 +100,7 @@ def workload(sizes):
             failures.append(name)
 
     default_grid = _kernels._MAX_GRID
-    for grid in (default_grid, GRID_STRIDE_PASS):     # the second pass makes every grid-stride loop wrap
+    for grid in (default_grid, GRID_STRIDE_PASS):  # the second pass makes every grid-stride loop wrap
         _kernels._MAX_GRID = grid
         tag = "" if grid == default_grid else " grid<={}".format(grid)
         for dtype in (numpy.float32, numpy.float64):
@@ -104,8 +112,12 @@ def workload(sizes):
                 expected_unit, expected = _primitives.unit_rows(v, numpy)
                 check("row_norms {} {}x{}{}".format(dtype.__name__, rows, d, tag), norms, expected, tol)
                 check("unit_rows {} {}x{}{}".format(dtype.__name__, rows, d, tag), unit, expected_unit, tol)
-                check("normalize_rows {} {}x{}{}".format(dtype.__name__, rows, d, tag),
-                      _kernels.normalize_rows(cupy.asarray(v), cupy.asarray(expected)), expected_unit, tol)
+                check(
+                    "normalize_rows {} {}x{}{}".format(dtype.__name__, rows, d, tag),
+                    _kernels.normalize_rows(cupy.asarray(v), cupy.asarray(expected)),
+                    expected_unit,
+                    tol,
+                )
             for count, k in SIZES[sizes]["blocks"]:
                 y = rng.standard_normal((count, k, k + 3))
                 y /= numpy.linalg.norm(y, axis=-1, keepdims=True)
@@ -114,9 +126,12 @@ def workload(sizes):
                 expected_t = _primitives.upper_triangular_inverse(s, numpy)
                 check("triangular_inverse {} {}x{}^2{}".format(dtype.__name__, count, k, tag), t, expected_t, tol)
                 n = rng.standard_normal((count, k, k)).astype(dtype)
-                check("cwy_gradient {} {}x{}^2{}".format(dtype.__name__, count, k, tag),
-                      _kernels.cwy_gradient_coefficients(cupy.asarray(expected_t), cupy.asarray(n)),
-                      _primitives.cwy_gradient_coefficients(expected_t, n, numpy), tol * k)
+                check(
+                    "cwy_gradient {} {}x{}^2{}".format(dtype.__name__, count, k, tag),
+                    _kernels.cwy_gradient_coefficients(cupy.asarray(expected_t), cupy.asarray(n)),
+                    _primitives.cwy_gradient_coefficients(expected_t, n, numpy),
+                    tol * k,
+                )
     _kernels._MAX_GRID = default_grid
     cupy.cuda.Device().synchronize()
     for name in failures:
@@ -143,18 +158,37 @@ def _runtime(clang, name):
 # mode: (compiler, extra compile flags, sanitizer runtime to preload, environment)
 CPU_MODES = {
     "plain": ("g++", "", None, {}),
-    "asan": ("clang", "-fsanitize=address,undefined -fno-sanitize-recover=all -shared-libsan",
-             "libclang_rt.asan-x86_64.so",
-             {"ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0",
-              "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}),
-    "tsan": ("clang", "-fsanitize=thread -shared-libsan", "libclang_rt.tsan-x86_64.so",
-             {"TSAN_OPTIONS": "halt_on_error=1:exitcode=66:report_signal_unsafe=0",
-              "CUDA_CPU_CONCURRENT_BLOCKS": "4"}),
-    "valgrind": ("g++", "", None,
-                 {"CUDA_CPU_GUARD_BYTES": "0", "CUDA_CPU_UNDEFINED_MEMORY": "1", "PYTHONMALLOC": "malloc"}),
+    "asan": (
+        "clang",
+        "-fsanitize=address,undefined -fno-sanitize-recover=all -shared-libsan",
+        "libclang_rt.asan-x86_64.so",
+        {
+            "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0",
+            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+        },
+    ),
+    "tsan": (
+        "clang",
+        "-fsanitize=thread -shared-libsan",
+        "libclang_rt.tsan-x86_64.so",
+        {"TSAN_OPTIONS": "halt_on_error=1:exitcode=66:report_signal_unsafe=0", "CUDA_CPU_CONCURRENT_BLOCKS": "4"},
+    ),
+    "valgrind": (
+        "g++",
+        "",
+        None,
+        {"CUDA_CPU_GUARD_BYTES": "0", "CUDA_CPU_UNDEFINED_MEMORY": "1", "PYTHONMALLOC": "malloc"},
+    ),
 }
-VALGRIND = ("valgrind", "--tool=memcheck", "--error-exitcode=99", "--leak-check=no", "--track-origins=no",
-            "--max-stackframe=4000000", "--suppressions=" + os.path.join(ROOT, "tests", "cuda_cpu", "python.supp"))
+VALGRIND = (
+    "valgrind",
+    "--tool=memcheck",
+    "--error-exitcode=99",
+    "--leak-check=no",
+    "--track-origins=no",
+    "--max-stackframe=4000000",
+    "--suppressions=" + os.path.join(ROOT, "tests", "cuda_cpu", "python.supp"),
+)
 
 
 MODES = tuple(CPU_MODES)
@@ -169,7 +203,7 @@ def cpu_environment(mode):
     env["PYTHONPATH"] = os.pathsep.join([FAKE_CUPY] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("CUDA_CPU_CONCURRENT_BLOCKS", None)
     for threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[threads] = "1"            # BLAS thread pools are not what is checked (and confuse TSan)
+        env[threads] = "1"  # BLAS thread pools are not what is checked (and confuse TSan)
     env["CUDA_CPU_CXX"] = _clang() if compiler == "clang" else compiler
     env["CUDA_CPU_CXXFLAGS"] = flags
     if runtime:
@@ -182,10 +216,11 @@ def prebuild(env, project):
     """Compiles the kernel module outside the sanitizer (the library is cached)."""
     env = dict(env)
     env.pop("CUDA_CPU_PRELOAD", None)
-    code = ("import sys; sys.path[:0] = {!r}\n"
-            "from cuhouse._gpu import raw_kernels; from cupy._compiler import build\n"
-            "build(raw_kernels.kernel_source(), raw_kernels.COMPILE_OPTIONS, raw_kernels.name_expressions())"
-            ).format([project] if project else [])
+    code = (
+        "import sys; sys.path[:0] = {!r}\n"
+        "from cuhouse._gpu import raw_kernels; from cupy._compiler import build\n"
+        "build(raw_kernels.kernel_source(), raw_kernels.COMPILE_OPTIONS, raw_kernels.name_expressions())"
+    ).format([project] if project else [])
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     return result.returncode, result.stdout + result.stderr
 
@@ -218,16 +253,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.on_cpu:
         command = args.command or [sys.executable, os.path.abspath(__file__), "--sizes", args.sizes] + (
-            ["--project", args.project] if args.project else [])
+            ["--project", args.project] if args.project else []
+        )
         finding, seconds, _ = run_on_cpu(args.on_cpu, command, args.project)
-        print("sanitizer_driver --on-cpu {}: {} in {:.1f} s".format(
-            args.on_cpu, "FINDING ({})".format(finding) if finding else "clean", seconds))
+        print(
+            "sanitizer_driver --on-cpu {}: {} in {:.1f} s".format(
+                args.on_cpu, "FINDING ({})".format(finding) if finding else "clean", seconds
+            )
+        )
         return 1 if finding else 0
     if args.command:
         parser.error("a command is only taken with --on-cpu")
     if args.project:
         sys.path.insert(0, os.path.abspath(args.project))
         import cuhouse
+
         if not os.path.abspath(cuhouse.__file__).startswith(os.path.abspath(args.project)):
             raise SystemExit("sanitizer_driver: cuhouse came from {}, not {}".format(cuhouse.__file__, args.project))
     return 1 if workload(args.sizes) else 0

@@ -4,6 +4,7 @@ the ``backends`` decorator and the documented CPU pruning.
 Skipping works the asv way: ``setup`` raises ``NotImplementedError`` and asv
 records the combination as skipped (shown as "n/a"), never as a failure.
 """
+
 import functools
 import os
 
@@ -13,14 +14,22 @@ from cuhouse._backend import cupy_module, gpu_available, synchronize
 from cuhouse.algorithms import ALGORITHMS as ALGORITHM_MODULES
 from cuhouse.bench.forward import data
 
-__all__ = ["ALGORITHMS", "BLOCKED_ALGORITHMS", "COLUMNS", "DTYPES", "SIZES", "backends", "data",
-           "skip_if_too_slow_on_cpu"]
+__all__ = [
+    "ALGORITHMS",
+    "BLOCKED_ALGORITHMS",
+    "COLUMNS",
+    "DTYPES",
+    "SIZES",
+    "backends",
+    "data",
+    "skip_if_too_slow_on_cpu",
+]
 
 # CUHOUSE_ASV_SMOKE=1 (tools/asv_smoke.sh) shrinks the axes to a small,
 # NumPy-only grid that still runs every benchmark's code.
 SMOKE = os.environ.get("CUHOUSE_ASV_SMOKE") == "1"
-SIZES = [64] if SMOKE else [256, 1024, 4096]    # d, with n = d reflections
-COLUMNS = [1, 32] if SMOKE else [1, 32, 1024]   # m, the columns of X
+SIZES = [64] if SMOKE else [256, 1024, 4096]  # d, with n = d reflections
+COLUMNS = [1, 32] if SMOKE else [1, 32, 1024]  # m, the columns of X
 DTYPES = ["float32", "float64"]
 ALGORITHMS = ["auto"] + list(ALGORITHM_MODULES)
 BLOCKED_ALGORITHMS = [name for name in ALGORITHM_MODULES if name != "sequential"]
@@ -76,6 +85,7 @@ def _synchronized(method):
         result = method(self, *params)
         synchronize(self.xp)
         return result
+
     return measured
 
 

@@ -8,6 +8,7 @@ vectors, or ``from_lapack(qr, tau)``, whose gradient is w.r.t. ``qr`` as
 torch's), and torch when it is importable. Where ``cuhouse.vjp`` cannot
 differentiate a ``HouseholderProduct`` (commits before it landed), ``setup`` skips.
 """
+
 import numpy
 
 from cuhouse.bench import peers
@@ -57,5 +58,6 @@ def require_vjp(algorithm, dtype, xp):
     try:
         forward_and_backward(vectors, x, x, algorithm)
     except (AttributeError, NotImplementedError) as error:
-        raise NotImplementedError("cuhouse.vjp cannot differentiate HouseholderProduct "
-                                  "({}) yet: {}".format(algorithm, error)) from None
+        raise NotImplementedError(
+            "cuhouse.vjp cannot differentiate HouseholderProduct ({}) yet: {}".format(algorithm, error)
+        ) from None

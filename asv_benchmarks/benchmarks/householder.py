@@ -4,13 +4,13 @@ building the block factors, GPU memory and numerical error.
 Host memory (``peakmem_``) and the comparison with other libraries are in
 ``peers.py``, where every method starts from the same vectors.
 """
+
 import numpy
 
 import cuhouse
 from cuhouse.algorithms import ALGORITHMS as ALGORITHM_MODULES
 
-from .common import (ALGORITHMS, BLOCKED_ALGORITHMS, COLUMNS, DTYPES, SIZES, backends, data,
-                     skip_if_too_slow_on_cpu)
+from .common import ALGORITHMS, BLOCKED_ALGORITHMS, COLUMNS, DTYPES, SIZES, backends, data, skip_if_too_slow_on_cpu
 
 
 @backends
@@ -20,6 +20,7 @@ class Forward:
     The steady state of a layer or an RNN step that reuses H; the one-off
     build is timed by :class:`BuildFactors`.
     """
+
     params = [ALGORITHMS, SIZES, COLUMNS, DTYPES]
     param_names = ["algorithm", "d", "m", "dtype"]
 
@@ -40,6 +41,7 @@ class BuildFactors:
     The block size is the plan's choice for m = 32. ``sequential`` has
     nothing to build; ``dense`` materializes H.
     """
+
     params = [BLOCKED_ALGORITHMS, SIZES, DTYPES]
     param_names = ["algorithm", "d", "dtype"]
 
@@ -62,6 +64,7 @@ class GPUMemory:
     the growth is the call's high-water mark of device allocations
     (build and apply). Skipped on NumPy.
     """
+
     params = [ALGORITHMS, SIZES, COLUMNS, DTYPES]
     param_names = ["algorithm", "d", "m", "dtype"]
 
@@ -83,6 +86,7 @@ class GPUMemory:
 @backends
 class OrthogonalityError:
     """``||H^T H - I||_F``, with H^T H formed as ``H.T @ (H @ I)`` by the algorithm."""
+
     params = [ALGORITHMS, SIZES, DTYPES]
     param_names = ["algorithm", "d", "dtype"]
 
@@ -101,6 +105,7 @@ class OrthogonalityError:
 @backends
 class ForwardError:
     """Relative error of ``H @ X`` (m = 32) against the float64 sequential loop."""
+
     params = [ALGORITHMS, SIZES, DTYPES]
     param_names = ["algorithm", "d", "dtype"]
 

@@ -10,6 +10,7 @@ forms Q, and the dense GEMM floor has H precomputed. LAPACK's reflectors come
 from ``geqrf(V^T)``: trapezoidal, about half the flops of full vectors. The
 peers are those of ``python -m cuhouse bench`` (:mod:`cuhouse.bench.peers`).
 """
+
 import numpy
 
 import cuhouse
@@ -17,8 +18,18 @@ from cuhouse.bench import peers
 
 from .common import COLUMNS, DTYPES, SIZES, backends, data, skip_if_too_slow_on_cpu
 
-METHODS = ["cuhouse auto", "cuhouse cwy", "cuhouse fasth", "cuhouse sequential", "cuhouse from_lapack",
-           "lapack ormqr", "lapack orgqr+gemm", "cusolver ormqr", "dense gemm", "torch householder_product"]
+METHODS = [
+    "cuhouse auto",
+    "cuhouse cwy",
+    "cuhouse fasth",
+    "cuhouse sequential",
+    "cuhouse from_lapack",
+    "lapack ormqr",
+    "lapack orgqr+gemm",
+    "cusolver ormqr",
+    "dense gemm",
+    "torch householder_product",
+]
 
 
 @backends

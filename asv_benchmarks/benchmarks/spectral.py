@@ -7,6 +7,7 @@ U and V of n = d reflections, |s| and w in [0.5, 2]. The cuhouse matrices are
 built in ``setup`` (block factors cached, the steady state of a layer); the
 dense side is O(d^3) per call and is skipped at d = 4096 on the CPU.
 """
+
 import numpy
 
 import cuhouse
@@ -25,6 +26,7 @@ def skip_dense_on_cpu(method, xp, d):
 def dense_expm(xp):
     if xp is numpy:
         from scipy.linalg import expm
+
         return expm
     try:
         from cupyx.scipy.linalg import expm
@@ -36,6 +38,7 @@ def dense_expm(xp):
 @backends
 class SVDApply:
     """``inv @ X`` and ``solve``; dense: ``inv(W) @ X`` and ``linalg.solve``."""
+
     params = [METHODS, SIZES, COLUMNS, DTYPES]
     param_names = ["method", "d", "m", "dtype"]
 
@@ -58,6 +61,7 @@ class SVDApply:
 @backends
 class SVDLogdet:
     """``logdet``; dense: ``linalg.slogdet``."""
+
     params = [METHODS, SIZES, DTYPES]
     param_names = ["method", "d", "dtype"]
 
@@ -77,6 +81,7 @@ class SVDLogdet:
 class EighApply:
     """``expm @ X`` and ``cayley @ X``, Cayley being (I - E)(I + E)^{-1};
     dense: ``expm(E) @ X`` and ``(I - E) @ solve(I + E, X)``."""
+
     params = [METHODS, SIZES, COLUMNS, DTYPES]
     param_names = ["method", "d", "m", "dtype"]
 

@@ -8,6 +8,7 @@ On CuPy, float32/float64 input of one dtype goes to the kernel (a
 non-contiguous array is first copied, see :mod:`.raw_kernels`); anything else, and
 all NumPy input, runs the twin below the dispatch.
 """
+
 import numpy
 
 from . import raw_kernels
@@ -31,7 +32,7 @@ def row_norms(v, xp):
         return xp.sqrt(sumsq)
     row_max = xp.abs(v).max(axis=-1)
     safe_max = xp.where(row_max == 0, 1, row_max)[..., None]
-    with numpy.errstate(invalid="ignore", over="ignore"):     # Inf rows give NaN/Inf norms, as they should
+    with numpy.errstate(invalid="ignore", over="ignore"):  # Inf rows give NaN/Inf norms, as they should
         scaled = v / safe_max
         robust = xp.sqrt(xp.einsum("...i,...i->...", scaled, scaled)) * safe_max[..., 0]
     return xp.where(risky, robust, xp.sqrt(sumsq))
@@ -78,13 +79,13 @@ def upper_triangular_inverse(s, xp):
         padded[..., idx, idx] = 1
         s = padded
     diag = xp.diagonal(s, axis1=-2, axis2=-1)
-    t = (1 / diag)[..., None, None]                       # (..., size, 1, 1) blocks
+    t = (1 / diag)[..., None, None]  # (..., size, 1, 1) blocks
     b = 1
     rows = xp.arange(size)
     while b < size:
         pairs = size // (2 * b)
         r = rows.reshape(pairs, 2 * b)
-        s12 = s[..., r[:, :b, None], r[:, None, b:]]         # (..., pairs, b, b)
+        s12 = s[..., r[:, :b, None], r[:, None, b:]]  # (..., pairs, b, b)
         t11 = t[..., 0::2, :, :]
         t22 = t[..., 1::2, :, :]
         joined = xp.zeros(batch + (pairs, 2 * b, 2 * b), dtype=s.dtype)

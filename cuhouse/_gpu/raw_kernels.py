@@ -13,6 +13,7 @@ float64 and launches on the current stream. The kernels need C-contiguous
 input: non-contiguous input is copied first, which costs one extra pass over
 it (noted on each launcher).
 """
+
 import functools
 import importlib.resources
 import re
@@ -33,12 +34,12 @@ KERNEL_TEMPLATES = (
 COMPILE_OPTIONS = ("-std=c++17",)
 _CTYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
 
-SHARED_INVERSE_MAX_K = 64          # k up to this builds T in shared memory
-_SHARED_TILE_BYTES = 32 * 1024     # per block, under the 48 KiB default limit
-_MAX_GRID = 1 << 16                # grid-stride kernels need no more blocks than this
+SHARED_INVERSE_MAX_K = 64  # k up to this builds T in shared memory
+_SHARED_TILE_BYTES = 32 * 1024  # per block, under the 48 KiB default limit
+_MAX_GRID = 1 << 16  # grid-stride kernels need no more blocks than this
 _THREADS = 256
 _WARP = 32
-_TILE = 16                         # CUHOUSE_TILE in cwy_gradient.cu
+_TILE = 16  # CUHOUSE_TILE in cwy_gradient.cu
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 
@@ -72,8 +73,7 @@ def name_expressions():
 def module():
     """The one ``RawModule`` holding every kernel. CuPy compiles and loads it
     lazily, once per device, at the first ``get_function`` there."""
-    return cupy_module().RawModule(code=kernel_source(), options=COMPILE_OPTIONS,
-                                   name_expressions=name_expressions())
+    return cupy_module().RawModule(code=kernel_source(), options=COMPILE_OPTIONS, name_expressions=name_expressions())
 
 
 def supports(*arrays):
@@ -107,9 +107,18 @@ def row_norms(v, with_unit=False):
         scalar = v.dtype.type
         warps = _THREADS // _WARP
         _function("cuhouse_row_norms", v.dtype)(
-            (_blocks(rows, warps),), (_THREADS,),
-            (v, numpy.int64(rows), numpy.int64(d), scalar(info.tiny / info.eps), scalar(info.max * info.eps),
-             norms, unit if with_unit else numpy.uint64(0)))   # 0: a null pointer, no unit rows
+            (_blocks(rows, warps),),
+            (_THREADS,),
+            (
+                v,
+                numpy.int64(rows),
+                numpy.int64(d),
+                scalar(info.tiny / info.eps),
+                scalar(info.max * info.eps),
+                norms,
+                unit if with_unit else numpy.uint64(0),
+            ),
+        )  # 0: a null pointer, no unit rows
     return (unit, norms) if with_unit else norms
 
 
@@ -124,8 +133,8 @@ def normalize_rows(v, norms):
     unit = cupy.empty_like(v)
     if v.size:
         _function("cuhouse_normalize_rows", v.dtype)(
-            (_blocks(v.size, _THREADS),), (_THREADS,),
-            (v, norms, numpy.int64(v.size // d), numpy.int64(d), unit))
+            (_blocks(v.size, _THREADS),), (_THREADS,), (v, norms, numpy.int64(v.size // d), numpy.int64(d), unit)
+        )
     return unit
 
 
@@ -149,7 +158,8 @@ def upper_triangular_inverse(s):
         tile_bytes = k * k * s.dtype.itemsize
         per_block = max(1, min(128 // columns, _SHARED_TILE_BYTES // tile_bytes))
         _function("cuhouse_triangular_inverse_shared", s.dtype)(
-            (_blocks(count, per_block),), (columns, per_block), args, shared_mem=per_block * tile_bytes)
+            (_blocks(count, per_block),), (columns, per_block), args, shared_mem=per_block * tile_bytes
+        )
     else:
         _function("cuhouse_triangular_inverse_global", s.dtype)((_blocks(count, 1),), (128,), args)
     return t
@@ -174,7 +184,9 @@ def cwy_gradient_coefficients(t, n):
         grid = (_blocks(count * tiles * tiles, 1),)
         block = (_TILE, _TILE)
         _function("cuhouse_cwy_gradient_right", n.dtype)(
-            grid, block, (t, n, numpy.int64(count), numpy.int32(k), workspace))
+            grid, block, (t, n, numpy.int64(count), numpy.int32(k), workspace)
+        )
         _function("cuhouse_cwy_gradient_left", n.dtype)(
-            grid, block, (t, workspace, numpy.int64(count), numpy.int32(k), coefficients))
+            grid, block, (t, workspace, numpy.int64(count), numpy.int32(k), coefficients)
+        )
     return coefficients

@@ -23,6 +23,7 @@ factors), stored in one of the layouts of :mod:`._blocks` (``"full"``,
 
 The algorithms know nothing about the classes that use them.
 """
+
 from . import cwy, dense, fasth, sequential
 
 ALGORITHMS = {

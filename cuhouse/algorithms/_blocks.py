@@ -14,6 +14,7 @@ stored:
     zeros in its first i entries and an implicit 1 at entry i; only the entries
     after i are read (anything stored on or before entry i is ignored).
 """
+
 from collections import namedtuple
 
 from .._gpu import primitives as _primitives
@@ -39,10 +40,12 @@ def blocks(y, block_size, layout, xp):
     k = min(block_size, n)
     starts = range(0, n, k)
     if layout == FULL:
-        return [Block(first, min(first + k, n), 0, None, y[..., first:min(first + k, n), :]) for first in starts]
+        return [Block(first, min(first + k, n), 0, None, y[..., first : min(first + k, n), :]) for first in starts]
     heads = _heads(y, k, layout, xp)
-    return [Block(first, min(first + k, n), first, heads[j], y[..., first:min(first + k, n), min(first + k, n):])
-            for j, first in enumerate(starts)]
+    return [
+        Block(first, min(first + k, n), first, heads[j], y[..., first : min(first + k, n), min(first + k, n) :])
+        for j, first in enumerate(starts)
+    ]
 
 
 def _heads(y, k, layout, xp):
@@ -84,7 +87,7 @@ def _corners(y, k, xp):
     row, col = y.strides[-2:]
     views = [_as_strided(xp)(y, y.shape[:-2] + (full, k, k), y.strides[:-2] + (k * (row + col), row, col))]
     if full * k < n:
-        views.append(y[..., None, full * k:, full * k:n])
+        views.append(y[..., None, full * k :, full * k : n])
     return views
 
 
@@ -101,8 +104,8 @@ def rows_times(block, x, xp):
     if block.head is None:
         return block.tail @ x
     kb = block.last - block.first
-    top = x[..., block.start:block.start + kb, :]
-    out = block.tail @ x[..., block.start + kb:, :]
+    top = x[..., block.start : block.start + kb, :]
+    out = block.tail @ x[..., block.start + kb :, :]
     out += block.head @ top
     return out
 
@@ -114,21 +117,21 @@ def subtract_rows_transposed(block, u, x, xp, work=None):
     no temporary of ``x``'s size is allocated per block.
     """
     kb = block.last - block.first
-    parts = [(block.tail, x[..., block.start + (kb if block.head is not None else 0):, :])]
+    parts = [(block.tail, x[..., block.start + (kb if block.head is not None else 0) :, :])]
     if block.head is not None:
-        parts.append((block.head, x[..., block.start:block.start + kb, :]))
+        parts.append((block.head, x[..., block.start : block.start + kb, :]))
     for rows, target in parts:
         if work is None:
             target -= swap(rows, xp) @ u
         else:
-            product = work[..., :target.shape[-2], :]
+            product = work[..., : target.shape[-2], :]
             xp.matmul(swap(rows, xp), u, out=product)
             target -= product
 
 
 def add_coefficients_times_rows(block, c, dy, xp):
     """``dy[first:last, start:] += c @ Y_b`` for ``c`` ``(..., kb, kb)``."""
-    target = dy[..., block.first:block.last, block.start:]
+    target = dy[..., block.first : block.last, block.start :]
     if block.head is None:
         target += c @ block.tail
         return
@@ -159,10 +162,11 @@ def is_trapezoidal(y, xp, block_size=64):
     for first in range(0, n, block_size):
         last = min(first + block_size, n)
         corner = y[..., first:last, first:last]
-        if bool(xp.any(corner[..., lower[:last - first, :last - first]] != 0)):
+        if bool(xp.any(corner[..., lower[: last - first, : last - first]] != 0)):
             return False
-    return not any(bool(xp.any(y[..., first:first + block_size, :first] != 0))
-                   for first in range(block_size, n, block_size))
+    return not any(
+        bool(xp.any(y[..., first : first + block_size, :first] != 0)) for first in range(block_size, n, block_size)
+    )
 
 
 def squared_norms(y, layout, xp, block_size=64):
@@ -178,8 +182,15 @@ def squared_norms(y, layout, xp, block_size=64):
         per_row = xp.einsum("...bij,...bij->...bi", kept, kept)
         sums.append(per_row.reshape(per_row.shape[:-2] + (per_row.shape[-2] * per_row.shape[-1],)))
     heads = xp.concatenate(sums, axis=-1)
-    tails = xp.concatenate([xp.einsum("...ij,...ij->...i", y[..., first:first + k, first + k:],
-                                      y[..., first:first + k, first + k:]) for first in range(0, n, k)], axis=-1)
+    tails = xp.concatenate(
+        [
+            xp.einsum(
+                "...ij,...ij->...i", y[..., first : first + k, first + k :], y[..., first : first + k, first + k :]
+            )
+            for first in range(0, n, k)
+        ],
+        axis=-1,
+    )
     return heads + tails
 
 
@@ -199,7 +210,7 @@ def transpose_into(target, source, xp, strip=16):
         target[...] = xp.swapaxes(source, -1, -2)
         return target
     for first in range(0, source.shape[-2], strip):
-        target[..., first:first + strip] = xp.swapaxes(source[..., first:first + strip, :], -1, -2)
+        target[..., first : first + strip] = xp.swapaxes(source[..., first : first + strip, :], -1, -2)
     return target
 
 

@@ -14,6 +14,7 @@ Cost: build O(n k d) (half for a structured layout) in O(log k) batched
 steps; apply O(n d m + n k m) in 3 n/k GEMMs (half the flops for a structured
 layout); backward about three times apply, all GEMMs.
 """
+
 from collections import namedtuple
 
 import numpy
@@ -44,14 +45,14 @@ def build(y, block_size, xp, layout=FULL, identity=None):
     whole = y.shape[-2] // k
     batched = layout == FULL and y.flags.c_contiguous and whole > 1
     if batched:
-        stacked = y[..., :whole * k, :].reshape(batch + (whole, k, y.shape[-1]))
+        stacked = y[..., : whole * k, :].reshape(batch + (whole, k, y.shape[-1]))
         xp.matmul(stacked, swap(stacked, xp), out=g[..., :whole, :, :])
     for j, block in enumerate(blocks):
         kb = block.last - block.first
         if not (batched and j < whole):
             g[..., j, :kb, :kb] = _blocks.gram(block, xp)
         if active is not None:
-            a = active[..., block.first:block.last].astype(y.dtype)
+            a = active[..., block.first : block.last].astype(y.dtype)
             g[..., j, :kb, :kb] *= a[..., :, None] * a[..., None, :]
     diag = xp.diagonal(g, axis1=-2, axis2=-1)
     # a zero row (an identity factor, or block padding) gets s_ii = 1/2: decoupled, it acts as nothing
@@ -67,7 +68,7 @@ def _block_rows_times(f, j, x, xp):
     block = f.blocks[j]
     z = _blocks.rows_times(block, x, xp)
     if f.active is not None:
-        z *= f.active[..., block.first:block.last, None]
+        z *= f.active[..., block.first : block.last, None]
     return z
 
 
@@ -115,7 +116,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     m = out.shape[-1]
     d = out.shape[-2]
     m_factor = swap(f.t, xp) if transpose else f.t
-    b = xp.concatenate([out, dout], axis=-1)                      # out's batch already includes V's
+    b = xp.concatenate([out, dout], axis=-1)  # out's batch already includes V's
     batch = b.shape[:-2]
     z = xp.zeros(batch + (n_blocks, k, 2 * m), dtype=b.dtype)
     u = xp.zeros_like(z)
@@ -133,14 +134,17 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         if store_inputs:
             stored[..., j, :, :] = b
         else:
-            xp.matmul(_explicit_coefficients(uj, m, xp), swap(b[..., block.start:, :], xp),
-                      out=dy[..., block.first:block.last, block.start:])
+            xp.matmul(
+                _explicit_coefficients(uj, m, xp),
+                swap(b[..., block.start :, :], xp),
+                out=dy[..., block.first : block.last, block.start :],
+            )
         _blocks.subtract_rows_transposed(block, uj, b, xp, work)
     if store_inputs:
-        explicit = _explicit_coefficients(u, m, xp) @ swap(stored, xp)        # (..., nb, k, d)
-        dy[...] = explicit.reshape(batch + (n_blocks * k, d))[..., :f.n, :]
+        explicit = _explicit_coefficients(u, m, xp) @ swap(stored, xp)  # (..., nb, k, d)
+        dy[...] = explicit.reshape(batch + (n_blocks * k, d))[..., : f.n, :]
     u_a, u_g = u[..., :m], u[..., m:]
-    y_a_in = -((swap(f.s, xp) if transpose else f.s) @ u_a)          # V A_in = -M^{-1} U_A
+    y_a_in = -((swap(f.s, xp) if transpose else f.s) @ u_a)  # V A_in = -M^{-1} U_A
     y_g = z[..., m:]
     n_mat = y_a_in @ swap(y_g, xp) if transpose else y_g @ swap(y_a_in, xp)
     coefficients = _primitives.cwy_gradient_coefficients(f.t, n_mat, xp) + u_g @ swap(u_a, xp)
@@ -152,7 +156,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         kb = block.last - block.first
         c = coefficients[..., j, :kb, :kb]
         if f.active is not None:
-            c = c * f.active[..., None, block.first:block.last]
+            c = c * f.active[..., None, block.first : block.last]
         _blocks.add_coefficients_times_rows(block, c, dy, xp)
     if f.active is not None:
         dy *= f.active[..., None]

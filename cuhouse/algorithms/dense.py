@@ -3,6 +3,7 @@
 Pays O(n d^2) once per H (cached) and O(d^2 m) per product: the fastest route
 once m, summed over the products that reuse H, is comparable to d.
 """
+
 from collections import namedtuple
 
 from . import cwy

@@ -13,6 +13,7 @@ of the rows first (the gradient is taken back to the stored entries).
 Cost: build O(n k d) in k steps; apply O(n d m) in 2 n/k GEMMs; backward
 O(n d m) in 2 n/k GEMMs plus k level-2 steps batched over the blocks.
 """
+
 from collections import namedtuple
 
 from . import _blocks, sequential
@@ -29,11 +30,11 @@ def build(y, block_size, xp, layout=_blocks.FULL, identity=None):
     yb = _blocks.split(unit, block_size, xp)
     w = xp.empty_like(yb)
     for i in range(yb.shape[-2]):
-        yi = yb[..., i, :]                                      # (..., nb, d)
+        yi = yb[..., i, :]  # (..., nb, d)
         if i == 0:
             w[..., 0, :] = yi
             continue
-        coeff = (yb[..., :i, :] @ yi[..., None])[..., 0]         # (..., nb, i)
+        coeff = (yb[..., :i, :] @ yi[..., None])[..., 0]  # (..., nb, i)
         w[..., i, :] = yi - 2 * (coeff[..., None, :] @ w[..., :i, :])[..., 0, :]
     return Factors(yb, w, unit, norms, layout)
 
@@ -47,8 +48,9 @@ def _block_product(f, j, x, transpose, xp):
 
 def apply(f, x, transpose, xp):
     """``H @ X`` (``H.T @ X``) by two GEMMs per block. O(n d m)."""
-    return chain(x, application_order(f.y.shape[-3], transpose),
-                 lambda j, out: _block_product(f, j, out, transpose, xp))
+    return chain(
+        x, application_order(f.y.shape[-3], transpose), lambda j, out: _block_product(f, j, out, transpose, xp)
+    )
 
 
 def backward(f, out, dout, transpose, xp, store_inputs=False):
@@ -65,7 +67,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     """
     n_blocks, k, d = f.y.shape[-3:]
     m = out.shape[-1]
-    b = xp.concatenate([out, dout], axis=-1)                     # [A | G] at a block's output
+    b = xp.concatenate([out, dout], axis=-1)  # [A | G] at a block's output
     outputs = xp.empty(b.shape[:-2] + (n_blocks,) + b.shape[-2:], dtype=b.dtype)
     for j in reversed(application_order(n_blocks, transpose)):
         outputs[..., j, :, :] = b

@@ -4,6 +4,7 @@
 n sequential level-2 steps of O(d m) each, O(n d m) in all. For a structured
 layout reflection i touches X's rows i.. only (half the flops).
 """
+
 from collections import namedtuple
 
 import numpy
@@ -31,7 +32,7 @@ def apply(f, x, transpose, xp):
     out = _blocks.writable(x, numpy.broadcast_shapes(f.unit.shape[:-2], x.shape[:-2]), xp)
     for i in application_order(f.unit.shape[-2], transpose):
         s = _start(f, i)
-        yi = f.unit[..., i:i + 1, s:]                   # (..., 1, d - s)
+        yi = f.unit[..., i : i + 1, s:]  # (..., 1, d - s)
         rows = out[..., s:, :]
         rows -= 2 * (swap(yi, xp) @ (yi @ rows))
     return out
@@ -48,16 +49,16 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     dy = xp.zeros(numpy.broadcast_shapes(f.unit.shape[:-2], out.shape[:-2]) + f.unit.shape[-2:], dtype=out.dtype)
     for i in reversed(application_order(n, transpose)):
         s = _start(f, i)
-        yi = f.unit[..., i:i + 1, s:]
+        yi = f.unit[..., i : i + 1, s:]
         ai, gi = a[..., s:, :], g[..., s:, :]
-        ai -= 2 * (swap(yi, xp) @ (yi @ ai))           # input of this reflection
-        ya = yi @ ai                                    # (..., 1, m)
+        ai -= 2 * (swap(yi, xp) @ (yi @ ai))  # input of this reflection
+        ya = yi @ ai  # (..., 1, m)
         yg = yi @ gi
         # out = a - 2 y (y^T a): d/dy <g, out> = -2 (a g^T + g a^T) y
-        dy[..., i:i + 1, s:] = -2 * (yg @ swap(ai, xp) + ya @ swap(gi, xp))
+        dy[..., i : i + 1, s:] = -2 * (yg @ swap(ai, xp) + ya @ swap(gi, xp))
         gi -= 2 * (swap(yi, xp) @ yg)
     dy = _blocks.raw_gradient(dy, f.unit.astype(dy.dtype, copy=False), f.norms.astype(dy.dtype, copy=False), xp)
-    if f.layout == UNIT:                             # the implicit 1 is no parameter; nothing left of it was written
+    if f.layout == UNIT:  # the implicit 1 is no parameter; nothing left of it was written
         idx = xp.arange(n)
         dy[..., idx, idx] = 0
     return dy, g

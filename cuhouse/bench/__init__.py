@@ -11,6 +11,7 @@ On the CPU the command re-runs itself with single-threaded BLAS
 (``OPENBLAS_NUM_THREADS=1`` and friends), the setting in which ratios on a
 shared machine are repeatable; ``--threads N`` opts into N threads.
 """
+
 import argparse
 import os
 import sys
@@ -34,38 +35,59 @@ _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m cuhouse bench",
-                                description="Time cuhouse against its peers; ratios are measured in one run, "
-                                            "interleaved, with single-threaded BLAS unless --threads says otherwise.")
+    p = argparse.ArgumentParser(
+        prog="python -m cuhouse bench",
+        description="Time cuhouse against its peers; ratios are measured in one run, "
+        "interleaved, with single-threaded BLAS unless --threads says otherwise.",
+    )
     p.add_argument("--quick", action="store_true", help="sizes 256 and 512, 5 rounds")
-    p.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
-                   help="comma-separated d values (default 256,512,1024,2048)")
+    p.add_argument(
+        "--sizes",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        help="comma-separated d values (default 256,512,1024,2048)",
+    )
     p.add_argument("--m", type=int, default=32, help="columns of X (default 32)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
-                   help="auto: cupy when a GPU answers, else numpy")
+    p.add_argument(
+        "--backend", choices=("auto", "numpy", "cupy"), default="auto", help="auto: cupy when a GPU answers, else numpy"
+    )
     p.add_argument("--rounds", type=int, help="timing rounds per case (default 9, 5 with --quick)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="BLAS threads (default 1: the setting in which ratios repeat on a shared machine)")
-    p.add_argument("--methods", type=lambda s: tuple(x for x in s.split(",") if x),
-                   help="comma-separated substrings: time only the rows whose name contains one of them "
-                        "(and the rows they are compared with)")
-    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
-                   help="comma-separated subset of: {} (default: {})".format(
-                       ", ".join(SECTIONS), ", ".join(DEFAULT_SECTIONS)))
-    p.add_argument("--plot", metavar="PNG",
-                   help="draw the seed paper's Figure 3 (forward + backward time against d) to PNG; "
-                        "needs matplotlib: pip install 'cuhouse[plot]'")
-    p.add_argument("--pairs", action="store_true",
-                   help="kept for old command lines: the default mode already measures this way")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS threads (default 1: the setting in which ratios repeat on a shared machine)",
+    )
+    p.add_argument(
+        "--methods",
+        type=lambda s: tuple(x for x in s.split(",") if x),
+        help="comma-separated substrings: time only the rows whose name contains one of them "
+        "(and the rows they are compared with)",
+    )
+    p.add_argument(
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help="comma-separated subset of: {} (default: {})".format(", ".join(SECTIONS), ", ".join(DEFAULT_SECTIONS)),
+    )
+    p.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="draw the seed paper's Figure 3 (forward + backward time against d) to PNG; "
+        "needs matplotlib: pip install 'cuhouse[plot]'",
+    )
+    p.add_argument(
+        "--pairs", action="store_true", help="kept for old command lines: the default mode already measures this way"
+    )
     return p
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "bench":
-        print("usage: python -m cuhouse bench [--quick] [--sizes ...] [--m M] [--dtype ...] [--threads N]",
-              file=sys.stderr)
+        print(
+            "usage: python -m cuhouse bench [--quick] [--sizes ...] [--m M] [--dtype ...] [--threads N]",
+            file=sys.stderr,
+        )
         return 2
     args = _parser().parse_args(argv[1:])
     if args.threads < 1:
@@ -81,24 +103,34 @@ def main(argv=None):
     names = [s for s in args.sections.split(",") if s]
     unknown = [s for s in names if s not in SECTIONS]
     if unknown:
-        print("unknown section(s): {}; choose from {}".format(", ".join(unknown), ", ".join(SECTIONS)),
-              file=sys.stderr)
+        print("unknown section(s): {}; choose from {}".format(", ".join(unknown), ", ".join(SECTIONS)), file=sys.stderr)
         return 2
     dtype = numpy.dtype(args.dtype)
     if args.plot:
         return plot.draw(args.plot, sizes, args.m, dtype, xp, rounds)
     print("cuhouse bench: backend={} dtype={} m={} (columns of X)".format(backend_name(xp), dtype, args.m))
     cpu_clock = xp is numpy and args.threads == 1
-    clock = ("the calling thread's CPU time (single-threaded BLAS runs there; the time waiting for a core on a "
-             "shared machine is left out)"
-             if cpu_clock else "CUDA events" if xp is not numpy else "the wall clock")
+    clock = (
+        "the calling thread's CPU time (single-threaded BLAS runs there; the time waiting for a core on a "
+        "shared machine is left out)"
+        if cpu_clock
+        else "CUDA events"
+        if xp is not numpy
+        else "the wall clock"
+    )
     print("how: BLAS threads = {} (OPENBLAS/OMP/MKL_NUM_THREADS), timed by {}.".format(threads, clock))
-    print("     One warm-up round, then {} rounds that run every case of a size once each, interleaved "
-          "(each round starting one case later).".format(rounds))
-    print("     'median ms' is the median time; 'ratio' the median over rounds of time / time of the row named "
-          "in 'vs', measured in the same round.")
-    print("     'spread' is how far the per-round ratios disagree (largest - smallest over the median, the extreme "
-          "round on each side left out); '!' marks more than {:.0%}: re-run before quoting.".format(DISAGREEMENT))
+    print(
+        "     One warm-up round, then {} rounds that run every case of a size once each, interleaved "
+        "(each round starting one case later).".format(rounds)
+    )
+    print(
+        "     'median ms' is the median time; 'ratio' the median over rounds of time / time of the row named "
+        "in 'vs', measured in the same round."
+    )
+    print(
+        "     'spread' is how far the per-round ratios disagree (largest - smallest over the median, the extreme "
+        "round on each side left out); '!' marks more than {:.0%}: re-run before quoting.".format(DISAGREEMENT)
+    )
     for name in names:
         section = SECTIONS[name]
         print("\n## {}: {}".format(name, section.TITLE))
@@ -115,9 +147,17 @@ def main(argv=None):
                 cases = {c: fn for c, fn in cases.items() if c in chosen}
             for case, result in measure(cases, baselines, rounds, xp, cpu_clock).items():
                 vs = baselines[case]
-                print("{:>6}  {:<38} {:>10.3f} {:>7.2f} {:>5.0%}{} {}".format(
-                    d, case, result.seconds * 1e3, result.ratio, result.spread,
-                    "!" if result.spread > DISAGREEMENT else " ", "(itself)" if vs == case else vs))
+                print(
+                    "{:>6}  {:<38} {:>10.3f} {:>7.2f} {:>5.0%}{} {}".format(
+                        d,
+                        case,
+                        result.seconds * 1e3,
+                        result.ratio,
+                        result.spread,
+                        "!" if result.spread > DISAGREEMENT else " ",
+                        "(itself)" if vs == case else vs,
+                    )
+                )
             note = section.report(d, args.m, dtype, xp) if hasattr(section, "report") else None
             if note:
                 print("{:>6}  {}".format(d, note))

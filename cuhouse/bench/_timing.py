@@ -1,4 +1,5 @@
 """Round-robin timing: CUDA events on CuPy, a host clock on NumPy."""
+
 import time
 from collections import namedtuple
 
@@ -75,6 +76,6 @@ def _event_clock(cupy):
         fn()
         stop.record()
         stop.synchronize()
-        return cupy.cuda.get_elapsed_time(start, stop) * 1e-3     # milliseconds to seconds
+        return cupy.cuda.get_elapsed_time(start, stop) * 1e-3  # milliseconds to seconds
 
     return clock

@@ -1,7 +1,9 @@
 """Forward products ``H @ X`` against the backend's ormqr, orgqr-then-GEMM and a dense GEMM."""
+
 import numpy
 
 import cuhouse
+
 from ..algorithms import ALGORITHMS
 from . import peers
 
@@ -11,7 +13,7 @@ EXPLAIN = {
     "cuhouse auto": "HouseholderProduct(V) @ X: full-length vectors V, validation and block factors in the call",
     "cuhouse <algorithm>": "the same with the algorithm pinned",
     "cuhouse from_lapack": "HouseholderProduct.from_lapack(qr, tau) @ X on LAPACK's trapezoidal (qr, tau) of "
-                           "geqrf(V^T): the same Q, half the flops, read in place",
+    "geqrf(V^T): the same Q, half the flops, read in place",
     "cuhouse auto, cached": "H @ X with H's block factors already built (a layer reusing H)",
     "ormqr": "LAPACK/cuSOLVER ormqr applying the same (qr, tau) to X: the reference (ratio 1)",
     "orgqr then GEMM": "LAPACK orgqr forming Q from (qr, tau), then Q @ X",
@@ -35,7 +37,7 @@ def cases(d, m, dtype, xp):
     out = {"cuhouse auto": lambda: cuhouse.HouseholderProduct(v) @ x}
     for name in ALGORITHMS:
         if name == "dense" and d > 1024:
-            continue                   # O(d^3) build: minutes at d = 2048, and never the plan here
+            continue  # O(d^3) build: minutes at d = 2048, and never the plan here
         out["cuhouse " + name] = (lambda name: lambda: cuhouse.HouseholderProduct(v, algorithm=name) @ x)(name)
     out["cuhouse from_lapack"] = lambda: cuhouse.HouseholderProduct.from_lapack(qr, tau) @ x
     out[reference] = run_ormqr

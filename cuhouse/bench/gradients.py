@@ -1,9 +1,11 @@
 """Forward plus backward of ``H @ X`` on a fresh H, against the same product's forward alone and torch."""
+
 import tracemalloc
 
 import numpy
 
 import cuhouse
+
 from ..algorithms import ALGORITHMS
 from . import peers
 from .forward import data
@@ -14,10 +16,10 @@ EXPLAIN = {
     "cuhouse auto forward": "HouseholderProduct(V) @ X alone: the reference of the full-vector rows",
     "cuhouse <algorithm> fwd+bwd": "vjp(matmul, HouseholderProduct(V), X) and its pullback: dV and dX",
     "cuhouse from_lapack forward": "HouseholderProduct.from_lapack(qr, tau) @ X alone: the reference of the "
-                                   "trapezoidal rows",
+    "trapezoidal rows",
     "cuhouse from_lapack fwd+bwd": "the same with vjp and its pullback: the gradient w.r.t. qr and X",
     "torch householder_product fwd+bwd": "torch.linalg.householder_product(qr, tau) @ X with autograd to "
-                                         "qr (tau held fixed), against cuhouse from_lapack fwd+bwd",
+    "qr (tau held fixed), against cuhouse from_lapack fwd+bwd",
 }
 
 
@@ -46,7 +48,7 @@ def cases(d, m, dtype, xp):
     }
     for name in ALGORITHMS:
         if name == "dense" and d > 1024:
-            continue                   # O(d^3) build and backward: minutes at d = 2048
+            continue  # O(d^3) build and backward: minutes at d = 2048
         out["cuhouse {} fwd+bwd".format(name)] = (lambda name: lambda: forward_and_backward(v, x, dout, name))(name)
     baselines = dict.fromkeys(out, "cuhouse auto forward")
     out["cuhouse from_lapack forward"] = lambda: cuhouse.HouseholderProduct.from_lapack(qr, tau) @ x
@@ -65,9 +67,10 @@ def report(d, m, dtype, xp):
         return None
     peak = peak_extra_memory(d, d, m, dtype)
     unit = (d * m + d * d) * numpy.dtype(dtype).itemsize
-    return ("peak extra host memory of auto fwd+bwd: {:.1f} MiB = {:.2f} x (d m + n d) itemsize "
-            "(bound 4 x: the gradient dV and its workspace, the output and the [A | G] sweep buffer){}").format(
-                peak / 2 ** 20, peak / unit, "" if peak <= 4 * unit else "  OVER THE BOUND")
+    return (
+        "peak extra host memory of auto fwd+bwd: {:.1f} MiB = {:.2f} x (d m + n d) itemsize "
+        "(bound 4 x: the gradient dV and its workspace, the output and the [A | G] sweep buffer){}"
+    ).format(peak / 2**20, peak / unit, "" if peak <= 4 * unit else "  OVER THE BOUND")
 
 
 def peak_extra_memory(d, n, m, dtype):

@@ -7,6 +7,7 @@ full-length vectors. Each returns a zero-argument callable that does one
 complete, synchronized operation and returns its result; torch helpers return
 ``None`` when torch (or, for the GPU, torch with CUDA) is not available.
 """
+
 import numpy
 
 
@@ -16,6 +17,7 @@ def geqrf(vectors, xp):
     The QR runs on the host (SciPy); ``qr`` ``(d, n)`` is Fortran-ordered, as LAPACK returns it.
     """
     from scipy.linalg import lapack
+
     host = numpy.asarray(vectors) if xp is numpy else xp.asnumpy(vectors)
     prefix = "s" if host.dtype == numpy.float32 else "d"
     qr, tau, _, info = getattr(lapack, prefix + "geqrf")(host.T.copy())
@@ -29,6 +31,7 @@ def geqrf(vectors, xp):
 def lapack_ormqr(qr, tau, x):
     """LAPACK ``?ormqr``: ``Q @ X`` from ``(qr, tau)``, building its T factors inside each call."""
     from scipy.linalg import lapack
+
     ormqr = getattr(lapack, ("s" if x.dtype == numpy.float32 else "d") + "ormqr")
     lwork = int(ormqr("L", "N", qr, tau, x, -1)[1][0])
     return lambda: ormqr("L", "N", qr, tau, x, lwork)[0]
@@ -37,6 +40,7 @@ def lapack_ormqr(qr, tau, x):
 def lapack_orgqr_gemm(qr, tau, x):
     """LAPACK ``?orgqr`` (form Q, d x d) then one GEMM ``Q @ X``, inside each call."""
     from scipy.linalg import lapack
+
     prefix = "s" if x.dtype == numpy.float32 else "d"
     orgqr = getattr(lapack, prefix + "orgqr")
     d, k = qr.shape
@@ -55,6 +59,7 @@ def cusolver_ormqr(qr, tau, x, cupy):
     the output allocation that ``H @ X`` pays.
     """
     from cupy_backends.cuda.libs import cublas, cusolver
+
     prefix = "s" if x.dtype == numpy.float32 else "d"
     ormqr = getattr(cusolver, prefix + "ormqr")
     handle = cupy.cuda.device.get_cusolver_handle()
@@ -63,16 +68,32 @@ def cusolver_ormqr(qr, tau, x, cupy):
     side, trans = cublas.CUBLAS_SIDE_LEFT, cublas.CUBLAS_OP_N
     x = cupy.asfortranarray(x)
     lwork = getattr(cusolver, prefix + "ormqr_bufferSize")(
-        handle, side, trans, rows, cols, k, qr.data.ptr, rows, tau.data.ptr, x.data.ptr, rows)
+        handle, side, trans, rows, cols, k, qr.data.ptr, rows, tau.data.ptr, x.data.ptr, rows
+    )
     work = cupy.empty(lwork, dtype=x.dtype)
     info = cupy.empty(1, dtype=numpy.int32)
 
     def run():
         out = x.copy(order="F")
-        ormqr(handle, side, trans, rows, cols, k, qr.data.ptr, rows, tau.data.ptr, out.data.ptr, rows,
-              work.data.ptr, lwork, info.data.ptr)
+        ormqr(
+            handle,
+            side,
+            trans,
+            rows,
+            cols,
+            k,
+            qr.data.ptr,
+            rows,
+            tau.data.ptr,
+            out.data.ptr,
+            rows,
+            work.data.ptr,
+            lwork,
+            info.data.ptr,
+        )
         cupy.cuda.get_current_stream().synchronize()
         return out
+
     return run
 
 
@@ -109,10 +130,11 @@ def torch_forward(qr, tau, x, xp):
     device, (a, t, tx) = _torch_operands(torch, xp, qr, tau, x)
 
     def run():
-        out = torch.linalg.householder_product(a, t) @ tx[:a.shape[1]]
+        out = torch.linalg.householder_product(a, t) @ tx[: a.shape[1]]
         if device == "cuda":
             torch.cuda.synchronize()
         return out
+
     return run
 
 
@@ -130,10 +152,11 @@ def torch_forward_backward(qr, tau, x, dout, xp):
 
     def run():
         leaf = a.detach().requires_grad_()
-        (torch.linalg.householder_product(leaf, t) @ tx[:a.shape[1]]).backward(tg)
+        (torch.linalg.householder_product(leaf, t) @ tx[: a.shape[1]]).backward(tg)
         if device == "cuda":
             torch.cuda.synchronize()
         return leaf.grad
+
     return run
 
 

@@ -6,7 +6,9 @@ cases of the ``gradients`` section, torch included when it is installed, and
 the forward pass of ``auto`` for reference) and for the dense GEMM floor, on
 log axes. With ``--pairs`` the BLAS is single-threaded, as for quoted ratios.
 """
+
 import cuhouse
+
 from .._backend import backend_name
 from . import forward, gradients
 from ._timing import measure
@@ -58,4 +60,5 @@ def _pyplot():
         raise SystemExit("--plot needs matplotlib: pip install 'cuhouse[plot]'") from None
     matplotlib.use("Agg")
     from matplotlib import pyplot
+
     return pyplot

@@ -13,6 +13,7 @@ dense array:
 * ``cayley @ X``: ``EighMatrix(u, w).cayley() @ X`` against
   ``(I - W) @ numpy.linalg.solve(I + W, X)``.
 """
+
 import numpy
 
 import cuhouse
@@ -66,6 +67,7 @@ def cases(d, m, dtype, xp):
 
         def lu_solve():
             return scipy.linalg.lu_solve(scipy.linalg.lu_factor(dense_w, check_finite=False), x, check_finite=False)
+
         groups["inv @ X: cuhouse"]["inv @ X: scipy lu_factor+lu_solve"] = lu_solve
         groups["expm @ X: cuhouse"]["expm @ X: scipy expm(W) @ X"] = lambda: scipy.linalg.expm(dense_e) @ x
     baseline = {name: group for group, members in groups.items() for name in members}

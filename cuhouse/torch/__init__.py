@@ -13,9 +13,10 @@ Under ``torch.compile`` the products go through the custom operators
 ``torch.ops.cuhouse.matmul`` and ``torch.ops.cuhouse.matmul_backward``,
 which have fake (meta) implementations.
 """
+
 try:
     import torch as _torch  # noqa: F401
-except ImportError as exc:                    # pragma: no cover - exercised in a subprocess test
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError('cuhouse.torch needs PyTorch: pip install "cuhouse[torch]"') from exc
 
 from .modules import Orthogonal, SVDLinear, orthogonal

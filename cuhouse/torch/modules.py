@@ -1,4 +1,5 @@
 """Layers: ``SVDLinear``, ``Orthogonal`` and the ``orthogonal`` parametrization of an existing weight."""
+
 import math
 
 import torch
@@ -92,13 +93,17 @@ class SVDLinear(nn.Module):
     def logdet(self):
         """log|det W| = sum log|s| for a square layer, differentiable. O(r)."""
         if self.in_features != self.out_features:
-            raise ValueError("logdet needs a square layer, but this SVDLinear is {} -> {}".format(
-                self.in_features, self.out_features))
+            raise ValueError(
+                "logdet needs a square layer, but this SVDLinear is {} -> {}".format(
+                    self.in_features, self.out_features
+                )
+            )
         return torch.log(torch.abs(self.s)).sum()
 
     def extra_repr(self):
         return "in_features={}, out_features={}, rank={}, bias={}".format(
-            self.in_features, self.out_features, self.rank, self.bias is not None)
+            self.in_features, self.out_features, self.rank, self.bias is not None
+        )
 
 
 class Orthogonal(nn.Module):
@@ -144,7 +149,8 @@ class Orthogonal(nn.Module):
 
     def extra_repr(self):
         return "features={}, n_reflections={}, bias={}".format(
-            self.features, self.vectors.shape[0], self.bias is not None)
+            self.features, self.vectors.shape[0], self.bias is not None
+        )
 
 
 class HouseholderWeight(nn.Module):
@@ -163,8 +169,9 @@ class HouseholderWeight(nn.Module):
         d, k = max(shape), min(shape)
         self.n_reflections = k if n_reflections is None else _positive_int(n_reflections, "n_reflections")
         if self.n_reflections > d:
-            raise ValueError("n_reflections must be at most max(weight.shape) = {}, got {}".format(
-                d, self.n_reflections))
+            raise ValueError(
+                "n_reflections must be at most max(weight.shape) = {}, got {}".format(d, self.n_reflections)
+            )
         self.register_buffer("signs", torch.ones(k, dtype=dtype, device=device))
 
     def forward(self, vectors):
@@ -214,11 +221,15 @@ def orthogonal(module, name="weight", n_reflections=None):
     """
     weight = getattr(module, name, None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ValueError("orthogonal needs a 2-D tensor module.{}, got {}".format(
-            name, None if weight is None else tuple(getattr(weight, "shape", ())) or type(weight).__name__))
+        raise ValueError(
+            "orthogonal needs a 2-D tensor module.{}, got {}".format(
+                name, None if weight is None else tuple(getattr(weight, "shape", ())) or type(weight).__name__
+            )
+        )
     if weight.dtype not in (torch.float32, torch.float64):
-        raise TypeError("module.{} has dtype {}; supported dtypes are torch.float32 and torch.float64".format(
-            name, weight.dtype))
+        raise TypeError(
+            "module.{} has dtype {}; supported dtypes are torch.float32 and torch.float64".format(name, weight.dtype)
+        )
     parametrization = HouseholderWeight(tuple(weight.shape), n_reflections, weight.dtype, weight.device)
     parametrize.register_parametrization(module, name, parametrization)
     return module

@@ -15,6 +15,7 @@ its backward, ``torch.ops.cuhouse.matmul_backward``, recomputes the forward
 product inside (a compiled graph cannot hold a Python closure), so a
 compiled training step does about one product more than an eager one.
 """
+
 import contextlib
 
 import numpy
@@ -53,7 +54,7 @@ def product(kind, transpose, side, x, params, names):
     if torch.compiler.is_compiling():
         return torch.ops.cuhouse.matmul(kind, transpose, side, x, list(params))
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x,) + tuple(params))):
-        return forward(kind, transpose, side, x, params)        # no graph to record: no adjoint kept
+        return forward(kind, transpose, side, x, params)  # no graph to record: no adjoint kept
     return _Product.apply(kind, transpose, side, x, *params)
 
 
@@ -69,12 +70,16 @@ def check(kind, transpose, side, x, params, names, devices=("cpu", "cuda")):
         if not isinstance(t, torch.Tensor):
             raise TypeError("{} must be a torch.Tensor, got {}".format(name, type(t).__name__))
         if t.dtype not in FLOAT_DTYPES:
-            raise TypeError("{} has dtype {}; supported dtypes are torch.float32 and torch.float64".format(
-                name, t.dtype))
+            raise TypeError(
+                "{} has dtype {}; supported dtypes are torch.float32 and torch.float64".format(name, t.dtype)
+            )
     for t, name in zip(tensors, names):
         if t.device != x.device:
-            raise TypeError("{} is on {} but {} is on {}; cuhouse copies nothing between devices: "
-                            "move one with .to(device)".format(names[-1], x.device, name, t.device))
+            raise TypeError(
+                "{} is on {} but {} is on {}; cuhouse copies nothing between devices: move one with .to(device)".format(
+                    names[-1], x.device, name, t.device
+                )
+            )
     if x.device.type not in devices:
         raise TypeError("{} is on {}; cuhouse.torch supports CPU and CUDA tensors".format(names[-1], x.device))
     batch, rows, cols = _operator_shape(kind, params, names)
@@ -87,8 +92,11 @@ def check(kind, transpose, side, x, params, names, devices=("cpu", "cuda")):
     axis = -1 if (x.dim() == 1 or side == "right") else -2
     if x.shape[axis] != inner:
         expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
-        raise ValueError("{} has shape {} but the operator is {}x{}: expected {} with d={}".format(
-            name, tuple(x.shape), rows, cols, expected, inner))
+        raise ValueError(
+            "{} has shape {} but the operator is {}x{}: expected {} with d={}".format(
+                name, tuple(x.shape), rows, cols, expected, inner
+            )
+        )
     if x.dim() == 1:
         shape = batch + (outer,)
     else:
@@ -105,12 +113,16 @@ def _operator_shape(kind, params, names):
     if kind == "householder":
         (v,) = params
         if v.dim() < 2:
-            raise ValueError("{} must have shape (..., n, d) with one vector per row, got shape {}".format(
-                names[0], tuple(v.shape)))
+            raise ValueError(
+                "{} must have shape (..., n, d) with one vector per row, got shape {}".format(names[0], tuple(v.shape))
+            )
         n, d = v.shape[-2:]
         if not 1 <= n <= d:
-            raise ValueError("{} must have shape (..., n, d) with 1 <= n <= d, got shape {} (n={}, d={})".format(
-                names[0], tuple(v.shape), n, d))
+            raise ValueError(
+                "{} must have shape (..., n, d) with 1 <= n <= d, got shape {} (n={}, d={})".format(
+                    names[0], tuple(v.shape), n, d
+                )
+            )
         return tuple(v.shape[:-2]), d, d
     u, s, v = params
     batch = _broadcast(tuple(u.shape[:-2]), tuple(v.shape[:-2]), names[0], names[2])
@@ -122,8 +134,7 @@ def _broadcast(a, b, name_a, name_b):
     try:
         return tuple(torch.broadcast_shapes(a, b))
     except RuntimeError:
-        raise ValueError("the batch shapes of {} {} and {} {} do not broadcast".format(
-            name_a, a, name_b, b)) from None
+        raise ValueError("the batch shapes of {} {} and {} {} do not broadcast".format(name_a, a, name_b, b)) from None
 
 
 # -------------------------------------------------------- crossing by DLPack
@@ -196,7 +207,7 @@ class _Product(torch.autograd.Function):
     def forward(ctx, kind, transpose, side, x, *params):
         with _on_device(x.device):
             out, ctx.vjp_fn = forward_with_vjp(kind, transpose, side, x, params)
-        ctx.save_for_backward(x, *params)      # only so that torch detects in-place changes before backward
+        ctx.save_for_backward(x, *params)  # only so that torch detects in-place changes before backward
         return out
 
     @staticmethod
@@ -221,8 +232,9 @@ def _matmul_fake(kind, transpose, side, x, params):
 
 
 @torch.library.custom_op("cuhouse::matmul_backward", mutates_args=())
-def _matmul_backward_op(kind: str, transpose: bool, side: str, x: torch.Tensor, params: list[torch.Tensor],
-                        dout: torch.Tensor) -> list[torch.Tensor]:
+def _matmul_backward_op(
+    kind: str, transpose: bool, side: str, x: torch.Tensor, params: list[torch.Tensor], dout: torch.Tensor
+) -> list[torch.Tensor]:
     with _on_device(x.device):
         _, vjp_fn = forward_with_vjp(kind, transpose, side, x, params)
         dx, dparams = vjp_fn(dout)
@@ -232,7 +244,8 @@ def _matmul_backward_op(kind: str, transpose: bool, side: str, x: torch.Tensor, 
 @_matmul_backward_op.register_fake
 def _matmul_backward_fake(kind, transpose, side, x, params, dout):
     return [torch.empty_like(x, memory_format=torch.contiguous_format)] + [
-        torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
+        torch.empty_like(p, memory_format=torch.contiguous_format) for p in params
+    ]
 
 
 def _setup_context(ctx, inputs, output):

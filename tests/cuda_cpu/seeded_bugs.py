@@ -11,6 +11,7 @@ sources: update the mutant with the kernel).
 ``--first-catch`` stops trying modes on a mutant once one caught it (the
 other cells read ``-``).
 """
+
 import argparse
 import concurrent.futures
 import os
@@ -26,47 +27,88 @@ import sanitizer_driver  # noqa: E402
 
 # (name, file relative to the project root, text, replacement)
 MUTANTS = (
-    ("removed __syncthreads", "kernels/cwy_gradient.cu",
-     "__syncthreads();\n            for (int q = 0; q < CUHOUSE_TILE; ++q) {\n                acc += n_tile",
-     "for (int q = 0; q < CUHOUSE_TILE; ++q) {\n                acc += n_tile"),
-    ("barrier in a divergent branch", "kernels/triangular_inverse.cu",
-     "        __syncthreads();  // the copy below reads every column of the tile",
-     "        if ((int)threadIdx.x < k) __syncthreads();"),
-    ("shared memory out-of-bounds write", "kernels/cwy_gradient.cu",
-     "m_tile[ty][tx] = (a < k", "m_tile[ty + 1][tx] = (a < k"),
-    ("global out-of-bounds read", "kernels/row_norms.cu",
-     "const T norm = norms[e / d];", "const T norm = norms[e / d + 1];"),
-    ("global out-of-bounds write", "kernels/row_norms.cu",
-     "norms[row] = norm;", "norms[row + 1] = norm;"),
-    ("two blocks write the same output", "kernels/triangular_inverse.cu",
-     "for (cuhouse_index matrix = blockIdx.x; matrix < count; matrix += gridDim.x)",
-     "for (cuhouse_index matrix = blockIdx.x / 2; matrix < count; matrix += (gridDim.x + 1) / 2)"),
-    ("shuffle with a partial-warp mask", "kernels/common.cuh",
-     "value += __shfl_xor_sync(CUHOUSE_FULL_MASK, value, offset);",
-     "value += __shfl_xor_sync(0x0000ffffu, value, offset);"),
-    ("shuffle reads a lane outside its mask", "kernels/common.cuh",
-     "value = max(value, __shfl_xor_sync(CUHOUSE_FULL_MASK, value, offset));",
-     "value = max(value, __shfl_xor_sync((threadIdx.x % CUHOUSE_WARP) < 16 ? 0x0000ffffu : 0xffff0000u, "
-     "value, offset));"),
-    ("grid-stride loop bound off by one", "kernels/row_norms.cu",
-     "e < total; e += step", "e <= total; e += step"),
-    ("grid-stride step off by one", "kernels/row_norms.cu",
-     "row < rows; row += row_step)", "row < rows; row += row_step + 1)"),
-    ("int passed where C++ takes 64 bits", "cuhouse/_gpu/raw_kernels.py",
-     "args = (s, numpy.int64(count), numpy.int32(k), t)", "args = (s, numpy.int64(count), numpy.int64(k), t)"),
-    ("wrong dynamic shared memory size", "cuhouse/_gpu/raw_kernels.py",
-     "shared_mem=per_block * tile_bytes)", "shared_mem=tile_bytes)"),
-    ("tile load without its column bound", "kernels/cwy_gradient.cu",
-     "n_tile[ty][tx] = (a < k && b < k) ?", "n_tile[ty][tx] = (a < k) ?"),
+    (
+        "removed __syncthreads",
+        "kernels/cwy_gradient.cu",
+        "__syncthreads();\n            for (int q = 0; q < CUHOUSE_TILE; ++q) {\n                acc += n_tile",
+        "for (int q = 0; q < CUHOUSE_TILE; ++q) {\n                acc += n_tile",
+    ),
+    (
+        "barrier in a divergent branch",
+        "kernels/triangular_inverse.cu",
+        "        __syncthreads();  // the copy below reads every column of the tile",
+        "        if ((int)threadIdx.x < k) __syncthreads();",
+    ),
+    (
+        "shared memory out-of-bounds write",
+        "kernels/cwy_gradient.cu",
+        "m_tile[ty][tx] = (a < k",
+        "m_tile[ty + 1][tx] = (a < k",
+    ),
+    (
+        "global out-of-bounds read",
+        "kernels/row_norms.cu",
+        "const T norm = norms[e / d];",
+        "const T norm = norms[e / d + 1];",
+    ),
+    ("global out-of-bounds write", "kernels/row_norms.cu", "norms[row] = norm;", "norms[row + 1] = norm;"),
+    (
+        "two blocks write the same output",
+        "kernels/triangular_inverse.cu",
+        "for (cuhouse_index matrix = blockIdx.x; matrix < count; matrix += gridDim.x)",
+        "for (cuhouse_index matrix = blockIdx.x / 2; matrix < count; matrix += (gridDim.x + 1) / 2)",
+    ),
+    (
+        "shuffle with a partial-warp mask",
+        "kernels/common.cuh",
+        "value += __shfl_xor_sync(CUHOUSE_FULL_MASK, value, offset);",
+        "value += __shfl_xor_sync(0x0000ffffu, value, offset);",
+    ),
+    (
+        "shuffle reads a lane outside its mask",
+        "kernels/common.cuh",
+        "value = max(value, __shfl_xor_sync(CUHOUSE_FULL_MASK, value, offset));",
+        "value = max(value, __shfl_xor_sync((threadIdx.x % CUHOUSE_WARP) < 16 ? 0x0000ffffu : 0xffff0000u, "
+        "value, offset));",
+    ),
+    ("grid-stride loop bound off by one", "kernels/row_norms.cu", "e < total; e += step", "e <= total; e += step"),
+    (
+        "grid-stride step off by one",
+        "kernels/row_norms.cu",
+        "row < rows; row += row_step)",
+        "row < rows; row += row_step + 1)",
+    ),
+    (
+        "int passed where C++ takes 64 bits",
+        "cuhouse/_gpu/raw_kernels.py",
+        "args = (s, numpy.int64(count), numpy.int32(k), t)",
+        "args = (s, numpy.int64(count), numpy.int64(k), t)",
+    ),
+    (
+        "wrong dynamic shared memory size",
+        "cuhouse/_gpu/raw_kernels.py",
+        "shared_mem=per_block * tile_bytes\n",
+        "shared_mem=tile_bytes\n",
+    ),
+    (
+        "tile load without its column bound",
+        "kernels/cwy_gradient.cu",
+        "n_tile[ty][tx] = (a < k && b < k) ?",
+        "n_tile[ty][tx] = (a < k) ?",
+    ),
 )
 
 
 def project_copy(directory):
     """``directory/cuhouse`` as the installed package: ``cuhouse/`` with ``kernels/`` as ``_gpu/kernels``."""
-    shutil.copytree(os.path.join(ROOT, "cuhouse"), os.path.join(directory, "cuhouse"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(os.path.join(ROOT, "kernels"), os.path.join(directory, "cuhouse", "_gpu", "kernels"),
-                    ignore=shutil.ignore_patterns("__pycache__", "*.md"))
+    shutil.copytree(
+        os.path.join(ROOT, "cuhouse"), os.path.join(directory, "cuhouse"), ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(
+        os.path.join(ROOT, "kernels"),
+        os.path.join(directory, "cuhouse", "_gpu", "kernels"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.md"),
+    )
 
 
 def installed_path(relative):
@@ -78,8 +120,11 @@ def apply(directory, relative, text, replacement):
     with open(path, encoding="utf-8") as source:
         content = source.read()
     if content.count(text) != 1:
-        raise SystemExit("seeded_bugs: the mutant's text occurs {} times in {} (expected once):\n{}".format(
-            content.count(text), relative, text))
+        raise SystemExit(
+            "seeded_bugs: the mutant's text occurs {} times in {} (expected once):\n{}".format(
+                content.count(text), relative, text
+            )
+        )
     with open(path, "w", encoding="utf-8") as source:
         source.write(content.replace(text, replacement))
 
@@ -96,8 +141,14 @@ def try_mutant(mutant, modes, first_catch):
             if first_catch and any(c.startswith("caught") for c in cells):
                 cells.append("-")
                 continue
-            command = [sys.executable, os.path.join(ROOT, "tools", "sanitizer_driver.py"), "--sizes", "small",
-                       "--project", directory]
+            command = [
+                sys.executable,
+                os.path.join(ROOT, "tools", "sanitizer_driver.py"),
+                "--sizes",
+                "small",
+                "--project",
+                directory,
+            ]
             finding, seconds[mode], output = sanitizer_driver.run_on_cpu(mode, command, directory, quiet=True)
             cells.append("caught:" + finding if finding else "missed")
             if finding and not first:
@@ -112,7 +163,7 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="mutants tried at once")
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
-    for mutant in MUTANTS:                 # every mutant still applies, before anything runs
+    for mutant in MUTANTS:  # every mutant still applies, before anything runs
         with tempfile.TemporaryDirectory() as directory:
             os.makedirs(os.path.dirname(os.path.join(directory, installed_path(mutant[1]))))
             shutil.copy(os.path.join(ROOT, mutant[1]), os.path.join(directory, installed_path(mutant[1])))
@@ -128,14 +179,22 @@ def main(argv=None):
                 total[mode] += spent
             if not any(c.startswith("caught") for c in cells):
                 survivors.append(mutant[0])
-            print("{:<{w}}  {}".format(mutant[0], "  ".join("{:<15}".format(c) for c in cells), w=width).rstrip(),
-                  flush=True)
+            print(
+                "{:<{w}}  {}".format(mutant[0], "  ".join("{:<15}".format(c) for c in cells), w=width).rstrip(),
+                flush=True,
+            )
     print("\nfirst report per mutant:\n" + "\n".join(filter(None, evidence)) + "\n")
     print("time per mode (summed over mutants): " + ", ".join("{} {:.0f} s".format(m, s) for m, s in total.items()))
-    print("seeded bugs: {} mutants, {} caught, {} survived{}".format(
-        len(MUTANTS), len(MUTANTS) - len(survivors), len(survivors),
-        "" if not survivors else " ({})".format("; ".join(survivors))))
+    print(
+        "seeded bugs: {} mutants, {} caught, {} survived{}".format(
+            len(MUTANTS),
+            len(MUTANTS) - len(survivors),
+            len(survivors),
+            "" if not survivors else " ({})".format("; ".join(survivors)),
+        )
+    )
     return 1 if survivors else 0
+
 
 if __name__ == "__main__":
     started = time.monotonic()

@@ -3,6 +3,7 @@ written for these tests: indices and warp functions give CUDA's answers, and
 every misuse the model promises to report is reported, with a message naming
 it. Needs g++ (skipped without); the stand-in is loaded under another name,
 so nothing here is importable as ``cupy``."""
+
 import importlib.util
 import os
 import pathlib
@@ -87,9 +88,20 @@ __global__ void rotate_in_shared(int* out) {
     out[threadIdx.x] = buffer[(threadIdx.x + 1) % blockDim.x];
 }
 """
-NAMES = ["copy_n<float>", "copy_n<double>", "indices", "warp_functions", "barrier_after_exit", "barrier_divergent",
-         "shuffle_full_mask", "shuffle_exited_lane", "shuffle_omits_caller", "shuffle_outside_mask",
-         "shuffle_against_barrier", "rotate_in_shared"]
+NAMES = [
+    "copy_n<float>",
+    "copy_n<double>",
+    "indices",
+    "warp_functions",
+    "barrier_after_exit",
+    "barrier_divergent",
+    "shuffle_full_mask",
+    "shuffle_exited_lane",
+    "shuffle_omits_caller",
+    "shuffle_outside_mask",
+    "shuffle_against_barrier",
+    "rotate_in_shared",
+]
 
 
 def _stand_in():
@@ -97,13 +109,14 @@ def _stand_in():
         pytest.skip("needs g++ to compile kernels for the CPU")
     if "cuda_cpu_cupy" in sys.modules:
         return sys.modules["cuda_cpu_cupy"]
-    spec = importlib.util.spec_from_file_location("cuda_cpu_cupy", FAKE / "cupy" / "__init__.py",
-                                                  submodule_search_locations=[str(FAKE / "cupy")])
+    spec = importlib.util.spec_from_file_location(
+        "cuda_cpu_cupy", FAKE / "cupy" / "__init__.py", submodule_search_locations=[str(FAKE / "cupy")]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["cuda_cpu_cupy"] = module
     try:
         spec.loader.exec_module(module)
-    except RuntimeError as exc:             # a real CuPy is installed: the stand-in stays out of the way
+    except RuntimeError as exc:  # a real CuPy is installed: the stand-in stays out of the way
         del sys.modules["cuda_cpu_cupy"]
         pytest.skip(str(exc))
     return module
@@ -157,15 +170,18 @@ def test_dynamic_shared_memory_of_the_launch_size_works(cp, module):
     numpy.testing.assert_array_equal(out.get(), (numpy.arange(64) + 1) % 64)
 
 
-@pytest.mark.parametrize("name, threads, message", [
-    ("barrier_after_exit", 32, r"__syncthreads at kernel_source:\d+ waited for thread \(0,0,0\).*which has exited"),
-    ("barrier_divergent", 32, r"__syncthreads reached at different places"),
-    ("shuffle_full_mask", 16, r"lane 16 does not exist \(the block has 16 threads\)"),
-    ("shuffle_exited_lane", 32, r"lane 3 has exited"),
-    ("shuffle_omits_caller", 2, r"the mask 0x00000001 omits the calling lane 1"),
-    ("shuffle_outside_mask", 16, r"reads lane 16, outside its mask 0x0000ffff"),
-    ("shuffle_against_barrier", 32, r"lane 16 waits at __syncthreads"),
-])
+@pytest.mark.parametrize(
+    "name, threads, message",
+    [
+        ("barrier_after_exit", 32, r"__syncthreads at kernel_source:\d+ waited for thread \(0,0,0\).*which has exited"),
+        ("barrier_divergent", 32, r"__syncthreads reached at different places"),
+        ("shuffle_full_mask", 16, r"lane 16 does not exist \(the block has 16 threads\)"),
+        ("shuffle_exited_lane", 32, r"lane 3 has exited"),
+        ("shuffle_omits_caller", 2, r"the mask 0x00000001 omits the calling lane 1"),
+        ("shuffle_outside_mask", 16, r"reads lane 16, outside its mask 0x0000ffff"),
+        ("shuffle_against_barrier", 32, r"lane 16 waits at __syncthreads"),
+    ],
+)
 def test_misuse_of_barriers_and_warp_functions_is_reported(cp, module, name, threads, message):
     with pytest.raises(cp.KernelError, match=message):
         module.get_function(name)((1,), (threads,), (ints(cp, 32),))
@@ -176,13 +192,16 @@ def test_dynamic_shared_memory_overrun_is_reported(cp, module):
         module.get_function("rotate_in_shared")((1,), (64,), (ints(cp, 64),), shared_mem=63 * 4)
 
 
-@pytest.mark.parametrize("grid, block, shared, message", [
-    ((1,), (1025,), 0, r"exceeds 1024 threads"),
-    ((1,), (1, 1, 65), 0, r"exceeds 1024 threads or \(1024, 1024, 64\)"),
-    ((1,), (32,), 48 * 1024 + 1, r"49153 bytes of dynamic shared memory exceed the 48 KiB limit"),
-    ((0,), (32,), 0, r"empty grid"),
-    ((1, 65536), (32,), 0, r"exceeds \(2\^31-1, 65535, 65535\)"),
-])
+@pytest.mark.parametrize(
+    "grid, block, shared, message",
+    [
+        ((1,), (1025,), 0, r"exceeds 1024 threads"),
+        ((1,), (1, 1, 65), 0, r"exceeds 1024 threads or \(1024, 1024, 64\)"),
+        ((1,), (32,), 48 * 1024 + 1, r"49153 bytes of dynamic shared memory exceed the 48 KiB limit"),
+        ((0,), (32,), 0, r"empty grid"),
+        ((1, 65536), (32,), 0, r"exceeds \(2\^31-1, 65535, 65535\)"),
+    ],
+)
 def test_launch_limits_are_enforced(cp, module, grid, block, shared, message):
     with pytest.raises(cp.KernelError, match=message):
         module.get_function("indices")(grid, block, (ints(cp, 32),), shared_mem=shared)
@@ -241,8 +260,8 @@ def test_every_seeded_bug_still_applies_to_the_sources(tmp_path):
         import seeded_bugs
     finally:
         sys.path.pop(0)
-    for i, (name, relative, text, replacement) in enumerate(seeded_bugs.MUTANTS):
+    for i, (_name, relative, text, replacement) in enumerate(seeded_bugs.MUTANTS):
         copy = tmp_path / str(i)
         seeded_bugs.project_copy(str(copy))
-        seeded_bugs.apply(str(copy), relative, text, replacement)   # exits when the text left the sources
+        seeded_bugs.apply(str(copy), relative, text, replacement)  # exits when the text left the sources
     assert len(seeded_bugs.MUTANTS) >= 11

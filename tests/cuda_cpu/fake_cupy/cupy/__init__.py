@@ -9,6 +9,7 @@ device memory; views stay views), ``RawModule`` compiling the kernel source
 with ``tests/cuda_cpu/cuda_cpu.h`` and launching through ctypes, and the bits
 of ``cupy.cuda`` the code calls. Implicit conversion to NumPy raises, as in CuPy.
 """
+
 import importlib.machinery
 import os
 import sys
@@ -17,16 +18,20 @@ import numpy
 
 _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _real = importlib.machinery.PathFinder.find_spec(
-    "cupy", [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE])
+    "cupy", [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+)
 if _real is not None:
-    raise RuntimeError("the CPU stand-in of CuPy ({}) refuses to shadow the real CuPy at {}".format(
-        _HERE, _real.origin or _real.submodule_search_locations))
+    raise RuntimeError(
+        "the CPU stand-in of CuPy ({}) refuses to shadow the real CuPy at {}".format(
+            _HERE, _real.origin or _real.submodule_search_locations
+        )
+    )
 
-from . import _memory, cuda, testing  # noqa: E402
+from . import _memory, cuda, testing  # noqa: E402, F401  (cupy.cuda, cupy.testing)
 from ._compiler import KernelError, Library  # noqa: E402
 
 __version__ = "0.0-cuda-cpu"
-__cuda_cpu__ = True           # the tests can tell the stand-in from CuPy
+__cuda_cpu__ = True  # the tests can tell the stand-in from CuPy
 
 float32 = numpy.float32
 float64 = numpy.float64
@@ -68,8 +73,10 @@ class ndarray:
         return "cupy.ndarray(cpu stand-in, {!r})".format(self._view)
 
     def __array__(self, *args, **kwargs):
-        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct "
-                        "a NumPy array explicitly.")
+        raise TypeError(
+            "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct "
+            "a NumPy array explicitly."
+        )
 
     def get(self):
         return numpy.array(self._view, copy=True)
@@ -92,8 +99,8 @@ class ndarray:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def __getattr__(self, name):      # methods: reshape, astype, copy, sum, ...
-        if name.startswith("__"):     # no __array_interface__ & co.: no silent conversion to NumPy
+    def __getattr__(self, name):  # methods: reshape, astype, copy, sum, ...
+        if name.startswith("__"):  # no __array_interface__ & co.: no silent conversion to NumPy
             raise AttributeError(name)
         attribute = getattr(self._view, name)
         if not callable(attribute):
@@ -104,12 +111,40 @@ class ndarray:
 def _binary(name):
     def operator(self, other):
         return _wrap(getattr(self._view, name)(_host(other)))
+
     return operator
 
 
-for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor",
-              "radd", "rsub", "rmul", "rtruediv", "rfloordiv", "rmod", "rpow", "rmatmul", "rand", "ror", "rxor",
-              "eq", "ne", "lt", "le", "gt", "ge"):
+for _name in (
+    "add",
+    "sub",
+    "mul",
+    "truediv",
+    "floordiv",
+    "mod",
+    "pow",
+    "matmul",
+    "and",
+    "or",
+    "xor",
+    "radd",
+    "rsub",
+    "rmul",
+    "rtruediv",
+    "rfloordiv",
+    "rmod",
+    "rpow",
+    "rmatmul",
+    "rand",
+    "ror",
+    "rxor",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+):
     setattr(ndarray, "__{}__".format(_name), _binary("__{}__".format(_name)))
 for _name in ("neg", "pos", "abs", "invert"):
     setattr(ndarray, "__{}__".format(_name), lambda self, _n=_name: _wrap(getattr(self._view, "__{}__".format(_n))()))
@@ -165,8 +200,9 @@ def asnumpy(a):
 
 
 def empty(shape, dtype=float64, order="C"):
-    return ndarray(_memory.device_array(tuple(numpy.atleast_1d(shape).tolist()) if not isinstance(shape, tuple)
-                                        else shape, dtype))
+    return ndarray(
+        _memory.device_array(tuple(numpy.atleast_1d(shape).tolist()) if not isinstance(shape, tuple) else shape, dtype)
+    )
 
 
 def empty_like(a, dtype=None):

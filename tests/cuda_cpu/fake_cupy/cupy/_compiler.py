@@ -11,6 +11,7 @@ Environment (set by ``tools/sanitizer_driver.py --on-cpu MODE``):
 sanitizer), ``CUDA_CPU_CACHE`` (where built libraries are kept, keyed by a
 hash of everything that goes into them).
 """
+
 import ctypes
 import hashlib
 import os
@@ -26,8 +27,22 @@ from . import _memory
 HEADER_DIRECTORY = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HEADER = os.path.join(HEADER_DIRECTORY, "cuda_cpu.h")
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([\w\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
-_SHARED_TYPES = {"char", "signed char", "unsigned char", "short", "unsigned short", "int", "unsigned int",
-                 "unsigned", "long", "unsigned long", "long long", "unsigned long long", "float", "double"}
+_SHARED_TYPES = {
+    "char",
+    "signed char",
+    "unsigned char",
+    "short",
+    "unsigned short",
+    "int",
+    "unsigned int",
+    "unsigned",
+    "long",
+    "unsigned long",
+    "long long",
+    "unsigned long long",
+    "float",
+    "double",
+}
 _ACCEPTED_OPTIONS = re.compile(r"^(-std=c\+\+\d\d|-D\w+(=\S*)?)$")
 _MESSAGE_BYTES = 4096
 
@@ -49,26 +64,38 @@ def _epilogue(code, name_expressions):
     for element, name in _EXTERN_SHARED.findall(code):
         element = " ".join(element.split())
         if element not in _SHARED_TYPES:
-            raise KernelError("extern __shared__ {} {}[]: the CPU stand-in defines dynamic shared memory of "
-                              "fundamental types only".format(element, name))
+            raise KernelError(
+                "extern __shared__ {} {}[]: the CPU stand-in defines dynamic shared memory of "
+                "fundamental types only".format(element, name)
+            )
         if declared.setdefault(name, element) != element:
             raise KernelError("extern __shared__ {} is declared as {} and as {}".format(name, declared[name], element))
     names = sorted(declared)
     for name in names:
-        lines.append("thread_local __attribute__((aligned(16))) {} {}[cuda_cpu::kSharedCapacity / sizeof({})];"
-                     .format(declared[name], name, declared[name]))
-        lines.append("static unsigned char* cuda_cpu_shared_{0}() {{ return reinterpret_cast<unsigned char*>({0}); }}"
-                     .format(name))
+        lines.append(
+            "thread_local __attribute__((aligned(16))) {} {}[cuda_cpu::kSharedCapacity / sizeof({})];".format(
+                declared[name], name, declared[name]
+            )
+        )
+        lines.append(
+            "static unsigned char* cuda_cpu_shared_{0}() {{ return reinterpret_cast<unsigned char*>({0}); }}".format(
+                name
+            )
+        )
     regions = ", ".join('{{"{0}", &cuda_cpu_shared_{0}}}'.format(name) for name in names) or '{"", nullptr}'
     lines.append("const cuda_cpu::SharedRegion cuda_cpu::dynamic_shared_regions[] = {{{}}};".format(regions))
     lines.append("const int cuda_cpu::dynamic_shared_region_count = {};".format(len(names)))
     for i, expression in enumerate(name_expressions):
-        lines.append('extern "C" int cuda_cpu_launch_{0}(const unsigned* grid, const unsigned* block, '
-                     'unsigned long long shared, void** args, char* message, unsigned long long size) {{\n'
-                     '    return cuda_cpu::launch(&{1}, grid, block, shared, args, message, size);\n}}'
-                     .format(i, expression))
-        lines.append('extern "C" const char* cuda_cpu_signature_{0}() {{ return cuda_cpu::signature(&{1}); }}'
-                     .format(i, expression))
+        lines.append(
+            'extern "C" int cuda_cpu_launch_{0}(const unsigned* grid, const unsigned* block, '
+            "unsigned long long shared, void** args, char* message, unsigned long long size) {{\n"
+            "    return cuda_cpu::launch(&{1}, grid, block, shared, args, message, size);\n}}".format(i, expression)
+        )
+        lines.append(
+            'extern "C" const char* cuda_cpu_signature_{0}() {{ return cuda_cpu::signature(&{1}); }}'.format(
+                i, expression
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -78,10 +105,19 @@ def build(code, options, name_expressions):
         if not _ACCEPTED_OPTIONS.match(option):
             raise KernelError("the CPU stand-in does not model the compile option {!r}".format(option))
     cxx = os.environ.get("CUDA_CPU_CXX", "g++")
-    flags = ["-shared", "-fPIC", "-O1", "-g", "-ffp-contract=off", "-fno-omit-frame-pointer",
-             "-Wall", "-Wno-unused-function", "-pthread"]
+    flags = [
+        "-shared",
+        "-fPIC",
+        "-O1",
+        "-g",
+        "-ffp-contract=off",
+        "-fno-omit-frame-pointer",
+        "-Wall",
+        "-Wno-unused-function",
+        "-pthread",
+    ]
     if "clang" not in os.path.basename(cxx):
-        flags.append("-fno-extern-tls-init")       # g++: extern thread_local without TLS wrappers
+        flags.append("-fno-extern-tls-init")  # g++: extern thread_local without TLS wrappers
     flags += list(options) + shlex.split(os.environ.get("CUDA_CPU_CXXFLAGS", ""))
     with open(HEADER, encoding="utf-8") as header:
         header_text = header.read()
@@ -96,11 +132,12 @@ def build(code, options, name_expressions):
             out.write(translation_unit)
         built = os.path.join(scratch, "module.so")
         command = [cxx] + flags + ["-I", HEADER_DIRECTORY, "-o", built, source]
-        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}   # no sanitizer in the compiler
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # no sanitizer in the compiler
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
-            raise KernelError("compiling the kernels for the CPU failed:\n{}\n{}".format(
-                " ".join(command), result.stderr))
+            raise KernelError(
+                "compiling the kernels for the CPU failed:\n{}\n{}".format(" ".join(command), result.stderr)
+            )
         os.replace(built, library + ".part{}".format(os.getpid()))
         os.replace(library + ".part{}".format(os.getpid()), library)
     return library
@@ -115,15 +152,22 @@ class Library:
 
     def function(self, name_expression):
         if name_expression not in self.name_expressions:
-            raise KernelError("{!r} is not one of the module's name expressions {}".format(
-                name_expression, self.name_expressions))
+            raise KernelError(
+                "{!r} is not one of the module's name expressions {}".format(name_expression, self.name_expressions)
+            )
         index = self.name_expressions.index(name_expression)
         signature = getattr(self._dll, "cuda_cpu_signature_{}".format(index))
         signature.restype = ctypes.c_char_p
         launch = getattr(self._dll, "cuda_cpu_launch_{}".format(index))
         launch.restype = ctypes.c_int
-        launch.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulonglong, ctypes.c_void_p,
-                           ctypes.c_char_p, ctypes.c_ulonglong)
+        launch.argtypes = (
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_ulonglong,
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_ulonglong,
+        )
         return Kernel(name_expression, signature().decode().split(","), launch)
 
 
@@ -157,9 +201,13 @@ class Kernel:
 
     def _marshal(self, args):
         from . import ndarray
+
         if len(args) != len(self.parameters):
-            raise KernelError("{}: {} arguments for {} parameters ({})".format(
-                self.name, len(args), len(self.parameters), ", ".join(self.parameters)))
+            raise KernelError(
+                "{}: {} arguments for {} parameters ({})".format(
+                    self.name, len(args), len(self.parameters), ", ".join(self.parameters)
+                )
+            )
         buffers = []
         for i, (arg, parameter) in enumerate(zip(args, self.parameters)):
             where = "{} argument {} (parameter {})".format(self.name, i, parameter)
@@ -174,16 +222,21 @@ class Kernel:
                     continue
                 dtype = _scalar_dtype(arg)
                 if dtype is not None and dtype.kind in "iu" and dtype.itemsize == 8 and int(arg) == 0:
-                    buffers.append(ctypes.c_void_p(0))          # a null pointer, as CuPy passes 0
+                    buffers.append(ctypes.c_void_p(0))  # a null pointer, as CuPy passes 0
                     continue
                 raise KernelError("{}: got {!r}, not a device array".format(where, type(arg).__name__))
             if isinstance(arg, ndarray):
                 raise KernelError("{}: got an array for a scalar parameter".format(where))
             dtype = _scalar_dtype(arg)
             if dtype is None or dtype.name != parameter:
-                raise KernelError("{}: got {} ({} bytes); the C++ parameter is {}".format(
-                    where, dtype.name if dtype is not None else type(arg).__name__,
-                    dtype.itemsize if dtype is not None else "?", parameter))
+                raise KernelError(
+                    "{}: got {} ({} bytes); the C++ parameter is {}".format(
+                        where,
+                        dtype.name if dtype is not None else type(arg).__name__,
+                        dtype.itemsize if dtype is not None else "?",
+                        parameter,
+                    )
+                )
             buffers.append(ctypes.create_string_buffer(numpy.asarray(arg, dtype=dtype).tobytes()))
         return buffers
 

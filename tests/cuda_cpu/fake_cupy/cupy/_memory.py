@@ -8,6 +8,7 @@ them out: then the tool's own red zones around each ``malloc`` block do it.
 Fresh memory is filled with 0xFF bytes (a NaN pattern), except under valgrind,
 which tracks it as undefined instead.
 """
+
 import ctypes
 import os
 import weakref
@@ -25,7 +26,7 @@ for _f in (_poison, _unpoison):
     if _f is not None:
         _f.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 
-_live = weakref.WeakValueDictionary()   # address -> Allocation
+_live = weakref.WeakValueDictionary()  # address -> Allocation
 
 
 def guard_bytes():
@@ -69,6 +70,7 @@ class Allocation:
                 return "a kernel wrote {} bytes {} a {}-byte buffer".format(reach, name, self.nbytes)
         return None
 
+
 def _release(base, guard, nbytes):
     if guard and _unpoison is not None:
         _unpoison(base, nbytes + 2 * guard)
@@ -86,7 +88,7 @@ def device_array(shape, dtype):
     count = int(numpy.prod(shape, dtype=numpy.int64))
     allocation = Allocation(count * dtype.itemsize)
     payload = (ctypes.c_ubyte * allocation.nbytes).from_address(allocation.address)
-    payload._allocation = allocation       # the base of every view keeps the memory alive
+    payload._allocation = allocation  # the base of every view keeps the memory alive
     return numpy.frombuffer(payload, dtype=dtype, count=count).reshape(shape)
 
 

@@ -1,4 +1,5 @@
 """``cupy.cuda`` of the CPU stand-in: one device, synchronous streams."""
+
 import types
 
 

@@ -1,4 +1,5 @@
 """``cupy.testing`` of the CPU stand-in: NumPy's assertions on host copies."""
+
 import numpy
 
 
