@@ -13,11 +13,11 @@ from collections import namedtuple
 
 import numpy
 
-from . import _validate, layouts, plan
+from . import _small, _validate, layouts, plan
 from ._backend import array_module, backend_name, module_named, read_only
 from ._gpu import primitives
 from ._operator import Operator, reduce_to_shape
-from .algorithms import ALGORITHMS, _blocks
+from .algorithms import ALGORITHMS, PLANS, _blocks
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
 
@@ -46,6 +46,7 @@ class Reflections:
         self.segments = segments
         self.check_finite = check_finite
         self.dtype = numpy.dtype(dtype)
+        self._shape = None
         self.refresh()
         self._norms = norms
 
@@ -54,11 +55,12 @@ class Reflections:
         self._vectors = None
         self._norms = None
         self._layout = None
+        self._safe = None
         self._factors = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_layout", "_factors"):
+        for cache in ("_vectors", "_norms", "_layout", "_safe", "_factors"):
             del state[cache]
         return state
 
@@ -69,6 +71,31 @@ class Reflections:
     @property
     def xp(self):
         return module_named(self.backend)
+
+    @property
+    def small(self):
+        """``(n, d)`` for one NumPy matrix (no batch dimensions): the small-size path applies
+        (:mod:`cuhouse._small`); else ``None``."""
+        shape = self.shape
+        return tuple(shape) if self.backend == "numpy" and len(shape) == 2 else None
+
+    @property
+    def safe(self):
+        """Whether every reflection's sum of squares is inside ``dtype``'s safe range, so that its
+        form needs no normalization pass (see :meth:`factors`). Cached."""
+        if self._safe is None:
+            info = numpy.finfo(self.dtype)
+            norms = self.norms
+            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
+                norms <= numpy.sqrt(info.max * info.eps)
+            )
+            self._safe = bool(safe.all())
+        return self._safe
+
+    def lapack_ready(self, differentiable):
+        """Whether LAPACK's ``?ormqr`` can run a product itself (:mod:`cuhouse.algorithms.ormqr`): one
+        ``geqrf`` array on NumPy with no batch, in the safe range, and no gradient to take."""
+        return not differentiable and self.layout == _blocks.UNIT and self.small is not None and self.safe
 
     def _stored(self, segment):
         """The stored rows of one segment (a view), in product order."""
@@ -112,10 +139,10 @@ class Reflections:
 
     @property
     def shape(self):
-        """``(..., n, d)`` of the reflections."""
-        if len(self.segments) == 1:
-            return self._stored(self.segments[0]).shape
-        return self.vectors.shape
+        """``(..., n, d)`` of the reflections. Cached."""
+        if self._shape is None:
+            self._shape = tuple(self._stored(self.segments[0]).shape if len(self.segments) == 1 else self.vectors.shape)
+        return self._shape
 
     @property
     def vectors(self):
@@ -177,17 +204,13 @@ class Reflections:
                 _validate.dense_memory(
                     self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, HouseholderProduct._TODENSE_WORKSPACE
                 )
-            module = ALGORITHMS[chosen.algorithm]
+            module = PLANS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
-            info = numpy.finfo(dtype)
-            norms = self.norms
-            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
-                norms <= numpy.sqrt(info.max * info.eps)
-            )
-            if not bool(safe.all()):
+            if not self.safe:
                 scaled = _blocks.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _blocks.FULL, None
-            self._factors[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled
+            extra = {"norms": self.norms} if module is PLANS["ormqr"] else {}
+            self._factors[key] = module.build(rows, chosen.block_size, xp, layout, identity, **extra), scaled
         return self._factors[key]
 
     def leaf_contributions(self, dv, scaled):
@@ -249,9 +272,18 @@ class HouseholderProduct(Operator):
     _TODENSE_WORKSPACE = 4  # measured peak 4.06x the result at d = 2000 (cwy), 2.0x (dense)
 
     def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
-        xp = array_module(vectors)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
+        v = _small.plain_vectors(vectors)
+        norms = None if v is None else _small.vector_norms(v, check_finite)
+        if norms is not None:  # the small-size path: one validation pass found nothing to handle
+            core = Reflections("numpy", (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
+            core._safe = True
+            if _small.first_row_breaks_trapezoid(v):
+                core._layout = _blocks.FULL
+            self._init(core, False, algorithm, block_size)
+            return
+        xp = array_module(vectors)
         v = _validate.vectors(vectors, xp)
         norms = primitives.row_norms(v, xp)
         _validate.vector_norms(norms, xp, bool(check_finite))
@@ -289,9 +321,15 @@ class HouseholderProduct(Operator):
         the identity and gets zero gradient. Cost: one pass over the
         reflectors to check ``tau``, no copy.
         """
-        xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
+        found = _small.lapack_norms(a, tau, check_finite)
+        if found is not None:  # the small-size path: one validation pass found nothing to handle
+            k, identity, norms = found
+            core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, norms)
+            core._safe = True
+            return cls._view(core, False, algorithm, block_size)
+        xp = array_module(a, tau)
         a, k, identity, dtype, norms = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
         core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, norms)
         return cls._view(core, False, algorithm, block_size)
@@ -453,26 +491,42 @@ class HouseholderProduct(Operator):
         return self._view(core, False, self.algorithm, self.block_size)
 
     # ------------------------------------------------------------- products
+    def __matmul__(self, other):
+        if type(other) is numpy.ndarray:
+            out = _small.matmul(self, other, "left")
+            if out is not None:
+                return out
+        return super().__matmul__(other)
+
+    def __rmatmul__(self, other):
+        if type(other) is numpy.ndarray:
+            out = _small.matmul(self, other, "right")
+            if out is not None:
+                return out
+        return super().__rmatmul__(other)
+
     def plan_for(self, m, dtype=None, differentiable=False):
         """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns (in ``vjp`` when
         ``differentiable``)."""
-        dtype = numpy.dtype(dtype or self.dtype)
+        core = self._core
+        shape = core.shape
         return plan.choose(
-            self.shape[-1],
-            self.n_reflections,
+            shape[-1],
+            shape[-2],
             m,
-            dtype,
-            self.backend,
+            dtype or core.dtype,
+            core.backend,
             self.algorithm,
             self.block_size,
-            self._core.layout_for(differentiable),
+            core.layout_for(differentiable),
+            core.lapack_ready(differentiable),
         )
 
     def _run(self, columns, transpose, differentiable):
-        """``(algorithm module, plan, (factors, scaled), flip)`` for ``columns`` ``(..., d, m)``."""
+        """``(plan module, plan, (factors, scaled), flip)`` for ``columns`` ``(..., d, m)``."""
         chosen = self.plan_for(columns.shape[-1], columns.dtype, differentiable)
         built = self._core.factors(chosen, columns.dtype, self._core.layout_for(differentiable))
-        return ALGORITHMS[chosen.algorithm], chosen, built, transpose != self._transposed
+        return PLANS[chosen.algorithm], chosen, built, transpose != self._transposed
 
     def _matmat(self, columns, transpose):
         module, _, (factors, _), flip = self._run(columns, transpose, False)
