@@ -50,7 +50,7 @@ def _run(text, globs, name, path, lineno=0):
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_page_examples(page):
     text = page.read_text()
-    if ">>>" not in text:
+    if not PARSER.get_examples(text):
         pytest.skip("no examples on this page")
     for line in REQUIRES.findall(text):
         _require([m.strip() for m in line.split(",") if m.strip()], page.name)
