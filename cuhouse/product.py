@@ -16,7 +16,7 @@ from ._operator import Operator
 
 
 class Product(Operator):
-    """The lazy product ``args[0] @ args[1] @ ... @ args[-1]``, shape ``(..., d_out, d_in)``.
+    """The lazy product of its arguments, left to right (``args[0] @ args[1] @ ...``), shape ``(..., d_out, d_in)``.
 
     Nested products are flattened. ``params`` are the distinct leaf arrays of
     the factors, by identity, in order of first appearance; a leaf used twice

@@ -180,7 +180,7 @@ class _SpectralMatrix(Operator):
         return self.slogdet()[1]
 
     def singular_values(self):
-        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: |values| padded with zeros."""
+        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: ``|values|``, zero-padded."""
         xp = self._xp
         magnitude = xp.abs(self._values)
         missing = min(self.shape[-2:]) - self.rank
@@ -423,7 +423,7 @@ class SVDMatrix(_SpectralMatrix):
         return self._right
 
     def clip(self, lo=0.0, hi=numpy.inf):
-        """Spectral clipping: singular values |s| clipped to ``[lo, hi]``, signs kept. O(r).
+        """Spectral clipping: singular values ``|s|`` clipped to ``[lo, hi]``, signs kept. O(r).
 
         The gradient passes where ``lo <= |s| <= hi`` and is zero elsewhere.
         """

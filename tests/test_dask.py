@@ -1,7 +1,6 @@
 """cuhouse matrices applied to Dask arrays: lazy, chunk by chunk, equal to the in-memory results."""
 
 import pathlib
-import re
 import subprocess
 import sys
 
@@ -426,12 +425,6 @@ def test_local_cluster_with_processes():
     for got, want in zip(dparams, expected_dparams):
         _assert_close(got, want)
     _assert_close(dx, expected_dx)
-
-
-def test_readme_dask_block_runs():
-    blocks = re.findall(r"```python dask\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    assert len(blocks) == 1
-    exec(compile(blocks[0], "README.md", "exec"), {})
 
 
 def test_rotate_example_smoke(tmp_path):
