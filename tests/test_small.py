@@ -2,12 +2,12 @@
 
 import numpy
 import pytest
+from conftest import dense_reference, rtol
 from scipy.linalg import lapack
 
 import cuhouse
 from cuhouse import _small, plan
 from cuhouse._operator import Operator
-from conftest import dense_reference, rtol
 
 
 def _geqrf(rng, d, dtype):
