@@ -150,6 +150,8 @@ def scaled(x, exponent, xp):
 
 
 def unscale(out, exponent, xp):
-    """``out * 2**exponent`` in place (exact unless it overflows, where the true result does). O(d m)."""
-    out[...] = xp.ldexp(out, exponent)
+    """``out * 2**exponent`` in place (exact unless it overflows, where the true result does); a
+    complex ``out`` (a gradient w.r.t. complex vectors) part by part. O(size)."""
+    for part in (out.real, out.imag) if out.dtype.kind == "c" else (out,):
+        part[...] = xp.ldexp(part, exponent)
     return out
