@@ -8,7 +8,9 @@ the same work with fewer calls:
 
 * one validation pass: a row's sum of squares inside ``[tiny/eps, max*eps]``
   says at once that it is finite, nonzero and in the range where no scaling
-  is needed (``tau`` of a ``geqrf`` array is checked in the same pass);
+  is needed (``tau`` of a ``geqrf`` array is checked in the same pass), and
+  X's column sizes inside the overflow-safe limits say that X is finite and
+  needs no scaling;
 * no index arrays, no masks built per call (they are memoized by shape);
 * the plan memoized by (shape, dtype, layout), and no layer of the general
   operand protocol between ``@`` and the algorithm.
@@ -23,6 +25,7 @@ import functools
 
 import numpy
 
+from .algorithms import _scaling
 from .algorithms.ormqr import squared_lengths
 
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
@@ -35,7 +38,7 @@ def _safe_range(dtype):
     return float(info.tiny / info.eps), float(info.max * info.eps)
 
 
-def vector_norms(v, check_finite):
+def vector_norms(v):
     """The row norms of ``v`` ``(n, d)`` when one pass shows them finite, nonzero and safe, else ``None``.
 
     ``v`` must already be a float32/float64 ``ndarray`` with 1 <= n <= d.
@@ -56,7 +59,7 @@ def plain_vectors(vectors):
     return vectors if 1 <= n <= d else None
 
 
-def lapack_norms(a, tau, check_finite):
+def lapack_norms(a, tau):
     """``(k, identity, norms)`` of a ``geqrf`` pair in one pass, or ``None`` when anything needs the
     general path.
 
@@ -96,12 +99,12 @@ def first_row_breaks_trapezoid(v):
 
 
 def operand(h, x, side):
-    """``(columns, transpose, m)`` for ``h @ x`` (``side == "left"``) or ``x @ h``, or ``None``;
+    """``(columns, transpose)`` for ``h @ x`` (``side == "left"``) or ``x @ h``, or ``None``;
     ``transpose`` says that the product runs ``h^T``, as ``X @ H`` does.
 
-    ``x`` must be a 1-D or 2-D ``ndarray`` of ``h``'s dtype and size, finite
-    when ``h`` checks that. ``columns`` is the ``(d, m)`` view the algorithms
-    take (no copy: a row-major ``X @ H`` operand is a column-major view).
+    ``x`` must be a 1-D or 2-D ``ndarray`` of ``h``'s (real) dtype and size.
+    ``columns`` is the ``(d, m)`` view the algorithms take (no copy: a
+    row-major ``X @ H`` operand is a column-major view).
     """
     core = h._core
     if x.dtype != core.dtype or core.dtype not in _FLOATS or not 1 <= x.ndim <= 2 or not core.small:
@@ -109,22 +112,31 @@ def operand(h, x, side):
     d = core.small[1]
     if x.shape[-1 if (x.ndim == 1 or side == "right") else 0] != d:
         return None
-    if core.check_finite and not numpy.isfinite(x).all():
-        return None
     if x.ndim == 1:
         columns = x[:, None]
     else:
         columns = x.T if side == "right" else x
-    return columns, side == "right", columns.shape[1]
+    return columns, side == "right"
 
 
 def matmul(h, x, side):
-    """``h @ x`` (``x @ h``) on the small-size path, or ``None`` when it does not apply."""
+    """``h @ x`` (``x @ h``) on the small-size path, or ``None`` when it does not apply.
+
+    X is validated in the pass that the overflow-safe product makes anyway
+    (:func:`cuhouse.algorithms._scaling.column_sizes`, one GEMV over ``|X|``):
+    every column size inside the limits says at once that X is finite and
+    needs no scaling. Anything else (NaN, a zero column, a size out of range)
+    takes the general path, which raises or scales.
+    """
     found = operand(h, x, side)
     if found is None:
         return None
-    columns, transpose, _ = found
-    module, _, (form, _), flip = h._run(columns, transpose, False)
+    columns, transpose = found
+    module, _, (form, _, limits), flip = h._run(columns, transpose, False)
+    if columns.shape[1]:
+        sizes = _scaling.column_sizes(columns, numpy)
+        if not (sizes.min() >= limits.lo and sizes.max() <= limits.hi):
+            return None
     out = module.apply(form, columns, flip, numpy)
     if x.ndim == 1:
         return out[:, 0]

@@ -17,7 +17,7 @@ from . import _complex, _small, _validate, layouts, plan
 from ._backend import array_module, backend_name, module_named, read_only
 from ._gpu import primitives
 from ._operator import Operator, reduce_to_shape
-from .algorithms import ALGORITHMS, PLANS, _blocks
+from .algorithms import ALGORITHMS, PLANS, _blocks, _scaling
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
 
@@ -100,9 +100,10 @@ class Reflections:
         return not differentiable and self.layout == _blocks.UNIT and self.small is not None and self.safe
 
     def _stored(self, segment):
-        """The stored rows of one segment (a view), in product order."""
+        """The stored rows of one segment (a view), in product order; broadcast to the batch shape
+        of its ``tau == 0`` mask where ``tau`` had batch dimensions that ``a`` lacks."""
         leaf = self.leaves[segment.leaf]
-        rows = leaf if segment.k is None else self.xp.swapaxes(leaf[..., : segment.k], -1, -2)
+        rows = leaf if segment.k is None else _lapack_rows(leaf, segment, self.xp)
         return rows[..., ::-1, :] if segment.reversed else rows
 
     @property
@@ -188,15 +189,18 @@ class Reflections:
         return sum(self.xp.count_nonzero(mask, axis=-1) for mask in masks)
 
     def factors(self, chosen, dtype, layout):
-        """``(factors, scaled)``: the block factors of ``chosen`` (a :class:`plan.Plan`) in ``dtype``,
-        for :attr:`rows` read in ``layout`` (:meth:`layout_for`). Cached.
+        """``(factors, scaled, limits)``: the block factors of ``chosen`` (a :class:`plan.Plan`) in
+        ``dtype``, for :attr:`rows` read in ``layout`` (:meth:`layout_for`). Cached.
 
         Built from the raw rows in place (converted only when ``dtype`` differs),
         with no normalization pass. Only when some row's sum of squares would
         leave ``dtype``'s safe range are the rows normalized first (full rows,
         a copy); ``scaled`` is then ``(unit, norms)`` for the gradient, else
-        ``None``. The dense plan's d x d matrix is checked against the
-        machine's memory first.
+        ``None``. ``limits`` is the range of X's column sizes the factors take
+        without overflow or underflow (:class:`~cuhouse.algorithms._scaling.Limits`,
+        from the norms of the rows they were built from: unit rows for every
+        algorithm but CWY on raw rows). The dense plan's d x d matrix is checked
+        against the machine's memory first.
         """
         key = (chosen.algorithm, chosen.block_size, dtype, layout)
         if key not in self._factors:
@@ -211,8 +215,16 @@ class Reflections:
             if not self.safe:
                 scaled = _blocks.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _blocks.FULL, None
-            extra = {"norms": self.norms} if module is PLANS["ormqr"] else {}
-            self._factors[key] = module.build(rows, chosen.block_size, xp, layout, identity, **extra), scaled
+            norms = self.norms
+            v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
+            if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
+                # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
+                v_max = float(xp.max(norms))
+                v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
+            limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
+            extra = {"norms": norms} if module is PLANS["ormqr"] else {}
+            form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
+            self._factors[key] = form, scaled, limits
         return self._factors[key]
 
     def leaf_contributions(self, dv, scaled):
@@ -245,6 +257,15 @@ class Reflections:
                 part = grad
             contributions.append((leaf, part))
         return contributions
+
+
+def _lapack_rows(leaf, segment, xp):
+    """The reflectors of a ``geqrf`` leaf ``(..., d, N)`` as rows ``(..., k, d)`` (a view), broadcast to
+    the batch shape of the segment's ``tau == 0`` mask when ``tau`` has batch dimensions ``a`` lacks."""
+    rows = xp.swapaxes(leaf[..., : segment.k], -1, -2)
+    if segment.identity is not None and segment.identity.shape[:-1] != rows.shape[:-2]:
+        rows = xp.broadcast_to(rows, segment.identity.shape[:-1] + rows.shape[-2:])
+    return rows
 
 
 class ComplexReflections:
@@ -294,7 +315,7 @@ class ComplexReflections:
         if segment.k is None:
             rows = leaf
         else:
-            rows = _blocks.full_rows(xp.swapaxes(leaf[..., : segment.k], -1, -2), _blocks.UNIT, xp)
+            rows = _blocks.full_rows(_lapack_rows(leaf, segment, xp), _blocks.UNIT, xp)
             if segment.identity is not None:
                 rows = xp.where(segment.identity[..., None], 0, rows)
         phase = segment.phase
@@ -314,7 +335,8 @@ class ComplexReflections:
         leaf = self.leaves[segment.leaf]
         if segment.k is None:
             return tuple(leaf.shape)
-        return tuple(leaf.shape[:-2]) + (segment.k, leaf.shape[-2])
+        masks = [m.shape[:-1] for m in (segment.identity, segment.phase) if m is not None]
+        return numpy.broadcast_shapes(leaf.shape[:-2], *masks) + (segment.k, leaf.shape[-2])
 
     @property
     def vectors(self):
@@ -432,7 +454,7 @@ class HouseholderProduct(Operator):
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
         v = _small.plain_vectors(vectors)
-        norms = None if v is None else _small.vector_norms(v, check_finite)
+        norms = None if v is None else _small.vector_norms(v)
         if norms is not None:  # the small-size path: one validation pass found nothing to handle
             core = Reflections("numpy", (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
             core._safe = True
@@ -497,7 +519,7 @@ class HouseholderProduct(Operator):
         """
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        found = _small.lapack_norms(a, tau, check_finite)
+        found = _small.lapack_norms(a, tau)
         if found is not None:  # the small-size path: one validation pass found nothing to handle
             k, identity, norms = found
             core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, norms)
@@ -753,7 +775,7 @@ class HouseholderProduct(Operator):
         )
 
     def _run(self, columns, transpose, differentiable):
-        """``(plan module, plan, (factors, scaled), flip)`` for real ``columns`` ``(..., d, m)``
+        """``(plan module, plan, (factors, scaled, limits), flip)`` for real ``columns`` ``(..., d, m)``
         (``(..., 2d, m)`` realified for a unitary product)."""
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
         built = self._real_core().factors(chosen, columns.dtype, self._core.layout_for(differentiable))
@@ -782,20 +804,53 @@ class HouseholderProduct(Operator):
 
     def _matmat(self, columns, transpose):
         real, back = self._real_form(columns)
-        module, _, (factors, _), flip = self._run(real, transpose, False)
-        return back(module.apply(factors, real, flip, self._xp))
+        module, _, (factors, _, limits), flip = self._run(real, transpose, False)
+        return back(_apply_scaled(module, factors, real, flip, limits, self._xp))
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
         real, to_columns = self._real_form(columns)
-        module, chosen, (factors, scaled), flip = self._run(real, transpose, True)
-        out = module.apply(factors, real, flip, xp)
+        module, chosen, (factors, scaled, limits), flip = self._run(real, transpose, True)
+        out = _apply_scaled(module, factors, real, flip, limits, xp)
 
         def back(dout):
-            dv, dx = module.backward(factors, out, self._real_form(dout)[0], flip, xp, chosen.store_inputs)
-            return self._core.leaf_contributions(dv, scaled), reduce_to_shape(to_columns(dx), columns.shape)
+            dv, dx, exponent = _backward_scaled(
+                module, factors, out, self._real_form(dout)[0], flip, limits, chosen.store_inputs, xp
+            )
+            contributions = self._core.leaf_contributions(dv, scaled)
+            if exponent is not None:  # scaled back only now: the unit rows' gradient is divided by their norms
+                contributions = [(leaf, _scaling.unscale(g, exponent, xp)) for leaf, g in contributions]
+            return contributions, reduce_to_shape(to_columns(dx), columns.shape)
 
         return to_columns(out), back
 
     def _vjp_logabsdet(self):
         return self.logdet(), lambda dvalue: []
+
+
+def _apply_scaled(module, factors, columns, transpose, limits, xp):
+    """``module.apply`` with the columns of X out of ``limits`` scaled by powers of two (exact) and the
+    result scaled back, so that no intermediate overflows or underflows where the result does not
+    (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV over ``|X|``; three passes over X more
+    only when some column is out of range."""
+    exponent = _scaling.column_exponents(columns, limits, xp)
+    if exponent is None:
+        return module.apply(factors, columns, transpose, xp)
+    return _scaling.unscale(module.apply(factors, _scaling.scaled(columns, exponent, xp), transpose, xp), exponent, xp)
+
+
+def _backward_scaled(module, factors, out, dout, transpose, limits, store_inputs, xp):
+    """``(dV, dX, exponent)``: ``module.backward`` with ``out`` and ``dout`` each scaled by one power
+    of two per batch entry when either is out of ``limits``
+    (:func:`~cuhouse.algorithms._scaling.gradient_needs_scaling`). The gradient w.r.t. the rows is
+    bilinear in the two and sums over columns, hence one factor per array, not per column. dX is
+    scaled back here; ``dV`` is returned scaled, to be multiplied by ``2**exponent`` (``None``: no
+    scaling) after its last step (unit rows' gradients are divided by their norms). Cost: two GEMVs
+    over ``|out|`` and ``|dout|``; four passes more only when scaling."""
+    if not _scaling.gradient_needs_scaling(out, dout, limits, xp):
+        return (*module.backward(factors, out, dout, transpose, xp, store_inputs), None)
+    e_out, e_dout = (_scaling.array_exponent(a, xp) for a in (out, dout))
+    dv, dx = module.backward(
+        factors, _scaling.scaled(out, e_out, xp), _scaling.scaled(dout, e_dout, xp), transpose, xp, store_inputs
+    )
+    return dv, _scaling.unscale(dx, e_dout, xp), e_out + e_dout
