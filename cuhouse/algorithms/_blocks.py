@@ -100,21 +100,23 @@ def _as_strided(xp):
 
 
 def rows_times(block, x, xp):
-    """``Y_b @ x[start:]`` ``(..., kb, m)`` for ``x`` ``(..., d, m)``: one GEMM per stored part."""
+    """``Y_b @ x[start:]`` ``(..., kb, m)`` for ``x`` ``(..., d, m)``: one GEMM per stored part, in
+    ``x``'s memory order."""
     if block.head is None:
-        return block.tail @ x
+        return matmul(block.tail, x, xp)
     kb = block.last - block.first
     top = x[..., block.start : block.start + kb, :]
-    out = block.tail @ x[..., block.start + kb :, :]
-    out += block.head @ top
+    out = matmul(block.tail, x[..., block.start + kb :, :], xp)
+    out += matmul(block.head, top, xp)
     return out
 
 
 def subtract_rows_transposed(block, u, x, xp, work=None):
     """``x[start:] -= Y_b^T @ u`` in place, for ``u`` ``(..., kb, m)``.
 
-    ``work`` (optional, shaped like ``x``) receives the product first, so that
-    no temporary of ``x``'s size is allocated per block.
+    ``work`` (optional, shaped like ``x`` and in its memory order) receives
+    the product first, so that no temporary of ``x``'s size is allocated per
+    block. ``u`` and ``x`` share their memory order (see :func:`matmul`).
     """
     kb = block.last - block.first
     parts = [(block.tail, x[..., block.start + (kb if block.head is not None else 0) :, :])]
@@ -122,11 +124,10 @@ def subtract_rows_transposed(block, u, x, xp, work=None):
         parts.append((block.head, x[..., block.start : block.start + kb, :]))
     for rows, target in parts:
         if work is None:
-            target -= swap(rows, xp) @ u
+            target -= matmul(swap(rows, xp), u, xp)
         else:
             product = work[..., : target.shape[-2], :]
-            xp.matmul(swap(rows, xp), u, out=product)
-            target -= product
+            target -= matmul(swap(rows, xp), u, xp, out=product)
 
 
 def add_coefficients_times_rows(block, c, dy, xp):
@@ -241,11 +242,52 @@ def raw_gradient(dunit, unit, norms, xp):
     return dunit
 
 
+def column_major(x):
+    """Whether the last two axes of ``x`` are laid out column by column, as the columns view
+    ``X^T`` of a row-major ``X @ H`` operand is. O(1)."""
+    return x.strides[-2] < x.strides[-1]
+
+
+def empty_in_order(shape, dtype, like, xp):
+    """An uninitialized array of ``shape`` whose last two axes have ``like``'s memory order
+    (column-major when ``like`` is: a transposed view of a row-major array)."""
+    shape = tuple(shape)
+    if column_major(like):
+        return swap(xp.empty(shape[:-2] + (shape[-1], shape[-2]), dtype=dtype), xp)
+    return xp.empty(shape, dtype=dtype)
+
+
 def writable(x, batch, xp):
-    """A new array of shape ``batch + x.shape[-2:]`` holding ``x`` (broadcast). O(size)."""
-    out = xp.empty(tuple(batch) + x.shape[-2:], dtype=x.dtype)
+    """A new array of shape ``batch + x.shape[-2:]`` holding ``x`` (broadcast), in ``x``'s memory
+    order: no transposing copy of a row-major ``X @ H`` operand. O(size)."""
+    out = empty_in_order(tuple(batch) + x.shape[-2:], x.dtype, x, xp)
     out[...] = x
     return out
+
+
+def sweep_buffer(out, dout, xp):
+    """``[out | dout]`` ``(..., d, 2m)`` in ``out``'s memory order, the buffer a backward sweep
+    overwrites: for the columns of a row-major ``X @ H`` the gradient w.r.t. X is then a row-major
+    slice of it, returned with no copy. O(d m)."""
+    m = out.shape[-1]
+    b = empty_in_order(out.shape[:-1] + (2 * m,), out.dtype, out, xp)
+    b[..., :m] = out
+    b[..., m:] = dout
+    return b
+
+
+def matmul(a, b, xp, out=None):
+    """``a @ b`` (into ``out``) in ``b``'s memory order: for a column-major ``b`` it runs as
+    ``(b^T a^T)^T``, so that BLAS reads ``b`` in its own order and the result (``out`` must then be
+    column-major too) keeps it: a row-major ``X @ H`` stays row-major through every GEMM."""
+    if column_major(b):
+        if out is None:
+            return swap(swap(b, xp) @ swap(a, xp), xp)
+        xp.matmul(swap(b, xp), swap(a, xp), out=swap(out, xp))
+        return out
+    if out is None:
+        return a @ b
+    return xp.matmul(a, b, out=out)
 
 
 def split(y, block_size, xp):
@@ -269,22 +311,6 @@ def split(y, block_size, xp):
 def swap(a, xp):
     """Transpose of the last two axes (a view; the array method, which skips NumPy's function dispatch)."""
     return a.swapaxes(-1, -2)
-
-
-def chain(x, order, update):
-    """``x`` after ``x <- x - update(j, x)`` for each ``j`` in ``order``.
-
-    The first step allocates the (broadcast) result; later steps update it in
-    place. ``x`` itself is never written.
-    """
-    out = None
-    for j in order:
-        step = update(j, x if out is None else out)
-        if out is None:
-            out = x - step
-        else:
-            out -= step
-    return out
 
 
 def application_order(n_steps, transpose):

@@ -88,7 +88,11 @@ def _block_rows_times(f, j, x, xp):
 
 
 def apply(f, x, transpose, xp):
-    """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m)."""
+    """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m).
+
+    The result keeps X's memory order: for the column-major view of a row-major
+    ``X @ H`` operand every GEMM runs transposed (:func:`._blocks.matmul`), so
+    neither X nor the result is copied across orders."""
     out = _blocks.writable(x, _batch(f, x), xp)
     work = xp.empty_like(out)
     for j in application_order(len(f.blocks), transpose):
@@ -96,7 +100,7 @@ def apply(f, x, transpose, xp):
         kb = block.last - block.first
         tj = f.t[..., j, :kb, :kb]
         z = _block_rows_times(f, j, out, xp)
-        _blocks.subtract_rows_transposed(block, (swap(tj, xp) if transpose else tj) @ z, out, xp, work)
+        _blocks.subtract_rows_transposed(block, _blocks.matmul(swap(tj, xp) if transpose else tj, z, xp), out, xp, work)
     return out
 
 
@@ -131,12 +135,12 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     m = out.shape[-1]
     d = out.shape[-2]
     m_factor = swap(f.t, xp) if transpose else f.t
-    b = xp.concatenate([out, dout], axis=-1)  # out's batch already includes V's
+    b = _blocks.sweep_buffer(out, dout, xp)  # out's batch already includes V's
     batch = b.shape[:-2]
     z = xp.zeros(batch + (n_blocks, k, 2 * m), dtype=b.dtype)
     u = xp.zeros_like(z)
     store_inputs = store_inputs and f.layout == FULL
-    stored = xp.empty(batch + (n_blocks, d, 2 * m), dtype=b.dtype) if store_inputs else None
+    stored = _blocks.empty_in_order(batch + (n_blocks, d, 2 * m), b.dtype, b, xp) if store_inputs else None
     dy = xp.zeros(batch + (f.n, d), dtype=b.dtype)
     work = xp.empty_like(b)
     for j in reversed(application_order(n_blocks, transpose)):
@@ -144,7 +148,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         kb = block.last - block.first
         zj = _block_rows_times(f, j, b, xp)
         z[..., j, :kb, :] = zj
-        uj = swap(m_factor[..., j, :kb, :kb], xp) @ zj
+        uj = _blocks.matmul(swap(m_factor[..., j, :kb, :kb], xp), zj, xp)
         u[..., j, :kb, :] = uj
         if store_inputs:
             stored[..., j, :, :] = b
