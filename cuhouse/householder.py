@@ -73,9 +73,10 @@ class Reflections:
         return module_named(self.backend)
 
     def _stored(self, segment):
-        """The stored rows of one segment (a view), in product order."""
+        """The stored rows of one segment (a view), in product order; broadcast to the batch shape
+        of its ``tau == 0`` mask where ``tau`` had batch dimensions that ``a`` lacks."""
         leaf = self.leaves[segment.leaf]
-        rows = leaf if segment.k is None else self.xp.swapaxes(leaf[..., : segment.k], -1, -2)
+        rows = leaf if segment.k is None else _lapack_rows(leaf, segment, self.xp)
         return rows[..., ::-1, :] if segment.reversed else rows
 
     @property
@@ -233,6 +234,15 @@ class Reflections:
         return contributions
 
 
+def _lapack_rows(leaf, segment, xp):
+    """The reflectors of a ``geqrf`` leaf ``(..., d, N)`` as rows ``(..., k, d)`` (a view), broadcast to
+    the batch shape of the segment's ``tau == 0`` mask when ``tau`` has batch dimensions ``a`` lacks."""
+    rows = xp.swapaxes(leaf[..., : segment.k], -1, -2)
+    if segment.identity is not None and segment.identity.shape[:-1] != rows.shape[:-2]:
+        rows = xp.broadcast_to(rows, segment.identity.shape[:-1] + rows.shape[-2:])
+    return rows
+
+
 class ComplexReflections:
     """The shared state of a unitary product (any complex leaf or segment), on the real algorithms.
 
@@ -280,7 +290,7 @@ class ComplexReflections:
         if segment.k is None:
             rows = leaf
         else:
-            rows = _blocks.full_rows(xp.swapaxes(leaf[..., : segment.k], -1, -2), _blocks.UNIT, xp)
+            rows = _blocks.full_rows(_lapack_rows(leaf, segment, xp), _blocks.UNIT, xp)
             if segment.identity is not None:
                 rows = xp.where(segment.identity[..., None], 0, rows)
         phase = segment.phase
@@ -300,7 +310,8 @@ class ComplexReflections:
         leaf = self.leaves[segment.leaf]
         if segment.k is None:
             return tuple(leaf.shape)
-        return tuple(leaf.shape[:-2]) + (segment.k, leaf.shape[-2])
+        masks = [m.shape[:-1] for m in (segment.identity, segment.phase) if m is not None]
+        return numpy.broadcast_shapes(leaf.shape[:-2], *masks) + (segment.k, leaf.shape[-2])
 
     @property
     def vectors(self):
