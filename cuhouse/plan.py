@@ -69,8 +69,8 @@ def _triangular_inverse(mach, k, count, itemsize):
 def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=False, layout="full"):
     """Predicted seconds of one ``H @ X`` with X ``(d, m)``.
 
-    ``built`` leaves out the one-off cost of building the block factors (they
-    are cached on the operator). A structured ``layout`` ("trapezoidal",
+    ``built`` leaves out the one-off cost of building the algorithm's form (cached
+    on the operator). A structured ``layout`` ("trapezoidal",
     "unit") has block j of k reflections touch rows jk..d only: every GEMM
     runs on ``d - (n - k) / 2`` rows on average.
     """
@@ -116,8 +116,8 @@ def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, l
     """The fastest :class:`Plan` for ``H @ X`` by the cost model, build included.
 
     ``algorithm`` and ``block_size`` pin what the caller fixed; ``layout`` is
-    the reflections' (see :mod:`cuhouse.algorithms._blocks`). The choice
-    depends on these arguments only, never on which factors happen to be
+    the reflections' (see :mod:`cuhouse.algorithms._layout`). The choice
+    depends on these arguments only, never on which forms happen to be
     cached, so the same H and X always run the same plan (and give the same
     bits). Memoized: a dictionary lookup after the first call.
     """

@@ -18,17 +18,19 @@ changes ``s`` or ``w`` in place (and call ``refresh()`` on U and V).
 
 import numpy
 
-from . import _validate, layouts
-from ._backend import array_module, backend_name, read_only
-from ._operator import Operator, reduce_to_shape
+from . import _geqrf, _validate
+from ._backend import array_module, backend_name, read_only, to_host
+from ._operator import Operator
+from ._shapes import batch_shape, reduce_to_shape
 from .householder import HouseholderProduct
 
 
 class _SpectralMatrix(Operator):
     """W = L[:, :r] diag(values) R[:, :r]^T with Householder products L, R.
 
-    The shared algebra of :class:`SVDMatrix` and :class:`EighMatrix`. A leaf
-    holds the user's arrays; a derived matrix holds its parent, the name of
+    The shared algebra of :class:`SVDMatrix` and :class:`EighMatrix`. A root
+    (made by the constructor) holds the user's arrays, its leaves; a derived
+    matrix holds its root and its parent, the name of
     the step that made it and the derivative of its values with respect to
     the parent's values (``None`` for a transpose).
     """
@@ -36,9 +38,9 @@ class _SpectralMatrix(Operator):
     _SPECTRUM = "s"  # the name of the spectrum in messages and ``params``
     _NAME = "W"
 
-    def _init(self, left, values, right, leaf=None, parent=None, step=None, derivative=None):
+    def _init(self, left, values, right, root=None, parent=None, step=None, derivative=None):
         self._left, self._values, self._right = left, values, right
-        self._leaf = self if leaf is None else leaf
+        self._root = self if root is None else root
         self._parent, self._step, self._derivative = parent, step, derivative
         self._backend = backend_name(array_module(values))
 
@@ -46,14 +48,14 @@ class _SpectralMatrix(Operator):
         """A child with ``values = map(self.values)`` and ``derivative = map'(self.values)``. O(1)."""
         left, right = (self._right, self._left) if transpose else (self._left, self._right)
         child = type(self).__new__(type(self))
-        child._init(left, values, right, self._leaf, self, step, derivative)
+        child._init(left, values, right, self._root, self, step, derivative)
         return child
 
     # ------------------------------------------------------------ attributes
     @property
     def params(self):
         """The leaf arrays gradients are taken with respect to (shared by every derived matrix)."""
-        return self._leaf._params
+        return self._root._params
 
     @property
     def rank(self):
@@ -76,22 +78,20 @@ class _SpectralMatrix(Operator):
 
     @property
     def check_finite(self):
-        """Whether NaN/Inf in every ``X`` is rejected (as the leaf was built)."""
-        return self._leaf._check_finite
+        """Whether NaN/Inf in every ``X`` is rejected (as the root was built)."""
+        return self._root._check_finite
 
     @property
     def lineage(self):
-        """How this matrix was derived from its leaf, e.g. ``"W.inv().T"``."""
+        """How this matrix was derived from its root, e.g. ``"W.inv().T"``."""
         node, steps = self, []
         while node._parent is not None:
             steps.append(node._step)
             node = node._parent
         return ".".join([self._NAME] + steps[::-1])
 
-    def __repr__(self):
-        return "{}(shape={}, rank={}, dtype={}, backend={}, lineage={!r})".format(
-            type(self).__name__, self.shape, self.rank, self.dtype, self.backend, self.lineage
-        )
+    def _describe(self):
+        return (("rank", self.rank), ("lineage", repr(self.lineage)))
 
     # --------------------------------------------------------------- algebra
     @property
@@ -150,10 +150,6 @@ class _SpectralMatrix(Operator):
             logabs = xp.sum(xp.log(xp.abs(self._values)), axis=-1)
         return _batch_array(sign, batch, self.dtype, xp), _batch_array(logabs, batch, self.dtype, xp)
 
-    def logdet(self):
-        """``log|det W|`` per batch entry (``-inf`` when singular). Square W. O(r)."""
-        return self.slogdet()[1]
-
     def singular_values(self):
         """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: |values| padded with zeros."""
         xp = self._xp
@@ -199,18 +195,14 @@ class _SpectralMatrix(Operator):
             raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
         return xp.where(xp.isnan(result), numpy.inf, result)  # 0 * inf or 0 / 0: the zero matrix
 
-    def matmul(self, x):
-        """``W @ X``; see :func:`cuhouse.matmul`."""
-        return self @ x
-
     # ------------------------------------------------------------- products
-    def _factors(self, transpose):
+    def _sides(self, transpose):
         """``(outer, inner)``: W x = outer (values * inner^T x); W^T swaps L and R."""
         return (self._right, self._left) if transpose else (self._left, self._right)
 
     def _matmat(self, columns, transpose):
         """``W @ x`` (``W^T @ x``): inner^T, scale, outer. O(d n m)."""
-        outer, inner = self._factors(transpose)
+        outer, inner = self._sides(transpose)
         y = inner._matmat(columns, True)
         return outer._matmat(self._scale(y, outer.shape[-1]), False)
 
@@ -227,7 +219,7 @@ class _SpectralMatrix(Operator):
     # ------------------------------------------------------------ gradients
     def _vjp_matmat(self, columns, transpose):
         """``W @ x`` (``W^T @ x``) through the factors' own hooks; the spectrum's gradient chained to its leaf."""
-        outer, inner = self._factors(transpose)
+        outer, inner = self._sides(transpose)
         y, back_inner = inner._vjp_matmat(columns, True)
         out, back_outer = outer._vjp_matmat(self._scale(y, outer.shape[-1]), False)
         r = self.rank
@@ -277,7 +269,7 @@ class _SpectralMatrix(Operator):
     def _require_values(self, operation, ok, expected):
         """``ValueError`` naming the first value where the mask ``ok`` is False."""
         if not bool(ok.all()):
-            where = tuple(int(i) for i in numpy.argwhere(_validate.to_host(~ok))[0])
+            where = tuple(int(i) for i in numpy.argwhere(to_host(~ok))[0])
             bad = float(self._values[where])
             raise ValueError(
                 "{} needs {}, got {}{} = {!r}".format(
@@ -320,7 +312,7 @@ def _spectrum(values, name, xp, check_finite):
 
 def _householder_from_orthonormal(q, xp):
     """``(H, signs)`` with ``H[:, :r] = q diag(signs)`` for orthonormal columns ``q`` ``(..., d, r)``. O(d r^2)."""
-    a, tau, signs = layouts.orthonormal_to_reflectors(q, xp)
+    a, tau, signs = _geqrf.geqrf_signed(q, xp)
     return HouseholderProduct.from_lapack(a, tau), signs
 
 
@@ -356,7 +348,7 @@ class SVDMatrix(_SpectralMatrix):
                     r, d_out, d_out, d_in, d_in, min(d_out, d_in)
                 )
             )
-        _validate.batch_shape(("U", U.shape[:-2]), ("s", s.shape[:-1]), ("V", V.shape[:-2]))
+        batch_shape(("U", U.shape[:-2]), ("s", s.shape[:-1]), ("V", V.shape[:-2]))
         self._init(U, s, V)
         self._params = U.params + (s,) + V.params
         self._check_finite = bool(check_finite)
@@ -464,7 +456,7 @@ class EighMatrix(_SpectralMatrix):
             raise ValueError(
                 "w must have shape (..., d) with d={} to match U ({}x{}), got shape {}".format(d, d, d, tuple(w.shape))
             )
-        _validate.batch_shape(("U", U.shape[:-2]), ("w", w.shape[:-1]))
+        batch_shape(("U", U.shape[:-2]), ("w", w.shape[:-1]))
         self._init(U, w, U)
         self._params = U.params + (w,)
         self._check_finite = bool(check_finite)

@@ -10,11 +10,11 @@ from . import peers
 TITLE = "H @ X with n = d reflections, the factors built inside each call (unless 'cached')"
 
 EXPLAIN = {
-    "cuhouse auto": "HouseholderProduct(V) @ X: full-length vectors V, validation and block factors in the call",
+    "cuhouse auto": "HouseholderProduct(V) @ X: full-length vectors V, validation and the form of H built in the call",
     "cuhouse <algorithm>": "the same with the algorithm pinned",
     "cuhouse from_lapack": "HouseholderProduct.from_lapack(qr, tau) @ X on LAPACK's trapezoidal (qr, tau) of "
     "geqrf(V^T): the same Q, half the flops, read in place",
-    "cuhouse auto, cached": "H @ X with H's block factors already built (a layer reusing H)",
+    "cuhouse auto, cached": "H @ X with H's form already built (a layer reusing H)",
     "ormqr": "LAPACK/cuSOLVER ormqr applying the same (qr, tau) to X: the reference (ratio 1)",
     "orgqr then GEMM": "LAPACK orgqr forming Q from (qr, tau), then Q @ X",
     "dense GEMM": "one GEMM with the dense Q precomputed outside the call: the floor",

@@ -1,11 +1,12 @@
-"""Array-level constructions of Householder vectors, for the ``from_*`` constructors.
+"""Arrays in LAPACK's ``geqrf`` form ``(a, tau)``, for the ``from_*`` constructors.
 
-* :func:`lapack_reflectors`: LAPACK's ``geqrf`` layout checked, read in place;
-* :func:`orthogonal_to_reflectors`: a Householder QR of an orthogonal (or
-  orthonormal-column) matrix whose R is the identity, so that the product of
-  its reflectors *is* the matrix (``HouseholderProduct.from_dense``);
-* :func:`orthonormal_to_reflectors`: the same with the signs of R handed back,
-  for the singular and eigenvectors of ``SVDMatrix``/``EighMatrix.from_dense``.
+* :func:`read_geqrf`: ``geqrf`` output checked and read in place (``from_lapack``);
+* :func:`geqrf_exact`: a Householder QR of an orthogonal (or orthonormal-column)
+  matrix whose R is the identity, so that the product of its reflectors *is*
+  the matrix (``HouseholderProduct.from_dense``);
+* :func:`geqrf_signed`: LAPACK's QR of orthonormal columns, whose R is
+  diag(signs), with the signs handed back (the singular vectors and
+  eigenvectors of ``SVDMatrix``/``EighMatrix.from_dense``).
 
 Nothing here knows the matrix classes; they call these and build themselves.
 """
@@ -13,10 +14,11 @@ Nothing here knows the matrix classes; they call these and build themselves.
 import numpy
 
 from . import _validate
-from .algorithms import _blocks
+from ._shapes import batch_shape
+from .algorithms import _layout
 
 
-def lapack_reflectors(a, tau, xp, check_finite):
+def read_geqrf(a, tau, xp, check_finite):
     """``(a, k, identity, dtype, norms)``: ``a`` checked (converted only when its dtype or type
     requires it), the number k of reflectors, the reflectors' norms ``(..., k)`` (their implicit 1
     included), the ``tau == 0`` mask ``(..., k)`` (``None`` when no factor is the
@@ -40,12 +42,12 @@ def lapack_reflectors(a, tau, xp, check_finite):
                 min(rows, cols), tuple(tau.shape)
             )
         )
-    _validate.batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
+    batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
     a = a.astype(_validate.float_dtype(a.dtype), copy=False)
     if check_finite and not bool(xp.isfinite(tau).all()):
         raise ValueError("a and tau must be finite; found NaN or Inf")
     identity = tau == 0
-    sumsq = 1 + _blocks.squared_norms(xp.swapaxes(a[..., :k], -1, -2), _blocks.UNIT, xp)
+    sumsq = 1 + _layout.squared_norms(xp.swapaxes(a[..., :k], -1, -2), _layout.UNIT, xp)
     if check_finite and not bool(xp.isfinite(sumsq).all()):
         raise ValueError("a and tau must be finite; found NaN or Inf")
     expected = xp.where(identity, 0, 2 / sumsq)
@@ -60,7 +62,7 @@ def lapack_reflectors(a, tau, xp, check_finite):
     return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq)
 
 
-def orthogonal_to_reflectors(q, xp):
+def geqrf_exact(q, xp):
     """``(a, tau)`` in the geqrf layout with Q = H(1) ... H(r) [I_r; 0] exactly.
 
     ``q`` ``(..., d, r)``, r <= d, must have orthonormal columns (an orthogonal
@@ -103,7 +105,7 @@ def orthogonal_to_reflectors(q, xp):
     return a, tau
 
 
-def orthonormal_to_reflectors(q, xp):
+def geqrf_signed(q, xp):
     """``(a, tau, signs)`` with H(1) ... H(n) [I_r; 0] = q diag(signs), for the
     ``from_dense`` of ``SVDMatrix``/``EighMatrix``.
 
