@@ -12,15 +12,16 @@ instantiated, and ``TypeError`` names what is missing)
 
 - the properties ``shape`` ``(..., d_out, d_in)``, ``dtype``, ``params`` (the
   leaf arrays gradients are taken with respect to), ``backend`` (a name),
-  ``check_finite`` and ``T``;
-- the methods ``inv()`` and ``slogdet()``;
+  ``check_finite``, ``T`` and ``H``;
+- the methods ``conj()``, ``inv()`` and ``slogdet()``;
 - three hooks that work on already-validated arrays in the columns form
   (:mod:`cuhouse._shapes`) and call their parents' hooks, never the public path:
 
 ``_matmat(columns, transpose) -> out``
-    ``A @ columns`` (``A^T @ columns`` when ``transpose``) for float
-    ``columns`` ``(..., d, m)`` in the result dtype. Builds nothing for a
-    backward.
+    ``A @ columns`` (``A^H @ columns``, the adjoint, when ``transpose``; the
+    transpose for a real A) for float or complex ``columns`` ``(..., d, m)`` in
+    the result dtype. Builds nothing for a backward. ``X @ A`` runs as
+    ``(conj(A)^H X^T)^T`` through ``A.conj()``'s hook.
 ``_vjp_matmat(columns, transpose) -> (out, back)``
     the same product and ``back(dout) -> (contributions, dcolumns)``:
     ``dout`` is shaped like ``out``; ``dcolumns`` like ``columns``;
@@ -42,6 +43,11 @@ Contributions become gradients in one place, :func:`accumulate`: summed
 over broadcast dimensions and over repeated uses of a leaf, matched to
 ``params`` by identity.
 
+Complex gradients follow torch's convention: for a cotangent ``G`` of ``out``,
+the gradient of a complex array ``z`` is ``dL/dRe(z) + i dL/dIm(z)`` with
+``L = Re(sum(conj(G) * out))``, what ``z -= lr * grad`` needs; a real array
+gets the real part of that (see :mod:`cuhouse._complex`).
+
 Pickling (and ``copy.copy``/``copy.deepcopy``) is Python's default for plain
 objects: no matrix holds a module (the backend is a name) and the one class
 with caches, :class:`cuhouse._reflections.Reflections`, drops them in its
@@ -55,7 +61,7 @@ import operator
 
 import numpy
 
-from . import _dask, _memory, _validate
+from . import _complex, _dask, _memory, _validate
 from ._backend import module_named
 from ._shapes import batch_shape, from_columns, reduce_to_shape, to_columns
 
@@ -79,7 +85,7 @@ class Operator(abc.ABC):
     @property
     @abc.abstractmethod
     def dtype(self):
-        """The float dtype of the matrix (``numpy.dtype``)."""
+        """The float or complex dtype of the matrix (``numpy.dtype``)."""
 
     @property
     @abc.abstractmethod
@@ -101,6 +107,15 @@ class Operator(abc.ABC):
     def T(self):
         """The transpose, again a cuhouse matrix."""
 
+    @property
+    @abc.abstractmethod
+    def H(self):
+        """The adjoint (conjugate transpose), again a cuhouse matrix; ``T`` for a real matrix."""
+
+    @abc.abstractmethod
+    def conj(self):
+        """The entrywise conjugate, again a cuhouse matrix (``self`` when real)."""
+
     @abc.abstractmethod
     def inv(self):
         """The inverse, again a cuhouse matrix."""
@@ -111,7 +126,7 @@ class Operator(abc.ABC):
 
     @abc.abstractmethod
     def _matmat(self, columns, transpose):
-        """``A @ columns`` (``A^T @ columns``); see the module docstring."""
+        """``A @ columns`` (``A^H @ columns``); see the module docstring."""
 
     @abc.abstractmethod
     def _vjp_matmat(self, columns, transpose):
@@ -145,7 +160,7 @@ class Operator(abc.ABC):
         from dask.base import normalize_token
 
         state = {k: (None if v is self else v) for k, v in vars(self).items()}  # a root refers to itself
-        return type(self).__qualname__, normalize_token(state)
+        return type(self).__qualname__, normalize_token(sorted(state.items()))
 
     # -------------------------------------------------------- determinants
     def det(self):
@@ -187,7 +202,7 @@ class Operator(abc.ABC):
         return self._product(x, "left")
 
     def rmatvec(self, x):
-        """``A^T x`` for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec`` (real A)."""
+        """``A^H x`` (the adjoint) for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec``."""
         return self._product(x, "left", transpose=True)
 
     def matmat(self, x):
@@ -195,7 +210,7 @@ class Operator(abc.ABC):
         return self._product(x, "left")
 
     def rmatmat(self, x):
-        """``A^T X`` for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat`` (real A)."""
+        """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``."""
         return self._product(x, "left", transpose=True)
 
     # Peak memory of todense() in units of its result (tracemalloc at d = 2000:
@@ -213,7 +228,7 @@ class Operator(abc.ABC):
         _memory.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE)
         if cols <= rows:
             return self._matmat(xp.eye(cols, dtype=self.dtype), False)
-        return xp.swapaxes(self._matmat(xp.eye(rows, dtype=self.dtype), True), -1, -2)
+        return xp.swapaxes(self._conjugated()._matmat(xp.eye(rows, dtype=self.dtype), True), -1, -2)
 
     def __array__(self, dtype=None, copy=None):
         """``numpy.asarray(A)``: the dense form, a new array. NumPy backend only.
@@ -238,6 +253,10 @@ class Operator(abc.ABC):
         return dense if dtype is None else dense.astype(dtype, copy=False)
 
     # ------------------------------------------------------------- products
+    def _conjugated(self):
+        """``conj(A)``, whose adjoint hook gives ``A^T``: ``A`` itself when real."""
+        return self.conj() if self.dtype.kind == "c" else self
+
     def _operand(self, x, side, transpose=False, name="X"):
         """Validate ``X`` of ``A @ X`` (``side == "left"``) or ``X @ A`` (``"right"``), once.
 
@@ -245,7 +264,8 @@ class Operator(abc.ABC):
         messages. Returns ``(x, columns, transpose)``: ``x`` as validated (its
         own dtype), ``columns`` its columns form ``(..., d, m)`` in the result
         dtype (a vector is one column, ``X @ A`` is ``(A^T X^T)^T``), and
-        whether the hook applies ``A^T``.
+        whether the hook applies the adjoint. For ``side == "right"`` the hook is that of
+        :meth:`_conjugated` (``X @ A = (conj(A)^H X^T)^T``).
         """
         shape = self.shape[:-2] + self.shape[-2:][::-1] if transpose else self.shape
         x, cast = _validate.product_operand(x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite, name)
@@ -257,9 +277,10 @@ class Operator(abc.ABC):
         A Dask array ``X`` gives a lazy Dask array, one product per chunk (:mod:`cuhouse._dask`).
         """
         if _dask.is_dask_array(x):
-            return _dask.matmul(self.T if transpose else self, x, side)
+            return _dask.matmul(self.H if transpose else self, x, side)
         x, columns, transpose = self._operand(x, side, transpose, name)
-        out = self._matmat(columns, transpose)
+        op = self._conjugated() if side == "right" else self
+        out = op._matmat(columns, transpose)
         return self._xp.ascontiguousarray(from_columns(out, x.ndim == 1, side, self._xp))
 
     # ------------------------------------------------------------ gradients
@@ -284,13 +305,20 @@ class Operator(abc.ABC):
             )
         x, columns, transpose = self._operand(x, side)
         vector = x.ndim == 1
-        out_columns, back_columns = self._vjp_matmat(columns, transpose)
+        op = self._conjugated() if side == "right" else self
+        out_columns, back_columns = op._vjp_matmat(columns, transpose)
         out = xp.array(from_columns(out_columns, vector, side, xp), order="C", copy=True)
 
         def back(dout):
-            dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
+            dout = _validate.cotangent(dout, "dout", out.shape, xp)
+            if dout.dtype.kind == "c" and out.dtype.kind != "c":
+                dout = xp.real(dout)  # L = Re(sum(conj(G) * out)) only sees Re(G) for a real out
+            dout = dout.astype(out.dtype, copy=False)
             contributions, dcolumns = back_columns(to_columns(dout, vector, side, xp))
-            dx = xp.ascontiguousarray(from_columns(dcolumns, vector, side, xp), dtype=_validate.float_dtype(x.dtype))
+            dx = from_columns(dcolumns, vector, side, xp)
+            if dx.dtype.kind == "c" and x.dtype.kind != "c":
+                dx = xp.real(dx)  # a real X: the real part of the complex gradient
+            dx = xp.ascontiguousarray(dx, dtype=_validate.float_dtype(x.dtype))
             return accumulate(self.params, contributions, xp), dx
 
         return out, back
@@ -308,7 +336,7 @@ class Operator(abc.ABC):
 
 
 class Product(Operator):
-    """The lazy product ``args[0] @ args[1] @ ... @ args[-1]``, shape ``(..., d_out, d_in)``.
+    """The lazy product of its arguments, left to right (``args[0] @ args[1] @ ...``), shape ``(..., d_out, d_in)``.
 
     Nested products are flattened. ``params`` are the distinct leaf arrays of
     the factors, by identity, in order of first appearance; a leaf used twice
@@ -380,17 +408,28 @@ class Product(Operator):
         """``Ak^T @ ... @ A1^T``. O(k)."""
         return Product(*(f.T for f in reversed(self.args)))
 
+    @property
+    def H(self):
+        """The adjoint ``Ak^H @ ... @ A1^H``. O(k)."""
+        return Product(*(f.H for f in reversed(self.args)))
+
+    def conj(self):
+        """The entrywise conjugate ``conj(A1) @ ... @ conj(Ak)`` (``self`` when real). O(k)."""
+        return Product(*(f.conj() for f in self.args)) if self.dtype.kind == "c" else self
+
     def inv(self):
         """``Ak^-1 @ ... @ A1^-1``; every factor must have ``inv()``. O(k)."""
         return Product(*(f.inv() for f in reversed(self.args)))
 
     def slogdet(self):
-        """``(sign, log|det|)`` per batch entry: the factors' products and sums. Square factors. O(k r)."""
+        """``(sign, log|det|)`` per batch entry: the factors' products and sums. Square factors. O(k r).
+
+        As ``numpy.linalg.slogdet``: a complex sign and a real logarithm for complex factors."""
         signs, logs = zip(*(self._square(f, "slogdet()").slogdet() for f in self.args))
         batch = self.shape[:-2]
         xp = self._xp
         sign = xp.broadcast_to(functools.reduce(operator.mul, signs), batch)
-        return sign.astype(self.dtype), xp.broadcast_to(sum(logs), batch).astype(self.dtype)
+        return sign.astype(self.dtype), xp.broadcast_to(sum(logs), batch).astype(_complex.real_dtype(self.dtype))
 
     @staticmethod
     def _square(f, operation):
@@ -428,7 +467,7 @@ class Product(Operator):
 
     def _vjp_logabsdet(self):
         parts = [self._square(f, "logdet()")._vjp_logabsdet() for f in self.args]
-        value = self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]).astype(self.dtype)
+        value = self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]).astype(_complex.real_dtype(self.dtype))
 
         def back(dvalue):
             return [pair for _, b in parts for pair in b(dvalue)]
@@ -447,12 +486,15 @@ def accumulate(params, contributions, xp):
 
     Each gradient is reduced over broadcast batch dimensions and added to the
     leaf it belongs to, matched by identity (the first slot of a leaf listed
-    twice). Every gradient has its leaf's float dtype and is C-contiguous;
-    leaves no pair touches get zeros.
+    twice). Every gradient has its leaf's float (or complex) dtype and is
+    C-contiguous; a real leaf gets the real part of a complex gradient; leaves
+    no pair touches get zeros.
     """
     total = [None] * len(params)
     for leaf, grad in contributions:
         i = next(i for i, p in enumerate(params) if p is leaf)
+        if grad.dtype.kind == "c" and leaf.dtype.kind != "c":
+            grad = xp.real(grad)
         grad = reduce_to_shape(grad, leaf.shape)
         total[i] = grad if total[i] is None else total[i] + grad
     dtypes = [numpy.result_type(p.dtype, numpy.float32) for p in params]

@@ -1,16 +1,17 @@
 """``Reflections``: the reflections behind ``HouseholderProduct`` views, and every cache built from them.
 
-A :class:`cuhouse.HouseholderProduct` is a view (transposed or not) of one
-``Reflections``; this module holds the state and the caches (full rows,
+A :class:`cuhouse.HouseholderProduct` is a view (transposed, conjugated or not)
+of one ``Reflections`` (real) or ``ComplexReflections`` (unitary, run realified
+on a ``Reflections``); this module holds the state and the caches (full rows,
 norms, the layout, each algorithm's form), the way gradients go back to the
-parameter arrays, and nothing of the public class.
+leaf arrays, and nothing of the public class.
 """
 
 from collections import namedtuple
 
 import numpy
 
-from . import _memory
+from . import _complex, _memory
 from ._backend import module_named, read_only
 from ._gpu import primitives
 from .algorithms import ALGORITHMS, _layout, _normalize
@@ -19,18 +20,28 @@ from .algorithms import ALGORITHMS, _layout, _normalize
 # 4.06x at d = 2000 (cwy), 2.0x (dense).
 DENSE_WORKSPACE = 4
 
-Segment = namedtuple("Segment", "param transpose k identity")
-Segment.__doc__ = """Where a run of reflections comes from: parameter array number ``param``, its
-rows in reverse order (``transpose``: the segment appears transposed) or not;
-``k`` is ``None`` for a vectors array ``(..., n, d)``, or the number of
-reflectors read in place from a ``geqrf`` array ``a`` ``(..., d, N)``
-(LAPACK's layout), whose ``tau == 0`` mask is ``identity`` (or ``None``)."""
+
+Segment = namedtuple("Segment", "param transpose k identity conjugate phase", defaults=(False, None))
+Segment.__doc__ = """Where a run of reflections comes from: leaf number ``param`` of ``params``, its rows
+in reverse order (``transpose``: the adjoint of the run) or not; ``k`` is ``None`` for a vectors
+leaf ``(..., n, d)``, or the number of reflectors read in place from a ``geqrf`` array ``a``
+``(..., d, N)`` (LAPACK's layout), whose ``tau == 0`` mask is ``identity`` (or ``None``). Complex
+runs only: ``conjugate`` takes the entrywise conjugate of the run, and ``phase`` ``(..., k)`` holds the
+eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: reflections, lambda = -1)."""
+
+
+def _dask_token(reflections):
+    """The Dask token of a reflections object: its class and the state that pickles (caches
+    excluded), arrays by content; see :mod:`cuhouse._dask`."""
+    from dask.base import normalize_token
+
+    return type(reflections).__qualname__, normalize_token(sorted(reflections.__getstate__().items()))
 
 
 class Reflections:
     """The shared state behind one or more ``HouseholderProduct`` views.
 
-    It holds the reflections as the parameter arrays the user passed in
+    It holds the reflections as the leaf arrays the user passed in
     (``params``, read through ``segments``, see :class:`Segment`), plus every
     cache derived from them. A single segment is used in place, in its layout
     (``rows``, ``layout``, ``identity``); several (``H1 @ H2``) are joined into
@@ -49,7 +60,7 @@ class Reflections:
         self._norms = norms
 
     def refresh(self):
-        """Drop every cache; the next use rebuilds from the parameter arrays."""
+        """Drop every cache; the next use rebuilds from the leaf arrays."""
         self._vectors = None
         self._norms = None
         self._layout = None
@@ -66,10 +77,7 @@ class Reflections:
         self.refresh()
 
     def __dask_tokenize__(self):
-        """The token of the state that pickles (caches excluded), arrays by content; see :mod:`cuhouse._dask`."""
-        from dask.base import normalize_token
-
-        return type(self).__qualname__, normalize_token(sorted(self.__getstate__().items()))
+        return _dask_token(self)
 
     @property
     def xp(self):
@@ -77,8 +85,8 @@ class Reflections:
 
     def _stored(self, segment):
         """The stored rows of one segment (a view), in product order."""
-        param = self.params[segment.param]
-        rows = param if segment.k is None else self.xp.swapaxes(param[..., : segment.k], -1, -2)
+        leaf = self.params[segment.param]
+        rows = leaf if segment.k is None else self.xp.swapaxes(leaf[..., : segment.k], -1, -2)
         return rows[..., ::-1, :] if segment.transpose else rows
 
     @property
@@ -110,7 +118,7 @@ class Reflections:
 
     @property
     def rows(self):
-        """The rows the algorithms run on, in :attr:`layout`: the caller's array itself for one segment."""
+        """The rows the algorithms run on, in :attr:`layout`: the caller's array itself for one leaf."""
         if len(self.segments) == 1:
             return self._stored(self.segments[0])
         return self.vectors
@@ -125,7 +133,7 @@ class Reflections:
     @property
     def vectors(self):
         """All reflections as full rows ``(..., n, d)`` in product order (identity factors as zero
-        rows): a read-only view (NumPy) of a vectors array, else a copy made once. Cached."""
+        rows): a read-only view (NumPy) of a vectors leaf, else a copy made once. Cached."""
         if self._vectors is None:
             xp = self.xp
             parts = []
@@ -195,10 +203,10 @@ class Reflections:
         return self._forms[key]
 
     def contributions(self, dv, scaled):
-        """``(param, gradient)`` pairs from ``dv``, the gradient w.r.t. the rows the form was built
+        """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the rows the form was built
         from (``(..., n, d)``; see :meth:`form` for ``scaled``).
 
-        Each segment goes back to its parameter array, reversed if it appears transposed; a
+        Each segment goes back to its leaf, reversed if it appears transposed; a
         ``geqrf`` leaf gets its strictly lower part (zero on and above the
         diagonal and for ``tau == 0``). ``dv`` may be overwritten. Cost: O(n d).
         """
@@ -208,8 +216,8 @@ class Reflections:
             dv = _normalize.raw_gradient(dv, unit.astype(dv.dtype, copy=False), norms.astype(dv.dtype, copy=False), xp)
         contributions, start = [], 0
         for segment in self.segments:
-            param = self.params[segment.param]
-            n = param.shape[-2] if segment.k is None else segment.k
+            leaf = self.params[segment.param]
+            n = leaf.shape[-2] if segment.k is None else segment.k
             part = dv[..., start : start + n, :]
             start += n
             if segment.transpose:
@@ -219,11 +227,169 @@ class Reflections:
                     part = _layout.structured(part.copy(), _layout.UNIT, xp)
                     if segment.identity is not None:
                         part *= ~segment.identity[..., None]
-                grad = xp.zeros(part.shape[:-2] + param.shape[-2:], dtype=part.dtype)
+                grad = xp.zeros(part.shape[:-2] + leaf.shape[-2:], dtype=part.dtype)
                 transpose_into(grad[..., : segment.k], part, xp)
                 part = grad
-            contributions.append((param, part))
+            contributions.append((leaf, part))
         return contributions
+
+
+class ComplexReflections:
+    """The shared state of a unitary product (any complex leaf or segment), on the real algorithms.
+
+    Same interface as :class:`Reflections` for :class:`HouseholderProduct`. The
+    factors are realified once, lazily (:mod:`cuhouse._complex`): each complex
+    factor becomes two real reflections in 2d dimensions, and :attr:`real`, a
+    :class:`Reflections` over those ``(..., 2n, 2d)`` rows, runs every product,
+    plan and cache. Gradients w.r.t. the real rows go back to the complex leaves
+    in :meth:`contributions`. Pickles without its caches.
+    """
+
+    def __init__(self, backend, params, segments, check_finite, dtype):
+        self.backend = backend
+        self.params = params
+        self.segments = segments
+        self.check_finite = check_finite
+        self.dtype = numpy.dtype(dtype)
+        self.refresh()
+
+    def refresh(self):
+        """Drop every cache; the next use realifies the leaf arrays again."""
+        self._real = None
+        self._pairs = None
+        self._vectors = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for cache in ("_real", "_pairs", "_vectors"):
+            del state[cache]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.refresh()
+
+    def __dask_tokenize__(self):
+        return _dask_token(self)
+
+    @property
+    def xp(self):
+        return module_named(self.backend)
+
+    def _rows_of(self, segment):
+        """The complex full rows ``(..., k, d)`` of one segment in stored order (identity factors
+        zero, conjugated if the segment is), and their eigenvalues (``None``: reflections)."""
+        xp = self.xp
+        leaf = self.params[segment.param]
+        if segment.k is None:
+            rows = leaf
+        else:
+            rows = _layout.full_rows(xp.swapaxes(leaf[..., : segment.k], -1, -2), _layout.UNIT, xp)
+            if segment.identity is not None:
+                rows = xp.where(segment.identity[..., None], 0, rows)
+        phase = segment.phase
+        if segment.conjugate:
+            rows = xp.conj(rows)
+            phase = None if phase is None else xp.conj(phase)
+        return rows.astype(self.dtype, copy=False), phase
+
+    @property
+    def shape(self):
+        """``(..., n, d)`` of the complex factors."""
+        shapes = [self._rows_shape(segment) for segment in self.segments]
+        batch = numpy.broadcast_shapes(*(shape[:-2] for shape in shapes))
+        return batch + (sum(shape[-2] for shape in shapes), shapes[0][-1])
+
+    def _rows_shape(self, segment):
+        leaf = self.params[segment.param]
+        if segment.k is None:
+            return tuple(leaf.shape)
+        return tuple(leaf.shape[:-2]) + (segment.k, leaf.shape[-2])
+
+    @property
+    def vectors(self):
+        """All factors' vectors as complex full rows ``(..., n, d)`` in product order (identity
+        factors as zero rows; an adjoint run reversed, a conjugated one conjugated). Cached."""
+        if self._vectors is None:
+            xp = self.xp
+            parts = []
+            for segment in self.segments:
+                rows, _ = self._rows_of(segment)
+                parts.append(rows[..., ::-1, :] if segment.transpose else rows)
+            batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
+            parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
+            self._vectors = read_only(parts[0].copy() if len(parts) == 1 else xp.concatenate(parts, axis=-2))
+        return self._vectors
+
+    @property
+    def real(self):
+        """The :class:`Reflections` of the realified rows ``(..., 2n, 2d)``. Built once."""
+        if self._real is None:
+            xp = self.xp
+            parts, pairs = [], []
+            for segment in self.segments:
+                rows, phase = self._rows_of(segment)
+                paired, p, q = _complex.pair_rows(rows, phase, xp)
+                pairs.append((p, q))
+                parts.append(paired[..., ::-1, :] if segment.transpose else paired)
+            batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
+            parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
+            rows = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-2)
+            rows = xp.ascontiguousarray(rows)
+            real = Reflections(self.backend, (rows,), (Segment(0, False, None, None),), self.check_finite, rows.dtype)
+            self._real, self._pairs = real, pairs
+        return self._real
+
+    def layout_for(self, differentiable):
+        return self.real.layout_for(differentiable)
+
+    def form(self, chosen, dtype, layout):
+        return self.real.form(chosen, dtype, layout)
+
+    def contributions(self, dv, scaled):
+        """``(leaf, gradient)`` pairs from ``dv`` ``(..., 2n, 2d)``, the gradient w.r.t. the real rows
+        (see :meth:`Reflections.contributions`): each pair of rows back to its complex factor
+        (:func:`cuhouse._complex.pair_gradient`), conjugated for a conjugated run, to the strictly
+        lower part of a ``geqrf`` leaf; a real leaf gets the real part. Cost: O(n d)."""
+        xp = self.xp
+        ((_, dv),) = self.real.contributions(dv, scaled)
+        contributions, start = [], 0
+        for segment, (p, q) in zip(self.segments, self._pairs):
+            leaf = self.params[segment.param]
+            n = self._rows_shape(segment)[-2]
+            part = dv[..., start : start + 2 * n, :]
+            start += 2 * n
+            if segment.transpose:
+                part = part[..., ::-1, :]
+            grad = _complex.pair_gradient(part, p, q, xp)
+            if segment.conjugate:
+                grad = xp.conj(grad)
+            if segment.k is not None:
+                grad = _layout.structured(grad, _layout.UNIT, xp)
+                if segment.identity is not None:
+                    grad = xp.where(segment.identity[..., None], 0, grad)
+                full = xp.zeros(grad.shape[:-2] + leaf.shape[-2:], dtype=grad.dtype)
+                transpose_into(full[..., : segment.k], grad, xp)
+                grad = full
+            contributions.append((leaf, grad if _complex.is_complex(leaf.dtype) else xp.real(grad)))
+        return contributions
+
+    def det(self):
+        """``det`` of the product per batch entry of the factors' shape: the product of every
+        factor's eigenvalue (conjugated for an adjoint or conjugated run, not for both). O(n)."""
+        xp = self.xp
+        total = xp.ones((), dtype=self.dtype)
+        for segment in self.segments:
+            n = self._rows_shape(segment)[-2]
+            if segment.phase is not None:
+                value = xp.prod(segment.phase, axis=-1)
+                total = total * (xp.conj(value) if segment.conjugate != segment.transpose else value)
+            elif segment.identity is not None:
+                count = n - xp.count_nonzero(segment.identity, axis=-1)
+                total = total * xp.where(count % 2 == 0, 1, -1)
+            else:
+                total = total * (-1.0) ** n
+        return total
 
 
 def transpose_into(target, source, xp, strip=16):

@@ -13,11 +13,11 @@ After changing ``vectors`` in place (an optimizer step), call
 
 import numpy
 
-from . import _geqrf, _validate, plan
-from ._backend import array_module, backend_name
+from . import _complex, _geqrf, _validate, plan
+from ._backend import array_module, backend_name, read_only
 from ._gpu import primitives
 from ._operator import Operator
-from ._reflections import DENSE_WORKSPACE, Reflections, Segment
+from ._reflections import DENSE_WORKSPACE, ComplexReflections, Reflections, Segment
 from ._shapes import batch_shape, reduce_to_shape
 from .algorithms import ALGORITHMS, _layout
 
@@ -55,26 +55,32 @@ class HouseholderProduct(Operator):
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
         v = _validate.vectors(vectors, xp)
-        norms = primitives.row_norms(v, xp)
-        _validate.vector_norms(norms, xp, bool(check_finite))
-        core = Reflections(backend_name(xp), (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
+        segments = (Segment(0, False, None, None),)
+        if _complex.is_complex(v.dtype):
+            _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
+            core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
+        else:
+            norms = primitives.row_norms(v, xp)
+            _validate.vector_norms(norms, xp, bool(check_finite))
+            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms)
         self._init(core, False, algorithm, block_size)
 
-    def _init(self, core, transpose, algorithm, block_size):
+    def _init(self, core, transpose, algorithm, block_size, conjugate=False):
         self._core = core
-        self._transpose = transpose
+        self._transpose = transpose  # the adjoint: the reversed product
+        self._conjugate = conjugate  # the entrywise conjugate (complex only)
         self.algorithm = algorithm
         self.block_size = block_size
 
     @classmethod
-    def _view(cls, core, transpose, algorithm, block_size):
+    def _view(cls, core, transpose, algorithm, block_size, conjugate=False):
         obj = cls.__new__(cls)
-        obj._init(core, transpose, algorithm, block_size)
+        obj._init(core, transpose, algorithm, block_size, conjugate)
         return obj
 
     @classmethod
     def from_lapack(cls, a, tau, algorithm="auto", block_size=None, *, check_finite=True):
-        """Q = H(1) ... H(k) from the ``geqrf`` layout.
+        """Q = H(1) ... H(k) from the ``geqrf`` layout, real or complex.
 
         ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i
         (with an implicit 1 on the diagonal); ``tau`` ``(..., k)``, k <= min(M, N).
@@ -90,17 +96,34 @@ class HouseholderProduct(Operator):
         (``tau_i = 2 / (1 + ||a[i+1:, i]||^2)``). A factor with ``tau == 0`` is
         the identity and gets zero gradient. Cost: one pass over the
         reflectors to check ``tau``, no copy.
+
+        Complex ``a`` or ``tau`` (``?geqrf``, ``scipy.linalg.qr(mode="raw")`` and
+        ``torch.geqrf`` of complex input): H_i = I - tau_i v_i v_i^H with complex
+        tau_i, unitary but not Hermitian, and the result is ``?ungqr``'s Q. Each
+        factor multiplies its vector by the unit number
+        lambda_i = 1 - tau_i v_i^H v_i (-1 for a Hermitian reflection, 1 for
+        ``tau == 0``), which is checked to modulus 1 and kept: tau is then implied
+        by ``a`` and lambda (``tau_i = (1 - lambda_i) / v_i^H v_i``), and the
+        gradient w.r.t. ``a`` holds every lambda_i fixed. ``det`` is the product of
+        the lambda_i. The product runs realified (:mod:`cuhouse._complex`), with a
+        copy of the reflectors.
         """
         xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        a, k, identity, dtype, norms = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
-        core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, norms)
+        a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
+        if phase is not None:
+            segment = Segment(0, False, k, identity, False, phase)
+            core = ComplexReflections(backend_name(xp), (a,), (segment,), bool(check_finite), dtype)
+        else:
+            core = Reflections(
+                backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, norms
+            )
         return cls._view(core, False, algorithm, block_size)
 
     @classmethod
     def from_dense(cls, q, algorithm="auto", block_size=None, *, check_finite=True):
-        """The Householder product equal to an orthogonal ``q``.
+        """The Householder product equal to an orthogonal (or unitary) ``q``.
 
         ``q`` ``(..., d, d)`` orthogonal: at most d reflections and
         ``todense()`` equal to ``q`` to within 50 eps d. ``q`` ``(..., d, r)``
@@ -108,8 +131,10 @@ class HouseholderProduct(Operator):
         r columns equal ``q``. Each reflector is chosen so that the QR's R is
         the identity; an identity factor (as ``tau == 0``) stands where a
         column needs no reflection (``q = I`` gives identity factors only).
-        Input that is not orthogonal to 50 eps d is a ``ValueError``.
-        Cost: O(d r^2) once.
+        Input that is not orthogonal to 50 eps d is a ``ValueError``. A
+        unitary (complex) ``q`` gives LAPACK's complex factors, see
+        :meth:`from_lapack`: with only Hermitian reflections R could not be the
+        identity. Cost: O(d r^2) once.
         """
         xp = array_module(q)
         q = _validate.dense_matrix(q, "Q", xp)
@@ -124,9 +149,12 @@ class HouseholderProduct(Operator):
     @property
     def vectors(self):
         """The reflections ``(..., n, d)`` in product order: a read-only view (NumPy) of the caller's array
-        (from :meth:`from_lapack` or ``H1 @ H2``: full rows, a copy made once)."""
+        (from :meth:`from_lapack` or ``H1 @ H2``, or complex: full rows, a copy made once). For
+        LAPACK's complex factors the vectors alone do not give the product: each factor's
+        eigenvalue is kept too (see :meth:`from_lapack`)."""
         v = self._core.vectors
-        return v[..., ::-1, :] if self._transpose else v
+        v = v[..., ::-1, :] if self._transpose else v
+        return read_only(self._xp.conj(v)) if self._conjugate else v
 
     @property
     def params(self):
@@ -170,29 +198,55 @@ class HouseholderProduct(Operator):
         for segment in core.segments:
             param = core.params[segment.param]
             if segment.k is None:
-                norms = primitives.row_norms(_validate.vectors(param, xp), xp)
-            else:  # a geqrf array: tau is implied by the stored entries
-                norms = xp.sqrt(
-                    1 + _layout.squared_norms(xp.swapaxes(param[..., : segment.k], -1, -2), _layout.UNIT, xp)
-                )
+                norms = primitives.row_norms(xp.abs(_validate.vectors(param, xp)), xp)
+            else:  # a geqrf array: tau is implied by the stored entries (and lambda)
+                reflectors = xp.swapaxes(param[..., : segment.k], -1, -2)
+                if _complex.is_complex(param.dtype):
+                    sumsq = _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp)
+                else:
+                    sumsq = _layout.squared_norms(reflectors, _layout.UNIT, xp)
+                norms = xp.sqrt(1 + sumsq)
             _validate.vector_norms(norms, xp, core.check_finite)
         core.refresh()
         return self
 
     # --------------------------------------------------------------- algebra
     @property
+    def _unitary(self):
+        return isinstance(self._core, ComplexReflections)
+
+    @property
     def T(self):
-        """The transpose, which is the reversed product (shares all caches). O(1)."""
-        return self._view(self._core, not self._transpose, self.algorithm, self.block_size)
+        """The transpose: the reversed product, conjugated when complex (shares all caches). O(1)."""
+        return self._view(
+            self._core, not self._transpose, self.algorithm, self.block_size, self._conjugate != self._unitary
+        )
+
+    @property
+    def H(self):
+        """The adjoint (conjugate transpose), the reversed product; equal to :meth:`inv`, and to
+        :attr:`T` when real (shares all caches). O(1)."""
+        return self._view(self._core, not self._transpose, self.algorithm, self.block_size, self._conjugate)
+
+    def conj(self):
+        """The entrywise conjugate (``self`` when real; shares all caches). O(1)."""
+        if not self._unitary:
+            return self
+        return self._view(self._core, self._transpose, self.algorithm, self.block_size, not self._conjugate)
 
     def inv(self):
-        """The inverse, equal to :attr:`T` since H is orthogonal. O(1)."""
-        return self.T
+        """The inverse, equal to :attr:`H` since H is unitary (orthogonal when real). O(1)."""
+        return self.H
 
     def det(self):
-        """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded)."""
+        """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded); for LAPACK's
+        complex factors the product of their eigenvalues ``1 - tau_i v_i^H v_i``. O(n)."""
         xp = self._xp
         batch = self.shape[:-2]
+        if self._unitary:
+            det = self._core.det()
+            det = xp.conj(det) if self._transpose != self._conjugate else det
+            return xp.broadcast_to(xp.asarray(det, dtype=self.dtype), batch).copy()
         identities = self._core.identity_count()
         if identities is not None:
             count = self.n_reflections - identities
@@ -200,9 +254,10 @@ class HouseholderProduct(Operator):
         return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype)
 
     def slogdet(self):
-        """``(sign, log|det|) = (det, 0)`` per batch entry."""
+        """``(sign, log|det|) = (det, 0)`` per batch entry; as ``numpy.linalg.slogdet``, a complex
+        sign of modulus 1 and a real logarithm for a unitary product."""
         sign = self.det()
-        return sign, self._xp.zeros_like(sign)
+        return sign, self._xp.zeros(sign.shape, dtype=_complex.real_dtype(sign.dtype))
 
     def _compose(self, other):
         """``H1 @ H2`` as one product of n1 + n2 reflections. O(1) until used.
@@ -232,9 +287,17 @@ class HouseholderProduct(Operator):
                     params.append(param)
                 segments.append(
                     segment._replace(
-                        param=matches[0] if matches else len(params) - 1, transpose=segment.transpose != op._transpose
+                        param=matches[0] if matches else len(params) - 1,
+                        transpose=segment.transpose != op._transpose,
+                        conjugate=segment.conjugate != op._conjugate,
                     )
                 )
+        dtype = numpy.result_type(a.dtype, b.dtype)
+        if _complex.is_complex(dtype):
+            core = ComplexReflections(
+                a.backend, tuple(params), tuple(segments), a.check_finite and b.check_finite, dtype
+            )
+            return self._view(core, False, self.algorithm, self.block_size)
         core = Reflections(
             a.backend,
             tuple(params),
@@ -245,42 +308,77 @@ class HouseholderProduct(Operator):
         return self._view(core, False, self.algorithm, self.block_size)
 
     # ------------------------------------------------------------- products
+    def _real_core(self):
+        """The :class:`Reflections` products run on: the realified one of a unitary product."""
+        return self._core.real if self._unitary else self._core
+
     def plan_for(self, m, dtype=None, differentiable=False):
-        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns (in ``vjp`` when
-        ``differentiable``)."""
+        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns of ``dtype`` (in ``vjp``
+        when ``differentiable``). A unitary product plans for its realified form (2n reflections of
+        length 2d); a real one with complex ``X`` for 2m real columns."""
         dtype = numpy.dtype(dtype or self.dtype)
+        if _complex.is_complex(dtype) and not self._unitary:
+            m *= 2
+        return self._plan(m, _complex.real_dtype(dtype), differentiable)
+
+    def _plan(self, m, dtype, differentiable):
+        core = self._real_core()
         return plan.choose(
-            self.shape[-1],
-            self.n_reflections,
+            core.shape[-1],
+            core.shape[-2],
             m,
             dtype,
             self.backend,
             self.algorithm,
             self.block_size,
-            self._core.layout_for(differentiable),
+            core.layout_for(differentiable),
         )
 
     def _run(self, columns, transpose, differentiable):
-        """``(algorithm module, plan, (form, scaled), transpose)`` for ``columns`` ``(..., d, m)``: the
-        transpose the algorithm applies is the hook's combined with this view's."""
-        chosen = self.plan_for(columns.shape[-1], columns.dtype, differentiable)
-        built = self._core.form(chosen, columns.dtype, self._core.layout_for(differentiable))
+        """``(algorithm module, plan, (form, scaled), transpose)`` for real ``columns`` ``(..., d, m)``
+        (``(..., 2d, m)`` realified for a unitary product): the transpose the algorithm applies is the
+        hook's combined with this view's."""
+        chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
+        built = self._real_core().form(chosen, columns.dtype, self._core.layout_for(differentiable))
         return ALGORITHMS[chosen.algorithm], chosen, built, transpose != self._transpose
 
+    def _real_form(self, columns):
+        """``(real, back)``: ``columns`` as the real array the algorithms take, and the map from a real
+        result (or gradient) back; both are real-linear isometries (:mod:`cuhouse._complex`).
+
+        A unitary product realifies ``(..., d, m)`` to ``(..., 2d, m)`` (conjugating
+        first and after for a conjugated view: conj(H) X = conj(H conj(X))); a real
+        product splits complex columns into ``(..., d, 2m)``; real columns pass."""
+        xp = self._xp
+        if self._unitary:
+            if self._conjugate:
+                columns = xp.conj(columns)
+
+            def back(real):
+                out = _complex.complexify_columns(real, xp)
+                return xp.conj(out) if self._conjugate else out
+
+            return _complex.realify_columns(columns, xp), back
+        if _complex.is_complex(columns.dtype):
+            return _complex.split_columns(columns, xp), lambda real: _complex.join_columns(real, xp)
+        return columns, lambda real: real
+
     def _matmat(self, columns, transpose):
-        module, _, (form, _), transpose = self._run(columns, transpose, False)
-        return module.apply(form, columns, transpose, self._xp)
+        real, back = self._real_form(columns)
+        module, _, (form, _), transpose = self._run(real, transpose, False)
+        return back(module.apply(form, real, transpose, self._xp))
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
-        module, chosen, (form, scaled), transpose = self._run(columns, transpose, True)
-        out = module.apply(form, columns, transpose, xp)
+        real, to_columns = self._real_form(columns)
+        module, chosen, (form, scaled), transpose = self._run(real, transpose, True)
+        out = module.apply(form, real, transpose, xp)
 
         def back(dout):
-            dv, dx = module.backward(form, out, dout, transpose, xp, chosen.store_inputs)
-            return self._core.contributions(dv, scaled), reduce_to_shape(dx, columns.shape)
+            dv, dx = module.backward(form, out, self._real_form(dout)[0], transpose, xp, chosen.store_inputs)
+            return self._core.contributions(dv, scaled), reduce_to_shape(to_columns(dx), columns.shape)
 
-        return out, back
+        return to_columns(out), back
 
     def _vjp_logabsdet(self):
         return self.logdet(), lambda dvalue: []
