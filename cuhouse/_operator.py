@@ -159,8 +159,7 @@ class Operator(abc.ABC):
         arrays hashed by content, so that equal matrices share one key in Dask graphs."""
         from dask.base import normalize_token
 
-        state = {k: (None if v is self else v) for k, v in vars(self).items()}  # a root refers to itself
-        return type(self).__qualname__, normalize_token(sorted(state.items()))
+        return type(self).__qualname__, normalize_token(sorted(vars(self).items()))
 
     # -------------------------------------------------------- determinants
     def det(self):
@@ -310,7 +309,7 @@ class Operator(abc.ABC):
         out = xp.array(from_columns(out_columns, vector, side, xp), order="C", copy=True)
 
         def back(dout):
-            dout = _validate.cotangent(dout, "dout", out.shape, xp)
+            dout = _validate.cotangent(dout, "dout", out.shape, xp, self.check_finite)
             if dout.dtype.kind == "c" and out.dtype.kind != "c":
                 dout = xp.real(dout)  # L = Re(sum(conj(G) * out)) only sees Re(G) for a real out
             dout = dout.astype(out.dtype, copy=False)
@@ -329,7 +328,7 @@ class Operator(abc.ABC):
         value, back_contributions = self._vjp_logabsdet()
 
         def back(dvalue):
-            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp)
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, self.check_finite)
             return accumulate(self.params, back_contributions(dvalue), xp)
 
         return value, back

@@ -14,7 +14,7 @@ import numpy
 from . import _complex, _memory
 from ._backend import module_named, read_only
 from ._gpu import primitives
-from .algorithms import ALGORITHMS, _layout, _normalize
+from .algorithms import ALGORITHMS, _layout, _normalize, _scaling
 
 # Peak memory of the dense plan and of todense() in units of the d x d result: measured
 # 4.06x at d = 2000 (cwy), 2.0x (dense).
@@ -84,9 +84,10 @@ class Reflections:
         return module_named(self.backend)
 
     def _stored(self, segment):
-        """The stored rows of one segment (a view), in product order."""
+        """The stored rows of one segment (a view), in product order; broadcast to the batch shape
+        of its ``tau == 0`` mask where ``tau`` had batch dimensions that ``a`` lacks."""
         leaf = self.params[segment.param]
-        rows = leaf if segment.k is None else self.xp.swapaxes(leaf[..., : segment.k], -1, -2)
+        rows = leaf if segment.k is None else _lapack_rows(leaf, segment, self.xp)
         return rows[..., ::-1, :] if segment.transpose else rows
 
     @property
@@ -172,16 +173,20 @@ class Reflections:
         return sum(self.xp.count_nonzero(mask, axis=-1) for mask in masks)
 
     def form(self, chosen, dtype, layout):
-        """``(form, scaled)``: the form of H that algorithm ``chosen`` (a :class:`plan.Plan`) builds,
-        in ``dtype``, for :attr:`rows` read in ``layout`` (:meth:`layout_for`). Cached.
+        """``(form, scaled, limits)``: the form of H that algorithm ``chosen`` (a :class:`plan.Plan`)
+        builds, in ``dtype``, for :attr:`rows` read in ``layout`` (:meth:`layout_for`). Cached.
 
         Handed the raw rows in place (converted only when ``dtype`` differs):
         ``cwy`` and ``dense`` build from them directly, ``sequential`` and
         ``fasth`` normalize a copy inside their ``build``. Only when some
         row's sum of squares would leave ``dtype``'s safe range are the rows
         normalized here first (full rows, a copy); ``scaled`` is then
-        ``(unit, norms)`` for the gradient, else ``None``. The dense plan's
-        d x d matrix is checked against the machine's memory first.
+        ``(unit, norms)`` for the gradient, else ``None``. ``limits`` is the
+        range of X's column sizes the form takes without overflow or underflow
+        (:class:`~cuhouse.algorithms._scaling.Limits`, from the norms of the
+        rows it was built from: unit rows for every algorithm but CWY on raw
+        rows). The dense plan's d x d matrix is checked against the machine's
+        memory first.
         """
         key = (chosen.algorithm, chosen.block_size, dtype, layout)
         if key not in self._forms:
@@ -199,7 +204,13 @@ class Reflections:
             if not bool(safe.all()):
                 scaled = _normalize.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _layout.FULL, None
-            self._forms[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled
+            v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
+            if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
+                # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
+                v_max = float(xp.max(norms))
+                v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
+            limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
+            self._forms[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled, limits
         return self._forms[key]
 
     def contributions(self, dv, scaled):
@@ -232,6 +243,15 @@ class Reflections:
                 part = grad
             contributions.append((leaf, part))
         return contributions
+
+
+def _lapack_rows(leaf, segment, xp):
+    """The reflectors of a ``geqrf`` leaf ``(..., d, N)`` as rows ``(..., k, d)`` (a view), broadcast to
+    the batch shape of the segment's ``tau == 0`` mask when ``tau`` has batch dimensions ``a`` lacks."""
+    rows = xp.swapaxes(leaf[..., : segment.k], -1, -2)
+    if segment.identity is not None and segment.identity.shape[:-1] != rows.shape[:-2]:
+        rows = xp.broadcast_to(rows, segment.identity.shape[:-1] + rows.shape[-2:])
+    return rows
 
 
 class ComplexReflections:
@@ -284,7 +304,7 @@ class ComplexReflections:
         if segment.k is None:
             rows = leaf
         else:
-            rows = _layout.full_rows(xp.swapaxes(leaf[..., : segment.k], -1, -2), _layout.UNIT, xp)
+            rows = _layout.full_rows(_lapack_rows(leaf, segment, xp), _layout.UNIT, xp)
             if segment.identity is not None:
                 rows = xp.where(segment.identity[..., None], 0, rows)
         phase = segment.phase
@@ -304,7 +324,8 @@ class ComplexReflections:
         leaf = self.params[segment.param]
         if segment.k is None:
             return tuple(leaf.shape)
-        return tuple(leaf.shape[:-2]) + (segment.k, leaf.shape[-2])
+        masks = [m.shape[:-1] for m in (segment.identity, segment.phase) if m is not None]
+        return numpy.broadcast_shapes(leaf.shape[:-2], *masks) + (segment.k, leaf.shape[-2])
 
     @property
     def vectors(self):

@@ -19,7 +19,7 @@ from ._gpu import primitives
 from ._operator import Operator
 from ._reflections import DENSE_WORKSPACE, ComplexReflections, Reflections, Segment
 from ._shapes import batch_shape, reduce_to_shape
-from .algorithms import ALGORITHMS, _layout
+from .algorithms import ALGORITHMS, _layout, _scaling
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
 
@@ -335,9 +335,9 @@ class HouseholderProduct(Operator):
         )
 
     def _run(self, columns, transpose, differentiable):
-        """``(algorithm module, plan, (form, scaled), transpose)`` for real ``columns`` ``(..., d, m)``
-        (``(..., 2d, m)`` realified for a unitary product): the transpose the algorithm applies is the
-        hook's combined with this view's."""
+        """``(algorithm module, plan, (form, scaled, limits), transpose)`` for real ``columns``
+        ``(..., d, m)`` (``(..., 2d, m)`` realified for a unitary product): the transpose the algorithm
+        applies is the hook's combined with this view's."""
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
         built = self._real_core().form(chosen, columns.dtype, self._core.layout_for(differentiable))
         return ALGORITHMS[chosen.algorithm], chosen, built, transpose != self._transpose
@@ -365,20 +365,53 @@ class HouseholderProduct(Operator):
 
     def _matmat(self, columns, transpose):
         real, back = self._real_form(columns)
-        module, _, (form, _), transpose = self._run(real, transpose, False)
-        return back(module.apply(form, real, transpose, self._xp))
+        module, _, (form, _, limits), transpose = self._run(real, transpose, False)
+        return back(_apply_scaled(module, form, real, transpose, limits, self._xp))
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
         real, to_columns = self._real_form(columns)
-        module, chosen, (form, scaled), transpose = self._run(real, transpose, True)
-        out = module.apply(form, real, transpose, xp)
+        module, chosen, (form, scaled, limits), transpose = self._run(real, transpose, True)
+        out = _apply_scaled(module, form, real, transpose, limits, xp)
 
         def back(dout):
-            dv, dx = module.backward(form, out, self._real_form(dout)[0], transpose, xp, chosen.store_inputs)
-            return self._core.contributions(dv, scaled), reduce_to_shape(to_columns(dx), columns.shape)
+            dv, dx, exponent = _backward_scaled(
+                module, form, out, self._real_form(dout)[0], transpose, limits, chosen.store_inputs, xp
+            )
+            contributions = self._core.contributions(dv, scaled)
+            if exponent is not None:  # scaled back only now: the unit rows' gradient is divided by their norms
+                contributions = [(leaf, _scaling.unscale(g, exponent, xp)) for leaf, g in contributions]
+            return contributions, reduce_to_shape(to_columns(dx), columns.shape)
 
         return to_columns(out), back
 
     def _vjp_logabsdet(self):
         return self.logdet(), lambda dvalue: []
+
+
+def _apply_scaled(module, form, columns, transpose, limits, xp):
+    """``module.apply`` with the columns of X out of ``limits`` scaled by powers of two (exact) and the
+    result scaled back, so that no intermediate overflows or underflows where the result does not
+    (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV over ``|X|``; three passes over X more
+    only when some column is out of range."""
+    exponent = _scaling.column_exponents(columns, limits, xp)
+    if exponent is None:
+        return module.apply(form, columns, transpose, xp)
+    return _scaling.unscale(module.apply(form, _scaling.scaled(columns, exponent, xp), transpose, xp), exponent, xp)
+
+
+def _backward_scaled(module, form, out, dout, transpose, limits, store_inputs, xp):
+    """``(dV, dX, exponent)``: ``module.backward`` with ``out`` and ``dout`` each scaled by one power
+    of two per batch entry when either is out of ``limits``
+    (:func:`~cuhouse.algorithms._scaling.gradient_needs_scaling`). The gradient w.r.t. the rows is
+    bilinear in the two and sums over columns, hence one factor per array, not per column. dX is
+    scaled back here; ``dV`` is returned scaled, to be multiplied by ``2**exponent`` (``None``: no
+    scaling) after its last step (unit rows' gradients are divided by their norms). Cost: two GEMVs
+    over ``|out|`` and ``|dout|``; four passes more only when scaling."""
+    if not _scaling.gradient_needs_scaling(out, dout, limits, xp):
+        return (*module.backward(form, out, dout, transpose, xp, store_inputs), None)
+    e_out, e_dout = (_scaling.array_exponent(a, xp) for a in (out, dout))
+    dv, dx = module.backward(
+        form, _scaling.scaled(out, e_out, xp), _scaling.scaled(dout, e_dout, xp), transpose, xp, store_inputs
+    )
+    return dv, _scaling.unscale(dx, e_dout, xp), e_out + e_dout

@@ -40,9 +40,17 @@ class _SpectralMatrix(Operator):
 
     def _init(self, left, values, right, root=None, parent=None, step=None, derivative=None):
         self._left, self._values, self._right = left, values, right
-        self._root = self if root is None else root
+        if parent is None:  # a root: the caller's spectrum for the gradient, computed in the matrix's precision
+            self._given = values
+            precision = _complex.real_dtype(numpy.result_type(left.dtype, values.dtype, right.dtype))
+            self._values = values.astype(precision, copy=False)
+        self._root_matrix = root  # None for a root itself: no reference to self, so reference counting frees it
         self._parent, self._step, self._derivative = parent, step, derivative
         self._backend = backend_name(array_module(values))
+
+    def _root(self):
+        """The root matrix this one derives from (itself for a root): it holds ``params``."""
+        return self if self._root_matrix is None else self._root_matrix
 
     def _derive(self, step, values, derivative, transpose=False, conjugate=False):
         """A child with ``values = map(self.values)`` and ``derivative = map'(self.values)``; its
@@ -51,14 +59,14 @@ class _SpectralMatrix(Operator):
         if conjugate:
             left, right = (left.conj(),) * 2 if left is right else (left.conj(), right.conj())
         child = type(self).__new__(type(self))
-        child._init(left, values, right, self._root, self, step, derivative)
+        child._init(left, values, right, self._root(), self, step, derivative)
         return child
 
     # ------------------------------------------------------------ attributes
     @property
     def params(self):
         """The leaf arrays gradients are taken with respect to (shared by every derived matrix)."""
-        return self._root._params
+        return self._root()._params
 
     @property
     def rank(self):
@@ -82,7 +90,7 @@ class _SpectralMatrix(Operator):
     @property
     def check_finite(self):
         """Whether NaN/Inf in every ``X`` is rejected (as the root was built)."""
-        return self._root._check_finite
+        return self._root()._check_finite
 
     @property
     def lineage(self):
@@ -279,7 +287,7 @@ class _SpectralMatrix(Operator):
             if node._derivative is not None:
                 dvalues = dvalues * node._derivative
             node = node._parent
-        return node._values, dvalues
+        return node._given, dvalues
 
     # ---------------------------------------------------------------- checks
     def _require_square(self, operation):
