@@ -14,7 +14,7 @@ import numpy
 from . import _complex, _memory
 from ._backend import module_named, read_only
 from ._gpu import primitives
-from .algorithms import ALGORITHMS, _layout, _normalize, _scaling
+from .algorithms import PLANS, _layout, _normalize, _scaling
 
 # Peak memory of the dense plan and of todense() in units of the d x d result: measured
 # 4.06x at d = 2000 (cwy), 2.0x (dense).
@@ -64,11 +64,13 @@ class Reflections:
         self._vectors = None
         self._norms = None
         self._layout = None
+        self._safe = None
+        self._shape = None
         self._forms = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_layout", "_forms"):
+        for cache in ("_vectors", "_norms", "_layout", "_safe", "_shape", "_forms"):
             del state[cache]
         return state
 
@@ -82,6 +84,31 @@ class Reflections:
     @property
     def xp(self):
         return module_named(self.backend)
+
+    @property
+    def small(self):
+        """``(n, d)`` for one NumPy matrix (no batch dimensions): the small-size path applies
+        (:mod:`cuhouse._small`); else ``None``."""
+        shape = self.shape
+        return tuple(shape) if self.backend == "numpy" and len(shape) == 2 else None
+
+    @property
+    def safe(self):
+        """Whether every reflection's sum of squares is inside ``dtype``'s safe range, so that its
+        form needs no normalization pass (see :meth:`form`). Cached."""
+        if self._safe is None:
+            info = numpy.finfo(self.dtype)
+            norms = self.norms
+            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
+                norms <= numpy.sqrt(info.max * info.eps)
+            )
+            self._safe = bool(safe.all())
+        return self._safe
+
+    def lapack_ready(self, differentiable):
+        """Whether LAPACK's ``?ormqr`` can run a product itself (:mod:`cuhouse.algorithms.ormqr`): one
+        ``geqrf`` array on NumPy with no batch, in the safe range, and no gradient to take."""
+        return not differentiable and self.layout == _layout.UNIT and self.small is not None and self.safe
 
     def _stored(self, segment):
         """The stored rows of one segment (a view), in product order; broadcast to the batch shape
@@ -126,10 +153,10 @@ class Reflections:
 
     @property
     def shape(self):
-        """``(..., n, d)`` of the reflections."""
-        if len(self.segments) == 1:
-            return self._stored(self.segments[0]).shape
-        return self.vectors.shape
+        """``(..., n, d)`` of the reflections. Cached."""
+        if self._shape is None:
+            self._shape = tuple(self._stored(self.segments[0]).shape if len(self.segments) == 1 else self.vectors.shape)
+        return self._shape
 
     @property
     def vectors(self):
@@ -194,23 +221,21 @@ class Reflections:
             if chosen.algorithm == "dense":
                 d = self.shape[-1]
                 _memory.dense_memory(self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, DENSE_WORKSPACE)
-            module = ALGORITHMS[chosen.algorithm]
+            module = PLANS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
-            info = numpy.finfo(dtype)
-            norms = self.norms
-            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
-                norms <= numpy.sqrt(info.max * info.eps)
-            )
-            if not bool(safe.all()):
+            if not self.safe:
                 scaled = _normalize.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _layout.FULL, None
+            norms = self.norms
             v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
             if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
                 # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
                 v_max = float(xp.max(norms))
                 v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            self._forms[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled, limits
+            extra = {"norms": norms} if module is PLANS["ormqr"] else {}
+            form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
+            self._forms[key] = form, scaled, limits
         return self._forms[key]
 
     def contributions(self, dv, scaled):

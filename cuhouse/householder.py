@@ -13,13 +13,13 @@ After changing ``vectors`` in place (an optimizer step), call
 
 import numpy
 
-from . import _complex, _geqrf, _validate, plan
+from . import _complex, _geqrf, _small, _validate, plan
 from ._backend import array_module, backend_name, read_only
 from ._gpu import primitives
 from ._operator import Operator
 from ._reflections import DENSE_WORKSPACE, ComplexReflections, Reflections, Segment
 from ._shapes import batch_shape, reduce_to_shape
-from .algorithms import ALGORITHMS, _layout, _scaling
+from .algorithms import ALGORITHMS, PLANS, _layout, _scaling
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
 
@@ -51,9 +51,18 @@ class HouseholderProduct(Operator):
     _TODENSE_WORKSPACE = DENSE_WORKSPACE
 
     def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
-        xp = array_module(vectors)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
+        v = _small.plain_vectors(vectors)
+        norms = None if v is None else _small.vector_norms(v)
+        if norms is not None:  # the small-size path: one validation pass found nothing to handle
+            core = Reflections("numpy", (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
+            core._safe = True
+            if _small.first_row_breaks_trapezoid(v):
+                core._layout = _layout.FULL
+            self._init(core, False, algorithm, block_size)
+            return
+        xp = array_module(vectors)
         v = _validate.vectors(vectors, xp)
         segments = (Segment(0, False, None, None),)
         if _complex.is_complex(v.dtype):
@@ -108,9 +117,15 @@ class HouseholderProduct(Operator):
         the lambda_i. The product runs realified (:mod:`cuhouse._complex`), with a
         copy of the reflectors.
         """
-        xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
+        found = _small.lapack_norms(a, tau)
+        if found is not None:  # the small-size path: one validation pass found nothing to handle
+            k, identity, norms = found
+            core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, norms)
+            core._safe = True
+            return cls._view(core, False, algorithm, block_size)
+        xp = array_module(a, tau)
         a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
         if phase is not None:
             segment = Segment(0, False, k, identity, False, phase)
@@ -308,6 +323,20 @@ class HouseholderProduct(Operator):
         return self._view(core, False, self.algorithm, self.block_size)
 
     # ------------------------------------------------------------- products
+    def __matmul__(self, other):
+        if type(other) is numpy.ndarray:
+            out = _small.matmul(self, other, "left")
+            if out is not None:
+                return out
+        return super().__matmul__(other)
+
+    def __rmatmul__(self, other):
+        if type(other) is numpy.ndarray:
+            out = _small.matmul(self, other, "right")
+            if out is not None:
+                return out
+        return super().__rmatmul__(other)
+
     def _real_core(self):
         """The :class:`Reflections` products run on: the realified one of a unitary product."""
         return self._core.real if self._unitary else self._core
@@ -327,20 +356,21 @@ class HouseholderProduct(Operator):
             core.shape[-1],
             core.shape[-2],
             m,
-            dtype,
-            self.backend,
+            dtype or core.dtype,
+            core.backend,
             self.algorithm,
             self.block_size,
             core.layout_for(differentiable),
+            core.lapack_ready(differentiable),
         )
 
     def _run(self, columns, transpose, differentiable):
-        """``(algorithm module, plan, (form, scaled, limits), transpose)`` for real ``columns``
-        ``(..., d, m)`` (``(..., 2d, m)`` realified for a unitary product): the transpose the algorithm
+        """``(plan module, plan, (form, scaled, limits), transpose)`` for real ``columns``
+        ``(..., d, m)`` (``(..., 2d, m)`` realified for a unitary product): the transpose the plan
         applies is the hook's combined with this view's."""
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
         built = self._real_core().form(chosen, columns.dtype, self._core.layout_for(differentiable))
-        return ALGORITHMS[chosen.algorithm], chosen, built, transpose != self._transpose
+        return PLANS[chosen.algorithm], chosen, built, transpose != self._transpose
 
     def _real_form(self, columns):
         """``(real, back)``: ``columns`` as the real array the algorithms take, and the map from a real

@@ -21,10 +21,20 @@ LAYERS = (
     ("shapes and backend", ("cuhouse._shapes", "cuhouse._backend")),
     (
         "checks, memory, realification, GPU primitives, cost model",
-        ("cuhouse._validate", "cuhouse._memory", "cuhouse._complex", "cuhouse._gpu*", "cuhouse.plan"),
+        (
+            "cuhouse._validate",
+            "cuhouse._memory",
+            "cuhouse._complex",
+            "cuhouse._gpu*",
+            "cuhouse.calibration",
+            "cuhouse.plan",
+        ),
     ),
     ("algorithms", ("cuhouse.algorithms*",)),
-    ("reflection storage, geqrf arrays, Dask chunking", ("cuhouse._reflections", "cuhouse._geqrf", "cuhouse._dask")),
+    (
+        "reflection storage, geqrf arrays, the small-size path, Dask chunking",
+        ("cuhouse._reflections", "cuhouse._geqrf", "cuhouse._small", "cuhouse._dask"),
+    ),
     ("the operator protocol and the lazy product", ("cuhouse._operator",)),
     ("Householder products", ("cuhouse.householder",)),
     ("spectral matrices", ("cuhouse.spectral",)),
