@@ -5,7 +5,7 @@ import numpy
 import pytest
 
 import cuhouse
-from cuhouse.algorithms import ALGORITHMS, _blocks
+from cuhouse.algorithms import ALGORITHMS, _steps
 
 LAYOUTS = ["full", "trapezoidal", "unit"]
 
@@ -24,14 +24,14 @@ def test_apply_and_backward_keep_a_column_major_operand(algorithm, layout, trans
     form = module.build(_rows(layout, rng), 4, numpy, layout)
     rows_x = rng.standard_normal((7, 12))  # a row-major X (m, d): its columns view is X^T
     columns = rows_x.T
-    assert _blocks.column_major(columns)
+    assert _steps.column_major(columns)
     out = module.apply(form, columns, transpose, numpy)
-    assert _blocks.column_major(out) and out.T.flags.c_contiguous
+    assert _steps.column_major(out) and out.T.flags.c_contiguous
     expected = module.apply(form, numpy.ascontiguousarray(columns), transpose, numpy)
     numpy.testing.assert_allclose(out, expected, rtol=0, atol=1e-13)
     dout = rng.standard_normal((7, 12)).T
     dv, dx = module.backward(form, out, dout, transpose, numpy)
-    assert _blocks.column_major(dx) and dx.T.flags.c_contiguous
+    assert _steps.column_major(dx) and dx.T.flags.c_contiguous
     dv_c, dx_c = module.backward(form, numpy.ascontiguousarray(out), numpy.ascontiguousarray(dout), transpose, numpy)
     numpy.testing.assert_allclose(dx, dx_c, rtol=0, atol=1e-12)
     numpy.testing.assert_allclose(dv, dv_c, rtol=0, atol=1e-12)
@@ -55,6 +55,6 @@ def test_right_products_are_row_major_in_and_out(algorithm):
 
 def test_sweep_buffer_slices_dx_row_major():
     out = numpy.arange(12.0).reshape(4, 3).T  # column-major (3, 4)
-    b = _blocks.sweep_buffer(out, out + 100, numpy)
-    assert _blocks.column_major(b) and b[..., 4:].T.flags.c_contiguous
+    b = _steps.sweep_buffer(out, out + 100, numpy)
+    assert _steps.column_major(b) and b[..., 4:].T.flags.c_contiguous
     numpy.testing.assert_array_equal(b, numpy.concatenate([out, out + 100], axis=-1))
