@@ -65,12 +65,13 @@ class Reflections:
         self._norms = None
         self._layout = None
         self._safe = None
+        self._range = None
         self._shape = None
         self._forms = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_layout", "_safe", "_shape", "_forms"):
+        for cache in ("_vectors", "_norms", "_layout", "_safe", "_range", "_shape", "_forms"):
             del state[cache]
         return state
 
@@ -104,6 +105,19 @@ class Reflections:
             )
             self._safe = bool(safe.all())
         return self._safe
+
+    @property
+    def norm_range(self):
+        """``(smallest nonzero norm, largest norm)`` of the reflections as Python floats, ``(1.0, 1.0)``
+        when every row is zero (identity factors only). Cached."""
+        if self._range is None:
+            xp, norms = self.xp, self.norms
+            if bool(xp.any(norms > 0)):
+                v_max = float(xp.max(norms))
+                self._range = (float(xp.min(xp.where(norms > 0, norms, v_max))), v_max)
+            else:
+                self._range = (1.0, 1.0)
+        return self._range
 
     def lapack_ready(self, differentiable):
         """Whether LAPACK's ``?ormqr`` can run a product itself (:mod:`cuhouse.algorithms.ormqr`): one
@@ -226,14 +240,13 @@ class Reflections:
             if not self.safe:
                 scaled = _normalize.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _layout.FULL, None
-            norms = self.norms
             v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
-            if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
-                # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
-                v_max = float(xp.max(norms))
-                v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
+            if scaled is None and chosen.algorithm in ("cwy", "dense", "ormqr"):
+                # dense: CWY builds H and its adjoint; ormqr: LAPACK on the raw rows, as CWY;
+                # all-zero rows (identity factors only) act as unit rows
+                v_min, v_max = self.norm_range
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            extra = {"norms": norms} if module is PLANS["ormqr"] else {}
+            extra = {"norms": self.norms} if module is PLANS["ormqr"] else {}
             form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
             self._forms[key] = form, scaled, limits
         return self._forms[key]
