@@ -196,7 +196,7 @@ class Operator:
         out = xp.array(from_columns(out_columns, vector, side, xp), order="C", copy=True)
 
         def back(dout):
-            dout = _validate.cotangent(dout, "dout", out.shape, xp)
+            dout = _validate.cotangent(dout, "dout", out.shape, xp, self.check_finite)
             if dout.dtype.kind == "c" and out.dtype.kind != "c":
                 dout = xp.real(dout)  # L = Re(sum(conj(G) * out)) only sees Re(G) for a real out
             dout = dout.astype(out.dtype, copy=False)
@@ -215,7 +215,7 @@ class Operator:
         value, back_contributions = self._vjp_logabsdet()
 
         def back(dvalue):
-            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp)
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, self.check_finite)
             return accumulate(self.params, back_contributions(dvalue), xp)
 
         return value, back

@@ -38,9 +38,17 @@ class _SpectralMatrix(Operator):
 
     def _init(self, left, values, right, leaf=None, parent=None, step=None, derivative=None):
         self._left, self._values, self._right = left, values, right
-        self._leaf = self if leaf is None else leaf
+        if parent is None:  # a leaf: the caller's spectrum for the gradient, computed in the matrix's precision
+            self._given = values
+            precision = _complex.real_dtype(numpy.result_type(left.dtype, values.dtype, right.dtype))
+            self._values = values.astype(precision, copy=False)
+        self._leaf = leaf  # None for a leaf itself: no reference to self, so reference counting frees it
         self._parent, self._step, self._derivative = parent, step, derivative
         self._backend = backend_name(array_module(values))
+
+    def _root(self):
+        """The leaf matrix this one derives from (itself for a leaf): it holds ``params``."""
+        return self if self._leaf is None else self._leaf
 
     def _derive(self, step, values, derivative, transpose=False, conjugate=False):
         """A child with ``values = map(self.values)`` and ``derivative = map'(self.values)``; its
@@ -49,14 +57,14 @@ class _SpectralMatrix(Operator):
         if conjugate:
             left, right = (left.conj(),) * 2 if left is right else (left.conj(), right.conj())
         child = type(self).__new__(type(self))
-        child._init(left, values, right, self._leaf, self, step, derivative)
+        child._init(left, values, right, self._root(), self, step, derivative)
         return child
 
     # ------------------------------------------------------------ attributes
     @property
     def params(self):
         """The leaf arrays gradients are taken with respect to (shared by every derived matrix)."""
-        return self._leaf._params
+        return self._root()._params
 
     @property
     def rank(self):
@@ -80,7 +88,7 @@ class _SpectralMatrix(Operator):
     @property
     def check_finite(self):
         """Whether NaN/Inf in every ``X`` is rejected (as the leaf was built)."""
-        return self._leaf._check_finite
+        return self._root()._check_finite
 
     @property
     def lineage(self):
@@ -287,7 +295,7 @@ class _SpectralMatrix(Operator):
             if node._derivative is not None:
                 dvalues = dvalues * node._derivative
             node = node._parent
-        return node._values, dvalues
+        return node._given, dvalues
 
     # ---------------------------------------------------------------- checks
     def _require_square(self, operation):
