@@ -90,6 +90,12 @@ def vjp(fun: Callable[..., Any], *args: Any) -> Tuple[Any, Callable[[Any], tuple
 
     Notes
     -----
+    Complex data follows torch's convention: for a cotangent ``G`` of ``out``,
+    the gradient of a complex array ``z`` is ``dL/dRe(z) + i dL/dIm(z)`` with
+    ``L = Re(sum(conj(G) * out))`` (what ``z -= lr * grad`` needs; ``X``'s
+    gradient for ``A @ X`` is ``A^H G``), and a real array that met complex
+    data gets the real part of that.
+
     Cost: the forward pass now, and about twice it when ``vjp_fn`` runs.
 
     Examples

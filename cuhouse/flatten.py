@@ -15,13 +15,18 @@ from typing import Sequence, Tuple
 
 import numpy
 
-from . import _validate
+from . import _complex, _validate
 from ._backend import array_module
 from ._typing import Array
 
 
 def flatten_params(params: Sequence[Array]) -> Array:
-    """One 1-D array holding every array of ``params`` (a tuple), raveled in order.
+    """One real 1-D array holding every array of ``params`` (a tuple), raveled in order.
+
+    A complex array enters as its real and imaginary parts, interleaved (two
+    entries per element), so real optimizers work on it; a complex gradient
+    (torch's convention, dL/dRe + i dL/dIm) flattened the same way is the
+    gradient w.r.t. those real entries.
 
     Parameters
     ----------
@@ -31,8 +36,8 @@ def flatten_params(params: Sequence[Array]) -> Array:
     Returns
     -------
     array, shape ``(total size,)``
-        The arrays raveled and concatenated, in the common float dtype of the
-        arrays. Cost: one copy, O(total size).
+        The arrays raveled and concatenated, in the common real float dtype of
+        the arrays. Cost: one copy, O(total size).
 
     Examples
     --------
@@ -40,12 +45,15 @@ def flatten_params(params: Sequence[Array]) -> Array:
     >>> import cuhouse as ch
     >>> ch.flatten_params((np.ones((2, 2)), np.zeros(3)))
     array([1., 1., 1., 1., 0., 0., 0.])
+    >>> ch.flatten_params((np.array([1 + 2j, 3 - 4j]),))
+    array([ 1.,  2.,  3., -4.])
     """
     params = _as_tuple(params, "params")
     xp = array_module(*params)
     arrays = [_validate.as_array(p, "params[{}]".format(i), xp) for i, p in enumerate(params)]
-    dtype = _validate.float_dtype(numpy.result_type(*arrays))
-    return xp.concatenate([a.reshape(-1).astype(dtype, copy=False) for a in arrays])
+    dtype = _complex.real_dtype(_validate.float_dtype(numpy.result_type(*arrays)))
+    parts = [_complex.realify_rows(a.reshape(-1, 1), xp) if _complex.is_complex(a.dtype) else a for a in arrays]
+    return xp.concatenate([a.reshape(-1).astype(dtype, copy=False) for a in parts])
 
 
 def unflatten_params(vector: Array, like: Sequence[Array]) -> Tuple[Array, ...]:
@@ -54,7 +62,7 @@ def unflatten_params(vector: Array, like: Sequence[Array]) -> Tuple[Array, ...]:
     Parameters
     ----------
     vector : array, shape ``(total size,)``
-        1-D, with as many elements as ``like`` holds in all.
+        1-D, with as many elements as ``like`` holds in all (two per complex element).
     like : tuple of arrays
         The arrays whose shapes and dtypes the pieces take, such as ``A.params``.
 
@@ -78,7 +86,7 @@ def unflatten_params(vector: Array, like: Sequence[Array]) -> Tuple[Array, ...]:
     like = _as_tuple(like, "like")
     xp = array_module(vector, *like)
     vector = _validate.as_array(vector, "vector", xp)
-    sizes = [int(numpy.prod(p.shape)) for p in like]
+    sizes = [int(numpy.prod(p.shape)) * (2 if _complex.is_complex(p.dtype) else 1) for p in like]
     if vector.ndim != 1 or vector.shape[0] != sum(sizes):
         raise ValueError(
             "vector must be 1-D with {} elements (the sizes of like: {}), got shape {}".format(
@@ -87,7 +95,10 @@ def unflatten_params(vector: Array, like: Sequence[Array]) -> Tuple[Array, ...]:
         )
     out, start = [], 0
     for p, size in zip(like, sizes):
-        out.append(vector[start : start + size].reshape(p.shape).astype(p.dtype, copy=True))
+        piece = vector[start : start + size]
+        if _complex.is_complex(p.dtype):
+            piece = _complex.complexify_rows(piece.reshape(1, size), xp)
+        out.append(piece.reshape(p.shape).astype(p.dtype, copy=True))
         start += size
     return tuple(out)
 

@@ -51,7 +51,7 @@ def _parser():
         "the layout section 256)",
     )
     p.add_argument("--m", type=int, default=32, help="columns of X (default 32)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "float64", "complex64", "complex128"), default="float32")
     p.add_argument(
         "--backend", choices=("auto", "numpy", "cupy"), default="auto", help="auto: cupy when a GPU answers, else numpy"
     )
