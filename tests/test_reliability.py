@@ -6,7 +6,7 @@ import weakref
 import numpy
 import pytest
 import scipy.linalg
-from conftest import dense_reference
+from helpers import dense_reference
 
 import cuhouse as ch
 from cuhouse.householder import ALGORITHM_CHOICES
