@@ -13,11 +13,11 @@ from collections import namedtuple
 
 import numpy
 
-from . import _complex, _validate, layouts, plan
+from . import _complex, _small, _validate, layouts, plan
 from ._backend import array_module, backend_name, module_named, read_only
 from ._gpu import primitives
 from ._operator import Operator, reduce_to_shape
-from .algorithms import ALGORITHMS, _blocks, _scaling
+from .algorithms import ALGORITHMS, PLANS, _blocks, _scaling
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
 
@@ -56,11 +56,13 @@ class Reflections:
         self._vectors = None
         self._norms = None
         self._layout = None
+        self._safe = None
+        self._shape = None
         self._factors = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_layout", "_factors"):
+        for cache in ("_vectors", "_norms", "_layout", "_safe", "_shape", "_factors"):
             del state[cache]
         return state
 
@@ -71,6 +73,31 @@ class Reflections:
     @property
     def xp(self):
         return module_named(self.backend)
+
+    @property
+    def small(self):
+        """``(n, d)`` for one NumPy matrix (no batch dimensions): the small-size path applies
+        (:mod:`cuhouse._small`); else ``None``."""
+        shape = self.shape
+        return tuple(shape) if self.backend == "numpy" and len(shape) == 2 else None
+
+    @property
+    def safe(self):
+        """Whether every reflection's sum of squares is inside ``dtype``'s safe range, so that its
+        form needs no normalization pass (see :meth:`factors`). Cached."""
+        if self._safe is None:
+            info = numpy.finfo(self.dtype)
+            norms = self.norms
+            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
+                norms <= numpy.sqrt(info.max * info.eps)
+            )
+            self._safe = bool(safe.all())
+        return self._safe
+
+    def lapack_ready(self, differentiable):
+        """Whether LAPACK's ``?ormqr`` can run a product itself (:mod:`cuhouse.algorithms.ormqr`): one
+        ``geqrf`` array on NumPy with no batch, in the safe range, and no gradient to take."""
+        return not differentiable and self.layout == _blocks.UNIT and self.small is not None and self.safe
 
     def _stored(self, segment):
         """The stored rows of one segment (a view), in product order; broadcast to the batch shape
@@ -115,10 +142,10 @@ class Reflections:
 
     @property
     def shape(self):
-        """``(..., n, d)`` of the reflections."""
-        if len(self.segments) == 1:
-            return self._stored(self.segments[0]).shape
-        return self.vectors.shape
+        """``(..., n, d)`` of the reflections. Cached."""
+        if self._shape is None:
+            self._shape = tuple(self._stored(self.segments[0]).shape if len(self.segments) == 1 else self.vectors.shape)
+        return self._shape
 
     @property
     def vectors(self):
@@ -183,23 +210,21 @@ class Reflections:
                 _validate.dense_memory(
                     self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, HouseholderProduct._TODENSE_WORKSPACE
                 )
-            module = ALGORITHMS[chosen.algorithm]
+            module = PLANS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
-            info = numpy.finfo(dtype)
-            norms = self.norms
-            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
-                norms <= numpy.sqrt(info.max * info.eps)
-            )
-            if not bool(safe.all()):
+            if not self.safe:
                 scaled = _blocks.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _blocks.FULL, None
+            norms = self.norms
             v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
             if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
                 # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
                 v_max = float(xp.max(norms))
                 v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            self._factors[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled, limits
+            extra = {"norms": norms} if module is PLANS["ormqr"] else {}
+            form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
+            self._factors[key] = form, scaled, limits
         return self._factors[key]
 
     def leaf_contributions(self, dv, scaled):
@@ -426,9 +451,18 @@ class HouseholderProduct(Operator):
     _TODENSE_WORKSPACE = 4  # measured peak 4.06x the result at d = 2000 (cwy), 2.0x (dense)
 
     def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
-        xp = array_module(vectors)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
+        v = _small.plain_vectors(vectors)
+        norms = None if v is None else _small.vector_norms(v)
+        if norms is not None:  # the small-size path: one validation pass found nothing to handle
+            core = Reflections("numpy", (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
+            core._safe = True
+            if _small.first_row_breaks_trapezoid(v):
+                core._layout = _blocks.FULL
+            self._init(core, False, algorithm, block_size)
+            return
+        xp = array_module(vectors)
         v = _validate.vectors(vectors, xp)
         segments = (Segment(0, False, None, None),)
         if _complex.is_complex(v.dtype):
@@ -483,9 +517,15 @@ class HouseholderProduct(Operator):
         the lambda_i. The product runs realified (:mod:`cuhouse._complex`), with a
         copy of the reflectors.
         """
-        xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
+        found = _small.lapack_norms(a, tau)
+        if found is not None:  # the small-size path: one validation pass found nothing to handle
+            k, identity, norms = found
+            core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, norms)
+            core._safe = True
+            return cls._view(core, False, algorithm, block_size)
+        xp = array_module(a, tau)
         a, k, identity, dtype, norms, phase = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
         if phase is not None:
             segment = Segment(0, False, k, identity, False, phase)
@@ -693,6 +733,20 @@ class HouseholderProduct(Operator):
         return self._view(core, False, self.algorithm, self.block_size)
 
     # ------------------------------------------------------------- products
+    def __matmul__(self, other):
+        if type(other) is numpy.ndarray:
+            out = _small.matmul(self, other, "left")
+            if out is not None:
+                return out
+        return super().__matmul__(other)
+
+    def __rmatmul__(self, other):
+        if type(other) is numpy.ndarray:
+            out = _small.matmul(self, other, "right")
+            if out is not None:
+                return out
+        return super().__rmatmul__(other)
+
     def _real_core(self):
         """The :class:`Reflections` products run on: the realified one of a unitary product."""
         return self._core.real if self._unitary else self._core
@@ -712,19 +766,20 @@ class HouseholderProduct(Operator):
             core.shape[-1],
             core.shape[-2],
             m,
-            dtype,
-            self.backend,
+            dtype or core.dtype,
+            core.backend,
             self.algorithm,
             self.block_size,
             core.layout_for(differentiable),
+            core.lapack_ready(differentiable),
         )
 
     def _run(self, columns, transpose, differentiable):
-        """``(algorithm module, plan, (factors, scaled, limits), flip)`` for real ``columns`` ``(..., d, m)``
+        """``(plan module, plan, (factors, scaled, limits), flip)`` for real ``columns`` ``(..., d, m)``
         (``(..., 2d, m)`` realified for a unitary product)."""
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
         built = self._real_core().factors(chosen, columns.dtype, self._core.layout_for(differentiable))
-        return ALGORITHMS[chosen.algorithm], chosen, built, transpose != self._transposed
+        return PLANS[chosen.algorithm], chosen, built, transpose != self._transposed
 
     def _real_form(self, columns):
         """``(real, back)``: ``columns`` as the real array the algorithms take, and the map from a real
