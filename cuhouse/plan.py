@@ -24,6 +24,8 @@ from collections import namedtuple
 
 import numpy
 
+from ._gpu.primitives import KERNEL_INVERSE_MAX_K
+
 Plan = namedtuple("Plan", "algorithm block_size store_inputs")
 Plan.__doc__ = """An algorithm name, a block size (``None`` for ``sequential``) and whether
 the backward stores every block's input (``store_inputs``, cwy only; see
@@ -57,11 +59,29 @@ def _pass(mach, elements, itemsize, calls=1):
     return calls * mach.launch + elements * itemsize / mach.bandwidth
 
 
-def _triangular_inverse(mach, k, count, itemsize):
-    """The doubling inverse of ``count`` k x k triangles: at level b, two GEMMs of b x b x b per pair."""
-    seconds, b = 0.0, 1
+# The raw triangular-inverse kernel (cuhouse/_gpu, k <= KERNEL_INVERSE_MAX_K): one thread per
+# column runs a serial loop of about k^2 / 2 dependent multiply-adds; estimated at ~10 cycles
+# (1.8 GHz) a step with about 1024 matrices in flight on an H100-class GPU. Not yet measured.
+KERNEL_STEP_SECONDS = 5.5e-9
+KERNEL_MATRICES_AT_ONCE = 1024
+
+
+def _triangular_inverse(mach, k, count, itemsize, backend="numpy"):
+    """What :func:`cuhouse._gpu.primitives.upper_triangular_inverse` runs for ``count`` k x k triangles.
+
+    NumPy: doubling from 1 x 1 blocks. CuPy: the raw kernel on diagonal blocks of
+    ``b = min(k, KERNEL_INVERSE_MAX_K)`` (one launch, waves of serial loops), then
+    doubling from b. Doubling level b costs two GEMMs of b x b x b per pair plus
+    about six element-wise launches (gathers, the joined blocks).
+    """
+    if backend == "cupy":
+        b = min(k, KERNEL_INVERSE_MAX_K)
+        blocks = count * -(-k // b)
+        seconds = mach.launch + -(-blocks // KERNEL_MATRICES_AT_ONCE) * (b * b / 2) * KERNEL_STEP_SECONDS
+    else:
+        seconds, b = 0.0, 1
     while b < k:
-        seconds += 4 * mach.launch + 2 * _gemm(mach, b, b, b, itemsize, count=count * k / (2 * b))
+        seconds += 6 * mach.launch + 2 * _gemm(mach, b, b, b, itemsize, count=count * k / (2 * b))
         b *= 2
     return seconds
 
@@ -93,7 +113,7 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
         step = _gemm(mach, k, d, m, itemsize) + _gemm(mach, d, k, m, itemsize) + _pass(mach, 3 * d * m, itemsize)
         return build + nb * step
     # raw vectors: no normalization pass; one Gram GEMM per block
-    cwy_build = _gemm(mach, k, d, k, itemsize, count=nb, calls=nb) + _triangular_inverse(mach, k, nb, itemsize)
+    cwy_build = _gemm(mach, k, d, k, itemsize, count=nb, calls=nb) + _triangular_inverse(mach, k, nb, itemsize, backend)
     build = 0.0
     if algorithm == "cwy":
         if not built:

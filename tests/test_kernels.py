@@ -266,3 +266,23 @@ def test_kernel_primitives_accept_empty_stacks():
 @on_gpu
 def test_module_is_memoized_per_device():
     assert _kernels.module() is _kernels.module()
+
+
+@on_gpu
+def test_triangular_inverse_kernel_refuses_k_above_its_limit():
+    s = _device(cwy_s((1,), 65, numpy.float32, numpy.random.default_rng(0)))
+    with pytest.raises(ValueError, match="takes k <= 64, got k = 65"):
+        _kernels.upper_triangular_inverse(s)
+
+
+@on_gpu
+@pytest.mark.parametrize("k, launched", [(64, (2, 64, 64)), (65, (2, 2, 64, 64)), (200, (2, 4, 64, 64))])
+def test_triangular_inverse_runs_the_kernel_on_blocks_of_at_most_64(k, launched, monkeypatch):
+    """Above the kernel's limit its diagonal blocks of 64 (k padded to 64 times a power of two) are
+    inverted by one launch and joined by doubling."""
+    shapes, kernel = [], _kernels.upper_triangular_inverse
+    monkeypatch.setattr(_kernels, "upper_triangular_inverse", lambda s: shapes.append(s.shape) or kernel(s))
+    s = cwy_s((2,), k, numpy.float64, numpy.random.default_rng(k))
+    t = _primitives.upper_triangular_inverse(_device(s), cupy_module())
+    assert shapes == [launched]
+    numpy.testing.assert_allclose(to_numpy(t), numpy.triu(numpy.linalg.inv(s)), rtol=0, atol=1e-12)

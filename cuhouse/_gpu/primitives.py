@@ -58,19 +58,36 @@ def unit_rows(v, xp):
     return normalize_rows(v, norms, xp), norms
 
 
+# The raw triangular-inverse kernel builds each k x k inverse in shared memory with one
+# thread per column, an O(k^2) serial loop each: fast up to this k only. Larger k inverts
+# its diagonal blocks of this size with the kernel and joins them by doubling (GEMMs).
+KERNEL_INVERSE_MAX_K = raw_kernels.SHARED_INVERSE_MAX_K
+
+
 def upper_triangular_inverse(s, xp):
     """Inverse of a stack of upper-triangular matrices ``s`` of shape ``(..., k, k)``.
 
-    Level-3 doubling: the diagonal blocks of size 1, 2, 4, ... are inverted
+    Level-3 doubling: the diagonal blocks of size b, 2b, 4b, ... are inverted
     together, each level joining pairs with ``T12 = -T11 S12 T22`` as one
-    batched GEMM. ``k`` is padded to a power of two with identity rows.
-    Cost: O(k^3 / 3) flops per matrix in log2(k) batched steps. The strictly
-    lower triangle of the result is exactly zero.
+    batched GEMM; ``k`` is padded to b times a power of two with identity
+    rows. On NumPy b = 1; on CuPy the raw kernel inverts the whole stack when
+    ``k <= KERNEL_INVERSE_MAX_K``, else the diagonal blocks of that size (one
+    launch), and doubling joins them. Cost: O(k^3 / 3) flops per matrix;
+    log2(k / b) batched steps of about eight launches. The strictly lower
+    triangle of the result is exactly zero.
     """
     if _on_kernel(xp, s):
-        return raw_kernels.upper_triangular_inverse(s)
+        if s.shape[-1] <= KERNEL_INVERSE_MAX_K:
+            return raw_kernels.upper_triangular_inverse(s)
+        return _doubling_inverse(s, xp, KERNEL_INVERSE_MAX_K, raw_kernels.upper_triangular_inverse)
+    return _doubling_inverse(s, xp, 1, None)
+
+
+def _doubling_inverse(s, xp, base, invert_base):
+    """:func:`upper_triangular_inverse` by doubling from diagonal blocks of size ``base``, inverted
+    by ``invert_base`` (``(..., base, base)`` stacks; ``None`` for base 1: reciprocals)."""
     k = s.shape[-1]
-    size = 1 << max(k - 1, 0).bit_length()
+    size = base << max(-(-k // base) - 1, 0).bit_length()
     batch = s.shape[:-2]
     if size != k:
         padded = xp.zeros(batch + (size, size), dtype=s.dtype)
@@ -78,10 +95,13 @@ def upper_triangular_inverse(s, xp):
         idx = xp.arange(k, size)
         padded[..., idx, idx] = 1
         s = padded
-    diag = xp.diagonal(s, axis1=-2, axis2=-1)
-    t = (1 / diag)[..., None, None]  # (..., size, 1, 1) blocks
-    b = 1
     rows = xp.arange(size)
+    if invert_base is None:
+        t = (1 / xp.diagonal(s, axis1=-2, axis2=-1))[..., None, None]  # (..., size, 1, 1) blocks
+    else:
+        r = rows.reshape(size // base, base)
+        t = invert_base(s[..., r[:, :, None], r[:, None, :]])  # (..., size / base, base, base)
+    b = base
     while b < size:
         pairs = size // (2 * b)
         r = rows.reshape(pairs, 2 * b)

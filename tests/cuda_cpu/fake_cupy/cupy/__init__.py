@@ -139,6 +139,9 @@ class ndarray:
 
     # --- indexing
     def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if not any(k is Ellipsis for k in key):
+            key = key + (Ellipsis,)  # a[0, 0] is a 0-d view, as in CuPy, not a NumPy scalar
         return _compute(self._view.__getitem__, (key,))
 
     def __setitem__(self, key, value):
@@ -166,7 +169,7 @@ class ndarray:
 
 def _binary(name):
     def operator(self, other):
-        return _compute(getattr(self._view, name), (other,), gemm="matmul" in name)
+        return _compute(getattr(numpy.ndarray, name), (self, other), gemm="matmul" in name)
 
     return operator
 
