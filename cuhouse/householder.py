@@ -475,13 +475,13 @@ class HouseholderProduct(Operator):
         return ALGORITHMS[chosen.algorithm], chosen, built, transpose != self._transposed
 
     def _matmat(self, columns, transpose):
-        module, _, (factors, _), flip = self._run(columns, transpose, False)
-        return module.apply(factors, columns, flip, self._xp)
+        module, chosen, (factors, _), flip = self._run(columns, transpose, False)
+        return _apply(module, chosen, factors, columns, flip, self._xp)
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
         module, chosen, (factors, scaled), flip = self._run(columns, transpose, True)
-        out = module.apply(factors, columns, flip, xp)
+        out = _apply(module, chosen, factors, columns, flip, xp)
 
         def back(dout):
             dv, dx = module.backward(factors, out, dout, flip, xp, chosen.store_inputs)
@@ -491,3 +491,10 @@ class HouseholderProduct(Operator):
 
     def _vjp_logabsdet(self):
         return self.logdet(), lambda dvalue: []
+
+
+def _apply(module, chosen, factors, columns, flip, xp):
+    """``module.apply`` in the plan's form (only cwy has forms other than ``"steps"``)."""
+    if chosen.apply == "steps":
+        return module.apply(factors, columns, flip, xp)
+    return module.apply(factors, columns, flip, xp, form=chosen.apply)

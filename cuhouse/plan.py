@@ -26,10 +26,14 @@ import numpy
 
 from ._gpu.primitives import KERNEL_INVERSE_MAX_K
 
-Plan = namedtuple("Plan", "algorithm block_size store_inputs")
-Plan.__doc__ = """An algorithm name, a block size (``None`` for ``sequential``) and whether
+Plan = namedtuple("Plan", "algorithm block_size store_inputs apply", defaults=("steps",))
+Plan.__doc__ = """An algorithm name, a block size (``None`` for ``sequential``), whether
 the backward stores every block's input (``store_inputs``, cwy only; see
-:func:`store_block_inputs`) instead of recomputing it."""
+:func:`store_block_inputs`) instead of recomputing it, and the form of a cwy
+product once its factors are built (``apply``, see :func:`apply_form`):
+``"steps"`` (three GEMMs a block, no extra memory), ``"gemm"`` (two GEMMs a
+block with ``W = T V`` cached) or ``"graph"`` (that sweep replayed as one
+CUDA graph: three launches a product)."""
 
 Machine = namedtuple("Machine", "launch peak half bandwidth")
 MACHINES = {
@@ -132,6 +136,43 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
     raise ValueError("unknown algorithm {!r}".format(algorithm))
 
 
+# A CUDA graph's replay costs about this much per captured node beyond the work itself (an
+# estimate for cuBLAS GEMM nodes on an H100-class GPU, against a ~10 us launch through CuPy).
+GRAPH_NODE_SECONDS = 1.5e-6
+# The forms the cost model may pick for a cwy product on each backend: NumPy has no launch
+# overhead to save, so it keeps the steps form (no extra memory).
+APPLY_FORMS = {"numpy": ("steps",), "cupy": ("steps", "gemm", "graph")}
+
+
+def predict_apply(form, d, n, m, block_size, itemsize=4, backend="numpy", layout="full"):
+    """Predicted seconds of one cwy ``H @ X`` (X ``(d, m)``) in ``form`` once the factors (and
+    the form's cache: ``W``, a captured graph) exist. See :class:`Plan` for the forms."""
+    if form == "steps":
+        return predict("cwy", d, n, m, block_size, itemsize, backend, built=True, layout=layout)
+    mach = MACHINES[backend]
+    if layout != "full":
+        d = max(d - (n - min(block_size, n)) / 2, 1)
+    k = min(block_size, n)
+    nb = -(-n // k)
+    block = _gemm(mach, k, d, m, itemsize) + _gemm(mach, d, k, m, itemsize)
+    copy = _pass(mach, 2 * d * m, itemsize)
+    if form == "gemm":
+        return copy + nb * block
+    if form == "graph":  # X in, the replay, the result out; the nodes without their launches
+        return 2 * copy + mach.launch + nb * (block - 2 * mach.launch + 2 * GRAPH_NODE_SECONDS)
+    raise ValueError("unknown apply form {!r}".format(form))
+
+
+def apply_form(d, n, m, block_size, itemsize=4, backend="numpy", layout="full"):
+    """The fastest form of a cached cwy product among ``APPLY_FORMS[backend]`` by
+    :func:`predict_apply`. The forms' one-off costs (``W``: about one batched GEMM of
+    O(n k d); a graph capture: one sweep's host time) are left out: the forms exist for
+    the products that reuse the factors. Cost: O(1)."""
+    return min(
+        APPLY_FORMS[backend], key=lambda form: predict_apply(form, d, n, m, block_size, itemsize, backend, layout)
+    )
+
+
 def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full"):
     """The fastest :class:`Plan` for ``H @ X`` by the cost model, build included.
 
@@ -161,7 +202,8 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout):
                 best = (seconds, name, k)
     _, name, k = best
     store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend)
-    return Plan(name, k, store)
+    form = apply_form(d, n, m, k, itemsize, backend, layout) if name == "cwy" else "steps"
+    return Plan(name, k, store, form)
 
 
 def store_block_inputs(d, n, m, block_size, itemsize=4, backend="numpy"):

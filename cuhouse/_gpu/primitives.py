@@ -9,6 +9,8 @@ non-contiguous array is first copied, see :mod:`.raw_kernels`); anything else, a
 all NumPy input, runs the twin below the dispatch.
 """
 
+import importlib
+
 import numpy
 
 from . import raw_kernels
@@ -132,3 +134,36 @@ def cwy_gradient_coefficients(t, n, xp):
     k = t.shape[-1]
     ru = r * xp.triu(xp.ones((k, k), dtype=r.dtype), 1)
     return ru + xp.swapaxes(ru, -1, -2)
+
+
+def _cublas_takes(xp, *arrays):
+    """True when cuBLAS's ``gemm`` takes ``arrays`` as they are: CuPy, 2-D, one float dtype."""
+    if xp is numpy or any(a.ndim != 2 for a in arrays) or not raw_kernels.supports(*arrays):
+        return False
+    importlib.import_module(xp.__name__ + ".cublas")  # xp.cublas is a submodule CuPy loads on demand
+    return True
+
+
+def matmul_into(a, b, out, xp):
+    """``out[...] = a @ b`` for ``a`` ``(..., p, q)``, ``b`` ``(..., q, r)`` and ``out`` ``(..., p, r)``.
+
+    On CuPy, 2-D operands go to cuBLAS ``gemm`` directly (no allocation, none
+    copied when each is C- or F-contiguous); otherwise ``xp.matmul(..., out=)``.
+    Cost: one GEMM, one launch.
+    """
+    if _cublas_takes(xp, a, b, out):
+        return xp.cublas.gemm("N", "N", a, b, out=out)
+    return xp.matmul(a, b, out=out)
+
+
+def subtract_transposed_product(target, a, z, xp):
+    """``target -= a^T @ z`` in place, for ``a`` ``(..., q, p)``, ``z`` ``(..., q, r)``, ``target`` ``(..., p, r)``.
+
+    On CuPy with 2-D operands: one cuBLAS ``gemm`` with alpha = -1, beta = 1
+    (one launch, no temporary); otherwise the product, then the subtraction.
+    Cost: one GEMM.
+    """
+    if _cublas_takes(xp, target, a, z):
+        return xp.cublas.gemm("T", "N", a, z, out=target, alpha=-1.0, beta=1.0)
+    target -= a.swapaxes(-1, -2) @ z
+    return target

@@ -20,14 +20,15 @@ from collections import namedtuple
 import numpy
 
 from .._gpu import primitives as _primitives
-from . import _blocks
+from . import _blocks, _cached
 from ._blocks import FULL, application_order, swap
 
-Factors = namedtuple("CWYFactors", "blocks t s active layout n")
+Factors = namedtuple("CWYFactors", "blocks t s active layout n cache")
 Factors.__doc__ = """The :class:`~._blocks.Block` list ``blocks``, T factors ``t`` and their
 inverses ``s`` ``(..., n/k, k, k)`` (the last block padded with decoupled
 rows), ``active`` ``(..., n)`` (``None``, or False for identity factors),
-the ``layout`` and the number ``n`` of reflections."""
+the ``layout``, the number ``n`` of reflections, and a ``cache`` dict for the
+cached apply forms (:mod:`._cached`)."""
 
 
 def build(y, block_size, xp, layout=FULL, identity=None):
@@ -60,7 +61,7 @@ def build(y, block_size, xp, layout=FULL, identity=None):
     s = xp.triu(g, 1)
     idx = xp.arange(k)
     s[..., idx, idx] = half
-    return Factors(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2])
+    return Factors(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2], {})
 
 
 def _block_rows_times(f, j, x, xp):
@@ -72,8 +73,19 @@ def _block_rows_times(f, j, x, xp):
     return z
 
 
-def apply(f, x, transpose, xp):
-    """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m)."""
+def apply(f, x, transpose, xp, form="steps"):
+    """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m).
+
+    ``form`` (the plan's ``apply``): ``"steps"`` runs the three GEMMs a block
+    below; ``"gemm"`` and ``"graph"`` run the cached forms of :mod:`._cached`
+    (two GEMMs a block; one CUDA graph on CuPy for unbatched 2-D X, else the
+    two-GEMM form).
+    """
+    if form != "steps":
+        batch = _batch(f, x)
+        if form == "graph" and xp.__name__ != "numpy" and _cached.graphable(f, x, batch):
+            return _cached.apply_graph(f, x, transpose, xp)
+        return _cached.apply_gemm(f, x, transpose, xp, batch)
     out = _blocks.writable(x, _batch(f, x), xp)
     work = xp.empty_like(out)
     for j in application_order(len(f.blocks), transpose):

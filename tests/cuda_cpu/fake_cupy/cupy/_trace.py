@@ -20,6 +20,8 @@ The CPU stand-in of CuPy counts, per :func:`counting` block:
     device-to-host synchronizations: ``get``, ``asnumpy``, ``bool``/``int``/
     ``float``/``item``/``tolist`` of an array, ``synchronize``.
 
+``CUDA_CPU_TRACE_SYNCS=1`` prints the stack of every sync (to find where a budget goes).
+
 ``capture`` holds the graph being recorded by ``Stream.begin_capture``
 (see :mod:`.cuda`): while it is set, every launch is recorded for replay
 (and still executed, so later host code sees the values), a sync is an
@@ -29,7 +31,10 @@ outlive the graph).
 """
 
 import contextlib
+import os
+import sys
 import threading
+import traceback
 
 FIELDS = ("calls", "launches", "gemms", "operand_copies", "syncs")
 
@@ -97,6 +102,9 @@ def sync(what):
     if capture is not None:
         raise CaptureError("{} synchronizes with the host: not permitted during stream capture".format(what))
     add("syncs")
+    if os.environ.get("CUDA_CPU_TRACE_SYNCS") == "1":  # where each sync comes from, for budget work
+        traceback.print_stack(limit=8, file=sys.stderr)
+        print("-- {}".format(what), file=sys.stderr)
 
 
 def allocation():

@@ -178,3 +178,4 @@ def set_allocator(allocator=None):
 
 
 runtime = types.SimpleNamespace(getDeviceCount=_device_count)
+device = types.SimpleNamespace(get_cusolver_handle=lambda: 0, get_cublas_handle=lambda: 0)  # cupy.cuda.device
