@@ -8,7 +8,9 @@ import functools
 
 import numpy
 
-SUPPORTED_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+REAL_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+COMPLEX_DTYPES = (numpy.dtype(numpy.complex64), numpy.dtype(numpy.complex128))
+SUPPORTED_DTYPES = REAL_DTYPES + COMPLEX_DTYPES
 
 
 @functools.lru_cache(maxsize=None)

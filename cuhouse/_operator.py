@@ -6,13 +6,14 @@ methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``, ``dot``),
 ``todense``, pickling, the validation of the outer operand (once per user
 call), the cotangent check, the dtype rules and the columns layout. A
 subclass provides ``shape``, ``dtype``, ``params``, ``backend``,
-``check_finite``, ``T`` and three hooks that work on already-validated
-arrays and call their parents' hooks, never the public path:
+``check_finite``, ``T``, ``H``, ``conj()`` and three hooks that work on
+already-validated arrays and call their parents' hooks, never the public path:
 
 ``_matmat(columns, transpose) -> out``
-    ``A @ columns`` (``A^T @ columns`` when ``transpose``) for float
-    ``columns`` ``(..., d, m)`` in the result dtype. Builds nothing for a
-    backward.
+    ``A @ columns`` (``A^H @ columns``, the adjoint, when ``transpose``; the
+    transpose for a real A) for float or complex ``columns`` ``(..., d, m)`` in
+    the result dtype. Builds nothing for a backward. ``X @ A`` runs as
+    ``(conj(A)^H X^T)^T`` through ``A.conj()``'s hook.
 ``_vjp_matmat(columns, transpose) -> (out, back)``
     the same product and ``back(dout) -> (contributions, dcolumns)``:
     ``dout`` is shaped like ``out``; ``dcolumns`` like ``columns``;
@@ -24,6 +25,11 @@ arrays and call their parents' hooks, never the public path:
 Contributions become gradients in one place, :func:`accumulate`: summed
 over broadcast dimensions and over repeated uses of a leaf, matched to
 ``params`` by identity.
+
+Complex gradients follow torch's convention: for a cotangent ``G`` of ``out``,
+the gradient of a complex array ``z`` is ``dL/dRe(z) + i dL/dIm(z)`` with
+``L = Re(sum(conj(G) * out))``, what ``z -= lr * grad`` needs; a real array
+gets the real part of that (see :mod:`cuhouse._complex`).
 
 Pickling (and ``copy.copy``/``copy.deepcopy``) is Python's default for plain
 objects: no matrix holds a module (the backend is a name) and the one class
@@ -82,7 +88,7 @@ class Operator:
         return self._product(x, "left")
 
     def rmatvec(self, x):
-        """``A^T x`` for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec`` (real A)."""
+        """``A^H x`` (the adjoint) for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec``."""
         return self._product(x, "left", transpose=True)
 
     def matmat(self, x):
@@ -90,7 +96,7 @@ class Operator:
         return self._product(x, "left")
 
     def rmatmat(self, x):
-        """``A^T X`` for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat`` (real A)."""
+        """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``."""
         return self._product(x, "left", transpose=True)
 
     # Peak memory of todense() in units of its result (tracemalloc at d = 2000:
@@ -108,7 +114,7 @@ class Operator:
         _validate.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE)
         if cols <= rows:
             return self._matmat(xp.eye(cols, dtype=self.dtype), False)
-        return xp.swapaxes(self._matmat(xp.eye(rows, dtype=self.dtype), True), -1, -2)
+        return xp.swapaxes(self._conjugate()._matmat(xp.eye(rows, dtype=self.dtype), True), -1, -2)
 
     def __array__(self, dtype=None, copy=None):
         """``numpy.asarray(A)``: the dense form, a new array. NumPy backend only.
@@ -133,6 +139,10 @@ class Operator:
         return dense if dtype is None else dense.astype(dtype, copy=False)
 
     # ------------------------------------------------------------- products
+    def _conjugate(self):
+        """``conj(A)``, whose adjoint hook gives ``A^T``: ``A`` itself when real."""
+        return self.conj() if self.dtype.kind == "c" else self
+
     def _operand(self, x, side, transpose=False, name="X"):
         """Validate ``X`` of ``A @ X`` (``side == "left"``) or ``X @ A`` (``"right"``), once.
 
@@ -140,7 +150,8 @@ class Operator:
         messages. Returns ``(x, columns, flip)``: ``x`` as validated (its own
         dtype), ``columns`` its ``(..., d, m)`` form in the result dtype (a
         vector is one column, ``X @ A`` is ``(A^T X^T)^T``), and whether the
-        hook applies ``A^T``.
+        hook applies the adjoint. For ``side == "right"`` the hook is that of
+        :meth:`_conjugate` (``X @ A = (conj(A)^H X^T)^T``).
         """
         shape = self.shape[:-2] + self.shape[-2:][::-1] if transpose else self.shape
         x, cast = _validate.product_operand(x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite, name)
@@ -152,9 +163,10 @@ class Operator:
         A Dask array ``X`` gives a lazy Dask array, one product per chunk (:mod:`cuhouse._dask`).
         """
         if _dask.is_dask_array(x):
-            return _dask.matmul(self.T if transpose else self, x, side)
+            return _dask.matmul(self.H if transpose else self, x, side)
         x, columns, flip = self._operand(x, side, transpose, name)
-        out = self._matmat(columns, flip)
+        op = self._conjugate() if side == "right" else self
+        out = op._matmat(columns, flip)
         return self._xp.ascontiguousarray(from_columns(out, x.ndim == 1, side, self._xp))
 
     # ------------------------------------------------------------ gradients
@@ -179,13 +191,20 @@ class Operator:
             )
         x, columns, flip = self._operand(x, side)
         vector = x.ndim == 1
-        out_columns, back_columns = self._vjp_matmat(columns, flip)
+        op = self._conjugate() if side == "right" else self
+        out_columns, back_columns = op._vjp_matmat(columns, flip)
         out = xp.array(from_columns(out_columns, vector, side, xp), order="C", copy=True)
 
         def back(dout):
-            dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
+            dout = _validate.cotangent(dout, "dout", out.shape, xp, self.check_finite)
+            if dout.dtype.kind == "c" and out.dtype.kind != "c":
+                dout = xp.real(dout)  # L = Re(sum(conj(G) * out)) only sees Re(G) for a real out
+            dout = dout.astype(out.dtype, copy=False)
             contributions, dcolumns = back_columns(to_columns(dout, vector, side, xp))
-            dx = xp.ascontiguousarray(from_columns(dcolumns, vector, side, xp), dtype=_validate.float_dtype(x.dtype))
+            dx = from_columns(dcolumns, vector, side, xp)
+            if dx.dtype.kind == "c" and x.dtype.kind != "c":
+                dx = xp.real(dx)  # a real X: the real part of the complex gradient
+            dx = xp.ascontiguousarray(dx, dtype=_validate.float_dtype(x.dtype))
             return accumulate(self.params, contributions, xp), dx
 
         return out, back
@@ -196,7 +215,7 @@ class Operator:
         value, back_contributions = self._vjp_logabsdet()
 
         def back(dvalue):
-            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp)
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, self.check_finite)
             return accumulate(self.params, back_contributions(dvalue), xp)
 
         return value, back
@@ -239,12 +258,15 @@ def accumulate(params, contributions, xp):
 
     Each gradient is reduced over broadcast batch dimensions and added to the
     leaf it belongs to, matched by identity (the first slot of a leaf listed
-    twice). Every gradient has its leaf's float dtype and is C-contiguous;
-    leaves no pair touches get zeros.
+    twice). Every gradient has its leaf's float (or complex) dtype and is
+    C-contiguous; a real leaf gets the real part of a complex gradient; leaves
+    no pair touches get zeros.
     """
     total = [None] * len(params)
     for leaf, grad in contributions:
         i = next(i for i, p in enumerate(params) if p is leaf)
+        if grad.dtype.kind == "c" and leaf.dtype.kind != "c":
+            grad = xp.real(grad)
         grad = reduce_to_shape(grad, leaf.shape)
         total[i] = grad if total[i] is None else total[i] + grad
     dtypes = [numpy.result_type(p.dtype, numpy.float32) for p in params]

@@ -11,20 +11,20 @@ import numpy
 
 from ._backend import SUPPORTED_DTYPES, is_cupy_array, type_name
 
-_REAL_KINDS = "biuf"  # bool, signed, unsigned, float
+_KINDS = "biufc"  # bool, signed, unsigned, float, complex
 
 
 def as_array(x, name, xp):
-    """``x`` as an array of module ``xp`` with a real dtype.
+    """``x`` as an array of module ``xp`` with a real or complex dtype.
 
     Lists and scalars go through ``xp.asarray``. A ``TypeError`` names what
     is refused: ``None``, strings, objects that opt out of NumPy's array
     protocol with ``__array_ufunc__ = None`` (cuhouse matrices, whose
     ``__array__`` would densify them), SciPy sparse matrices, NumPy masked
-    arrays, complex, float16 and object data.
+    arrays, float16 and object data.
     """
     if x is None or isinstance(x, (str, bytes)) or getattr(type(x), "__array_ufunc__", False) is None:
-        raise TypeError("{} must be an array of real numbers, got {}".format(name, type(x).__name__))
+        raise TypeError("{} must be an array of real or complex numbers, got {}".format(name, type(x).__name__))
     if type(x).__module__.startswith("scipy.sparse"):
         raise TypeError(
             "{} is a SciPy sparse {}; cuhouse takes dense arrays: pass {}.toarray()".format(
@@ -50,24 +50,25 @@ def as_array(x, name, xp):
             x = xp.asarray(x)
         except (TypeError, ValueError) as exc:
             raise TypeError(
-                "{} must be an array of real numbers, got {}: {}".format(name, type(x).__name__, exc)
+                "{} must be an array of real or complex numbers, got {}: {}".format(name, type(x).__name__, exc)
             ) from None
     check_dtype(x.dtype, name)
     return x
 
 
 def check_dtype(dtype, name):
-    """``TypeError`` unless ``dtype`` is bool, integer, float32 or float64 (either byte order)."""
+    """``TypeError`` unless ``dtype`` is bool, integer, float32, float64, complex64 or complex128
+    (either byte order)."""
     dtype = numpy.dtype(dtype).newbyteorder("=")
-    if dtype.kind not in _REAL_KINDS or (dtype.kind == "f" and dtype not in SUPPORTED_DTYPES):
+    if dtype.kind not in _KINDS or (dtype.kind in "fc" and dtype not in SUPPORTED_DTYPES):
         raise TypeError(
-            "{} has dtype {}; supported dtypes are float32 and float64 "
+            "{} has dtype {}; supported dtypes are float32, float64, complex64 and complex128 "
             "(bool and integer input is promoted as NumPy promotes it)".format(name, dtype)
         )
 
 
 def float_dtype(dtype):
-    """The native floating dtype used for data of ``dtype``: floats stay, the rest go to float64."""
+    """The native floating dtype used for data of ``dtype``: float and complex dtypes stay, the rest go to float64."""
     dtype = numpy.dtype(dtype).newbyteorder("=")
     return dtype if dtype in SUPPORTED_DTYPES else numpy.dtype(numpy.float64)
 
@@ -150,14 +151,19 @@ def operand(x, xp, d, side, check_finite, shape=None, name="X"):
     return x
 
 
-def cotangent(g, name, shape, xp):
-    """The gradient ``g`` fed to a vjp function: a real array of module ``xp`` of exactly ``shape``."""
+def cotangent(g, name, shape, xp, check_finite):
+    """The gradient ``g`` fed to a vjp function: an array of module ``xp`` of exactly ``shape``,
+    finite (as ``X`` is) when ``check_finite``."""
     g = as_array(g, name, xp)
     if tuple(g.shape) != tuple(shape):
         raise ValueError(
             "{} must have the shape of the value it is the gradient of, {}, got shape {}".format(
                 name, tuple(shape), tuple(g.shape)
             )
+        )
+    if check_finite and not bool(xp.isfinite(g).all()):
+        raise ValueError(
+            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
         )
     return g
 
