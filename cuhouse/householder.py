@@ -42,7 +42,7 @@ class Reflections:
     It pickles without its caches, and with its backend as a name.
     """
 
-    def __init__(self, backend, leaves, segments, check_finite, dtype, norms=None):
+    def __init__(self, backend, leaves, segments, check_finite, dtype, norms=None, summary=None):
         self.backend = backend
         self.leaves = leaves
         self.segments = segments
@@ -50,11 +50,13 @@ class Reflections:
         self.dtype = numpy.dtype(dtype)
         self.refresh()
         self._norms = norms
+        self._summary = summary
 
     def refresh(self):
         """Drop every cache; the next use rebuilds from the leaf arrays."""
         self._vectors = None
         self._norms = None
+        self._summary = None
         self._layout = None
         self._factors = {}
 
@@ -97,14 +99,18 @@ class Reflections:
 
     def layout_for(self, differentiable):
         """The layout products run in. A gradient w.r.t. a vectors array covers every entry, the zeros
-        of a trapezoidal array included, so differentiable products use its full rows."""
+        of a trapezoidal array included, so differentiable products use its full rows (decided
+        without looking at the entries: no host sync)."""
+        if differentiable and self._layout is None and self.segments[0].k is None:
+            return _blocks.FULL
         layout = self.layout
         return _blocks.FULL if differentiable and layout == _blocks.TRAPEZOIDAL else layout
 
     @property
     def identity(self):
-        """The identity-factor mask ``(..., n)`` of :attr:`rows`, or ``None``."""
-        return self.segments[0].identity if self.layout == _blocks.UNIT else None
+        """The identity-factor mask ``(..., n)`` of :attr:`rows` (one ``geqrf`` leaf), or ``None``."""
+        (segment, *more) = self.segments
+        return segment.identity if not more and not segment.reversed and segment.k is not None else None
 
     @property
     def rows(self):
@@ -154,6 +160,13 @@ class Reflections:
                 self._norms = primitives.row_norms(self.vectors, self.xp)
         return self._norms
 
+    def norm_summary(self):
+        """The :class:`~cuhouse._validate.NormSummary` of :attr:`norms` (one device-to-host transfer,
+        usually made by the constructor's validation). Cached."""
+        if self._summary is None:
+            self._summary = _validate.norm_summary(self.norms, self.xp)
+        return self._summary
+
     def identity_count(self):
         """Identity factors (``tau == 0``) per batch entry, or ``None`` when there are none. O(n)."""
         masks = [segment.identity for segment in self.segments if segment.identity is not None]
@@ -186,18 +199,18 @@ class Reflections:
             module = ALGORITHMS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
             info = numpy.finfo(dtype)
-            norms = self.norms
-            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
-                norms <= numpy.sqrt(info.max * info.eps)
+            summary = self.norm_summary()  # host facts: no sync here
+            positive = summary.smallest != numpy.inf
+            safe = (not positive or summary.smallest >= numpy.sqrt(info.tiny / info.eps)) and (
+                summary.largest <= numpy.sqrt(info.max * info.eps)
             )
-            if not bool(safe.all()):
+            if not safe:
                 scaled = _blocks.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _blocks.FULL, None
             v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
-            if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
+            if scaled is None and chosen.algorithm in ("cwy", "dense") and positive:
                 # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
-                v_max = float(xp.max(norms))
-                v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
+                v_max, v_min = summary.largest, summary.smallest
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
             self._factors[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled, limits
         return self._factors[key]
@@ -436,8 +449,9 @@ class HouseholderProduct(Operator):
             core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
         else:
             norms = primitives.row_norms(v, xp)
-            _validate.vector_norms(norms, xp, bool(check_finite))
-            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms)
+            summary = _validate.norm_summary(norms, xp)  # the one sync: validation and the build's facts
+            _validate.vector_norms(norms, xp, bool(check_finite), summary=summary)
+            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms, summary)
         self._init(core, False, algorithm, block_size)
 
     def _init(self, core, transposed, algorithm, block_size, conjugated=False):
@@ -778,7 +792,10 @@ def _apply_scaled(module, chosen, factors, columns, transpose, limits, xp):
     result scaled back, so that no intermediate overflows or underflows where the result does not
     (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV over ``|X|``; three passes over X more
     only when some column is out of range."""
-    exponent = _scaling.column_exponents(columns, limits, xp)
+    if xp is numpy:
+        exponent = _scaling.column_exponents(columns, limits, xp)
+    else:  # no host sync on the GPU: every column scaled, exact (and bit for bit the same in range)
+        exponent = _scaling.column_binades(columns, xp)
     if exponent is None:
         return _apply(module, chosen, factors, columns, transpose, xp)
     scaled = _apply(module, chosen, factors, _scaling.scaled(columns, exponent, xp), transpose, xp)

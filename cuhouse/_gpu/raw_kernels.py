@@ -9,7 +9,8 @@ CuPy compiles it per device on first use. CuPy is imported only when a kernel is
 actually needed, never at ``import cuhouse``.
 
 Every launcher below takes and returns CuPy arrays of dtype float32 or
-float64 and launches on the current stream. The kernels need C-contiguous
+float64, allocates and launches on its first array's device (``with
+array.device:``, whatever device is current), on that device's current stream. The kernels need C-contiguous
 input: non-contiguous input is copied first, which costs one extra pass over
 it (noted on each launcher).
 """
@@ -104,10 +105,23 @@ def _function(name, dtype):
     return module().get_function(f"{name}<{_CTYPES[numpy.dtype(dtype)]}>")
 
 
+def _on_device_of_input(launcher):
+    """Runs ``launcher(array, ...)`` with the first array's device current: its outputs and launches
+    go where the data is (a kernel launched on another GPU would read memory it cannot see)."""
+
+    @functools.wraps(launcher)
+    def run(array, *args, **kwargs):
+        with array.device:
+            return launcher(array, *args, **kwargs)
+
+    return run
+
+
 def _blocks(units, per_block):
     return max(1, min(-(-units // per_block), _MAX_GRID))
 
 
+@_on_device_of_input
 def row_norms(v, with_unit=False):
     """Norms ``(..., n)`` of the rows of ``v`` ``(..., n, d)``; with ``with_unit``,
     ``(unit, norms)`` where ``unit`` is ``v`` with rows normalized (zero rows stay
@@ -140,6 +154,7 @@ def row_norms(v, with_unit=False):
     return (unit, norms) if with_unit else norms
 
 
+@_on_device_of_input
 def normalize_rows(v, norms):
     """``v / norms[..., None]`` for ``v`` ``(..., n, d)`` and ``norms`` ``(..., n)`` of
     the same batch shape; a zero norm divides by 1. One element-wise launch.
@@ -156,6 +171,7 @@ def normalize_rows(v, norms):
     return unit
 
 
+@_on_device_of_input
 def upper_triangular_inverse(s):
     """``S^{-1}`` for a stack ``s`` ``(..., k, k)`` of upper-triangular matrices with
     ``k <= SHARED_INVERSE_MAX_K``, all in one launch; the strictly lower triangle
@@ -189,6 +205,7 @@ def upper_triangular_inverse(s):
     return t
 
 
+@_on_device_of_input
 def cwy_gradient_coefficients(t, n):
     """``Ru + Ru^T`` with ``R = T^T N T^T``, ``Ru = striu(R)``, for stacks ``t``
     (upper triangular; its strictly lower part is taken as zero) and ``n``, both
