@@ -107,3 +107,8 @@ def synchronize(xp):
 
 def type_name(cls):
     return "{}.{}".format(cls.__module__.split(".")[0], cls.__name__)
+
+
+def to_host(a):
+    """A NumPy copy of a CuPy array; NumPy arrays pass through."""
+    return a.get() if hasattr(a, "get") else a

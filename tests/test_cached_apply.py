@@ -9,7 +9,7 @@ from conftest import rtol, to_numpy
 import cuhouse as ch
 from cuhouse import plan
 from cuhouse._backend import cupy_module, gpu_available
-from cuhouse.algorithms import _blocks, _cached, cwy
+from cuhouse.algorithms import _cached, _layout, cwy
 
 FORMS = ("gemm", "graph")
 
@@ -22,7 +22,7 @@ def _rows(rng, batch, n, d, layout):
 
 
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("layout", _blocks.LAYOUTS)
+@pytest.mark.parametrize("layout", _layout.LAYOUTS)
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize(
     "batch, xbatch, n, d, k", [((), (), 7, 9, 3), ((), (), 8, 8, 8), ((2,), (), 5, 9, 2), ((), (3,), 9, 11, 4)]
@@ -35,7 +35,7 @@ def test_cached_forms_equal_the_steps_form(xp, form, layout, transpose, batch, x
     x = xp.asarray(rng.standard_normal(xbatch + (d, 4)))
     expected = to_numpy(cwy.apply(f, x, transpose, xp))
     for _ in range(2):  # built, then cached (W, a captured graph)
-        got = cwy.apply(f, x, transpose, xp, form=form)
+        got = cwy.apply(f, x, transpose, xp, mode=form)
         assert got.shape == expected.shape
         numpy.testing.assert_allclose(to_numpy(got), expected, rtol=0, atol=rtol(numpy.float64, 100))
     assert numpy.isfinite(to_numpy(got)).all()
@@ -44,8 +44,8 @@ def test_cached_forms_equal_the_steps_form(xp, form, layout, transpose, batch, x
 def test_the_cached_forms_are_built_once_per_direction(xp):
     rng = numpy.random.default_rng(1)
     f = cwy.build(xp.asarray(rng.standard_normal((6, 8))), 3, xp)
-    first = _cached.forms(f, False, xp)
-    assert _cached.forms(f, False, xp) is first and _cached.forms(f, True, xp) is not first
+    first = _cached.w_blocks(f, False, xp)
+    assert _cached.w_blocks(f, False, xp) is first and _cached.w_blocks(f, True, xp) is not first
     assert all(form.w.flags.c_contiguous and form.v.flags.c_contiguous for form in first)
 
 
@@ -58,7 +58,7 @@ def test_a_graph_replay_reads_each_new_x():
     for seed in range(3):
         x = xp.asarray(numpy.random.default_rng(seed).standard_normal((12, 5)))
         numpy.testing.assert_allclose(
-            to_numpy(cwy.apply(f, x, False, xp, form="graph")), to_numpy(cwy.apply(f, x, False, xp)), atol=1e-13
+            to_numpy(cwy.apply(f, x, False, xp, mode="graph")), to_numpy(cwy.apply(f, x, False, xp)), atol=1e-13
         )
     (graphs,) = [v for key, v in f.cache.items() if key[0] == "graphs"]
     assert len(graphs) == 1  # one shape, one stream: one capture
@@ -72,14 +72,14 @@ def test_numpy_keeps_the_steps_form_and_the_gpu_model_prefers_fewer_launches():
         "steps", 4096, 4096, 32, chosen.block_size, 4, "cupy"
     )
     assert plan.choose(64, 8, 1, numpy.float64, "cupy", algorithm="sequential").apply == "steps"
-    with pytest.raises(ValueError, match="unknown apply form 'fast'"):
+    with pytest.raises(ValueError, match="unknown apply mode 'fast'"):
         plan.predict_apply("fast", 64, 64, 1, 8)
 
 
 @pytest.mark.parametrize("forms", [("gemm",), ("graph",), ("steps", "gemm", "graph")])
 def test_products_and_gradients_through_each_form_of_the_plan(xp, forms, monkeypatch):
-    monkeypatch.setitem(plan.APPLY_FORMS, "cupy", forms)
-    monkeypatch.setitem(plan.APPLY_FORMS, "numpy", forms)
+    monkeypatch.setitem(plan.APPLY_MODES, "cupy", forms)
+    monkeypatch.setitem(plan.APPLY_MODES, "numpy", forms)
     plan._choose.cache_clear()
     try:
         rng = numpy.random.default_rng(3)

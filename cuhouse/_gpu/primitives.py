@@ -9,6 +9,7 @@ non-contiguous array is first copied, see :mod:`.raw_kernels`); anything else, a
 all NumPy input, runs the twin below the dispatch.
 """
 
+import functools
 import importlib
 
 import numpy
@@ -69,19 +70,25 @@ KERNEL_INVERSE_MAX_K = raw_kernels.SHARED_INVERSE_MAX_K
 def upper_triangular_inverse(s, xp):
     """Inverse of a stack of upper-triangular matrices ``s`` of shape ``(..., k, k)``.
 
-    Level-3 doubling: the diagonal blocks of size b, 2b, 4b, ... are inverted
-    together, each level joining pairs with ``T12 = -T11 S12 T22`` as one
-    batched GEMM; ``k`` is padded to b times a power of two with identity
-    rows. On NumPy b = 1; on CuPy the raw kernel inverts the whole stack when
-    ``k <= KERNEL_INVERSE_MAX_K``, else the diagonal blocks of that size (one
-    launch), and doubling joins them. Cost: O(k^3 / 3) flops per matrix;
-    log2(k / b) batched steps of about eight launches. The strictly lower
-    triangle of the result is exactly zero.
+    Only the upper triangle of ``s`` is read; the strictly lower triangle of
+    the result is exactly zero. On NumPy: LAPACK ``?trtri``, one call per
+    matrix (it measures 5-40x faster than the doubling below for k <= 256 on
+    a CPU, where a call costs a microsecond). On CuPy: the raw kernel for the
+    whole stack when ``k <= KERNEL_INVERSE_MAX_K``, else the kernel on the
+    diagonal blocks of that size (one launch) joined by the doubling below.
+    Elsewhere the NumPy twin of the kernel, a level-3 doubling: the diagonal
+    blocks of size b, 2b, 4b, ... (b = 1) are inverted together, each level
+    joining pairs with ``T12 = -T11 S12 T22`` as one batched GEMM, ``k``
+    padded to b times a power of two with identity rows.
+    Cost: O(k^3 / 3) flops per matrix (in log2(k / b) batched steps of about
+    eight launches for the doubling).
     """
     if _on_kernel(xp, s):
         if s.shape[-1] <= KERNEL_INVERSE_MAX_K:
             return raw_kernels.upper_triangular_inverse(s)
         return _doubling_inverse(s, xp, KERNEL_INVERSE_MAX_K, raw_kernels.upper_triangular_inverse)
+    if xp is numpy and s.dtype in (numpy.float32, numpy.float64) and s.size:
+        return _lapack_upper_triangular_inverse(s)
     return _doubling_inverse(s, xp, 1, None)
 
 
@@ -119,10 +126,40 @@ def _doubling_inverse(s, xp, base, invert_base):
     return t[..., 0, :k, :k]
 
 
+def _lapack_upper_triangular_inverse(s):
+    """:func:`upper_triangular_inverse` of a NumPy stack by LAPACK ``?trtri``, one call per matrix."""
+    from scipy.linalg import lapack
+
+    trtri = lapack.strtri if s.dtype == numpy.float32 else lapack.dtrtri
+    k = s.shape[-1]
+    flat = s.reshape((-1, k, k))
+    out = numpy.empty(flat.shape, dtype=s.dtype)
+    for i in range(flat.shape[0]):
+        # S^T is a Fortran-ordered lower triangle: LAPACK reads it in place, and L^-T = S^-1
+        inverse, info = trtri(flat[i].T, lower=1)
+        if info:
+            raise numpy.linalg.LinAlgError(
+                "a T matrix of the compact WY form is singular (?trtri info {})".format(info)
+            )
+        out[i] = inverse.T
+    out *= upper_mask(k, s.dtype)  # ?trtri leaves the other triangle as it found it
+    return out.reshape(s.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def upper_mask(k, dtype, diagonal=1.0):
+    """The read-only ``(k, k)`` NumPy matrix with ones strictly above the diagonal and
+    ``diagonal`` on it (zeros below): ``S = G * upper_mask(k, dtype, 0.5)`` is the compact WY
+    ``S = diag(G)/2 + striu(G)``. Memoized."""
+    mask = numpy.triu(numpy.ones((k, k), dtype=dtype), 1) + diagonal * numpy.eye(k, dtype=dtype)
+    mask.flags.writeable = False
+    return mask
+
+
 def cwy_gradient_coefficients(t, n, xp):
     """The k x k coefficient of the level-3 CWY backward, per block.
 
-    ``t``: T factors ``(..., k, k)`` (upper triangular); ``n``: ``YG YA^T``
+    ``t``: T matrices ``(..., k, k)`` (upper triangular); ``n``: ``YG YA^T``
     ``(..., k, k)``. Returns ``Ru + Ru^T`` with ``R = T^T N T^T`` and
     ``Ru = striu(R)``, so that a block's gradient is
     ``dY = -T YA G^T - T^T YG A^T + (Ru + Ru^T) Y``. Cost: O(k^3) per block.

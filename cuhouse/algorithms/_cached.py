@@ -1,4 +1,4 @@
-"""The cached apply forms of compact WY: two GEMMs per block, or one CUDA graph.
+"""The cached apply modes of compact WY: two GEMMs per block, or one CUDA graph.
 
 A block applies ``P = I - V^T M V`` (``M = T``, or ``T^T`` for ``H^T``). With
 ``W = M V`` precomputed once per direction (and, for a structured layout,
@@ -10,8 +10,8 @@ the block's rows made dense from its first stored column on), a block is
 so a cached ``H @ X`` makes two launches per block and no host sync. On CuPy
 the whole sweep can also be captured once as a CUDA graph and replayed: then
 a product is three launches whatever the number of blocks (X copied into the
-graph's buffer, the replay, the result copied out). Which form runs is the
-plan's ``apply`` (:func:`cuhouse.plan.choose`); the steps form of
+graph's buffer, the replay, the result copied out). Which mode runs is the
+plan's ``apply`` (:func:`cuhouse.plan.choose`); the steps of
 :func:`cuhouse.algorithms.cwy.apply` needs no extra memory, these keep
 ``W`` and the dense rows (``n d`` values each, at most).
 
@@ -23,22 +23,23 @@ import warnings
 from collections import OrderedDict, namedtuple
 
 from .._gpu import primitives as _primitives
+from ._steps import application_order, empty_in_order, writable
 
-Form = namedtuple("Form", "w v start kb")
-Form.__doc__ = """Per block (in product order): ``w`` ``(..., kb, d - start)`` = ``M V`` with identity
+WBlock = namedtuple("WBlock", "w v start kb")
+WBlock.__doc__ = """Per block (in product order): ``w`` ``(..., kb, d - start)`` = ``M V`` with identity
 factors' rows zero, ``v`` ``(..., kb, d - start)`` the rows from column ``start`` on (C-contiguous)."""
 
 GRAPHS_PER_FACTORS = 4  # captured graphs kept per factors and direction (X shapes, streams), least recent dropped
 _lock = threading.Lock()
 
 
-def forms(f, transpose, xp):
-    """The cached :class:`Form` list of factors ``f`` for ``H`` (``H^T`` when ``transpose``); built once.
+def w_blocks(f, transpose, xp):
+    """The cached :class:`WBlock` list of the cwy form ``f`` for ``H`` (``H^T`` when ``transpose``); built once.
 
     Cost: one batched GEMM of O(k^2 d) per block (O(n k d) in all) and a copy of
     the structured blocks' rows, the first time.
     """
-    key = ("forms", bool(transpose))
+    key = ("w", bool(transpose))
     with _lock:
         cached = f.cache.get(key)
     if cached is not None:
@@ -55,7 +56,7 @@ def forms(f, transpose, xp):
         rows = v
         if f.active is not None:
             rows = v * f.active[..., block.first : block.last, None]
-        built.append(Form(xp.ascontiguousarray(mj @ rows), v, block.start, kb))
+        built.append(WBlock(xp.ascontiguousarray(mj @ rows), v, block.start, kb))
     with _lock:
         return f.cache.setdefault(key, built)
 
@@ -63,21 +64,19 @@ def forms(f, transpose, xp):
 def sweep(blocks, out, z, transpose, xp):
     """``out`` ``(..., d, m)`` <- the product applied in place, two GEMMs per block; ``z`` a
     ``(..., k, m)`` workspace. No allocation on CuPy for unbatched 2-D operands."""
-    order = range(len(blocks)) if transpose else range(len(blocks) - 1, -1, -1)
-    for j in order:
-        form = blocks[j]
-        target = out[..., form.start :, :]
-        zj = z[..., : form.kb, :]
-        _primitives.matmul_into(form.w, target, zj, xp)
-        _primitives.subtract_transposed_product(target, form.v, zj, xp)
+    for j in application_order(len(blocks), transpose):
+        block = blocks[j]
+        target = out[..., block.start :, :]
+        zj = z[..., : block.kb, :]
+        _primitives.matmul_into(block.w, target, zj, xp)
+        _primitives.subtract_transposed_product(target, block.v, zj, xp)
     return out
 
 
 def apply_gemm(f, x, transpose, xp, batch):
-    """``H @ X`` by the two-GEMM form: one copy of X, then two launches per block. O(n d m)."""
-    blocks = forms(f, transpose, xp)
-    out = xp.empty(tuple(batch) + x.shape[-2:], dtype=x.dtype)
-    out[...] = x
+    """``H @ X`` by the two-GEMM mode: one copy of X, then two launches per block. O(n d m)."""
+    blocks = w_blocks(f, transpose, xp)
+    out = writable(x, batch, xp)  # in X's memory order
     z = xp.empty(tuple(batch) + (f.t.shape[-1], x.shape[-1]), dtype=x.dtype)
     return sweep(blocks, out, z, transpose, xp)
 
@@ -95,9 +94,9 @@ def apply_graph(f, x, transpose, xp):
     the result out). A capture CUDA refuses falls back to :func:`apply_gemm`
     with a ``RuntimeWarning`` naming the reason, once per factors.
     """
-    blocks = forms(f, transpose, xp)
+    blocks = w_blocks(f, transpose, xp)
     stream = xp.cuda.get_current_stream()
-    key = ("graph", bool(transpose), x.shape, x.dtype.str, stream.ptr, x.device.id)
+    key = ("graph", bool(transpose), x.shape, x.strides, x.dtype.str, stream.ptr, x.device.id)
     with _lock:
         graphs = f.cache.setdefault(("graphs", bool(transpose)), OrderedDict())
         entry = graphs.get(key)
@@ -109,12 +108,12 @@ def apply_graph(f, x, transpose, xp):
     if entry is None:
         try:
             entry = _capture(blocks, x, f.t.shape[-1], transpose, xp)
-        except Exception as exc:  # CUDA refused the capture: the two-GEMM form, said once
+        except Exception as exc:  # CUDA refused the capture: the two-GEMM mode, said once
             with _lock:
                 f.cache["graph refused"] = str(exc)
             warnings.warn(
                 "cuhouse: capturing H @ X as a CUDA graph failed ({}: {}); these factors use the "
-                "two-GEMM form from now on".format(type(exc).__name__, exc),
+                "two-GEMM mode from now on".format(type(exc).__name__, exc),
                 RuntimeWarning,
                 stacklevel=4,
             )
@@ -132,7 +131,7 @@ def apply_graph(f, x, transpose, xp):
 
 def _capture(blocks, x, k, transpose, xp):
     """``(out, z, graph, lock)``: buffers for X's shape and the sweep on them captured (not run)."""
-    out = xp.empty(x.shape, dtype=x.dtype)
+    out = empty_in_order(x.shape, x.dtype, x, xp)
     z = xp.empty((k, x.shape[-1]), dtype=x.dtype)
     side = xp.cuda.Stream(non_blocking=True)
     with side:

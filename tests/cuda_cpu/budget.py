@@ -23,7 +23,7 @@ from cuhouse import plan  # noqa: E402
 
 def _forms(names):
     """Let the cost model pick among ``names`` only on the GPU."""
-    plan.APPLY_FORMS["cupy"] = tuple(names)
+    plan.APPLY_MODES["cupy"] = tuple(names)
     plan._choose.cache_clear()
 
 
@@ -47,7 +47,7 @@ def main(d=4096, m=32):
         "trapezoidal": ch.HouseholderProduct(trapezoidal, check_finite=False),
     }
     reference = (cases["check_finite=False"] @ x).get()  # the default form
-    default = plan.APPLY_FORMS["cupy"]
+    default = plan.APPLY_MODES["cupy"]
     for forms in (("steps",), ("gemm",), ("graph",), default):
         _forms(forms)
         name = "default" if len(forms) > 1 else forms[0]

@@ -1,0 +1,78 @@
+"""The GEMMs of a block of reflectors (a :class:`._layout.Block`): one per stored part.
+
+A structured layout's block is a small dense head and a tail view; each
+product below runs one GEMM on each, so a block touches only X's rows from
+its first reflector on. Every product keeps the memory order of its operand
+(:func:`matmul`).
+"""
+
+from ._steps import column_major
+
+
+def swap(a, xp):
+    """Transpose of the last two axes (a view; the array method, which skips NumPy's function dispatch)."""
+    return a.swapaxes(-1, -2)
+
+
+def matmul(a, b, xp, out=None):
+    """``a @ b`` (into ``out``) in ``b``'s memory order: for a column-major ``b`` it runs as
+    ``(b^T a^T)^T``, so that BLAS reads ``b`` in its own order and the result (``out`` must then be
+    column-major too) keeps it: a row-major ``X @ H`` stays row-major through every GEMM."""
+    if column_major(b):
+        if out is None:
+            return swap(swap(b, xp) @ swap(a, xp), xp)
+        xp.matmul(swap(b, xp), swap(a, xp), out=swap(out, xp))
+        return out
+    if out is None:
+        return a @ b
+    return xp.matmul(a, b, out=out)
+
+
+def rows_times(block, x, xp):
+    """``Y_b @ x[start:]`` ``(..., kb, m)`` for ``x`` ``(..., d, m)``: one GEMM per stored part, in
+    ``x``'s memory order."""
+    if block.head is None:
+        return matmul(block.tail, x, xp)
+    kb = block.last - block.first
+    top = x[..., block.start : block.start + kb, :]
+    out = matmul(block.tail, x[..., block.start + kb :, :], xp)
+    out += matmul(block.head, top, xp)
+    return out
+
+
+def subtract_rows_transposed(block, u, x, xp, work=None):
+    """``x[start:] -= Y_b^T @ u`` in place, for ``u`` ``(..., kb, m)``.
+
+    ``work`` (optional, shaped like ``x`` and in its memory order) receives
+    the product first, so that no temporary of ``x``'s size is allocated per
+    block. ``u`` and ``x`` share their memory order (see :func:`matmul`).
+    """
+    kb = block.last - block.first
+    parts = [(block.tail, x[..., block.start + (kb if block.head is not None else 0) :, :])]
+    if block.head is not None:
+        parts.append((block.head, x[..., block.start : block.start + kb, :]))
+    for rows, target in parts:
+        if work is None:
+            target -= matmul(swap(rows, xp), u, xp)
+        else:
+            product = work[..., : target.shape[-2], :]
+            target -= matmul(swap(rows, xp), u, xp, out=product)
+
+
+def add_coefficients_times_rows(block, c, dy, xp):
+    """``dy[first:last, start:] += c @ Y_b`` for ``c`` ``(..., kb, kb)``."""
+    target = dy[..., block.first : block.last, block.start :]
+    if block.head is None:
+        target += c @ block.tail
+        return
+    kb = block.last - block.first
+    target[..., :kb] += c @ block.head
+    target[..., kb:] += c @ block.tail
+
+
+def gram(block, xp):
+    """``Y_b Y_b^T`` ``(..., kb, kb)``: O(kb^2 (d - start))."""
+    g = block.tail @ swap(block.tail, xp)
+    if block.head is not None:
+        g += block.head @ swap(block.head, xp)
+    return g
