@@ -4,7 +4,7 @@ layout, direction, batch and identity factor; the plan picks a form per backend.
 
 import numpy
 import pytest
-from conftest import rtol, to_numpy
+from helpers import rtol, to_numpy
 
 import cuhouse as ch
 from cuhouse import plan
