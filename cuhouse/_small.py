@@ -27,6 +27,7 @@ import math
 import numpy
 
 from ._reflections import Reflections, Segment
+from ._validate import NormSummary
 from .algorithms import _layout, _scaling
 from .algorithms.ormqr import squared_lengths
 
@@ -47,7 +48,7 @@ def vectors_reflections(vectors, check_finite):
     Takes a float32/float64 NumPy matrix ``(n, d)``, 1 <= n <= d, whose rows'
     sums of squares all lie in ``[tiny/eps, max*eps]`` (finite, nonzero, no
     scaling needed: one pass and two reductions over n values say it all).
-    The norms, their range and the safety are cached on the result; a row 1
+    The norms, their summary and the safety are cached on the result; a row 1
     nonzero in entry 0 settles the layout (full) at once.
     """
     if type(vectors) is not numpy.ndarray or vectors.ndim != 2 or vectors.dtype not in _FLOATS:
@@ -63,7 +64,7 @@ def vectors_reflections(vectors, check_finite):
     core = Reflections("numpy", (vectors,), (Segment(0, False, None, None),), bool(check_finite), vectors.dtype)
     core._norms = numpy.sqrt(sumsq)
     core._safe = True
-    core._range = (math.sqrt(smallest), math.sqrt(largest))
+    core._summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(smallest))
     if n > 1 and vectors[1, 0] != 0:
         core._layout = _layout.FULL
     return core
@@ -106,7 +107,7 @@ def lapack_reflections(a, tau, check_finite):
     core = Reflections("numpy", (a,), (segment,), bool(check_finite), a.dtype)
     core._norms = numpy.sqrt(sumsq)
     core._safe = True
-    core._range = (math.sqrt(sumsq.min()), math.sqrt(largest))
+    core._summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(sumsq.min()))
     return core
 
 
