@@ -122,7 +122,7 @@ def test_batched_equals_in_memory(case, side):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_matmul_function_and_rmatmul_reach_the_dask_path(side):
-    """``Xd @ A`` is deferred by Dask to ``A.__rmatmul__`` (``__array_ufunc__ = None``), not densified."""
+    """``Xd @ A`` is deferred by Dask to ``A.__rmatmul__`` (A is no array chunk type), not densified."""
     rng = numpy.random.default_rng(3)
     a = _square_svd(rng)
     x, xd = _operand(a, side, "matrix", (-1, 4), rng)
