@@ -480,6 +480,8 @@ class Product(Operator):
 
     def _square(self, i, f, operation):
         """``f``, factor ``i``; ``ValueError`` naming it unless it is square."""
+        if self.shape[-2] != self.shape[-1]:
+            raise ValueError("{} needs a square matrix, but the Product is {}x{}".format(operation, *self.shape[-2:]))
         rows, cols = f.shape[-2:]
         if rows != cols:
             raise ValueError(

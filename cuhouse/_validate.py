@@ -149,9 +149,7 @@ def cotangent(g, name, shape, xp, check_finite):
             )
         )
     if check_finite and not bool(xp.isfinite(g).all()):
-        raise ValueError(
-            "{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK)
-        )
+        raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
     return g
 
 
@@ -168,9 +166,7 @@ def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name
     x = as_array(x, name, xp)
     matmul_shape(op_shape, x.shape, side, op_name, name)
     if check_finite and not bool(xp.isfinite(x).all()):
-        raise ValueError(
-            "{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK)
-        )
+        raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
     return x, x.astype(float_dtype(numpy.result_type(op_dtype, x.dtype)), copy=False)
 
 

@@ -340,7 +340,7 @@ def test_wrong_contracted_size_is_a_value_error():
 
 def test_unbroadcastable_batch_is_a_value_error():
     h = _householder(numpy.random.default_rng(14), n=4, batch=(2,))
-    with pytest.raises(ValueError, match=r"batch shapes of A \(2,\) and X \(3,\) do not broadcast"):
+    with pytest.raises(ValueError, match=r"batch shapes of H \(2,\) and X \(3,\) do not broadcast"):
         h @ da.zeros((3, D, 4))
 
 
