@@ -24,7 +24,7 @@ import traceback
 import numpy
 import pytest
 import scipy.linalg
-from conftest import dense_reference
+from helpers import dense_reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,7 +9,7 @@ import numpy
 import pytest
 import scipy.linalg
 import scipy.sparse
-from conftest import dense_reference
+from helpers import dense_reference
 
 import cuhouse as ch
 from cuhouse.householder import ALGORITHM_CHOICES
