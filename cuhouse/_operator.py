@@ -55,15 +55,19 @@ with caches, :class:`cuhouse._reflections.Reflections`, drops them in its
 gradients of a copy reach the copy's leaves.
 """
 
+from __future__ import annotations
+
 import abc
 import functools
 import operator
+from typing import Any, Tuple
 
 import numpy
 
 from . import _complex, _dask, _memory, _validate
 from ._backend import module_named
 from ._shapes import batch_shape, from_columns, reduce_to_shape, to_columns
+from ._typing import Array
 
 
 class Operator(abc.ABC):
@@ -79,49 +83,49 @@ class Operator(abc.ABC):
     # ------------------------------------------------- supplied by a subclass
     @property
     @abc.abstractmethod
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         """``(..., d_out, d_in)``."""
 
     @property
     @abc.abstractmethod
-    def dtype(self):
+    def dtype(self) -> numpy.dtype:
         """The float or complex dtype of the matrix (``numpy.dtype``)."""
 
     @property
     @abc.abstractmethod
-    def params(self):
+    def params(self) -> Tuple[Array, ...]:
         """The leaf arrays gradients are taken with respect to: a tuple, distinct by identity."""
 
     @property
     @abc.abstractmethod
-    def backend(self):
+    def backend(self) -> str:
         """The array library's name, e.g. ``"numpy"`` or ``"cupy"``."""
 
     @property
     @abc.abstractmethod
-    def check_finite(self):
+    def check_finite(self) -> bool:
         """Whether NaN/Inf in every operand is rejected."""
 
     @property
     @abc.abstractmethod
-    def T(self):
+    def T(self) -> Operator:
         """The transpose, again a cuhouse matrix."""
 
     @property
     @abc.abstractmethod
-    def H(self):
+    def H(self) -> Operator:
         """The adjoint (conjugate transpose), again a cuhouse matrix; ``T`` for a real matrix."""
 
     @abc.abstractmethod
-    def conj(self):
+    def conj(self) -> Operator:
         """The entrywise conjugate, again a cuhouse matrix (``self`` when real)."""
 
     @abc.abstractmethod
-    def inv(self):
+    def inv(self) -> Operator:
         """The inverse, again a cuhouse matrix."""
 
     @abc.abstractmethod
-    def slogdet(self):
+    def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|)`` per batch entry, as ``numpy.linalg.slogdet``."""
 
     @abc.abstractmethod
@@ -138,7 +142,7 @@ class Operator(abc.ABC):
 
     # ------------------------------------------------------------ attributes
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return len(self.shape)
 
     @property
@@ -162,16 +166,16 @@ class Operator(abc.ABC):
         return type(self).__qualname__, normalize_token(sorted(vars(self).items()))
 
     # -------------------------------------------------------- determinants
-    def det(self):
+    def det(self) -> Array:
         """``det`` per batch entry, ``sign * exp(log|det|)`` from :meth:`slogdet`."""
         sign, logabs = self.slogdet()
         return sign * self._xp.exp(logabs)
 
-    def logdet(self):
+    def logdet(self) -> Array:
         """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`."""
         return self.slogdet()[1]
 
-    def matmul(self, x):
+    def matmul(self, x: Any) -> Any:
         """``A @ X``; see :func:`cuhouse.matmul`."""
         return self @ x
 
@@ -192,23 +196,23 @@ class Operator(abc.ABC):
         """``self @ other`` for two cuhouse matrices: a lazy :class:`Product`."""
         return Product(self, other)
 
-    def dot(self, x):
+    def dot(self, x: Any) -> Any:
         """``A @ x``, as ``LinearOperator.dot``: an array, or a cuhouse matrix for a cuhouse matrix."""
         return self @ x
 
-    def matvec(self, x):
+    def matvec(self, x: Array) -> Array:
         """``A x`` for ``x`` ``(d_in,)`` or ``(d_in, 1)``, as ``LinearOperator.matvec``. O(cost of A @ x)."""
         return self._product(x, "left")
 
-    def rmatvec(self, x):
+    def rmatvec(self, x: Array) -> Array:
         """``A^H x`` (the adjoint) for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec``."""
         return self._product(x, "left", transpose=True)
 
-    def matmat(self, x):
+    def matmat(self, x: Array) -> Array:
         """``A X`` for ``X`` ``(d_in, m)``, as ``LinearOperator.matmat``."""
         return self._product(x, "left")
 
-    def rmatmat(self, x):
+    def rmatmat(self, x: Array) -> Array:
         """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``."""
         return self._product(x, "left", transpose=True)
 
@@ -216,7 +220,7 @@ class Operator(abc.ABC):
     # 4.06 for a HouseholderProduct, 6.06 for an SVDMatrix); see _memory.dense_memory.
     _TODENSE_WORKSPACE = 6
 
-    def todense(self):
+    def todense(self) -> Array:
         """The dense matrix ``(..., d_out, d_in)``: ``A`` (or ``A^T``, for a wide
         matrix) applied to the smaller identity, so a wide result is a
         transposed view. ``MemoryError`` up front when the result and its
@@ -343,7 +347,7 @@ class Product(Operator):
     costs; ``.T`` and ``.inv()`` are O(k).
     """
 
-    def __init__(self, *args):
+    def __init__(self, *args: Operator) -> None:
         factors = []
         for a in args:
             if not isinstance(a, Operator):
@@ -372,24 +376,24 @@ class Product(Operator):
         self.args = tuple(factors)
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         batch = numpy.broadcast_shapes(*(f.shape[:-2] for f in self.args))
         return batch + (self.args[0].shape[-2], self.args[-1].shape[-1])
 
     @property
-    def dtype(self):
+    def dtype(self) -> numpy.dtype:
         return numpy.result_type(*(f.dtype for f in self.args))
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         return self.args[0].backend
 
     @property
-    def check_finite(self):
+    def check_finite(self) -> bool:
         return all(f.check_finite for f in self.args)
 
     @property
-    def params(self):
+    def params(self) -> Tuple[Array, ...]:
         """The distinct leaf arrays of the factors, by identity, first appearance first."""
         leaves = []
         for f in self.args:
@@ -403,24 +407,24 @@ class Product(Operator):
 
     # --------------------------------------------------------------- algebra
     @property
-    def T(self):
+    def T(self) -> Operator:
         """``Ak^T @ ... @ A1^T``. O(k)."""
         return Product(*(f.T for f in reversed(self.args)))
 
     @property
-    def H(self):
+    def H(self) -> Operator:
         """The adjoint ``Ak^H @ ... @ A1^H``. O(k)."""
         return Product(*(f.H for f in reversed(self.args)))
 
-    def conj(self):
+    def conj(self) -> Operator:
         """The entrywise conjugate ``conj(A1) @ ... @ conj(Ak)`` (``self`` when real). O(k)."""
         return Product(*(f.conj() for f in self.args)) if self.dtype.kind == "c" else self
 
-    def inv(self):
+    def inv(self) -> Operator:
         """``Ak^-1 @ ... @ A1^-1``; every factor must have ``inv()``. O(k)."""
         return Product(*(f.inv() for f in reversed(self.args)))
 
-    def slogdet(self):
+    def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|)`` per batch entry: the factors' products and sums. Square factors. O(k r).
 
         As ``numpy.linalg.slogdet``: a complex sign and a real logarithm for complex factors."""

@@ -11,6 +11,10 @@ After changing ``vectors`` in place (an optimizer step), call
 :meth:`HouseholderProduct.refresh`.
 """
 
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
 import numpy
 
 from . import _complex, _geqrf, _small, _validate, plan
@@ -19,6 +23,7 @@ from ._gpu import primitives
 from ._operator import Operator
 from ._reflections import DENSE_WORKSPACE, ComplexReflections, Reflections, Segment
 from ._shapes import batch_shape, reduce_to_shape
+from ._typing import Array
 from .algorithms import ALGORITHMS, PLANS, _layout, _scaling
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
@@ -50,7 +55,9 @@ class HouseholderProduct(Operator):
     _NAME = "H"
     _TODENSE_WORKSPACE = DENSE_WORKSPACE
 
-    def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
+    def __init__(
+        self, vectors: Array, algorithm: str = "auto", block_size: Optional[int] = None, *, check_finite: bool = True
+    ) -> None:
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
         v = _small.plain_vectors(vectors)
@@ -88,7 +95,15 @@ class HouseholderProduct(Operator):
         return obj
 
     @classmethod
-    def from_lapack(cls, a, tau, algorithm="auto", block_size=None, *, check_finite=True):
+    def from_lapack(
+        cls,
+        a: Array,
+        tau: Array,
+        algorithm: str = "auto",
+        block_size: Optional[int] = None,
+        *,
+        check_finite: bool = True,
+    ) -> HouseholderProduct:
         """Q = H(1) ... H(k) from the ``geqrf`` layout, real or complex.
 
         ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i
@@ -137,7 +152,9 @@ class HouseholderProduct(Operator):
         return cls._view(core, False, algorithm, block_size)
 
     @classmethod
-    def from_dense(cls, q, algorithm="auto", block_size=None, *, check_finite=True):
+    def from_dense(
+        cls, q: Array, algorithm: str = "auto", block_size: Optional[int] = None, *, check_finite: bool = True
+    ) -> HouseholderProduct:
         """The Householder product equal to an orthogonal (or unitary) ``q``.
 
         ``q`` ``(..., d, d)`` orthogonal: at most d reflections and
@@ -162,7 +179,7 @@ class HouseholderProduct(Operator):
 
     # ------------------------------------------------------------ attributes
     @property
-    def vectors(self):
+    def vectors(self) -> Array:
         """The reflections ``(..., n, d)`` in product order: a read-only view (NumPy) of the caller's array
         (from :meth:`from_lapack` or ``H1 @ H2``, or complex: full rows, a copy made once). For
         LAPACK's complex factors the vectors alone do not give the product: each factor's
@@ -172,37 +189,37 @@ class HouseholderProduct(Operator):
         return read_only(self._xp.conj(v)) if self._conjugate else v
 
     @property
-    def params(self):
+    def params(self) -> Tuple[Array, ...]:
         """The leaf arrays that gradients are taken with respect to (the caller's own arrays)."""
         return tuple(self._core.params)
 
     @property
-    def dtype(self):
+    def dtype(self) -> numpy.dtype:
         return self._core.dtype
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         shape = self._core.shape
         return tuple(shape[:-2]) + (shape[-1], shape[-1])
 
     @property
-    def n_reflections(self):
+    def n_reflections(self) -> int:
         return self._core.shape[-2]
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         """``"numpy"`` or ``"cupy"``."""
         return self._core.backend
 
     @property
-    def check_finite(self):
+    def check_finite(self) -> bool:
         """Whether NaN/Inf in the vectors and in every ``X`` is rejected."""
         return self._core.check_finite
 
     def _describe(self):
         return (("n_reflections", self.n_reflections), ("algorithm", repr(self.algorithm)))
 
-    def refresh(self):
+    def refresh(self) -> HouseholderProduct:
         """Rebuild from the parameter arrays after they were updated in place.
 
         Re-validates the vectors and drops every cached form of H. Returns
@@ -231,29 +248,29 @@ class HouseholderProduct(Operator):
         return isinstance(self._core, ComplexReflections)
 
     @property
-    def T(self):
+    def T(self) -> HouseholderProduct:
         """The transpose: the reversed product, conjugated when complex (shares all caches). O(1)."""
         return self._view(
             self._core, not self._transpose, self.algorithm, self.block_size, self._conjugate != self._unitary
         )
 
     @property
-    def H(self):
+    def H(self) -> HouseholderProduct:
         """The adjoint (conjugate transpose), the reversed product; equal to :meth:`inv`, and to
         :attr:`T` when real (shares all caches). O(1)."""
         return self._view(self._core, not self._transpose, self.algorithm, self.block_size, self._conjugate)
 
-    def conj(self):
+    def conj(self) -> HouseholderProduct:
         """The entrywise conjugate (``self`` when real; shares all caches). O(1)."""
         if not self._unitary:
             return self
         return self._view(self._core, self._transpose, self.algorithm, self.block_size, not self._conjugate)
 
-    def inv(self):
+    def inv(self) -> HouseholderProduct:
         """The inverse, equal to :attr:`H` since H is unitary (orthogonal when real). O(1)."""
         return self.H
 
-    def det(self):
+    def det(self) -> Array:
         """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded); for LAPACK's
         complex factors the product of their eigenvalues ``1 - tau_i v_i^H v_i``. O(n)."""
         xp = self._xp
@@ -268,7 +285,7 @@ class HouseholderProduct(Operator):
             return xp.broadcast_to(xp.where(count % 2 == 0, 1, -1).astype(self.dtype), batch).copy()
         return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype)
 
-    def slogdet(self):
+    def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|) = (det, 0)`` per batch entry; as ``numpy.linalg.slogdet``, a complex
         sign of modulus 1 and a real logarithm for a unitary product."""
         sign = self.det()
@@ -341,7 +358,7 @@ class HouseholderProduct(Operator):
         """The :class:`Reflections` products run on: the realified one of a unitary product."""
         return self._core.real if self._unitary else self._core
 
-    def plan_for(self, m, dtype=None, differentiable=False):
+    def plan_for(self, m: int, dtype: Any = None, differentiable: bool = False) -> plan.Plan:
         """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns of ``dtype`` (in ``vjp``
         when ``differentiable``). A unitary product plans for its realified form (2n reflections of
         length 2d); a real one with complex ``X`` for 2m real columns."""
