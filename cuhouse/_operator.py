@@ -172,7 +172,21 @@ class Operator(abc.ABC):
         return sign * self._xp.exp(logabs)
 
     def logdet(self) -> Array:
-        """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`."""
+        """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`.
+
+        Returns
+        -------
+        array
+            Real, of shape ``A.shape[:-2]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.eye(3)[:1], np.array([1.0, 2.0, 4.0]))
+        >>> bool(np.isclose(E.logdet(), np.log(8.0)))
+        True
+        """
         return self.slogdet()[1]
 
     def matmul(self, x: Any) -> Any:
@@ -201,7 +215,20 @@ class Operator(abc.ABC):
         return self @ x
 
     def matvec(self, x: Array) -> Array:
-        """``A x`` for ``x`` ``(d_in,)`` or ``(d_in, 1)``, as ``LinearOperator.matvec``. O(cost of A @ x)."""
+        """``A x`` for ``x`` ``(d_in,)`` or ``(d_in, 1)``, as ``LinearOperator.matvec``. O(cost of A @ x).
+
+        Returns
+        -------
+        array
+            ``(d_out,)`` or ``(d_out, 1)``, as ``x``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> ch.HouseholderProduct(np.eye(2)[:1]).matvec(np.array([3.0, 4.0]))
+        array([-3.,  4.])
+        """
         return self._product(x, "left")
 
     def rmatvec(self, x: Array) -> Array:
@@ -213,7 +240,23 @@ class Operator(abc.ABC):
         return self._product(x, "left")
 
     def rmatmat(self, x: Array) -> Array:
-        """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``."""
+        """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``.
+
+        Returns
+        -------
+        array
+            ``(d_in, m)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import scipy.sparse.linalg as sla
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 3, rng=0)
+        >>> L = sla.aslinearoperator(W)  # matvec, rmatvec, matmat, rmatmat
+        >>> np.allclose(L.rmatmat(np.eye(4)), W.todense().T)
+        True
+        """
         return self._product(x, "left", transpose=True)
 
     # Peak memory of todense() in units of its result (tracemalloc at d = 2000:
@@ -225,6 +268,19 @@ class Operator(abc.ABC):
         matrix) applied to the smaller identity, so a wide result is a
         transposed view. ``MemoryError`` up front when the result and its
         intermediates cannot fit. Cost: one product with min(d_out, d_in) columns.
+
+        Returns
+        -------
+        array
+            ``(..., d_out, d_in)``, the matrix's dtype and library.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> ch.HouseholderProduct(np.eye(2)[:1]).todense()
+        array([[-1.,  0.],
+               [ 0.,  1.]])
         """
         xp = self._xp
         rows, cols = self.shape[-2:]

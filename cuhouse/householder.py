@@ -47,9 +47,25 @@ class HouseholderProduct(Operator):
         Reject NaN/Inf in ``vectors`` and in every ``X``. Defaults to True on
         NumPy; on CuPy the check synchronizes, and defaults to True as well.
 
+    Notes
+    -----
     Cost: construction validates in O(n d); ``H @ X`` with X ``(d, m)`` is
     O(d n m) (plus an O(n k d) one-off build of the algorithm's form); ``.T``,
     ``.inv()``, ``det``, ``slogdet`` and ``logdet`` are O(1) per batch entry.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> rng = np.random.default_rng(0)
+    >>> H = ch.HouseholderProduct(rng.standard_normal((3, 5)))  # 3 reflections in 5 dimensions
+    >>> H.shape, H.n_reflections
+    ((5, 5), 3)
+    >>> X = rng.standard_normal((5, 2))
+    >>> np.allclose(H.T @ (H @ X), X)
+    True
+    >>> np.allclose(H.todense() @ X, H @ X)
+    True
     """
 
     _NAME = "H"
@@ -131,6 +147,22 @@ class HouseholderProduct(Operator):
         gradient w.r.t. ``a`` holds every lambda_i fixed. ``det`` is the product of
         the lambda_i. The product runs realified (:mod:`cuhouse._complex`), with a
         copy of the reflectors.
+
+        Returns
+        -------
+        HouseholderProduct
+            ``Q`` ``(..., M, M)``, whose ``params`` are ``(a,)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import scipy.linalg
+        >>> import cuhouse as ch
+        >>> A = np.random.default_rng(0).standard_normal((5, 3))
+        >>> (qr, tau), _ = scipy.linalg.qr(A, mode="raw")
+        >>> Q = ch.HouseholderProduct.from_lapack(qr, tau)
+        >>> np.allclose(Q.todense(), scipy.linalg.qr(A)[0])
+        True
         """
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
@@ -167,6 +199,20 @@ class HouseholderProduct(Operator):
         unitary (complex) ``q`` gives LAPACK's complex factors, see
         :meth:`from_lapack`: with only Hermitian reflections R could not be the
         identity. Cost: O(d r^2) once.
+
+        Returns
+        -------
+        HouseholderProduct
+            ``(..., d, d)``, of at most r reflections.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> Q = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 4)))[0]
+        >>> H = ch.HouseholderProduct.from_dense(Q)
+        >>> H.n_reflections <= 4, np.allclose(H.todense(), Q)
+        (True, True)
         """
         xp = array_module(q)
         q = _validate.dense_matrix(q, "Q", xp)
@@ -224,6 +270,21 @@ class HouseholderProduct(Operator):
 
         Re-validates the vectors and drops every cached form of H. Returns
         ``self``. Cost: O(n d) now, the build again at the next product.
+
+        Returns
+        -------
+        HouseholderProduct
+            ``self``, rebuilt.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> V = np.eye(3)[:1].copy()
+        >>> H = ch.HouseholderProduct(V)  # H(e_1)
+        >>> V[0] = [0.0, 1.0, 0.0]  # an optimizer step, in place
+        >>> H.refresh() @ np.array([1.0, 2.0, 3.0])  # H(e_2) now
+        array([ 1., -2.,  3.])
         """
         core = self._core
         xp = core.xp
@@ -267,12 +328,39 @@ class HouseholderProduct(Operator):
         return self._view(self._core, self._transpose, self.algorithm, self.block_size, not self._conjugate)
 
     def inv(self) -> HouseholderProduct:
-        """The inverse, equal to :attr:`H` since H is unitary (orthogonal when real). O(1)."""
+        """The inverse, equal to :attr:`H` since H is unitary (orthogonal when real). O(1).
+
+        Returns
+        -------
+        HouseholderProduct
+            ``H.H``: a view sharing every cache.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> H = ch.HouseholderProduct(np.random.default_rng(0).standard_normal((2, 3)))
+        >>> np.allclose((H.inv() @ H).todense(), np.eye(3))
+        True
+        """
         return self.H
 
     def det(self) -> Array:
         """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded); for LAPACK's
-        complex factors the product of their eigenvalues ``1 - tau_i v_i^H v_i``. O(n)."""
+        complex factors the product of their eigenvalues ``1 - tau_i v_i^H v_i``. O(n).
+
+        Returns
+        -------
+        array
+            Of shape ``H.shape[:-2]`` and H's dtype.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> float(ch.HouseholderProduct(np.ones((3, 4))).det())
+        -1.0
+        """
         xp = self._xp
         batch = self.shape[:-2]
         if self._unitary:
@@ -287,7 +375,21 @@ class HouseholderProduct(Operator):
 
     def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|) = (det, 0)`` per batch entry; as ``numpy.linalg.slogdet``, a complex
-        sign of modulus 1 and a real logarithm for a unitary product."""
+        sign of modulus 1 and a real logarithm for a unitary product.
+
+        Returns
+        -------
+        sign, logabsdet : arrays
+            Each of shape ``H.shape[:-2]``: ``det`` and zeros.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> sign, logabs = ch.HouseholderProduct(np.ones((2, 4))).slogdet()
+        >>> float(sign), float(logabs)
+        (1.0, 0.0)
+        """
         sign = self.det()
         return sign, self._xp.zeros(sign.shape, dtype=_complex.real_dtype(sign.dtype))
 
@@ -361,7 +463,23 @@ class HouseholderProduct(Operator):
     def plan_for(self, m: int, dtype: Any = None, differentiable: bool = False) -> plan.Plan:
         """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns of ``dtype`` (in ``vjp``
         when ``differentiable``). A unitary product plans for its realified form (2n reflections of
-        length 2d); a real one with complex ``X`` for 2m real columns."""
+        length 2d); a real one with complex ``X`` for 2m real columns.
+
+        Returns
+        -------
+        cuhouse.plan.Plan
+            ``(algorithm, block_size, store_inputs)``: deterministic for these
+            arguments on one machine (the cost model's constants are measured once
+            per machine).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> H = ch.HouseholderProduct(np.ones((64, 64)), algorithm="cwy", block_size=16)
+        >>> H.plan_for(32)
+        Plan(algorithm='cwy', block_size=16, store_inputs=...)
+        """
         dtype = numpy.dtype(dtype or self.dtype)
         if _complex.is_complex(dtype) and not self._unitary:
             m *= 2

@@ -133,7 +133,21 @@ class _SpectralMatrix(Operator):
         return self._derive("conj()", self._values, None, conjugate=True)
 
     def inv(self) -> _SpectralMatrix:
-        """W^{-1} = R diag(1/values) L^T; square, full rank, every value nonzero. O(r)."""
+        """W^{-1} = R diag(1/values) L^T; square, full rank, every value nonzero. O(r).
+
+        Returns
+        -------
+        SVDMatrix or EighMatrix
+            Lazy, of W's type; gradients reach W's leaves.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 4, rng=0)
+        >>> np.allclose(W.inv().todense(), np.linalg.inv(W.todense()))
+        True
+        """
         self._require_full_rank("inv()", "use pinv() for a pseudo-inverse")
         self._require_values("inv()", self._values != 0, "every {} nonzero (W is singular); use pinv()")
         with numpy.errstate(over="ignore"):
@@ -146,6 +160,19 @@ class _SpectralMatrix(Operator):
 
         As ``numpy.linalg.pinv``: values with ``|v| <= rcond * max|v|`` count
         as zero. The cut-off is held fixed in the gradient.
+
+        Returns
+        -------
+        SVDMatrix or EighMatrix
+            Lazy, of W's type.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(5, 3, rng=0)
+        >>> np.allclose(W.pinv().todense(), np.linalg.pinv(W.todense()))
+        True
         """
         rcond = _validate.non_negative_real(rcond, "rcond")
         xp = self._xp
@@ -156,7 +183,22 @@ class _SpectralMatrix(Operator):
         return self._derive("pinv()", values, -values * values, transpose=True)
 
     def solve(self, b: Array) -> Array:
-        """X with W X = B, as ``numpy.linalg.solve``: B ``(d,)`` or ``(..., d, m)``. O(d n m)."""
+        """X with W X = B, as ``numpy.linalg.solve``: B ``(d,)`` or ``(..., d, m)``. O(d n m).
+
+        Returns
+        -------
+        array
+            Shaped like ``B`` (with W's batch dimensions in front).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 4, rng=0)
+        >>> b = np.arange(4.0)
+        >>> np.allclose(W @ W.solve(b), b)
+        True
+        """
         self._require_full_rank("solve()", "use pinv() @ B for least squares")
         return self.inv()._product(b, "left", name="B")
 
@@ -189,7 +231,21 @@ class _SpectralMatrix(Operator):
         return _batch_array(sign, batch, self.dtype, xp), _batch_array(logabs, batch, real, xp)
 
     def singular_values(self) -> Array:
-        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: ``|values|``, zero-padded."""
+        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: ``|values|``, zero-padded.
+
+        Returns
+        -------
+        array
+            ``(..., min(d_out, d_in))``, real.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix(np.eye(3)[:1], np.array([-2.0, 1.0]), np.eye(2)[:1])  # 3 x 2
+        >>> W.singular_values()
+        array([2., 1.])
+        """
         xp = self._xp
         magnitude = xp.abs(self._values)
         missing = min(self.shape[-2:]) - self.rank
@@ -198,7 +254,21 @@ class _SpectralMatrix(Operator):
         return xp.broadcast_to(magnitude, self.shape[:-2] + magnitude.shape[-1:])
 
     def norm(self, ord: Union[int, str, None] = None) -> Array:
-        """Matrix norm per batch entry, as ``numpy.linalg.norm``: ord in None/"fro", "nuc", 2, -2. O(r)."""
+        """Matrix norm per batch entry, as ``numpy.linalg.norm``: ord in None/"fro", "nuc", 2, -2. O(r).
+
+        Returns
+        -------
+        array
+            Real, of shape ``W.shape[:-2]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 4, rng=0)
+        >>> bool(np.isclose(W.norm("nuc"), np.linalg.norm(W.todense(), "nuc")))
+        True
+        """
         sigma = self.singular_values()
         if ord is None or ord == "fro":
             return self._xp.sqrt((sigma * sigma).sum(axis=-1))
@@ -215,6 +285,19 @@ class _SpectralMatrix(Operator):
 
         ``inf`` for a singular matrix (the zero matrix included); "fro" and
         "nuc" need a square W.
+
+        Returns
+        -------
+        array
+            Real, of shape ``W.shape[:-2]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 4, rng=0)
+        >>> bool(np.isclose(W.cond(), np.linalg.cond(W.todense())))
+        True
         """
         xp = self._xp
         if p in ("fro", "nuc"):
@@ -388,11 +471,26 @@ class SVDMatrix(_SpectralMatrix):
     check_finite : bool
         Reject NaN/Inf in ``s`` and in every operand.
 
+    Notes
+    -----
     ``params`` is ``U.params + (s,) + V.params``, that is
     ``(U.vectors, s, V.vectors)`` for products built from one vector array.
     Batch dimensions of U, s and V broadcast. Cost: ``W @ X`` with X
     ``(d_in, m)`` is O((d_in n_V + d_out n_U) m), so O(d r m) when U and V
     have r reflections; the spectral operations are O(r).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> rng = np.random.default_rng(0)
+    >>> U = ch.HouseholderProduct(rng.standard_normal((4, 4)))
+    >>> V = ch.HouseholderProduct(rng.standard_normal((3, 3)))
+    >>> W = ch.SVDMatrix(U, np.array([3.0, 2.0, 1.0]), V)
+    >>> W.shape
+    (4, 3)
+    >>> np.allclose(np.linalg.svd(W.todense(), compute_uv=False), [3.0, 2.0, 1.0])
+    True
     """
 
     def __init__(
@@ -438,6 +536,19 @@ class SVDMatrix(_SpectralMatrix):
         """Spectral clipping: singular values ``|s|`` clipped to ``[lo, hi]``, signs kept. O(r).
 
         The gradient passes where ``lo <= |s| <= hi`` and is zero elsewhere.
+
+        Returns
+        -------
+        SVDMatrix
+            Lazy; gradients reach U, s and V.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix(np.eye(3)[:1], np.array([0.5, 1.0, 3.0]), np.eye(3)[:1])
+        >>> np.sort(W.clip(0.9, 1.1).singular_values())
+        array([0.9, 1. , 1.1])
         """
         lo, hi = _validate.real_number(lo, "lo"), _validate.real_number(hi, "hi")
         if not 0 <= lo <= hi:
@@ -463,6 +574,21 @@ class SVDMatrix(_SpectralMatrix):
         approximation); the default keeps min(d_out, d_in). U and V get at
         most r reflections each; the signs of the QR that turns the singular
         vectors into reflections move into ``s``. Cost: O(d^3) once.
+
+        Returns
+        -------
+        SVDMatrix
+            ``(..., d_out, d_in)`` of rank r.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> A = np.random.default_rng(0).standard_normal((4, 3))
+        >>> np.allclose(ch.SVDMatrix.from_dense(A).todense(), A)
+        True
+        >>> ch.SVDMatrix.from_dense(A, rank=1).rank
+        1
         """
         xp = array_module(a)
         a = _validate.dense_matrix(a, "A", xp)
@@ -496,6 +622,18 @@ class SVDMatrix(_SpectralMatrix):
 
         ``rng`` is anything ``numpy.random.default_rng`` accepts. NumPy arrays.
         A complex ``dtype`` gives complex Gaussian vectors (a unitary U and V) and real s.
+
+        Returns
+        -------
+        SVDMatrix
+            ``(*batch_shape, d_out, d_in)`` of rank ``min(d_out, d_in)`` unless given.
+
+        Examples
+        --------
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(6, 4, rng=0, batch_shape=(2,))
+        >>> W.shape, W.rank
+        ((2, 6, 4), 4)
         """
         d_out, d_in = _validate.positive_int(d_out, "d_out"), _validate.positive_int(d_in, "d_in")
         rng = numpy.random.default_rng(rng)
@@ -525,9 +663,20 @@ class EighMatrix(_SpectralMatrix):
     w : array_like, shape ``(..., d)``
         The eigenvalues (real; complex w is a ``TypeError``).
 
+    Notes
+    -----
     ``params`` is ``U.params + (w,)``. Matrix functions (``expm``, ``logm``,
     ``sqrtm``, ``power``, ``cayley``, ``inv``) map w element-wise: O(d), and
     the result is again an ``EighMatrix``. ``W @ X`` costs O(d n m).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> U = ch.HouseholderProduct(np.random.default_rng(0).standard_normal((3, 3)))
+    >>> E = ch.EighMatrix(U, np.array([1.0, 2.0, 3.0]))
+    >>> np.allclose(np.linalg.eigvalsh(E.todense()), [1.0, 2.0, 3.0])
+    True
     """
 
     _SPECTRUM = "w"
@@ -558,7 +707,22 @@ class EighMatrix(_SpectralMatrix):
         return read_only(self._values)
 
     def expm(self) -> _SpectralMatrix:
-        """The matrix exponential U diag(exp w) U^T. O(d)."""
+        """The matrix exponential U diag(exp w) U^T. O(d).
+
+        Returns
+        -------
+        EighMatrix
+            Lazy; gradients reach U and w.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import scipy.linalg
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.ones((1, 3)), np.array([0.0, 1.0, 2.0]))
+        >>> np.allclose(E.expm().todense(), scipy.linalg.expm(E.todense()))
+        True
+        """
         values = self._xp.exp(self._values)
         return self._derive("expm()", values, values)
 
@@ -568,7 +732,20 @@ class EighMatrix(_SpectralMatrix):
         return self._derive("logm()", self._xp.log(self._values), 1 / self._values)
 
     def sqrtm(self) -> EighMatrix:
-        """The principal square root U diag(sqrt w) U^T; every w > 0. O(d)."""
+        """The principal square root U diag(sqrt w) U^T; every w > 0. O(d).
+
+        Returns
+        -------
+        EighMatrix
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.eye(3)[:1], np.array([1.0, 4.0, 9.0]))
+        >>> np.allclose(E.sqrtm().todense(), np.diag([1.0, 2.0, 3.0]))
+        True
+        """
         self._require_values("sqrtm()", self._values > 0, "every {} > 0 (a positive definite matrix)")
         values = self._xp.sqrt(self._values)
         return self._derive("sqrtm()", values, 0.5 / values)
@@ -577,6 +754,18 @@ class EighMatrix(_SpectralMatrix):
         """W**p = U diag(w**p) U^T, as ``scipy.linalg.fractional_matrix_power``. O(d).
 
         An integer p allows any w (nonzero when p < 0); a fractional p needs every w > 0.
+
+        Returns
+        -------
+        EighMatrix
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.eye(3)[:1], np.array([1.0, 4.0, 9.0]))
+        >>> np.allclose(E.power(-0.5).todense(), np.diag([1.0, 0.5, 1.0 / 3.0]))
+        True
         """
         p = _validate.real_number(p, "p")
         if not numpy.isfinite(p):
@@ -590,7 +779,21 @@ class EighMatrix(_SpectralMatrix):
         return self._derive("power({!r})".format(p), values, derivative)
 
     def cayley(self) -> EighMatrix:
-        """The Cayley map (I - W)(I + W)^{-1} = U diag((1 - w)/(1 + w)) U^T; every w != -1. O(d)."""
+        """The Cayley map (I - W)(I + W)^{-1} = U diag((1 - w)/(1 + w)) U^T; every w != -1. O(d).
+
+        Returns
+        -------
+        EighMatrix
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.eye(3)[:1], np.array([1.0, 4.0, 9.0]))
+        >>> I = np.eye(3)
+        >>> np.allclose(E.cayley().todense(), (I - E.todense()) @ np.linalg.inv(I + E.todense()))
+        True
+        """
         self._require_values("cayley()", self._values != -1, "every {} != -1 (I + W invertible)")
         plus = 1 + self._values
         return self._derive("cayley()", (1 - self._values) / plus, -2 / (plus * plus))
@@ -601,6 +804,20 @@ class EighMatrix(_SpectralMatrix):
 
         ``a`` must be symmetric (Hermitian: ``A == A^H``) to within 100 eps of its largest entry.
         Cost: O(d^3) once.
+
+        Returns
+        -------
+        EighMatrix
+            ``(..., d, d)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> A = np.array([[2.0, 1.0], [1.0, 2.0]])
+        >>> E = ch.EighMatrix.from_dense(A)
+        >>> np.allclose(E.todense(), A), np.allclose(np.sort(E.w), [1.0, 3.0])
+        (True, True)
         """
         xp = array_module(a)
         a = _validate.dense_matrix(a, "A", xp)
