@@ -167,7 +167,21 @@ class Operator(abc.ABC):
 
     # -------------------------------------------------------- determinants
     def det(self) -> Array:
-        """``det`` per batch entry, ``sign * exp(log|det|)`` from :meth:`slogdet`."""
+        """``det`` per batch entry, ``sign * exp(log|det|)`` from :meth:`slogdet`.
+
+        Returns
+        -------
+        array
+            Of shape ``A.shape[:-2]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(3, 3, rng=0)
+        >>> bool(np.isclose(W.det(), np.linalg.det(W.todense())))
+        True
+        """
         sign, logabs = self.slogdet()
         return sign * self._xp.exp(logabs)
 
@@ -190,7 +204,20 @@ class Operator(abc.ABC):
         return self.slogdet()[1]
 
     def matmul(self, x: Any) -> Any:
-        """``A @ X``; see :func:`cuhouse.matmul`."""
+        """``A @ X``; see :func:`cuhouse.matmul`.
+
+        Returns
+        -------
+        array or cuhouse matrix
+            ``A @ X``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> ch.HouseholderProduct(np.eye(2)[1:]).matmul(np.array([1.0, 1.0]))
+        array([ 1., -1.])
+        """
         return self @ x
 
     # --------------------------------------------------------------- algebra
@@ -401,6 +428,23 @@ class Product(Operator):
     the factors, by identity, in order of first appearance; a leaf used twice
     gets the sum of its gradients. Cost: ``P @ X`` is the sum of the factors'
     costs; ``.T`` and ``.inv()`` are O(k).
+
+    Parameters
+    ----------
+    *args : cuhouse matrices
+        At least two, with matching inner sizes; their batch shapes broadcast.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> S = ch.SVDMatrix.random(4, 4, rng=0)
+    >>> H = ch.HouseholderProduct(np.ones((1, 4)))
+    >>> P = S @ H  # a Product: nothing is multiplied yet
+    >>> type(P).__name__, len(P.params)
+    ('Product', 4)
+    >>> np.allclose(P.todense(), S.todense() @ H.todense())
+    True
     """
 
     def __init__(self, *args: Operator) -> None:
