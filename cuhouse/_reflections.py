@@ -30,15 +30,43 @@ runs only: ``conjugate`` takes the entrywise conjugate of the run, and ``phase``
 eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: reflections, lambda = -1)."""
 
 
-def _dask_token(reflections):
-    """The Dask token of a reflections object: its class and the state that pickles (caches
-    excluded), arrays by content; see :mod:`cuhouse._dask`."""
-    from dask.base import normalize_token
+class _Cached:
+    """What both reflection states share: the leaf arrays ``params`` read through ``segments``,
+    pickling, copying and Dask tokens without the caches named in ``_CACHES`` (dropped by
+    ``refresh()``), and the array module by the backend's name."""
 
-    return type(reflections).__qualname__, normalize_token(sorted(reflections.__getstate__().items()))
+    _CACHES = ()
+
+    def __init__(self, backend, params, segments, check_finite, dtype):
+        self.backend = backend
+        self.params = params
+        self.segments = segments
+        self.check_finite = check_finite
+        self.dtype = numpy.dtype(dtype)
+        self.refresh()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for cache in self._CACHES:
+            del state[cache]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.refresh()
+
+    def __dask_tokenize__(self):
+        """The class and the state that pickles (caches excluded), arrays by content; see :mod:`cuhouse._dask`."""
+        from dask.base import normalize_token
+
+        return type(self).__qualname__, normalize_token(sorted(self.__getstate__().items()))
+
+    @property
+    def xp(self):
+        return module_named(self.backend)
 
 
-class Reflections:
+class Reflections(_Cached):
     """The shared state behind one or more ``HouseholderProduct`` views.
 
     It holds the reflections as the leaf arrays the user passed in
@@ -50,13 +78,10 @@ class Reflections:
     It pickles without its caches, and with its backend as a name.
     """
 
+    _CACHES = ("_vectors", "_norms", "_layout", "_safe", "_shape", "_forms")
+
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None):
-        self.backend = backend
-        self.params = params
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
-        self.refresh()
+        super().__init__(backend, params, segments, check_finite, dtype)
         self._norms = norms
 
     def refresh(self):
@@ -67,23 +92,6 @@ class Reflections:
         self._safe = None
         self._shape = None
         self._forms = {}
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_layout", "_safe", "_shape", "_forms"):
-            del state[cache]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.refresh()
-
-    def __dask_tokenize__(self):
-        return _dask_token(self)
-
-    @property
-    def xp(self):
-        return module_named(self.backend)
 
     @property
     def small(self):
@@ -279,7 +287,7 @@ def _lapack_rows(leaf, segment, xp):
     return rows
 
 
-class ComplexReflections:
+class ComplexReflections(_Cached):
     """The shared state of a unitary product (any complex leaf or segment), on the real algorithms.
 
     Same interface as :class:`Reflections` for :class:`HouseholderProduct`. The
@@ -290,36 +298,13 @@ class ComplexReflections:
     in :meth:`contributions`. Pickles without its caches.
     """
 
-    def __init__(self, backend, params, segments, check_finite, dtype):
-        self.backend = backend
-        self.params = params
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
-        self.refresh()
+    _CACHES = ("_real", "_pairs", "_vectors")
 
     def refresh(self):
         """Drop every cache; the next use realifies the leaf arrays again."""
         self._real = None
         self._pairs = None
         self._vectors = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for cache in ("_real", "_pairs", "_vectors"):
-            del state[cache]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.refresh()
-
-    def __dask_tokenize__(self):
-        return _dask_token(self)
-
-    @property
-    def xp(self):
-        return module_named(self.backend)
 
     def _rows_of(self, segment):
         """The complex full rows ``(..., k, d)`` of one segment in stored order (identity factors
