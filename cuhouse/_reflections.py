@@ -32,8 +32,8 @@ eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: refle
 
 class _Cached:
     """What both reflection states share: the leaf arrays ``params`` read through ``segments``,
-    pickling, copying and Dask tokens without the caches named in ``_CACHES`` (dropped by
-    ``refresh()``), and the array module by the backend's name."""
+    pickling without the caches named in ``_CACHES`` (``refresh`` rebuilds them lazily after
+    unpickling), a Dask token of the same state, and the array module of the backend name."""
 
     _CACHES = ()
 
@@ -46,17 +46,14 @@ class _Cached:
         self.refresh()
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        for cache in self._CACHES:
-            del state[cache]
-        return state
+        return {key: value for key, value in self.__dict__.items() if key not in self._CACHES}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.refresh()
 
     def __dask_tokenize__(self):
-        """The class and the state that pickles (caches excluded), arrays by content; see :mod:`cuhouse._dask`."""
+        """The class and the state that pickles, arrays by content; see :mod:`cuhouse._dask`."""
         from dask.base import normalize_token
 
         return type(self).__qualname__, normalize_token(sorted(self.__getstate__().items()))

@@ -3,7 +3,8 @@
 For ``scipy.optimize.minimize(fun, x0, jac=True)`` or any optimizer that
 works on a single vector::
 
-    x0 = flatten_params(H.params)
+    params = H.params
+    x0 = flatten_params(params)
     def fun(flat):
         H = HouseholderProduct(*unflatten_params(flat, like=params))
         out, back = vjp(matmul, H, X)
