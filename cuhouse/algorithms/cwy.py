@@ -117,15 +117,14 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     The applied block is ``Q = I - V^T M V`` (``M = T``, or ``T^T`` when
     ``transpose``). The blocks are swept from the last applied to the first,
     carrying ``B = [A | G]`` ``(..., d, 2m)``, a block's output and the gradient
-    there; per block ``Z = V B`` and ``U = M^T Z``, then ``B <- B - V^T U``
-    undoes the block (``Q^T = Q^{-1}``). With ``V A_in = -M^{-1} U_A`` the
-    gradient becomes ``dV = [-U_G, U_A] B^T + (C + U_G U_A^T) V``, where ``C``
-    (from :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`) carries
-    ``R = dL/dS = T^T N T^T`` through ``striu(G)``, plus ``diag(R)`` for the
-    ``diag(G)/2`` of the raw form; all the k x k work and the ``C V``
-    products run batched over blocks after the sweep. Since P does not
-    change when a vector is scaled, each row of dV is orthogonal to its vector
-    in the full and trapezoidal layouts (not in ``"unit"``, whose implicit 1 is fixed).
+    there; ``B <- B - V^T U`` with ``U = M^T V B`` undoes the block, and its
+    gradient is ``dV = [-U_G, U_A] B^T + (C + U_G U_A^T) V``, which needs no
+    block input. The derivation, and the coefficients ``C`` of
+    :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`, are on the
+    design page (``docs/design.rst``, "Compact WY and its backward pass"). All
+    the k x k work and the ``C V`` products run batched over blocks after the
+    sweep. Each row of dV is orthogonal to its vector in the full and
+    trapezoidal layouts (not in ``"unit"``, whose implicit 1 is fixed).
 
     ``store_inputs`` (full layout only; see :func:`cuhouse.plan.store_block_inputs`)
     keeps every block's ``B`` (extra ``n/k * d * 2m`` values) and forms the
