@@ -1,7 +1,9 @@
 """The operator protocol shared by every cuhouse matrix.
 
 In the manner of ``scipy.sparse.linalg.LinearOperator``, one abstract base
-class owns the protocol: ``@`` on both sides, ``numpy.asarray``, the SciPy
+class owns the protocol: ``@`` on both sides, ``numpy.asarray``, NumPy's
+ufunc and function protocols (``numpy.matmul`` and ``numpy.dot`` are the
+product; any other ufunc is a ``TypeError`` that says what to do), the SciPy
 duck-typing methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``,
 ``dot``), ``todense``, ``matmul``, ``det`` and ``logdet`` (from ``slogdet``),
 one ``__repr__``, pickling, Dask tokens, the validation of the outer operand
@@ -58,6 +60,7 @@ gradients of a copy reach the copy's leaves.
 import abc
 import functools
 import operator
+import sys
 
 import numpy
 
@@ -72,9 +75,45 @@ class Operator(abc.ABC):
     See the module docstring for what a subclass supplies and what the base owns.
     """
 
-    __array_ufunc__ = None  # ndarray @ A (and dask, and NumPy ufuncs) defer to A
     __array_priority__ = 1000
     _NAME = "A"  # the matrix in messages
+    _CUHOUSE_MATRIX = True  # what cuhouse._validate.as_array refuses to densify
+
+    # ------------------------------------------------------- NumPy protocols
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """NumPy's ufunc protocol (NEP 13). ``numpy.matmul``, and so ``ndarray @ A``, is the
+        product ``A @ X`` (``X @ A``), computed without forming A; every other ufunc is a
+        ``TypeError`` saying what to do. Dask, which defers to operands that are not array
+        chunks, hands ``Xd @ A`` to ``A.__rmatmul__``."""
+        if ufunc is numpy.matmul and method == "__call__" and len(inputs) == 2 and not kwargs:
+            left, right = inputs
+            return self.__matmul__(right) if left is self else self.__rmatmul__(left)
+        raise TypeError(
+            "numpy.{}{} does not apply to a cuhouse {} (a matrix kept as its factors, never formed): "
+            "A @ X, X @ A and numpy.matmul apply it without forming it{}; A.todense() gives the "
+            "dense array for anything else".format(
+                ufunc.__name__,
+                "" if method == "__call__" else "." + method,
+                type(self).__name__,
+                " (numpy.matmul takes no out=, axes= or dtype=)" if ufunc is numpy.matmul else "",
+            )
+        )
+
+    def __array_function__(self, func, types, args, kwargs):
+        """NumPy's function protocol (NEP 18). ``numpy.dot(A, X)`` and ``numpy.dot(X, A)`` with a
+        2-D (or 1-D) X are the product, without forming A; any other NumPy function gets the
+        dense arrays (``numpy.asarray``, NumPy backend only), as before the protocol."""
+        if func is numpy.dot and len(args) == 2 and not kwargs:
+            left, right = args
+            other = right if left is self else left
+            if self.ndim > 2 or numpy.ndim(other) > 2:
+                raise TypeError(
+                    "numpy.dot does not broadcast batch dimensions (it pairs every matrix with every "
+                    "other); for a batched cuhouse {} use A @ X, which broadcasts as "
+                    "numpy.matmul".format(type(self).__name__)
+                )
+            return self @ right if left is self else left @ self
+        return func(*_dense_arguments(args), **dict(zip(kwargs, _dense_arguments(kwargs.values()))))
 
     # ------------------------------------------------- supplied by a subclass
     @property
@@ -248,6 +287,13 @@ class Operator(abc.ABC):
                     type(self).__name__
                 )
             )
+        if self.ndim > 2 and sys._getframe(1).f_globals.get("__name__", "").startswith("scipy.sparse"):
+            # S @ A with S sparse: SciPy converts A and takes 2-D operands only ("could not interpret dimensions")
+            raise TypeError(
+                "a SciPy sparse matrix times a batched cuhouse {} (shape {}): SciPy's sparse products take "
+                "2-D operands only; use S.toarray() @ A, which broadcasts as numpy.matmul, or multiply by "
+                "each matrix of the batch".format(type(self).__name__, self.shape)
+            )
         dense = self.todense()
         return dense if dtype is None else dense.astype(dtype, copy=False)
 
@@ -417,25 +463,33 @@ class Product(Operator):
         return Product(*(f.conj() for f in self.args)) if self.dtype.kind == "c" else self
 
     def inv(self):
-        """``Ak^-1 @ ... @ A1^-1``; every factor must have ``inv()``. O(k)."""
+        """``Ak^-1 @ ... @ A1^-1``; every factor must be square and have ``inv()``. O(k)."""
+        for i, f in enumerate(self.args):
+            self._square(i, f, "inv()")
         return Product(*(f.inv() for f in reversed(self.args)))
 
     def slogdet(self):
         """``(sign, log|det|)`` per batch entry: the factors' products and sums. Square factors. O(k r).
 
         As ``numpy.linalg.slogdet``: a complex sign and a real logarithm for complex factors."""
-        signs, logs = zip(*(self._square(f, "slogdet()").slogdet() for f in self.args))
+        signs, logs = zip(*(self._square(i, f, "slogdet()").slogdet() for i, f in enumerate(self.args)))
         batch = self.shape[:-2]
         xp = self._xp
         sign = xp.broadcast_to(functools.reduce(operator.mul, signs), batch)
         return sign.astype(self.dtype), xp.broadcast_to(sum(logs), batch).astype(_complex.real_dtype(self.dtype))
 
-    @staticmethod
-    def _square(f, operation):
+    def _square(self, i, f, operation):
+        """``f``, factor ``i``; ``ValueError`` naming it unless it is square."""
+        if self.shape[-2] != self.shape[-1]:
+            raise ValueError("{} needs a square matrix, but the Product is {}x{}".format(operation, *self.shape[-2:]))
         rows, cols = f.shape[-2:]
         if rows != cols:
             raise ValueError(
-                "{} of a Product needs square factors, but a factor is {}x{}".format(operation, rows, cols)
+                "{} of a Product works factor by factor and needs square factors, but factor {} of {} "
+                "({}) is {}x{} (the product is {}x{}); use the dense product, e.g. numpy.linalg on "
+                "P.todense()".format(
+                    operation, i, len(self.args), _factor_name(f), rows, cols, self.shape[-2], self.shape[-1]
+                )
             )
         return f
 
@@ -465,13 +519,31 @@ class Product(Operator):
         return columns, back
 
     def _vjp_logabsdet(self):
-        parts = [self._square(f, "logdet()")._vjp_logabsdet() for f in self.args]
+        parts = [self._square(i, f, "logdet()")._vjp_logabsdet() for i, f in enumerate(self.args)]
         value = self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]).astype(_complex.real_dtype(self.dtype))
 
         def back(dvalue):
             return [pair for _, b in parts for pair in b(dvalue)]
 
         return value, back
+
+
+def _dense_arguments(args):
+    """``args`` with every cuhouse matrix, at the top level or in a list or tuple, as its dense array."""
+    return [
+        numpy.asarray(a)
+        if isinstance(a, Operator)
+        else type(a)(_dense_arguments(a))
+        if isinstance(a, (list, tuple))
+        else a
+        for a in args
+    ]
+
+
+def _factor_name(f):
+    """A factor in messages: its type, and its lineage when it has one (e.g. ``SVDMatrix W.T``)."""
+    lineage = getattr(f, "lineage", None)
+    return type(f).__name__ + (" " + lineage if lineage else "")
 
 
 def _is_scipy_linear_operator(x):

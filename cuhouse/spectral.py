@@ -293,14 +293,14 @@ class _SpectralMatrix(Operator):
     def _require_square(self, operation):
         rows, cols = self.shape[-2:]
         if rows != cols:
-            raise ValueError("{} needs a square matrix, but W is {}x{}".format(operation, rows, cols))
+            raise ValueError("{} needs a square matrix, but {} is {}x{}".format(operation, self.lineage, rows, cols))
 
     def _require_full_rank(self, operation, hint):
         self._require_square(operation)
         if self.rank < self.shape[-1]:
             raise ValueError(
-                "{} needs a full-rank square matrix, but W is {}x{} with rank r={}; {}".format(
-                    operation, self.shape[-2], self.shape[-1], self.rank, hint
+                "{} needs a full-rank square matrix, but {} is {}x{} with rank r={}; {}".format(
+                    operation, self.lineage, self.shape[-2], self.shape[-1], self.rank, hint
                 )
             )
 
