@@ -5,6 +5,7 @@ import numpy
 import cuhouse
 
 from ..algorithms import ALGORITHMS
+from ..plan import describe
 from . import peers
 
 TITLE = "H @ X with n = d reflections, the factors built inside each call (unless 'cached')"
@@ -74,8 +75,6 @@ def cases(d, m, dtype, xp):
 
 def report(d, m, dtype, xp):
     """The plans the fresh rows ran (the cost model's choice with this machine's calibration)."""
-    from .small import describe
-
     v, _ = data(d, d, m, dtype, xp)
     qr, tau = peers.geqrf(v, xp)
     return "plans: auto {}, from_lapack {}".format(
