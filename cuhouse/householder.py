@@ -53,13 +53,8 @@ class HouseholderProduct(Operator):
     def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        v = _small.plain_vectors(vectors)
-        norms = None if v is None else _small.vector_norms(v)
-        if norms is not None:  # the small-size path: one validation pass found nothing to handle
-            core = Reflections("numpy", (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
-            core._safe = True
-            if _small.first_row_breaks_trapezoid(v):
-                core._layout = _layout.FULL
+        core = _small.vectors_reflections(vectors, check_finite)
+        if core is not None:  # the small-size path: one validation pass found nothing to handle
             self._init(core, False, algorithm, block_size)
             return
         xp = array_module(vectors)
@@ -120,11 +115,8 @@ class HouseholderProduct(Operator):
         """
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        found = _small.lapack_norms(a, tau)
-        if found is not None:  # the small-size path: one validation pass found nothing to handle
-            k, identity, norms = found
-            core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, norms)
-            core._safe = True
+        core = _small.lapack_reflections(a, tau, check_finite)
+        if core is not None:  # the small-size path: one validation pass found nothing to handle
             return cls._view(core, False, algorithm, block_size)
         xp = array_module(a, tau)
         a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
