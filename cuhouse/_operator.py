@@ -35,7 +35,7 @@ gradients of a copy reach the copy's leaves.
 import numpy
 
 from . import _dask, _validate
-from ._backend import module_named
+from ._backend import astype, contiguous, creation_kwargs, device_of, is_native, module_named, swap
 
 
 class Operator:
@@ -53,6 +53,11 @@ class Operator:
     @property
     def _xp(self):
         return module_named(self.backend)
+
+    @property
+    def _device(self):
+        """The device of the parameters (``None`` on NumPy and CuPy)."""
+        return device_of(self.params[0])
 
     # --------------------------------------------------------------- algebra
     def __matmul__(self, other):
@@ -105,10 +110,11 @@ class Operator:
         """
         xp = self._xp
         rows, cols = self.shape[-2:]
-        _validate.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE)
+        _validate.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE, self._device)
+        like = creation_kwargs(self.params[0])
         if cols <= rows:
-            return self._matmat(xp.eye(cols, dtype=self.dtype), False)
-        return xp.swapaxes(self._matmat(xp.eye(rows, dtype=self.dtype), True), -1, -2)
+            return self._apply(xp.eye(cols, dtype=self.dtype, **like), False)
+        return swap(self._apply(xp.eye(rows, dtype=self.dtype, **like), True), xp)
 
     def __array__(self, dtype=None, copy=None):
         """``numpy.asarray(A)``: the dense form, a new array. NumPy backend only.
@@ -119,8 +125,9 @@ class Operator:
         """
         if self.backend != "numpy":
             raise TypeError(
-                "a {} on the CuPy backend cannot become a NumPy array implicitly; use cupy.asnumpy(A.todense())".format(
-                    type(self).__name__
+                "a {} on the {} backend cannot become a NumPy array implicitly: cuhouse copies nothing between "
+                "libraries or devices; convert A.todense() explicitly (cupy.asnumpy, DLPack, .cpu().numpy())".format(
+                    type(self).__name__, self.backend
                 )
             )
         if copy is False:
@@ -143,7 +150,9 @@ class Operator:
         hook applies ``A^T``.
         """
         shape = self.shape[:-2] + self.shape[-2:][::-1] if transpose else self.shape
-        x, cast = _validate.product_operand(x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite, name)
+        x, cast = _validate.product_operand(
+            x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite, name, self._device
+        )
         return x, to_columns(cast, x.ndim == 1, side, self._xp), (side == "right") != transpose
 
     def _product(self, x, side, transpose=False, name="X"):
@@ -154,8 +163,28 @@ class Operator:
         if _dask.is_dask_array(x):
             return _dask.matmul(self.T if transpose else self, x, side)
         x, columns, flip = self._operand(x, side, transpose, name)
-        out = self._matmat(columns, flip)
-        return self._xp.ascontiguousarray(from_columns(out, x.ndim == 1, side, self._xp))
+        out = self._apply(columns, flip)
+        return contiguous(from_columns(out, x.ndim == 1, side, self._xp), self._xp)
+
+    def _apply(self, columns, flip):
+        """:meth:`_matmat`, or on torch, when a gradient is recorded, the differentiable
+        :func:`cuhouse._torch.matmat` through cuhouse's adjoints."""
+        if self.backend == "torch":
+            from . import _torch
+
+            if _torch.records_gradient(self, columns):
+                return _torch.matmat(self, columns, flip)
+        return self._matmat(columns, flip)
+
+    def _logdet(self, value):
+        """``value()``, the ``logdet`` of a subclass; on torch, when a gradient is recorded,
+        the differentiable :func:`cuhouse._torch.logabsdet` through cuhouse's adjoint."""
+        if self.backend == "torch":
+            from . import _torch
+
+            if _torch.records_gradient(self):
+                return _torch.logabsdet(self)
+        return value()
 
     # ------------------------------------------------------------ gradients
     def _vjp_matmul(self, x, side):
@@ -180,13 +209,15 @@ class Operator:
         x, columns, flip = self._operand(x, side)
         vector = x.ndim == 1
         out_columns, back_columns = self._vjp_matmat(columns, flip)
-        out = xp.array(from_columns(out_columns, vector, side, xp), order="C", copy=True)
+        out = from_columns(out_columns, vector, side, xp)
+        out = xp.array(out, order="C", copy=True) if is_native(xp) else contiguous(xp.asarray(out, copy=True), xp)
+        device = self._device
 
         def back(dout):
-            dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
+            dout = astype(_validate.cotangent(dout, "dout", out.shape, xp, device), out.dtype, xp)
             contributions, dcolumns = back_columns(to_columns(dout, vector, side, xp))
-            dx = xp.ascontiguousarray(from_columns(dcolumns, vector, side, xp), dtype=_validate.float_dtype(x.dtype))
-            return accumulate(self.params, contributions, xp), dx
+            dx = astype(from_columns(dcolumns, vector, side, xp), _validate.float_dtype(x.dtype, xp), xp)
+            return accumulate(self.params, contributions, xp), contiguous(dx, xp)
 
         return out, back
 
@@ -194,9 +225,10 @@ class Operator:
         """``log|det A|`` and ``back(dvalue) -> dparams``, for :func:`cuhouse.vjp`."""
         xp = self._xp
         value, back_contributions = self._vjp_logabsdet()
+        device = self._device
 
         def back(dvalue):
-            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp)
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, device)
             return accumulate(self.params, back_contributions(dvalue), xp)
 
         return value, back
@@ -212,26 +244,36 @@ def to_columns(a, vector, side, xp):
     """The ``(..., d, m)`` form of an operand (or output) of ``A @ X`` / ``X @ A``: a view."""
     if vector:
         return a[..., None]
-    return xp.swapaxes(a, -1, -2) if side == "right" else a
+    return swap(a, xp) if side == "right" else a
 
 
 def from_columns(c, vector, side, xp):
     """Inverse of :func:`to_columns`: a view."""
     if vector:
         return c[..., 0]
-    return xp.swapaxes(c, -1, -2) if side == "right" else c
+    return swap(c, xp) if side == "right" else c
 
 
 def reduce_to_shape(g, shape):
     """Sum ``g`` over the dimensions that broadcasting added to reach it from ``shape``."""
     shape = tuple(shape)
     extra = g.ndim - len(shape)
+    xp = _namespace(g)
     if extra:
-        g = g.sum(axis=tuple(range(extra)))
+        g = xp.sum(g, axis=tuple(range(extra)))
     axes = tuple(i for i, (gs, s) in enumerate(zip(g.shape, shape)) if s == 1 and gs != 1)
     if axes:
-        g = g.sum(axis=axes, keepdims=True)
+        g = xp.sum(g, axis=axes, keepdims=True)
     return g
+
+
+def _namespace(a):
+    """The module to call functions of ``a`` from: NumPy or CuPy natively, else its Array API namespace."""
+    if isinstance(a, numpy.ndarray):
+        return numpy
+    from ._backend import array_module
+
+    return array_module(a)
 
 
 def accumulate(params, contributions, xp):
@@ -247,6 +289,12 @@ def accumulate(params, contributions, xp):
         i = next(i for i, p in enumerate(params) if p is leaf)
         grad = reduce_to_shape(grad, leaf.shape)
         total[i] = grad if total[i] is None else total[i] + grad
+    if not is_native(xp):
+        dtypes = [_validate.float_dtype(p.dtype, xp) for p in params]
+        return tuple(
+            xp.zeros(p.shape, dtype=dt, **creation_kwargs(p)) if g is None else contiguous(astype(g, dt, xp), xp)
+            for p, g, dt in zip(params, total, dtypes)
+        )
     dtypes = [numpy.result_type(p.dtype, numpy.float32) for p in params]
     return tuple(
         xp.zeros(p.shape, dtype=dt) if g is None else xp.ascontiguousarray(g, dtype=dt)

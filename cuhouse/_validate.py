@@ -9,19 +9,33 @@ import os
 
 import numpy
 
-from ._backend import SUPPORTED_DTYPES, is_cupy_array, type_name
+from ._backend import (
+    SUPPORTED_DTYPES,
+    astype,
+    backend_name,
+    device_of,
+    display_name,
+    is_native,
+    library_dtype,
+    library_name,
+    numpy_dtype,
+    result_type,
+    type_name,
+)
 
 _REAL_KINDS = "biuf"  # bool, signed, unsigned, float
 
 
-def as_array(x, name, xp):
+def as_array(x, name, xp, device=None):
     """``x`` as an array of module ``xp`` with a real dtype.
 
-    Lists and scalars go through ``xp.asarray``. A ``TypeError`` names what
-    is refused: ``None``, strings, objects that opt out of NumPy's array
-    protocol with ``__array_ufunc__ = None`` (cuhouse matrices, whose
-    ``__array__`` would densify them), SciPy sparse matrices, NumPy masked
-    arrays, complex, float16 and object data.
+    Lists and scalars go through ``xp.asarray`` (on ``device``, for a library
+    with devices). A ``TypeError`` names what is refused: an array of another
+    library or device than ``xp``'s (nothing is copied behind the caller's
+    back), ``None``, strings, objects that opt out of NumPy's array protocol
+    with ``__array_ufunc__ = None`` (cuhouse matrices, whose ``__array__``
+    would densify them), SciPy sparse matrices, NumPy masked arrays, complex,
+    float16 and object data.
     """
     if x is None or isinstance(x, (str, bytes)) or getattr(type(x), "__array_ufunc__", False) is None:
         raise TypeError("{} must be an array of real numbers, got {}".format(name, type(x).__name__))
@@ -39,37 +53,60 @@ def as_array(x, name, xp):
         )
     if isinstance(x, numpy.ndarray) and type(x) is not numpy.ndarray and xp is numpy:
         x = numpy.asarray(x)  # a subclass such as numpy.matrix: its plain ndarray view
-    if not isinstance(x, xp.ndarray):
-        if isinstance(x, numpy.ndarray) or is_cupy_array(x):
-            raise TypeError(
-                "cannot mix NumPy and CuPy arrays: {} is {} but the operator holds "
-                "{}.ndarray; move the data explicitly with cupy.asarray or "
-                "cupy.asnumpy".format(name, type_name(type(x)), xp.__name__)
+    library = library_name(x)
+    if library is not None and library != backend_name(xp):
+        held = backend_name(xp)
+        raise TypeError(
+            "cannot mix {} and {} arrays: {} is {} but the operator holds {}; cuhouse copies nothing between "
+            "libraries or devices: convert it explicitly ({})".format(
+                display_name(held),
+                display_name(library),
+                name,
+                type_name(type(x)),
+                held + ".ndarray" if held in ("numpy", "cupy") else held + " arrays",
+                "cupy.asarray or cupy.asnumpy" if {library, held} == {"numpy", "cupy"} else "e.g. by DLPack",
             )
+        )
+    if library is None:
         try:
-            x = xp.asarray(x)
-        except (TypeError, ValueError) as exc:
+            x = xp.asarray(x) if device is None else xp.asarray(x, device=device)
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(
                 "{} must be an array of real numbers, got {}: {}".format(name, type(x).__name__, exc)
             ) from None
+    elif device is not None and device_of(x) != device:
+        raise TypeError(
+            "cannot mix devices: {} is on {} but the operator is on {}; cuhouse copies nothing between "
+            "devices: move it explicitly (e.g. with .to(device))".format(name, device_of(x), device)
+        )
     check_dtype(x.dtype, name)
     return x
 
 
 def check_dtype(dtype, name):
-    """``TypeError`` unless ``dtype`` is bool, integer, float32 or float64 (either byte order)."""
-    dtype = numpy.dtype(dtype).newbyteorder("=")
-    if dtype.kind not in _REAL_KINDS or (dtype.kind == "f" and dtype not in SUPPORTED_DTYPES):
+    """``TypeError`` unless ``dtype`` (of any library) is bool, integer, float32 or float64 (either byte order)."""
+    try:
+        native = numpy_dtype(dtype).newbyteorder("=")
+    except TypeError:  # no NumPy dtype of that name (torch.bfloat16, ...)
+        native = None
+    if native is None or native.kind not in _REAL_KINDS or (native.kind == "f" and native not in SUPPORTED_DTYPES):
         raise TypeError(
             "{} has dtype {}; supported dtypes are float32 and float64 "
-            "(bool and integer input is promoted as NumPy promotes it)".format(name, dtype)
+            "(bool and integer input is promoted as NumPy promotes it)".format(
+                name, dtype if native is None else native
+            )
         )
 
 
-def float_dtype(dtype):
-    """The native floating dtype used for data of ``dtype``: floats stay, the rest go to float64."""
-    dtype = numpy.dtype(dtype).newbyteorder("=")
-    return dtype if dtype in SUPPORTED_DTYPES else numpy.dtype(numpy.float64)
+def float_dtype(dtype, xp=numpy):
+    """The floating dtype used for data of ``dtype``: floats stay, the rest go to float64 (a dtype of ``xp``)."""
+    native = numpy_dtype(dtype).newbyteorder("=")
+    return library_dtype(native if native in SUPPORTED_DTYPES else numpy.float64, xp)
+
+
+def all_true(mask, xp):
+    """``bool(mask.all())``: one device-to-host synchronization on a device."""
+    return bool(xp.all(mask))
 
 
 def vectors(v, xp, name="vectors"):
@@ -98,40 +135,48 @@ def vectors(v, xp, name="vectors"):
                 name, n, d, tuple(v.shape)
             )
         )
-    if v.dtype not in SUPPORTED_DTYPES:
-        v = v.astype(float_dtype(v.dtype))
+    if numpy_dtype(v.dtype) not in SUPPORTED_DTYPES:
+        v = astype(v, float_dtype(v.dtype, xp), xp)
     return v
 
 
 def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors"):
     """Check the row norms ``(..., n)`` of Householder vectors: a NaN/Inf norm
     (only when ``check_finite``) or a zero row (unless ``allow_zero_rows``) is a
-    ``ValueError``. A norm is finite exactly when its row is. Cost: O(n).
+    ``ValueError``. A norm is finite exactly when its row is. Cost: O(n), and one
+    device-to-host synchronization on a device. On the generic path (neither
+    NumPy nor CuPy) ``check_finite=False`` skips the zero-row check too, so
+    that no synchronization happens: a zero row then acts as the identity.
     """
-    if check_finite and not bool(xp.isfinite(norms).all()):
+    if not check_finite and not is_native(xp):
+        return
+    bad = ~xp.isfinite(norms) if check_finite else None
+    if not allow_zero_rows:
+        bad = norms == 0 if bad is None else bad | (norms == 0)
+    if bad is None or not bool(xp.any(bad)):
+        return
+    if check_finite and not bool(xp.all(xp.isfinite(norms))):
         raise ValueError(
             "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
         )
-    if not allow_zero_rows:
-        zero = norms == 0
-        if bool(zero.any()):
-            where = tuple(int(i) for i in numpy.argwhere(to_host(zero))[0])
-            raise ValueError(
-                "{} row {} is a zero vector; every Householder vector must be nonzero".format(
-                    name, where if len(where) > 1 else where[0]
-                )
-            )
+    where = tuple(int(i) for i in numpy.argwhere(to_host(norms == 0))[0])
+    raise ValueError(
+        "{} row {} is a zero vector; every Householder vector must be nonzero".format(
+            name, where if len(where) > 1 else where[0]
+        )
+    )
 
 
-def operand(x, xp, d, side, check_finite, shape=None, name="X"):
+def operand(x, xp, d, side, check_finite, shape=None, name="X", device=None):
     """Validate the array multiplied by an operator along its dimension ``d``.
 
     ``side == "left"`` for ``op @ x``: ``x`` is ``(d,)`` or ``(..., d, m)``.
     ``side == "right"`` for ``x @ op``: ``x`` is ``(d,)`` or ``(..., m, d)``.
     ``shape`` (rows, cols) names a rectangular operator in the message;
-    the default is d x d. ``name`` is the argument's name in messages.
+    the default is d x d. ``name`` is the argument's name in messages;
+    ``device`` the operator's (see :func:`as_array`).
     """
-    x = as_array(x, name, xp)
+    x = as_array(x, name, xp, device)
     if x.ndim == 0:
         raise ValueError("{} must have at least one dimension for matmul, got a scalar".format(name))
     axis = -1 if (x.ndim == 1 or side == "right") else -2
@@ -143,16 +188,16 @@ def operand(x, xp, d, side, check_finite, shape=None, name="X"):
                 name, tuple(x.shape), rows, cols, expected, d
             )
         )
-    if check_finite and not bool(xp.isfinite(x).all()):
+    if check_finite and not bool(xp.all(xp.isfinite(x))):
         raise ValueError(
             "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
         )
     return x
 
 
-def cotangent(g, name, shape, xp):
-    """The gradient ``g`` fed to a vjp function: a real array of module ``xp`` of exactly ``shape``."""
-    g = as_array(g, name, xp)
+def cotangent(g, name, shape, xp, device=None):
+    """The gradient ``g`` fed to a vjp function: a real array of module ``xp`` (on ``device``) of exactly ``shape``."""
+    g = as_array(g, name, xp, device)
     if tuple(g.shape) != tuple(shape):
         raise ValueError(
             "{} must have the shape of the value it is the gradient of, {}, got shape {}".format(
@@ -176,7 +221,7 @@ def batch_shape(*named):
         raise ValueError("the batch shapes of {} do not broadcast".format(listed)) from None
 
 
-def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name="X"):
+def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name="X", device=None):
     """Validate X of ``op @ X`` (``side == "left"``) or ``X @ op`` for an operator
     of shape ``(..., rows, cols)`` and dtype ``op_dtype``; ``name`` is X's name in messages.
 
@@ -184,21 +229,21 @@ def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name
     result dtype, ``numpy.result_type`` of both (float64 for integer data).
     """
     rows, cols = op_shape[-2:]
-    x = operand(x, xp, cols if side == "left" else rows, side, check_finite, shape=(rows, cols), name=name)
+    x = operand(x, xp, cols if side == "left" else rows, side, check_finite, (rows, cols), name, device)
     if x.ndim > 1:
         batch_shape((op_name, op_shape[:-2]), (name, x.shape[:-2]))
-    return x, x.astype(float_dtype(numpy.result_type(op_dtype, x.dtype)), copy=False)
+    return x, astype(x, float_dtype(result_type(xp, op_dtype, x.dtype), xp), xp)
 
 
 def dense_matrix(a, name, xp):
     """A finite float matrix stack ``(..., rows, cols)`` with rows, cols >= 1, for the ``from_dense`` constructors."""
     a = as_array(a, name, xp)
-    if a.ndim < 2 or 0 in a.shape[-2:]:
+    if a.ndim < 2 or 0 in tuple(a.shape[-2:]):
         raise ValueError(
             "{} must have shape (..., rows, cols) with rows, cols >= 1, got shape {}".format(name, tuple(a.shape))
         )
-    a = a.astype(float_dtype(a.dtype), copy=False)
-    if not bool(xp.isfinite(a).all()):
+    a = astype(a, float_dtype(a.dtype, xp), xp)
+    if not bool(xp.all(xp.isfinite(a))):
         raise ValueError("{} must be finite; found NaN or Inf".format(name))
     return a
 
@@ -243,7 +288,7 @@ def positive_int_or_none(value, name):
     return None if value is None else positive_int(value, name, "a positive int or None")
 
 
-def dense_memory(shape, dtype, what, xp, workspace):
+def dense_memory(shape, dtype, what, xp, workspace, device=None):
     """``MemoryError`` up front when a dense result of ``shape`` and ``dtype``,
     with its intermediates (``workspace`` times the result), is larger than
     the memory of the machine (host RAM, or the device's memory on CuPy).
@@ -251,19 +296,25 @@ def dense_memory(shape, dtype, what, xp, workspace):
     Says how much it needs and what to do instead, rather than failing deep
     inside an allocation of terabytes. Cost: O(1).
     """
-    result = float(numpy.prod(shape, dtype=numpy.float64)) * numpy.dtype(dtype).itemsize
+    dtype = numpy_dtype(dtype)
+    result = float(numpy.prod(shape, dtype=numpy.float64)) * dtype.itemsize
     needed = workspace * result
-    if xp is numpy:
+    kind = getattr(device, "type", None)
+    if xp is numpy or (not is_native(xp) and (device is None or kind == "cpu" or "CPU" in str(device))):
         available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
-    else:
+    elif is_native(xp):
         available, where = xp.cuda.Device().mem_info[1], "the GPU's memory"
+    elif kind == "cuda":
+        import torch
+
+        available, where = torch.cuda.mem_get_info(device)[1], "the GPU's memory"
+    else:  # a device whose memory this library does not report
+        return
     if needed > available:
         raise MemoryError(
             "{} needs a dense {} array of shape {} ({}; about {} with its intermediates), more "
             "than {} ({}); multiply by a thin X instead (A @ X costs O(d n m) without forming "
-            "A)".format(
-                what, numpy.dtype(dtype), tuple(shape), _bytes(result), _bytes(needed), where, _bytes(available)
-            )
+            "A)".format(what, dtype, tuple(shape), _bytes(result), _bytes(needed), where, _bytes(available))
         )
 
 
@@ -275,5 +326,11 @@ def _bytes(n):
 
 
 def to_host(a):
-    """A NumPy copy of a CuPy array; NumPy arrays pass through."""
-    return a.get() if hasattr(a, "get") else a
+    """A NumPy copy of a device array, for error messages only; NumPy arrays pass through."""
+    if isinstance(a, numpy.ndarray):
+        return a
+    if hasattr(a, "get"):  # CuPy
+        return a.get()
+    if hasattr(a, "cpu"):  # torch, any device
+        return a.detach().cpu().numpy()
+    return numpy.asarray(a)

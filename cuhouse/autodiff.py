@@ -12,7 +12,13 @@ from ._operator import Operator
 
 
 def matmul(a, x):
-    """``a @ x`` where either side is a cuhouse matrix."""
+    """``a @ x`` where either side is a cuhouse matrix.
+
+    ``matmul(X, A)`` is the right product ``X @ A`` even where the array
+    library's own ``@`` refuses a foreign operand (array_api_strict).
+    """
+    if isinstance(x, Operator) and not isinstance(a, Operator):
+        return x.__rmatmul__(a)
     return a @ x
 
 

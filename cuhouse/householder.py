@@ -13,11 +13,21 @@ from collections import namedtuple
 
 import numpy
 
-from . import _validate, layouts, plan
-from ._backend import array_module, backend_name, module_named, read_only
+from . import _generic, _validate, layouts, plan
+from ._backend import (
+    array_module,
+    backend_name,
+    creation_kwargs,
+    device_of,
+    is_native,
+    module_named,
+    numpy_dtype,
+    read_only,
+    result_type,
+)
 from ._gpu import primitives
 from ._operator import Operator, reduce_to_shape
-from .algorithms import ALGORITHMS, _blocks
+from .algorithms import ALGORITHMS, _blocks, portable
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
 
@@ -45,7 +55,7 @@ class Reflections:
         self.leaves = leaves
         self.segments = segments
         self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
+        self.dtype = numpy.dtype(dtype) if is_native(module_named(backend)) else dtype
         self.refresh()
         self._norms = norms
 
@@ -70,6 +80,16 @@ class Reflections:
     def xp(self):
         return module_named(self.backend)
 
+    @property
+    def native(self):
+        """True on NumPy and CuPy (layouts read in place); False on the generic path (:mod:`cuhouse._generic`)."""
+        return is_native(self.xp)
+
+    @property
+    def device(self):
+        """The device of the leaves (``None`` on NumPy and CuPy)."""
+        return device_of(self.leaves[0])
+
     def _stored(self, segment):
         """The stored rows of one segment (a view), in product order."""
         leaf = self.leaves[segment.leaf]
@@ -83,7 +103,11 @@ class Reflections:
         entries (checked once, see :func:`~cuhouse.algorithms._blocks.is_trapezoidal`), else ``"full"``."""
         if self._layout is None:
             (segment, *more) = self.segments
-            if more or segment.reversed:
+            if not self.native:  # the generic path runs on full rows: no structure to detect
+                self._layout = (
+                    _blocks.UNIT if segment.k is not None and not (more or segment.reversed) else _blocks.FULL
+                )
+            elif more or segment.reversed:
                 self._layout = _blocks.FULL
             elif segment.k is not None:
                 self._layout = _blocks.UNIT
@@ -121,6 +145,9 @@ class Reflections:
     def vectors(self):
         """All reflections as full rows ``(..., n, d)`` in product order (identity factors as zero
         rows): a read-only view (NumPy) of a vectors leaf, else a copy made once. Cached."""
+        if self._vectors is None and not self.native:
+            parts = [_generic.full_rows(self.leaves[s.leaf], s, self.dtype, self.xp) for s in self.segments]
+            self._vectors = parts[0] if len(parts) == 1 else self.xp.concat(self.xp.broadcast_arrays(*parts), axis=-2)
         if self._vectors is None:
             xp = self.xp
             parts = []
@@ -145,7 +172,9 @@ class Reflections:
     def norms(self):
         """Euclidean norms ``(..., n)`` of the reflections (as stored, the implicit 1 included). Cached."""
         if self._norms is None:
-            if self.layout == _blocks.UNIT:
+            if not self.native:
+                self._norms = _generic.row_norms(self.vectors, self.xp)
+            elif self.layout == _blocks.UNIT:
                 self._norms = self.xp.sqrt(1 + _blocks.squared_norms(self.rows, _blocks.UNIT, self.xp))
             else:
                 self._norms = primitives.row_norms(self.vectors, self.xp)
@@ -175,8 +204,16 @@ class Reflections:
             if chosen.algorithm == "dense":
                 d = self.shape[-1]
                 _validate.dense_memory(
-                    self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, HouseholderProduct._TODENSE_WORKSPACE
+                    self.shape[:-2] + (d, d),
+                    dtype,
+                    'algorithm="dense"',
+                    xp,
+                    HouseholderProduct._TODENSE_WORKSPACE,
+                    self.device,
                 )
+            if not self.native:
+                self._factors[key] = _generic.factors(self, chosen.algorithm, chosen.block_size or 1, dtype)
+                return self._factors[key]
             module = ALGORITHMS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
             info = numpy.finfo(dtype)
@@ -198,6 +235,8 @@ class Reflections:
         ``geqrf`` leaf gets its strictly lower part (zero on and above the
         diagonal and for ``tau == 0``). ``dv`` may be overwritten. Cost: O(n d).
         """
+        if not self.native:
+            return _generic.contributions(self, dv, scaled)
         xp = self.xp
         if scaled is not None:
             unit, norms = scaled
@@ -220,6 +259,15 @@ class Reflections:
                 part = grad
             contributions.append((leaf, part))
         return contributions
+
+
+def _generic_algorithm(algorithm):
+    """``ValueError`` for an algorithm the generic path does not have."""
+    if algorithm not in ("auto",) + portable.ALGORITHMS:
+        raise ValueError(
+            "algorithm={!r} runs on NumPy and CuPy only; arrays of other libraries run the generic path, "
+            "which has {}".format(algorithm, ", ".join(map(repr, ("auto",) + portable.ALGORITHMS)))
+        )
 
 
 class HouseholderProduct(Operator):
@@ -253,8 +301,14 @@ class HouseholderProduct(Operator):
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
         v = _validate.vectors(vectors, xp)
-        norms = primitives.row_norms(v, xp)
-        _validate.vector_norms(norms, xp, bool(check_finite))
+        if is_native(xp):
+            norms = primitives.row_norms(v, xp)
+            _validate.vector_norms(norms, xp, bool(check_finite))
+        else:
+            _generic_algorithm(algorithm)
+            norms = None
+            if check_finite:  # on the generic path, check_finite=False means no host synchronization at all
+                _validate.vector_norms(_generic.row_norms(v, xp), xp, True)
         core = Reflections(backend_name(xp), (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
         self._init(core, False, algorithm, block_size)
 
@@ -263,6 +317,14 @@ class HouseholderProduct(Operator):
         self._transposed = transposed
         self.algorithm = algorithm
         self.block_size = block_size
+
+    def _substitute(self, mapping):
+        """This product on other leaf arrays: ``mapping`` takes ``id(leaf)`` to its replacement
+        (same shape and layout); leaves not in it stay. Nothing is validated or copied. O(1)."""
+        core = self._core
+        leaves = tuple(mapping.get(id(leaf), leaf) for leaf in core.leaves)
+        new = Reflections(core.backend, leaves, core.segments, core.check_finite, core.dtype)
+        return self._view(new, self._transposed, self.algorithm, self.block_size)
 
     @classmethod
     def _view(cls, core, transposed, algorithm, block_size):
@@ -292,7 +354,11 @@ class HouseholderProduct(Operator):
         xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        a, k, identity, dtype, norms = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
+        if is_native(xp):
+            a, k, identity, dtype, norms = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
+        else:
+            _generic_algorithm(algorithm)
+            (a, k, identity, dtype), norms = _generic.lapack_reflectors(a, tau, xp, bool(check_finite)), None
         core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, norms)
         return cls._view(core, False, algorithm, block_size)
 
@@ -396,8 +462,11 @@ class HouseholderProduct(Operator):
         identities = self._core.identity_count()
         if identities is not None:
             count = self.n_reflections - identities
+            if not is_native(xp):
+                sign = 1 - 2 * _validate.astype(count % 2, self.dtype, xp)
+                return xp.asarray(xp.broadcast_to(sign, batch), copy=True)
             return xp.broadcast_to(xp.where(count % 2 == 0, 1, -1).astype(self.dtype), batch).copy()
-        return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype)
+        return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype, **creation_kwargs(self._core.leaves[0]))
 
     def slogdet(self):
         """``(sign, log|det|) = (det, 0)`` per batch entry."""
@@ -406,7 +475,7 @@ class HouseholderProduct(Operator):
 
     def logdet(self):
         """``log|det H| = 0`` per batch entry."""
-        return self.slogdet()[1]
+        return self._logdet(lambda: self.slogdet()[1])
 
     def matmul(self, x):
         """``H @ X``; see :func:`cuhouse.matmul`."""
@@ -420,8 +489,7 @@ class HouseholderProduct(Operator):
         if not isinstance(other, HouseholderProduct):
             return super()._compose(other)
         a, b = self._core, other._core
-        if a.backend != b.backend:
-            array_module(a.vectors, b.vectors)  # raises the mixed-backend TypeError
+        array_module(a.leaves[0], b.leaves[0])  # a TypeError naming both when libraries or devices differ
         if self.shape[-1] != other.shape[-1]:
             raise ValueError(
                 "cannot compose HouseholderProducts of sizes {0}x{0} and {1}x{1}".format(
@@ -448,7 +516,7 @@ class HouseholderProduct(Operator):
             tuple(leaves),
             tuple(segments),
             a.check_finite and b.check_finite,
-            numpy.result_type(a.dtype, b.dtype),
+            result_type(a.xp, a.dtype, b.dtype),
         )
         return self._view(core, False, self.algorithm, self.block_size)
 
@@ -456,23 +524,32 @@ class HouseholderProduct(Operator):
     def plan_for(self, m, dtype=None, differentiable=False):
         """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns (in ``vjp`` when
         ``differentiable``)."""
-        dtype = numpy.dtype(dtype or self.dtype)
+        dtype = numpy_dtype(dtype or self.dtype)
         return plan.choose(
             self.shape[-1],
             self.n_reflections,
             m,
             dtype,
-            self.backend,
+            self._plan_backend(),
             self.algorithm,
             self.block_size,
             self._core.layout_for(differentiable),
         )
 
+    def _plan_backend(self):
+        """The machine model of :mod:`cuhouse.plan`: the backend's, or on the generic path
+        ``"numpy"`` for a CPU and ``"cupy"`` for any other device."""
+        core = self._core
+        if core.native:
+            return core.backend
+        return "numpy" if getattr(core.device, "type", "cpu") == "cpu" or "CPU" in str(core.device) else "cupy"
+
     def _run(self, columns, transpose, differentiable):
         """``(algorithm module, plan, (factors, scaled), flip)`` for ``columns`` ``(..., d, m)``."""
         chosen = self.plan_for(columns.shape[-1], columns.dtype, differentiable)
         built = self._core.factors(chosen, columns.dtype, self._core.layout_for(differentiable))
-        return ALGORITHMS[chosen.algorithm], chosen, built, transpose != self._transposed
+        module = ALGORITHMS[chosen.algorithm] if self._core.native else portable
+        return module, chosen, built, transpose != self._transposed
 
     def _matmat(self, columns, transpose):
         module, _, (factors, _), flip = self._run(columns, transpose, False)

@@ -52,6 +52,10 @@ class Product(Operator):
         _validate.batch_shape(*(("factor {}".format(i), f.shape[:-2]) for i, f in enumerate(factors)))
         self.args = tuple(factors)
 
+    def _substitute(self, mapping):
+        """The product of the factors on other leaf arrays (see ``HouseholderProduct._substitute``). O(k)."""
+        return Product(*(f._substitute(mapping) for f in self.args))
+
     @property
     def shape(self):
         batch = numpy.broadcast_shapes(*(f.shape[:-2] for f in self.args))
@@ -109,7 +113,7 @@ class Product(Operator):
 
     def logdet(self):
         """``log|det|`` per batch entry: the sum of the factors' ``logdet``. Square factors."""
-        return self.slogdet()[1]
+        return self._logdet(lambda: self.slogdet()[1])
 
     def matmul(self, x):
         """``P @ X``; see :func:`cuhouse.matmul`."""
