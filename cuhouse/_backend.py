@@ -250,6 +250,18 @@ def result_type(xp, *dtypes):
     return library_dtype(numpy.result_type(*(numpy_dtype(d) for d in dtypes)), xp)
 
 
+def concat(arrays, axis, xp):
+    """``arrays`` joined along ``axis`` (``concatenate`` natively: CuPy may lack ``concat``)."""
+    return xp.concatenate(arrays, axis=axis) if is_native(xp) else xp.concat(arrays, axis=axis)
+
+
+def copy(a, xp):
+    """A new array equal to ``a`` (torch: ``clone``, which keeps the autograd graph)."""
+    if is_native(xp):
+        return a.copy()
+    return a.clone() if is_torch(xp) else xp.asarray(a, copy=True)
+
+
 def contiguous(a, xp):
     """``a`` in row-major order (torch: ``.contiguous()``; libraries without the notion: ``a``)."""
     if is_native(xp):

@@ -61,7 +61,7 @@ def lapack_reflectors(a, tau, xp, check_finite):
         stored = xp.where(_strict_upper(k, rows, xp, device), a[..., :k].mT, xp.zeros_like(a[..., :k].mT))
         sumsq = 1 + xp.sum(stored * stored, axis=-1)
         expected = xp.where(identity, xp.zeros_like(sumsq), 2 / sumsq)
-        tol = 1e3 * max(numpy.finfo(_validate.numpy_dtype(t)).eps for t in (a.dtype, tau.dtype))
+        tol = 1e3 * max(float(numpy.finfo(_validate.numpy_dtype(t)).eps) for t in (a.dtype, tau.dtype))
         finite = xp.all(xp.isfinite(tau)) & xp.all(xp.isfinite(sumsq))
         close = xp.all(xp.abs(tau - expected) <= tol * xp.abs(expected) + tol)
         if not bool(finite & close):  # the one synchronization; the message needs one more
@@ -90,6 +90,14 @@ def full_rows(leaf, segment, dtype, xp):
     return xp.flip(rows, axis=-2) if segment.reversed else rows
 
 
+def joined(parts, xp):
+    """The row stacks ``parts`` ``(..., n_i, d)`` concatenated into ``(..., sum n_i, d)``, batches broadcast."""
+    if len(parts) == 1:
+        return parts[0]
+    batch = numpy.broadcast_shapes(*(tuple(p.shape[:-2]) for p in parts))
+    return xp.concat([xp.broadcast_to(p, batch + tuple(p.shape[-2:])) for p in parts], axis=-2)
+
+
 def factors(core, algorithm, block_size, dtype):
     """``(factors, scale)``: the :mod:`cuhouse.algorithms.portable` factors of every reflection of
     ``core`` in ``dtype``, and the per-row ``scale`` ``(..., n)`` applied first.
@@ -100,12 +108,7 @@ def factors(core, algorithm, block_size, dtype):
     host synchronization. Cost: O(n d) plus the build.
     """
     xp = core.xp
-    parts = [full_rows(core.leaves[s.leaf], s, dtype, xp) for s in core.segments]
-    if len(parts) > 1:
-        parts = xp.broadcast_arrays(*parts)
-        rows = xp.concat(parts, axis=-2)
-    else:
-        rows = parts[0]
+    rows = joined([full_rows(core.leaves[s.leaf], s, dtype, xp) for s in core.segments], xp)
     info = xp.finfo(dtype)
     sumsq = xp.sum(rows * rows, axis=-1)
     biggest = xp.max(xp.abs(rows), axis=-1)

@@ -35,7 +35,7 @@ gradients of a copy reach the copy's leaves.
 import numpy
 
 from . import _dask, _validate
-from ._backend import astype, contiguous, creation_kwargs, device_of, is_native, module_named, swap
+from ._backend import astype, contiguous, copy, creation_kwargs, device_of, is_native, module_named, swap
 
 
 class Operator:
@@ -210,7 +210,7 @@ class Operator:
         vector = x.ndim == 1
         out_columns, back_columns = self._vjp_matmat(columns, flip)
         out = from_columns(out_columns, vector, side, xp)
-        out = xp.array(out, order="C", copy=True) if is_native(xp) else contiguous(xp.asarray(out, copy=True), xp)
+        out = xp.array(out, order="C", copy=True) if is_native(xp) else contiguous(copy(out, xp), xp)
         device = self._device
 
         def back(dout):

@@ -17,6 +17,7 @@ from . import _generic, _validate, layouts, plan
 from ._backend import (
     array_module,
     backend_name,
+    copy,
     creation_kwargs,
     device_of,
     is_native,
@@ -24,6 +25,7 @@ from ._backend import (
     numpy_dtype,
     read_only,
     result_type,
+    swap,
 )
 from ._gpu import primitives
 from ._operator import Operator, reduce_to_shape
@@ -93,8 +95,10 @@ class Reflections:
     def _stored(self, segment):
         """The stored rows of one segment (a view), in product order."""
         leaf = self.leaves[segment.leaf]
-        rows = leaf if segment.k is None else self.xp.swapaxes(leaf[..., : segment.k], -1, -2)
-        return rows[..., ::-1, :] if segment.reversed else rows
+        rows = leaf if segment.k is None else swap(leaf[..., : segment.k], self.xp)
+        if not segment.reversed:
+            return rows
+        return rows[..., ::-1, :] if self.native else self.xp.flip(rows, axis=-2)
 
     @property
     def layout(self):
@@ -147,7 +151,7 @@ class Reflections:
         rows): a read-only view (NumPy) of a vectors leaf, else a copy made once. Cached."""
         if self._vectors is None and not self.native:
             parts = [_generic.full_rows(self.leaves[s.leaf], s, self.dtype, self.xp) for s in self.segments]
-            self._vectors = parts[0] if len(parts) == 1 else self.xp.concat(self.xp.broadcast_arrays(*parts), axis=-2)
+            self._vectors = _generic.joined(parts, self.xp)
         if self._vectors is None:
             xp = self.xp
             parts = []
@@ -435,6 +439,10 @@ class HouseholderProduct(Operator):
         xp = core.xp
         for segment in core.segments:
             leaf = core.leaves[segment.leaf]
+            if not core.native:
+                norms = _generic.row_norms(_generic.full_rows(leaf, segment, core.dtype, xp), xp)
+                _validate.vector_norms(norms, xp, core.check_finite, allow_zero_rows=segment.k is not None)
+                continue
             if segment.k is None:
                 norms = primitives.row_norms(_validate.vectors(leaf, xp), xp)
             else:  # a geqrf array: tau is implied by the stored entries
@@ -464,7 +472,7 @@ class HouseholderProduct(Operator):
             count = self.n_reflections - identities
             if not is_native(xp):
                 sign = 1 - 2 * _validate.astype(count % 2, self.dtype, xp)
-                return xp.asarray(xp.broadcast_to(sign, batch), copy=True)
+                return copy(xp.broadcast_to(sign, batch), xp)
             return xp.broadcast_to(xp.where(count % 2 == 0, 1, -1).astype(self.dtype), batch).copy()
         return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype, **creation_kwargs(self._core.leaves[0]))
 

@@ -10,9 +10,12 @@
 Nothing here knows the matrix classes; they call these and build themselves.
 """
 
+import math
+
 import numpy
 
 from . import _validate
+from ._backend import copy, creation_kwargs, is_native, numpy_dtype, swap
 from .algorithms import _blocks
 
 
@@ -71,32 +74,32 @@ def orthogonal_to_reflectors(q, xp):
     (``tau == 0``). Cost: O(d r^2) in r level-2 steps, batched.
     """
     d, r = q.shape[-2:]
-    eps = numpy.finfo(q.dtype).eps
-    gram = xp.swapaxes(q, -1, -2) @ q
-    error = float(xp.abs(gram - xp.eye(r, dtype=q.dtype)).max()) if q.size else 0.0
+    eps = numpy.finfo(numpy_dtype(q.dtype)).eps
+    gram = swap(q, xp) @ q
+    error = float(xp.max(xp.abs(gram - xp.eye(r, dtype=q.dtype, **creation_kwargs(q))))) if math.prod(q.shape) else 0.0
     if not error <= 50 * eps * d:
         what = "orthogonal" if r == d else "orthonormal columns"
         raise ValueError(
             "Q must be {} to within 50 eps d = {:.3g} (max |Q^T Q - I|), got {:.3g}".format(what, 50 * eps * d, error)
         )
-    a = q.copy()
-    tau = xp.zeros(q.shape[:-2] + (r,), dtype=q.dtype)
-    for i in range(r):
+    a = copy(q, xp)
+    tau = xp.zeros(q.shape[:-2] + (r,), dtype=q.dtype, **creation_kwargs(q))
+    for i in range(r):  # written with whole-array reads and item assignment only: any Array API library
         head = a[..., i, i]
         tail = a[..., i + 1 :, i]
-        sigma = (tail * tail).sum(axis=-1)
+        sigma = xp.sum(tail * tail, axis=-1)
         norm = xp.sqrt(head * head + sigma)
         # v = x - ||x|| e_1, scaled to v_1 = 1; v_1 by Parlett's formula when x_1 > 0 (no cancellation)
-        v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, 1), head - norm)
+        v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, 1.0), head - norm)
         identity = v1 == 0  # x == ||x|| e_1 already
-        safe = xp.where(identity, 1, v1)
-        v_tail = xp.where(identity[..., None], 0, tail / safe[..., None])
-        tau_i = xp.where(identity, 0, 2 / (1 + (v_tail * v_tail).sum(axis=-1)))
+        safe = xp.where(identity, 1.0, v1)
+        v_tail = xp.where(identity[..., None], 0.0, tail / safe[..., None])
+        tau_i = xp.where(identity, 0.0, 2 / (1 + xp.sum(v_tail * v_tail, axis=-1)))
         if i + 1 < r:  # apply H_i to the trailing columns: A <- A - tau v (v^T A)
-            trailing = a[..., i:, i + 1 :]
-            w = trailing[..., 0, :] + (v_tail[..., :, None] * trailing[..., 1:, :]).sum(axis=-2)
-            trailing[..., 0, :] -= tau_i[..., None] * w
-            trailing[..., 1:, :] -= tau_i[..., None, None] * v_tail[..., :, None] * w[..., None, :]
+            top, below = a[..., i, i + 1 :], a[..., i + 1 :, i + 1 :]
+            w = top + xp.sum(v_tail[..., :, None] * below, axis=-2)
+            a[..., i, i + 1 :] = top - tau_i[..., None] * w
+            a[..., i + 1 :, i + 1 :] = below - tau_i[..., None, None] * v_tail[..., :, None] * w[..., None, :]
         a[..., i, i] = norm
         a[..., i + 1 :, i] = v_tail
         tau[..., i] = tau_i
@@ -113,6 +116,9 @@ def orthonormal_to_reflectors(q, xp):
     d x d QR is the identity). Cost: O(d r^2), blocked.
     """
     d, r = q.shape[-2:]
+    if not is_native(xp):  # no LAPACK QR in the standard: the reflections with R = I, no signs to move
+        a, tau = orthogonal_to_reflectors(q, xp)
+        return a, tau, xp.ones(q.shape[:-2] + (r,), dtype=q.dtype, **creation_kwargs(q))
     raw, tau = xp.linalg.qr(q, mode="raw")  # raw is the transposed geqrf layout
     a = xp.swapaxes(raw, -1, -2)
     signs = xp.sign(xp.diagonal(a, axis1=-2, axis2=-1)[..., :r])

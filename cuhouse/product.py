@@ -12,6 +12,7 @@ import operator
 import numpy
 
 from . import _validate
+from ._backend import astype, copy, result_type
 from ._operator import Operator
 
 
@@ -36,6 +37,12 @@ class Product(Operator):
         if len(backends) > 1:
             raise TypeError(
                 "cannot multiply cuhouse matrices on different backends: {}".format(" and ".join(sorted(backends)))
+            )
+        devices = {str(f._device) for f in factors}
+        if len(devices) > 1:
+            raise TypeError(
+                "cannot multiply cuhouse matrices on different devices: {}; cuhouse copies nothing between "
+                "devices".format(" and ".join(sorted(devices)))
             )
         for left, right in zip(factors, factors[1:]):
             if left.shape[-1] != right.shape[-2]:
@@ -63,7 +70,7 @@ class Product(Operator):
 
     @property
     def dtype(self):
-        return numpy.result_type(*(f.dtype for f in self.args))
+        return result_type(self._xp, *(f.dtype for f in self.args))
 
     @property
     def backend(self):
@@ -104,7 +111,9 @@ class Product(Operator):
         batch = self.shape[:-2]
         xp = self._xp
         sign = xp.broadcast_to(functools.reduce(operator.mul, signs), batch)
-        return sign.astype(self.dtype), xp.broadcast_to(sum(logs), batch).astype(self.dtype)
+        return copy(astype(sign, self.dtype, xp), xp), copy(
+            astype(xp.broadcast_to(sum(logs), batch), self.dtype, xp), xp
+        )
 
     def det(self):
         """``det`` per batch entry: the product of the factors' determinants. Square factors."""
@@ -155,7 +164,7 @@ class Product(Operator):
 
     def _vjp_logabsdet(self):
         parts = [self._square(f, "logdet()")._vjp_logabsdet() for f in self.args]
-        value = self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]).astype(self.dtype)
+        value = astype(self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]), self.dtype, self._xp)
 
         def back(dvalue):
             return [pair for _, b in parts for pair in b(dvalue)]
