@@ -12,7 +12,9 @@ import functools
 
 import numpy
 
-SUPPORTED_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+REAL_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+COMPLEX_DTYPES = (numpy.dtype(numpy.complex64), numpy.dtype(numpy.complex128))
+SUPPORTED_DTYPES = REAL_DTYPES + COMPLEX_DTYPES
 
 
 @functools.lru_cache(maxsize=None)
@@ -272,3 +274,8 @@ def contiguous(a, xp):
 def is_torch(xp):
     """True when ``xp`` is torch's Array API namespace."""
     return not is_native(xp) and backend_name(xp) == "torch"
+
+
+def is_complex(dtype):
+    """True for a complex dtype of any library."""
+    return numpy_dtype(dtype).kind == "c"

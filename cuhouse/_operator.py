@@ -6,13 +6,14 @@ methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``, ``dot``),
 ``todense``, pickling, the validation of the outer operand (once per user
 call), the cotangent check, the dtype rules and the columns layout. A
 subclass provides ``shape``, ``dtype``, ``params``, ``backend``,
-``check_finite``, ``T`` and three hooks that work on already-validated
-arrays and call their parents' hooks, never the public path:
+``check_finite``, ``T``, ``H``, ``conj()`` and three hooks that work on
+already-validated arrays and call their parents' hooks, never the public path:
 
 ``_matmat(columns, transpose) -> out``
-    ``A @ columns`` (``A^T @ columns`` when ``transpose``) for float
-    ``columns`` ``(..., d, m)`` in the result dtype. Builds nothing for a
-    backward.
+    ``A @ columns`` (``A^H @ columns``, the adjoint, when ``transpose``; the
+    transpose for a real A) for float or complex ``columns`` ``(..., d, m)`` in
+    the result dtype. Builds nothing for a backward. ``X @ A`` runs as
+    ``(conj(A)^H X^T)^T`` through ``A.conj()``'s hook.
 ``_vjp_matmat(columns, transpose) -> (out, back)``
     the same product and ``back(dout) -> (contributions, dcolumns)``:
     ``dout`` is shaped like ``out``; ``dcolumns`` like ``columns``;
@@ -25,6 +26,11 @@ Contributions become gradients in one place, :func:`accumulate`: summed
 over broadcast dimensions and over repeated uses of a leaf, matched to
 ``params`` by identity.
 
+Complex gradients follow torch's convention: for a cotangent ``G`` of ``out``,
+the gradient of a complex array ``z`` is ``dL/dRe(z) + i dL/dIm(z)`` with
+``L = Re(sum(conj(G) * out))``, what ``z -= lr * grad`` needs; a real array
+gets the real part of that (see :mod:`cuhouse._complex`).
+
 Pickling (and ``copy.copy``/``copy.deepcopy``) is Python's default for plain
 objects: no matrix holds a module (the backend is a name) and the one class
 with caches, :class:`cuhouse.householder.Reflections`, drops them in its
@@ -35,7 +41,7 @@ gradients of a copy reach the copy's leaves.
 import numpy
 
 from . import _dask, _validate
-from ._backend import astype, contiguous, copy, creation_kwargs, device_of, is_native, module_named, swap
+from ._backend import astype, contiguous, copy, creation_kwargs, device_of, is_complex, is_native, module_named, swap
 
 
 class Operator:
@@ -87,7 +93,7 @@ class Operator:
         return self._product(x, "left")
 
     def rmatvec(self, x):
-        """``A^T x`` for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec`` (real A)."""
+        """``A^H x`` (the adjoint) for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec``."""
         return self._product(x, "left", transpose=True)
 
     def matmat(self, x):
@@ -95,7 +101,7 @@ class Operator:
         return self._product(x, "left")
 
     def rmatmat(self, x):
-        """``A^T X`` for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat`` (real A)."""
+        """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``."""
         return self._product(x, "left", transpose=True)
 
     # Peak memory of todense() in units of its result (tracemalloc at d = 2000:
@@ -114,7 +120,7 @@ class Operator:
         like = creation_kwargs(self.params[0])
         if cols <= rows:
             return self._apply(xp.eye(cols, dtype=self.dtype, **like), False)
-        return swap(self._apply(xp.eye(rows, dtype=self.dtype, **like), True), xp)
+        return swap(self._conjugate()._apply(xp.eye(rows, dtype=self.dtype, **like), True), xp)
 
     def __array__(self, dtype=None, copy=None):
         """``numpy.asarray(A)``: the dense form, a new array. NumPy backend only.
@@ -140,6 +146,10 @@ class Operator:
         return dense if dtype is None else dense.astype(dtype, copy=False)
 
     # ------------------------------------------------------------- products
+    def _conjugate(self):
+        """``conj(A)``, whose adjoint hook gives ``A^T``: ``A`` itself when real."""
+        return self.conj() if is_complex(self.dtype) else self
+
     def _operand(self, x, side, transpose=False, name="X"):
         """Validate ``X`` of ``A @ X`` (``side == "left"``) or ``X @ A`` (``"right"``), once.
 
@@ -147,7 +157,8 @@ class Operator:
         messages. Returns ``(x, columns, flip)``: ``x`` as validated (its own
         dtype), ``columns`` its ``(..., d, m)`` form in the result dtype (a
         vector is one column, ``X @ A`` is ``(A^T X^T)^T``), and whether the
-        hook applies ``A^T``.
+        hook applies the adjoint. For ``side == "right"`` the hook is that of
+        :meth:`_conjugate` (``X @ A = (conj(A)^H X^T)^T``).
         """
         shape = self.shape[:-2] + self.shape[-2:][::-1] if transpose else self.shape
         x, cast = _validate.product_operand(
@@ -161,9 +172,10 @@ class Operator:
         A Dask array ``X`` gives a lazy Dask array, one product per chunk (:mod:`cuhouse._dask`).
         """
         if _dask.is_dask_array(x):
-            return _dask.matmul(self.T if transpose else self, x, side)
+            return _dask.matmul(self.H if transpose else self, x, side)
         x, columns, flip = self._operand(x, side, transpose, name)
-        out = self._apply(columns, flip)
+        op = self._conjugate() if side == "right" else self
+        out = op._apply(columns, flip)
         return contiguous(from_columns(out, x.ndim == 1, side, self._xp), self._xp)
 
     def _apply(self, columns, flip):
@@ -208,16 +220,23 @@ class Operator:
             )
         x, columns, flip = self._operand(x, side)
         vector = x.ndim == 1
-        out_columns, back_columns = self._vjp_matmat(columns, flip)
+        op = self._conjugate() if side == "right" else self
+        out_columns, back_columns = op._vjp_matmat(columns, flip)
         out = from_columns(out_columns, vector, side, xp)
         out = xp.array(out, order="C", copy=True) if is_native(xp) else contiguous(copy(out, xp), xp)
         device = self._device
 
         def back(dout):
-            dout = astype(_validate.cotangent(dout, "dout", out.shape, xp, device), out.dtype, xp)
+            dout = _validate.cotangent(dout, "dout", out.shape, xp, device)
+            if is_complex(dout.dtype) and not is_complex(out.dtype):
+                dout = xp.real(dout)  # L = Re(sum(conj(G) * out)) only sees Re(G) for a real out
+            dout = astype(dout, out.dtype, xp)
             contributions, dcolumns = back_columns(to_columns(dout, vector, side, xp))
-            dx = astype(from_columns(dcolumns, vector, side, xp), _validate.float_dtype(x.dtype, xp), xp)
-            return accumulate(self.params, contributions, xp), contiguous(dx, xp)
+            dx = from_columns(dcolumns, vector, side, xp)
+            if is_complex(dx.dtype) and not is_complex(x.dtype):
+                dx = xp.real(dx)  # a real X: the real part of the complex gradient
+            dx = contiguous(astype(dx, _validate.float_dtype(x.dtype, xp), xp), xp)
+            return accumulate(self.params, contributions, xp), dx
 
         return out, back
 
@@ -281,12 +300,15 @@ def accumulate(params, contributions, xp):
 
     Each gradient is reduced over broadcast batch dimensions and added to the
     leaf it belongs to, matched by identity (the first slot of a leaf listed
-    twice). Every gradient has its leaf's float dtype and is C-contiguous;
-    leaves no pair touches get zeros.
+    twice). Every gradient has its leaf's float (or complex) dtype and is
+    C-contiguous; a real leaf gets the real part of a complex gradient; leaves
+    no pair touches get zeros.
     """
     total = [None] * len(params)
     for leaf, grad in contributions:
         i = next(i for i, p in enumerate(params) if p is leaf)
+        if is_complex(grad.dtype) and not is_complex(leaf.dtype):
+            grad = xp.real(grad)
         grad = reduce_to_shape(grad, leaf.shape)
         total[i] = grad if total[i] is None else total[i] + grad
     if not is_native(xp):

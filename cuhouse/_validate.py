@@ -23,22 +23,23 @@ from ._backend import (
     type_name,
 )
 
-_REAL_KINDS = "biuf"  # bool, signed, unsigned, float
+_KINDS = "biufc"  # bool, signed, unsigned, float, complex
 
 
 def as_array(x, name, xp, device=None):
-    """``x`` as an array of module ``xp`` with a real dtype.
+    """``x`` as an array of module ``xp`` with a real or complex dtype.
 
     Lists and scalars go through ``xp.asarray`` (on ``device``, for a library
     with devices). A ``TypeError`` names what is refused: an array of another
     library or device than ``xp``'s (nothing is copied behind the caller's
     back), ``None``, strings, objects that opt out of NumPy's array protocol
     with ``__array_ufunc__ = None`` (cuhouse matrices, whose ``__array__``
-    would densify them), SciPy sparse matrices, NumPy masked arrays, complex,
-    float16 and object data.
+    would densify them), SciPy sparse matrices, NumPy masked arrays, float16
+    and object data, and complex data on the generic path (neither NumPy nor
+    CuPy), which computes in float32/float64.
     """
     if x is None or isinstance(x, (str, bytes)) or getattr(type(x), "__array_ufunc__", False) is None:
-        raise TypeError("{} must be an array of real numbers, got {}".format(name, type(x).__name__))
+        raise TypeError("{} must be an array of real or complex numbers, got {}".format(name, type(x).__name__))
     if type(x).__module__.startswith("scipy.sparse"):
         raise TypeError(
             "{} is a SciPy sparse {}; cuhouse takes dense arrays: pass {}.toarray()".format(
@@ -72,7 +73,7 @@ def as_array(x, name, xp, device=None):
             x = xp.asarray(x) if device is None else xp.asarray(x, device=device)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(
-                "{} must be an array of real numbers, got {}: {}".format(name, type(x).__name__, exc)
+                "{} must be an array of real or complex numbers, got {}: {}".format(name, type(x).__name__, exc)
             ) from None
     elif device is not None and device_of(x) != device:
         raise TypeError(
@@ -80,18 +81,24 @@ def as_array(x, name, xp, device=None):
             "devices: move it explicitly (e.g. with .to(device))".format(name, device_of(x), device)
         )
     check_dtype(x.dtype, name)
+    if not is_native(xp) and numpy_dtype(x.dtype).kind == "c":
+        raise TypeError(
+            "{} has dtype {}; complex dtypes run on NumPy and CuPy only: arrays of {} run the generic path, "
+            "which takes real data (float32, float64)".format(name, x.dtype, backend_name(xp))
+        )
     return x
 
 
 def check_dtype(dtype, name):
-    """``TypeError`` unless ``dtype`` (of any library) is bool, integer, float32 or float64 (either byte order)."""
+    """``TypeError`` unless ``dtype`` (of any library) is bool, integer, float32, float64, complex64 or
+    complex128 (either byte order)."""
     try:
         native = numpy_dtype(dtype).newbyteorder("=")
     except TypeError:  # no NumPy dtype of that name (torch.bfloat16, ...)
         native = None
-    if native is None or native.kind not in _REAL_KINDS or (native.kind == "f" and native not in SUPPORTED_DTYPES):
+    if native is None or native.kind not in _KINDS or (native.kind in "fc" and native not in SUPPORTED_DTYPES):
         raise TypeError(
-            "{} has dtype {}; supported dtypes are float32 and float64 "
+            "{} has dtype {}; supported dtypes are float32, float64, complex64 and complex128 "
             "(bool and integer input is promoted as NumPy promotes it)".format(
                 name, dtype if native is None else native
             )
@@ -99,14 +106,10 @@ def check_dtype(dtype, name):
 
 
 def float_dtype(dtype, xp=numpy):
-    """The floating dtype used for data of ``dtype``: floats stay, the rest go to float64 (a dtype of ``xp``)."""
+    """The floating dtype used for data of ``dtype``: float and complex dtypes stay, the rest go to float64
+    (a dtype of ``xp``)."""
     native = numpy_dtype(dtype).newbyteorder("=")
     return library_dtype(native if native in SUPPORTED_DTYPES else numpy.float64, xp)
-
-
-def all_true(mask, xp):
-    """``bool(mask.all())``: one device-to-host synchronization on a device."""
-    return bool(xp.all(mask))
 
 
 def vectors(v, xp, name="vectors"):

@@ -13,7 +13,7 @@ from collections import namedtuple
 
 import numpy
 
-from . import _generic, _validate, layouts, plan
+from . import _complex, _generic, _validate, layouts, plan
 from ._backend import (
     array_module,
     backend_name,
@@ -34,11 +34,13 @@ from .algorithms import ALGORITHMS, _blocks, portable
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
 
 
-Segment = namedtuple("Segment", "leaf reversed k identity")
+Segment = namedtuple("Segment", "leaf reversed k identity conjugated phase", defaults=(False, None))
 Segment.__doc__ = """Where a run of reflections comes from: leaf array number ``leaf``, its rows
-``reversed`` or not; ``k`` is ``None`` for a vectors leaf ``(..., n, d)``, or the
+``reversed`` or not (the adjoint of the run); ``k`` is ``None`` for a vectors leaf ``(..., n, d)``, or the
 number of reflectors read in place from a ``geqrf`` array ``a`` ``(..., d, N)``
-(LAPACK's layout), whose ``tau == 0`` mask is ``identity`` (or ``None``)."""
+(LAPACK's layout), whose ``tau == 0`` mask is ``identity`` (or ``None``). Complex runs only:
+``conjugated`` takes the entrywise conjugate of the run, and ``phase`` ``(..., k)`` holds the
+eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: reflections, lambda = -1)."""
 
 
 class Reflections:
@@ -274,6 +276,161 @@ def _generic_algorithm(algorithm):
         )
 
 
+class ComplexReflections:
+    """The shared state of a unitary product (any complex leaf or segment), on the real algorithms.
+
+    Same interface as :class:`Reflections` for :class:`HouseholderProduct`. The
+    factors are realified once, lazily (:mod:`cuhouse._complex`): each complex
+    factor becomes two real reflections in 2d dimensions, and :attr:`real`, a
+    :class:`Reflections` over those ``(..., 2n, 2d)`` rows, runs every product,
+    plan and cache. Gradients w.r.t. the real rows go back to the complex leaves
+    in :meth:`leaf_contributions`. Pickles without its caches.
+    """
+
+    def __init__(self, backend, leaves, segments, check_finite, dtype):
+        self.backend = backend
+        self.leaves = leaves
+        self.segments = segments
+        self.check_finite = check_finite
+        self.dtype = numpy.dtype(dtype)
+        self.refresh()
+
+    def refresh(self):
+        """Drop every cache; the next use realifies the leaf arrays again."""
+        self._real = None
+        self._pairs = None
+        self._vectors = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for cache in ("_real", "_pairs", "_vectors"):
+            del state[cache]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.refresh()
+
+    @property
+    def xp(self):
+        return module_named(self.backend)
+
+    def _factors_of(self, segment):
+        """The complex full rows ``(..., k, d)`` of one segment in stored order (identity factors
+        zero, conjugated if the segment is), and their eigenvalues (``None``: reflections)."""
+        xp = self.xp
+        leaf = self.leaves[segment.leaf]
+        if segment.k is None:
+            rows = leaf
+        else:
+            rows = _blocks.full_rows(xp.swapaxes(leaf[..., : segment.k], -1, -2), _blocks.UNIT, xp)
+            if segment.identity is not None:
+                rows = xp.where(segment.identity[..., None], 0, rows)
+        phase = segment.phase
+        if segment.conjugated:
+            rows = xp.conj(rows)
+            phase = None if phase is None else xp.conj(phase)
+        return rows.astype(self.dtype, copy=False), phase
+
+    @property
+    def shape(self):
+        """``(..., n, d)`` of the complex factors."""
+        shapes = [self._factors_shape(segment) for segment in self.segments]
+        batch = numpy.broadcast_shapes(*(shape[:-2] for shape in shapes))
+        return batch + (sum(shape[-2] for shape in shapes), shapes[0][-1])
+
+    def _factors_shape(self, segment):
+        leaf = self.leaves[segment.leaf]
+        if segment.k is None:
+            return tuple(leaf.shape)
+        return tuple(leaf.shape[:-2]) + (segment.k, leaf.shape[-2])
+
+    @property
+    def vectors(self):
+        """All factors' vectors as complex full rows ``(..., n, d)`` in product order (identity
+        factors as zero rows; an adjoint run reversed, a conjugated one conjugated). Cached."""
+        if self._vectors is None:
+            xp = self.xp
+            parts = []
+            for segment in self.segments:
+                rows, _ = self._factors_of(segment)
+                parts.append(rows[..., ::-1, :] if segment.reversed else rows)
+            batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
+            parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
+            self._vectors = read_only(parts[0].copy() if len(parts) == 1 else xp.concatenate(parts, axis=-2))
+        return self._vectors
+
+    @property
+    def real(self):
+        """The :class:`Reflections` of the realified rows ``(..., 2n, 2d)``. Built once."""
+        if self._real is None:
+            xp = self.xp
+            parts, pairs = [], []
+            for segment in self.segments:
+                rows, phase = self._factors_of(segment)
+                paired, p, q = _complex.pair_rows(rows, phase, xp)
+                pairs.append((p, q))
+                parts.append(paired[..., ::-1, :] if segment.reversed else paired)
+            batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
+            parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
+            rows = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-2)
+            rows = xp.ascontiguousarray(rows)
+            real = Reflections(self.backend, (rows,), (Segment(0, False, None, None),), self.check_finite, rows.dtype)
+            self._real, self._pairs = real, pairs
+        return self._real
+
+    def layout_for(self, differentiable):
+        return self.real.layout_for(differentiable)
+
+    def factors(self, chosen, dtype, layout):
+        return self.real.factors(chosen, dtype, layout)
+
+    def leaf_contributions(self, dv, scaled):
+        """``(leaf, gradient)`` pairs from ``dv`` ``(..., 2n, 2d)``, the gradient w.r.t. the real rows
+        (see :meth:`Reflections.leaf_contributions`): each pair of rows back to its complex factor
+        (:func:`cuhouse._complex.pair_gradient`), conjugated for a conjugated run, to the strictly
+        lower part of a ``geqrf`` leaf; a real leaf gets the real part. Cost: O(n d)."""
+        xp = self.xp
+        ((_, dv),) = self.real.leaf_contributions(dv, scaled)
+        contributions, start = [], 0
+        for segment, (p, q) in zip(self.segments, self._pairs):
+            leaf = self.leaves[segment.leaf]
+            n = self._factors_shape(segment)[-2]
+            part = dv[..., start : start + 2 * n, :]
+            start += 2 * n
+            if segment.reversed:
+                part = part[..., ::-1, :]
+            grad = _complex.pair_gradient(part, p, q, xp)
+            if segment.conjugated:
+                grad = xp.conj(grad)
+            if segment.k is not None:
+                grad = _blocks.structured(grad, _blocks.UNIT, xp)
+                if segment.identity is not None:
+                    grad = xp.where(segment.identity[..., None], 0, grad)
+                full = xp.zeros(grad.shape[:-2] + leaf.shape[-2:], dtype=grad.dtype)
+                _blocks.transpose_into(full[..., : segment.k], grad, xp)
+                grad = full
+            contributions.append((leaf, grad if _complex.is_complex(leaf.dtype) else xp.real(grad)))
+        return contributions
+
+    def det(self):
+        """``det`` of the product per batch entry of the factors' shape: the product of every
+        factor's eigenvalue (conjugated for an adjoint or conjugated run, not for both). O(n)."""
+        xp = self.xp
+        total = xp.ones((), dtype=self.dtype)
+        for segment in self.segments:
+            n = self._factors_shape(segment)[-2]
+            if segment.phase is not None:
+                value = xp.prod(segment.phase, axis=-1)
+                total = total * (xp.conj(value) if segment.conjugated != segment.reversed else value)
+            elif segment.identity is not None:
+                count = n - xp.count_nonzero(segment.identity, axis=-1)
+                total = total * xp.where(count % 2 == 0, 1, -1)
+            else:
+                total = total * (-1.0) ** n
+        return total
+
+
 class HouseholderProduct(Operator):
     """The orthogonal matrix H = H(v_1) ... H(v_n), stored as its vectors.
 
@@ -305,20 +462,25 @@ class HouseholderProduct(Operator):
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
         v = _validate.vectors(vectors, xp)
-        if is_native(xp):
+        segments = (Segment(0, False, None, None),)
+        if _complex.is_complex(v.dtype):  # NumPy and CuPy only: the generic path refuses complex input
+            _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
+            core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
+        elif is_native(xp):
             norms = primitives.row_norms(v, xp)
             _validate.vector_norms(norms, xp, bool(check_finite))
+            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms)
         else:
             _generic_algorithm(algorithm)
-            norms = None
             if check_finite:  # on the generic path, check_finite=False means no host synchronization at all
                 _validate.vector_norms(_generic.row_norms(v, xp), xp, True)
-        core = Reflections(backend_name(xp), (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
+            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
         self._init(core, False, algorithm, block_size)
 
-    def _init(self, core, transposed, algorithm, block_size):
+    def _init(self, core, transposed, algorithm, block_size, conjugated=False):
         self._core = core
-        self._transposed = transposed
+        self._transposed = transposed  # the adjoint: the reversed product
+        self._conjugated = conjugated  # the entrywise conjugate (complex only)
         self.algorithm = algorithm
         self.block_size = block_size
 
@@ -328,17 +490,17 @@ class HouseholderProduct(Operator):
         core = self._core
         leaves = tuple(mapping.get(id(leaf), leaf) for leaf in core.leaves)
         new = Reflections(core.backend, leaves, core.segments, core.check_finite, core.dtype)
-        return self._view(new, self._transposed, self.algorithm, self.block_size)
+        return self._view(new, self._transposed, self.algorithm, self.block_size, self._conjugated)
 
     @classmethod
-    def _view(cls, core, transposed, algorithm, block_size):
+    def _view(cls, core, transposed, algorithm, block_size, conjugated=False):
         obj = cls.__new__(cls)
-        obj._init(core, transposed, algorithm, block_size)
+        obj._init(core, transposed, algorithm, block_size, conjugated)
         return obj
 
     @classmethod
     def from_lapack(cls, a, tau, algorithm="auto", block_size=None, *, check_finite=True):
-        """Q = H(1) ... H(k) from the ``geqrf`` layout.
+        """Q = H(1) ... H(k) from the ``geqrf`` layout, real or complex.
 
         ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i
         (with an implicit 1 on the diagonal); ``tau`` ``(..., k)``, k <= min(M, N).
@@ -354,21 +516,42 @@ class HouseholderProduct(Operator):
         (``tau_i = 2 / (1 + ||a[i+1:, i]||^2)``). A factor with ``tau == 0`` is
         the identity and gets zero gradient. Cost: one pass over the
         reflectors to check ``tau``, no copy.
+
+        Complex ``a`` or ``tau`` (``?geqrf``, ``scipy.linalg.qr(mode="raw")`` and
+        ``torch.geqrf`` of complex input): H_i = I - tau_i v_i v_i^H with complex
+        tau_i, unitary but not Hermitian, and the result is ``?ungqr``'s Q. Each
+        factor multiplies its vector by the unit number
+        lambda_i = 1 - tau_i v_i^H v_i (-1 for a Hermitian reflection, 1 for
+        ``tau == 0``), which is checked to modulus 1 and kept: tau is then implied
+        by ``a`` and lambda (``tau_i = (1 - lambda_i) / v_i^H v_i``), and the
+        gradient w.r.t. ``a`` holds every lambda_i fixed. ``det`` is the product of
+        the lambda_i. The product runs realified (:mod:`cuhouse._complex`), with a
+        copy of the reflectors.
         """
         xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
         if is_native(xp):
-            a, k, identity, dtype, norms = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
+            a, k, identity, dtype, norms, phase = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
         else:
             _generic_algorithm(algorithm)
-            (a, k, identity, dtype), norms = _generic.lapack_reflectors(a, tau, xp, bool(check_finite)), None
-        core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, norms)
+            (a, k, identity, dtype), norms, phase = (
+                _generic.lapack_reflectors(a, tau, xp, bool(check_finite)),
+                None,
+                None,
+            )
+        if phase is not None:
+            segment = Segment(0, False, k, identity, False, phase)
+            core = ComplexReflections(backend_name(xp), (a,), (segment,), bool(check_finite), dtype)
+        else:
+            core = Reflections(
+                backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, norms
+            )
         return cls._view(core, False, algorithm, block_size)
 
     @classmethod
     def from_dense(cls, q, algorithm="auto", block_size=None, *, check_finite=True):
-        """The Householder product equal to an orthogonal ``q``.
+        """The Householder product equal to an orthogonal (or unitary) ``q``.
 
         ``q`` ``(..., d, d)`` orthogonal: at most d reflections and
         ``todense()`` equal to ``q`` to within 50 eps d. ``q`` ``(..., d, r)``
@@ -376,8 +559,10 @@ class HouseholderProduct(Operator):
         r columns equal ``q``. Each reflector is chosen so that the QR's R is
         the identity; an identity factor (as ``tau == 0``) stands where a
         column needs no reflection (``q = I`` gives identity factors only).
-        Input that is not orthogonal to 50 eps d is a ``ValueError``.
-        Cost: O(d r^2) once.
+        Input that is not orthogonal to 50 eps d is a ``ValueError``. A
+        unitary (complex) ``q`` gives LAPACK's complex factors, see
+        :meth:`from_lapack`: with only Hermitian reflections R could not be the
+        identity. Cost: O(d r^2) once.
         """
         xp = array_module(q)
         q = _validate.dense_matrix(q, "Q", xp)
@@ -392,9 +577,12 @@ class HouseholderProduct(Operator):
     @property
     def vectors(self):
         """The reflections ``(..., n, d)`` in product order: a read-only view (NumPy) of the caller's array
-        (from :meth:`from_lapack` or ``H1 @ H2``: full rows, a copy made once)."""
+        (from :meth:`from_lapack` or ``H1 @ H2``, or complex: full rows, a copy made once). For
+        LAPACK's complex factors the vectors alone do not give the product: each factor's
+        eigenvalue is kept too (see :meth:`from_lapack`)."""
         v = self._core.vectors
-        return v[..., ::-1, :] if self._transposed else v
+        v = v[..., ::-1, :] if self._transposed else v
+        return read_only(self._xp.conj(v)) if self._conjugated else v
 
     @property
     def params(self):
@@ -439,34 +627,60 @@ class HouseholderProduct(Operator):
         xp = core.xp
         for segment in core.segments:
             leaf = core.leaves[segment.leaf]
-            if not core.native:
+            if isinstance(core, Reflections) and not core.native:
                 norms = _generic.row_norms(_generic.full_rows(leaf, segment, core.dtype, xp), xp)
                 _validate.vector_norms(norms, xp, core.check_finite, allow_zero_rows=segment.k is not None)
                 continue
             if segment.k is None:
-                norms = primitives.row_norms(_validate.vectors(leaf, xp), xp)
-            else:  # a geqrf array: tau is implied by the stored entries
-                norms = xp.sqrt(
-                    1 + _blocks.squared_norms(xp.swapaxes(leaf[..., : segment.k], -1, -2), _blocks.UNIT, xp)
-                )
+                norms = primitives.row_norms(xp.abs(_validate.vectors(leaf, xp)), xp)
+            else:  # a geqrf array: tau is implied by the stored entries (and lambda)
+                reflectors = xp.swapaxes(leaf[..., : segment.k], -1, -2)
+                if _complex.is_complex(leaf.dtype):
+                    sumsq = _complex.squared_norms(_blocks.structured(reflectors.copy(), _blocks.UNIT, xp), xp)
+                else:
+                    sumsq = _blocks.squared_norms(reflectors, _blocks.UNIT, xp)
+                norms = xp.sqrt(1 + sumsq)
             _validate.vector_norms(norms, xp, core.check_finite)
         core.refresh()
         return self
 
     # --------------------------------------------------------------- algebra
     @property
+    def _unitary(self):
+        return isinstance(self._core, ComplexReflections)
+
+    @property
     def T(self):
-        """The transpose, which is the reversed product (shares all caches). O(1)."""
-        return self._view(self._core, not self._transposed, self.algorithm, self.block_size)
+        """The transpose: the reversed product, conjugated when complex (shares all caches). O(1)."""
+        return self._view(
+            self._core, not self._transposed, self.algorithm, self.block_size, self._conjugated != self._unitary
+        )
+
+    @property
+    def H(self):
+        """The adjoint (conjugate transpose), the reversed product; equal to :meth:`inv`, and to
+        :attr:`T` when real (shares all caches). O(1)."""
+        return self._view(self._core, not self._transposed, self.algorithm, self.block_size, self._conjugated)
+
+    def conj(self):
+        """The entrywise conjugate (``self`` when real; shares all caches). O(1)."""
+        if not self._unitary:
+            return self
+        return self._view(self._core, self._transposed, self.algorithm, self.block_size, not self._conjugated)
 
     def inv(self):
-        """The inverse, equal to :attr:`T` since H is orthogonal. O(1)."""
-        return self.T
+        """The inverse, equal to :attr:`H` since H is unitary (orthogonal when real). O(1)."""
+        return self.H
 
     def det(self):
-        """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded)."""
+        """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded); for LAPACK's
+        complex factors the product of their eigenvalues ``1 - tau_i v_i^H v_i``. O(n)."""
         xp = self._xp
         batch = self.shape[:-2]
+        if self._unitary:
+            det = self._core.det()
+            det = xp.conj(det) if self._transposed != self._conjugated else det
+            return xp.broadcast_to(xp.asarray(det, dtype=self.dtype), batch).copy()
         identities = self._core.identity_count()
         if identities is not None:
             count = self.n_reflections - identities
@@ -477,12 +691,13 @@ class HouseholderProduct(Operator):
         return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype, **creation_kwargs(self._core.leaves[0]))
 
     def slogdet(self):
-        """``(sign, log|det|) = (det, 0)`` per batch entry."""
+        """``(sign, log|det|) = (det, 0)`` per batch entry; as ``numpy.linalg.slogdet``, a complex
+        sign of modulus 1 and a real logarithm for a unitary product."""
         sign = self.det()
-        return sign, self._xp.zeros_like(sign)
+        return sign, self._xp.zeros_like(sign, dtype=_complex.real_dtype(sign.dtype))
 
     def logdet(self):
-        """``log|det H| = 0`` per batch entry."""
+        """``log|det H| = 0`` per batch entry (real)."""
         return self._logdet(lambda: self.slogdet()[1])
 
     def matmul(self, x):
@@ -516,9 +731,17 @@ class HouseholderProduct(Operator):
                     leaves.append(leaf)
                 segments.append(
                     segment._replace(
-                        leaf=matches[0] if matches else len(leaves) - 1, reversed=segment.reversed != op._transposed
+                        leaf=matches[0] if matches else len(leaves) - 1,
+                        reversed=segment.reversed != op._transposed,
+                        conjugated=segment.conjugated != op._conjugated,
                     )
                 )
+        dtype = result_type(a.xp, a.dtype, b.dtype)
+        if _complex.is_complex(dtype):
+            core = ComplexReflections(
+                a.backend, tuple(leaves), tuple(segments), a.check_finite and b.check_finite, dtype
+            )
+            return self._view(core, False, self.algorithm, self.block_size)
         core = Reflections(
             a.backend,
             tuple(leaves),
@@ -529,50 +752,86 @@ class HouseholderProduct(Operator):
         return self._view(core, False, self.algorithm, self.block_size)
 
     # ------------------------------------------------------------- products
+    def _real_core(self):
+        """The :class:`Reflections` products run on: the realified one of a unitary product."""
+        return self._core.real if self._unitary else self._core
+
     def plan_for(self, m, dtype=None, differentiable=False):
-        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns (in ``vjp`` when
-        ``differentiable``)."""
+        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns of ``dtype`` (in ``vjp``
+        when ``differentiable``). A unitary product plans for its realified form (2n reflections of
+        length 2d); a real one with complex ``X`` for 2m real columns."""
         dtype = numpy_dtype(dtype or self.dtype)
+        if _complex.is_complex(dtype) and not self._unitary:
+            m *= 2
+        return self._plan(m, _complex.real_dtype(dtype), differentiable)
+
+    def _plan(self, m, dtype, differentiable):
+        core = self._real_core()
         return plan.choose(
-            self.shape[-1],
-            self.n_reflections,
+            core.shape[-1],
+            core.shape[-2],
             m,
-            dtype,
+            numpy_dtype(dtype),
             self._plan_backend(),
             self.algorithm,
             self.block_size,
-            self._core.layout_for(differentiable),
+            core.layout_for(differentiable),
         )
 
     def _plan_backend(self):
         """The machine model of :mod:`cuhouse.plan`: the backend's, or on the generic path
         ``"numpy"`` for a CPU and ``"cupy"`` for any other device."""
-        core = self._core
+        core = self._real_core()
         if core.native:
             return core.backend
         return "numpy" if getattr(core.device, "type", "cpu") == "cpu" or "CPU" in str(core.device) else "cupy"
 
     def _run(self, columns, transpose, differentiable):
-        """``(algorithm module, plan, (factors, scaled), flip)`` for ``columns`` ``(..., d, m)``."""
-        chosen = self.plan_for(columns.shape[-1], columns.dtype, differentiable)
-        built = self._core.factors(chosen, columns.dtype, self._core.layout_for(differentiable))
-        module = ALGORITHMS[chosen.algorithm] if self._core.native else portable
+        """``(algorithm module, plan, (factors, scaled), flip)`` for real ``columns`` ``(..., d, m)``
+        (``(..., 2d, m)`` realified for a unitary product)."""
+        chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
+        core = self._real_core()
+        built = core.factors(chosen, columns.dtype, self._core.layout_for(differentiable))
+        module = ALGORITHMS[chosen.algorithm] if core.native else portable
         return module, chosen, built, transpose != self._transposed
 
+    def _real_form(self, columns):
+        """``(real, back)``: ``columns`` as the real array the algorithms take, and the map from a real
+        result (or gradient) back; both are real-linear isometries (:mod:`cuhouse._complex`).
+
+        A unitary product realifies ``(..., d, m)`` to ``(..., 2d, m)`` (conjugating
+        first and after for a conjugated view: conj(H) X = conj(H conj(X))); a real
+        product splits complex columns into ``(..., d, 2m)``; real columns pass."""
+        xp = self._xp
+        if self._unitary:
+            if self._conjugated:
+                columns = xp.conj(columns)
+
+            def back(real):
+                out = _complex.complexify_columns(real, xp)
+                return xp.conj(out) if self._conjugated else out
+
+            return _complex.realify_columns(columns, xp), back
+        if _complex.is_complex(columns.dtype):
+            return _complex.split_columns(columns, xp), lambda real: _complex.join_columns(real, xp)
+        return columns, lambda real: real
+
     def _matmat(self, columns, transpose):
-        module, _, (factors, _), flip = self._run(columns, transpose, False)
-        return module.apply(factors, columns, flip, self._xp)
+        real, back = self._real_form(columns)
+        module, _, (factors, _), flip = self._run(real, transpose, False)
+        return back(module.apply(factors, real, flip, self._xp))
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
-        module, chosen, (factors, scaled), flip = self._run(columns, transpose, True)
-        out = module.apply(factors, columns, flip, xp)
+        real, to_columns = self._real_form(columns)
+        module, chosen, (factors, scaled), flip = self._run(real, transpose, True)
+        out = module.apply(factors, real, flip, xp)
 
         def back(dout):
-            dv, dx = module.backward(factors, out, dout, flip, xp, chosen.store_inputs)
-            return self._core.leaf_contributions(dv, scaled), reduce_to_shape(dx, columns.shape)
+            dv, dx = module.backward(factors, out, self._real_form(dout)[0], flip, xp, chosen.store_inputs)
+            return self._core.leaf_contributions(dv, scaled), reduce_to_shape(to_columns(dx), columns.shape)
 
-        return out, back
+        return to_columns(out), back
 
     def _vjp_logabsdet(self):
         return self.logdet(), lambda dvalue: []

@@ -14,22 +14,27 @@ import math
 
 import numpy
 
-from . import _validate
+from . import _complex, _validate
 from ._backend import copy, creation_kwargs, is_native, numpy_dtype, swap
 from .algorithms import _blocks
 
 
 def lapack_reflectors(a, tau, xp, check_finite):
-    """``(a, k, identity, dtype, norms)``: ``a`` checked (converted only when its dtype or type
+    """``(a, k, identity, dtype, norms, phase)``: ``a`` checked (converted only when its dtype or type
     requires it), the number k of reflectors, the reflectors' norms ``(..., k)`` (their implicit 1
     included), the ``tau == 0`` mask ``(..., k)`` (``None`` when no factor is the
-    identity) and the float dtype of the product (that of ``a`` and ``tau`` together).
+    identity), the dtype of the product (that of ``a`` and ``tau`` together) and,
+    for complex input, each factor's eigenvalue ``phase`` ``(..., k)`` (else ``None``).
 
     ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i with
     an implicit 1 on the diagonal; ``tau`` ``(..., k)``, k <= min(M, N). Nothing
-    on or above the diagonal is read. ``tau`` must be 0 or ``2 / (v^T v)`` to the
-    precision of the less precise of ``a`` and ``tau``. Cost: one pass over the
-    reflectors' stored entries for their norms (no copy of ``a``), O(k) for tau.
+    on or above the diagonal is read. Real input: ``tau`` must be 0 or
+    ``2 / (v^T v)`` to the precision of the less precise of ``a`` and ``tau``.
+    Complex input (LAPACK's ``?geqrf``, H_i = I - tau_i v_i v_i^H, unitary but not
+    Hermitian): ``lambda_i = 1 - tau_i v_i^H v_i``, the factor's eigenvalue on
+    v_i, must have modulus 1 to that precision; ``phase`` is it, normalized.
+    Cost: one pass over the reflectors' stored entries for their norms (no copy
+    of real ``a``; complex ``a`` is read through a copy of its reflectors), O(k) for tau.
     """
     a = _validate.as_array(a, "a", xp)
     tau = _validate.as_array(tau, "tau", xp)
@@ -44,62 +49,94 @@ def lapack_reflectors(a, tau, xp, check_finite):
             )
         )
     _validate.batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
-    a = a.astype(_validate.float_dtype(a.dtype), copy=False)
+    dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
+    unitary = _complex.is_complex(dtype)
+    a = a.astype(dtype if unitary else _validate.float_dtype(a.dtype), copy=False)
     if check_finite and not bool(xp.isfinite(tau).all()):
         raise ValueError("a and tau must be finite; found NaN or Inf")
     identity = tau == 0
-    sumsq = 1 + _blocks.squared_norms(xp.swapaxes(a[..., :k], -1, -2), _blocks.UNIT, xp)
+    reflectors = xp.swapaxes(a[..., :k], -1, -2)
+    if unitary:
+        sumsq = 1 + _complex.squared_norms(_blocks.structured(reflectors.copy(), _blocks.UNIT, xp), xp)
+    else:
+        sumsq = 1 + _blocks.squared_norms(reflectors, _blocks.UNIT, xp)
     if check_finite and not bool(xp.isfinite(sumsq).all()):
         raise ValueError("a and tau must be finite; found NaN or Inf")
-    expected = xp.where(identity, 0, 2 / sumsq)
     # as accurate as the less precise of a and tau (float32 geqrf output may come with float64 tau)
     tol = 1e3 * max(numpy.finfo(_validate.float_dtype(t)).eps for t in (a.dtype, tau.dtype))
-    if not bool((xp.abs(tau - expected) <= tol * xp.abs(expected) + tol).all()):
-        raise ValueError(
-            "tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
-            "geqrf returns; got values that do not make orthogonal reflectors"
-        )
-    dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
-    return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq)
+    phase = None
+    if unitary:
+        eigenvalue = 1 - tau * sumsq
+        size = xp.abs(eigenvalue)
+        if not bool((xp.abs(size - 1) <= tol * (1 + xp.abs(tau) * sumsq)).all()):
+            raise ValueError(
+                "tau must make unitary factors I - tau v v^H, that is |1 - tau v^H v| = 1 for each "
+                "reflector v of a, as LAPACK's complex geqrf returns; got values that do not"
+            )
+        phase = xp.where(identity, 1, eigenvalue / xp.where(size > 0, size, 1))
+    else:
+        expected = xp.where(identity, 0, 2 / sumsq)
+        if not bool((xp.abs(tau - expected) <= tol * xp.abs(expected) + tol).all()):
+            raise ValueError(
+                "tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
+                "geqrf returns; got values that do not make orthogonal reflectors"
+            )
+    return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq), phase
 
 
 def orthogonal_to_reflectors(q, xp):
     """``(a, tau)`` in the geqrf layout with Q = H(1) ... H(r) [I_r; 0] exactly.
 
-    ``q`` ``(..., d, r)``, r <= d, must have orthonormal columns (an orthogonal
-    matrix when r = d): max |Q^T Q - I| <= 50 eps d, else ``ValueError``. Each
-    reflector maps its column onto +e_i (LAPACK's ``larfgp`` choice, with
-    Parlett's cancellation-free formula), so R is the identity and no sign is
-    left over; a column already equal to e_i gets an identity factor
-    (``tau == 0``). Cost: O(d r^2) in r level-2 steps, batched.
+    ``q`` ``(..., d, r)``, r <= d, must have orthonormal columns (an orthogonal,
+    or unitary, matrix when r = d): max |Q^H Q - I| <= 50 eps d, else
+    ``ValueError``. Each reflector maps its column onto +e_i (LAPACK's
+    ``larfgp`` choice, with Parlett's cancellation-free formula), so R is the
+    identity and no sign (no phase) is left over; a column already equal to e_i
+    gets an identity factor (``tau == 0``). Complex ``q`` gives LAPACK's complex
+    reflectors, H_i = I - tau_i v_i v_i^H with complex tau_i. Cost: O(d r^2) in
+    r level-2 steps, batched.
     """
     d, r = q.shape[-2:]
     eps = numpy.finfo(numpy_dtype(q.dtype)).eps
-    gram = swap(q, xp) @ q
+    unitary = _complex.is_complex(q.dtype)
+    conj = xp.conj if unitary else (lambda x: x)
+    gram = conj(swap(q, xp)) @ q
     error = float(xp.max(xp.abs(gram - xp.eye(r, dtype=q.dtype, **creation_kwargs(q))))) if math.prod(q.shape) else 0.0
     if not error <= 50 * eps * d:
-        what = "orthogonal" if r == d else "orthonormal columns"
+        what = ("unitary" if unitary else "orthogonal") if r == d else "orthonormal columns"
         raise ValueError(
-            "Q must be {} to within 50 eps d = {:.3g} (max |Q^T Q - I|), got {:.3g}".format(what, 50 * eps * d, error)
+            "Q must be {} to within 50 eps d = {:.3g} (max |Q^{} Q - I|), got {:.3g}".format(
+                what, 50 * eps * d, "H" if unitary else "T", error
+            )
         )
     a = copy(q, xp)
     tau = xp.zeros(q.shape[:-2] + (r,), dtype=q.dtype, **creation_kwargs(q))
     for i in range(r):  # written with whole-array reads and item assignment only: any Array API library
         head = a[..., i, i]
         tail = a[..., i + 1 :, i]
-        sigma = xp.sum(tail * tail, axis=-1)
-        norm = xp.sqrt(head * head + sigma)
-        # v = x - ||x|| e_1, scaled to v_1 = 1; v_1 by Parlett's formula when x_1 > 0 (no cancellation)
-        v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, 1.0), head - norm)
+        if unitary:  # x = (alpha, tail) onto beta e_1 with beta = ||x|| > 0: v_1 = alpha - beta, tau = -v_1 / beta
+            sigma = _complex.squared_norms(tail, xp)
+            re, im = xp.real(head), xp.imag(head)
+            norm = xp.sqrt(re * re + im * im + sigma)
+            v1 = xp.where(re > 0, -(im * im + sigma) / xp.where(re > 0, re + norm, 1), re - norm) + 1j * im
+        else:
+            sigma = xp.sum(tail * tail, axis=-1)
+            norm = xp.sqrt(head * head + sigma)
+            # v = x - ||x|| e_1, scaled to v_1 = 1; v_1 by Parlett's formula when x_1 > 0 (no cancellation)
+            v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, 1.0), head - norm)
         identity = v1 == 0  # x == ||x|| e_1 already
         safe = xp.where(identity, 1.0, v1)
         v_tail = xp.where(identity[..., None], 0.0, tail / safe[..., None])
-        tau_i = xp.where(identity, 0.0, 2 / (1 + xp.sum(v_tail * v_tail, axis=-1)))
-        if i + 1 < r:  # apply H_i to the trailing columns: A <- A - tau v (v^T A)
+        if unitary:
+            tau_i = xp.where(identity, 0, -safe / norm)
+        else:
+            tau_i = xp.where(identity, 0.0, 2 / (1 + xp.sum(v_tail * v_tail, axis=-1)))
+        if i + 1 < r:  # apply H_i^H to the trailing columns: A <- A - conj(tau) v (v^H A)
             top, below = a[..., i, i + 1 :], a[..., i + 1 :, i + 1 :]
-            w = top + xp.sum(v_tail[..., :, None] * below, axis=-2)
-            a[..., i, i + 1 :] = top - tau_i[..., None] * w
-            a[..., i + 1 :, i + 1 :] = below - tau_i[..., None, None] * v_tail[..., :, None] * w[..., None, :]
+            w = top + xp.sum(conj(v_tail)[..., :, None] * below, axis=-2)
+            step = conj(tau_i)
+            a[..., i, i + 1 :] = top - step[..., None] * w
+            a[..., i + 1 :, i + 1 :] = below - step[..., None, None] * v_tail[..., :, None] * w[..., None, :]
         a[..., i, i] = norm
         a[..., i + 1 :, i] = v_tail
         tau[..., i] = tau_i

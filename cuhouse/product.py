@@ -11,13 +11,13 @@ import operator
 
 import numpy
 
-from . import _validate
-from ._backend import astype, copy, result_type
+from . import _complex, _validate
+from ._backend import astype, copy, library_dtype, numpy_dtype, result_type
 from ._operator import Operator
 
 
 class Product(Operator):
-    """The lazy product ``args[0] @ args[1] @ ... @ args[-1]``, shape ``(..., d_out, d_in)``.
+    """The lazy product of its arguments, left to right (``args[0] @ args[1] @ ...``), shape ``(..., d_out, d_in)``.
 
     Nested products are flattened. ``params`` are the distinct leaf arrays of
     the factors, by identity, in order of first appearance; a leaf used twice
@@ -101,19 +101,29 @@ class Product(Operator):
         """``Ak^T @ ... @ A1^T``. O(k)."""
         return Product(*(f.T for f in reversed(self.args)))
 
+    @property
+    def H(self):
+        """The adjoint ``Ak^H @ ... @ A1^H``. O(k)."""
+        return Product(*(f.H for f in reversed(self.args)))
+
+    def conj(self):
+        """The entrywise conjugate ``conj(A1) @ ... @ conj(Ak)`` (``self`` when real). O(k)."""
+        return Product(*(f.conj() for f in self.args)) if _complex.is_complex(self.dtype) else self
+
     def inv(self):
         """``Ak^-1 @ ... @ A1^-1``; every factor must have ``inv()``. O(k)."""
         return Product(*(f.inv() for f in reversed(self.args)))
 
     def slogdet(self):
-        """``(sign, log|det|)`` per batch entry: the factors' products and sums. Square factors. O(k r)."""
+        """``(sign, log|det|)`` per batch entry: the factors' products and sums. Square factors. O(k r).
+
+        As ``numpy.linalg.slogdet``: a complex sign and a real logarithm for complex factors."""
         signs, logs = zip(*(self._square(f, "slogdet()").slogdet() for f in self.args))
         batch = self.shape[:-2]
         xp = self._xp
         sign = xp.broadcast_to(functools.reduce(operator.mul, signs), batch)
-        return copy(astype(sign, self.dtype, xp), xp), copy(
-            astype(xp.broadcast_to(sum(logs), batch), self.dtype, xp), xp
-        )
+        real = _real_dtype(self.dtype, xp)
+        return copy(astype(sign, self.dtype, xp), xp), copy(astype(xp.broadcast_to(sum(logs), batch), real, xp), xp)
 
     def det(self):
         """``det`` per batch entry: the product of the factors' determinants. Square factors."""
@@ -164,9 +174,18 @@ class Product(Operator):
 
     def _vjp_logabsdet(self):
         parts = [self._square(f, "logdet()")._vjp_logabsdet() for f in self.args]
-        value = astype(self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]), self.dtype, self._xp)
+        value = astype(
+            self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]),
+            _real_dtype(self.dtype, self._xp),
+            self._xp,
+        )
 
         def back(dvalue):
             return [pair for _, b in parts for pair in b(dvalue)]
 
         return value, back
+
+
+def _real_dtype(dtype, xp):
+    """The real dtype of ``dtype``'s parts, as a dtype of ``xp``."""
+    return library_dtype(_complex.real_dtype(numpy_dtype(dtype)), xp)

@@ -1,9 +1,9 @@
 """SVD- and eigen-parameterized matrices: ``SVDMatrix`` and ``EighMatrix``.
 
-``SVDMatrix(U, s, V)`` is W = U[:, :r] diag(s) V[:, :r]^T and
-``EighMatrix(U, w)`` the symmetric W = U diag(w) U^T, with U and V kept as
-``HouseholderProduct``s. Products cost two Householder applications,
-O(d n m); inverse, pseudo-inverse, Cayley map, powers, ``expm``, ``logm``,
+``SVDMatrix(U, s, V)`` is W = U[:, :r] diag(s) V[:, :r]^H and
+``EighMatrix(U, w)`` the symmetric (Hermitian) W = U diag(w) U^H, with U and V kept as
+``HouseholderProduct``s, real (orthogonal) or complex (unitary), and s, w real.
+Products cost two Householder applications, O(d n m); inverse, pseudo-inverse, Cayley map, powers, ``expm``, ``logm``,
 clipping and the transpose are O(r) maps on the spectrum; determinants and
 norms are O(r) reductions. Only ``from_dense`` (an SVD or eigendecomposition)
 and ``todense`` cost O(d^3).
@@ -21,7 +21,7 @@ import math
 
 import numpy
 
-from . import _validate, layouts
+from . import _complex, _validate, layouts
 from ._backend import (
     array_module,
     astype,
@@ -30,6 +30,7 @@ from ._backend import (
     copy,
     creation_kwargs,
     is_native,
+    library_dtype,
     numpy_dtype,
     read_only,
     result_type,
@@ -40,7 +41,7 @@ from .householder import HouseholderProduct
 
 
 class _SpectralMatrix(Operator):
-    """W = L[:, :r] diag(values) R[:, :r]^T with Householder products L, R.
+    """W = L[:, :r] diag(values) R[:, :r]^H with Householder products L, R and real values.
 
     The shared algebra of :class:`SVDMatrix` and :class:`EighMatrix`. A leaf
     holds the user's arrays; a derived matrix holds its parent, the name of
@@ -55,16 +56,19 @@ class _SpectralMatrix(Operator):
         self._left, self._values, self._right = left, values, right
         self._leaf = self if leaf is None else leaf
         self._parent, self._step, self._derivative = parent, step, derivative
-        self._how = how  # (map, transpose) that made this matrix from its parent
+        self._how = how  # (map, transpose, conjugate) that made this matrix from its parent
         self._backend = backend_name(array_module(values))
 
-    def _derive(self, step, spectral_map, transpose=False):
+    def _derive(self, step, spectral_map, transpose=False, conjugate=False):
         """A child with ``(values, derivative) = spectral_map(self.values)`` (element-wise: the new
-        values and their derivative; ``None`` for the identity map). O(r)."""
+        values and their derivative; ``None`` for the identity map); its factors swapped
+        (``transpose``, for W^H) and/or conjugated (``conjugate``). O(r)."""
         left, right = (self._right, self._left) if transpose else (self._left, self._right)
+        if conjugate:
+            left, right = (left.conj(),) * 2 if left is right else (left.conj(), right.conj())
         values, derivative = (self._values, None) if spectral_map is None else spectral_map(self._values)
         child = type(self).__new__(type(self))
-        child._init(left, values, right, self._leaf, self, step, derivative, (spectral_map, transpose))
+        child._init(left, values, right, self._leaf, self, step, derivative, (spectral_map, transpose, conjugate))
         return child
 
     def _substitute(self, mapping):
@@ -127,11 +131,26 @@ class _SpectralMatrix(Operator):
 
     # --------------------------------------------------------------- algebra
     @property
-    def T(self):
-        """The transpose R diag(values) L^T (the matrix itself when symmetric). O(1)."""
+    def H(self):
+        """The adjoint (conjugate transpose) R diag(values) L^H (the matrix itself when symmetric or
+        Hermitian); :attr:`T` when real. O(1)."""
         if self._left is self._right:
             return self
-        return self._derive("T", None, transpose=True)
+        return self._derive("H", None, transpose=True)
+
+    @property
+    def T(self):
+        """The transpose conj(R) diag(values) conj(L)^H (the matrix itself when real symmetric). O(1)."""
+        unitary = _complex.is_complex(self.dtype)
+        if self._left is self._right and not unitary:
+            return self
+        return self._derive("T", None, transpose=self._left is not self._right, conjugate=unitary)
+
+    def conj(self):
+        """The entrywise conjugate conj(L) diag(values) conj(R)^H (``self`` when real). O(1)."""
+        if not _complex.is_complex(self.dtype):
+            return self
+        return self._derive("conj()", None, conjugate=True)
 
     def inv(self):
         """W^{-1} = R diag(1/values) L^T; square, full rank, every value nonzero. O(r)."""
@@ -156,34 +175,41 @@ class _SpectralMatrix(Operator):
         self._require_full_rank("solve()", "use pinv() @ B for least squares")
         return self.inv()._product(b, "left", name="B")
 
+    def _factors_det(self):
+        """det L conj(det R): the determinant of the unitary part. O(n)."""
+        right = self._right.det()
+        return self._left.det() * (self._xp.conj(right) if _complex.is_complex(right.dtype) else right)
+
     def det(self):
-        """det W per batch entry: det U det V prod(s) (0 when r < d). Square W. O(r)."""
+        """det W per batch entry: det U conj(det V) prod(s) (0 when r < d). Square W. O(r)."""
         self._require_square("det()")
         xp = self._xp
         if self.rank < self.shape[-1]:
             return xp.zeros(self.shape[:-2], dtype=self.dtype, **creation_kwargs(self._values))
-        det = self._left.det() * self._right.det() * xp.prod(self._values, axis=-1)
+        det = self._factors_det() * xp.prod(self._values, axis=-1)
         return _batch_array(det, self.shape[:-2], self.dtype, xp)
 
     def slogdet(self):
-        """``(sign, log|det W|)`` per batch entry, as ``numpy.linalg.slogdet``. Square W. O(r)."""
+        """``(sign, log|det W|)`` per batch entry, as ``numpy.linalg.slogdet``: for complex W the sign
+        is complex of modulus 1 (0 when singular) and the logarithm real. Square W. O(r)."""
         self._require_square("slogdet()")
         xp = self._xp
         batch = self.shape[:-2]
+        real = library_dtype(_complex.real_dtype(numpy_dtype(self.dtype)), xp)
         if self.rank < self.shape[-1]:
             like = creation_kwargs(self._values)
-            return xp.zeros(batch, dtype=self.dtype, **like), xp.full(batch, -numpy.inf, dtype=self.dtype, **like)
-        sign = self._left.det() * self._right.det() * xp.prod(xp.sign(self._values), axis=-1)
+            return xp.zeros(batch, dtype=self.dtype, **like), xp.full(batch, -numpy.inf, dtype=real, **like)
+        sign = self._factors_det() * xp.prod(xp.sign(self._values), axis=-1)
         with numpy.errstate(divide="ignore"):
             logabs = xp.sum(xp.log(xp.abs(self._values)), axis=-1)
-        return _batch_array(sign, batch, self.dtype, xp), _batch_array(logabs, batch, self.dtype, xp)
+        return _batch_array(sign, batch, self.dtype, xp), _batch_array(logabs, batch, real, xp)
 
     def logdet(self):
         """``log|det W|`` per batch entry (``-inf`` when singular). Square W. O(r)."""
         return self._logdet(lambda: self.slogdet()[1])
 
     def singular_values(self):
-        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: |values| padded with zeros."""
+        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: ``|values|``, zero-padded."""
         xp = self._xp
         magnitude = xp.abs(self._values)
         missing = min(self.shape[-2:]) - self.rank
@@ -234,11 +260,11 @@ class _SpectralMatrix(Operator):
 
     # ------------------------------------------------------------- products
     def _factors(self, transpose):
-        """``(outer, inner)``: W x = outer (values * inner^T x); W^T swaps L and R."""
+        """``(outer, inner)``: W x = outer (values * inner^H x); W^H swaps L and R."""
         return (self._right, self._left) if transpose else (self._left, self._right)
 
     def _matmat(self, columns, transpose):
-        """``W @ x`` (``W^T @ x``): inner^T, scale, outer. O(d n m)."""
+        """``W @ x`` (``W^H @ x``): inner^H, scale, outer. O(d n m)."""
         outer, inner = self._factors(transpose)
         y = inner._matmat(columns, True)
         return outer._matmat(self._scale(y, outer.shape[-1]), False)
@@ -258,7 +284,9 @@ class _SpectralMatrix(Operator):
 
     # ------------------------------------------------------------ gradients
     def _vjp_matmat(self, columns, transpose):
-        """``W @ x`` (``W^T @ x``) through the factors' own hooks; the spectrum's gradient chained to its leaf."""
+        """``W @ x`` (``W^H @ x``) through the factors' own hooks; the spectrum's gradient chained to its
+        leaf (real: ``Re(sum(conj(dz) * y))`` for complex data)."""
+        xp = self._xp
         outer, inner = self._factors(transpose)
         y, back_inner = inner._vjp_matmat(columns, True)
         out, back_outer = outer._vjp_matmat(self._scale(y, outer.shape[-1]), False)
@@ -266,7 +294,9 @@ class _SpectralMatrix(Operator):
 
         def back(dout):
             outer_contributions, dz = back_outer(dout)
-            dvalues = self._xp.sum(dz[..., :r, :] * y[..., :r, :], axis=-1)
+            unitary = _complex.is_complex(dz.dtype)
+            product = xp.conj(dz[..., :r, :]) * y[..., :r, :] if unitary else dz[..., :r, :] * y[..., :r, :]
+            dvalues = xp.real(xp.sum(product, axis=-1)) if unitary else xp.sum(product, axis=-1)
             dy = reduce_to_shape(self._scale(dz, inner.shape[-1]), y.shape)
             inner_contributions, dx = back_inner(dy)
             return outer_contributions + [self._to_leaf_values(dvalues)] + inner_contributions, dx
@@ -392,8 +422,15 @@ def _householder(obj, name, check_finite):
 
 
 def _spectrum(values, name, xp, check_finite):
-    """The spectrum ``(..., r)`` as a float array (the caller's array when already float)."""
+    """The spectrum ``(..., r)`` as a real float array (the caller's array when already float)."""
     values = _validate.as_array(values, name, xp)
+    if _complex.is_complex(values.dtype):
+        raise TypeError(
+            "{} must be real (the {} of a unitary decomposition are real), got dtype {}; "
+            "move a phase into U or V instead".format(
+                name, "singular values" if name == "s" else "eigenvalues", values.dtype
+            )
+        )
     if values.ndim < 1 or values.shape[-1] == 0:
         raise ValueError("{} must have shape (..., r) with r >= 1, got shape {}".format(name, tuple(values.shape)))
     values = astype(values, _validate.float_dtype(values.dtype, xp), xp)
@@ -403,21 +440,30 @@ def _spectrum(values, name, xp, check_finite):
 
 
 def _householder_from_orthonormal(q, xp):
-    """``(H, signs)`` with ``H[:, :r] = q diag(signs)`` for orthonormal columns ``q`` ``(..., d, r)``. O(d r^2)."""
+    """``(H, signs)`` with ``H[:, :r] = q diag(signs)`` for orthonormal columns ``q`` ``(..., d, r)``. O(d r^2).
+
+    Complex ``q``: the phases of a QR's R could not move into a real spectrum,
+    so the reflectors are LAPACK's complex ones with R the identity
+    (:func:`cuhouse.layouts.orthogonal_to_reflectors`) and ``signs`` is 1.
+    """
+    if _complex.is_complex(q.dtype):
+        a, tau = layouts.orthogonal_to_reflectors(q, xp)
+        return HouseholderProduct.from_lapack(a, tau), 1
     a, tau, signs = layouts.orthonormal_to_reflectors(q, xp)
     return HouseholderProduct.from_lapack(a, tau), signs
 
 
 class SVDMatrix(_SpectralMatrix):
-    """W = U[:, :r] diag(s) V[:, :r]^T, shape ``(..., d_out, d_in)``.
+    """W = U[:, :r] diag(s) V[:, :r]^H, shape ``(..., d_out, d_in)``.
 
     Parameters
     ----------
     U, V : HouseholderProduct or array of Householder vectors
-        U is d_out x d_out, V is d_in x d_in (vectors ``(..., n, d)``).
+        U is d_out x d_out, V is d_in x d_in (vectors ``(..., n, d)``); real
+        (orthogonal) or complex (unitary: W is complex).
     s : array_like, shape ``(..., r)``
-        The singular values, ``1 <= r <= min(d_out, d_in)``. They may carry
-        signs: the singular values of W are ``|s|``.
+        The singular values, ``1 <= r <= min(d_out, d_in)``, real (complex s is
+        a ``TypeError``). They may carry signs: the singular values of W are ``|s|``.
     check_finite : bool
         Reject NaN/Inf in ``s`` and in every operand.
 
@@ -461,7 +507,7 @@ class SVDMatrix(_SpectralMatrix):
         return self._right
 
     def clip(self, lo=0.0, hi=numpy.inf):
-        """Spectral clipping: singular values |s| clipped to ``[lo, hi]``, signs kept. O(r).
+        """Spectral clipping: singular values ``|s|`` clipped to ``[lo, hi]``, signs kept. O(r).
 
         The gradient passes where ``lo <= |s| <= hi`` and is zero elsewhere.
         """
@@ -494,9 +540,12 @@ class SVDMatrix(_SpectralMatrix):
             raise ValueError(
                 "rank must be at most min(d_out, d_in) = {} for A of shape {}, got {}".format(full, tuple(a.shape), r)
             )
-        left, sigma, right_t = xp.linalg.svd(a, full_matrices=False)
+        left, sigma, right_h = xp.linalg.svd(a, full_matrices=False)
+        right = swap(right_h, xp)
         U, u_signs = _householder_from_orthonormal(left[..., :r], xp)
-        V, v_signs = _householder_from_orthonormal(swap(right_t, xp)[..., :r], xp)
+        V, v_signs = _householder_from_orthonormal(
+            xp.conj(right[..., :r]) if _complex.is_complex(right.dtype) else right[..., :r], xp
+        )
         return cls(U, sigma[..., :r] * u_signs * v_signs, V, check_finite=check_finite)
 
     @classmethod
@@ -504,6 +553,7 @@ class SVDMatrix(_SpectralMatrix):
         """A random layer: Gaussian Householder vectors (r per side) and s uniform in 1 +- spread.
 
         ``rng`` is anything ``numpy.random.default_rng`` accepts. NumPy arrays.
+        A complex ``dtype`` gives complex Gaussian vectors (a unitary U and V) and real s.
         """
         d_out, d_in = _validate.positive_int(d_out, "d_out"), _validate.positive_int(d_in, "d_in")
         rng = numpy.random.default_rng(rng)
@@ -512,20 +562,26 @@ class SVDMatrix(_SpectralMatrix):
         if r > full:
             raise ValueError("rank must be at most min(d_out, d_in) = {}, got {}".format(full, r))
         batch_shape = tuple(batch_shape)
-        u = rng.standard_normal(batch_shape + (r, d_out)).astype(dtype)
-        v = rng.standard_normal(batch_shape + (r, d_in)).astype(dtype)
-        s = rng.uniform(1 - spread, 1 + spread, batch_shape + (r,)).astype(dtype)
+        dtype = numpy.dtype(dtype)
+
+        def gaussian(shape):
+            g = rng.standard_normal(shape)
+            return (g + 1j * rng.standard_normal(shape) if dtype.kind == "c" else g).astype(dtype)
+
+        u = gaussian(batch_shape + (r, d_out))
+        v = gaussian(batch_shape + (r, d_in))
+        s = rng.uniform(1 - spread, 1 + spread, batch_shape + (r,)).astype(_complex.real_dtype(dtype))
         return cls(u, s, v)
 
 
 class EighMatrix(_SpectralMatrix):
-    """The symmetric W = U diag(w) U^T, shape ``(..., d, d)``.
+    """The symmetric W = U diag(w) U^T, shape ``(..., d, d)``; Hermitian U diag(w) U^H for a complex (unitary) U.
 
     Parameters
     ----------
     U : HouseholderProduct or array of Householder vectors ``(..., n, d)``
     w : array_like, shape ``(..., d)``
-        The eigenvalues (real).
+        The eigenvalues (real; complex w is a ``TypeError``).
 
     ``params`` is ``U.params + (w,)``. Matrix functions (``expm``, ``logm``,
     ``sqrtm``, ``power``, ``cayley``, ``inv``) map w element-wise: O(d), and
@@ -594,21 +650,26 @@ class EighMatrix(_SpectralMatrix):
 
     @classmethod
     def from_dense(cls, a, *, check_finite=True):
-        """The eigendecomposition of a symmetric ``a`` ``(..., d, d)``, eigenvectors as reflections.
+        """The eigendecomposition of a symmetric (Hermitian) ``a`` ``(..., d, d)``, eigenvectors as reflections.
 
-        ``a`` must be symmetric to within 100 eps of its largest entry. Cost: O(d^3) once.
+        ``a`` must be symmetric (Hermitian: ``A == A^H``) to within 100 eps of its largest entry.
+        Cost: O(d^3) once.
         """
         xp = array_module(a)
         a = _validate.dense_matrix(a, "A", xp)
         if a.shape[-1] != a.shape[-2]:
             raise ValueError("A must be square and symmetric, got shape {}".format(tuple(a.shape)))
+        unitary = _complex.is_complex(a.dtype)
+        adjoint = xp.conj(swap(a, xp)) if unitary else swap(a, xp)
         empty = not math.prod(a.shape)  # an empty batch
-        asymmetry = 0.0 if empty else float(xp.max(xp.abs(a - swap(a, xp))))
+        asymmetry = 0.0 if empty else float(xp.max(xp.abs(a - adjoint)))
         scale = 0.0 if empty else float(xp.max(xp.abs(a)))
         if asymmetry > 100 * numpy.finfo(numpy_dtype(a.dtype)).eps * scale:
             raise ValueError(
-                "A must be symmetric, but max |A - A^T| = {:.3g} (max |A| = {:.3g}); "
-                "use SVDMatrix.from_dense for a general matrix".format(asymmetry, scale)
+                "A must be {}, but max |A - A^{}| = {:.3g} (max |A| = {:.3g}); "
+                "use SVDMatrix.from_dense for a general matrix".format(
+                    "Hermitian" if unitary else "symmetric", "H" if unitary else "T", asymmetry, scale
+                )
             )
         w, vectors = xp.linalg.eigh(a)
         U, _ = _householder_from_orthonormal(vectors, xp)

@@ -83,3 +83,15 @@ def test_methods_keep_the_chosen_rows_and_their_references(capsys, monkeypatch):
     )
     rows = [line[8:46].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("    16")]
     assert rows == ["cuhouse from_lapack", "LAPACK sormqr"]
+
+
+def test_plot_draws_every_case_and_the_floor(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs the plot extra (matplotlib)")
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")
+    path = tmp_path / "fig3.png"
+    argv = ["bench", "--plot", str(path), "--sizes", "8,16", "--rounds", "1", "--backend", "numpy"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "clock=thread CPU time" in out and "dense GEMM floor fwd+bwd" in out and "cuhouse cwy fwd+bwd" in out
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -106,10 +106,10 @@ def main(argv=None):
         print("unknown section(s): {}; choose from {}".format(", ".join(unknown), ", ".join(SECTIONS)), file=sys.stderr)
         return 2
     dtype = numpy.dtype(args.dtype)
-    if args.plot:
-        return plot.draw(args.plot, sizes, args.m, dtype, xp, rounds)
-    print("cuhouse bench: backend={} dtype={} m={} (columns of X)".format(backend_name(xp), dtype, args.m))
     cpu_clock = xp is numpy and args.threads == 1
+    if args.plot:
+        return plot.draw(args.plot, sizes, args.m, dtype, xp, rounds, cpu_clock)
+    print("cuhouse bench: backend={} dtype={} m={} (columns of X)".format(backend_name(xp), dtype, args.m))
     clock = (
         "the calling thread's CPU time (single-threaded BLAS runs there; the time waiting for a core on a "
         "shared machine is left out)"
