@@ -191,7 +191,10 @@ class Reflections:
         masks = [segment.identity for segment in self.segments if segment.identity is not None]
         if not masks:
             return None
-        return sum(self.xp.count_nonzero(mask, axis=-1) for mask in masks)
+        xp = self.xp
+        if not self.native:  # count_nonzero is Array API 2024.12
+            return sum(xp.sum(xp.astype(mask, xp.int64), axis=-1) for mask in masks)
+        return sum(xp.count_nonzero(mask, axis=-1) for mask in masks)
 
     def factors(self, chosen, dtype, layout):
         """``(factors, scaled)``: the block factors of ``chosen`` (a :class:`plan.Plan`) in ``dtype``,

@@ -123,14 +123,15 @@ def orthogonal_to_reflectors(q, xp):
             sigma = xp.sum(tail * tail, axis=-1)
             norm = xp.sqrt(head * head + sigma)
             # v = x - ||x|| e_1, scaled to v_1 = 1; v_1 by Parlett's formula when x_1 > 0 (no cancellation)
-            v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, 1.0), head - norm)
+            v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, xp.ones_like(head)), head - norm)
         identity = v1 == 0  # x == ||x|| e_1 already
-        safe = xp.where(identity, 1.0, v1)
-        v_tail = xp.where(identity[..., None], 0.0, tail / safe[..., None])
+        # arrays, not Python scalars, in where: the Array API before 2024.12 takes no scalar there
+        safe = xp.where(identity, xp.ones_like(v1), v1)
+        v_tail = xp.where(identity[..., None], xp.zeros_like(tail), tail / safe[..., None])
         if unitary:
-            tau_i = xp.where(identity, 0, -safe / norm)
+            tau_i = xp.where(identity, xp.zeros_like(safe), -safe / norm)
         else:
-            tau_i = xp.where(identity, 0.0, 2 / (1 + xp.sum(v_tail * v_tail, axis=-1)))
+            tau_i = xp.where(identity, xp.zeros_like(norm), 2 / (1 + xp.sum(v_tail * v_tail, axis=-1)))
         if i + 1 < r:  # apply H_i^H to the trailing columns: A <- A - conj(tau) v (v^H A)
             top, below = a[..., i, i + 1 :], a[..., i + 1 :, i + 1 :]
             w = top + xp.sum(conj(v_tail)[..., :, None] * below, axis=-2)

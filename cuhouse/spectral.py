@@ -242,7 +242,9 @@ class _SpectralMatrix(Operator):
             self._require_square("cond(p={!r})".format(p))
             sigma = self.singular_values()
             with numpy.errstate(divide="ignore"):
-                inverse = xp.where(sigma > 0, 1 / xp.where(sigma > 0, sigma, xp.ones_like(sigma)), numpy.inf)
+                inverse = xp.where(
+                    sigma > 0, 1 / xp.where(sigma > 0, sigma, xp.ones_like(sigma)), xp.full_like(sigma, numpy.inf)
+                )
             power = 2 if p == "fro" else 1
             with numpy.errstate(invalid="ignore"):
                 result = (xp.sum(sigma**power, axis=-1) * xp.sum(inverse**power, axis=-1)) ** (1 / power)
@@ -252,7 +254,7 @@ class _SpectralMatrix(Operator):
                 result = ratio if p != -2 else 1 / ratio
         else:
             raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
-        return xp.where(xp.isnan(result), numpy.inf, result)  # 0 * inf or 0 / 0: the zero matrix
+        return xp.where(xp.isnan(result), xp.full_like(result, numpy.inf), result)  # 0 * inf or 0 / 0: the zero matrix
 
     def matmul(self, x):
         """``W @ X``; see :func:`cuhouse.matmul`."""
