@@ -29,7 +29,7 @@ from ._backend import (
 )
 from ._gpu import primitives
 from ._operator import Operator, reduce_to_shape
-from .algorithms import ALGORITHMS, _blocks, portable
+from .algorithms import ALGORITHMS, _blocks, _scaling, portable
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
 
@@ -197,15 +197,23 @@ class Reflections:
         return sum(xp.count_nonzero(mask, axis=-1) for mask in masks)
 
     def factors(self, chosen, dtype, layout):
-        """``(factors, scaled)``: the block factors of ``chosen`` (a :class:`plan.Plan`) in ``dtype``,
-        for :attr:`rows` read in ``layout`` (:meth:`layout_for`). Cached.
+        """``(factors, scaled, limits)``: the block factors of ``chosen`` (a :class:`plan.Plan`) in
+        ``dtype``, for :attr:`rows` read in ``layout`` (:meth:`layout_for`). Cached.
 
         Built from the raw rows in place (converted only when ``dtype`` differs),
         with no normalization pass. Only when some row's sum of squares would
         leave ``dtype``'s safe range are the rows normalized first (full rows,
         a copy); ``scaled`` is then ``(unit, norms)`` for the gradient, else
-        ``None``. The dense plan's d x d matrix is checked against the
-        machine's memory first.
+        ``None``. ``limits`` is the range of X's column sizes the factors take
+        without overflow or underflow (:class:`~cuhouse.algorithms._scaling.Limits`,
+        from the norms of the rows they were built from: unit rows for every
+        algorithm but CWY on raw rows). The dense plan's d x d matrix is checked
+        against the machine's memory first. On the generic path (neither NumPy
+        nor CuPy) every row is brought into range by :func:`cuhouse._generic.factors`
+        without a host synchronization, ``scaled`` is that per-row scale and
+        ``limits`` is ``None``: X's columns are not scaled (that decision reads
+        the data on the host), so a column whose norm is near the dtype's
+        overflow or underflow threshold is not guarded there.
         """
         key = (chosen.algorithm, chosen.block_size, dtype, layout)
         if key not in self._factors:
@@ -220,8 +228,9 @@ class Reflections:
                     HouseholderProduct._TODENSE_WORKSPACE,
                     self.device,
                 )
-            if not self.native:
-                self._factors[key] = _generic.factors(self, chosen.algorithm, chosen.block_size or 1, dtype)
+            if not self.native:  # rows scaled into range without a host synchronization; no column limits
+                built, scale = _generic.factors(self, chosen.algorithm, chosen.block_size or 1, dtype)
+                self._factors[key] = built, scale, None
                 return self._factors[key]
             module = ALGORITHMS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
@@ -233,7 +242,13 @@ class Reflections:
             if not bool(safe.all()):
                 scaled = _blocks.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _blocks.FULL, None
-            self._factors[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled
+            v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
+            if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
+                # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
+                v_max = float(xp.max(norms))
+                v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
+            limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
+            self._factors[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled, limits
         return self._factors[key]
 
     def leaf_contributions(self, dv, scaled):
@@ -790,7 +805,7 @@ class HouseholderProduct(Operator):
         return "numpy" if getattr(core.device, "type", "cpu") == "cpu" or "CPU" in str(core.device) else "cupy"
 
     def _run(self, columns, transpose, differentiable):
-        """``(algorithm module, plan, (factors, scaled), flip)`` for real ``columns`` ``(..., d, m)``
+        """``(algorithm module, plan, (factors, scaled, limits), flip)`` for real ``columns`` ``(..., d, m)``
         (``(..., 2d, m)`` realified for a unitary product)."""
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
         core = self._real_core()
@@ -821,20 +836,55 @@ class HouseholderProduct(Operator):
 
     def _matmat(self, columns, transpose):
         real, back = self._real_form(columns)
-        module, _, (factors, _), flip = self._run(real, transpose, False)
-        return back(module.apply(factors, real, flip, self._xp))
+        module, _, (factors, _, limits), flip = self._run(real, transpose, False)
+        return back(_apply_scaled(module, factors, real, flip, limits, self._xp))
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
         real, to_columns = self._real_form(columns)
-        module, chosen, (factors, scaled), flip = self._run(real, transpose, True)
-        out = module.apply(factors, real, flip, xp)
+        module, chosen, (factors, scaled, limits), flip = self._run(real, transpose, True)
+        out = _apply_scaled(module, factors, real, flip, limits, xp)
 
         def back(dout):
-            dv, dx = module.backward(factors, out, self._real_form(dout)[0], flip, xp, chosen.store_inputs)
-            return self._core.leaf_contributions(dv, scaled), reduce_to_shape(to_columns(dx), columns.shape)
+            dv, dx, exponent = _backward_scaled(
+                module, factors, out, self._real_form(dout)[0], flip, limits, chosen.store_inputs, xp
+            )
+            contributions = self._core.leaf_contributions(dv, scaled)
+            if exponent is not None:  # scaled back only now: the unit rows' gradient is divided by their norms
+                contributions = [(leaf, _scaling.unscale(g, exponent, xp)) for leaf, g in contributions]
+            return contributions, reduce_to_shape(to_columns(dx), columns.shape)
 
         return to_columns(out), back
 
     def _vjp_logabsdet(self):
         return self.logdet(), lambda dvalue: []
+
+
+def _apply_scaled(module, factors, columns, transpose, limits, xp):
+    """``module.apply`` with the columns of X out of ``limits`` scaled by powers of two (exact) and the
+    result scaled back, so that no intermediate overflows or underflows where the result does not
+    (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV over ``|X|``; three passes over X more
+    only when some column is out of range."""
+    if limits is None:  # the generic path: no host-side decision (see Reflections.factors)
+        return module.apply(factors, columns, transpose, xp)
+    exponent = _scaling.column_exponents(columns, limits, xp)
+    if exponent is None:
+        return module.apply(factors, columns, transpose, xp)
+    return _scaling.unscale(module.apply(factors, _scaling.scaled(columns, exponent, xp), transpose, xp), exponent, xp)
+
+
+def _backward_scaled(module, factors, out, dout, transpose, limits, store_inputs, xp):
+    """``(dV, dX, exponent)``: ``module.backward`` with ``out`` and ``dout`` each scaled by one power
+    of two per batch entry when either is out of ``limits``
+    (:func:`~cuhouse.algorithms._scaling.gradient_needs_scaling`). The gradient w.r.t. the rows is
+    bilinear in the two and sums over columns, hence one factor per array, not per column. dX is
+    scaled back here; ``dV`` is returned scaled, to be multiplied by ``2**exponent`` (``None``: no
+    scaling) after its last step (unit rows' gradients are divided by their norms). Cost: two GEMVs
+    over ``|out|`` and ``|dout|``; four passes more only when scaling."""
+    if limits is None or not _scaling.gradient_needs_scaling(out, dout, limits, xp):
+        return (*module.backward(factors, out, dout, transpose, xp, store_inputs), None)
+    e_out, e_dout = (_scaling.array_exponent(a, xp) for a in (out, dout))
+    dv, dx = module.backward(
+        factors, _scaling.scaled(out, e_out, xp), _scaling.scaled(dout, e_dout, xp), transpose, xp, store_inputs
+    )
+    return dv, _scaling.unscale(dx, e_dout, xp), e_out + e_dout
