@@ -120,15 +120,21 @@ def pair_rows(v, phase, xp):
     turned = c[..., None] * v
     turned[..., idx, idx] = size
     q = 1j * c
-    if phase is None:
+    rows = xp.empty(v.shape[:-2] + (n, 2, v.shape[-1], 2), dtype=size.dtype)
+    re, im = xp.real(turned), xp.imag(turned)
+    if phase is None:  # realify(-c v)
         p = -c
-        first = -turned
-    else:
+        rows[..., 0, :, 0] = -re
+        rows[..., 0, :, 1] = -im
+    else:  # realify(i sqrt(lambda) c v)
         root = xp.sqrt(phase.astype(cdtype))
         p = q * root
         first = (1j * root)[..., None] * turned
-    stacked = xp.stack([realify_rows(first, xp), realify_rows(1j * turned, xp)], axis=-2)
-    return xp.reshape(stacked, v.shape[:-2] + (2 * n, 2 * v.shape[-1])), p, q
+        rows[..., 0, :, 0] = xp.real(first)
+        rows[..., 0, :, 1] = xp.imag(first)
+    rows[..., 1, :, 0] = -im  # realify(i c v)
+    rows[..., 1, :, 1] = re
+    return xp.reshape(rows, v.shape[:-2] + (2 * n, 2 * v.shape[-1])), p, q
 
 
 def pair_gradient(g, p, q, xp):

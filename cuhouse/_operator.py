@@ -227,7 +227,7 @@ class Operator:
         device = self._device
 
         def back(dout):
-            dout = _validate.cotangent(dout, "dout", out.shape, xp, device)
+            dout = _validate.cotangent(dout, "dout", out.shape, xp, self.check_finite, device)
             if is_complex(dout.dtype) and not is_complex(out.dtype):
                 dout = xp.real(dout)  # L = Re(sum(conj(G) * out)) only sees Re(G) for a real out
             dout = astype(dout, out.dtype, xp)
@@ -247,7 +247,7 @@ class Operator:
         device = self._device
 
         def back(dvalue):
-            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, device)
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, self.check_finite, device)
             return accumulate(self.params, back_contributions(dvalue), xp)
 
         return value, back

@@ -198,14 +198,19 @@ def operand(x, xp, d, side, check_finite, shape=None, name="X", device=None):
     return x
 
 
-def cotangent(g, name, shape, xp, device=None):
-    """The gradient ``g`` fed to a vjp function: a real array of module ``xp`` (on ``device``) of exactly ``shape``."""
+def cotangent(g, name, shape, xp, check_finite, device=None):
+    """The gradient ``g`` fed to a vjp function: an array of module ``xp`` (on ``device``) of exactly
+    ``shape``, finite (as ``X`` is) when ``check_finite``."""
     g = as_array(g, name, xp, device)
     if tuple(g.shape) != tuple(shape):
         raise ValueError(
             "{} must have the shape of the value it is the gradient of, {}, got shape {}".format(
                 name, tuple(shape), tuple(g.shape)
             )
+        )
+    if check_finite and not bool(xp.all(xp.isfinite(g))):
+        raise ValueError(
+            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
         )
     return g
 

@@ -13,7 +13,7 @@ from collections import namedtuple
 
 import numpy
 
-from . import _complex, _generic, _validate, layouts, plan
+from . import _complex, _generic, _small, _validate, layouts, plan
 from ._backend import (
     array_module,
     backend_name,
@@ -29,7 +29,7 @@ from ._backend import (
 )
 from ._gpu import primitives
 from ._operator import Operator, reduce_to_shape
-from .algorithms import ALGORITHMS, _blocks, _scaling, portable
+from .algorithms import ALGORITHMS, PLANS, _blocks, _scaling, portable
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
 
@@ -68,11 +68,13 @@ class Reflections:
         self._vectors = None
         self._norms = None
         self._layout = None
+        self._safe = None
+        self._shape = None
         self._factors = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_layout", "_factors"):
+        for cache in ("_vectors", "_norms", "_layout", "_safe", "_shape", "_factors"):
             del state[cache]
         return state
 
@@ -94,10 +96,36 @@ class Reflections:
         """The device of the leaves (``None`` on NumPy and CuPy)."""
         return device_of(self.leaves[0])
 
+    @property
+    def small(self):
+        """``(n, d)`` for one NumPy matrix (no batch dimensions): the small-size path applies
+        (:mod:`cuhouse._small`); else ``None``."""
+        shape = self.shape
+        return tuple(shape) if self.backend == "numpy" and len(shape) == 2 else None
+
+    @property
+    def safe(self):
+        """Whether every reflection's sum of squares is inside ``dtype``'s safe range, so that its
+        form needs no normalization pass (see :meth:`factors`). Cached."""
+        if self._safe is None:
+            info = numpy.finfo(self.dtype)
+            norms = self.norms
+            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
+                norms <= numpy.sqrt(info.max * info.eps)
+            )
+            self._safe = bool(safe.all())
+        return self._safe
+
+    def lapack_ready(self, differentiable):
+        """Whether LAPACK's ``?ormqr`` can run a product itself (:mod:`cuhouse.algorithms.ormqr`): one
+        ``geqrf`` array on NumPy with no batch, in the safe range, and no gradient to take."""
+        return not differentiable and self.layout == _blocks.UNIT and self.small is not None and self.safe
+
     def _stored(self, segment):
-        """The stored rows of one segment (a view), in product order."""
+        """The stored rows of one segment (a view), in product order; broadcast to the batch shape
+        of its ``tau == 0`` mask where ``tau`` had batch dimensions that ``a`` lacks."""
         leaf = self.leaves[segment.leaf]
-        rows = leaf if segment.k is None else swap(leaf[..., : segment.k], self.xp)
+        rows = leaf if segment.k is None else _lapack_rows(leaf, segment, self.xp)
         if not segment.reversed:
             return rows
         return rows[..., ::-1, :] if self.native else self.xp.flip(rows, axis=-2)
@@ -142,10 +170,10 @@ class Reflections:
 
     @property
     def shape(self):
-        """``(..., n, d)`` of the reflections."""
-        if len(self.segments) == 1:
-            return self._stored(self.segments[0]).shape
-        return self.vectors.shape
+        """``(..., n, d)`` of the reflections. Cached."""
+        if self._shape is None:
+            self._shape = tuple(self._stored(self.segments[0]).shape if len(self.segments) == 1 else self.vectors.shape)
+        return self._shape
 
     @property
     def vectors(self):
@@ -232,23 +260,21 @@ class Reflections:
                 built, scale = _generic.factors(self, chosen.algorithm, chosen.block_size or 1, dtype)
                 self._factors[key] = built, scale, None
                 return self._factors[key]
-            module = ALGORITHMS[chosen.algorithm]
+            module = PLANS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
-            info = numpy.finfo(dtype)
-            norms = self.norms
-            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
-                norms <= numpy.sqrt(info.max * info.eps)
-            )
-            if not bool(safe.all()):
+            if not self.safe:
                 scaled = _blocks.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _blocks.FULL, None
+            norms = self.norms
             v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
             if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
                 # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
                 v_max = float(xp.max(norms))
                 v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            self._factors[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled, limits
+            extra = {"norms": norms} if module is PLANS["ormqr"] else {}
+            form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
+            self._factors[key] = form, scaled, limits
         return self._factors[key]
 
     def leaf_contributions(self, dv, scaled):
@@ -292,6 +318,15 @@ def _generic_algorithm(algorithm):
             "algorithm={!r} runs on NumPy and CuPy only; arrays of other libraries run the generic path, "
             "which has {}".format(algorithm, ", ".join(map(repr, ("auto",) + portable.ALGORITHMS)))
         )
+
+
+def _lapack_rows(leaf, segment, xp):
+    """The reflectors of a ``geqrf`` leaf ``(..., d, N)`` as rows ``(..., k, d)`` (a view), broadcast to
+    the batch shape of the segment's ``tau == 0`` mask when ``tau`` has batch dimensions ``a`` lacks."""
+    rows = swap(leaf[..., : segment.k], xp)
+    if segment.identity is not None and segment.identity.shape[:-1] != rows.shape[:-2]:
+        rows = xp.broadcast_to(rows, segment.identity.shape[:-1] + rows.shape[-2:])
+    return rows
 
 
 class ComplexReflections:
@@ -341,7 +376,7 @@ class ComplexReflections:
         if segment.k is None:
             rows = leaf
         else:
-            rows = _blocks.full_rows(xp.swapaxes(leaf[..., : segment.k], -1, -2), _blocks.UNIT, xp)
+            rows = _blocks.full_rows(_lapack_rows(leaf, segment, xp), _blocks.UNIT, xp)
             if segment.identity is not None:
                 rows = xp.where(segment.identity[..., None], 0, rows)
         phase = segment.phase
@@ -361,7 +396,8 @@ class ComplexReflections:
         leaf = self.leaves[segment.leaf]
         if segment.k is None:
             return tuple(leaf.shape)
-        return tuple(leaf.shape[:-2]) + (segment.k, leaf.shape[-2])
+        masks = [m.shape[:-1] for m in (segment.identity, segment.phase) if m is not None]
+        return numpy.broadcast_shapes(leaf.shape[:-2], *masks) + (segment.k, leaf.shape[-2])
 
     @property
     def vectors(self):
@@ -476,9 +512,18 @@ class HouseholderProduct(Operator):
     _TODENSE_WORKSPACE = 4  # measured peak 4.06x the result at d = 2000 (cwy), 2.0x (dense)
 
     def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
-        xp = array_module(vectors)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
+        v = _small.plain_vectors(vectors)
+        norms = None if v is None else _small.vector_norms(v)
+        if norms is not None:  # the small-size path: one validation pass found nothing to handle
+            core = Reflections("numpy", (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
+            core._safe = True
+            if _small.first_row_breaks_trapezoid(v):
+                core._layout = _blocks.FULL
+            self._init(core, False, algorithm, block_size)
+            return
+        xp = array_module(vectors)
         v = _validate.vectors(vectors, xp)
         segments = (Segment(0, False, None, None),)
         if _complex.is_complex(v.dtype):  # NumPy and CuPy only: the generic path refuses complex input
@@ -546,9 +591,15 @@ class HouseholderProduct(Operator):
         the lambda_i. The product runs realified (:mod:`cuhouse._complex`), with a
         copy of the reflectors.
         """
-        xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
+        found = _small.lapack_norms(a, tau)
+        if found is not None:  # the small-size path: one validation pass found nothing to handle
+            k, identity, norms = found
+            core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, norms)
+            core._safe = True
+            return cls._view(core, False, algorithm, block_size)
+        xp = array_module(a, tau)
         if is_native(xp):
             a, k, identity, dtype, norms, phase = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
         else:
@@ -770,6 +821,20 @@ class HouseholderProduct(Operator):
         return self._view(core, False, self.algorithm, self.block_size)
 
     # ------------------------------------------------------------- products
+    def __matmul__(self, other):
+        if type(other) is numpy.ndarray:
+            out = _small.matmul(self, other, "left")
+            if out is not None:
+                return out
+        return super().__matmul__(other)
+
+    def __rmatmul__(self, other):
+        if type(other) is numpy.ndarray:
+            out = _small.matmul(self, other, "right")
+            if out is not None:
+                return out
+        return super().__rmatmul__(other)
+
     def _real_core(self):
         """The :class:`Reflections` products run on: the realified one of a unitary product."""
         return self._core.real if self._unitary else self._core
@@ -789,11 +854,12 @@ class HouseholderProduct(Operator):
             core.shape[-1],
             core.shape[-2],
             m,
-            numpy_dtype(dtype),
+            numpy_dtype(dtype or core.dtype),
             self._plan_backend(),
             self.algorithm,
             self.block_size,
             core.layout_for(differentiable),
+            core.lapack_ready(differentiable),
         )
 
     def _plan_backend(self):
@@ -805,12 +871,12 @@ class HouseholderProduct(Operator):
         return "numpy" if getattr(core.device, "type", "cpu") == "cpu" or "CPU" in str(core.device) else "cupy"
 
     def _run(self, columns, transpose, differentiable):
-        """``(algorithm module, plan, (factors, scaled, limits), flip)`` for real ``columns`` ``(..., d, m)``
+        """``(plan module, plan, (factors, scaled, limits), flip)`` for real ``columns`` ``(..., d, m)``
         (``(..., 2d, m)`` realified for a unitary product)."""
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
         core = self._real_core()
         built = core.factors(chosen, columns.dtype, self._core.layout_for(differentiable))
-        module = ALGORITHMS[chosen.algorithm] if core.native else portable
+        module = PLANS[chosen.algorithm] if core.native else portable
         return module, chosen, built, transpose != self._transposed
 
     def _real_form(self, columns):

@@ -23,7 +23,9 @@ def lapack_reflectors(a, tau, xp, check_finite):
     """``(a, k, identity, dtype, norms, phase)``: ``a`` checked (converted only when its dtype or type
     requires it), the number k of reflectors, the reflectors' norms ``(..., k)`` (their implicit 1
     included), the ``tau == 0`` mask ``(..., k)`` (``None`` when no factor is the
-    identity), the dtype of the product (that of ``a`` and ``tau`` together) and,
+    identity; when ``tau`` has batch dimensions that ``a`` lacks, the mask always, with the batch
+    shape of the two broadcast, which is the product's), the dtype of the product (that of ``a``
+    and ``tau`` together) and,
     for complex input, each factor's eigenvalue ``phase`` ``(..., k)`` (else ``None``).
 
     ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i with
@@ -81,6 +83,11 @@ def lapack_reflectors(a, tau, xp, check_finite):
                 "tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
                 "geqrf returns; got values that do not make orthogonal reflectors"
             )
+    if identity.shape[:-1] != a.shape[:-2]:
+        # tau's batch dimensions broadcast with a's as in numpy.matmul: the mask carries the joint
+        # batch shape (kept even with no tau == 0), and the reflectors are read broadcast to it
+        batch = numpy.broadcast_shapes(a.shape[:-2], identity.shape[:-1])
+        return a, k, xp.broadcast_to(identity, batch + (k,)), dtype, xp.sqrt(sumsq), phase
     return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq), phase
 
 

@@ -54,10 +54,19 @@ class _SpectralMatrix(Operator):
 
     def _init(self, left, values, right, leaf=None, parent=None, step=None, derivative=None, how=None):
         self._left, self._values, self._right = left, values, right
-        self._leaf = self if leaf is None else leaf
+        if parent is None:  # a leaf: the caller's spectrum for the gradient, computed in the matrix's precision
+            self._given = values
+            xp = array_module(values)
+            precision = _complex.real_dtype(result_type(xp, left.dtype, values.dtype, right.dtype))
+            self._values = astype(values, precision, xp)
+        self._leaf = leaf  # None for a leaf itself: no reference to self, so reference counting frees it
         self._parent, self._step, self._derivative = parent, step, derivative
         self._how = how  # (map, transpose, conjugate) that made this matrix from its parent
         self._backend = backend_name(array_module(values))
+
+    def _root(self):
+        """The leaf matrix this one derives from (itself for a leaf): it holds ``params``."""
+        return self if self._leaf is None else self._leaf
 
     def _derive(self, step, spectral_map, transpose=False, conjugate=False):
         """A child with ``(values, derivative) = spectral_map(self.values)`` (element-wise: the new
@@ -68,7 +77,7 @@ class _SpectralMatrix(Operator):
             left, right = (left.conj(),) * 2 if left is right else (left.conj(), right.conj())
         values, derivative = (self._values, None) if spectral_map is None else spectral_map(self._values)
         child = type(self).__new__(type(self))
-        child._init(left, values, right, self._leaf, self, step, derivative, (spectral_map, transpose, conjugate))
+        child._init(left, values, right, self._root(), self, step, derivative, (spectral_map, transpose, conjugate))
         return child
 
     def _substitute(self, mapping):
@@ -80,7 +89,7 @@ class _SpectralMatrix(Operator):
         left = self._left._substitute(mapping)
         right = left if self._right is self._left else self._right._substitute(mapping)
         leaf = type(self).__new__(type(self))
-        leaf._init(left, mapping.get(id(self._values), self._values), right)
+        leaf._init(left, mapping.get(id(self._given), self._given), right)
         leaf._params = tuple(mapping.get(id(p), p) for p in self._params)
         leaf._check_finite = self._check_finite
         return leaf
@@ -89,7 +98,7 @@ class _SpectralMatrix(Operator):
     @property
     def params(self):
         """The leaf arrays gradients are taken with respect to (shared by every derived matrix)."""
-        return self._leaf._params
+        return self._root()._params
 
     @property
     def rank(self):
@@ -113,7 +122,7 @@ class _SpectralMatrix(Operator):
     @property
     def check_finite(self):
         """Whether NaN/Inf in every ``X`` is rejected (as the leaf was built)."""
-        return self._leaf._check_finite
+        return self._root()._check_finite
 
     @property
     def lineage(self):
@@ -324,7 +333,7 @@ class _SpectralMatrix(Operator):
             if node._derivative is not None:
                 dvalues = dvalues * node._derivative
             node = node._parent
-        return node._values, dvalues
+        return node._given, dvalues
 
     # ---------------------------------------------------------------- checks
     def _require_square(self, operation):

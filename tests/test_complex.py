@@ -12,6 +12,7 @@ import pickle
 import numpy
 import pytest
 import scipy.linalg
+import scipy.optimize
 import scipy.sparse.linalg
 from conftest import to_numpy
 
@@ -522,3 +523,27 @@ def test_unsupported_dtypes_stay_a_type_error(dtype):
         h @ numpy.ones((4, 2), dtype=dtype)
     with pytest.raises(TypeError, match="vectors has dtype {}".format(numpy.dtype(dtype))):
         ch.HouseholderProduct(numpy.ones((2, 4), dtype=dtype))
+
+
+def test_flatten_params_gives_real_optimizers_real_entries():
+    """Complex parameters flatten to interleaved real and imaginary parts, and their gradients (torch's
+    convention) flatten to the gradient w.r.t. those real entries: scipy.optimize drives a complex SVD."""
+    rng = numpy.random.default_rng(30)
+    u, s, v = crandn(rng, 3, 4), rng.uniform(1, 2, 3), crandn(rng, 3, 4)
+    flat = ch.flatten_params((u, s, v))
+    assert flat.dtype == numpy.float64 and flat.shape == (2 * 12 + 3 + 2 * 12,)
+    back = ch.unflatten_params(flat, like=(u, s, v))
+    for a, b in zip(back, (u, s, v)):
+        assert a.dtype == b.dtype
+        numpy.testing.assert_array_equal(a, b)
+    x, target = crandn(rng, 4, 2), crandn(rng, 4, 2)
+
+    def fun(entries):
+        w = ch.SVDMatrix(*ch.unflatten_params(entries, like=(u, s, v)))
+        out, vjp_fn = ch.vjp(ch.matmul, w, x)
+        residual = out - target
+        grads, _ = vjp_fn(residual)  # L = |out - target|^2 / 2: the cotangent is the residual
+        return 0.5 * numpy.sum(numpy.abs(residual) ** 2), ch.flatten_params(grads)
+
+    numeric = scipy.optimize.approx_fprime(flat, lambda e: fun(e)[0], 1e-7)
+    numpy.testing.assert_allclose(fun(flat)[1], numeric, atol=1e-5)

@@ -24,7 +24,7 @@ factors), stored in one of the layouts of :mod:`._blocks` (``"full"``,
 The algorithms know nothing about the classes that use them.
 """
 
-from . import cwy, dense, fasth, sequential
+from . import cwy, dense, fasth, ormqr, sequential
 
 ALGORITHMS = {
     "sequential": sequential,
@@ -32,3 +32,7 @@ ALGORITHMS = {
     "cwy": cwy,
     "dense": dense,
 }
+
+PLANS = dict(ALGORITHMS, ormqr=ormqr)
+"""Every plan's module: the algorithms, and LAPACK's ``?ormqr`` (:mod:`.ormqr`: forward only, NumPy,
+LAPACK's layout, no batch), which the cost model may pick but which is no algorithm to choose by name."""

@@ -15,6 +15,7 @@ steps; apply O(n d m + n k m) in 3 n/k GEMMs (half the flops for a structured
 layout); backward about three times apply, all GEMMs.
 """
 
+import functools
 from collections import namedtuple
 
 import numpy
@@ -54,13 +55,27 @@ def build(y, block_size, xp, layout=FULL, identity=None):
         if active is not None:
             a = active[..., block.first : block.last].astype(y.dtype)
             g[..., j, :kb, :kb] *= a[..., :, None] * a[..., None, :]
-    diag = xp.diagonal(g, axis1=-2, axis2=-1)
+    weights, half_eye = _s_weights(k, g.dtype, xp)
+    s = g * weights  # S = striu(G) + diag(G)/2 in one pass, no index arrays
     # a zero row (an identity factor, or block padding) gets s_ii = 1/2: decoupled, it acts as nothing
-    half = xp.where(diag > 0, diag / 2, 0.5)
-    s = xp.triu(g, 1)
-    idx = xp.arange(k)
-    s[..., idx, idx] = half
+    s += (xp.diagonal(g, axis1=-2, axis2=-1) == 0)[..., None] * half_eye
     return Factors(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2])
+
+
+def _s_weights(k, dtype, xp):
+    """``(W, I/2)``, ``(k, k)`` each, with ``S = G * W`` the compact WY ``S`` of a Gram matrix G
+    (ones strictly above the diagonal, 1/2 on it). Memoized on NumPy."""
+    if xp is numpy:
+        return _numpy_s_weights(k, numpy.dtype(dtype))
+    half_eye = 0.5 * xp.eye(k, dtype=dtype)
+    return xp.triu(xp.ones((k, k), dtype=dtype), 1) + half_eye, half_eye
+
+
+@functools.lru_cache(maxsize=64)
+def _numpy_s_weights(k, dtype):
+    weights, half_eye = _primitives.upper_mask(k, dtype, 0.5), 0.5 * numpy.eye(k, dtype=dtype)
+    half_eye.flags.writeable = False
+    return weights, half_eye
 
 
 def _block_rows_times(f, j, x, xp):

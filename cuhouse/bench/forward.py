@@ -23,12 +23,18 @@ EXPLAIN = {
 }
 
 
+def gaussian(rng, shape, dtype):
+    """Standard normal entries of ``dtype``; complex ones have independent real and imaginary parts."""
+    g = rng.standard_normal(shape)
+    if numpy.dtype(dtype).kind == "c":
+        g = g + 1j * rng.standard_normal(shape)
+    return g.astype(dtype)
+
+
 def data(d, n, m, dtype, xp, seed=0):
-    """Random vectors ``(n, d)`` and X ``(d, m)`` with a fixed seed."""
+    """Random vectors ``(n, d)`` and X ``(d, m)`` with a fixed seed (complex for a complex ``dtype``)."""
     rng = numpy.random.default_rng(seed)
-    v = xp.asarray(rng.standard_normal((n, d)).astype(dtype))
-    x = xp.asarray(rng.standard_normal((d, m)).astype(dtype))
-    return v, x
+    return xp.asarray(gaussian(rng, (n, d), dtype)), xp.asarray(gaussian(rng, (d, m), dtype))
 
 
 def near_overflow(x, xp):
@@ -36,7 +42,7 @@ def near_overflow(x, xp):
     columns' norms and ``H @ x`` are representable, but products with unscaled rows would overflow."""
     d = x.shape[-2]
     exponent = int(numpy.log2(numpy.finfo(x.dtype).max)) - int(numpy.ceil(numpy.log2(16 * d)))
-    return xp.ldexp(x / float(xp.max(xp.abs(x))), exponent)
+    return x / float(xp.max(xp.abs(x))) * 2.0**exponent  # a power of two: exact, as ldexp (which refuses complex)
 
 
 def cases(d, m, dtype, xp):

@@ -18,6 +18,8 @@ import numpy
 
 import cuhouse
 
+from .forward import gaussian
+
 TITLE = "matrix operations on W = U diag(s) V^T (n = d reflections), factored vs dense"
 EXPLAIN = {
     "<op>: cuhouse": "the factored route, W built from its raw arrays inside the call: the reference of its op",
@@ -27,12 +29,14 @@ EXPLAIN = {
 
 
 def data(d, m, dtype, xp, seed=0):
-    """Vectors for U and V ``(d, d)``, s with |s| in [0.5, 2] (random signs), w in [0.5, 2], X ``(d, m)``."""
+    """Vectors for U and V ``(d, d)``, s with |s| in [0.5, 2] (random signs), w in [0.5, 2], X ``(d, m)``;
+    complex vectors and X (unitary U, V) and real s, w for a complex ``dtype``."""
     rng = numpy.random.default_rng(seed)
-    u, v = (rng.standard_normal((d, d)).astype(dtype) for _ in range(2))
-    s = (rng.uniform(0.5, 2.0, d) * rng.choice([-1.0, 1.0], d)).astype(dtype)
-    w = rng.uniform(0.5, 2.0, d).astype(dtype)
-    x = rng.standard_normal((d, m)).astype(dtype)
+    real = numpy.finfo(dtype).dtype
+    u, v = (gaussian(rng, (d, d), dtype) for _ in range(2))
+    s = (rng.uniform(0.5, 2.0, d) * rng.choice([-1.0, 1.0], d)).astype(real)
+    w = rng.uniform(0.5, 2.0, d).astype(real)
+    x = gaussian(rng, (d, m), dtype)
     return tuple(xp.asarray(a) for a in (u, s, v, w, x))
 
 
