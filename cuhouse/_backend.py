@@ -279,3 +279,14 @@ def is_torch(xp):
 def is_complex(dtype):
     """True for a complex dtype of any library."""
     return numpy_dtype(dtype).kind == "c"
+
+
+def to_host(a):
+    """A NumPy copy of a device array, for error messages only; NumPy arrays pass through."""
+    if isinstance(a, numpy.ndarray):
+        return a
+    if hasattr(a, "get"):  # CuPy
+        return a.get()
+    if hasattr(a, "cpu"):  # torch, any device
+        return a.detach().cpu().numpy()
+    return numpy.asarray(a)

@@ -7,10 +7,10 @@ built here with standard operations only: no in-place update, no host
 synchronization, so torch autograd and ``torch.func`` go through it.
 
 * :func:`row_norms`: overflow-safe norms, for validation;
-* :func:`lapack_reflectors`: ``from_lapack``'s checks on ``geqrf`` output;
-* :func:`factors`: the rows of every segment as full rows, scaled into the
+* :func:`read_geqrf`: ``from_lapack``'s checks on ``geqrf`` output;
+* :func:`form`: the rows of every segment as full rows, scaled into the
   safe range (a row's scale does not change its reflection), and their
-  block factors;
+  form (:mod:`cuhouse.algorithms.portable`);
 * :func:`contributions`: the gradient with respect to those rows taken back
   to the leaf arrays (strictly lower part of a ``geqrf`` array).
 """
@@ -18,7 +18,8 @@ synchronization, so torch autograd and ``torch.func`` go through it.
 import numpy
 
 from . import _validate
-from ._backend import device_of
+from ._backend import astype, device_of, numpy_dtype, result_type
+from ._shapes import batch_shape
 from .algorithms import portable
 
 
@@ -36,9 +37,9 @@ def row_norms(v, xp):
     return xp.sqrt(xp.sum(scaled * scaled, axis=-1)) * safe
 
 
-def lapack_reflectors(a, tau, xp, check_finite):
+def read_geqrf(a, tau, xp, check_finite):
     """``(a, k, identity, dtype)`` for ``from_lapack`` on the generic path: the same checks and
-    message as :func:`cuhouse.layouts.lapack_reflectors`, in one host synchronization
+    message as :func:`cuhouse._geqrf.read_geqrf`, in one host synchronization
     (none with ``check_finite=False``, which also skips the check of ``tau``'s values)."""
     device = device_of(a)
     a = _validate.as_array(a, "a", xp)
@@ -53,15 +54,15 @@ def lapack_reflectors(a, tau, xp, check_finite):
                 min(rows, cols), tuple(tau.shape)
             )
         )
-    _validate.batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
-    a = _validate.astype(a, _validate.float_dtype(a.dtype, xp), xp)
-    dtype = _validate.float_dtype(_validate.result_type(xp, a.dtype, tau.dtype), xp)
+    batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
+    a = astype(a, _validate.float_dtype(a.dtype, xp), xp)
+    dtype = _validate.float_dtype(result_type(xp, a.dtype, tau.dtype), xp)
     identity = tau == 0
     if check_finite:
         stored = xp.where(_strict_upper(k, rows, xp, device), a[..., :k].mT, xp.zeros_like(a[..., :k].mT))
         sumsq = 1 + xp.sum(stored * stored, axis=-1)
         expected = xp.where(identity, xp.zeros_like(sumsq), 2 / sumsq)
-        tol = 1e3 * max(float(numpy.finfo(_validate.numpy_dtype(t)).eps) for t in (a.dtype, tau.dtype))
+        tol = 1e3 * max(float(numpy.finfo(numpy_dtype(t)).eps) for t in (a.dtype, tau.dtype))
         finite = xp.all(xp.isfinite(tau)) & xp.all(xp.isfinite(sumsq))
         close = xp.all(xp.abs(tau - expected) <= tol * xp.abs(expected) + tol)
         if not bool(finite & close):  # the one synchronization; the message needs one more
@@ -86,8 +87,8 @@ def full_rows(leaf, segment, dtype, xp):
         rows = rows + xp.eye(k, d, dtype=rows.dtype, device=device)
         if segment.identity is not None:
             rows = xp.where(segment.identity[..., None], xp.zeros_like(rows), rows)
-    rows = _validate.astype(rows, dtype, xp)
-    return xp.flip(rows, axis=-2) if segment.reversed else rows
+    rows = astype(rows, dtype, xp)
+    return xp.flip(rows, axis=-2) if segment.transpose else rows
 
 
 def joined(parts, xp):
@@ -98,8 +99,8 @@ def joined(parts, xp):
     return xp.concat([xp.broadcast_to(p, batch + tuple(p.shape[-2:])) for p in parts], axis=-2)
 
 
-def factors(core, algorithm, block_size, dtype):
-    """``(factors, scale)``: the :mod:`cuhouse.algorithms.portable` factors of every reflection of
+def form(core, algorithm, block_size, dtype):
+    """``(form, scale)``: the :mod:`cuhouse.algorithms.portable` form of every reflection of
     ``core`` in ``dtype``, and the per-row ``scale`` ``(..., n)`` applied first.
 
     A row whose sum of squares would leave ``dtype``'s safe range is divided by
@@ -108,7 +109,7 @@ def factors(core, algorithm, block_size, dtype):
     host synchronization. Cost: O(n d) plus the build.
     """
     xp = core.xp
-    rows = joined([full_rows(core.leaves[s.leaf], s, dtype, xp) for s in core.segments], xp)
+    rows = joined([full_rows(core.params[s.param], s, dtype, xp) for s in core.segments], xp)
     info = xp.finfo(dtype)
     sumsq = xp.sum(rows * rows, axis=-1)
     biggest = xp.max(xp.abs(rows), axis=-1)
@@ -119,7 +120,7 @@ def factors(core, algorithm, block_size, dtype):
 
 
 def contributions(core, dv, scale):
-    """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the scaled rows of :func:`factors`.
+    """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the scaled rows of :func:`form`.
 
     The scale counts as a constant: the gradient w.r.t. a row is orthogonal to
     the row (a reflection does not change when its vector is scaled), so this
@@ -130,11 +131,11 @@ def contributions(core, dv, scale):
     dv = dv * scale[..., None]
     pairs, start = [], 0
     for segment in core.segments:
-        leaf = core.leaves[segment.leaf]
+        leaf = core.params[segment.param]
         n = leaf.shape[-2] if segment.k is None else segment.k
         part = dv[..., start : start + n, :]
         start += n
-        if segment.reversed:
+        if segment.transpose:
             part = xp.flip(part, axis=-2)
         if segment.k is not None:
             rows, cols = leaf.shape[-2:]

@@ -1,13 +1,21 @@
 """The operator protocol shared by every cuhouse matrix.
 
-In the manner of ``scipy.sparse.linalg.LinearOperator``, one base class owns
-the protocol: ``@`` on both sides, ``numpy.asarray``, the SciPy duck-typing
-methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``, ``dot``),
-``todense``, pickling, the validation of the outer operand (once per user
-call), the cotangent check, the dtype rules and the columns layout. A
-subclass provides ``shape``, ``dtype``, ``params``, ``backend``,
-``check_finite``, ``T``, ``H``, ``conj()`` and three hooks that work on
-already-validated arrays and call their parents' hooks, never the public path:
+In the manner of ``scipy.sparse.linalg.LinearOperator``, one abstract base
+class owns the protocol: ``@`` on both sides, ``numpy.asarray``, the SciPy
+duck-typing methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``,
+``dot``), ``todense``, ``matmul``, ``det`` and ``logdet`` (from ``slogdet``),
+one ``__repr__``, pickling, Dask tokens, the validation of the outer operand
+(once per user call), the cotangent check and the dtype rules.
+
+A subclass supplies (abstract here: a class that leaves one out cannot be
+instantiated, and ``TypeError`` names what is missing)
+
+- the properties ``shape`` ``(..., d_out, d_in)``, ``dtype``, ``params`` (the
+  leaf arrays gradients are taken with respect to), ``backend`` (a name),
+  ``check_finite``, ``T`` and ``H``;
+- the methods ``conj()``, ``inv()`` and ``slogdet()``;
+- three hooks that work on already-validated arrays in the columns form
+  (:mod:`cuhouse._shapes`) and call their parents' hooks, never the public path:
 
 ``_matmat(columns, transpose) -> out``
     ``A @ columns`` (``A^H @ columns``, the adjoint, when ``transpose``; the
@@ -22,6 +30,15 @@ already-validated arrays and call their parents' hooks, never the public path:
 ``_vjp_logabsdet() -> (value, back)``
     ``log|det A|`` per batch entry and ``back(dvalue) -> contributions``.
 
+and optionally ``_NAME`` (the matrix in messages), ``_TODENSE_WORKSPACE``
+(peak memory of ``todense`` in units of its result) and ``_describe()`` (the
+fields ``__repr__`` shows after shape, dtype and backend).
+
+``A @ B`` for any two cuhouse matrices is a cuhouse matrix: two
+``HouseholderProduct``s compose into one; every other pair gives a
+:class:`Product` (defined here, as SciPy's ``_ProductLinearOperator`` sits
+beside ``LinearOperator``, so that the base needs no module above it).
+
 Contributions become gradients in one place, :func:`accumulate`: summed
 over broadcast dimensions and over repeated uses of a leaf, matched to
 ``params`` by identity.
@@ -33,23 +50,103 @@ gets the real part of that (see :mod:`cuhouse._complex`).
 
 Pickling (and ``copy.copy``/``copy.deepcopy``) is Python's default for plain
 objects: no matrix holds a module (the backend is a name) and the one class
-with caches, :class:`cuhouse.householder.Reflections`, drops them in its
+with caches, :class:`cuhouse._reflections.Reflections`, drops them in its
 ``__getstate__``. Leaves shared inside one pickle stay shared, so the
 gradients of a copy reach the copy's leaves.
 """
 
+import abc
+import functools
+import operator
+
 import numpy
 
-from . import _dask, _validate
-from ._backend import astype, contiguous, copy, creation_kwargs, device_of, is_complex, is_native, module_named, swap
+from . import _complex, _dask, _memory, _validate
+from ._backend import (
+    astype,
+    contiguous,
+    copy,
+    creation_kwargs,
+    device_of,
+    is_native,
+    library_dtype,
+    module_named,
+    numpy_dtype,
+    result_type,
+    swap,
+)
+from ._shapes import batch_shape, from_columns, reduce_to_shape, to_columns
 
 
-class Operator:
-    """Base of every cuhouse matrix; ``isinstance(A, Operator)`` is "A is a cuhouse matrix"."""
+class Operator(abc.ABC):
+    """Base of every cuhouse matrix; ``isinstance(A, Operator)`` is "A is a cuhouse matrix".
+
+    See the module docstring for what a subclass supplies and what the base owns.
+    """
 
     __array_ufunc__ = None  # ndarray @ A (and dask, and NumPy ufuncs) defer to A
     __array_priority__ = 1000
     _NAME = "A"  # the matrix in messages
+
+    # ------------------------------------------------- supplied by a subclass
+    @property
+    @abc.abstractmethod
+    def shape(self):
+        """``(..., d_out, d_in)``."""
+
+    @property
+    @abc.abstractmethod
+    def dtype(self):
+        """The float or complex dtype of the matrix (``numpy.dtype``)."""
+
+    @property
+    @abc.abstractmethod
+    def params(self):
+        """The leaf arrays gradients are taken with respect to: a tuple, distinct by identity."""
+
+    @property
+    @abc.abstractmethod
+    def backend(self):
+        """The array library's name, e.g. ``"numpy"`` or ``"cupy"``."""
+
+    @property
+    @abc.abstractmethod
+    def check_finite(self):
+        """Whether NaN/Inf in every operand is rejected."""
+
+    @property
+    @abc.abstractmethod
+    def T(self):
+        """The transpose, again a cuhouse matrix."""
+
+    @property
+    @abc.abstractmethod
+    def H(self):
+        """The adjoint (conjugate transpose), again a cuhouse matrix; ``T`` for a real matrix."""
+
+    @abc.abstractmethod
+    def conj(self):
+        """The entrywise conjugate, again a cuhouse matrix (``self`` when real)."""
+
+    @abc.abstractmethod
+    def inv(self):
+        """The inverse, again a cuhouse matrix."""
+
+    @abc.abstractmethod
+    def slogdet(self):
+        """``(sign, log|det|)`` per batch entry, as ``numpy.linalg.slogdet``."""
+
+    @abc.abstractmethod
+    def _matmat(self, columns, transpose):
+        """``A @ columns`` (``A^H @ columns``); see the module docstring."""
+
+    @abc.abstractmethod
+    def _vjp_matmat(self, columns, transpose):
+        """``(out, back)`` for ``A @ columns``; see the module docstring."""
+
+    @abc.abstractmethod
+    def _vjp_logabsdet(self):
+        """``(log|det A|, back)``; see the module docstring."""
 
     # ------------------------------------------------------------ attributes
     @property
@@ -65,6 +162,54 @@ class Operator:
         """The device of the parameters (``None`` on NumPy and CuPy)."""
         return device_of(self.params[0])
 
+    def _gradients(self, contributions):
+        """Gradients matching :attr:`params` from ``(leaf, gradient)`` pairs (:func:`accumulate`)."""
+        return accumulate(self.params, contributions, self._xp)
+
+    def _substitute(self, mapping):
+        """This matrix on other leaf arrays: ``mapping`` takes ``id(leaf)`` to its replacement (same
+        shape; leaves not in it stay). Nothing is validated or copied; what was derived from the
+        leaves is derived again. Used by :mod:`cuhouse._torch` to run a matrix on the tensors
+        autograd hands it. A matrix class that does not override it cannot be differentiated by
+        torch autograd."""
+        raise TypeError("{} cannot be rebuilt on other arrays for torch autograd".format(type(self).__name__))
+
+    def _describe(self):
+        """``(name, value)`` pairs ``__repr__`` shows after shape, dtype and backend."""
+        return ()
+
+    def __repr__(self):
+        fields = [("shape", self.shape), ("dtype", self.dtype), ("backend", self.backend)]
+        fields += list(self._describe())
+        return "{}({})".format(type(self).__name__, ", ".join("{}={}".format(k, v) for k, v in fields))
+
+    def __dask_tokenize__(self):
+        """A deterministic token (``dask.base.tokenize``) from the class and the whole state,
+        arrays hashed by content, so that equal matrices share one key in Dask graphs."""
+        from dask.base import normalize_token
+
+        return type(self).__qualname__, normalize_token(sorted(vars(self).items()))
+
+    # -------------------------------------------------------- determinants
+    def det(self):
+        """``det`` per batch entry, ``sign * exp(log|det|)`` from :meth:`slogdet`."""
+        sign, logabs = self.slogdet()
+        return sign * self._xp.exp(logabs)
+
+    def logdet(self):
+        """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`. On torch, when
+        a gradient is recorded, differentiable through cuhouse's adjoint (:mod:`cuhouse._torch`)."""
+        if self.backend == "torch":
+            from . import _torch
+
+            if _torch.records_gradient(self):
+                return _torch.logabsdet(self)
+        return self.slogdet()[1]
+
+    def matmul(self, x):
+        """``A @ X``; see :func:`cuhouse.matmul`."""
+        return self @ x
+
     # --------------------------------------------------------------- algebra
     def __matmul__(self, other):
         if isinstance(other, Operator):
@@ -79,9 +224,7 @@ class Operator:
         return self._product(other, "right")
 
     def _compose(self, other):
-        """``self @ other`` for two cuhouse matrices: a lazy :class:`cuhouse.product.Product`."""
-        from .product import Product
-
+        """``self @ other`` for two cuhouse matrices: a lazy :class:`Product`."""
         return Product(self, other)
 
     def dot(self, x):
@@ -105,7 +248,7 @@ class Operator:
         return self._product(x, "left", transpose=True)
 
     # Peak memory of todense() in units of its result (tracemalloc at d = 2000:
-    # 4.06 for a HouseholderProduct, 6.06 for an SVDMatrix); see _validate.dense_memory.
+    # 4.06 for a HouseholderProduct, 6.06 for an SVDMatrix); see _memory.dense_memory.
     _TODENSE_WORKSPACE = 6
 
     def todense(self):
@@ -116,11 +259,11 @@ class Operator:
         """
         xp = self._xp
         rows, cols = self.shape[-2:]
-        _validate.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE, self._device)
+        _memory.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE, self._device)
         like = creation_kwargs(self.params[0])
         if cols <= rows:
             return self._apply(xp.eye(cols, dtype=self.dtype, **like), False)
-        return swap(self._conjugate()._apply(xp.eye(rows, dtype=self.dtype, **like), True), xp)
+        return swap(self._conjugated()._apply(xp.eye(rows, dtype=self.dtype, **like), True), xp)
 
     def __array__(self, dtype=None, copy=None):
         """``numpy.asarray(A)``: the dense form, a new array. NumPy backend only.
@@ -146,19 +289,19 @@ class Operator:
         return dense if dtype is None else dense.astype(dtype, copy=False)
 
     # ------------------------------------------------------------- products
-    def _conjugate(self):
+    def _conjugated(self):
         """``conj(A)``, whose adjoint hook gives ``A^T``: ``A`` itself when real."""
-        return self.conj() if is_complex(self.dtype) else self
+        return self.conj() if _complex.is_complex(self.dtype) else self
 
     def _operand(self, x, side, transpose=False, name="X"):
         """Validate ``X`` of ``A @ X`` (``side == "left"``) or ``X @ A`` (``"right"``), once.
 
         With ``transpose``, ``A^T`` takes A's place; ``name`` is X's name in
-        messages. Returns ``(x, columns, flip)``: ``x`` as validated (its own
-        dtype), ``columns`` its ``(..., d, m)`` form in the result dtype (a
-        vector is one column, ``X @ A`` is ``(A^T X^T)^T``), and whether the
-        hook applies the adjoint. For ``side == "right"`` the hook is that of
-        :meth:`_conjugate` (``X @ A = (conj(A)^H X^T)^T``).
+        messages. Returns ``(x, columns, transpose)``: ``x`` as validated (its
+        own dtype), ``columns`` its columns form ``(..., d, m)`` in the result
+        dtype (a vector is one column, ``X @ A`` is ``(A^T X^T)^T``), and
+        whether the hook applies the adjoint. For ``side == "right"`` the hook is that of
+        :meth:`_conjugated` (``X @ A = (conj(A)^H X^T)^T``).
         """
         shape = self.shape[:-2] + self.shape[-2:][::-1] if transpose else self.shape
         x, cast = _validate.product_operand(
@@ -173,30 +316,20 @@ class Operator:
         """
         if _dask.is_dask_array(x):
             return _dask.matmul(self.H if transpose else self, x, side)
-        x, columns, flip = self._operand(x, side, transpose, name)
-        op = self._conjugate() if side == "right" else self
-        out = op._apply(columns, flip)
+        x, columns, transpose = self._operand(x, side, transpose, name)
+        op = self._conjugated() if side == "right" else self
+        out = op._apply(columns, transpose)
         return contiguous(from_columns(out, x.ndim == 1, side, self._xp), self._xp)
 
-    def _apply(self, columns, flip):
+    def _apply(self, columns, transpose):
         """:meth:`_matmat`, or on torch, when a gradient is recorded, the differentiable
         :func:`cuhouse._torch.matmat` through cuhouse's adjoints."""
         if self.backend == "torch":
             from . import _torch
 
             if _torch.records_gradient(self, columns):
-                return _torch.matmat(self, columns, flip)
-        return self._matmat(columns, flip)
-
-    def _logdet(self, value):
-        """``value()``, the ``logdet`` of a subclass; on torch, when a gradient is recorded,
-        the differentiable :func:`cuhouse._torch.logabsdet` through cuhouse's adjoint."""
-        if self.backend == "torch":
-            from . import _torch
-
-            if _torch.records_gradient(self):
-                return _torch.logabsdet(self)
-        return value()
+                return _torch.matmat(self, columns, transpose)
+        return self._matmat(columns, transpose)
 
     # ------------------------------------------------------------ gradients
     def _vjp_matmul(self, x, side):
@@ -218,22 +351,22 @@ class Operator:
                     type(self).__name__, type(x).__name__
                 )
             )
-        x, columns, flip = self._operand(x, side)
+        x, columns, transpose = self._operand(x, side)
         vector = x.ndim == 1
-        op = self._conjugate() if side == "right" else self
-        out_columns, back_columns = op._vjp_matmat(columns, flip)
+        op = self._conjugated() if side == "right" else self
+        out_columns, back_columns = op._vjp_matmat(columns, transpose)
         out = from_columns(out_columns, vector, side, xp)
         out = xp.array(out, order="C", copy=True) if is_native(xp) else contiguous(copy(out, xp), xp)
         device = self._device
 
         def back(dout):
             dout = _validate.cotangent(dout, "dout", out.shape, xp, self.check_finite, device)
-            if is_complex(dout.dtype) and not is_complex(out.dtype):
+            if _complex.is_complex(dout.dtype) and not _complex.is_complex(out.dtype):
                 dout = xp.real(dout)  # L = Re(sum(conj(G) * out)) only sees Re(G) for a real out
             dout = astype(dout, out.dtype, xp)
             contributions, dcolumns = back_columns(to_columns(dout, vector, side, xp))
             dx = from_columns(dcolumns, vector, side, xp)
-            if is_complex(dx.dtype) and not is_complex(x.dtype):
+            if _complex.is_complex(dx.dtype) and not _complex.is_complex(x.dtype):
                 dx = xp.real(dx)  # a real X: the real part of the complex gradient
             dx = contiguous(astype(dx, _validate.float_dtype(x.dtype, xp), xp), xp)
             return accumulate(self.params, contributions, xp), dx
@@ -253,46 +386,162 @@ class Operator:
         return value, back
 
 
+class Product(Operator):
+    """The lazy product of its arguments, left to right (``args[0] @ args[1] @ ...``), shape ``(..., d_out, d_in)``.
+
+    Nested products are flattened. ``params`` are the distinct leaf arrays of
+    the factors, by identity, in order of first appearance; a leaf used twice
+    gets the sum of its gradients. Cost: ``P @ X`` is the sum of the factors'
+    costs; ``.T`` and ``.inv()`` are O(k).
+    """
+
+    def __init__(self, *args):
+        factors = []
+        for a in args:
+            if not isinstance(a, Operator):
+                raise TypeError("Product takes cuhouse matrices, got {}".format(type(a).__name__))
+            factors.extend(a.args if isinstance(a, Product) else (a,))
+        if len(factors) < 2:
+            raise ValueError("Product needs at least two factors, got {}".format(len(factors)))
+        backends = {f.backend for f in factors}
+        if len(backends) > 1:
+            raise TypeError(
+                "cannot multiply cuhouse matrices on different backends: {}".format(" and ".join(sorted(backends)))
+            )
+        devices = {str(f._device) for f in factors}
+        if len(devices) > 1:
+            raise TypeError(
+                "cannot multiply cuhouse matrices on different devices: {}; cuhouse copies nothing between "
+                "devices".format(" and ".join(sorted(devices)))
+            )
+        for left, right in zip(factors, factors[1:]):
+            if left.shape[-1] != right.shape[-2]:
+                raise ValueError(
+                    "cannot multiply a {}x{} {} by a {}x{} {}: inner sizes differ".format(
+                        left.shape[-2],
+                        left.shape[-1],
+                        type(left).__name__,
+                        right.shape[-2],
+                        right.shape[-1],
+                        type(right).__name__,
+                    )
+                )
+        batch_shape(*(("factor {}".format(i), f.shape[:-2]) for i, f in enumerate(factors)))
+        self.args = tuple(factors)
+
+    def _substitute(self, mapping):
+        """The product of the factors on other leaf arrays (see :meth:`Operator._substitute`). O(k)."""
+        return Product(*(f._substitute(mapping) for f in self.args))
+
+    @property
+    def shape(self):
+        batch = numpy.broadcast_shapes(*(f.shape[:-2] for f in self.args))
+        return batch + (self.args[0].shape[-2], self.args[-1].shape[-1])
+
+    @property
+    def dtype(self):
+        return result_type(self._xp, *(f.dtype for f in self.args))
+
+    @property
+    def backend(self):
+        return self.args[0].backend
+
+    @property
+    def check_finite(self):
+        return all(f.check_finite for f in self.args)
+
+    @property
+    def params(self):
+        """The distinct leaf arrays of the factors, by identity, first appearance first."""
+        leaves = []
+        for f in self.args:
+            for leaf in f.params:
+                if not any(leaf is seen for seen in leaves):
+                    leaves.append(leaf)
+        return tuple(leaves)
+
+    def _describe(self):
+        return (("factors", "[{}]".format(", ".join(type(f).__name__ for f in self.args))),)
+
+    # --------------------------------------------------------------- algebra
+    @property
+    def T(self):
+        """``Ak^T @ ... @ A1^T``. O(k)."""
+        return Product(*(f.T for f in reversed(self.args)))
+
+    @property
+    def H(self):
+        """The adjoint ``Ak^H @ ... @ A1^H``. O(k)."""
+        return Product(*(f.H for f in reversed(self.args)))
+
+    def conj(self):
+        """The entrywise conjugate ``conj(A1) @ ... @ conj(Ak)`` (``self`` when real). O(k)."""
+        return Product(*(f.conj() for f in self.args)) if _complex.is_complex(self.dtype) else self
+
+    def inv(self):
+        """``Ak^-1 @ ... @ A1^-1``; every factor must have ``inv()``. O(k)."""
+        return Product(*(f.inv() for f in reversed(self.args)))
+
+    def slogdet(self):
+        """``(sign, log|det|)`` per batch entry: the factors' products and sums. Square factors. O(k r).
+
+        As ``numpy.linalg.slogdet``: a complex sign and a real logarithm for complex factors."""
+        signs, logs = zip(*(self._square(f, "slogdet()").slogdet() for f in self.args))
+        batch = self.shape[:-2]
+        xp = self._xp
+        sign = xp.broadcast_to(functools.reduce(operator.mul, signs), batch)
+        real = _real_dtype(self.dtype, xp)
+        return copy(astype(sign, self.dtype, xp), xp), copy(astype(xp.broadcast_to(sum(logs), batch), real, xp), xp)
+
+    @staticmethod
+    def _square(f, operation):
+        rows, cols = f.shape[-2:]
+        if rows != cols:
+            raise ValueError(
+                "{} of a Product needs square factors, but a factor is {}x{}".format(operation, rows, cols)
+            )
+        return f
+
+    # ------------------------------------------------------------- products
+    def _order(self, transpose):
+        """The factors in the order they act on X: last first (first first, transposed, for ``P^T``)."""
+        return self.args if transpose else self.args[::-1]
+
+    def _matmat(self, columns, transpose):
+        for f in self._order(transpose):
+            columns = f._matmat(columns, transpose)
+        return columns
+
+    def _vjp_matmat(self, columns, transpose):
+        backs = []
+        for f in self._order(transpose):
+            columns, back = f._vjp_matmat(columns, transpose)
+            backs.append(back)
+
+        def back(dout):
+            contributions = []
+            for step in reversed(backs):
+                more, dout = step(dout)
+                contributions.extend(more)
+            return contributions, dout
+
+        return columns, back
+
+    def _vjp_logabsdet(self):
+        parts = [self._square(f, "logdet()")._vjp_logabsdet() for f in self.args]
+        xp = self._xp
+        value = astype(xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]), _real_dtype(self.dtype, xp), xp)
+
+        def back(dvalue):
+            return [pair for _, b in parts for pair in b(dvalue)]
+
+        return value, back
+
+
 def _is_scipy_linear_operator(x):
     return any(
         c.__module__.startswith("scipy.sparse.linalg") and c.__name__ == "LinearOperator" for c in type(x).__mro__
     )
-
-
-def to_columns(a, vector, side, xp):
-    """The ``(..., d, m)`` form of an operand (or output) of ``A @ X`` / ``X @ A``: a view."""
-    if vector:
-        return a[..., None]
-    return swap(a, xp) if side == "right" else a
-
-
-def from_columns(c, vector, side, xp):
-    """Inverse of :func:`to_columns`: a view."""
-    if vector:
-        return c[..., 0]
-    return swap(c, xp) if side == "right" else c
-
-
-def reduce_to_shape(g, shape):
-    """Sum ``g`` over the dimensions that broadcasting added to reach it from ``shape``."""
-    shape = tuple(shape)
-    extra = g.ndim - len(shape)
-    xp = _namespace(g)
-    if extra:
-        g = xp.sum(g, axis=tuple(range(extra)))
-    axes = tuple(i for i, (gs, s) in enumerate(zip(g.shape, shape)) if s == 1 and gs != 1)
-    if axes:
-        g = xp.sum(g, axis=axes, keepdims=True)
-    return g
-
-
-def _namespace(a):
-    """The module to call functions of ``a`` from: NumPy or CuPy natively, else its Array API namespace."""
-    if isinstance(a, numpy.ndarray):
-        return numpy
-    from ._backend import array_module
-
-    return array_module(a)
 
 
 def accumulate(params, contributions, xp):
@@ -307,7 +556,7 @@ def accumulate(params, contributions, xp):
     total = [None] * len(params)
     for leaf, grad in contributions:
         i = next(i for i, p in enumerate(params) if p is leaf)
-        if is_complex(grad.dtype) and not is_complex(leaf.dtype):
+        if _complex.is_complex(grad.dtype) and not _complex.is_complex(leaf.dtype):
             grad = xp.real(grad)
         grad = reduce_to_shape(grad, leaf.shape)
         total[i] = grad if total[i] is None else total[i] + grad
@@ -322,3 +571,8 @@ def accumulate(params, contributions, xp):
         xp.zeros(p.shape, dtype=dt) if g is None else xp.ascontiguousarray(g, dtype=dt)
         for p, g, dt in zip(params, total, dtypes)
     )
+
+
+def _real_dtype(dtype, xp):
+    """The real dtype of ``dtype``'s parts, as a dtype of ``xp``."""
+    return library_dtype(_complex.real_dtype(numpy_dtype(dtype)), xp)

@@ -134,12 +134,12 @@ def matmul(h, x, side):
     if found is None:
         return None
     columns, transpose = found
-    module, _, (form, _, limits), flip = h._run(columns, transpose, False)
+    module, _, (form, _, limits), transpose = h._run(columns, transpose, False)
     if columns.shape[1]:
         sizes = _scaling.column_sizes(columns, numpy)
         if not (sizes.min() >= limits.lo and sizes.max() <= limits.hi):
             return None
-    out = module.apply(form, columns, flip, numpy)
+    out = module.apply(form, columns, transpose, numpy)
     if x.ndim == 1:
         return out[:, 0]
     out = out.T if side == "right" else out

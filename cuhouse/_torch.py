@@ -25,8 +25,6 @@ finiteness of X, runs before and is skipped with ``check_finite=False``.
 
 import torch
 
-from ._operator import accumulate
-
 
 def records_gradient(op, columns=None):
     """True when torch would record a gradient through ``op @ columns`` (or ``op.logdet()``)."""
@@ -88,7 +86,7 @@ class Adjoint(torch.autograd.Function):
             contributions, dcolumns = back(dout), None
         else:
             contributions, dcolumns = back(dout)
-        grads = accumulate(op.params, contributions, op._xp)
+        grads = op._gradients(contributions)
         return (None, None, None, dcolumns) + tuple(grads)
 
 

@@ -1,11 +1,9 @@
-"""Input checks with clear messages.
+"""Input checks with clear messages (the memory probe is :mod:`cuhouse._memory`).
 
 Every check raises ``TypeError`` (wrong kind of object or dtype) or
 ``ValueError`` (wrong shape or value) naming the argument, what was expected
 and what was received. No check mutates its input.
 """
-
-import os
 
 import numpy
 
@@ -20,8 +18,10 @@ from ._backend import (
     library_name,
     numpy_dtype,
     result_type,
+    to_host,
     type_name,
 )
+from ._shapes import matmul_shape
 
 _KINDS = "biufc"  # bool, signed, unsigned, float, complex
 
@@ -170,34 +170,6 @@ def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors")
     )
 
 
-def operand(x, xp, d, side, check_finite, shape=None, name="X", device=None):
-    """Validate the array multiplied by an operator along its dimension ``d``.
-
-    ``side == "left"`` for ``op @ x``: ``x`` is ``(d,)`` or ``(..., d, m)``.
-    ``side == "right"`` for ``x @ op``: ``x`` is ``(d,)`` or ``(..., m, d)``.
-    ``shape`` (rows, cols) names a rectangular operator in the message;
-    the default is d x d. ``name`` is the argument's name in messages;
-    ``device`` the operator's (see :func:`as_array`).
-    """
-    x = as_array(x, name, xp, device)
-    if x.ndim == 0:
-        raise ValueError("{} must have at least one dimension for matmul, got a scalar".format(name))
-    axis = -1 if (x.ndim == 1 or side == "right") else -2
-    if x.shape[axis] != d:
-        expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
-        rows, cols = shape or (d, d)
-        raise ValueError(
-            "{} has shape {} but the operator is {}x{}: expected {} with d={}".format(
-                name, tuple(x.shape), rows, cols, expected, d
-            )
-        )
-    if check_finite and not bool(xp.all(xp.isfinite(x))):
-        raise ValueError(
-            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
-        )
-    return x
-
-
 def cotangent(g, name, shape, xp, check_finite, device=None):
     """The gradient ``g`` fed to a vjp function: an array of module ``xp`` (on ``device``) of exactly
     ``shape``, finite (as ``X`` is) when ``check_finite``."""
@@ -215,31 +187,23 @@ def cotangent(g, name, shape, xp, check_finite, device=None):
     return g
 
 
-def batch_shape(*named):
-    """The broadcast of batch shapes given as ``(name, shape)`` pairs.
-
-    ``ValueError`` naming every argument and its batch shape when they do not
-    broadcast, e.g. "the batch shapes of H (2,) and X (3,) do not broadcast".
-    """
-    try:
-        return numpy.broadcast_shapes(*(tuple(shape) for _, shape in named))
-    except ValueError:
-        parts = ["{} {}".format(name, tuple(shape)) for name, shape in named]
-        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-        raise ValueError("the batch shapes of {} do not broadcast".format(listed)) from None
-
-
 def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name="X", device=None):
     """Validate X of ``op @ X`` (``side == "left"``) or ``X @ op`` for an operator
     of shape ``(..., rows, cols)`` and dtype ``op_dtype``; ``name`` is X's name in messages.
 
-    Returns ``(x, cast)``: ``x`` as validated (its own dtype) and ``x`` in the
-    result dtype, ``numpy.result_type`` of both (float64 for integer data).
+    The shapes follow :func:`cuhouse._shapes.matmul_shape`; NaN/Inf is a
+    ``ValueError`` when ``check_finite``. Returns ``(x, cast)``: ``x`` as
+    validated (its own dtype) and ``x`` in the result dtype,
+    ``numpy.result_type`` of both (float64 for integer data); ``device`` is the operator's
+    (see :func:`as_array`). Cost: O(size of X)
+    for the finiteness check, O(1) otherwise.
     """
-    rows, cols = op_shape[-2:]
-    x = operand(x, xp, cols if side == "left" else rows, side, check_finite, (rows, cols), name, device)
-    if x.ndim > 1:
-        batch_shape((op_name, op_shape[:-2]), (name, x.shape[:-2]))
+    x = as_array(x, name, xp, device)
+    matmul_shape(op_shape, x.shape, side, op_name, name)
+    if check_finite and not bool(xp.all(xp.isfinite(x))):
+        raise ValueError(
+            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
+        )
     return x, astype(x, float_dtype(result_type(xp, op_dtype, x.dtype), xp), xp)
 
 
@@ -294,51 +258,3 @@ def positive_int(value, name, expected="a positive int"):
 def positive_int_or_none(value, name):
     """``None`` or a positive int; ``TypeError``/``ValueError`` otherwise."""
     return None if value is None else positive_int(value, name, "a positive int or None")
-
-
-def dense_memory(shape, dtype, what, xp, workspace, device=None):
-    """``MemoryError`` up front when a dense result of ``shape`` and ``dtype``,
-    with its intermediates (``workspace`` times the result), is larger than
-    the memory of the machine (host RAM, or the device's memory on CuPy).
-
-    Says how much it needs and what to do instead, rather than failing deep
-    inside an allocation of terabytes. Cost: O(1).
-    """
-    dtype = numpy_dtype(dtype)
-    result = float(numpy.prod(shape, dtype=numpy.float64)) * dtype.itemsize
-    needed = workspace * result
-    kind = getattr(device, "type", None)
-    if xp is numpy or (not is_native(xp) and (device is None or kind == "cpu" or "CPU" in str(device))):
-        available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
-    elif is_native(xp):
-        available, where = xp.cuda.Device().mem_info[1], "the GPU's memory"
-    elif kind == "cuda":
-        import torch
-
-        available, where = torch.cuda.mem_get_info(device)[1], "the GPU's memory"
-    else:  # a device whose memory this library does not report
-        return
-    if needed > available:
-        raise MemoryError(
-            "{} needs a dense {} array of shape {} ({}; about {} with its intermediates), more "
-            "than {} ({}); multiply by a thin X instead (A @ X costs O(d n m) without forming "
-            "A)".format(what, dtype, tuple(shape), _bytes(result), _bytes(needed), where, _bytes(available))
-        )
-
-
-def _bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return "{:.3g} {}".format(n, unit)
-        n /= 1024
-
-
-def to_host(a):
-    """A NumPy copy of a device array, for error messages only; NumPy arrays pass through."""
-    if isinstance(a, numpy.ndarray):
-        return a
-    if hasattr(a, "get"):  # CuPy
-        return a.get()
-    if hasattr(a, "cpu"):  # torch, any device
-        return a.detach().cpu().numpy()
-    return numpy.asarray(a)

@@ -34,6 +34,13 @@ def vjp(fun, *args):
     ``vjp(matmul, X, A)`` gives ``(dX, dA)``), where ``dA`` is a tuple matching
     ``A.params``: gradients with respect to the leaf arrays the user passed in.
     ``vjp(logdet, A)`` gives ``vjp_fn(dval) -> (dA,)``.
+
+    Complex data follows torch's convention: for a cotangent ``G`` of ``out``,
+    the gradient of a complex array ``z`` is ``dL/dRe(z) + i dL/dIm(z)`` with
+    ``L = Re(sum(conj(G) * out))`` (what ``z -= lr * grad`` needs; ``X``'s
+    gradient for ``A @ X`` is ``A^H G``), and a real array that met complex
+    data gets the real part of that.
+
     Cost: the forward pass now, and about twice it when ``vjp_fn`` runs.
     """
     if fun is matmul:

@@ -76,8 +76,8 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
     """Predicted seconds of one ``H @ X`` with X ``(d, m)``, on ``machine`` (default: this
     machine's :func:`cuhouse.calibration.machine` for ``backend``).
 
-    ``built`` leaves out the one-off cost of building the block factors (they
-    are cached on the operator). A structured ``layout`` ("trapezoidal",
+    ``built`` leaves out the one-off cost of building the algorithm's form (cached
+    on the operator). A structured ``layout`` ("trapezoidal",
     "unit") has block j of k reflections touch rows jk..d only: every GEMM
     runs on ``d - (n - k) / 2`` rows on average.
     """
@@ -131,7 +131,7 @@ def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, l
     """The fastest :class:`Plan` for ``H @ X`` by the cost model, build included.
 
     ``algorithm`` and ``block_size`` pin what the caller fixed; ``layout`` is
-    the reflections' (see :mod:`cuhouse.algorithms._blocks`); ``lapack`` says
+    the reflections' (see :mod:`cuhouse.algorithms._layout`); ``lapack`` says
     that LAPACK's ``?ormqr`` can run the product itself (NumPy, a single
     ``geqrf`` array, no gradient), which adds the ``"ormqr"`` plan to the race
     of ``"auto"``. The choice depends on these arguments and on the machine's

@@ -21,7 +21,7 @@ import math
 
 import numpy
 
-from . import _complex, _validate, layouts
+from . import _complex, _geqrf, _validate
 from ._backend import (
     array_module,
     astype,
@@ -35,16 +35,19 @@ from ._backend import (
     read_only,
     result_type,
     swap,
+    to_host,
 )
-from ._operator import Operator, _namespace, reduce_to_shape
+from ._operator import Operator
+from ._shapes import batch_shape, namespace, reduce_to_shape
 from .householder import HouseholderProduct
 
 
 class _SpectralMatrix(Operator):
     """W = L[:, :r] diag(values) R[:, :r]^H with Householder products L, R and real values.
 
-    The shared algebra of :class:`SVDMatrix` and :class:`EighMatrix`. A leaf
-    holds the user's arrays; a derived matrix holds its parent, the name of
+    The shared algebra of :class:`SVDMatrix` and :class:`EighMatrix`. A root
+    (made by the constructor) holds the user's arrays, its leaves; a derived
+    matrix holds its root and its parent, the name of
     the step that made it and the derivative of its values with respect to
     the parent's values (``None`` for a transpose).
     """
@@ -52,25 +55,25 @@ class _SpectralMatrix(Operator):
     _SPECTRUM = "s"  # the name of the spectrum in messages and ``params``
     _NAME = "W"
 
-    def _init(self, left, values, right, leaf=None, parent=None, step=None, derivative=None, how=None):
+    def _init(self, left, values, right, root=None, parent=None, step=None, derivative=None, how=None):
         self._left, self._values, self._right = left, values, right
-        if parent is None:  # a leaf: the caller's spectrum for the gradient, computed in the matrix's precision
+        if parent is None:  # a root: the caller's spectrum for the gradient, computed in the matrix's precision
             self._given = values
             xp = array_module(values)
             precision = _complex.real_dtype(result_type(xp, left.dtype, values.dtype, right.dtype))
             self._values = astype(values, precision, xp)
-        self._leaf = leaf  # None for a leaf itself: no reference to self, so reference counting frees it
+        self._root_matrix = root  # None for a root itself: no reference to self, so reference counting frees it
         self._parent, self._step, self._derivative = parent, step, derivative
         self._how = how  # (map, transpose, conjugate) that made this matrix from its parent
         self._backend = backend_name(array_module(values))
 
     def _root(self):
-        """The leaf matrix this one derives from (itself for a leaf): it holds ``params``."""
-        return self if self._leaf is None else self._leaf
+        """The root matrix this one derives from (itself for a root): it holds ``params``."""
+        return self if self._root_matrix is None else self._root_matrix
 
     def _derive(self, step, spectral_map, transpose=False, conjugate=False):
         """A child with ``(values, derivative) = spectral_map(self.values)`` (element-wise: the new
-        values and their derivative; ``None`` for the identity map); its factors swapped
+        values and their derivative; ``None`` for the identity map); its sides swapped
         (``transpose``, for W^H) and/or conjugated (``conjugate``). O(r)."""
         left, right = (self._right, self._left) if transpose else (self._left, self._right)
         if conjugate:
@@ -81,18 +84,18 @@ class _SpectralMatrix(Operator):
         return child
 
     def _substitute(self, mapping):
-        """This matrix on other leaf arrays: ``mapping`` takes ``id(leaf)`` to its replacement. The
-        lineage is replayed, so derived values and derivatives are recomputed from the new leaves
+        """This matrix on other leaf arrays (see :meth:`cuhouse.Operator._substitute`): the lineage
+        is replayed, so derived values and derivatives are recomputed from the new leaves
         (differentiably, on torch). Nothing is validated. O(r) per step."""
         if self._parent is not None:
             return self._parent._substitute(mapping)._derive(self._step, *self._how)
         left = self._left._substitute(mapping)
         right = left if self._right is self._left else self._right._substitute(mapping)
-        leaf = type(self).__new__(type(self))
-        leaf._init(left, mapping.get(id(self._given), self._given), right)
-        leaf._params = tuple(mapping.get(id(p), p) for p in self._params)
-        leaf._check_finite = self._check_finite
-        return leaf
+        root = type(self).__new__(type(self))
+        root._init(left, mapping.get(id(self._given), self._given), right)
+        root._params = tuple(mapping.get(id(p), p) for p in self._params)
+        root._check_finite = self._check_finite
+        return root
 
     # ------------------------------------------------------------ attributes
     @property
@@ -121,22 +124,20 @@ class _SpectralMatrix(Operator):
 
     @property
     def check_finite(self):
-        """Whether NaN/Inf in every ``X`` is rejected (as the leaf was built)."""
+        """Whether NaN/Inf in every ``X`` is rejected (as the root was built)."""
         return self._root()._check_finite
 
     @property
     def lineage(self):
-        """How this matrix was derived from its leaf, e.g. ``"W.inv().T"``."""
+        """How this matrix was derived from its root, e.g. ``"W.inv().T"``."""
         node, steps = self, []
         while node._parent is not None:
             steps.append(node._step)
             node = node._parent
         return ".".join([self._NAME] + steps[::-1])
 
-    def __repr__(self):
-        return "{}(shape={}, rank={}, dtype={}, backend={}, lineage={!r})".format(
-            type(self).__name__, self.shape, self.rank, self.dtype, self.backend, self.lineage
-        )
+    def _describe(self):
+        return (("rank", self.rank), ("lineage", repr(self.lineage)))
 
     # --------------------------------------------------------------- algebra
     @property
@@ -184,7 +185,7 @@ class _SpectralMatrix(Operator):
         self._require_full_rank("solve()", "use pinv() @ B for least squares")
         return self.inv()._product(b, "left", name="B")
 
-    def _factors_det(self):
+    def _sides_det(self):
         """det L conj(det R): the determinant of the unitary part. O(n)."""
         right = self._right.det()
         return self._left.det() * (self._xp.conj(right) if _complex.is_complex(right.dtype) else right)
@@ -195,7 +196,7 @@ class _SpectralMatrix(Operator):
         xp = self._xp
         if self.rank < self.shape[-1]:
             return xp.zeros(self.shape[:-2], dtype=self.dtype, **creation_kwargs(self._values))
-        det = self._factors_det() * xp.prod(self._values, axis=-1)
+        det = self._sides_det() * xp.prod(self._values, axis=-1)
         return _batch_array(det, self.shape[:-2], self.dtype, xp)
 
     def slogdet(self):
@@ -208,14 +209,10 @@ class _SpectralMatrix(Operator):
         if self.rank < self.shape[-1]:
             like = creation_kwargs(self._values)
             return xp.zeros(batch, dtype=self.dtype, **like), xp.full(batch, -numpy.inf, dtype=real, **like)
-        sign = self._factors_det() * xp.prod(xp.sign(self._values), axis=-1)
+        sign = self._sides_det() * xp.prod(xp.sign(self._values), axis=-1)
         with numpy.errstate(divide="ignore"):
             logabs = xp.sum(xp.log(xp.abs(self._values)), axis=-1)
         return _batch_array(sign, batch, self.dtype, xp), _batch_array(logabs, batch, real, xp)
-
-    def logdet(self):
-        """``log|det W|`` per batch entry (``-inf`` when singular). Square W. O(r)."""
-        return self._logdet(lambda: self.slogdet()[1])
 
     def singular_values(self):
         """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: ``|values|``, zero-padded."""
@@ -265,18 +262,14 @@ class _SpectralMatrix(Operator):
             raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
         return xp.where(xp.isnan(result), xp.full_like(result, numpy.inf), result)  # 0 * inf or 0 / 0: the zero matrix
 
-    def matmul(self, x):
-        """``W @ X``; see :func:`cuhouse.matmul`."""
-        return self @ x
-
     # ------------------------------------------------------------- products
-    def _factors(self, transpose):
+    def _sides(self, transpose):
         """``(outer, inner)``: W x = outer (values * inner^H x); W^H swaps L and R."""
         return (self._right, self._left) if transpose else (self._left, self._right)
 
     def _matmat(self, columns, transpose):
         """``W @ x`` (``W^H @ x``): inner^H, scale, outer. O(d n m)."""
-        outer, inner = self._factors(transpose)
+        outer, inner = self._sides(transpose)
         y = inner._matmat(columns, True)
         return outer._matmat(self._scale(y, outer.shape[-1]), False)
 
@@ -298,7 +291,7 @@ class _SpectralMatrix(Operator):
         """``W @ x`` (``W^H @ x``) through the factors' own hooks; the spectrum's gradient chained to its
         leaf (real: ``Re(sum(conj(dz) * y))`` for complex data)."""
         xp = self._xp
-        outer, inner = self._factors(transpose)
+        outer, inner = self._sides(transpose)
         y, back_inner = inner._vjp_matmat(columns, True)
         out, back_outer = outer._vjp_matmat(self._scale(y, outer.shape[-1]), False)
         r = self.rank
@@ -353,7 +346,7 @@ class _SpectralMatrix(Operator):
     def _require_values(self, operation, ok, expected):
         """``ValueError`` naming the first value where the mask ``ok`` is False."""
         if not bool(self._xp.all(ok)):
-            where = tuple(int(i) for i in numpy.argwhere(_validate.to_host(~ok))[0])
+            where = tuple(int(i) for i in numpy.argwhere(to_host(~ok))[0])
             bad = float(self._values[where])
             raise ValueError(
                 "{} needs {}, got {}{} = {!r}".format(
@@ -370,7 +363,7 @@ def _reciprocal(v):
 
 def _pseudo_reciprocal(rcond, v):
     """1/v where ``|v| > rcond max|v|``, else 0 (the cut-off held fixed in the derivative)."""
-    xp = _namespace(v)
+    xp = namespace(v)
     magnitude = xp.abs(v)
     kept = magnitude > rcond * xp.max(magnitude, axis=-1, keepdims=True)
     values = xp.where(kept, 1 / xp.where(kept, v, xp.ones_like(v)), xp.zeros_like(v))
@@ -379,7 +372,7 @@ def _pseudo_reciprocal(rcond, v):
 
 def _clipped(lo, hi, v):
     """|v| clipped to ``[lo, hi]``, signs kept; derivative 1 inside, 0 outside."""
-    xp = _namespace(v)
+    xp = namespace(v)
     magnitude = xp.abs(v)
     kept = xp.clip(magnitude, lo, hi)
     inside = astype((magnitude >= lo) & (magnitude <= hi), v.dtype, xp)
@@ -387,20 +380,20 @@ def _clipped(lo, hi, v):
 
 
 def _power(p, v):
-    return v**p, (p * v ** (p - 1) if p else _namespace(v).zeros_like(v))
+    return v**p, (p * v ** (p - 1) if p else namespace(v).zeros_like(v))
 
 
 def _exp(v):
-    values = _namespace(v).exp(v)
+    values = namespace(v).exp(v)
     return values, values
 
 
 def _log(v):
-    return _namespace(v).log(v), 1 / v
+    return namespace(v).log(v), 1 / v
 
 
 def _sqrt(v):
-    values = _namespace(v).sqrt(v)
+    values = namespace(v).sqrt(v)
     return values, 0.5 / values
 
 
@@ -455,12 +448,12 @@ def _householder_from_orthonormal(q, xp):
 
     Complex ``q``: the phases of a QR's R could not move into a real spectrum,
     so the reflectors are LAPACK's complex ones with R the identity
-    (:func:`cuhouse.layouts.orthogonal_to_reflectors`) and ``signs`` is 1.
+    (:func:`cuhouse._geqrf.geqrf_exact`) and ``signs`` is 1.
     """
     if _complex.is_complex(q.dtype):
-        a, tau = layouts.orthogonal_to_reflectors(q, xp)
+        a, tau = _geqrf.geqrf_exact(q, xp)
         return HouseholderProduct.from_lapack(a, tau), 1
-    a, tau, signs = layouts.orthonormal_to_reflectors(q, xp)
+    a, tau, signs = _geqrf.geqrf_signed(q, xp)
     return HouseholderProduct.from_lapack(a, tau), signs
 
 
@@ -497,7 +490,7 @@ class SVDMatrix(_SpectralMatrix):
                     r, d_out, d_out, d_in, d_in, min(d_out, d_in)
                 )
             )
-        _validate.batch_shape(("U", U.shape[:-2]), ("s", s.shape[:-1]), ("V", V.shape[:-2]))
+        batch_shape(("U", U.shape[:-2]), ("s", s.shape[:-1]), ("V", V.shape[:-2]))
         self._init(U, s, V)
         self._params = U.params + (s,) + V.params
         self._check_finite = bool(check_finite)
@@ -611,7 +604,7 @@ class EighMatrix(_SpectralMatrix):
             raise ValueError(
                 "w must have shape (..., d) with d={} to match U ({}x{}), got shape {}".format(d, d, d, tuple(w.shape))
             )
-        _validate.batch_shape(("U", U.shape[:-2]), ("w", w.shape[:-1]))
+        batch_shape(("U", U.shape[:-2]), ("w", w.shape[:-1]))
         self._init(U, w, U)
         self._params = U.params + (w,)
         self._check_finite = bool(check_finite)

@@ -34,7 +34,7 @@ numpydoc_class_members_toctree = False
 numpydoc_attributes_as_param_list = False
 
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "api/generated/*.inc"]
+exclude_patterns = ["_build", "api/generated/*.inc", "vocabulary.rst"]  # included by design.rst
 default_role = "literal"  # `x` in the pages is code, as in the docstrings
 pygments_style = "sphinx"
 

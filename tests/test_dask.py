@@ -169,6 +169,31 @@ def test_operator_is_one_key_that_every_chunk_task_depends_on():
     assert all(a not in getattr(task, "args", ()) for task in products)  # referenced by key, not inlined
 
 
+def _matrix_keys(graph):
+    return {key for key in graph if isinstance(key, str) and key.startswith("cuhouse-")}
+
+
+@pytest.mark.parametrize("name", MATRICES)
+def test_two_graphs_of_the_same_matrix_share_its_key(name):
+    """Keys come from ``dask.base.tokenize`` (the matrix's ``__dask_tokenize__``), not from a random id:
+    two graphs of one matrix, or of an equal copy, name it alike, and rebuilding a graph gives the same names."""
+    import pickle
+
+    a = MATRICES[name](numpy.random.default_rng(6))
+    x = numpy.random.default_rng(7).standard_normal((a.shape[-1], 8))
+    first, second = a @ da.from_array(x, chunks=(-1, 4)), a @ da.from_array(2 * x, chunks=(-1, 2))
+    keys = _matrix_keys(_graph(first))
+    assert len(keys) == 1 and keys == _matrix_keys(_graph(second))
+    assert (a @ da.from_array(x, chunks=(-1, 4))).name == first.name
+    twin = pickle.loads(pickle.dumps(a))
+    assert _matrix_keys(_graph(twin @ da.from_array(x, chunks=(-1, 4)))) == keys
+    other = MATRICES[name](numpy.random.default_rng(8))
+    assert _matrix_keys(_graph(other @ da.from_array(x, chunks=(-1, 4)))).isdisjoint(keys)
+    if a.T is not a:  # the transpose is another matrix (an EighMatrix is its own)
+        y = numpy.ones((a.shape[-2], 8))
+        assert _matrix_keys(_graph(a.T @ da.from_array(y, chunks=(-1, 4)))).isdisjoint(keys)
+
+
 class _Raise:
     """A scheduler that fails the test when anything is computed."""
 
@@ -397,7 +422,7 @@ def test_local_cluster_with_processes():
     xd = da.from_array(x, chunks=(-1, 2))  # 16 chunks
 
     def count_unpickled_reflections():  # runs in each worker (pickled by value)
-        from cuhouse.householder import Reflections
+        from cuhouse._reflections import Reflections
 
         restore = Reflections.__setstate__
 
@@ -417,7 +442,7 @@ def test_local_cluster_with_processes():
         client.run(count_unpickled_reflections)
         out, back = ch.vjp(ch.matmul, w_inv, xd)
         left, right, (dparams, dx) = dask.compute(out, xd.T @ h, back(numpy.ones((D, 32))))
-        unpickled = client.run(lambda: __import__("cuhouse.householder").householder.Reflections.unpickled)
+        unpickled = client.run(lambda: __import__("cuhouse._reflections")._reflections.Reflections.unpickled)
     assert sum(unpickled.values()) >= 3 and all(count <= 3 for count in unpickled.values()), unpickled
     _assert_close(left, w_inv @ x)
     _assert_close(right, x.T @ h)

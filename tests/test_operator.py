@@ -157,11 +157,11 @@ def test_round_trip_keeps_the_matrix_and_its_lineage(matrix, clone):
 def test_pickle_drops_caches_and_keeps_the_backend_by_name():
     H = _householder(64, seed=2)
     before = len(pickle.dumps(H))
-    H @ numpy.ones((64, 8))  # builds and caches block factors
-    assert H._core._factors
+    H @ numpy.ones((64, 8))  # builds and caches the form of H
+    assert H._core._forms
     assert len(pickle.dumps(H)) == before
     twin = pickle.loads(pickle.dumps(H))
-    assert twin._core._factors == {} and twin._core._vectors is None and twin._core._norms is None
+    assert twin._core._forms == {} and twin._core._vectors is None and twin._core._norms is None
     assert twin.backend == "numpy" and twin._core.__getstate__()["backend"] == "numpy"
     numpy.testing.assert_allclose(twin @ numpy.ones((64, 8)), H @ numpy.ones((64, 8)), atol=1e-13)
 

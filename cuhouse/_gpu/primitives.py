@@ -137,7 +137,7 @@ def upper_mask(k, dtype, diagonal=1.0):
 def cwy_gradient_coefficients(t, n, xp):
     """The k x k coefficient of the level-3 CWY backward, per block.
 
-    ``t``: T factors ``(..., k, k)`` (upper triangular); ``n``: ``YG YA^T``
+    ``t``: T matrices ``(..., k, k)`` (upper triangular); ``n``: ``YG YA^T``
     ``(..., k, k)``. Returns ``Ru + Ru^T`` with ``R = T^T N T^T`` and
     ``Ru = striu(R)``, so that a block's gradient is
     ``dY = -T YA G^T - T^T YG A^T + (Ru + Ru^T) Y``. Cost: O(k^3) per block.

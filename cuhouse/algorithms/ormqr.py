@@ -21,7 +21,7 @@ from collections import namedtuple
 
 import numpy
 
-from ._blocks import UNIT
+from ._layout import UNIT
 
 Form = namedtuple("OrmqrForm", "a tau")
 Form.__doc__ = """The ``geqrf`` array ``a`` ``(d, n)`` (Fortran-ordered) and ``tau`` ``(n,)``."""

@@ -22,8 +22,8 @@ times apply, all GEMMs.
 
 from collections import namedtuple
 
-Factors = namedtuple("PortableFactors", "y t s n dense")
-Factors.__doc__ = """Blocks ``y`` ``(..., nb, k, d)``, T factors ``t`` and their inverses ``s``
+Form = namedtuple("PortableForm", "y t s n dense")
+Form.__doc__ = """Blocks ``y`` ``(..., nb, k, d)``, T matrices ``t`` and their inverses ``s``
 ``(..., nb, k, k)``, the number ``n`` of reflections and the dense matrix
 ``dense`` ``(..., d, d)`` (``None`` unless the dense algorithm built it)."""
 
@@ -57,7 +57,7 @@ def triangular_inverse(s, xp):
 
 
 def build(y, block_size, xp, algorithm="cwy"):
-    """The block factors of the rows ``y`` ``(..., n, d)``: one batched Gram GEMM, one batched
+    """The form of H from the rows ``y`` ``(..., n, d)``: one batched Gram GEMM, one batched
     triangular inverse (and, for ``algorithm == "dense"``, H applied to the identity). O(n k d)."""
     n, d = y.shape[-2:]
     k = 1 if algorithm == "sequential" else min(block_size, n)
@@ -73,7 +73,7 @@ def build(y, block_size, xp, algorithm="cwy"):
         xp.where(_upper(k, xp, device), g, xp.zeros_like(g))
         + xp.eye(k, dtype=y.dtype, device=device) * half[..., None, :]
     )
-    f = Factors(y, triangular_inverse(s, xp), s, n, None)
+    f = Form(y, triangular_inverse(s, xp), s, n, None)
     if algorithm == "dense":
         f = f._replace(dense=_apply_blocks(f, xp.eye(d, dtype=y.dtype, device=device), False, xp))
     return f

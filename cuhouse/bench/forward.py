@@ -10,11 +10,11 @@ from . import peers
 TITLE = "H @ X with n = d reflections, the factors built inside each call (unless 'cached')"
 
 EXPLAIN = {
-    "cuhouse auto": "HouseholderProduct(V) @ X: full-length vectors V, validation and block factors in the call",
+    "cuhouse auto": "HouseholderProduct(V) @ X: full-length vectors V, validation and the form of H built in the call",
     "cuhouse <algorithm>": "the same with the algorithm pinned",
     "cuhouse from_lapack": "HouseholderProduct.from_lapack(qr, tau) @ X on LAPACK's trapezoidal (qr, tau) of "
     "geqrf(V^T): the same Q, half the flops, read in place",
-    "cuhouse auto, cached": "H @ X with H's block factors already built (a layer reusing H)",
+    "cuhouse auto, cached": "H @ X with H's form already built (a layer reusing H)",
     "cuhouse auto, cached, X near overflow": "the same with X's entries near max/(16 d): every column is "
     "scaled by a power of two and back (the overflow-safe path; its test, one GEMV over |X|, is in every row)",
     "ormqr": "LAPACK/cuSOLVER ormqr applying the same (qr, tau) to X: the reference (ratio 1)",

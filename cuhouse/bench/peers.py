@@ -41,7 +41,7 @@ def geqrf(vectors, xp):
 
 
 def lapack_ormqr(qr, tau, x):
-    """LAPACK ``?ormqr``: ``Q @ X`` from ``(qr, tau)``, building its T factors inside each call."""
+    """LAPACK ``?ormqr``: ``Q @ X`` from ``(qr, tau)``, building its T matrices inside each call."""
     from scipy.linalg import lapack
 
     ormqr = getattr(lapack, lapack_name(x.dtype, "ormqr"))
@@ -64,7 +64,7 @@ def lapack_orgqr_gemm(qr, tau, x):
 
 
 def cusolver_ormqr(qr, tau, x, cupy):
-    """cuSOLVER ``?ormqr``: ``Q @ X`` on a copy of ``X`` (it works in place), T factors built inside.
+    """cuSOLVER ``?ormqr``: ``Q @ X`` on a copy of ``X`` (it works in place), T matrices built inside.
 
     The workspace query runs once, outside the call; the copy (O(d m)) matches
     the output allocation that ``H @ X`` pays.

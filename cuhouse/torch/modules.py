@@ -153,7 +153,7 @@ class Orthogonal(nn.Module):
         )
 
 
-class HouseholderWeight(nn.Module):
+class _HouseholderWeight(nn.Module):
     """The parametrization installed by :func:`orthogonal`: Householder vectors -> a (semi-)orthogonal weight.
 
     For a weight ``(rows, cols)``, d = max(rows, cols) and k = min(rows, cols):
@@ -210,7 +210,7 @@ class HouseholderWeight(nn.Module):
 def orthogonal(module, name="weight", n_reflections=None):
     """Constrain ``module.<name>`` (e.g. an ``nn.Linear`` weight) to be orthogonal, in one line.
 
-    Registers :class:`HouseholderWeight` with
+    Registers :class:`_HouseholderWeight` with
     ``torch.nn.utils.parametrize.register_parametrization``. The raw
     parameter is ``module.parametrizations.<name>.original``: Householder
     vectors ``(n_reflections, max(rows, cols))``, initialized from the QR of
@@ -230,6 +230,6 @@ def orthogonal(module, name="weight", n_reflections=None):
         raise TypeError(
             "module.{} has dtype {}; supported dtypes are torch.float32 and torch.float64".format(name, weight.dtype)
         )
-    parametrization = HouseholderWeight(tuple(weight.shape), n_reflections, weight.dtype, weight.device)
+    parametrization = _HouseholderWeight(tuple(weight.shape), n_reflections, weight.dtype, weight.device)
     parametrize.register_parametrization(module, name, parametrization)
     return module

@@ -24,6 +24,7 @@ import torch
 import cuhouse
 
 from .._backend import cupy_module
+from .._shapes import batch_shape, matmul_shape
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 KINDS = {"householder": ("vectors",), "svd": ("U_vectors", "s", "V_vectors")}
@@ -85,23 +86,7 @@ def check(kind, transpose, side, x, params, names, devices=("cpu", "cuda")):
     batch, rows, cols = _operator_shape(kind, params, names)
     if transpose:
         rows, cols = cols, rows
-    name = names[-1]
-    if x.dim() == 0:
-        raise ValueError("{} must have at least one dimension for matmul, got a scalar".format(name))
-    inner, outer = (cols, rows) if side == "left" else (rows, cols)
-    axis = -1 if (x.dim() == 1 or side == "right") else -2
-    if x.shape[axis] != inner:
-        expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
-        raise ValueError(
-            "{} has shape {} but the operator is {}x{}: expected {} with d={}".format(
-                name, tuple(x.shape), rows, cols, expected, inner
-            )
-        )
-    if x.dim() == 1:
-        shape = batch + (outer,)
-    else:
-        batch = _broadcast(batch, tuple(x.shape[:-2]), "the operator", name)
-        shape = batch + ((outer, x.shape[-1]) if side == "left" else (x.shape[-2], outer))
+    shape = matmul_shape(batch + (rows, cols), tuple(x.shape), side, "the operator", names[-1])
     dtype = x.dtype
     for p in params:
         dtype = torch.promote_types(dtype, p.dtype)
@@ -125,16 +110,9 @@ def _operator_shape(kind, params, names):
             )
         return tuple(v.shape[:-2]), d, d
     u, s, v = params
-    batch = _broadcast(tuple(u.shape[:-2]), tuple(v.shape[:-2]), names[0], names[2])
-    batch = _broadcast(batch, tuple(s.shape[:-1]), "{} and {}".format(names[0], names[2]), names[1])
+    batch = batch_shape((names[0], tuple(u.shape[:-2])), (names[2], tuple(v.shape[:-2])))
+    batch = batch_shape(("{} and {}".format(names[0], names[2]), batch), (names[1], tuple(s.shape[:-1])))
     return batch, u.shape[-1], v.shape[-1]
-
-
-def _broadcast(a, b, name_a, name_b):
-    try:
-        return tuple(torch.broadcast_shapes(a, b))
-    except RuntimeError:
-        raise ValueError("the batch shapes of {} {} and {} {} do not broadcast".format(name_a, a, name_b, b)) from None
 
 
 # -------------------------------------------------------- crossing by DLPack

@@ -1,11 +1,12 @@
-"""Array-level constructions of Householder vectors, for the ``from_*`` constructors.
+"""Arrays in LAPACK's ``geqrf`` form ``(a, tau)``, for the ``from_*`` constructors.
 
-* :func:`lapack_reflectors`: LAPACK's ``geqrf`` layout checked, read in place;
-* :func:`orthogonal_to_reflectors`: a Householder QR of an orthogonal (or
+* :func:`read_geqrf`: ``geqrf`` output checked and read in place (``from_lapack``);
+* :func:`geqrf_exact`: a Householder QR of an orthogonal or unitary (or
   orthonormal-column) matrix whose R is the identity, so that the product of
   its reflectors *is* the matrix (``HouseholderProduct.from_dense``);
-* :func:`orthonormal_to_reflectors`: the same with the signs of R handed back,
-  for the singular and eigenvectors of ``SVDMatrix``/``EighMatrix.from_dense``.
+* :func:`geqrf_signed`: LAPACK's QR of real orthonormal columns, whose R is
+  diag(signs), with the signs handed back (the singular vectors and
+  eigenvectors of ``SVDMatrix``/``EighMatrix.from_dense``).
 
 Nothing here knows the matrix classes; they call these and build themselves.
 """
@@ -16,10 +17,11 @@ import numpy
 
 from . import _complex, _validate
 from ._backend import copy, creation_kwargs, is_native, numpy_dtype, swap
-from .algorithms import _blocks
+from ._shapes import batch_shape
+from .algorithms import _layout
 
 
-def lapack_reflectors(a, tau, xp, check_finite):
+def read_geqrf(a, tau, xp, check_finite):
     """``(a, k, identity, dtype, norms, phase)``: ``a`` checked (converted only when its dtype or type
     requires it), the number k of reflectors, the reflectors' norms ``(..., k)`` (their implicit 1
     included), the ``tau == 0`` mask ``(..., k)`` (``None`` when no factor is the
@@ -50,7 +52,7 @@ def lapack_reflectors(a, tau, xp, check_finite):
                 min(rows, cols), tuple(tau.shape)
             )
         )
-    _validate.batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
+    batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
     dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
     unitary = _complex.is_complex(dtype)
     a = a.astype(dtype if unitary else _validate.float_dtype(a.dtype), copy=False)
@@ -59,9 +61,9 @@ def lapack_reflectors(a, tau, xp, check_finite):
     identity = tau == 0
     reflectors = xp.swapaxes(a[..., :k], -1, -2)
     if unitary:
-        sumsq = 1 + _complex.squared_norms(_blocks.structured(reflectors.copy(), _blocks.UNIT, xp), xp)
+        sumsq = 1 + _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp)
     else:
-        sumsq = 1 + _blocks.squared_norms(reflectors, _blocks.UNIT, xp)
+        sumsq = 1 + _layout.squared_norms(reflectors, _layout.UNIT, xp)
     if check_finite and not bool(xp.isfinite(sumsq).all()):
         raise ValueError("a and tau must be finite; found NaN or Inf")
     # as accurate as the less precise of a and tau (float32 geqrf output may come with float64 tau)
@@ -91,8 +93,8 @@ def lapack_reflectors(a, tau, xp, check_finite):
     return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq), phase
 
 
-def orthogonal_to_reflectors(q, xp):
-    """``(a, tau)`` in the geqrf layout with Q = H(1) ... H(r) [I_r; 0] exactly.
+def geqrf_exact(q, xp):
+    """``(a, tau)`` in the geqrf form with Q = H(1) ... H(r) [I_r; 0] exactly.
 
     ``q`` ``(..., d, r)``, r <= d, must have orthonormal columns (an orthogonal,
     or unitary, matrix when r = d): max |Q^H Q - I| <= 50 eps d, else
@@ -151,7 +153,7 @@ def orthogonal_to_reflectors(q, xp):
     return a, tau
 
 
-def orthonormal_to_reflectors(q, xp):
+def geqrf_signed(q, xp):
     """``(a, tau, signs)`` with H(1) ... H(n) [I_r; 0] = q diag(signs), for the
     ``from_dense`` of ``SVDMatrix``/``EighMatrix``.
 
@@ -162,9 +164,9 @@ def orthonormal_to_reflectors(q, xp):
     """
     d, r = q.shape[-2:]
     if not is_native(xp):  # no LAPACK QR in the standard: the reflections with R = I, no signs to move
-        a, tau = orthogonal_to_reflectors(q, xp)
+        a, tau = geqrf_exact(q, xp)
         return a, tau, xp.ones(q.shape[:-2] + (r,), dtype=q.dtype, **creation_kwargs(q))
-    raw, tau = xp.linalg.qr(q, mode="raw")  # raw is the transposed geqrf layout
+    raw, tau = xp.linalg.qr(q, mode="raw")  # raw is the transposed geqrf form
     a = xp.swapaxes(raw, -1, -2)
     signs = xp.sign(xp.diagonal(a, axis1=-2, axis2=-1)[..., :r])
     return a, tau[..., : max(1, min(r, d - 1))], signs
