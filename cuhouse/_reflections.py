@@ -30,15 +30,32 @@ runs only: ``conjugate`` takes the entrywise conjugate of the run, and ``phase``
 eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: reflections, lambda = -1)."""
 
 
-def _dask_token(reflections):
-    """The Dask token of a reflections object: its class and the state that pickles (caches
-    excluded), arrays by content; see :mod:`cuhouse._dask`."""
-    from dask.base import normalize_token
+class _Cached:
+    """What both kinds of reflections share: pickling without the caches named in ``_CACHES``
+    (``refresh`` rebuilds them lazily after unpickling), a Dask token of the same state, and the
+    array module of the backend name."""
 
-    return type(reflections).__qualname__, normalize_token(sorted(reflections.__getstate__().items()))
+    _CACHES = ()
+
+    def __getstate__(self):
+        return {key: value for key, value in self.__dict__.items() if key not in self._CACHES}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.refresh()
+
+    def __dask_tokenize__(self):
+        """The class and the state that pickles, arrays by content; see :mod:`cuhouse._dask`."""
+        from dask.base import normalize_token
+
+        return type(self).__qualname__, normalize_token(sorted(self.__getstate__().items()))
+
+    @property
+    def xp(self):
+        return module_named(self.backend)
 
 
-class Reflections:
+class Reflections(_Cached):
     """The shared state behind one or more ``HouseholderProduct`` views.
 
     It holds the reflections as the leaf arrays the user passed in
@@ -49,6 +66,8 @@ class Reflections:
     ``H`` and ``H.T`` share one ``Reflections``; ``H1 @ H2`` makes a new one.
     It pickles without its caches, and with its backend as a name.
     """
+
+    _CACHES = ("_vectors", "_norms", "_layout", "_safe", "_shape", "_forms")
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None):
         self.backend = backend
@@ -67,23 +86,6 @@ class Reflections:
         self._safe = None
         self._shape = None
         self._forms = {}
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_layout", "_safe", "_shape", "_forms"):
-            del state[cache]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.refresh()
-
-    def __dask_tokenize__(self):
-        return _dask_token(self)
-
-    @property
-    def xp(self):
-        return module_named(self.backend)
 
     @property
     def native(self):
@@ -315,7 +317,7 @@ def _lapack_rows(leaf, segment, xp):
     return rows
 
 
-class ComplexReflections:
+class ComplexReflections(_Cached):
     """The shared state of a unitary product (any complex leaf or segment), on the real algorithms.
 
     Same interface as :class:`Reflections` for :class:`HouseholderProduct`. The
@@ -325,6 +327,8 @@ class ComplexReflections:
     plan and cache. Gradients w.r.t. the real rows go back to the complex leaves
     in :meth:`contributions`. Pickles without its caches.
     """
+
+    _CACHES = ("_real", "_pairs", "_vectors")
 
     def __init__(self, backend, params, segments, check_finite, dtype):
         self.backend = backend
@@ -339,23 +343,6 @@ class ComplexReflections:
         self._real = None
         self._pairs = None
         self._vectors = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for cache in ("_real", "_pairs", "_vectors"):
-            del state[cache]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.refresh()
-
-    def __dask_tokenize__(self):
-        return _dask_token(self)
-
-    @property
-    def xp(self):
-        return module_named(self.backend)
 
     def _rows_of(self, segment):
         """The complex full rows ``(..., k, d)`` of one segment in stored order (identity factors

@@ -13,7 +13,7 @@ import sys
 import numpy
 import pytest
 import scipy.linalg
-from conftest import matmul, to_numpy
+from helpers import matmul, to_numpy
 
 import cuhouse
 from cuhouse.algorithms import portable

@@ -14,7 +14,7 @@ import pytest
 import scipy.linalg
 import scipy.optimize
 import scipy.sparse.linalg
-from conftest import to_numpy
+from helpers import to_numpy
 
 import cuhouse as ch
 

@@ -6,7 +6,7 @@ import math
 
 import numpy
 import pytest
-from conftest import rtol, to_numpy
+from helpers import rtol, to_numpy
 
 from cuhouse._backend import cupy_module, gpu_available
 from cuhouse._gpu import primitives as _primitives

@@ -1,12 +1,14 @@
 """Never silently wrong (issue 17): each defect of the reliability review, as a test that failed before its fix."""
 
 import gc
+import threading
+import tracemalloc
 import weakref
 
 import numpy
 import pytest
 import scipy.linalg
-from conftest import dense_reference
+from helpers import dense_reference
 
 import cuhouse as ch
 from cuhouse.householder import ALGORITHM_CHOICES
@@ -226,3 +228,118 @@ def test_mixed_precision_results_follow_the_matrix_dtype(make):
     out, back = ch.vjp(ch.matmul, m.inv(), rng.standard_normal((4, 2)))
     grads, _ = back(numpy.ones_like(out))
     assert grads[1].dtype == numpy.float32
+
+
+# ------------------------------------------------------------------------------------ threads and leaks
+def _shared_matrix_calls(rng, d=48):
+    """``(make, calls)``: a maker of fresh, equal matrices of every kind and the calls each thread runs
+    (different column counts, dtypes and transposes: different plans and caches, filled concurrently)."""
+    vectors = rng.standard_normal((d, d))
+    a, tau = _geqrf(rng, (d, d))
+    u, v, s = rng.standard_normal((d, d)), rng.standard_normal((d, d)), rng.uniform(1, 2, d)
+    xs = [rng.standard_normal((d, m)) for m in (1, 7, 64)]
+    xs += [x.astype(numpy.float32) for x in xs]
+
+    def make():
+        h = ch.HouseholderProduct(vectors)
+        return [
+            h,
+            ch.HouseholderProduct.from_lapack(a, tau),
+            ch.SVDMatrix(u, s, v),
+            ch.EighMatrix(u, s).expm(),
+            h @ h.T,
+        ]
+
+    def calls(matrices):
+        out = []
+        for m in matrices:
+            out += [lambda m=m, x=x: m @ x for x in xs]
+            out += [lambda m=m, x=x: m.T @ x for x in xs]
+            out += [lambda m=m, x=x: x.T @ m for x in xs]
+            out.append(lambda m=m: ch.vjp(ch.matmul, m, xs[1])[1](xs[1])[0][0])
+            out.append(m.todense)
+        return out
+
+    return make, calls
+
+
+def test_one_fresh_matrix_shared_by_8_threads_gives_bitwise_the_single_thread_results():
+    make, calls = _shared_matrix_calls(numpy.random.default_rng(11))
+    expected = [f() for f in calls(make())]
+    for _ in range(3):  # three fresh sets of matrices, each shared by 8 threads from its first call
+        shared = calls(make())
+        barrier = threading.Barrier(8)
+        results = [None] * 8
+
+        def run(t):
+            order = list(range(len(shared)))[t * 7 % len(shared) :] + list(range(len(shared)))[: t * 7 % len(shared)]
+            barrier.wait()
+            results[t] = {i: shared[i]() for i in order}
+
+        threads = [threading.Thread(target=run, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for per_thread in results:
+            for i, want in enumerate(expected):
+                got = per_thread[i]
+                assert got.dtype == want.dtype and numpy.array_equal(got, want), "call {} differs".format(i)
+
+
+def test_memory_is_flat_over_many_fresh_matrices_with_the_garbage_collector_disabled():
+    # each step builds fresh matrices of every kind at d = 128 and fills their caches (block factors of
+    # about 100 KiB each): a reference cycle would hold them, several MiB over the steps below
+    rng = numpy.random.default_rng(12)
+    d = 128
+    vectors, w, x = rng.standard_normal((d, d)), rng.uniform(1, 2, d), rng.standard_normal((d, 4))
+    a, tau = _geqrf(rng, (d, d))
+
+    def step():
+        h = ch.HouseholderProduct(vectors)
+        svd = ch.SVDMatrix(vectors, w, h)
+        e = ch.EighMatrix(vectors, w)
+        for m in (h, ch.HouseholderProduct.from_lapack(a, tau), svd, svd.inv().T, e.expm(), svd @ e):
+            out, back = ch.vjp(ch.matmul, m, x)
+            back(out)
+            ch.vjp(ch.logdet, m)[1](numpy.ones(m.shape[:-2]))
+
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        for _ in range(5):  # warm-up: the plan's memo and other one-off caches
+            step()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(40):
+            step()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        assert grown < 2**20, "{:.1f} MiB held after 40 steps".format(grown / 2**20)
+        assert gc.collect() == 0, "reference cycles were created"
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+
+
+def test_svd_linear_training_steps_create_no_reference_cycles():
+    torch = pytest.importorskip("torch")
+    import cuhouse.torch as cht
+
+    torch.manual_seed(0)
+    layer = cht.SVDLinear(16, 16)
+    x = torch.randn(8, 16)
+
+    def step():
+        loss = layer(x).square().sum() - layer.logdet().sum()
+        loss.backward()
+
+    for _ in range(5):  # warm-up: torch's own one-off caches
+        step()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(100):
+            step()
+        assert gc.collect() == 0, "each step left a reference cycle (an SVDMatrix and its factors)"
+    finally:
+        gc.enable()

@@ -2,7 +2,7 @@
 
 import numpy
 import pytest
-from conftest import dense_reference, rtol
+from helpers import dense_reference, rtol
 from scipy.linalg import lapack
 
 import cuhouse

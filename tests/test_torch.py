@@ -1,6 +1,5 @@
 """cuhouse.torch: forward and gradients against dense torch references, gradcheck, DLPack, errors, compile."""
 
-import pathlib
 import subprocess
 import sys
 
@@ -504,15 +503,3 @@ def test_cuda_matches_cpu():
         assert_close(got.cpu(), want, torch.float32, scale=100)
     with pytest.raises(TypeError, match="X is on cpu but vectors is on cuda"):
         cht.householder_matmul(vc, x)
-
-
-@pytest.mark.slow
-def test_bench_script_runs_on_a_tiny_size():
-    script = pathlib.Path(__file__).resolve().parent.parent / "examples" / "bench_torch.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--d", "8", "--m", "2", "--rounds", "1"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert "torch householder_product + matmul" in out and "parametrizations.orthogonal matrix_exp" in out

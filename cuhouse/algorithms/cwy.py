@@ -24,7 +24,7 @@ from .._gpu import primitives as _primitives
 from . import _gemm, _layout
 from ._gemm import swap
 from ._layout import FULL
-from ._steps import application_order, writable
+from ._steps import application_order, empty_in_order, sweep_buffer, writable
 
 Form = namedtuple("CWYForm", "blocks t s active layout n")
 Form.__doc__ = """The :class:`~._layout.Block` list ``blocks``, T matrices ``t`` and their
@@ -90,7 +90,11 @@ def _block_rows_times(f, j, x, xp):
 
 
 def apply(f, x, transpose, xp):
-    """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m)."""
+    """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m).
+
+    The result keeps X's memory order: for the column-major view of a row-major
+    ``X @ H`` operand every GEMM runs transposed (:func:`._gemm.matmul`), so
+    neither X nor the result is copied across orders."""
     out = writable(x, _batch(f, x), xp)
     work = xp.empty_like(out)
     for j in application_order(len(f.blocks), transpose):
@@ -98,7 +102,7 @@ def apply(f, x, transpose, xp):
         kb = block.last - block.first
         tj = f.t[..., j, :kb, :kb]
         z = _block_rows_times(f, j, out, xp)
-        _gemm.subtract_rows_transposed(block, (swap(tj, xp) if transpose else tj) @ z, out, xp, work)
+        _gemm.subtract_rows_transposed(block, _gemm.matmul(swap(tj, xp) if transpose else tj, z, xp), out, xp, work)
     return out
 
 
@@ -113,15 +117,14 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     The applied block is ``Q = I - V^T M V`` (``M = T``, or ``T^T`` when
     ``transpose``). The blocks are swept from the last applied to the first,
     carrying ``B = [A | G]`` ``(..., d, 2m)``, a block's output and the gradient
-    there; per block ``Z = V B`` and ``U = M^T Z``, then ``B <- B - V^T U``
-    undoes the block (``Q^T = Q^{-1}``). With ``V A_in = -M^{-1} U_A`` the
-    gradient becomes ``dV = [-U_G, U_A] B^T + (C + U_G U_A^T) V``, where ``C``
-    (from :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`) carries
-    ``R = dL/dS = T^T N T^T`` through ``striu(G)``, plus ``diag(R)`` for the
-    ``diag(G)/2`` of the raw form; all the k x k work and the ``C V``
-    products run batched over blocks after the sweep. Since P does not
-    change when a vector is scaled, each row of dV is orthogonal to its vector
-    in the full and trapezoidal layouts (not in ``"unit"``, whose implicit 1 is fixed).
+    there; ``B <- B - V^T U`` with ``U = M^T V B`` undoes the block, and its
+    gradient is ``dV = [-U_G, U_A] B^T + (C + U_G U_A^T) V``, which needs no
+    block input. The derivation, and the coefficients ``C`` of
+    :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`, are on the
+    design page (``docs/design.rst``, "Compact WY and its backward pass"). All
+    the k x k work and the ``C V`` products run batched over blocks after the
+    sweep. Each row of dV is orthogonal to its vector in the full and
+    trapezoidal layouts (not in ``"unit"``, whose implicit 1 is fixed).
 
     ``store_inputs`` (full layout only; see :func:`cuhouse.plan.store_block_inputs`)
     keeps every block's ``B`` (extra ``n/k * d * 2m`` values) and forms the
@@ -134,12 +137,12 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     m = out.shape[-1]
     d = out.shape[-2]
     m_factor = swap(f.t, xp) if transpose else f.t
-    b = xp.concatenate([out, dout], axis=-1)  # out's batch already includes V's
+    b = sweep_buffer(out, dout, xp)  # out's batch already includes V's
     batch = b.shape[:-2]
     z = xp.zeros(batch + (n_blocks, k, 2 * m), dtype=b.dtype)
     u = xp.zeros_like(z)
     store_inputs = store_inputs and f.layout == FULL
-    stored = xp.empty(batch + (n_blocks, d, 2 * m), dtype=b.dtype) if store_inputs else None
+    stored = empty_in_order(batch + (n_blocks, d, 2 * m), b.dtype, b, xp) if store_inputs else None
     dy = xp.zeros(batch + (f.n, d), dtype=b.dtype)
     work = xp.empty_like(b)
     for j in reversed(application_order(n_blocks, transpose)):
@@ -147,7 +150,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         kb = block.last - block.first
         zj = _block_rows_times(f, j, b, xp)
         z[..., j, :kb, :] = zj
-        uj = swap(m_factor[..., j, :kb, :kb], xp) @ zj
+        uj = _gemm.matmul(swap(m_factor[..., j, :kb, :kb], xp), zj, xp)
         u[..., j, :kb, :] = uj
         if store_inputs:
             stored[..., j, :, :] = b
