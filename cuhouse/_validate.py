@@ -5,6 +5,8 @@ Every check raises ``TypeError`` (wrong kind of object or dtype) or
 and what was received. No check mutates its input.
 """
 
+from collections import namedtuple
+
 import numpy
 
 from ._backend import (
@@ -143,31 +145,54 @@ def vectors(v, xp, name="vectors"):
     return v
 
 
-def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors"):
+NormSummary = namedtuple("NormSummary", "finite zero largest smallest")
+NormSummary.__doc__ = """Host facts about row norms: all ``finite``, some ``zero``, the ``largest``
+norm and the ``smallest`` nonzero one (``inf`` when none is nonzero; NaN propagates)."""
+
+
+def norm_summary(norms, xp):
+    """The :class:`NormSummary` of ``norms`` ``(..., n)`` in one device-to-host transfer (on CuPy
+    the one host synchronization that validating and building from these norms need). O(n)."""
+    if norms.size == 0:
+        return NormSummary(True, False, 0.0, float("inf"))
+    facts = xp.stack(
+        [
+            xp.isfinite(norms).all().astype(numpy.float64),
+            (norms == 0).any().astype(numpy.float64),
+            xp.max(norms).astype(numpy.float64),
+            xp.min(xp.where(norms == 0, numpy.inf, norms)).astype(numpy.float64),
+        ]
+    )
+    finite, zero, largest, smallest = to_host(facts).tolist()
+    return NormSummary(bool(finite), bool(zero), largest, smallest)
+
+
+def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors", summary=None):
     """Check the row norms ``(..., n)`` of Householder vectors: a NaN/Inf norm
     (only when ``check_finite``) or a zero row (unless ``allow_zero_rows``) is a
-    ``ValueError``. A norm is finite exactly when its row is. Cost: O(n), and one
-    device-to-host synchronization on a device. On the generic path (neither
-    NumPy nor CuPy) ``check_finite=False`` skips the zero-row check too, so
-    that no synchronization happens: a zero row then acts as the identity.
+    ``ValueError``. A norm is finite exactly when its row is. ``summary`` (a
+    :class:`NormSummary` of ``norms``) saves the device-to-host transfer. Cost: O(n). On the
+    generic path (neither NumPy nor CuPy) one synchronization, and none with ``check_finite=False``,
+    which skips the zero-row check too: a zero row then acts as the identity.
     """
-    if not check_finite and not is_native(xp):
+    if not is_native(xp):
+        _generic_vector_norms(norms, xp, check_finite, allow_zero_rows, name)
         return
-    bad = ~xp.isfinite(norms) if check_finite else None
-    if not allow_zero_rows:
-        bad = norms == 0 if bad is None else bad | (norms == 0)
-    if bad is None or not bool(xp.any(bad)):
-        return
-    if check_finite and not bool(xp.all(xp.isfinite(norms))):
+    if summary is None:
+        summary = norm_summary(norms, xp)
+    if check_finite and not summary.finite:
         raise ValueError(
             "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
         )
-    where = tuple(int(i) for i in numpy.argwhere(to_host(norms == 0))[0])
-    raise ValueError(
-        "{} row {} is a zero vector; every Householder vector must be nonzero".format(
-            name, where if len(where) > 1 else where[0]
-        )
-    )
+    if not allow_zero_rows:
+        zero = norms == 0
+        if summary.zero:
+            where = tuple(int(i) for i in numpy.argwhere(to_host(zero))[0])
+            raise ValueError(
+                "{} row {} is a zero vector; every Householder vector must be nonzero".format(
+                    name, where if len(where) > 1 else where[0]
+                )
+            )
 
 
 def cotangent(g, name, shape, xp, check_finite, device=None):
@@ -258,3 +283,24 @@ def positive_int(value, name, expected="a positive int"):
 def positive_int_or_none(value, name):
     """``None`` or a positive int; ``TypeError``/``ValueError`` otherwise."""
     return None if value is None else positive_int(value, name, "a positive int or None")
+
+
+def _generic_vector_norms(norms, xp, check_finite, allow_zero_rows, name):
+    """:func:`vector_norms` on the generic path: one host synchronization (none without checks)."""
+    if not check_finite:
+        return
+    bad = ~xp.isfinite(norms)
+    if not allow_zero_rows:
+        bad = bad | (norms == 0)
+    if not bool(xp.any(bad)):
+        return
+    if not bool(xp.all(xp.isfinite(norms))):
+        raise ValueError(
+            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
+        )
+    where = tuple(int(i) for i in numpy.argwhere(to_host(norms == 0))[0])
+    raise ValueError(
+        "{} row {} is a zero vector; every Householder vector must be nonzero".format(
+            name, where if len(where) > 1 else where[0]
+        )
+    )
