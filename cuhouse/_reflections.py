@@ -31,11 +31,19 @@ eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: refle
 
 
 class _Cached:
-    """What both kinds of reflections share: pickling without the caches named in ``_CACHES``
-    (``refresh`` rebuilds them lazily after unpickling), a Dask token of the same state, and the
-    array module of the backend name."""
+    """What both reflection states share: the leaf arrays ``params`` read through ``segments``,
+    pickling without the caches named in ``_CACHES`` (``refresh`` rebuilds them lazily after
+    unpickling), a Dask token of the same state, and the array module of the backend name."""
 
     _CACHES = ()
+
+    def __init__(self, backend, params, segments, check_finite, dtype):
+        self.backend = backend
+        self.params = params
+        self.segments = segments
+        self.check_finite = check_finite
+        self.dtype = numpy.dtype(dtype) if is_native(module_named(backend)) else dtype
+        self.refresh()
 
     def __getstate__(self):
         return {key: value for key, value in self.__dict__.items() if key not in self._CACHES}
@@ -70,12 +78,7 @@ class Reflections(_Cached):
     _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms")
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
-        self.backend = backend
-        self.params = params
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype) if is_native(module_named(backend)) else dtype
-        self.refresh()
+        super().__init__(backend, params, segments, check_finite, dtype)
         self._norms = norms
         self._summary = summary
 
@@ -275,14 +278,14 @@ class Reflections(_Cached):
             if not self.safe:
                 scaled = _normalize.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _layout.FULL, None
-            norms = self.norms
             summary = self.norm_summary()  # host facts: no sync here
             v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
-            if scaled is None and chosen.algorithm in ("cwy", "dense") and summary.smallest != numpy.inf:
-                # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
+            if scaled is None and chosen.algorithm in ("cwy", "dense", "ormqr") and summary.smallest != numpy.inf:
+                # dense: CWY builds H and its adjoint; ormqr: LAPACK on the raw rows, as CWY;
+                # all-zero rows (identity factors only) act as unit rows
                 v_max, v_min = summary.largest, summary.smallest
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            extra = {"norms": norms} if module is PLANS["ormqr"] else {}
+            extra = {"norms": self.norms} if module is PLANS["ormqr"] else {}
             form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
             self._forms[key] = form, scaled, limits
         return self._forms[key]
@@ -342,14 +345,6 @@ class ComplexReflections(_Cached):
     """
 
     _CACHES = ("_real", "_pairs", "_vectors")
-
-    def __init__(self, backend, params, segments, check_finite, dtype):
-        self.backend = backend
-        self.params = params
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
-        self.refresh()
 
     def refresh(self):
         """Drop every cache; the next use realifies the leaf arrays again."""

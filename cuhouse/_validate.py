@@ -34,12 +34,19 @@ def as_array(x, name, xp, device=None):
     Lists and scalars go through ``xp.asarray`` (on ``device``, for a library
     with devices). A ``TypeError`` names what is refused: an array of another
     library or device than ``xp``'s (nothing is copied behind the caller's
-    back), ``None``, strings, objects that opt out of NumPy's array protocol
-    with ``__array_ufunc__ = None`` (cuhouse matrices, whose ``__array__``
-    would densify them), SciPy sparse matrices, NumPy masked arrays, float16
-    and object data, and complex data on the generic path (neither NumPy nor
-    CuPy), which computes in float32/float64.
+    back), cuhouse matrices (whose ``__array__`` would densify them),
+    ``None``, strings, objects that opt out of NumPy's array protocol with
+    ``__array_ufunc__ = None``, SciPy sparse matrices, NumPy masked arrays,
+    float16 and object data, and complex data on the generic path (neither
+    NumPy nor CuPy), which computes in float32/float64. A torch tensor that
+    requires grad is taken as it is: torch autograd runs through cuhouse's
+    adjoints (:mod:`cuhouse._torch`).
     """
+    if getattr(type(x), "_CUHOUSE_MATRIX", False):
+        raise TypeError(
+            "{} must be an array, got a cuhouse {}: compose matrices with A @ B, or pass its dense "
+            "form {}.todense()".format(name, type(x).__name__, name)
+        )
     if x is None or isinstance(x, (str, bytes)) or getattr(type(x), "__array_ufunc__", False) is None:
         raise TypeError("{} must be an array of real or complex numbers, got {}".format(name, type(x).__name__))
     if type(x).__module__.startswith("scipy.sparse"):
@@ -145,6 +152,10 @@ def vectors(v, xp, name="vectors"):
     return v
 
 
+OPERAND_CHECK = "the matrix checks its operands: build it with check_finite=False to skip this check"
+"""Where the finiteness check of an operand (X, B, dout) is switched off: the matrix's constructor."""
+
+
 NormSummary = namedtuple("NormSummary", "finite zero largest smallest")
 NormSummary.__doc__ = """Host facts about row norms: all ``finite``, some ``zero``, the ``largest``
 norm and the ``smallest`` nonzero one (``inf`` when none is nonzero; NaN propagates)."""
@@ -206,9 +217,7 @@ def cotangent(g, name, shape, xp, check_finite, device=None):
             )
         )
     if check_finite and not bool(xp.all(xp.isfinite(g))):
-        raise ValueError(
-            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
-        )
+        raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
     return g
 
 
@@ -226,9 +235,7 @@ def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name
     x = as_array(x, name, xp, device)
     matmul_shape(op_shape, x.shape, side, op_name, name)
     if check_finite and not bool(xp.all(xp.isfinite(x))):
-        raise ValueError(
-            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
-        )
+        raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
     return x, astype(x, float_dtype(result_type(xp, op_dtype, x.dtype), xp), xp)
 
 
