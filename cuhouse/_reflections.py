@@ -11,7 +11,7 @@ from collections import namedtuple
 
 import numpy
 
-from . import _complex, _memory
+from . import _complex, _memory, _validate
 from ._backend import module_named, read_only
 from ._gpu import primitives
 from .algorithms import PLANS, _layout, _normalize, _scaling
@@ -67,9 +67,9 @@ class Reflections(_Cached):
     It pickles without its caches, and with its backend as a name.
     """
 
-    _CACHES = ("_vectors", "_norms", "_layout", "_safe", "_shape", "_forms")
+    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms")
 
-    def __init__(self, backend, params, segments, check_finite, dtype, norms=None):
+    def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
         self.backend = backend
         self.params = params
         self.segments = segments
@@ -77,11 +77,13 @@ class Reflections(_Cached):
         self.dtype = numpy.dtype(dtype)
         self.refresh()
         self._norms = norms
+        self._summary = summary
 
     def refresh(self):
         """Drop every cache; the next use rebuilds from the leaf arrays."""
         self._vectors = None
         self._norms = None
+        self._summary = None
         self._layout = None
         self._safe = None
         self._shape = None
@@ -100,12 +102,19 @@ class Reflections(_Cached):
         form needs no normalization pass (see :meth:`form`). Cached."""
         if self._safe is None:
             info = numpy.finfo(self.dtype)
-            norms = self.norms
-            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
-                norms <= numpy.sqrt(info.max * info.eps)
+            summary = self.norm_summary()  # host facts: no sync when the constructor had them
+            self._safe = bool(
+                (summary.smallest == numpy.inf or summary.smallest >= numpy.sqrt(info.tiny / info.eps))
+                and summary.largest <= numpy.sqrt(info.max * info.eps)
             )
-            self._safe = bool(safe.all())
         return self._safe
+
+    def norm_summary(self):
+        """The :class:`~cuhouse._validate.NormSummary` of :attr:`norms`: one device-to-host transfer,
+        usually made by the constructor's validation. Cached."""
+        if self._summary is None:
+            self._summary = _validate.norm_summary(self.norms, self.xp)
+        return self._summary
 
     def lapack_ready(self, differentiable):
         """Whether LAPACK's ``?ormqr`` can run a product itself (:mod:`cuhouse.algorithms.ormqr`): one
@@ -137,14 +146,18 @@ class Reflections(_Cached):
 
     def layout_for(self, differentiable):
         """The layout products run in. A gradient w.r.t. a vectors array covers every entry, the zeros
-        of a trapezoidal array included, so differentiable products use its full rows."""
+        of a trapezoidal array included, so differentiable products use its full rows (decided
+        without looking at the entries: no host sync)."""
+        if differentiable and self._layout is None and self.segments[0].k is None:
+            return _layout.FULL
         layout = self.layout
         return _layout.FULL if differentiable and layout == _layout.TRAPEZOIDAL else layout
 
     @property
     def identity(self):
-        """The identity-factor mask ``(..., n)`` of :attr:`rows`, or ``None``."""
-        return self.segments[0].identity if self.layout == _layout.UNIT else None
+        """The identity-factor mask ``(..., n)`` of :attr:`rows` (one ``geqrf`` leaf), or ``None``."""
+        (segment, *more) = self.segments
+        return segment.identity if not more and not segment.transpose and segment.k is not None else None
 
     @property
     def rows(self):
@@ -229,11 +242,11 @@ class Reflections(_Cached):
                 scaled = _normalize.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _layout.FULL, None
             norms = self.norms
+            summary = self.norm_summary()  # host facts: no sync here
             v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
-            if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
+            if scaled is None and chosen.algorithm in ("cwy", "dense") and summary.smallest != numpy.inf:
                 # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
-                v_max = float(xp.max(norms))
-                v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
+                v_max, v_min = summary.largest, summary.smallest
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
             extra = {"norms": norms} if module is PLANS["ormqr"] else {}
             form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)

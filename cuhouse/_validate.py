@@ -5,6 +5,8 @@ Every check raises ``TypeError`` (wrong kind of object or dtype) or
 and what was received. No check mutates its input.
 """
 
+from collections import namedtuple
+
 import numpy
 
 from ._backend import SUPPORTED_DTYPES, is_cupy_array, to_host, type_name
@@ -103,18 +105,43 @@ def vectors(v, xp, name="vectors"):
     return v
 
 
-def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors"):
+NormSummary = namedtuple("NormSummary", "finite zero largest smallest")
+NormSummary.__doc__ = """Host facts about row norms: all ``finite``, some ``zero``, the ``largest``
+norm and the ``smallest`` nonzero one (``inf`` when none is nonzero; NaN propagates)."""
+
+
+def norm_summary(norms, xp):
+    """The :class:`NormSummary` of ``norms`` ``(..., n)`` in one device-to-host transfer (on CuPy
+    the one host synchronization that validating and building from these norms need). O(n)."""
+    if norms.size == 0:
+        return NormSummary(True, False, 0.0, float("inf"))
+    facts = xp.stack(
+        [
+            xp.isfinite(norms).all().astype(numpy.float64),
+            (norms == 0).any().astype(numpy.float64),
+            xp.max(norms).astype(numpy.float64),
+            xp.min(xp.where(norms == 0, numpy.inf, norms)).astype(numpy.float64),
+        ]
+    )
+    finite, zero, largest, smallest = to_host(facts).tolist()
+    return NormSummary(bool(finite), bool(zero), largest, smallest)
+
+
+def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors", summary=None):
     """Check the row norms ``(..., n)`` of Householder vectors: a NaN/Inf norm
     (only when ``check_finite``) or a zero row (unless ``allow_zero_rows``) is a
-    ``ValueError``. A norm is finite exactly when its row is. Cost: O(n).
+    ``ValueError``. A norm is finite exactly when its row is. ``summary`` (a
+    :class:`NormSummary` of ``norms``) saves the device-to-host transfer. Cost: O(n).
     """
-    if check_finite and not bool(xp.isfinite(norms).all()):
+    if summary is None:
+        summary = norm_summary(norms, xp)
+    if check_finite and not summary.finite:
         raise ValueError(
             "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
         )
     if not allow_zero_rows:
         zero = norms == 0
-        if bool(zero.any()):
+        if summary.zero:
             where = tuple(int(i) for i in numpy.argwhere(to_host(zero))[0])
             raise ValueError(
                 "{} row {} is a zero vector; every Householder vector must be nonzero".format(

@@ -70,8 +70,9 @@ class HouseholderProduct(Operator):
             core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
         else:
             norms = primitives.row_norms(v, xp)
-            _validate.vector_norms(norms, xp, bool(check_finite))
-            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms)
+            summary = _validate.norm_summary(norms, xp)  # the one sync: validation and the build's facts
+            _validate.vector_norms(norms, xp, bool(check_finite), summary=summary)
+            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms, summary)
         self._init(core, False, algorithm, block_size)
 
     def _init(self, core, transpose, algorithm, block_size, conjugate=False):
@@ -395,14 +396,14 @@ class HouseholderProduct(Operator):
 
     def _matmat(self, columns, transpose):
         real, back = self._real_form(columns)
-        module, _, (form, _, limits), transpose = self._run(real, transpose, False)
-        return back(_apply_scaled(module, form, real, transpose, limits, self._xp))
+        module, chosen, (form, _, limits), transpose = self._run(real, transpose, False)
+        return back(_apply_scaled(module, chosen, form, real, transpose, limits, self._xp))
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
         real, to_columns = self._real_form(columns)
         module, chosen, (form, scaled, limits), transpose = self._run(real, transpose, True)
-        out = _apply_scaled(module, form, real, transpose, limits, xp)
+        out = _apply_scaled(module, chosen, form, real, transpose, limits, xp)
 
         def back(dout):
             dv, dx, exponent = _backward_scaled(
@@ -419,15 +420,28 @@ class HouseholderProduct(Operator):
         return self.logdet(), lambda dvalue: []
 
 
-def _apply_scaled(module, form, columns, transpose, limits, xp):
-    """``module.apply`` with the columns of X out of ``limits`` scaled by powers of two (exact) and the
-    result scaled back, so that no intermediate overflows or underflows where the result does not
-    (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV over ``|X|``; three passes over X more
-    only when some column is out of range."""
-    exponent = _scaling.column_exponents(columns, limits, xp)
+def _apply_scaled(module, chosen, form, columns, transpose, limits, xp):
+    """``module.apply`` (in the plan's apply mode) with the columns of X out of ``limits`` scaled by
+    powers of two (exact) and the result scaled back, so that no intermediate overflows or
+    underflows where the result does not (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV
+    over ``|X|``; three passes over X more only when some column is out of range. On the GPU the
+    test would be a host sync on every product: there every column is scaled to its binade
+    (:func:`~cuhouse.algorithms._scaling.column_binades`; exact, the same bits in range)."""
+    if xp is numpy:
+        exponent = _scaling.column_exponents(columns, limits, xp)
+    else:
+        exponent = _scaling.column_binades(columns, xp)
     if exponent is None:
+        return _apply(module, chosen, form, columns, transpose, xp)
+    scaled = _apply(module, chosen, form, _scaling.scaled(columns, exponent, xp), transpose, xp)
+    return _scaling.unscale(scaled, exponent, xp)
+
+
+def _apply(module, chosen, form, columns, transpose, xp):
+    """``module.apply`` in the plan's apply mode (only cwy has modes other than ``"steps"``)."""
+    if chosen.apply == "steps":
         return module.apply(form, columns, transpose, xp)
-    return _scaling.unscale(module.apply(form, _scaling.scaled(columns, exponent, xp), transpose, xp), exponent, xp)
+    return module.apply(form, columns, transpose, xp, mode=chosen.apply)
 
 
 def _backward_scaled(module, form, out, dout, transpose, limits, store_inputs, xp):

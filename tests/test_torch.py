@@ -489,7 +489,7 @@ def test_import_without_torch_says_how_to_install():
 
 
 # ----------------------------------------------------------------------- CUDA
-@pytest.mark.gpu
+@pytest.mark.cuda_torch  # not `gpu`: the CPU stand-in of CuPy cannot stand in for torch's CUDA
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch and a device")
 def test_cuda_matches_cpu():
     pytest.importorskip("cupy")

@@ -21,16 +21,17 @@ from collections import namedtuple
 import numpy
 
 from .._gpu import primitives as _primitives
-from . import _gemm, _layout
+from . import _cached, _gemm, _layout
 from ._gemm import swap
 from ._layout import FULL
-from ._steps import application_order, empty_in_order, sweep_buffer, writable
+from ._steps import application_order, column_major, empty_in_order, sweep_buffer, writable
 
-Form = namedtuple("CWYForm", "blocks t s active layout n")
+Form = namedtuple("CWYForm", "blocks t s active layout n cache")
 Form.__doc__ = """The :class:`~._layout.Block` list ``blocks``, T matrices ``t`` and their
 inverses ``s`` ``(..., n/k, k, k)`` (the last block padded with decoupled
 rows), ``active`` ``(..., n)`` (``None``, or False for identity factors),
-the ``layout`` and the number ``n`` of reflections."""
+the ``layout``, the number ``n`` of reflections, and a ``cache`` dict for the
+cached apply modes (:mod:`._cached`: ``W = M V``, captured graphs)."""
 
 
 def build(y, block_size, xp, layout=FULL, identity=None):
@@ -61,7 +62,7 @@ def build(y, block_size, xp, layout=FULL, identity=None):
     s = g * weights  # S = striu(G) + diag(G)/2 in one pass, no index arrays
     # a zero row (an identity factor, or block padding) gets s_ii = 1/2: decoupled, it acts as nothing
     s += (xp.diagonal(g, axis1=-2, axis2=-1) == 0)[..., None] * half_eye
-    return Form(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2])
+    return Form(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2], {})
 
 
 def _s_weights(k, dtype, xp):
@@ -89,12 +90,24 @@ def _block_rows_times(f, j, x, xp):
     return z
 
 
-def apply(f, x, transpose, xp):
+def apply(f, x, transpose, xp, mode="steps"):
     """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m).
 
     The result keeps X's memory order: for the column-major view of a row-major
     ``X @ H`` operand every GEMM runs transposed (:func:`._gemm.matmul`), so
-    neither X nor the result is copied across orders."""
+    neither X nor the result is copied across orders.
+
+    ``mode`` (the plan's ``apply``): ``"steps"`` runs the three GEMMs a block
+    below; ``"gemm"`` and ``"graph"`` the cached modes of :mod:`._cached` (two
+    GEMMs a block; on CuPy one CUDA graph for an unbatched 2-D X), which take a
+    row-major X, or any X with full-length rows (contiguous GEMM operands
+    either way); other X run the steps.
+    """
+    if mode != "steps" and (f.layout == FULL or not column_major(x)):
+        batch = _batch(f, x)
+        if mode == "graph" and xp.__name__ != "numpy" and _cached.graphable(f, x, batch):
+            return _cached.apply_graph(f, x, transpose, xp)
+        return _cached.apply_gemm(f, x, transpose, xp, batch)
     out = writable(x, _batch(f, x), xp)
     work = xp.empty_like(out)
     for j in application_order(len(f.blocks), transpose):
@@ -117,15 +130,14 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     The applied block is ``Q = I - V^T M V`` (``M = T``, or ``T^T`` when
     ``transpose``). The blocks are swept from the last applied to the first,
     carrying ``B = [A | G]`` ``(..., d, 2m)``, a block's output and the gradient
-    there; per block ``Z = V B`` and ``U = M^T Z``, then ``B <- B - V^T U``
-    undoes the block (``Q^T = Q^{-1}``). With ``V A_in = -M^{-1} U_A`` the
-    gradient becomes ``dV = [-U_G, U_A] B^T + (C + U_G U_A^T) V``, where ``C``
-    (from :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`) carries
-    ``R = dL/dS = T^T N T^T`` through ``striu(G)``, plus ``diag(R)`` for the
-    ``diag(G)/2`` of the raw form; all the k x k work and the ``C V``
-    products run batched over blocks after the sweep. Since P does not
-    change when a vector is scaled, each row of dV is orthogonal to its vector
-    in the full and trapezoidal layouts (not in ``"unit"``, whose implicit 1 is fixed).
+    there; ``B <- B - V^T U`` with ``U = M^T V B`` undoes the block, and its
+    gradient is ``dV = [-U_G, U_A] B^T + (C + U_G U_A^T) V``, which needs no
+    block input. The derivation, and the coefficients ``C`` of
+    :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`, are on the
+    design page (``docs/design.rst``, "Compact WY and its backward pass"). All
+    the k x k work and the ``C V`` products run batched over blocks after the
+    sweep. Each row of dV is orthogonal to its vector in the full and
+    trapezoidal layouts (not in ``"unit"``, whose implicit 1 is fixed).
 
     ``store_inputs`` (full layout only; see :func:`cuhouse.plan.store_block_inputs`)
     keeps every block's ``B`` (extra ``n/k * d * 2m`` values) and forms the
