@@ -31,11 +31,20 @@ eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: refle
 
 
 class _Cached:
-    """What both kinds of reflections share: pickling without the caches named in ``_CACHES``
-    (``refresh`` rebuilds them lazily after unpickling), a Dask token of the same state, and the
-    array module of the backend name."""
+    """What both kinds of reflections share: their state (the backend's name, the leaf arrays
+    ``params``, the ``segments`` that read them, ``check_finite``, the product's ``dtype``),
+    pickling without the caches named in ``_CACHES`` (``refresh`` rebuilds them lazily after
+    unpickling), a Dask token of the same state, and the array module of the backend name."""
 
     _CACHES = ()
+
+    def __init__(self, backend, params, segments, check_finite, dtype):
+        self.backend = backend
+        self.params = params
+        self.segments = segments
+        self.check_finite = check_finite
+        self.dtype = numpy.dtype(dtype)
+        self.refresh()
 
     def __getstate__(self):
         return {key: value for key, value in self.__dict__.items() if key not in self._CACHES}
@@ -70,12 +79,7 @@ class Reflections(_Cached):
     _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms")
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
-        self.backend = backend
-        self.params = params
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
-        self.refresh()
+        super().__init__(backend, params, segments, check_finite, dtype)
         self._norms = norms
         self._summary = summary
 
@@ -306,14 +310,6 @@ class ComplexReflections(_Cached):
     """
 
     _CACHES = ("_real", "_pairs", "_vectors")
-
-    def __init__(self, backend, params, segments, check_finite, dtype):
-        self.backend = backend
-        self.params = params
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
-        self.refresh()
 
     def refresh(self):
         """Drop every cache; the next use realifies the leaf arrays again."""
