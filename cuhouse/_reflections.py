@@ -31,8 +31,7 @@ eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: refle
 
 
 class _Cached:
-    """What both kinds of reflections share: their state (the backend's name, the leaf arrays
-    ``params``, the ``segments`` that read them, ``check_finite``, the product's ``dtype``),
+    """What both reflection states share: the leaf arrays ``params`` read through ``segments``,
     pickling without the caches named in ``_CACHES`` (``refresh`` rebuilds them lazily after
     unpickling), a Dask token of the same state, and the array module of the backend name."""
 
@@ -245,14 +244,14 @@ class Reflections(_Cached):
             if not self.safe:
                 scaled = _normalize.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _layout.FULL, None
-            norms = self.norms
             summary = self.norm_summary()  # host facts: no sync here
             v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
-            if scaled is None and chosen.algorithm in ("cwy", "dense") and summary.smallest != numpy.inf:
-                # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
+            if scaled is None and chosen.algorithm in ("cwy", "dense", "ormqr") and summary.smallest != numpy.inf:
+                # dense: CWY builds H and its adjoint; ormqr: LAPACK on the raw rows, as CWY;
+                # all-zero rows (identity factors only) act as unit rows
                 v_max, v_min = summary.largest, summary.smallest
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            extra = {"norms": norms} if module is PLANS["ormqr"] else {}
+            extra = {"norms": self.norms} if module is PLANS["ormqr"] else {}
             form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
             self._forms[key] = form, scaled, limits
         return self._forms[key]

@@ -19,13 +19,24 @@ def as_array(x, name, xp):
     """``x`` as an array of module ``xp`` with a real or complex dtype.
 
     Lists and scalars go through ``xp.asarray``. A ``TypeError`` names what
-    is refused: ``None``, strings, objects that opt out of NumPy's array
-    protocol with ``__array_ufunc__ = None`` (cuhouse matrices, whose
-    ``__array__`` would densify them), SciPy sparse matrices, NumPy masked
-    arrays, float16 and object data.
+    is refused: cuhouse matrices (whose ``__array__`` would densify them),
+    ``None``, strings, objects that opt out of NumPy's array protocol with
+    ``__array_ufunc__ = None``, torch tensors that require grad, SciPy sparse
+    matrices, NumPy masked arrays, float16 and object data.
     """
+    if getattr(type(x), "_CUHOUSE_MATRIX", False):
+        raise TypeError(
+            "{} must be an array, got a cuhouse {}: compose matrices with A @ B, or pass its dense "
+            "form {}.todense()".format(name, type(x).__name__, name)
+        )
     if x is None or isinstance(x, (str, bytes)) or getattr(type(x), "__array_ufunc__", False) is None:
         raise TypeError("{} must be an array of real or complex numbers, got {}".format(name, type(x).__name__))
+    if type(x).__module__.split(".")[0] == "torch" and getattr(x, "requires_grad", False):
+        raise TypeError(
+            "{} is a torch.Tensor that requires grad; the array API of cuhouse does not carry torch "
+            "gradients: use cuhouse.torch (householder_matmul, SVDLinear) for autograd, or pass "
+            "{}.detach()".format(name, name)
+        )
     if type(x).__module__.startswith("scipy.sparse"):
         raise TypeError(
             "{} is a SciPy sparse {}; cuhouse takes dense arrays: pass {}.toarray()".format(
@@ -105,6 +116,10 @@ def vectors(v, xp, name="vectors"):
     return v
 
 
+OPERAND_CHECK = "the matrix checks its operands: build it with check_finite=False to skip this check"
+"""Where the finiteness check of an operand (X, B, dout) is switched off: the matrix's constructor."""
+
+
 NormSummary = namedtuple("NormSummary", "finite zero largest smallest")
 NormSummary.__doc__ = """Host facts about row norms: all ``finite``, some ``zero``, the ``largest``
 norm and the ``smallest`` nonzero one (``inf`` when none is nonzero; NaN propagates)."""
@@ -161,9 +176,7 @@ def cotangent(g, name, shape, xp, check_finite):
             )
         )
     if check_finite and not bool(xp.isfinite(g).all()):
-        raise ValueError(
-            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
-        )
+        raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
     return g
 
 
@@ -180,9 +193,7 @@ def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name
     x = as_array(x, name, xp)
     matmul_shape(op_shape, x.shape, side, op_name, name)
     if check_finite and not bool(xp.isfinite(x).all()):
-        raise ValueError(
-            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
-        )
+        raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
     return x, x.astype(float_dtype(numpy.result_type(op_dtype, x.dtype)), copy=False)
 
 
