@@ -347,13 +347,16 @@ def test_svd_linear_training_steps_create_no_reference_cycles():
 
 
 # ------------------------------------------------------------------- defect 6: unclear or misleading errors
-def test_a_torch_tensor_that_requires_grad_is_named():
+def test_a_torch_tensor_that_requires_grad_is_named_or_differentiated():
+    """Issue 21: a torch tensor beside NumPy is a mixing TypeError naming both; torch tensors that
+    require grad make a torch matrix, differentiated through cuhouse's adjoints (no silent detach)."""
     torch = pytest.importorskip("torch")
     h = ch.HouseholderProduct(numpy.random.default_rng(13).standard_normal((3, 5)))
-    with pytest.raises(TypeError, match=r"^X is a torch.Tensor that requires grad.*cuhouse.torch.*X.detach\(\)"):
+    with pytest.raises(TypeError, match=r"^cannot mix NumPy and torch arrays: X is torch.Tensor"):
         h @ torch.randn(5, 2, requires_grad=True)
-    with pytest.raises(TypeError, match=r"^vectors is a torch.Tensor that requires grad"):
-        ch.HouseholderProduct(torch.randn(3, 5, requires_grad=True))
+    v = torch.randn(3, 5, requires_grad=True)
+    (ch.HouseholderProduct(v) @ torch.randn(5, 2)).square().sum().backward()
+    assert v.grad is not None and v.grad.shape == v.shape
 
 
 def test_numpy_dot_is_the_product_and_a_matrix_as_an_array_operand_says_what_to_do():
