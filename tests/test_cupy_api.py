@@ -22,7 +22,11 @@ def _cupy():
         import cupy
     except ImportError:
         return None
-    return None if getattr(cupy, "__cuda_cpu__", False) else cupy  # never audit the CPU stand-in
+    if getattr(cupy, "__cuda_cpu__", False):
+        return None  # never audit the CPU stand-in
+    import cupy.cublas  # noqa: F401  (a submodule CuPy loads on demand; the package calls xp.cublas.gemm)
+
+    return cupy
 
 
 cupy = _cupy()
@@ -137,3 +141,25 @@ def test_the_audit_reports_a_missing_name_and_a_wrong_keyword():
     call = ast.parse("xp.zeros(3, dtype=float, shape_typo=1)").body[0].value
     assert "shape_typo" in _problem(("xp", "zeros"), call)
     assert "does not exist" in _problem(("xp", "no_such_function"), None)
+
+
+# CuPy calls the package makes on objects the syntax-tree audit cannot follow (a stream, a graph,
+# an array's device): (owner chain, member, keywords the package passes).
+METHODS = (
+    (("cuda", "Stream"), "begin_capture", ()),
+    (("cuda", "Stream"), "end_capture", ()),
+    (("cuda", "Stream"), "__enter__", ()),
+    (("cuda", "Graph"), "launch", ("stream",)),
+    (("cuda", "Device"), "__enter__", ()),
+    (("ndarray",), "device", ()),
+    (("cublas",), "gemm", ("out", "alpha", "beta")),
+)
+
+
+@pytest.mark.parametrize("owner, member, keywords", METHODS, ids=[".".join(m[0] + (m[1],)) for m in METHODS])
+def test_the_cupy_methods_used_on_streams_graphs_and_devices_exist(owner, member, keywords):
+    target = getattr(_resolve(("cupy",) + owner), member)
+    if keywords:
+        signature = _signature(target)
+        assert signature is not None, "{}: no signature to check".format(member)
+        signature.bind_partial(**{k: None for k in keywords})
