@@ -1,7 +1,9 @@
 """The operator protocol shared by every cuhouse matrix.
 
 In the manner of ``scipy.sparse.linalg.LinearOperator``, one abstract base
-class owns the protocol: ``@`` on both sides, ``numpy.asarray``, the SciPy
+class owns the protocol: ``@`` on both sides, ``numpy.asarray``, NumPy's
+ufunc and function protocols (``numpy.matmul`` and ``numpy.dot`` are the
+product; any other ufunc is a ``TypeError`` that says what to do), the SciPy
 duck-typing methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``,
 ``dot``), ``todense``, ``matmul``, ``det`` and ``logdet`` (from ``slogdet``),
 one ``__repr__``, pickling, Dask tokens, the validation of the outer operand
@@ -55,15 +57,32 @@ with caches, :class:`cuhouse._reflections.Reflections`, drops them in its
 gradients of a copy reach the copy's leaves.
 """
 
+from __future__ import annotations
+
 import abc
 import functools
 import operator
+import sys
+from typing import Any, Tuple
 
 import numpy
 
 from . import _complex, _dask, _memory, _validate
-from ._backend import module_named
+from ._backend import (
+    astype,
+    contiguous,
+    copy,
+    creation_kwargs,
+    device_of,
+    is_native,
+    library_dtype,
+    module_named,
+    numpy_dtype,
+    result_type,
+    swap,
+)
 from ._shapes import batch_shape, from_columns, reduce_to_shape, to_columns
+from ._typing import Array
 
 
 class Operator(abc.ABC):
@@ -72,56 +91,92 @@ class Operator(abc.ABC):
     See the module docstring for what a subclass supplies and what the base owns.
     """
 
-    __array_ufunc__ = None  # ndarray @ A (and dask, and NumPy ufuncs) defer to A
     __array_priority__ = 1000
     _NAME = "A"  # the matrix in messages
+    _CUHOUSE_MATRIX = True  # what cuhouse._validate.as_array refuses to densify
+
+    # ------------------------------------------------------- NumPy protocols
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """NumPy's ufunc protocol (NEP 13). ``numpy.matmul``, and so ``ndarray @ A``, is the
+        product ``A @ X`` (``X @ A``), computed without forming A; every other ufunc is a
+        ``TypeError`` saying what to do. Dask, which defers to operands that are not array
+        chunks, hands ``Xd @ A`` to ``A.__rmatmul__``."""
+        if ufunc is numpy.matmul and method == "__call__" and len(inputs) == 2 and not kwargs:
+            left, right = inputs
+            return self.__matmul__(right) if left is self else self.__rmatmul__(left)
+        raise TypeError(
+            "numpy.{}{} does not apply to a cuhouse {} (a matrix kept as its factors, never formed): "
+            "A @ X, X @ A and numpy.matmul apply it without forming it{}; A.todense() gives the "
+            "dense array for anything else".format(
+                ufunc.__name__,
+                "" if method == "__call__" else "." + method,
+                type(self).__name__,
+                " (numpy.matmul takes no out=, axes= or dtype=)" if ufunc is numpy.matmul else "",
+            )
+        )
+
+    def __array_function__(self, func, types, args, kwargs):
+        """NumPy's function protocol (NEP 18). ``numpy.dot(A, X)`` and ``numpy.dot(X, A)`` with a
+        2-D (or 1-D) X are the product, without forming A; any other NumPy function gets the
+        dense arrays (``numpy.asarray``, NumPy backend only), as before the protocol."""
+        if func is numpy.dot and len(args) == 2 and not kwargs:
+            left, right = args
+            other = right if left is self else left
+            if self.ndim > 2 or numpy.ndim(other) > 2:
+                raise TypeError(
+                    "numpy.dot does not broadcast batch dimensions (it pairs every matrix with every "
+                    "other); for a batched cuhouse {} use A @ X, which broadcasts as "
+                    "numpy.matmul".format(type(self).__name__)
+                )
+            return self @ right if left is self else left @ self
+        return func(*_dense_arguments(args), **dict(zip(kwargs, _dense_arguments(kwargs.values()))))
 
     # ------------------------------------------------- supplied by a subclass
     @property
     @abc.abstractmethod
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         """``(..., d_out, d_in)``."""
 
     @property
     @abc.abstractmethod
-    def dtype(self):
+    def dtype(self) -> numpy.dtype:
         """The float or complex dtype of the matrix (``numpy.dtype``)."""
 
     @property
     @abc.abstractmethod
-    def params(self):
+    def params(self) -> Tuple[Array, ...]:
         """The leaf arrays gradients are taken with respect to: a tuple, distinct by identity."""
 
     @property
     @abc.abstractmethod
-    def backend(self):
+    def backend(self) -> str:
         """The array library's name, e.g. ``"numpy"`` or ``"cupy"``."""
 
     @property
     @abc.abstractmethod
-    def check_finite(self):
+    def check_finite(self) -> bool:
         """Whether NaN/Inf in every operand is rejected."""
 
     @property
     @abc.abstractmethod
-    def T(self):
+    def T(self) -> Operator:
         """The transpose, again a cuhouse matrix."""
 
     @property
     @abc.abstractmethod
-    def H(self):
+    def H(self) -> Operator:
         """The adjoint (conjugate transpose), again a cuhouse matrix; ``T`` for a real matrix."""
 
     @abc.abstractmethod
-    def conj(self):
+    def conj(self) -> Operator:
         """The entrywise conjugate, again a cuhouse matrix (``self`` when real)."""
 
     @abc.abstractmethod
-    def inv(self):
+    def inv(self) -> Operator:
         """The inverse, again a cuhouse matrix."""
 
     @abc.abstractmethod
-    def slogdet(self):
+    def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|)`` per batch entry, as ``numpy.linalg.slogdet``."""
 
     @abc.abstractmethod
@@ -138,12 +193,29 @@ class Operator(abc.ABC):
 
     # ------------------------------------------------------------ attributes
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return len(self.shape)
 
     @property
     def _xp(self):
         return module_named(self.backend)
+
+    @property
+    def _device(self):
+        """The device of the parameters (``None`` on NumPy and CuPy)."""
+        return device_of(self.params[0])
+
+    def _gradients(self, contributions):
+        """Gradients matching :attr:`params` from ``(leaf, gradient)`` pairs (:func:`accumulate`)."""
+        return accumulate(self.params, contributions, self._xp)
+
+    def _substitute(self, mapping):
+        """This matrix on other leaf arrays: ``mapping`` takes ``id(leaf)`` to its replacement (same
+        shape; leaves not in it stay). Nothing is validated or copied; what was derived from the
+        leaves is derived again. Used by :mod:`cuhouse._torch` to run a matrix on the tensors
+        autograd hands it. A matrix class that does not override it cannot be differentiated by
+        torch autograd."""
+        raise TypeError("{} cannot be rebuilt on other arrays for torch autograd".format(type(self).__name__))
 
     def _describe(self):
         """``(name, value)`` pairs ``__repr__`` shows after shape, dtype and backend."""
@@ -162,17 +234,64 @@ class Operator(abc.ABC):
         return type(self).__qualname__, normalize_token(sorted(vars(self).items()))
 
     # -------------------------------------------------------- determinants
-    def det(self):
-        """``det`` per batch entry, ``sign * exp(log|det|)`` from :meth:`slogdet`."""
+    def det(self) -> Array:
+        """``det`` per batch entry, ``sign * exp(log|det|)`` from :meth:`slogdet`.
+
+        Returns
+        -------
+        array
+            Of shape ``A.shape[:-2]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(3, 3, rng=0)
+        >>> bool(np.isclose(W.det(), np.linalg.det(W.todense())))
+        True
+        """
         sign, logabs = self.slogdet()
         return sign * self._xp.exp(logabs)
 
-    def logdet(self):
-        """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`."""
+    def logdet(self) -> Array:
+        """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`. On torch, when
+        a gradient is recorded, differentiable through cuhouse's adjoint (:mod:`cuhouse._torch`).
+
+        Returns
+        -------
+        array
+            Real, of shape ``A.shape[:-2]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.eye(3)[:1], np.array([1.0, 2.0, 4.0]))
+        >>> bool(np.isclose(E.logdet(), np.log(8.0)))
+        True
+        """
+        if self.backend == "torch":
+            from . import _torch
+
+            if _torch.records_gradient(self):
+                return _torch.logabsdet(self)
         return self.slogdet()[1]
 
-    def matmul(self, x):
-        """``A @ X``; see :func:`cuhouse.matmul`."""
+    def matmul(self, x: Any) -> Any:
+        """``A @ X``; see :func:`cuhouse.matmul`.
+
+        Returns
+        -------
+        array or cuhouse matrix
+            ``A @ X``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> ch.HouseholderProduct(np.eye(2)[1:]).matmul(np.array([1.0, 1.0]))
+        array([ 1., -1.])
+        """
         return self @ x
 
     # --------------------------------------------------------------- algebra
@@ -192,42 +311,85 @@ class Operator(abc.ABC):
         """``self @ other`` for two cuhouse matrices: a lazy :class:`Product`."""
         return Product(self, other)
 
-    def dot(self, x):
+    def dot(self, x: Any) -> Any:
         """``A @ x``, as ``LinearOperator.dot``: an array, or a cuhouse matrix for a cuhouse matrix."""
         return self @ x
 
-    def matvec(self, x):
-        """``A x`` for ``x`` ``(d_in,)`` or ``(d_in, 1)``, as ``LinearOperator.matvec``. O(cost of A @ x)."""
+    def matvec(self, x: Array) -> Array:
+        """``A x`` for ``x`` ``(d_in,)`` or ``(d_in, 1)``, as ``LinearOperator.matvec``. O(cost of A @ x).
+
+        Returns
+        -------
+        array
+            ``(d_out,)`` or ``(d_out, 1)``, as ``x``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> ch.HouseholderProduct(np.eye(2)[:1]).matvec(np.array([3.0, 4.0]))
+        array([-3.,  4.])
+        """
         return self._product(x, "left")
 
-    def rmatvec(self, x):
+    def rmatvec(self, x: Array) -> Array:
         """``A^H x`` (the adjoint) for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec``."""
         return self._product(x, "left", transpose=True)
 
-    def matmat(self, x):
+    def matmat(self, x: Array) -> Array:
         """``A X`` for ``X`` ``(d_in, m)``, as ``LinearOperator.matmat``."""
         return self._product(x, "left")
 
-    def rmatmat(self, x):
-        """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``."""
+    def rmatmat(self, x: Array) -> Array:
+        """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``.
+
+        Returns
+        -------
+        array
+            ``(d_in, m)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import scipy.sparse.linalg as sla
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 3, rng=0)
+        >>> L = sla.aslinearoperator(W)  # matvec, rmatvec, matmat, rmatmat
+        >>> np.allclose(L.rmatmat(np.eye(4)), W.todense().T)
+        True
+        """
         return self._product(x, "left", transpose=True)
 
     # Peak memory of todense() in units of its result (tracemalloc at d = 2000:
     # 4.06 for a HouseholderProduct, 6.06 for an SVDMatrix); see _memory.dense_memory.
     _TODENSE_WORKSPACE = 6
 
-    def todense(self):
+    def todense(self) -> Array:
         """The dense matrix ``(..., d_out, d_in)``: ``A`` (or ``A^T``, for a wide
         matrix) applied to the smaller identity, so a wide result is a
         transposed view. ``MemoryError`` up front when the result and its
         intermediates cannot fit. Cost: one product with min(d_out, d_in) columns.
+
+        Returns
+        -------
+        array
+            ``(..., d_out, d_in)``, the matrix's dtype and library.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> ch.HouseholderProduct(np.eye(2)[:1]).todense()
+        array([[-1.,  0.],
+               [ 0.,  1.]])
         """
         xp = self._xp
         rows, cols = self.shape[-2:]
-        _memory.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE)
+        _memory.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE, self._device)
+        like = creation_kwargs(self.params[0])
         if cols <= rows:
-            return self._matmat(xp.eye(cols, dtype=self.dtype), False)
-        return xp.swapaxes(self._conjugated()._matmat(xp.eye(rows, dtype=self.dtype), True), -1, -2)
+            return self._apply(xp.eye(cols, dtype=self.dtype, **like), False)
+        return swap(self._conjugated()._apply(xp.eye(rows, dtype=self.dtype, **like), True), xp)
 
     def __array__(self, dtype=None, copy=None):
         """``numpy.asarray(A)``: the dense form, a new array. NumPy backend only.
@@ -238,8 +400,9 @@ class Operator(abc.ABC):
         """
         if self.backend != "numpy":
             raise TypeError(
-                "a {} on the CuPy backend cannot become a NumPy array implicitly; use cupy.asnumpy(A.todense())".format(
-                    type(self).__name__
+                "a {} on the {} backend cannot become a NumPy array implicitly: cuhouse copies nothing between "
+                "libraries or devices; convert A.todense() explicitly (cupy.asnumpy, DLPack, .cpu().numpy())".format(
+                    type(self).__name__, self.backend
                 )
             )
         if copy is False:
@@ -248,13 +411,20 @@ class Operator(abc.ABC):
                     type(self).__name__
                 )
             )
+        if self.ndim > 2 and sys._getframe(1).f_globals.get("__name__", "").startswith("scipy.sparse"):
+            # S @ A with S sparse: SciPy converts A and takes 2-D operands only ("could not interpret dimensions")
+            raise TypeError(
+                "a SciPy sparse matrix times a batched cuhouse {} (shape {}): SciPy's sparse products take "
+                "2-D operands only; use S.toarray() @ A, which broadcasts as numpy.matmul, or multiply by "
+                "each matrix of the batch".format(type(self).__name__, self.shape)
+            )
         dense = self.todense()
         return dense if dtype is None else dense.astype(dtype, copy=False)
 
     # ------------------------------------------------------------- products
     def _conjugated(self):
         """``conj(A)``, whose adjoint hook gives ``A^T``: ``A`` itself when real."""
-        return self.conj() if self.dtype.kind == "c" else self
+        return self.conj() if _complex.is_complex(self.dtype) else self
 
     def _operand(self, x, side, transpose=False, name="X"):
         """Validate ``X`` of ``A @ X`` (``side == "left"``) or ``X @ A`` (``"right"``), once.
@@ -267,7 +437,9 @@ class Operator(abc.ABC):
         :meth:`_conjugated` (``X @ A = (conj(A)^H X^T)^T``).
         """
         shape = self.shape[:-2] + self.shape[-2:][::-1] if transpose else self.shape
-        x, cast = _validate.product_operand(x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite, name)
+        x, cast = _validate.product_operand(
+            x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite, name, self._device
+        )
         return x, to_columns(cast, x.ndim == 1, side, self._xp), (side == "right") != transpose
 
     def _product(self, x, side, transpose=False, name="X"):
@@ -279,8 +451,18 @@ class Operator(abc.ABC):
             return _dask.matmul(self.H if transpose else self, x, side)
         x, columns, transpose = self._operand(x, side, transpose, name)
         op = self._conjugated() if side == "right" else self
-        out = op._matmat(columns, transpose)
-        return self._xp.ascontiguousarray(from_columns(out, x.ndim == 1, side, self._xp))
+        out = op._apply(columns, transpose)
+        return contiguous(from_columns(out, x.ndim == 1, side, self._xp), self._xp)
+
+    def _apply(self, columns, transpose):
+        """:meth:`_matmat`, or on torch, when a gradient is recorded, the differentiable
+        :func:`cuhouse._torch.matmat` through cuhouse's adjoints."""
+        if self.backend == "torch":
+            from . import _torch
+
+            if _torch.records_gradient(self, columns):
+                return _torch.matmat(self, columns, transpose)
+        return self._matmat(columns, transpose)
 
     # ------------------------------------------------------------ gradients
     def _vjp_matmul(self, x, side):
@@ -306,18 +488,20 @@ class Operator(abc.ABC):
         vector = x.ndim == 1
         op = self._conjugated() if side == "right" else self
         out_columns, back_columns = op._vjp_matmat(columns, transpose)
-        out = xp.array(from_columns(out_columns, vector, side, xp), order="C", copy=True)
+        out = from_columns(out_columns, vector, side, xp)
+        out = xp.array(out, order="C", copy=True) if is_native(xp) else contiguous(copy(out, xp), xp)
+        device = self._device
 
         def back(dout):
-            dout = _validate.cotangent(dout, "dout", out.shape, xp, self.check_finite)
-            if dout.dtype.kind == "c" and out.dtype.kind != "c":
+            dout = _validate.cotangent(dout, "dout", out.shape, xp, self.check_finite, device)
+            if _complex.is_complex(dout.dtype) and not _complex.is_complex(out.dtype):
                 dout = xp.real(dout)  # L = Re(sum(conj(G) * out)) only sees Re(G) for a real out
-            dout = dout.astype(out.dtype, copy=False)
+            dout = astype(dout, out.dtype, xp)
             contributions, dcolumns = back_columns(to_columns(dout, vector, side, xp))
             dx = from_columns(dcolumns, vector, side, xp)
-            if dx.dtype.kind == "c" and x.dtype.kind != "c":
+            if _complex.is_complex(dx.dtype) and not _complex.is_complex(x.dtype):
                 dx = xp.real(dx)  # a real X: the real part of the complex gradient
-            dx = xp.ascontiguousarray(dx, dtype=_validate.float_dtype(x.dtype))
+            dx = contiguous(astype(dx, _validate.float_dtype(x.dtype, xp), xp), xp)
             return accumulate(self.params, contributions, xp), dx
 
         return out, back
@@ -326,9 +510,10 @@ class Operator(abc.ABC):
         """``log|det A|`` and ``back(dvalue) -> dparams``, for :func:`cuhouse.vjp`."""
         xp = self._xp
         value, back_contributions = self._vjp_logabsdet()
+        device = self._device
 
         def back(dvalue):
-            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, self.check_finite)
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, self.check_finite, device)
             return accumulate(self.params, back_contributions(dvalue), xp)
 
         return value, back
@@ -341,9 +526,26 @@ class Product(Operator):
     the factors, by identity, in order of first appearance; a leaf used twice
     gets the sum of its gradients. Cost: ``P @ X`` is the sum of the factors'
     costs; ``.T`` and ``.inv()`` are O(k).
+
+    Parameters
+    ----------
+    *args : cuhouse matrices
+        At least two, with matching inner sizes; their batch shapes broadcast.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> S = ch.SVDMatrix.random(4, 4, rng=0)
+    >>> H = ch.HouseholderProduct(np.ones((1, 4)))
+    >>> P = S @ H  # a Product: nothing is multiplied yet
+    >>> type(P).__name__, len(P.params)
+    ('Product', 4)
+    >>> np.allclose(P.todense(), S.todense() @ H.todense())
+    True
     """
 
-    def __init__(self, *args):
+    def __init__(self, *args: Operator) -> None:
         factors = []
         for a in args:
             if not isinstance(a, Operator):
@@ -355,6 +557,12 @@ class Product(Operator):
         if len(backends) > 1:
             raise TypeError(
                 "cannot multiply cuhouse matrices on different backends: {}".format(" and ".join(sorted(backends)))
+            )
+        devices = {str(f._device) for f in factors}
+        if len(devices) > 1:
+            raise TypeError(
+                "cannot multiply cuhouse matrices on different devices: {}; cuhouse copies nothing between "
+                "devices".format(" and ".join(sorted(devices)))
             )
         for left, right in zip(factors, factors[1:]):
             if left.shape[-1] != right.shape[-2]:
@@ -371,25 +579,29 @@ class Product(Operator):
         batch_shape(*(("factor {}".format(i), f.shape[:-2]) for i, f in enumerate(factors)))
         self.args = tuple(factors)
 
+    def _substitute(self, mapping):
+        """The product of the factors on other leaf arrays (see :meth:`Operator._substitute`). O(k)."""
+        return Product(*(f._substitute(mapping) for f in self.args))
+
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         batch = numpy.broadcast_shapes(*(f.shape[:-2] for f in self.args))
         return batch + (self.args[0].shape[-2], self.args[-1].shape[-1])
 
     @property
-    def dtype(self):
-        return numpy.result_type(*(f.dtype for f in self.args))
+    def dtype(self) -> numpy.dtype:
+        return result_type(self._xp, *(f.dtype for f in self.args))
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         return self.args[0].backend
 
     @property
-    def check_finite(self):
+    def check_finite(self) -> bool:
         return all(f.check_finite for f in self.args)
 
     @property
-    def params(self):
+    def params(self) -> Tuple[Array, ...]:
         """The distinct leaf arrays of the factors, by identity, first appearance first."""
         leaves = []
         for f in self.args:
@@ -403,39 +615,48 @@ class Product(Operator):
 
     # --------------------------------------------------------------- algebra
     @property
-    def T(self):
+    def T(self) -> Operator:
         """``Ak^T @ ... @ A1^T``. O(k)."""
         return Product(*(f.T for f in reversed(self.args)))
 
     @property
-    def H(self):
+    def H(self) -> Operator:
         """The adjoint ``Ak^H @ ... @ A1^H``. O(k)."""
         return Product(*(f.H for f in reversed(self.args)))
 
-    def conj(self):
+    def conj(self) -> Operator:
         """The entrywise conjugate ``conj(A1) @ ... @ conj(Ak)`` (``self`` when real). O(k)."""
-        return Product(*(f.conj() for f in self.args)) if self.dtype.kind == "c" else self
+        return Product(*(f.conj() for f in self.args)) if _complex.is_complex(self.dtype) else self
 
-    def inv(self):
-        """``Ak^-1 @ ... @ A1^-1``; every factor must have ``inv()``. O(k)."""
+    def inv(self) -> Operator:
+        """``Ak^-1 @ ... @ A1^-1``; every factor must be square and have ``inv()``. O(k)."""
+        for i, f in enumerate(self.args):
+            self._square(i, f, "inv()")
         return Product(*(f.inv() for f in reversed(self.args)))
 
-    def slogdet(self):
+    def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|)`` per batch entry: the factors' products and sums. Square factors. O(k r).
 
         As ``numpy.linalg.slogdet``: a complex sign and a real logarithm for complex factors."""
-        signs, logs = zip(*(self._square(f, "slogdet()").slogdet() for f in self.args))
+        signs, logs = zip(*(self._square(i, f, "slogdet()").slogdet() for i, f in enumerate(self.args)))
         batch = self.shape[:-2]
         xp = self._xp
         sign = xp.broadcast_to(functools.reduce(operator.mul, signs), batch)
-        return sign.astype(self.dtype), xp.broadcast_to(sum(logs), batch).astype(_complex.real_dtype(self.dtype))
+        real = _real_dtype(self.dtype, xp)
+        return copy(astype(sign, self.dtype, xp), xp), copy(astype(xp.broadcast_to(sum(logs), batch), real, xp), xp)
 
-    @staticmethod
-    def _square(f, operation):
+    def _square(self, i, f, operation):
+        """``f``, factor ``i``; ``ValueError`` naming it unless it is square."""
+        if self.shape[-2] != self.shape[-1]:
+            raise ValueError("{} needs a square matrix, but the Product is {}x{}".format(operation, *self.shape[-2:]))
         rows, cols = f.shape[-2:]
         if rows != cols:
             raise ValueError(
-                "{} of a Product needs square factors, but a factor is {}x{}".format(operation, rows, cols)
+                "{} of a Product works factor by factor and needs square factors, but factor {} of {} "
+                "({}) is {}x{} (the product is {}x{}); use the dense product, e.g. numpy.linalg on "
+                "P.todense()".format(
+                    operation, i, len(self.args), _factor_name(f), rows, cols, self.shape[-2], self.shape[-1]
+                )
             )
         return f
 
@@ -465,13 +686,32 @@ class Product(Operator):
         return columns, back
 
     def _vjp_logabsdet(self):
-        parts = [self._square(f, "logdet()")._vjp_logabsdet() for f in self.args]
-        value = self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]).astype(_complex.real_dtype(self.dtype))
+        parts = [self._square(i, f, "logdet()")._vjp_logabsdet() for i, f in enumerate(self.args)]
+        xp = self._xp
+        value = astype(xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]), _real_dtype(self.dtype, xp), xp)
 
         def back(dvalue):
             return [pair for _, b in parts for pair in b(dvalue)]
 
         return value, back
+
+
+def _dense_arguments(args):
+    """``args`` with every cuhouse matrix, at the top level or in a list or tuple, as its dense array."""
+    return [
+        numpy.asarray(a)
+        if isinstance(a, Operator)
+        else type(a)(_dense_arguments(a))
+        if isinstance(a, (list, tuple))
+        else a
+        for a in args
+    ]
+
+
+def _factor_name(f):
+    """A factor in messages: its type, and its lineage when it has one (e.g. ``SVDMatrix W.T``)."""
+    lineage = getattr(f, "lineage", None)
+    return type(f).__name__ + (" " + lineage if lineage else "")
 
 
 def _is_scipy_linear_operator(x):
@@ -492,12 +732,23 @@ def accumulate(params, contributions, xp):
     total = [None] * len(params)
     for leaf, grad in contributions:
         i = next(i for i, p in enumerate(params) if p is leaf)
-        if grad.dtype.kind == "c" and leaf.dtype.kind != "c":
+        if _complex.is_complex(grad.dtype) and not _complex.is_complex(leaf.dtype):
             grad = xp.real(grad)
         grad = reduce_to_shape(grad, leaf.shape)
         total[i] = grad if total[i] is None else total[i] + grad
+    if not is_native(xp):
+        dtypes = [_validate.float_dtype(p.dtype, xp) for p in params]
+        return tuple(
+            xp.zeros(p.shape, dtype=dt, **creation_kwargs(p)) if g is None else contiguous(astype(g, dt, xp), xp)
+            for p, g, dt in zip(params, total, dtypes)
+        )
     dtypes = [numpy.result_type(p.dtype, numpy.float32) for p in params]
     return tuple(
         xp.zeros(p.shape, dtype=dt) if g is None else xp.ascontiguousarray(g, dtype=dt)
         for p, g, dt in zip(params, total, dtypes)
     )
+
+
+def _real_dtype(dtype, xp):
+    """The real dtype of ``dtype``'s parts, as a dtype of ``xp``."""
+    return library_dtype(_complex.real_dtype(numpy_dtype(dtype)), xp)

@@ -11,8 +11,8 @@ from collections import namedtuple
 
 import numpy
 
-from . import _complex, _memory, _validate
-from ._backend import module_named, read_only
+from . import _complex, _generic, _memory, _validate
+from ._backend import device_of, is_native, module_named, read_only, swap
 from ._gpu import primitives
 from .algorithms import PLANS, _layout, _normalize, _scaling
 
@@ -31,11 +31,19 @@ eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: refle
 
 
 class _Cached:
-    """What both kinds of reflections share: pickling without the caches named in ``_CACHES``
-    (``refresh`` rebuilds them lazily after unpickling), a Dask token of the same state, and the
-    array module of the backend name."""
+    """What both reflection states share: the leaf arrays ``params`` read through ``segments``,
+    pickling without the caches named in ``_CACHES`` (``refresh`` rebuilds them lazily after
+    unpickling), a Dask token of the same state, and the array module of the backend name."""
 
     _CACHES = ()
+
+    def __init__(self, backend, params, segments, check_finite, dtype):
+        self.backend = backend
+        self.params = params
+        self.segments = segments
+        self.check_finite = check_finite
+        self.dtype = numpy.dtype(dtype) if is_native(module_named(backend)) else dtype
+        self.refresh()
 
     def __getstate__(self):
         return {key: value for key, value in self.__dict__.items() if key not in self._CACHES}
@@ -70,12 +78,7 @@ class Reflections(_Cached):
     _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms")
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
-        self.backend = backend
-        self.params = params
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
-        self.refresh()
+        super().__init__(backend, params, segments, check_finite, dtype)
         self._norms = norms
         self._summary = summary
 
@@ -88,6 +91,16 @@ class Reflections(_Cached):
         self._safe = None
         self._shape = None
         self._forms = {}
+
+    @property
+    def native(self):
+        """True on NumPy and CuPy (layouts read in place); False on the generic path (:mod:`cuhouse._generic`)."""
+        return is_native(self.xp)
+
+    @property
+    def device(self):
+        """The device of the leaves (``None`` on NumPy and CuPy)."""
+        return device_of(self.params[0])
 
     @property
     def small(self):
@@ -126,7 +139,9 @@ class Reflections(_Cached):
         of its ``tau == 0`` mask where ``tau`` had batch dimensions that ``a`` lacks."""
         leaf = self.params[segment.param]
         rows = leaf if segment.k is None else _lapack_rows(leaf, segment, self.xp)
-        return rows[..., ::-1, :] if segment.transpose else rows
+        if not segment.transpose:
+            return rows
+        return rows[..., ::-1, :] if self.native else self.xp.flip(rows, axis=-2)
 
     @property
     def layout(self):
@@ -135,7 +150,10 @@ class Reflections(_Cached):
         entries (checked once, see :func:`~cuhouse.algorithms._layout.is_trapezoidal`), else ``"full"``."""
         if self._layout is None:
             (segment, *more) = self.segments
-            if more or segment.transpose:
+            if not self.native:  # the generic path runs on full rows: no structure to detect
+                simple = segment.k is not None and not (more or segment.transpose)
+                self._layout = _layout.UNIT if simple else _layout.FULL
+            elif more or segment.transpose:
                 self._layout = _layout.FULL
             elif segment.k is not None:
                 self._layout = _layout.UNIT
@@ -177,6 +195,9 @@ class Reflections(_Cached):
     def vectors(self):
         """All reflections as full rows ``(..., n, d)`` in product order (identity factors as zero
         rows): a read-only view (NumPy) of a vectors leaf, else a copy made once. Cached."""
+        if self._vectors is None and not self.native:
+            parts = [_generic.full_rows(self.params[s.param], s, self.dtype, self.xp) for s in self.segments]
+            self._vectors = _generic.joined(parts, self.xp)
         if self._vectors is None:
             xp = self.xp
             parts = []
@@ -201,7 +222,9 @@ class Reflections(_Cached):
     def norms(self):
         """Euclidean norms ``(..., n)`` of the reflections (as stored, the implicit 1 included). Cached."""
         if self._norms is None:
-            if self.layout == _layout.UNIT:
+            if not self.native:
+                self._norms = _generic.row_norms(self.vectors, self.xp)
+            elif self.layout == _layout.UNIT:
                 self._norms = self.xp.sqrt(1 + _layout.squared_norms(self.rows, _layout.UNIT, self.xp))
             else:
                 self._norms = primitives.row_norms(self.vectors, self.xp)
@@ -212,7 +235,10 @@ class Reflections(_Cached):
         masks = [segment.identity for segment in self.segments if segment.identity is not None]
         if not masks:
             return None
-        return sum(self.xp.count_nonzero(mask, axis=-1) for mask in masks)
+        xp = self.xp
+        if not self.native:  # count_nonzero is Array API 2024.12
+            return sum(xp.sum(xp.astype(mask, xp.int64), axis=-1) for mask in masks)
+        return sum(xp.count_nonzero(mask, axis=-1) for mask in masks)
 
     def form(self, chosen, dtype, layout):
         """``(form, scaled, limits)``: the form of H that algorithm ``chosen`` (a :class:`plan.Plan`)
@@ -228,27 +254,38 @@ class Reflections(_Cached):
         (:class:`~cuhouse.algorithms._scaling.Limits`, from the norms of the
         rows it was built from: unit rows for every algorithm but CWY on raw
         rows). The dense plan's d x d matrix is checked against the machine's
-        memory first.
+        memory first. On the generic path (neither NumPy nor CuPy) every row is
+        brought into range by :func:`cuhouse._generic.form` without a host
+        synchronization, ``scaled`` is that per-row scale and ``limits`` is
+        ``None``: X's columns are not scaled (that decision reads the data on
+        the host), so a column whose norm is near the dtype's overflow or
+        underflow threshold is not guarded there.
         """
         key = (chosen.algorithm, chosen.block_size, dtype, layout)
         if key not in self._forms:
             xp = self.xp
             if chosen.algorithm == "dense":
                 d = self.shape[-1]
-                _memory.dense_memory(self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, DENSE_WORKSPACE)
+                _memory.dense_memory(
+                    self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, DENSE_WORKSPACE, self.device
+                )
+            if not self.native:  # rows scaled into range without a host synchronization; no column limits
+                form, scale = _generic.form(self, chosen.algorithm, chosen.block_size or 1, dtype)
+                self._forms[key] = form, scale, None
+                return self._forms[key]
             module = PLANS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
             if not self.safe:
                 scaled = _normalize.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _layout.FULL, None
-            norms = self.norms
             summary = self.norm_summary()  # host facts: no sync here
             v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
-            if scaled is None and chosen.algorithm in ("cwy", "dense") and summary.smallest != numpy.inf:
-                # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
+            if scaled is None and chosen.algorithm in ("cwy", "dense", "ormqr") and summary.smallest != numpy.inf:
+                # dense: CWY builds H and its adjoint; ormqr: LAPACK on the raw rows, as CWY;
+                # all-zero rows (identity factors only) act as unit rows
                 v_max, v_min = summary.largest, summary.smallest
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            extra = {"norms": norms} if module is PLANS["ormqr"] else {}
+            extra = {"norms": self.norms} if module is PLANS["ormqr"] else {}
             form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
             self._forms[key] = form, scaled, limits
         return self._forms[key]
@@ -261,6 +298,8 @@ class Reflections(_Cached):
         ``geqrf`` leaf gets its strictly lower part (zero on and above the
         diagonal and for ``tau == 0``). ``dv`` may be overwritten. Cost: O(n d).
         """
+        if not self.native:
+            return _generic.contributions(self, dv, scaled)
         xp = self.xp
         if scaled is not None:
             unit, norms = scaled
@@ -288,7 +327,7 @@ class Reflections(_Cached):
 def _lapack_rows(leaf, segment, xp):
     """The reflectors of a ``geqrf`` leaf ``(..., d, N)`` as rows ``(..., k, d)`` (a view), broadcast to
     the batch shape of the segment's ``tau == 0`` mask when ``tau`` has batch dimensions ``a`` lacks."""
-    rows = xp.swapaxes(leaf[..., : segment.k], -1, -2)
+    rows = swap(leaf[..., : segment.k], xp)
     if segment.identity is not None and segment.identity.shape[:-1] != rows.shape[:-2]:
         rows = xp.broadcast_to(rows, segment.identity.shape[:-1] + rows.shape[-2:])
     return rows
@@ -306,14 +345,6 @@ class ComplexReflections(_Cached):
     """
 
     _CACHES = ("_real", "_pairs", "_vectors")
-
-    def __init__(self, backend, params, segments, check_finite, dtype):
-        self.backend = backend
-        self.params = params
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
-        self.refresh()
 
     def refresh(self):
         """Drop every cache; the next use realifies the leaf arrays again."""

@@ -11,17 +11,42 @@ After changing ``vectors`` in place (an optimizer step), call
 :meth:`HouseholderProduct.refresh`.
 """
 
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
 import numpy
 
-from . import _complex, _geqrf, _small, _validate, plan
-from ._backend import array_module, backend_name, read_only
+from . import _complex, _generic, _geqrf, _small, _validate, plan
+from ._backend import (
+    array_module,
+    astype,
+    backend_name,
+    copy,
+    creation_kwargs,
+    is_native,
+    numpy_dtype,
+    read_only,
+    result_type,
+    swap,
+)
 from ._gpu import primitives
 from ._operator import Operator
 from ._reflections import DENSE_WORKSPACE, ComplexReflections, Reflections, Segment
 from ._shapes import batch_shape, reduce_to_shape
-from .algorithms import ALGORITHMS, PLANS, _layout, _scaling
+from ._typing import Array
+from .algorithms import ALGORITHMS, PLANS, _layout, _scaling, portable
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
+
+
+def _generic_algorithm(algorithm):
+    """``ValueError`` for an algorithm the generic path does not have."""
+    if algorithm not in ("auto",) + portable.ALGORITHMS:
+        raise ValueError(
+            "algorithm={!r} runs on NumPy and CuPy only; arrays of other libraries run the generic path, "
+            "which has {}".format(algorithm, ", ".join(map(repr, ("auto",) + portable.ALGORITHMS)))
+        )
 
 
 class HouseholderProduct(Operator):
@@ -42,37 +67,55 @@ class HouseholderProduct(Operator):
         Reject NaN/Inf in ``vectors`` and in every ``X``. Defaults to True on
         NumPy; on CuPy the check synchronizes, and defaults to True as well.
 
+    Notes
+    -----
     Cost: construction validates in O(n d); ``H @ X`` with X ``(d, m)`` is
     O(d n m) (plus an O(n k d) one-off build of the algorithm's form); ``.T``,
     ``.inv()``, ``det``, ``slogdet`` and ``logdet`` are O(1) per batch entry.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> rng = np.random.default_rng(0)
+    >>> H = ch.HouseholderProduct(rng.standard_normal((3, 5)))  # 3 reflections in 5 dimensions
+    >>> H.shape, H.n_reflections
+    ((5, 5), 3)
+    >>> X = rng.standard_normal((5, 2))
+    >>> np.allclose(H.T @ (H @ X), X)
+    True
+    >>> np.allclose(H.todense() @ X, H @ X)
+    True
     """
 
     _NAME = "H"
     _TODENSE_WORKSPACE = DENSE_WORKSPACE
 
-    def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
+    def __init__(
+        self, vectors: Array, algorithm: str = "auto", block_size: Optional[int] = None, *, check_finite: bool = True
+    ) -> None:
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        v = _small.plain_vectors(vectors)
-        norms = None if v is None else _small.vector_norms(v)
-        if norms is not None:  # the small-size path: one validation pass found nothing to handle
-            core = Reflections("numpy", (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
-            core._safe = True
-            if _small.first_row_breaks_trapezoid(v):
-                core._layout = _layout.FULL
+        core = _small.vectors_reflections(vectors, check_finite)
+        if core is not None:  # the small-size path: one validation pass found nothing to handle
             self._init(core, False, algorithm, block_size)
             return
         xp = array_module(vectors)
         v = _validate.vectors(vectors, xp)
         segments = (Segment(0, False, None, None),)
-        if _complex.is_complex(v.dtype):
+        if _complex.is_complex(v.dtype):  # NumPy and CuPy only: the generic path refuses complex input
             _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
             core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
-        else:
+        elif is_native(xp):
             norms = primitives.row_norms(v, xp)
             summary = _validate.norm_summary(norms, xp)  # the one sync: validation and the build's facts
             _validate.vector_norms(norms, xp, bool(check_finite), summary=summary)
             core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms, summary)
+        else:
+            _generic_algorithm(algorithm)
+            if check_finite:  # on the generic path, check_finite=False means no host synchronization at all
+                _validate.vector_norms(_generic.row_norms(v, xp), xp, True)
+            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
         self._init(core, False, algorithm, block_size)
 
     def _init(self, core, transpose, algorithm, block_size, conjugate=False):
@@ -82,6 +125,13 @@ class HouseholderProduct(Operator):
         self.algorithm = algorithm
         self.block_size = block_size
 
+    def _substitute(self, mapping):
+        """This product on other leaf arrays (see :meth:`cuhouse.Operator._substitute`). O(1)."""
+        core = self._core
+        params = tuple(mapping.get(id(p), p) for p in core.params)
+        new = Reflections(core.backend, params, core.segments, core.check_finite, core.dtype)
+        return self._view(new, self._transpose, self.algorithm, self.block_size, self._conjugate)
+
     @classmethod
     def _view(cls, core, transpose, algorithm, block_size, conjugate=False):
         obj = cls.__new__(cls)
@@ -89,7 +139,15 @@ class HouseholderProduct(Operator):
         return obj
 
     @classmethod
-    def from_lapack(cls, a, tau, algorithm="auto", block_size=None, *, check_finite=True):
+    def from_lapack(
+        cls,
+        a: Array,
+        tau: Array,
+        algorithm: str = "auto",
+        block_size: Optional[int] = None,
+        *,
+        check_finite: bool = True,
+    ) -> HouseholderProduct:
         """Q = H(1) ... H(k) from the ``geqrf`` layout, real or complex.
 
         ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i
@@ -117,17 +175,34 @@ class HouseholderProduct(Operator):
         gradient w.r.t. ``a`` holds every lambda_i fixed. ``det`` is the product of
         the lambda_i. The product runs realified (:mod:`cuhouse._complex`), with a
         copy of the reflectors.
+
+        Returns
+        -------
+        HouseholderProduct
+            ``Q`` ``(..., M, M)``, whose ``params`` are ``(a,)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import scipy.linalg
+        >>> import cuhouse as ch
+        >>> A = np.random.default_rng(0).standard_normal((5, 3))
+        >>> (qr, tau), _ = scipy.linalg.qr(A, mode="raw")
+        >>> Q = ch.HouseholderProduct.from_lapack(qr, tau)
+        >>> np.allclose(Q.todense(), scipy.linalg.qr(A)[0])
+        True
         """
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        found = _small.lapack_norms(a, tau)
-        if found is not None:  # the small-size path: one validation pass found nothing to handle
-            k, identity, norms = found
-            core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, norms)
-            core._safe = True
+        core = _small.lapack_reflections(a, tau, check_finite)
+        if core is not None:  # the small-size path: one validation pass found nothing to handle
             return cls._view(core, False, algorithm, block_size)
         xp = array_module(a, tau)
-        a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
+        if is_native(xp):
+            a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
+        else:
+            _generic_algorithm(algorithm)
+            (a, k, identity, dtype), norms, phase = _generic.read_geqrf(a, tau, xp, bool(check_finite)), None, None
         if phase is not None:
             segment = Segment(0, False, k, identity, False, phase)
             core = ComplexReflections(backend_name(xp), (a,), (segment,), bool(check_finite), dtype)
@@ -138,7 +213,9 @@ class HouseholderProduct(Operator):
         return cls._view(core, False, algorithm, block_size)
 
     @classmethod
-    def from_dense(cls, q, algorithm="auto", block_size=None, *, check_finite=True):
+    def from_dense(
+        cls, q: Array, algorithm: str = "auto", block_size: Optional[int] = None, *, check_finite: bool = True
+    ) -> HouseholderProduct:
         """The Householder product equal to an orthogonal (or unitary) ``q``.
 
         ``q`` ``(..., d, d)`` orthogonal: at most d reflections and
@@ -151,6 +228,20 @@ class HouseholderProduct(Operator):
         unitary (complex) ``q`` gives LAPACK's complex factors, see
         :meth:`from_lapack`: with only Hermitian reflections R could not be the
         identity. Cost: O(d r^2) once.
+
+        Returns
+        -------
+        HouseholderProduct
+            ``(..., d, d)``, of at most r reflections.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> Q = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 4)))[0]
+        >>> H = ch.HouseholderProduct.from_dense(Q)
+        >>> H.n_reflections <= 4, np.allclose(H.todense(), Q)
+        (True, True)
         """
         xp = array_module(q)
         q = _validate.dense_matrix(q, "Q", xp)
@@ -163,7 +254,7 @@ class HouseholderProduct(Operator):
 
     # ------------------------------------------------------------ attributes
     @property
-    def vectors(self):
+    def vectors(self) -> Array:
         """The reflections ``(..., n, d)`` in product order: a read-only view (NumPy) of the caller's array
         (from :meth:`from_lapack` or ``H1 @ H2``, or complex: full rows, a copy made once). For
         LAPACK's complex factors the vectors alone do not give the product: each factor's
@@ -173,50 +264,69 @@ class HouseholderProduct(Operator):
         return read_only(self._xp.conj(v)) if self._conjugate else v
 
     @property
-    def params(self):
+    def params(self) -> Tuple[Array, ...]:
         """The leaf arrays that gradients are taken with respect to (the caller's own arrays)."""
         return tuple(self._core.params)
 
     @property
-    def dtype(self):
+    def dtype(self) -> numpy.dtype:
         return self._core.dtype
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         shape = self._core.shape
         return tuple(shape[:-2]) + (shape[-1], shape[-1])
 
     @property
-    def n_reflections(self):
+    def n_reflections(self) -> int:
         return self._core.shape[-2]
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         """``"numpy"`` or ``"cupy"``."""
         return self._core.backend
 
     @property
-    def check_finite(self):
+    def check_finite(self) -> bool:
         """Whether NaN/Inf in the vectors and in every ``X`` is rejected."""
         return self._core.check_finite
 
     def _describe(self):
         return (("n_reflections", self.n_reflections), ("algorithm", repr(self.algorithm)))
 
-    def refresh(self):
+    def refresh(self) -> HouseholderProduct:
         """Rebuild from the parameter arrays after they were updated in place.
 
         Re-validates the vectors and drops every cached form of H. Returns
         ``self``. Cost: O(n d) now, the build again at the next product.
+
+        Returns
+        -------
+        HouseholderProduct
+            ``self``, rebuilt.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> V = np.eye(3)[:1].copy()
+        >>> H = ch.HouseholderProduct(V)  # H(e_1)
+        >>> V[0] = [0.0, 1.0, 0.0]  # an optimizer step, in place
+        >>> H.refresh() @ np.array([1.0, 2.0, 3.0])  # H(e_2) now
+        array([ 1., -2.,  3.])
         """
         core = self._core
         xp = core.xp
         for segment in core.segments:
             param = core.params[segment.param]
+            if isinstance(core, Reflections) and not core.native:
+                norms = _generic.row_norms(_generic.full_rows(param, segment, core.dtype, xp), xp)
+                _validate.vector_norms(norms, xp, core.check_finite, allow_zero_rows=segment.k is not None)
+                continue
             if segment.k is None:
                 norms = primitives.row_norms(xp.abs(_validate.vectors(param, xp)), xp)
             else:  # a geqrf array: tau is implied by the stored entries (and lambda)
-                reflectors = xp.swapaxes(param[..., : segment.k], -1, -2)
+                reflectors = swap(param[..., : segment.k], xp)
                 if _complex.is_complex(param.dtype):
                     sumsq = _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp)
                 else:
@@ -232,31 +342,58 @@ class HouseholderProduct(Operator):
         return isinstance(self._core, ComplexReflections)
 
     @property
-    def T(self):
+    def T(self) -> HouseholderProduct:
         """The transpose: the reversed product, conjugated when complex (shares all caches). O(1)."""
         return self._view(
             self._core, not self._transpose, self.algorithm, self.block_size, self._conjugate != self._unitary
         )
 
     @property
-    def H(self):
+    def H(self) -> HouseholderProduct:
         """The adjoint (conjugate transpose), the reversed product; equal to :meth:`inv`, and to
         :attr:`T` when real (shares all caches). O(1)."""
         return self._view(self._core, not self._transpose, self.algorithm, self.block_size, self._conjugate)
 
-    def conj(self):
+    def conj(self) -> HouseholderProduct:
         """The entrywise conjugate (``self`` when real; shares all caches). O(1)."""
         if not self._unitary:
             return self
         return self._view(self._core, self._transpose, self.algorithm, self.block_size, not self._conjugate)
 
-    def inv(self):
-        """The inverse, equal to :attr:`H` since H is unitary (orthogonal when real). O(1)."""
+    def inv(self) -> HouseholderProduct:
+        """The inverse, equal to :attr:`H` since H is unitary (orthogonal when real). O(1).
+
+        Returns
+        -------
+        HouseholderProduct
+            ``H.H``: a view sharing every cache.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> H = ch.HouseholderProduct(np.random.default_rng(0).standard_normal((2, 3)))
+        >>> np.allclose((H.inv() @ H).todense(), np.eye(3))
+        True
+        """
         return self.H
 
-    def det(self):
+    def det(self) -> Array:
         """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded); for LAPACK's
-        complex factors the product of their eigenvalues ``1 - tau_i v_i^H v_i``. O(n)."""
+        complex factors the product of their eigenvalues ``1 - tau_i v_i^H v_i``. O(n).
+
+        Returns
+        -------
+        array
+            Of shape ``H.shape[:-2]`` and H's dtype.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> float(ch.HouseholderProduct(np.ones((3, 4))).det())
+        -1.0
+        """
         xp = self._xp
         batch = self.shape[:-2]
         if self._unitary:
@@ -266,14 +403,30 @@ class HouseholderProduct(Operator):
         identities = self._core.identity_count()
         if identities is not None:
             count = self.n_reflections - identities
+            if not is_native(xp):
+                return copy(xp.broadcast_to(1 - 2 * astype(count % 2, self.dtype, xp), batch), xp)
             return xp.broadcast_to(xp.where(count % 2 == 0, 1, -1).astype(self.dtype), batch).copy()
-        return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype)
+        return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype, **creation_kwargs(self._core.params[0]))
 
-    def slogdet(self):
+    def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|) = (det, 0)`` per batch entry; as ``numpy.linalg.slogdet``, a complex
-        sign of modulus 1 and a real logarithm for a unitary product."""
+        sign of modulus 1 and a real logarithm for a unitary product.
+
+        Returns
+        -------
+        sign, logabsdet : arrays
+            Each of shape ``H.shape[:-2]``: ``det`` and zeros.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> sign, logabs = ch.HouseholderProduct(np.ones((2, 4))).slogdet()
+        >>> float(sign), float(logabs)
+        (1.0, 0.0)
+        """
         sign = self.det()
-        return sign, self._xp.zeros(sign.shape, dtype=_complex.real_dtype(sign.dtype))
+        return sign, self._xp.zeros_like(sign, dtype=_complex.real_dtype(sign.dtype))
 
     def _compose(self, other):
         """``H1 @ H2`` as one product of n1 + n2 reflections. O(1) until used.
@@ -283,8 +436,7 @@ class HouseholderProduct(Operator):
         if not isinstance(other, HouseholderProduct):
             return super()._compose(other)
         a, b = self._core, other._core
-        if a.backend != b.backend:
-            array_module(a.vectors, b.vectors)  # raises the mixed-backend TypeError
+        array_module(a.params[0], b.params[0])  # a TypeError naming both when libraries or devices differ
         if self.shape[-1] != other.shape[-1]:
             raise ValueError(
                 "cannot compose HouseholderProducts of sizes {0}x{0} and {1}x{1}".format(
@@ -308,7 +460,7 @@ class HouseholderProduct(Operator):
                         conjugate=segment.conjugate != op._conjugate,
                     )
                 )
-        dtype = numpy.result_type(a.dtype, b.dtype)
+        dtype = result_type(a.xp, a.dtype, b.dtype)
         if _complex.is_complex(dtype):
             core = ComplexReflections(
                 a.backend, tuple(params), tuple(segments), a.check_finite and b.check_finite, dtype
@@ -319,7 +471,7 @@ class HouseholderProduct(Operator):
             tuple(params),
             tuple(segments),
             a.check_finite and b.check_finite,
-            numpy.result_type(a.dtype, b.dtype),
+            result_type(a.xp, a.dtype, b.dtype),
         )
         return self._view(core, False, self.algorithm, self.block_size)
 
@@ -342,11 +494,27 @@ class HouseholderProduct(Operator):
         """The :class:`Reflections` products run on: the realified one of a unitary product."""
         return self._core.real if self._unitary else self._core
 
-    def plan_for(self, m, dtype=None, differentiable=False):
+    def plan_for(self, m: int, dtype: Any = None, differentiable: bool = False) -> plan.Plan:
         """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns of ``dtype`` (in ``vjp``
         when ``differentiable``). A unitary product plans for its realified form (2n reflections of
-        length 2d); a real one with complex ``X`` for 2m real columns."""
-        dtype = numpy.dtype(dtype or self.dtype)
+        length 2d); a real one with complex ``X`` for 2m real columns.
+
+        Returns
+        -------
+        cuhouse.plan.Plan
+            ``(algorithm, block_size, store_inputs)``: deterministic for these
+            arguments on one machine (the cost model's constants are measured once
+            per machine).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> H = ch.HouseholderProduct(np.ones((64, 64)), algorithm="cwy", block_size=16)
+        >>> H.plan_for(32)
+        Plan(algorithm='cwy', block_size=16, store_inputs=...)
+        """
+        dtype = numpy_dtype(dtype or self.dtype)
         if _complex.is_complex(dtype) and not self._unitary:
             m *= 2
         return self._plan(m, _complex.real_dtype(dtype), differentiable)
@@ -357,21 +525,31 @@ class HouseholderProduct(Operator):
             core.shape[-1],
             core.shape[-2],
             m,
-            dtype or core.dtype,
-            core.backend,
+            numpy_dtype(dtype or core.dtype),
+            self._plan_backend(),
             self.algorithm,
             self.block_size,
             core.layout_for(differentiable),
             core.lapack_ready(differentiable),
         )
 
+    def _plan_backend(self):
+        """The machine model of :mod:`cuhouse.plan`: the backend's, or on the generic path
+        ``"numpy"`` for a CPU and ``"cupy"`` for any other device."""
+        core = self._real_core()
+        if core.native:
+            return core.backend
+        return "numpy" if getattr(core.device, "type", "cpu") == "cpu" or "CPU" in str(core.device) else "cupy"
+
     def _run(self, columns, transpose, differentiable):
         """``(plan module, plan, (form, scaled, limits), transpose)`` for real ``columns``
         ``(..., d, m)`` (``(..., 2d, m)`` realified for a unitary product): the transpose the plan
         applies is the hook's combined with this view's."""
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
-        built = self._real_core().form(chosen, columns.dtype, self._core.layout_for(differentiable))
-        return PLANS[chosen.algorithm], chosen, built, transpose != self._transpose
+        core = self._real_core()
+        built = core.form(chosen, columns.dtype, self._core.layout_for(differentiable))
+        module = PLANS[chosen.algorithm] if core.native else portable
+        return module, chosen, built, transpose != self._transpose
 
     def _real_form(self, columns):
         """``(real, back)``: ``columns`` as the real array the algorithms take, and the map from a real
@@ -417,7 +595,7 @@ class HouseholderProduct(Operator):
         return to_columns(out), back
 
     def _vjp_logabsdet(self):
-        return self.logdet(), lambda dvalue: []
+        return self.slogdet()[1], lambda dvalue: []
 
 
 def _apply_scaled(module, chosen, form, columns, transpose, limits, xp):
@@ -426,7 +604,10 @@ def _apply_scaled(module, chosen, form, columns, transpose, limits, xp):
     underflows where the result does not (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV
     over ``|X|``; three passes over X more only when some column is out of range. On the GPU the
     test would be a host sync on every product: there every column is scaled to its binade
-    (:func:`~cuhouse.algorithms._scaling.column_binades`; exact, the same bits in range)."""
+    (:func:`~cuhouse.algorithms._scaling.column_binades`; exact, the same bits in range). ``limits``
+    is ``None`` on the generic path, which runs unscaled."""
+    if limits is None:  # the generic path: frexp is no Array API function, and a test would sync
+        return _apply(module, chosen, form, columns, transpose, xp)
     if xp is numpy:
         exponent = _scaling.column_exponents(columns, limits, xp)
     else:
@@ -439,7 +620,7 @@ def _apply_scaled(module, chosen, form, columns, transpose, limits, xp):
 
 def _apply(module, chosen, form, columns, transpose, xp):
     """``module.apply`` in the plan's apply mode (only cwy has modes other than ``"steps"``)."""
-    if chosen.apply == "steps":
+    if chosen.apply == "steps" or module is portable:  # the generic path has the steps only
         return module.apply(form, columns, transpose, xp)
     return module.apply(form, columns, transpose, xp, mode=chosen.apply)
 
@@ -452,7 +633,7 @@ def _backward_scaled(module, form, out, dout, transpose, limits, store_inputs, x
     scaled back here; ``dV`` is returned scaled, to be multiplied by ``2**exponent`` (``None``: no
     scaling) after its last step (unit rows' gradients are divided by their norms). Cost: two GEMVs
     over ``|out|`` and ``|dout|``; four passes more only when scaling."""
-    if not _scaling.gradient_needs_scaling(out, dout, limits, xp):
+    if limits is None or not _scaling.gradient_needs_scaling(out, dout, limits, xp):
         return (*module.backward(form, out, dout, transpose, xp, store_inputs), None)
     e_out, e_dout = (_scaling.array_exponent(a, xp) for a in (out, dout))
     dv, dx = module.backward(

@@ -121,7 +121,7 @@ def test_batched_equals_in_memory(case, side):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_matmul_function_and_rmatmul_reach_the_dask_path(side):
-    """``Xd @ A`` is deferred by Dask to ``A.__rmatmul__`` (``__array_ufunc__ = None``), not densified."""
+    """``Xd @ A`` is deferred by Dask to ``A.__rmatmul__`` (A is no array chunk type), not densified."""
     rng = numpy.random.default_rng(3)
     a = _square_svd(rng)
     x, xd = _operand(a, side, "matrix", (-1, 4), rng)
@@ -339,7 +339,7 @@ def test_wrong_contracted_size_is_a_value_error():
 
 def test_unbroadcastable_batch_is_a_value_error():
     h = _householder(numpy.random.default_rng(14), n=4, batch=(2,))
-    with pytest.raises(ValueError, match=r"batch shapes of A \(2,\) and X \(3,\) do not broadcast"):
+    with pytest.raises(ValueError, match=r"batch shapes of H \(2,\) and X \(3,\) do not broadcast"):
         h @ da.zeros((3, D, 4))
 
 

@@ -231,7 +231,7 @@ def test_product_logdet_and_its_gradient():
 def test_product_errors():
     with pytest.raises(ValueError, match=r"cannot multiply a 6x4 SVDMatrix by a 6x6 HouseholderProduct"):
         _svd(6, 4) @ _householder(6)
-    with pytest.raises(ValueError, match=r"slogdet\(\) of a Product needs square factors, but a factor is 6x4"):
+    with pytest.raises(ValueError, match=r"slogdet\(\) needs a square matrix, but the Product is 6x4"):
         (_svd(6, 4) @ _householder(4)).logdet()
     with pytest.raises(TypeError, match="Product takes cuhouse matrices, got ndarray"):
         ch.Product(_householder(3), numpy.eye(3))

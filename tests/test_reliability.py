@@ -8,6 +8,7 @@ import weakref
 import numpy
 import pytest
 import scipy.linalg
+import scipy.sparse
 from helpers import dense_reference
 
 import cuhouse as ch
@@ -187,7 +188,7 @@ def test_a_non_finite_cotangent_is_rejected_like_x(bad):
     out, back = ch.vjp(ch.matmul, h, rng.standard_normal((5, 2)))
     dout = numpy.ones_like(out)
     dout[1, 1] = bad
-    with pytest.raises(ValueError, match=r"dout must be finite; found NaN or Inf \(pass check_finite=False"):
+    with pytest.raises(ValueError, match=r"dout must be finite; found NaN or Inf \(.*build it with check_finite=False"):
         back(dout)
     w = ch.SVDMatrix.from_dense(rng.standard_normal((4, 4)))
     value, back = ch.vjp(ch.logdet, w)
@@ -343,3 +344,116 @@ def test_svd_linear_training_steps_create_no_reference_cycles():
         assert gc.collect() == 0, "each step left a reference cycle (an SVDMatrix and its factors)"
     finally:
         gc.enable()
+
+
+# ------------------------------------------------------------------- defect 6: unclear or misleading errors
+def test_a_torch_tensor_that_requires_grad_is_named_or_differentiated():
+    """Issue 21: a torch tensor beside NumPy is a mixing TypeError naming both; torch tensors that
+    require grad make a torch matrix, differentiated through cuhouse's adjoints (no silent detach)."""
+    torch = pytest.importorskip("torch")
+    h = ch.HouseholderProduct(numpy.random.default_rng(13).standard_normal((3, 5)))
+    with pytest.raises(TypeError, match=r"^cannot mix NumPy and torch arrays: X is torch.Tensor"):
+        h @ torch.randn(5, 2, requires_grad=True)
+    v = torch.randn(3, 5, requires_grad=True)
+    (ch.HouseholderProduct(v) @ torch.randn(5, 2)).square().sum().backward()
+    assert v.grad is not None and v.grad.shape == v.shape
+
+
+def test_numpy_matmul_and_dot_are_the_product_and_other_ufuncs_say_what_to_do():
+    rng = numpy.random.default_rng(14)
+    h = ch.HouseholderProduct(rng.standard_normal((3, 5)))
+    x = rng.standard_normal((5, 2))
+    dense = h.todense()
+    for got, want in (
+        (numpy.matmul(h, x), dense @ x),
+        (numpy.matmul(x.T, h), x.T @ dense),
+        (numpy.dot(h, x), dense @ x),
+        (numpy.dot(x.T, h), x.T @ dense),
+        (numpy.dot(h, x[:, 0]), dense @ x[:, 0]),
+    ):
+        assert isinstance(got, numpy.ndarray)
+        numpy.testing.assert_allclose(got, want, atol=1e-14)
+    with pytest.raises(TypeError, match=r"numpy.add does not apply to a cuhouse HouseholderProduct.*A @ X.*todense"):
+        x.T + h
+    with pytest.raises(TypeError, match=r"numpy.exp does not apply"):
+        numpy.exp(h)
+    with pytest.raises(TypeError, match=r"numpy.matmul takes no out="):
+        numpy.matmul(h, x, out=numpy.empty((5, 2)))
+    batched = ch.HouseholderProduct(rng.standard_normal((2, 3, 5)))
+    with pytest.raises(TypeError, match=r"numpy.dot does not broadcast.*use A @ X"):
+        numpy.dot(batched, x)
+    with pytest.raises(TypeError, match=r"^X must be an array, got a cuhouse HouseholderProduct.*X.todense\(\)"):
+        h.matvec(h)
+    with pytest.raises(TypeError, match=r"^dout must be an array, got a cuhouse HouseholderProduct"):
+        ch.vjp(ch.matmul, h, x)[1](h)
+
+
+def test_a_sparse_matrix_times_a_batched_matrix_says_what_to_do():
+    rng = numpy.random.default_rng(15)
+    batched = ch.HouseholderProduct(rng.standard_normal((2, 3, 5)))
+    s = scipy.sparse.random(4, 5, density=0.5, format="csr", random_state=0)
+    with pytest.raises(TypeError, match=r"SciPy sparse matrix times a batched cuhouse.*S.toarray\(\) @ A"):
+        s @ batched
+    numpy.testing.assert_allclose(s.toarray() @ batched, s.toarray() @ batched.todense(), atol=1e-14)
+    single = ch.HouseholderProduct(rng.standard_normal((3, 5)))
+    numpy.testing.assert_allclose(s @ single, s.toarray() @ single.todense(), atol=1e-14)
+
+
+def test_the_inverse_of_a_product_names_the_factor_that_is_not_square():
+    rng = numpy.random.default_rng(16)
+    r = ch.SVDMatrix(rng.standard_normal((5, 5)), rng.uniform(1, 2, 5), rng.standard_normal((5, 7)))
+    with pytest.raises(
+        ValueError, match=r"inv\(\) of a Product .* factor 0 of 2 \(SVDMatrix W\) is 5x7 \(the product is 5x5\)"
+    ):
+        (r @ r.T).inv()
+    with pytest.raises(ValueError, match=r"^logdet\(\) of a Product .* factor 0 of 2 \(SVDMatrix W\) is 5x7"):
+        ch.vjp(ch.logdet, r @ r.T)
+    with pytest.raises(ValueError, match=r"^inv\(\) needs a square matrix, but W.T is 7x5"):
+        r.T.inv()
+
+
+def test_a_non_finite_operand_says_where_check_finite_is():
+    rng = numpy.random.default_rng(17)
+    w = ch.SVDMatrix.from_dense(rng.standard_normal((4, 4)))
+    b = numpy.ones((4, 2))
+    b[0, 0] = numpy.nan
+    with pytest.raises(ValueError, match=r"^B must be finite.*build it with check_finite=False"):
+        w.solve(b)
+    with pytest.raises(ValueError, match=r"^X must be finite.*build it with check_finite=False"):
+        w @ b
+
+
+def test_dask_operands_name_the_matrix_as_in_memory_ones_do():
+    da = pytest.importorskip("dask.array")
+    rng = numpy.random.default_rng(18)
+    h = ch.HouseholderProduct(rng.standard_normal((2, 3, 5)))
+    w = ch.SVDMatrix.from_dense(rng.standard_normal((5, 5)))
+    x = numpy.zeros((3, 5, 2))
+    for matrix, name in ((h, "H"),):
+        message = r"the batch shapes of {} \(2,\) and X \(3,\) do not broadcast".format(name)
+        with pytest.raises(ValueError, match=message):
+            matrix @ x
+        with pytest.raises(ValueError, match=message):
+            matrix @ da.from_array(x)
+    with pytest.raises(ValueError, match=r"X has shape \(6, 2\) but the operator is 5x5"):
+        w @ da.from_array(numpy.zeros((6, 2)))
+
+
+# ------------------------------------------------------------------------- found by tests/test_fuzz.py
+@pytest.mark.parametrize("algorithm", ALGORITHM_CHOICES)
+@pytest.mark.parametrize("m", [0, 1, 3])
+def test_an_unbatched_lapack_product_times_a_batched_or_empty_x(algorithm, m):
+    # the ormqr plan took X as (d, m): a batched X failed in LAPACK (info = -7), an empty one in f2py
+    rng = numpy.random.default_rng(19)
+    for d in (1, 4):
+        a, tau = _geqrf(rng, (d, d))
+        q = ch.HouseholderProduct.from_lapack(a, tau, algorithm=algorithm)
+        x = rng.standard_normal((3, d, m))
+        dense = _lapack_q(a, tau)
+        numpy.testing.assert_allclose(q @ x, dense @ x, atol=1e-13)
+        numpy.testing.assert_allclose(q.T @ x, dense.T @ x, atol=1e-13)
+        numpy.testing.assert_allclose(numpy.swapaxes(x, -1, -2) @ q, numpy.swapaxes(x, -1, -2) @ dense, atol=1e-13)
+
+
+def _lapack_q(a, tau):
+    return scipy.linalg.lapack.dorgqr(a, tau)[0] if a.shape[0] > 1 else numpy.where(tau[0] == 0, 1.0, -1.0)[None, None]

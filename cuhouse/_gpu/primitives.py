@@ -133,6 +133,13 @@ def _lapack_upper_triangular_inverse(s):
     trtri = lapack.strtri if s.dtype == numpy.float32 else lapack.dtrtri
     k = s.shape[-1]
     flat = s.reshape((-1, k, k))
+    if flat.shape[0] == 1:  # one matrix: no loop, no stack to fill
+        inverse, info = trtri(flat[0].T, lower=1)
+        if info:
+            raise numpy.linalg.LinAlgError(
+                "a T matrix of the compact WY form is singular (?trtri info {})".format(info)
+            )
+        return (inverse.T * upper_mask(k, s.dtype)).reshape(s.shape)
     out = numpy.empty(flat.shape, dtype=s.dtype)
     for i in range(flat.shape[0]):
         # S^T is a Fortran-ordered lower triangle: LAPACK reads it in place, and L^-T = S^-1

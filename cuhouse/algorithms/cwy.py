@@ -45,23 +45,30 @@ def build(y, block_size, xp, layout=FULL, identity=None):
     k = blocks[0].last - blocks[0].first
     batch = y.shape[:-2]
     active = None if identity is None else ~identity
-    g = xp.zeros(batch + (len(blocks), k, k), dtype=y.dtype)
-    whole = y.shape[-2] // k
-    batched = layout == FULL and y.flags.c_contiguous and whole > 1
-    if batched:
-        stacked = y[..., : whole * k, :].reshape(batch + (whole, k, y.shape[-1]))
-        xp.matmul(stacked, swap(stacked, xp), out=g[..., :whole, :, :])
-    for j, block in enumerate(blocks):
-        kb = block.last - block.first
-        if not (batched and j < whole):
-            g[..., j, :kb, :kb] = _gemm.gram(block, xp)
-        if active is not None:
+    if len(blocks) == 1:  # one block: its Gram matrix is the whole stack
+        g = _gemm.gram(blocks[0], xp)[..., None, :, :]
+    else:
+        g = xp.zeros(batch + (len(blocks), k, k), dtype=y.dtype)
+        whole = y.shape[-2] // k
+        batched = layout == FULL and y.flags.c_contiguous and whole > 1
+        if batched:
+            stacked = y[..., : whole * k, :].reshape(batch + (whole, k, y.shape[-1]))
+            xp.matmul(stacked, swap(stacked, xp), out=g[..., :whole, :, :])
+        for j, block in enumerate(blocks):
+            if not (batched and j < whole):
+                kb = block.last - block.first
+                g[..., j, :kb, :kb] = _gemm.gram(block, xp)
+    if active is not None:
+        for j, block in enumerate(blocks):
+            kb = block.last - block.first
             a = active[..., block.first : block.last].astype(y.dtype)
             g[..., j, :kb, :kb] *= a[..., :, None] * a[..., None, :]
     weights, half_eye = _s_weights(k, g.dtype, xp)
     s = g * weights  # S = striu(G) + diag(G)/2 in one pass, no index arrays
     # a zero row (an identity factor, or block padding) gets s_ii = 1/2: decoupled, it acts as nothing
-    s += (xp.diagonal(g, axis1=-2, axis2=-1) == 0)[..., None] * half_eye
+    diagonal = xp.diagonal(g, axis1=-2, axis2=-1)
+    if xp is not numpy or not diagonal.all():  # (NumPy: tested first, no sync to avoid)
+        s += (diagonal == 0)[..., None] * half_eye
     return Form(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2], {})
 
 
