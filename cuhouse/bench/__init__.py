@@ -13,13 +13,14 @@ shared machine are repeatable; ``--threads N`` opts into N threads.
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 
 import numpy
 
 from .._backend import backend_name, cupy_module, gpu_available
-from . import forward, gradients, plan_check, plot, spectral
+from . import forward, gradients, plan_check, plot, spectral, torch_layer
 from ._timing import DISAGREEMENT, measure
 
 SECTIONS = {
@@ -27,6 +28,7 @@ SECTIONS = {
     "gradients": gradients,
     "spectral": spectral,
     "plan": plan_check,
+    "torch": torch_layer,
 }
 DEFAULT_SECTIONS = ("forward", "gradients", "spectral")
 DEFAULT_SIZES = (256, 512, 1024, 2048)
@@ -105,6 +107,9 @@ def main(argv=None):
     if unknown:
         print("unknown section(s): {}; choose from {}".format(", ".join(unknown), ", ".join(SECTIONS)), file=sys.stderr)
         return 2
+    if "torch" in names and importlib.util.find_spec("torch") is None:
+        print('the torch section needs PyTorch: pip install "cuhouse[torch]"', file=sys.stderr)
+        return 2
     dtype = numpy.dtype(args.dtype)
     if args.plot:
         return plot.draw(args.plot, sizes, args.m, dtype, xp, rounds)
@@ -137,7 +142,7 @@ def main(argv=None):
         for label, text in getattr(section, "EXPLAIN", {}).items():
             print("   {:<34} {}".format(label + ":", text))
         print("{:>6}  {:<38} {:>10} {:>7} {:>6}  {}".format("d", "method", "median ms", "ratio", "spread", "vs"))
-        for d in sizes:
+        for d in args.sizes or getattr(section, "SIZES", sizes):
             baselines, cases = section.cases(d, args.m, dtype, xp)
             if not isinstance(baselines, dict):
                 baselines = dict.fromkeys(cases, baselines)

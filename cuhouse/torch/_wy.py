@@ -33,21 +33,57 @@ def block_size(n, d, m):
     return min(n, 2 * BLOCK if 2 * m >= d else BLOCK)
 
 
+_CONSTANTS = {}
+
+
+def constants(n, k, like):
+    """``(mask, pad, eye)`` for n reflections in blocks of k, in ``like``'s dtype and device.
+
+    ``S = G * mask + pad``: ``mask`` ``(k, k)`` is 1 above the diagonal and 1/2 on it, so that
+    ``S = diag(G)/2 + striu(G)``; ``pad`` ``(nb, k, k)`` (``None`` when k divides n) puts ``S_ii = 1/2``
+    on the padding rows, which then act as nothing. Kept per (n, k, dtype, device) for eager calls;
+    built afresh while torch.compile or torch.export traces.
+    """
+    key = (n, k, like.dtype, like.device)
+    cached = _CONSTANTS.get(key)
+    if cached is not None and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        return cached
+    eye = torch.eye(k, dtype=like.dtype, device=like.device)
+    mask = torch.ones(k, k, dtype=like.dtype, device=like.device).triu(1) + eye / 2
+    pad = None
+    if n % k:
+        padding = torch.arange(-(-n // k) * k, device=like.device) >= n
+        pad = torch.diag_embed(padding.to(like.dtype).view(-1, k) / 2)
+    result = (mask, pad, eye)
+    if type(like) in (torch.Tensor, torch.nn.Parameter) and not (
+        torch.compiler.is_compiling() or torch.compiler.is_exporting() or like.device.type == "meta"
+    ):
+        _CONSTANTS[key] = result
+    return result
+
+
+def gram_factor(vb, mask, pad):
+    """``S = diag(G)/2 + striu(G)`` with ``G = V_j V_j^T`` per block, for blocks ``vb`` ``(..., k, d)``."""
+    s = (vb @ vb.mT) * mask
+    return s if pad is None else s + pad
+
+
 def factors(v, k):
     """``(vb, t, s)``: ``v`` padded to a multiple of k rows and split ``(..., nb, k, d)``, the T factors
-    ``(..., nb, k, k)`` and their inverses ``S = diag(G)/2 + striu(G)``, ``G = V_j V_j^T``.
-
-    A padding (zero) row gets ``S_ii = 1/2``: decoupled, it acts as nothing. O(n k d) + O(n k^2).
-    """
-    n = v.shape[-2]
+    ``(..., nb, k, k)`` and their inverses ``S``. O(n k d) + O(n k^2)."""
+    mask, pad, eye = constants(v.shape[-2], k, v)
     vb = blocks(v, k)
-    g = vb @ vb.mT
-    diag = torch.diagonal(g, dim1=-2, dim2=-1) / 2
-    if n % k:
-        diag = diag + (torch.arange(vb.shape[-3] * k, device=v.device) >= n).to(v.dtype).view(-1, k) / 2
-    s = torch.triu(g, 1) + torch.diag_embed(diag)
-    eye = torch.eye(k, dtype=v.dtype, device=v.device)
+    s = gram_factor(vb, mask, pad)
     return vb, torch.linalg.solve_triangular(s, eye, upper=True), s
+
+
+def one_block(v, x, transpose):
+    """``H @ x`` (``H^T @ x``) for one block of n reflections: ``x - V^T S^{-1} V x``, by a triangular
+    solve (``S^{-T}`` for the transpose), no T formed; differentiated by autograd. O(n d m + n^2 d)."""
+    mask, _, _ = constants(v.shape[-2], v.shape[-2], v)
+    s = gram_factor(v, mask, None)
+    z = torch.linalg.solve_triangular(s.mT if transpose else s, v @ x, upper=not transpose)
+    return x - v.mT @ z
 
 
 def order(n_blocks, transpose):
@@ -137,13 +173,13 @@ def blocks(v, k):
 def matmul(v, x, transpose=False):
     """``H @ x`` for ``v`` ``(..., n, d)`` and ``x`` ``(..., d, m)`` of one float dtype, differentiable to any order.
 
-    One block (n <= k) is differentiated by autograd's tape of its dozen operations, which stores
-    what the level-3 backward would (x, V x and T) and costs fewer dispatches; more blocks go
+    One block (n <= k) is differentiated by autograd's tape of its seven operations
+    (:func:`one_block`), which stores what the level-3 backward would (x, V x, S) and costs fewer
+    dispatches than a Function; more blocks go
     through :class:`Matmul`, whose backward rebuilds each block's input instead of storing it.
     """
     n, d = v.shape[-2:]
     k = block_size(n, d, x.shape[-1])
     if n <= k:
-        vb, t, _ = factors(v, k)
-        return apply(vb, t, x, transpose)
+        return one_block(v, x, transpose)
     return Matmul.apply(v, x, bool(transpose), k)[0]

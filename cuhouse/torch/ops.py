@@ -80,11 +80,9 @@ def _eager(t):
 
 def check_rows(vectors, name):
     """``ValueError`` unless every row of ``vectors`` ``(..., n, d)`` is finite and nonzero (one host sync)."""
-    with torch.no_grad():
-        squares = vectors.square().sum(dim=-1)
-        bad = ~torch.isfinite(squares) | (squares == 0)
-        if not bool(bad.any()):
-            return
+    squares = torch.linalg.vecdot(vectors.detach(), vectors.detach())
+    bad = ~torch.isfinite(squares + 1 / squares)  # NaN, Inf, or 0 (1/0 = Inf)
+    if bool(bad.any()):
         if not bool(torch.isfinite(vectors).all()):
             raise ValueError("{} must be finite; found NaN or Inf".format(name))
         row = int(bad.nonzero()[0, -1])
