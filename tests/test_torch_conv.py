@@ -4,11 +4,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="cuhouse.torch needs PyTorch: pip install 'cuhouse[torch]'")
 
-import cuhouse.torch as cht  # noqa: E402
+from test_torch import assert_close, dense_householder, randn  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import parametrize  # noqa: E402
 
-from test_torch import assert_close, dense_householder, randn  # noqa: E402
+import cuhouse.torch as cht  # noqa: E402
 
 F64 = torch.float64
 

@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="cuhouse.torch needs PyTorch: pip install 'cuhouse[torch]'")
 
+from test_torch import assert_close, dense_householder, dense_svd_weight, randn  # noqa: E402
+
 import cuhouse.torch as cht  # noqa: E402
 from cuhouse.torch import _wy  # noqa: E402
-
-from test_torch import assert_close, dense_householder, dense_svd_weight, randn  # noqa: E402
 
 
 @pytest.fixture(params=["default", "blocks of 2"])
