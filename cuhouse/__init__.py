@@ -4,11 +4,10 @@ FastH ("What if Neural Networks had SVDs?", NeurIPS 2020) and level-3 compact
 WY products for NumPy and CuPy arrays.
 """
 
-from ._operator import Operator
+from ._operator import Operator, Product
 from .autodiff import logdet, matmul, vjp
 from .flatten import flatten_params, unflatten_params
 from .householder import HouseholderProduct
-from .product import Product
 from .spectral import EighMatrix, SVDMatrix
 
 __all__ = [

@@ -8,7 +8,9 @@ import functools
 
 import numpy
 
-SUPPORTED_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+REAL_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+COMPLEX_DTYPES = (numpy.dtype(numpy.complex64), numpy.dtype(numpy.complex128))
+SUPPORTED_DTYPES = REAL_DTYPES + COMPLEX_DTYPES
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,3 +107,8 @@ def synchronize(xp):
 
 def type_name(cls):
     return "{}.{}".format(cls.__module__.split(".")[0], cls.__name__)
+
+
+def to_host(a):
+    """A NumPy copy of a CuPy array; NumPy arrays pass through."""
+    return a.get() if hasattr(a, "get") else a

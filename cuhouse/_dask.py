@@ -2,13 +2,13 @@
 
 Every function here builds a graph and computes nothing. The matrix enters
 the graph once, as a single key that every chunk task depends on, so a
-``dask.distributed`` worker receives its factors once, keeps them, and reuses
-its cached block factors for all the chunks it runs. Each chunk goes through
+``dask.distributed`` worker receives the matrix once, keeps it, and reuses
+its cached forms for all the chunks it runs. Each chunk goes through
 the operator's in-memory path (``A @ chunk``, ``chunk @ A`` and the vjp of
 :class:`cuhouse._operator.Operator`), so finiteness of ``X`` is checked per
 chunk, when the chunk is computed.
 
-Layout: ``X`` (``(..., d, m)`` for ``A @ X``, ``(..., m, d)`` for ``X @ A``)
+Chunking: ``X`` (``(..., d, m)`` for ``A @ X``, ``(..., m, d)`` for ``X @ A``)
 maps block-wise along its batch and non-contracted axes; the contracted axis
 ``d`` is rechunked to a single chunk (a product with a Householder operator
 needs the whole column). Batch axes that ``A`` has (with size > 1) are
@@ -16,19 +16,25 @@ rechunked to one chunk too, since ``A`` acts on all of them at once. Chunks
 keep the array type of ``X._meta``: CuPy chunks (dask-cuda) stay on the
 device, with a matrix whose parameters are CuPy arrays.
 
+The matrix's key is ``cuhouse-<class>-<token>`` with the token from
+``dask.base.tokenize`` (:meth:`cuhouse.Operator.__dask_tokenize__`: the
+class and its whole state, arrays hashed by content), so graphs built twice
+from the same matrix share that key and are reproducible.
+
 Dask is imported only inside these functions; ``import cuhouse`` never
-imports it.
+imports it. This module imports no class of cuhouse: it works on any object
+with the operator protocol.
 """
 
 import functools
 import math
 import operator
-import uuid
 
 import numpy
 
-from . import _operator, _validate
+from . import _validate
 from ._backend import is_cupy_array, module_named, type_name
+from ._shapes import matmul_shape, reduce_to_shape
 
 GRADIENT_FAN_IN = 8  # chunks summed per task in the tree reduction of parameter gradients
 
@@ -47,8 +53,8 @@ def matmul(op, x, side):
     cuhouse product per chunk, plus a rechunk when ``x`` is chunked along the
     contracted axis.
     """
-    layout = _Layout(op, x, side)
-    return layout.result(_product_blocks(_operator_key(op), layout))
+    chunked = _Chunked(op, x, side)
+    return chunked.result(_product_chunks(_operator_key(op), chunked))
 
 
 def vjp_matmul(op, x, side):
@@ -61,22 +67,22 @@ def vjp_matmul(op, x, side):
     ``dask.compute(*back(dout))`` computes both. Cost when computed: per
     chunk, cuhouse's vjp (the forward product again, then its backward).
     """
-    layout = _Layout(op, x, side)
+    chunked = _Chunked(op, x, side)
     key = _operator_key(op)
-    out = layout.result(_product_blocks(key, layout))
+    out = chunked.result(_product_chunks(key, chunked))
 
     def back(dout):
-        pairs = _vjp_blocks(key, layout, layout.cotangent(dout, out))
+        pairs = _vjp_chunks(key, chunked, chunked.cotangent(dout, out))
         dx = pairs.map_blocks(
-            operator.itemgetter(1), dtype=layout.grad_dtype, meta=layout.meta(layout.x.ndim, layout.grad_dtype)
+            operator.itemgetter(1), dtype=chunked.grad_dtype, meta=chunked.meta(chunked.x.ndim, chunked.grad_dtype)
         )
-        return _tree_sum(pairs, op.params), layout.gradient(dx)
+        return _tree_sum(pairs, op.params), chunked.gradient(dx)
 
     return out, back
 
 
-class _Layout:
-    """``X`` validated and laid out for block-wise products, and the way back to its shape.
+class _Chunked:
+    """``X`` validated and chunked for block-wise products, and the way back to its shape and chunks.
 
     ``x`` is ``X`` with a vector as one column (``A @ X``) or row (``X @ A``),
     broadcast to the result's batch shape and rechunked so that the contracted
@@ -100,24 +106,15 @@ class _Layout:
                 "holds {} arrays; move the data explicitly (X.map_blocks(cupy.asarray) or "
                 "cupy.asnumpy)".format(type_name(type(x._meta)), op.backend)
             )
-        if x.ndim == 0:
-            raise ValueError("X must have at least one dimension for matmul, got a scalar")
+        matmul_shape(op.shape, x.shape, side, "A", "X")
         rows, cols = op.shape[-2:]
-        d = cols if side == "left" else rows
         self.side, self.chunks, self.vector = side, x.chunks, x.ndim == 1
         self.xp = module_named(op.backend)
         self.contracted = -2 if side == "left" else -1
-        if x.shape[-1 if self.vector else self.contracted] != d:
-            expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
-            raise ValueError(
-                "X has shape {} but the operator is {}x{}: expected {} with d={}".format(
-                    tuple(x.shape), rows, cols, expected, d
-                )
-            )
         if self.vector:
-            x = _to_columns(x, side)
-        self.column_shape = x.shape
-        batch = _validate.batch_shape(("A", op.shape[:-2]), ("X", x.shape[:-2]))
+            x = _as_matrix(x, side)
+        self.matrix_shape = x.shape
+        batch = numpy.broadcast_shapes(op.shape[:-2], x.shape[:-2])
         if batch != x.shape[:-2]:
             x = da.broadcast_to(x, batch + x.shape[-2:])
         spanned = [x.ndim - 2 - len(op.shape[:-2]) + i for i, size in enumerate(op.shape[:-2]) if size > 1]
@@ -137,11 +134,11 @@ class _Layout:
         return meta_from_array(self.x._meta, ndim=ndim, dtype=dtype)
 
     def result(self, out):
-        """The product in ``X``'s layout: a vector again for a vector ``X``."""
-        return _from_columns(out, self.side) if self.vector else out
+        """The product in ``X``'s form: a vector again for a vector ``X``."""
+        return _as_vector(out, self.side) if self.vector else out
 
     def cotangent(self, dout, out):
-        """``dout`` as a Dask array in the layout of the block-wise product, chunked like it."""
+        """``dout`` as a Dask array in the form of the block-wise product, chunked like it."""
         import dask.array as da
 
         if not is_dask_array(dout):
@@ -154,80 +151,85 @@ class _Layout:
                 )
             )
         if self.vector:
-            dout = _to_columns(dout, self.side)
+            dout = _as_matrix(dout, self.side)
         chunks = list(self.x.chunks)
         chunks[self.contracted] = (self.out_size,)
         return dout.astype(self.dtype).rechunk(tuple(chunks))
 
     def gradient(self, dx):
-        """The gradient for ``x`` (laid out) back in ``X``'s shape and chunks."""
-        dx = _operator.reduce_to_shape(dx, self.column_shape)
-        return (_from_columns(dx, self.side) if self.vector else dx).rechunk(self.chunks)
+        """The gradient for ``x`` (as chunked) back in ``X``'s shape and chunks."""
+        dx = reduce_to_shape(dx, self.matrix_shape)
+        return (_as_vector(dx, self.side) if self.vector else dx).rechunk(self.chunks)
 
 
-def _to_columns(v, side):
+def _as_matrix(v, side):
     """A vector (or a stack of them) as one column (``A @ v``) or one row (``v @ A``)."""
     return v[..., None] if side == "left" else v[..., None, :]
 
 
-def _from_columns(c, side):
-    """Inverse of :func:`_to_columns`."""
+def _as_vector(c, side):
+    """Inverse of :func:`_as_matrix`."""
     return c[..., 0] if side == "left" else c[..., 0, :]
 
 
 def _operator_key(op):
-    """``op`` as a one-key Delayed: every chunk task depends on that key, so it is shipped once per worker."""
+    """``op`` as a one-key Delayed: every chunk task depends on that key, so it is shipped once per worker.
+
+    The key is ``cuhouse-<class>-<tokenize(op)>``: deterministic, shared by every graph of the same matrix.
+    Cost: one hash over the parameter arrays.
+    """
     import dask
+    from dask.base import tokenize
 
-    return dask.delayed(op, name="cuhouse-{}-{}".format(type(op).__name__, uuid.uuid4().hex))
+    return dask.delayed(op, name="cuhouse-{}-{}".format(type(op).__name__, tokenize(op)))
 
 
-def _product_blocks(key, layout):
-    """One cuhouse product per block of ``layout.x``: a Dask array."""
+def _product_chunks(key, chunked):
+    """One cuhouse product per chunk of ``chunked.x``: a Dask array."""
     import dask.array as da
 
-    ind = layout.letters
+    ind = chunked.letters
     return da.blockwise(
-        _block_product,
+        _chunk_product,
         ind,
         key,
         None,
-        layout.x,
+        chunked.x,
         ind,
-        layout.side,
+        chunked.side,
         None,
-        adjust_chunks={ind[layout.contracted]: layout.out_size},
-        dtype=layout.dtype,
-        meta=layout.meta(layout.x.ndim, layout.dtype),
+        adjust_chunks={ind[chunked.contracted]: chunked.out_size},
+        dtype=chunked.dtype,
+        meta=chunked.meta(chunked.x.ndim, chunked.dtype),
         token="cuhouse-matmul",
     )
 
 
-def _vjp_blocks(key, layout, dout):
-    """``(dparams, dx)`` per block of ``layout.x``: a Dask array of tuples, blocks aligned with ``x``'s."""
+def _vjp_chunks(key, chunked, dout):
+    """``(dparams, dx)`` per chunk of ``chunked.x``: a Dask array of tuples, chunks aligned with ``x``'s."""
     import dask.array as da
 
-    ind = layout.letters
+    ind = chunked.letters
     return da.blockwise(
-        _block_vjp,
+        _chunk_vjp,
         ind,
         key,
         None,
-        layout.x,
+        chunked.x,
         ind,
         dout,
         ind,
-        layout.side,
+        chunked.side,
         None,
         dtype=object,
-        meta=numpy.empty((0,) * layout.x.ndim, dtype=object),
+        meta=numpy.empty((0,) * chunked.x.ndim, dtype=object),
         token="cuhouse-vjp",
         align_arrays=False,
     )
 
 
 def _tree_sum(pairs, params):
-    """The parameter gradients of every block, summed ``GRADIENT_FAN_IN`` at a time: single-chunk Dask arrays."""
+    """The parameter gradients of every chunk, summed ``GRADIENT_FAN_IN`` at a time: single-chunk Dask arrays."""
     import dask
     import dask.array as da
     from dask.array.utils import meta_from_array
@@ -253,12 +255,12 @@ def _tree_sum(pairs, params):
     return tuple(grads)
 
 
-def _block_product(op, block, side):
-    return op._product(block, side)
+def _chunk_product(op, chunk, side):
+    return op._product(chunk, side)
 
 
-def _block_vjp(op, block, dout, side):
-    return op._vjp_matmul(block, side)[1](dout)
+def _chunk_vjp(op, chunk, dout, side):
+    return op._vjp_matmul(chunk, side)[1](dout)
 
 
 def _sum_gradients(*parts):

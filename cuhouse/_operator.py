@@ -1,18 +1,27 @@
 """The operator protocol shared by every cuhouse matrix.
 
-In the manner of ``scipy.sparse.linalg.LinearOperator``, one base class owns
-the protocol: ``@`` on both sides, ``numpy.asarray``, the SciPy duck-typing
-methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``, ``dot``),
-``todense``, pickling, the validation of the outer operand (once per user
-call), the cotangent check, the dtype rules and the columns layout. A
-subclass provides ``shape``, ``dtype``, ``params``, ``backend``,
-``check_finite``, ``T`` and three hooks that work on already-validated
-arrays and call their parents' hooks, never the public path:
+In the manner of ``scipy.sparse.linalg.LinearOperator``, one abstract base
+class owns the protocol: ``@`` on both sides, ``numpy.asarray``, the SciPy
+duck-typing methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``,
+``dot``), ``todense``, ``matmul``, ``det`` and ``logdet`` (from ``slogdet``),
+one ``__repr__``, pickling, Dask tokens, the validation of the outer operand
+(once per user call), the cotangent check and the dtype rules.
+
+A subclass supplies (abstract here: a class that leaves one out cannot be
+instantiated, and ``TypeError`` names what is missing)
+
+- the properties ``shape`` ``(..., d_out, d_in)``, ``dtype``, ``params`` (the
+  leaf arrays gradients are taken with respect to), ``backend`` (a name),
+  ``check_finite``, ``T`` and ``H``;
+- the methods ``conj()``, ``inv()`` and ``slogdet()``;
+- three hooks that work on already-validated arrays in the columns form
+  (:mod:`cuhouse._shapes`) and call their parents' hooks, never the public path:
 
 ``_matmat(columns, transpose) -> out``
-    ``A @ columns`` (``A^T @ columns`` when ``transpose``) for float
-    ``columns`` ``(..., d, m)`` in the result dtype. Builds nothing for a
-    backward.
+    ``A @ columns`` (``A^H @ columns``, the adjoint, when ``transpose``; the
+    transpose for a real A) for float or complex ``columns`` ``(..., d, m)`` in
+    the result dtype. Builds nothing for a backward. ``X @ A`` runs as
+    ``(conj(A)^H X^T)^T`` through ``A.conj()``'s hook.
 ``_vjp_matmat(columns, transpose) -> (out, back)``
     the same product and ``back(dout) -> (contributions, dcolumns)``:
     ``dout`` is shaped like ``out``; ``dcolumns`` like ``columns``;
@@ -21,29 +30,111 @@ arrays and call their parents' hooks, never the public path:
 ``_vjp_logabsdet() -> (value, back)``
     ``log|det A|`` per batch entry and ``back(dvalue) -> contributions``.
 
+and optionally ``_NAME`` (the matrix in messages), ``_TODENSE_WORKSPACE``
+(peak memory of ``todense`` in units of its result) and ``_describe()`` (the
+fields ``__repr__`` shows after shape, dtype and backend).
+
+``A @ B`` for any two cuhouse matrices is a cuhouse matrix: two
+``HouseholderProduct``s compose into one; every other pair gives a
+:class:`Product` (defined here, as SciPy's ``_ProductLinearOperator`` sits
+beside ``LinearOperator``, so that the base needs no module above it).
+
 Contributions become gradients in one place, :func:`accumulate`: summed
 over broadcast dimensions and over repeated uses of a leaf, matched to
 ``params`` by identity.
 
+Complex gradients follow torch's convention: for a cotangent ``G`` of ``out``,
+the gradient of a complex array ``z`` is ``dL/dRe(z) + i dL/dIm(z)`` with
+``L = Re(sum(conj(G) * out))``, what ``z -= lr * grad`` needs; a real array
+gets the real part of that (see :mod:`cuhouse._complex`).
+
 Pickling (and ``copy.copy``/``copy.deepcopy``) is Python's default for plain
 objects: no matrix holds a module (the backend is a name) and the one class
-with caches, :class:`cuhouse.householder.Reflections`, drops them in its
+with caches, :class:`cuhouse._reflections.Reflections`, drops them in its
 ``__getstate__``. Leaves shared inside one pickle stay shared, so the
 gradients of a copy reach the copy's leaves.
 """
 
+import abc
+import functools
+import operator
+
 import numpy
 
-from . import _dask, _validate
+from . import _complex, _dask, _memory, _validate
 from ._backend import module_named
+from ._shapes import batch_shape, from_columns, reduce_to_shape, to_columns
 
 
-class Operator:
-    """Base of every cuhouse matrix; ``isinstance(A, Operator)`` is "A is a cuhouse matrix"."""
+class Operator(abc.ABC):
+    """Base of every cuhouse matrix; ``isinstance(A, Operator)`` is "A is a cuhouse matrix".
+
+    See the module docstring for what a subclass supplies and what the base owns.
+    """
 
     __array_ufunc__ = None  # ndarray @ A (and dask, and NumPy ufuncs) defer to A
     __array_priority__ = 1000
     _NAME = "A"  # the matrix in messages
+
+    # ------------------------------------------------- supplied by a subclass
+    @property
+    @abc.abstractmethod
+    def shape(self):
+        """``(..., d_out, d_in)``."""
+
+    @property
+    @abc.abstractmethod
+    def dtype(self):
+        """The float or complex dtype of the matrix (``numpy.dtype``)."""
+
+    @property
+    @abc.abstractmethod
+    def params(self):
+        """The leaf arrays gradients are taken with respect to: a tuple, distinct by identity."""
+
+    @property
+    @abc.abstractmethod
+    def backend(self):
+        """The array library's name, e.g. ``"numpy"`` or ``"cupy"``."""
+
+    @property
+    @abc.abstractmethod
+    def check_finite(self):
+        """Whether NaN/Inf in every operand is rejected."""
+
+    @property
+    @abc.abstractmethod
+    def T(self):
+        """The transpose, again a cuhouse matrix."""
+
+    @property
+    @abc.abstractmethod
+    def H(self):
+        """The adjoint (conjugate transpose), again a cuhouse matrix; ``T`` for a real matrix."""
+
+    @abc.abstractmethod
+    def conj(self):
+        """The entrywise conjugate, again a cuhouse matrix (``self`` when real)."""
+
+    @abc.abstractmethod
+    def inv(self):
+        """The inverse, again a cuhouse matrix."""
+
+    @abc.abstractmethod
+    def slogdet(self):
+        """``(sign, log|det|)`` per batch entry, as ``numpy.linalg.slogdet``."""
+
+    @abc.abstractmethod
+    def _matmat(self, columns, transpose):
+        """``A @ columns`` (``A^H @ columns``); see the module docstring."""
+
+    @abc.abstractmethod
+    def _vjp_matmat(self, columns, transpose):
+        """``(out, back)`` for ``A @ columns``; see the module docstring."""
+
+    @abc.abstractmethod
+    def _vjp_logabsdet(self):
+        """``(log|det A|, back)``; see the module docstring."""
 
     # ------------------------------------------------------------ attributes
     @property
@@ -53,6 +144,36 @@ class Operator:
     @property
     def _xp(self):
         return module_named(self.backend)
+
+    def _describe(self):
+        """``(name, value)`` pairs ``__repr__`` shows after shape, dtype and backend."""
+        return ()
+
+    def __repr__(self):
+        fields = [("shape", self.shape), ("dtype", self.dtype), ("backend", self.backend)]
+        fields += list(self._describe())
+        return "{}({})".format(type(self).__name__, ", ".join("{}={}".format(k, v) for k, v in fields))
+
+    def __dask_tokenize__(self):
+        """A deterministic token (``dask.base.tokenize``) from the class and the whole state,
+        arrays hashed by content, so that equal matrices share one key in Dask graphs."""
+        from dask.base import normalize_token
+
+        return type(self).__qualname__, normalize_token(sorted(vars(self).items()))
+
+    # -------------------------------------------------------- determinants
+    def det(self):
+        """``det`` per batch entry, ``sign * exp(log|det|)`` from :meth:`slogdet`."""
+        sign, logabs = self.slogdet()
+        return sign * self._xp.exp(logabs)
+
+    def logdet(self):
+        """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`."""
+        return self.slogdet()[1]
+
+    def matmul(self, x):
+        """``A @ X``; see :func:`cuhouse.matmul`."""
+        return self @ x
 
     # --------------------------------------------------------------- algebra
     def __matmul__(self, other):
@@ -68,9 +189,7 @@ class Operator:
         return self._product(other, "right")
 
     def _compose(self, other):
-        """``self @ other`` for two cuhouse matrices: a lazy :class:`cuhouse.product.Product`."""
-        from .product import Product
-
+        """``self @ other`` for two cuhouse matrices: a lazy :class:`Product`."""
         return Product(self, other)
 
     def dot(self, x):
@@ -82,7 +201,7 @@ class Operator:
         return self._product(x, "left")
 
     def rmatvec(self, x):
-        """``A^T x`` for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec`` (real A)."""
+        """``A^H x`` (the adjoint) for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec``."""
         return self._product(x, "left", transpose=True)
 
     def matmat(self, x):
@@ -90,11 +209,11 @@ class Operator:
         return self._product(x, "left")
 
     def rmatmat(self, x):
-        """``A^T X`` for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat`` (real A)."""
+        """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``."""
         return self._product(x, "left", transpose=True)
 
     # Peak memory of todense() in units of its result (tracemalloc at d = 2000:
-    # 4.06 for a HouseholderProduct, 6.06 for an SVDMatrix); see _validate.dense_memory.
+    # 4.06 for a HouseholderProduct, 6.06 for an SVDMatrix); see _memory.dense_memory.
     _TODENSE_WORKSPACE = 6
 
     def todense(self):
@@ -105,10 +224,10 @@ class Operator:
         """
         xp = self._xp
         rows, cols = self.shape[-2:]
-        _validate.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE)
+        _memory.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE)
         if cols <= rows:
             return self._matmat(xp.eye(cols, dtype=self.dtype), False)
-        return xp.swapaxes(self._matmat(xp.eye(rows, dtype=self.dtype), True), -1, -2)
+        return xp.swapaxes(self._conjugated()._matmat(xp.eye(rows, dtype=self.dtype), True), -1, -2)
 
     def __array__(self, dtype=None, copy=None):
         """``numpy.asarray(A)``: the dense form, a new array. NumPy backend only.
@@ -133,14 +252,19 @@ class Operator:
         return dense if dtype is None else dense.astype(dtype, copy=False)
 
     # ------------------------------------------------------------- products
+    def _conjugated(self):
+        """``conj(A)``, whose adjoint hook gives ``A^T``: ``A`` itself when real."""
+        return self.conj() if self.dtype.kind == "c" else self
+
     def _operand(self, x, side, transpose=False, name="X"):
         """Validate ``X`` of ``A @ X`` (``side == "left"``) or ``X @ A`` (``"right"``), once.
 
         With ``transpose``, ``A^T`` takes A's place; ``name`` is X's name in
-        messages. Returns ``(x, columns, flip)``: ``x`` as validated (its own
-        dtype), ``columns`` its ``(..., d, m)`` form in the result dtype (a
-        vector is one column, ``X @ A`` is ``(A^T X^T)^T``), and whether the
-        hook applies ``A^T``.
+        messages. Returns ``(x, columns, transpose)``: ``x`` as validated (its
+        own dtype), ``columns`` its columns form ``(..., d, m)`` in the result
+        dtype (a vector is one column, ``X @ A`` is ``(A^T X^T)^T``), and
+        whether the hook applies the adjoint. For ``side == "right"`` the hook is that of
+        :meth:`_conjugated` (``X @ A = (conj(A)^H X^T)^T``).
         """
         shape = self.shape[:-2] + self.shape[-2:][::-1] if transpose else self.shape
         x, cast = _validate.product_operand(x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite, name)
@@ -152,9 +276,10 @@ class Operator:
         A Dask array ``X`` gives a lazy Dask array, one product per chunk (:mod:`cuhouse._dask`).
         """
         if _dask.is_dask_array(x):
-            return _dask.matmul(self.T if transpose else self, x, side)
-        x, columns, flip = self._operand(x, side, transpose, name)
-        out = self._matmat(columns, flip)
+            return _dask.matmul(self.H if transpose else self, x, side)
+        x, columns, transpose = self._operand(x, side, transpose, name)
+        op = self._conjugated() if side == "right" else self
+        out = op._matmat(columns, transpose)
         return self._xp.ascontiguousarray(from_columns(out, x.ndim == 1, side, self._xp))
 
     # ------------------------------------------------------------ gradients
@@ -177,15 +302,22 @@ class Operator:
                     type(self).__name__, type(x).__name__
                 )
             )
-        x, columns, flip = self._operand(x, side)
+        x, columns, transpose = self._operand(x, side)
         vector = x.ndim == 1
-        out_columns, back_columns = self._vjp_matmat(columns, flip)
+        op = self._conjugated() if side == "right" else self
+        out_columns, back_columns = op._vjp_matmat(columns, transpose)
         out = xp.array(from_columns(out_columns, vector, side, xp), order="C", copy=True)
 
         def back(dout):
-            dout = _validate.cotangent(dout, "dout", out.shape, xp).astype(out.dtype, copy=False)
+            dout = _validate.cotangent(dout, "dout", out.shape, xp, self.check_finite)
+            if dout.dtype.kind == "c" and out.dtype.kind != "c":
+                dout = xp.real(dout)  # L = Re(sum(conj(G) * out)) only sees Re(G) for a real out
+            dout = dout.astype(out.dtype, copy=False)
             contributions, dcolumns = back_columns(to_columns(dout, vector, side, xp))
-            dx = xp.ascontiguousarray(from_columns(dcolumns, vector, side, xp), dtype=_validate.float_dtype(x.dtype))
+            dx = from_columns(dcolumns, vector, side, xp)
+            if dx.dtype.kind == "c" and x.dtype.kind != "c":
+                dx = xp.real(dx)  # a real X: the real part of the complex gradient
+            dx = xp.ascontiguousarray(dx, dtype=_validate.float_dtype(x.dtype))
             return accumulate(self.params, contributions, xp), dx
 
         return out, back
@@ -196,8 +328,148 @@ class Operator:
         value, back_contributions = self._vjp_logabsdet()
 
         def back(dvalue):
-            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp)
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, self.check_finite)
             return accumulate(self.params, back_contributions(dvalue), xp)
+
+        return value, back
+
+
+class Product(Operator):
+    """The lazy product of its arguments, left to right (``args[0] @ args[1] @ ...``), shape ``(..., d_out, d_in)``.
+
+    Nested products are flattened. ``params`` are the distinct leaf arrays of
+    the factors, by identity, in order of first appearance; a leaf used twice
+    gets the sum of its gradients. Cost: ``P @ X`` is the sum of the factors'
+    costs; ``.T`` and ``.inv()`` are O(k).
+    """
+
+    def __init__(self, *args):
+        factors = []
+        for a in args:
+            if not isinstance(a, Operator):
+                raise TypeError("Product takes cuhouse matrices, got {}".format(type(a).__name__))
+            factors.extend(a.args if isinstance(a, Product) else (a,))
+        if len(factors) < 2:
+            raise ValueError("Product needs at least two factors, got {}".format(len(factors)))
+        backends = {f.backend for f in factors}
+        if len(backends) > 1:
+            raise TypeError(
+                "cannot multiply cuhouse matrices on different backends: {}".format(" and ".join(sorted(backends)))
+            )
+        for left, right in zip(factors, factors[1:]):
+            if left.shape[-1] != right.shape[-2]:
+                raise ValueError(
+                    "cannot multiply a {}x{} {} by a {}x{} {}: inner sizes differ".format(
+                        left.shape[-2],
+                        left.shape[-1],
+                        type(left).__name__,
+                        right.shape[-2],
+                        right.shape[-1],
+                        type(right).__name__,
+                    )
+                )
+        batch_shape(*(("factor {}".format(i), f.shape[:-2]) for i, f in enumerate(factors)))
+        self.args = tuple(factors)
+
+    @property
+    def shape(self):
+        batch = numpy.broadcast_shapes(*(f.shape[:-2] for f in self.args))
+        return batch + (self.args[0].shape[-2], self.args[-1].shape[-1])
+
+    @property
+    def dtype(self):
+        return numpy.result_type(*(f.dtype for f in self.args))
+
+    @property
+    def backend(self):
+        return self.args[0].backend
+
+    @property
+    def check_finite(self):
+        return all(f.check_finite for f in self.args)
+
+    @property
+    def params(self):
+        """The distinct leaf arrays of the factors, by identity, first appearance first."""
+        leaves = []
+        for f in self.args:
+            for leaf in f.params:
+                if not any(leaf is seen for seen in leaves):
+                    leaves.append(leaf)
+        return tuple(leaves)
+
+    def _describe(self):
+        return (("factors", "[{}]".format(", ".join(type(f).__name__ for f in self.args))),)
+
+    # --------------------------------------------------------------- algebra
+    @property
+    def T(self):
+        """``Ak^T @ ... @ A1^T``. O(k)."""
+        return Product(*(f.T for f in reversed(self.args)))
+
+    @property
+    def H(self):
+        """The adjoint ``Ak^H @ ... @ A1^H``. O(k)."""
+        return Product(*(f.H for f in reversed(self.args)))
+
+    def conj(self):
+        """The entrywise conjugate ``conj(A1) @ ... @ conj(Ak)`` (``self`` when real). O(k)."""
+        return Product(*(f.conj() for f in self.args)) if self.dtype.kind == "c" else self
+
+    def inv(self):
+        """``Ak^-1 @ ... @ A1^-1``; every factor must have ``inv()``. O(k)."""
+        return Product(*(f.inv() for f in reversed(self.args)))
+
+    def slogdet(self):
+        """``(sign, log|det|)`` per batch entry: the factors' products and sums. Square factors. O(k r).
+
+        As ``numpy.linalg.slogdet``: a complex sign and a real logarithm for complex factors."""
+        signs, logs = zip(*(self._square(f, "slogdet()").slogdet() for f in self.args))
+        batch = self.shape[:-2]
+        xp = self._xp
+        sign = xp.broadcast_to(functools.reduce(operator.mul, signs), batch)
+        return sign.astype(self.dtype), xp.broadcast_to(sum(logs), batch).astype(_complex.real_dtype(self.dtype))
+
+    @staticmethod
+    def _square(f, operation):
+        rows, cols = f.shape[-2:]
+        if rows != cols:
+            raise ValueError(
+                "{} of a Product needs square factors, but a factor is {}x{}".format(operation, rows, cols)
+            )
+        return f
+
+    # ------------------------------------------------------------- products
+    def _order(self, transpose):
+        """The factors in the order they act on X: last first (first first, transposed, for ``P^T``)."""
+        return self.args if transpose else self.args[::-1]
+
+    def _matmat(self, columns, transpose):
+        for f in self._order(transpose):
+            columns = f._matmat(columns, transpose)
+        return columns
+
+    def _vjp_matmat(self, columns, transpose):
+        backs = []
+        for f in self._order(transpose):
+            columns, back = f._vjp_matmat(columns, transpose)
+            backs.append(back)
+
+        def back(dout):
+            contributions = []
+            for step in reversed(backs):
+                more, dout = step(dout)
+                contributions.extend(more)
+            return contributions, dout
+
+        return columns, back
+
+    def _vjp_logabsdet(self):
+        parts = [self._square(f, "logdet()")._vjp_logabsdet() for f in self.args]
+        value = self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]).astype(_complex.real_dtype(self.dtype))
+
+        def back(dvalue):
+            return [pair for _, b in parts for pair in b(dvalue)]
 
         return value, back
 
@@ -208,43 +480,20 @@ def _is_scipy_linear_operator(x):
     )
 
 
-def to_columns(a, vector, side, xp):
-    """The ``(..., d, m)`` form of an operand (or output) of ``A @ X`` / ``X @ A``: a view."""
-    if vector:
-        return a[..., None]
-    return xp.swapaxes(a, -1, -2) if side == "right" else a
-
-
-def from_columns(c, vector, side, xp):
-    """Inverse of :func:`to_columns`: a view."""
-    if vector:
-        return c[..., 0]
-    return xp.swapaxes(c, -1, -2) if side == "right" else c
-
-
-def reduce_to_shape(g, shape):
-    """Sum ``g`` over the dimensions that broadcasting added to reach it from ``shape``."""
-    shape = tuple(shape)
-    extra = g.ndim - len(shape)
-    if extra:
-        g = g.sum(axis=tuple(range(extra)))
-    axes = tuple(i for i, (gs, s) in enumerate(zip(g.shape, shape)) if s == 1 and gs != 1)
-    if axes:
-        g = g.sum(axis=axes, keepdims=True)
-    return g
-
-
 def accumulate(params, contributions, xp):
     """Gradients for ``params`` from ``(leaf, gradient)`` pairs.
 
     Each gradient is reduced over broadcast batch dimensions and added to the
     leaf it belongs to, matched by identity (the first slot of a leaf listed
-    twice). Every gradient has its leaf's float dtype and is C-contiguous;
-    leaves no pair touches get zeros.
+    twice). Every gradient has its leaf's float (or complex) dtype and is
+    C-contiguous; a real leaf gets the real part of a complex gradient; leaves
+    no pair touches get zeros.
     """
     total = [None] * len(params)
     for leaf, grad in contributions:
         i = next(i for i, p in enumerate(params) if p is leaf)
+        if grad.dtype.kind == "c" and leaf.dtype.kind != "c":
+            grad = xp.real(grad)
         grad = reduce_to_shape(grad, leaf.shape)
         total[i] = grad if total[i] is None else total[i] + grad
     dtypes = [numpy.result_type(p.dtype, numpy.float32) for p in params]

@@ -1,30 +1,29 @@
-"""Input checks with clear messages.
+"""Input checks with clear messages (the memory probe is :mod:`cuhouse._memory`).
 
 Every check raises ``TypeError`` (wrong kind of object or dtype) or
 ``ValueError`` (wrong shape or value) naming the argument, what was expected
 and what was received. No check mutates its input.
 """
 
-import os
-
 import numpy
 
-from ._backend import SUPPORTED_DTYPES, is_cupy_array, type_name
+from ._backend import SUPPORTED_DTYPES, is_cupy_array, to_host, type_name
+from ._shapes import matmul_shape
 
-_REAL_KINDS = "biuf"  # bool, signed, unsigned, float
+_KINDS = "biufc"  # bool, signed, unsigned, float, complex
 
 
 def as_array(x, name, xp):
-    """``x`` as an array of module ``xp`` with a real dtype.
+    """``x`` as an array of module ``xp`` with a real or complex dtype.
 
     Lists and scalars go through ``xp.asarray``. A ``TypeError`` names what
     is refused: ``None``, strings, objects that opt out of NumPy's array
     protocol with ``__array_ufunc__ = None`` (cuhouse matrices, whose
     ``__array__`` would densify them), SciPy sparse matrices, NumPy masked
-    arrays, complex, float16 and object data.
+    arrays, float16 and object data.
     """
     if x is None or isinstance(x, (str, bytes)) or getattr(type(x), "__array_ufunc__", False) is None:
-        raise TypeError("{} must be an array of real numbers, got {}".format(name, type(x).__name__))
+        raise TypeError("{} must be an array of real or complex numbers, got {}".format(name, type(x).__name__))
     if type(x).__module__.startswith("scipy.sparse"):
         raise TypeError(
             "{} is a SciPy sparse {}; cuhouse takes dense arrays: pass {}.toarray()".format(
@@ -50,24 +49,25 @@ def as_array(x, name, xp):
             x = xp.asarray(x)
         except (TypeError, ValueError) as exc:
             raise TypeError(
-                "{} must be an array of real numbers, got {}: {}".format(name, type(x).__name__, exc)
+                "{} must be an array of real or complex numbers, got {}: {}".format(name, type(x).__name__, exc)
             ) from None
     check_dtype(x.dtype, name)
     return x
 
 
 def check_dtype(dtype, name):
-    """``TypeError`` unless ``dtype`` is bool, integer, float32 or float64 (either byte order)."""
+    """``TypeError`` unless ``dtype`` is bool, integer, float32, float64, complex64 or complex128
+    (either byte order)."""
     dtype = numpy.dtype(dtype).newbyteorder("=")
-    if dtype.kind not in _REAL_KINDS or (dtype.kind == "f" and dtype not in SUPPORTED_DTYPES):
+    if dtype.kind not in _KINDS or (dtype.kind in "fc" and dtype not in SUPPORTED_DTYPES):
         raise TypeError(
-            "{} has dtype {}; supported dtypes are float32 and float64 "
+            "{} has dtype {}; supported dtypes are float32, float64, complex64 and complex128 "
             "(bool and integer input is promoted as NumPy promotes it)".format(name, dtype)
         )
 
 
 def float_dtype(dtype):
-    """The native floating dtype used for data of ``dtype``: floats stay, the rest go to float64."""
+    """The native floating dtype used for data of ``dtype``: float and complex dtypes stay, the rest go to float64."""
     dtype = numpy.dtype(dtype).newbyteorder("=")
     return dtype if dtype in SUPPORTED_DTYPES else numpy.dtype(numpy.float64)
 
@@ -123,35 +123,9 @@ def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors")
             )
 
 
-def operand(x, xp, d, side, check_finite, shape=None, name="X"):
-    """Validate the array multiplied by an operator along its dimension ``d``.
-
-    ``side == "left"`` for ``op @ x``: ``x`` is ``(d,)`` or ``(..., d, m)``.
-    ``side == "right"`` for ``x @ op``: ``x`` is ``(d,)`` or ``(..., m, d)``.
-    ``shape`` (rows, cols) names a rectangular operator in the message;
-    the default is d x d. ``name`` is the argument's name in messages.
-    """
-    x = as_array(x, name, xp)
-    if x.ndim == 0:
-        raise ValueError("{} must have at least one dimension for matmul, got a scalar".format(name))
-    axis = -1 if (x.ndim == 1 or side == "right") else -2
-    if x.shape[axis] != d:
-        expected = "(d,) or (..., d, m)" if side == "left" else "(d,) or (..., m, d)"
-        rows, cols = shape or (d, d)
-        raise ValueError(
-            "{} has shape {} but the operator is {}x{}: expected {} with d={}".format(
-                name, tuple(x.shape), rows, cols, expected, d
-            )
-        )
-    if check_finite and not bool(xp.isfinite(x).all()):
-        raise ValueError(
-            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
-        )
-    return x
-
-
-def cotangent(g, name, shape, xp):
-    """The gradient ``g`` fed to a vjp function: a real array of module ``xp`` of exactly ``shape``."""
+def cotangent(g, name, shape, xp, check_finite):
+    """The gradient ``g`` fed to a vjp function: an array of module ``xp`` of exactly ``shape``,
+    finite (as ``X`` is) when ``check_finite``."""
     g = as_array(g, name, xp)
     if tuple(g.shape) != tuple(shape):
         raise ValueError(
@@ -159,34 +133,29 @@ def cotangent(g, name, shape, xp):
                 name, tuple(shape), tuple(g.shape)
             )
         )
+    if check_finite and not bool(xp.isfinite(g).all()):
+        raise ValueError(
+            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
+        )
     return g
-
-
-def batch_shape(*named):
-    """The broadcast of batch shapes given as ``(name, shape)`` pairs.
-
-    ``ValueError`` naming every argument and its batch shape when they do not
-    broadcast, e.g. "the batch shapes of H (2,) and X (3,) do not broadcast".
-    """
-    try:
-        return numpy.broadcast_shapes(*(tuple(shape) for _, shape in named))
-    except ValueError:
-        parts = ["{} {}".format(name, tuple(shape)) for name, shape in named]
-        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-        raise ValueError("the batch shapes of {} do not broadcast".format(listed)) from None
 
 
 def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name="X"):
     """Validate X of ``op @ X`` (``side == "left"``) or ``X @ op`` for an operator
     of shape ``(..., rows, cols)`` and dtype ``op_dtype``; ``name`` is X's name in messages.
 
-    Returns ``(x, cast)``: ``x`` as validated (its own dtype) and ``x`` in the
-    result dtype, ``numpy.result_type`` of both (float64 for integer data).
+    The shapes follow :func:`cuhouse._shapes.matmul_shape`; NaN/Inf is a
+    ``ValueError`` when ``check_finite``. Returns ``(x, cast)``: ``x`` as
+    validated (its own dtype) and ``x`` in the result dtype,
+    ``numpy.result_type`` of both (float64 for integer data). Cost: O(size of X)
+    for the finiteness check, O(1) otherwise.
     """
-    rows, cols = op_shape[-2:]
-    x = operand(x, xp, cols if side == "left" else rows, side, check_finite, shape=(rows, cols), name=name)
-    if x.ndim > 1:
-        batch_shape((op_name, op_shape[:-2]), (name, x.shape[:-2]))
+    x = as_array(x, name, xp)
+    matmul_shape(op_shape, x.shape, side, op_name, name)
+    if check_finite and not bool(xp.isfinite(x).all()):
+        raise ValueError(
+            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
+        )
     return x, x.astype(float_dtype(numpy.result_type(op_dtype, x.dtype)), copy=False)
 
 
@@ -241,39 +210,3 @@ def positive_int(value, name, expected="a positive int"):
 def positive_int_or_none(value, name):
     """``None`` or a positive int; ``TypeError``/``ValueError`` otherwise."""
     return None if value is None else positive_int(value, name, "a positive int or None")
-
-
-def dense_memory(shape, dtype, what, xp, workspace):
-    """``MemoryError`` up front when a dense result of ``shape`` and ``dtype``,
-    with its intermediates (``workspace`` times the result), is larger than
-    the memory of the machine (host RAM, or the device's memory on CuPy).
-
-    Says how much it needs and what to do instead, rather than failing deep
-    inside an allocation of terabytes. Cost: O(1).
-    """
-    result = float(numpy.prod(shape, dtype=numpy.float64)) * numpy.dtype(dtype).itemsize
-    needed = workspace * result
-    if xp is numpy:
-        available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
-    else:
-        available, where = xp.cuda.Device().mem_info[1], "the GPU's memory"
-    if needed > available:
-        raise MemoryError(
-            "{} needs a dense {} array of shape {} ({}; about {} with its intermediates), more "
-            "than {} ({}); multiply by a thin X instead (A @ X costs O(d n m) without forming "
-            "A)".format(
-                what, numpy.dtype(dtype), tuple(shape), _bytes(result), _bytes(needed), where, _bytes(available)
-            )
-        )
-
-
-def _bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return "{:.3g} {}".format(n, unit)
-        n /= 1024
-
-
-def to_host(a):
-    """A NumPy copy of a CuPy array; NumPy arrays pass through."""
-    return a.get() if hasattr(a, "get") else a

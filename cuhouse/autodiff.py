@@ -17,7 +17,7 @@ def matmul(a, x):
 
 
 def logdet(a):
-    """``a.logdet()``: log |det a| per batch entry."""
+    """``a.logdet()``: ``log|det a|`` per batch entry."""
     return a.logdet()
 
 

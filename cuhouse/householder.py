@@ -4,222 +4,24 @@ H = H(v_1) H(v_2) ... H(v_n) with H(v) = I - 2 v v^T / (v^T v); ``H @ X``
 applies H(v_n) first. Nothing dense is formed unless asked: products cost
 O(d n m) and run as GEMMs, ``.T``/``.inv()`` are free, ``det`` is (-1)^n.
 
-The parameter arrays are treated as immutable: block factors are built once,
-lazily, and reused by every later product. After changing ``vectors`` in place
-(an optimizer step), call :meth:`HouseholderProduct.refresh`.
+The parameter arrays are treated as immutable: each algorithm's form of H (its
+blocks' T matrices, W blocks, or the dense H) is built once, lazily, and reused
+by every later product (the caches live in :class:`cuhouse._reflections.Reflections`).
+After changing ``vectors`` in place (an optimizer step), call
+:meth:`HouseholderProduct.refresh`.
 """
-
-from collections import namedtuple
 
 import numpy
 
-from . import _validate, layouts, plan
-from ._backend import array_module, backend_name, module_named, read_only
+from . import _complex, _geqrf, _small, _validate, plan
+from ._backend import array_module, backend_name, read_only
 from ._gpu import primitives
-from ._operator import Operator, reduce_to_shape
-from .algorithms import ALGORITHMS, _blocks
+from ._operator import Operator
+from ._reflections import DENSE_WORKSPACE, ComplexReflections, Reflections, Segment
+from ._shapes import batch_shape, reduce_to_shape
+from .algorithms import ALGORITHMS, PLANS, _layout, _scaling
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
-
-
-Segment = namedtuple("Segment", "leaf reversed k identity")
-Segment.__doc__ = """Where a run of reflections comes from: leaf array number ``leaf``, its rows
-``reversed`` or not; ``k`` is ``None`` for a vectors leaf ``(..., n, d)``, or the
-number of reflectors read in place from a ``geqrf`` array ``a`` ``(..., d, N)``
-(LAPACK's layout), whose ``tau == 0`` mask is ``identity`` (or ``None``)."""
-
-
-class Reflections:
-    """The shared state behind one or more ``HouseholderProduct`` views.
-
-    It holds the reflections as the leaf arrays the user passed in
-    (``segments``, see :class:`Segment`), plus every cache derived from them.
-    A single leaf is used in place, in its layout (``rows``, ``layout``,
-    ``identity``); several leaves (``H1 @ H2``) are joined into full rows once.
-    ``H`` and ``H.T`` share one ``Reflections``; ``H1 @ H2`` makes a new one.
-    It pickles without its caches, and with its backend as a name.
-    """
-
-    def __init__(self, backend, leaves, segments, check_finite, dtype, norms=None):
-        self.backend = backend
-        self.leaves = leaves
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
-        self.refresh()
-        self._norms = norms
-
-    def refresh(self):
-        """Drop every cache; the next use rebuilds from the leaf arrays."""
-        self._vectors = None
-        self._norms = None
-        self._layout = None
-        self._factors = {}
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_layout", "_factors"):
-            del state[cache]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.refresh()
-
-    @property
-    def xp(self):
-        return module_named(self.backend)
-
-    def _stored(self, segment):
-        """The stored rows of one segment (a view), in product order."""
-        leaf = self.leaves[segment.leaf]
-        rows = leaf if segment.k is None else self.xp.swapaxes(leaf[..., : segment.k], -1, -2)
-        return rows[..., ::-1, :] if segment.reversed else rows
-
-    @property
-    def layout(self):
-        """The layout of :attr:`rows` (see :mod:`cuhouse.algorithms._blocks`): ``"unit"`` for a
-        ``geqrf`` array, ``"trapezoidal"`` for one vectors array whose row i is zero in its first i
-        entries (checked once, see :func:`~cuhouse.algorithms._blocks.is_trapezoidal`), else ``"full"``."""
-        if self._layout is None:
-            (segment, *more) = self.segments
-            if more or segment.reversed:
-                self._layout = _blocks.FULL
-            elif segment.k is not None:
-                self._layout = _blocks.UNIT
-            else:
-                trapezoidal = _blocks.is_trapezoidal(self.leaves[segment.leaf], self.xp)
-                self._layout = _blocks.TRAPEZOIDAL if trapezoidal else _blocks.FULL
-        return self._layout
-
-    def layout_for(self, differentiable):
-        """The layout products run in. A gradient w.r.t. a vectors array covers every entry, the zeros
-        of a trapezoidal array included, so differentiable products use its full rows."""
-        layout = self.layout
-        return _blocks.FULL if differentiable and layout == _blocks.TRAPEZOIDAL else layout
-
-    @property
-    def identity(self):
-        """The identity-factor mask ``(..., n)`` of :attr:`rows`, or ``None``."""
-        return self.segments[0].identity if self.layout == _blocks.UNIT else None
-
-    @property
-    def rows(self):
-        """The rows the algorithms run on, in :attr:`layout`: the caller's array itself for one leaf."""
-        if len(self.segments) == 1:
-            return self._stored(self.segments[0])
-        return self.vectors
-
-    @property
-    def shape(self):
-        """``(..., n, d)`` of the reflections."""
-        if len(self.segments) == 1:
-            return self._stored(self.segments[0]).shape
-        return self.vectors.shape
-
-    @property
-    def vectors(self):
-        """All reflections as full rows ``(..., n, d)`` in product order (identity factors as zero
-        rows): a read-only view (NumPy) of a vectors leaf, else a copy made once. Cached."""
-        if self._vectors is None:
-            xp = self.xp
-            parts = []
-            for segment in self.segments:
-                rows = self._stored(segment._replace(reversed=False))
-                if segment.k is not None:
-                    rows = _blocks.full_rows(rows, _blocks.UNIT, xp)
-                    if segment.identity is not None:
-                        rows = xp.where(segment.identity[..., None], 0, rows)
-                if segment.reversed:
-                    rows = rows[..., ::-1, :]
-                parts.append(rows.astype(self.dtype, copy=False))
-            if len(parts) == 1:
-                self._vectors = read_only(parts[0])
-            else:
-                batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
-                parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
-                self._vectors = read_only(xp.concatenate(parts, axis=-2))
-        return self._vectors
-
-    @property
-    def norms(self):
-        """Euclidean norms ``(..., n)`` of the reflections (as stored, the implicit 1 included). Cached."""
-        if self._norms is None:
-            if self.layout == _blocks.UNIT:
-                self._norms = self.xp.sqrt(1 + _blocks.squared_norms(self.rows, _blocks.UNIT, self.xp))
-            else:
-                self._norms = primitives.row_norms(self.vectors, self.xp)
-        return self._norms
-
-    def identity_count(self):
-        """Identity factors (``tau == 0``) per batch entry, or ``None`` when there are none. O(n)."""
-        masks = [segment.identity for segment in self.segments if segment.identity is not None]
-        if not masks:
-            return None
-        return sum(self.xp.count_nonzero(mask, axis=-1) for mask in masks)
-
-    def factors(self, chosen, dtype, layout):
-        """``(factors, scaled)``: the block factors of ``chosen`` (a :class:`plan.Plan`) in ``dtype``,
-        for :attr:`rows` read in ``layout`` (:meth:`layout_for`). Cached.
-
-        Built from the raw rows in place (converted only when ``dtype`` differs),
-        with no normalization pass. Only when some row's sum of squares would
-        leave ``dtype``'s safe range are the rows normalized first (full rows,
-        a copy); ``scaled`` is then ``(unit, norms)`` for the gradient, else
-        ``None``. The dense plan's d x d matrix is checked against the
-        machine's memory first.
-        """
-        key = (chosen.algorithm, chosen.block_size, dtype, layout)
-        if key not in self._factors:
-            xp = self.xp
-            if chosen.algorithm == "dense":
-                d = self.shape[-1]
-                _validate.dense_memory(
-                    self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, HouseholderProduct._TODENSE_WORKSPACE
-                )
-            module = ALGORITHMS[chosen.algorithm]
-            rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
-            info = numpy.finfo(dtype)
-            norms = self.norms
-            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
-                norms <= numpy.sqrt(info.max * info.eps)
-            )
-            if not bool(safe.all()):
-                scaled = _blocks.unit_rows(rows, layout, identity, xp)
-                rows, layout, identity = scaled[0], _blocks.FULL, None
-            self._factors[key] = module.build(rows, chosen.block_size, xp, layout, identity), scaled
-        return self._factors[key]
-
-    def leaf_contributions(self, dv, scaled):
-        """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the rows the factors were built
-        from (``(..., n, d)``; see :meth:`factors` for ``scaled``).
-
-        Each segment goes back to its leaf, reversed if it appears reversed; a
-        ``geqrf`` leaf gets its strictly lower part (zero on and above the
-        diagonal and for ``tau == 0``). ``dv`` may be overwritten. Cost: O(n d).
-        """
-        xp = self.xp
-        if scaled is not None:
-            unit, norms = scaled
-            dv = _blocks.raw_gradient(dv, unit.astype(dv.dtype, copy=False), norms.astype(dv.dtype, copy=False), xp)
-        contributions, start = [], 0
-        for segment in self.segments:
-            leaf = self.leaves[segment.leaf]
-            n = leaf.shape[-2] if segment.k is None else segment.k
-            part = dv[..., start : start + n, :]
-            start += n
-            if segment.reversed:
-                part = part[..., ::-1, :]
-            if segment.k is not None:
-                if scaled is not None or len(self.segments) > 1:  # full rows: keep the stored entries only
-                    part = _blocks.structured(part.copy(), _blocks.UNIT, xp)
-                    if segment.identity is not None:
-                        part *= ~segment.identity[..., None]
-                grad = xp.zeros(part.shape[:-2] + leaf.shape[-2:], dtype=part.dtype)
-                _blocks.transpose_into(grad[..., : segment.k], part, xp)
-                part = grad
-            contributions.append((leaf, part))
-        return contributions
 
 
 class HouseholderProduct(Operator):
@@ -241,38 +43,53 @@ class HouseholderProduct(Operator):
         NumPy; on CuPy the check synchronizes, and defaults to True as well.
 
     Cost: construction validates in O(n d); ``H @ X`` with X ``(d, m)`` is
-    O(d n m) (plus an O(n k d) one-off build of the block factors); ``.T``,
+    O(d n m) (plus an O(n k d) one-off build of the algorithm's form); ``.T``,
     ``.inv()``, ``det``, ``slogdet`` and ``logdet`` are O(1) per batch entry.
     """
 
     _NAME = "H"
-    _TODENSE_WORKSPACE = 4  # measured peak 4.06x the result at d = 2000 (cwy), 2.0x (dense)
+    _TODENSE_WORKSPACE = DENSE_WORKSPACE
 
     def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
-        xp = array_module(vectors)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
+        v = _small.plain_vectors(vectors)
+        norms = None if v is None else _small.vector_norms(v)
+        if norms is not None:  # the small-size path: one validation pass found nothing to handle
+            core = Reflections("numpy", (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
+            core._safe = True
+            if _small.first_row_breaks_trapezoid(v):
+                core._layout = _layout.FULL
+            self._init(core, False, algorithm, block_size)
+            return
+        xp = array_module(vectors)
         v = _validate.vectors(vectors, xp)
-        norms = primitives.row_norms(v, xp)
-        _validate.vector_norms(norms, xp, bool(check_finite))
-        core = Reflections(backend_name(xp), (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
+        segments = (Segment(0, False, None, None),)
+        if _complex.is_complex(v.dtype):
+            _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
+            core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
+        else:
+            norms = primitives.row_norms(v, xp)
+            _validate.vector_norms(norms, xp, bool(check_finite))
+            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms)
         self._init(core, False, algorithm, block_size)
 
-    def _init(self, core, transposed, algorithm, block_size):
+    def _init(self, core, transpose, algorithm, block_size, conjugate=False):
         self._core = core
-        self._transposed = transposed
+        self._transpose = transpose  # the adjoint: the reversed product
+        self._conjugate = conjugate  # the entrywise conjugate (complex only)
         self.algorithm = algorithm
         self.block_size = block_size
 
     @classmethod
-    def _view(cls, core, transposed, algorithm, block_size):
+    def _view(cls, core, transpose, algorithm, block_size, conjugate=False):
         obj = cls.__new__(cls)
-        obj._init(core, transposed, algorithm, block_size)
+        obj._init(core, transpose, algorithm, block_size, conjugate)
         return obj
 
     @classmethod
     def from_lapack(cls, a, tau, algorithm="auto", block_size=None, *, check_finite=True):
-        """Q = H(1) ... H(k) from the ``geqrf`` layout.
+        """Q = H(1) ... H(k) from the ``geqrf`` layout, real or complex.
 
         ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i
         (with an implicit 1 on the diagonal); ``tau`` ``(..., k)``, k <= min(M, N).
@@ -288,17 +105,40 @@ class HouseholderProduct(Operator):
         (``tau_i = 2 / (1 + ||a[i+1:, i]||^2)``). A factor with ``tau == 0`` is
         the identity and gets zero gradient. Cost: one pass over the
         reflectors to check ``tau``, no copy.
+
+        Complex ``a`` or ``tau`` (``?geqrf``, ``scipy.linalg.qr(mode="raw")`` and
+        ``torch.geqrf`` of complex input): H_i = I - tau_i v_i v_i^H with complex
+        tau_i, unitary but not Hermitian, and the result is ``?ungqr``'s Q. Each
+        factor multiplies its vector by the unit number
+        lambda_i = 1 - tau_i v_i^H v_i (-1 for a Hermitian reflection, 1 for
+        ``tau == 0``), which is checked to modulus 1 and kept: tau is then implied
+        by ``a`` and lambda (``tau_i = (1 - lambda_i) / v_i^H v_i``), and the
+        gradient w.r.t. ``a`` holds every lambda_i fixed. ``det`` is the product of
+        the lambda_i. The product runs realified (:mod:`cuhouse._complex`), with a
+        copy of the reflectors.
         """
-        xp = array_module(a, tau)
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        a, k, identity, dtype, norms = layouts.lapack_reflectors(a, tau, xp, bool(check_finite))
-        core = Reflections(backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, norms)
+        found = _small.lapack_norms(a, tau)
+        if found is not None:  # the small-size path: one validation pass found nothing to handle
+            k, identity, norms = found
+            core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, norms)
+            core._safe = True
+            return cls._view(core, False, algorithm, block_size)
+        xp = array_module(a, tau)
+        a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
+        if phase is not None:
+            segment = Segment(0, False, k, identity, False, phase)
+            core = ComplexReflections(backend_name(xp), (a,), (segment,), bool(check_finite), dtype)
+        else:
+            core = Reflections(
+                backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, norms
+            )
         return cls._view(core, False, algorithm, block_size)
 
     @classmethod
     def from_dense(cls, q, algorithm="auto", block_size=None, *, check_finite=True):
-        """The Householder product equal to an orthogonal ``q``.
+        """The Householder product equal to an orthogonal (or unitary) ``q``.
 
         ``q`` ``(..., d, d)`` orthogonal: at most d reflections and
         ``todense()`` equal to ``q`` to within 50 eps d. ``q`` ``(..., d, r)``
@@ -306,8 +146,10 @@ class HouseholderProduct(Operator):
         r columns equal ``q``. Each reflector is chosen so that the QR's R is
         the identity; an identity factor (as ``tau == 0``) stands where a
         column needs no reflection (``q = I`` gives identity factors only).
-        Input that is not orthogonal to 50 eps d is a ``ValueError``.
-        Cost: O(d r^2) once.
+        Input that is not orthogonal to 50 eps d is a ``ValueError``. A
+        unitary (complex) ``q`` gives LAPACK's complex factors, see
+        :meth:`from_lapack`: with only Hermitian reflections R could not be the
+        identity. Cost: O(d r^2) once.
         """
         xp = array_module(q)
         q = _validate.dense_matrix(q, "Q", xp)
@@ -315,21 +157,24 @@ class HouseholderProduct(Operator):
             raise ValueError(
                 "Q must have shape (..., d, r) with r <= d (orthonormal columns), got shape {}".format(tuple(q.shape))
             )
-        a, tau = layouts.orthogonal_to_reflectors(q, xp)
+        a, tau = _geqrf.geqrf_exact(q, xp)
         return cls.from_lapack(a, tau, algorithm, block_size, check_finite=check_finite)
 
     # ------------------------------------------------------------ attributes
     @property
     def vectors(self):
         """The reflections ``(..., n, d)`` in product order: a read-only view (NumPy) of the caller's array
-        (from :meth:`from_lapack` or ``H1 @ H2``: full rows, a copy made once)."""
+        (from :meth:`from_lapack` or ``H1 @ H2``, or complex: full rows, a copy made once). For
+        LAPACK's complex factors the vectors alone do not give the product: each factor's
+        eigenvalue is kept too (see :meth:`from_lapack`)."""
         v = self._core.vectors
-        return v[..., ::-1, :] if self._transposed else v
+        v = v[..., ::-1, :] if self._transpose else v
+        return read_only(self._xp.conj(v)) if self._conjugate else v
 
     @property
     def params(self):
         """The leaf arrays that gradients are taken with respect to (the caller's own arrays)."""
-        return tuple(self._core.leaves)
+        return tuple(self._core.params)
 
     @property
     def dtype(self):
@@ -354,45 +199,69 @@ class HouseholderProduct(Operator):
         """Whether NaN/Inf in the vectors and in every ``X`` is rejected."""
         return self._core.check_finite
 
-    def __repr__(self):
-        return "HouseholderProduct(shape={}, dtype={}, n_reflections={}, backend={}, algorithm={!r})".format(
-            self.shape, self.dtype, self.n_reflections, self.backend, self.algorithm
-        )
+    def _describe(self):
+        return (("n_reflections", self.n_reflections), ("algorithm", repr(self.algorithm)))
 
     def refresh(self):
         """Rebuild from the parameter arrays after they were updated in place.
 
-        Re-validates the vectors and drops every cached block factor. Returns
+        Re-validates the vectors and drops every cached form of H. Returns
         ``self``. Cost: O(n d) now, the build again at the next product.
         """
         core = self._core
         xp = core.xp
         for segment in core.segments:
-            leaf = core.leaves[segment.leaf]
+            param = core.params[segment.param]
             if segment.k is None:
-                norms = primitives.row_norms(_validate.vectors(leaf, xp), xp)
-            else:  # a geqrf array: tau is implied by the stored entries
-                norms = xp.sqrt(
-                    1 + _blocks.squared_norms(xp.swapaxes(leaf[..., : segment.k], -1, -2), _blocks.UNIT, xp)
-                )
+                norms = primitives.row_norms(xp.abs(_validate.vectors(param, xp)), xp)
+            else:  # a geqrf array: tau is implied by the stored entries (and lambda)
+                reflectors = xp.swapaxes(param[..., : segment.k], -1, -2)
+                if _complex.is_complex(param.dtype):
+                    sumsq = _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp)
+                else:
+                    sumsq = _layout.squared_norms(reflectors, _layout.UNIT, xp)
+                norms = xp.sqrt(1 + sumsq)
             _validate.vector_norms(norms, xp, core.check_finite)
         core.refresh()
         return self
 
     # --------------------------------------------------------------- algebra
     @property
+    def _unitary(self):
+        return isinstance(self._core, ComplexReflections)
+
+    @property
     def T(self):
-        """The transpose, which is the reversed product (shares all caches). O(1)."""
-        return self._view(self._core, not self._transposed, self.algorithm, self.block_size)
+        """The transpose: the reversed product, conjugated when complex (shares all caches). O(1)."""
+        return self._view(
+            self._core, not self._transpose, self.algorithm, self.block_size, self._conjugate != self._unitary
+        )
+
+    @property
+    def H(self):
+        """The adjoint (conjugate transpose), the reversed product; equal to :meth:`inv`, and to
+        :attr:`T` when real (shares all caches). O(1)."""
+        return self._view(self._core, not self._transpose, self.algorithm, self.block_size, self._conjugate)
+
+    def conj(self):
+        """The entrywise conjugate (``self`` when real; shares all caches). O(1)."""
+        if not self._unitary:
+            return self
+        return self._view(self._core, self._transpose, self.algorithm, self.block_size, not self._conjugate)
 
     def inv(self):
-        """The inverse, equal to :attr:`T` since H is orthogonal. O(1)."""
-        return self.T
+        """The inverse, equal to :attr:`H` since H is unitary (orthogonal when real). O(1)."""
+        return self.H
 
     def det(self):
-        """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded)."""
+        """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded); for LAPACK's
+        complex factors the product of their eigenvalues ``1 - tau_i v_i^H v_i``. O(n)."""
         xp = self._xp
         batch = self.shape[:-2]
+        if self._unitary:
+            det = self._core.det()
+            det = xp.conj(det) if self._transpose != self._conjugate else det
+            return xp.broadcast_to(xp.asarray(det, dtype=self.dtype), batch).copy()
         identities = self._core.identity_count()
         if identities is not None:
             count = self.n_reflections - identities
@@ -400,17 +269,10 @@ class HouseholderProduct(Operator):
         return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype)
 
     def slogdet(self):
-        """``(sign, log|det|) = (det, 0)`` per batch entry."""
+        """``(sign, log|det|) = (det, 0)`` per batch entry; as ``numpy.linalg.slogdet``, a complex
+        sign of modulus 1 and a real logarithm for a unitary product."""
         sign = self.det()
-        return sign, self._xp.zeros_like(sign)
-
-    def logdet(self):
-        """``log|det H| = 0`` per batch entry."""
-        return self.slogdet()[1]
-
-    def matmul(self, x):
-        """``H @ X``; see :func:`cuhouse.matmul`."""
-        return self @ x
+        return sign, self._xp.zeros(sign.shape, dtype=_complex.real_dtype(sign.dtype))
 
     def _compose(self, other):
         """``H1 @ H2`` as one product of n1 + n2 reflections. O(1) until used.
@@ -428,24 +290,32 @@ class HouseholderProduct(Operator):
                     self.shape[-1], other.shape[-1]
                 )
             )
-        _validate.batch_shape(("H1", self.shape[:-2]), ("H2", other.shape[:-2]))
-        leaves, segments = [], []
+        batch_shape(("H1", self.shape[:-2]), ("H2", other.shape[:-2]))
+        params, segments = [], []
         for op in (self, other):
             core = op._core
-            order = reversed(core.segments) if op._transposed else core.segments
+            order = reversed(core.segments) if op._transpose else core.segments
             for segment in order:
-                leaf = core.leaves[segment.leaf]
-                matches = [i for i, existing in enumerate(leaves) if existing is leaf]
+                param = core.params[segment.param]
+                matches = [i for i, existing in enumerate(params) if existing is param]
                 if not matches:
-                    leaves.append(leaf)
+                    params.append(param)
                 segments.append(
                     segment._replace(
-                        leaf=matches[0] if matches else len(leaves) - 1, reversed=segment.reversed != op._transposed
+                        param=matches[0] if matches else len(params) - 1,
+                        transpose=segment.transpose != op._transpose,
+                        conjugate=segment.conjugate != op._conjugate,
                     )
                 )
+        dtype = numpy.result_type(a.dtype, b.dtype)
+        if _complex.is_complex(dtype):
+            core = ComplexReflections(
+                a.backend, tuple(params), tuple(segments), a.check_finite and b.check_finite, dtype
+            )
+            return self._view(core, False, self.algorithm, self.block_size)
         core = Reflections(
             a.backend,
-            tuple(leaves),
+            tuple(params),
             tuple(segments),
             a.check_finite and b.check_finite,
             numpy.result_type(a.dtype, b.dtype),
@@ -453,41 +323,125 @@ class HouseholderProduct(Operator):
         return self._view(core, False, self.algorithm, self.block_size)
 
     # ------------------------------------------------------------- products
+    def __matmul__(self, other):
+        if type(other) is numpy.ndarray:
+            out = _small.matmul(self, other, "left")
+            if out is not None:
+                return out
+        return super().__matmul__(other)
+
+    def __rmatmul__(self, other):
+        if type(other) is numpy.ndarray:
+            out = _small.matmul(self, other, "right")
+            if out is not None:
+                return out
+        return super().__rmatmul__(other)
+
+    def _real_core(self):
+        """The :class:`Reflections` products run on: the realified one of a unitary product."""
+        return self._core.real if self._unitary else self._core
+
     def plan_for(self, m, dtype=None, differentiable=False):
-        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns (in ``vjp`` when
-        ``differentiable``)."""
+        """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns of ``dtype`` (in ``vjp``
+        when ``differentiable``). A unitary product plans for its realified form (2n reflections of
+        length 2d); a real one with complex ``X`` for 2m real columns."""
         dtype = numpy.dtype(dtype or self.dtype)
+        if _complex.is_complex(dtype) and not self._unitary:
+            m *= 2
+        return self._plan(m, _complex.real_dtype(dtype), differentiable)
+
+    def _plan(self, m, dtype, differentiable):
+        core = self._real_core()
         return plan.choose(
-            self.shape[-1],
-            self.n_reflections,
+            core.shape[-1],
+            core.shape[-2],
             m,
-            dtype,
-            self.backend,
+            dtype or core.dtype,
+            core.backend,
             self.algorithm,
             self.block_size,
-            self._core.layout_for(differentiable),
+            core.layout_for(differentiable),
+            core.lapack_ready(differentiable),
         )
 
     def _run(self, columns, transpose, differentiable):
-        """``(algorithm module, plan, (factors, scaled), flip)`` for ``columns`` ``(..., d, m)``."""
-        chosen = self.plan_for(columns.shape[-1], columns.dtype, differentiable)
-        built = self._core.factors(chosen, columns.dtype, self._core.layout_for(differentiable))
-        return ALGORITHMS[chosen.algorithm], chosen, built, transpose != self._transposed
+        """``(plan module, plan, (form, scaled, limits), transpose)`` for real ``columns``
+        ``(..., d, m)`` (``(..., 2d, m)`` realified for a unitary product): the transpose the plan
+        applies is the hook's combined with this view's."""
+        chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
+        built = self._real_core().form(chosen, columns.dtype, self._core.layout_for(differentiable))
+        return PLANS[chosen.algorithm], chosen, built, transpose != self._transpose
+
+    def _real_form(self, columns):
+        """``(real, back)``: ``columns`` as the real array the algorithms take, and the map from a real
+        result (or gradient) back; both are real-linear isometries (:mod:`cuhouse._complex`).
+
+        A unitary product realifies ``(..., d, m)`` to ``(..., 2d, m)`` (conjugating
+        first and after for a conjugated view: conj(H) X = conj(H conj(X))); a real
+        product splits complex columns into ``(..., d, 2m)``; real columns pass."""
+        xp = self._xp
+        if self._unitary:
+            if self._conjugate:
+                columns = xp.conj(columns)
+
+            def back(real):
+                out = _complex.complexify_columns(real, xp)
+                return xp.conj(out) if self._conjugate else out
+
+            return _complex.realify_columns(columns, xp), back
+        if _complex.is_complex(columns.dtype):
+            return _complex.split_columns(columns, xp), lambda real: _complex.join_columns(real, xp)
+        return columns, lambda real: real
 
     def _matmat(self, columns, transpose):
-        module, _, (factors, _), flip = self._run(columns, transpose, False)
-        return module.apply(factors, columns, flip, self._xp)
+        real, back = self._real_form(columns)
+        module, _, (form, _, limits), transpose = self._run(real, transpose, False)
+        return back(_apply_scaled(module, form, real, transpose, limits, self._xp))
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
-        module, chosen, (factors, scaled), flip = self._run(columns, transpose, True)
-        out = module.apply(factors, columns, flip, xp)
+        real, to_columns = self._real_form(columns)
+        module, chosen, (form, scaled, limits), transpose = self._run(real, transpose, True)
+        out = _apply_scaled(module, form, real, transpose, limits, xp)
 
         def back(dout):
-            dv, dx = module.backward(factors, out, dout, flip, xp, chosen.store_inputs)
-            return self._core.leaf_contributions(dv, scaled), reduce_to_shape(dx, columns.shape)
+            dv, dx, exponent = _backward_scaled(
+                module, form, out, self._real_form(dout)[0], transpose, limits, chosen.store_inputs, xp
+            )
+            contributions = self._core.contributions(dv, scaled)
+            if exponent is not None:  # scaled back only now: the unit rows' gradient is divided by their norms
+                contributions = [(leaf, _scaling.unscale(g, exponent, xp)) for leaf, g in contributions]
+            return contributions, reduce_to_shape(to_columns(dx), columns.shape)
 
-        return out, back
+        return to_columns(out), back
 
     def _vjp_logabsdet(self):
         return self.logdet(), lambda dvalue: []
+
+
+def _apply_scaled(module, form, columns, transpose, limits, xp):
+    """``module.apply`` with the columns of X out of ``limits`` scaled by powers of two (exact) and the
+    result scaled back, so that no intermediate overflows or underflows where the result does not
+    (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV over ``|X|``; three passes over X more
+    only when some column is out of range."""
+    exponent = _scaling.column_exponents(columns, limits, xp)
+    if exponent is None:
+        return module.apply(form, columns, transpose, xp)
+    return _scaling.unscale(module.apply(form, _scaling.scaled(columns, exponent, xp), transpose, xp), exponent, xp)
+
+
+def _backward_scaled(module, form, out, dout, transpose, limits, store_inputs, xp):
+    """``(dV, dX, exponent)``: ``module.backward`` with ``out`` and ``dout`` each scaled by one power
+    of two per batch entry when either is out of ``limits``
+    (:func:`~cuhouse.algorithms._scaling.gradient_needs_scaling`). The gradient w.r.t. the rows is
+    bilinear in the two and sums over columns, hence one factor per array, not per column. dX is
+    scaled back here; ``dV`` is returned scaled, to be multiplied by ``2**exponent`` (``None``: no
+    scaling) after its last step (unit rows' gradients are divided by their norms). Cost: two GEMVs
+    over ``|out|`` and ``|dout|``; four passes more only when scaling."""
+    if not _scaling.gradient_needs_scaling(out, dout, limits, xp):
+        return (*module.backward(form, out, dout, transpose, xp, store_inputs), None)
+    e_out, e_dout = (_scaling.array_exponent(a, xp) for a in (out, dout))
+    dv, dx = module.backward(
+        form, _scaling.scaled(out, e_out, xp), _scaling.scaled(dout, e_dout, xp), transpose, xp, store_inputs
+    )
+    return dv, _scaling.unscale(dx, e_dout, xp), e_out + e_dout

@@ -1,22 +1,27 @@
-"""Cost model: which algorithm and block size for (d, n, m, dtype, backend).
+"""Cost model: which plan (algorithm and block size) for (d, n, m, dtype, backend, layout).
 
-Every algorithm is a sequence of GEMMs and element-wise passes, so its time is
-predicted from two machine models:
+Every algorithm is a sequence of GEMMs, LAPACK calls and element-wise passes,
+so its time is predicted from a few constants of the machine
+(:class:`cuhouse.calibration.Machine`):
 
 * a GEMM ``(p x q) @ (q x r)`` costs ``launch + 2 p q r / (peak e(p) e(q) e(r))``
   with the shape efficiency ``e(s) = s / (s + half)``;
-* an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``.
+* an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
+* on NumPy the T matrices come from LAPACK ``?trtri``, one call per block:
+  ``lapack_call + k^3 / 3 / trtri_rate`` each (on CuPy, the batched doubling
+  inverse: two batched GEMMs per level);
+* LAPACK ``?ormqr`` (the ``"ormqr"`` plan: NumPy, LAPACK's layout, one
+  matrix, no gradient) costs ``ormqr_call + 4 n (d - n/2) m / ormqr_rate``.
 
-The CPU constants were fitted (``scipy.optimize.least_squares`` on log-times)
-to 191 single-threaded OpenBLAS float32 GEMMs of the shapes the algorithms
-issue ((k, d, m), (d, k, m), (k, k, m), (k, d, k) for d = 256..2048,
-k = 8..512, m = 1..256) on the project's 2-core machine: median error 1.08x,
-worst 1.9x; the bandwidth is that of the normalization pass (16 MB in about
-0.6 ms per pass). The GPU constants are H100 figures (cuBLAS FP32 without
-TF32, a ~10 us launch through CuPy), not yet checked on a device. float64
-halves the peak. ``python -m cuhouse bench --sections plan`` prints the
-model's prediction beside the measured time of every plan: on the CPU it
-ranks the block sizes correctly to within about 10% of the best measured.
+On NumPy the constants are measured on the machine the first time a plan is
+needed and cached on disk (:mod:`cuhouse.calibration`, in the manner of FFTW's
+wisdom; ``CUHOUSE_CALIBRATION=off`` uses built-in constants), so the race
+between cuhouse's own algorithms and LAPACK is run with this machine's
+figures, and plans are deterministic given the cache. The CuPy constants are
+H100 figures (cuBLAS FP32 without TF32, a ~10 us launch through CuPy), not
+yet checked on a device. float64 halves the peak. ``python -m cuhouse bench
+--sections plan`` prints the model's prediction beside the measured time of
+every plan.
 """
 
 import functools
@@ -24,16 +29,12 @@ from collections import namedtuple
 
 import numpy
 
+from . import calibration
+
 Plan = namedtuple("Plan", "algorithm block_size store_inputs")
 Plan.__doc__ = """An algorithm name, a block size (``None`` for ``sequential``) and whether
 the backward stores every block's input (``store_inputs``, cwy only; see
 :func:`store_block_inputs`) instead of recomputing it."""
-
-Machine = namedtuple("Machine", "launch peak half bandwidth")
-MACHINES = {
-    "numpy": Machine(launch=1.0e-6, peak=1.07e11, half=1.3, bandwidth=2.5e10),
-    "cupy": Machine(launch=1.0e-5, peak=5.0e13, half=64.0, bandwidth=2.5e12),
-}
 
 ALGORITHM_NAMES = ("sequential", "fasth", "cwy", "dense")
 # "auto" never picks fasth: its forward matches cwy's GEMM for GEMM, but its
@@ -41,6 +42,8 @@ ALGORITHM_NAMES = ("sequential", "fasth", "cwy", "dense")
 # 5.9 s against cwy's 0.21 s for forward+backward at d = m = 1024). It stays
 # as the paper's baseline, selectable by name.
 AUTO_CANDIDATES = ("sequential", "cwy", "dense")
+# LAPACK ?ormqr on the caller's geqrf array: a forward-only plan, raced against the others where it can run
+LAPACK_PLAN = "ormqr"
 BLOCK_SIZES = (8, 16, 32, 64, 128, 256, 512)
 
 
@@ -58,7 +61,10 @@ def _pass(mach, elements, itemsize, calls=1):
 
 
 def _triangular_inverse(mach, k, count, itemsize):
-    """The doubling inverse of ``count`` k x k triangles: at level b, two GEMMs of b x b x b per pair."""
+    """``count`` k x k triangular inverses: one LAPACK ``?trtri`` each where the machine has LAPACK
+    (NumPy), else the doubling inverse (at level b, two GEMMs of b x b x b per pair)."""
+    if mach.trtri_rate is not None:
+        return count * (mach.lapack_call + k**3 / 3 / (mach.trtri_rate * 4 / itemsize))
     seconds, b = 0.0, 1
     while b < k:
         seconds += 4 * mach.launch + 2 * _gemm(mach, b, b, b, itemsize, count=count * k / (2 * b))
@@ -66,15 +72,20 @@ def _triangular_inverse(mach, k, count, itemsize):
     return seconds
 
 
-def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=False, layout="full"):
-    """Predicted seconds of one ``H @ X`` with X ``(d, m)``.
+def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=False, layout="full", machine=None):
+    """Predicted seconds of one ``H @ X`` with X ``(d, m)``, on ``machine`` (default: this
+    machine's :func:`cuhouse.calibration.machine` for ``backend``).
 
-    ``built`` leaves out the one-off cost of building the block factors (they
-    are cached on the operator). A structured ``layout`` ("trapezoidal",
+    ``built`` leaves out the one-off cost of building the algorithm's form (cached
+    on the operator). A structured ``layout`` ("trapezoidal",
     "unit") has block j of k reflections touch rows jk..d only: every GEMM
     runs on ``d - (n - k) / 2`` rows on average.
     """
-    mach = MACHINES[backend]
+    mach = machine or calibration.machine(backend)
+    if algorithm == LAPACK_PLAN:
+        if layout != "unit" or mach.ormqr_rate is None:
+            raise ValueError("the ormqr plan needs LAPACK's layout (from_lapack) on the NumPy backend")
+        return mach.ormqr_call + 4.0 * n * (d - n / 2) * m / (mach.ormqr_rate * 4 / itemsize)
     full_d = d
     if layout != "full":
         d = max(d - (n - min(block_size, n)) / 2, 1)
@@ -92,8 +103,12 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
             build += k * 2 * _gemm(mach, k / 2, d, 1, itemsize, count=nb)
         step = _gemm(mach, k, d, m, itemsize) + _gemm(mach, d, k, m, itemsize) + _pass(mach, 3 * d * m, itemsize)
         return build + nb * step
-    # raw vectors: no normalization pass; one Gram GEMM per block
-    cwy_build = _gemm(mach, k, d, k, itemsize, count=nb, calls=nb) + _triangular_inverse(mach, k, nb, itemsize)
+    # raw vectors: no normalization pass; one Gram GEMM per block, S = G * W in one pass
+    cwy_build = (
+        _gemm(mach, k, d, k, itemsize, count=nb, calls=nb)
+        + _pass(mach, 2 * nb * k * k, itemsize)
+        + _triangular_inverse(mach, k, nb, itemsize)
+    )
     build = 0.0
     if algorithm == "cwy":
         if not built:
@@ -107,44 +122,51 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
         return build + nb * step
     if algorithm == "dense":
         if not built:
-            build += cwy_build + predict("cwy", full_d, n, full_d, k, itemsize, backend, built=True, layout=layout)
+            build += cwy_build + predict("cwy", full_d, n, full_d, k, itemsize, backend, True, layout, mach)
         return build + _gemm(mach, full_d, full_d, m, itemsize)
     raise ValueError("unknown algorithm {!r}".format(algorithm))
 
 
-def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full"):
+def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full", lapack=False):
     """The fastest :class:`Plan` for ``H @ X`` by the cost model, build included.
 
     ``algorithm`` and ``block_size`` pin what the caller fixed; ``layout`` is
-    the reflections' (see :mod:`cuhouse.algorithms._blocks`). The choice
-    depends on these arguments only, never on which factors happen to be
-    cached, so the same H and X always run the same plan (and give the same
-    bits). Memoized: a dictionary lookup after the first call.
+    the reflections' (see :mod:`cuhouse.algorithms._layout`); ``lapack`` says
+    that LAPACK's ``?ormqr`` can run the product itself (NumPy, a single
+    ``geqrf`` array, no gradient), which adds the ``"ormqr"`` plan to the race
+    of ``"auto"``. The choice depends on these arguments and on the machine's
+    constants only (:func:`cuhouse.calibration.machine`, read from the
+    calibration cache), never on which forms happen to be cached, so the same
+    H and X always run the same plan (and give the same bits) for a given
+    calibration. Memoized: a dictionary lookup after the first call.
     """
-    return _choose(d, n, m, numpy.dtype(dtype).itemsize, backend, algorithm, block_size, layout)
+    mach = calibration.machine(backend)
+    return _choose(d, n, m, numpy.dtype(dtype).itemsize, backend, algorithm, block_size, layout, lapack, mach)
 
 
 @functools.lru_cache(maxsize=4096)
-def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout):
+def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, mach):
     names = AUTO_CANDIDATES if algorithm == "auto" else (algorithm,)
+    if algorithm == "auto" and lapack and layout == "unit" and mach.ormqr_rate is not None:
+        names += (LAPACK_PLAN,)
     best = None
     for name in names:
-        if name == "sequential":
+        if name in ("sequential", LAPACK_PLAN):
             sizes = (None,)
         elif block_size is not None:
             sizes = (min(block_size, n),)
         else:
             sizes = sorted({min(k, n) for k in BLOCK_SIZES})
         for k in sizes:
-            seconds = predict(name, d, n, m, k or 1, itemsize, backend, layout=layout)
+            seconds = predict(name, d, n, m, k or 1, itemsize, backend, layout=layout, machine=mach)
             if best is None or seconds < best[0]:
                 best = (seconds, name, k)
     _, name, k = best
-    store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend)
+    store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend, mach)
     return Plan(name, k, store)
 
 
-def store_block_inputs(d, n, m, block_size, itemsize=4, backend="numpy"):
+def store_block_inputs(d, n, m, block_size, itemsize=4, backend="numpy", machine=None):
     """Whether the CWY backward stores every block's input instead of recomputing it.
 
     Storing keeps ``n/k * d * 2m`` values (a block's output and its gradient)
@@ -153,7 +175,7 @@ def store_block_inputs(d, n, m, block_size, itemsize=4, backend="numpy"):
     faster and the stored values fit in ``n * d`` (the size of dY itself), so
     the extra memory stays O(d m + n d) either way. Cost: O(1).
     """
-    mach = MACHINES[backend]
+    mach = machine or calibration.machine(backend)
     k = min(block_size, n)
     n_blocks = -(-n // k)
     stored = n_blocks * d * 2 * m

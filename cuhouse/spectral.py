@@ -1,9 +1,9 @@
 """SVD- and eigen-parameterized matrices: ``SVDMatrix`` and ``EighMatrix``.
 
-``SVDMatrix(U, s, V)`` is W = U[:, :r] diag(s) V[:, :r]^T and
-``EighMatrix(U, w)`` the symmetric W = U diag(w) U^T, with U and V kept as
-``HouseholderProduct``s. Products cost two Householder applications,
-O(d n m); inverse, pseudo-inverse, Cayley map, powers, ``expm``, ``logm``,
+``SVDMatrix(U, s, V)`` is W = U[:, :r] diag(s) V[:, :r]^H and
+``EighMatrix(U, w)`` the symmetric (Hermitian) W = U diag(w) U^H, with U and V kept as
+``HouseholderProduct``s, real (orthogonal) or complex (unitary), and s, w real.
+Products cost two Householder applications, O(d n m); inverse, pseudo-inverse, Cayley map, powers, ``expm``, ``logm``,
 clipping and the transpose are O(r) maps on the spectrum; determinants and
 norms are O(r) reductions. Only ``from_dense`` (an SVD or eigendecomposition)
 and ``todense`` cost O(d^3).
@@ -18,17 +18,19 @@ changes ``s`` or ``w`` in place (and call ``refresh()`` on U and V).
 
 import numpy
 
-from . import _validate, layouts
-from ._backend import array_module, backend_name, read_only
-from ._operator import Operator, reduce_to_shape
+from . import _complex, _geqrf, _validate
+from ._backend import array_module, backend_name, read_only, to_host
+from ._operator import Operator
+from ._shapes import batch_shape, reduce_to_shape
 from .householder import HouseholderProduct
 
 
 class _SpectralMatrix(Operator):
-    """W = L[:, :r] diag(values) R[:, :r]^T with Householder products L, R.
+    """W = L[:, :r] diag(values) R[:, :r]^H with Householder products L, R and real values.
 
-    The shared algebra of :class:`SVDMatrix` and :class:`EighMatrix`. A leaf
-    holds the user's arrays; a derived matrix holds its parent, the name of
+    The shared algebra of :class:`SVDMatrix` and :class:`EighMatrix`. A root
+    (made by the constructor) holds the user's arrays, its leaves; a derived
+    matrix holds its root and its parent, the name of
     the step that made it and the derivative of its values with respect to
     the parent's values (``None`` for a transpose).
     """
@@ -36,24 +38,35 @@ class _SpectralMatrix(Operator):
     _SPECTRUM = "s"  # the name of the spectrum in messages and ``params``
     _NAME = "W"
 
-    def _init(self, left, values, right, leaf=None, parent=None, step=None, derivative=None):
+    def _init(self, left, values, right, root=None, parent=None, step=None, derivative=None):
         self._left, self._values, self._right = left, values, right
-        self._leaf = self if leaf is None else leaf
+        if parent is None:  # a root: the caller's spectrum for the gradient, computed in the matrix's precision
+            self._given = values
+            precision = _complex.real_dtype(numpy.result_type(left.dtype, values.dtype, right.dtype))
+            self._values = values.astype(precision, copy=False)
+        self._root_matrix = root  # None for a root itself: no reference to self, so reference counting frees it
         self._parent, self._step, self._derivative = parent, step, derivative
         self._backend = backend_name(array_module(values))
 
-    def _derive(self, step, values, derivative, transpose=False):
-        """A child with ``values = map(self.values)`` and ``derivative = map'(self.values)``. O(1)."""
+    def _root(self):
+        """The root matrix this one derives from (itself for a root): it holds ``params``."""
+        return self if self._root_matrix is None else self._root_matrix
+
+    def _derive(self, step, values, derivative, transpose=False, conjugate=False):
+        """A child with ``values = map(self.values)`` and ``derivative = map'(self.values)``; its
+        sides swapped (``transpose``, for W^H) and/or conjugated (``conjugate``). O(1)."""
         left, right = (self._right, self._left) if transpose else (self._left, self._right)
+        if conjugate:
+            left, right = (left.conj(),) * 2 if left is right else (left.conj(), right.conj())
         child = type(self).__new__(type(self))
-        child._init(left, values, right, self._leaf, self, step, derivative)
+        child._init(left, values, right, self._root(), self, step, derivative)
         return child
 
     # ------------------------------------------------------------ attributes
     @property
     def params(self):
         """The leaf arrays gradients are taken with respect to (shared by every derived matrix)."""
-        return self._leaf._params
+        return self._root()._params
 
     @property
     def rank(self):
@@ -76,30 +89,43 @@ class _SpectralMatrix(Operator):
 
     @property
     def check_finite(self):
-        """Whether NaN/Inf in every ``X`` is rejected (as the leaf was built)."""
-        return self._leaf._check_finite
+        """Whether NaN/Inf in every ``X`` is rejected (as the root was built)."""
+        return self._root()._check_finite
 
     @property
     def lineage(self):
-        """How this matrix was derived from its leaf, e.g. ``"W.inv().T"``."""
+        """How this matrix was derived from its root, e.g. ``"W.inv().T"``."""
         node, steps = self, []
         while node._parent is not None:
             steps.append(node._step)
             node = node._parent
         return ".".join([self._NAME] + steps[::-1])
 
-    def __repr__(self):
-        return "{}(shape={}, rank={}, dtype={}, backend={}, lineage={!r})".format(
-            type(self).__name__, self.shape, self.rank, self.dtype, self.backend, self.lineage
-        )
+    def _describe(self):
+        return (("rank", self.rank), ("lineage", repr(self.lineage)))
 
     # --------------------------------------------------------------- algebra
     @property
-    def T(self):
-        """The transpose R diag(values) L^T (the matrix itself when symmetric). O(1)."""
+    def H(self):
+        """The adjoint (conjugate transpose) R diag(values) L^H (the matrix itself when symmetric or
+        Hermitian); :attr:`T` when real. O(1)."""
         if self._left is self._right:
             return self
-        return self._derive("T", self._values, None, transpose=True)
+        return self._derive("H", self._values, None, transpose=True)
+
+    @property
+    def T(self):
+        """The transpose conj(R) diag(values) conj(L)^H (the matrix itself when real symmetric). O(1)."""
+        unitary = self.dtype.kind == "c"
+        if self._left is self._right and not unitary:
+            return self
+        return self._derive("T", self._values, None, transpose=self._left is not self._right, conjugate=unitary)
+
+    def conj(self):
+        """The entrywise conjugate conj(L) diag(values) conj(R)^H (``self`` when real). O(1)."""
+        if self.dtype.kind != "c":
+            return self
+        return self._derive("conj()", self._values, None, conjugate=True)
 
     def inv(self):
         """W^{-1} = R diag(1/values) L^T; square, full rank, every value nonzero. O(r)."""
@@ -129,33 +155,36 @@ class _SpectralMatrix(Operator):
         self._require_full_rank("solve()", "use pinv() @ B for least squares")
         return self.inv()._product(b, "left", name="B")
 
+    def _sides_det(self):
+        """det L conj(det R): the determinant of the unitary part. O(n)."""
+        right = self._right.det()
+        return self._left.det() * (self._xp.conj(right) if right.dtype.kind == "c" else right)
+
     def det(self):
-        """det W per batch entry: det U det V prod(s) (0 when r < d). Square W. O(r)."""
+        """det W per batch entry: det U conj(det V) prod(s) (0 when r < d). Square W. O(r)."""
         self._require_square("det()")
         xp = self._xp
         if self.rank < self.shape[-1]:
             return xp.zeros(self.shape[:-2], dtype=self.dtype)
-        det = self._left.det() * self._right.det() * xp.prod(self._values, axis=-1)
+        det = self._sides_det() * xp.prod(self._values, axis=-1)
         return _batch_array(det, self.shape[:-2], self.dtype, xp)
 
     def slogdet(self):
-        """``(sign, log|det W|)`` per batch entry, as ``numpy.linalg.slogdet``. Square W. O(r)."""
+        """``(sign, log|det W|)`` per batch entry, as ``numpy.linalg.slogdet``: for complex W the sign
+        is complex of modulus 1 (0 when singular) and the logarithm real. Square W. O(r)."""
         self._require_square("slogdet()")
         xp = self._xp
         batch = self.shape[:-2]
+        real = _complex.real_dtype(self.dtype)
         if self.rank < self.shape[-1]:
-            return xp.zeros(batch, dtype=self.dtype), xp.full(batch, -numpy.inf, dtype=self.dtype)
-        sign = self._left.det() * self._right.det() * xp.prod(xp.sign(self._values), axis=-1)
+            return xp.zeros(batch, dtype=self.dtype), xp.full(batch, -numpy.inf, dtype=real)
+        sign = self._sides_det() * xp.prod(xp.sign(self._values), axis=-1)
         with numpy.errstate(divide="ignore"):
             logabs = xp.sum(xp.log(xp.abs(self._values)), axis=-1)
-        return _batch_array(sign, batch, self.dtype, xp), _batch_array(logabs, batch, self.dtype, xp)
-
-    def logdet(self):
-        """``log|det W|`` per batch entry (``-inf`` when singular). Square W. O(r)."""
-        return self.slogdet()[1]
+        return _batch_array(sign, batch, self.dtype, xp), _batch_array(logabs, batch, real, xp)
 
     def singular_values(self):
-        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: |values| padded with zeros."""
+        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: ``|values|``, zero-padded."""
         xp = self._xp
         magnitude = xp.abs(self._values)
         missing = min(self.shape[-2:]) - self.rank
@@ -199,18 +228,14 @@ class _SpectralMatrix(Operator):
             raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
         return xp.where(xp.isnan(result), numpy.inf, result)  # 0 * inf or 0 / 0: the zero matrix
 
-    def matmul(self, x):
-        """``W @ X``; see :func:`cuhouse.matmul`."""
-        return self @ x
-
     # ------------------------------------------------------------- products
-    def _factors(self, transpose):
-        """``(outer, inner)``: W x = outer (values * inner^T x); W^T swaps L and R."""
+    def _sides(self, transpose):
+        """``(outer, inner)``: W x = outer (values * inner^H x); W^H swaps L and R."""
         return (self._right, self._left) if transpose else (self._left, self._right)
 
     def _matmat(self, columns, transpose):
-        """``W @ x`` (``W^T @ x``): inner^T, scale, outer. O(d n m)."""
-        outer, inner = self._factors(transpose)
+        """``W @ x`` (``W^H @ x``): inner^H, scale, outer. O(d n m)."""
+        outer, inner = self._sides(transpose)
         y = inner._matmat(columns, True)
         return outer._matmat(self._scale(y, outer.shape[-1]), False)
 
@@ -226,15 +251,20 @@ class _SpectralMatrix(Operator):
 
     # ------------------------------------------------------------ gradients
     def _vjp_matmat(self, columns, transpose):
-        """``W @ x`` (``W^T @ x``) through the factors' own hooks; the spectrum's gradient chained to its leaf."""
-        outer, inner = self._factors(transpose)
+        """``W @ x`` (``W^H @ x``) through the factors' own hooks; the spectrum's gradient chained to its
+        leaf (real: ``Re(sum(conj(dz) * y))`` for complex data)."""
+        xp = self._xp
+        outer, inner = self._sides(transpose)
         y, back_inner = inner._vjp_matmat(columns, True)
         out, back_outer = outer._vjp_matmat(self._scale(y, outer.shape[-1]), False)
         r = self.rank
 
         def back(dout):
             outer_contributions, dz = back_outer(dout)
-            dvalues = (dz[..., :r, :] * y[..., :r, :]).sum(axis=-1)
+            product = (
+                dz[..., :r, :] * y[..., :r, :] if dz.dtype.kind != "c" else xp.conj(dz[..., :r, :]) * y[..., :r, :]
+            )
+            dvalues = xp.real(product.sum(axis=-1)) if product.dtype.kind == "c" else product.sum(axis=-1)
             dy = reduce_to_shape(self._scale(dz, inner.shape[-1]), y.shape)
             inner_contributions, dx = back_inner(dy)
             return outer_contributions + [self._to_leaf_values(dvalues)] + inner_contributions, dx
@@ -257,7 +287,7 @@ class _SpectralMatrix(Operator):
             if node._derivative is not None:
                 dvalues = dvalues * node._derivative
             node = node._parent
-        return node._values, dvalues
+        return node._given, dvalues
 
     # ---------------------------------------------------------------- checks
     def _require_square(self, operation):
@@ -277,7 +307,7 @@ class _SpectralMatrix(Operator):
     def _require_values(self, operation, ok, expected):
         """``ValueError`` naming the first value where the mask ``ok`` is False."""
         if not bool(ok.all()):
-            where = tuple(int(i) for i in numpy.argwhere(_validate.to_host(~ok))[0])
+            where = tuple(int(i) for i in numpy.argwhere(to_host(~ok))[0])
             bad = float(self._values[where])
             raise ValueError(
                 "{} needs {}, got {}{} = {!r}".format(
@@ -308,8 +338,15 @@ def _householder(obj, name, check_finite):
 
 
 def _spectrum(values, name, xp, check_finite):
-    """The spectrum ``(..., r)`` as a float array (the caller's array when already float)."""
+    """The spectrum ``(..., r)`` as a real float array (the caller's array when already float)."""
     values = _validate.as_array(values, name, xp)
+    if values.dtype.kind == "c":
+        raise TypeError(
+            "{} must be real (the {} of a unitary decomposition are real), got dtype {}; "
+            "move a phase into U or V instead".format(
+                name, "singular values" if name == "s" else "eigenvalues", values.dtype
+            )
+        )
     if values.ndim < 1 or values.shape[-1] == 0:
         raise ValueError("{} must have shape (..., r) with r >= 1, got shape {}".format(name, tuple(values.shape)))
     values = values.astype(_validate.float_dtype(values.dtype), copy=False)
@@ -319,21 +356,30 @@ def _spectrum(values, name, xp, check_finite):
 
 
 def _householder_from_orthonormal(q, xp):
-    """``(H, signs)`` with ``H[:, :r] = q diag(signs)`` for orthonormal columns ``q`` ``(..., d, r)``. O(d r^2)."""
-    a, tau, signs = layouts.orthonormal_to_reflectors(q, xp)
+    """``(H, signs)`` with ``H[:, :r] = q diag(signs)`` for orthonormal columns ``q`` ``(..., d, r)``. O(d r^2).
+
+    Complex ``q``: the phases of a QR's R could not move into a real spectrum,
+    so the reflectors are LAPACK's complex ones with R the identity
+    (:func:`cuhouse._geqrf.geqrf_exact`) and ``signs`` is 1.
+    """
+    if q.dtype.kind == "c":
+        a, tau = _geqrf.geqrf_exact(q, xp)
+        return HouseholderProduct.from_lapack(a, tau), 1
+    a, tau, signs = _geqrf.geqrf_signed(q, xp)
     return HouseholderProduct.from_lapack(a, tau), signs
 
 
 class SVDMatrix(_SpectralMatrix):
-    """W = U[:, :r] diag(s) V[:, :r]^T, shape ``(..., d_out, d_in)``.
+    """W = U[:, :r] diag(s) V[:, :r]^H, shape ``(..., d_out, d_in)``.
 
     Parameters
     ----------
     U, V : HouseholderProduct or array of Householder vectors
-        U is d_out x d_out, V is d_in x d_in (vectors ``(..., n, d)``).
+        U is d_out x d_out, V is d_in x d_in (vectors ``(..., n, d)``); real
+        (orthogonal) or complex (unitary: W is complex).
     s : array_like, shape ``(..., r)``
-        The singular values, ``1 <= r <= min(d_out, d_in)``. They may carry
-        signs: the singular values of W are ``|s|``.
+        The singular values, ``1 <= r <= min(d_out, d_in)``, real (complex s is
+        a ``TypeError``). They may carry signs: the singular values of W are ``|s|``.
     check_finite : bool
         Reject NaN/Inf in ``s`` and in every operand.
 
@@ -356,7 +402,7 @@ class SVDMatrix(_SpectralMatrix):
                     r, d_out, d_out, d_in, d_in, min(d_out, d_in)
                 )
             )
-        _validate.batch_shape(("U", U.shape[:-2]), ("s", s.shape[:-1]), ("V", V.shape[:-2]))
+        batch_shape(("U", U.shape[:-2]), ("s", s.shape[:-1]), ("V", V.shape[:-2]))
         self._init(U, s, V)
         self._params = U.params + (s,) + V.params
         self._check_finite = bool(check_finite)
@@ -377,7 +423,7 @@ class SVDMatrix(_SpectralMatrix):
         return self._right
 
     def clip(self, lo=0.0, hi=numpy.inf):
-        """Spectral clipping: singular values |s| clipped to ``[lo, hi]``, signs kept. O(r).
+        """Spectral clipping: singular values ``|s|`` clipped to ``[lo, hi]``, signs kept. O(r).
 
         The gradient passes where ``lo <= |s| <= hi`` and is zero elsewhere.
         """
@@ -414,9 +460,12 @@ class SVDMatrix(_SpectralMatrix):
             raise ValueError(
                 "rank must be at most min(d_out, d_in) = {} for A of shape {}, got {}".format(full, tuple(a.shape), r)
             )
-        left, sigma, right_t = xp.linalg.svd(a, full_matrices=False)
+        left, sigma, right_h = xp.linalg.svd(a, full_matrices=False)
+        right = xp.swapaxes(right_h, -1, -2)
         U, u_signs = _householder_from_orthonormal(left[..., :r], xp)
-        V, v_signs = _householder_from_orthonormal(xp.swapaxes(right_t, -1, -2)[..., :r], xp)
+        V, v_signs = _householder_from_orthonormal(
+            xp.conj(right[..., :r]) if right.dtype.kind == "c" else right[..., :r], xp
+        )
         return cls(U, sigma[..., :r] * u_signs * v_signs, V, check_finite=check_finite)
 
     @classmethod
@@ -424,6 +473,7 @@ class SVDMatrix(_SpectralMatrix):
         """A random layer: Gaussian Householder vectors (r per side) and s uniform in 1 +- spread.
 
         ``rng`` is anything ``numpy.random.default_rng`` accepts. NumPy arrays.
+        A complex ``dtype`` gives complex Gaussian vectors (a unitary U and V) and real s.
         """
         d_out, d_in = _validate.positive_int(d_out, "d_out"), _validate.positive_int(d_in, "d_in")
         rng = numpy.random.default_rng(rng)
@@ -432,20 +482,26 @@ class SVDMatrix(_SpectralMatrix):
         if r > full:
             raise ValueError("rank must be at most min(d_out, d_in) = {}, got {}".format(full, r))
         batch_shape = tuple(batch_shape)
-        u = rng.standard_normal(batch_shape + (r, d_out)).astype(dtype)
-        v = rng.standard_normal(batch_shape + (r, d_in)).astype(dtype)
-        s = rng.uniform(1 - spread, 1 + spread, batch_shape + (r,)).astype(dtype)
+        dtype = numpy.dtype(dtype)
+
+        def gaussian(shape):
+            g = rng.standard_normal(shape)
+            return (g + 1j * rng.standard_normal(shape) if dtype.kind == "c" else g).astype(dtype)
+
+        u = gaussian(batch_shape + (r, d_out))
+        v = gaussian(batch_shape + (r, d_in))
+        s = rng.uniform(1 - spread, 1 + spread, batch_shape + (r,)).astype(_complex.real_dtype(dtype))
         return cls(u, s, v)
 
 
 class EighMatrix(_SpectralMatrix):
-    """The symmetric W = U diag(w) U^T, shape ``(..., d, d)``.
+    """The symmetric W = U diag(w) U^T, shape ``(..., d, d)``; Hermitian U diag(w) U^H for a complex (unitary) U.
 
     Parameters
     ----------
     U : HouseholderProduct or array of Householder vectors ``(..., n, d)``
     w : array_like, shape ``(..., d)``
-        The eigenvalues (real).
+        The eigenvalues (real; complex w is a ``TypeError``).
 
     ``params`` is ``U.params + (w,)``. Matrix functions (``expm``, ``logm``,
     ``sqrtm``, ``power``, ``cayley``, ``inv``) map w element-wise: O(d), and
@@ -464,7 +520,7 @@ class EighMatrix(_SpectralMatrix):
             raise ValueError(
                 "w must have shape (..., d) with d={} to match U ({}x{}), got shape {}".format(d, d, d, tuple(w.shape))
             )
-        _validate.batch_shape(("U", U.shape[:-2]), ("w", w.shape[:-1]))
+        batch_shape(("U", U.shape[:-2]), ("w", w.shape[:-1]))
         self._init(U, w, U)
         self._params = U.params + (w,)
         self._check_finite = bool(check_finite)
@@ -519,20 +575,26 @@ class EighMatrix(_SpectralMatrix):
 
     @classmethod
     def from_dense(cls, a, *, check_finite=True):
-        """The eigendecomposition of a symmetric ``a`` ``(..., d, d)``, eigenvectors as reflections.
+        """The eigendecomposition of a symmetric (Hermitian) ``a`` ``(..., d, d)``, eigenvectors as reflections.
 
-        ``a`` must be symmetric to within 100 eps of its largest entry. Cost: O(d^3) once.
+        ``a`` must be symmetric (Hermitian: ``A == A^H``) to within 100 eps of its largest entry.
+        Cost: O(d^3) once.
         """
         xp = array_module(a)
         a = _validate.dense_matrix(a, "A", xp)
         if a.shape[-1] != a.shape[-2]:
             raise ValueError("A must be square and symmetric, got shape {}".format(tuple(a.shape)))
-        asymmetry = float(xp.abs(a - xp.swapaxes(a, -1, -2)).max()) if a.size else 0.0  # an empty batch
+        unitary = a.dtype.kind == "c"
+        adjoint = xp.swapaxes(a, -1, -2)
+        adjoint = xp.conj(adjoint) if unitary else adjoint
+        asymmetry = float(xp.abs(a - adjoint).max()) if a.size else 0.0  # an empty batch
         scale = float(xp.abs(a).max()) if a.size else 0.0
         if asymmetry > 100 * numpy.finfo(a.dtype).eps * scale:
             raise ValueError(
-                "A must be symmetric, but max |A - A^T| = {:.3g} (max |A| = {:.3g}); "
-                "use SVDMatrix.from_dense for a general matrix".format(asymmetry, scale)
+                "A must be {}, but max |A - A^{}| = {:.3g} (max |A| = {:.3g}); "
+                "use SVDMatrix.from_dense for a general matrix".format(
+                    "Hermitian" if unitary else "symmetric", "H" if unitary else "T", asymmetry, scale
+                )
             )
         w, vectors = xp.linalg.eigh(a)
         U, _ = _householder_from_orthonormal(vectors, xp)

@@ -1,7 +1,13 @@
 """Backend parametrization and dtype-aware tolerances shared by the tests."""
 
+import os
+
 import numpy
 import pytest
+
+# The cost model's constants: the built-in ones, so that plans do not depend on the machine the tests
+# run on (tests of the calibration cache point it at a temporary directory themselves).
+os.environ["CUHOUSE_CALIBRATION"] = "off"
 
 from cuhouse._backend import cupy_module, gpu_available
 

@@ -55,6 +55,29 @@ def test_bench_table_says_how_it_measured(capsys, monkeypatch):
     assert "cuhouse from_lapack" in out and "orgqr then GEMM" in out
 
 
+@pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
+def test_complex_peers_are_lapacks_unitary_routines(dtype):
+    """``--dtype complex64/complex128``: complex data, LAPACK's ?unmqr/?ungqr on complex ?geqrf output."""
+    v, x = data(20, 20, 3, dtype, numpy)
+    assert v.dtype == dtype and x.dtype == dtype and numpy.abs(v.imag).max() > 0
+    qr, tau = peers.geqrf(v, numpy)
+    expected = cuhouse.HouseholderProduct.from_lapack(qr, tau) @ x
+    tol = 1e-4 if dtype == numpy.complex64 else 1e-12
+    numpy.testing.assert_allclose(peers.lapack_ormqr(qr, tau, x)(), expected, atol=tol)
+    numpy.testing.assert_allclose(peers.lapack_orgqr_gemm(qr, tau, x)(), expected, atol=tol)
+    label, _ = peers.ormqr(qr, tau, x, numpy)
+    assert label == "LAPACK {}unmqr".format("c" if dtype == numpy.complex64 else "z")
+
+
+def test_bench_runs_on_complex_data(capsys, monkeypatch):
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")
+    argv = ["bench", "--sizes", "16", "--rounds", "1", "--backend", "numpy", "--dtype", "complex64"]
+    assert main(argv + ["--sections", "forward,gradients,spectral"]) == 0
+    out = capsys.readouterr().out
+    assert "dtype=complex64" in out and "LAPACK cunmqr" in out and "expm @ X: cuhouse" in out
+
+
 def test_bench_rejects_zero_threads(capsys):
     assert main(["bench", "--threads", "0"]) == 2
     assert "--threads must be a positive integer" in capsys.readouterr().err
@@ -83,3 +106,15 @@ def test_methods_keep_the_chosen_rows_and_their_references(capsys, monkeypatch):
     )
     rows = [line[8:46].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("    16")]
     assert rows == ["cuhouse from_lapack", "LAPACK sormqr"]
+
+
+def test_plot_draws_every_case_and_the_floor(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs the plot extra (matplotlib)")
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")
+    path = tmp_path / "fig3.png"
+    argv = ["bench", "--plot", str(path), "--sizes", "8,16", "--rounds", "1", "--backend", "numpy"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "clock=thread CPU time" in out and "dense GEMM floor fwd+bwd" in out and "cuhouse cwy fwd+bwd" in out
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -215,7 +215,7 @@ def test_dout_of_wrong_shape_is_a_value_error(xp):
 def test_dout_of_wrong_type_is_a_type_error(xp):
     h = ch.HouseholderProduct(xp.ones((2, 4)) + xp.eye(2, 4))
     _, back = ch.vjp(ch.matmul, h, xp.ones((4, 3)))
-    with pytest.raises(TypeError, match="dout must be an array of real numbers, got str"):
+    with pytest.raises(TypeError, match="dout must be an array of real or complex numbers, got str"):
         back("gradient")
 
 

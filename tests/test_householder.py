@@ -167,10 +167,10 @@ def test_factors_are_cached_and_refresh_rebuilds():
     v, x = _data(numpy, (6, 8), (8, 3), numpy.float64)
     h = cuhouse.HouseholderProduct(v, algorithm="cwy")
     first = h @ x
-    built = dict(h._core._factors)
+    built = dict(h._core._forms)
     h @ x
-    assert h._core._factors.keys() == built.keys()
-    assert all(h._core._factors[k] is built[k] for k in built)
+    assert h._core._forms.keys() == built.keys()
+    assert all(h._core._forms[k] is built[k] for k in built)
     v[0] += 0.5  # an in-place optimizer step
     h.refresh()
     numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-13)

@@ -102,8 +102,11 @@ def test_inv_solve_and_round_trip(xp, dtype, batch):
     x = rng.standard_normal((6, 4)).astype(dtype)
     b = rng.standard_normal(6).astype(dtype)
     assert_close(W.inv().todense(), numpy.linalg.inv(dense), dtype)
-    assert_close(W.solve(xp.asarray(x)), numpy.linalg.solve(dense, x), dtype)
-    assert_close(W.solve(xp.asarray(b)), numpy.linalg.solve(dense, b), dtype)
+    # right-hand sides broadcast to the batch first: NumPy 1 reads a (6, 4) b against (B, 6, 6) as B vectors
+    x_batch = numpy.broadcast_to(x, dense.shape[:-2] + x.shape)
+    b_batch = numpy.broadcast_to(b[:, None], dense.shape[:-2] + (6, 1))
+    assert_close(W.solve(xp.asarray(x)), numpy.linalg.solve(dense, x_batch), dtype)
+    assert_close(W.solve(xp.asarray(b)), numpy.linalg.solve(dense, b_batch)[..., 0], dtype)
     assert_close(W.inv() @ (W @ xp.asarray(x)), numpy.broadcast_to(x, batch + x.shape), dtype)
     assert_close(W.inv().T.todense(), numpy.swapaxes(numpy.linalg.inv(dense), -1, -2), dtype)
 

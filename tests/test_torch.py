@@ -1,7 +1,6 @@
 """cuhouse.torch: forward and gradients against dense torch references, gradcheck, DLPack, errors, compile."""
 
 import pathlib
-import re
 import subprocess
 import sys
 
@@ -489,12 +488,3 @@ def test_bench_script_runs_on_a_tiny_size():
         text=True,
     ).stdout
     assert "torch householder_product + matmul" in out and "parametrizations.orthogonal matrix_exp" in out
-
-
-def test_readme_pytorch_block_runs():
-    """The README's PyTorch example (a ``py`` block, so that the torch-free README test skips it)."""
-    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    (block,) = re.findall(r"## PyTorch\n.*?```py\n(.*?)```", text, flags=re.S)
-    namespace = {}
-    exec(compile(block, "README.md", "exec"), namespace)
-    assert namespace["Y"].shape == (256, 32) and namespace["v"].grad.shape == (64, 256)

@@ -1,5 +1,5 @@
 """Householder products H = H(v_1) ... H(v_n) with n = d: the forward pass,
-building the block factors, GPU memory and numerical error.
+building the algorithm's form of H, GPU memory and numerical error.
 
 Host memory (``peakmem_``) and the comparison with other libraries are in
 ``peers.py``, where every method starts from the same vectors.
@@ -15,7 +15,7 @@ from .common import ALGORITHMS, BLOCKED_ALGORITHMS, COLUMNS, DTYPES, SIZES, back
 
 @backends
 class Forward:
-    """``H @ X`` with the block factors already built and cached.
+    """``H @ X`` with the algorithm's form of H already built and cached.
 
     The steady state of a layer or an RNN step that reuses H; the one-off
     build is timed by :class:`BuildFactors`.
@@ -36,7 +36,7 @@ class Forward:
 
 @backends
 class BuildFactors:
-    """The one-off build of the block factors from unit vectors.
+    """The one-off build of the algorithm's form from unit vectors.
 
     The block size is the plan's choice for m = 32. ``sequential`` has
     nothing to build; ``dense`` materializes H.

@@ -2,9 +2,9 @@
 dashboard shows their ratios in one benchmark.
 
 Each method pays what it needs per call from its own stored form: cuhouse
-builds its block factors (a fresh ``HouseholderProduct``, or
+builds its form of H (a fresh ``HouseholderProduct``, or
 ``from_lapack(qr, tau)`` on LAPACK's trapezoidal layout read in place),
-LAPACK and cuSOLVER ``ormqr`` build their T factors internally from
+LAPACK and cuSOLVER ``ormqr`` build their T matrices internally from
 ``geqrf``'s layout, ``orgqr`` forms Q then one GEMM, ``torch.linalg.householder_product``
 forms Q, and the dense GEMM floor has H precomputed. LAPACK's reflectors come
 from ``geqrf(V^T)``: trapezoidal, about half the flops of full vectors. The

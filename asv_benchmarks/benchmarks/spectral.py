@@ -4,7 +4,7 @@ or CuPy/cupyx on the GPU), as in the seed paper's comparison.
 
 Data are those of the ``spectral`` section of ``python -m cuhouse bench``:
 U and V of n = d reflections, |s| and w in [0.5, 2]. The cuhouse matrices are
-built in ``setup`` (block factors cached, the steady state of a layer); the
+built in ``setup`` (the forms of H cached, the steady state of a layer); the
 dense side is O(d^3) per call and is skipped at d = 4096 on the CPU.
 """
 

@@ -1,9 +1,9 @@
-"""Compact WY with level-3 T factors from raw vectors, the default algorithm.
+"""Compact WY with level-3 T matrices from raw vectors, the default algorithm.
 
 For a block V of k rows (any lengths, not normalized), with the Gram matrix
 ``G = V V^T``: ``S = diag(G)/2 + striu(G)``, ``T = S^{-1}`` and
 ``P = I - V^T T V``. This is LAPACK's ``larft`` with ``tau_i = 2 / v_i^T v_i``,
-so no normalization pass is needed. The T factors of all blocks come from one
+so no normalization pass is needed. The T matrices of all blocks come from one
 batched triangular inverse; each block is applied by two skinny GEMMs (per
 stored part: a structured layout's block touches only X's rows from its first
 reflector on) and one k x k product. Merging adjacent blocks is the same
@@ -15,29 +15,32 @@ steps; apply O(n d m + n k m) in 3 n/k GEMMs (half the flops for a structured
 layout); backward about three times apply, all GEMMs.
 """
 
+import functools
 from collections import namedtuple
 
 import numpy
 
 from .._gpu import primitives as _primitives
-from . import _blocks
-from ._blocks import FULL, application_order, swap
+from . import _gemm, _layout
+from ._gemm import swap
+from ._layout import FULL
+from ._steps import application_order, writable
 
-Factors = namedtuple("CWYFactors", "blocks t s active layout n")
-Factors.__doc__ = """The :class:`~._blocks.Block` list ``blocks``, T factors ``t`` and their
+Form = namedtuple("CWYForm", "blocks t s active layout n")
+Form.__doc__ = """The :class:`~._layout.Block` list ``blocks``, T matrices ``t`` and their
 inverses ``s`` ``(..., n/k, k, k)`` (the last block padded with decoupled
 rows), ``active`` ``(..., n)`` (``None``, or False for identity factors),
 the ``layout`` and the number ``n`` of reflections."""
 
 
 def build(y, block_size, xp, layout=FULL, identity=None):
-    """T factors of every block: the Gram matrices (one batched GEMM over the full-length blocks
+    """The T matrix of every block: the Gram matrices (one batched GEMM over the full-length blocks
     of a contiguous ``y``, else one GEMM per block), one batched inverse. O(n k d).
 
     ``identity`` ``(..., n)`` (optional) marks reflections that are identity
     factors whatever their stored entries (LAPACK's ``tau == 0``).
     """
-    blocks = _blocks.blocks(y, block_size, layout, xp)
+    blocks = _layout.blocks(y, block_size, layout, xp)
     k = blocks[0].last - blocks[0].first
     batch = y.shape[:-2]
     active = None if identity is None else ~identity
@@ -50,23 +53,37 @@ def build(y, block_size, xp, layout=FULL, identity=None):
     for j, block in enumerate(blocks):
         kb = block.last - block.first
         if not (batched and j < whole):
-            g[..., j, :kb, :kb] = _blocks.gram(block, xp)
+            g[..., j, :kb, :kb] = _gemm.gram(block, xp)
         if active is not None:
             a = active[..., block.first : block.last].astype(y.dtype)
             g[..., j, :kb, :kb] *= a[..., :, None] * a[..., None, :]
-    diag = xp.diagonal(g, axis1=-2, axis2=-1)
+    weights, half_eye = _s_weights(k, g.dtype, xp)
+    s = g * weights  # S = striu(G) + diag(G)/2 in one pass, no index arrays
     # a zero row (an identity factor, or block padding) gets s_ii = 1/2: decoupled, it acts as nothing
-    half = xp.where(diag > 0, diag / 2, 0.5)
-    s = xp.triu(g, 1)
-    idx = xp.arange(k)
-    s[..., idx, idx] = half
-    return Factors(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2])
+    s += (xp.diagonal(g, axis1=-2, axis2=-1) == 0)[..., None] * half_eye
+    return Form(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2])
+
+
+def _s_weights(k, dtype, xp):
+    """``(W, I/2)``, ``(k, k)`` each, with ``S = G * W`` the compact WY ``S`` of a Gram matrix G
+    (ones strictly above the diagonal, 1/2 on it). Memoized on NumPy."""
+    if xp is numpy:
+        return _numpy_s_weights(k, numpy.dtype(dtype))
+    half_eye = 0.5 * xp.eye(k, dtype=dtype)
+    return xp.triu(xp.ones((k, k), dtype=dtype), 1) + half_eye, half_eye
+
+
+@functools.lru_cache(maxsize=64)
+def _numpy_s_weights(k, dtype):
+    weights, half_eye = _primitives.upper_mask(k, dtype, 0.5), 0.5 * numpy.eye(k, dtype=dtype)
+    half_eye.flags.writeable = False
+    return weights, half_eye
 
 
 def _block_rows_times(f, j, x, xp):
     """``V_j x[start:]`` with identity factors' rows zeroed: ``(..., kb, m)``."""
     block = f.blocks[j]
-    z = _blocks.rows_times(block, x, xp)
+    z = _gemm.rows_times(block, x, xp)
     if f.active is not None:
         z *= f.active[..., block.first : block.last, None]
     return z
@@ -74,14 +91,14 @@ def _block_rows_times(f, j, x, xp):
 
 def apply(f, x, transpose, xp):
     """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m)."""
-    out = _blocks.writable(x, _batch(f, x), xp)
+    out = writable(x, _batch(f, x), xp)
     work = xp.empty_like(out)
     for j in application_order(len(f.blocks), transpose):
         block = f.blocks[j]
         kb = block.last - block.first
         tj = f.t[..., j, :kb, :kb]
         z = _block_rows_times(f, j, out, xp)
-        _blocks.subtract_rows_transposed(block, (swap(tj, xp) if transpose else tj) @ z, out, xp, work)
+        _gemm.subtract_rows_transposed(block, (swap(tj, xp) if transpose else tj) @ z, out, xp, work)
     return out
 
 
@@ -103,7 +120,8 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     ``R = dL/dS = T^T N T^T`` through ``striu(G)``, plus ``diag(R)`` for the
     ``diag(G)/2`` of the raw form; all the k x k work and the ``C V``
     products run batched over blocks after the sweep. Since P does not
-    change when a vector is scaled, each row of dV is orthogonal to its vector.
+    change when a vector is scaled, each row of dV is orthogonal to its vector
+    in the full and trapezoidal layouts (not in ``"unit"``, whose implicit 1 is fixed).
 
     ``store_inputs`` (full layout only; see :func:`cuhouse.plan.store_block_inputs`)
     keeps every block's ``B`` (extra ``n/k * d * 2m`` values) and forms the
@@ -139,7 +157,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
                 swap(b[..., block.start :, :], xp),
                 out=dy[..., block.first : block.last, block.start :],
             )
-        _blocks.subtract_rows_transposed(block, uj, b, xp, work)
+        _gemm.subtract_rows_transposed(block, uj, b, xp, work)
     if store_inputs:
         explicit = _explicit_coefficients(u, m, xp) @ swap(stored, xp)  # (..., nb, k, d)
         dy[...] = explicit.reshape(batch + (n_blocks * k, d))[..., : f.n, :]
@@ -157,11 +175,11 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         c = coefficients[..., j, :kb, :kb]
         if f.active is not None:
             c = c * f.active[..., None, block.first : block.last]
-        _blocks.add_coefficients_times_rows(block, c, dy, xp)
+        _gemm.add_coefficients_times_rows(block, c, dy, xp)
     if f.active is not None:
         dy *= f.active[..., None]
     if f.layout != FULL:
-        _blocks.mask_heads(dy, k, f.layout, xp)
+        _layout.mask_heads(dy, k, f.layout, xp)
     return dy, b[..., m:]
 
 

@@ -7,10 +7,10 @@ once m, summed over the products that reuse H, is comparable to d.
 from collections import namedtuple
 
 from . import cwy
-from ._blocks import swap
+from ._gemm import swap
 
-Factors = namedtuple("DenseFactors", "h wy")
-Factors.__doc__ = "The dense matrix ``h`` ``(..., d, d)`` and the CWY factors ``wy`` it was built from."
+Form = namedtuple("DenseForm", "h wy")
+Form.__doc__ = "The dense matrix ``h`` ``(..., d, d)`` and the CWY form ``wy`` it was built from."
 
 
 def build(y, block_size, xp, layout="full", identity=None):
@@ -18,7 +18,7 @@ def build(y, block_size, xp, layout="full", identity=None):
     (half for a structured layout)."""
     d = y.shape[-1]
     wy = cwy.build(y, block_size, xp, layout, identity)
-    return Factors(cwy.apply(wy, xp.eye(d, dtype=y.dtype), False, xp), wy)
+    return Form(cwy.apply(wy, xp.eye(d, dtype=y.dtype), False, xp), wy)
 
 
 def apply(f, x, transpose, xp):

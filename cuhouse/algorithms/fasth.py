@@ -16,18 +16,21 @@ O(n d m) in 2 n/k GEMMs plus k level-2 steps batched over the blocks.
 
 from collections import namedtuple
 
-from . import _blocks, sequential
-from ._blocks import application_order, chain, swap
+from . import sequential
+from ._gemm import swap
+from ._layout import FULL, structured
+from ._normalize import raw_gradient, unit_rows
+from ._steps import application_order, chain, split
 
-Factors = namedtuple("FastHFactors", "y w unit norms layout")
-Factors.__doc__ = """Blocks ``y`` and ``w``, both ``(..., n/k, k, d)``, and the unit rows
+Form = namedtuple("FastHForm", "y w unit norms layout")
+Form.__doc__ = """Blocks ``y`` and ``w``, both ``(..., n/k, k, d)``, and the unit rows
 ``unit`` ``(..., n, d)``, raw ``norms`` and ``layout`` they came from."""
 
 
-def build(y, block_size, xp, layout=_blocks.FULL, identity=None):
+def build(y, block_size, xp, layout=FULL, identity=None):
     """The per-block W of every block, built row by row, from full unit rows. O(n k d)."""
-    unit, norms = _blocks.unit_rows(y, layout, identity, xp)
-    yb = _blocks.split(unit, block_size, xp)
+    unit, norms = unit_rows(y, layout, identity, xp)
+    yb = split(unit, block_size, xp)
     w = xp.empty_like(yb)
     for i in range(yb.shape[-2]):
         yi = yb[..., i, :]  # (..., nb, d)
@@ -36,10 +39,10 @@ def build(y, block_size, xp, layout=_blocks.FULL, identity=None):
             continue
         coeff = (yb[..., :i, :] @ yi[..., None])[..., 0]  # (..., nb, i)
         w[..., i, :] = yi - 2 * (coeff[..., None, :] @ w[..., :i, :])[..., 0, :]
-    return Factors(yb, w, unit, norms, layout)
+    return Form(yb, w, unit, norms, layout)
 
 
-def _block_product(f, j, x, transpose, xp):
+def _apply_block(f, j, x, transpose, xp):
     """``2 W_j^T (Y_j x)`` (``2 Y_j^T (W_j x)`` when ``transpose``): ``x - P_j x``. Two GEMMs."""
     yj, wj = f.y[..., j, :, :], f.w[..., j, :, :]
     first, second = (yj, wj) if transpose else (wj, yj)
@@ -48,9 +51,7 @@ def _block_product(f, j, x, transpose, xp):
 
 def apply(f, x, transpose, xp):
     """``H @ X`` (``H.T @ X``) by two GEMMs per block. O(n d m)."""
-    return chain(
-        x, application_order(f.y.shape[-3], transpose), lambda j, out: _block_product(f, j, out, transpose, xp)
-    )
+    return chain(x, application_order(f.y.shape[-3], transpose), lambda j, out: _apply_block(f, j, out, transpose, xp))
 
 
 def backward(f, out, dout, transpose, xp, store_inputs=False):
@@ -71,10 +72,10 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     outputs = xp.empty(b.shape[:-2] + (n_blocks,) + b.shape[-2:], dtype=b.dtype)
     for j in reversed(application_order(n_blocks, transpose)):
         outputs[..., j, :, :] = b
-        b -= _block_product(f, j, b, not transpose, xp)
-    per_block = sequential.Factors(f.y, xp.ones(f.y.shape[:-1], dtype=f.y.dtype), _blocks.FULL)
+        b -= _apply_block(f, j, b, not transpose, xp)
+    per_block = sequential.Form(f.y, xp.ones(f.y.shape[:-1], dtype=f.y.dtype), FULL)
     dy, _ = sequential.backward(per_block, outputs[..., :m], outputs[..., m:], transpose, xp)
     n = f.unit.shape[-2]
     dy = dy.reshape(dy.shape[:-3] + (n_blocks * k, d))[..., :n, :]
-    dy = _blocks.raw_gradient(dy, f.unit.astype(dy.dtype, copy=False), f.norms.astype(dy.dtype, copy=False), xp)
-    return _blocks.structured(dy, f.layout, xp), b[..., m:]
+    dy = raw_gradient(dy, f.unit.astype(dy.dtype, copy=False), f.norms.astype(dy.dtype, copy=False), xp)
+    return structured(dy, f.layout, xp), b[..., m:]

@@ -9,17 +9,19 @@ from collections import namedtuple
 
 import numpy
 
-from . import _blocks
-from ._blocks import FULL, UNIT, application_order, swap
+from ._gemm import swap
+from ._layout import FULL, UNIT
+from ._normalize import raw_gradient, unit_rows
+from ._steps import application_order, writable
 
-Factors = namedtuple("SequentialFactors", "unit norms layout")
-Factors.__doc__ = "Unit rows ``(..., n, d)`` (identity factors zero), their raw ``norms`` and the ``layout``."
+Form = namedtuple("SequentialForm", "unit norms layout")
+Form.__doc__ = "Unit rows ``(..., n, d)`` (identity factors zero), their raw ``norms`` and the ``layout``."
 
 
 def build(y, block_size, xp, layout=FULL, identity=None):
     """The unit rows (a normalized copy; identity factors as zero rows). O(n d)."""
-    unit, norms = _blocks.unit_rows(y, layout, identity, xp)
-    return Factors(unit, norms, layout)
+    unit, norms = unit_rows(y, layout, identity, xp)
+    return Form(unit, norms, layout)
 
 
 def _start(f, i):
@@ -29,7 +31,7 @@ def _start(f, i):
 
 def apply(f, x, transpose, xp):
     """``H @ X`` (``H.T @ X`` when ``transpose``) by n rank-1 updates. O(n d m)."""
-    out = _blocks.writable(x, numpy.broadcast_shapes(f.unit.shape[:-2], x.shape[:-2]), xp)
+    out = writable(x, numpy.broadcast_shapes(f.unit.shape[:-2], x.shape[:-2]), xp)
     for i in application_order(f.unit.shape[-2], transpose):
         s = _start(f, i)
         yi = f.unit[..., i : i + 1, s:]  # (..., 1, d - s)
@@ -57,7 +59,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         # out = a - 2 y (y^T a): d/dy <g, out> = -2 (a g^T + g a^T) y
         dy[..., i : i + 1, s:] = -2 * (yg @ swap(ai, xp) + ya @ swap(gi, xp))
         gi -= 2 * (swap(yi, xp) @ yg)
-    dy = _blocks.raw_gradient(dy, f.unit.astype(dy.dtype, copy=False), f.norms.astype(dy.dtype, copy=False), xp)
+    dy = raw_gradient(dy, f.unit.astype(dy.dtype, copy=False), f.norms.astype(dy.dtype, copy=False), xp)
     if f.layout == UNIT:  # the implicit 1 is no parameter; nothing left of it was written
         idx = xp.arange(n)
         dy[..., idx, idx] = 0

@@ -19,18 +19,21 @@ import sys
 
 import numpy
 
+from .. import calibration
 from .._backend import backend_name, cupy_module, gpu_available
-from . import forward, gradients, plan_check, plot, spectral, torch_layer
-from ._timing import DISAGREEMENT, measure
+from . import forward, gradients, layout, plan_check, plot, small, spectral, torch_layer
+from ._timing import DISAGREEMENT, MIN_SAMPLE, measure
 
 SECTIONS = {
+    "small": small,
     "forward": forward,
     "gradients": gradients,
     "spectral": spectral,
+    "layout": layout,
     "plan": plan_check,
     "torch": torch_layer,
 }
-DEFAULT_SECTIONS = ("forward", "gradients", "spectral")
+DEFAULT_SECTIONS = ("small", "forward", "gradients", "spectral", "layout")
 DEFAULT_SIZES = (256, 512, 1024, 2048)
 QUICK_SIZES = (256, 512)
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -42,14 +45,15 @@ def _parser():
         description="Time cuhouse against its peers; ratios are measured in one run, "
         "interleaved, with single-threaded BLAS unless --threads says otherwise.",
     )
-    p.add_argument("--quick", action="store_true", help="sizes 256 and 512, 5 rounds")
+    p.add_argument("--quick", action="store_true", help="sizes 256 and 512 (the small-size section: 64), 5 rounds")
     p.add_argument(
         "--sizes",
         type=lambda s: tuple(int(x) for x in s.split(",")),
-        help="comma-separated d values (default 256,512,1024,2048)",
+        help="comma-separated d values (default 256,512,1024,2048; the small-size section 16,64,128; "
+        "the layout section 256)",
     )
     p.add_argument("--m", type=int, default=32, help="columns of X (default 32)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "float64", "complex64", "complex128"), default="float32")
     p.add_argument(
         "--backend", choices=("auto", "numpy", "cupy"), default="auto", help="auto: cupy when a GPU answers, else numpy"
     )
@@ -100,7 +104,6 @@ def main(argv=None):
         env = dict(os.environ, **{v: threads for v in _THREAD_VARS})
         os.execve(sys.executable, [sys.executable, "-m", "cuhouse"] + argv, env)
     xp = _backend(args.backend)
-    sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
     rounds = args.rounds or (5 if args.quick else 9)
     names = [s for s in args.sections.split(",") if s]
     unknown = [s for s in names if s not in SECTIONS]
@@ -111,10 +114,11 @@ def main(argv=None):
         print('the torch section needs PyTorch: pip install "cuhouse[torch]"', file=sys.stderr)
         return 2
     dtype = numpy.dtype(args.dtype)
-    if args.plot:
-        return plot.draw(args.plot, sizes, args.m, dtype, xp, rounds)
-    print("cuhouse bench: backend={} dtype={} m={} (columns of X)".format(backend_name(xp), dtype, args.m))
     cpu_clock = xp is numpy and args.threads == 1
+    if args.plot:
+        sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+        return plot.draw(args.plot, sizes, args.m, dtype, xp, rounds, cpu_clock)
+    print("cuhouse bench: backend={} dtype={} m={} (columns of X)".format(backend_name(xp), dtype, args.m))
     clock = (
         "the calling thread's CPU time (single-threaded BLAS runs there; the time waiting for a core on a "
         "shared machine is left out)"
@@ -126,7 +130,8 @@ def main(argv=None):
     print("how: BLAS threads = {} (OPENBLAS/OMP/MKL_NUM_THREADS), timed by {}.".format(threads, clock))
     print(
         "     One warm-up round, then {} rounds that run every case of a size once each, interleaved "
-        "(each round starting one case later).".format(rounds)
+        "(each round starting one case later); a case under {:.0f} ms repeats within its sample, "
+        "which is the mean of those calls.".format(rounds, MIN_SAMPLE * 1e3)
     )
     print(
         "     'median ms' is the median time; 'ratio' the median over rounds of time / time of the row named "
@@ -136,13 +141,17 @@ def main(argv=None):
         "     'spread' is how far the per-round ratios disagree (largest - smallest over the median, the extreme "
         "round on each side left out); '!' marks more than {:.0%}: re-run before quoting.".format(DISAGREEMENT)
     )
+    print("plans: {}".format(_calibration_line(backend_name(xp))))
     for name in names:
         section = SECTIONS[name]
+        sizes = args.sizes or (
+            getattr(section, "QUICK_SIZES", QUICK_SIZES) if args.quick else getattr(section, "SIZES", DEFAULT_SIZES)
+        )
         print("\n## {}: {}".format(name, section.TITLE))
         for label, text in getattr(section, "EXPLAIN", {}).items():
             print("   {:<34} {}".format(label + ":", text))
         print("{:>6}  {:<38} {:>10} {:>7} {:>6}  {}".format("d", "method", "median ms", "ratio", "spread", "vs"))
-        for d in args.sizes or getattr(section, "SIZES", sizes):
+        for d in sizes:
             baselines, cases = section.cases(d, args.m, dtype, xp)
             if not isinstance(baselines, dict):
                 baselines = dict.fromkeys(cases, baselines)
@@ -167,6 +176,27 @@ def main(argv=None):
             if note:
                 print("{:>6}  {}".format(d, note))
     return 0
+
+
+def _calibration_line(backend):
+    """Where the cost model's constants came from (see :mod:`cuhouse.calibration`)."""
+    current = calibration.current(backend)
+    m = current.machine
+    if current.source == "built-in":
+        why = "calibration off (CUHOUSE_CALIBRATION)" if backend == "numpy" else "not measured on this backend"
+        return "the cost model's built-in constants ({})".format(why)
+    return (
+        "the cost model calibrated on this machine ({}): GEMM peak {:.3g} GFLOP/s, half {:.3g}, call {:.2g} us, "
+        "trtri {:.3g} GFLOP/s, ormqr {:.2g} us + {:.3g} GFLOP/s".format(
+            current.source,
+            m.peak / 1e9,
+            m.half,
+            m.launch * 1e6,
+            m.trtri_rate / 1e9,
+            m.ormqr_call * 1e6,
+            m.ormqr_rate / 1e9,
+        )
+    )
 
 
 def _backend(choice):

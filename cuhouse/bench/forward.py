@@ -10,23 +10,39 @@ from . import peers
 TITLE = "H @ X with n = d reflections, the factors built inside each call (unless 'cached')"
 
 EXPLAIN = {
-    "cuhouse auto": "HouseholderProduct(V) @ X: full-length vectors V, validation and block factors in the call",
+    "cuhouse auto": "HouseholderProduct(V) @ X: full-length vectors V, validation and the form of H built in the call",
     "cuhouse <algorithm>": "the same with the algorithm pinned",
     "cuhouse from_lapack": "HouseholderProduct.from_lapack(qr, tau) @ X on LAPACK's trapezoidal (qr, tau) of "
     "geqrf(V^T): the same Q, half the flops, read in place",
-    "cuhouse auto, cached": "H @ X with H's block factors already built (a layer reusing H)",
+    "cuhouse auto, cached": "H @ X with H's form already built (a layer reusing H)",
+    "cuhouse auto, cached, X near overflow": "the same with X's entries near max/(16 d): every column is "
+    "scaled by a power of two and back (the overflow-safe path; its test, one GEMV over |X|, is in every row)",
     "ormqr": "LAPACK/cuSOLVER ormqr applying the same (qr, tau) to X: the reference (ratio 1)",
     "orgqr then GEMM": "LAPACK orgqr forming Q from (qr, tau), then Q @ X",
     "dense GEMM": "one GEMM with the dense Q precomputed outside the call: the floor",
 }
 
 
+def gaussian(rng, shape, dtype):
+    """Standard normal entries of ``dtype``; complex ones have independent real and imaginary parts."""
+    g = rng.standard_normal(shape)
+    if numpy.dtype(dtype).kind == "c":
+        g = g + 1j * rng.standard_normal(shape)
+    return g.astype(dtype)
+
+
 def data(d, n, m, dtype, xp, seed=0):
-    """Random vectors ``(n, d)`` and X ``(d, m)`` with a fixed seed."""
+    """Random vectors ``(n, d)`` and X ``(d, m)`` with a fixed seed (complex for a complex ``dtype``)."""
     rng = numpy.random.default_rng(seed)
-    v = xp.asarray(rng.standard_normal((n, d)).astype(dtype))
-    x = xp.asarray(rng.standard_normal((d, m)).astype(dtype))
-    return v, x
+    return xp.asarray(gaussian(rng, (n, d), dtype)), xp.asarray(gaussian(rng, (d, m), dtype))
+
+
+def near_overflow(x, xp):
+    """``x`` ``(d, m)`` times a power of two that puts its largest entries near ``max / (16 d)``: its
+    columns' norms and ``H @ x`` are representable, but products with unscaled rows would overflow."""
+    d = x.shape[-2]
+    exponent = int(numpy.log2(numpy.finfo(x.dtype).max)) - int(numpy.ceil(numpy.log2(16 * d)))
+    return x / float(xp.max(xp.abs(x))) * 2.0**exponent  # a power of two: exact, as ldexp (which refuses complex)
 
 
 def cases(d, m, dtype, xp):
@@ -47,7 +63,10 @@ def cases(d, m, dtype, xp):
     cached @ x
     dense = cached.todense()
     out["cuhouse auto, cached"] = lambda: cached @ x
+    large = near_overflow(x, xp)
+    out["cuhouse auto, cached, X near overflow"] = lambda: cached @ large
     out["dense GEMM"] = peers.dense_gemm(dense, x)
     baselines = dict.fromkeys(out, reference)
     baselines["cuhouse auto, cached"] = "dense GEMM"
+    baselines["cuhouse auto, cached, X near overflow"] = "cuhouse auto, cached"
     return baselines, out

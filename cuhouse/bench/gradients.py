@@ -8,7 +8,7 @@ import cuhouse
 
 from ..algorithms import ALGORITHMS
 from . import peers
-from .forward import data
+from .forward import data, gaussian
 
 TITLE = "vjp(matmul, H, X) and its backward (gradients w.r.t. the parameters and X), n = d, fresh H"
 
@@ -40,7 +40,7 @@ def lapack_forward_and_backward(qr, tau, x, dout):
 def cases(d, m, dtype, xp):
     """``(baselines, callables)``."""
     v, x = data(d, d, m, dtype, xp)
-    dout = xp.asarray(numpy.random.default_rng(1).standard_normal((d, m)).astype(dtype))
+    dout = xp.asarray(gaussian(numpy.random.default_rng(1), (d, m), dtype))
     qr, tau = peers.geqrf(v, xp)
     out = {
         "cuhouse auto forward": lambda: cuhouse.HouseholderProduct(v) @ x,

@@ -10,16 +10,28 @@ complete, synchronized operation and returns its result; torch helpers return
 
 import numpy
 
+PREFIXES = {"float32": "s", "float64": "d", "complex64": "c", "complex128": "z"}
+
+
+def lapack_name(dtype, real_name):
+    """The LAPACK routine for ``dtype``: ``real_name`` (``"ormqr"``, ``"orgqr"``, ...) with its type
+    prefix, or its complex twin (``"unmqr"``, ``"ungqr"``) for complex data."""
+    dtype = numpy.dtype(dtype)
+    name = real_name.replace("or", "un", 1) if dtype.kind == "c" and real_name.startswith("or") else real_name
+    return PREFIXES[dtype.name] + name
+
 
 def geqrf(vectors, xp):
     """``(qr, tau)``: LAPACK's ``geqrf`` of ``V^T`` (``V`` ``(n, d)``), as arrays of ``xp``.
 
     The QR runs on the host (SciPy); ``qr`` ``(d, n)`` is Fortran-ordered, as LAPACK returns it.
+    Complex ``V`` gives LAPACK's complex reflectors (not the same unitary matrix as
+    ``HouseholderProduct(V)``, but the same kind and count of factors).
     """
     from scipy.linalg import lapack
 
     host = numpy.asarray(vectors) if xp is numpy else xp.asnumpy(vectors)
-    prefix = "s" if host.dtype == numpy.float32 else "d"
+    prefix = PREFIXES[host.dtype.name]
     qr, tau, _, info = getattr(lapack, prefix + "geqrf")(host.T.copy())
     if info != 0:
         raise RuntimeError("LAPACK {}geqrf failed with info = {}".format(prefix, info))
@@ -29,11 +41,11 @@ def geqrf(vectors, xp):
 
 
 def lapack_ormqr(qr, tau, x):
-    """LAPACK ``?ormqr``: ``Q @ X`` from ``(qr, tau)``, building its T factors inside each call."""
+    """LAPACK ``?ormqr``: ``Q @ X`` from ``(qr, tau)``, building its T matrices inside each call."""
     from scipy.linalg import lapack
 
-    ormqr = getattr(lapack, ("s" if x.dtype == numpy.float32 else "d") + "ormqr")
-    lwork = int(ormqr("L", "N", qr, tau, x, -1)[1][0])
+    ormqr = getattr(lapack, lapack_name(x.dtype, "ormqr"))
+    lwork = int(numpy.real(ormqr("L", "N", qr, tau, x, -1)[1][0]))  # complex routines return a complex size
     return lambda: ormqr("L", "N", qr, tau, x, lwork)[0]
 
 
@@ -41,33 +53,32 @@ def lapack_orgqr_gemm(qr, tau, x):
     """LAPACK ``?orgqr`` (form Q, d x d) then one GEMM ``Q @ X``, inside each call."""
     from scipy.linalg import lapack
 
-    prefix = "s" if x.dtype == numpy.float32 else "d"
-    orgqr = getattr(lapack, prefix + "orgqr")
+    orgqr = getattr(lapack, lapack_name(x.dtype, "orgqr"))
     d, k = qr.shape
     full = numpy.zeros((d, d), dtype=qr.dtype, order="F")
     full[:, :k] = qr
     taus = numpy.zeros(d, dtype=tau.dtype)
     taus[:k] = tau
-    lwork = int(orgqr(full, taus, -1)[1][0])
+    lwork = int(numpy.real(orgqr(full, taus, -1)[1][0]))
     return lambda: orgqr(full, taus, lwork)[0] @ x
 
 
 def cusolver_ormqr(qr, tau, x, cupy):
-    """cuSOLVER ``?ormqr``: ``Q @ X`` on a copy of ``X`` (it works in place), T factors built inside.
+    """cuSOLVER ``?ormqr``: ``Q @ X`` on a copy of ``X`` (it works in place), T matrices built inside.
 
     The workspace query runs once, outside the call; the copy (O(d m)) matches
     the output allocation that ``H @ X`` pays.
     """
     from cupy_backends.cuda.libs import cublas, cusolver
 
-    prefix = "s" if x.dtype == numpy.float32 else "d"
-    ormqr = getattr(cusolver, prefix + "ormqr")
+    name = lapack_name(x.dtype, "ormqr")
+    ormqr = getattr(cusolver, name)
     handle = cupy.cuda.device.get_cusolver_handle()
     rows, cols = x.shape
     k = tau.size
     side, trans = cublas.CUBLAS_SIDE_LEFT, cublas.CUBLAS_OP_N
     x = cupy.asfortranarray(x)
-    lwork = getattr(cusolver, prefix + "ormqr_bufferSize")(
+    lwork = getattr(cusolver, name + "_bufferSize")(
         handle, side, trans, rows, cols, k, qr.data.ptr, rows, tau.data.ptr, x.data.ptr, rows
     )
     work = cupy.empty(lwork, dtype=x.dtype)
@@ -99,10 +110,10 @@ def cusolver_ormqr(qr, tau, x, cupy):
 
 def ormqr(qr, tau, x, xp):
     """``(label, callable)`` of the backend's ormqr: LAPACK on NumPy, cuSOLVER on CuPy."""
-    prefix = "s" if x.dtype == numpy.float32 else "d"
+    name = lapack_name(x.dtype, "ormqr")
     if xp is numpy:
-        return "LAPACK {}ormqr".format(prefix), lapack_ormqr(qr, tau, x)
-    return "cuSOLVER {}ormqr".format(prefix), cusolver_ormqr(qr, tau, x, xp)
+        return "LAPACK {}".format(name), lapack_ormqr(qr, tau, x)
+    return "cuSOLVER {}".format(name), cusolver_ormqr(qr, tau, x, xp)
 
 
 def torch_module(xp):

@@ -1,13 +1,13 @@
 """The seed's matrix-operation comparison: the factored route against the dense route on W.
 
 For each operation, the cuhouse case builds the matrix from its raw arrays
-inside the timed call (validation, normalization and block factors included;
+inside the timed call (validation, normalization and the forms of H included;
 n = d reflections per factor), and the dense cases get W as a precomputed
 dense array:
 
 * ``inv @ X``: ``SVDMatrix(u, s, v).inv() @ X`` against ``numpy.linalg.solve``,
   ``numpy.linalg.inv`` then ``@``, and SciPy's LU; also with U and V built once
-  (their block factors cached), as in a loop that reuses W;
+  (their forms cached), as in a loop that reuses W;
 * ``logdet``: ``SVDMatrix(u, s, v).logdet()`` against ``numpy.linalg.slogdet``;
 * ``expm @ X``: ``EighMatrix(u, w).expm() @ X`` against ``scipy.linalg.expm`` then ``@``;
 * ``cayley @ X``: ``EighMatrix(u, w).cayley() @ X`` against
@@ -18,21 +18,25 @@ import numpy
 
 import cuhouse
 
+from .forward import gaussian
+
 TITLE = "matrix operations on W = U diag(s) V^T (n = d reflections), factored vs dense"
 EXPLAIN = {
     "<op>: cuhouse": "the factored route, W built from its raw arrays inside the call: the reference of its op",
-    "<op>: cuhouse, cached factors": "the same with U's and V's block factors built once (a loop reusing W)",
+    "<op>: cuhouse, cached factors": "the same with U's and V's forms built once (a loop reusing W)",
     "<op>: numpy/scipy ...": "the dense route on W precomputed as a d x d array",
 }
 
 
 def data(d, m, dtype, xp, seed=0):
-    """Vectors for U and V ``(d, d)``, s with |s| in [0.5, 2] (random signs), w in [0.5, 2], X ``(d, m)``."""
+    """Vectors for U and V ``(d, d)``, s with |s| in [0.5, 2] (random signs), w in [0.5, 2], X ``(d, m)``;
+    complex vectors and X (unitary U, V) and real s, w for a complex ``dtype``."""
     rng = numpy.random.default_rng(seed)
-    u, v = (rng.standard_normal((d, d)).astype(dtype) for _ in range(2))
-    s = (rng.uniform(0.5, 2.0, d) * rng.choice([-1.0, 1.0], d)).astype(dtype)
-    w = rng.uniform(0.5, 2.0, d).astype(dtype)
-    x = rng.standard_normal((d, m)).astype(dtype)
+    real = numpy.finfo(dtype).dtype
+    u, v = (gaussian(rng, (d, d), dtype) for _ in range(2))
+    s = (rng.uniform(0.5, 2.0, d) * rng.choice([-1.0, 1.0], d)).astype(real)
+    w = rng.uniform(0.5, 2.0, d).astype(real)
+    x = gaussian(rng, (d, m), dtype)
     return tuple(xp.asarray(a) for a in (u, s, v, w, x))
 
 

@@ -28,7 +28,7 @@ EXPLAIN = {
     "cuhouse NumPy vjp": "HouseholderProduct(numpy V) and cuhouse.vjp: the former adapter's path, no DLPack",
     "Orthogonal step compiled/eager": "cht.Orthogonal(d) SGD step, torch.compile(fullgraph=True) vs eager",
 }
-SIZES = (32, 128, 1024)
+SIZES = QUICK_SIZES = (32, 128, 1024)
 M = {32: 1, 128: 64, 1024: 32}
 
 

@@ -254,7 +254,7 @@ def _matrix_shape(module, name, weight):
     return tuple(weight.shape)
 
 
-class HouseholderWeight(nn.Module):
+class _HouseholderWeight(nn.Module):
     """The parametrization installed by :func:`orthogonal`: Householder vectors -> (semi-)orthogonal matrices.
 
     ``shape`` is the weight's shape and ``matrix_shape`` ``(..., rows, cols)``
@@ -355,7 +355,7 @@ def orthogonal(module, name="weight", n_reflections=None):
       matrices over its last two axes, as torch does; each gets orthonormal
       columns (rows >= cols) or rows.
 
-    Registers :class:`HouseholderWeight` with
+    Registers :class:`_HouseholderWeight` with
     ``torch.nn.utils.parametrize.register_parametrization``. The raw tensor
     is ``module.parametrizations.<name>.original``, initialized from the QR
     of the current weight (an orthogonal weight is kept as it is; any other
@@ -377,6 +377,6 @@ def orthogonal(module, name="weight", n_reflections=None):
             "module.{} has dtype {}; supported dtypes are torch.float32 and torch.float64".format(name, weight.dtype)
         )
     matrix_shape = _matrix_shape(module, name, weight)
-    parametrization = HouseholderWeight(weight.shape, matrix_shape, n_reflections, weight.dtype, weight.device)
+    parametrization = _HouseholderWeight(weight.shape, matrix_shape, n_reflections, weight.dtype, weight.device)
     parametrize.register_parametrization(module, name, parametrization)
     return module

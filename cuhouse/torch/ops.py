@@ -10,6 +10,7 @@ plain torch operations.
 
 import torch
 
+from .._shapes import matmul_shape
 from . import _wy
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -119,20 +120,4 @@ def check(vectors, x):
                 tuple(vectors.shape), n, d
             )
         )
-    if x.dim() == 0:
-        raise ValueError("X must have at least one dimension for matmul, got a scalar")
-    if x.shape[-1 if x.dim() == 1 else -2] != d:
-        raise ValueError(
-            "X has shape {} but the operator is {}x{}: expected (d,) or (..., d, m) with d={}".format(
-                tuple(x.shape), d, d, d
-            )
-        )
-    if x.dim() > 1:
-        _broadcast(tuple(vectors.shape[:-2]), tuple(x.shape[:-2]), "the operator", "X")
-
-
-def _broadcast(a, b, name_a, name_b):
-    try:
-        return tuple(torch.broadcast_shapes(a, b))
-    except RuntimeError:
-        raise ValueError("the batch shapes of {} {} and {} {} do not broadcast".format(name_a, a, name_b, b)) from None
+    matmul_shape(tuple(vectors.shape[:-2]) + (d, d), tuple(x.shape), "left", "the operator", "X")

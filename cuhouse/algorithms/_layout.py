@@ -1,4 +1,4 @@
-"""The layouts reflections are stored in, and splitting them into blocks of k rows.
+"""The storage layouts of reflectors, and their split into blocks of k rows.
 
 A layout says which entries of reflector i (row i of ``y`` ``(..., n, d)``) are
 stored:
@@ -13,11 +13,11 @@ stored:
     LAPACK's ``geqrf`` layout read through ``a^T``: reflector i has implicit
     zeros in its first i entries and an implicit 1 at entry i; only the entries
     after i are read (anything stored on or before entry i is ignored).
+
+The GEMMs on a :class:`Block` are in :mod:`._gemm`.
 """
 
 from collections import namedtuple
-
-from .._gpu import primitives as _primitives
 
 FULL, TRAPEZOIDAL, UNIT = "full", "trapezoidal", "unit"
 LAYOUTS = (FULL, TRAPEZOIDAL, UNIT)
@@ -99,55 +99,6 @@ def _as_strided(xp):
     return as_strided
 
 
-def rows_times(block, x, xp):
-    """``Y_b @ x[start:]`` ``(..., kb, m)`` for ``x`` ``(..., d, m)``: one GEMM per stored part."""
-    if block.head is None:
-        return block.tail @ x
-    kb = block.last - block.first
-    top = x[..., block.start : block.start + kb, :]
-    out = block.tail @ x[..., block.start + kb :, :]
-    out += block.head @ top
-    return out
-
-
-def subtract_rows_transposed(block, u, x, xp, work=None):
-    """``x[start:] -= Y_b^T @ u`` in place, for ``u`` ``(..., kb, m)``.
-
-    ``work`` (optional, shaped like ``x``) receives the product first, so that
-    no temporary of ``x``'s size is allocated per block.
-    """
-    kb = block.last - block.first
-    parts = [(block.tail, x[..., block.start + (kb if block.head is not None else 0) :, :])]
-    if block.head is not None:
-        parts.append((block.head, x[..., block.start : block.start + kb, :]))
-    for rows, target in parts:
-        if work is None:
-            target -= swap(rows, xp) @ u
-        else:
-            product = work[..., : target.shape[-2], :]
-            xp.matmul(swap(rows, xp), u, out=product)
-            target -= product
-
-
-def add_coefficients_times_rows(block, c, dy, xp):
-    """``dy[first:last, start:] += c @ Y_b`` for ``c`` ``(..., kb, kb)``."""
-    target = dy[..., block.first : block.last, block.start :]
-    if block.head is None:
-        target += c @ block.tail
-        return
-    kb = block.last - block.first
-    target[..., :kb] += c @ block.head
-    target[..., kb:] += c @ block.tail
-
-
-def gram(block, xp):
-    """``Y_b Y_b^T`` ``(..., kb, kb)``: O(kb^2 (d - start))."""
-    g = block.tail @ swap(block.tail, xp)
-    if block.head is not None:
-        g += block.head @ swap(block.head, xp)
-    return g
-
-
 def is_trapezoidal(y, xp, block_size=64):
     """Whether every row i of ``y`` ``(..., n, d)`` is zero in its first i entries (NaN is not zero).
 
@@ -203,90 +154,8 @@ def full_rows(y, layout, xp):
     return xp.triu(y, 1) + xp.eye(*y.shape[-2:], dtype=y.dtype)
 
 
-def transpose_into(target, source, xp, strip=16):
-    """``target[...] = swapaxes(source)`` for ``source`` ``(..., p, q)``, by strips of rows on NumPy
-    (a whole transposed copy of a large power-of-two array thrashes the cache: about 8x slower)."""
-    if xp.__name__ != "numpy":
-        target[...] = xp.swapaxes(source, -1, -2)
-        return target
-    for first in range(0, source.shape[-2], strip):
-        target[..., first : first + strip] = xp.swapaxes(source[..., first : first + strip, :], -1, -2)
-    return target
-
-
 def structured(dy, layout, xp):
     """``dy`` ``(..., n, d)`` with the entries the layout does not store set to zero (in place)."""
     if layout != FULL:
         dy[...] = xp.triu(dy, 1 if layout == UNIT else 0)
     return dy
-
-
-def unit_rows(y, layout, identity, xp):
-    """``(unit, norms)``: the full rows normalized, identity factors as zero rows. O(n d)."""
-    v = full_rows(y, layout, xp)
-    if identity is not None:
-        v = xp.where(identity[..., None], 0, v)
-    unit, norms = _primitives.unit_rows(v, xp)
-    return unit, norms
-
-
-def raw_gradient(dunit, unit, norms, xp):
-    """The gradient w.r.t. raw rows from the one w.r.t. their unit rows: ``(I - y y^T) g / ||v||``.
-
-    Zero rows (identity factors) get zero. ``dunit`` is overwritten. O(n d).
-    """
-    radial = xp.einsum("...i,...i->...", unit, dunit)
-    dunit -= unit * radial[..., None]
-    dunit /= xp.where(norms == 0, 1, norms)[..., None]
-    return dunit
-
-
-def writable(x, batch, xp):
-    """A new array of shape ``batch + x.shape[-2:]`` holding ``x`` (broadcast). O(size)."""
-    out = xp.empty(tuple(batch) + x.shape[-2:], dtype=x.dtype)
-    out[...] = x
-    return out
-
-
-def split(y, block_size, xp):
-    """``(..., n, d)`` rows as ``(..., ceil(n/k), k, d)`` blocks.
-
-    The last block is padded with zero rows, which are identity factors in
-    every blocked form used here, so padding changes no result. Cost: a copy
-    only when ``k`` does not divide ``n``.
-    """
-    n, d = y.shape[-2:]
-    k = min(block_size, n)
-    n_blocks = -(-n // k)
-    pad = n_blocks * k - n
-    if pad:
-        padded = xp.zeros(y.shape[:-2] + (n_blocks * k, d), dtype=y.dtype)
-        padded[..., :n, :] = y
-        y = padded
-    return y.reshape(y.shape[:-2] + (n_blocks, k, d))
-
-
-def swap(a, xp):
-    """Transpose of the last two axes (a view; the array method, which skips NumPy's function dispatch)."""
-    return a.swapaxes(-1, -2)
-
-
-def chain(x, order, update):
-    """``x`` after ``x <- x - update(j, x)`` for each ``j`` in ``order``.
-
-    The first step allocates the (broadcast) result; later steps update it in
-    place. ``x`` itself is never written.
-    """
-    out = None
-    for j in order:
-        step = update(j, x if out is None else out)
-        if out is None:
-            out = x - step
-        else:
-            out -= step
-    return out
-
-
-def application_order(n_steps, transpose):
-    """Indices in the order they act on X: H = P_1 ... P_N applies P_N first."""
-    return range(n_steps) if transpose else range(n_steps - 1, -1, -1)

@@ -1,0 +1,164 @@
+"""Arrays in LAPACK's ``geqrf`` form ``(a, tau)``, for the ``from_*`` constructors.
+
+* :func:`read_geqrf`: ``geqrf`` output checked and read in place (``from_lapack``);
+* :func:`geqrf_exact`: a Householder QR of an orthogonal or unitary (or
+  orthonormal-column) matrix whose R is the identity, so that the product of
+  its reflectors *is* the matrix (``HouseholderProduct.from_dense``);
+* :func:`geqrf_signed`: LAPACK's QR of real orthonormal columns, whose R is
+  diag(signs), with the signs handed back (the singular vectors and
+  eigenvectors of ``SVDMatrix``/``EighMatrix.from_dense``).
+
+Nothing here knows the matrix classes; they call these and build themselves.
+"""
+
+import numpy
+
+from . import _complex, _validate
+from ._shapes import batch_shape
+from .algorithms import _layout
+
+
+def read_geqrf(a, tau, xp, check_finite):
+    """``(a, k, identity, dtype, norms, phase)``: ``a`` checked (converted only when its dtype or type
+    requires it), the number k of reflectors, the reflectors' norms ``(..., k)`` (their implicit 1
+    included), the ``tau == 0`` mask ``(..., k)`` (``None`` when no factor is the
+    identity; when ``tau`` has batch dimensions that ``a`` lacks, the mask always, with the batch
+    shape of the two broadcast, which is the product's), the dtype of the product (that of ``a``
+    and ``tau`` together) and,
+    for complex input, each factor's eigenvalue ``phase`` ``(..., k)`` (else ``None``).
+
+    ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i with
+    an implicit 1 on the diagonal; ``tau`` ``(..., k)``, k <= min(M, N). Nothing
+    on or above the diagonal is read. Real input: ``tau`` must be 0 or
+    ``2 / (v^T v)`` to the precision of the less precise of ``a`` and ``tau``.
+    Complex input (LAPACK's ``?geqrf``, H_i = I - tau_i v_i v_i^H, unitary but not
+    Hermitian): ``lambda_i = 1 - tau_i v_i^H v_i``, the factor's eigenvalue on
+    v_i, must have modulus 1 to that precision; ``phase`` is it, normalized.
+    Cost: one pass over the reflectors' stored entries for their norms (no copy
+    of real ``a``; complex ``a`` is read through a copy of its reflectors), O(k) for tau.
+    """
+    a = _validate.as_array(a, "a", xp)
+    tau = _validate.as_array(tau, "tau", xp)
+    if a.ndim < 2:
+        raise ValueError("a must have shape (..., M, N) as returned by geqrf, got shape {}".format(tuple(a.shape)))
+    rows, cols = a.shape[-2:]
+    k = tau.shape[-1] if tau.ndim else 0
+    if tau.ndim < 1 or k == 0 or k > min(rows, cols):
+        raise ValueError(
+            "tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
+                min(rows, cols), tuple(tau.shape)
+            )
+        )
+    batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
+    dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
+    unitary = _complex.is_complex(dtype)
+    a = a.astype(dtype if unitary else _validate.float_dtype(a.dtype), copy=False)
+    if check_finite and not bool(xp.isfinite(tau).all()):
+        raise ValueError("a and tau must be finite; found NaN or Inf")
+    identity = tau == 0
+    reflectors = xp.swapaxes(a[..., :k], -1, -2)
+    if unitary:
+        sumsq = 1 + _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp)
+    else:
+        sumsq = 1 + _layout.squared_norms(reflectors, _layout.UNIT, xp)
+    if check_finite and not bool(xp.isfinite(sumsq).all()):
+        raise ValueError("a and tau must be finite; found NaN or Inf")
+    # as accurate as the less precise of a and tau (float32 geqrf output may come with float64 tau)
+    tol = 1e3 * max(numpy.finfo(_validate.float_dtype(t)).eps for t in (a.dtype, tau.dtype))
+    phase = None
+    if unitary:
+        eigenvalue = 1 - tau * sumsq
+        size = xp.abs(eigenvalue)
+        if not bool((xp.abs(size - 1) <= tol * (1 + xp.abs(tau) * sumsq)).all()):
+            raise ValueError(
+                "tau must make unitary factors I - tau v v^H, that is |1 - tau v^H v| = 1 for each "
+                "reflector v of a, as LAPACK's complex geqrf returns; got values that do not"
+            )
+        phase = xp.where(identity, 1, eigenvalue / xp.where(size > 0, size, 1))
+    else:
+        expected = xp.where(identity, 0, 2 / sumsq)
+        if not bool((xp.abs(tau - expected) <= tol * xp.abs(expected) + tol).all()):
+            raise ValueError(
+                "tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
+                "geqrf returns; got values that do not make orthogonal reflectors"
+            )
+    if identity.shape[:-1] != a.shape[:-2]:
+        # tau's batch dimensions broadcast with a's as in numpy.matmul: the mask carries the joint
+        # batch shape (kept even with no tau == 0), and the reflectors are read broadcast to it
+        batch = numpy.broadcast_shapes(a.shape[:-2], identity.shape[:-1])
+        return a, k, xp.broadcast_to(identity, batch + (k,)), dtype, xp.sqrt(sumsq), phase
+    return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq), phase
+
+
+def geqrf_exact(q, xp):
+    """``(a, tau)`` in the geqrf form with Q = H(1) ... H(r) [I_r; 0] exactly.
+
+    ``q`` ``(..., d, r)``, r <= d, must have orthonormal columns (an orthogonal,
+    or unitary, matrix when r = d): max |Q^H Q - I| <= 50 eps d, else
+    ``ValueError``. Each reflector maps its column onto +e_i (LAPACK's
+    ``larfgp`` choice, with Parlett's cancellation-free formula), so R is the
+    identity and no sign (no phase) is left over; a column already equal to e_i
+    gets an identity factor (``tau == 0``). Complex ``q`` gives LAPACK's complex
+    reflectors, H_i = I - tau_i v_i v_i^H with complex tau_i. Cost: O(d r^2) in
+    r level-2 steps, batched.
+    """
+    d, r = q.shape[-2:]
+    eps = numpy.finfo(q.dtype).eps
+    unitary = _complex.is_complex(q.dtype)
+    conj = xp.conj if unitary else (lambda x: x)
+    gram = conj(xp.swapaxes(q, -1, -2)) @ q
+    error = float(xp.abs(gram - xp.eye(r, dtype=q.dtype)).max()) if q.size else 0.0
+    if not error <= 50 * eps * d:
+        what = ("unitary" if unitary else "orthogonal") if r == d else "orthonormal columns"
+        raise ValueError(
+            "Q must be {} to within 50 eps d = {:.3g} (max |Q^{} Q - I|), got {:.3g}".format(
+                what, 50 * eps * d, "H" if unitary else "T", error
+            )
+        )
+    a = q.copy()
+    tau = xp.zeros(q.shape[:-2] + (r,), dtype=q.dtype)
+    for i in range(r):
+        head = a[..., i, i]
+        tail = a[..., i + 1 :, i]
+        sigma = _complex.squared_norms(tail, xp) if unitary else (tail * tail).sum(axis=-1)
+        if unitary:  # x = (alpha, tail) onto beta e_1 with beta = ||x|| > 0: v_1 = alpha - beta, tau = -v_1 / beta
+            re, im = xp.real(head), xp.imag(head)
+            norm = xp.sqrt(re * re + im * im + sigma)
+            v1 = xp.where(re > 0, -(im * im + sigma) / xp.where(re > 0, re + norm, 1), re - norm) + 1j * im
+        else:
+            norm = xp.sqrt(head * head + sigma)
+            # v = x - ||x|| e_1, scaled to v_1 = 1; v_1 by Parlett's formula when x_1 > 0 (no cancellation)
+            v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, 1), head - norm)
+        identity = v1 == 0  # x == ||x|| e_1 already
+        safe = xp.where(identity, 1, v1)
+        v_tail = xp.where(identity[..., None], 0, tail / safe[..., None])
+        if unitary:
+            tau_i = xp.where(identity, 0, -safe / norm)
+        else:
+            tau_i = xp.where(identity, 0, 2 / (1 + (v_tail * v_tail).sum(axis=-1)))
+        if i + 1 < r:  # apply H_i^H to the trailing columns: A <- A - conj(tau) v (v^H A)
+            trailing = a[..., i:, i + 1 :]
+            w = trailing[..., 0, :] + (conj(v_tail)[..., :, None] * trailing[..., 1:, :]).sum(axis=-2)
+            step = conj(tau_i)
+            trailing[..., 0, :] -= step[..., None] * w
+            trailing[..., 1:, :] -= step[..., None, None] * v_tail[..., :, None] * w[..., None, :]
+        a[..., i, i] = norm
+        a[..., i + 1 :, i] = v_tail
+        tau[..., i] = tau_i
+    return a, tau
+
+
+def geqrf_signed(q, xp):
+    """``(a, tau, signs)`` with H(1) ... H(n) [I_r; 0] = q diag(signs), for the
+    ``from_dense`` of ``SVDMatrix``/``EighMatrix``.
+
+    LAPACK's QR of the orthonormal ``q`` ``(..., d, r)``: R is diagonal with
+    entries +-1 (``signs`` ``(..., r)``, which the caller moves into the
+    spectrum) and n = max(1, min(r, d - 1)) reflectors (the last of a full
+    d x d QR is the identity). Cost: O(d r^2), blocked.
+    """
+    d, r = q.shape[-2:]
+    raw, tau = xp.linalg.qr(q, mode="raw")  # raw is the transposed geqrf form
+    a = xp.swapaxes(raw, -1, -2)
+    signs = xp.sign(xp.diagonal(a, axis1=-2, axis2=-1)[..., :r])
+    return a, tau[..., : max(1, min(r, d - 1))], signs

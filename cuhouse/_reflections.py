@@ -1,0 +1,449 @@
+"""``Reflections``: the reflections behind ``HouseholderProduct`` views, and every cache built from them.
+
+A :class:`cuhouse.HouseholderProduct` is a view (transposed, conjugated or not)
+of one ``Reflections`` (real) or ``ComplexReflections`` (unitary, run realified
+on a ``Reflections``); this module holds the state and the caches (full rows,
+norms, the layout, each algorithm's form), the way gradients go back to the
+leaf arrays, and nothing of the public class.
+"""
+
+from collections import namedtuple
+
+import numpy
+
+from . import _complex, _memory
+from ._backend import module_named, read_only
+from ._gpu import primitives
+from .algorithms import PLANS, _layout, _normalize, _scaling
+
+# Peak memory of the dense plan and of todense() in units of the d x d result: measured
+# 4.06x at d = 2000 (cwy), 2.0x (dense).
+DENSE_WORKSPACE = 4
+
+
+Segment = namedtuple("Segment", "param transpose k identity conjugate phase", defaults=(False, None))
+Segment.__doc__ = """Where a run of reflections comes from: leaf number ``param`` of ``params``, its rows
+in reverse order (``transpose``: the adjoint of the run) or not; ``k`` is ``None`` for a vectors
+leaf ``(..., n, d)``, or the number of reflectors read in place from a ``geqrf`` array ``a``
+``(..., d, N)`` (LAPACK's layout), whose ``tau == 0`` mask is ``identity`` (or ``None``). Complex
+runs only: ``conjugate`` takes the entrywise conjugate of the run, and ``phase`` ``(..., k)`` holds the
+eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: reflections, lambda = -1)."""
+
+
+def _dask_token(reflections):
+    """The Dask token of a reflections object: its class and the state that pickles (caches
+    excluded), arrays by content; see :mod:`cuhouse._dask`."""
+    from dask.base import normalize_token
+
+    return type(reflections).__qualname__, normalize_token(sorted(reflections.__getstate__().items()))
+
+
+class Reflections:
+    """The shared state behind one or more ``HouseholderProduct`` views.
+
+    It holds the reflections as the leaf arrays the user passed in
+    (``params``, read through ``segments``, see :class:`Segment`), plus every
+    cache derived from them. A single segment is used in place, in its layout
+    (``rows``, ``layout``, ``identity``); several (``H1 @ H2``) are joined into
+    full rows once.
+    ``H`` and ``H.T`` share one ``Reflections``; ``H1 @ H2`` makes a new one.
+    It pickles without its caches, and with its backend as a name.
+    """
+
+    def __init__(self, backend, params, segments, check_finite, dtype, norms=None):
+        self.backend = backend
+        self.params = params
+        self.segments = segments
+        self.check_finite = check_finite
+        self.dtype = numpy.dtype(dtype)
+        self.refresh()
+        self._norms = norms
+
+    def refresh(self):
+        """Drop every cache; the next use rebuilds from the leaf arrays."""
+        self._vectors = None
+        self._norms = None
+        self._layout = None
+        self._safe = None
+        self._shape = None
+        self._forms = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for cache in ("_vectors", "_norms", "_layout", "_safe", "_shape", "_forms"):
+            del state[cache]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.refresh()
+
+    def __dask_tokenize__(self):
+        return _dask_token(self)
+
+    @property
+    def xp(self):
+        return module_named(self.backend)
+
+    @property
+    def small(self):
+        """``(n, d)`` for one NumPy matrix (no batch dimensions): the small-size path applies
+        (:mod:`cuhouse._small`); else ``None``."""
+        shape = self.shape
+        return tuple(shape) if self.backend == "numpy" and len(shape) == 2 else None
+
+    @property
+    def safe(self):
+        """Whether every reflection's sum of squares is inside ``dtype``'s safe range, so that its
+        form needs no normalization pass (see :meth:`form`). Cached."""
+        if self._safe is None:
+            info = numpy.finfo(self.dtype)
+            norms = self.norms
+            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
+                norms <= numpy.sqrt(info.max * info.eps)
+            )
+            self._safe = bool(safe.all())
+        return self._safe
+
+    def lapack_ready(self, differentiable):
+        """Whether LAPACK's ``?ormqr`` can run a product itself (:mod:`cuhouse.algorithms.ormqr`): one
+        ``geqrf`` array on NumPy with no batch, in the safe range, and no gradient to take."""
+        return not differentiable and self.layout == _layout.UNIT and self.small is not None and self.safe
+
+    def _stored(self, segment):
+        """The stored rows of one segment (a view), in product order; broadcast to the batch shape
+        of its ``tau == 0`` mask where ``tau`` had batch dimensions that ``a`` lacks."""
+        leaf = self.params[segment.param]
+        rows = leaf if segment.k is None else _lapack_rows(leaf, segment, self.xp)
+        return rows[..., ::-1, :] if segment.transpose else rows
+
+    @property
+    def layout(self):
+        """The layout of :attr:`rows` (see :mod:`cuhouse.algorithms._layout`): ``"unit"`` for a
+        ``geqrf`` array, ``"trapezoidal"`` for one vectors array whose row i is zero in its first i
+        entries (checked once, see :func:`~cuhouse.algorithms._layout.is_trapezoidal`), else ``"full"``."""
+        if self._layout is None:
+            (segment, *more) = self.segments
+            if more or segment.transpose:
+                self._layout = _layout.FULL
+            elif segment.k is not None:
+                self._layout = _layout.UNIT
+            else:
+                trapezoidal = _layout.is_trapezoidal(self.params[segment.param], self.xp)
+                self._layout = _layout.TRAPEZOIDAL if trapezoidal else _layout.FULL
+        return self._layout
+
+    def layout_for(self, differentiable):
+        """The layout products run in. A gradient w.r.t. a vectors array covers every entry, the zeros
+        of a trapezoidal array included, so differentiable products use its full rows."""
+        layout = self.layout
+        return _layout.FULL if differentiable and layout == _layout.TRAPEZOIDAL else layout
+
+    @property
+    def identity(self):
+        """The identity-factor mask ``(..., n)`` of :attr:`rows`, or ``None``."""
+        return self.segments[0].identity if self.layout == _layout.UNIT else None
+
+    @property
+    def rows(self):
+        """The rows the algorithms run on, in :attr:`layout`: the caller's array itself for one leaf."""
+        if len(self.segments) == 1:
+            return self._stored(self.segments[0])
+        return self.vectors
+
+    @property
+    def shape(self):
+        """``(..., n, d)`` of the reflections. Cached."""
+        if self._shape is None:
+            self._shape = tuple(self._stored(self.segments[0]).shape if len(self.segments) == 1 else self.vectors.shape)
+        return self._shape
+
+    @property
+    def vectors(self):
+        """All reflections as full rows ``(..., n, d)`` in product order (identity factors as zero
+        rows): a read-only view (NumPy) of a vectors leaf, else a copy made once. Cached."""
+        if self._vectors is None:
+            xp = self.xp
+            parts = []
+            for segment in self.segments:
+                rows = self._stored(segment._replace(transpose=False))
+                if segment.k is not None:
+                    rows = _layout.full_rows(rows, _layout.UNIT, xp)
+                    if segment.identity is not None:
+                        rows = xp.where(segment.identity[..., None], 0, rows)
+                if segment.transpose:
+                    rows = rows[..., ::-1, :]
+                parts.append(rows.astype(self.dtype, copy=False))
+            if len(parts) == 1:
+                self._vectors = read_only(parts[0])
+            else:
+                batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
+                parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
+                self._vectors = read_only(xp.concatenate(parts, axis=-2))
+        return self._vectors
+
+    @property
+    def norms(self):
+        """Euclidean norms ``(..., n)`` of the reflections (as stored, the implicit 1 included). Cached."""
+        if self._norms is None:
+            if self.layout == _layout.UNIT:
+                self._norms = self.xp.sqrt(1 + _layout.squared_norms(self.rows, _layout.UNIT, self.xp))
+            else:
+                self._norms = primitives.row_norms(self.vectors, self.xp)
+        return self._norms
+
+    def identity_count(self):
+        """Identity factors (``tau == 0``) per batch entry, or ``None`` when there are none. O(n)."""
+        masks = [segment.identity for segment in self.segments if segment.identity is not None]
+        if not masks:
+            return None
+        return sum(self.xp.count_nonzero(mask, axis=-1) for mask in masks)
+
+    def form(self, chosen, dtype, layout):
+        """``(form, scaled, limits)``: the form of H that algorithm ``chosen`` (a :class:`plan.Plan`)
+        builds, in ``dtype``, for :attr:`rows` read in ``layout`` (:meth:`layout_for`). Cached.
+
+        Handed the raw rows in place (converted only when ``dtype`` differs):
+        ``cwy`` and ``dense`` build from them directly, ``sequential`` and
+        ``fasth`` normalize a copy inside their ``build``. Only when some
+        row's sum of squares would leave ``dtype``'s safe range are the rows
+        normalized here first (full rows, a copy); ``scaled`` is then
+        ``(unit, norms)`` for the gradient, else ``None``. ``limits`` is the
+        range of X's column sizes the form takes without overflow or underflow
+        (:class:`~cuhouse.algorithms._scaling.Limits`, from the norms of the
+        rows it was built from: unit rows for every algorithm but CWY on raw
+        rows). The dense plan's d x d matrix is checked against the machine's
+        memory first.
+        """
+        key = (chosen.algorithm, chosen.block_size, dtype, layout)
+        if key not in self._forms:
+            xp = self.xp
+            if chosen.algorithm == "dense":
+                d = self.shape[-1]
+                _memory.dense_memory(self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, DENSE_WORKSPACE)
+            module = PLANS[chosen.algorithm]
+            rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
+            if not self.safe:
+                scaled = _normalize.unit_rows(rows, layout, identity, xp)
+                rows, layout, identity = scaled[0], _layout.FULL, None
+            norms = self.norms
+            v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
+            if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
+                # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
+                v_max = float(xp.max(norms))
+                v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
+            limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
+            extra = {"norms": norms} if module is PLANS["ormqr"] else {}
+            form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
+            self._forms[key] = form, scaled, limits
+        return self._forms[key]
+
+    def contributions(self, dv, scaled):
+        """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the rows the form was built
+        from (``(..., n, d)``; see :meth:`form` for ``scaled``).
+
+        Each segment goes back to its leaf, reversed if it appears transposed; a
+        ``geqrf`` leaf gets its strictly lower part (zero on and above the
+        diagonal and for ``tau == 0``). ``dv`` may be overwritten. Cost: O(n d).
+        """
+        xp = self.xp
+        if scaled is not None:
+            unit, norms = scaled
+            dv = _normalize.raw_gradient(dv, unit.astype(dv.dtype, copy=False), norms.astype(dv.dtype, copy=False), xp)
+        contributions, start = [], 0
+        for segment in self.segments:
+            leaf = self.params[segment.param]
+            n = leaf.shape[-2] if segment.k is None else segment.k
+            part = dv[..., start : start + n, :]
+            start += n
+            if segment.transpose:
+                part = part[..., ::-1, :]
+            if segment.k is not None:
+                if scaled is not None or len(self.segments) > 1:  # full rows: keep the stored entries only
+                    part = _layout.structured(part.copy(), _layout.UNIT, xp)
+                    if segment.identity is not None:
+                        part *= ~segment.identity[..., None]
+                grad = xp.zeros(part.shape[:-2] + leaf.shape[-2:], dtype=part.dtype)
+                transpose_into(grad[..., : segment.k], part, xp)
+                part = grad
+            contributions.append((leaf, part))
+        return contributions
+
+
+def _lapack_rows(leaf, segment, xp):
+    """The reflectors of a ``geqrf`` leaf ``(..., d, N)`` as rows ``(..., k, d)`` (a view), broadcast to
+    the batch shape of the segment's ``tau == 0`` mask when ``tau`` has batch dimensions ``a`` lacks."""
+    rows = xp.swapaxes(leaf[..., : segment.k], -1, -2)
+    if segment.identity is not None and segment.identity.shape[:-1] != rows.shape[:-2]:
+        rows = xp.broadcast_to(rows, segment.identity.shape[:-1] + rows.shape[-2:])
+    return rows
+
+
+class ComplexReflections:
+    """The shared state of a unitary product (any complex leaf or segment), on the real algorithms.
+
+    Same interface as :class:`Reflections` for :class:`HouseholderProduct`. The
+    factors are realified once, lazily (:mod:`cuhouse._complex`): each complex
+    factor becomes two real reflections in 2d dimensions, and :attr:`real`, a
+    :class:`Reflections` over those ``(..., 2n, 2d)`` rows, runs every product,
+    plan and cache. Gradients w.r.t. the real rows go back to the complex leaves
+    in :meth:`contributions`. Pickles without its caches.
+    """
+
+    def __init__(self, backend, params, segments, check_finite, dtype):
+        self.backend = backend
+        self.params = params
+        self.segments = segments
+        self.check_finite = check_finite
+        self.dtype = numpy.dtype(dtype)
+        self.refresh()
+
+    def refresh(self):
+        """Drop every cache; the next use realifies the leaf arrays again."""
+        self._real = None
+        self._pairs = None
+        self._vectors = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for cache in ("_real", "_pairs", "_vectors"):
+            del state[cache]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.refresh()
+
+    def __dask_tokenize__(self):
+        return _dask_token(self)
+
+    @property
+    def xp(self):
+        return module_named(self.backend)
+
+    def _rows_of(self, segment):
+        """The complex full rows ``(..., k, d)`` of one segment in stored order (identity factors
+        zero, conjugated if the segment is), and their eigenvalues (``None``: reflections)."""
+        xp = self.xp
+        leaf = self.params[segment.param]
+        if segment.k is None:
+            rows = leaf
+        else:
+            rows = _layout.full_rows(_lapack_rows(leaf, segment, xp), _layout.UNIT, xp)
+            if segment.identity is not None:
+                rows = xp.where(segment.identity[..., None], 0, rows)
+        phase = segment.phase
+        if segment.conjugate:
+            rows = xp.conj(rows)
+            phase = None if phase is None else xp.conj(phase)
+        return rows.astype(self.dtype, copy=False), phase
+
+    @property
+    def shape(self):
+        """``(..., n, d)`` of the complex factors."""
+        shapes = [self._rows_shape(segment) for segment in self.segments]
+        batch = numpy.broadcast_shapes(*(shape[:-2] for shape in shapes))
+        return batch + (sum(shape[-2] for shape in shapes), shapes[0][-1])
+
+    def _rows_shape(self, segment):
+        leaf = self.params[segment.param]
+        if segment.k is None:
+            return tuple(leaf.shape)
+        masks = [m.shape[:-1] for m in (segment.identity, segment.phase) if m is not None]
+        return numpy.broadcast_shapes(leaf.shape[:-2], *masks) + (segment.k, leaf.shape[-2])
+
+    @property
+    def vectors(self):
+        """All factors' vectors as complex full rows ``(..., n, d)`` in product order (identity
+        factors as zero rows; an adjoint run reversed, a conjugated one conjugated). Cached."""
+        if self._vectors is None:
+            xp = self.xp
+            parts = []
+            for segment in self.segments:
+                rows, _ = self._rows_of(segment)
+                parts.append(rows[..., ::-1, :] if segment.transpose else rows)
+            batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
+            parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
+            self._vectors = read_only(parts[0].copy() if len(parts) == 1 else xp.concatenate(parts, axis=-2))
+        return self._vectors
+
+    @property
+    def real(self):
+        """The :class:`Reflections` of the realified rows ``(..., 2n, 2d)``. Built once."""
+        if self._real is None:
+            xp = self.xp
+            parts, pairs = [], []
+            for segment in self.segments:
+                rows, phase = self._rows_of(segment)
+                paired, p, q = _complex.pair_rows(rows, phase, xp)
+                pairs.append((p, q))
+                parts.append(paired[..., ::-1, :] if segment.transpose else paired)
+            batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
+            parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
+            rows = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-2)
+            rows = xp.ascontiguousarray(rows)
+            real = Reflections(self.backend, (rows,), (Segment(0, False, None, None),), self.check_finite, rows.dtype)
+            self._real, self._pairs = real, pairs
+        return self._real
+
+    def layout_for(self, differentiable):
+        return self.real.layout_for(differentiable)
+
+    def form(self, chosen, dtype, layout):
+        return self.real.form(chosen, dtype, layout)
+
+    def contributions(self, dv, scaled):
+        """``(leaf, gradient)`` pairs from ``dv`` ``(..., 2n, 2d)``, the gradient w.r.t. the real rows
+        (see :meth:`Reflections.contributions`): each pair of rows back to its complex factor
+        (:func:`cuhouse._complex.pair_gradient`), conjugated for a conjugated run, to the strictly
+        lower part of a ``geqrf`` leaf; a real leaf gets the real part. Cost: O(n d)."""
+        xp = self.xp
+        ((_, dv),) = self.real.contributions(dv, scaled)
+        contributions, start = [], 0
+        for segment, (p, q) in zip(self.segments, self._pairs):
+            leaf = self.params[segment.param]
+            n = self._rows_shape(segment)[-2]
+            part = dv[..., start : start + 2 * n, :]
+            start += 2 * n
+            if segment.transpose:
+                part = part[..., ::-1, :]
+            grad = _complex.pair_gradient(part, p, q, xp)
+            if segment.conjugate:
+                grad = xp.conj(grad)
+            if segment.k is not None:
+                grad = _layout.structured(grad, _layout.UNIT, xp)
+                if segment.identity is not None:
+                    grad = xp.where(segment.identity[..., None], 0, grad)
+                full = xp.zeros(grad.shape[:-2] + leaf.shape[-2:], dtype=grad.dtype)
+                transpose_into(full[..., : segment.k], grad, xp)
+                grad = full
+            contributions.append((leaf, grad if _complex.is_complex(leaf.dtype) else xp.real(grad)))
+        return contributions
+
+    def det(self):
+        """``det`` of the product per batch entry of the factors' shape: the product of every
+        factor's eigenvalue (conjugated for an adjoint or conjugated run, not for both). O(n)."""
+        xp = self.xp
+        total = xp.ones((), dtype=self.dtype)
+        for segment in self.segments:
+            n = self._rows_shape(segment)[-2]
+            if segment.phase is not None:
+                value = xp.prod(segment.phase, axis=-1)
+                total = total * (xp.conj(value) if segment.conjugate != segment.transpose else value)
+            elif segment.identity is not None:
+                count = n - xp.count_nonzero(segment.identity, axis=-1)
+                total = total * xp.where(count % 2 == 0, 1, -1)
+            else:
+                total = total * (-1.0) ** n
+        return total
+
+
+def transpose_into(target, source, xp, strip=16):
+    """``target[...] = swapaxes(source)`` for ``source`` ``(..., p, q)``, by strips of rows on NumPy
+    (a whole transposed copy of a large power-of-two array thrashes the cache: about 8x slower)."""
+    if xp.__name__ != "numpy":
+        target[...] = xp.swapaxes(source, -1, -2)
+        return target
+    for first in range(0, source.shape[-2], strip):
+        target[..., first : first + strip] = xp.swapaxes(source[..., first : first + strip, :], -1, -2)
+    return target

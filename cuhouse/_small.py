@@ -1,0 +1,144 @@
+"""The small-size path: one NumPy matrix and a plain NumPy operand, with a fixed-cost budget.
+
+At d = 16..128 a product is a few microseconds of flops, so its time is the
+fixed cost of the call: validation, the plan, the Python layers. For the
+common case (NumPy, no batch dimensions, float32/float64, an ``ndarray``
+operand of H's dtype) the constructors and ``@`` take this path, which does
+the same work with fewer calls:
+
+* one validation pass: a row's sum of squares inside ``[tiny/eps, max*eps]``
+  says at once that it is finite, nonzero and in the range where no scaling
+  is needed (``tau`` of a ``geqrf`` array is checked in the same pass), and
+  X's column sizes inside the overflow-safe limits say that X is finite and
+  needs no scaling;
+* no index arrays, no masks built per call (they are memoized by shape);
+* the plan memoized by (shape, dtype, layout), and no layer of the general
+  operand protocol between ``@`` and the algorithm.
+
+Whatever does not fit (a batch, another dtype or array type, a failed check)
+returns ``None`` and the caller takes the general path, which raises the
+same errors as before or handles the case (promotion, scaling, NaN with
+``check_finite=False``): this path never decides an error itself.
+"""
+
+import functools
+
+import numpy
+
+from .algorithms import _scaling
+from .algorithms.ormqr import squared_lengths
+
+_FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+
+
+@functools.lru_cache(maxsize=None)
+def _safe_range(dtype):
+    """``(lo, hi)``: sums of squares in this range are finite, nonzero and need no scaling."""
+    info = numpy.finfo(dtype)
+    return float(info.tiny / info.eps), float(info.max * info.eps)
+
+
+def vector_norms(v):
+    """The row norms of ``v`` ``(n, d)`` when one pass shows them finite, nonzero and safe, else ``None``.
+
+    ``v`` must already be a float32/float64 ``ndarray`` with 1 <= n <= d.
+    Cost: one pass over ``v`` and two reductions over ``n`` values.
+    """
+    sumsq = numpy.einsum("ij,ij->i", v, v)
+    lo, hi = _safe_range(v.dtype)
+    if not (sumsq.min() >= lo and sumsq.max() <= hi):  # NaN fails both comparisons
+        return None
+    return numpy.sqrt(sumsq)
+
+
+def plain_vectors(vectors):
+    """``vectors`` when it is a float32/float64 NumPy matrix ``(n, d)`` with 1 <= n <= d, else ``None``."""
+    if type(vectors) is not numpy.ndarray or vectors.ndim != 2 or vectors.dtype not in _FLOATS:
+        return None
+    n, d = vectors.shape
+    return vectors if 1 <= n <= d else None
+
+
+def lapack_norms(a, tau):
+    """``(k, identity, norms)`` of a ``geqrf`` pair in one pass, or ``None`` when anything needs the
+    general path.
+
+    Takes float32/float64 ``a`` ``(M, N)`` and ``tau`` ``(k,)`` of one dtype,
+    1 <= k <= min(M, N), every ``tau`` 0 (an identity factor; ``identity`` is
+    their mask, or ``None``) or equal to ``2 / (1 + ||v||^2)`` within a
+    tolerance tighter than the general check's, and norms in the safe range;
+    the norms include the implicit 1. Cost: one pass over the reflectors'
+    stored entries, a few over k values.
+    """
+    if (
+        type(a) is not numpy.ndarray
+        or type(tau) is not numpy.ndarray
+        or a.ndim != 2
+        or tau.ndim != 1
+        or a.dtype not in _FLOATS
+        or tau.dtype != a.dtype
+    ):
+        return None
+    rows, cols = a.shape
+    k = tau.shape[0]
+    if not 1 <= k <= min(rows, cols):
+        return None
+    sumsq = squared_lengths(a[:, :k])
+    identity = tau == 0
+    # |tau (1 + ||v||^2) - 2| <= 3 tol implies the general check |tau - e| <= tol e + tol; NaN fails it
+    tol = 1e3 * numpy.finfo(a.dtype).eps
+    residual = numpy.where(identity, 2, tau * sumsq)
+    if not numpy.abs(residual - 2).max() <= 3 * tol or not sumsq.max() <= _safe_range(a.dtype)[1]:
+        return None
+    return k, (identity if identity.any() else None), numpy.sqrt(sumsq)
+
+
+def first_row_breaks_trapezoid(v):
+    """True when row 1 of ``v`` ``(n, d)`` is nonzero in entry 0: the rows are not trapezoidal. O(1)."""
+    return v.shape[0] > 1 and v[1, 0] != 0
+
+
+def operand(h, x, side):
+    """``(columns, transpose)`` for ``h @ x`` (``side == "left"``) or ``x @ h``, or ``None``;
+    ``transpose`` says that the product runs ``h^T``, as ``X @ H`` does.
+
+    ``x`` must be a 1-D or 2-D ``ndarray`` of ``h``'s (real) dtype and size.
+    ``columns`` is the ``(d, m)`` view the algorithms take (no copy: a
+    row-major ``X @ H`` operand is a column-major view).
+    """
+    core = h._core
+    if x.dtype != core.dtype or core.dtype not in _FLOATS or not 1 <= x.ndim <= 2 or not core.small:
+        return None
+    d = core.small[1]
+    if x.shape[-1 if (x.ndim == 1 or side == "right") else 0] != d:
+        return None
+    if x.ndim == 1:
+        columns = x[:, None]
+    else:
+        columns = x.T if side == "right" else x
+    return columns, side == "right"
+
+
+def matmul(h, x, side):
+    """``h @ x`` (``x @ h``) on the small-size path, or ``None`` when it does not apply.
+
+    X is validated in the pass that the overflow-safe product makes anyway
+    (:func:`cuhouse.algorithms._scaling.column_sizes`, one GEMV over ``|X|``):
+    every column size inside the limits says at once that X is finite and
+    needs no scaling. Anything else (NaN, a zero column, a size out of range)
+    takes the general path, which raises or scales.
+    """
+    found = operand(h, x, side)
+    if found is None:
+        return None
+    columns, transpose = found
+    module, _, (form, _, limits), transpose = h._run(columns, transpose, False)
+    if columns.shape[1]:
+        sizes = _scaling.column_sizes(columns, numpy)
+        if not (sizes.min() >= limits.lo and sizes.max() <= limits.hi):
+            return None
+    out = module.apply(form, columns, transpose, numpy)
+    if x.ndim == 1:
+        return out[:, 0]
+    out = out.T if side == "right" else out
+    return out if out.flags.c_contiguous else numpy.ascontiguousarray(out)

@@ -1,0 +1,25 @@
+"""Unit rows and the gradient back to raw rows, for the algorithms that normalize first
+(``sequential``, ``fasth``) and for rows whose squares would leave the dtype's range."""
+
+from .._gpu import primitives as _primitives
+from ._layout import full_rows
+
+
+def unit_rows(y, layout, identity, xp):
+    """``(unit, norms)``: the full rows normalized, identity factors as zero rows. O(n d)."""
+    v = full_rows(y, layout, xp)
+    if identity is not None:
+        v = xp.where(identity[..., None], 0, v)
+    unit, norms = _primitives.unit_rows(v, xp)
+    return unit, norms
+
+
+def raw_gradient(dunit, unit, norms, xp):
+    """The gradient w.r.t. raw rows from the one w.r.t. their unit rows: ``(I - y y^T) g / ||v||``.
+
+    Zero rows (identity factors) get zero. ``dunit`` is overwritten. O(n d).
+    """
+    radial = xp.einsum("...i,...i->...", unit, dunit)
+    dunit -= unit * radial[..., None]
+    dunit /= xp.where(norms == 0, 1, norms)[..., None]
+    return dunit

@@ -1,0 +1,157 @@
+"""Power-of-two scaling of X's columns, so that no intermediate of a product overflows or underflows.
+
+An orthogonal H keeps every column's norm, so ``H @ X`` is representable
+whenever X is; but the algorithms' intermediates are not. CWY on raw rows
+forms ``Z = V X`` (of size ``||v|| ||x||``) and ``T Z`` (of size
+``||x|| / ||v||``); the algorithms on unit rows still form ``y^T x``, up to
+``||x||``, which overflows for a column whose entries are representable but
+whose norm is not. Where a column is tiny the same products underflow, and
+H's action on it is silently lost.
+
+As LAPACK's ``nrm2`` and ``larfg`` do, the remedy is a scaling: the rows were
+already brought into a safe range when the factors were built (see
+:meth:`cuhouse.householder.Reflections.factors`); here each column of X whose
+size leaves the range that the rows allow is multiplied by a power of two
+(exact: no rounding) to a largest entry in [1/2, 1), and the result is
+scaled back. The test is one cheap pass: the columns' sums of absolute
+values ``s_j`` (one GEMV), with ``||x_j|| <= s_j <= sqrt(d) ||x_j||``; only
+when some column fails it is X copied, scaled, and the result scaled back
+(three more passes). A column that is zero or non-finite is left as it is.
+
+Bounds, for rows of norms in ``[v_min, v_max]`` (unit rows: both 1) and a
+column of norm ``r``: every intermediate is at most ``r max(v_max, 1/v_min, 1)``
+times a factor of the block size (at most ``16 d`` here), and the rounding of
+an underflowing product costs about ``d tiny max(v_max, 1/v_min, 1)``, which
+must stay below ``eps r``. The scaled columns (largest entry in [1/2, 1)) meet
+both bounds for every row norm inside the rows' safe range.
+"""
+
+import functools
+from collections import namedtuple
+
+import numpy
+
+Limits = namedtuple("Limits", "lo hi gradient_lo gradient_hi")
+Limits.__doc__ = """Sizes that need no scaling: a column of X (or of the output, or of the
+output's gradient) whose :func:`column_sizes` entry lies in ``[lo, hi]`` (or is
+zero); the product of the largest such sizes of the output and its gradient
+(the size of the gradient w.r.t. the rows) in ``[gradient_lo, gradient_hi]``."""
+
+
+def limits(v_min, v_max, d, dtype):
+    """The :class:`Limits` of rows whose nonzero norms lie in ``[v_min, v_max]`` (unit rows: 1, 1), for
+    X ``(d, m)`` in ``dtype``. The backward's k x k products carry ``||v||^2`` and ``1/||v||^2``
+    (``R = T^T N T^T`` with ``T ~ 1/||v||^2``, ``N ~ ||v||^2``), hence the squared spread. O(1)."""
+    info = numpy.finfo(dtype)
+    big, small = float(info.max), float(info.tiny) / float(info.eps)
+    spread = max(float(v_max), 1.0 / float(v_min), 1.0)
+    w = _weight(d)  # column_sizes are w times the sums of absolute values
+    return Limits(
+        w * numpy.sqrt(d) * d * small * spread,
+        w * big / (16.0 * d * spread),
+        w * w * d * d * small * spread * spread,
+        w * w * big / (16.0 * d * d * spread * spread),
+    )
+
+
+def _weight(d):
+    """``2^-(ceil(log2 d) + 1)``, in (1/(4d), 1/(2d)]: a sum of d absolute values times it cannot overflow."""
+    return 2.0 ** -(int(d - 1).bit_length() + 1)
+
+
+def column_sizes(x, xp):
+    """``w`` times the sums of absolute values of the columns of ``x`` ``(..., d, m)``: ``(..., m)``, with
+    ``w = 2^-(ceil(log2 d) + 1)`` (so that no sum overflows), 0 only for a zero column; between
+    ``w ||x_j||`` and ``w sqrt(d) ||x_j||``. One GEMV."""
+    return _weights(x.shape[-2], x.dtype, xp) @ xp.abs(x)
+
+
+@functools.lru_cache(maxsize=32)
+def _numpy_weights(d, dtype):
+    weights = numpy.full(d, _weight(d), dtype=dtype)
+    weights.flags.writeable = False
+    return weights
+
+
+def _weights(d, dtype, xp):
+    """A vector of d weights w (cached on NumPy, where allocating it costs as much as the GEMV at small d)."""
+    return _numpy_weights(d, dtype) if xp is numpy else xp.full(d, _weight(d), dtype=dtype)
+
+
+def _fast_inside(sizes, lo, hi):
+    """Whether every size is in ``[lo, hi]``: two reductions over m values (array methods: no function
+    dispatch) and one test; False for zero columns, which :func:`_any_column_out` then looks at."""
+    return sizes.size == 0 or bool((sizes.min() >= lo) & (sizes.max() <= hi))
+
+
+def _largest(x, xp):
+    """The largest absolute value of each column of ``x`` ``(..., d, m)``: ``(..., 1, m)``. O(d m)."""
+    return xp.max(xp.abs(x), axis=-2, keepdims=True)
+
+
+def _any_column_out(largest, sizes, lo, hi, xp):
+    """Whether a nonzero finite column (by its exact ``largest`` entry) has its size out of ``[lo, hi]``."""
+    sizes = sizes[..., None, :]
+    out = xp.isfinite(largest) & (largest > 0) & ~((sizes >= lo) & (sizes <= hi))
+    return bool(xp.any(out))
+
+
+def column_exponents(x, limits, xp):
+    """The exponents ``e`` ``(..., 1, m)`` that bring each column of ``x`` ``(..., d, m)`` to a
+    largest entry in [1/2, 1) (``x * 2**-e``), or ``None`` when every nonzero finite column is
+    already within ``limits`` (:class:`Limits`). Zero and non-finite columns get ``e = 0``.
+
+    Cost: one GEMV over ``|x|`` (``d m``); a per-column maximum only when some column is out of
+    range, zero, or not finite (with ``check_finite=False``).
+    """
+    sizes = column_sizes(x, xp)
+    if _fast_inside(sizes, limits.lo, limits.hi):
+        return None
+    largest = _largest(x, xp)
+    if not _any_column_out(largest, sizes, limits.lo, limits.hi, xp):
+        return None
+    usable = xp.isfinite(largest) & (largest > 0)
+    _, exponent = xp.frexp(xp.where(usable, largest, 1))
+    return exponent
+
+
+def gradient_needs_scaling(out, dout, limits, xp):
+    """Whether the adjoint of a product needs ``out`` and ``dout`` ``(..., d, m)`` scaled: a nonzero
+    column of either out of ``[lo, hi]``, or the product of their largest column sizes (the size of
+    the gradient w.r.t. the rows) out of ``[gradient_lo, gradient_hi]`` (:class:`Limits`).
+    Cost: two GEMVs; per-column maxima only when a column is out of range, zero, or not finite."""
+    if 0 in out.shape:
+        return False
+    sizes = [column_sizes(a, xp) for a in (out, dout)]  # (..., m) each
+    if not all(_fast_inside(s, limits.lo, limits.hi) for s in sizes) and any(
+        _any_column_out(_largest(a, xp), s, limits.lo, limits.hi, xp) for a, s in zip((out, dout), sizes)
+    ):
+        return True
+    first, second = (s.max(axis=-1) for s in sizes)
+    with numpy.errstate(over="ignore", under="ignore"):
+        size = first * second
+    ok = (first == 0) | (second == 0) | ((size >= limits.gradient_lo) & (size <= limits.gradient_hi))
+    return not bool(xp.all(ok))
+
+
+def array_exponent(x, xp):
+    """One exponent per matrix of ``x`` ``(..., d, m)``, shaped ``(..., 1, 1)``, that brings its
+    largest finite entry into [1/2, 1) (0 for a zero matrix). O(d m)."""
+    magnitude = xp.abs(x)
+    largest = xp.max(xp.where(xp.isfinite(magnitude), magnitude, 0), axis=(-2, -1), keepdims=True)
+    _, exponent = xp.frexp(xp.where(largest > 0, largest, 1))
+    return exponent
+
+
+def scaled(x, exponent, xp):
+    """``x * 2**-exponent`` as a new array (exact: a power of two; entries far below their
+    column's largest may round into the subnormal range, below eps of the column). O(d m)."""
+    return xp.ldexp(x, -exponent)
+
+
+def unscale(out, exponent, xp):
+    """``out * 2**exponent`` in place (exact unless it overflows, where the true result does); a
+    complex ``out`` (a gradient w.r.t. complex vectors) part by part. O(size)."""
+    for part in (out.real, out.imag) if out.dtype.kind == "c" else (out,):
+        part[...] = xp.ldexp(part, exponent)
+    return out

@@ -1,0 +1,124 @@
+"""The cost model's machine constants: measured once, cached on disk, plans deterministic given the cache."""
+
+import json
+import os
+
+import numpy
+import pytest
+
+import cuhouse
+from cuhouse import calibration, plan
+
+SLOW_CALLS = calibration.Machine(
+    launch=5e-5,
+    peak=1e11,
+    half=2.0,
+    bandwidth=2e10,
+    lapack_call=1e-6,
+    trtri_rate=1e10,
+    ormqr_call=1e-6,
+    ormqr_rate=5e10,
+)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """Calibration switched on, its files in a temporary directory, nothing measured unless a test says so."""
+    monkeypatch.setenv("CUHOUSE_CALIBRATION", "on")
+    monkeypatch.setenv("CUHOUSE_CALIBRATION_DIR", str(tmp_path))
+
+    def refuse(backend="numpy"):
+        raise AssertionError("calibration measured although a cached file was expected")
+
+    monkeypatch.setattr(calibration, "measure", refuse)
+    calibration.forget()
+    yield tmp_path
+    calibration.forget()
+
+
+GRID = [
+    (d, n, m, layout) for d in (16, 64, 256, 1024) for n in (8, d) for m in (1, 32, 1024) for layout in ("full", "unit")
+]
+
+
+def plans():
+    return [plan.choose(d, n, m, numpy.float32, layout=layout, lapack=layout == "unit") for d, n, m, layout in GRID]
+
+
+def test_plans_are_deterministic_given_the_cache(cache):
+    calibration.write(calibration.cache_path(), SLOW_CALLS, calibration.machine_description())
+    first = plans()
+    assert calibration.current().source == calibration.cache_path()
+    calibration.forget()  # a new process: reads the same file again
+    assert plans() == first and calibration.machine() == SLOW_CALLS
+    # the plans come from the file: other constants give other plans
+    calibration.forget()
+    calibration.write(calibration.cache_path(), calibration.DEFAULTS["numpy"], calibration.machine_description())
+    assert plans() != first
+
+
+def test_a_missing_cache_is_measured_once_and_written(cache, monkeypatch):
+    measured = []
+    monkeypatch.setattr(calibration, "measure", lambda backend="numpy": measured.append(backend) or SLOW_CALLS)
+    path = calibration.cache_path()
+    assert not os.path.exists(path)
+    assert calibration.machine() == SLOW_CALLS and measured == ["numpy"]
+    with open(path) as f:
+        stored = json.load(f)
+    assert stored["format"] == calibration.FORMAT and stored["on"] == calibration.machine_description()
+    calibration.forget()
+    assert calibration.machine() == SLOW_CALLS and measured == ["numpy"]  # read back, not measured again
+    assert calibration.calibrate(force=True).machine == SLOW_CALLS and measured == ["numpy", "numpy"]
+
+
+def test_the_cache_key_names_the_blas_and_its_threads():
+    description = calibration.machine_description()
+    assert {"cpu", "blas", "blas_threads", "numpy", "scipy"} <= set(description)
+    assert os.path.basename(calibration.cache_path()).startswith("calibration-numpy-")
+
+
+def test_an_unwritable_cache_directory_still_calibrates(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("CUHOUSE_CALIBRATION", "on")
+    monkeypatch.setenv("CUHOUSE_CALIBRATION_DIR", str(blocker / "below"))
+    monkeypatch.setattr(calibration, "measure", lambda backend="numpy": SLOW_CALLS)
+    calibration.forget()
+    try:
+        current = calibration.current()
+        assert current.machine == SLOW_CALLS and current.source.startswith("measured (not saved")
+    finally:
+        calibration.forget()
+
+
+def test_a_corrupt_or_foreign_file_is_measured_again(cache, monkeypatch):
+    path = calibration.cache_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write('{"format": 0, "machine": {}}')
+    monkeypatch.setattr(calibration, "measure", lambda backend="numpy": SLOW_CALLS)
+    assert calibration.machine() == SLOW_CALLS
+    assert calibration.read(path) == SLOW_CALLS
+
+
+def test_opt_out_uses_the_built_in_constants_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUHOUSE_CALIBRATION", "off")
+    monkeypatch.setenv("CUHOUSE_CALIBRATION_DIR", str(tmp_path))
+    calibration.forget()
+    try:
+        assert calibration.current() == calibration.Calibration(calibration.DEFAULTS["numpy"], "built-in")
+        cuhouse.HouseholderProduct(numpy.eye(4)[:2] + 1) @ numpy.ones(4)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        calibration.forget()
+
+
+def test_only_numpy_is_measured():
+    with pytest.raises(ValueError, match="only the numpy backend is calibrated, got backend 'cupy'"):
+        calibration.measure("cupy")
+    assert calibration.current("cupy").source == "built-in"
+
+
+def test_measure_returns_positive_constants():
+    machine = calibration.measure()
+    assert all(value > 0 for value in machine)

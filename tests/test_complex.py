@@ -1,0 +1,549 @@
+"""Complex data and unitary matrices: complex64/complex128 Householder products (every algorithm,
+both sides, batched), ``.H``/``.T``/``.conj()``, LAPACK's complex reflectors, unitary ``from_dense``,
+complex SVD/eigen matrices, torch's gradient convention, SciPy's operator interface.
+
+References are complex128 dense matrices built from the definitions
+H(v) = I - 2 v v^H / (v^H v) and H_i = I - tau_i v_i v_i^H.
+"""
+
+import inspect
+import pickle
+
+import numpy
+import pytest
+import scipy.linalg
+import scipy.optimize
+import scipy.sparse.linalg
+from conftest import to_numpy
+
+import cuhouse as ch
+
+ALGORITHMS = ("cwy", "fasth", "sequential", "dense", "auto")
+EPS = {numpy.complex64: numpy.finfo(numpy.float32).eps, numpy.complex128: numpy.finfo(numpy.float64).eps}
+
+
+def crandn(rng, *shape, dtype=numpy.complex128):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+def reference(v):
+    """complex128 H(v_1) ... H(v_n) from the definition, for ``v`` ``(..., n, d)``."""
+    v = to_numpy(v).astype(numpy.complex128)
+    d = v.shape[-1]
+    h = numpy.broadcast_to(numpy.eye(d, dtype=complex), v.shape[:-2] + (d, d)).copy()
+    for i in range(v.shape[-2]):
+        vi = v[..., i, :]
+        outer = vi[..., :, None] * vi.conj()[..., None, :]
+        h = h @ (numpy.eye(d) - 2 * outer / (vi.conj() * vi).sum(-1).real[..., None, None])
+    return h
+
+
+def lapack_reference(a, tau):
+    """complex128 H_1 ... H_k with H_i = I - tau_i v_i v_i^H from the geqrf layout ``a`` ``(M, N)``."""
+    a = numpy.asarray(a, dtype=complex)
+    m = a.shape[0]
+    q = numpy.eye(m, dtype=complex)
+    for i, t in enumerate(tau):
+        v = numpy.zeros(m, dtype=complex)
+        v[i] = 1
+        v[i + 1 :] = a[i + 1 :, i]
+        q = q @ (numpy.eye(m) - t * numpy.outer(v, v.conj()))
+    return q
+
+
+def assert_close(actual, expected, dtype, scale=50):
+    expected = numpy.asarray(expected)
+    tol = scale * EPS[numpy.dtype(dtype).type] * max(1.0, numpy.abs(expected).max()) * max(expected.shape or (1,))
+    numpy.testing.assert_allclose(to_numpy(actual), expected, rtol=0, atol=tol)
+
+
+# ------------------------------------------------------------------ products
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
+def test_products_match_the_definition(xp, algorithm, dtype):
+    rng = numpy.random.default_rng(0)
+    v = crandn(rng, 2, 5, 9, dtype=dtype)
+    x = crandn(rng, 2, 9, 4, dtype=dtype)
+    h = ch.HouseholderProduct(xp.asarray(v), algorithm=algorithm, block_size=2)
+    ref = reference(v)
+    assert h.dtype == dtype and h.shape == (2, 9, 9)
+    assert_close(h @ xp.asarray(x), ref @ x, dtype)
+    assert_close(xp.asarray(x).swapaxes(-1, -2) @ h, x.swapaxes(-1, -2) @ ref, dtype)
+    assert_close(h.H @ xp.asarray(x), ref.conj().swapaxes(-1, -2) @ x, dtype)
+    assert_close(h.T @ xp.asarray(x), ref.swapaxes(-1, -2) @ x, dtype)
+    assert_close(h.conj() @ xp.asarray(x), ref.conj() @ x, dtype)
+    assert_close(h.inv() @ (h @ xp.asarray(x)), x, dtype)
+    assert_close(h @ xp.asarray(x[0, :, 0]), ref @ x[0, :, 0], dtype)  # a vector, broadcast over H's batch
+
+
+@pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
+def test_unitary_to_50_eps_d(xp, dtype):
+    rng = numpy.random.default_rng(1)
+    d = 33
+    h = ch.HouseholderProduct(xp.asarray(crandn(rng, 20, d, dtype=dtype)))
+    dense = to_numpy(h.todense())
+    assert dense.dtype == dtype
+    error = numpy.abs(dense.conj().T @ dense - numpy.eye(d)).max()
+    assert error <= 50 * EPS[numpy.dtype(dtype).type] * d
+
+
+def test_real_and_complex_operands_promote_as_numpy_matmul(xp):
+    rng = numpy.random.default_rng(2)
+    real_v, complex_v = rng.standard_normal((3, 6)), crandn(rng, 3, 6, dtype=numpy.complex64)
+    hr, hc = ch.HouseholderProduct(xp.asarray(real_v)), ch.HouseholderProduct(xp.asarray(complex_v))
+    xc, xr = crandn(rng, 6, 2), rng.standard_normal((6, 2)).astype(numpy.float32)
+    assert (hr @ xp.asarray(xc)).dtype == numpy.complex128
+    assert_close(hr @ xp.asarray(xc), reference(real_v) @ xc, numpy.complex128)
+    assert_close(xp.asarray(xc.T) @ hr, xc.T @ reference(real_v), numpy.complex128)
+    assert (hc @ xp.asarray(xr)).dtype == numpy.complex64
+    assert (hc @ xp.asarray(xr.astype(numpy.float64))).dtype == numpy.complex128
+    assert_close(hc @ xp.asarray(xr), reference(complex_v) @ xr, numpy.complex64)
+    assert_close(xp.asarray(xr.T) @ hc, xr.T @ reference(complex_v), numpy.complex64)
+    assert (hc @ xp.asarray(numpy.ones((6, 2), dtype=int))).dtype == numpy.complex128
+
+
+def test_real_matrices_have_h_equal_to_t_and_conj_equal_to_self():
+    rng = numpy.random.default_rng(3)
+    h = ch.HouseholderProduct(rng.standard_normal((3, 5)))
+    w = ch.SVDMatrix.random(5, 4, rng=rng)
+    e = ch.EighMatrix(rng.standard_normal((3, 5)), rng.standard_normal(5))
+    p = w @ w.T
+    for a in (h, w, e, p):
+        numpy.testing.assert_array_equal(a.H.todense(), a.T.todense())
+        numpy.testing.assert_array_equal(a.conj().todense(), a.todense())
+    assert h.conj() is h and w.conj() is w and e.H is e
+
+
+def test_transpose_adjoint_and_conjugate_on_every_type():
+    rng = numpy.random.default_rng(4)
+    h = ch.HouseholderProduct(crandn(rng, 3, 5))
+    w = ch.SVDMatrix.random(5, 4, rng=rng, dtype=numpy.complex128)
+    e = ch.EighMatrix(crandn(rng, 3, 5), rng.standard_normal(5))
+    p = w @ w.H @ h
+    square = ch.SVDMatrix.random(5, 5, rng=rng, dtype=numpy.complex64)
+    for a in (h, w, e, p, h.T, w.pinv(), square.inv(), e.expm()):
+        dense = a.todense()
+        assert_close(a.H.todense(), dense.conj().T, a.dtype)
+        assert_close(a.T.todense(), dense.T, a.dtype)
+        assert_close(a.conj().todense(), dense.conj(), a.dtype)
+        assert_close(a.conj().H.todense(), dense.T, a.dtype)
+    assert isinstance(h.T, ch.HouseholderProduct) and isinstance(h.conj(), ch.HouseholderProduct)
+    assert e.H is e  # Hermitian
+    assert_close(h.H.todense(), h.inv().todense(), numpy.complex128)
+
+
+def test_compose_conjugated_and_adjoint_views_with_real_products():
+    rng = numpy.random.default_rng(5)
+    h1 = ch.HouseholderProduct(crandn(rng, 3, 6))
+    h2 = ch.HouseholderProduct(rng.standard_normal((2, 6)))
+    h3 = ch.HouseholderProduct.from_dense(numpy.linalg.qr(crandn(rng, 6, 6))[0])
+    composed = h1.conj() @ h2 @ h3.H @ h1.T
+    assert isinstance(composed, ch.HouseholderProduct)
+    expected = h1.todense().conj() @ h2.todense() @ h3.todense().conj().T @ h1.todense().T
+    assert_close(composed.todense(), expected, numpy.complex128)
+    assert_close(composed.det(), numpy.linalg.det(expected), numpy.complex128)
+    assert composed.params[0] is h1.params[0] and len(composed.params) == 3
+
+
+def test_det_and_slogdet_follow_numpy():
+    rng = numpy.random.default_rng(6)
+    h = ch.HouseholderProduct(crandn(rng, 2, 3, 5))
+    numpy.testing.assert_array_equal(h.det(), numpy.full(2, -1.0 + 0j))
+    sign, logabs = h.slogdet()
+    ref_sign, ref_log = numpy.linalg.slogdet(reference(h.vectors))
+    assert sign.dtype == numpy.complex128 and logabs.dtype == numpy.float64
+    assert_close(sign, ref_sign, numpy.complex128)
+    assert_close(logabs, ref_log, numpy.complex128)
+    assert h.logdet().dtype == numpy.float64
+    w = ch.SVDMatrix.random(5, 5, rng=rng, dtype=numpy.complex64)
+    sign, logabs = w.slogdet()
+    ref_sign, ref_log = numpy.linalg.slogdet(w.todense().astype(numpy.complex128))
+    assert sign.dtype == numpy.complex64 and logabs.dtype == numpy.float32
+    assert_close(sign, ref_sign, numpy.complex64)
+    assert_close(logabs, ref_log, numpy.complex64)
+    assert_close(w.det(), numpy.linalg.det(w.todense().astype(complex)), numpy.complex64)
+
+
+def test_pickle_and_vectors_of_views():
+    rng = numpy.random.default_rng(7)
+    v = crandn(rng, 3, 5)
+    h = ch.HouseholderProduct(v)
+    for view in (h, h.H, h.conj(), h.T):
+        copy = pickle.loads(pickle.dumps(view))
+        assert_close(copy.todense(), view.todense(), numpy.complex128)
+        assert_close(reference(view.vectors), view.todense(), numpy.complex128)
+
+
+def test_refresh_after_an_in_place_update():
+    rng = numpy.random.default_rng(8)
+    v = crandn(rng, 3, 5)
+    h = ch.HouseholderProduct(v)
+    h.todense()
+    v[1] *= 1j * 2
+    v[0, 2] += 1 - 1j
+    assert_close(h.refresh().todense(), reference(v), numpy.complex128)
+
+
+# ------------------------------------------------------------------ LAPACK and from_dense
+@pytest.mark.parametrize("shape", [(8, 5), (5, 5), (5, 8)])
+@pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
+def test_from_lapack_matches_scipy_qr(shape, dtype):
+    rng = numpy.random.default_rng(9)
+    a = crandn(rng, *shape, dtype=dtype)
+    (qr, tau), _ = scipy.linalg.qr(a, mode="raw")
+    q = scipy.linalg.qr(a)[0]  # ?ungqr's Q
+    h = ch.HouseholderProduct.from_lapack(qr, tau)
+    assert h.dtype == dtype and h.params[0] is qr
+    assert_close(h.todense(), q, dtype)
+    assert_close(h.todense(), lapack_reference(qr, tau), dtype)
+    assert_close(h.det(), numpy.linalg.det(q.astype(complex)), dtype)
+    x = crandn(rng, shape[0], 3, dtype=dtype)
+    unmqr = scipy.linalg.lapack.get_lapack_funcs("unmqr", dtype=dtype)
+    reflectors = qr[:, : len(tau)]
+    expected, _, info = unmqr("L", "N", reflectors, tau, x, max(1, 3 * 64))
+    assert info == 0
+    assert_close(h @ x, expected, dtype)
+    expected_h, _, _ = unmqr("L", "C", reflectors, tau, x, max(1, 3 * 64))
+    assert_close(h.H @ x, expected_h, dtype)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_from_lapack_batched_with_identity_factors(algorithm):
+    rng = numpy.random.default_rng(10)
+    a = crandn(rng, 2, 7, 4)
+    qr = numpy.empty_like(a)
+    tau = numpy.empty((2, 4), dtype=complex)
+    for b in range(2):
+        (qr_b, tau_b), _ = scipy.linalg.qr(a[b], mode="raw")
+        qr[b], tau[b] = qr_b, tau_b
+    tau[1, 2] = 0  # an identity factor
+    h = ch.HouseholderProduct.from_lapack(qr, tau, algorithm=algorithm, block_size=2)
+    expected = numpy.stack([lapack_reference(qr[b], tau[b]) for b in range(2)])
+    assert_close(h.todense(), expected, numpy.complex128)
+    assert_close(h.det(), numpy.linalg.det(expected), numpy.complex128)
+
+
+def test_from_lapack_takes_torch_geqrf():
+    torch = pytest.importorskip("torch")
+    rng = numpy.random.default_rng(11)
+    a = crandn(rng, 6, 4)
+    qr, tau = torch.geqrf(torch.from_numpy(a))
+    q = torch.linalg.householder_product(qr, tau).numpy()
+    h = ch.HouseholderProduct.from_lapack(qr.numpy(), tau.numpy())
+    assert_close(h.todense()[:, :4], q, numpy.complex128)
+
+
+def test_real_lapack_keeps_tau_implied_by_a():
+    rng = numpy.random.default_rng(12)
+    (qr, tau), _ = scipy.linalg.qr(rng.standard_normal((6, 4)), mode="raw")
+    h = ch.HouseholderProduct.from_lapack(qr, tau)
+    assert h.dtype == numpy.float64 and h.params == (qr,)
+    with pytest.raises(ValueError, match="tau must be 0 or 2 / \\(v\\^T v\\)"):
+        ch.HouseholderProduct.from_lapack(qr, tau * 0.9)
+
+
+@pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
+def test_from_dense_of_a_unitary_matrix(xp, dtype):
+    rng = numpy.random.default_rng(13)
+    q = numpy.linalg.qr(crandn(rng, 3, 7, 7))[0].astype(dtype)
+    h = ch.HouseholderProduct.from_dense(xp.asarray(q))
+    assert h.dtype == dtype and h.n_reflections <= 7
+    assert_close(h.todense(), q, dtype)
+    assert_close(h.det(), numpy.linalg.det(q.astype(complex)), dtype)
+    tall = q[..., :3]
+    assert_close(ch.HouseholderProduct.from_dense(xp.asarray(tall)).todense()[..., :3], tall, dtype)
+    eye = ch.HouseholderProduct.from_dense(numpy.eye(4, dtype=dtype))
+    assert_close(eye.todense(), numpy.eye(4), dtype)
+
+
+# ------------------------------------------------------------------ SVD and eigen
+def test_svd_matrix_operations_match_dense():
+    rng = numpy.random.default_rng(14)
+    w = ch.SVDMatrix(crandn(rng, 4, 5), rng.uniform(0.5, 2, 4), crandn(rng, 4, 4))
+    u, v, s = reference(w.U.vectors), reference(w.V.vectors), numpy.asarray(w.s)
+    dense = u[:, :4] @ numpy.diag(s) @ v[:, :4].conj().T
+    assert w.dtype == numpy.complex128 and w.shape == (5, 4)
+    assert_close(w.todense(), dense, numpy.complex128)
+    x = crandn(rng, 4, 3)
+    assert_close(w @ x, dense @ x, numpy.complex128)
+    assert_close(x.T @ w.H, x.T @ dense.conj().T, numpy.complex128)
+    assert_close(w.pinv().todense(), numpy.linalg.pinv(dense), numpy.complex128)
+    assert_close(
+        w.clip(0.8, 1.5).todense(), u[:, :4] @ numpy.diag(numpy.clip(s, 0.8, 1.5)) @ v.conj().T, numpy.complex128
+    )
+    for ord in (2, "fro", "nuc"):
+        assert_close(w.norm(ord), numpy.linalg.norm(dense, ord), numpy.complex128)
+    assert_close(w.cond(), numpy.linalg.cond(dense), numpy.complex128)
+    square = ch.SVDMatrix.random(5, 5, rng=rng, dtype=numpy.complex128)
+    sq = square.todense()
+    b = crandn(rng, 5, 2)
+    assert_close(square.inv().todense(), numpy.linalg.inv(sq), numpy.complex128)
+    assert_close(square.solve(b), numpy.linalg.solve(sq, b), numpy.complex128)
+    assert_close(square.logdet(), numpy.linalg.slogdet(sq)[1], numpy.complex128)
+
+
+def test_svd_from_dense_of_a_complex_matrix():
+    rng = numpy.random.default_rng(15)
+    a = crandn(rng, 6, 4)
+    w = ch.SVDMatrix.from_dense(a)
+    assert w.s.dtype == numpy.float64
+    assert_close(w.todense(), a, numpy.complex128)
+    best = ch.SVDMatrix.from_dense(a, rank=2).todense()
+    u, s, vh = numpy.linalg.svd(a, full_matrices=False)
+    assert_close(best, u[:, :2] * s[:2] @ vh[:2], numpy.complex128)
+
+
+def test_eigh_matrix_functions_match_scipy():
+    rng = numpy.random.default_rng(16)
+    b = crandn(rng, 5, 5)
+    a = b @ b.conj().T + numpy.eye(5)  # Hermitian positive definite
+    e = ch.EighMatrix.from_dense(a)
+    assert e.dtype == numpy.complex128 and e.w.dtype == numpy.float64
+    assert_close(e.todense(), a, numpy.complex128)
+    scaled = ch.EighMatrix(e.U, e.w / 10)
+    assert_close(scaled.expm().todense(), scipy.linalg.expm(a / 10), numpy.complex128)
+    assert_close(e.sqrtm().todense(), scipy.linalg.sqrtm(a), numpy.complex128)
+    assert_close(e.logm().todense(), scipy.linalg.logm(a), numpy.complex128)
+    assert_close(e.power(0.3).todense(), scipy.linalg.fractional_matrix_power(a, 0.3), numpy.complex128)
+    assert_close(e.inv().todense(), numpy.linalg.inv(a), numpy.complex128)
+    assert_close(
+        e.cayley().todense(), (numpy.eye(5) - a) @ numpy.linalg.inv(numpy.eye(5) + a), numpy.complex128, scale=500
+    )
+    assert_close(e.logdet(), numpy.linalg.slogdet(a)[1], numpy.complex128)
+
+
+# ------------------------------------------------------------------ gradients
+def _direction(rng, like):
+    return crandn(rng, *like.shape) if numpy.iscomplexobj(like) else rng.standard_normal(like.shape)
+
+
+def _dot_test(make, params, x, side, rng, masks=None, h=1e-6):
+    """Central differences of L = Re(sum(conj(G) * out)) along complex directions against
+    Re <grad, direction> from the vjp (torch's convention), for every parameter and for X."""
+    out = make(*params) @ x if side == "left" else x @ make(*params)
+    g = _direction(rng, out)
+    a = make(*params)
+    _, back = ch.vjp(ch.matmul, a, x) if side == "left" else ch.vjp(ch.matmul, x, a)
+    grads = back(g)
+    dparams, dx = grads if side == "left" else grads[::-1]
+
+    def loss(ps, xx):
+        o = make(*ps) @ xx if side == "left" else xx @ make(*ps)
+        return numpy.real(numpy.sum(numpy.conj(g) * o))
+
+    for i, p in enumerate(params):
+        assert dparams[i].dtype == numpy.result_type(p.dtype, numpy.float32)
+        delta = _direction(rng, p) * (1 if masks is None or masks[i] is None else masks[i])
+        plus, minus = list(params), list(params)
+        plus[i], minus[i] = p + h * delta, p - h * delta
+        numeric = (loss(plus, x) - loss(minus, x)) / (2 * h)
+        analytic = numpy.real(numpy.sum(numpy.conj(dparams[i]) * delta))
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (i, numeric, analytic)
+    delta = _direction(rng, x)
+    numeric = (loss(params, x + h * delta) - loss(params, x - h * delta)) / (2 * h)
+    assert dx.dtype == x.dtype
+    assert abs(numeric - numpy.real(numpy.sum(numpy.conj(dx) * delta))) <= 1e-6 * max(1.0, abs(numeric))
+
+
+@pytest.mark.parametrize("algorithm", ("cwy", "fasth", "sequential", "dense"))
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("kinds", ["cc", "cr", "rc"])  # (vectors, X): complex or real
+def test_householder_adjoint_dot_test(algorithm, side, kinds):
+    rng = numpy.random.default_rng(17)
+    v = crandn(rng, 2, 4, 7) if kinds[0] == "c" else rng.standard_normal((2, 4, 7))
+    shape = (7, 3) if side == "left" else (3, 7)
+    x = crandn(rng, *shape) if kinds[1] == "c" else rng.standard_normal(shape)
+    _dot_test(lambda v: ch.HouseholderProduct(v, algorithm=algorithm, block_size=3), [v], x, side, rng)
+
+
+@pytest.mark.parametrize("view", ["T", "H", "conj", "compose"])
+def test_views_adjoint_dot_test(view):
+    rng = numpy.random.default_rng(18)
+    makers = {
+        "T": lambda v: ch.HouseholderProduct(v).T,
+        "H": lambda v: ch.HouseholderProduct(v).H,
+        "conj": lambda v: ch.HouseholderProduct(v).conj(),
+        "compose": lambda v, w: ch.HouseholderProduct(v, block_size=2) @ ch.HouseholderProduct(w).conj().T,
+    }
+    params = [crandn(rng, 4, 6), rng.standard_normal((3, 6))][: 2 if view == "compose" else 1]
+    for side, x in (("left", crandn(rng, 6, 2)), ("right", crandn(rng, 2, 6))):
+        _dot_test(makers[view], params, x, side, rng)
+
+
+@pytest.mark.parametrize("algorithm", ("cwy", "fasth", "sequential", "dense"))
+def test_from_lapack_adjoint_dot_test_holds_the_eigenvalues_fixed(algorithm):
+    rng = numpy.random.default_rng(19)
+    (qr, tau), _ = scipy.linalg.qr(crandn(rng, 7, 4), mode="raw")
+    eigenvalues = 1 - tau * (1 + (numpy.abs(numpy.tril(qr, -1)) ** 2).sum(0))
+
+    def make(a):
+        implied = (1 - eigenvalues) / (1 + (numpy.abs(numpy.tril(a, -1)) ** 2).sum(0))
+        return ch.HouseholderProduct.from_lapack(a, implied, algorithm=algorithm, block_size=2)
+
+    for side, x in (("left", crandn(rng, 7, 2)), ("right", crandn(rng, 2, 7))):
+        _dot_test(make, [qr], x, side, rng, masks=[numpy.tril(numpy.ones(qr.shape), -1)])
+    _, back = ch.vjp(ch.matmul, make(qr), crandn(rng, 7, 2))
+    (grad,), _ = back(crandn(rng, 7, 2))
+    assert numpy.all(numpy.triu(grad) == 0)
+
+
+def test_spectral_adjoint_dot_tests():
+    rng = numpy.random.default_rng(20)
+    svd = lambda u, s, v: ch.SVDMatrix(u, s, v)  # noqa: E731
+    params = [crandn(rng, 3, 6), rng.uniform(1, 2, 3), crandn(rng, 3, 5)]
+    _dot_test(svd, params, crandn(rng, 5, 2), "left", rng)
+    _dot_test(svd, params, rng.standard_normal((2, 6)), "right", rng)
+    derived = lambda u, s, v: ch.SVDMatrix(u, s, v).inv().T.conj()  # noqa: E731
+    square = [crandn(rng, 5, 5), rng.uniform(1, 2, 5), crandn(rng, 5, 5)]
+    _dot_test(derived, square, crandn(rng, 5, 2), "left", rng)
+    eigh = lambda u, w: ch.EighMatrix(u, w).expm().H  # noqa: E731
+    _dot_test(eigh, [crandn(rng, 5, 5), rng.uniform(-1, 1, 5)], crandn(rng, 5, 2), "left", rng)
+
+
+def test_logdet_gradient_of_a_complex_svd():
+    rng = numpy.random.default_rng(21)
+    u, s, v = crandn(rng, 4, 4), rng.uniform(1, 2, 4), crandn(rng, 4, 4)
+    value, back = ch.vjp(ch.logdet, ch.SVDMatrix(u, s, v))
+    ((du, ds, dv),) = back(numpy.ones(()))
+    assert value.dtype == numpy.float64
+    numpy.testing.assert_allclose(ds, 1 / s)
+    assert not du.any() and not dv.any() and du.dtype == numpy.complex128
+
+
+def test_gradients_match_torch_autograd_on_the_dense_formula():
+    torch = pytest.importorskip("torch")
+    rng = numpy.random.default_rng(22)
+    v, x, g = crandn(rng, 4, 6), crandn(rng, 6, 3), crandn(rng, 6, 3)
+    (dv,), dx = ch.vjp(ch.matmul, ch.HouseholderProduct(v), x)[1](g)
+    tv = torch.tensor(v, requires_grad=True)
+    tx = torch.tensor(x, requires_grad=True)
+    h = torch.eye(6, dtype=torch.complex128)
+    for i in range(4):
+        vi = tv[i]
+        h = h @ (torch.eye(6, dtype=torch.complex128) - 2 * torch.outer(vi, vi.conj()) / (vi.conj() @ vi))
+    loss = torch.real(torch.sum(torch.conj(torch.tensor(g)) * (h @ tx)))
+    loss.backward()
+    numpy.testing.assert_allclose(dv, tv.grad.numpy(), atol=1e-12)
+    numpy.testing.assert_allclose(dx, tx.grad.numpy(), atol=1e-12)
+    # LAPACK's generalized reflectors against torch.linalg.householder_product, tau implied by a
+    # with each factor's eigenvalue 1 - tau v^H v held fixed
+    a, x, g = crandn(rng, 6, 6), crandn(rng, 6, 2), crandn(rng, 6, 2)
+    qr, tau = torch.geqrf(torch.from_numpy(a))
+    (da,), _ = ch.vjp(ch.matmul, ch.HouseholderProduct.from_lapack(qr.numpy(), tau.numpy()), x)[1](g)
+    eigenvalue = 1 - tau * (1 + (qr.tril(-1).abs() ** 2).sum(0))
+    tqr = qr.clone().requires_grad_(True)
+    implied = (1 - eigenvalue) / (1 + (tqr.tril(-1).abs() ** 2).sum(0))
+    q = torch.linalg.householder_product(tqr, implied)
+    torch.real(torch.sum(torch.conj(torch.from_numpy(g)) * (q @ torch.from_numpy(x)))).backward()
+    numpy.testing.assert_allclose(da, numpy.tril(tqr.grad.numpy(), -1), atol=1e-11)
+
+
+# ------------------------------------------------------------------ SciPy's operator interface
+def test_scipy_linear_operator_lines_on_a_real_operator():
+    rng = numpy.random.default_rng(23)
+    h = ch.HouseholderProduct(rng.standard_normal((3, 6)))
+    w = ch.SVDMatrix.random(6, 6, rng=rng)
+    for a in (h, w, h @ w):
+        op = scipy.sparse.linalg.aslinearoperator(a)
+        dense = a.todense()
+        x = crandn(rng, 6, 2)
+        assert_close((2j * op).rmatmat(2j * x), (2j * dense).conj().T @ (2j * x), numpy.complex128)
+        b = crandn(rng, 6)
+        tolerance = "rtol" if "rtol" in inspect.signature(scipy.sparse.linalg.gmres).parameters else "tol"
+        solution, info = scipy.sparse.linalg.gmres(op, b, **{tolerance: 1e-12}, atol=0)
+        assert info == 0
+        assert_close(a @ solution, b, numpy.complex128, scale=1e4)
+        trace = (
+            {"traceA": numpy.trace(dense)}
+            if "traceA" in inspect.signature(scipy.sparse.linalg.expm_multiply).parameters
+            else {}
+        )
+        assert_close(
+            scipy.sparse.linalg.expm_multiply(op, x, **trace),
+            scipy.linalg.expm(dense) @ x,
+            numpy.complex128,
+            scale=1e3,
+        )
+
+
+def test_rmatvec_is_the_true_adjoint_of_a_complex_operator():
+    rng = numpy.random.default_rng(24)
+    for a in (ch.HouseholderProduct(crandn(rng, 3, 5)), ch.SVDMatrix.random(5, 4, rng=rng, dtype=numpy.complex64)):
+        op = scipy.sparse.linalg.aslinearoperator(a)
+        x, y = crandn(rng, a.shape[1]), crandn(rng, a.shape[0])
+        lhs = numpy.vdot(y, op.matvec(x))
+        rhs = numpy.vdot(op.rmatvec(y), x)
+        assert abs(lhs - rhs) <= 1e-5 * abs(lhs)
+        assert_close(op.H.matvec(y), a.todense().conj().T @ y, a.dtype)
+
+
+# ------------------------------------------------------------------ bad input
+def test_complex_singular_values_are_a_type_error():
+    rng = numpy.random.default_rng(25)
+    with pytest.raises(TypeError, match="s must be real .*got dtype complex128"):
+        ch.SVDMatrix(crandn(rng, 2, 3), numpy.ones(2, dtype=complex), crandn(rng, 2, 3))
+    with pytest.raises(TypeError, match="w must be real .*eigenvalues.*got dtype complex64"):
+        ch.EighMatrix(crandn(rng, 2, 3), numpy.ones(3, dtype=numpy.complex64))
+
+
+def test_non_unitary_q_is_a_value_error():
+    rng = numpy.random.default_rng(26)
+    with pytest.raises(ValueError, match=r"Q must be unitary to within 50 eps d = .* \(max \|Q\^H Q - I\|\), got"):
+        ch.HouseholderProduct.from_dense(crandn(rng, 4, 4))
+    with pytest.raises(ValueError, match=r"Q must be orthonormal columns .*Q\^H Q"):
+        ch.HouseholderProduct.from_dense(crandn(rng, 4, 2))
+
+
+def test_tau_that_makes_no_unitary_factor_is_a_value_error():
+    rng = numpy.random.default_rng(27)
+    (qr, tau), _ = scipy.linalg.qr(crandn(rng, 5, 3), mode="raw")
+    with pytest.raises(
+        ValueError, match=r"tau must make unitary factors I - tau v v\^H, that is \|1 - tau v\^H v\| = 1"
+    ):
+        ch.HouseholderProduct.from_lapack(qr, tau * 1.1)
+
+
+def test_non_hermitian_matrix_in_eigh_from_dense_is_a_value_error():
+    rng = numpy.random.default_rng(28)
+    a = crandn(rng, 4, 4)
+    with pytest.raises(ValueError, match=r"A must be Hermitian, but max \|A - A\^H\|"):
+        ch.EighMatrix.from_dense(a + a.T)  # complex symmetric is not Hermitian
+
+
+@pytest.mark.parametrize("dtype", [numpy.float16, numpy.clongdouble])
+def test_unsupported_dtypes_stay_a_type_error(dtype):
+    rng = numpy.random.default_rng(29)
+    h = ch.HouseholderProduct(crandn(rng, 2, 4))
+    with pytest.raises(
+        TypeError,
+        match="X has dtype {}; supported dtypes are float32, float64, complex64 and complex128".format(
+            numpy.dtype(dtype)
+        ),
+    ):
+        h @ numpy.ones((4, 2), dtype=dtype)
+    with pytest.raises(TypeError, match="vectors has dtype {}".format(numpy.dtype(dtype))):
+        ch.HouseholderProduct(numpy.ones((2, 4), dtype=dtype))
+
+
+def test_flatten_params_gives_real_optimizers_real_entries():
+    """Complex parameters flatten to interleaved real and imaginary parts, and their gradients (torch's
+    convention) flatten to the gradient w.r.t. those real entries: scipy.optimize drives a complex SVD."""
+    rng = numpy.random.default_rng(30)
+    u, s, v = crandn(rng, 3, 4), rng.uniform(1, 2, 3), crandn(rng, 3, 4)
+    flat = ch.flatten_params((u, s, v))
+    assert flat.dtype == numpy.float64 and flat.shape == (2 * 12 + 3 + 2 * 12,)
+    back = ch.unflatten_params(flat, like=(u, s, v))
+    for a, b in zip(back, (u, s, v)):
+        assert a.dtype == b.dtype
+        numpy.testing.assert_array_equal(a, b)
+    x, target = crandn(rng, 4, 2), crandn(rng, 4, 2)
+
+    def fun(entries):
+        w = ch.SVDMatrix(*ch.unflatten_params(entries, like=(u, s, v)))
+        out, vjp_fn = ch.vjp(ch.matmul, w, x)
+        residual = out - target
+        grads, _ = vjp_fn(residual)  # L = |out - target|^2 / 2: the cotangent is the residual
+        return 0.5 * numpy.sum(numpy.abs(residual) ** 2), ch.flatten_params(grads)
+
+    numeric = scipy.optimize.approx_fprime(flat, lambda e: fun(e)[0], 1e-7)
+    numpy.testing.assert_allclose(fun(flat)[1], numeric, atol=1e-5)

@@ -1,0 +1,228 @@
+"""Never silently wrong (issue 17): each defect of the reliability review, as a test that failed before its fix."""
+
+import gc
+import weakref
+
+import numpy
+import pytest
+import scipy.linalg
+from conftest import dense_reference
+
+import cuhouse as ch
+from cuhouse.householder import ALGORITHM_CHOICES
+
+
+def _scaled_reference(v, x):
+    """float64 ``H @ X`` with each column of X scaled by a power of two first (exact) and back after."""
+    x = numpy.asarray(x, dtype=numpy.float64)
+    largest = numpy.abs(x).max(axis=-2, keepdims=True)
+    _, e = numpy.frexp(numpy.where(largest > 0, largest, 1))
+    return numpy.ldexp(dense_reference(v) @ numpy.ldexp(x, -e), e)
+
+
+def _column_error(y, x, ref):
+    """max |Y - ref| per column over ||x_j||, computed without overflow."""
+    x = numpy.asarray(x, dtype=numpy.float64)
+    largest = numpy.abs(x).max(axis=-2)
+    _, e = numpy.frexp(numpy.where(largest > 0, largest, 1))
+    diff = numpy.ldexp(numpy.asarray(y, dtype=numpy.float64), -e[..., None, :]) - numpy.ldexp(ref, -e[..., None, :])
+    return (numpy.abs(diff).max(axis=-2) / numpy.linalg.norm(numpy.ldexp(x, -e[..., None, :]), axis=-2)).max()
+
+
+# --------------------------------------------------------------- defect 2: the default algorithm overflowed
+@pytest.mark.parametrize("algorithm", ALGORITHM_CHOICES)
+def test_float32_large_rows_times_large_columns_is_finite_and_right(algorithm):
+    # the review's reproducer: "auto" and "cwy" gave 256/256 non-finite entries (V X overflowed)
+    rng = numpy.random.default_rng(0)
+    v = (rng.standard_normal((64, 64)) * 1e14).astype(numpy.float32)
+    x = (rng.standard_normal((64, 4)) * 1e24).astype(numpy.float32)
+    y = ch.HouseholderProduct(v, algorithm=algorithm) @ x  # a RuntimeWarning is an error in this suite
+    assert numpy.isfinite(y).all()
+    assert _column_error(y, x, _scaled_reference(v, x)) < 64 * 2e-6
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_CHOICES)
+def test_float64_columns_near_overflow_are_finite_and_right(algorithm):
+    # d = 256, max |X| = 1e307 with columns along rows of V: "cwy" gave NaN columns
+    rng = numpy.random.default_rng(1)
+    v = rng.standard_normal((256, 256))
+    x = numpy.stack([v[0], v[5], rng.standard_normal(256), v[200]], axis=1)
+    x *= 1e307 / numpy.abs(x).max(axis=0)
+    y = ch.HouseholderProduct(v, algorithm=algorithm) @ x
+    assert numpy.isfinite(y).all()
+    assert _column_error(y, x, _scaled_reference(v, x)) < 1e-13
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_CHOICES)
+def test_tiny_columns_are_not_lost_to_underflow(algorithm):
+    # rows of norm 2^-300 (inside their safe range) times columns of size 2^-1000: V X underflowed to
+    # zero and H @ X came back as X, silently (relative error about 1)
+    rng = numpy.random.default_rng(2)
+    v = numpy.ldexp(rng.standard_normal((8, 8)), -300)
+    x = numpy.ldexp(numpy.stack([rng.standard_normal(8), v[0] * 2.0**300], axis=1), -1000)
+    y = ch.HouseholderProduct(v, algorithm=algorithm) @ x
+    assert _column_error(y, x, _scaled_reference(v, x)) < 1e-13
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_CHOICES)
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_gradients_at_extreme_scales_equal_the_scaled_gradients(algorithm, dtype):
+    # scaling V by 2^u, X by 2^s and dout by 2^t scales dV by 2^(s + t - u) and dX by 2^t, exactly in
+    # exact arithmetic; before the fix the gradient underflowed to zero (or lost its digits) at such scales
+    rng = numpy.random.default_rng(3)
+    v0, x0, g0 = (rng.standard_normal(shape) for shape in ((16, 16), (16, 3), (16, 3)))
+    out0, back = ch.vjp(ch.matmul, ch.HouseholderProduct(v0.astype(dtype), algorithm=algorithm), x0.astype(dtype))
+    (dv0,), dx0 = back(g0.astype(dtype))
+    low = {numpy.float32: (-86, -73, -73), numpy.float64: (-490, -611, -611)}[dtype]
+    high = {numpy.float32: (44, 100, -25), numpy.float64: (400, 1000, -300)}[dtype]
+    tol = {numpy.float32: 5e-5, numpy.float64: 1e-12}[dtype]
+    for u, s, t in (low, high):
+        h = ch.HouseholderProduct(numpy.ldexp(v0, u).astype(dtype), algorithm=algorithm)
+        out, back = ch.vjp(ch.matmul, h, numpy.ldexp(x0, s).astype(dtype))
+        (dv,), dx = back(numpy.ldexp(g0, t).astype(dtype))
+        for got, want, e in ((out, out0, s), (dv, dv0, s + t - u), (dx, dx0, t)):
+            scaled_back = numpy.ldexp(got.astype(numpy.float64), -e)
+            assert numpy.abs(scaled_back - want).max() <= tol * numpy.abs(want).max(), (u, s, t)
+
+
+# ------------------------------------------------- defect 1: from_lapack dropped a tau batch that a lacked
+def _geqrf(rng, shape):
+    (a, tau), _ = scipy.linalg.qr(rng.standard_normal(shape), mode="raw")
+    return numpy.ascontiguousarray(a), tau
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_CHOICES)
+@pytest.mark.parametrize("zero", [False, True], ids=["same-tau", "tau-zero-in-one-entry"])
+def test_from_lapack_broadcasts_a_tau_batch_that_a_lacks(algorithm, zero):
+    rng = numpy.random.default_rng(4)
+    a, tau = _geqrf(rng, (4, 3))
+    taus = numpy.stack([tau, numpy.where(numpy.arange(3) == 1, 0, tau) if zero else tau])
+    q = ch.HouseholderProduct.from_lapack(a, taus, algorithm=algorithm)
+    each = [ch.HouseholderProduct.from_lapack(a, t, algorithm=algorithm) for t in taus]
+    x = rng.standard_normal((4, 2))
+    assert q.shape == (2, 4, 4)
+    numpy.testing.assert_allclose(q.todense(), numpy.stack([h.todense() for h in each]), atol=1e-14)
+    numpy.testing.assert_allclose(q @ x, numpy.stack([h @ x for h in each]), atol=1e-14)
+    numpy.testing.assert_allclose(x.T @ q, numpy.stack([x.T @ h for h in each]), atol=1e-14)
+    numpy.testing.assert_array_equal(q.det(), numpy.stack([h.det() for h in each]))
+    out, back = ch.vjp(ch.matmul, q, x)
+    g = rng.standard_normal(out.shape)
+    (da,), dx = back(g)
+    per_entry = [ch.vjp(ch.matmul, h, x)[1](gi) for h, gi in zip(each, g)]
+    assert da.shape == a.shape  # the gradient w.r.t. the caller's a, summed over the batch tau added
+    numpy.testing.assert_allclose(da, sum(p[0][0] for p in per_entry), atol=1e-13)
+    numpy.testing.assert_allclose(dx, sum(p[1] for p in per_entry), atol=1e-13)
+
+
+def test_from_lapack_batch_dimensions_of_a_and_tau_broadcast_as_in_matmul():
+    rng = numpy.random.default_rng(5)
+    a0, tau0 = _geqrf(rng, (5, 3))
+    a1 = numpy.where(numpy.tri(5, 3, -1, dtype=bool), -a0, a0)  # other reflectors of the same norms: same tau
+    a = numpy.stack([a0, a1])[:, None]  # (2, 1, 5, 3)
+    tau = numpy.stack([tau0, numpy.where(numpy.arange(3) == 0, 0, tau0), numpy.zeros(3)])  # (3, 3)
+    q = ch.HouseholderProduct.from_lapack(a, tau)
+    assert q.shape == (2, 3, 5, 5)
+    x = rng.standard_normal((5, 2))
+    for i in range(2):
+        for j in range(3):
+            want = ch.HouseholderProduct.from_lapack(a[i, 0], tau[j]).todense()
+            numpy.testing.assert_allclose(q.todense()[i, j], want, atol=1e-14)
+            numpy.testing.assert_allclose((q @ x)[i, j], want @ x, atol=1e-14)
+
+
+# ----------------------------------------------- defect 3: SVDMatrix and EighMatrix referred to themselves
+def _every_matrix_type(rng):
+    d = 5
+    a, tau = _geqrf(rng, (d, d))
+    h = ch.HouseholderProduct(rng.standard_normal((3, d)))
+    w = ch.SVDMatrix(rng.standard_normal((3, d)), rng.uniform(1, 2, 3), rng.standard_normal((3, d)))
+    e = ch.EighMatrix(rng.standard_normal((d, d)), rng.uniform(1, 2, d))
+    complex_u = rng.standard_normal((d, d)) + 1j * rng.standard_normal((d, d))
+    return {
+        "HouseholderProduct": lambda: ch.HouseholderProduct(rng.standard_normal((3, d))),
+        "from_lapack": lambda: ch.HouseholderProduct.from_lapack(a, tau),
+        "from_dense": lambda: ch.HouseholderProduct.from_dense(scipy.linalg.qr(rng.standard_normal((d, d)))[0]),
+        "H1 @ H2": lambda: h @ ch.HouseholderProduct(rng.standard_normal((2, d))),
+        "SVDMatrix": lambda: ch.SVDMatrix(
+            rng.standard_normal((3, d)), rng.uniform(1, 2, 3), rng.standard_normal((3, d))
+        ),
+        "SVDMatrix.from_dense": lambda: ch.SVDMatrix.from_dense(rng.standard_normal((d, d))),
+        "SVDMatrix.inv().T": lambda: ch.SVDMatrix.from_dense(rng.standard_normal((d, d))).inv().T,
+        "SVDMatrix.pinv()": lambda: ch.SVDMatrix.from_dense(rng.standard_normal((d, d))).pinv(),
+        "EighMatrix": lambda: ch.EighMatrix(rng.standard_normal((d, d)), rng.uniform(1, 2, d)),
+        "EighMatrix.expm()": lambda: ch.EighMatrix(rng.standard_normal((d, d)), rng.uniform(1, 2, d)).expm(),
+        "complex EighMatrix": lambda: ch.EighMatrix(complex_u, rng.uniform(1, 2, d)),
+        "Product": lambda: w @ h @ e,
+    }
+
+
+@pytest.mark.parametrize("name", list(_every_matrix_type(numpy.random.default_rng(0))))
+def test_every_matrix_type_is_freed_by_reference_counting_alone(name):
+    rng = numpy.random.default_rng(6)
+    make = _every_matrix_type(rng)[name]
+    gc.collect()
+    gc.disable()
+    try:
+        matrix = make()
+        x = rng.standard_normal((matrix.shape[-1], 2))
+        matrix @ x  # fill the caches: block factors, norms, vectors
+        out, back = ch.vjp(ch.matmul, matrix, x)
+        back(numpy.ones(out.shape, dtype=out.dtype))
+        refs = [weakref.ref(matrix)]
+        refs += [weakref.ref(part) for part in (getattr(matrix, "U", None), getattr(matrix, "V", None)) if part]
+        del matrix, out, back
+        assert all(ref() is None for ref in refs), "a reference cycle keeps the matrix alive"
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+# ----------------------------------------------------------- defect 4: a non-finite cotangent was accepted
+@pytest.mark.parametrize("bad", [numpy.nan, numpy.inf])
+def test_a_non_finite_cotangent_is_rejected_like_x(bad):
+    rng = numpy.random.default_rng(7)
+    h = ch.HouseholderProduct(rng.standard_normal((3, 5)))
+    out, back = ch.vjp(ch.matmul, h, rng.standard_normal((5, 2)))
+    dout = numpy.ones_like(out)
+    dout[1, 1] = bad
+    with pytest.raises(ValueError, match=r"dout must be finite; found NaN or Inf \(pass check_finite=False"):
+        back(dout)
+    w = ch.SVDMatrix.from_dense(rng.standard_normal((4, 4)))
+    value, back = ch.vjp(ch.logdet, w)
+    with pytest.raises(ValueError, match=r"dvalue must be finite; found NaN or Inf"):
+        back(numpy.full(value.shape, bad))
+
+
+def test_check_finite_false_lets_a_non_finite_cotangent_through():
+    rng = numpy.random.default_rng(8)
+    h = ch.HouseholderProduct(rng.standard_normal((3, 5)), check_finite=False)
+    out, back = ch.vjp(ch.matmul, h, rng.standard_normal((5, 2)))
+    (dv,), dx = back(numpy.full(out.shape, numpy.nan))
+    assert numpy.isnan(dx).all()
+
+
+# ------------------------------------------------------ defect 5: mixed precision followed the spectrum
+@pytest.mark.parametrize("make", ["eigh", "svd"])
+def test_mixed_precision_results_follow_the_matrix_dtype(make):
+    rng = numpy.random.default_rng(9)
+    u = rng.standard_normal((4, 4))
+    values = rng.uniform(1, 2, 4).astype(numpy.float32)
+    if make == "eigh":
+        m, m64 = ch.EighMatrix(u, values), ch.EighMatrix(u, values.astype(numpy.float64))
+    else:
+        v = rng.standard_normal((4, 4))
+        m, m64 = ch.SVDMatrix(u, values, v), ch.SVDMatrix(u, values.astype(numpy.float64), v)
+    assert m.dtype == numpy.float64
+    for result in (m.norm(), m.norm("nuc"), m.norm(2), m.cond(), m.singular_values(), m.det(), m.logdet()):
+        assert result.dtype == numpy.float64
+    dense = m64.todense()
+    assert abs(m.det() - numpy.linalg.det(dense)) <= 1e-14 * abs(numpy.linalg.det(dense))
+    numpy.testing.assert_allclose(m.inv().todense(), numpy.linalg.inv(dense), rtol=0, atol=1e-14)
+    if make == "eigh":
+        want = scipy.linalg.expm(dense)
+        numpy.testing.assert_allclose(m.expm().todense(), want, rtol=0, atol=1e-14 * numpy.abs(want).max())
+    # the gradient still reaches the caller's float32 spectrum, in its dtype
+    assert m.params[1] is values
+    out, back = ch.vjp(ch.matmul, m.inv(), rng.standard_normal((4, 2)))
+    grads, _ = back(numpy.ones_like(out))
+    assert grads[1].dtype == numpy.float32

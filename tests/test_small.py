@@ -1,0 +1,127 @@
+"""The small-size path and the ormqr plan: the same results and the same errors as the general path."""
+
+import numpy
+import pytest
+from conftest import dense_reference, rtol
+from scipy.linalg import lapack
+
+import cuhouse
+from cuhouse import _small, plan
+from cuhouse._operator import Operator
+
+
+def _geqrf(rng, d, dtype):
+    qr, tau, _, info = lapack.dgeqrf(rng.standard_normal((d, d)))
+    assert info == 0
+    return qr.astype(dtype, order="F"), tau.astype(dtype)
+
+
+def _lapack_dense(qr, tau):
+    d = qr.shape[0]
+    full = numpy.zeros((d, d))
+    full[:, : qr.shape[1]] = qr
+    taus = numpy.zeros(d)
+    taus[: tau.shape[0]] = tau
+    return lapack.dorgqr(full, taus)[0]
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("shape", [(16,), (16, 1), (16, 5), (5, 16)])
+def test_small_path_gives_the_general_path_bits(dtype, shape):
+    rng = numpy.random.default_rng(0)
+    h = cuhouse.HouseholderProduct(rng.standard_normal((12, 16)).astype(dtype))
+    x = rng.standard_normal(shape).astype(dtype)
+    for a in (h, h.T):
+        if shape[0] == 16:
+            fast = _small.matmul(a, x, "left")
+            assert fast is not None and fast.flags.c_contiguous
+            numpy.testing.assert_array_equal(fast, Operator.__matmul__(a, x))
+        if shape[-1] == 16:
+            fast = _small.matmul(a, x, "right")
+            assert fast is not None and fast.flags.c_contiguous
+            numpy.testing.assert_array_equal(fast, Operator.__rmatmul__(a, x))
+
+
+def test_small_path_steps_aside_for_what_it_does_not_handle():
+    h = cuhouse.HouseholderProduct(numpy.random.default_rng(1).standard_normal((4, 6)))
+    for x in (
+        numpy.ones((6, 2), dtype=numpy.float32),  # another dtype: promotion
+        numpy.ones((3, 6, 2)),  # a batch
+        numpy.ones((5, 2)),  # a wrong size: the general path raises
+        numpy.full((6, 2), numpy.nan),  # NaN: the general path raises
+    ):
+        assert _small.matmul(h, x, "left") is None
+    assert (h @ numpy.ones((6, 2), dtype=numpy.float32)).dtype == numpy.float64
+    with pytest.raises(ValueError, match="X must be finite"):
+        h @ numpy.full((6, 2), numpy.nan)
+    with pytest.raises(ValueError, match=r"X has shape \(5, 2\) but the operator is 6x6"):
+        h @ numpy.ones((5, 2))
+
+
+@pytest.mark.parametrize(
+    "vectors, message",
+    [
+        (numpy.array([[1.0, numpy.nan, 0.0]]), "vectors must be finite"),
+        (numpy.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]), "vectors row 1 is a zero vector"),
+        (numpy.ones((4, 3)), "n=4 rows of length d=3"),
+    ],
+)
+def test_construction_errors_are_the_general_paths(vectors, message):
+    assert _small.vector_norms(vectors) is None or vectors.shape[0] > vectors.shape[1]
+    with pytest.raises(ValueError, match=message):
+        cuhouse.HouseholderProduct(vectors)
+
+
+def test_extreme_vectors_take_the_general_path_and_stay_exact():
+    v = numpy.random.default_rng(2).standard_normal((5, 8)) * 1e200  # sums of squares overflow float64
+    assert _small.vector_norms(v) is None
+    x = numpy.random.default_rng(3).standard_normal((8, 3))
+    numpy.testing.assert_allclose(cuhouse.HouseholderProduct(v) @ x, dense_reference(v / 1e200) @ x, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_ormqr_plan_matches_lapack(dtype, order):
+    rng = numpy.random.default_rng(4)
+    d = 16
+    qr, tau = _geqrf(rng, d, dtype)  # the last tau of a square geqrf is 0: an identity factor
+    assert tau[-1] == 0
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
+    assert h.plan_for(8).algorithm == "ormqr" and h.plan_for(8, differentiable=True).algorithm != "ormqr"
+    q = _lapack_dense(qr.astype(numpy.float64), tau.astype(numpy.float64))
+    x = numpy.asarray(rng.standard_normal((d, 8)).astype(dtype), order=order)
+    tol = dict(rtol=0, atol=rtol(dtype, 10))
+    numpy.testing.assert_allclose(h @ x, q @ x, **tol)
+    numpy.testing.assert_allclose(h.T @ x, q.T @ x, **tol)
+    numpy.testing.assert_allclose(x.T @ h, x.T @ q, **tol)
+    numpy.testing.assert_allclose(x.T @ h.T, x.T @ q.T, **tol)
+    numpy.testing.assert_allclose(h @ x[:, 0], q @ x[:, 0], **tol)
+    assert (h @ x).flags.c_contiguous and (x.T @ h).flags.c_contiguous
+
+
+def test_ormqr_plan_reads_the_callers_array_and_keeps_cuhouses_gradient():
+    rng = numpy.random.default_rng(5)
+    qr, tau = _geqrf(rng, 12, numpy.float64)
+    qr = qr[:, :7]  # a thin geqrf array: k < d
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau[:7])
+    assert h.params[0] is qr and h.plan_for(4).algorithm == "ormqr"
+    x = rng.standard_normal((12, 4))
+    pinned = cuhouse.HouseholderProduct.from_lapack(qr, tau[:7], algorithm="cwy")
+    numpy.testing.assert_allclose(h @ x, pinned @ x, rtol=0, atol=1e-13)
+    out, back = cuhouse.vjp(cuhouse.matmul, h, x)
+    numpy.testing.assert_allclose(out, pinned @ x, rtol=0, atol=1e-13)
+    (dqr,), dx = back(numpy.ones_like(out))
+    (expected,), _ = cuhouse.vjp(cuhouse.matmul, pinned, x)[1](numpy.ones_like(out))
+    numpy.testing.assert_allclose(dqr, expected, rtol=0, atol=1e-12)
+
+
+def test_ormqr_plan_only_where_lapack_can_run():
+    rng = numpy.random.default_rng(6)
+    qr, tau = _geqrf(rng, 8, numpy.float64)
+    batched = cuhouse.HouseholderProduct.from_lapack(numpy.stack([qr, qr]), numpy.stack([tau, tau]))
+    assert batched.plan_for(2).algorithm != "ormqr"
+    assert cuhouse.HouseholderProduct(rng.standard_normal((8, 8))).plan_for(2).algorithm != "ormqr"
+    with pytest.raises(ValueError, match="the ormqr plan needs LAPACK's layout"):
+        plan.predict("ormqr", 8, 8, 2, 8, layout="full")
+    assert plan.choose(16, 16, 1, numpy.float32, layout="unit", lapack=True).algorithm == "ormqr"
+    assert plan.choose(16, 16, 1, numpy.float32, layout="unit").algorithm != "ormqr"
