@@ -21,6 +21,7 @@ product, all GEMMs (k x k work batched over the blocks after the sweep).
 """
 
 import torch
+from torch import nn
 
 BLOCK = 64
 """Reflections per compact-WY block (the last block is padded with decoupled zero rows); 128 when X
@@ -91,32 +92,49 @@ def order(n_blocks, transpose):
     return range(n_blocks) if transpose else range(n_blocks - 1, -1, -1)
 
 
-def apply(vb, t, x, transpose):
-    """``H @ x`` (``H^T @ x``): per block ``x <- x - V_j^T (M_j (V_j x))``, ``M = T`` (``T^T``)."""
+def _rows_from(x, first, rest):
+    """``x`` with its rows from ``first`` on replaced by ``rest`` (batch shapes broadcast)."""
+    if first == 0:
+        return rest
+    return torch.cat([x[..., :first, :].expand(rest.shape[:-2] + (first, x.shape[-1])), rest], dim=-2)
+
+
+def apply(vb, t, x, transpose, trapezoidal=False):
+    """``H @ x`` (``H^T @ x``): per block ``x <- x - V_j^T (M_j (V_j x))``, ``M = T`` (``T^T``).
+
+    ``trapezoidal``: the vectors of block j are zero before column ``j k`` (as when row i is zero
+    before column i, LAPACK's layout), so the block touches only rows ``j k ..`` of x: half the flops.
+    """
+    k = vb.shape[-2]
     for j in order(vb.shape[-3], transpose):
-        vj, tj = vb[..., j, :, :], t[..., j, :, :]
-        x = x - vj.mT @ ((tj.mT if transpose else tj) @ (vj @ x))
+        first = j * k if trapezoidal else 0
+        vj, tj = vb[..., j, :, first:], t[..., j, :, :]
+        rest = x[..., first:, :]
+        x = _rows_from(x, first, rest - vj.mT @ ((tj.mT if transpose else tj) @ (vj @ rest)))
     return x
 
 
-def backward(vb, t, s, out, dout, transpose):
+def backward(vb, t, s, out, dout, transpose, trapezoidal=False):
     """``(dV (..., nb*k, d), dX)`` of ``<dout, H @ X>`` from the output ``out``: the adjoint of
     :func:`cuhouse.algorithms.cwy.backward` (see its docstring for the derivation), in torch ops.
 
     Blocks are swept from the last applied to the first carrying ``B = [A | G]``;
     ``B <- B - V_j^T U_j`` undoes a block. dV and dX have the broadcast batch shape.
+    ``trapezoidal`` as in :func:`apply`: block j works on rows ``j k ..`` of B only, and its dV
+    is zero before column ``j k``.
     """
     m = out.shape[-1]
-    n_blocks = vb.shape[-3]
+    n_blocks, k = vb.shape[-3], vb.shape[-2]
     mt = t.mT if transpose else t
     b = torch.cat([out, dout.expand_as(out)], dim=-1)
     z, u, explicit = [None] * n_blocks, [None] * n_blocks, [None] * n_blocks
     for j in reversed(order(n_blocks, transpose)):
-        vj = vb[..., j, :, :]
-        z[j] = vj @ b
+        first = j * k if trapezoidal else 0
+        vj, rest = vb[..., j, :, first:], b[..., first:, :]
+        z[j] = vj @ rest
         u[j] = mt[..., j, :, :].mT @ z[j]
-        explicit[j] = torch.cat([-u[j][..., m:], u[j][..., :m]], dim=-1) @ b.mT
-        b = b - vj.mT @ u[j]
+        explicit[j] = nn.functional.pad(torch.cat([-u[j][..., m:], u[j][..., :m]], dim=-1) @ rest.mT, (first, 0))
+        b = _rows_from(b, first, rest - vj.mT @ u[j])
     z, u, explicit = torch.stack(z, -3), torch.stack(u, -3), torch.stack(explicit, -3)
     u_a, u_g = u[..., :m], u[..., m:]
     y_a_in = -((s.mT if transpose else s) @ u_a)  # V A_in = -M^{-1} U_A
@@ -135,30 +153,32 @@ class Matmul(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(v, x, transpose, k):
+    def forward(v, x, transpose, k, trapezoidal):
         vb, t, s = factors(v, k)
-        return apply(vb, t, x, transpose), t, s
+        return apply(vb, t, x, transpose, trapezoidal), t, s
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        v, x, transpose, k = inputs
+        v, x, transpose, k, trapezoidal = inputs
         out, t, s = output
         ctx.mark_non_differentiable(t, s)
         ctx.save_for_backward(v, x, out, t, s)
-        ctx.transpose, ctx.k = transpose, k
+        ctx.transpose, ctx.k, ctx.trapezoidal = transpose, k, trapezoidal
 
     @staticmethod
     def backward(ctx, dout, _dt, _ds):
         v, x, out, t, s = ctx.saved_tensors
         n = v.shape[-2]
-        if torch.is_grad_enabled():  # create_graph=True: T and S as differentiable functions of v
+        # create_graph=True: T and S as differentiable functions of v (a compiled graph reuses the
+        # forward's: torch.compile refuses double backward itself)
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             vb, t, s = factors(v, ctx.k)
         else:
             vb = blocks(v, ctx.k)
-        dv, dx = backward(vb, t, s, out, dout, ctx.transpose)
+        dv, dx = backward(vb, t, s, out, dout, ctx.transpose, ctx.trapezoidal)
         dv = dv[..., :n, :].sum_to_size(v.shape) if ctx.needs_input_grad[0] else None
         dx = dx.sum_to_size(x.shape) if ctx.needs_input_grad[1] else None
-        return dv, dx, None, None
+        return dv, dx, None, None, None
 
 
 def blocks(v, k):
@@ -170,8 +190,11 @@ def blocks(v, k):
     return v.unflatten(-2, (-1, k))
 
 
-def matmul(v, x, transpose=False):
+def matmul(v, x, transpose=False, trapezoidal=False):
     """``H @ x`` for ``v`` ``(..., n, d)`` and ``x`` ``(..., d, m)`` of one float dtype, differentiable to any order.
+
+    ``trapezoidal=True`` promises that row i of ``v`` is zero before column i (LAPACK's layout):
+    the products then skip the rows of x a block cannot touch, about half the flops.
 
     One block (n <= k) is differentiated by autograd's tape of its seven operations
     (:func:`one_block`), which stores what the level-3 backward would (x, V x, S) and costs fewer
@@ -182,4 +205,4 @@ def matmul(v, x, transpose=False):
     k = block_size(n, d, x.shape[-1])
     if n <= k:
         return one_block(v, x, transpose)
-    return Matmul.apply(v, x, bool(transpose), k)[0]
+    return Matmul.apply(v, x, bool(transpose), k, bool(trapezoidal))[0]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .ops import FLOAT_DTYPES, householder_matmul, svd_matmul
+from .ops import FLOAT_DTYPES, _left, householder_matmul, svd_matmul
 
 
 def _positive_int(value, name):
@@ -262,7 +262,10 @@ class _HouseholderWeight(nn.Module):
     k = min(rows, cols), each matrix is ``H[:, :k] diag(signs)``, transposed
     when rows < cols, for H the d x d product of n vectors ``(..., n, d)``
     and ``signs`` a fixed buffer of +-1 (set by :meth:`right_inverse`, so
-    that an orthogonal weight is reproduced exactly).
+    that an orthogonal weight is reproduced exactly). Vector i is read from
+    entry i on (LAPACK's layout, which still reaches every orthogonal
+    matrix): the entries before it are not used (their gradient is zero),
+    and each block of reflections skips the rows it cannot touch.
 
     The raw tensor ``original`` has the weight's own shape when n = k (the
     default; the vectors are the matrices' columns when rows >= cols, their
@@ -294,10 +297,12 @@ class _HouseholderWeight(nn.Module):
         return matrices.mT if self.tall else matrices
 
     def forward(self, original):
-        vectors = self._vectors(original)
+        # row i of the vectors is zero before column i (LAPACK's layout, what right_inverse makes):
+        # the entries there are not used, and each block of reflections skips the rows it cannot touch
+        vectors = torch.triu(self._vectors(original))
         d, k = vectors.shape[-1], self.signs.shape[-1]
         columns = torch.eye(d, k, dtype=vectors.dtype, device=vectors.device)
-        q = householder_matmul(vectors, columns, check_finite=False) * self.signs[..., None, :]
+        q = _left(vectors, columns, False, trapezoidal=True) * self.signs[..., None, :]
         return (q if self.tall else q.mT).reshape(self.shape)
 
     @torch.no_grad()

@@ -41,13 +41,14 @@ def householder_matmul(vectors, X, transpose=False, *, check_finite=True):
     return _left(vectors, X, transpose)
 
 
-def _left(vectors, x, transpose):
-    """``H @ x`` (``H^T @ x``) after :func:`check`: dtype promotion, ``(d,)`` as ``(d, 1)``."""
+def _left(vectors, x, transpose, trapezoidal=False):
+    """``H @ x`` (``H^T @ x``) after :func:`check`: dtype promotion, ``(d,)`` as ``(d, 1)``
+    (``trapezoidal``: see :func:`cuhouse.torch._wy.matmul`)."""
     dtype = torch.promote_types(vectors.dtype, x.dtype)
     vectors, x = vectors.to(dtype), x.to(dtype)
     if x.dim() == 1:
-        return _wy.matmul(vectors, x[:, None], transpose)[..., 0]
-    return _wy.matmul(vectors, x, transpose)
+        return _wy.matmul(vectors, x[:, None], transpose, trapezoidal)[..., 0]
+    return _wy.matmul(vectors, x, transpose, trapezoidal)
 
 
 def svd_matmul(u_vectors, s, v_vectors, x, transpose=False):
