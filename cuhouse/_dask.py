@@ -106,7 +106,7 @@ class _Chunked:
                 "holds {} arrays; move the data explicitly (X.map_blocks(cupy.asarray) or "
                 "cupy.asnumpy)".format(type_name(type(x._meta)), op.backend)
             )
-        matmul_shape(op.shape, x.shape, side, "A", "X")
+        matmul_shape(op.shape, x.shape, side, op._NAME, "X")  # named as the in-memory path names it
         rows, cols = op.shape[-2:]
         self.side, self.chunks, self.vector = side, x.chunks, x.ndim == 1
         self.xp = module_named(op.backend)

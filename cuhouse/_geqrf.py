@@ -19,13 +19,16 @@ from .algorithms import _layout
 
 
 def read_geqrf(a, tau, xp, check_finite):
-    """``(a, k, identity, dtype, norms, phase)``: ``a`` checked (converted only when its dtype or type
-    requires it), the number k of reflectors, the reflectors' norms ``(..., k)`` (their implicit 1
-    included), the ``tau == 0`` mask ``(..., k)`` (``None`` when no factor is the
-    identity; when ``tau`` has batch dimensions that ``a`` lacks, the mask always, with the batch
-    shape of the two broadcast, which is the product's), the dtype of the product (that of ``a``
-    and ``tau`` together) and,
-    for complex input, each factor's eigenvalue ``phase`` ``(..., k)`` (else ``None``).
+    """``(a, k, identity, dtype, norms, phase)``, in this order:
+
+    - ``a`` checked (converted only when its dtype or type requires it);
+    - ``k``, the number of reflectors;
+    - ``identity``, the ``tau == 0`` mask ``(..., k)`` (``None`` when no factor is the
+      identity; when ``tau`` has batch dimensions that ``a`` lacks, the mask always, with the
+      batch shape of the two broadcast, which is the product's);
+    - ``dtype``, the dtype of the product (that of ``a`` and ``tau`` together);
+    - ``norms``, the reflectors' norms ``(..., k)``, their implicit 1 included;
+    - ``phase``, for complex input each factor's eigenvalue ``(..., k)`` (else ``None``).
 
     ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i with
     an implicit 1 on the diagonal; ``tau`` ``(..., k)``, k <= min(M, N). Nothing

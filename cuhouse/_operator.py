@@ -1,7 +1,9 @@
 """The operator protocol shared by every cuhouse matrix.
 
 In the manner of ``scipy.sparse.linalg.LinearOperator``, one abstract base
-class owns the protocol: ``@`` on both sides, ``numpy.asarray``, the SciPy
+class owns the protocol: ``@`` on both sides, ``numpy.asarray``, NumPy's
+ufunc and function protocols (``numpy.matmul`` and ``numpy.dot`` are the
+product; any other ufunc is a ``TypeError`` that says what to do), the SciPy
 duck-typing methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``,
 ``dot``), ``todense``, ``matmul``, ``det`` and ``logdet`` (from ``slogdet``),
 one ``__repr__``, pickling, Dask tokens, the validation of the outer operand
@@ -55,15 +57,20 @@ with caches, :class:`cuhouse._reflections.Reflections`, drops them in its
 gradients of a copy reach the copy's leaves.
 """
 
+from __future__ import annotations
+
 import abc
 import functools
 import operator
+import sys
+from typing import Any, Tuple
 
 import numpy
 
 from . import _complex, _dask, _memory, _validate
 from ._backend import module_named
 from ._shapes import batch_shape, from_columns, reduce_to_shape, to_columns
+from ._typing import Array
 
 
 class Operator(abc.ABC):
@@ -72,56 +79,92 @@ class Operator(abc.ABC):
     See the module docstring for what a subclass supplies and what the base owns.
     """
 
-    __array_ufunc__ = None  # ndarray @ A (and dask, and NumPy ufuncs) defer to A
     __array_priority__ = 1000
     _NAME = "A"  # the matrix in messages
+    _CUHOUSE_MATRIX = True  # what cuhouse._validate.as_array refuses to densify
+
+    # ------------------------------------------------------- NumPy protocols
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """NumPy's ufunc protocol (NEP 13). ``numpy.matmul``, and so ``ndarray @ A``, is the
+        product ``A @ X`` (``X @ A``), computed without forming A; every other ufunc is a
+        ``TypeError`` saying what to do. Dask, which defers to operands that are not array
+        chunks, hands ``Xd @ A`` to ``A.__rmatmul__``."""
+        if ufunc is numpy.matmul and method == "__call__" and len(inputs) == 2 and not kwargs:
+            left, right = inputs
+            return self.__matmul__(right) if left is self else self.__rmatmul__(left)
+        raise TypeError(
+            "numpy.{}{} does not apply to a cuhouse {} (a matrix kept as its factors, never formed): "
+            "A @ X, X @ A and numpy.matmul apply it without forming it{}; A.todense() gives the "
+            "dense array for anything else".format(
+                ufunc.__name__,
+                "" if method == "__call__" else "." + method,
+                type(self).__name__,
+                " (numpy.matmul takes no out=, axes= or dtype=)" if ufunc is numpy.matmul else "",
+            )
+        )
+
+    def __array_function__(self, func, types, args, kwargs):
+        """NumPy's function protocol (NEP 18). ``numpy.dot(A, X)`` and ``numpy.dot(X, A)`` with a
+        2-D (or 1-D) X are the product, without forming A; any other NumPy function gets the
+        dense arrays (``numpy.asarray``, NumPy backend only), as before the protocol."""
+        if func is numpy.dot and len(args) == 2 and not kwargs:
+            left, right = args
+            other = right if left is self else left
+            if self.ndim > 2 or numpy.ndim(other) > 2:
+                raise TypeError(
+                    "numpy.dot does not broadcast batch dimensions (it pairs every matrix with every "
+                    "other); for a batched cuhouse {} use A @ X, which broadcasts as "
+                    "numpy.matmul".format(type(self).__name__)
+                )
+            return self @ right if left is self else left @ self
+        return func(*_dense_arguments(args), **dict(zip(kwargs, _dense_arguments(kwargs.values()))))
 
     # ------------------------------------------------- supplied by a subclass
     @property
     @abc.abstractmethod
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         """``(..., d_out, d_in)``."""
 
     @property
     @abc.abstractmethod
-    def dtype(self):
+    def dtype(self) -> numpy.dtype:
         """The float or complex dtype of the matrix (``numpy.dtype``)."""
 
     @property
     @abc.abstractmethod
-    def params(self):
+    def params(self) -> Tuple[Array, ...]:
         """The leaf arrays gradients are taken with respect to: a tuple, distinct by identity."""
 
     @property
     @abc.abstractmethod
-    def backend(self):
+    def backend(self) -> str:
         """The array library's name, e.g. ``"numpy"`` or ``"cupy"``."""
 
     @property
     @abc.abstractmethod
-    def check_finite(self):
+    def check_finite(self) -> bool:
         """Whether NaN/Inf in every operand is rejected."""
 
     @property
     @abc.abstractmethod
-    def T(self):
+    def T(self) -> Operator:
         """The transpose, again a cuhouse matrix."""
 
     @property
     @abc.abstractmethod
-    def H(self):
+    def H(self) -> Operator:
         """The adjoint (conjugate transpose), again a cuhouse matrix; ``T`` for a real matrix."""
 
     @abc.abstractmethod
-    def conj(self):
+    def conj(self) -> Operator:
         """The entrywise conjugate, again a cuhouse matrix (``self`` when real)."""
 
     @abc.abstractmethod
-    def inv(self):
+    def inv(self) -> Operator:
         """The inverse, again a cuhouse matrix."""
 
     @abc.abstractmethod
-    def slogdet(self):
+    def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|)`` per batch entry, as ``numpy.linalg.slogdet``."""
 
     @abc.abstractmethod
@@ -138,7 +181,7 @@ class Operator(abc.ABC):
 
     # ------------------------------------------------------------ attributes
     @property
-    def ndim(self):
+    def ndim(self) -> int:
         return len(self.shape)
 
     @property
@@ -162,17 +205,58 @@ class Operator(abc.ABC):
         return type(self).__qualname__, normalize_token(sorted(vars(self).items()))
 
     # -------------------------------------------------------- determinants
-    def det(self):
-        """``det`` per batch entry, ``sign * exp(log|det|)`` from :meth:`slogdet`."""
+    def det(self) -> Array:
+        """``det`` per batch entry, ``sign * exp(log|det|)`` from :meth:`slogdet`.
+
+        Returns
+        -------
+        array
+            Of shape ``A.shape[:-2]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(3, 3, rng=0)
+        >>> bool(np.isclose(W.det(), np.linalg.det(W.todense())))
+        True
+        """
         sign, logabs = self.slogdet()
         return sign * self._xp.exp(logabs)
 
-    def logdet(self):
-        """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`."""
+    def logdet(self) -> Array:
+        """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`.
+
+        Returns
+        -------
+        array
+            Real, of shape ``A.shape[:-2]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.eye(3)[:1], np.array([1.0, 2.0, 4.0]))
+        >>> bool(np.isclose(E.logdet(), np.log(8.0)))
+        True
+        """
         return self.slogdet()[1]
 
-    def matmul(self, x):
-        """``A @ X``; see :func:`cuhouse.matmul`."""
+    def matmul(self, x: Any) -> Any:
+        """``A @ X``; see :func:`cuhouse.matmul`.
+
+        Returns
+        -------
+        array or cuhouse matrix
+            ``A @ X``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> ch.HouseholderProduct(np.eye(2)[1:]).matmul(np.array([1.0, 1.0]))
+        array([ 1., -1.])
+        """
         return self @ x
 
     # --------------------------------------------------------------- algebra
@@ -192,35 +276,77 @@ class Operator(abc.ABC):
         """``self @ other`` for two cuhouse matrices: a lazy :class:`Product`."""
         return Product(self, other)
 
-    def dot(self, x):
+    def dot(self, x: Any) -> Any:
         """``A @ x``, as ``LinearOperator.dot``: an array, or a cuhouse matrix for a cuhouse matrix."""
         return self @ x
 
-    def matvec(self, x):
-        """``A x`` for ``x`` ``(d_in,)`` or ``(d_in, 1)``, as ``LinearOperator.matvec``. O(cost of A @ x)."""
+    def matvec(self, x: Array) -> Array:
+        """``A x`` for ``x`` ``(d_in,)`` or ``(d_in, 1)``, as ``LinearOperator.matvec``. O(cost of A @ x).
+
+        Returns
+        -------
+        array
+            ``(d_out,)`` or ``(d_out, 1)``, as ``x``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> ch.HouseholderProduct(np.eye(2)[:1]).matvec(np.array([3.0, 4.0]))
+        array([-3.,  4.])
+        """
         return self._product(x, "left")
 
-    def rmatvec(self, x):
+    def rmatvec(self, x: Array) -> Array:
         """``A^H x`` (the adjoint) for ``x`` ``(d_out,)`` or ``(d_out, 1)``, as ``LinearOperator.rmatvec``."""
         return self._product(x, "left", transpose=True)
 
-    def matmat(self, x):
+    def matmat(self, x: Array) -> Array:
         """``A X`` for ``X`` ``(d_in, m)``, as ``LinearOperator.matmat``."""
         return self._product(x, "left")
 
-    def rmatmat(self, x):
-        """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``."""
+    def rmatmat(self, x: Array) -> Array:
+        """``A^H X`` (the adjoint) for ``X`` ``(d_out, m)``, as ``LinearOperator.rmatmat``.
+
+        Returns
+        -------
+        array
+            ``(d_in, m)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import scipy.sparse.linalg as sla
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 3, rng=0)
+        >>> L = sla.aslinearoperator(W)  # matvec, rmatvec, matmat, rmatmat
+        >>> np.allclose(L.rmatmat(np.eye(4)), W.todense().T)
+        True
+        """
         return self._product(x, "left", transpose=True)
 
     # Peak memory of todense() in units of its result (tracemalloc at d = 2000:
     # 4.06 for a HouseholderProduct, 6.06 for an SVDMatrix); see _memory.dense_memory.
     _TODENSE_WORKSPACE = 6
 
-    def todense(self):
+    def todense(self) -> Array:
         """The dense matrix ``(..., d_out, d_in)``: ``A`` (or ``A^T``, for a wide
         matrix) applied to the smaller identity, so a wide result is a
         transposed view. ``MemoryError`` up front when the result and its
         intermediates cannot fit. Cost: one product with min(d_out, d_in) columns.
+
+        Returns
+        -------
+        array
+            ``(..., d_out, d_in)``, the matrix's dtype and library.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> ch.HouseholderProduct(np.eye(2)[:1]).todense()
+        array([[-1.,  0.],
+               [ 0.,  1.]])
         """
         xp = self._xp
         rows, cols = self.shape[-2:]
@@ -247,6 +373,13 @@ class Operator(abc.ABC):
                 "a {} has no array to view: numpy.asarray(..., copy=False) is impossible; use todense()".format(
                     type(self).__name__
                 )
+            )
+        if self.ndim > 2 and sys._getframe(1).f_globals.get("__name__", "").startswith("scipy.sparse"):
+            # S @ A with S sparse: SciPy converts A and takes 2-D operands only ("could not interpret dimensions")
+            raise TypeError(
+                "a SciPy sparse matrix times a batched cuhouse {} (shape {}): SciPy's sparse products take "
+                "2-D operands only; use S.toarray() @ A, which broadcasts as numpy.matmul, or multiply by "
+                "each matrix of the batch".format(type(self).__name__, self.shape)
             )
         dense = self.todense()
         return dense if dtype is None else dense.astype(dtype, copy=False)
@@ -341,9 +474,26 @@ class Product(Operator):
     the factors, by identity, in order of first appearance; a leaf used twice
     gets the sum of its gradients. Cost: ``P @ X`` is the sum of the factors'
     costs; ``.T`` and ``.inv()`` are O(k).
+
+    Parameters
+    ----------
+    *args : cuhouse matrices
+        At least two, with matching inner sizes; their batch shapes broadcast.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> S = ch.SVDMatrix.random(4, 4, rng=0)
+    >>> H = ch.HouseholderProduct(np.ones((1, 4)))
+    >>> P = S @ H  # a Product: nothing is multiplied yet
+    >>> type(P).__name__, len(P.params)
+    ('Product', 4)
+    >>> np.allclose(P.todense(), S.todense() @ H.todense())
+    True
     """
 
-    def __init__(self, *args):
+    def __init__(self, *args: Operator) -> None:
         factors = []
         for a in args:
             if not isinstance(a, Operator):
@@ -372,24 +522,24 @@ class Product(Operator):
         self.args = tuple(factors)
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         batch = numpy.broadcast_shapes(*(f.shape[:-2] for f in self.args))
         return batch + (self.args[0].shape[-2], self.args[-1].shape[-1])
 
     @property
-    def dtype(self):
+    def dtype(self) -> numpy.dtype:
         return numpy.result_type(*(f.dtype for f in self.args))
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         return self.args[0].backend
 
     @property
-    def check_finite(self):
+    def check_finite(self) -> bool:
         return all(f.check_finite for f in self.args)
 
     @property
-    def params(self):
+    def params(self) -> Tuple[Array, ...]:
         """The distinct leaf arrays of the factors, by identity, first appearance first."""
         leaves = []
         for f in self.args:
@@ -403,39 +553,47 @@ class Product(Operator):
 
     # --------------------------------------------------------------- algebra
     @property
-    def T(self):
+    def T(self) -> Operator:
         """``Ak^T @ ... @ A1^T``. O(k)."""
         return Product(*(f.T for f in reversed(self.args)))
 
     @property
-    def H(self):
+    def H(self) -> Operator:
         """The adjoint ``Ak^H @ ... @ A1^H``. O(k)."""
         return Product(*(f.H for f in reversed(self.args)))
 
-    def conj(self):
+    def conj(self) -> Operator:
         """The entrywise conjugate ``conj(A1) @ ... @ conj(Ak)`` (``self`` when real). O(k)."""
         return Product(*(f.conj() for f in self.args)) if self.dtype.kind == "c" else self
 
-    def inv(self):
-        """``Ak^-1 @ ... @ A1^-1``; every factor must have ``inv()``. O(k)."""
+    def inv(self) -> Operator:
+        """``Ak^-1 @ ... @ A1^-1``; every factor must be square and have ``inv()``. O(k)."""
+        for i, f in enumerate(self.args):
+            self._square(i, f, "inv()")
         return Product(*(f.inv() for f in reversed(self.args)))
 
-    def slogdet(self):
+    def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|)`` per batch entry: the factors' products and sums. Square factors. O(k r).
 
         As ``numpy.linalg.slogdet``: a complex sign and a real logarithm for complex factors."""
-        signs, logs = zip(*(self._square(f, "slogdet()").slogdet() for f in self.args))
+        signs, logs = zip(*(self._square(i, f, "slogdet()").slogdet() for i, f in enumerate(self.args)))
         batch = self.shape[:-2]
         xp = self._xp
         sign = xp.broadcast_to(functools.reduce(operator.mul, signs), batch)
         return sign.astype(self.dtype), xp.broadcast_to(sum(logs), batch).astype(_complex.real_dtype(self.dtype))
 
-    @staticmethod
-    def _square(f, operation):
+    def _square(self, i, f, operation):
+        """``f``, factor ``i``; ``ValueError`` naming it unless it is square."""
+        if self.shape[-2] != self.shape[-1]:
+            raise ValueError("{} needs a square matrix, but the Product is {}x{}".format(operation, *self.shape[-2:]))
         rows, cols = f.shape[-2:]
         if rows != cols:
             raise ValueError(
-                "{} of a Product needs square factors, but a factor is {}x{}".format(operation, rows, cols)
+                "{} of a Product works factor by factor and needs square factors, but factor {} of {} "
+                "({}) is {}x{} (the product is {}x{}); use the dense product, e.g. numpy.linalg on "
+                "P.todense()".format(
+                    operation, i, len(self.args), _factor_name(f), rows, cols, self.shape[-2], self.shape[-1]
+                )
             )
         return f
 
@@ -465,13 +623,31 @@ class Product(Operator):
         return columns, back
 
     def _vjp_logabsdet(self):
-        parts = [self._square(f, "logdet()")._vjp_logabsdet() for f in self.args]
+        parts = [self._square(i, f, "logdet()")._vjp_logabsdet() for i, f in enumerate(self.args)]
         value = self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]).astype(_complex.real_dtype(self.dtype))
 
         def back(dvalue):
             return [pair for _, b in parts for pair in b(dvalue)]
 
         return value, back
+
+
+def _dense_arguments(args):
+    """``args`` with every cuhouse matrix, at the top level or in a list or tuple, as its dense array."""
+    return [
+        numpy.asarray(a)
+        if isinstance(a, Operator)
+        else type(a)(_dense_arguments(a))
+        if isinstance(a, (list, tuple))
+        else a
+        for a in args
+    ]
+
+
+def _factor_name(f):
+    """A factor in messages: its type, and its lineage when it has one (e.g. ``SVDMatrix W.T``)."""
+    lineage = getattr(f, "lineage", None)
+    return type(f).__name__ + (" " + lineage if lineage else "")
 
 
 def _is_scipy_linear_operator(x):

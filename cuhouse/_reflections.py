@@ -11,7 +11,7 @@ from collections import namedtuple
 
 import numpy
 
-from . import _complex, _memory
+from . import _complex, _memory, _validate
 from ._backend import module_named, read_only
 from ._gpu import primitives
 from .algorithms import PLANS, _layout, _normalize, _scaling
@@ -30,15 +30,40 @@ runs only: ``conjugate`` takes the entrywise conjugate of the run, and ``phase``
 eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: reflections, lambda = -1)."""
 
 
-def _dask_token(reflections):
-    """The Dask token of a reflections object: its class and the state that pickles (caches
-    excluded), arrays by content; see :mod:`cuhouse._dask`."""
-    from dask.base import normalize_token
+class _Cached:
+    """What both reflection states share: the leaf arrays ``params`` read through ``segments``,
+    pickling without the caches named in ``_CACHES`` (``refresh`` rebuilds them lazily after
+    unpickling), a Dask token of the same state, and the array module of the backend name."""
 
-    return type(reflections).__qualname__, normalize_token(sorted(reflections.__getstate__().items()))
+    _CACHES = ()
+
+    def __init__(self, backend, params, segments, check_finite, dtype):
+        self.backend = backend
+        self.params = params
+        self.segments = segments
+        self.check_finite = check_finite
+        self.dtype = numpy.dtype(dtype)
+        self.refresh()
+
+    def __getstate__(self):
+        return {key: value for key, value in self.__dict__.items() if key not in self._CACHES}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.refresh()
+
+    def __dask_tokenize__(self):
+        """The class and the state that pickles, arrays by content; see :mod:`cuhouse._dask`."""
+        from dask.base import normalize_token
+
+        return type(self).__qualname__, normalize_token(sorted(self.__getstate__().items()))
+
+    @property
+    def xp(self):
+        return module_named(self.backend)
 
 
-class Reflections:
+class Reflections(_Cached):
     """The shared state behind one or more ``HouseholderProduct`` views.
 
     It holds the reflections as the leaf arrays the user passed in
@@ -50,40 +75,22 @@ class Reflections:
     It pickles without its caches, and with its backend as a name.
     """
 
-    def __init__(self, backend, params, segments, check_finite, dtype, norms=None):
-        self.backend = backend
-        self.params = params
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
-        self.refresh()
+    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms")
+
+    def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
+        super().__init__(backend, params, segments, check_finite, dtype)
         self._norms = norms
+        self._summary = summary
 
     def refresh(self):
         """Drop every cache; the next use rebuilds from the leaf arrays."""
         self._vectors = None
         self._norms = None
+        self._summary = None
         self._layout = None
         self._safe = None
         self._shape = None
         self._forms = {}
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for cache in ("_vectors", "_norms", "_layout", "_safe", "_shape", "_forms"):
-            del state[cache]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.refresh()
-
-    def __dask_tokenize__(self):
-        return _dask_token(self)
-
-    @property
-    def xp(self):
-        return module_named(self.backend)
 
     @property
     def small(self):
@@ -98,12 +105,19 @@ class Reflections:
         form needs no normalization pass (see :meth:`form`). Cached."""
         if self._safe is None:
             info = numpy.finfo(self.dtype)
-            norms = self.norms
-            safe = ((norms >= numpy.sqrt(info.tiny / info.eps)) | (norms == 0)) & (
-                norms <= numpy.sqrt(info.max * info.eps)
+            summary = self.norm_summary()  # host facts: no sync when the constructor had them
+            self._safe = bool(
+                (summary.smallest == numpy.inf or summary.smallest >= numpy.sqrt(info.tiny / info.eps))
+                and summary.largest <= numpy.sqrt(info.max * info.eps)
             )
-            self._safe = bool(safe.all())
         return self._safe
+
+    def norm_summary(self):
+        """The :class:`~cuhouse._validate.NormSummary` of :attr:`norms`: one device-to-host transfer,
+        usually made by the constructor's validation. Cached."""
+        if self._summary is None:
+            self._summary = _validate.norm_summary(self.norms, self.xp)
+        return self._summary
 
     def lapack_ready(self, differentiable):
         """Whether LAPACK's ``?ormqr`` can run a product itself (:mod:`cuhouse.algorithms.ormqr`): one
@@ -135,14 +149,18 @@ class Reflections:
 
     def layout_for(self, differentiable):
         """The layout products run in. A gradient w.r.t. a vectors array covers every entry, the zeros
-        of a trapezoidal array included, so differentiable products use its full rows."""
+        of a trapezoidal array included, so differentiable products use its full rows (decided
+        without looking at the entries: no host sync)."""
+        if differentiable and self._layout is None and self.segments[0].k is None:
+            return _layout.FULL
         layout = self.layout
         return _layout.FULL if differentiable and layout == _layout.TRAPEZOIDAL else layout
 
     @property
     def identity(self):
-        """The identity-factor mask ``(..., n)`` of :attr:`rows`, or ``None``."""
-        return self.segments[0].identity if self.layout == _layout.UNIT else None
+        """The identity-factor mask ``(..., n)`` of :attr:`rows` (one ``geqrf`` leaf), or ``None``."""
+        (segment, *more) = self.segments
+        return segment.identity if not more and not segment.transpose and segment.k is not None else None
 
     @property
     def rows(self):
@@ -226,14 +244,14 @@ class Reflections:
             if not self.safe:
                 scaled = _normalize.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _layout.FULL, None
-            norms = self.norms
+            summary = self.norm_summary()  # host facts: no sync here
             v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
-            if scaled is None and chosen.algorithm in ("cwy", "dense") and bool(xp.any(norms > 0)):
-                # dense: CWY builds H and its adjoint; all-zero rows (identity factors only) act as unit rows
-                v_max = float(xp.max(norms))
-                v_min = float(xp.min(xp.where(norms > 0, norms, v_max)))
+            if scaled is None and chosen.algorithm in ("cwy", "dense", "ormqr") and summary.smallest != numpy.inf:
+                # dense: CWY builds H and its adjoint; ormqr: LAPACK on the raw rows, as CWY;
+                # all-zero rows (identity factors only) act as unit rows
+                v_max, v_min = summary.largest, summary.smallest
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            extra = {"norms": norms} if module is PLANS["ormqr"] else {}
+            extra = {"norms": self.norms} if module is PLANS["ormqr"] else {}
             form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
             self._forms[key] = form, scaled, limits
         return self._forms[key]
@@ -279,7 +297,7 @@ def _lapack_rows(leaf, segment, xp):
     return rows
 
 
-class ComplexReflections:
+class ComplexReflections(_Cached):
     """The shared state of a unitary product (any complex leaf or segment), on the real algorithms.
 
     Same interface as :class:`Reflections` for :class:`HouseholderProduct`. The
@@ -290,36 +308,13 @@ class ComplexReflections:
     in :meth:`contributions`. Pickles without its caches.
     """
 
-    def __init__(self, backend, params, segments, check_finite, dtype):
-        self.backend = backend
-        self.params = params
-        self.segments = segments
-        self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
-        self.refresh()
+    _CACHES = ("_real", "_pairs", "_vectors")
 
     def refresh(self):
         """Drop every cache; the next use realifies the leaf arrays again."""
         self._real = None
         self._pairs = None
         self._vectors = None
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for cache in ("_real", "_pairs", "_vectors"):
-            del state[cache]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.refresh()
-
-    def __dask_tokenize__(self):
-        return _dask_token(self)
-
-    @property
-    def xp(self):
-        return module_named(self.backend)
 
     def _rows_of(self, segment):
         """The complex full rows ``(..., k, d)`` of one segment in stored order (identity factors

@@ -22,10 +22,13 @@ same errors as before or handles the case (promotion, scaling, NaN with
 """
 
 import functools
+import math
 
 import numpy
 
-from .algorithms import _scaling
+from ._reflections import Reflections, Segment
+from ._validate import NormSummary
+from .algorithms import _layout, _scaling
 from .algorithms.ormqr import squared_lengths
 
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
@@ -38,37 +41,44 @@ def _safe_range(dtype):
     return float(info.tiny / info.eps), float(info.max * info.eps)
 
 
-def vector_norms(v):
-    """The row norms of ``v`` ``(n, d)`` when one pass shows them finite, nonzero and safe, else ``None``.
+def vectors_reflections(vectors, check_finite):
+    """The :class:`~cuhouse._reflections.Reflections` of ``HouseholderProduct(vectors)``, or ``None``
+    when anything needs the general path.
 
-    ``v`` must already be a float32/float64 ``ndarray`` with 1 <= n <= d.
-    Cost: one pass over ``v`` and two reductions over ``n`` values.
+    Takes a float32/float64 NumPy matrix ``(n, d)``, 1 <= n <= d, whose rows'
+    sums of squares all lie in ``[tiny/eps, max*eps]`` (finite, nonzero, no
+    scaling needed: one pass and two reductions over n values say it all).
+    The norms, their summary and the safety are cached on the result; a row 1
+    nonzero in entry 0 settles the layout (full) at once.
     """
-    sumsq = numpy.einsum("ij,ij->i", v, v)
-    lo, hi = _safe_range(v.dtype)
-    if not (sumsq.min() >= lo and sumsq.max() <= hi):  # NaN fails both comparisons
-        return None
-    return numpy.sqrt(sumsq)
-
-
-def plain_vectors(vectors):
-    """``vectors`` when it is a float32/float64 NumPy matrix ``(n, d)`` with 1 <= n <= d, else ``None``."""
     if type(vectors) is not numpy.ndarray or vectors.ndim != 2 or vectors.dtype not in _FLOATS:
         return None
     n, d = vectors.shape
-    return vectors if 1 <= n <= d else None
+    if not 1 <= n <= d:
+        return None
+    sumsq = numpy.einsum("ij,ij->i", vectors, vectors)
+    lo, hi = _safe_range(vectors.dtype)
+    smallest, largest = sumsq.min(), sumsq.max()
+    if not (smallest >= lo and largest <= hi):  # NaN fails both comparisons
+        return None
+    core = Reflections("numpy", (vectors,), (Segment(0, False, None, None),), bool(check_finite), vectors.dtype)
+    core._norms = numpy.sqrt(sumsq)
+    core._safe = True
+    core._summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(smallest))
+    if n > 1 and vectors[1, 0] != 0:
+        core._layout = _layout.FULL
+    return core
 
 
-def lapack_norms(a, tau):
-    """``(k, identity, norms)`` of a ``geqrf`` pair in one pass, or ``None`` when anything needs the
-    general path.
+def lapack_reflections(a, tau, check_finite):
+    """The :class:`~cuhouse._reflections.Reflections` of ``from_lapack(a, tau)`` in one pass over the
+    reflectors, or ``None`` when anything needs the general path.
 
     Takes float32/float64 ``a`` ``(M, N)`` and ``tau`` ``(k,)`` of one dtype,
-    1 <= k <= min(M, N), every ``tau`` 0 (an identity factor; ``identity`` is
-    their mask, or ``None``) or equal to ``2 / (1 + ||v||^2)`` within a
-    tolerance tighter than the general check's, and norms in the safe range;
-    the norms include the implicit 1. Cost: one pass over the reflectors'
-    stored entries, a few over k values.
+    1 <= k <= min(M, N), every ``tau`` 0 (an identity factor) or equal to
+    ``2 / (1 + ||v||^2)`` within a tolerance tighter than the general check's,
+    and norms (their implicit 1 included) in the safe range. Cost: one pass
+    over the reflectors' stored entries, a few over k values.
     """
     if (
         type(a) is not numpy.ndarray
@@ -87,15 +97,18 @@ def lapack_norms(a, tau):
     identity = tau == 0
     # |tau (1 + ||v||^2) - 2| <= 3 tol implies the general check |tau - e| <= tol e + tol; NaN fails it
     tol = 1e3 * numpy.finfo(a.dtype).eps
-    residual = numpy.where(identity, 2, tau * sumsq)
-    if not numpy.abs(residual - 2).max() <= 3 * tol or not sumsq.max() <= _safe_range(a.dtype)[1]:
+    largest = sumsq.max()
+    if (
+        not numpy.abs(numpy.where(identity, 2, tau * sumsq) - 2).max() <= 3 * tol
+        or not largest <= _safe_range(a.dtype)[1]
+    ):
         return None
-    return k, (identity if identity.any() else None), numpy.sqrt(sumsq)
-
-
-def first_row_breaks_trapezoid(v):
-    """True when row 1 of ``v`` ``(n, d)`` is nonzero in entry 0: the rows are not trapezoidal. O(1)."""
-    return v.shape[0] > 1 and v[1, 0] != 0
+    segment = Segment(0, False, k, identity if identity.any() else None)
+    core = Reflections("numpy", (a,), (segment,), bool(check_finite), a.dtype)
+    core._norms = numpy.sqrt(sumsq)
+    core._safe = True
+    core._summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(sumsq.min()))
+    return core
 
 
 def operand(h, x, side):

@@ -5,6 +5,8 @@ Every check raises ``TypeError`` (wrong kind of object or dtype) or
 and what was received. No check mutates its input.
 """
 
+from collections import namedtuple
+
 import numpy
 
 from ._backend import SUPPORTED_DTYPES, is_cupy_array, to_host, type_name
@@ -17,13 +19,24 @@ def as_array(x, name, xp):
     """``x`` as an array of module ``xp`` with a real or complex dtype.
 
     Lists and scalars go through ``xp.asarray``. A ``TypeError`` names what
-    is refused: ``None``, strings, objects that opt out of NumPy's array
-    protocol with ``__array_ufunc__ = None`` (cuhouse matrices, whose
-    ``__array__`` would densify them), SciPy sparse matrices, NumPy masked
-    arrays, float16 and object data.
+    is refused: cuhouse matrices (whose ``__array__`` would densify them),
+    ``None``, strings, objects that opt out of NumPy's array protocol with
+    ``__array_ufunc__ = None``, torch tensors that require grad, SciPy sparse
+    matrices, NumPy masked arrays, float16 and object data.
     """
+    if getattr(type(x), "_CUHOUSE_MATRIX", False):
+        raise TypeError(
+            "{} must be an array, got a cuhouse {}: compose matrices with A @ B, or pass its dense "
+            "form {}.todense()".format(name, type(x).__name__, name)
+        )
     if x is None or isinstance(x, (str, bytes)) or getattr(type(x), "__array_ufunc__", False) is None:
         raise TypeError("{} must be an array of real or complex numbers, got {}".format(name, type(x).__name__))
+    if type(x).__module__.split(".")[0] == "torch" and getattr(x, "requires_grad", False):
+        raise TypeError(
+            "{} is a torch.Tensor that requires grad; the array API of cuhouse does not carry torch "
+            "gradients: use cuhouse.torch (householder_matmul, SVDLinear) for autograd, or pass "
+            "{}.detach()".format(name, name)
+        )
     if type(x).__module__.startswith("scipy.sparse"):
         raise TypeError(
             "{} is a SciPy sparse {}; cuhouse takes dense arrays: pass {}.toarray()".format(
@@ -103,18 +116,47 @@ def vectors(v, xp, name="vectors"):
     return v
 
 
-def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors"):
+OPERAND_CHECK = "the matrix checks its operands: build it with check_finite=False to skip this check"
+"""Where the finiteness check of an operand (X, B, dout) is switched off: the matrix's constructor."""
+
+
+NormSummary = namedtuple("NormSummary", "finite zero largest smallest")
+NormSummary.__doc__ = """Host facts about row norms: all ``finite``, some ``zero``, the ``largest``
+norm and the ``smallest`` nonzero one (``inf`` when none is nonzero; NaN propagates)."""
+
+
+def norm_summary(norms, xp):
+    """The :class:`NormSummary` of ``norms`` ``(..., n)`` in one device-to-host transfer (on CuPy
+    the one host synchronization that validating and building from these norms need). O(n)."""
+    if norms.size == 0:
+        return NormSummary(True, False, 0.0, float("inf"))
+    facts = xp.stack(
+        [
+            xp.isfinite(norms).all().astype(numpy.float64),
+            (norms == 0).any().astype(numpy.float64),
+            xp.max(norms).astype(numpy.float64),
+            xp.min(xp.where(norms == 0, numpy.inf, norms)).astype(numpy.float64),
+        ]
+    )
+    finite, zero, largest, smallest = to_host(facts).tolist()
+    return NormSummary(bool(finite), bool(zero), largest, smallest)
+
+
+def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors", summary=None):
     """Check the row norms ``(..., n)`` of Householder vectors: a NaN/Inf norm
     (only when ``check_finite``) or a zero row (unless ``allow_zero_rows``) is a
-    ``ValueError``. A norm is finite exactly when its row is. Cost: O(n).
+    ``ValueError``. A norm is finite exactly when its row is. ``summary`` (a
+    :class:`NormSummary` of ``norms``) saves the device-to-host transfer. Cost: O(n).
     """
-    if check_finite and not bool(xp.isfinite(norms).all()):
+    if summary is None:
+        summary = norm_summary(norms, xp)
+    if check_finite and not summary.finite:
         raise ValueError(
             "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
         )
     if not allow_zero_rows:
         zero = norms == 0
-        if bool(zero.any()):
+        if summary.zero:
             where = tuple(int(i) for i in numpy.argwhere(to_host(zero))[0])
             raise ValueError(
                 "{} row {} is a zero vector; every Householder vector must be nonzero".format(
@@ -134,9 +176,7 @@ def cotangent(g, name, shape, xp, check_finite):
             )
         )
     if check_finite and not bool(xp.isfinite(g).all()):
-        raise ValueError(
-            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
-        )
+        raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
     return g
 
 
@@ -153,9 +193,7 @@ def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name
     x = as_array(x, name, xp)
     matmul_shape(op_shape, x.shape, side, op_name, name)
     if check_finite and not bool(xp.isfinite(x).all()):
-        raise ValueError(
-            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
-        )
+        raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
     return x, x.astype(float_dtype(numpy.result_type(op_dtype, x.dtype)), copy=False)
 
 

@@ -3,7 +3,8 @@
 For ``scipy.optimize.minimize(fun, x0, jac=True)`` or any optimizer that
 works on a single vector::
 
-    x0 = flatten_params(H.params)
+    params = H.params
+    x0 = flatten_params(params)
     def fun(flat):
         H = HouseholderProduct(*unflatten_params(flat, like=params))
         out, back = vjp(matmul, H, X)
@@ -11,20 +12,42 @@ works on a single vector::
         return loss, flatten_params(back(dout)[0])
 """
 
+from typing import Sequence, Tuple
+
 import numpy
 
 from . import _complex, _validate
 from ._backend import array_module
+from ._typing import Array
 
 
-def flatten_params(params):
+def flatten_params(params: Sequence[Array]) -> Array:
     """One real 1-D array holding every array of ``params`` (a tuple), raveled in order.
 
-    The dtype is the common real float dtype of the arrays. A complex array
-    enters as its real and imaginary parts, interleaved (two entries per
-    element), so real optimizers work on it; a complex gradient (torch's
-    convention, dL/dRe + i dL/dIm) flattened the same way is the gradient
-    w.r.t. those real entries. Cost: one copy, O(total size).
+    A complex array enters as its real and imaginary parts, interleaved (two
+    entries per element), so real optimizers work on it; a complex gradient
+    (torch's convention, dL/dRe + i dL/dIm) flattened the same way is the
+    gradient w.r.t. those real entries.
+
+    Parameters
+    ----------
+    params : tuple of arrays
+        For example ``A.params``, or the gradients ``vjp_fn`` returns for them.
+
+    Returns
+    -------
+    array, shape ``(total size,)``
+        The arrays raveled and concatenated, in the common real float dtype of
+        the arrays. Cost: one copy, O(total size).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> ch.flatten_params((np.ones((2, 2)), np.zeros(3)))
+    array([1., 1., 1., 1., 0., 0., 0.])
+    >>> ch.flatten_params((np.array([1 + 2j, 3 - 4j]),))
+    array([ 1.,  2.,  3., -4.])
     """
     params = _as_tuple(params, "params")
     xp = array_module(*params)
@@ -34,12 +57,32 @@ def flatten_params(params):
     return xp.concatenate([a.reshape(-1).astype(dtype, copy=False) for a in parts])
 
 
-def unflatten_params(vector, like):
+def unflatten_params(vector: Array, like: Sequence[Array]) -> Tuple[Array, ...]:
     """Inverse of :func:`flatten_params`: a tuple of arrays shaped and typed like ``like``.
 
-    ``vector`` must be 1-D with as many elements as ``like`` holds in all
-    (two per complex element). The pieces are copies, never views of
-    ``vector``. Cost: O(total size).
+    Parameters
+    ----------
+    vector : array, shape ``(total size,)``
+        1-D, with as many elements as ``like`` holds in all (two per complex element).
+    like : tuple of arrays
+        The arrays whose shapes and dtypes the pieces take, such as ``A.params``.
+
+    Returns
+    -------
+    tuple of arrays
+        One per entry of ``like``: copies, never views of ``vector``.
+        Cost: O(total size).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> a, b = ch.unflatten_params(np.arange(7.0), (np.ones((2, 2)), np.zeros(3, dtype=np.float32)))
+    >>> a
+    array([[0., 1.],
+           [2., 3.]])
+    >>> b
+    array([4., 5., 6.], dtype=float32)
     """
     like = _as_tuple(like, "like")
     xp = array_module(vector, *like)

@@ -11,6 +11,10 @@ After changing ``vectors`` in place (an optimizer step), call
 :meth:`HouseholderProduct.refresh`.
 """
 
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
 import numpy
 
 from . import _complex, _geqrf, _small, _validate, plan
@@ -19,6 +23,7 @@ from ._gpu import primitives
 from ._operator import Operator
 from ._reflections import DENSE_WORKSPACE, ComplexReflections, Reflections, Segment
 from ._shapes import batch_shape, reduce_to_shape
+from ._typing import Array
 from .algorithms import ALGORITHMS, PLANS, _layout, _scaling
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
@@ -42,24 +47,37 @@ class HouseholderProduct(Operator):
         Reject NaN/Inf in ``vectors`` and in every ``X``. Defaults to True on
         NumPy; on CuPy the check synchronizes, and defaults to True as well.
 
+    Notes
+    -----
     Cost: construction validates in O(n d); ``H @ X`` with X ``(d, m)`` is
     O(d n m) (plus an O(n k d) one-off build of the algorithm's form); ``.T``,
     ``.inv()``, ``det``, ``slogdet`` and ``logdet`` are O(1) per batch entry.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> rng = np.random.default_rng(0)
+    >>> H = ch.HouseholderProduct(rng.standard_normal((3, 5)))  # 3 reflections in 5 dimensions
+    >>> H.shape, H.n_reflections
+    ((5, 5), 3)
+    >>> X = rng.standard_normal((5, 2))
+    >>> np.allclose(H.T @ (H @ X), X)
+    True
+    >>> np.allclose(H.todense() @ X, H @ X)
+    True
     """
 
     _NAME = "H"
     _TODENSE_WORKSPACE = DENSE_WORKSPACE
 
-    def __init__(self, vectors, algorithm="auto", block_size=None, *, check_finite=True):
+    def __init__(
+        self, vectors: Array, algorithm: str = "auto", block_size: Optional[int] = None, *, check_finite: bool = True
+    ) -> None:
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        v = _small.plain_vectors(vectors)
-        norms = None if v is None else _small.vector_norms(v)
-        if norms is not None:  # the small-size path: one validation pass found nothing to handle
-            core = Reflections("numpy", (v,), (Segment(0, False, None, None),), bool(check_finite), v.dtype, norms)
-            core._safe = True
-            if _small.first_row_breaks_trapezoid(v):
-                core._layout = _layout.FULL
+        core = _small.vectors_reflections(vectors, check_finite)
+        if core is not None:  # the small-size path: one validation pass found nothing to handle
             self._init(core, False, algorithm, block_size)
             return
         xp = array_module(vectors)
@@ -70,8 +88,9 @@ class HouseholderProduct(Operator):
             core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
         else:
             norms = primitives.row_norms(v, xp)
-            _validate.vector_norms(norms, xp, bool(check_finite))
-            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms)
+            summary = _validate.norm_summary(norms, xp)  # the one sync: validation and the build's facts
+            _validate.vector_norms(norms, xp, bool(check_finite), summary=summary)
+            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms, summary)
         self._init(core, False, algorithm, block_size)
 
     def _init(self, core, transpose, algorithm, block_size, conjugate=False):
@@ -88,7 +107,15 @@ class HouseholderProduct(Operator):
         return obj
 
     @classmethod
-    def from_lapack(cls, a, tau, algorithm="auto", block_size=None, *, check_finite=True):
+    def from_lapack(
+        cls,
+        a: Array,
+        tau: Array,
+        algorithm: str = "auto",
+        block_size: Optional[int] = None,
+        *,
+        check_finite: bool = True,
+    ) -> HouseholderProduct:
         """Q = H(1) ... H(k) from the ``geqrf`` layout, real or complex.
 
         ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i
@@ -116,14 +143,27 @@ class HouseholderProduct(Operator):
         gradient w.r.t. ``a`` holds every lambda_i fixed. ``det`` is the product of
         the lambda_i. The product runs realified (:mod:`cuhouse._complex`), with a
         copy of the reflectors.
+
+        Returns
+        -------
+        HouseholderProduct
+            ``Q`` ``(..., M, M)``, whose ``params`` are ``(a,)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import scipy.linalg
+        >>> import cuhouse as ch
+        >>> A = np.random.default_rng(0).standard_normal((5, 3))
+        >>> (qr, tau), _ = scipy.linalg.qr(A, mode="raw")
+        >>> Q = ch.HouseholderProduct.from_lapack(qr, tau)
+        >>> np.allclose(Q.todense(), scipy.linalg.qr(A)[0])
+        True
         """
         algorithm = _validate.choice(algorithm, "algorithm", ALGORITHM_CHOICES)
         block_size = _validate.positive_int_or_none(block_size, "block_size")
-        found = _small.lapack_norms(a, tau)
-        if found is not None:  # the small-size path: one validation pass found nothing to handle
-            k, identity, norms = found
-            core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, norms)
-            core._safe = True
+        core = _small.lapack_reflections(a, tau, check_finite)
+        if core is not None:  # the small-size path: one validation pass found nothing to handle
             return cls._view(core, False, algorithm, block_size)
         xp = array_module(a, tau)
         a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
@@ -137,7 +177,9 @@ class HouseholderProduct(Operator):
         return cls._view(core, False, algorithm, block_size)
 
     @classmethod
-    def from_dense(cls, q, algorithm="auto", block_size=None, *, check_finite=True):
+    def from_dense(
+        cls, q: Array, algorithm: str = "auto", block_size: Optional[int] = None, *, check_finite: bool = True
+    ) -> HouseholderProduct:
         """The Householder product equal to an orthogonal (or unitary) ``q``.
 
         ``q`` ``(..., d, d)`` orthogonal: at most d reflections and
@@ -150,6 +192,20 @@ class HouseholderProduct(Operator):
         unitary (complex) ``q`` gives LAPACK's complex factors, see
         :meth:`from_lapack`: with only Hermitian reflections R could not be the
         identity. Cost: O(d r^2) once.
+
+        Returns
+        -------
+        HouseholderProduct
+            ``(..., d, d)``, of at most r reflections.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> Q = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 4)))[0]
+        >>> H = ch.HouseholderProduct.from_dense(Q)
+        >>> H.n_reflections <= 4, np.allclose(H.todense(), Q)
+        (True, True)
         """
         xp = array_module(q)
         q = _validate.dense_matrix(q, "Q", xp)
@@ -162,7 +218,7 @@ class HouseholderProduct(Operator):
 
     # ------------------------------------------------------------ attributes
     @property
-    def vectors(self):
+    def vectors(self) -> Array:
         """The reflections ``(..., n, d)`` in product order: a read-only view (NumPy) of the caller's array
         (from :meth:`from_lapack` or ``H1 @ H2``, or complex: full rows, a copy made once). For
         LAPACK's complex factors the vectors alone do not give the product: each factor's
@@ -172,41 +228,56 @@ class HouseholderProduct(Operator):
         return read_only(self._xp.conj(v)) if self._conjugate else v
 
     @property
-    def params(self):
+    def params(self) -> Tuple[Array, ...]:
         """The leaf arrays that gradients are taken with respect to (the caller's own arrays)."""
         return tuple(self._core.params)
 
     @property
-    def dtype(self):
+    def dtype(self) -> numpy.dtype:
         return self._core.dtype
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         shape = self._core.shape
         return tuple(shape[:-2]) + (shape[-1], shape[-1])
 
     @property
-    def n_reflections(self):
+    def n_reflections(self) -> int:
         return self._core.shape[-2]
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         """``"numpy"`` or ``"cupy"``."""
         return self._core.backend
 
     @property
-    def check_finite(self):
+    def check_finite(self) -> bool:
         """Whether NaN/Inf in the vectors and in every ``X`` is rejected."""
         return self._core.check_finite
 
     def _describe(self):
         return (("n_reflections", self.n_reflections), ("algorithm", repr(self.algorithm)))
 
-    def refresh(self):
+    def refresh(self) -> HouseholderProduct:
         """Rebuild from the parameter arrays after they were updated in place.
 
         Re-validates the vectors and drops every cached form of H. Returns
         ``self``. Cost: O(n d) now, the build again at the next product.
+
+        Returns
+        -------
+        HouseholderProduct
+            ``self``, rebuilt.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> V = np.eye(3)[:1].copy()
+        >>> H = ch.HouseholderProduct(V)  # H(e_1)
+        >>> V[0] = [0.0, 1.0, 0.0]  # an optimizer step, in place
+        >>> H.refresh() @ np.array([1.0, 2.0, 3.0])  # H(e_2) now
+        array([ 1., -2.,  3.])
         """
         core = self._core
         xp = core.xp
@@ -231,31 +302,58 @@ class HouseholderProduct(Operator):
         return isinstance(self._core, ComplexReflections)
 
     @property
-    def T(self):
+    def T(self) -> HouseholderProduct:
         """The transpose: the reversed product, conjugated when complex (shares all caches). O(1)."""
         return self._view(
             self._core, not self._transpose, self.algorithm, self.block_size, self._conjugate != self._unitary
         )
 
     @property
-    def H(self):
+    def H(self) -> HouseholderProduct:
         """The adjoint (conjugate transpose), the reversed product; equal to :meth:`inv`, and to
         :attr:`T` when real (shares all caches). O(1)."""
         return self._view(self._core, not self._transpose, self.algorithm, self.block_size, self._conjugate)
 
-    def conj(self):
+    def conj(self) -> HouseholderProduct:
         """The entrywise conjugate (``self`` when real; shares all caches). O(1)."""
         if not self._unitary:
             return self
         return self._view(self._core, self._transpose, self.algorithm, self.block_size, not self._conjugate)
 
-    def inv(self):
-        """The inverse, equal to :attr:`H` since H is unitary (orthogonal when real). O(1)."""
+    def inv(self) -> HouseholderProduct:
+        """The inverse, equal to :attr:`H` since H is unitary (orthogonal when real). O(1).
+
+        Returns
+        -------
+        HouseholderProduct
+            ``H.H``: a view sharing every cache.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> H = ch.HouseholderProduct(np.random.default_rng(0).standard_normal((2, 3)))
+        >>> np.allclose((H.inv() @ H).todense(), np.eye(3))
+        True
+        """
         return self.H
 
-    def det(self):
+    def det(self) -> Array:
         """``(-1)**n`` per batch entry (identity factors from ``tau == 0`` excluded); for LAPACK's
-        complex factors the product of their eigenvalues ``1 - tau_i v_i^H v_i``. O(n)."""
+        complex factors the product of their eigenvalues ``1 - tau_i v_i^H v_i``. O(n).
+
+        Returns
+        -------
+        array
+            Of shape ``H.shape[:-2]`` and H's dtype.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> float(ch.HouseholderProduct(np.ones((3, 4))).det())
+        -1.0
+        """
         xp = self._xp
         batch = self.shape[:-2]
         if self._unitary:
@@ -268,9 +366,23 @@ class HouseholderProduct(Operator):
             return xp.broadcast_to(xp.where(count % 2 == 0, 1, -1).astype(self.dtype), batch).copy()
         return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype)
 
-    def slogdet(self):
+    def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|) = (det, 0)`` per batch entry; as ``numpy.linalg.slogdet``, a complex
-        sign of modulus 1 and a real logarithm for a unitary product."""
+        sign of modulus 1 and a real logarithm for a unitary product.
+
+        Returns
+        -------
+        sign, logabsdet : arrays
+            Each of shape ``H.shape[:-2]``: ``det`` and zeros.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> sign, logabs = ch.HouseholderProduct(np.ones((2, 4))).slogdet()
+        >>> float(sign), float(logabs)
+        (1.0, 0.0)
+        """
         sign = self.det()
         return sign, self._xp.zeros(sign.shape, dtype=_complex.real_dtype(sign.dtype))
 
@@ -341,10 +453,26 @@ class HouseholderProduct(Operator):
         """The :class:`Reflections` products run on: the realified one of a unitary product."""
         return self._core.real if self._unitary else self._core
 
-    def plan_for(self, m, dtype=None, differentiable=False):
+    def plan_for(self, m: int, dtype: Any = None, differentiable: bool = False) -> plan.Plan:
         """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns of ``dtype`` (in ``vjp``
         when ``differentiable``). A unitary product plans for its realified form (2n reflections of
-        length 2d); a real one with complex ``X`` for 2m real columns."""
+        length 2d); a real one with complex ``X`` for 2m real columns.
+
+        Returns
+        -------
+        cuhouse.plan.Plan
+            ``(algorithm, block_size, store_inputs)``: deterministic for these
+            arguments on one machine (the cost model's constants are measured once
+            per machine).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> H = ch.HouseholderProduct(np.ones((64, 64)), algorithm="cwy", block_size=16)
+        >>> H.plan_for(32)
+        Plan(algorithm='cwy', block_size=16, store_inputs=...)
+        """
         dtype = numpy.dtype(dtype or self.dtype)
         if _complex.is_complex(dtype) and not self._unitary:
             m *= 2
@@ -395,14 +523,14 @@ class HouseholderProduct(Operator):
 
     def _matmat(self, columns, transpose):
         real, back = self._real_form(columns)
-        module, _, (form, _, limits), transpose = self._run(real, transpose, False)
-        return back(_apply_scaled(module, form, real, transpose, limits, self._xp))
+        module, chosen, (form, _, limits), transpose = self._run(real, transpose, False)
+        return back(_apply_scaled(module, chosen, form, real, transpose, limits, self._xp))
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
         real, to_columns = self._real_form(columns)
         module, chosen, (form, scaled, limits), transpose = self._run(real, transpose, True)
-        out = _apply_scaled(module, form, real, transpose, limits, xp)
+        out = _apply_scaled(module, chosen, form, real, transpose, limits, xp)
 
         def back(dout):
             dv, dx, exponent = _backward_scaled(
@@ -419,15 +547,28 @@ class HouseholderProduct(Operator):
         return self.logdet(), lambda dvalue: []
 
 
-def _apply_scaled(module, form, columns, transpose, limits, xp):
-    """``module.apply`` with the columns of X out of ``limits`` scaled by powers of two (exact) and the
-    result scaled back, so that no intermediate overflows or underflows where the result does not
-    (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV over ``|X|``; three passes over X more
-    only when some column is out of range."""
-    exponent = _scaling.column_exponents(columns, limits, xp)
+def _apply_scaled(module, chosen, form, columns, transpose, limits, xp):
+    """``module.apply`` (in the plan's apply mode) with the columns of X out of ``limits`` scaled by
+    powers of two (exact) and the result scaled back, so that no intermediate overflows or
+    underflows where the result does not (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV
+    over ``|X|``; three passes over X more only when some column is out of range. On the GPU the
+    test would be a host sync on every product: there every column is scaled to its binade
+    (:func:`~cuhouse.algorithms._scaling.column_binades`; exact, the same bits in range)."""
+    if xp is numpy:
+        exponent = _scaling.column_exponents(columns, limits, xp)
+    else:
+        exponent = _scaling.column_binades(columns, xp)
     if exponent is None:
+        return _apply(module, chosen, form, columns, transpose, xp)
+    scaled = _apply(module, chosen, form, _scaling.scaled(columns, exponent, xp), transpose, xp)
+    return _scaling.unscale(scaled, exponent, xp)
+
+
+def _apply(module, chosen, form, columns, transpose, xp):
+    """``module.apply`` in the plan's apply mode (only cwy has modes other than ``"steps"``)."""
+    if chosen.apply == "steps":
         return module.apply(form, columns, transpose, xp)
-    return _scaling.unscale(module.apply(form, _scaling.scaled(columns, exponent, xp), transpose, xp), exponent, xp)
+    return module.apply(form, columns, transpose, xp, mode=chosen.apply)
 
 
 def _backward_scaled(module, form, out, dout, transpose, limits, store_inputs, xp):

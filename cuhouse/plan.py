@@ -30,11 +30,16 @@ from collections import namedtuple
 import numpy
 
 from . import calibration
+from ._gpu.primitives import KERNEL_INVERSE_MAX_K
 
-Plan = namedtuple("Plan", "algorithm block_size store_inputs")
-Plan.__doc__ = """An algorithm name, a block size (``None`` for ``sequential``) and whether
+Plan = namedtuple("Plan", "algorithm block_size store_inputs apply", defaults=("steps",))
+Plan.__doc__ = """An algorithm name, a block size (``None`` for ``sequential``), whether
 the backward stores every block's input (``store_inputs``, cwy only; see
-:func:`store_block_inputs`) instead of recomputing it."""
+:func:`store_block_inputs`) instead of recomputing it, and the mode of a cwy
+product once its form is built (``apply``, see :func:`apply_mode`):
+``"steps"`` (three GEMMs a block, no extra memory), ``"gemm"`` (two GEMMs a
+block with ``W = T V`` cached) or ``"graph"`` (that sweep replayed as one
+CUDA graph: three launches a product)."""
 
 ALGORITHM_NAMES = ("sequential", "fasth", "cwy", "dense")
 # "auto" never picks fasth: its forward matches cwy's GEMM for GEMM, but its
@@ -60,14 +65,26 @@ def _pass(mach, elements, itemsize, calls=1):
     return calls * mach.launch + elements * itemsize / mach.bandwidth
 
 
+# The raw triangular-inverse kernel (cuhouse/_gpu, k <= KERNEL_INVERSE_MAX_K): one thread per
+# column runs a serial loop of about k^2 / 2 dependent multiply-adds; estimated at ~10 cycles
+# (1.8 GHz) a step with about 1024 matrices in flight on an H100-class GPU. Not yet measured.
+KERNEL_STEP_SECONDS = 5.5e-9
+KERNEL_MATRICES_AT_ONCE = 1024
+
+
 def _triangular_inverse(mach, k, count, itemsize):
-    """``count`` k x k triangular inverses: one LAPACK ``?trtri`` each where the machine has LAPACK
-    (NumPy), else the doubling inverse (at level b, two GEMMs of b x b x b per pair)."""
+    """What :func:`cuhouse._gpu.primitives.upper_triangular_inverse` runs for ``count`` k x k triangles:
+    one LAPACK ``?trtri`` each where the machine has LAPACK (NumPy); on the GPU the raw kernel on
+    the diagonal blocks of ``b = min(k, KERNEL_INVERSE_MAX_K)`` (one launch, waves of serial
+    loops), then the doubling from b (at level b, two GEMMs of b x b x b per pair and about six
+    element-wise launches: gathers, the joined blocks)."""
     if mach.trtri_rate is not None:
         return count * (mach.lapack_call + k**3 / 3 / (mach.trtri_rate * 4 / itemsize))
-    seconds, b = 0.0, 1
+    b = min(k, KERNEL_INVERSE_MAX_K)
+    blocks = count * -(-k // b)
+    seconds = mach.launch + -(-blocks // KERNEL_MATRICES_AT_ONCE) * (b * b / 2) * KERNEL_STEP_SECONDS
     while b < k:
-        seconds += 4 * mach.launch + 2 * _gemm(mach, b, b, b, itemsize, count=count * k / (2 * b))
+        seconds += 6 * mach.launch + 2 * _gemm(mach, b, b, b, itemsize, count=count * k / (2 * b))
         b *= 2
     return seconds
 
@@ -127,6 +144,42 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
     raise ValueError("unknown algorithm {!r}".format(algorithm))
 
 
+# A CUDA graph's replay costs about this much per captured node beyond the work itself (an
+# estimate for cuBLAS GEMM nodes on an H100-class GPU, against a ~10 us launch through CuPy).
+GRAPH_NODE_SECONDS = 1.5e-6
+# The apply modes the cost model may pick for a cwy product on each backend: NumPy has no
+# launch overhead to save, so it keeps the steps (no extra memory).
+APPLY_MODES = {"numpy": ("steps",), "cupy": ("steps", "gemm", "graph")}
+
+
+def predict_apply(mode, d, n, m, block_size, itemsize=4, backend="numpy", layout="full", machine=None):
+    """Predicted seconds of one cwy ``H @ X`` (X ``(d, m)``) in apply ``mode`` once the form (and
+    the mode's cache: ``W``, a captured graph) exists. See :class:`Plan` for the modes."""
+    mach = machine or calibration.machine(backend)
+    if mode == "steps":
+        return predict("cwy", d, n, m, block_size, itemsize, backend, built=True, layout=layout, machine=mach)
+    if layout != "full":
+        d = max(d - (n - min(block_size, n)) / 2, 1)
+    k = min(block_size, n)
+    nb = -(-n // k)
+    block = _gemm(mach, k, d, m, itemsize) + _gemm(mach, d, k, m, itemsize)
+    copy = _pass(mach, 2 * d * m, itemsize)
+    if mode == "gemm":
+        return copy + nb * block
+    if mode == "graph":  # X in, the replay, the result out; the nodes without their launches
+        return 2 * copy + mach.launch + nb * (block - 2 * mach.launch + 2 * GRAPH_NODE_SECONDS)
+    raise ValueError("unknown apply mode {!r}".format(mode))
+
+
+def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", machine=None):
+    """The fastest mode of a cached cwy product among ``APPLY_MODES[backend]`` by
+    :func:`predict_apply`. The modes' one-off costs (``W``: about one batched GEMM of
+    O(n k d); a graph capture: one sweep's host time) are left out: the modes exist for
+    the products that reuse the form. Cost: O(1)."""
+    modes = APPLY_MODES.get(backend, ("steps",))
+    return min(modes, key=lambda mode: predict_apply(mode, d, n, m, block_size, itemsize, backend, layout, machine))
+
+
 def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full", lapack=False):
     """The fastest :class:`Plan` for ``H @ X`` by the cost model, build included.
 
@@ -163,7 +216,8 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, m
                 best = (seconds, name, k)
     _, name, k = best
     store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend, mach)
-    return Plan(name, k, store)
+    mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach) if name == "cwy" else "steps"
+    return Plan(name, k, store, mode)
 
 
 def store_block_inputs(d, n, m, block_size, itemsize=4, backend="numpy", machine=None):

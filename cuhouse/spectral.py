@@ -16,12 +16,17 @@ matrix is computed when it is derived; derive again after an optimizer step
 changes ``s`` or ``w`` in place (and call ``refresh()`` on U and V).
 """
 
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
 import numpy
 
 from . import _complex, _geqrf, _validate
 from ._backend import array_module, backend_name, read_only, to_host
 from ._operator import Operator
 from ._shapes import batch_shape, reduce_to_shape
+from ._typing import Array
 from .householder import HouseholderProduct
 
 
@@ -64,36 +69,36 @@ class _SpectralMatrix(Operator):
 
     # ------------------------------------------------------------ attributes
     @property
-    def params(self):
+    def params(self) -> Tuple[Array, ...]:
         """The leaf arrays gradients are taken with respect to (shared by every derived matrix)."""
         return self._root()._params
 
     @property
-    def rank(self):
+    def rank(self) -> int:
         """r, the number of stored singular values (eigenvalues)."""
         return self._values.shape[-1]
 
     @property
-    def shape(self):
+    def shape(self) -> Tuple[int, ...]:
         batch = numpy.broadcast_shapes(self._left.shape[:-2], self._values.shape[:-1], self._right.shape[:-2])
         return batch + (self._left.shape[-1], self._right.shape[-1])
 
     @property
-    def dtype(self):
+    def dtype(self) -> numpy.dtype:
         return numpy.result_type(self._left.dtype, self._values.dtype, self._right.dtype)
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         """``"numpy"`` or ``"cupy"``."""
         return self._backend
 
     @property
-    def check_finite(self):
+    def check_finite(self) -> bool:
         """Whether NaN/Inf in every ``X`` is rejected (as the root was built)."""
         return self._root()._check_finite
 
     @property
-    def lineage(self):
+    def lineage(self) -> str:
         """How this matrix was derived from its root, e.g. ``"W.inv().T"``."""
         node, steps = self, []
         while node._parent is not None:
@@ -106,7 +111,7 @@ class _SpectralMatrix(Operator):
 
     # --------------------------------------------------------------- algebra
     @property
-    def H(self):
+    def H(self) -> _SpectralMatrix:
         """The adjoint (conjugate transpose) R diag(values) L^H (the matrix itself when symmetric or
         Hermitian); :attr:`T` when real. O(1)."""
         if self._left is self._right:
@@ -114,21 +119,35 @@ class _SpectralMatrix(Operator):
         return self._derive("H", self._values, None, transpose=True)
 
     @property
-    def T(self):
+    def T(self) -> _SpectralMatrix:
         """The transpose conj(R) diag(values) conj(L)^H (the matrix itself when real symmetric). O(1)."""
         unitary = self.dtype.kind == "c"
         if self._left is self._right and not unitary:
             return self
         return self._derive("T", self._values, None, transpose=self._left is not self._right, conjugate=unitary)
 
-    def conj(self):
+    def conj(self) -> _SpectralMatrix:
         """The entrywise conjugate conj(L) diag(values) conj(R)^H (``self`` when real). O(1)."""
         if self.dtype.kind != "c":
             return self
         return self._derive("conj()", self._values, None, conjugate=True)
 
-    def inv(self):
-        """W^{-1} = R diag(1/values) L^T; square, full rank, every value nonzero. O(r)."""
+    def inv(self) -> _SpectralMatrix:
+        """W^{-1} = R diag(1/values) L^T; square, full rank, every value nonzero. O(r).
+
+        Returns
+        -------
+        SVDMatrix or EighMatrix
+            Lazy, of W's type; gradients reach W's leaves.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 4, rng=0)
+        >>> np.allclose(W.inv().todense(), np.linalg.inv(W.todense()))
+        True
+        """
         self._require_full_rank("inv()", "use pinv() for a pseudo-inverse")
         self._require_values("inv()", self._values != 0, "every {} nonzero (W is singular); use pinv()")
         with numpy.errstate(over="ignore"):
@@ -136,11 +155,24 @@ class _SpectralMatrix(Operator):
         self._require_values("inv()", self._xp.isfinite(values), "every 1/{} finite (W is numerically singular)")
         return self._derive("inv()", values, -values * values, transpose=True)
 
-    def pinv(self, rcond=1e-15):
+    def pinv(self, rcond: float = 1e-15) -> _SpectralMatrix:
         """Moore-Penrose pseudo-inverse, shape ``(..., d_in, d_out)``. O(r).
 
         As ``numpy.linalg.pinv``: values with ``|v| <= rcond * max|v|`` count
         as zero. The cut-off is held fixed in the gradient.
+
+        Returns
+        -------
+        SVDMatrix or EighMatrix
+            Lazy, of W's type.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(5, 3, rng=0)
+        >>> np.allclose(W.pinv().todense(), np.linalg.pinv(W.todense()))
+        True
         """
         rcond = _validate.non_negative_real(rcond, "rcond")
         xp = self._xp
@@ -150,8 +182,23 @@ class _SpectralMatrix(Operator):
         values = xp.where(kept, 1 / xp.where(kept, self._values, 1), 0)
         return self._derive("pinv()", values, -values * values, transpose=True)
 
-    def solve(self, b):
-        """X with W X = B, as ``numpy.linalg.solve``: B ``(d,)`` or ``(..., d, m)``. O(d n m)."""
+    def solve(self, b: Array) -> Array:
+        """X with W X = B, as ``numpy.linalg.solve``: B ``(d,)`` or ``(..., d, m)``. O(d n m).
+
+        Returns
+        -------
+        array
+            Shaped like ``B`` (with W's batch dimensions in front).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 4, rng=0)
+        >>> b = np.arange(4.0)
+        >>> np.allclose(W @ W.solve(b), b)
+        True
+        """
         self._require_full_rank("solve()", "use pinv() @ B for least squares")
         return self.inv()._product(b, "left", name="B")
 
@@ -160,7 +207,7 @@ class _SpectralMatrix(Operator):
         right = self._right.det()
         return self._left.det() * (self._xp.conj(right) if right.dtype.kind == "c" else right)
 
-    def det(self):
+    def det(self) -> Array:
         """det W per batch entry: det U conj(det V) prod(s) (0 when r < d). Square W. O(r)."""
         self._require_square("det()")
         xp = self._xp
@@ -169,7 +216,7 @@ class _SpectralMatrix(Operator):
         det = self._sides_det() * xp.prod(self._values, axis=-1)
         return _batch_array(det, self.shape[:-2], self.dtype, xp)
 
-    def slogdet(self):
+    def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det W|)`` per batch entry, as ``numpy.linalg.slogdet``: for complex W the sign
         is complex of modulus 1 (0 when singular) and the logarithm real. Square W. O(r)."""
         self._require_square("slogdet()")
@@ -183,8 +230,22 @@ class _SpectralMatrix(Operator):
             logabs = xp.sum(xp.log(xp.abs(self._values)), axis=-1)
         return _batch_array(sign, batch, self.dtype, xp), _batch_array(logabs, batch, real, xp)
 
-    def singular_values(self):
-        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: ``|values|``, zero-padded."""
+    def singular_values(self) -> Array:
+        """All min(d_out, d_in) singular values ``(..., min(d_out, d_in))``, unsorted: ``|values|``, zero-padded.
+
+        Returns
+        -------
+        array
+            ``(..., min(d_out, d_in))``, real.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix(np.eye(3)[:1], np.array([-2.0, 1.0]), np.eye(2)[:1])  # 3 x 2
+        >>> W.singular_values()
+        array([2., 1.])
+        """
         xp = self._xp
         magnitude = xp.abs(self._values)
         missing = min(self.shape[-2:]) - self.rank
@@ -192,8 +253,22 @@ class _SpectralMatrix(Operator):
             magnitude = xp.concatenate([magnitude, xp.zeros(magnitude.shape[:-1] + (missing,), magnitude.dtype)], -1)
         return xp.broadcast_to(magnitude, self.shape[:-2] + magnitude.shape[-1:])
 
-    def norm(self, ord=None):
-        """Matrix norm per batch entry, as ``numpy.linalg.norm``: ord in None/"fro", "nuc", 2, -2. O(r)."""
+    def norm(self, ord: Union[int, str, None] = None) -> Array:
+        """Matrix norm per batch entry, as ``numpy.linalg.norm``: ord in None/"fro", "nuc", 2, -2. O(r).
+
+        Returns
+        -------
+        array
+            Real, of shape ``W.shape[:-2]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 4, rng=0)
+        >>> bool(np.isclose(W.norm("nuc"), np.linalg.norm(W.todense(), "nuc")))
+        True
+        """
         sigma = self.singular_values()
         if ord is None or ord == "fro":
             return self._xp.sqrt((sigma * sigma).sum(axis=-1))
@@ -205,11 +280,24 @@ class _SpectralMatrix(Operator):
             return sigma.min(axis=-1)
         raise ValueError("ord must be one of None, 'fro', 'nuc', 2, -2, got {!r}".format(ord))
 
-    def cond(self, p=None):
+    def cond(self, p: Union[int, str, None] = None) -> Array:
         """Condition number per batch entry, as ``numpy.linalg.cond``: p in None/2, -2, "fro", "nuc". O(r).
 
         ``inf`` for a singular matrix (the zero matrix included); "fro" and
         "nuc" need a square W.
+
+        Returns
+        -------
+        array
+            Real, of shape ``W.shape[:-2]``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(4, 4, rng=0)
+        >>> bool(np.isclose(W.cond(), np.linalg.cond(W.todense())))
+        True
         """
         xp = self._xp
         if p in ("fro", "nuc"):
@@ -293,14 +381,14 @@ class _SpectralMatrix(Operator):
     def _require_square(self, operation):
         rows, cols = self.shape[-2:]
         if rows != cols:
-            raise ValueError("{} needs a square matrix, but W is {}x{}".format(operation, rows, cols))
+            raise ValueError("{} needs a square matrix, but {} is {}x{}".format(operation, self.lineage, rows, cols))
 
     def _require_full_rank(self, operation, hint):
         self._require_square(operation)
         if self.rank < self.shape[-1]:
             raise ValueError(
-                "{} needs a full-rank square matrix, but W is {}x{} with rank r={}; {}".format(
-                    operation, self.shape[-2], self.shape[-1], self.rank, hint
+                "{} needs a full-rank square matrix, but {} is {}x{} with rank r={}; {}".format(
+                    operation, self.lineage, self.shape[-2], self.shape[-1], self.rank, hint
                 )
             )
 
@@ -383,14 +471,36 @@ class SVDMatrix(_SpectralMatrix):
     check_finite : bool
         Reject NaN/Inf in ``s`` and in every operand.
 
+    Notes
+    -----
     ``params`` is ``U.params + (s,) + V.params``, that is
     ``(U.vectors, s, V.vectors)`` for products built from one vector array.
     Batch dimensions of U, s and V broadcast. Cost: ``W @ X`` with X
     ``(d_in, m)`` is O((d_in n_V + d_out n_U) m), so O(d r m) when U and V
     have r reflections; the spectral operations are O(r).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> rng = np.random.default_rng(0)
+    >>> U = ch.HouseholderProduct(rng.standard_normal((4, 4)))
+    >>> V = ch.HouseholderProduct(rng.standard_normal((3, 3)))
+    >>> W = ch.SVDMatrix(U, np.array([3.0, 2.0, 1.0]), V)
+    >>> W.shape
+    (4, 3)
+    >>> np.allclose(np.linalg.svd(W.todense(), compute_uv=False), [3.0, 2.0, 1.0])
+    True
     """
 
-    def __init__(self, U, s, V, *, check_finite=True):
+    def __init__(
+        self,
+        U: Union[HouseholderProduct, Array],
+        s: Array,
+        V: Union[HouseholderProduct, Array],
+        *,
+        check_finite: bool = True,
+    ) -> None:
         U, V = _householder(U, "U", check_finite), _householder(V, "V", check_finite)
         xp = array_module(U.vectors, s, V.vectors)
         s = _spectrum(s, "s", xp, check_finite)
@@ -408,24 +518,37 @@ class SVDMatrix(_SpectralMatrix):
         self._check_finite = bool(check_finite)
 
     @property
-    def U(self):
+    def U(self) -> HouseholderProduct:
         """The left Householder product (d_out x d_out)."""
         return self._left
 
     @property
-    def s(self):
+    def s(self) -> Array:
         """The singular values ``(..., r)`` (signed; derived for a derived matrix); read-only (NumPy)."""
         return read_only(self._values)
 
     @property
-    def V(self):
+    def V(self) -> HouseholderProduct:
         """The right Householder product (d_in x d_in)."""
         return self._right
 
-    def clip(self, lo=0.0, hi=numpy.inf):
+    def clip(self, lo: float = 0.0, hi: float = numpy.inf) -> SVDMatrix:
         """Spectral clipping: singular values ``|s|`` clipped to ``[lo, hi]``, signs kept. O(r).
 
         The gradient passes where ``lo <= |s| <= hi`` and is zero elsewhere.
+
+        Returns
+        -------
+        SVDMatrix
+            Lazy; gradients reach U, s and V.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix(np.eye(3)[:1], np.array([0.5, 1.0, 3.0]), np.eye(3)[:1])
+        >>> np.sort(W.clip(0.9, 1.1).singular_values())
+        array([0.9, 1. , 1.1])
         """
         lo, hi = _validate.real_number(lo, "lo"), _validate.real_number(hi, "hi")
         if not 0 <= lo <= hi:
@@ -436,7 +559,7 @@ class SVDMatrix(_SpectralMatrix):
         inside = ((magnitude >= lo) & (magnitude <= hi)).astype(self._values.dtype)
         return self._derive("clip({!r}, {!r})".format(lo, hi), values.astype(self._values.dtype), inside)
 
-    def expm(self):
+    def expm(self) -> _SpectralMatrix:
         """Not defined for U diag(s) V^T; a matrix function needs ``EighMatrix``."""
         raise TypeError(
             "expm() needs a symmetric matrix U diag(w) U^T, but an SVDMatrix has independent U and "
@@ -444,13 +567,28 @@ class SVDMatrix(_SpectralMatrix):
         )
 
     @classmethod
-    def from_dense(cls, a, rank=None, *, check_finite=True):
+    def from_dense(cls, a: Array, rank: Optional[int] = None, *, check_finite: bool = True) -> SVDMatrix:
         """The SVD of ``a`` ``(..., d_out, d_in)`` with Householder singular vectors.
 
         ``rank`` keeps the r largest singular values (the best rank-r
         approximation); the default keeps min(d_out, d_in). U and V get at
         most r reflections each; the signs of the QR that turns the singular
         vectors into reflections move into ``s``. Cost: O(d^3) once.
+
+        Returns
+        -------
+        SVDMatrix
+            ``(..., d_out, d_in)`` of rank r.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> A = np.random.default_rng(0).standard_normal((4, 3))
+        >>> np.allclose(ch.SVDMatrix.from_dense(A).todense(), A)
+        True
+        >>> ch.SVDMatrix.from_dense(A, rank=1).rank
+        1
         """
         xp = array_module(a)
         a = _validate.dense_matrix(a, "A", xp)
@@ -469,11 +607,33 @@ class SVDMatrix(_SpectralMatrix):
         return cls(U, sigma[..., :r] * u_signs * v_signs, V, check_finite=check_finite)
 
     @classmethod
-    def random(cls, d_out, d_in, rank=None, rng=None, *, dtype=numpy.float64, batch_shape=(), spread=0.1):
+    def random(
+        cls,
+        d_out: int,
+        d_in: int,
+        rank: Optional[int] = None,
+        rng: Any = None,
+        *,
+        dtype: Any = numpy.float64,
+        batch_shape: Tuple[int, ...] = (),
+        spread: float = 0.1,
+    ) -> SVDMatrix:
         """A random layer: Gaussian Householder vectors (r per side) and s uniform in 1 +- spread.
 
         ``rng`` is anything ``numpy.random.default_rng`` accepts. NumPy arrays.
         A complex ``dtype`` gives complex Gaussian vectors (a unitary U and V) and real s.
+
+        Returns
+        -------
+        SVDMatrix
+            ``(*batch_shape, d_out, d_in)`` of rank ``min(d_out, d_in)`` unless given.
+
+        Examples
+        --------
+        >>> import cuhouse as ch
+        >>> W = ch.SVDMatrix.random(6, 4, rng=0, batch_shape=(2,))
+        >>> W.shape, W.rank
+        ((2, 6, 4), 4)
         """
         d_out, d_in = _validate.positive_int(d_out, "d_out"), _validate.positive_int(d_in, "d_in")
         rng = numpy.random.default_rng(rng)
@@ -503,15 +663,26 @@ class EighMatrix(_SpectralMatrix):
     w : array_like, shape ``(..., d)``
         The eigenvalues (real; complex w is a ``TypeError``).
 
+    Notes
+    -----
     ``params`` is ``U.params + (w,)``. Matrix functions (``expm``, ``logm``,
     ``sqrtm``, ``power``, ``cayley``, ``inv``) map w element-wise: O(d), and
     the result is again an ``EighMatrix``. ``W @ X`` costs O(d n m).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import cuhouse as ch
+    >>> U = ch.HouseholderProduct(np.random.default_rng(0).standard_normal((3, 3)))
+    >>> E = ch.EighMatrix(U, np.array([1.0, 2.0, 3.0]))
+    >>> np.allclose(np.linalg.eigvalsh(E.todense()), [1.0, 2.0, 3.0])
+    True
     """
 
     _SPECTRUM = "w"
     _NAME = "E"
 
-    def __init__(self, U, w, *, check_finite=True):
+    def __init__(self, U: Union[HouseholderProduct, Array], w: Array, *, check_finite: bool = True) -> None:
         U = _householder(U, "U", check_finite)
         xp = array_module(U.vectors, w)
         w = _spectrum(w, "w", xp, check_finite)
@@ -526,35 +697,75 @@ class EighMatrix(_SpectralMatrix):
         self._check_finite = bool(check_finite)
 
     @property
-    def U(self):
+    def U(self) -> HouseholderProduct:
         """The eigenvectors as a Householder product (d x d)."""
         return self._left
 
     @property
-    def w(self):
+    def w(self) -> Array:
         """The eigenvalues ``(..., d)`` (derived for a derived matrix); read-only (NumPy)."""
         return read_only(self._values)
 
-    def expm(self):
-        """The matrix exponential U diag(exp w) U^T. O(d)."""
+    def expm(self) -> _SpectralMatrix:
+        """The matrix exponential U diag(exp w) U^T. O(d).
+
+        Returns
+        -------
+        EighMatrix
+            Lazy; gradients reach U and w.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import scipy.linalg
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.ones((1, 3)), np.array([0.0, 1.0, 2.0]))
+        >>> np.allclose(E.expm().todense(), scipy.linalg.expm(E.todense()))
+        True
+        """
         values = self._xp.exp(self._values)
         return self._derive("expm()", values, values)
 
-    def logm(self):
+    def logm(self) -> EighMatrix:
         """The principal logarithm U diag(log w) U^T; every w > 0. O(d)."""
         self._require_values("logm()", self._values > 0, "every {} > 0 (a positive definite matrix)")
         return self._derive("logm()", self._xp.log(self._values), 1 / self._values)
 
-    def sqrtm(self):
-        """The principal square root U diag(sqrt w) U^T; every w > 0. O(d)."""
+    def sqrtm(self) -> EighMatrix:
+        """The principal square root U diag(sqrt w) U^T; every w > 0. O(d).
+
+        Returns
+        -------
+        EighMatrix
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.eye(3)[:1], np.array([1.0, 4.0, 9.0]))
+        >>> np.allclose(E.sqrtm().todense(), np.diag([1.0, 2.0, 3.0]))
+        True
+        """
         self._require_values("sqrtm()", self._values > 0, "every {} > 0 (a positive definite matrix)")
         values = self._xp.sqrt(self._values)
         return self._derive("sqrtm()", values, 0.5 / values)
 
-    def power(self, p):
+    def power(self, p: float) -> EighMatrix:
         """W**p = U diag(w**p) U^T, as ``scipy.linalg.fractional_matrix_power``. O(d).
 
         An integer p allows any w (nonzero when p < 0); a fractional p needs every w > 0.
+
+        Returns
+        -------
+        EighMatrix
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.eye(3)[:1], np.array([1.0, 4.0, 9.0]))
+        >>> np.allclose(E.power(-0.5).todense(), np.diag([1.0, 0.5, 1.0 / 3.0]))
+        True
         """
         p = _validate.real_number(p, "p")
         if not numpy.isfinite(p):
@@ -567,18 +778,46 @@ class EighMatrix(_SpectralMatrix):
         derivative = p * self._values ** (p - 1) if p else self._xp.zeros_like(self._values)
         return self._derive("power({!r})".format(p), values, derivative)
 
-    def cayley(self):
-        """The Cayley map (I - W)(I + W)^{-1} = U diag((1 - w)/(1 + w)) U^T; every w != -1. O(d)."""
+    def cayley(self) -> EighMatrix:
+        """The Cayley map (I - W)(I + W)^{-1} = U diag((1 - w)/(1 + w)) U^T; every w != -1. O(d).
+
+        Returns
+        -------
+        EighMatrix
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> E = ch.EighMatrix(np.eye(3)[:1], np.array([1.0, 4.0, 9.0]))
+        >>> I = np.eye(3)
+        >>> np.allclose(E.cayley().todense(), (I - E.todense()) @ np.linalg.inv(I + E.todense()))
+        True
+        """
         self._require_values("cayley()", self._values != -1, "every {} != -1 (I + W invertible)")
         plus = 1 + self._values
         return self._derive("cayley()", (1 - self._values) / plus, -2 / (plus * plus))
 
     @classmethod
-    def from_dense(cls, a, *, check_finite=True):
+    def from_dense(cls, a: Array, *, check_finite: bool = True) -> EighMatrix:
         """The eigendecomposition of a symmetric (Hermitian) ``a`` ``(..., d, d)``, eigenvectors as reflections.
 
         ``a`` must be symmetric (Hermitian: ``A == A^H``) to within 100 eps of its largest entry.
         Cost: O(d^3) once.
+
+        Returns
+        -------
+        EighMatrix
+            ``(..., d, d)``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> A = np.array([[2.0, 1.0], [1.0, 2.0]])
+        >>> E = ch.EighMatrix.from_dense(A)
+        >>> np.allclose(E.todense(), A), np.allclose(np.sort(E.w), [1.0, 3.0])
+        (True, True)
         """
         xp = array_module(a)
         a = _validate.dense_matrix(a, "A", xp)

@@ -1,5 +1,6 @@
-// Batched inverse of upper-triangular k x k matrices, T = S^{-1}, for all
-// blocks in one launch. GPU twin of cuhouse._primitives.upper_triangular_inverse.
+// Batched inverse of upper-triangular k x k matrices, T = S^{-1}, k <= 64, for
+// all blocks in one launch. GPU twin of cuhouse._gpu.primitives.upper_triangular_inverse,
+// which joins these blocks by doubling (batched GEMMs) for larger k.
 #include "common.cuh"
 
 // Column j of T = S^{-1} by back substitution: t_jj = 1 / s_jj and, going up,
@@ -55,23 +56,7 @@ __global__ void cuhouse_triangular_inverse_shared(const T* __restrict__ s, cuhou
     }
 }
 
-// Any k: one thread block per matrix (grid-stride over matrices), each thread
-// owns the columns j = threadIdx.x + c * blockDim.x and builds them directly
-// in the output. No shared memory and no synchronization are needed.
-template <typename T>
-__global__ void cuhouse_triangular_inverse_global(const T* __restrict__ s, cuhouse_index count, int k,
-                                                  T* __restrict__ t) {
-    const cuhouse_index size = (cuhouse_index)k * k;
-    for (cuhouse_index matrix = blockIdx.x; matrix < count; matrix += gridDim.x) {
-        for (int j = threadIdx.x; j < k; j += blockDim.x) {
-            cuhouse_invert_column(s + matrix * size, t + matrix * size, k, j);
-        }
-    }
-}
-
 #ifdef CUHOUSE_INSTANTIATE
 template __global__ void cuhouse_triangular_inverse_shared<float>(const float*, cuhouse_index, int, float*);
 template __global__ void cuhouse_triangular_inverse_shared<double>(const double*, cuhouse_index, int, double*);
-template __global__ void cuhouse_triangular_inverse_global<float>(const float*, cuhouse_index, int, float*);
-template __global__ void cuhouse_triangular_inverse_global<double>(const double*, cuhouse_index, int, double*);
 #endif

@@ -1,4 +1,4 @@
-"""Backend parametrization and dtype-aware tolerances shared by the tests."""
+"""Fixtures: the backend parametrization. Shared helpers are in ``helpers.py``."""
 
 import os
 
@@ -25,25 +25,3 @@ def _backends():
 def xp(request):
     """The array module under test: numpy always, cupy when a device answers."""
     return request.param
-
-
-def to_numpy(a):
-    """A NumPy copy of a NumPy or CuPy array."""
-    return a.get() if hasattr(a, "get") else numpy.asarray(a)
-
-
-def rtol(dtype, scale=1):
-    """Relative tolerance for results computed in ``dtype`` (as numpy.linalg's tests do)."""
-    return scale * {numpy.float32: 2e-5, numpy.float64: 1e-12}[numpy.dtype(dtype).type]
-
-
-def dense_reference(vectors):
-    """float64 H(v_1) ... H(v_n) by the sequential loop, for a single (n, d) stack or a batch."""
-    v = to_numpy(vectors).astype(numpy.float64)
-    d = v.shape[-1]
-    h = numpy.broadcast_to(numpy.eye(d), v.shape[:-2] + (d, d)).copy()
-    for i in range(v.shape[-2]):
-        vi = v[..., i, :]
-        unit = vi / numpy.linalg.norm(vi, axis=-1, keepdims=True)
-        h -= 2 * (h @ unit[..., :, None]) @ unit[..., None, :]
-    return h

@@ -18,7 +18,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "cuhouse"
 # Bottom first. A module may import modules of its own layer or of a lower one; a new module
 # must be added here (the test below names it).
 LAYERS = (
-    ("shapes and backend", ("cuhouse._shapes", "cuhouse._backend")),
+    ("shapes, backend and type aliases", ("cuhouse._shapes", "cuhouse._backend", "cuhouse._typing")),
     (
         "checks, memory, realification, GPU primitives, cost model",
         (

@@ -118,3 +118,10 @@ def test_plot_draws_every_case_and_the_floor(capsys, monkeypatch, tmp_path):
     out = capsys.readouterr().out
     assert "clock=thread CPU time" in out and "dense GEMM floor fwd+bwd" in out and "cuhouse cwy fwd+bwd" in out
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_section_runs_and_pairs_each_case_with_its_operation():
+    baseline, cases = SECTIONS["spectral"].cases(16, 4, numpy.dtype(numpy.float32), numpy)
+    assert set(baseline) == set(cases) and set(baseline.values()) <= set(cases)
+    result = measure(cases, baseline, 1, numpy)
+    assert all(result[name][1] == 1.0 for name in set(baseline.values()))

@@ -7,6 +7,8 @@ share one namespace, in page order.
 - ``docs/**/*.rst``: the whole page is one doctest. A comment line
   ``.. doctest-requires: torch, dask`` skips the page when one of those
   modules is missing.
+- The docstrings of the public names (``cuhouse.__all__``, ``cuhouse.torch.__all__``)
+  and of their methods: their Examples sections.
 - ``README.md``: every fenced block whose info string starts with ``python``
   (or ``pycon``), each on its own (a block starts with its imports); words
   after it (```` ```python torch ````) name the modules the block needs. A
@@ -19,6 +21,8 @@ import pathlib
 import re
 
 import pytest
+
+import cuhouse
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -55,6 +59,29 @@ def test_page_examples(page):
     for line in REQUIRES.findall(text):
         _require([m.strip() for m in line.split(",") if m.strip()], page.name)
     _run(text, {"__name__": "__main__"}, page.stem, page)
+
+
+def _public(module):
+    """``(qualified name, object)`` of every public name of ``module``."""
+    return [("{}.{}".format(module.__name__, name), getattr(module, name)) for name in module.__all__]
+
+
+# cuhouse.torch's docstrings run where torch is installed (the torch extra)
+PUBLIC = _public(cuhouse) + (
+    _public(importlib.import_module("cuhouse.torch")) if importlib.util.find_spec("torch") else []
+)
+
+
+@pytest.mark.parametrize("name, obj", PUBLIC, ids=[name for name, _ in PUBLIC])
+def test_docstring_examples(name, obj):
+    tests = [t for t in doctest.DocTestFinder().find(obj, name) if t.examples]
+    if not tests:
+        pytest.skip("no examples in {}'s docstrings".format(name))
+    runner = doctest.DocTestRunner(optionflags=FLAGS)
+    report = []
+    for test in tests:
+        runner.run(test, out=report.append)
+    assert not runner.summarize(verbose=False).failed, "".join(report)
 
 
 def _readme_blocks():

@@ -2,7 +2,7 @@
 
 import numpy
 import pytest
-from conftest import dense_reference, to_numpy
+from helpers import dense_reference, to_numpy
 
 import cuhouse
 from cuhouse.algorithms import ALGORITHMS

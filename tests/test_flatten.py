@@ -2,7 +2,7 @@
 
 import numpy
 import pytest
-from conftest import to_numpy
+from helpers import to_numpy
 from scipy.optimize import minimize
 
 import cuhouse as ch

@@ -3,7 +3,7 @@
 import numpy
 import pytest
 import scipy.linalg
-from conftest import dense_reference, rtol, to_numpy
+from helpers import dense_reference, rtol, to_numpy
 from scipy.linalg import lapack
 
 import cuhouse

@@ -6,7 +6,7 @@ import math
 
 import numpy
 import pytest
-from conftest import rtol, to_numpy
+from helpers import rtol, to_numpy
 
 from cuhouse._backend import cupy_module, gpu_available
 from cuhouse._gpu import primitives as _primitives
@@ -266,3 +266,49 @@ def test_kernel_primitives_accept_empty_stacks():
 @on_gpu
 def test_module_is_memoized_per_device():
     assert _kernels.module() is _kernels.module()
+
+
+@on_gpu
+def test_triangular_inverse_kernel_refuses_k_above_its_limit():
+    s = _device(cwy_s((1,), 65, numpy.float32, numpy.random.default_rng(0)))
+    with pytest.raises(ValueError, match="takes k <= 64, got k = 65"):
+        _kernels.upper_triangular_inverse(s)
+
+
+@on_gpu
+@pytest.mark.parametrize("k, launched", [(64, (2, 64, 64)), (65, (2, 2, 64, 64)), (200, (2, 4, 64, 64))])
+def test_triangular_inverse_runs_the_kernel_on_blocks_of_at_most_64(k, launched, monkeypatch):
+    """Above the kernel's limit its diagonal blocks of 64 (k padded to 64 times a power of two) are
+    inverted by one launch and joined by doubling."""
+    shapes, kernel = [], _kernels.upper_triangular_inverse
+    monkeypatch.setattr(_kernels, "upper_triangular_inverse", lambda s: shapes.append(s.shape) or kernel(s))
+    s = cwy_s((2,), k, numpy.float64, numpy.random.default_rng(k))
+    t = _primitives.upper_triangular_inverse(_device(s), cupy_module())
+    assert shapes == [launched]
+    numpy.testing.assert_allclose(to_numpy(t), numpy.triu(numpy.linalg.inv(s)), rtol=0, atol=1e-12)
+
+
+@on_gpu
+def test_kernels_launch_on_their_arrays_device_whatever_is_current():
+    """With two devices (the CPU stand-in has two), data on device 1 is worked on there while device 0
+    is current; with one GPU both are device 0 and this checks the plain case."""
+    cupy = cupy_module()
+    count = cupy.cuda.runtime.getDeviceCount()
+    data, current = (1, 0) if count > 1 else (0, 0)
+    rng = numpy.random.default_rng(0)
+    v = rng.standard_normal((3, 5, 7))
+    s = cwy_s((2,), 17, numpy.float64, rng)
+    t = numpy.triu(numpy.linalg.inv(s))
+    with cupy.cuda.Device(data):
+        v_d, s_d, t_d = cupy.asarray(v), cupy.asarray(s), cupy.asarray(t)
+    with cupy.cuda.Device(current):
+        unit, norms = _primitives.unit_rows(v_d, cupy)
+        inverse = _primitives.upper_triangular_inverse(s_d, cupy)
+        coefficients = _primitives.cwy_gradient_coefficients(t_d, s_d, cupy)
+        normalized = _primitives.normalize_rows(v_d, norms, cupy)
+    for result in (unit, norms, inverse, coefficients, normalized):
+        assert result.device.id == data
+    numpy.testing.assert_allclose(to_numpy(norms), numpy.linalg.norm(v, axis=-1), rtol=1e-14)
+    numpy.testing.assert_allclose(to_numpy(inverse), t, atol=1e-12)
+    numpy.testing.assert_allclose(to_numpy(normalized), to_numpy(unit), rtol=0, atol=1e-15)
+    numpy.testing.assert_allclose(to_numpy(coefficients), _primitives.cwy_gradient_coefficients(t, s, numpy))

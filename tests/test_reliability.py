@@ -1,12 +1,15 @@
 """Never silently wrong (issue 17): each defect of the reliability review, as a test that failed before its fix."""
 
 import gc
+import threading
+import tracemalloc
 import weakref
 
 import numpy
 import pytest
 import scipy.linalg
-from conftest import dense_reference
+import scipy.sparse
+from helpers import dense_reference
 
 import cuhouse as ch
 from cuhouse.householder import ALGORITHM_CHOICES
@@ -185,7 +188,7 @@ def test_a_non_finite_cotangent_is_rejected_like_x(bad):
     out, back = ch.vjp(ch.matmul, h, rng.standard_normal((5, 2)))
     dout = numpy.ones_like(out)
     dout[1, 1] = bad
-    with pytest.raises(ValueError, match=r"dout must be finite; found NaN or Inf \(pass check_finite=False"):
+    with pytest.raises(ValueError, match=r"dout must be finite; found NaN or Inf \(.*build it with check_finite=False"):
         back(dout)
     w = ch.SVDMatrix.from_dense(rng.standard_normal((4, 4)))
     value, back = ch.vjp(ch.logdet, w)
@@ -226,3 +229,208 @@ def test_mixed_precision_results_follow_the_matrix_dtype(make):
     out, back = ch.vjp(ch.matmul, m.inv(), rng.standard_normal((4, 2)))
     grads, _ = back(numpy.ones_like(out))
     assert grads[1].dtype == numpy.float32
+
+
+# ------------------------------------------------------------------------------------ threads and leaks
+def _shared_matrix_calls(rng, d=48):
+    """``(make, calls)``: a maker of fresh, equal matrices of every kind and the calls each thread runs
+    (different column counts, dtypes and transposes: different plans and caches, filled concurrently)."""
+    vectors = rng.standard_normal((d, d))
+    a, tau = _geqrf(rng, (d, d))
+    u, v, s = rng.standard_normal((d, d)), rng.standard_normal((d, d)), rng.uniform(1, 2, d)
+    xs = [rng.standard_normal((d, m)) for m in (1, 7, 64)]
+    xs += [x.astype(numpy.float32) for x in xs]
+
+    def make():
+        h = ch.HouseholderProduct(vectors)
+        return [
+            h,
+            ch.HouseholderProduct.from_lapack(a, tau),
+            ch.SVDMatrix(u, s, v),
+            ch.EighMatrix(u, s).expm(),
+            h @ h.T,
+        ]
+
+    def calls(matrices):
+        out = []
+        for m in matrices:
+            out += [lambda m=m, x=x: m @ x for x in xs]
+            out += [lambda m=m, x=x: m.T @ x for x in xs]
+            out += [lambda m=m, x=x: x.T @ m for x in xs]
+            out.append(lambda m=m: ch.vjp(ch.matmul, m, xs[1])[1](xs[1])[0][0])
+            out.append(m.todense)
+        return out
+
+    return make, calls
+
+
+def test_one_fresh_matrix_shared_by_8_threads_gives_bitwise_the_single_thread_results():
+    make, calls = _shared_matrix_calls(numpy.random.default_rng(11))
+    expected = [f() for f in calls(make())]
+    for _ in range(3):  # three fresh sets of matrices, each shared by 8 threads from its first call
+        shared = calls(make())
+        barrier = threading.Barrier(8)
+        results = [None] * 8
+
+        def run(t):
+            order = list(range(len(shared)))[t * 7 % len(shared) :] + list(range(len(shared)))[: t * 7 % len(shared)]
+            barrier.wait()
+            results[t] = {i: shared[i]() for i in order}
+
+        threads = [threading.Thread(target=run, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for per_thread in results:
+            for i, want in enumerate(expected):
+                got = per_thread[i]
+                assert got.dtype == want.dtype and numpy.array_equal(got, want), "call {} differs".format(i)
+
+
+def test_memory_is_flat_over_many_fresh_matrices_with_the_garbage_collector_disabled():
+    # each step builds fresh matrices of every kind at d = 128 and fills their caches (block factors of
+    # about 100 KiB each): a reference cycle would hold them, several MiB over the steps below
+    rng = numpy.random.default_rng(12)
+    d = 128
+    vectors, w, x = rng.standard_normal((d, d)), rng.uniform(1, 2, d), rng.standard_normal((d, 4))
+    a, tau = _geqrf(rng, (d, d))
+
+    def step():
+        h = ch.HouseholderProduct(vectors)
+        svd = ch.SVDMatrix(vectors, w, h)
+        e = ch.EighMatrix(vectors, w)
+        for m in (h, ch.HouseholderProduct.from_lapack(a, tau), svd, svd.inv().T, e.expm(), svd @ e):
+            out, back = ch.vjp(ch.matmul, m, x)
+            back(out)
+            ch.vjp(ch.logdet, m)[1](numpy.ones(m.shape[:-2]))
+
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        for _ in range(5):  # warm-up: the plan's memo and other one-off caches
+            step()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(40):
+            step()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        assert grown < 2**20, "{:.1f} MiB held after 40 steps".format(grown / 2**20)
+        assert gc.collect() == 0, "reference cycles were created"
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+
+
+def test_svd_linear_training_steps_create_no_reference_cycles():
+    torch = pytest.importorskip("torch")
+    import cuhouse.torch as cht
+
+    torch.manual_seed(0)
+    layer = cht.SVDLinear(16, 16)
+    x = torch.randn(8, 16)
+
+    def step():
+        loss = layer(x).square().sum() - layer.logdet().sum()
+        loss.backward()
+
+    for _ in range(5):  # warm-up: torch's own one-off caches
+        step()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(100):
+            step()
+        assert gc.collect() == 0, "each step left a reference cycle (an SVDMatrix and its factors)"
+    finally:
+        gc.enable()
+
+
+# ------------------------------------------------------------------- defect 6: unclear or misleading errors
+def test_a_torch_tensor_that_requires_grad_is_named():
+    torch = pytest.importorskip("torch")
+    h = ch.HouseholderProduct(numpy.random.default_rng(13).standard_normal((3, 5)))
+    with pytest.raises(TypeError, match=r"^X is a torch.Tensor that requires grad.*cuhouse.torch.*X.detach\(\)"):
+        h @ torch.randn(5, 2, requires_grad=True)
+    with pytest.raises(TypeError, match=r"^vectors is a torch.Tensor that requires grad"):
+        ch.HouseholderProduct(torch.randn(3, 5, requires_grad=True))
+
+
+def test_numpy_matmul_and_dot_are_the_product_and_other_ufuncs_say_what_to_do():
+    rng = numpy.random.default_rng(14)
+    h = ch.HouseholderProduct(rng.standard_normal((3, 5)))
+    x = rng.standard_normal((5, 2))
+    dense = h.todense()
+    for got, want in (
+        (numpy.matmul(h, x), dense @ x),
+        (numpy.matmul(x.T, h), x.T @ dense),
+        (numpy.dot(h, x), dense @ x),
+        (numpy.dot(x.T, h), x.T @ dense),
+        (numpy.dot(h, x[:, 0]), dense @ x[:, 0]),
+    ):
+        assert isinstance(got, numpy.ndarray)
+        numpy.testing.assert_allclose(got, want, atol=1e-14)
+    with pytest.raises(TypeError, match=r"numpy.add does not apply to a cuhouse HouseholderProduct.*A @ X.*todense"):
+        x.T + h
+    with pytest.raises(TypeError, match=r"numpy.exp does not apply"):
+        numpy.exp(h)
+    with pytest.raises(TypeError, match=r"numpy.matmul takes no out="):
+        numpy.matmul(h, x, out=numpy.empty((5, 2)))
+    batched = ch.HouseholderProduct(rng.standard_normal((2, 3, 5)))
+    with pytest.raises(TypeError, match=r"numpy.dot does not broadcast.*use A @ X"):
+        numpy.dot(batched, x)
+    with pytest.raises(TypeError, match=r"^X must be an array, got a cuhouse HouseholderProduct.*X.todense\(\)"):
+        h.matvec(h)
+    with pytest.raises(TypeError, match=r"^dout must be an array, got a cuhouse HouseholderProduct"):
+        ch.vjp(ch.matmul, h, x)[1](h)
+
+
+def test_a_sparse_matrix_times_a_batched_matrix_says_what_to_do():
+    rng = numpy.random.default_rng(15)
+    batched = ch.HouseholderProduct(rng.standard_normal((2, 3, 5)))
+    s = scipy.sparse.random(4, 5, density=0.5, format="csr", random_state=0)
+    with pytest.raises(TypeError, match=r"SciPy sparse matrix times a batched cuhouse.*S.toarray\(\) @ A"):
+        s @ batched
+    numpy.testing.assert_allclose(s.toarray() @ batched, s.toarray() @ batched.todense(), atol=1e-14)
+    single = ch.HouseholderProduct(rng.standard_normal((3, 5)))
+    numpy.testing.assert_allclose(s @ single, s.toarray() @ single.todense(), atol=1e-14)
+
+
+def test_the_inverse_of_a_product_names_the_factor_that_is_not_square():
+    rng = numpy.random.default_rng(16)
+    r = ch.SVDMatrix(rng.standard_normal((5, 5)), rng.uniform(1, 2, 5), rng.standard_normal((5, 7)))
+    with pytest.raises(
+        ValueError, match=r"inv\(\) of a Product .* factor 0 of 2 \(SVDMatrix W\) is 5x7 \(the product is 5x5\)"
+    ):
+        (r @ r.T).inv()
+    with pytest.raises(ValueError, match=r"^logdet\(\) of a Product .* factor 0 of 2 \(SVDMatrix W\) is 5x7"):
+        ch.vjp(ch.logdet, r @ r.T)
+    with pytest.raises(ValueError, match=r"^inv\(\) needs a square matrix, but W.T is 7x5"):
+        r.T.inv()
+
+
+def test_a_non_finite_operand_says_where_check_finite_is():
+    rng = numpy.random.default_rng(17)
+    w = ch.SVDMatrix.from_dense(rng.standard_normal((4, 4)))
+    b = numpy.ones((4, 2))
+    b[0, 0] = numpy.nan
+    with pytest.raises(ValueError, match=r"^B must be finite.*build it with check_finite=False"):
+        w.solve(b)
+    with pytest.raises(ValueError, match=r"^X must be finite.*build it with check_finite=False"):
+        w @ b
+
+
+def test_dask_operands_name_the_matrix_as_in_memory_ones_do():
+    da = pytest.importorskip("dask.array")
+    rng = numpy.random.default_rng(18)
+    h = ch.HouseholderProduct(rng.standard_normal((2, 3, 5)))
+    w = ch.SVDMatrix.from_dense(rng.standard_normal((5, 5)))
+    x = numpy.zeros((3, 5, 2))
+    for matrix, name in ((h, "H"),):
+        message = r"the batch shapes of {} \(2,\) and X \(3,\) do not broadcast".format(name)
+        with pytest.raises(ValueError, match=message):
+            matrix @ x
+        with pytest.raises(ValueError, match=message):
+            matrix @ da.from_array(x)
+    with pytest.raises(ValueError, match=r"X has shape \(6, 2\) but the operator is 5x5"):
+        w @ da.from_array(numpy.zeros((6, 2)))

@@ -5,7 +5,7 @@ import itertools
 import numpy
 import pytest
 import scipy.linalg
-from conftest import dense_reference, rtol, to_numpy
+from helpers import check_logdet_vjp, check_matmul_vjp, dense_reference, rtol, to_numpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -488,55 +488,6 @@ def svd_cases():
                 yield pytest.param(shape, chain, id="{}x{}-W.{}".format(shape[0], shape[1], ".".join(chain)))
 
 
-def inner(a, b):
-    return float(numpy.sum(to_numpy(a) * to_numpy(b)))
-
-
-def check_matmul_adjoint(xp, make, leaves, x, side, seed=1, step=1e-6):
-    """<u, J t> by central differences equals <J^T u, t> from cuhouse.vjp(matmul), to 1e-6 relative.
-
-    ``make(*leaves)`` builds the (derived) matrix; the tangent t moves every
-    leaf and X at once.
-    """
-    rng = numpy.random.default_rng(seed)
-    A = make(*leaves)
-    if side == "left":
-        out, back = ch.vjp(ch.matmul, A, x)
-    else:
-        out, back = ch.vjp(ch.matmul, x, A)
-    u = xp.asarray(rng.standard_normal(out.shape))
-    grads = back(u)
-    dleaves, dx = grads if side == "left" else grads[::-1]
-    assert [g.shape for g in dleaves] == [leaf.shape for leaf in leaves] and dx.shape == x.shape
-    tangents = [xp.asarray(rng.standard_normal(leaf.shape)) for leaf in leaves]
-    tx = xp.asarray(rng.standard_normal(x.shape))
-
-    def product(t):
-        matrix = make(*(leaf + t * tangent for leaf, tangent in zip(leaves, tangents)))
-        return matrix @ (x + t * tx) if side == "left" else (x + t * tx) @ matrix
-
-    numeric = inner(u, (product(step) - product(-step)) / (2 * step))
-    adjoint = sum(inner(g, t) for g, t in zip(dleaves, tangents)) + inner(dx, tx)
-    assert abs(numeric - adjoint) <= 1e-6 * max(abs(adjoint), 1.0)
-
-
-def check_logdet_adjoint(xp, make, leaves, seed=1, step=1e-6):
-    """The same dot-product test for cuhouse.vjp(logdet)."""
-    rng = numpy.random.default_rng(seed)
-    value, back = ch.vjp(ch.logdet, make(*leaves))
-    u = xp.asarray(rng.standard_normal(value.shape))
-    (dleaves,) = back(u)
-    assert [g.shape for g in dleaves] == [leaf.shape for leaf in leaves]
-    tangents = [xp.asarray(rng.standard_normal(leaf.shape)) for leaf in leaves]
-
-    def logdet(t):
-        return make(*(leaf + t * tangent for leaf, tangent in zip(leaves, tangents))).logdet()
-
-    numeric = inner(u, (logdet(step) - logdet(-step)) / (2 * step))
-    adjoint = sum(inner(g, t) for g, t in zip(dleaves, tangents))
-    assert abs(numeric - adjoint) <= 1e-6 * max(abs(adjoint), 1.0)
-
-
 def svd_leaves(xp, shape, batch=()):
     (u, _, v), _ = svd_arrays(xp, numpy.float64, *shape, batch)
     s = numpy.broadcast_to(SVD_VALUES[: shape[2]], batch + (shape[2],)).copy()
@@ -549,7 +500,7 @@ def test_svd_matmul_gradient_dot_product(xp, shape, chain, side):
     rows, cols = apply_chain(ch.SVDMatrix.random(*shape[:2], rank=shape[2], rng=0), chain, SVD_STEPS).shape
     x = numpy.random.default_rng(2).standard_normal((cols, 3) if side == "left" else (3, rows))
     make = lambda u, s, v: apply_chain(ch.SVDMatrix(u, s, v), chain, SVD_STEPS)
-    check_matmul_adjoint(xp, make, svd_leaves(xp, shape), xp.asarray(x), side)
+    check_matmul_vjp(make, svd_leaves(xp, shape), xp.asarray(x), side, xp)
 
 
 @pytest.mark.parametrize("chain", [c for c in chains(SVD_STEPS) if len(c) < 2])
@@ -558,14 +509,14 @@ def test_svd_matmul_gradient_batched(xp, chain, x_shape):
     """U and s carry a batch (2,), V none, X a batch (3, 1): leaf gradients are reduced to each leaf's shape."""
     x = xp.asarray(numpy.random.default_rng(3).standard_normal(x_shape))
     make = lambda u, s, v: apply_chain(ch.SVDMatrix(u, s, v), chain, SVD_STEPS)
-    check_matmul_adjoint(xp, make, svd_leaves(xp, (6, 6, 6), batch=(2,)), x, "left")
+    check_matmul_vjp(make, svd_leaves(xp, (6, 6, 6), batch=(2,)), x, "left", xp)
 
 
 @pytest.mark.parametrize("chain", [c for c in chains(SVD_STEPS)], ids=lambda c: "W." + ".".join(c))
 @pytest.mark.parametrize("batch", BATCHES)
 def test_svd_logdet_gradient_dot_product(xp, chain, batch):
     make = lambda u, s, v: apply_chain(ch.SVDMatrix(u, s, v), chain, SVD_STEPS)
-    check_logdet_adjoint(xp, make, svd_leaves(xp, (6, 6, 6), batch))
+    check_logdet_vjp(make, svd_leaves(xp, (6, 6, 6), batch), xp)
 
 
 EIGH_CHAINS = [
@@ -580,14 +531,14 @@ def test_eigh_matmul_gradient_dot_product(xp, chain, w):
     u = xp.asarray(numpy.random.default_rng(4).standard_normal((4, 5)))
     x = xp.asarray(numpy.random.default_rng(5).standard_normal((5, 3)))
     make = lambda u, w: apply_chain(ch.EighMatrix(u, w), chain, EIGH_STEPS)
-    check_matmul_adjoint(xp, make, (u, xp.asarray(w)), x, "left")
+    check_matmul_vjp(make, (u, xp.asarray(w)), x, "left", xp)
 
 
 @pytest.mark.parametrize("chain, w", EIGH_CHAINS)
 def test_eigh_logdet_gradient_dot_product(xp, chain, w):
     u = xp.asarray(numpy.random.default_rng(6).standard_normal((2, 5, 5)))
     make = lambda u, w: apply_chain(ch.EighMatrix(u, w), chain, EIGH_STEPS)
-    check_logdet_adjoint(xp, make, (u, xp.asarray(w)))
+    check_logdet_vjp(make, (u, xp.asarray(w)), xp)
 
 
 def test_every_eigh_chain_of_length_two_is_tested():
@@ -603,13 +554,3 @@ def test_vjp_of_a_product_of_two_matrices_is_a_type_error():
 def test_logdet_gradient_of_singular_matrix_is_a_value_error():
     with pytest.raises(ValueError, match=r"the gradient of logdet needs a full-rank square matrix.*rank r=2"):
         ch.vjp(ch.logdet, ch.SVDMatrix.random(4, 4, rank=2, rng=0))
-
-
-def test_bench_section_runs_and_pairs_each_case_with_its_operation():
-    from cuhouse.bench import SECTIONS
-    from cuhouse.bench._timing import measure
-
-    baseline, cases = SECTIONS["spectral"].cases(16, 4, numpy.dtype(numpy.float32), numpy)
-    assert set(baseline) == set(cases) and set(baseline.values()) <= set(cases)
-    result = measure(cases, baseline, 1, numpy)
-    assert all(result[name][1] == 1.0 for name in set(baseline.values()))

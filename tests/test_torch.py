@@ -1,6 +1,5 @@
 """cuhouse.torch: forward and gradients against dense torch references, gradcheck, DLPack, errors, compile."""
 
-import pathlib
 import subprocess
 import sys
 
@@ -462,7 +461,7 @@ def test_import_without_torch_says_how_to_install():
 
 
 # ----------------------------------------------------------------------- CUDA
-@pytest.mark.gpu
+@pytest.mark.cuda_torch  # not `gpu`: the CPU stand-in of CuPy cannot stand in for torch's CUDA
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch and a device")
 def test_cuda_matches_cpu():
     pytest.importorskip("cupy")
@@ -476,15 +475,3 @@ def test_cuda_matches_cpu():
         assert_close(got.cpu(), want, torch.float32, scale=100)
     with pytest.raises(TypeError, match="X is on cpu but vectors is on cuda"):
         cht.householder_matmul(vc, x)
-
-
-@pytest.mark.slow
-def test_bench_script_runs_on_a_tiny_size():
-    script = pathlib.Path(__file__).resolve().parent.parent / "examples" / "bench_torch.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--d", "8", "--m", "2", "--rounds", "1"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert "torch householder_product + matmul" in out and "parametrizations.orthogonal matrix_exp" in out

@@ -122,7 +122,7 @@ def workload(sizes):
                 y = rng.standard_normal((count, k, k + 3))
                 y /= numpy.linalg.norm(y, axis=-1, keepdims=True)
                 s = (numpy.triu(y @ numpy.swapaxes(y, -1, -2), 1) + 0.5 * numpy.eye(k)).astype(dtype)
-                t = _kernels.upper_triangular_inverse(cupy.asarray(s))
+                t = _primitives.upper_triangular_inverse(cupy.asarray(s), cupy)  # k > 64: the kernel on blocks
                 expected_t = _primitives.upper_triangular_inverse(s, numpy)
                 check("triangular_inverse {} {}x{}^2{}".format(dtype.__name__, count, k, tag), t, expected_t, tol)
                 n = rng.standard_normal((count, k, k)).astype(dtype)

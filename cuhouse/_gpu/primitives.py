@@ -10,6 +10,7 @@ all NumPy input, runs the twin below the dispatch.
 """
 
 import functools
+import importlib
 
 import numpy
 
@@ -60,24 +61,42 @@ def unit_rows(v, xp):
     return normalize_rows(v, norms, xp), norms
 
 
+# The raw triangular-inverse kernel builds each k x k inverse in shared memory with one
+# thread per column, an O(k^2) serial loop each: fast up to this k only. Larger k inverts
+# its diagonal blocks of this size with the kernel and joins them by doubling (GEMMs).
+KERNEL_INVERSE_MAX_K = raw_kernels.SHARED_INVERSE_MAX_K
+
+
 def upper_triangular_inverse(s, xp):
     """Inverse of a stack of upper-triangular matrices ``s`` of shape ``(..., k, k)``.
 
     Only the upper triangle of ``s`` is read; the strictly lower triangle of
     the result is exactly zero. On NumPy: LAPACK ``?trtri``, one call per
     matrix (it measures 5-40x faster than the doubling below for k <= 256 on
-    a CPU, where a call costs a microsecond). Elsewhere the NumPy twin of the
-    kernel, a level-3 doubling: the diagonal blocks of size 1, 2, 4, ... are
-    inverted together, each level joining pairs with ``T12 = -T11 S12 T22``
-    as one batched GEMM, ``k`` padded to a power of two with identity rows.
-    Cost: O(k^3 / 3) flops per matrix (in log2(k) batched steps for the doubling).
+    a CPU, where a call costs a microsecond). On CuPy: the raw kernel for the
+    whole stack when ``k <= KERNEL_INVERSE_MAX_K``, else the kernel on the
+    diagonal blocks of that size (one launch) joined by the doubling below.
+    Elsewhere the NumPy twin of the kernel, a level-3 doubling: the diagonal
+    blocks of size b, 2b, 4b, ... (b = 1) are inverted together, each level
+    joining pairs with ``T12 = -T11 S12 T22`` as one batched GEMM, ``k``
+    padded to b times a power of two with identity rows.
+    Cost: O(k^3 / 3) flops per matrix (in log2(k / b) batched steps of about
+    eight launches for the doubling).
     """
     if _on_kernel(xp, s):
-        return raw_kernels.upper_triangular_inverse(s)
+        if s.shape[-1] <= KERNEL_INVERSE_MAX_K:
+            return raw_kernels.upper_triangular_inverse(s)
+        return _doubling_inverse(s, xp, KERNEL_INVERSE_MAX_K, raw_kernels.upper_triangular_inverse)
     if xp is numpy and s.dtype in (numpy.float32, numpy.float64) and s.size:
         return _lapack_upper_triangular_inverse(s)
+    return _doubling_inverse(s, xp, 1, None)
+
+
+def _doubling_inverse(s, xp, base, invert_base):
+    """:func:`upper_triangular_inverse` by doubling from diagonal blocks of size ``base``, inverted
+    by ``invert_base`` (``(..., base, base)`` stacks; ``None`` for base 1: reciprocals)."""
     k = s.shape[-1]
-    size = 1 << max(k - 1, 0).bit_length()
+    size = base << max(-(-k // base) - 1, 0).bit_length()
     batch = s.shape[:-2]
     if size != k:
         padded = xp.zeros(batch + (size, size), dtype=s.dtype)
@@ -85,10 +104,13 @@ def upper_triangular_inverse(s, xp):
         idx = xp.arange(k, size)
         padded[..., idx, idx] = 1
         s = padded
-    diag = xp.diagonal(s, axis1=-2, axis2=-1)
-    t = (1 / diag)[..., None, None]  # (..., size, 1, 1) blocks
-    b = 1
     rows = xp.arange(size)
+    if invert_base is None:
+        t = (1 / xp.diagonal(s, axis1=-2, axis2=-1))[..., None, None]  # (..., size, 1, 1) blocks
+    else:
+        r = rows.reshape(size // base, base)
+        t = invert_base(s[..., r[:, :, None], r[:, None, :]])  # (..., size / base, base, base)
+    b = base
     while b < size:
         pairs = size // (2 * b)
         r = rows.reshape(pairs, 2 * b)
@@ -111,6 +133,13 @@ def _lapack_upper_triangular_inverse(s):
     trtri = lapack.strtri if s.dtype == numpy.float32 else lapack.dtrtri
     k = s.shape[-1]
     flat = s.reshape((-1, k, k))
+    if flat.shape[0] == 1:  # one matrix: no loop, no stack to fill
+        inverse, info = trtri(flat[0].T, lower=1)
+        if info:
+            raise numpy.linalg.LinAlgError(
+                "a T matrix of the compact WY form is singular (?trtri info {})".format(info)
+            )
+        return (inverse.T * upper_mask(k, s.dtype)).reshape(s.shape)
     out = numpy.empty(flat.shape, dtype=s.dtype)
     for i in range(flat.shape[0]):
         # S^T is a Fortran-ordered lower triangle: LAPACK reads it in place, and L^-T = S^-1
@@ -149,3 +178,36 @@ def cwy_gradient_coefficients(t, n, xp):
     k = t.shape[-1]
     ru = r * xp.triu(xp.ones((k, k), dtype=r.dtype), 1)
     return ru + xp.swapaxes(ru, -1, -2)
+
+
+def _cublas_takes(xp, *arrays):
+    """True when cuBLAS's ``gemm`` takes ``arrays`` as they are: CuPy, 2-D, one float dtype."""
+    if xp is numpy or any(a.ndim != 2 for a in arrays) or not raw_kernels.supports(*arrays):
+        return False
+    importlib.import_module(xp.__name__ + ".cublas")  # xp.cublas is a submodule CuPy loads on demand
+    return True
+
+
+def matmul_into(a, b, out, xp):
+    """``out[...] = a @ b`` for ``a`` ``(..., p, q)``, ``b`` ``(..., q, r)`` and ``out`` ``(..., p, r)``.
+
+    On CuPy, 2-D operands go to cuBLAS ``gemm`` directly (no allocation, none
+    copied when each is C- or F-contiguous); otherwise ``xp.matmul(..., out=)``.
+    Cost: one GEMM, one launch.
+    """
+    if _cublas_takes(xp, a, b, out):
+        return xp.cublas.gemm("N", "N", a, b, out=out)
+    return xp.matmul(a, b, out=out)
+
+
+def subtract_transposed_product(target, a, z, xp):
+    """``target -= a^T @ z`` in place, for ``a`` ``(..., q, p)``, ``z`` ``(..., q, r)``, ``target`` ``(..., p, r)``.
+
+    On CuPy with 2-D operands: one cuBLAS ``gemm`` with alpha = -1, beta = 1
+    (one launch, no temporary); otherwise the product, then the subtraction.
+    Cost: one GEMM.
+    """
+    if _cublas_takes(xp, target, a, z):
+        return xp.cublas.gemm("T", "N", a, z, out=target, alpha=-1.0, beta=1.0)
+    target -= a.swapaxes(-1, -2) @ z
+    return target

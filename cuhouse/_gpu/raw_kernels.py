@@ -1,7 +1,7 @@
 """Raw CUDA kernels: the only module that touches ``cupy.RawModule``.
 
-The sources are the package data of :mod:`cuhouse._gpu.kernels`
-(the repository's top-level ``kernels/``). Local
+The sources are the repository's top-level ``kernels/``, installed as the
+package data of :mod:`cuhouse._gpu.kernels` (see :func:`kernel_directory`). Local
 ``#include "x.cuh"`` lines are inlined here before compilation, so CuPy's
 kernel cache, which is keyed on the source text, also notices header edits.
 One ``RawModule`` holding every kernel for float and double is created once;
@@ -9,13 +9,15 @@ CuPy compiles it per device on first use. CuPy is imported only when a kernel is
 actually needed, never at ``import cuhouse``.
 
 Every launcher below takes and returns CuPy arrays of dtype float32 or
-float64 and launches on the current stream. The kernels need C-contiguous
+float64, allocates and launches on its first array's device (``with
+array.device:``, whatever device is current), on that device's current stream. The kernels need C-contiguous
 input: non-contiguous input is copied first, which costs one extra pass over
 it (noted on each launcher).
 """
 
 import functools
 import importlib.resources
+import pathlib
 import re
 
 import numpy
@@ -27,14 +29,13 @@ KERNEL_TEMPLATES = (
     "cuhouse_row_norms",
     "cuhouse_normalize_rows",
     "cuhouse_triangular_inverse_shared",
-    "cuhouse_triangular_inverse_global",
     "cuhouse_cwy_gradient_right",
     "cuhouse_cwy_gradient_left",
 )
 COMPILE_OPTIONS = ("-std=c++17",)
 _CTYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
 
-SHARED_INVERSE_MAX_K = 64  # k up to this builds T in shared memory
+SHARED_INVERSE_MAX_K = 64  # the triangular-inverse kernel's largest k (a k x k tile in shared memory)
 _SHARED_TILE_BYTES = 32 * 1024  # per block, under the 48 KiB default limit
 _MAX_GRID = 1 << 16  # grid-stride kernels need no more blocks than this
 _THREADS = 256
@@ -45,8 +46,26 @@ _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILI
 
 
 def kernel_directory():
-    """The directory holding the shipped ``.cu``/``.cuh`` sources."""
-    return importlib.resources.files("cuhouse._gpu.kernels")
+    """The directory holding the ``.cu``/``.cuh`` sources.
+
+    In a source tree (a checkout imported without installing, as on a device
+    run, or a second worktree beside an editable install) it is the
+    repository's ``kernels/`` next to the package, so the sources always match
+    the code importing them; in an installed wheel it is the package
+    ``cuhouse._gpu.kernels``. ``ImportError`` when neither holds the sources.
+    """
+    source_tree = pathlib.Path(__file__).resolve().parents[2] / "kernels"
+    if (source_tree / "__init__.py").is_file() and all((source_tree / name).is_file() for name in KERNEL_SOURCES):
+        return source_tree
+    try:
+        return importlib.resources.files("cuhouse._gpu.kernels")
+    except ModuleNotFoundError:
+        raise ImportError(
+            "the CUDA sources of cuhouse were not found: neither {} nor the package cuhouse._gpu.kernels "
+            "holds {}; install cuhouse (pip install .) or run from a complete checkout".format(
+                source_tree, ", ".join(KERNEL_SOURCES)
+            )
+        ) from None
 
 
 def kernel_source():
@@ -86,10 +105,23 @@ def _function(name, dtype):
     return module().get_function(f"{name}<{_CTYPES[numpy.dtype(dtype)]}>")
 
 
+def _on_device_of_input(launcher):
+    """Runs ``launcher(array, ...)`` with the first array's device current: its outputs and launches
+    go where the data is (a kernel launched on another GPU would read memory it cannot see)."""
+
+    @functools.wraps(launcher)
+    def run(array, *args, **kwargs):
+        with array.device:
+            return launcher(array, *args, **kwargs)
+
+    return run
+
+
 def _blocks(units, per_block):
     return max(1, min(-(-units // per_block), _MAX_GRID))
 
 
+@_on_device_of_input
 def row_norms(v, with_unit=False):
     """Norms ``(..., n)`` of the rows of ``v`` ``(..., n, d)``; with ``with_unit``,
     ``(unit, norms)`` where ``unit`` is ``v`` with rows normalized (zero rows stay
@@ -122,6 +154,7 @@ def row_norms(v, with_unit=False):
     return (unit, norms) if with_unit else norms
 
 
+@_on_device_of_input
 def normalize_rows(v, norms):
     """``v / norms[..., None]`` for ``v`` ``(..., n, d)`` and ``norms`` ``(..., n)`` of
     the same batch shape; a zero norm divides by 1. One element-wise launch.
@@ -138,33 +171,41 @@ def normalize_rows(v, norms):
     return unit
 
 
+@_on_device_of_input
 def upper_triangular_inverse(s):
-    """``S^{-1}`` for a stack ``s`` ``(..., k, k)`` of upper-triangular matrices, all
-    in one launch; the strictly lower triangle of ``s`` is not read and that of
-    the result is exactly zero. k <= 64 builds each inverse in shared memory;
-    larger k works column by column in global memory.
+    """``S^{-1}`` for a stack ``s`` ``(..., k, k)`` of upper-triangular matrices with
+    ``k <= SHARED_INVERSE_MAX_K``, all in one launch; the strictly lower triangle
+    of ``s`` is not read and that of the result is exactly zero. Each inverse is
+    built in shared memory, one thread per column (an O(k^2) serial loop each);
+    larger k is :func:`cuhouse._gpu.primitives.upper_triangular_inverse`'s
+    doubling over blocks of this size. ``ValueError`` for larger k.
     Cost: about k^3 / 3 flops per matrix, the columns in parallel; a copy first
     when ``s`` is not contiguous (O(k^2) per matrix)."""
     cupy = cupy_module()
-    s = cupy.ascontiguousarray(s)
     k = s.shape[-1]
+    if k > SHARED_INVERSE_MAX_K:
+        raise ValueError(
+            "the triangular-inverse kernel takes k <= {}, got k = {}; larger k goes through "
+            "cuhouse._gpu.primitives.upper_triangular_inverse (blocks of {} joined by doubling)".format(
+                SHARED_INVERSE_MAX_K, k, SHARED_INVERSE_MAX_K
+            )
+        )
+    s = cupy.ascontiguousarray(s)
     t = cupy.empty_like(s)
     count = s.size // (k * k) if k else 0
     if not count:
         return t
     args = (s, numpy.int64(count), numpy.int32(k), t)
-    if k <= SHARED_INVERSE_MAX_K:
-        columns = _WARP * -(-k // _WARP)
-        tile_bytes = k * k * s.dtype.itemsize
-        per_block = max(1, min(128 // columns, _SHARED_TILE_BYTES // tile_bytes))
-        _function("cuhouse_triangular_inverse_shared", s.dtype)(
-            (_blocks(count, per_block),), (columns, per_block), args, shared_mem=per_block * tile_bytes
-        )
-    else:
-        _function("cuhouse_triangular_inverse_global", s.dtype)((_blocks(count, 1),), (128,), args)
+    columns = _WARP * -(-k // _WARP)
+    tile_bytes = k * k * s.dtype.itemsize
+    per_block = max(1, min(128 // columns, _SHARED_TILE_BYTES // tile_bytes))
+    _function("cuhouse_triangular_inverse_shared", s.dtype)(
+        (_blocks(count, per_block),), (columns, per_block), args, shared_mem=per_block * tile_bytes
+    )
     return t
 
 
+@_on_device_of_input
 def cwy_gradient_coefficients(t, n):
     """``Ru + Ru^T`` with ``R = T^T N T^T``, ``Ru = striu(R)``, for stacks ``t``
     (upper triangular; its strictly lower part is taken as zero) and ``n``, both

@@ -2,8 +2,11 @@
 
 A structured layout's block is a small dense head and a tail view; each
 product below runs one GEMM on each, so a block touches only X's rows from
-its first reflector on.
+its first reflector on. Every product keeps the memory order of its operand
+(:func:`matmul`).
 """
+
+from ._steps import column_major
 
 
 def swap(a, xp):
@@ -11,22 +14,38 @@ def swap(a, xp):
     return a.swapaxes(-1, -2)
 
 
+def matmul(a, b, xp, out=None):
+    """``a @ b`` (into ``out``) in ``b``'s memory order: for a column-major ``b`` it runs as
+    ``(b^T a^T)^T``, so that BLAS reads ``b`` in its own order and the result (``out`` must then be
+    column-major too) keeps it: a row-major ``X @ H`` stays row-major through every GEMM."""
+    if column_major(b):
+        if out is None:
+            return swap(swap(b, xp) @ swap(a, xp), xp)
+        xp.matmul(swap(b, xp), swap(a, xp), out=swap(out, xp))
+        return out
+    if out is None:
+        return a @ b
+    return xp.matmul(a, b, out=out)
+
+
 def rows_times(block, x, xp):
-    """``Y_b @ x[start:]`` ``(..., kb, m)`` for ``x`` ``(..., d, m)``: one GEMM per stored part."""
+    """``Y_b @ x[start:]`` ``(..., kb, m)`` for ``x`` ``(..., d, m)``: one GEMM per stored part, in
+    ``x``'s memory order."""
     if block.head is None:
-        return block.tail @ x
+        return matmul(block.tail, x, xp)
     kb = block.last - block.first
     top = x[..., block.start : block.start + kb, :]
-    out = block.tail @ x[..., block.start + kb :, :]
-    out += block.head @ top
+    out = matmul(block.tail, x[..., block.start + kb :, :], xp)
+    out += matmul(block.head, top, xp)
     return out
 
 
 def subtract_rows_transposed(block, u, x, xp, work=None):
     """``x[start:] -= Y_b^T @ u`` in place, for ``u`` ``(..., kb, m)``.
 
-    ``work`` (optional, shaped like ``x``) receives the product first, so that
-    no temporary of ``x``'s size is allocated per block.
+    ``work`` (optional, shaped like ``x`` and in its memory order) receives
+    the product first, so that no temporary of ``x``'s size is allocated per
+    block. ``u`` and ``x`` share their memory order (see :func:`matmul`).
     """
     kb = block.last - block.first
     parts = [(block.tail, x[..., block.start + (kb if block.head is not None else 0) :, :])]
@@ -34,11 +53,10 @@ def subtract_rows_transposed(block, u, x, xp, work=None):
         parts.append((block.head, x[..., block.start : block.start + kb, :]))
     for rows, target in parts:
         if work is None:
-            target -= swap(rows, xp) @ u
+            target -= matmul(swap(rows, xp), u, xp)
         else:
             product = work[..., : target.shape[-2], :]
-            xp.matmul(swap(rows, xp), u, out=product)
-            target -= product
+            target -= matmul(swap(rows, xp), u, xp, out=product)
 
 
 def add_coefficients_times_rows(block, c, dy, xp):

@@ -115,6 +115,17 @@ def column_exponents(x, limits, xp):
     return exponent
 
 
+def column_binades(x, xp):
+    """The exponents ``e`` ``(..., 1, m)`` that bring each column of ``x`` ``(..., d, m)`` to a largest
+    entry in [1/2, 1), for every column and without a test (so without a host sync: the GPU's
+    form of :func:`column_exponents`). Scaling by a power of two is exact, and rounding is the
+    same in every binade, so a column already in range gives the same bits; zero and non-finite
+    columns get ``e = 0``. Cost: one pass over ``|x|``, a column maximum, O(m) more.
+    """
+    _, exponent = xp.frexp(xp.max(xp.abs(x), axis=-2, keepdims=True))
+    return exponent
+
+
 def gradient_needs_scaling(out, dout, limits, xp):
     """Whether the adjoint of a product needs ``out`` and ``dout`` ``(..., d, m)`` scaled: a nonzero
     column of either out of ``[lo, hi]``, or the product of their largest column sizes (the size of
@@ -153,5 +164,5 @@ def unscale(out, exponent, xp):
     """``out * 2**exponent`` in place (exact unless it overflows, where the true result does); a
     complex ``out`` (a gradient w.r.t. complex vectors) part by part. O(size)."""
     for part in (out.real, out.imag) if out.dtype.kind == "c" else (out,):
-        part[...] = xp.ldexp(part, exponent)
+        xp.ldexp(part, exponent, out=part)
     return out

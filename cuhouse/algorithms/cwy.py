@@ -21,16 +21,17 @@ from collections import namedtuple
 import numpy
 
 from .._gpu import primitives as _primitives
-from . import _gemm, _layout
+from . import _cached, _gemm, _layout
 from ._gemm import swap
 from ._layout import FULL
-from ._steps import application_order, writable
+from ._steps import application_order, column_major, empty_in_order, sweep_buffer, writable
 
-Form = namedtuple("CWYForm", "blocks t s active layout n")
+Form = namedtuple("CWYForm", "blocks t s active layout n cache")
 Form.__doc__ = """The :class:`~._layout.Block` list ``blocks``, T matrices ``t`` and their
 inverses ``s`` ``(..., n/k, k, k)`` (the last block padded with decoupled
 rows), ``active`` ``(..., n)`` (``None``, or False for identity factors),
-the ``layout`` and the number ``n`` of reflections."""
+the ``layout``, the number ``n`` of reflections, and a ``cache`` dict for the
+cached apply modes (:mod:`._cached`: ``W = M V``, captured graphs)."""
 
 
 def build(y, block_size, xp, layout=FULL, identity=None):
@@ -44,24 +45,31 @@ def build(y, block_size, xp, layout=FULL, identity=None):
     k = blocks[0].last - blocks[0].first
     batch = y.shape[:-2]
     active = None if identity is None else ~identity
-    g = xp.zeros(batch + (len(blocks), k, k), dtype=y.dtype)
-    whole = y.shape[-2] // k
-    batched = layout == FULL and y.flags.c_contiguous and whole > 1
-    if batched:
-        stacked = y[..., : whole * k, :].reshape(batch + (whole, k, y.shape[-1]))
-        xp.matmul(stacked, swap(stacked, xp), out=g[..., :whole, :, :])
-    for j, block in enumerate(blocks):
-        kb = block.last - block.first
-        if not (batched and j < whole):
-            g[..., j, :kb, :kb] = _gemm.gram(block, xp)
-        if active is not None:
+    if len(blocks) == 1:  # one block: its Gram matrix is the whole stack
+        g = _gemm.gram(blocks[0], xp)[..., None, :, :]
+    else:
+        g = xp.zeros(batch + (len(blocks), k, k), dtype=y.dtype)
+        whole = y.shape[-2] // k
+        batched = layout == FULL and y.flags.c_contiguous and whole > 1
+        if batched:
+            stacked = y[..., : whole * k, :].reshape(batch + (whole, k, y.shape[-1]))
+            xp.matmul(stacked, swap(stacked, xp), out=g[..., :whole, :, :])
+        for j, block in enumerate(blocks):
+            if not (batched and j < whole):
+                kb = block.last - block.first
+                g[..., j, :kb, :kb] = _gemm.gram(block, xp)
+    if active is not None:
+        for j, block in enumerate(blocks):
+            kb = block.last - block.first
             a = active[..., block.first : block.last].astype(y.dtype)
             g[..., j, :kb, :kb] *= a[..., :, None] * a[..., None, :]
     weights, half_eye = _s_weights(k, g.dtype, xp)
     s = g * weights  # S = striu(G) + diag(G)/2 in one pass, no index arrays
     # a zero row (an identity factor, or block padding) gets s_ii = 1/2: decoupled, it acts as nothing
-    s += (xp.diagonal(g, axis1=-2, axis2=-1) == 0)[..., None] * half_eye
-    return Form(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2])
+    diagonal = xp.diagonal(g, axis1=-2, axis2=-1)
+    if xp is not numpy or not diagonal.all():  # (NumPy: tested first, no sync to avoid)
+        s += (diagonal == 0)[..., None] * half_eye
+    return Form(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2], {})
 
 
 def _s_weights(k, dtype, xp):
@@ -89,8 +97,24 @@ def _block_rows_times(f, j, x, xp):
     return z
 
 
-def apply(f, x, transpose, xp):
-    """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m)."""
+def apply(f, x, transpose, xp, mode="steps"):
+    """``H @ X`` (``H.T @ X``): per block ``X <- X - V^T (T (V X))``. O(n d m).
+
+    The result keeps X's memory order: for the column-major view of a row-major
+    ``X @ H`` operand every GEMM runs transposed (:func:`._gemm.matmul`), so
+    neither X nor the result is copied across orders.
+
+    ``mode`` (the plan's ``apply``): ``"steps"`` runs the three GEMMs a block
+    below; ``"gemm"`` and ``"graph"`` the cached modes of :mod:`._cached` (two
+    GEMMs a block; on CuPy one CUDA graph for an unbatched 2-D X), which take a
+    row-major X, or any X with full-length rows (contiguous GEMM operands
+    either way); other X run the steps.
+    """
+    if mode != "steps" and (f.layout == FULL or not column_major(x)):
+        batch = _batch(f, x)
+        if mode == "graph" and xp.__name__ != "numpy" and _cached.graphable(f, x, batch):
+            return _cached.apply_graph(f, x, transpose, xp)
+        return _cached.apply_gemm(f, x, transpose, xp, batch)
     out = writable(x, _batch(f, x), xp)
     work = xp.empty_like(out)
     for j in application_order(len(f.blocks), transpose):
@@ -98,7 +122,7 @@ def apply(f, x, transpose, xp):
         kb = block.last - block.first
         tj = f.t[..., j, :kb, :kb]
         z = _block_rows_times(f, j, out, xp)
-        _gemm.subtract_rows_transposed(block, (swap(tj, xp) if transpose else tj) @ z, out, xp, work)
+        _gemm.subtract_rows_transposed(block, _gemm.matmul(swap(tj, xp) if transpose else tj, z, xp), out, xp, work)
     return out
 
 
@@ -113,15 +137,14 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     The applied block is ``Q = I - V^T M V`` (``M = T``, or ``T^T`` when
     ``transpose``). The blocks are swept from the last applied to the first,
     carrying ``B = [A | G]`` ``(..., d, 2m)``, a block's output and the gradient
-    there; per block ``Z = V B`` and ``U = M^T Z``, then ``B <- B - V^T U``
-    undoes the block (``Q^T = Q^{-1}``). With ``V A_in = -M^{-1} U_A`` the
-    gradient becomes ``dV = [-U_G, U_A] B^T + (C + U_G U_A^T) V``, where ``C``
-    (from :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`) carries
-    ``R = dL/dS = T^T N T^T`` through ``striu(G)``, plus ``diag(R)`` for the
-    ``diag(G)/2`` of the raw form; all the k x k work and the ``C V``
-    products run batched over blocks after the sweep. Since P does not
-    change when a vector is scaled, each row of dV is orthogonal to its vector
-    in the full and trapezoidal layouts (not in ``"unit"``, whose implicit 1 is fixed).
+    there; ``B <- B - V^T U`` with ``U = M^T V B`` undoes the block, and its
+    gradient is ``dV = [-U_G, U_A] B^T + (C + U_G U_A^T) V``, which needs no
+    block input. The derivation, and the coefficients ``C`` of
+    :func:`cuhouse._gpu.primitives.cwy_gradient_coefficients`, are on the
+    design page (``docs/design.rst``, "Compact WY and its backward pass"). All
+    the k x k work and the ``C V`` products run batched over blocks after the
+    sweep. Each row of dV is orthogonal to its vector in the full and
+    trapezoidal layouts (not in ``"unit"``, whose implicit 1 is fixed).
 
     ``store_inputs`` (full layout only; see :func:`cuhouse.plan.store_block_inputs`)
     keeps every block's ``B`` (extra ``n/k * d * 2m`` values) and forms the
@@ -134,12 +157,12 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     m = out.shape[-1]
     d = out.shape[-2]
     m_factor = swap(f.t, xp) if transpose else f.t
-    b = xp.concatenate([out, dout], axis=-1)  # out's batch already includes V's
+    b = sweep_buffer(out, dout, xp)  # out's batch already includes V's
     batch = b.shape[:-2]
     z = xp.zeros(batch + (n_blocks, k, 2 * m), dtype=b.dtype)
     u = xp.zeros_like(z)
     store_inputs = store_inputs and f.layout == FULL
-    stored = xp.empty(batch + (n_blocks, d, 2 * m), dtype=b.dtype) if store_inputs else None
+    stored = empty_in_order(batch + (n_blocks, d, 2 * m), b.dtype, b, xp) if store_inputs else None
     dy = xp.zeros(batch + (f.n, d), dtype=b.dtype)
     work = xp.empty_like(b)
     for j in reversed(application_order(n_blocks, transpose)):
@@ -147,7 +170,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         kb = block.last - block.first
         zj = _block_rows_times(f, j, b, xp)
         z[..., j, :kb, :] = zj
-        uj = swap(m_factor[..., j, :kb, :kb], xp) @ zj
+        uj = _gemm.matmul(swap(m_factor[..., j, :kb, :kb], xp), zj, xp)
         u[..., j, :kb, :] = uj
         if store_inputs:
             stored[..., j, :, :] = b

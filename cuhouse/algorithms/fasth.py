@@ -16,11 +16,13 @@ O(n d m) in 2 n/k GEMMs plus k level-2 steps batched over the blocks.
 
 from collections import namedtuple
 
+import numpy
+
 from . import sequential
-from ._gemm import swap
+from ._gemm import matmul, swap
 from ._layout import FULL, structured
 from ._normalize import raw_gradient, unit_rows
-from ._steps import application_order, chain, split
+from ._steps import application_order, empty_in_order, split, sweep_buffer, writable
 
 Form = namedtuple("FastHForm", "y w unit norms layout")
 Form.__doc__ = """Blocks ``y`` and ``w``, both ``(..., n/k, k, d)``, and the unit rows
@@ -46,12 +48,15 @@ def _apply_block(f, j, x, transpose, xp):
     """``2 W_j^T (Y_j x)`` (``2 Y_j^T (W_j x)`` when ``transpose``): ``x - P_j x``. Two GEMMs."""
     yj, wj = f.y[..., j, :, :], f.w[..., j, :, :]
     first, second = (yj, wj) if transpose else (wj, yj)
-    return 2 * (swap(first, xp) @ (second @ x))
+    return matmul(swap(first, xp), 2 * matmul(second, x, xp), xp)
 
 
 def apply(f, x, transpose, xp):
-    """``H @ X`` (``H.T @ X``) by two GEMMs per block. O(n d m)."""
-    return chain(x, application_order(f.y.shape[-3], transpose), lambda j, out: _apply_block(f, j, out, transpose, xp))
+    """``H @ X`` (``H.T @ X``) by two GEMMs per block, in X's memory order. O(n d m)."""
+    out = writable(x, numpy.broadcast_shapes(f.y.shape[:-3], x.shape[:-2]), xp)
+    for j in application_order(f.y.shape[-3], transpose):
+        out -= _apply_block(f, j, out, transpose, xp)
+    return out
 
 
 def backward(f, out, dout, transpose, xp, store_inputs=False):
@@ -68,8 +73,8 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     """
     n_blocks, k, d = f.y.shape[-3:]
     m = out.shape[-1]
-    b = xp.concatenate([out, dout], axis=-1)  # [A | G] at a block's output
-    outputs = xp.empty(b.shape[:-2] + (n_blocks,) + b.shape[-2:], dtype=b.dtype)
+    b = sweep_buffer(out, dout, xp)  # [A | G] at a block's output, in out's memory order
+    outputs = empty_in_order(b.shape[:-2] + (n_blocks,) + b.shape[-2:], b.dtype, b, xp)
     for j in reversed(application_order(n_blocks, transpose)):
         outputs[..., j, :, :] = b
         b -= _apply_block(f, j, b, not transpose, xp)

@@ -9,7 +9,7 @@ from collections import namedtuple
 
 import numpy
 
-from ._gemm import swap
+from ._gemm import matmul, swap
 from ._layout import FULL, UNIT
 from ._normalize import raw_gradient, unit_rows
 from ._steps import application_order, writable
@@ -30,13 +30,13 @@ def _start(f, i):
 
 
 def apply(f, x, transpose, xp):
-    """``H @ X`` (``H.T @ X`` when ``transpose``) by n rank-1 updates. O(n d m)."""
+    """``H @ X`` (``H.T @ X`` when ``transpose``) by n rank-1 updates, in X's memory order. O(n d m)."""
     out = writable(x, numpy.broadcast_shapes(f.unit.shape[:-2], x.shape[:-2]), xp)
     for i in application_order(f.unit.shape[-2], transpose):
         s = _start(f, i)
         yi = f.unit[..., i : i + 1, s:]  # (..., 1, d - s)
         rows = out[..., s:, :]
-        rows -= 2 * (swap(yi, xp) @ (yi @ rows))
+        rows -= 2 * matmul(swap(yi, xp), matmul(yi, rows, xp), xp)
     return out
 
 
@@ -46,19 +46,19 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     ``store_inputs`` is unused (nothing is stored).
     """
     n = f.unit.shape[-2]
-    a = out.copy()
-    g = dout.copy()
+    a = writable(out, out.shape[:-2], xp)  # copies in the operands' own memory order
+    g = writable(dout, dout.shape[:-2], xp)
     dy = xp.zeros(numpy.broadcast_shapes(f.unit.shape[:-2], out.shape[:-2]) + f.unit.shape[-2:], dtype=out.dtype)
     for i in reversed(application_order(n, transpose)):
         s = _start(f, i)
         yi = f.unit[..., i : i + 1, s:]
         ai, gi = a[..., s:, :], g[..., s:, :]
-        ai -= 2 * (swap(yi, xp) @ (yi @ ai))  # input of this reflection
-        ya = yi @ ai  # (..., 1, m)
-        yg = yi @ gi
+        ai -= 2 * matmul(swap(yi, xp), matmul(yi, ai, xp), xp)  # input of this reflection
+        ya = matmul(yi, ai, xp)  # (..., 1, m)
+        yg = matmul(yi, gi, xp)
         # out = a - 2 y (y^T a): d/dy <g, out> = -2 (a g^T + g a^T) y
         dy[..., i : i + 1, s:] = -2 * (yg @ swap(ai, xp) + ya @ swap(gi, xp))
-        gi -= 2 * (swap(yi, xp) @ yg)
+        gi -= 2 * matmul(swap(yi, xp), yg, xp)
     dy = raw_gradient(dy, f.unit.astype(dy.dtype, copy=False), f.norms.astype(dy.dtype, copy=False), xp)
     if f.layout == UNIT:  # the implicit 1 is no parameter; nothing left of it was written
         idx = xp.arange(n)

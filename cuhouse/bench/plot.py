@@ -4,7 +4,8 @@ Time of forward plus backward of ``H @ X`` (gradients with respect to the
 vectors and X, from a fresh H) against d, for every algorithm and peer (the
 cases of the ``gradients`` section, torch included when it is installed, and
 the forward pass of ``auto`` for reference) and for the dense GEMM floor, on
-log axes. With ``--pairs`` the BLAS is single-threaded, as for quoted ratios.
+log axes. With single-threaded BLAS (the bench's own mode, as for quoted
+ratios) every case is timed by the calling thread's CPU time.
 """
 
 import cuhouse

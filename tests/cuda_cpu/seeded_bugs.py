@@ -55,8 +55,9 @@ MUTANTS = (
     (
         "two blocks write the same output",
         "kernels/triangular_inverse.cu",
-        "for (cuhouse_index matrix = blockIdx.x; matrix < count; matrix += gridDim.x)",
-        "for (cuhouse_index matrix = blockIdx.x / 2; matrix < count; matrix += (gridDim.x + 1) / 2)",
+        "for (cuhouse_index first = (cuhouse_index)blockIdx.x * group; first < count; first += gridDim.x * group)",
+        "for (cuhouse_index first = (cuhouse_index)(blockIdx.x / 2) * group; first < count;\n"
+        "         first += (gridDim.x + 1) / 2 * group)",
     ),
     (
         "shuffle with a partial-warp mask",

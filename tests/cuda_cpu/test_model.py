@@ -265,3 +265,103 @@ def test_every_seeded_bug_still_applies_to_the_sources(tmp_path):
         seeded_bugs.project_copy(str(copy))
         seeded_bugs.apply(str(copy), relative, text, replacement)  # exits when the text left the sources
     assert len(seeded_bugs.MUTANTS) >= 11
+
+
+# ------------------------------------------------ the stand-in's CuPy semantics
+
+
+def test_in_place_operators_write_through_views(cp):
+    x = cp.zeros((4, 3))
+    view = x[1:]
+    view -= 1.5
+    view *= 2
+    same = view
+    same += cp.ones((3, 3))
+    assert same is view
+    numpy.testing.assert_array_equal(x.get(), numpy.vstack([numpy.zeros((1, 3)), numpy.full((3, 3), -2.0)]))
+
+
+def test_asarray_and_array_follow_cupy(cp):
+    x = cp.asarray(numpy.arange(6.0).reshape(2, 3))
+    assert cp.asarray(x) is x and x.astype(x.dtype, copy=False) is x
+    assert cp.asarray(x, copy=True) is not x and cp.array(x) is not x
+    with pytest.raises(ValueError, match="copy=False"):
+        cp.asarray(x, dtype=numpy.float32, copy=False)
+    f = cp.asfortranarray(x)
+    assert f.flags.f_contiguous and not f.flags.c_contiguous
+    numpy.testing.assert_array_equal(f.get(), x.get())
+    assert cp.array(x, copy=True, order="C").flags.c_contiguous
+
+
+def test_counts_calls_launches_gemms_copies_and_syncs(cp):
+    from cuda_cpu_cupy import _trace
+
+    a = cp.asarray(numpy.ones((6, 6)))
+    with _trace.counting() as counts:
+        view = a[:, 1:4]  # a view: a call, no launch (.T below is an attribute: no call)
+        product = view.T @ a  # one GEMM; view.T is neither C- nor F-contiguous: CuPy copies it
+        total = float(product.sum())  # a reduction (launch), then a sync
+    assert total == 3 * 6 * 6
+    assert counts.as_dict() == {"calls": 3, "launches": 3, "gemms": 1, "operand_copies": 1, "syncs": 1}
+
+
+def test_cublas_gemm_accumulates_with_beta(cp):
+    rng = numpy.random.default_rng(0)
+    a, b, c = (rng.standard_normal(shape) for shape in ((4, 3), (4, 5), (3, 5)))
+    out = cp.asarray(c)
+    result = cp.cublas.gemm("T", "N", cp.asarray(a), cp.asarray(b), out=out, alpha=-1.0, beta=1.0)
+    assert result is out
+    numpy.testing.assert_allclose(out.get(), c - a.T @ b, rtol=1e-14)
+
+
+def test_graph_capture_replays_launches_on_the_same_buffers(cp):
+    from cuda_cpu_cupy import _trace
+
+    a = cp.asarray(numpy.eye(3))
+    b = cp.asarray(numpy.arange(9.0).reshape(3, 3))
+    out = cp.empty((3, 3))
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        cp.matmul(a, b, out=out)
+        out += b
+        with pytest.raises(_trace.CaptureError, match="not permitted during stream capture"):
+            float(out[0, 0])
+        with pytest.raises(_trace.CaptureError, match="allocated before the capture"):
+            _ = a + b
+        graph = stream.end_capture()
+    a[...] = 2 * cp.asarray(numpy.eye(3))
+    with _trace.counting() as counts:
+        graph.launch()
+    assert counts.launches == 1
+    numpy.testing.assert_array_equal(out.get(), 3 * numpy.arange(9.0).reshape(3, 3))
+    with pytest.raises(RuntimeError, match="null stream"):
+        cp.cuda.Stream.null.begin_capture()
+
+
+def test_two_fake_devices_and_launches_checked_against_the_arrays_device(cp, module):
+    assert cp.cuda.runtime.getDeviceCount() == 2
+    with cp.cuda.Device(1):
+        x = cp.asarray(numpy.arange(4.0))
+        y = cp.zeros((4,))
+    assert x.device.id == 1 and cp.zeros((1,)).device.id == 0
+    with pytest.raises(cp.KernelError, match="lives on device 1 but the launch is on device 0"):
+        module.get_function("copy_n<double>")((1,), (4,), (x, 4, y))
+    with x.device:
+        module.get_function("copy_n<double>")((1,), (4,), (x, 4, y))
+    numpy.testing.assert_array_equal(y.get(), numpy.arange(4.0))
+    with pytest.raises(RuntimeError, match="invalid device ordinal 2"):
+        cp.cuda.Device(2)
+
+
+def test_linalg_and_stride_tricks_work_on_device_data(cp):
+    a = cp.asarray(numpy.diag([2.0, 4.0]))
+    inverse = cp.linalg.inv(a)
+    assert isinstance(inverse, cp.ndarray)
+    numpy.testing.assert_array_equal(inverse.get(), numpy.diag([0.5, 0.25]))
+    from cuda_cpu_cupy.lib.stride_tricks import as_strided
+
+    x = cp.asarray(numpy.arange(6.0))
+    window = as_strided(x, shape=(2, 3), strides=(3 * 8, 8))
+    window[1, 0] = -1  # a view: writes reach x
+    assert x.get()[3] == -1

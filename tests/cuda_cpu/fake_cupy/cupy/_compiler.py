@@ -241,6 +241,20 @@ class Kernel:
         return buffers
 
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None):
+        from . import _trace, cuda, ndarray
+
+        _trace.call()
+        current = cuda.current_device_id()
+        for i, arg in enumerate(args):
+            if isinstance(arg, ndarray) and arg.device.id != current:
+                raise KernelError(
+                    "{}: argument {} lives on device {} but the launch is on device {} (switch with "
+                    "`with array.device:`)".format(self.name, i, arg.device.id, current)
+                )
+        self._execute(grid, block, args, shared_mem)
+        _trace.launch(replay=lambda: self._execute(grid, block, args, shared_mem))
+
+    def _execute(self, grid, block, args, shared_mem):
         grid = _dimensions(grid, "grid")
         block = _dimensions(block, "block")
         buffers = self._marshal(tuple(args))

@@ -37,8 +37,9 @@ class Allocation:
     """``nbytes`` of device memory at ``address``, freed with the last NumPy
     view of it (see :func:`device_array`)."""
 
-    def __init__(self, nbytes):
+    def __init__(self, nbytes, device=0):
         self.nbytes = nbytes
+        self.device = device
         self.guard = guard_bytes()
         total = nbytes + 2 * self.guard
         self.base = _libc.malloc(max(total, 1))
@@ -82,19 +83,26 @@ def check_guards():
     return [problem for problem in (a.corrupted_guard() for a in list(_live.values())) if problem]
 
 
-def device_array(shape, dtype):
-    """A NumPy array of ``shape`` and ``dtype`` over a fresh allocation (C order)."""
+def device_array(shape, dtype, device=0, order="C"):
+    """A NumPy array of ``shape`` and ``dtype`` over a fresh allocation (``order`` "C" or "F") on ``device``."""
+    if order == "F":
+        return device_array(tuple(shape)[::-1], dtype, device).T
     dtype = numpy.dtype(dtype)
     count = int(numpy.prod(shape, dtype=numpy.int64))
-    allocation = Allocation(count * dtype.itemsize)
+    allocation = Allocation(count * dtype.itemsize, device)
     payload = (ctypes.c_ubyte * allocation.nbytes).from_address(allocation.address)
     payload._allocation = allocation  # the base of every view keeps the memory alive
     return numpy.frombuffer(payload, dtype=dtype, count=count).reshape(shape)
 
 
+def allocation_of(array):
+    """The :class:`Allocation` ``array`` views, or ``None`` for host memory."""
+    base = array  # through NumPy views and the DummyArray of numpy.lib.stride_tricks.as_strided
+    while not hasattr(base, "_allocation") and getattr(base, "base", None) is not None:
+        base = base.base
+    return getattr(base, "_allocation", None)
+
+
 def owns(array):
     """True when ``array`` is a view of device memory (its base chain ends in an allocation)."""
-    base = array
-    while isinstance(base, numpy.ndarray) and base.base is not None:
-        base = base.base
-    return hasattr(base, "_allocation")
+    return allocation_of(array) is not None

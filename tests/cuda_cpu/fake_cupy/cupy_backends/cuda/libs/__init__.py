@@ -1,0 +1,1 @@
+"""``cupy_backends.cuda.libs`` of the CPU stand-in: cuBLAS constants and cuSOLVER's ``?ormqr``."""

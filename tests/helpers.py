@@ -1,0 +1,139 @@
+"""What the tests share, in the manner of autograd's ``check_grads`` and CuPy's ``testing``:
+array conversion and tolerances, the float64 dense references, random matrices of every kind,
+and the central-difference dot test of an adjoint (:func:`check_vjp`).
+
+Import it as ``from helpers import ...`` (pytest puts ``tests/`` on the path); ``conftest.py``
+keeps only fixtures.
+"""
+
+import numpy
+
+import cuhouse as ch
+
+
+# ----------------------------------------------------------------- arrays
+def to_numpy(a):
+    """A NumPy copy of a NumPy or CuPy array."""
+    return a.get() if hasattr(a, "get") else numpy.asarray(a)
+
+
+def rtol(dtype, scale=1):
+    """Relative tolerance for results computed in ``dtype`` (as numpy.linalg's tests do)."""
+    return scale * {numpy.float32: 2e-5, numpy.float64: 1e-12}[numpy.dtype(dtype).type]
+
+
+def inner(a, b):
+    """The real inner product ``Re sum(conj(a) * b)`` of two arrays of one shape, in float64 on the host
+    (for complex data the one whose gradient is torch's ``dL/dRe + i dL/dIm``)."""
+    a, b = to_numpy(a), to_numpy(b)
+    return float(numpy.real(numpy.sum(numpy.conj(a) * b)))
+
+
+# ------------------------------------------------------- dense references
+def dense_reference(vectors, identity=None):
+    """float64 H(v_1) ... H(v_n) by the sequential loop, for one ``(n, d)`` stack or a batch.
+
+    Zero rows and rows marked in ``identity`` ``(..., n)`` are identity factors.
+    """
+    v = to_numpy(vectors).astype(numpy.float64)
+    d = v.shape[-1]
+    h = numpy.broadcast_to(numpy.eye(d), v.shape[:-2] + (d, d)).copy()
+    skip = numpy.zeros(v.shape[:-1], dtype=bool) if identity is None else numpy.asarray(identity)
+    for i in range(v.shape[-2]):
+        vi = numpy.where(skip[..., i, None], 0, v[..., i, :])
+        norm = numpy.linalg.norm(vi, axis=-1, keepdims=True)
+        unit = vi / numpy.where(norm == 0, 1, norm)
+        h -= 2 * (h @ unit[..., :, None]) @ unit[..., None, :]
+    return h
+
+
+def dense_of(a):
+    """The dense float64 form of a cuhouse matrix, on the host."""
+    return to_numpy(a.todense()).astype(numpy.float64)
+
+
+# ------------------------------------------------------- random matrices
+def random_householder(rng, d, n=None, batch=(), dtype=numpy.float64):
+    """A ``HouseholderProduct`` of ``n`` (default d) standard normal vectors of length d."""
+    return ch.HouseholderProduct(rng.standard_normal(batch + (n or d, d)).astype(dtype))
+
+
+def random_svd(rng, d_out, d_in, rank=None, low=1.0, high=2.0, u_reflections=None, v_reflections=None):
+    """An ``SVDMatrix`` ``d_out x d_in`` of ``rank`` (default min) singular values uniform in [low, high]."""
+    r = rank or min(d_out, d_in)
+    u = random_householder(rng, d_out, u_reflections)
+    v = random_householder(rng, d_in, v_reflections)
+    return ch.SVDMatrix(u, rng.uniform(low, high, r), v)
+
+
+def random_eigh(rng, d, low=0.5, high=2.0):
+    """An ``EighMatrix`` with eigenvalues uniform in [low, high]."""
+    return ch.EighMatrix(random_householder(rng, d), rng.uniform(low, high, d))
+
+
+def random_lapack(rng, d):
+    """``HouseholderProduct.from_lapack`` of the ``geqrf`` of a standard normal d x d matrix."""
+    import scipy.linalg
+
+    (qr, tau), _ = scipy.linalg.qr(rng.standard_normal((d, d)), mode="raw")
+    return ch.HouseholderProduct.from_lapack(qr, tau)
+
+
+# ------------------------------------------------------------ the dot test
+def check_vjp(fun, primals, vjp, *, seed=1, step=1e-6, rtol=1e-6, xp=numpy):
+    """Assert that ``vjp`` is the adjoint of the derivative of ``fun`` at ``primals``.
+
+    The dot test: for a random cotangent ``u`` and random tangents ``t_i`` (complex for complex
+    primals), ``<u, (fun(p + h t) - fun(p - h t)) / 2h>`` (central differences, ``h = step``)
+    must equal ``sum_i <vjp(u)_i, t_i>`` to ``rtol`` relative (absolute below 1). ``fun(*primals)``
+    returns one array; ``vjp(u)`` returns one gradient per primal, each of its primal's shape.
+    Costs three calls of ``fun`` and one of ``vjp``.
+    """
+    rng = numpy.random.default_rng(seed)
+
+    def draw(like):
+        t = rng.standard_normal(like.shape)
+        if numpy.dtype(like.dtype).kind == "c":
+            t = t + 1j * rng.standard_normal(like.shape)
+        return xp.asarray(t)
+
+    out = fun(*primals)
+    u = draw(out)
+    grads = tuple(vjp(u))
+    assert [tuple(g.shape) for g in grads] == [tuple(p.shape) for p in primals]
+    tangents = [draw(p) for p in primals]
+    plus = fun(*(p + step * t for p, t in zip(primals, tangents)))
+    minus = fun(*(p - step * t for p, t in zip(primals, tangents)))
+    numeric = inner(u, (plus - minus) / (2 * step))
+    adjoint = sum(inner(g, t) for g, t in zip(grads, tangents))
+    assert abs(numeric - adjoint) <= rtol * max(abs(adjoint), 1.0), (numeric, adjoint)
+
+
+def matmul_vjp(a, x, side):
+    """``(out, grads)`` of ``a @ x`` (``side == "left"``) or ``x @ a`` by :func:`cuhouse.vjp`, with
+    ``grads(u)`` giving ``(*dparams, dx)`` on either side: the ``vjp`` that :func:`check_vjp` takes."""
+    out, back = ch.vjp(ch.matmul, a, x) if side == "left" else ch.vjp(ch.matmul, x, a)
+
+    def grads(u):
+        dparams, dx = back(u) if side == "left" else back(u)[::-1]
+        return (*dparams, dx)
+
+    return out, grads
+
+
+def check_matmul_vjp(make, leaves, x, side="left", xp=numpy, **options):
+    """:func:`check_vjp` of ``make(*leaves) @ x`` (``x @ make(*leaves)`` for ``side == "right"``)
+    against :func:`cuhouse.vjp`, the tangent moving every leaf and ``x`` at once."""
+    _, grads = matmul_vjp(make(*leaves), x, side)
+
+    def fun(*primals):
+        a, operand = make(*primals[:-1]), primals[-1]
+        return a @ operand if side == "left" else operand @ a
+
+    check_vjp(fun, (*leaves, x), grads, xp=xp, **options)
+
+
+def check_logdet_vjp(make, leaves, xp=numpy, **options):
+    """:func:`check_vjp` of ``make(*leaves).logdet()`` against :func:`cuhouse.vjp`."""
+    _, back = ch.vjp(ch.logdet, make(*leaves))
+    check_vjp(lambda *primals: make(*primals).logdet(), tuple(leaves), lambda u: back(u)[0], xp=xp, **options)

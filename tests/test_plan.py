@@ -1,0 +1,114 @@
+"""The plan (cuhouse.plan): pinned arguments are respected, the choice is deterministic, and the
+names of algorithms agree everywhere they are listed. (The cost model's accuracy is the bench's
+``plan`` section; the calibration cache is tests/test_calibration.py.)"""
+
+import inspect
+import itertools
+import re
+
+import numpy
+import pytest
+from helpers import dense_reference
+
+import cuhouse as ch
+from cuhouse import householder, plan
+from cuhouse.algorithms import ALGORITHMS, PLANS
+
+GRID = list(itertools.product((1, 7, 64, 512), (1, 5, 64, 512), (1, 32, 1024)))  # (d, n, m) with n <= d below
+
+
+def _grid():
+    return [(d, n, m) for d, n, m in GRID if n <= d]
+
+
+# ------------------------------------------------------------------ names
+def test_algorithm_names_agree_everywhere():
+    assert plan.ALGORITHM_NAMES == tuple(ALGORITHMS)
+    assert householder.ALGORITHM_CHOICES == ("auto",) + plan.ALGORITHM_NAMES
+    assert set(PLANS) == set(plan.ALGORITHM_NAMES) | {plan.LAPACK_PLAN}
+    assert set(plan.AUTO_CANDIDATES) < set(plan.ALGORITHM_NAMES)
+    documented = re.search(r"algorithm : \{(.*?)\}", inspect.getdoc(ch.HouseholderProduct)).group(1)
+    assert set(re.findall(r'"(\w+)"', documented)) == set(householder.ALGORITHM_CHOICES)
+
+
+def test_every_plan_name_has_a_cost_and_a_module_with_the_three_functions():
+    for name in PLANS:
+        assert plan.predict(name, 64, 64, 8, 8, layout="unit" if name == plan.LAPACK_PLAN else "full") > 0
+        assert all(callable(getattr(PLANS[name], f, None)) for f in ("build", "apply"))
+    assert all(callable(ALGORITHMS[name].backward) for name in ALGORITHMS)
+
+
+# ------------------------------------------------------- pinned arguments
+@pytest.mark.parametrize("algorithm", plan.ALGORITHM_NAMES)
+@pytest.mark.parametrize("d, n, m", _grid())
+def test_a_pinned_algorithm_is_the_one_chosen(algorithm, d, n, m):
+    chosen = plan.choose(d, n, m, numpy.float32, algorithm=algorithm)
+    assert chosen.algorithm == algorithm
+    assert (chosen.block_size is None) == (algorithm == "sequential")
+    assert chosen.block_size is None or 1 <= chosen.block_size <= n
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "cwy", "fasth", "dense"])
+@pytest.mark.parametrize("block_size", [1, 3, 16, 10_000])
+def test_a_pinned_block_size_is_the_one_chosen(algorithm, block_size):
+    d, n, m = 64, 40, 8
+    chosen = plan.choose(d, n, m, numpy.float64, algorithm=algorithm, block_size=block_size)
+    if chosen.algorithm != "sequential":  # "auto" may still pick the unblocked loop
+        assert chosen.block_size == min(block_size, n)
+
+
+@pytest.mark.parametrize("algorithm", plan.ALGORITHM_NAMES)
+def test_the_matrix_runs_the_plan_its_arguments_pin(algorithm, monkeypatch):
+    """Not only plan_for: the product itself builds the pinned algorithm's form, at the pinned block size."""
+    rng = numpy.random.default_rng(0)
+    h = ch.HouseholderProduct(rng.standard_normal((9, 12)), algorithm=algorithm, block_size=4)
+    x = rng.standard_normal((12, 3))
+    expected = dense_reference(h.vectors) @ x
+    built = []
+    module = ALGORITHMS[algorithm]
+    original = module.build
+    monkeypatch.setattr(module, "build", lambda y, k, *rest, **kw: built.append(k) or original(y, k, *rest, **kw))
+    numpy.testing.assert_allclose(h @ x, expected, atol=1e-12)
+    assert built == [None if algorithm == "sequential" else 4]
+    assert h.plan_for(3).algorithm == algorithm
+
+
+def test_auto_never_picks_fasth_and_only_ormqr_where_lapack_can_run():
+    for d, n, m in _grid():
+        for layout in ("full", "trapezoidal", "unit"):
+            assert plan.choose(d, n, m, numpy.float32, layout=layout).algorithm in plan.AUTO_CANDIDATES
+    assert plan.choose(16, 16, 1, numpy.float32, layout="full", lapack=True).algorithm != plan.LAPACK_PLAN
+
+
+def test_stored_block_inputs_only_for_cwy_on_full_rows():
+    for d, n, m in _grid():
+        for layout in ("full", "trapezoidal", "unit"):
+            chosen = plan.choose(d, n, m, numpy.float32, layout=layout)
+            assert not chosen.store_inputs or (chosen.algorithm == "cwy" and layout == "full")
+
+
+# ------------------------------------------------------------ determinism
+def test_the_choice_is_a_function_of_its_arguments():
+    """The same arguments give the same plan, memoized or computed afresh, whatever is cached."""
+    first = {args: plan.choose(*args, numpy.float32) for args in _grid()}
+    plan._choose.cache_clear()
+    assert {args: plan.choose(*args, numpy.float32) for args in _grid()} == first
+
+
+def test_the_plan_does_not_depend_on_what_is_cached():
+    rng = numpy.random.default_rng(1)
+    h = ch.HouseholderProduct(rng.standard_normal((48, 64)).astype(numpy.float32))
+    before = [h.plan_for(m) for m in (1, 8, 64)]
+    for m in (64, 8, 1):
+        h @ rng.standard_normal((64, m)).astype(numpy.float32)
+    assert [h.plan_for(m) for m in (1, 8, 64)] == before
+    assert h.T.plan_for(8) == h.plan_for(8)  # H and H.T share the reflections and the plan
+
+
+def test_the_same_product_gives_the_same_bits():
+    rng = numpy.random.default_rng(2)
+    v, x = rng.standard_normal((30, 40)), rng.standard_normal((40, 5))
+    first = ch.HouseholderProduct(v) @ x
+    h = ch.HouseholderProduct(v)
+    h @ rng.standard_normal((40, 200))  # another plan's form cached first
+    numpy.testing.assert_array_equal(h @ x, first)
