@@ -37,17 +37,21 @@ Every function here is written against the array module ``xp``.
 
 import numpy
 
-from ._backend import COMPLEX_DTYPES
+from ._backend import COMPLEX_DTYPES, numpy_dtype
 
 
 def is_complex(dtype):
-    """True for complex64 and complex128."""
-    return numpy.dtype(dtype).kind == "c"
+    """True for complex64 and complex128 (a dtype of any library)."""
+    return numpy_dtype(dtype).kind == "c"
 
 
 def real_dtype(dtype):
-    """The real dtype of the parts of ``dtype``: complex64 -> float32, complex128 -> float64; reals stay."""
-    dtype = numpy.dtype(dtype)
+    """The real dtype of the parts of ``dtype``: complex64 -> float32, complex128 -> float64; reals stay
+    (a real dtype of another library included)."""
+    try:
+        dtype = numpy.dtype(dtype)
+    except TypeError:  # torch.float32, ...: the generic path is real
+        return dtype
     return numpy.dtype(dtype.char.lower()) if dtype in COMPLEX_DTYPES else dtype
 
 

@@ -11,9 +11,12 @@
 Nothing here knows the matrix classes; they call these and build themselves.
 """
 
+import math
+
 import numpy
 
 from . import _complex, _validate
+from ._backend import copy, creation_kwargs, is_native, numpy_dtype, swap
 from ._shapes import batch_shape
 from .algorithms import _layout
 
@@ -106,11 +109,11 @@ def geqrf_exact(q, xp):
     r level-2 steps, batched.
     """
     d, r = q.shape[-2:]
-    eps = numpy.finfo(q.dtype).eps
+    eps = numpy.finfo(numpy_dtype(q.dtype)).eps
     unitary = _complex.is_complex(q.dtype)
     conj = xp.conj if unitary else (lambda x: x)
-    gram = conj(xp.swapaxes(q, -1, -2)) @ q
-    error = float(xp.abs(gram - xp.eye(r, dtype=q.dtype)).max()) if q.size else 0.0
+    gram = conj(swap(q, xp)) @ q
+    error = float(xp.max(xp.abs(gram - xp.eye(r, dtype=q.dtype, **creation_kwargs(q))))) if math.prod(q.shape) else 0.0
     if not error <= 50 * eps * d:
         what = ("unitary" if unitary else "orthogonal") if r == d else "orthonormal columns"
         raise ValueError(
@@ -118,33 +121,35 @@ def geqrf_exact(q, xp):
                 what, 50 * eps * d, "H" if unitary else "T", error
             )
         )
-    a = q.copy()
-    tau = xp.zeros(q.shape[:-2] + (r,), dtype=q.dtype)
-    for i in range(r):
+    a = copy(q, xp)
+    tau = xp.zeros(q.shape[:-2] + (r,), dtype=q.dtype, **creation_kwargs(q))
+    for i in range(r):  # written with whole-array reads and item assignment only: any Array API library
         head = a[..., i, i]
         tail = a[..., i + 1 :, i]
-        sigma = _complex.squared_norms(tail, xp) if unitary else (tail * tail).sum(axis=-1)
         if unitary:  # x = (alpha, tail) onto beta e_1 with beta = ||x|| > 0: v_1 = alpha - beta, tau = -v_1 / beta
+            sigma = _complex.squared_norms(tail, xp)
             re, im = xp.real(head), xp.imag(head)
             norm = xp.sqrt(re * re + im * im + sigma)
             v1 = xp.where(re > 0, -(im * im + sigma) / xp.where(re > 0, re + norm, 1), re - norm) + 1j * im
         else:
+            sigma = xp.sum(tail * tail, axis=-1)
             norm = xp.sqrt(head * head + sigma)
             # v = x - ||x|| e_1, scaled to v_1 = 1; v_1 by Parlett's formula when x_1 > 0 (no cancellation)
-            v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, 1), head - norm)
+            v1 = xp.where(head > 0, -sigma / xp.where(head > 0, head + norm, xp.ones_like(head)), head - norm)
         identity = v1 == 0  # x == ||x|| e_1 already
-        safe = xp.where(identity, 1, v1)
-        v_tail = xp.where(identity[..., None], 0, tail / safe[..., None])
+        # arrays, not Python scalars, in where: the Array API before 2024.12 takes no scalar there
+        safe = xp.where(identity, xp.ones_like(v1), v1)
+        v_tail = xp.where(identity[..., None], xp.zeros_like(tail), tail / safe[..., None])
         if unitary:
-            tau_i = xp.where(identity, 0, -safe / norm)
+            tau_i = xp.where(identity, xp.zeros_like(safe), -safe / norm)
         else:
-            tau_i = xp.where(identity, 0, 2 / (1 + (v_tail * v_tail).sum(axis=-1)))
+            tau_i = xp.where(identity, xp.zeros_like(norm), 2 / (1 + xp.sum(v_tail * v_tail, axis=-1)))
         if i + 1 < r:  # apply H_i^H to the trailing columns: A <- A - conj(tau) v (v^H A)
-            trailing = a[..., i:, i + 1 :]
-            w = trailing[..., 0, :] + (conj(v_tail)[..., :, None] * trailing[..., 1:, :]).sum(axis=-2)
+            top, below = a[..., i, i + 1 :], a[..., i + 1 :, i + 1 :]
+            w = top + xp.sum(conj(v_tail)[..., :, None] * below, axis=-2)
             step = conj(tau_i)
-            trailing[..., 0, :] -= step[..., None] * w
-            trailing[..., 1:, :] -= step[..., None, None] * v_tail[..., :, None] * w[..., None, :]
+            a[..., i, i + 1 :] = top - step[..., None] * w
+            a[..., i + 1 :, i + 1 :] = below - step[..., None, None] * v_tail[..., :, None] * w[..., None, :]
         a[..., i, i] = norm
         a[..., i + 1 :, i] = v_tail
         tau[..., i] = tau_i
@@ -161,6 +166,9 @@ def geqrf_signed(q, xp):
     d x d QR is the identity). Cost: O(d r^2), blocked.
     """
     d, r = q.shape[-2:]
+    if not is_native(xp):  # no LAPACK QR in the standard: the reflections with R = I, no signs to move
+        a, tau = geqrf_exact(q, xp)
+        return a, tau, xp.ones(q.shape[:-2] + (r,), dtype=q.dtype, **creation_kwargs(q))
     raw, tau = xp.linalg.qr(q, mode="raw")  # raw is the transposed geqrf form
     a = xp.swapaxes(raw, -1, -2)
     signs = xp.sign(xp.diagonal(a, axis1=-2, axis2=-1)[..., :r])

@@ -1,31 +1,41 @@
-"""How much memory a dense result may take: the machine's RAM, or the GPU's memory on CuPy."""
+"""How much memory a dense result may take: the machine's RAM, or the GPU's memory (CuPy, torch CUDA)."""
 
 import os
 
 import numpy
 
+from ._backend import is_native, numpy_dtype
 
-def dense_memory(shape, dtype, what, xp, workspace):
+
+def dense_memory(shape, dtype, what, xp, workspace, device=None):
     """``MemoryError`` up front when a dense result of ``shape`` and ``dtype``,
     with its intermediates (``workspace`` times the result), is larger than
     the memory of the machine (host RAM, or the device's memory on CuPy).
 
     Says how much it needs and what to do instead, rather than failing deep
-    inside an allocation of terabytes. Cost: O(1).
+    inside an allocation of terabytes. ``device`` is the arrays' device on the
+    generic path (``None`` on NumPy and CuPy); a device whose memory the
+    library does not report is not checked. Cost: O(1).
     """
-    result = float(numpy.prod(shape, dtype=numpy.float64)) * numpy.dtype(dtype).itemsize
+    dtype = numpy_dtype(dtype)
+    result = float(numpy.prod(shape, dtype=numpy.float64)) * dtype.itemsize
     needed = workspace * result
-    if xp is numpy:
+    kind = getattr(device, "type", None)
+    if xp is numpy or (not is_native(xp) and (device is None or kind == "cpu" or "CPU" in str(device))):
         available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
-    else:
+    elif is_native(xp):
         available, where = xp.cuda.Device().mem_info[1], "the GPU's memory"
+    elif kind == "cuda":
+        import torch
+
+        available, where = torch.cuda.mem_get_info(device)[1], "the GPU's memory"
+    else:
+        return
     if needed > available:
         raise MemoryError(
             "{} needs a dense {} array of shape {} ({}; about {} with its intermediates), more "
             "than {} ({}); multiply by a thin X instead (A @ X costs O(d n m) without forming "
-            "A)".format(
-                what, numpy.dtype(dtype), tuple(shape), _bytes(result), _bytes(needed), where, _bytes(available)
-            )
+            "A)".format(what, dtype, tuple(shape), _bytes(result), _bytes(needed), where, _bytes(available))
         )
 
 

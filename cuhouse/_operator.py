@@ -68,7 +68,19 @@ from typing import Any, Tuple
 import numpy
 
 from . import _complex, _dask, _memory, _validate
-from ._backend import module_named
+from ._backend import (
+    astype,
+    contiguous,
+    copy,
+    creation_kwargs,
+    device_of,
+    is_native,
+    library_dtype,
+    module_named,
+    numpy_dtype,
+    result_type,
+    swap,
+)
 from ._shapes import batch_shape, from_columns, reduce_to_shape, to_columns
 from ._typing import Array
 
@@ -188,6 +200,23 @@ class Operator(abc.ABC):
     def _xp(self):
         return module_named(self.backend)
 
+    @property
+    def _device(self):
+        """The device of the parameters (``None`` on NumPy and CuPy)."""
+        return device_of(self.params[0])
+
+    def _gradients(self, contributions):
+        """Gradients matching :attr:`params` from ``(leaf, gradient)`` pairs (:func:`accumulate`)."""
+        return accumulate(self.params, contributions, self._xp)
+
+    def _substitute(self, mapping):
+        """This matrix on other leaf arrays: ``mapping`` takes ``id(leaf)`` to its replacement (same
+        shape; leaves not in it stay). Nothing is validated or copied; what was derived from the
+        leaves is derived again. Used by :mod:`cuhouse._torch` to run a matrix on the tensors
+        autograd hands it. A matrix class that does not override it cannot be differentiated by
+        torch autograd."""
+        raise TypeError("{} cannot be rebuilt on other arrays for torch autograd".format(type(self).__name__))
+
     def _describe(self):
         """``(name, value)`` pairs ``__repr__`` shows after shape, dtype and backend."""
         return ()
@@ -225,7 +254,8 @@ class Operator(abc.ABC):
         return sign * self._xp.exp(logabs)
 
     def logdet(self) -> Array:
-        """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`.
+        """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`. On torch, when
+        a gradient is recorded, differentiable through cuhouse's adjoint (:mod:`cuhouse._torch`).
 
         Returns
         -------
@@ -240,6 +270,11 @@ class Operator(abc.ABC):
         >>> bool(np.isclose(E.logdet(), np.log(8.0)))
         True
         """
+        if self.backend == "torch":
+            from . import _torch
+
+            if _torch.records_gradient(self):
+                return _torch.logabsdet(self)
         return self.slogdet()[1]
 
     def matmul(self, x: Any) -> Any:
@@ -350,10 +385,11 @@ class Operator(abc.ABC):
         """
         xp = self._xp
         rows, cols = self.shape[-2:]
-        _memory.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE)
+        _memory.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE, self._device)
+        like = creation_kwargs(self.params[0])
         if cols <= rows:
-            return self._matmat(xp.eye(cols, dtype=self.dtype), False)
-        return xp.swapaxes(self._conjugated()._matmat(xp.eye(rows, dtype=self.dtype), True), -1, -2)
+            return self._apply(xp.eye(cols, dtype=self.dtype, **like), False)
+        return swap(self._conjugated()._apply(xp.eye(rows, dtype=self.dtype, **like), True), xp)
 
     def __array__(self, dtype=None, copy=None):
         """``numpy.asarray(A)``: the dense form, a new array. NumPy backend only.
@@ -364,8 +400,9 @@ class Operator(abc.ABC):
         """
         if self.backend != "numpy":
             raise TypeError(
-                "a {} on the CuPy backend cannot become a NumPy array implicitly; use cupy.asnumpy(A.todense())".format(
-                    type(self).__name__
+                "a {} on the {} backend cannot become a NumPy array implicitly: cuhouse copies nothing between "
+                "libraries or devices; convert A.todense() explicitly (cupy.asnumpy, DLPack, .cpu().numpy())".format(
+                    type(self).__name__, self.backend
                 )
             )
         if copy is False:
@@ -387,7 +424,7 @@ class Operator(abc.ABC):
     # ------------------------------------------------------------- products
     def _conjugated(self):
         """``conj(A)``, whose adjoint hook gives ``A^T``: ``A`` itself when real."""
-        return self.conj() if self.dtype.kind == "c" else self
+        return self.conj() if _complex.is_complex(self.dtype) else self
 
     def _operand(self, x, side, transpose=False, name="X"):
         """Validate ``X`` of ``A @ X`` (``side == "left"``) or ``X @ A`` (``"right"``), once.
@@ -400,7 +437,9 @@ class Operator(abc.ABC):
         :meth:`_conjugated` (``X @ A = (conj(A)^H X^T)^T``).
         """
         shape = self.shape[:-2] + self.shape[-2:][::-1] if transpose else self.shape
-        x, cast = _validate.product_operand(x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite, name)
+        x, cast = _validate.product_operand(
+            x, self._xp, self._NAME, shape, self.dtype, side, self.check_finite, name, self._device
+        )
         return x, to_columns(cast, x.ndim == 1, side, self._xp), (side == "right") != transpose
 
     def _product(self, x, side, transpose=False, name="X"):
@@ -412,8 +451,18 @@ class Operator(abc.ABC):
             return _dask.matmul(self.H if transpose else self, x, side)
         x, columns, transpose = self._operand(x, side, transpose, name)
         op = self._conjugated() if side == "right" else self
-        out = op._matmat(columns, transpose)
-        return self._xp.ascontiguousarray(from_columns(out, x.ndim == 1, side, self._xp))
+        out = op._apply(columns, transpose)
+        return contiguous(from_columns(out, x.ndim == 1, side, self._xp), self._xp)
+
+    def _apply(self, columns, transpose):
+        """:meth:`_matmat`, or on torch, when a gradient is recorded, the differentiable
+        :func:`cuhouse._torch.matmat` through cuhouse's adjoints."""
+        if self.backend == "torch":
+            from . import _torch
+
+            if _torch.records_gradient(self, columns):
+                return _torch.matmat(self, columns, transpose)
+        return self._matmat(columns, transpose)
 
     # ------------------------------------------------------------ gradients
     def _vjp_matmul(self, x, side):
@@ -439,18 +488,20 @@ class Operator(abc.ABC):
         vector = x.ndim == 1
         op = self._conjugated() if side == "right" else self
         out_columns, back_columns = op._vjp_matmat(columns, transpose)
-        out = xp.array(from_columns(out_columns, vector, side, xp), order="C", copy=True)
+        out = from_columns(out_columns, vector, side, xp)
+        out = xp.array(out, order="C", copy=True) if is_native(xp) else contiguous(copy(out, xp), xp)
+        device = self._device
 
         def back(dout):
-            dout = _validate.cotangent(dout, "dout", out.shape, xp, self.check_finite)
-            if dout.dtype.kind == "c" and out.dtype.kind != "c":
+            dout = _validate.cotangent(dout, "dout", out.shape, xp, self.check_finite, device)
+            if _complex.is_complex(dout.dtype) and not _complex.is_complex(out.dtype):
                 dout = xp.real(dout)  # L = Re(sum(conj(G) * out)) only sees Re(G) for a real out
-            dout = dout.astype(out.dtype, copy=False)
+            dout = astype(dout, out.dtype, xp)
             contributions, dcolumns = back_columns(to_columns(dout, vector, side, xp))
             dx = from_columns(dcolumns, vector, side, xp)
-            if dx.dtype.kind == "c" and x.dtype.kind != "c":
+            if _complex.is_complex(dx.dtype) and not _complex.is_complex(x.dtype):
                 dx = xp.real(dx)  # a real X: the real part of the complex gradient
-            dx = xp.ascontiguousarray(dx, dtype=_validate.float_dtype(x.dtype))
+            dx = contiguous(astype(dx, _validate.float_dtype(x.dtype, xp), xp), xp)
             return accumulate(self.params, contributions, xp), dx
 
         return out, back
@@ -459,9 +510,10 @@ class Operator(abc.ABC):
         """``log|det A|`` and ``back(dvalue) -> dparams``, for :func:`cuhouse.vjp`."""
         xp = self._xp
         value, back_contributions = self._vjp_logabsdet()
+        device = self._device
 
         def back(dvalue):
-            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, self.check_finite)
+            dvalue = _validate.cotangent(dvalue, "dvalue", value.shape, xp, self.check_finite, device)
             return accumulate(self.params, back_contributions(dvalue), xp)
 
         return value, back
@@ -506,6 +558,12 @@ class Product(Operator):
             raise TypeError(
                 "cannot multiply cuhouse matrices on different backends: {}".format(" and ".join(sorted(backends)))
             )
+        devices = {str(f._device) for f in factors}
+        if len(devices) > 1:
+            raise TypeError(
+                "cannot multiply cuhouse matrices on different devices: {}; cuhouse copies nothing between "
+                "devices".format(" and ".join(sorted(devices)))
+            )
         for left, right in zip(factors, factors[1:]):
             if left.shape[-1] != right.shape[-2]:
                 raise ValueError(
@@ -521,6 +579,10 @@ class Product(Operator):
         batch_shape(*(("factor {}".format(i), f.shape[:-2]) for i, f in enumerate(factors)))
         self.args = tuple(factors)
 
+    def _substitute(self, mapping):
+        """The product of the factors on other leaf arrays (see :meth:`Operator._substitute`). O(k)."""
+        return Product(*(f._substitute(mapping) for f in self.args))
+
     @property
     def shape(self) -> Tuple[int, ...]:
         batch = numpy.broadcast_shapes(*(f.shape[:-2] for f in self.args))
@@ -528,7 +590,7 @@ class Product(Operator):
 
     @property
     def dtype(self) -> numpy.dtype:
-        return numpy.result_type(*(f.dtype for f in self.args))
+        return result_type(self._xp, *(f.dtype for f in self.args))
 
     @property
     def backend(self) -> str:
@@ -564,7 +626,7 @@ class Product(Operator):
 
     def conj(self) -> Operator:
         """The entrywise conjugate ``conj(A1) @ ... @ conj(Ak)`` (``self`` when real). O(k)."""
-        return Product(*(f.conj() for f in self.args)) if self.dtype.kind == "c" else self
+        return Product(*(f.conj() for f in self.args)) if _complex.is_complex(self.dtype) else self
 
     def inv(self) -> Operator:
         """``Ak^-1 @ ... @ A1^-1``; every factor must be square and have ``inv()``. O(k)."""
@@ -580,7 +642,8 @@ class Product(Operator):
         batch = self.shape[:-2]
         xp = self._xp
         sign = xp.broadcast_to(functools.reduce(operator.mul, signs), batch)
-        return sign.astype(self.dtype), xp.broadcast_to(sum(logs), batch).astype(_complex.real_dtype(self.dtype))
+        real = _real_dtype(self.dtype, xp)
+        return copy(astype(sign, self.dtype, xp), xp), copy(astype(xp.broadcast_to(sum(logs), batch), real, xp), xp)
 
     def _square(self, i, f, operation):
         """``f``, factor ``i``; ``ValueError`` naming it unless it is square."""
@@ -624,7 +687,8 @@ class Product(Operator):
 
     def _vjp_logabsdet(self):
         parts = [self._square(i, f, "logdet()")._vjp_logabsdet() for i, f in enumerate(self.args)]
-        value = self._xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]).astype(_complex.real_dtype(self.dtype))
+        xp = self._xp
+        value = astype(xp.broadcast_to(sum(v for v, _ in parts), self.shape[:-2]), _real_dtype(self.dtype, xp), xp)
 
         def back(dvalue):
             return [pair for _, b in parts for pair in b(dvalue)]
@@ -668,12 +732,23 @@ def accumulate(params, contributions, xp):
     total = [None] * len(params)
     for leaf, grad in contributions:
         i = next(i for i, p in enumerate(params) if p is leaf)
-        if grad.dtype.kind == "c" and leaf.dtype.kind != "c":
+        if _complex.is_complex(grad.dtype) and not _complex.is_complex(leaf.dtype):
             grad = xp.real(grad)
         grad = reduce_to_shape(grad, leaf.shape)
         total[i] = grad if total[i] is None else total[i] + grad
+    if not is_native(xp):
+        dtypes = [_validate.float_dtype(p.dtype, xp) for p in params]
+        return tuple(
+            xp.zeros(p.shape, dtype=dt, **creation_kwargs(p)) if g is None else contiguous(astype(g, dt, xp), xp)
+            for p, g, dt in zip(params, total, dtypes)
+        )
     dtypes = [numpy.result_type(p.dtype, numpy.float32) for p in params]
     return tuple(
         xp.zeros(p.shape, dtype=dt) if g is None else xp.ascontiguousarray(g, dtype=dt)
         for p, g, dt in zip(params, total, dtypes)
     )
+
+
+def _real_dtype(dtype, xp):
+    """The real dtype of ``dtype``'s parts, as a dtype of ``xp``."""
+    return library_dtype(_complex.real_dtype(numpy_dtype(dtype)), xp)

@@ -11,8 +11,8 @@ from collections import namedtuple
 
 import numpy
 
-from . import _complex, _memory, _validate
-from ._backend import module_named, read_only
+from . import _complex, _generic, _memory, _validate
+from ._backend import device_of, is_native, module_named, read_only, swap
 from ._gpu import primitives
 from .algorithms import PLANS, _layout, _normalize, _scaling
 
@@ -42,7 +42,7 @@ class _Cached:
         self.params = params
         self.segments = segments
         self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype)
+        self.dtype = numpy.dtype(dtype) if is_native(module_named(backend)) else dtype
         self.refresh()
 
     def __getstate__(self):
@@ -93,6 +93,16 @@ class Reflections(_Cached):
         self._forms = {}
 
     @property
+    def native(self):
+        """True on NumPy and CuPy (layouts read in place); False on the generic path (:mod:`cuhouse._generic`)."""
+        return is_native(self.xp)
+
+    @property
+    def device(self):
+        """The device of the leaves (``None`` on NumPy and CuPy)."""
+        return device_of(self.params[0])
+
+    @property
     def small(self):
         """``(n, d)`` for one NumPy matrix (no batch dimensions): the small-size path applies
         (:mod:`cuhouse._small`); else ``None``."""
@@ -129,7 +139,9 @@ class Reflections(_Cached):
         of its ``tau == 0`` mask where ``tau`` had batch dimensions that ``a`` lacks."""
         leaf = self.params[segment.param]
         rows = leaf if segment.k is None else _lapack_rows(leaf, segment, self.xp)
-        return rows[..., ::-1, :] if segment.transpose else rows
+        if not segment.transpose:
+            return rows
+        return rows[..., ::-1, :] if self.native else self.xp.flip(rows, axis=-2)
 
     @property
     def layout(self):
@@ -138,7 +150,10 @@ class Reflections(_Cached):
         entries (checked once, see :func:`~cuhouse.algorithms._layout.is_trapezoidal`), else ``"full"``."""
         if self._layout is None:
             (segment, *more) = self.segments
-            if more or segment.transpose:
+            if not self.native:  # the generic path runs on full rows: no structure to detect
+                simple = segment.k is not None and not (more or segment.transpose)
+                self._layout = _layout.UNIT if simple else _layout.FULL
+            elif more or segment.transpose:
                 self._layout = _layout.FULL
             elif segment.k is not None:
                 self._layout = _layout.UNIT
@@ -180,6 +195,9 @@ class Reflections(_Cached):
     def vectors(self):
         """All reflections as full rows ``(..., n, d)`` in product order (identity factors as zero
         rows): a read-only view (NumPy) of a vectors leaf, else a copy made once. Cached."""
+        if self._vectors is None and not self.native:
+            parts = [_generic.full_rows(self.params[s.param], s, self.dtype, self.xp) for s in self.segments]
+            self._vectors = _generic.joined(parts, self.xp)
         if self._vectors is None:
             xp = self.xp
             parts = []
@@ -204,7 +222,9 @@ class Reflections(_Cached):
     def norms(self):
         """Euclidean norms ``(..., n)`` of the reflections (as stored, the implicit 1 included). Cached."""
         if self._norms is None:
-            if self.layout == _layout.UNIT:
+            if not self.native:
+                self._norms = _generic.row_norms(self.vectors, self.xp)
+            elif self.layout == _layout.UNIT:
                 self._norms = self.xp.sqrt(1 + _layout.squared_norms(self.rows, _layout.UNIT, self.xp))
             else:
                 self._norms = primitives.row_norms(self.vectors, self.xp)
@@ -215,7 +235,10 @@ class Reflections(_Cached):
         masks = [segment.identity for segment in self.segments if segment.identity is not None]
         if not masks:
             return None
-        return sum(self.xp.count_nonzero(mask, axis=-1) for mask in masks)
+        xp = self.xp
+        if not self.native:  # count_nonzero is Array API 2024.12
+            return sum(xp.sum(xp.astype(mask, xp.int64), axis=-1) for mask in masks)
+        return sum(xp.count_nonzero(mask, axis=-1) for mask in masks)
 
     def form(self, chosen, dtype, layout):
         """``(form, scaled, limits)``: the form of H that algorithm ``chosen`` (a :class:`plan.Plan`)
@@ -231,14 +254,25 @@ class Reflections(_Cached):
         (:class:`~cuhouse.algorithms._scaling.Limits`, from the norms of the
         rows it was built from: unit rows for every algorithm but CWY on raw
         rows). The dense plan's d x d matrix is checked against the machine's
-        memory first.
+        memory first. On the generic path (neither NumPy nor CuPy) every row is
+        brought into range by :func:`cuhouse._generic.form` without a host
+        synchronization, ``scaled`` is that per-row scale and ``limits`` is
+        ``None``: X's columns are not scaled (that decision reads the data on
+        the host), so a column whose norm is near the dtype's overflow or
+        underflow threshold is not guarded there.
         """
         key = (chosen.algorithm, chosen.block_size, dtype, layout)
         if key not in self._forms:
             xp = self.xp
             if chosen.algorithm == "dense":
                 d = self.shape[-1]
-                _memory.dense_memory(self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, DENSE_WORKSPACE)
+                _memory.dense_memory(
+                    self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, DENSE_WORKSPACE, self.device
+                )
+            if not self.native:  # rows scaled into range without a host synchronization; no column limits
+                form, scale = _generic.form(self, chosen.algorithm, chosen.block_size or 1, dtype)
+                self._forms[key] = form, scale, None
+                return self._forms[key]
             module = PLANS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
             if not self.safe:
@@ -264,6 +298,8 @@ class Reflections(_Cached):
         ``geqrf`` leaf gets its strictly lower part (zero on and above the
         diagonal and for ``tau == 0``). ``dv`` may be overwritten. Cost: O(n d).
         """
+        if not self.native:
+            return _generic.contributions(self, dv, scaled)
         xp = self.xp
         if scaled is not None:
             unit, norms = scaled
@@ -291,7 +327,7 @@ class Reflections(_Cached):
 def _lapack_rows(leaf, segment, xp):
     """The reflectors of a ``geqrf`` leaf ``(..., d, N)`` as rows ``(..., k, d)`` (a view), broadcast to
     the batch shape of the segment's ``tau == 0`` mask when ``tau`` has batch dimensions ``a`` lacks."""
-    rows = xp.swapaxes(leaf[..., : segment.k], -1, -2)
+    rows = swap(leaf[..., : segment.k], xp)
     if segment.identity is not None and segment.identity.shape[:-1] != rows.shape[:-2]:
         rows = xp.broadcast_to(rows, segment.identity.shape[:-1] + rows.shape[-2:])
     return rows

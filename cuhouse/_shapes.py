@@ -13,6 +13,8 @@ on it. :func:`to_columns` and :func:`from_columns` convert, as views.
 
 import numpy
 
+from ._backend import array_module, swap
+
 
 def batch_shape(*named):
     """The broadcast of batch shapes given as ``(name, shape)`` pairs.
@@ -66,23 +68,30 @@ def to_columns(a, vector, side, xp):
     """The columns form ``(..., d, m)`` of an operand (or output) of ``A @ X`` / ``X @ A``: a view."""
     if vector:
         return a[..., None]
-    return xp.swapaxes(a, -1, -2) if side == "right" else a
+    return swap(a, xp) if side == "right" else a
 
 
 def from_columns(c, vector, side, xp):
     """Inverse of :func:`to_columns`: a view."""
     if vector:
         return c[..., 0]
-    return xp.swapaxes(c, -1, -2) if side == "right" else c
+    return swap(c, xp) if side == "right" else c
 
 
 def reduce_to_shape(g, shape):
     """Sum ``g`` over the dimensions that broadcasting added to reach it from ``shape``."""
     shape = tuple(shape)
     extra = g.ndim - len(shape)
+    xp = namespace(g)
     if extra:
-        g = g.sum(axis=tuple(range(extra)))
+        g = xp.sum(g, axis=tuple(range(extra)))
     axes = tuple(i for i, (gs, s) in enumerate(zip(g.shape, shape)) if s == 1 and gs != 1)
     if axes:
-        g = g.sum(axis=axes, keepdims=True)
+        g = xp.sum(g, axis=axes, keepdims=True)
     return g
+
+
+def namespace(a):
+    """The module to call functions of array ``a`` from: NumPy or CuPy natively, else its Array API
+    namespace (torch, array_api_strict, ...)."""
+    return numpy if isinstance(a, numpy.ndarray) else array_module(a)

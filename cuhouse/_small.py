@@ -120,7 +120,9 @@ def operand(h, x, side):
     row-major ``X @ H`` operand is a column-major view).
     """
     core = h._core
-    if x.dtype != core.dtype or core.dtype not in _FLOATS or not 1 <= x.ndim <= 2 or not core.small:
+    if core.backend != "numpy" or x.dtype != core.dtype or core.dtype not in _FLOATS or not 1 <= x.ndim <= 2:
+        return None
+    if not core.small:
         return None
     d = core.small[1]
     if x.shape[-1 if (x.ndim == 1 or side == "right") else 0] != d:

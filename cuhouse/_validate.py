@@ -9,20 +9,38 @@ from collections import namedtuple
 
 import numpy
 
-from ._backend import SUPPORTED_DTYPES, is_cupy_array, to_host, type_name
+from ._backend import (
+    SUPPORTED_DTYPES,
+    astype,
+    backend_name,
+    device_of,
+    display_name,
+    is_native,
+    library_dtype,
+    library_name,
+    numpy_dtype,
+    result_type,
+    to_host,
+    type_name,
+)
 from ._shapes import matmul_shape
 
 _KINDS = "biufc"  # bool, signed, unsigned, float, complex
 
 
-def as_array(x, name, xp):
+def as_array(x, name, xp, device=None):
     """``x`` as an array of module ``xp`` with a real or complex dtype.
 
-    Lists and scalars go through ``xp.asarray``. A ``TypeError`` names what
-    is refused: cuhouse matrices (whose ``__array__`` would densify them),
+    Lists and scalars go through ``xp.asarray`` (on ``device``, for a library
+    with devices). A ``TypeError`` names what is refused: an array of another
+    library or device than ``xp``'s (nothing is copied behind the caller's
+    back), cuhouse matrices (whose ``__array__`` would densify them),
     ``None``, strings, objects that opt out of NumPy's array protocol with
-    ``__array_ufunc__ = None``, torch tensors that require grad, SciPy sparse
-    matrices, NumPy masked arrays, float16 and object data.
+    ``__array_ufunc__ = None``, SciPy sparse matrices, NumPy masked arrays,
+    float16 and object data, and complex data on the generic path (neither
+    NumPy nor CuPy), which computes in float32/float64. A torch tensor that
+    requires grad is taken as it is: torch autograd runs through cuhouse's
+    adjoints (:mod:`cuhouse._torch`).
     """
     if getattr(type(x), "_CUHOUSE_MATRIX", False):
         raise TypeError(
@@ -31,12 +49,6 @@ def as_array(x, name, xp):
         )
     if x is None or isinstance(x, (str, bytes)) or getattr(type(x), "__array_ufunc__", False) is None:
         raise TypeError("{} must be an array of real or complex numbers, got {}".format(name, type(x).__name__))
-    if type(x).__module__.split(".")[0] == "torch" and getattr(x, "requires_grad", False):
-        raise TypeError(
-            "{} is a torch.Tensor that requires grad; the array API of cuhouse does not carry torch "
-            "gradients: use cuhouse.torch (householder_matmul, SVDLinear) for autograd, or pass "
-            "{}.detach()".format(name, name)
-        )
     if type(x).__module__.startswith("scipy.sparse"):
         raise TypeError(
             "{} is a SciPy sparse {}; cuhouse takes dense arrays: pass {}.toarray()".format(
@@ -51,38 +63,62 @@ def as_array(x, name, xp):
         )
     if isinstance(x, numpy.ndarray) and type(x) is not numpy.ndarray and xp is numpy:
         x = numpy.asarray(x)  # a subclass such as numpy.matrix: its plain ndarray view
-    if not isinstance(x, xp.ndarray):
-        if isinstance(x, numpy.ndarray) or is_cupy_array(x):
-            raise TypeError(
-                "cannot mix NumPy and CuPy arrays: {} is {} but the operator holds "
-                "{}.ndarray; move the data explicitly with cupy.asarray or "
-                "cupy.asnumpy".format(name, type_name(type(x)), xp.__name__)
+    library = library_name(x)
+    if library is not None and library != backend_name(xp):
+        held = backend_name(xp)
+        raise TypeError(
+            "cannot mix {} and {} arrays: {} is {} but the operator holds {}; cuhouse copies nothing between "
+            "libraries or devices: convert it explicitly ({})".format(
+                display_name(held),
+                display_name(library),
+                name,
+                type_name(type(x)),
+                held + ".ndarray" if held in ("numpy", "cupy") else held + " arrays",
+                "cupy.asarray or cupy.asnumpy" if {library, held} == {"numpy", "cupy"} else "e.g. by DLPack",
             )
+        )
+    if library is None:
         try:
-            x = xp.asarray(x)
-        except (TypeError, ValueError) as exc:
+            x = xp.asarray(x) if device is None else xp.asarray(x, device=device)
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(
                 "{} must be an array of real or complex numbers, got {}: {}".format(name, type(x).__name__, exc)
             ) from None
+    elif device is not None and device_of(x) != device:
+        raise TypeError(
+            "cannot mix devices: {} is on {} but the operator is on {}; cuhouse copies nothing between "
+            "devices: move it explicitly (e.g. with .to(device))".format(name, device_of(x), device)
+        )
     check_dtype(x.dtype, name)
+    if not is_native(xp) and numpy_dtype(x.dtype).kind == "c":
+        raise TypeError(
+            "{} has dtype {}; complex dtypes run on NumPy and CuPy only: arrays of {} run the generic path, "
+            "which takes real data (float32, float64)".format(name, x.dtype, backend_name(xp))
+        )
     return x
 
 
 def check_dtype(dtype, name):
-    """``TypeError`` unless ``dtype`` is bool, integer, float32, float64, complex64 or complex128
-    (either byte order)."""
-    dtype = numpy.dtype(dtype).newbyteorder("=")
-    if dtype.kind not in _KINDS or (dtype.kind in "fc" and dtype not in SUPPORTED_DTYPES):
+    """``TypeError`` unless ``dtype`` (of any library) is bool, integer, float32, float64, complex64 or
+    complex128 (either byte order)."""
+    try:
+        native = numpy_dtype(dtype).newbyteorder("=")
+    except TypeError:  # no NumPy dtype of that name (torch.bfloat16, ...)
+        native = None
+    if native is None or native.kind not in _KINDS or (native.kind in "fc" and native not in SUPPORTED_DTYPES):
         raise TypeError(
             "{} has dtype {}; supported dtypes are float32, float64, complex64 and complex128 "
-            "(bool and integer input is promoted as NumPy promotes it)".format(name, dtype)
+            "(bool and integer input is promoted as NumPy promotes it)".format(
+                name, dtype if native is None else native
+            )
         )
 
 
-def float_dtype(dtype):
-    """The native floating dtype used for data of ``dtype``: float and complex dtypes stay, the rest go to float64."""
-    dtype = numpy.dtype(dtype).newbyteorder("=")
-    return dtype if dtype in SUPPORTED_DTYPES else numpy.dtype(numpy.float64)
+def float_dtype(dtype, xp=numpy):
+    """The floating dtype used for data of ``dtype``: float and complex dtypes stay, the rest go to float64
+    (a dtype of ``xp``)."""
+    native = numpy_dtype(dtype).newbyteorder("=")
+    return library_dtype(native if native in SUPPORTED_DTYPES else numpy.float64, xp)
 
 
 def vectors(v, xp, name="vectors"):
@@ -111,8 +147,8 @@ def vectors(v, xp, name="vectors"):
                 name, n, d, tuple(v.shape)
             )
         )
-    if v.dtype not in SUPPORTED_DTYPES:
-        v = v.astype(float_dtype(v.dtype))
+    if numpy_dtype(v.dtype) not in SUPPORTED_DTYPES:
+        v = astype(v, float_dtype(v.dtype, xp), xp)
     return v
 
 
@@ -146,8 +182,13 @@ def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors",
     """Check the row norms ``(..., n)`` of Householder vectors: a NaN/Inf norm
     (only when ``check_finite``) or a zero row (unless ``allow_zero_rows``) is a
     ``ValueError``. A norm is finite exactly when its row is. ``summary`` (a
-    :class:`NormSummary` of ``norms``) saves the device-to-host transfer. Cost: O(n).
+    :class:`NormSummary` of ``norms``) saves the device-to-host transfer. Cost: O(n). On the
+    generic path (neither NumPy nor CuPy) one synchronization, and none with ``check_finite=False``,
+    which skips the zero-row check too: a zero row then acts as the identity.
     """
+    if not is_native(xp):
+        _generic_vector_norms(norms, xp, check_finite, allow_zero_rows, name)
+        return
     if summary is None:
         summary = norm_summary(norms, xp)
     if check_finite and not summary.finite:
@@ -165,47 +206,48 @@ def vector_norms(norms, xp, check_finite, allow_zero_rows=False, name="vectors",
             )
 
 
-def cotangent(g, name, shape, xp, check_finite):
-    """The gradient ``g`` fed to a vjp function: an array of module ``xp`` of exactly ``shape``,
-    finite (as ``X`` is) when ``check_finite``."""
-    g = as_array(g, name, xp)
+def cotangent(g, name, shape, xp, check_finite, device=None):
+    """The gradient ``g`` fed to a vjp function: an array of module ``xp`` (on ``device``) of exactly
+    ``shape``, finite (as ``X`` is) when ``check_finite``."""
+    g = as_array(g, name, xp, device)
     if tuple(g.shape) != tuple(shape):
         raise ValueError(
             "{} must have the shape of the value it is the gradient of, {}, got shape {}".format(
                 name, tuple(shape), tuple(g.shape)
             )
         )
-    if check_finite and not bool(xp.isfinite(g).all()):
+    if check_finite and not bool(xp.all(xp.isfinite(g))):
         raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
     return g
 
 
-def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name="X"):
+def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name="X", device=None):
     """Validate X of ``op @ X`` (``side == "left"``) or ``X @ op`` for an operator
     of shape ``(..., rows, cols)`` and dtype ``op_dtype``; ``name`` is X's name in messages.
 
     The shapes follow :func:`cuhouse._shapes.matmul_shape`; NaN/Inf is a
     ``ValueError`` when ``check_finite``. Returns ``(x, cast)``: ``x`` as
     validated (its own dtype) and ``x`` in the result dtype,
-    ``numpy.result_type`` of both (float64 for integer data). Cost: O(size of X)
+    ``numpy.result_type`` of both (float64 for integer data); ``device`` is the operator's
+    (see :func:`as_array`). Cost: O(size of X)
     for the finiteness check, O(1) otherwise.
     """
-    x = as_array(x, name, xp)
+    x = as_array(x, name, xp, device)
     matmul_shape(op_shape, x.shape, side, op_name, name)
-    if check_finite and not bool(xp.isfinite(x).all()):
+    if check_finite and not bool(xp.all(xp.isfinite(x))):
         raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
-    return x, x.astype(float_dtype(numpy.result_type(op_dtype, x.dtype)), copy=False)
+    return x, astype(x, float_dtype(result_type(xp, op_dtype, x.dtype), xp), xp)
 
 
 def dense_matrix(a, name, xp):
     """A finite float matrix stack ``(..., rows, cols)`` with rows, cols >= 1, for the ``from_dense`` constructors."""
     a = as_array(a, name, xp)
-    if a.ndim < 2 or 0 in a.shape[-2:]:
+    if a.ndim < 2 or 0 in tuple(a.shape[-2:]):
         raise ValueError(
             "{} must have shape (..., rows, cols) with rows, cols >= 1, got shape {}".format(name, tuple(a.shape))
         )
-    a = a.astype(float_dtype(a.dtype), copy=False)
-    if not bool(xp.isfinite(a).all()):
+    a = astype(a, float_dtype(a.dtype, xp), xp)
+    if not bool(xp.all(xp.isfinite(a))):
         raise ValueError("{} must be finite; found NaN or Inf".format(name))
     return a
 
@@ -248,3 +290,24 @@ def positive_int(value, name, expected="a positive int"):
 def positive_int_or_none(value, name):
     """``None`` or a positive int; ``TypeError``/``ValueError`` otherwise."""
     return None if value is None else positive_int(value, name, "a positive int or None")
+
+
+def _generic_vector_norms(norms, xp, check_finite, allow_zero_rows, name):
+    """:func:`vector_norms` on the generic path: one host synchronization (none without checks)."""
+    if not check_finite:
+        return
+    bad = ~xp.isfinite(norms)
+    if not allow_zero_rows:
+        bad = bad | (norms == 0)
+    if not bool(xp.any(bad)):
+        return
+    if not bool(xp.all(xp.isfinite(norms))):
+        raise ValueError(
+            "{} must be finite; found NaN or Inf (pass check_finite=False to skip this check)".format(name)
+        )
+    where = tuple(int(i) for i in numpy.argwhere(to_host(norms == 0))[0])
+    raise ValueError(
+        "{} row {} is a zero vector; every Householder vector must be nonzero".format(
+            name, where if len(where) > 1 else where[0]
+        )
+    )

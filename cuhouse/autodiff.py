@@ -17,6 +17,9 @@ from ._typing import Array
 def matmul(a: Any, x: Any) -> Any:
     """``a @ x`` where either side is a cuhouse matrix.
 
+    ``matmul(X, A)`` is the right product ``X @ A`` even where the array
+    library's own ``@`` refuses a foreign operand (array_api_strict).
+
     Parameters
     ----------
     a, x : cuhouse matrix or array
@@ -36,6 +39,8 @@ def matmul(a: Any, x: Any) -> Any:
     >>> ch.matmul(H, np.array([1.0, 2.0, 3.0]))
     array([-1.,  2.,  3.])
     """
+    if isinstance(x, Operator) and not isinstance(a, Operator):
+        return x.__rmatmul__(a)
     return a @ x
 
 

@@ -17,16 +17,36 @@ from typing import Any, Optional, Tuple
 
 import numpy
 
-from . import _complex, _geqrf, _small, _validate, plan
-from ._backend import array_module, backend_name, read_only
+from . import _complex, _generic, _geqrf, _small, _validate, plan
+from ._backend import (
+    array_module,
+    astype,
+    backend_name,
+    copy,
+    creation_kwargs,
+    is_native,
+    numpy_dtype,
+    read_only,
+    result_type,
+    swap,
+)
 from ._gpu import primitives
 from ._operator import Operator
 from ._reflections import DENSE_WORKSPACE, ComplexReflections, Reflections, Segment
 from ._shapes import batch_shape, reduce_to_shape
 from ._typing import Array
-from .algorithms import ALGORITHMS, PLANS, _layout, _scaling
+from .algorithms import ALGORITHMS, PLANS, _layout, _scaling, portable
 
 ALGORITHM_CHOICES = ("auto",) + tuple(ALGORITHMS)
+
+
+def _generic_algorithm(algorithm):
+    """``ValueError`` for an algorithm the generic path does not have."""
+    if algorithm not in ("auto",) + portable.ALGORITHMS:
+        raise ValueError(
+            "algorithm={!r} runs on NumPy and CuPy only; arrays of other libraries run the generic path, "
+            "which has {}".format(algorithm, ", ".join(map(repr, ("auto",) + portable.ALGORITHMS)))
+        )
 
 
 class HouseholderProduct(Operator):
@@ -83,14 +103,19 @@ class HouseholderProduct(Operator):
         xp = array_module(vectors)
         v = _validate.vectors(vectors, xp)
         segments = (Segment(0, False, None, None),)
-        if _complex.is_complex(v.dtype):
+        if _complex.is_complex(v.dtype):  # NumPy and CuPy only: the generic path refuses complex input
             _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
             core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
-        else:
+        elif is_native(xp):
             norms = primitives.row_norms(v, xp)
             summary = _validate.norm_summary(norms, xp)  # the one sync: validation and the build's facts
             _validate.vector_norms(norms, xp, bool(check_finite), summary=summary)
             core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype, norms, summary)
+        else:
+            _generic_algorithm(algorithm)
+            if check_finite:  # on the generic path, check_finite=False means no host synchronization at all
+                _validate.vector_norms(_generic.row_norms(v, xp), xp, True)
+            core = Reflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
         self._init(core, False, algorithm, block_size)
 
     def _init(self, core, transpose, algorithm, block_size, conjugate=False):
@@ -99,6 +124,13 @@ class HouseholderProduct(Operator):
         self._conjugate = conjugate  # the entrywise conjugate (complex only)
         self.algorithm = algorithm
         self.block_size = block_size
+
+    def _substitute(self, mapping):
+        """This product on other leaf arrays (see :meth:`cuhouse.Operator._substitute`). O(1)."""
+        core = self._core
+        params = tuple(mapping.get(id(p), p) for p in core.params)
+        new = Reflections(core.backend, params, core.segments, core.check_finite, core.dtype)
+        return self._view(new, self._transpose, self.algorithm, self.block_size, self._conjugate)
 
     @classmethod
     def _view(cls, core, transpose, algorithm, block_size, conjugate=False):
@@ -166,7 +198,11 @@ class HouseholderProduct(Operator):
         if core is not None:  # the small-size path: one validation pass found nothing to handle
             return cls._view(core, False, algorithm, block_size)
         xp = array_module(a, tau)
-        a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
+        if is_native(xp):
+            a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
+        else:
+            _generic_algorithm(algorithm)
+            (a, k, identity, dtype), norms, phase = _generic.read_geqrf(a, tau, xp, bool(check_finite)), None, None
         if phase is not None:
             segment = Segment(0, False, k, identity, False, phase)
             core = ComplexReflections(backend_name(xp), (a,), (segment,), bool(check_finite), dtype)
@@ -283,10 +319,14 @@ class HouseholderProduct(Operator):
         xp = core.xp
         for segment in core.segments:
             param = core.params[segment.param]
+            if isinstance(core, Reflections) and not core.native:
+                norms = _generic.row_norms(_generic.full_rows(param, segment, core.dtype, xp), xp)
+                _validate.vector_norms(norms, xp, core.check_finite, allow_zero_rows=segment.k is not None)
+                continue
             if segment.k is None:
                 norms = primitives.row_norms(xp.abs(_validate.vectors(param, xp)), xp)
             else:  # a geqrf array: tau is implied by the stored entries (and lambda)
-                reflectors = xp.swapaxes(param[..., : segment.k], -1, -2)
+                reflectors = swap(param[..., : segment.k], xp)
                 if _complex.is_complex(param.dtype):
                     sumsq = _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp)
                 else:
@@ -363,8 +403,10 @@ class HouseholderProduct(Operator):
         identities = self._core.identity_count()
         if identities is not None:
             count = self.n_reflections - identities
+            if not is_native(xp):
+                return copy(xp.broadcast_to(1 - 2 * astype(count % 2, self.dtype, xp), batch), xp)
             return xp.broadcast_to(xp.where(count % 2 == 0, 1, -1).astype(self.dtype), batch).copy()
-        return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype)
+        return xp.full(batch, (-1.0) ** self.n_reflections, dtype=self.dtype, **creation_kwargs(self._core.params[0]))
 
     def slogdet(self) -> Tuple[Array, Array]:
         """``(sign, log|det|) = (det, 0)`` per batch entry; as ``numpy.linalg.slogdet``, a complex
@@ -384,7 +426,7 @@ class HouseholderProduct(Operator):
         (1.0, 0.0)
         """
         sign = self.det()
-        return sign, self._xp.zeros(sign.shape, dtype=_complex.real_dtype(sign.dtype))
+        return sign, self._xp.zeros_like(sign, dtype=_complex.real_dtype(sign.dtype))
 
     def _compose(self, other):
         """``H1 @ H2`` as one product of n1 + n2 reflections. O(1) until used.
@@ -394,8 +436,7 @@ class HouseholderProduct(Operator):
         if not isinstance(other, HouseholderProduct):
             return super()._compose(other)
         a, b = self._core, other._core
-        if a.backend != b.backend:
-            array_module(a.vectors, b.vectors)  # raises the mixed-backend TypeError
+        array_module(a.params[0], b.params[0])  # a TypeError naming both when libraries or devices differ
         if self.shape[-1] != other.shape[-1]:
             raise ValueError(
                 "cannot compose HouseholderProducts of sizes {0}x{0} and {1}x{1}".format(
@@ -419,7 +460,7 @@ class HouseholderProduct(Operator):
                         conjugate=segment.conjugate != op._conjugate,
                     )
                 )
-        dtype = numpy.result_type(a.dtype, b.dtype)
+        dtype = result_type(a.xp, a.dtype, b.dtype)
         if _complex.is_complex(dtype):
             core = ComplexReflections(
                 a.backend, tuple(params), tuple(segments), a.check_finite and b.check_finite, dtype
@@ -430,7 +471,7 @@ class HouseholderProduct(Operator):
             tuple(params),
             tuple(segments),
             a.check_finite and b.check_finite,
-            numpy.result_type(a.dtype, b.dtype),
+            result_type(a.xp, a.dtype, b.dtype),
         )
         return self._view(core, False, self.algorithm, self.block_size)
 
@@ -473,7 +514,7 @@ class HouseholderProduct(Operator):
         >>> H.plan_for(32)
         Plan(algorithm='cwy', block_size=16, store_inputs=...)
         """
-        dtype = numpy.dtype(dtype or self.dtype)
+        dtype = numpy_dtype(dtype or self.dtype)
         if _complex.is_complex(dtype) and not self._unitary:
             m *= 2
         return self._plan(m, _complex.real_dtype(dtype), differentiable)
@@ -484,21 +525,31 @@ class HouseholderProduct(Operator):
             core.shape[-1],
             core.shape[-2],
             m,
-            dtype or core.dtype,
-            core.backend,
+            numpy_dtype(dtype or core.dtype),
+            self._plan_backend(),
             self.algorithm,
             self.block_size,
             core.layout_for(differentiable),
             core.lapack_ready(differentiable),
         )
 
+    def _plan_backend(self):
+        """The machine model of :mod:`cuhouse.plan`: the backend's, or on the generic path
+        ``"numpy"`` for a CPU and ``"cupy"`` for any other device."""
+        core = self._real_core()
+        if core.native:
+            return core.backend
+        return "numpy" if getattr(core.device, "type", "cpu") == "cpu" or "CPU" in str(core.device) else "cupy"
+
     def _run(self, columns, transpose, differentiable):
         """``(plan module, plan, (form, scaled, limits), transpose)`` for real ``columns``
         ``(..., d, m)`` (``(..., 2d, m)`` realified for a unitary product): the transpose the plan
         applies is the hook's combined with this view's."""
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
-        built = self._real_core().form(chosen, columns.dtype, self._core.layout_for(differentiable))
-        return PLANS[chosen.algorithm], chosen, built, transpose != self._transpose
+        core = self._real_core()
+        built = core.form(chosen, columns.dtype, self._core.layout_for(differentiable))
+        module = PLANS[chosen.algorithm] if core.native else portable
+        return module, chosen, built, transpose != self._transpose
 
     def _real_form(self, columns):
         """``(real, back)``: ``columns`` as the real array the algorithms take, and the map from a real
@@ -544,7 +595,7 @@ class HouseholderProduct(Operator):
         return to_columns(out), back
 
     def _vjp_logabsdet(self):
-        return self.logdet(), lambda dvalue: []
+        return self.slogdet()[1], lambda dvalue: []
 
 
 def _apply_scaled(module, chosen, form, columns, transpose, limits, xp):
@@ -553,7 +604,10 @@ def _apply_scaled(module, chosen, form, columns, transpose, limits, xp):
     underflows where the result does not (:mod:`cuhouse.algorithms._scaling`). Cost: one GEMV
     over ``|X|``; three passes over X more only when some column is out of range. On the GPU the
     test would be a host sync on every product: there every column is scaled to its binade
-    (:func:`~cuhouse.algorithms._scaling.column_binades`; exact, the same bits in range)."""
+    (:func:`~cuhouse.algorithms._scaling.column_binades`; exact, the same bits in range). ``limits``
+    is ``None`` on the generic path, which runs unscaled."""
+    if limits is None:  # the generic path: frexp is no Array API function, and a test would sync
+        return _apply(module, chosen, form, columns, transpose, xp)
     if xp is numpy:
         exponent = _scaling.column_exponents(columns, limits, xp)
     else:
@@ -566,7 +620,7 @@ def _apply_scaled(module, chosen, form, columns, transpose, limits, xp):
 
 def _apply(module, chosen, form, columns, transpose, xp):
     """``module.apply`` in the plan's apply mode (only cwy has modes other than ``"steps"``)."""
-    if chosen.apply == "steps":
+    if chosen.apply == "steps" or module is portable:  # the generic path has the steps only
         return module.apply(form, columns, transpose, xp)
     return module.apply(form, columns, transpose, xp, mode=chosen.apply)
 
@@ -579,7 +633,7 @@ def _backward_scaled(module, form, out, dout, transpose, limits, store_inputs, x
     scaled back here; ``dV`` is returned scaled, to be multiplied by ``2**exponent`` (``None``: no
     scaling) after its last step (unit rows' gradients are divided by their norms). Cost: two GEMVs
     over ``|out|`` and ``|dout|``; four passes more only when scaling."""
-    if not _scaling.gradient_needs_scaling(out, dout, limits, xp):
+    if limits is None or not _scaling.gradient_needs_scaling(out, dout, limits, xp):
         return (*module.backward(form, out, dout, transpose, xp, store_inputs), None)
     e_out, e_dout = (_scaling.array_exponent(a, xp) for a in (out, dout))
     dv, dx = module.backward(

@@ -220,6 +220,13 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, m
     return Plan(name, k, store, mode)
 
 
+def describe(plan):
+    """A plan in a few words: ``cwy k=64``, ``sequential``, ``ormqr (LAPACK)``."""
+    if plan.algorithm == LAPACK_PLAN:
+        return "ormqr (LAPACK)"
+    return plan.algorithm if plan.block_size is None else "{} k={}".format(plan.algorithm, plan.block_size)
+
+
 def store_block_inputs(d, n, m, block_size, itemsize=4, backend="numpy", machine=None):
     """Whether the CWY backward stores every block's input instead of recomputing it.
 

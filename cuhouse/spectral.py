@@ -18,14 +18,30 @@ changes ``s`` or ``w`` in place (and call ``refresh()`` on U and V).
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Optional, Tuple, Union
 
 import numpy
 
 from . import _complex, _geqrf, _validate
-from ._backend import array_module, backend_name, read_only, to_host
+from ._backend import (
+    array_module,
+    astype,
+    backend_name,
+    concat,
+    copy,
+    creation_kwargs,
+    is_native,
+    library_dtype,
+    numpy_dtype,
+    read_only,
+    result_type,
+    swap,
+    to_host,
+)
 from ._operator import Operator
-from ._shapes import batch_shape, reduce_to_shape
+from ._shapes import batch_shape, namespace, reduce_to_shape
 from ._typing import Array
 from .householder import HouseholderProduct
 
@@ -43,29 +59,47 @@ class _SpectralMatrix(Operator):
     _SPECTRUM = "s"  # the name of the spectrum in messages and ``params``
     _NAME = "W"
 
-    def _init(self, left, values, right, root=None, parent=None, step=None, derivative=None):
+    def _init(self, left, values, right, root=None, parent=None, step=None, derivative=None, how=None):
         self._left, self._values, self._right = left, values, right
         if parent is None:  # a root: the caller's spectrum for the gradient, computed in the matrix's precision
             self._given = values
-            precision = _complex.real_dtype(numpy.result_type(left.dtype, values.dtype, right.dtype))
-            self._values = values.astype(precision, copy=False)
+            xp = array_module(values)
+            precision = _complex.real_dtype(result_type(xp, left.dtype, values.dtype, right.dtype))
+            self._values = astype(values, precision, xp)
         self._root_matrix = root  # None for a root itself: no reference to self, so reference counting frees it
         self._parent, self._step, self._derivative = parent, step, derivative
+        self._how = how  # (map, transpose, conjugate) that made this matrix from its parent
         self._backend = backend_name(array_module(values))
 
     def _root(self):
         """The root matrix this one derives from (itself for a root): it holds ``params``."""
         return self if self._root_matrix is None else self._root_matrix
 
-    def _derive(self, step, values, derivative, transpose=False, conjugate=False):
-        """A child with ``values = map(self.values)`` and ``derivative = map'(self.values)``; its
-        sides swapped (``transpose``, for W^H) and/or conjugated (``conjugate``). O(1)."""
+    def _derive(self, step, spectral_map, transpose=False, conjugate=False):
+        """A child with ``(values, derivative) = spectral_map(self.values)`` (element-wise: the new
+        values and their derivative; ``None`` for the identity map); its sides swapped
+        (``transpose``, for W^H) and/or conjugated (``conjugate``). O(r)."""
         left, right = (self._right, self._left) if transpose else (self._left, self._right)
         if conjugate:
             left, right = (left.conj(),) * 2 if left is right else (left.conj(), right.conj())
+        values, derivative = (self._values, None) if spectral_map is None else spectral_map(self._values)
         child = type(self).__new__(type(self))
-        child._init(left, values, right, self._root(), self, step, derivative)
+        child._init(left, values, right, self._root(), self, step, derivative, (spectral_map, transpose, conjugate))
         return child
+
+    def _substitute(self, mapping):
+        """This matrix on other leaf arrays (see :meth:`cuhouse.Operator._substitute`): the lineage
+        is replayed, so derived values and derivatives are recomputed from the new leaves
+        (differentiably, on torch). Nothing is validated. O(r) per step."""
+        if self._parent is not None:
+            return self._parent._substitute(mapping)._derive(self._step, *self._how)
+        left = self._left._substitute(mapping)
+        right = left if self._right is self._left else self._right._substitute(mapping)
+        root = type(self).__new__(type(self))
+        root._init(left, mapping.get(id(self._given), self._given), right)
+        root._params = tuple(mapping.get(id(p), p) for p in self._params)
+        root._check_finite = self._check_finite
+        return root
 
     # ------------------------------------------------------------ attributes
     @property
@@ -85,7 +119,7 @@ class _SpectralMatrix(Operator):
 
     @property
     def dtype(self) -> numpy.dtype:
-        return numpy.result_type(self._left.dtype, self._values.dtype, self._right.dtype)
+        return result_type(self._xp, self._left.dtype, self._values.dtype, self._right.dtype)
 
     @property
     def backend(self) -> str:
@@ -116,21 +150,21 @@ class _SpectralMatrix(Operator):
         Hermitian); :attr:`T` when real. O(1)."""
         if self._left is self._right:
             return self
-        return self._derive("H", self._values, None, transpose=True)
+        return self._derive("H", None, transpose=True)
 
     @property
     def T(self) -> _SpectralMatrix:
         """The transpose conj(R) diag(values) conj(L)^H (the matrix itself when real symmetric). O(1)."""
-        unitary = self.dtype.kind == "c"
+        unitary = _complex.is_complex(self.dtype)
         if self._left is self._right and not unitary:
             return self
-        return self._derive("T", self._values, None, transpose=self._left is not self._right, conjugate=unitary)
+        return self._derive("T", None, transpose=self._left is not self._right, conjugate=unitary)
 
     def conj(self) -> _SpectralMatrix:
         """The entrywise conjugate conj(L) diag(values) conj(R)^H (``self`` when real). O(1)."""
-        if self.dtype.kind != "c":
+        if not _complex.is_complex(self.dtype):
             return self
-        return self._derive("conj()", self._values, None, conjugate=True)
+        return self._derive("conj()", None, conjugate=True)
 
     def inv(self) -> _SpectralMatrix:
         """W^{-1} = R diag(1/values) L^T; square, full rank, every value nonzero. O(r).
@@ -153,7 +187,7 @@ class _SpectralMatrix(Operator):
         with numpy.errstate(over="ignore"):
             values = 1 / self._values
         self._require_values("inv()", self._xp.isfinite(values), "every 1/{} finite (W is numerically singular)")
-        return self._derive("inv()", values, -values * values, transpose=True)
+        return self._derive("inv()", _reciprocal, transpose=True)
 
     def pinv(self, rcond: float = 1e-15) -> _SpectralMatrix:
         """Moore-Penrose pseudo-inverse, shape ``(..., d_in, d_out)``. O(r).
@@ -175,12 +209,7 @@ class _SpectralMatrix(Operator):
         True
         """
         rcond = _validate.non_negative_real(rcond, "rcond")
-        xp = self._xp
-        magnitude = xp.abs(self._values)
-        cutoff = xp.asarray(rcond, dtype=magnitude.dtype)[..., None] * magnitude.max(axis=-1, keepdims=True)
-        kept = magnitude > cutoff
-        values = xp.where(kept, 1 / xp.where(kept, self._values, 1), 0)
-        return self._derive("pinv()", values, -values * values, transpose=True)
+        return self._derive("pinv()", functools.partial(_pseudo_reciprocal, rcond), transpose=True)
 
     def solve(self, b: Array) -> Array:
         """X with W X = B, as ``numpy.linalg.solve``: B ``(d,)`` or ``(..., d, m)``. O(d n m).
@@ -205,14 +234,14 @@ class _SpectralMatrix(Operator):
     def _sides_det(self):
         """det L conj(det R): the determinant of the unitary part. O(n)."""
         right = self._right.det()
-        return self._left.det() * (self._xp.conj(right) if right.dtype.kind == "c" else right)
+        return self._left.det() * (self._xp.conj(right) if _complex.is_complex(right.dtype) else right)
 
     def det(self) -> Array:
         """det W per batch entry: det U conj(det V) prod(s) (0 when r < d). Square W. O(r)."""
         self._require_square("det()")
         xp = self._xp
         if self.rank < self.shape[-1]:
-            return xp.zeros(self.shape[:-2], dtype=self.dtype)
+            return xp.zeros(self.shape[:-2], dtype=self.dtype, **creation_kwargs(self._values))
         det = self._sides_det() * xp.prod(self._values, axis=-1)
         return _batch_array(det, self.shape[:-2], self.dtype, xp)
 
@@ -222,9 +251,10 @@ class _SpectralMatrix(Operator):
         self._require_square("slogdet()")
         xp = self._xp
         batch = self.shape[:-2]
-        real = _complex.real_dtype(self.dtype)
+        real = library_dtype(_complex.real_dtype(numpy_dtype(self.dtype)), xp)
         if self.rank < self.shape[-1]:
-            return xp.zeros(batch, dtype=self.dtype), xp.full(batch, -numpy.inf, dtype=real)
+            like = creation_kwargs(self._values)
+            return xp.zeros(batch, dtype=self.dtype, **like), xp.full(batch, -numpy.inf, dtype=real, **like)
         sign = self._sides_det() * xp.prod(xp.sign(self._values), axis=-1)
         with numpy.errstate(divide="ignore"):
             logabs = xp.sum(xp.log(xp.abs(self._values)), axis=-1)
@@ -250,7 +280,8 @@ class _SpectralMatrix(Operator):
         magnitude = xp.abs(self._values)
         missing = min(self.shape[-2:]) - self.rank
         if missing:
-            magnitude = xp.concatenate([magnitude, xp.zeros(magnitude.shape[:-1] + (missing,), magnitude.dtype)], -1)
+            zeros = xp.zeros(magnitude.shape[:-1] + (missing,), dtype=magnitude.dtype, **creation_kwargs(magnitude))
+            magnitude = concat([magnitude, zeros], -1, xp)
         return xp.broadcast_to(magnitude, self.shape[:-2] + magnitude.shape[-1:])
 
     def norm(self, ord: Union[int, str, None] = None) -> Array:
@@ -271,13 +302,13 @@ class _SpectralMatrix(Operator):
         """
         sigma = self.singular_values()
         if ord is None or ord == "fro":
-            return self._xp.sqrt((sigma * sigma).sum(axis=-1))
+            return self._xp.sqrt(self._xp.sum(sigma * sigma, axis=-1))
         if ord == "nuc":
-            return sigma.sum(axis=-1)
+            return self._xp.sum(sigma, axis=-1)
         if ord == 2:
-            return sigma.max(axis=-1)
+            return self._xp.max(sigma, axis=-1)
         if ord == -2:
-            return sigma.min(axis=-1)
+            return self._xp.min(sigma, axis=-1)
         raise ValueError("ord must be one of None, 'fro', 'nuc', 2, -2, got {!r}".format(ord))
 
     def cond(self, p: Union[int, str, None] = None) -> Array:
@@ -304,17 +335,19 @@ class _SpectralMatrix(Operator):
             self._require_square("cond(p={!r})".format(p))
             sigma = self.singular_values()
             with numpy.errstate(divide="ignore"):
-                inverse = xp.where(sigma > 0, 1 / xp.where(sigma > 0, sigma, 1), numpy.inf)
+                inverse = xp.where(
+                    sigma > 0, 1 / xp.where(sigma > 0, sigma, xp.ones_like(sigma)), xp.full_like(sigma, numpy.inf)
+                )
             power = 2 if p == "fro" else 1
             with numpy.errstate(invalid="ignore"):
-                result = ((sigma**power).sum(axis=-1) * (inverse**power).sum(axis=-1)) ** (1 / power)
+                result = (xp.sum(sigma**power, axis=-1) * xp.sum(inverse**power, axis=-1)) ** (1 / power)
         elif p is None or p in (2, -2):
             with numpy.errstate(divide="ignore", invalid="ignore"):
                 ratio = self.norm(2) / self.norm(-2)
                 result = ratio if p != -2 else 1 / ratio
         else:
             raise ValueError("p must be one of None, 2, -2, 'fro', 'nuc', got {!r}".format(p))
-        return xp.where(xp.isnan(result), numpy.inf, result)  # 0 * inf or 0 / 0: the zero matrix
+        return xp.where(xp.isnan(result), xp.full_like(result, numpy.inf), result)  # 0 * inf or 0 / 0: the zero matrix
 
     # ------------------------------------------------------------- products
     def _sides(self, transpose):
@@ -329,11 +362,14 @@ class _SpectralMatrix(Operator):
 
     def _scale(self, y, rows):
         """``diag(values) y[:r]`` zero-padded to ``rows`` rows: ``(..., d, m) -> (..., rows, m)``. O(r m)."""
-        r = self.rank
-        scaled = self._values.astype(y.dtype, copy=False)[..., :, None] * y[..., :r, :]
+        r, xp = self.rank, self._xp
+        scaled = astype(self._values, y.dtype, xp)[..., :, None] * y[..., :r, :]
         if rows == r:
             return scaled
-        out = self._xp.zeros(scaled.shape[:-2] + (rows, y.shape[-1]), dtype=scaled.dtype)
+        if not is_native(xp):  # no writes into a view on the generic path
+            zeros = xp.zeros(scaled.shape[:-2] + (rows - r, y.shape[-1]), dtype=scaled.dtype, **creation_kwargs(y))
+            return xp.concat([scaled, zeros], axis=-2)
+        out = xp.zeros(scaled.shape[:-2] + (rows, y.shape[-1]), dtype=scaled.dtype)
         out[..., :r, :] = scaled
         return out
 
@@ -349,10 +385,9 @@ class _SpectralMatrix(Operator):
 
         def back(dout):
             outer_contributions, dz = back_outer(dout)
-            product = (
-                dz[..., :r, :] * y[..., :r, :] if dz.dtype.kind != "c" else xp.conj(dz[..., :r, :]) * y[..., :r, :]
-            )
-            dvalues = xp.real(product.sum(axis=-1)) if product.dtype.kind == "c" else product.sum(axis=-1)
+            unitary = _complex.is_complex(dz.dtype)
+            product = xp.conj(dz[..., :r, :]) * y[..., :r, :] if unitary else dz[..., :r, :] * y[..., :r, :]
+            dvalues = xp.real(xp.sum(product, axis=-1)) if unitary else xp.sum(product, axis=-1)
             dy = reduce_to_shape(self._scale(dz, inner.shape[-1]), y.shape)
             inner_contributions, dx = back_inner(dy)
             return outer_contributions + [self._to_leaf_values(dvalues)] + inner_contributions, dx
@@ -362,11 +397,14 @@ class _SpectralMatrix(Operator):
     def _vjp_logabsdet(self):
         """``log|det W|`` and its adjoint: only the spectrum gets a gradient. Every value nonzero."""
         self._require_full_rank("the gradient of logdet", "log|det W| is -inf")
-        self._require_values(
-            "the gradient of logdet", self._values != 0, "every {} nonzero (log|det W| is -inf at a singular matrix)"
-        )
+        if self.check_finite or is_native(self._xp):  # no host synchronization on the generic path otherwise
+            self._require_values(
+                "the gradient of logdet",
+                self._values != 0,
+                "every {} nonzero (log|det W| is -inf at a singular matrix)",
+            )
         values = self._values
-        return self.logdet(), lambda dvalue: [self._to_leaf_values(dvalue[..., None] / values)]
+        return self.slogdet()[1], lambda dvalue: [self._to_leaf_values(dvalue[..., None] / values)]
 
     def _to_leaf_values(self, dvalues):
         """``(leaf spectrum, gradient)``: ``dvalues`` chained back along the lineage."""
@@ -394,7 +432,7 @@ class _SpectralMatrix(Operator):
 
     def _require_values(self, operation, ok, expected):
         """``ValueError`` naming the first value where the mask ``ok`` is False."""
-        if not bool(ok.all()):
+        if not bool(self._xp.all(ok)):
             where = tuple(int(i) for i in numpy.argwhere(to_host(~ok))[0])
             bad = float(self._values[where])
             raise ValueError(
@@ -404,8 +442,57 @@ class _SpectralMatrix(Operator):
             )
 
 
+# ------------------------------------------------ element-wise spectral maps: v -> (f(v), f'(v))
+def _reciprocal(v):
+    values = 1 / v
+    return values, -values * values
+
+
+def _pseudo_reciprocal(rcond, v):
+    """1/v where ``|v| > rcond max|v|``, else 0 (the cut-off held fixed in the derivative)."""
+    xp = namespace(v)
+    magnitude = xp.abs(v)
+    kept = magnitude > rcond * xp.max(magnitude, axis=-1, keepdims=True)
+    values = xp.where(kept, 1 / xp.where(kept, v, xp.ones_like(v)), xp.zeros_like(v))
+    return values, -values * values
+
+
+def _clipped(lo, hi, v):
+    """|v| clipped to ``[lo, hi]``, signs kept; derivative 1 inside, 0 outside."""
+    xp = namespace(v)
+    magnitude = xp.abs(v)
+    kept = xp.clip(magnitude, lo, hi)
+    inside = astype((magnitude >= lo) & (magnitude <= hi), v.dtype, xp)
+    return astype(xp.where(v < 0, -kept, kept), v.dtype, xp), inside
+
+
+def _power(p, v):
+    return v**p, (p * v ** (p - 1) if p else namespace(v).zeros_like(v))
+
+
+def _exp(v):
+    values = namespace(v).exp(v)
+    return values, values
+
+
+def _log(v):
+    return namespace(v).log(v), 1 / v
+
+
+def _sqrt(v):
+    values = namespace(v).sqrt(v)
+    return values, 0.5 / values
+
+
+def _cayley(v):
+    plus = 1 + v
+    return (1 - v) / plus, -2 / (plus * plus)
+
+
 def _batch_array(a, batch, dtype, xp):
     """``a`` broadcast to the batch shape as a new writable array of ``dtype``. O(batch size)."""
+    if not is_native(xp):
+        return copy(astype(xp.broadcast_to(a, batch), dtype, xp), xp)
     return xp.broadcast_to(a, batch).astype(dtype)
 
 
@@ -428,7 +515,7 @@ def _householder(obj, name, check_finite):
 def _spectrum(values, name, xp, check_finite):
     """The spectrum ``(..., r)`` as a real float array (the caller's array when already float)."""
     values = _validate.as_array(values, name, xp)
-    if values.dtype.kind == "c":
+    if _complex.is_complex(values.dtype):
         raise TypeError(
             "{} must be real (the {} of a unitary decomposition are real), got dtype {}; "
             "move a phase into U or V instead".format(
@@ -437,8 +524,8 @@ def _spectrum(values, name, xp, check_finite):
         )
     if values.ndim < 1 or values.shape[-1] == 0:
         raise ValueError("{} must have shape (..., r) with r >= 1, got shape {}".format(name, tuple(values.shape)))
-    values = values.astype(_validate.float_dtype(values.dtype), copy=False)
-    if check_finite and not bool(xp.isfinite(values).all()):
+    values = astype(values, _validate.float_dtype(values.dtype, xp), xp)
+    if check_finite and not bool(xp.all(xp.isfinite(values))):
         raise ValueError("{} must be finite; found NaN or Inf".format(name))
     return values
 
@@ -450,7 +537,7 @@ def _householder_from_orthonormal(q, xp):
     so the reflectors are LAPACK's complex ones with R the identity
     (:func:`cuhouse._geqrf.geqrf_exact`) and ``signs`` is 1.
     """
-    if q.dtype.kind == "c":
+    if _complex.is_complex(q.dtype):
         a, tau = _geqrf.geqrf_exact(q, xp)
         return HouseholderProduct.from_lapack(a, tau), 1
     a, tau, signs = _geqrf.geqrf_signed(q, xp)
@@ -502,7 +589,7 @@ class SVDMatrix(_SpectralMatrix):
         check_finite: bool = True,
     ) -> None:
         U, V = _householder(U, "U", check_finite), _householder(V, "V", check_finite)
-        xp = array_module(U.vectors, s, V.vectors)
+        xp = array_module(*U.params, s, *V.params)
         s = _spectrum(s, "s", xp, check_finite)
         r, d_out, d_in = s.shape[-1], U.shape[-1], V.shape[-1]
         if r > min(d_out, d_in):
@@ -553,11 +640,7 @@ class SVDMatrix(_SpectralMatrix):
         lo, hi = _validate.real_number(lo, "lo"), _validate.real_number(hi, "hi")
         if not 0 <= lo <= hi:
             raise ValueError("clip needs 0 <= lo <= hi, got lo={!r}, hi={!r}".format(lo, hi))
-        xp = self._xp
-        magnitude = xp.abs(self._values)
-        values = xp.where(self._values < 0, -1, 1) * xp.clip(magnitude, lo, hi)
-        inside = ((magnitude >= lo) & (magnitude <= hi)).astype(self._values.dtype)
-        return self._derive("clip({!r}, {!r})".format(lo, hi), values.astype(self._values.dtype), inside)
+        return self._derive("clip({!r}, {!r})".format(lo, hi), functools.partial(_clipped, lo, hi))
 
     def expm(self) -> _SpectralMatrix:
         """Not defined for U diag(s) V^T; a matrix function needs ``EighMatrix``."""
@@ -599,10 +682,10 @@ class SVDMatrix(_SpectralMatrix):
                 "rank must be at most min(d_out, d_in) = {} for A of shape {}, got {}".format(full, tuple(a.shape), r)
             )
         left, sigma, right_h = xp.linalg.svd(a, full_matrices=False)
-        right = xp.swapaxes(right_h, -1, -2)
+        right = swap(right_h, xp)
         U, u_signs = _householder_from_orthonormal(left[..., :r], xp)
         V, v_signs = _householder_from_orthonormal(
-            xp.conj(right[..., :r]) if right.dtype.kind == "c" else right[..., :r], xp
+            xp.conj(right[..., :r]) if _complex.is_complex(right.dtype) else right[..., :r], xp
         )
         return cls(U, sigma[..., :r] * u_signs * v_signs, V, check_finite=check_finite)
 
@@ -684,7 +767,7 @@ class EighMatrix(_SpectralMatrix):
 
     def __init__(self, U: Union[HouseholderProduct, Array], w: Array, *, check_finite: bool = True) -> None:
         U = _householder(U, "U", check_finite)
-        xp = array_module(U.vectors, w)
+        xp = array_module(*U.params, w)
         w = _spectrum(w, "w", xp, check_finite)
         d = U.shape[-1]
         if w.shape[-1] != d:
@@ -723,13 +806,12 @@ class EighMatrix(_SpectralMatrix):
         >>> np.allclose(E.expm().todense(), scipy.linalg.expm(E.todense()))
         True
         """
-        values = self._xp.exp(self._values)
-        return self._derive("expm()", values, values)
+        return self._derive("expm()", _exp)
 
     def logm(self) -> EighMatrix:
         """The principal logarithm U diag(log w) U^T; every w > 0. O(d)."""
         self._require_values("logm()", self._values > 0, "every {} > 0 (a positive definite matrix)")
-        return self._derive("logm()", self._xp.log(self._values), 1 / self._values)
+        return self._derive("logm()", _log)
 
     def sqrtm(self) -> EighMatrix:
         """The principal square root U diag(sqrt w) U^T; every w > 0. O(d).
@@ -747,8 +829,7 @@ class EighMatrix(_SpectralMatrix):
         True
         """
         self._require_values("sqrtm()", self._values > 0, "every {} > 0 (a positive definite matrix)")
-        values = self._xp.sqrt(self._values)
-        return self._derive("sqrtm()", values, 0.5 / values)
+        return self._derive("sqrtm()", _sqrt)
 
     def power(self, p: float) -> EighMatrix:
         """W**p = U diag(w**p) U^T, as ``scipy.linalg.fractional_matrix_power``. O(d).
@@ -774,9 +855,7 @@ class EighMatrix(_SpectralMatrix):
             self._require_values("power({!r})".format(p), self._values > 0, "every {} > 0 for a fractional power")
         elif p < 0:
             self._require_values("power({!r})".format(p), self._values != 0, "every {} nonzero for a negative power")
-        values = self._values**p
-        derivative = p * self._values ** (p - 1) if p else self._xp.zeros_like(self._values)
-        return self._derive("power({!r})".format(p), values, derivative)
+        return self._derive("power({!r})".format(p), functools.partial(_power, p))
 
     def cayley(self) -> EighMatrix:
         """The Cayley map (I - W)(I + W)^{-1} = U diag((1 - w)/(1 + w)) U^T; every w != -1. O(d).
@@ -795,8 +874,7 @@ class EighMatrix(_SpectralMatrix):
         True
         """
         self._require_values("cayley()", self._values != -1, "every {} != -1 (I + W invertible)")
-        plus = 1 + self._values
-        return self._derive("cayley()", (1 - self._values) / plus, -2 / (plus * plus))
+        return self._derive("cayley()", _cayley)
 
     @classmethod
     def from_dense(cls, a: Array, *, check_finite: bool = True) -> EighMatrix:
@@ -823,12 +901,12 @@ class EighMatrix(_SpectralMatrix):
         a = _validate.dense_matrix(a, "A", xp)
         if a.shape[-1] != a.shape[-2]:
             raise ValueError("A must be square and symmetric, got shape {}".format(tuple(a.shape)))
-        unitary = a.dtype.kind == "c"
-        adjoint = xp.swapaxes(a, -1, -2)
-        adjoint = xp.conj(adjoint) if unitary else adjoint
-        asymmetry = float(xp.abs(a - adjoint).max()) if a.size else 0.0  # an empty batch
-        scale = float(xp.abs(a).max()) if a.size else 0.0
-        if asymmetry > 100 * numpy.finfo(a.dtype).eps * scale:
+        unitary = _complex.is_complex(a.dtype)
+        adjoint = xp.conj(swap(a, xp)) if unitary else swap(a, xp)
+        empty = not math.prod(a.shape)  # an empty batch
+        asymmetry = 0.0 if empty else float(xp.max(xp.abs(a - adjoint)))
+        scale = 0.0 if empty else float(xp.max(xp.abs(a)))
+        if asymmetry > 100 * numpy.finfo(numpy_dtype(a.dtype)).eps * scale:
             raise ValueError(
                 "A must be {}, but max |A - A^{}| = {:.3g} (max |A| = {:.3g}); "
                 "use SVDMatrix.from_dense for a general matrix".format(

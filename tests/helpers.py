@@ -7,14 +7,19 @@ keeps only fixtures.
 """
 
 import numpy
+import pytest
 
 import cuhouse as ch
 
 
 # ----------------------------------------------------------------- arrays
 def to_numpy(a):
-    """A NumPy copy of a NumPy or CuPy array."""
-    return a.get() if hasattr(a, "get") else numpy.asarray(a)
+    """A NumPy copy of a NumPy, CuPy, torch or array_api_strict array."""
+    if hasattr(a, "get"):
+        return a.get()
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    return numpy.asarray(a)
 
 
 def rtol(dtype, scale=1):
@@ -137,3 +142,60 @@ def check_logdet_vjp(make, leaves, xp=numpy, **options):
     """:func:`check_vjp` of ``make(*leaves).logdet()`` against :func:`cuhouse.vjp`."""
     _, back = ch.vjp(ch.logdet, make(*leaves))
     check_vjp(lambda *primals: make(*primals).logdet(), tuple(leaves), lambda u: back(u)[0], xp=xp, **options)
+
+
+# ------------------------------------------------- the generic path (torch, array_api_strict)
+class Library:
+    """A library of the generic path as the tests use it: its Array API namespace, plus the few
+    NumPy spellings the suite is written with (``asarray`` of a NumPy array, ``swapaxes``).
+
+    ``name`` is the backend's name (``"torch"``, ``"array_api_strict"``); ``native`` is False, so a
+    test that needs a NumPy/CuPy-only feature asks for it with :func:`native_only`.
+    """
+
+    native = False
+
+    def __init__(self, name, namespace):
+        self.name = self.__name__ = name
+        self._namespace = namespace
+
+    def __getattr__(self, attribute):
+        return getattr(self._namespace, attribute)
+
+    def asarray(self, a, dtype=None):
+        if isinstance(a, numpy.ndarray) and dtype is not None:
+            a = a.astype(dtype)
+        if isinstance(a, numpy.ndarray):
+            return self._namespace.asarray(numpy.ascontiguousarray(a))
+        return self._namespace.asarray(a) if dtype is None else self._namespace.asarray(a, dtype=self._dtype(dtype))
+
+    def _dtype(self, dtype):
+        return getattr(self._namespace, numpy.dtype(dtype).name)
+
+    def swapaxes(self, a, axis1, axis2):
+        if sorted((axis1 % a.ndim, axis2 % a.ndim)) != [a.ndim - 2, a.ndim - 1]:
+            raise NotImplementedError("the tests swap the last two axes only")
+        return a.mT
+
+
+def generic_library(name):
+    """The :class:`Library` of ``name``, or ``None`` when it is not installed."""
+    try:
+        if name == "torch":
+            import array_api_compat.torch as namespace
+        else:
+            namespace = __import__(name)
+    except ImportError:
+        return None
+    return Library(name, namespace)
+
+
+def native_only(xp, what):
+    """Skip the test on the generic path, saying which NumPy/CuPy-only feature it exercises."""
+    if getattr(xp, "native", True) is False:
+        pytest.skip("{} is NumPy/CuPy only".format(what))
+
+
+def matmul(a, b):
+    """``a @ b``, through :func:`cuhouse.matmul` (array_api_strict's ``@`` refuses a cuhouse matrix)."""
+    return ch.matmul(a, b)

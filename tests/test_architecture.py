@@ -32,8 +32,15 @@ LAYERS = (
     ),
     ("algorithms", ("cuhouse.algorithms*",)),
     (
-        "reflection storage, geqrf arrays, the small-size path, Dask chunking",
-        ("cuhouse._reflections", "cuhouse._geqrf", "cuhouse._small", "cuhouse._dask"),
+        "reflection storage (and its generic path), geqrf arrays, the small-size path, Dask chunking, torch autograd",
+        (
+            "cuhouse._reflections",
+            "cuhouse._generic",
+            "cuhouse._geqrf",
+            "cuhouse._small",
+            "cuhouse._dask",
+            "cuhouse._torch",
+        ),
     ),
     ("the operator protocol and the lazy product", ("cuhouse._operator",)),
     ("Householder products", ("cuhouse.householder",)),

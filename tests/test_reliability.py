@@ -347,13 +347,16 @@ def test_svd_linear_training_steps_create_no_reference_cycles():
 
 
 # ------------------------------------------------------------------- defect 6: unclear or misleading errors
-def test_a_torch_tensor_that_requires_grad_is_named():
+def test_a_torch_tensor_that_requires_grad_is_named_or_differentiated():
+    """Issue 21: a torch tensor beside NumPy is a mixing TypeError naming both; torch tensors that
+    require grad make a torch matrix, differentiated through cuhouse's adjoints (no silent detach)."""
     torch = pytest.importorskip("torch")
     h = ch.HouseholderProduct(numpy.random.default_rng(13).standard_normal((3, 5)))
-    with pytest.raises(TypeError, match=r"^X is a torch.Tensor that requires grad.*cuhouse.torch.*X.detach\(\)"):
+    with pytest.raises(TypeError, match=r"^cannot mix NumPy and torch arrays: X is torch.Tensor"):
         h @ torch.randn(5, 2, requires_grad=True)
-    with pytest.raises(TypeError, match=r"^vectors is a torch.Tensor that requires grad"):
-        ch.HouseholderProduct(torch.randn(3, 5, requires_grad=True))
+    v = torch.randn(3, 5, requires_grad=True)
+    (ch.HouseholderProduct(v) @ torch.randn(5, 2)).square().sum().backward()
+    assert v.grad is not None and v.grad.shape == v.shape
 
 
 def test_numpy_matmul_and_dot_are_the_product_and_other_ufuncs_say_what_to_do():
@@ -434,3 +437,23 @@ def test_dask_operands_name_the_matrix_as_in_memory_ones_do():
             matrix @ da.from_array(x)
     with pytest.raises(ValueError, match=r"X has shape \(6, 2\) but the operator is 5x5"):
         w @ da.from_array(numpy.zeros((6, 2)))
+
+
+# ------------------------------------------------------------------------- found by tests/test_fuzz.py
+@pytest.mark.parametrize("algorithm", ALGORITHM_CHOICES)
+@pytest.mark.parametrize("m", [0, 1, 3])
+def test_an_unbatched_lapack_product_times_a_batched_or_empty_x(algorithm, m):
+    # the ormqr plan took X as (d, m): a batched X failed in LAPACK (info = -7), an empty one in f2py
+    rng = numpy.random.default_rng(19)
+    for d in (1, 4):
+        a, tau = _geqrf(rng, (d, d))
+        q = ch.HouseholderProduct.from_lapack(a, tau, algorithm=algorithm)
+        x = rng.standard_normal((3, d, m))
+        dense = _lapack_q(a, tau)
+        numpy.testing.assert_allclose(q @ x, dense @ x, atol=1e-13)
+        numpy.testing.assert_allclose(q.T @ x, dense.T @ x, atol=1e-13)
+        numpy.testing.assert_allclose(numpy.swapaxes(x, -1, -2) @ q, numpy.swapaxes(x, -1, -2) @ dense, atol=1e-13)
+
+
+def _lapack_q(a, tau):
+    return scipy.linalg.lapack.dorgqr(a, tau)[0] if a.shape[0] > 1 else numpy.where(tau[0] == 0, 1.0, -1.0)[None, None]

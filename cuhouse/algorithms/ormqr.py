@@ -82,7 +82,16 @@ def char_dtype(char):
 
 def apply(f, x, transpose, xp):
     """``Q @ X`` (``Q.T @ X``) for ``x`` ``(d, m)`` by one ``?ormqr`` call, in ``x``'s memory order:
-    a C-ordered ``x`` runs as ``(X^T Q^T)^T`` (``side="R"``) on the Fortran-ordered ``X^T``."""
+    a C-ordered ``x`` runs as ``(X^T Q^T)^T`` (``side="R"``) on the Fortran-ordered ``X^T``.
+    A batch of X ``(..., d, m)`` (Q has none here) runs as one ``(d, batch * m)`` product, a copy;
+    an empty X is returned as a copy (LAPACK refuses a zero dimension)."""
+    if x.size == 0:
+        return x.copy()
+    if x.ndim > 2:
+        d, m = x.shape[-2:]
+        columns = numpy.moveaxis(x, -2, 0).reshape(d, -1)
+        out = apply(f, columns, transpose, xp)
+        return numpy.moveaxis(out.reshape((d,) + x.shape[:-2] + (m,)), 0, -2)
     char = "s" if f.a.dtype == numpy.float32 else "d"
     k = f.tau.shape[0]
     if x.flags.f_contiguous or not x.flags.c_contiguous:

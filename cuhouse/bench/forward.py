@@ -5,6 +5,7 @@ import numpy
 import cuhouse
 
 from ..algorithms import ALGORITHMS
+from ..plan import describe
 from . import peers
 
 TITLE = "H @ X with n = d reflections, the factors built inside each call (unless 'cached')"
@@ -70,3 +71,13 @@ def cases(d, m, dtype, xp):
     baselines["cuhouse auto, cached"] = "dense GEMM"
     baselines["cuhouse auto, cached, X near overflow"] = "cuhouse auto, cached"
     return baselines, out
+
+
+def report(d, m, dtype, xp):
+    """The plans the fresh rows ran (the cost model's choice with this machine's calibration)."""
+    v, _ = data(d, d, m, dtype, xp)
+    qr, tau = peers.geqrf(v, xp)
+    return "plans: auto {}, from_lapack {}".format(
+        describe(cuhouse.HouseholderProduct(v).plan_for(m)),
+        describe(cuhouse.HouseholderProduct.from_lapack(qr, tau).plan_for(m)),
+    )

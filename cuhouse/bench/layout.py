@@ -12,7 +12,7 @@ import numpy
 
 import cuhouse
 
-from .small import describe
+from ..plan import describe
 
 TITLE = "X @ H with a row-major X (m = 65536 rows, n = 64 reflections) against the same product on columns"
 SIZES = (256,)

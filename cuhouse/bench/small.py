@@ -9,6 +9,7 @@ reflections: LAPACK/cuSOLVER ``ormqr`` on LAPACK's ``(qr, tau)`` of
 
 import cuhouse
 
+from ..plan import describe
 from . import peers
 from .forward import data
 
@@ -59,10 +60,3 @@ def report(d, m, dtype, xp):
         lapack = cuhouse.HouseholderProduct.from_lapack(qr, tau).plan_for(columns)
         parts.append("m={}: auto {}, from_lapack {}".format(columns, describe(full), describe(lapack)))
     return "plans: " + "; ".join(parts)
-
-
-def describe(plan):
-    """``cwy k=64``, ``sequential``, ``ormqr (LAPACK)``."""
-    if plan.algorithm == "ormqr":
-        return "ormqr (LAPACK)"
-    return plan.algorithm if plan.block_size is None else "{} k={}".format(plan.algorithm, plan.block_size)

@@ -1,0 +1,150 @@
+"""The generic path of :class:`cuhouse.householder.Reflections`, for any Array API library.
+
+NumPy and CuPy read their reflections in place in their stored layout (see
+:mod:`cuhouse.algorithms._blocks`); every other library (torch,
+array_api_strict, ...) runs :mod:`cuhouse.algorithms.portable` on full rows
+built here with standard operations only: no in-place update, no host
+synchronization, so torch autograd and ``torch.func`` go through it.
+
+* :func:`row_norms`: overflow-safe norms, for validation;
+* :func:`read_geqrf`: ``from_lapack``'s checks on ``geqrf`` output;
+* :func:`form`: the rows of every segment as full rows, scaled into the
+  safe range (a row's scale does not change its reflection), and their
+  form (:mod:`cuhouse.algorithms.portable`);
+* :func:`contributions`: the gradient with respect to those rows taken back
+  to the leaf arrays (strictly lower part of a ``geqrf`` array).
+"""
+
+import numpy
+
+from . import _validate
+from ._backend import astype, device_of, numpy_dtype, result_type
+from ._shapes import batch_shape
+from .algorithms import portable
+
+
+def _strict_upper(rows, cols, xp, device):
+    """Mask ``(rows, cols)``: True where column > row."""
+    return xp.arange(rows, device=device)[:, None] < xp.arange(cols, device=device)[None, :]
+
+
+def row_norms(v, xp):
+    """Euclidean norms ``(..., n)`` of the rows of ``v``, without spurious overflow or underflow:
+    each row is divided by its largest magnitude first. Cost: two passes over ``v``."""
+    biggest = xp.max(xp.abs(v), axis=-1)
+    safe = xp.where(biggest == 0, xp.ones_like(biggest), biggest)
+    scaled = v / safe[..., None]
+    return xp.sqrt(xp.sum(scaled * scaled, axis=-1)) * safe
+
+
+def read_geqrf(a, tau, xp, check_finite):
+    """``(a, k, identity, dtype)`` for ``from_lapack`` on the generic path: the same checks and
+    message as :func:`cuhouse._geqrf.read_geqrf`, in one host synchronization
+    (none with ``check_finite=False``, which also skips the check of ``tau``'s values)."""
+    device = device_of(a)
+    a = _validate.as_array(a, "a", xp)
+    tau = _validate.as_array(tau, "tau", xp, device)
+    if a.ndim < 2:
+        raise ValueError("a must have shape (..., M, N) as returned by geqrf, got shape {}".format(tuple(a.shape)))
+    rows, cols = a.shape[-2:]
+    k = tau.shape[-1] if tau.ndim else 0
+    if tau.ndim < 1 or k == 0 or k > min(rows, cols):
+        raise ValueError(
+            "tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
+                min(rows, cols), tuple(tau.shape)
+            )
+        )
+    batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
+    a = astype(a, _validate.float_dtype(a.dtype, xp), xp)
+    dtype = _validate.float_dtype(result_type(xp, a.dtype, tau.dtype), xp)
+    identity = tau == 0
+    if check_finite:
+        stored = xp.where(_strict_upper(k, rows, xp, device), a[..., :k].mT, xp.zeros_like(a[..., :k].mT))
+        sumsq = 1 + xp.sum(stored * stored, axis=-1)
+        expected = xp.where(identity, xp.zeros_like(sumsq), 2 / sumsq)
+        tol = 1e3 * max(float(numpy.finfo(numpy_dtype(t)).eps) for t in (a.dtype, tau.dtype))
+        finite = xp.all(xp.isfinite(tau)) & xp.all(xp.isfinite(sumsq))
+        close = xp.all(xp.abs(tau - expected) <= tol * xp.abs(expected) + tol)
+        if not bool(finite & close):  # the one synchronization; the message needs one more
+            if not bool(finite):
+                raise ValueError("a and tau must be finite; found NaN or Inf")
+            raise ValueError(
+                "tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
+                "geqrf returns; got values that do not make orthogonal reflectors"
+            )
+    return a, k, identity, dtype
+
+
+def full_rows(leaf, segment, dtype, xp):
+    """The rows of one segment as full rows ``(..., n, d)`` in product order, identity factors as zero rows."""
+    if segment.k is None:
+        rows = leaf
+    else:
+        stored = leaf[..., : segment.k].mT  # (..., k, M)
+        k, d = stored.shape[-2:]
+        device = device_of(leaf)
+        rows = xp.where(_strict_upper(k, d, xp, device), stored, xp.zeros_like(stored))
+        rows = rows + xp.eye(k, d, dtype=rows.dtype, device=device)
+        if segment.identity is not None:
+            rows = xp.where(segment.identity[..., None], xp.zeros_like(rows), rows)
+    rows = astype(rows, dtype, xp)
+    return xp.flip(rows, axis=-2) if segment.transpose else rows
+
+
+def joined(parts, xp):
+    """The row stacks ``parts`` ``(..., n_i, d)`` concatenated into ``(..., sum n_i, d)``, batches broadcast."""
+    if len(parts) == 1:
+        return parts[0]
+    batch = numpy.broadcast_shapes(*(tuple(p.shape[:-2]) for p in parts))
+    return xp.concat([xp.broadcast_to(p, batch + tuple(p.shape[-2:])) for p in parts], axis=-2)
+
+
+def form(core, algorithm, block_size, dtype):
+    """``(form, scale)``: the :mod:`cuhouse.algorithms.portable` form of every reflection of
+    ``core`` in ``dtype``, and the per-row ``scale`` ``(..., n)`` applied first.
+
+    A row whose sum of squares would leave ``dtype``'s safe range is divided by
+    its largest magnitude (a reflection does not change when its vector is
+    scaled); every other row is used as stored (scale 1). Computed without a
+    host synchronization. Cost: O(n d) plus the build.
+    """
+    xp = core.xp
+    rows = joined([full_rows(core.params[s.param], s, dtype, xp) for s in core.segments], xp)
+    info = xp.finfo(dtype)
+    sumsq = xp.sum(rows * rows, axis=-1)
+    biggest = xp.max(xp.abs(rows), axis=-1)
+    safe = ((sumsq >= info.smallest_normal / info.eps) & (sumsq <= info.max * info.eps)) | (biggest == 0)
+    one = xp.ones_like(sumsq)
+    scale = xp.where(safe, one, one / xp.where(biggest == 0, one, biggest))
+    return portable.build(rows * scale[..., None], block_size, xp, algorithm), scale
+
+
+def contributions(core, dv, scale):
+    """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the scaled rows of :func:`form`.
+
+    The scale counts as a constant: the gradient w.r.t. a row is orthogonal to
+    the row (a reflection does not change when its vector is scaled), so this
+    is the exact gradient w.r.t. the stored row. A ``geqrf`` leaf gets its
+    strictly lower part, zero for identity factors and in its columns past k.
+    """
+    xp = core.xp
+    dv = dv * scale[..., None]
+    pairs, start = [], 0
+    for segment in core.segments:
+        leaf = core.params[segment.param]
+        n = leaf.shape[-2] if segment.k is None else segment.k
+        part = dv[..., start : start + n, :]
+        start += n
+        if segment.transpose:
+            part = xp.flip(part, axis=-2)
+        if segment.k is not None:
+            rows, cols = leaf.shape[-2:]
+            part = xp.where(_strict_upper(n, rows, xp, device_of(part)), part, xp.zeros_like(part))
+            if segment.identity is not None:
+                part = xp.where(segment.identity[..., None], xp.zeros_like(part), part)
+            part = part.mT
+            if cols > n:
+                pad = xp.zeros(part.shape[:-1] + (cols - n,), dtype=part.dtype, device=device_of(part))
+                part = xp.concat([part, pad], axis=-1)
+        pairs.append((leaf, part))
+    return pairs
