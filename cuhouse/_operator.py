@@ -2,8 +2,9 @@
 
 In the manner of ``scipy.sparse.linalg.LinearOperator``, one abstract base
 class owns the protocol: ``@`` on both sides, ``numpy.asarray``, NumPy's
-ufunc and function protocols (``numpy.matmul`` and ``numpy.dot`` are the
-product; any other ufunc is a ``TypeError`` that says what to do), the SciPy
+function protocol (``numpy.dot`` is the product; ``__array_ufunc__ = None``
+opts out of ufuncs, which lets ndarray, Dask and CuPy operands defer to
+``A.__rmatmul__``), the SciPy
 duck-typing methods (``matvec``, ``rmatvec``, ``matmat``, ``rmatmat``,
 ``dot``), ``todense``, ``matmul``, ``det`` and ``logdet`` (from ``slogdet``),
 one ``__repr__``, pickling, Dask tokens, the validation of the outer operand
@@ -91,30 +92,14 @@ class Operator(abc.ABC):
     See the module docstring for what a subclass supplies and what the base owns.
     """
 
+    # NEP 13 opt-out: ndarray @ A, Xd @ A (Dask) and cupy_array @ A (CuPy defers only to None here)
+    # return NotImplemented, so that A.__rmatmul__ runs; numpy.matmul(A, X) is NumPy's TypeError
+    __array_ufunc__ = None
     __array_priority__ = 1000
     _NAME = "A"  # the matrix in messages
     _CUHOUSE_MATRIX = True  # what cuhouse._validate.as_array refuses to densify
 
     # ------------------------------------------------------- NumPy protocols
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        """NumPy's ufunc protocol (NEP 13). ``numpy.matmul``, and so ``ndarray @ A``, is the
-        product ``A @ X`` (``X @ A``), computed without forming A; every other ufunc is a
-        ``TypeError`` saying what to do. Dask, which defers to operands that are not array
-        chunks, hands ``Xd @ A`` to ``A.__rmatmul__``."""
-        if ufunc is numpy.matmul and method == "__call__" and len(inputs) == 2 and not kwargs:
-            left, right = inputs
-            return self.__matmul__(right) if left is self else self.__rmatmul__(left)
-        raise TypeError(
-            "numpy.{}{} does not apply to a cuhouse {} (a matrix kept as its factors, never formed): "
-            "A @ X, X @ A and numpy.matmul apply it without forming it{}; A.todense() gives the "
-            "dense array for anything else".format(
-                ufunc.__name__,
-                "" if method == "__call__" else "." + method,
-                type(self).__name__,
-                " (numpy.matmul takes no out=, axes= or dtype=)" if ufunc is numpy.matmul else "",
-            )
-        )
-
     def __array_function__(self, func, types, args, kwargs):
         """NumPy's function protocol (NEP 18). ``numpy.dot(A, X)`` and ``numpy.dot(X, A)`` with a
         2-D (or 1-D) X are the product, without forming A; any other NumPy function gets the

@@ -535,11 +535,11 @@ class HouseholderProduct(Operator):
 
     def _plan_backend(self):
         """The machine model of :mod:`cuhouse.plan`: the backend's, or on the generic path
-        ``"numpy"`` for a CPU and ``"cupy"`` for any other device."""
+        ``"generic"`` for a CPU and ``"cupy"`` for any other device."""
         core = self._real_core()
         if core.native:
             return core.backend
-        return "numpy" if getattr(core.device, "type", "cpu") == "cpu" or "CPU" in str(core.device) else "cupy"
+        return "generic" if getattr(core.device, "type", "cpu") == "cpu" or "CPU" in str(core.device) else "cupy"
 
     def _run(self, columns, transpose, differentiable):
         """``(plan module, plan, (form, scaled, limits), transpose)`` for real ``columns``

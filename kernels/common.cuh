@@ -3,7 +3,7 @@
 //
 // Conventions of every kernel here:
 //   * templates over the element type T (float or double), instantiated by
-//     name_expressions in cuhouse/_kernels.py, or by CUHOUSE_INSTANTIATE for nvcc;
+//     name_expressions in cuhouse/_gpu/raw_kernels.py, or by CUHOUSE_INSTANTIATE for nvcc;
 //   * inputs and outputs are C-contiguous; all element offsets are 64-bit
 //     (cuhouse_index) so stacks larger than 2^31 elements are addressed correctly;
 //   * every thread checks its own bounds; threads out of range still reach every

@@ -1,7 +1,7 @@
 // The k x k coefficient of the level-3 CWY backward, per block:
 //     C = Ru + Ru^T,  R = T^T N T^T,  Ru = striu(R),
 // for stacks of upper-triangular T and arbitrary N. GPU twin of
-// cuhouse._primitives.cwy_gradient_coefficients. Two launches, each a batched
+// cuhouse._gpu.primitives.cwy_gradient_coefficients. Two launches, each a batched
 // 16 x 16-tiled product that skips the tiles T's zero triangle makes zero:
 //     1. M = N T^T      (M_aj = sum_{b >= j} N_ab T_jb)
 //     2. C_ij = C_ji = sum_{a <= i} T_ai M_aj  for i < j, and C_ii = 0.

@@ -1,5 +1,5 @@
 // Row norms of a stack of vectors, optionally fused with the normalization.
-// GPU twins of cuhouse._primitives.row_norms / normalize_rows / unit_rows.
+// GPU twins of cuhouse._gpu.primitives.row_norms / normalize_rows / unit_rows.
 #include "common.cuh"
 
 // One warp per row of `v` (rows x d, C-contiguous): norms[r] = ||v[r]||.

@@ -85,13 +85,15 @@ def random_lapack(rng, d):
 
 
 # ------------------------------------------------------------ the dot test
-def check_vjp(fun, primals, vjp, *, seed=1, step=1e-6, rtol=1e-6, xp=numpy):
+def check_vjp(fun, primals, vjp, *, seed=1, step=1e-6, rtol=1e-6, xp=numpy, masks=None):
     """Assert that ``vjp`` is the adjoint of the derivative of ``fun`` at ``primals``.
 
     The dot test: for a random cotangent ``u`` and random tangents ``t_i`` (complex for complex
     primals), ``<u, (fun(p + h t) - fun(p - h t)) / 2h>`` (central differences, ``h = step``)
     must equal ``sum_i <vjp(u)_i, t_i>`` to ``rtol`` relative (absolute below 1). ``fun(*primals)``
     returns one array; ``vjp(u)`` returns one gradient per primal, each of its primal's shape.
+    ``masks`` (one per primal, ``None`` for none) restricts the tangents to the directions the
+    parameterization has (a gradient convention that holds some entries fixed).
     Costs three calls of ``fun`` and one of ``vjp``.
     """
     rng = numpy.random.default_rng(seed)
@@ -107,6 +109,8 @@ def check_vjp(fun, primals, vjp, *, seed=1, step=1e-6, rtol=1e-6, xp=numpy):
     grads = tuple(vjp(u))
     assert [tuple(g.shape) for g in grads] == [tuple(p.shape) for p in primals]
     tangents = [draw(p) for p in primals]
+    if masks is not None:
+        tangents = [t if mask is None else t * mask for t, mask in zip(tangents, masks)]
     plus = fun(*(p + step * t for p, t in zip(primals, tangents)))
     minus = fun(*(p - step * t for p, t in zip(primals, tangents)))
     numeric = inner(u, (plus - minus) / (2 * step))

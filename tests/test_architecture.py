@@ -232,3 +232,11 @@ def test_kernel_sources_are_package_data_without_a_symlink():
     directory = pathlib.Path(str(raw_kernels.kernel_directory()))
     assert not (PACKAGE / "kernels").exists() and not directory.is_symlink()
     assert {p.name for p in directory.glob("*.cu")} == set(raw_kernels.KERNEL_SOURCES)
+
+
+def test_tests_share_helpers_not_conftest():
+    """Shared test code lives in tests/helpers.py; conftest.py holds fixtures only."""
+    tests = pathlib.Path(__file__).resolve().parent
+    statement = "from conftest " + "import"  # not written out, or this file would match itself
+    importing = [p.name for p in tests.rglob("*.py") if statement in p.read_text()]
+    assert not importing, "import from helpers instead: {}".format(importing)

@@ -14,7 +14,7 @@ import pytest
 import scipy.linalg
 import scipy.optimize
 import scipy.sparse.linalg
-from helpers import to_numpy
+from helpers import check_matmul_vjp, matmul_vjp, to_numpy
 
 import cuhouse as ch
 
@@ -317,32 +317,17 @@ def _direction(rng, like):
     return crandn(rng, *like.shape) if numpy.iscomplexobj(like) else rng.standard_normal(like.shape)
 
 
-def _dot_test(make, params, x, side, rng, masks=None, h=1e-6):
-    """Central differences of L = Re(sum(conj(G) * out)) along complex directions against
-    Re <grad, direction> from the vjp (torch's convention), for every parameter and for X."""
-    out = make(*params) @ x if side == "left" else x @ make(*params)
-    g = _direction(rng, out)
+def _dot_test(make, params, x, side, rng, masks=None):
+    """The dot test (:func:`helpers.check_vjp`) along complex directions, torch's convention: for every
+    parameter and X at once; gradients in their leaf's (float) dtype."""
     a = make(*params)
-    _, back = ch.vjp(ch.matmul, a, x) if side == "left" else ch.vjp(ch.matmul, x, a)
-    grads = back(g)
-    dparams, dx = grads if side == "left" else grads[::-1]
-
-    def loss(ps, xx):
-        o = make(*ps) @ xx if side == "left" else xx @ make(*ps)
-        return numpy.real(numpy.sum(numpy.conj(g) * o))
-
-    for i, p in enumerate(params):
-        assert dparams[i].dtype == numpy.result_type(p.dtype, numpy.float32)
-        delta = _direction(rng, p) * (1 if masks is None or masks[i] is None else masks[i])
-        plus, minus = list(params), list(params)
-        plus[i], minus[i] = p + h * delta, p - h * delta
-        numeric = (loss(plus, x) - loss(minus, x)) / (2 * h)
-        analytic = numpy.real(numpy.sum(numpy.conj(dparams[i]) * delta))
-        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (i, numeric, analytic)
-    delta = _direction(rng, x)
-    numeric = (loss(params, x + h * delta) - loss(params, x - h * delta)) / (2 * h)
+    out, grads = matmul_vjp(a, x, side)
+    *dparams, dx = grads(_direction(rng, out))
+    assert [g.dtype for g in dparams] == [numpy.result_type(p.dtype, numpy.float32) for p in params]
     assert dx.dtype == x.dtype
-    assert abs(numeric - numpy.real(numpy.sum(numpy.conj(dx) * delta))) <= 1e-6 * max(1.0, abs(numeric))
+    check_matmul_vjp(
+        make, params, x, side, seed=int(rng.integers(2**31)), masks=None if masks is None else (*masks, None)
+    )
 
 
 @pytest.mark.parametrize("algorithm", ("cwy", "fasth", "sequential", "dense"))
