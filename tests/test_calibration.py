@@ -71,6 +71,25 @@ def test_a_missing_cache_is_measured_once_and_written(cache, monkeypatch):
     assert calibration.calibrate(force=True).machine == SLOW_CALLS and measured == ["numpy", "numpy"]
 
 
+def test_the_cache_key_does_not_depend_on_the_order_the_blas_libraries_were_loaded_in(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pools = [
+        {
+            "user_api": "blas",
+            "internal_api": "openblas",
+            "version": v,
+            "architecture": "x",
+            "filepath": f,
+            "num_threads": 1,
+        }
+        for v, f in (("0.3.31", "/a/libopenblas64_.so"), ("0.3.30", "/b/libopenblas.so"))
+    ]
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: pools)
+    first = calibration.cache_path()
+    pools.reverse()
+    assert calibration.cache_path() == first
+
+
 def test_the_cache_key_names_the_blas_and_its_threads():
     description = calibration.machine_description()
     assert {"cpu", "blas", "blas_threads", "numpy", "scipy"} <= set(description)
