@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .ops import FLOAT_DTYPES, _left, householder_matmul, svd_matmul
+from .ops import DTYPES, FLOAT_DTYPES, _left, householder_matmul, svd_matmul
 
 
 def _positive_int(value, name):
@@ -254,6 +254,30 @@ def _matrix_shape(module, name, weight):
     return tuple(weight.shape)
 
 
+def _hermitian_reflectors(a):
+    """The Householder QR of complex ``a`` ``(..., d, k)`` by Hermitian reflections: vectors ``(..., k, d)``,
+    row i zero before entry i and 1 there, with H(v_1) ... H(v_k) [I_k; 0] equal to the QR's Q up to one
+    phase per column. (LAPACK's complex geqrf uses non-Hermitian factors I - tau v v^H, whose vectors
+    alone would not give Q.) Reflector i maps column i's trailing part x onto -sgn(x_0) ||x|| e_0, the
+    cancellation-free choice; a zero x gets e_0. Cost: O(d k^2) in k level-2 steps, batched.
+    """
+    a = a.clone()
+    d, k = a.shape[-2:]
+    rows = a.new_zeros(a.shape[:-2] + (k, d))
+    for i in range(k):
+        x = a[..., i:, i]
+        head = x[..., 0]
+        phase = torch.where(head == 0, torch.ones_like(head), torch.sgn(head))
+        pivot = head + phase * torch.linalg.vector_norm(x, dim=-1)  # |pivot| = |x_0| + ||x||: 0 only for x = 0
+        v = x / torch.where(pivot == 0, torch.ones_like(pivot), pivot)[..., None]
+        v[..., 0] = 1
+        rows[..., i, i:] = v
+        block = a[..., i:, i:]
+        w = (v.conj()[..., :, None] * block).sum(dim=-2)
+        block -= (2 / torch.linalg.vecdot(v, v).real)[..., None, None] * v[..., :, None] * w[..., None, :]
+    return rows
+
+
 class _HouseholderWeight(nn.Module):
     """The parametrization installed by :func:`orthogonal`: Householder vectors -> (semi-)orthogonal matrices.
 
@@ -261,7 +285,8 @@ class _HouseholderWeight(nn.Module):
     its matrices (see :func:`orthogonal`). With d = max(rows, cols) and
     k = min(rows, cols), each matrix is ``H[:, :k] diag(signs)``, transposed
     when rows < cols, for H the d x d product of n vectors ``(..., n, d)``
-    and ``signs`` a fixed buffer of +-1 (set by :meth:`right_inverse`, so
+    and ``signs`` a fixed buffer of +-1 (unit phases for a complex weight, whose matrices are then
+    unitary: H is a product of complex reflections) (set by :meth:`right_inverse`, so
     that an orthogonal weight is reproduced exactly). Vector i is read from
     entry i on (LAPACK's layout, which still reaches every orthogonal
     matrix): the entries before it are not used (their gradient is zero),
@@ -327,15 +352,18 @@ class _HouseholderWeight(nn.Module):
         a = a if self.tall else a.mT
         d, k = a.shape[-2:]
         n = self.n_reflections
-        qr, _ = torch.geqrf(a)
         vectors = weight.new_zeros(a.shape[:-2] + (n, d))
         m = min(n, k)
-        vectors[..., :m, :] = torch.tril(qr, -1).mT[..., :m, :]
+        if a.is_complex():
+            vectors[..., :m, :] = _hermitian_reflectors(a)[..., :m, :]
+        else:
+            qr, _ = torch.geqrf(a)
+            vectors[..., :m, :] = torch.tril(qr, -1).mT[..., :m, :]
         idx = torch.arange(n, device=weight.device)
         vectors[..., idx, idx] = 1
         columns = torch.eye(d, k, dtype=weight.dtype, device=weight.device)
         q = householder_matmul(vectors, columns)
-        signs = torch.sign((q * a).sum(dim=-2))
+        signs = torch.sgn((q.conj() * a).sum(dim=-2))  # +-1, or a phase for complex weights
         self.signs.copy_(torch.where(signs == 0, torch.ones_like(signs), signs))
         if n != k:
             return vectors
@@ -367,7 +395,8 @@ def orthogonal(module, name="weight", n_reflections=None):
     becomes the Q of its QR), of the weight's own shape for the default
     ``n_reflections = min(rows, cols)``. Assigning ``module.<name> = W``
     re-initializes from W (a ``ValueError`` naming the expected shape if W's
-    differs). float32 and float64. Cost per forward: O(n max(rows, cols)
+    differs). float32, float64, complex64 and complex128 (a complex weight gets orthonormal columns or
+    rows in C^d: a unitary matrix when square). Cost per forward: O(n max(rows, cols)
     min(rows, cols)) per matrix. Returns ``module``.
     """
     weight = getattr(module, name, None)
@@ -377,9 +406,10 @@ def orthogonal(module, name="weight", n_reflections=None):
                 name, None if weight is None else type(weight).__name__
             )
         )
-    if weight.dtype not in FLOAT_DTYPES:
+    if weight.dtype not in DTYPES:
         raise TypeError(
-            "module.{} has dtype {}; supported dtypes are torch.float32 and torch.float64".format(name, weight.dtype)
+            "module.{} has dtype {}; supported dtypes are torch.float32, torch.float64, torch.complex64 and "
+            "torch.complex128".format(name, weight.dtype)
         )
     matrix_shape = _matrix_shape(module, name, weight)
     parametrization = _HouseholderWeight(weight.shape, matrix_shape, n_reflections, weight.dtype, weight.device)

@@ -14,6 +14,7 @@ from .._shapes import matmul_shape
 from . import _wy
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
+DTYPES = FLOAT_DTYPES + (torch.complex64, torch.complex128)
 
 
 def householder_matmul(vectors, X, transpose=False, *, check_finite=True):
@@ -22,10 +23,12 @@ def householder_matmul(vectors, X, transpose=False, *, check_finite=True):
     ``vectors`` ``(..., n, d)`` with 1 <= n <= d (rows need not be unit),
     ``X`` ``(..., d, m)`` or ``(d,)``; batch dimensions broadcast as in
     ``torch.matmul``. ``transpose=True`` gives ``H.T @ X`` (the reversed
-    product, H's inverse). float32 or float64 tensors on one device (any
-    device torch supports); mixing the two float dtypes promotes to float64.
+    product, H's inverse; ``H^H @ X`` for complex vectors, H(v) = I - 2 v v^H / (v^H v)
+    being unitary). float32, float64, complex64 or complex128 tensors on one
+    device (any device torch supports); mixed dtypes promote as ``torch.matmul``.
     Differentiable with respect to both ``vectors`` (the raw rows) and ``X``,
-    to any order; composes with ``torch.func.vmap``, ``grad`` and ``jacrev``.
+    to any order (complex gradients in torch's convention); composes with
+    ``torch.func.vmap``, ``grad`` and ``jacrev``.
 
     ``check_finite`` (eager calls on plain tensors only: never under
     ``torch.compile``, ``torch.export`` or a ``torch.func`` transform) checks
@@ -42,13 +45,42 @@ def householder_matmul(vectors, X, transpose=False, *, check_finite=True):
 
 
 def _left(vectors, x, transpose, trapezoidal=False):
-    """``H @ x`` (``H^T @ x``) after :func:`check`: dtype promotion, ``(d,)`` as ``(d, 1)``
-    (``trapezoidal``: see :func:`cuhouse.torch._wy.matmul`)."""
+    """``H @ x`` (``H^T @ x``; ``H^H @ x`` when complex) after :func:`check`: dtype promotion,
+    ``(d,)`` as ``(d, 1)``, complex data realified (:func:`_complex_left`) (``trapezoidal``: see
+    :func:`cuhouse.torch._wy.matmul`)."""
     dtype = torch.promote_types(vectors.dtype, x.dtype)
-    vectors, x = vectors.to(dtype), x.to(dtype)
+    x = x.to(dtype)
     if x.dim() == 1:
-        return _wy.matmul(vectors, x[:, None], transpose, trapezoidal)[..., 0]
-    return _wy.matmul(vectors, x, transpose, trapezoidal)
+        return _left(vectors, x[:, None], transpose, trapezoidal)[..., 0]
+    if dtype.is_complex:
+        return _complex_left(vectors, x, transpose, trapezoidal)
+    return _wy.matmul(vectors.to(dtype), x, transpose, trapezoidal)
+
+
+def _complex_left(vectors, x, transpose, trapezoidal):
+    """``H @ x`` (``H^H @ x``) for complex ``x`` ``(..., d, m)``, as :mod:`cuhouse._complex` does it.
+
+    Complex vectors: each H(v) = I - 2 v v^H / (v^H v) is, on R^{2d} with the parts of each entry
+    interleaved, the product of the two commuting real reflections of realify(-v) and realify(i v),
+    so the real compact WY runs on those ``(..., 2n, 2d)`` rows and the realified ``(..., 2d, m)`` x
+    (full rows: realify(i v) is trapezoidal only where v's entry i is real). Real vectors multiply
+    the real and imaginary parts of x, ``(..., d, 2m)``. Differentiable torch operations
+    throughout (torch's complex autograd: dL/dRe + i dL/dIm), to any order. Cost: the real
+    product's flops (those of native complex arithmetic) plus a copy of x and of the result.
+    """
+    parts = torch.view_as_real(x)  # (..., d, m, 2)
+    d, m = x.shape[-2:]
+    if not vectors.is_complex():
+        out = _wy.matmul(vectors.to(parts.dtype), parts.reshape(x.shape[:-1] + (2 * m,)), transpose, trapezoidal)
+        return torch.view_as_complex(out.reshape(out.shape[:-1] + (m, 2)).contiguous())
+    vectors = vectors.to(x.dtype)
+    if trapezoidal:  # entries before i are not read: zero them, as the full rows below read everything
+        vectors = vectors.triu()
+    n = vectors.shape[-2]
+    rows = torch.stack([torch.view_as_real(-vectors), torch.view_as_real(1j * vectors)], dim=-3)
+    rows = rows.reshape(vectors.shape[:-2] + (2 * n, 2 * d))
+    out = _wy.matmul(rows, parts.transpose(-1, -2).reshape(x.shape[:-2] + (2 * d, m)), transpose)
+    return torch.view_as_complex(out.reshape(out.shape[:-2] + (d, 2, m)).transpose(-1, -2).contiguous())
 
 
 def svd_matmul(u_vectors, s, v_vectors, x, transpose=False):
@@ -100,9 +132,10 @@ def check(vectors, x):
     for t, name in ((vectors, "vectors"), (x, "X")):
         if not isinstance(t, torch.Tensor):
             raise TypeError("{} must be a torch.Tensor, got {}".format(name, type(t).__name__))
-        if t.dtype not in FLOAT_DTYPES:
+        if t.dtype not in DTYPES:
             raise TypeError(
-                "{} has dtype {}; supported dtypes are torch.float32 and torch.float64".format(name, t.dtype)
+                "{} has dtype {}; supported dtypes are torch.float32, torch.float64, torch.complex64 and "
+                "torch.complex128".format(name, t.dtype)
             )
     if vectors.device != x.device:
         raise TypeError(
