@@ -401,7 +401,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 @cuda
-@pytest.mark.gpu
+@pytest.mark.cuda_torch  # not `gpu`: the CPU stand-in of CuPy cannot stand in for torch's CUDA
 def test_cuda_tensors_without_cupy_and_without_syncs():
     v = torch.randn(2, 16, 64, device="cuda", requires_grad=True)
     x = torch.randn(64, 8, device="cuda", requires_grad=True)

@@ -563,3 +563,60 @@ def test_raw_kernels_serve_unitary_products_on_real_rows(xp, algorithm, monkeypa
     assert_close(dv, expected_dv, numpy.complex128)
     assert_close(dx, expected_dx, numpy.complex128)
     assert seen and all(dtype == numpy.float64 for _, dtype in seen)
+
+
+# ------------------------------------------------------------------ cuhouse.torch
+def test_torch_householder_matmul_takes_complex_tensors():
+    """Complex vectors and/or X in cuhouse.torch: the core's product and gradients (torch's convention is
+    cuhouse's), ``transpose=True`` the adjoint, gradcheck and gradgradcheck, vmap."""
+    torch = pytest.importorskip("torch")
+    import cuhouse.torch as cht
+
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape, dtype=torch.complex128):
+        return torch.randn(*shape, dtype=dtype, generator=gen)
+
+    v, x, g = randn(2, 3, 6), randn(6, 2), randn(2, 6, 2)
+    h = ch.HouseholderProduct(v.numpy())
+    vl, xl = v.clone().requires_grad_(), x.clone().requires_grad_()
+    out = cht.householder_matmul(vl, xl)
+    assert_close(out.detach().numpy(), h @ x.numpy(), numpy.complex128)
+    assert_close(cht.householder_matmul(v, x, transpose=True).numpy(), h.H @ x.numpy(), numpy.complex128)
+    out.backward(g)
+    (dv,), dx = ch.vjp(ch.matmul, h, x.numpy())[1](g.numpy())
+    assert_close(vl.grad.numpy(), dv, numpy.complex128)
+    assert_close(xl.grad.numpy(), dx, numpy.complex128)
+    real_v, real_x = randn(3, 6, dtype=torch.float64), randn(6, 2, dtype=torch.float64)
+    for a, b in ((v[0], x), (v[0], real_x), (real_v, x)):
+        args = (a.clone().requires_grad_(), b.clone().requires_grad_())
+        assert torch.autograd.gradcheck(cht.householder_matmul, args)
+    assert torch.autograd.gradgradcheck(
+        cht.householder_matmul, (v[0].clone().requires_grad_(), x.clone().requires_grad_())
+    )
+    batched = torch.func.vmap(lambda w: cht.householder_matmul(w, x))(v)
+    assert_close(batched.numpy(), h @ x.numpy(), numpy.complex128)
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (3, 5), (5, 3)])
+def test_torch_orthogonal_on_a_complex_linear_is_unitary(shape):
+    torch = pytest.importorskip("torch")
+    import cuhouse.torch as cht
+
+    torch.manual_seed(0)
+    layer = cht.orthogonal(torch.nn.Linear(shape[1], shape[0], dtype=torch.complex128))
+    k = min(shape)
+
+    def gram(w):
+        return w.conj().T @ w if shape[0] >= shape[1] else w @ w.conj().T
+
+    assert layer.weight.dtype == torch.complex128
+    assert_close(gram(layer.weight).detach().numpy(), numpy.eye(k), numpy.complex128)
+    tall = torch.linalg.qr(torch.randn(max(shape), k, dtype=torch.complex128))[0]
+    unitary = tall if shape[0] >= shape[1] else tall.mT
+    layer.weight = unitary  # an orthonormal weight is kept as it is
+    assert_close(layer.weight.detach().numpy(), unitary.numpy(), numpy.complex128)
+    loss = layer(torch.randn(7, shape[1], dtype=torch.complex128)).abs().pow(2).sum()
+    loss.backward()
+    torch.optim.SGD(layer.parameters(), lr=0.1).step()
+    assert_close(gram(layer.weight).detach().numpy(), numpy.eye(k), numpy.complex128)

@@ -5,9 +5,11 @@ CuPy imports without a GPU, so this runs wherever ``cupy-cuda13x`` is
 installed (``pip install -e .[cuda13]``; CI does); it is skipped otherwise."""
 
 import ast
+import importlib.util
 import inspect
 import pathlib
 import re
+import types
 
 import pytest
 
@@ -64,8 +66,31 @@ def uses():
 def _resolve(chain):
     target = cupy
     for name in chain[1:]:
+        if target is cupy and name in ON_DEMAND:
+            target = _functions_from_source("cupy." + name)
+            continue
         target = getattr(target, name)
     return target
+
+
+# Submodules CuPy loads on demand whose import needs the CUDA libraries (cupy.cublas loads cuBLAS),
+# absent where the audit runs: their functions are read from the source, signatures included.
+ON_DEMAND = ("cublas",)
+
+
+def _functions_from_source(module):
+    """The top-level functions of ``module``'s source as stubs with the same signatures."""
+    source = pathlib.Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8")
+    namespace = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef):
+            node.body, node.decorator_list = [ast.Pass()], []
+            try:
+                tree = ast.fix_missing_locations(ast.Module(body=[node], type_ignores=[]))
+                exec(compile(tree, module, "exec"), namespace)
+            except NameError:  # a default that names something of the module: not a function we call
+                continue
+    return types.SimpleNamespace(**{k: v for k, v in namespace.items() if not k.startswith("__")})
 
 
 def _signature(target):
@@ -76,7 +101,7 @@ def _signature(target):
     except (TypeError, ValueError):
         pass
     first = (getattr(target, "__doc__", None) or "").split("\n", 1)[0]
-    match = re.match(r"^\w+\((.*)\)$", first)
+    match = re.match(r"^[\w.]+\((.*)\)$", first)  # RawModule(...) or Graph.launch(self, ...)
     if not match:
         return None
     parameters, kind = [], inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -137,3 +162,25 @@ def test_the_audit_reports_a_missing_name_and_a_wrong_keyword():
     call = ast.parse("xp.zeros(3, dtype=float, shape_typo=1)").body[0].value
     assert "shape_typo" in _problem(("xp", "zeros"), call)
     assert "does not exist" in _problem(("xp", "no_such_function"), None)
+
+
+# CuPy calls the package makes on objects the syntax-tree audit cannot follow (a stream, a graph,
+# an array's device): (owner chain, member, keywords the package passes).
+METHODS = (
+    (("cuda", "Stream"), "begin_capture", ()),
+    (("cuda", "Stream"), "end_capture", ()),
+    (("cuda", "Stream"), "__enter__", ()),
+    (("cuda", "Graph"), "launch", ("stream",)),
+    (("cuda", "Device"), "__enter__", ()),
+    (("ndarray",), "device", ()),
+    (("cublas",), "gemm", ("out", "alpha", "beta")),
+)
+
+
+@pytest.mark.parametrize("owner, member, keywords", METHODS, ids=[".".join(m[0] + (m[1],)) for m in METHODS])
+def test_the_cupy_methods_used_on_streams_graphs_and_devices_exist(owner, member, keywords):
+    target = getattr(_resolve(("cupy",) + owner), member)
+    if keywords:
+        signature = _signature(target)
+        assert signature is not None, "{}: no signature to check".format(member)
+        signature.bind_partial(**{k: None for k in keywords})

@@ -79,3 +79,17 @@ def test_digits_mlp_trains_and_clipping_bounds_lipschitz(example, capsys):
         assert result["accuracy"] > 0.3, name
     assert results["SVDLinear MLP"]["losses"][-1] < 0.8 * results["SVDLinear MLP"]["losses"][0]
     assert results["SVDLinear MLP, |s| <= 0.8"]["lipschitz"] <= 0.8**3 * (1 + 1e-5)
+
+
+def test_glow_digits_trains_and_the_flows_agree_at_the_start(example, capsys):
+    fitted, timings = example("torch_glow_digits").main(["--tiny"])
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "test bits/dim" in out and "LU/SVD" in out
+    assert set(fitted) == {"SVDConv1x1 (cuhouse)", "dense 1x1 + slogdet", "LU 1x1 (Glow)"}
+    first = [losses[0] for losses, _ in fitted.values()]
+    assert max(first) - min(first) < 1e-4  # same weights: logdet() == slogdet == sum(log_s)
+    for name, (losses, test_bpd) in fitted.items():
+        assert sum(losses[-5:]) / 5 < losses[0], name
+        assert 0 < test_bpd < losses[0], name
+    assert set(timings) == {16} and len(timings[16]) == 3

@@ -8,9 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="cuhouse.torch needs PyTorch: pip install 'cuhouse[torch]'")
 
-import cuhouse  # noqa: E402
 import cuhouse.torch as cht  # noqa: E402
-from cuhouse.torch import ops  # noqa: E402
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
@@ -153,37 +151,25 @@ def test_in_place_change_before_backward_is_detected():
         out.sum().backward()
 
 
-# --------------------------------------------------------------------- DLPack
-def test_dlpack_shares_memory_on_the_cpu():
-    t = randn(5, 4, requires_grad=True).mT  # requires grad and non-contiguous
-    a = ops.to_array(t)
-    assert isinstance(a, numpy.ndarray)
-    assert a.__array_interface__["data"][0] == t.data_ptr()
-    assert a.strides == tuple(8 * s for s in t.stride())
-    back = ops.to_tensor(a)
-    assert back.data_ptr() == t.data_ptr()
-
-
-def test_cuhouse_holds_the_tensors_memory():
-    v = randn(4, 6, requires_grad=True)
-    h = cuhouse.HouseholderProduct(ops.to_array(v))
-    assert h.params[0].__array_interface__["data"][0] == v.data_ptr()
-
-
-def test_to_tensor_copies_only_reversed_views():
-    a = numpy.arange(6.0)[::-1]
-    t = ops.to_tensor(a)
-    assert torch.equal(t, torch.tensor(a.copy()))
+# ------------------------------------------------------------- torch only
+def test_no_crossing_to_numpy_meta_tensors_run():
+    """Only torch operations: meta tensors (no data, so nothing could cross to NumPy) give the right shapes."""
+    v = torch.empty(2, 70, 80, device="meta", requires_grad=True)
+    x = torch.empty(80, 3, device="meta")
+    out = cht.householder_matmul(v, x)
+    assert out.shape == (2, 80, 3) and out.device.type == "meta"
+    (dv,) = torch.autograd.grad(out.sum(), v)
+    assert dv.shape == v.shape
 
 
 # ----------------------------------------------------------------- bad input
-@pytest.mark.parametrize("bad_dtype", [torch.int64, torch.bfloat16, torch.float16, torch.complex64])
+@pytest.mark.parametrize("bad_dtype", [torch.int64, torch.bfloat16, torch.float16, torch.complex32])
 def test_unsupported_dtype_of_vectors(bad_dtype):
     v = torch.ones(3, 5, dtype=bad_dtype)
     with pytest.raises(
         TypeError,
-        match=r"vectors has dtype torch\.{}; supported dtypes are torch\.float32 "
-        r"and torch\.float64".format(str(bad_dtype).split(".")[1]),
+        match=r"vectors has dtype torch\.{}; supported dtypes are torch\.float32, "
+        r"torch\.float64, torch\.complex64 and torch\.complex128".format(str(bad_dtype).split(".")[1]),
     ):
         cht.householder_matmul(v, randn(5, 2))
 
@@ -234,11 +220,6 @@ def test_zero_vector_is_cuhouse_s_value_error():
 def test_mixed_devices():
     with pytest.raises(TypeError, match=r"X is on cpu but vectors is on meta; .*move one with \.to\(device\)"):
         cht.householder_matmul(torch.ones(3, 5, device="meta", dtype=torch.float64), randn(5, 2))
-
-
-def test_unsupported_device():
-    with pytest.raises(TypeError, match="X is on meta; cuhouse.torch supports CPU and CUDA tensors"):
-        cht.householder_matmul(torch.ones(3, 5, device="meta"), torch.ones(5, 2, device="meta"))
 
 
 # ------------------------------------------------------------------- SVDLinear
@@ -359,7 +340,9 @@ def test_orthogonal_parametrization_is_the_q_of_the_weight(shape):
     assert_close(linear.weight, q if rows >= cols else q.T, torch.float64, scale=1000)
     k = min(shape)
     original = linear.parametrizations.weight.original
-    assert original.shape == (k, max(shape))
+    assert (
+        original.shape == shape
+    )  # the weight's own shape: remove_parametrizations(leave_parametrized=False) keeps a working layer
     eye = torch.eye(k, dtype=torch.float64)
     semi = linear.weight.T @ linear.weight if rows >= cols else linear.weight @ linear.weight.T
     assert_close(semi, eye, torch.float64)
@@ -408,10 +391,18 @@ def test_orthogonal_parametrization_training_step():
 
 
 def test_orthogonal_parametrization_errors():
-    with pytest.raises(ValueError, match="orthogonal needs a 2-D tensor module.missing, got None"):
+    with pytest.raises(ValueError, match="orthogonal needs a tensor module.missing, got None"):
         cht.orthogonal(torch.nn.Linear(3, 3), name="missing")
-    with pytest.raises(ValueError, match=r"n_reflections must be at most max\(weight.shape\) = 3, got 4"):
+    with pytest.raises(
+        ValueError, match=r"n_reflections must be at most max\(rows, cols\) = 3 of the 3x3 matrices, got 4"
+    ):
         cht.orthogonal(torch.nn.Linear(3, 3), n_reflections=4)
+    with pytest.raises(
+        ValueError, match=r"orthogonal needs module.bias to have at least 2 dimensions .* got shape \(3,\)"
+    ):
+        cht.orthogonal(torch.nn.Linear(3, 3), name="bias")
+    with pytest.raises(TypeError, match=r"module.weight has dtype torch.float16; supported dtypes are"):
+        cht.orthogonal(torch.nn.Linear(3, 3, dtype=torch.float16))
 
 
 # ------------------------------------------------------------- torch.compile
@@ -424,25 +415,6 @@ class _Model(torch.nn.Module):
 
     def forward(self, x):
         return self.linear(torch.tanh(self.orth(self.svd(x))))
-
-
-def test_custom_op_registration():
-    v, x = randn(2, 4, 6, requires_grad=True), randn(6, 3, seed=2, requires_grad=True)
-    for args in [("householder", False, "left", x, [v]), ("householder", True, "right", x.mT.detach(), [v])]:
-        result = torch.library.opcheck(torch.ops.cuhouse.matmul.default, args)
-        assert set(result.values()) == {"SUCCESS"}, result
-
-
-def test_custom_op_gradcheck():
-    """The compiled path's backward (the registered autograd of cuhouse::matmul), run eagerly."""
-    v, x = randn(2, 4, 6, requires_grad=True), randn(6, 3, seed=2, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v, x: torch.ops.cuhouse.matmul("householder", False, "left", x, [v]), (v, x))
-    u, s, w = randn(3, 5, seed=3), randn(3, seed=4), randn(3, 4, seed=5)
-    params = [p.requires_grad_() for p in (u, s, w)]
-    assert torch.autograd.gradcheck(
-        lambda x, *p: torch.ops.cuhouse.matmul("svd", True, "right", x, list(p)),
-        (randn(2, 4, seed=6, requires_grad=True), *params),
-    )
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
@@ -463,13 +435,13 @@ def test_compile_fullgraph(backend):
         assert_close(got, p.grad, torch.float32)
 
 
-def test_export_keeps_the_custom_op():
+def test_export():
     torch.manual_seed(0)
     model = _Model()
     x = torch.randn(4, 6)
     exported = torch.export.export(model, (x,))
-    targets = [node.target for node in exported.graph.nodes]
-    assert targets.count(torch.ops.cuhouse.matmul.default) == 3
+    targets = {str(node.target) for node in exported.graph.nodes}
+    assert "aten.linalg_solve_triangular.default" in targets  # the T factors, traced as torch ops
     assert_close(exported.module()(x), model(x), torch.float32)
 
 

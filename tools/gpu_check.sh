@@ -26,10 +26,11 @@
 # Without .git the commit is read from .gpu_check_commit (written by --stamp).
 #
 # --dry-run runs the same steps on the CPU: pytest -m gpu under the CuPy
-# stand-in (tools/sanitizer_driver.py --on-cpu plain), the sanitizer driver
-# under ASan+UBSan and TSan in place of memcheck and racecheck (plain when no
-# clang++ is found), the bench on the stand-in at d = 256, and nvcc only when
-# it is installed. Its entry is headed "dry run" and never meant for landing.
+# stand-in (tools/sanitizer_driver.py --on-cpu plain), the sanitizer driver's
+# plain mode (the CPU model's own bounds and barrier checks) in place of
+# memcheck and racecheck (tools/kernels_on_cpu.sh runs the sanitizer modes),
+# the bench on the stand-in at d = 256, and nvcc only when it is installed. Its entry is headed "dry run" and never meant for landing.
+# GPU_CHECK_TESTS (default tests/) names the test paths pytest gets.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 root="$(pwd)"
@@ -142,9 +143,10 @@ else
 fi
 
 # --- 2. pytest: every GPU test, none skipped
-pytest_args=(-m pytest -q -p no:cacheprovider -rs tests/)
+read -r -a test_paths <<<"${GPU_CHECK_TESTS:-tests/}" # CI narrows a dry run's: kernels_on_cpu.sh ran them all
+pytest_args=(-m pytest -q -p no:cacheprovider -rs "${test_paths[@]}")
 if "$python" -c "import xdist" 2>/dev/null && [ $dry_run -eq 0 ]; then
-    pytest_args+=(-p xdist -n 4) # NVRTC compiles of CuPy's kernels on a fresh cache dominate: in parallel
+    pytest_args+=(-n 4) # NVRTC compiles of CuPy's kernels on a fresh cache dominate: in parallel
 fi
 if [ $dry_run -eq 1 ]; then
     step pytest 900 "$python" tools/sanitizer_driver.py --on-cpu plain -- "$python" "${pytest_args[@]}" -m gpu
@@ -156,15 +158,9 @@ if grep -qE "[0-9]+ (skipped|xfailed)|no tests ran" "$outdir/pytest.log"; then
 fi
 
 # --- 3, 4. memcheck and racecheck of every kernel
-if [ $dry_run -eq 1 ]; then
-    clang="$(first_of "${CUDA_CPU_CLANG:-}" clang++-19 clang++)" || clang=""
-    if [ -n "$clang" ]; then
-        step memcheck 150 "$python" tools/sanitizer_driver.py --on-cpu asan --sizes small
-        step racecheck 150 "$python" tools/sanitizer_driver.py --on-cpu tsan --sizes small
-    else
-        step memcheck 150 "$python" tools/sanitizer_driver.py --on-cpu plain --sizes small
-        step racecheck 150 "$python" tools/sanitizer_driver.py --on-cpu plain --sizes small
-    fi
+if [ $dry_run -eq 1 ]; then # the model's own bounds and barrier checks (the sanitizer modes: kernels_on_cpu.sh)
+    step memcheck 150 "$python" tools/sanitizer_driver.py --on-cpu plain --sizes small
+    step racecheck 150 "$python" tools/sanitizer_driver.py --on-cpu plain --sizes small
 elif [ -n "$sanitizer" ]; then
     step memcheck 75 "$sanitizer" --tool memcheck --error-exitcode 1 "$python" tools/sanitizer_driver.py
     step racecheck 75 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 1 \

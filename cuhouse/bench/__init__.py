@@ -13,6 +13,7 @@ shared machine are repeatable; ``--threads N`` opts into N threads.
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -20,7 +21,7 @@ import numpy
 
 from .. import calibration
 from .._backend import backend_name, cupy_module, gpu_available
-from . import forward, gradients, layout, plan_check, plot, small, spectral
+from . import forward, gradients, layout, plan_check, plot, small, spectral, torch_layer
 from ._timing import DISAGREEMENT, MIN_SAMPLE, measure
 
 SECTIONS = {
@@ -30,6 +31,7 @@ SECTIONS = {
     "spectral": spectral,
     "layout": layout,
     "plan": plan_check,
+    "torch": torch_layer,
 }
 DEFAULT_SECTIONS = ("small", "forward", "gradients", "spectral", "layout")
 DEFAULT_SIZES = (256, 512, 1024, 2048)
@@ -107,6 +109,9 @@ def main(argv=None):
     unknown = [s for s in names if s not in SECTIONS]
     if unknown:
         print("unknown section(s): {}; choose from {}".format(", ".join(unknown), ", ".join(SECTIONS)), file=sys.stderr)
+        return 2
+    if "torch" in names and importlib.util.find_spec("torch") is None:
+        print('the torch section needs PyTorch: pip install "cuhouse[torch]"', file=sys.stderr)
         return 2
     dtype = numpy.dtype(args.dtype)
     cpu_clock = xp is numpy and args.threads == 1

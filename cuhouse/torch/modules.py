@@ -1,4 +1,9 @@
-"""Layers: ``SVDLinear``, ``Orthogonal`` and the ``orthogonal`` parametrization of an existing weight."""
+"""Layers: ``SVDLinear``, ``Orthogonal``, ``SVDConv1x1`` and the ``orthogonal`` parametrization of a weight.
+
+Each is a torch composition of :func:`~cuhouse.torch.ops.householder_matmul`;
+the parameters are validated once, so the products skip the per-call value
+check (``check_finite=False``: a zero vector gives NaN, never a wrong number).
+"""
 
 import math
 
@@ -6,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .ops import householder_matmul, product
+from .ops import DTYPES, FLOAT_DTYPES, _left, householder_matmul, svd_matmul
 
 
 def _positive_int(value, name):
@@ -24,13 +29,27 @@ def _float_dtype(dtype):
     return dtype
 
 
-def _rows(x, features, name="x"):
-    """``x`` ``(..., features)`` as ``(N, features)`` (a view when the strides allow)."""
+def _input(x, parameter, axis, size, expected):
+    """``TypeError``/``ValueError`` unless ``x`` is a float tensor on ``parameter``'s device with
+    ``x.shape[axis] == size`` (``expected`` describes the shape in the message)."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError("{} must be a torch.Tensor, got {}".format(name, type(x).__name__))
-    if x.dim() == 0 or x.shape[-1] != features:
-        raise ValueError("{} must have shape (..., {}), got shape {}".format(name, features, tuple(x.shape)))
-    return x.reshape(-1, features)
+        raise TypeError("x must be a torch.Tensor, got {}".format(type(x).__name__))
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError("x has dtype {}; supported dtypes are torch.float32 and torch.float64".format(x.dtype))
+    if x.device != parameter.device:
+        raise TypeError(
+            "x is on {} but the layer's parameters are on {}; cuhouse copies nothing between devices".format(
+                x.device, parameter.device
+            )
+        )
+    if x.dim() <= max(axis, -axis - 1) or x.shape[axis] != size:
+        raise ValueError("x must have shape {}, got shape {}".format(expected, tuple(x.shape)))
+
+
+def _rows(x, parameter, features):
+    """``x`` ``(..., features)``, checked, as ``(features, N)`` (a view when the strides allow)."""
+    _input(x, parameter, -1, features, "(..., {})".format(features))
+    return x.reshape(-1, features).mT
 
 
 def _init_bias(bias, fan_in):
@@ -75,12 +94,8 @@ class SVDLinear(nn.Module):
             if self.bias is not None:
                 _init_bias(self.bias, self.in_features)
 
-    def _params(self):
-        return (self.U_vectors, self.s, self.V_vectors)
-
     def forward(self, x):
-        rows = _rows(x, self.in_features)
-        y = product("svd", True, "right", rows, self._params(), ("U_vectors", "s", "V_vectors", "x"))
+        y = svd_matmul(self.U_vectors, self.s, self.V_vectors, _rows(x, self.s, self.in_features)).mT
         y = y.reshape(x.shape[:-1] + (self.out_features,))
         return y if self.bias is None else y + self.bias
 
@@ -88,7 +103,7 @@ class SVDLinear(nn.Module):
     def weight(self):
         """The dense weight ``(out_features, in_features)``, differentiable. O(in r (in + out)): for export."""
         eye = torch.eye(self.in_features, dtype=self.s.dtype, device=self.s.device)
-        return product("svd", False, "left", eye, self._params(), ("U_vectors", "s", "V_vectors", "X"))
+        return svd_matmul(self.U_vectors, self.s, self.V_vectors, eye)
 
     def logdet(self):
         """log|det W| = sum log|s| for a square layer, differentiable. O(r)."""
@@ -136,8 +151,7 @@ class Orthogonal(nn.Module):
                 _init_bias(self.bias, self.features)
 
     def forward(self, x):
-        rows = _rows(x, self.features)
-        y = product("householder", True, "right", rows, (self.vectors,), ("vectors", "x"))
+        y = householder_matmul(self.vectors, _rows(x, self.vectors, self.features), check_finite=False).mT
         y = y.reshape(x.shape)
         return y if self.bias is None else y + self.bias
 
@@ -145,7 +159,7 @@ class Orthogonal(nn.Module):
     def weight(self):
         """The dense orthogonal weight ``(features, features)``, differentiable. O(n features^2)."""
         eye = torch.eye(self.features, dtype=self.vectors.dtype, device=self.vectors.device)
-        return householder_matmul(self.vectors, eye)
+        return householder_matmul(self.vectors, eye, check_finite=False)
 
     def extra_repr(self):
         return "features={}, n_reflections={}, bias={}".format(
@@ -153,83 +167,251 @@ class Orthogonal(nn.Module):
         )
 
 
-class _HouseholderWeight(nn.Module):
-    """The parametrization installed by :func:`orthogonal`: Householder vectors -> a (semi-)orthogonal weight.
+class SVDConv1x1(nn.Module):
+    """Invertible 1x1 convolution over the channels of ``(N, C, ...)`` input with W = U diag(s) V^T (C x C).
 
-    For a weight ``(rows, cols)``, d = max(rows, cols) and k = min(rows, cols):
-    the weight is ``H[:, :k] diag(signs)``, transposed when rows < cols, with
-    H the d x d product of the vectors ``(n, d)`` and ``signs`` a fixed
-    buffer of +-1 (set by :meth:`right_inverse`, so that an orthogonal weight
-    is reproduced exactly). Cost per forward: O(n d k).
+    The building block of Glow-style flows, with its log-determinant and
+    inverse for free. Parameters: ``U_vectors`` and ``V_vectors`` ``(C, C)``
+    (raw Householder vectors of the orthogonal U and V) and ``s`` ``(C,)``
+    (signed singular values). Initialization: random orthogonal U and V
+    (standard normal vectors) and ``s = 1``, so W starts as a random rotation
+    (log-determinant 0), as in Glow.
+
+    - ``forward(x)``: ``y[:, :, p] = W x[:, :, p]`` at every position p of
+      ``x`` ``(N, C, *spatial)``, as ``nn.functional.conv2d(x, W[..., None, None])``
+      does for 2-D input. O(C^2) per pixel, W never formed.
+    - :meth:`logdet`: log|det W| = sum(log|s|), the log-determinant *per
+      pixel* (a flow multiplies it by the number of positions, H W). O(C).
+    - :meth:`inverse`: ``W^{-1} y = V diag(1/s) U^T y``, O(C^2) per pixel, no solve.
+    - :attr:`weight`: the dense ``(C, C)`` matrix W, differentiable. O(C^3).
+
+    Gradients reach ``U_vectors``, ``V_vectors`` and ``s`` through all four.
     """
 
-    def __init__(self, shape, n_reflections=None, dtype=None, device=None):
+    def __init__(self, channels, device=None, dtype=None):
         super().__init__()
-        self.rows, self.cols = shape
-        d, k = max(shape), min(shape)
+        self.channels = _positive_int(channels, "channels")
+        factory = {"device": device, "dtype": _float_dtype(dtype)}
+        self.U_vectors = nn.Parameter(torch.empty(channels, channels, **factory))
+        self.s = nn.Parameter(torch.empty(channels, **factory))
+        self.V_vectors = nn.Parameter(torch.empty(channels, channels, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Random orthogonal U and V (standard normal vectors) and s = 1: W a random rotation."""
+        with torch.no_grad():
+            self.U_vectors.normal_()
+            self.V_vectors.normal_()
+            self.s.fill_(1)
+
+    def _channels_first(self, x):
+        """``x`` ``(N, C, *spatial)``, checked, as ``(C, N * prod(spatial))`` (one copy)."""
+        _input(x, self.s, 1, self.channels, "(N, {}, ...)".format(self.channels))
+        return x.transpose(0, 1).reshape(self.channels, -1)
+
+    def _back(self, y, x):
+        return y.reshape((self.channels, x.shape[0]) + tuple(x.shape[2:])).transpose(0, 1)
+
+    def forward(self, x):
+        return self._back(svd_matmul(self.U_vectors, self.s, self.V_vectors, self._channels_first(x)), x)
+
+    def inverse(self, y):
+        """``x`` with ``forward(x) == y``: V diag(1/s) U^T at every position. O(C^2) per pixel, no solve."""
+        return self._back(svd_matmul(self.V_vectors, 1 / self.s, self.U_vectors, self._channels_first(y)), y)
+
+    def logdet(self):
+        """log|det W| = sum(log|s|), per pixel, differentiable. O(C)."""
+        return torch.log(torch.abs(self.s)).sum()
+
+    @property
+    def weight(self):
+        """The dense ``(C, C)`` matrix W = U diag(s) V^T, differentiable. O(C^3)."""
+        eye = torch.eye(self.channels, dtype=self.s.dtype, device=self.s.device)
+        return svd_matmul(self.U_vectors, self.s, self.V_vectors, eye)
+
+    def extra_repr(self):
+        return "channels={}".format(self.channels)
+
+
+def _matrix_shape(module, name, weight):
+    """``(batch..., rows, cols)``: the matrices of ``weight`` that :func:`orthogonal` constrains."""
+    if isinstance(module, nn.modules.conv._ConvNd) and name == "weight":
+        groups = module.groups
+        if weight.dim() < 2 or weight.shape[0] % groups:
+            raise ValueError(
+                "orthogonal constrains each of the {} groups of {}: its weight must have shape "
+                "(out_channels, in_channels / groups, *kernel_size) with out_channels divisible by groups, "
+                "got {}".format(groups, type(module).__name__, tuple(weight.shape))
+            )
+        rows = weight.shape[0] // groups
+        cols = math.prod(weight.shape[1:])
+        return ((groups,) if groups > 1 else ()) + (rows, cols)
+    if weight.dim() < 2:
+        raise ValueError(
+            "orthogonal needs module.{} to have at least 2 dimensions (a matrix or a batch of matrices), "
+            "got shape {}".format(name, tuple(weight.shape))
+        )
+    return tuple(weight.shape)
+
+
+def _hermitian_reflectors(a):
+    """The Householder QR of complex ``a`` ``(..., d, k)`` by Hermitian reflections: vectors ``(..., k, d)``,
+    row i zero before entry i and 1 there, with H(v_1) ... H(v_k) [I_k; 0] equal to the QR's Q up to one
+    phase per column. (LAPACK's complex geqrf uses non-Hermitian factors I - tau v v^H, whose vectors
+    alone would not give Q.) Reflector i maps column i's trailing part x onto -sgn(x_0) ||x|| e_0, the
+    cancellation-free choice; a zero x gets e_0. Cost: O(d k^2) in k level-2 steps, batched.
+    """
+    a = a.clone()
+    d, k = a.shape[-2:]
+    rows = a.new_zeros(a.shape[:-2] + (k, d))
+    for i in range(k):
+        x = a[..., i:, i]
+        head = x[..., 0]
+        phase = torch.where(head == 0, torch.ones_like(head), torch.sgn(head))
+        pivot = head + phase * torch.linalg.vector_norm(x, dim=-1)  # |pivot| = |x_0| + ||x||: 0 only for x = 0
+        v = x / torch.where(pivot == 0, torch.ones_like(pivot), pivot)[..., None]
+        v[..., 0] = 1
+        rows[..., i, i:] = v
+        block = a[..., i:, i:]
+        w = (v.conj()[..., :, None] * block).sum(dim=-2)
+        block -= (2 / torch.linalg.vecdot(v, v).real)[..., None, None] * v[..., :, None] * w[..., None, :]
+    return rows
+
+
+class _HouseholderWeight(nn.Module):
+    """The parametrization installed by :func:`orthogonal`: Householder vectors -> (semi-)orthogonal matrices.
+
+    ``shape`` is the weight's shape and ``matrix_shape`` ``(..., rows, cols)``
+    its matrices (see :func:`orthogonal`). With d = max(rows, cols) and
+    k = min(rows, cols), each matrix is ``H[:, :k] diag(signs)``, transposed
+    when rows < cols, for H the d x d product of n vectors ``(..., n, d)``
+    and ``signs`` a fixed buffer of +-1 (unit phases for a complex weight, whose matrices are then
+    unitary: H is a product of complex reflections) (set by :meth:`right_inverse`, so
+    that an orthogonal weight is reproduced exactly). Vector i is read from
+    entry i on (LAPACK's layout, which still reaches every orthogonal
+    matrix): the entries before it are not used (their gradient is zero),
+    and each block of reflections skips the rows it cannot touch.
+
+    The raw tensor ``original`` has the weight's own shape when n = k (the
+    default; the vectors are the matrices' columns when rows >= cols, their
+    rows otherwise), so ``remove_parametrizations(..., leave_parametrized=False)``
+    leaves a weight the layer runs with; otherwise it is the vectors
+    ``(..., n, d)``. Cost per forward: O(n d k) per matrix.
+    """
+
+    def __init__(self, shape, matrix_shape, n_reflections=None, dtype=None, device=None):
+        super().__init__()
+        self.shape, self.matrix_shape = tuple(shape), tuple(matrix_shape)
+        rows, cols = matrix_shape[-2:]
+        self.tall = rows >= cols
+        d, k = max(rows, cols), min(rows, cols)
         self.n_reflections = k if n_reflections is None else _positive_int(n_reflections, "n_reflections")
         if self.n_reflections > d:
             raise ValueError(
-                "n_reflections must be at most max(weight.shape) = {}, got {}".format(d, self.n_reflections)
+                "n_reflections must be at most max(rows, cols) = {} of the {}x{} matrices, got {}".format(
+                    d, rows, cols, self.n_reflections
+                )
             )
-        self.register_buffer("signs", torch.ones(k, dtype=dtype, device=device))
+        self.register_buffer("signs", torch.ones(self.matrix_shape[:-2] + (k,), dtype=dtype, device=device))
 
-    def forward(self, vectors):
-        d, k = max(self.rows, self.cols), min(self.rows, self.cols)
+    def _vectors(self, original):
+        """The vectors ``(..., n, d)`` stored in ``original``."""
+        if self.n_reflections != self.signs.shape[-1]:
+            return original
+        matrices = original.reshape(self.matrix_shape)
+        return matrices.mT if self.tall else matrices
+
+    def forward(self, original):
+        # row i of the vectors is zero before column i (LAPACK's layout, what right_inverse makes):
+        # the entries there are not used, and each block of reflections skips the rows it cannot touch
+        vectors = torch.triu(self._vectors(original))
+        d, k = vectors.shape[-1], self.signs.shape[-1]
         columns = torch.eye(d, k, dtype=vectors.dtype, device=vectors.device)
-        q = householder_matmul(vectors, columns) * self.signs
-        return q if self.rows >= self.cols else q.mT
+        q = _left(vectors, columns, False, trapezoidal=True) * self.signs[..., None, :]
+        return (q if self.tall else q.mT).reshape(self.shape)
 
     @torch.no_grad()
     def right_inverse(self, weight):
-        """Vectors ``(n, d)`` from the QR of ``weight`` (``torch.geqrf``); sets ``signs``.
+        """The raw tensor for ``weight`` (its matrices' QR by ``torch.geqrf``); sets ``signs``.
 
-        The weight becomes the orthonormal factor Q of its QR (the first k
-        columns, R's diagonal made positive), exactly the weight itself when
+        ``ValueError`` unless ``weight`` has the parametrized shape. Each
+        matrix becomes the orthonormal factor Q of its QR (the first k
+        columns, R's diagonal made positive), exactly the matrix itself when
         it is already orthogonal. Reflector i is e_i plus column i of geqrf's
         output below the diagonal (an identity factor, tau = 0, becomes the
         reflection e_i, whose sign ``signs`` undoes); n < k keeps the first n
         reflectors (Q's first n columns), n > k appends e_{k+1}, ..., e_n.
         """
-        a = weight if self.rows >= self.cols else weight.mT
-        d, k = a.shape
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != self.shape:
+            raise ValueError(
+                "Expected a matrix or batch of matrices of shape {}. Got a tensor of shape {}.".format(
+                    self.shape, tuple(getattr(weight, "shape", ())) or type(weight).__name__
+                )
+            )
+        a = weight.reshape(self.matrix_shape)
+        a = a if self.tall else a.mT
+        d, k = a.shape[-2:]
         n = self.n_reflections
-        qr, _ = torch.geqrf(a)
-        vectors = torch.zeros(n, d, dtype=weight.dtype, device=weight.device)
+        vectors = weight.new_zeros(a.shape[:-2] + (n, d))
         m = min(n, k)
-        vectors[:m] = torch.tril(qr, -1).mT[:m]
+        if a.is_complex():
+            vectors[..., :m, :] = _hermitian_reflectors(a)[..., :m, :]
+        else:
+            qr, _ = torch.geqrf(a)
+            vectors[..., :m, :] = torch.tril(qr, -1).mT[..., :m, :]
         idx = torch.arange(n, device=weight.device)
-        vectors[idx, idx] = 1
+        vectors[..., idx, idx] = 1
         columns = torch.eye(d, k, dtype=weight.dtype, device=weight.device)
         q = householder_matmul(vectors, columns)
-        signs = torch.sign((q * a).sum(dim=0))
+        signs = torch.sgn((q.conj() * a).sum(dim=-2))  # +-1, or a phase for complex weights
         self.signs.copy_(torch.where(signs == 0, torch.ones_like(signs), signs))
-        return vectors
+        if n != k:
+            return vectors
+        return (vectors.mT if self.tall else vectors).reshape(self.shape)
 
 
 def orthogonal(module, name="weight", n_reflections=None):
-    """Constrain ``module.<name>`` (e.g. an ``nn.Linear`` weight) to be orthogonal, in one line.
+    """Constrain ``module.<name>`` to (semi-)orthogonal matrices of Householder vectors, in one line.
+
+    Which matrices:
+
+    - a convolution (``nn.Conv1d``/``Conv2d``/``Conv3d`` and the transposed
+      ones): the weight flattened to ``(out, in / groups * prod(kernel_size))``
+      gets orthonormal rows when it is wide (out <= in * k...), else
+      orthonormal columns; with ``groups > 1`` each group's
+      ``(out / groups, in / groups * prod(kernel_size))`` block is constrained
+      on its own. An orthonormal-row conv weight preserves the norm of every
+      patch's projection, which is what an orthogonal convolution layer needs.
+      This differs from ``torch.nn.utils.parametrizations.orthogonal``, which
+      treats the last two axes (kh x kw) as a batch of small matrices.
+    - any other module: a weight ``(..., rows, cols)`` is a batch of
+      matrices over its last two axes, as torch does; each gets orthonormal
+      columns (rows >= cols) or rows.
 
     Registers :class:`_HouseholderWeight` with
-    ``torch.nn.utils.parametrize.register_parametrization``. The raw
-    parameter is ``module.parametrizations.<name>.original``: Householder
-    vectors ``(n_reflections, max(rows, cols))``, initialized from the QR of
-    the current weight (so an orthogonal weight is kept as it is; any other
-    becomes the Q of its QR). ``n_reflections`` defaults to min(rows, cols).
-    A (rows, cols) weight with rows != cols gets orthonormal columns
-    (rows > cols) or rows (rows < cols). Returns ``module``.
+    ``torch.nn.utils.parametrize.register_parametrization``. The raw tensor
+    is ``module.parametrizations.<name>.original``, initialized from the QR
+    of the current weight (an orthogonal weight is kept as it is; any other
+    becomes the Q of its QR), of the weight's own shape for the default
+    ``n_reflections = min(rows, cols)``. Assigning ``module.<name> = W``
+    re-initializes from W (a ``ValueError`` naming the expected shape if W's
+    differs). float32, float64, complex64 and complex128 (a complex weight gets orthonormal columns or
+    rows in C^d: a unitary matrix when square). Cost per forward: O(n max(rows, cols)
+    min(rows, cols)) per matrix. Returns ``module``.
     """
     weight = getattr(module, name, None)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+    if not isinstance(weight, torch.Tensor):
         raise ValueError(
-            "orthogonal needs a 2-D tensor module.{}, got {}".format(
-                name, None if weight is None else tuple(getattr(weight, "shape", ())) or type(weight).__name__
+            "orthogonal needs a tensor module.{}, got {}".format(
+                name, None if weight is None else type(weight).__name__
             )
         )
-    if weight.dtype not in (torch.float32, torch.float64):
+    if weight.dtype not in DTYPES:
         raise TypeError(
-            "module.{} has dtype {}; supported dtypes are torch.float32 and torch.float64".format(name, weight.dtype)
+            "module.{} has dtype {}; supported dtypes are torch.float32, torch.float64, torch.complex64 and "
+            "torch.complex128".format(name, weight.dtype)
         )
-    parametrization = _HouseholderWeight(tuple(weight.shape), n_reflections, weight.dtype, weight.device)
+    matrix_shape = _matrix_shape(module, name, weight)
+    parametrization = _HouseholderWeight(weight.shape, matrix_shape, n_reflections, weight.dtype, weight.device)
     parametrize.register_parametrization(module, name, parametrization)
     return module
