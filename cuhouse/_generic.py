@@ -19,7 +19,7 @@ import numpy
 
 from . import _validate
 from ._backend import astype, device_of, numpy_dtype, result_type
-from ._shapes import batch_shape
+from ._shapes import geqrf_shape
 from .algorithms import portable
 
 
@@ -44,17 +44,8 @@ def read_geqrf(a, tau, xp, check_finite):
     device = device_of(a)
     a = _validate.as_array(a, "a", xp)
     tau = _validate.as_array(tau, "tau", xp, device)
-    if a.ndim < 2:
-        raise ValueError("a must have shape (..., M, N) as returned by geqrf, got shape {}".format(tuple(a.shape)))
-    rows, cols = a.shape[-2:]
-    k = tau.shape[-1] if tau.ndim else 0
-    if tau.ndim < 1 or k == 0 or k > min(rows, cols):
-        raise ValueError(
-            "tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
-                min(rows, cols), tuple(tau.shape)
-            )
-        )
-    batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
+    k = geqrf_shape(a.shape, tau.shape)
+    rows = a.shape[-2]
     a = astype(a, _validate.float_dtype(a.dtype, xp), xp)
     dtype = _validate.float_dtype(result_type(xp, a.dtype, tau.dtype), xp)
     identity = tau == 0

@@ -17,7 +17,7 @@ import numpy
 
 from . import _complex, _validate
 from ._backend import copy, creation_kwargs, is_native, numpy_dtype, swap
-from ._shapes import batch_shape
+from ._shapes import geqrf_shape
 from .algorithms import _layout
 
 
@@ -45,17 +45,7 @@ def read_geqrf(a, tau, xp, check_finite):
     """
     a = _validate.as_array(a, "a", xp)
     tau = _validate.as_array(tau, "tau", xp)
-    if a.ndim < 2:
-        raise ValueError("a must have shape (..., M, N) as returned by geqrf, got shape {}".format(tuple(a.shape)))
-    rows, cols = a.shape[-2:]
-    k = tau.shape[-1] if tau.ndim else 0
-    if tau.ndim < 1 or k == 0 or k > min(rows, cols):
-        raise ValueError(
-            "tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
-                min(rows, cols), tuple(tau.shape)
-            )
-        )
-    batch_shape(("a", a.shape[:-2]), ("tau", tau.shape[:-1]))
+    k = geqrf_shape(a.shape, tau.shape)
     dtype = _validate.float_dtype(numpy.result_type(a.dtype, tau.dtype))
     unitary = _complex.is_complex(dtype)
     a = a.astype(dtype if unitary else _validate.float_dtype(a.dtype), copy=False)

@@ -30,6 +30,24 @@ def batch_shape(*named):
         raise ValueError("the batch shapes of {} do not broadcast".format(listed)) from None
 
 
+def geqrf_shape(a_shape, tau_shape):
+    """The number of reflectors k of a ``geqrf`` pair: ``a`` ``(..., M, N)``, ``tau`` ``(..., k)``
+    with 1 <= k <= min(M, N) and batch shapes that broadcast. ``ValueError`` naming ``a`` or
+    ``tau`` otherwise. Cost: O(number of dimensions)."""
+    if len(a_shape) < 2:
+        raise ValueError("a must have shape (..., M, N) as returned by geqrf, got shape {}".format(tuple(a_shape)))
+    rows, cols = a_shape[-2:]
+    k = tau_shape[-1] if len(tau_shape) else 0
+    if len(tau_shape) < 1 or k == 0 or k > min(rows, cols):
+        raise ValueError(
+            "tau must have shape (..., k) with 1 <= k <= min(M, N) = {}, got shape {}".format(
+                min(rows, cols), tuple(tau_shape)
+            )
+        )
+    batch_shape(("a", a_shape[:-2]), ("tau", tau_shape[:-1]))
+    return k
+
+
 def matmul_shape(op_shape, x_shape, side, op_name="A", x_name="X"):
     """The shape of ``A @ X`` (``side == "left"``) or ``X @ A`` (``"right"``).
 
