@@ -1,6 +1,6 @@
 """The public API of ``cuhouse`` carries type hints (the package ships ``py.typed``): every
-parameter and every return of its public functions, classes, methods and properties is annotated.
-(``cuhouse.torch`` is not covered yet.)"""
+parameter and every return of its public functions, classes, methods and properties is annotated,
+in ``cuhouse`` and, where torch is installed, in ``cuhouse.torch``."""
 
 import inspect
 
@@ -9,6 +9,12 @@ import pytest
 import cuhouse
 
 MODULES = [cuhouse]
+try:
+    import cuhouse.torch
+
+    MODULES.append(cuhouse.torch)
+except ImportError:  # torch is an optional extra
+    pass
 
 
 def _public_callables():

@@ -5,6 +5,8 @@ the parameters are validated once, so the products skip the per-call value
 check (``check_finite=False``: a zero vector gives NaN, never a wrong number).
 """
 
+from __future__ import annotations
+
 import math
 
 import torch
@@ -73,7 +75,14 @@ class SVDLinear(nn.Module):
     ``cuhouse.SVDMatrix`` and its adjoint: O((in + out) r N) for N rows.
     """
 
-    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.in_features = _positive_int(in_features, "in_features")
         self.out_features = _positive_int(out_features, "out_features")
@@ -85,7 +94,7 @@ class SVDLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         """Random orthogonal U and V (standard normal vectors), s uniform in [0.9, 1.1], bias as nn.Linear."""
         with torch.no_grad():
             self.U_vectors.normal_()
@@ -94,18 +103,18 @@ class SVDLinear(nn.Module):
             if self.bias is not None:
                 _init_bias(self.bias, self.in_features)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = svd_matmul(self.U_vectors, self.s, self.V_vectors, _rows(x, self.s, self.in_features)).mT
         y = y.reshape(x.shape[:-1] + (self.out_features,))
         return y if self.bias is None else y + self.bias
 
     @property
-    def weight(self):
+    def weight(self) -> torch.Tensor:
         """The dense weight ``(out_features, in_features)``, differentiable. O(in r (in + out)): for export."""
         eye = torch.eye(self.in_features, dtype=self.s.dtype, device=self.s.device)
         return svd_matmul(self.U_vectors, self.s, self.V_vectors, eye)
 
-    def logdet(self):
+    def logdet(self) -> torch.Tensor:
         """log|det W| = sum log|s| for a square layer, differentiable. O(r)."""
         if self.in_features != self.out_features:
             raise ValueError(
@@ -115,7 +124,7 @@ class SVDLinear(nn.Module):
             )
         return torch.log(torch.abs(self.s)).sum()
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return "in_features={}, out_features={}, rank={}, bias={}".format(
             self.in_features, self.out_features, self.rank, self.bias is not None
         )
@@ -132,7 +141,14 @@ class Orthogonal(nn.Module):
     ``(..., features)``: O(features n N) for N rows, H never formed.
     """
 
-    def __init__(self, features, n_reflections=None, bias=False, device=None, dtype=None):
+    def __init__(
+        self,
+        features: int,
+        n_reflections: int | None = None,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.features = _positive_int(features, "features")
         n = features if n_reflections is None else _positive_int(n_reflections, "n_reflections")
@@ -143,25 +159,25 @@ class Orthogonal(nn.Module):
         self.bias = nn.Parameter(torch.empty(features, **factory)) if bias else None
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         """Standard normal vectors (a random orthogonal weight), bias as nn.Linear."""
         with torch.no_grad():
             self.vectors.normal_()
             if self.bias is not None:
                 _init_bias(self.bias, self.features)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = householder_matmul(self.vectors, _rows(x, self.vectors, self.features), check_finite=False).mT
         y = y.reshape(x.shape)
         return y if self.bias is None else y + self.bias
 
     @property
-    def weight(self):
+    def weight(self) -> torch.Tensor:
         """The dense orthogonal weight ``(features, features)``, differentiable. O(n features^2)."""
         eye = torch.eye(self.features, dtype=self.vectors.dtype, device=self.vectors.device)
         return householder_matmul(self.vectors, eye, check_finite=False)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return "features={}, n_reflections={}, bias={}".format(
             self.features, self.vectors.shape[0], self.bias is not None
         )
@@ -188,7 +204,9 @@ class SVDConv1x1(nn.Module):
     Gradients reach ``U_vectors``, ``V_vectors`` and ``s`` through all four.
     """
 
-    def __init__(self, channels, device=None, dtype=None):
+    def __init__(
+        self, channels: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.channels = _positive_int(channels, "channels")
         factory = {"device": device, "dtype": _float_dtype(dtype)}
@@ -197,7 +215,7 @@ class SVDConv1x1(nn.Module):
         self.V_vectors = nn.Parameter(torch.empty(channels, channels, **factory))
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         """Random orthogonal U and V (standard normal vectors) and s = 1: W a random rotation."""
         with torch.no_grad():
             self.U_vectors.normal_()
@@ -212,24 +230,24 @@ class SVDConv1x1(nn.Module):
     def _back(self, y, x):
         return y.reshape((self.channels, x.shape[0]) + tuple(x.shape[2:])).transpose(0, 1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._back(svd_matmul(self.U_vectors, self.s, self.V_vectors, self._channels_first(x)), x)
 
-    def inverse(self, y):
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """``x`` with ``forward(x) == y``: V diag(1/s) U^T at every position. O(C^2) per pixel, no solve."""
         return self._back(svd_matmul(self.V_vectors, 1 / self.s, self.U_vectors, self._channels_first(y)), y)
 
-    def logdet(self):
+    def logdet(self) -> torch.Tensor:
         """log|det W| = sum(log|s|), per pixel, differentiable. O(C)."""
         return torch.log(torch.abs(self.s)).sum()
 
     @property
-    def weight(self):
+    def weight(self) -> torch.Tensor:
         """The dense ``(C, C)`` matrix W = U diag(s) V^T, differentiable. O(C^3)."""
         eye = torch.eye(self.channels, dtype=self.s.dtype, device=self.s.device)
         return svd_matmul(self.U_vectors, self.s, self.V_vectors, eye)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return "channels={}".format(self.channels)
 
 
@@ -370,7 +388,7 @@ class _HouseholderWeight(nn.Module):
         return (vectors.mT if self.tall else vectors).reshape(self.shape)
 
 
-def orthogonal(module, name="weight", n_reflections=None):
+def orthogonal(module: nn.Module, name: str = "weight", n_reflections: int | None = None) -> nn.Module:
     """Constrain ``module.<name>`` to (semi-)orthogonal matrices of Householder vectors, in one line.
 
     Which matrices:

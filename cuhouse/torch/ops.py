@@ -8,6 +8,8 @@ and gradients of any order (``create_graph=True``, ``gradgradcheck``) see
 plain torch operations.
 """
 
+from __future__ import annotations
+
 import torch
 
 from .._shapes import matmul_shape
@@ -17,7 +19,9 @@ FLOAT_DTYPES = (torch.float32, torch.float64)
 DTYPES = FLOAT_DTYPES + (torch.complex64, torch.complex128)
 
 
-def householder_matmul(vectors, X, transpose=False, *, check_finite=True):
+def householder_matmul(
+    vectors: torch.Tensor, X: torch.Tensor, transpose: bool = False, *, check_finite: bool = True
+) -> torch.Tensor:
     """``H @ X`` with H = H(v_1) ... H(v_n) the Householder product of the rows of ``vectors``.
 
     ``vectors`` ``(..., n, d)`` with 1 <= n <= d (rows need not be unit),
