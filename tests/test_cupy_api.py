@@ -17,6 +17,12 @@ import cuhouse
 
 PACKAGE = pathlib.Path(cuhouse.__file__).parent
 ROOTS = ("xp", "cupy")
+# The generic Array API path runs only on libraries other than NumPy and CuPy (CuPy keeps its own
+# path and raw kernels), so its ``xp`` is never CuPy.
+GENERIC_ONLY = ("cuhouse/_generic.py", "cuhouse/algorithms/portable.py")
+# ``device=`` is passed only when ``_backend.device_of`` gives a device, which it never does for a
+# CuPy array (CuPy places arrays on the current device): such a keyword never reaches CuPy.
+GENERIC_KEYWORDS = ("device",)
 
 
 def _cupy():
@@ -51,6 +57,8 @@ def uses():
     """``[(path:line, chain, call or None)]`` for every outermost ``xp.``/``cupy.`` attribute chain."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
+        if str(path.relative_to(PACKAGE.parent)) in GENERIC_ONLY:
+            continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         calls = {id(node.func): node for node in ast.walk(tree) if isinstance(node, ast.Call)}
         inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
@@ -135,8 +143,9 @@ def _problem(chain, call):
         return "{}: CuPy gives no signature to check the call against".format(name) if call.keywords else None
     starred = any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords)
     positional = [] if starred else [None] * len(call.args)
+    keywords = {k.arg: None for k in call.keywords if k.arg and k.arg not in GENERIC_KEYWORDS}
     try:
-        signature.bind_partial(*positional, **{k.arg: None for k in call.keywords if k.arg})
+        signature.bind_partial(*positional, **keywords)
     except TypeError as exc:
         return "{}{}: {}".format(name, signature, exc)
     return None
