@@ -62,19 +62,6 @@ DEFAULTS = {
         ormqr_call=4.0e-6,
         ormqr_rate=5.0e10,
     ),
-    # the generic path on a CPU (torch, array_api_strict): NumPy's rates, but each array operation
-    # costs about 10 us through the library and array_api_compat (torch CPU, d = 32..1024: blocks of
-    # 32-64 measured fastest, against 8-16 under NumPy's 1 us); no LAPACK or ormqr plan
-    "generic": Machine(
-        launch=1.0e-5,
-        peak=1.07e11,
-        half=1.3,
-        bandwidth=2.5e10,
-        lapack_call=None,
-        trtri_rate=None,
-        ormqr_call=None,
-        ormqr_rate=None,
-    ),
     # H100 figures (cuBLAS FP32 without TF32, a ~10 us launch through CuPy), not yet checked on a device
     "cupy": Machine(
         launch=1.0e-5,
@@ -87,6 +74,13 @@ DEFAULTS = {
         ormqr_rate=None,
     ),
 }
+
+# the generic path on a CPU (torch, array_api_strict): NumPy's rates, but each array operation
+# costs about 10 us through the library and array_api_compat (torch CPU, d = 32..1024: blocks of
+# 32-64 measured fastest, against 8-16 under NumPy's 1 us); no LAPACK or ormqr plan
+DEFAULTS["generic"] = DEFAULTS["numpy"]._replace(
+    launch=1.0e-5, lapack_call=None, trtri_rate=None, ormqr_call=None, ormqr_rate=None
+)
 
 FORMAT = 2  # bump when the constants or their measurement change meaning
 _ENV_DIR = "CUHOUSE_CALIBRATION_DIR"
