@@ -125,13 +125,6 @@ class HouseholderProduct(Operator):
         self.algorithm = algorithm
         self.block_size = block_size
 
-    def _substitute(self, mapping):
-        """This product on other leaf arrays (see :meth:`cuhouse.Operator._substitute`). O(1)."""
-        core = self._core
-        params = tuple(mapping.get(id(p), p) for p in core.params)
-        new = Reflections(core.backend, params, core.segments, core.check_finite, core.dtype)
-        return self._view(new, self._transpose, self.algorithm, self.block_size, self._conjugate)
-
     @classmethod
     def _view(cls, core, transpose, algorithm, block_size, conjugate=False):
         obj = cls.__new__(cls)
@@ -574,8 +567,34 @@ class HouseholderProduct(Operator):
 
     def _matmat(self, columns, transpose):
         real, back = self._real_form(columns)
+        core = self._real_core()
+        if core.backend == "torch":
+            from . import _torch
+
+            if _torch.records_gradient(core.params, real):
+                return back(self._autograd(real, transpose))
         module, chosen, (form, _, limits), transpose = self._run(real, transpose, False)
         return back(_apply_scaled(module, chosen, form, real, transpose, limits, self._xp))
+
+    def _autograd(self, real, transpose):
+        """``H @ real`` (``H^T @ real``) on torch, differentiable by torch autograd to any order: the
+        full rows built from the leaves by differentiable torch operations, scaled into the safe
+        range (the scale a constant: a reflection does not change when its vector is scaled, so
+        this is exact to every order), through the one Function :func:`cuhouse._torch.matmul`.
+        Cost: the product's, plus O(n d) for the rows and their scale."""
+        from . import _torch
+
+        core = self._real_core()
+        chosen = self._plan(real.shape[-1], real.dtype, True)
+        rows = _generic.rows(core, real.dtype)
+        rows = rows * _generic.row_scale(rows.detach(), core.xp)[..., None]
+        return _torch.matmul(
+            rows,
+            real,
+            transpose != self._transpose,
+            block_size=chosen.block_size or 1,
+            algorithm=chosen.algorithm,
+        )
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
