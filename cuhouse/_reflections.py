@@ -257,9 +257,8 @@ class Reflections(_Cached):
         memory first. On the generic path (neither NumPy nor CuPy) every row is
         brought into range by :func:`cuhouse._generic.form` without a host
         synchronization, ``scaled`` is that per-row scale and ``limits`` is
-        ``None``: X's columns are not scaled (that decision reads the data on
-        the host), so a column whose norm is near the dtype's overflow or
-        underflow threshold is not guarded there.
+        ``None``: with no test on the host, every column of X is scaled to its
+        binade instead (see ``householder._apply_scaled``).
         """
         key = (chosen.algorithm, chosen.block_size, dtype, layout)
         if key not in self._forms:
