@@ -17,6 +17,8 @@ synchronization, so torch autograd and ``torch.func`` go through it.
   (every path's ``contributions`` uses it).
 """
 
+import math
+
 import numpy
 
 from . import _validate
@@ -96,18 +98,19 @@ def form(core, algorithm, block_size, dtype):
     """``(form, scale)``: the :mod:`cuhouse.algorithms.portable` form of every reflection of
     ``core`` in ``dtype``, and the per-row ``scale`` ``(..., n)`` applied first.
 
-    A row whose sum of squares would leave ``dtype``'s safe range is divided by
-    its largest magnitude (a reflection does not change when its vector is
-    scaled); every other row is used as stored (scale 1). Computed without a
-    host synchronization. Cost: O(n d) plus the build.
+    A row whose sum of squares could leave ``dtype``'s safe range (judged from its
+    largest magnitude ``b``, since ``b^2 <= sum of squares <= d b^2``, so that
+    nothing overflows on the way) is divided by ``b`` (a reflection does not
+    change when its vector is scaled); every other row is used as stored (scale
+    1). Computed without a host synchronization. Cost: O(n d) plus the build.
     """
     xp = core.xp
     rows = joined([full_rows(core.params[s.param], s, dtype, xp) for s in core.segments], xp)
     info = xp.finfo(dtype)
-    sumsq = xp.sum(rows * rows, axis=-1)
     biggest = xp.max(xp.abs(rows), axis=-1)
-    safe = ((sumsq >= info.smallest_normal / info.eps) & (sumsq <= info.max * info.eps)) | (biggest == 0)
-    one = xp.ones_like(sumsq)
+    low, high = math.sqrt(info.smallest_normal / info.eps), math.sqrt(info.max * info.eps / rows.shape[-1])
+    safe = ((biggest >= low) & (biggest <= high)) | (biggest == 0)
+    one = xp.ones_like(biggest)
     scale = xp.where(safe, one, one / xp.where(biggest == 0, one, biggest))
     return portable.build(rows * scale[..., None], block_size, xp, algorithm), scale
 

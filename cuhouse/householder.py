@@ -260,7 +260,7 @@ class HouseholderProduct(Operator):
         LAPACK's complex factors the vectors alone do not give the product: each factor's
         eigenvalue is kept too (see :meth:`from_lapack`)."""
         v = self._core.vectors
-        v = v[..., ::-1, :] if self._transpose else v
+        v = self._xp.flip(v, axis=-2) if self._transpose else v  # a view on NumPy and CuPy, a copy on torch
         return read_only(self._xp.conj(v)) if self._conjugate else v
 
     @property
