@@ -14,7 +14,9 @@ synchronization, so torch autograd and ``torch.func`` go through it.
   torch, when a gradient is recorded, the scaled rows go to
   :func:`cuhouse._torch.matmul` instead;
 * :func:`contributions`: the gradient with respect to those rows taken back
-  to the leaf arrays (strictly lower part of a ``geqrf`` array).
+  to the leaf arrays (strictly lower part of a ``geqrf`` array);
+* :func:`segment_parts`: a gradient w.r.t. joined rows split back by segment
+  (every path's ``contributions`` uses it).
 """
 
 import math
@@ -103,7 +105,8 @@ def rows(core, dtype):
 def row_scale(rows, xp):
     """The per-row scale ``(..., n)`` that brings ``rows`` ``(..., n, d)`` into the safe range: a row
     whose largest magnitude b leaves ``[sqrt(tiny / eps), sqrt(max eps / d)]`` (where its sum of
-    squares could leave the dtype's safe range) is divided by b (a reflection does not change when
+    squares could leave the dtype's safe range, since ``b^2 <= sum of squares <= d b^2``; judged
+    from b, so that nothing overflows on the way) is divided by b (a reflection does not change when
     its vector is scaled); every other row, and a zero row, gets 1. No host synchronization.
     Cost: two passes over ``rows``.
     """
@@ -124,6 +127,20 @@ def form(core, algorithm, block_size, dtype):
     return portable.build(full * scale[..., None], block_size, core.xp, algorithm), scale
 
 
+def segment_parts(dv, segments, params, xp, per_factor=1):
+    """``(segment, leaf, part)`` for each segment of ``segments``: its rows of ``dv`` ``(..., N, d)`` (the
+    gradient w.r.t. the joined rows, ``per_factor`` rows per factor: 2 for realified complex
+    factors), in the leaf's stored order (a transposed run flipped back). Views where the library
+    has them. O(number of segments)."""
+    start = 0
+    for segment in segments:
+        leaf = params[segment.param]
+        n = per_factor * (leaf.shape[-2] if segment.k is None else segment.k)
+        part = dv[..., start : start + n, :]
+        start += n
+        yield segment, leaf, xp.flip(part, axis=-2) if segment.transpose else part
+
+
 def contributions(core, dv, scale):
     """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the scaled rows of :func:`form`.
 
@@ -133,16 +150,10 @@ def contributions(core, dv, scale):
     strictly lower part, zero for identity factors and in its columns past k.
     """
     xp = core.xp
-    dv = dv * scale[..., None]
-    pairs, start = [], 0
-    for segment in core.segments:
-        leaf = core.params[segment.param]
-        n = leaf.shape[-2] if segment.k is None else segment.k
-        part = dv[..., start : start + n, :]
-        start += n
-        if segment.transpose:
-            part = xp.flip(part, axis=-2)
+    pairs = []
+    for segment, leaf, part in segment_parts(dv * scale[..., None], core.segments, core.params, xp):
         if segment.k is not None:
+            n = segment.k
             rows, cols = leaf.shape[-2:]
             part = xp.where(_strict_upper(n, rows, xp, device_of(part)), part, xp.zeros_like(part))
             if segment.identity is not None:
