@@ -28,17 +28,17 @@ form holds its T matrices (``n k`` entries). Every kept form is dropped by
 the same choices).
 
 The hot path (:func:`matmul`): a NumPy ``H @ X`` or ``X @ H`` whose column
-count has the dense H kept runs one GEMM and one sum over the result, whose
-finiteness says at once that X was finite and that nothing overflowed (an
-orthogonal H's entries are at most 1 in size; every entry of a column with a
-NaN or an infinity is NaN or infinite). Anything else (a non-finite result,
-another dtype, a wrong shape) returns ``None`` and the general path decides,
-raising or scaling as it would, with the same plan. Thread-safe: the kept
-dense H is stored with one dictionary assignment; two threads building the
-same form build it twice and keep one (the same bits).
+count has the dense H kept runs one GEMM, after one reduction over X whose
+bound says that X is finite and that nothing can overflow. Anything else
+(NaN, large entries, another dtype, a wrong shape) returns ``None`` and the
+general path decides, raising or scaling as it would, with the same plan.
+Thread-safe: the kept dense H is stored with one dictionary assignment; two
+threads building the same form build it twice and keep one (the same bits).
 """
 
 import functools
+
+import numpy
 
 from . import _memory, calibration, plan
 from ._reflections import DENSE_WORKSPACE
@@ -46,6 +46,7 @@ from ._reflections import DENSE_WORKSPACE
 KEEP_FACTOR = 2  # the dense H may hold up to this many times the reflections' entries ...
 KEEP_MIN = 1 << 16  # ... or this many entries, whichever is larger
 HOT_SIZES = 64  # column counts remembered per reflections for the hot path
+_largest = numpy.maximum.reduce  # the ufunc's reduction itself: no Python layer of ndarray.max
 
 
 def dense_fits(d, n):
@@ -111,19 +112,28 @@ def _dense_memory_fits(core, d, dtype):
 
 
 def remember(core, m, form):
-    """Keep the dense ``form``'s matrix for the hot path of products with ``m`` columns (one NumPy
-    matrix of the reflections' own dtype; at most :data:`HOT_SIZES` column counts)."""
-    if core.small is not None and form.h.dtype == core.dtype and (m in core._hot or len(core._hot) < HOT_SIZES):
-        core._hot[m] = form.h
+    """Keep the dense ``form``'s matrix for the hot path of products with ``m >= 1`` columns (one NumPy
+    matrix of the reflections' own dtype; at most :data:`HOT_SIZES` column counts): ``(H, H^T, bound)``
+    with ``bound = max / (2 d)`` the dtype's largest value over 2d."""
+    h = form.h
+    if core.small is not None and h.dtype == core.dtype and m and (m in core._hot or len(core._hot) < HOT_SIZES):
+        core._hot[m] = (h, h.T, float(numpy.finfo(h.dtype).max) / (2 * h.shape[-1]))
 
 
 def matmul(op, x, left):
     """``op @ x`` (``x @ op`` when not ``left``) for a NumPy ``x`` by the kept dense H, or ``None``.
 
     ``x``: an ``ndarray`` ``(d,)`` or ``(d, m)`` (``(m, d)`` on the right) of the
-    reflections' dtype, whose column count has the dense H kept. Cost: one GEMM
-    of ``2 d^2 m`` flops and one pass over the result; the result is a new
-    C-contiguous array.
+    reflections' dtype, whose column count has the dense H kept, with every
+    entry of size below ``bound`` (:func:`remember`): then X is finite and
+    no entry of the result, at most ``d max|x| < max / 2`` in size (an
+    orthogonal H's entries are at most 1), overflows, so no floating-point
+    warning either. Underflow needs no scaling here: with gradual underflow
+    the GEMM's error stays ``O(d eps)`` times the column's norm for a column
+    of normal size. Anything else returns ``None`` (the general path decides,
+    raising or scaling as it would). Cost: one pass over X (its largest
+    entry in size, through a temporary ``|X|``) and one GEMM of ``2 d^2 m``
+    flops; the result is a new C-contiguous array.
     """
     hot = op._core._hot
     if not hot or op.algorithm != "auto" or op.block_size is not None:  # pinned on this view: not kept
@@ -135,13 +145,12 @@ def matmul(op, x, left):
         rows, m = shape[0], 1
     else:
         return None
-    h = hot.get(m)
-    if h is None or x.dtype != h.dtype or rows != h.shape[0]:
+    kept = hot.get(m)
+    if kept is None:
+        return None
+    h, ht, bound = kept
+    if x.dtype != h.dtype or rows != h.shape[0] or not _largest(abs(x), None) < bound:  # NaN fails too
         return None
     if op._transpose:
-        h = h.T
-    out = h @ x if left else x @ h
-    total = out.sum()
-    if total - total != 0:  # NaN or infinity: X was not finite, or a value overflowed
-        return None
-    return out
+        h = ht
+    return h @ x if left else x @ h
