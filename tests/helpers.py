@@ -203,3 +203,46 @@ def native_only(xp, what):
 def matmul(a, b):
     """``a @ b``, through :func:`cuhouse.matmul` (array_api_strict's ``@`` refuses a cuhouse matrix)."""
     return ch.matmul(a, b)
+
+
+# ----------------------------------- backend-neutral inputs and results (every backend of ``any_xp``)
+def backend_name(xp):
+    """The backend's name as ``HouseholderProduct.backend`` spells it: numpy, cupy, torch, array_api_strict."""
+    return getattr(xp, "name", xp.__name__)
+
+
+def on(xp, *arrays, dtype=None):
+    """NumPy data (arrays, lists, scalars) as arrays of ``xp`` (optionally of ``dtype``, a NumPy dtype):
+    one array for one argument, a tuple for several. Inputs are drawn with NumPy's rng and moved here."""
+    moved = tuple(xp.asarray(numpy.array(a, dtype=dtype)) for a in arrays)  # a writable copy: torch warns on others
+    return moved[0] if len(moved) == 1 else moved
+
+
+def dtype_name(a):
+    """The NumPy name of an array's or a cuhouse matrix's dtype on any backend (``torch.float32`` -> ``float32``)."""
+    return str(a.dtype).rsplit(".", 1)[-1]
+
+
+def assert_allclose(actual, expected, **tolerances):
+    """``numpy.testing.assert_allclose`` on the host: either side may be an array of any backend."""
+    numpy.testing.assert_allclose(to_numpy(actual), to_numpy(expected), **tolerances)
+
+
+def assert_equal(actual, expected):
+    """``numpy.testing.assert_array_equal`` on the host: either side may be an array of any backend."""
+    numpy.testing.assert_array_equal(to_numpy(actual), to_numpy(expected))
+
+
+def rmatmul(x, a):
+    """``x @ a`` for an array ``x`` and a cuhouse matrix ``a``; through :func:`cuhouse.matmul` on
+    array_api_strict, whose ``@`` refuses a foreign operand (elsewhere the reflected ``__rmatmul__`` runs)."""
+    return ch.matmul(x, a) if type(x).__module__.startswith("array_api_strict") else x @ a
+
+
+def needs_algorithm(xp, algorithm):
+    """Skip the test where ``algorithm`` does not run on ``xp`` (``fasth`` is NumPy/CuPy only; its
+    refusal on the generic path is tested in ``test_backends.py``)."""
+    from cuhouse.algorithms import portable
+
+    if algorithm not in ("auto",) + portable.ALGORITHMS:
+        native_only(xp, "algorithm={!r}".format(algorithm))
