@@ -115,8 +115,10 @@ def remember(core, m, form):
     """Keep the dense ``form``'s matrix for the hot path of products with ``m >= 1`` columns (one NumPy
     matrix of the reflections' own dtype; at most :data:`HOT_SIZES` column counts): ``(H, H^T, bound)``
     with ``bound = max / (2 d)`` the dtype's largest value over 2d."""
+    if core.small is None or not m or (m not in core._hot and len(core._hot) >= HOT_SIZES):
+        return
     h = form.h
-    if core.small is not None and h.dtype == core.dtype and m and (m in core._hot or len(core._hot) < HOT_SIZES):
+    if h.dtype == core.dtype:
         core._hot[m] = (h, h.T, float(numpy.finfo(h.dtype).max) / (2 * h.shape[-1]))
 
 

@@ -612,10 +612,11 @@ class HouseholderProduct(Operator):
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
         core = self._real_core()
         layout = self._core.layout_for(differentiable)
-        if self._reused(differentiable):
+        reused = self._reused(differentiable)
+        if reused:
             chosen = _reuse.choose(core, chosen, columns.shape[-1], columns.dtype, layout, self._plan_backend())
         built = core.form(chosen, columns.dtype, layout)
-        if chosen.algorithm == "dense" and core is self._core:
+        if reused and chosen.algorithm == "dense" and core is self._core:
             _reuse.remember(core, columns.shape[-1], built[0])
         module = PLANS[chosen.algorithm] if core.native else portable
         return module, chosen, built, transpose != self._transpose

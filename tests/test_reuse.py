@@ -209,3 +209,16 @@ def test_prepare_reuse_takes_a_boolean():
     h = ch.HouseholderProduct(numpy.eye(3)[:1])
     with pytest.raises(TypeError, match="reuse must be True or False, got 'yes' of type str"):
         h.prepare_reuse("yes")
+
+
+def test_without_the_declaration_nothing_is_kept():
+    rng = numpy.random.default_rng(9)
+    v, x = rng.standard_normal((8, 8)), rng.standard_normal((8, 2))
+    first = ch.HouseholderProduct(v) @ x
+    for algorithm in ("dense", "auto"):
+        h = ch.HouseholderProduct(v, algorithm=algorithm)
+        for _ in range(3):
+            h @ x
+        assert not h._core._hot and h._core.reuse is False
+    h.algorithm = "auto"
+    numpy.testing.assert_array_equal(h @ x, first)
