@@ -100,7 +100,7 @@ def check_vjp(fun, primals, vjp, *, seed=1, step=1e-6, rtol=1e-6, xp=numpy, mask
 
     def draw(like):
         t = rng.standard_normal(like.shape)
-        if numpy.dtype(like.dtype).kind == "c":
+        if dtype_of(like).kind == "c":
             t = t + 1j * rng.standard_normal(like.shape)
         return xp.asarray(t)
 
@@ -137,7 +137,7 @@ def check_matmul_vjp(make, leaves, x, side="left", xp=numpy, **options):
 
     def fun(*primals):
         a, operand = make(*primals[:-1]), primals[-1]
-        return a @ operand if side == "left" else operand @ a
+        return ch.matmul(a, operand) if side == "left" else ch.matmul(operand, a)
 
     check_vjp(fun, (*leaves, x), grads, xp=xp, **options)
 
@@ -169,8 +169,8 @@ class Library:
     def asarray(self, a, dtype=None):
         if isinstance(a, numpy.ndarray) and dtype is not None:
             a = a.astype(dtype)
-        if isinstance(a, numpy.ndarray):
-            return self._namespace.asarray(numpy.ascontiguousarray(a))
+        if isinstance(a, numpy.ndarray):  # numpy.array, not ascontiguousarray, which makes a 0-d array 1-d
+            return self._namespace.asarray(numpy.array(a, order="C"))
         return self._namespace.asarray(a) if dtype is None else self._namespace.asarray(a, dtype=self._dtype(dtype))
 
     def _dtype(self, dtype):
@@ -203,3 +203,29 @@ def native_only(xp, what):
 def matmul(a, b):
     """``a @ b``, through :func:`cuhouse.matmul` (array_api_strict's ``@`` refuses a cuhouse matrix)."""
     return ch.matmul(a, b)
+
+
+# ------------------------------------------- backend-neutral checks (tests2: spectral, complex, fuzz, ...)
+def dtype_of(a):
+    """The NumPy dtype of an array, a cuhouse matrix or a dtype of any library (``torch.float32`` ->
+    ``float32``), so that one assertion compares dtypes on every backend."""
+    dtype = getattr(a, "dtype", a)
+    try:
+        return numpy.dtype(dtype)
+    except TypeError:
+        return numpy.dtype(str(dtype).rsplit(".", 1)[-1])
+
+
+def rmatmul(x, a):
+    """``x @ a`` for an array ``x`` and a cuhouse matrix ``a``: by the ``@`` operator where the array's
+    library defers to cuhouse (NumPy, CuPy, torch), by :func:`cuhouse.matmul` where it refuses a
+    foreign operand (array_api_strict)."""
+    if type(x).__module__.startswith("array_api_strict"):
+        return ch.matmul(x, a)
+    return x @ a
+
+
+def examples(xp, numpy_examples):
+    """How many hypothesis examples a property test runs on ``xp``: all of them on NumPy and CuPy, a
+    quarter (at least 5) on the generic path, whose Python overhead per call is larger."""
+    return numpy_examples if getattr(xp, "native", True) else max(5, numpy_examples // 4)
