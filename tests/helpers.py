@@ -100,7 +100,7 @@ def check_vjp(fun, primals, vjp, *, seed=1, step=1e-6, rtol=1e-6, xp=numpy, mask
 
     def draw(like):
         t = rng.standard_normal(like.shape)
-        if dtype_of(like).kind == "c":
+        if numpy.dtype(dtype_name(like)).kind == "c":
             t = t + 1j * rng.standard_normal(like.shape)
         return xp.asarray(t)
 
@@ -205,26 +205,50 @@ def matmul(a, b):
     return ch.matmul(a, b)
 
 
-# ------------------------------------------- backend-neutral checks (tests2: spectral, complex, fuzz, ...)
-def dtype_of(a):
-    """The NumPy dtype of an array, a cuhouse matrix or a dtype of any library (``torch.float32`` ->
-    ``float32``), so that one assertion compares dtypes on every backend."""
-    dtype = getattr(a, "dtype", a)
-    try:
-        return numpy.dtype(dtype)
-    except TypeError:
-        return numpy.dtype(str(dtype).rsplit(".", 1)[-1])
+# ----------------------------------- backend-neutral inputs and results (every backend of ``any_xp``)
+def backend_name(xp):
+    """The backend's name as ``HouseholderProduct.backend`` spells it: numpy, cupy, torch, array_api_strict."""
+    return getattr(xp, "name", xp.__name__)
+
+
+def on(xp, *arrays, dtype=None):
+    """NumPy data (arrays, lists, scalars) as arrays of ``xp`` (optionally of ``dtype``, a NumPy dtype):
+    one array for one argument, a tuple for several. Inputs are drawn with NumPy's rng and moved here."""
+    moved = tuple(xp.asarray(numpy.array(a, dtype=dtype)) for a in arrays)  # a writable copy: torch warns on others
+    return moved[0] if len(moved) == 1 else moved
+
+
+def dtype_name(a):
+    """The NumPy name of an array's or a cuhouse matrix's dtype on any backend (``torch.float32`` -> ``float32``)."""
+    return str(a.dtype).rsplit(".", 1)[-1]
+
+
+def assert_allclose(actual, expected, **tolerances):
+    """``numpy.testing.assert_allclose`` on the host: either side may be an array of any backend."""
+    numpy.testing.assert_allclose(to_numpy(actual), to_numpy(expected), **tolerances)
+
+
+def assert_equal(actual, expected):
+    """``numpy.testing.assert_array_equal`` on the host: either side may be an array of any backend."""
+    numpy.testing.assert_array_equal(to_numpy(actual), to_numpy(expected))
 
 
 def rmatmul(x, a):
-    """``x @ a`` for an array ``x`` and a cuhouse matrix ``a``: by the ``@`` operator where the array's
-    library defers to cuhouse (NumPy, CuPy, torch), by :func:`cuhouse.matmul` where it refuses a
-    foreign operand (array_api_strict)."""
-    if type(x).__module__.startswith("array_api_strict"):
-        return ch.matmul(x, a)
-    return x @ a
+    """``x @ a`` for an array ``x`` and a cuhouse matrix ``a``; through :func:`cuhouse.matmul` on
+    array_api_strict, whose ``@`` refuses a foreign operand (elsewhere the reflected ``__rmatmul__`` runs)."""
+    return ch.matmul(x, a) if type(x).__module__.startswith("array_api_strict") else x @ a
 
 
+def needs_algorithm(xp, algorithm):
+    """Skip the test where ``algorithm`` does not run on ``xp`` (``fasth`` is NumPy/CuPy only; its
+    refusal on the generic path is tested in ``test_backends.py``)."""
+    from cuhouse.algorithms import portable
+
+    if algorithm not in ("auto",) + portable.ALGORITHMS:
+        native_only(xp, "algorithm={!r}".format(algorithm))
+
+
+# ------------------------------------------- backend-neutral checks (tests2: spectral, complex, fuzz, ...)
 def examples(xp, numpy_examples):
     """How many hypothesis examples a property test runs on ``xp``: all of them on NumPy and CuPy, a
     quarter (at least 5) on the generic path, whose Python overhead per call is larger."""
