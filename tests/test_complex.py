@@ -14,7 +14,17 @@ import pytest
 import scipy.linalg
 import scipy.optimize
 import scipy.sparse.linalg
-from helpers import backend_name, check_matmul_vjp, dtype_name, matmul_vjp, needs_algorithm, rmatmul, to_numpy
+from helpers import (
+    COMPLEX_GENERIC,
+    backend_name,
+    check_matmul_vjp,
+    dtype_name,
+    matmul_vjp,
+    needs_algorithm,
+    refuses_complex,
+    rmatmul,
+    to_numpy,
+)
 
 import cuhouse as ch
 
@@ -49,26 +59,6 @@ def lapack_reference(a, tau):
         v[i + 1 :] = a[i + 1 :, i]
         q = q @ (numpy.eye(m) - t * numpy.outer(v, v.conj()))
     return q
-
-
-# The generic path's libraries that take complex data. The others refuse it with a TypeError, which each
-# test asserts instead (``refuses_complex``).
-COMPLEX_GENERIC = ()
-
-
-def refuses_complex(xp):
-    """False on NumPy, CuPy and the libraries of ``COMPLEX_GENERIC``. Elsewhere assert that complex data
-    is refused (a ``TypeError`` naming the argument, its dtype and the backends that take it) and
-    return True: the test then ends."""
-    if getattr(xp, "native", True) or backend_name(xp) in COMPLEX_GENERIC:
-        return False
-    with pytest.raises(
-        TypeError,
-        match=r"^vectors has dtype \S*complex128; complex dtypes run on NumPy and CuPy only: arrays of {} run "
-        r"the generic path".format(backend_name(xp)),
-    ):
-        ch.HouseholderProduct(xp.asarray(crandn(numpy.random.default_rng(0), 2, 3)))
-    return True
 
 
 def on_backend(xp, matrix):
