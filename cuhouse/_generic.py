@@ -69,6 +69,8 @@ def read_geqrf(a, tau, xp, check_finite):
                 "tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
                 "geqrf returns; got values that do not make orthogonal reflectors"
             )
+    if identity.shape[:-1] != a.shape[:-2]:  # the batch of a and tau broadcast, as in numpy.matmul
+        identity = xp.broadcast_to(identity, numpy.broadcast_shapes(a.shape[:-2], identity.shape[:-1]) + (k,))
     return a, k, identity, dtype
 
 
