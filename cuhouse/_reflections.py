@@ -8,6 +8,7 @@ leaf arrays, and nothing of the public class.
 """
 
 from collections import namedtuple
+from types import MappingProxyType
 
 import numpy
 
@@ -36,6 +37,8 @@ class _Cached:
     unpickling), a Dask token of the same state, and the array module of the backend name."""
 
     _CACHES = ()
+    _hot = MappingProxyType({})  # no kept dense H for the hot path of cuhouse._reuse (Reflections keeps its own)
+    reuse = False  # HouseholderProduct.prepare_reuse(): products run the form fastest per product (cuhouse._reuse)
 
     def __init__(self, backend, params, segments, check_finite, dtype):
         self.backend = backend
@@ -75,7 +78,7 @@ class Reflections(_Cached):
     It pickles without its caches, and with its backend as a name.
     """
 
-    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms")
+    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms", "_hot")
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
         super().__init__(backend, params, segments, check_finite, dtype)
@@ -91,6 +94,7 @@ class Reflections(_Cached):
         self._safe = None
         self._shape = None
         self._forms = {}
+        self._hot = {}  # the kept dense H by column count, for the NumPy hot path (cuhouse._reuse)
 
     @property
     def native(self):
@@ -257,9 +261,8 @@ class Reflections(_Cached):
         memory first. On the generic path (neither NumPy nor CuPy) every row is
         brought into range by :func:`cuhouse._generic.form` without a host
         synchronization, ``scaled`` is that per-row scale and ``limits`` is
-        ``None``: X's columns are not scaled (that decision reads the data on
-        the host), so a column whose norm is near the dtype's overflow or
-        underflow threshold is not guarded there.
+        ``None``: with no test on the host, every column of X is scaled to its
+        binade instead (see ``householder._apply_scaled``).
         """
         key = (chosen.algorithm, chosen.block_size, dtype, layout)
         if key not in self._forms:
@@ -304,14 +307,8 @@ class Reflections(_Cached):
         if scaled is not None:
             unit, norms = scaled
             dv = _normalize.raw_gradient(dv, unit.astype(dv.dtype, copy=False), norms.astype(dv.dtype, copy=False), xp)
-        contributions, start = [], 0
-        for segment in self.segments:
-            leaf = self.params[segment.param]
-            n = leaf.shape[-2] if segment.k is None else segment.k
-            part = dv[..., start : start + n, :]
-            start += n
-            if segment.transpose:
-                part = part[..., ::-1, :]
+        contributions = []
+        for segment, leaf, part in _generic.segment_parts(dv, self.segments, self.params, xp):
             if segment.k is not None:
                 if scaled is not None or len(self.segments) > 1:  # full rows: keep the stored entries only
                     part = _layout.structured(part.copy(), _layout.UNIT, xp)
@@ -430,14 +427,9 @@ class ComplexReflections(_Cached):
         lower part of a ``geqrf`` leaf; a real leaf gets the real part. Cost: O(n d)."""
         xp = self.xp
         ((_, dv),) = self.real.contributions(dv, scaled)
-        contributions, start = [], 0
-        for segment, (p, q) in zip(self.segments, self._pairs):
-            leaf = self.params[segment.param]
-            n = self._rows_shape(segment)[-2]
-            part = dv[..., start : start + 2 * n, :]
-            start += 2 * n
-            if segment.transpose:
-                part = part[..., ::-1, :]
+        contributions = []
+        parts = _generic.segment_parts(dv, self.segments, self.params, xp, per_factor=2)
+        for (segment, leaf, part), (p, q) in zip(parts, self._pairs):
             grad = _complex.pair_gradient(part, p, q, xp)
             if segment.conjugate:
                 grad = xp.conj(grad)

@@ -84,9 +84,9 @@ def test_columns_vmap_and_vmap_of_grad_against_a_loop(many_blocks):
 
 
 def test_cost_rule():
-    """The Function for many reflections of a square or nearly square Q; _wy's product otherwise."""
+    """The Function for many reflections of a square or nearly square Q; the compact-WY product otherwise."""
     assert _columns.cheaper(256, 256, 256) and _columns.cheaper(1024, 1024, 1024)
-    assert not _columns.cheaper(128, 128, 128)  # one block of _wy's: its autograd tape
+    assert not _columns.cheaper(128, 128, 128)  # one block of the compact-WY product: its autograd tape
     assert not _columns.cheaper(200, 4096, 200)  # k << d: carrying Q and G is cheaper than a d x d K
     this, wy = _columns.flops(1024, 1024, 1024)
     assert this < 0.7 * wy
@@ -97,7 +97,7 @@ LINEARS = {"square": (6, 6), "tall": (4, 7), "wide": (7, 5)}
 
 @pytest.mark.parametrize("shape", LINEARS)
 def test_orthogonal_uses_the_function_and_agrees_with_the_product(monkeypatch, shape):
-    """orthogonal() through _columns and through _wy's product: same weight, same gradient."""
+    """orthogonal() through _columns and through the compact-WY product: same weight, same gradient."""
     monkeypatch.setattr(_columns, "BLOCK", 2)
     torch.manual_seed(0)
     linear = cht.orthogonal(torch.nn.Linear(*LINEARS[shape], dtype=F64))
