@@ -125,13 +125,6 @@ class HouseholderProduct(Operator):
         self.algorithm = algorithm
         self.block_size = block_size
 
-    def _substitute(self, mapping):
-        """This product on other leaf arrays (see :meth:`cuhouse.Operator._substitute`). O(1)."""
-        core = self._core
-        params = tuple(mapping.get(id(p), p) for p in core.params)
-        new = Reflections(core.backend, params, core.segments, core.check_finite, core.dtype)
-        return self._view(new, self._transpose, self.algorithm, self.block_size, self._conjugate)
-
     @classmethod
     def _view(cls, core, transpose, algorithm, block_size, conjugate=False):
         obj = cls.__new__(cls)
@@ -640,8 +633,39 @@ class HouseholderProduct(Operator):
 
     def _matmat(self, columns, transpose):
         real, back = self._real_form(columns)
+        core = self._real_core()
+        if core.backend == "torch":
+            from . import _torch
+
+            if _torch.records_gradient(core.params, real):
+                return back(self._autograd(real, transpose))
         module, chosen, (form, _, limits), transpose = self._run(real, transpose, False)
         return back(_apply_scaled(module, chosen, form, real, transpose, limits, self._xp))
+
+    def _autograd(self, real, transpose):
+        """``H @ real`` (``H^T @ real``) on torch, differentiable by torch autograd to any order: the
+        full rows built from the leaves by differentiable torch operations, each row and each
+        column of X scaled by a power of two to its binade (exact), through the one Function
+        :func:`cuhouse._torch.matmul`. Both scales are constants (a reflection does not change
+        when its vector is scaled; H is linear), so this is exact to every order, and every
+        intermediate of the forward and of the backward (whose terms grow as 1 / |v|^2 times
+        the gradient) stays in range wherever the result and the gradient are.
+        Cost: the product's, plus O(n d + d m) for the rows, the columns and their scales."""
+        from . import _torch
+
+        core, xp = self._real_core(), self._xp
+        chosen = self._plan(real.shape[-1], real.dtype, True)
+        rows = _generic.rows(core, real.dtype)
+        rows = rows * _scaling.column_factors(rows.detach().mT, xp).mT
+        factors = _scaling.column_factors(real.detach(), xp)
+        out = _torch.matmul(
+            rows,
+            real * factors,
+            transpose != self._transpose,
+            block_size=chosen.block_size or 1,
+            algorithm=chosen.algorithm,
+        )
+        return out / factors
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
