@@ -103,8 +103,13 @@ class HouseholderProduct(Operator):
         xp = array_module(vectors)
         v = _validate.vectors(vectors, xp)
         segments = (Segment(0, False, None, None),)
-        if _complex.is_complex(v.dtype):  # NumPy and CuPy only: the generic path refuses complex input
-            _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
+        if _complex.is_complex(v.dtype):  # unitary: run realified (cuhouse._complex)
+            if is_native(xp):
+                _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
+            else:
+                _generic_algorithm(algorithm)
+                if check_finite:  # the generic path: no host synchronization with check_finite=False
+                    _validate.vector_norms(_generic.row_norms(xp.abs(v), xp), xp, True)
             core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
         elif is_native(xp):
             norms = primitives.row_norms(v, xp)
@@ -129,7 +134,7 @@ class HouseholderProduct(Operator):
         """This product on other leaf arrays (see :meth:`cuhouse.Operator._substitute`). O(1)."""
         core = self._core
         params = tuple(mapping.get(id(p), p) for p in core.params)
-        new = Reflections(core.backend, params, core.segments, core.check_finite, core.dtype)
+        new = type(core)(core.backend, params, core.segments, core.check_finite, core.dtype)  # unitary stays unitary
         return self._view(new, self._transpose, self.algorithm, self.block_size, self._conjugate)
 
     @classmethod
@@ -202,7 +207,8 @@ class HouseholderProduct(Operator):
             a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
         else:
             _generic_algorithm(algorithm)
-            (a, k, identity, dtype), norms, phase = _generic.read_geqrf(a, tau, xp, bool(check_finite)), None, None
+            a, k, identity, dtype, phase = _generic.read_geqrf(a, tau, xp, bool(check_finite))
+            norms = None
         if phase is not None:
             segment = Segment(0, False, k, identity, False, phase)
             core = ComplexReflections(backend_name(xp), (a,), (segment,), bool(check_finite), dtype)
@@ -399,7 +405,7 @@ class HouseholderProduct(Operator):
         if self._unitary:
             det = self._core.det()
             det = xp.conj(det) if self._transpose != self._conjugate else det
-            return xp.broadcast_to(xp.asarray(det, dtype=self.dtype), batch).copy()
+            return copy(xp.broadcast_to(astype(det, self.dtype, xp), batch), xp)
         identities = self._core.identity_count()
         if identities is not None:
             count = self.n_reflections - identities
