@@ -8,11 +8,22 @@ leaf arrays, and nothing of the public class.
 """
 
 from collections import namedtuple
+from types import MappingProxyType
 
 import numpy
 
 from . import _complex, _generic, _memory, _validate
-from ._backend import astype, creation_kwargs, device_of, is_native, library_dtype, module_named, read_only, swap
+from ._backend import (
+    astype,
+    creation_kwargs,
+    device_of,
+    is_native,
+    is_torch,
+    library_dtype,
+    module_named,
+    read_only,
+    swap,
+)
 from ._gpu import primitives
 from .algorithms import PLANS, _layout, _normalize, _scaling
 
@@ -36,6 +47,8 @@ class _Cached:
     unpickling), a Dask token of the same state, and the array module of the backend name."""
 
     _CACHES = ()
+    _hot = MappingProxyType({})  # no kept dense H for the hot path of cuhouse._reuse (Reflections keeps its own)
+    reuse = False  # HouseholderProduct.prepare_reuse(): products run the form fastest per product (cuhouse._reuse)
 
     def __init__(self, backend, params, segments, check_finite, dtype):
         self.backend = backend
@@ -75,7 +88,7 @@ class Reflections(_Cached):
     It pickles without its caches, and with its backend as a name.
     """
 
-    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms")
+    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms", "_hot")
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
         super().__init__(backend, params, segments, check_finite, dtype)
@@ -91,6 +104,7 @@ class Reflections(_Cached):
         self._safe = None
         self._shape = None
         self._forms = {}
+        self._hot = {}  # the kept dense H by column count, for the NumPy hot path (cuhouse._reuse)
 
     @property
     def native(self):
@@ -401,24 +415,33 @@ class ComplexReflections(_Cached):
             self._vectors = read_only(parts[0].copy() if len(parts) == 1 else xp.concatenate(parts, axis=-2))
         return self._vectors
 
+    def paired_rows(self):
+        """``(rows, pairs)``: the realified rows ``(..., 2n, 2d)`` in product order
+        (:func:`cuhouse._complex.pair_rows` of every segment) and each segment's units ``(p, q)``,
+        computed now from the leaves (differentiable on torch). O(n d)."""
+        xp = self.xp
+        parts, pairs = [], []
+        for segment in self.segments:
+            rows, phase = self._rows_of(segment)
+            paired, p, q = _complex.pair_rows(rows, phase, xp)
+            pairs.append((p, q))
+            parts.append(xp.flip(paired, axis=-2) if segment.transpose else paired)
+        if not self.native:
+            return _generic.joined(parts, xp), pairs
+        batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
+        parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
+        rows = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-2)
+        return xp.ascontiguousarray(rows), pairs
+
     @property
     def real(self):
-        """The :class:`Reflections` of the realified rows ``(..., 2n, 2d)``. Built once."""
+        """The :class:`Reflections` of the realified rows ``(..., 2n, 2d)``. Built once (on torch
+        without a graph: a product that records a gradient realifies afresh, see
+        ``HouseholderProduct._autograd``)."""
         if self._real is None:
-            xp = self.xp
-            parts, pairs = [], []
-            for segment in self.segments:
-                rows, phase = self._rows_of(segment)
-                paired, p, q = _complex.pair_rows(rows, phase, xp)
-                pairs.append((p, q))
-                parts.append(xp.flip(paired, axis=-2) if segment.transpose else paired)
-            if self.native:
-                batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
-                parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
-                rows = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-2)
-                rows = xp.ascontiguousarray(rows)
-            else:
-                rows = _generic.joined(parts, xp)
+            rows, pairs = self.paired_rows()
+            if is_torch(self.xp):
+                rows, pairs = rows.detach(), [(p.detach(), q.detach()) for p, q in pairs]
             real = Reflections(self.backend, (rows,), (Segment(0, False, None, None),), self.check_finite, rows.dtype)
             self._real, self._pairs = real, pairs
         return self._real
