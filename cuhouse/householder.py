@@ -470,19 +470,15 @@ class HouseholderProduct(Operator):
 
     # ------------------------------------------------------------- products
     def __matmul__(self, other):
-        if type(other) is numpy.ndarray:  # the kept dense H (cuhouse._reuse), then the small-size path
-            out = _reuse.matmul(self, other, True)
-            if out is None:
-                out = _small.matmul(self, other, "left")
+        if type(other) is numpy.ndarray:  # declared reuse: the kept dense H (cuhouse._reuse); else the small path
+            out = _reuse.matmul(self, other, True) if self._core.reuse else _small.matmul(self, other, "left")
             if out is not None:
                 return out
         return super().__matmul__(other)
 
     def __rmatmul__(self, other):
         if type(other) is numpy.ndarray:
-            out = _reuse.matmul(self, other, False)
-            if out is None:
-                out = _small.matmul(self, other, "right")
+            out = _reuse.matmul(self, other, False) if self._core.reuse else _small.matmul(self, other, "right")
             if out is not None:
                 return out
         return super().__rmatmul__(other)
