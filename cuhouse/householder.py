@@ -686,9 +686,12 @@ class HouseholderProduct(Operator):
             dv, dx, exponent = _backward_scaled(
                 module, form, out, self._real_form(dout)[0], transpose, limits, chosen.store_inputs, xp
             )
-            contributions = self._core.contributions(dv, scaled)
-            if exponent is not None:  # scaled back only now: the unit rows' gradient is divided by their norms
-                contributions = [(leaf, _unscale(g, exponent, limits, xp)) for leaf, g in contributions]
+            row_scale = scaled
+            if limits is None:  # the generic path: the rows' scale and out's and dout's, as two halves
+                dv, row_scale = _generic_unscale(dv, scaled, exponent, xp)
+            contributions = self._core.contributions(dv, row_scale)
+            if exponent is not None and limits is not None:  # only now: unit rows' gradients are divided by norms
+                contributions = [(leaf, _scaling.unscale(g, exponent, xp)) for leaf, g in contributions]
             return contributions, reduce_to_shape(to_columns(dx), columns.shape)
 
         return to_columns(out), back
@@ -751,11 +754,20 @@ def _backward_scaled(module, form, out, dout, transpose, limits, store_inputs, x
     return dv, _scaling.unscale(dx, e_dout, xp), e_out + e_dout
 
 
-def _unscale(gradient, exponent, limits, xp):
-    """A gradient w.r.t. the rows scaled back by :func:`_backward_scaled`'s ``exponent``: in place
-    on NumPy and CuPy, divided by both factors in turn on the generic path (``limits`` ``None``;
-    exact unless the true gradient overflows). O(size)."""
-    if limits is None:
-        f_out, f_dout = exponent
-        return gradient / f_out / f_dout
-    return _scaling.unscale(gradient, exponent, xp)
+def _generic_unscale(dv, scale, factors, xp):
+    """``(dv', scale')`` with ``dv' * scale'[..., None] == dv * scale[..., None] / (f_out f_dout)``: the
+    generic path's gradient w.r.t. the rows ``dv`` ``(..., n, d)``, computed from rows multiplied by
+    ``scale`` ``(..., n)`` and out, dout multiplied by the powers of two ``factors``
+    (:func:`_backward_scaled`). The power of two of the whole factor is split into two halves, the
+    scale's mantissa kept with the second, so that no intermediate overflows or underflows where the
+    gradient does not (rows at 2^-99 with X at 2^33 and dout at 2^-27 gave inf in float32 when the
+    three were applied in turn); exact but for the one rounding of the mantissa's product. O(n d)."""
+    f_out, f_dout = factors
+    k = xp.floor(xp.log2(scale))
+    mantissa = scale / xp.full_like(scale, 2.0) ** k  # exact: a division by a power of two
+    exponent = k[..., :, None] - xp.log2(f_out) - xp.log2(f_dout)  # (..., n, 1), integers
+    bound = float(numpy.finfo(numpy_dtype(dv.dtype)).maxexp - 2)  # 2**+-bound are normal numbers
+    half = xp.clip(xp.floor(exponent / 2), min=-bound, max=bound)
+    rest = xp.clip(exponent - half, min=-bound, max=bound)
+    two = xp.full_like(exponent, 2.0)
+    return dv * two**half, mantissa * (two**rest)[..., 0]
