@@ -90,11 +90,6 @@ def as_array(x, name, xp, device=None):
             "devices: move it explicitly (e.g. with .to(device))".format(name, device_of(x), device)
         )
     check_dtype(x.dtype, name)
-    if not is_native(xp) and numpy_dtype(x.dtype).kind == "c":
-        raise TypeError(
-            "{} has dtype {}; complex dtypes run on NumPy and CuPy only: arrays of {} run the generic path, "
-            "which takes real data (float32, float64)".format(name, x.dtype, backend_name(xp))
-        )
     return x
 
 

@@ -103,8 +103,13 @@ class HouseholderProduct(Operator):
         xp = array_module(vectors)
         v = _validate.vectors(vectors, xp)
         segments = (Segment(0, False, None, None),)
-        if _complex.is_complex(v.dtype):  # NumPy and CuPy only: the generic path refuses complex input
-            _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
+        if _complex.is_complex(v.dtype):  # unitary: run realified (cuhouse._complex)
+            if is_native(xp):
+                _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
+            else:
+                _generic_algorithm(algorithm)
+                if check_finite:  # the generic path: no host synchronization with check_finite=False
+                    _validate.vector_norms(_generic.row_norms(xp.abs(v), xp), xp, True)
             core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
         elif is_native(xp):
             norms = primitives.row_norms(v, xp)
@@ -195,7 +200,8 @@ class HouseholderProduct(Operator):
             a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
         else:
             _generic_algorithm(algorithm)
-            (a, k, identity, dtype), norms, phase = _generic.read_geqrf(a, tau, xp, bool(check_finite)), None, None
+            a, k, identity, dtype, phase = _generic.read_geqrf(a, tau, xp, bool(check_finite))
+            norms = None
         if phase is not None:
             segment = Segment(0, False, k, identity, False, phase)
             core = ComplexReflections(backend_name(xp), (a,), (segment,), bool(check_finite), dtype)
@@ -312,8 +318,8 @@ class HouseholderProduct(Operator):
         xp = core.xp
         for segment in core.segments:
             param = core.params[segment.param]
-            if isinstance(core, Reflections) and not core.native:
-                norms = _generic.row_norms(_generic.full_rows(param, segment, core.dtype, xp), xp)
+            if not is_native(xp):
+                norms = _generic.row_norms(xp.abs(_generic.full_rows(param, segment, core.dtype, xp)), xp)
                 _validate.vector_norms(norms, xp, core.check_finite, allow_zero_rows=segment.k is not None)
                 continue
             if segment.k is None:
@@ -392,7 +398,7 @@ class HouseholderProduct(Operator):
         if self._unitary:
             det = self._core.det()
             det = xp.conj(det) if self._transpose != self._conjugate else det
-            return xp.broadcast_to(xp.asarray(det, dtype=self.dtype), batch).copy()
+            return copy(xp.broadcast_to(astype(det, self.dtype, xp), batch), xp)
         identities = self._core.identity_count()
         if identities is not None:
             count = self.n_reflections - identities
@@ -637,7 +643,7 @@ class HouseholderProduct(Operator):
         if core.backend == "torch":
             from . import _torch
 
-            if _torch.records_gradient(core.params, real):
+            if _torch.records_gradient(self._core.params, real):  # the complex leaves of a unitary product
                 return back(self._autograd(real, transpose))
         module, chosen, (form, _, limits), transpose = self._run(real, transpose, False)
         return back(_apply_scaled(module, chosen, form, real, transpose, limits, self._xp))
@@ -655,7 +661,10 @@ class HouseholderProduct(Operator):
 
         core, xp = self._real_core(), self._xp
         chosen = self._plan(real.shape[-1], real.dtype, True)
-        rows = _generic.rows(core, real.dtype)
+        if self._unitary:  # realified afresh from the complex leaves (the cached rows carry no graph)
+            rows = astype(self._core.paired_rows()[0], real.dtype, xp)
+        else:
+            rows = _generic.rows(core, real.dtype)
         rows = rows * _scaling.column_factors(rows.detach().mT, xp).mT
         factors = _scaling.column_factors(real.detach(), xp)
         out = _torch.matmul(
