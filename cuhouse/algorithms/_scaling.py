@@ -193,7 +193,9 @@ def binade_factors(largest, xp):
     a non-finite one stays non-finite (its column is NaN or infinite whatever is done). Array API
     operations only, no host synchronization, no data-dependent branch; exact. O(size)."""
     bound = _exponent_bound(largest.dtype)
-    exponent = xp.clip(xp.floor(xp.log2(largest)), min=-bound, max=bound)
+    # zero (and NaN) sizes get the factor 1: log2(0) is a divide-by-zero warning on NumPy-backed libraries
+    positive = xp.where(largest > 0, largest, xp.ones_like(largest))
+    exponent = xp.clip(xp.floor(xp.log2(positive)), min=-bound, max=bound)
     return xp.full_like(exponent, 0.5) ** exponent  # an array base: torch's scalar ** tensor costs 8x more
 
 
