@@ -100,7 +100,7 @@ def check_vjp(fun, primals, vjp, *, seed=1, step=1e-6, rtol=1e-6, xp=numpy, mask
 
     def draw(like):
         t = rng.standard_normal(like.shape)
-        if numpy.dtype(like.dtype).kind == "c":
+        if dtype_name(like).startswith("complex"):
             t = t + 1j * rng.standard_normal(like.shape)
         return xp.asarray(t)
 
@@ -137,7 +137,7 @@ def check_matmul_vjp(make, leaves, x, side="left", xp=numpy, **options):
 
     def fun(*primals):
         a, operand = make(*primals[:-1]), primals[-1]
-        return a @ operand if side == "left" else operand @ a
+        return a @ operand if side == "left" else rmatmul(operand, a)
 
     check_vjp(fun, (*leaves, x), grads, xp=xp, **options)
 
@@ -169,8 +169,8 @@ class Library:
     def asarray(self, a, dtype=None):
         if isinstance(a, numpy.ndarray) and dtype is not None:
             a = a.astype(dtype)
-        if isinstance(a, numpy.ndarray):
-            return self._namespace.asarray(numpy.ascontiguousarray(a))
+        if isinstance(a, numpy.ndarray):  # (ascontiguousarray would make a 0-d array 1-d)
+            return self._namespace.asarray(a if a.flags.c_contiguous else numpy.ascontiguousarray(a))
         return self._namespace.asarray(a) if dtype is None else self._namespace.asarray(a, dtype=self._dtype(dtype))
 
     def _dtype(self, dtype):
