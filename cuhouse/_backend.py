@@ -33,6 +33,12 @@ def is_cupy_array(x):
     return cls.__module__.startswith("cupy") and cls.__name__ == "ndarray"
 
 
+def is_dask_array(x):
+    """True when ``x`` is a ``dask.array.Array`` (checked by type, without importing Dask)."""
+    cls = type(x)
+    return cls.__name__ == "Array" and cls.__module__.split(".")[:2] == ["dask", "array"]
+
+
 @functools.lru_cache(maxsize=None)
 def gpu_available():
     """True when CuPy is installed and at least one CUDA device answers."""

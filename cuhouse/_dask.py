@@ -33,16 +33,10 @@ import operator
 import numpy
 
 from . import _validate
-from ._backend import is_cupy_array, module_named, type_name
+from ._backend import is_cupy_array, is_dask_array, module_named, type_name
 from ._shapes import matmul_shape, reduce_to_shape
 
 GRADIENT_FAN_IN = 8  # chunks summed per task in the tree reduction of parameter gradients
-
-
-def is_dask_array(x):
-    """True when ``x`` is a ``dask.array.Array`` (checked by type, without importing Dask)."""
-    cls = type(x)
-    return cls.__name__ == "Array" and cls.__module__.split(".")[:2] == ["dask", "array"]
 
 
 def matmul(op, x, side):

@@ -12,7 +12,9 @@ synchronization, so torch autograd and ``torch.func`` go through it.
   safe range (a row's scale does not change its reflection), and their
   form (:mod:`cuhouse.algorithms.portable`);
 * :func:`contributions`: the gradient with respect to those rows taken back
-  to the leaf arrays (strictly lower part of a ``geqrf`` array).
+  to the leaf arrays (strictly lower part of a ``geqrf`` array);
+* :func:`segment_parts`: a gradient w.r.t. joined rows split back by segment
+  (every path's ``contributions`` uses it).
 """
 
 import math
@@ -113,6 +115,20 @@ def form(core, algorithm, block_size, dtype):
     return portable.build(rows * scale[..., None], block_size, xp, algorithm), scale
 
 
+def segment_parts(dv, segments, params, xp, per_factor=1):
+    """``(segment, leaf, part)`` for each segment of ``segments``: its rows of ``dv`` ``(..., N, d)`` (the
+    gradient w.r.t. the joined rows, ``per_factor`` rows per factor: 2 for realified complex
+    factors), in the leaf's stored order (a transposed run flipped back). Views where the library
+    has them. O(number of segments)."""
+    start = 0
+    for segment in segments:
+        leaf = params[segment.param]
+        n = per_factor * (leaf.shape[-2] if segment.k is None else segment.k)
+        part = dv[..., start : start + n, :]
+        start += n
+        yield segment, leaf, xp.flip(part, axis=-2) if segment.transpose else part
+
+
 def contributions(core, dv, scale):
     """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the scaled rows of :func:`form`.
 
@@ -122,16 +138,10 @@ def contributions(core, dv, scale):
     strictly lower part, zero for identity factors and in its columns past k.
     """
     xp = core.xp
-    dv = dv * scale[..., None]
-    pairs, start = [], 0
-    for segment in core.segments:
-        leaf = core.params[segment.param]
-        n = leaf.shape[-2] if segment.k is None else segment.k
-        part = dv[..., start : start + n, :]
-        start += n
-        if segment.transpose:
-            part = xp.flip(part, axis=-2)
+    pairs = []
+    for segment, leaf, part in segment_parts(dv * scale[..., None], core.segments, core.params, xp):
         if segment.k is not None:
+            n = segment.k
             rows, cols = leaf.shape[-2:]
             part = xp.where(_strict_upper(n, rows, xp, device_of(part)), part, xp.zeros_like(part))
             if segment.identity is not None:

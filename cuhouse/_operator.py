@@ -68,13 +68,14 @@ from typing import Any, Tuple
 
 import numpy
 
-from . import _complex, _dask, _memory, _validate
+from . import _complex, _memory, _validate
 from ._backend import (
     astype,
     contiguous,
     copy,
     creation_kwargs,
     device_of,
+    is_dask_array,
     is_native,
     library_dtype,
     module_named,
@@ -432,7 +433,9 @@ class Operator(abc.ABC):
 
         A Dask array ``X`` gives a lazy Dask array, one product per chunk (:mod:`cuhouse._dask`).
         """
-        if _dask.is_dask_array(x):
+        if is_dask_array(x):
+            from . import _dask
+
             return _dask.matmul(self.H if transpose else self, x, side)
         x, columns, transpose = self._operand(x, side, transpose, name)
         op = self._conjugated() if side == "right" else self
@@ -459,7 +462,9 @@ class Operator(abc.ABC):
         about twice it in ``back``. A Dask array ``X`` gives a lazy ``out`` and
         lazy gradients (:func:`cuhouse._dask.vjp_matmul`).
         """
-        if _dask.is_dask_array(x):
+        if is_dask_array(x):
+            from . import _dask
+
             return _dask.vjp_matmul(self, x, side)
         xp = self._xp
         if isinstance(x, Operator):

@@ -257,9 +257,8 @@ class Reflections(_Cached):
         memory first. On the generic path (neither NumPy nor CuPy) every row is
         brought into range by :func:`cuhouse._generic.form` without a host
         synchronization, ``scaled`` is that per-row scale and ``limits`` is
-        ``None``: X's columns are not scaled (that decision reads the data on
-        the host), so a column whose norm is near the dtype's overflow or
-        underflow threshold is not guarded there.
+        ``None``: with no test on the host, every column of X is scaled to its
+        binade instead (see ``householder._apply_scaled``).
         """
         key = (chosen.algorithm, chosen.block_size, dtype, layout)
         if key not in self._forms:
@@ -304,14 +303,8 @@ class Reflections(_Cached):
         if scaled is not None:
             unit, norms = scaled
             dv = _normalize.raw_gradient(dv, unit.astype(dv.dtype, copy=False), norms.astype(dv.dtype, copy=False), xp)
-        contributions, start = [], 0
-        for segment in self.segments:
-            leaf = self.params[segment.param]
-            n = leaf.shape[-2] if segment.k is None else segment.k
-            part = dv[..., start : start + n, :]
-            start += n
-            if segment.transpose:
-                part = part[..., ::-1, :]
+        contributions = []
+        for segment, leaf, part in _generic.segment_parts(dv, self.segments, self.params, xp):
             if segment.k is not None:
                 if scaled is not None or len(self.segments) > 1:  # full rows: keep the stored entries only
                     part = _layout.structured(part.copy(), _layout.UNIT, xp)
@@ -430,14 +423,9 @@ class ComplexReflections(_Cached):
         lower part of a ``geqrf`` leaf; a real leaf gets the real part. Cost: O(n d)."""
         xp = self.xp
         ((_, dv),) = self.real.contributions(dv, scaled)
-        contributions, start = [], 0
-        for segment, (p, q) in zip(self.segments, self._pairs):
-            leaf = self.params[segment.param]
-            n = self._rows_shape(segment)[-2]
-            part = dv[..., start : start + 2 * n, :]
-            start += 2 * n
-            if segment.transpose:
-                part = part[..., ::-1, :]
+        contributions = []
+        parts = _generic.segment_parts(dv, self.segments, self.params, xp, per_factor=2)
+        for (segment, leaf, part), (p, q) in zip(parts, self._pairs):
             grad = _complex.pair_gradient(part, p, q, xp)
             if segment.conjugate:
                 grad = xp.conj(grad)

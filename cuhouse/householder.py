@@ -589,7 +589,7 @@ class HouseholderProduct(Operator):
             )
             contributions = self._core.contributions(dv, scaled)
             if exponent is not None:  # scaled back only now: the unit rows' gradient is divided by their norms
-                contributions = [(leaf, _scaling.unscale(g, exponent, xp)) for leaf, g in contributions]
+                contributions = [(leaf, _unscale(g, exponent, limits, xp)) for leaf, g in contributions]
             return contributions, reduce_to_shape(to_columns(dx), columns.shape)
 
         return to_columns(out), back
@@ -605,9 +605,12 @@ def _apply_scaled(module, chosen, form, columns, transpose, limits, xp):
     over ``|X|``; three passes over X more only when some column is out of range. On the GPU the
     test would be a host sync on every product: there every column is scaled to its binade
     (:func:`~cuhouse.algorithms._scaling.column_binades`; exact, the same bits in range). ``limits``
-    is ``None`` on the generic path, which runs unscaled."""
-    if limits is None:  # the generic path: frexp is no Array API function, and a test would sync
-        return _apply(module, chosen, form, columns, transpose, xp)
+    is ``None`` on the generic path, which has no frexp and no host test: every column is scaled
+    to its binade with Array API operations (:func:`~cuhouse.algorithms._scaling.column_factors`;
+    three passes over X and the result, no synchronization, no data-dependent branch)."""
+    if limits is None:
+        factors = _scaling.column_factors(columns, xp)
+        return _apply(module, chosen, form, columns * factors, transpose, xp) / factors
     if xp is numpy:
         exponent = _scaling.column_exponents(columns, limits, xp)
     else:
@@ -631,12 +634,29 @@ def _backward_scaled(module, form, out, dout, transpose, limits, store_inputs, x
     (:func:`~cuhouse.algorithms._scaling.gradient_needs_scaling`). The gradient w.r.t. the rows is
     bilinear in the two and sums over columns, hence one factor per array, not per column. dX is
     scaled back here; ``dV`` is returned scaled, to be multiplied by ``2**exponent`` (``None``: no
-    scaling) after its last step (unit rows' gradients are divided by their norms). Cost: two GEMVs
-    over ``|out|`` and ``|dout|``; four passes more only when scaling."""
-    if limits is None or not _scaling.gradient_needs_scaling(out, dout, limits, xp):
+    scaling) after its last step (unit rows' gradients are divided by their norms; see
+    :func:`_unscale`). Cost: two GEMVs over ``|out|`` and ``|dout|``; four passes more only when
+    scaling. The generic path (``limits`` ``None``) always scales, with Array API operations
+    (:func:`~cuhouse.algorithms._scaling.matrix_factors`), without a host synchronization:
+    ``exponent`` is then the pair of factors that ``out`` and ``dout`` were multiplied by."""
+    if limits is None:
+        f_out, f_dout = (_scaling.matrix_factors(a, xp) for a in (out, dout))
+        dv, dx = module.backward(form, out * f_out, dout * f_dout, transpose, xp, store_inputs)
+        return dv, dx / f_dout, (f_out, f_dout)
+    if not _scaling.gradient_needs_scaling(out, dout, limits, xp):
         return (*module.backward(form, out, dout, transpose, xp, store_inputs), None)
     e_out, e_dout = (_scaling.array_exponent(a, xp) for a in (out, dout))
     dv, dx = module.backward(
         form, _scaling.scaled(out, e_out, xp), _scaling.scaled(dout, e_dout, xp), transpose, xp, store_inputs
     )
     return dv, _scaling.unscale(dx, e_dout, xp), e_out + e_dout
+
+
+def _unscale(gradient, exponent, limits, xp):
+    """A gradient w.r.t. the rows scaled back by :func:`_backward_scaled`'s ``exponent``: in place
+    on NumPy and CuPy, divided by both factors in turn on the generic path (``limits`` ``None``;
+    exact unless the true gradient overflows). O(size)."""
+    if limits is None:
+        f_out, f_dout = exponent
+        return gradient / f_out / f_dout
+    return _scaling.unscale(gradient, exponent, xp)

@@ -410,6 +410,19 @@ def test_import_cuhouse_does_not_import_dask():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+def test_cuhouse_dask_is_imported_only_by_a_dask_product():
+    code = (
+        "import sys, numpy, cuhouse\n"
+        "h = cuhouse.HouseholderProduct(numpy.ones((2, 3)))\n"
+        "h @ numpy.ones((3, 2)), cuhouse.vjp(cuhouse.matmul, h, numpy.ones((3, 2)))\n"
+        "assert 'cuhouse._dask' not in sys.modules, 'imported by a NumPy product'\n"
+        "import dask.array as da\n"
+        "h @ da.ones((3, 2))\n"
+        "assert 'cuhouse._dask' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_local_cluster_with_processes():
     """Two worker processes: the matrices (derived ones included) travel by pickle about once per worker,
     not once per chunk, and give the in-memory results. Three Reflections travel (U, V, h); under load the

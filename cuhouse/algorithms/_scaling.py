@@ -24,6 +24,13 @@ times a factor of the block size (at most ``16 d`` here), and the rounding of
 an underflowing product costs about ``d tiny max(v_max, 1/v_min, 1)``, which
 must stay below ``eps r``. The scaled columns (largest entry in [1/2, 1)) meet
 both bounds for every row norm inside the rows' safe range.
+
+The generic path (any other Array API library: torch, array_api_strict, ...)
+has no ``frexp`` or ``ldexp`` and must not read data on the host, so it scales
+every column, always (:func:`column_factors`): by ``2**-floor(log2(largest))``,
+computed with ``log2`` and ``floor`` and clipped so that the factor and its
+inverse are normal numbers; exact, so a column already in range gives the same
+bits.
 """
 
 import functools
@@ -166,3 +173,47 @@ def unscale(out, exponent, xp):
     for part in (out.real, out.imag) if out.dtype.kind == "c" else (out,):
         xp.ldexp(part, exponent, out=part)
     return out
+
+
+# ---------------------------------------------------------------- the generic path (Array API only)
+
+
+def binade_factors(largest, xp):
+    """The powers of two ``f = 2**-e`` (of ``largest``'s shape and real dtype) that bring each
+    nonnegative ``largest`` into [1, 2) as ``largest * f``, with ``e = floor(log2(largest))``
+    clipped to ``[-(maxexp - 2), maxexp - 2]`` so that ``f`` and ``1 / f`` are normal numbers: a
+    subnormal ``largest`` comes to at least ``2**-(mantissa bits)``, a zero one stays zero and
+    a non-finite one stays non-finite (its column is NaN or infinite whatever is done). Array API
+    operations only, no host synchronization, no data-dependent branch; exact. O(size)."""
+    bound = _exponent_bound(largest.dtype)
+    exponent = xp.clip(xp.floor(xp.log2(largest)), min=-bound, max=bound)
+    return xp.full_like(exponent, 0.5) ** exponent  # an array base: torch's scalar ** tensor costs 8x more
+
+
+def column_factors(x, xp):
+    """:func:`binade_factors` of the largest absolute value of each column of ``x`` ``(..., d, m)``:
+    ``(..., 1, m)``, real. O(d m)."""
+    return binade_factors(xp.max(xp.abs(x), axis=-2, keepdims=True), xp)
+
+
+def matrix_factors(x, xp):
+    """:func:`binade_factors` of the largest absolute value of each matrix of ``x`` ``(..., d, m)``:
+    ``(..., 1, 1)``, real (1 for a matrix with no entries). O(d m)."""
+    magnitude = xp.abs(x)
+    if 0 in magnitude.shape[-2:]:
+        return xp.ones(magnitude.shape[:-2] + (1, 1), dtype=magnitude.dtype, device=_device(magnitude))
+    return binade_factors(xp.max(magnitude, axis=(-2, -1), keepdims=True), xp)
+
+
+@functools.lru_cache(maxsize=16)
+def _exponent_bound(dtype):
+    """``maxexp - 2`` of a real floating ``dtype`` of any library, as a float."""
+    from .._backend import numpy_dtype
+
+    return float(numpy.finfo(numpy_dtype(dtype)).maxexp - 2)
+
+
+def _device(a):
+    from array_api_compat import device
+
+    return device(a)
