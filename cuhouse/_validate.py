@@ -234,9 +234,10 @@ def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name
     """
     x = as_array(x, name, xp, device)
     matmul_shape(op_shape, x.shape, side, op_name, name)
-    if check_finite and not bool(xp.all(xp.isfinite(x))):
+    cast = astype(x, float_dtype(result_type(xp, op_dtype, x.dtype), xp), xp)
+    if check_finite and not bool(xp.all(xp.isfinite(cast))):  # (the Array API's isfinite refuses bool)
         raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
-    return x, astype(x, float_dtype(result_type(xp, op_dtype, x.dtype), xp), xp)
+    return x, cast
 
 
 def dense_matrix(a, name, xp):
