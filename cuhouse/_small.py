@@ -26,9 +26,10 @@ import math
 
 import numpy
 
+from . import plan
 from ._reflections import Reflections, Segment
 from ._validate import NormSummary
-from .algorithms import _layout, _scaling
+from .algorithms import PLANS, _layout, _scaling
 from .algorithms.ormqr import squared_lengths
 
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
@@ -79,7 +80,7 @@ def lapack_reflections(a, tau, check_finite):
     1 <= k <= min(M, N), every ``tau`` 0 (an identity factor) or equal to
     ``2 / (1 + ||v||^2)`` within a tolerance tighter than the general check's,
     and norms (their implicit 1 included) in the safe range. Cost: one pass
-    over the reflectors' stored entries, a few over k values.
+    over the reflectors' stored entries and about six calls over k values.
     """
     if (
         type(a) is not numpy.ndarray
@@ -94,22 +95,33 @@ def lapack_reflections(a, tau, check_finite):
     k = tau.shape[0]
     if not 1 <= k <= min(rows, cols) or rows * k > _LARGEST:
         return None  # large arrays: the general check reads only the stored triangle (measured 2x faster at d = 2048)
-    sumsq = squared_lengths(a[:, :k])
+    sumsq = squared_lengths(a if k == cols else a[:, :k])
+    # |tau (1 + ||v||^2) - 2| <= 3 tol implies the general check |tau - e| <= tol e + tol; NaN fails it.
+    # e - 2 is exact for e in [1, 4] (Sterbenz), so comparing e itself with 2 -+ 3 tol is that test.
+    # Identity factors (tau == 0: the last one of a square geqrf) count as e = 2.
+    tol = _tau_tolerance(a.dtype)
     identity = tau == 0
-    # |tau (1 + ||v||^2) - 2| <= 3 tol implies the general check |tau - e| <= tol e + tol; NaN fails it
-    tol = 1e3 * numpy.finfo(a.dtype).eps
-    largest = sumsq.max()
-    if (
-        not numpy.abs(numpy.where(identity, 2, tau * sumsq) - 2).max() <= 3 * tol
-        or not largest <= _safe_range(a.dtype)[1]
-    ):
+    product = tau * sumsq
+    if numpy.count_nonzero(identity):
+        product[identity] = 2
+    else:
+        identity = None
+    if not (product.max() <= 2 + tol and product.min() >= 2 - tol):
         return None
-    segment = Segment(0, False, k, identity if identity.any() else None)
-    core = Reflections("numpy", (a,), (segment,), bool(check_finite), a.dtype)
+    largest = sumsq.max()
+    if not largest <= _safe_range(a.dtype)[1]:
+        return None
+    core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype)
     core._norms = numpy.sqrt(sumsq)
     core._safe = True
     core._summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(sumsq.min()))
     return core
+
+
+@functools.lru_cache(maxsize=None)
+def _tau_tolerance(dtype):
+    """``3 tol`` with ``tol = 1e3 eps``: how far ``tau (1 + ||v||^2)`` may be from 2 on this path."""
+    return 3e3 * float(numpy.finfo(dtype).eps)
 
 
 def operand(h, x, side):
@@ -138,7 +150,10 @@ def operand(h, x, side):
 def matmul(h, x, side):
     """``h @ x`` (``x @ h``) on the small-size path, or ``None`` when it does not apply.
 
-    X is validated in the pass that the overflow-safe product makes anyway
+    The plan comes straight from :func:`cuhouse.plan.choose` with the facts the
+    small path knows (NumPy, one matrix, no gradient), the form from the
+    reflections' cache (built on the first product). X is validated in the
+    pass that the overflow-safe product makes anyway
     (:func:`cuhouse.algorithms._scaling.column_sizes`, one GEMV over ``|X|``):
     every column size inside the limits says at once that X is finite and
     needs no scaling. Anything else (NaN, a zero column, a size out of range)
@@ -148,12 +163,31 @@ def matmul(h, x, side):
     if found is None:
         return None
     columns, transpose = found
-    module, _, (form, _, limits), transpose = h._run(columns, transpose, False)
+    core = h._core
+    n, d = core.small
+    layout = core.layout
+    chosen = plan.choose(
+        d,
+        n,
+        columns.shape[1],
+        core.dtype,
+        "numpy",
+        h.algorithm,
+        h.block_size,
+        layout,
+        layout == _layout.UNIT and core.safe,
+    )
+    form, _, limits = core.form(chosen, core.dtype, layout)
     if columns.shape[1]:
         sizes = _scaling.column_sizes(columns, numpy)
         if not (sizes.min() >= limits.lo and sizes.max() <= limits.hi):
             return None
-    out = module.apply(form, columns, transpose, numpy)
+    module = PLANS[chosen.algorithm]
+    transpose = transpose != h._transpose
+    if chosen.apply == "steps":
+        out = module.apply(form, columns, transpose, numpy)
+    else:
+        out = module.apply(form, columns, transpose, numpy, mode=chosen.apply)
     if x.ndim == 1:
         return out[:, 0]
     out = out.T if side == "right" else out

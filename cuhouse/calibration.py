@@ -31,6 +31,7 @@ Only the NumPy backend is measured so far; CuPy uses its built-in constants
 
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -39,10 +40,17 @@ from collections import namedtuple
 
 import numpy
 
-Machine = namedtuple("Machine", "launch peak half bandwidth lapack_call trtri_rate ormqr_call ormqr_rate")
+Machine = namedtuple(
+    "Machine",
+    "launch peak half bandwidth lapack_call trtri_rate ormqr_call ormqr_rate gemv_rate",
+    defaults=(None,),
+)
 Machine.__doc__ = """Constants of the cost model (seconds, flop/s at float32, bytes/s):
 ``launch`` the fixed cost of one array call; a GEMM ``(p x q) @ (q x r)`` costs
-``launch + 2 p q r / (peak e(p) e(q) e(r))`` with ``e(s) = s / (s + half)``;
+``launch + 2 p q r / (peak e(p) e(q) e(r))`` with ``e(s) = s / (s + half)``, fitted
+to matrix-matrix shapes only; a matrix-vector product (a dimension of 1, bound by
+memory rather than flops) costs ``launch + 2 p q r / gemv_rate`` (``gemv_rate``
+``None``: the GEMM formula);
 an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 ``lapack_call`` is the fixed cost of one LAPACK call through SciPy and
 ``trtri_rate`` the rate of ``?trtri`` (k^3 / 3 flops for a k x k triangle);
@@ -54,13 +62,14 @@ DEFAULTS = {
     # fitted on the project's 2-core machine (single-threaded OpenBLAS, float32); see cuhouse.plan
     "numpy": Machine(
         launch=1.0e-6,
-        peak=1.07e11,
-        half=1.3,
+        peak=1.3e11,
+        half=10.0,
         bandwidth=2.5e10,
         lapack_call=1.0e-6,
-        trtri_rate=1.0e10,
-        ormqr_call=4.0e-6,
-        ormqr_rate=5.0e10,
+        trtri_rate=5.0e9,
+        ormqr_call=2.0e-6,
+        ormqr_rate=4.5e10,
+        gemv_rate=2.5e10,
     ),
     # H100 figures (cuBLAS FP32 without TF32, a ~10 us launch through CuPy), not yet checked on a device
     "cupy": Machine(
@@ -72,6 +81,7 @@ DEFAULTS = {
         trtri_rate=None,
         ormqr_call=None,
         ormqr_rate=None,
+        gemv_rate=None,
     ),
 }
 
@@ -82,7 +92,7 @@ DEFAULTS["generic"] = DEFAULTS["numpy"]._replace(
     launch=1.0e-5, lapack_call=None, trtri_rate=None, ormqr_call=None, ormqr_rate=None
 )
 
-FORMAT = 2  # bump when the constants or their measurement change meaning
+FORMAT = 3  # bump when the constants or their measurement change meaning
 _ENV_DIR = "CUHOUSE_CALIBRATION_DIR"
 _ENV_SWITCH = "CUHOUSE_CALIBRATION"
 
@@ -193,20 +203,30 @@ def forget():
 def calibrate(backend="numpy", force=False):
     """Read this machine's constants from the cache, or measure and save them: a :class:`Calibration`.
 
-    ``force`` measures even when the file exists. Cost: about a second of
+    ``force`` measures even when the file exists. A file whose constants fail
+    :func:`problems` is measured again; a measurement that still fails after
+    its retries (a machine too loaded to time) is not saved, and this process
+    uses the built-in constants (the source says why). Cost: about a second of
     measurement when it runs; a file read otherwise.
     """
     path = cache_path(backend)
     if not force:
         stored = read(path)
-        if stored is not None:
+        if stored is not None and not problems(stored):
             return Calibration(stored, path)
-    measured = measure(backend)
+    try:
+        measured = measure(backend)
+    except CalibrationError as exc:
+        return Calibration(DEFAULTS[backend], "built-in (measurement rejected: {})".format(exc))
     try:
         write(path, measured, machine_description(backend))
     except OSError as exc:
         return Calibration(measured, "measured (not saved: {})".format(exc))
     return Calibration(measured, path)
+
+
+class CalibrationError(RuntimeError):
+    """A measurement whose constants fail :func:`problems` on every try."""
 
 
 def read(path):
@@ -236,28 +256,90 @@ def write(path, machine, description):
     os.replace(temporary, path)
 
 
-def _seconds(fn, budget=0.002, repeats=3):
-    """The fastest of ``repeats`` timings of ``fn``, each over enough calls to last ``budget`` seconds."""
+# Plausible ranges of the constants on a CPU (seconds, flop/s, bytes/s). A timing that a loaded
+# machine distorted (a process descheduled inside a sample, a cache flushed by a neighbour) shows
+# as a constant outside them, or as rates that contradict each other: LAPACK's ormqr, trtri and a
+# matrix-vector product run on the same BLAS, so none of them beats the GEMM peak by more than
+# a factor of two, and no call is cheaper than the bare array call it contains.
+_RANGES = {
+    "launch": (1e-8, 1e-4),
+    "peak": (1e8, 1e14),
+    "half": (0.1, 1000.0),
+    "bandwidth": (1e8, 1e13),
+    "lapack_call": (1e-8, 1e-3),
+    "trtri_rate": (1e6, 1e14),
+    "ormqr_call": (1e-8, 1e-3),
+    "ormqr_rate": (1e7, 1e14),
+    "gemv_rate": (1e6, 1e14),
+}
+
+
+def problems(machine):
+    """What is implausible about ``machine``'s constants (a list of sentences; empty when sane).
+
+    Each constant must be finite and inside its plausible range, the GEMM fit
+    must not sit on an edge of its grid (``half`` 0.1 or 1000: no fit), and
+    the LAPACK and matrix-vector rates must not exceed twice the GEMM peak.
+    ``None`` entries (no LAPACK plan) are not checked. O(1).
+    """
+    found = []
+    for name, (lo, hi) in _RANGES.items():
+        value = getattr(machine, name)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float))
+        if not (number and math.isfinite(value) and lo <= value <= hi):
+            shown = "{:g}".format(value) if number else repr(value)
+            found.append("{} = {} is outside [{:g}, {:g}]".format(name, shown, lo, hi))
+    if found:
+        return found
+    if machine.half <= _HALVES[0] or machine.half >= _HALVES[-1]:
+        found.append("the GEMM fit ran onto the edge of its grid (half = {:g})".format(machine.half))
+    for name in ("trtri_rate", "ormqr_rate", "gemv_rate"):
+        value = getattr(machine, name)
+        if value is not None and value > 2 * machine.peak:
+            found.append("{} = {:.3g} flop/s exceeds twice the GEMM peak {:.3g}".format(name, value, machine.peak))
+    return found
+
+
+def _clock():
+    """Thread CPU time when BLAS runs single-threaded (it all runs in the calling thread, and the time
+    spent waiting for a core on a loaded machine is left out), else wall time (other threads' work counts)."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        threads = [p.get("num_threads") for p in threadpool_info() if p.get("user_api") == "blas"]
+    except ImportError:
+        threads = [
+            os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if v in os.environ
+        ]
+    single = bool(threads) and all(str(t) == "1" for t in threads)
+    return time.thread_time if single else time.perf_counter
+
+
+def _seconds(fn, clock=time.perf_counter, budget=0.002, repeats=5):
+    """The fastest of ``repeats`` timings of ``fn`` by ``clock``, each over enough calls to last ``budget`` seconds."""
     fn()
     number, elapsed = 1, 0.0
     while True:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(number):
             fn()
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if elapsed >= budget or number >= 1 << 20:
             break
         number *= 4 if elapsed < budget / 8 else 2
     best = elapsed / number
     for _ in range(repeats - 1):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(number):
             fn()
-        best = min(best, (time.perf_counter() - start) / number)
+        best = min(best, (clock() - start) / number)
     return best
 
 
-# GEMM shapes (p, q, r) the algorithms issue: skinny (k, d, m), (d, k, m), (k, d, k) and square ones
+# matrix-matrix shapes (p, q, r) the algorithms issue: skinny (k, d, m), (d, k, m), (k, d, k) and
+# square ones; the fit of (peak, half) uses these only
 _GEMM_SHAPES = (
     (16, 16, 16),
     (32, 32, 32),
@@ -267,57 +349,81 @@ _GEMM_SHAPES = (
     (512, 512, 512),
     (32, 512, 32),
     (512, 32, 32),
+    (32, 2048, 32),
+    (2048, 32, 32),
     (64, 1024, 64),
     (1024, 64, 32),
-    (64, 1024, 1),
-    (1024, 64, 1),
     (128, 2048, 32),
     (2048, 128, 32),
 )
+# matrix-vector shapes (m = 1): bound by memory, not flops, so they get their own rate (fitted together
+# with the shapes above, they pulled ``half`` down to about 2 and the model then put skinny GEMMs with
+# a dimension of 32 at 1.4-1.8x their measured speed: cwy at d = 2048 predicted 4.5 ms, measured 12)
+_GEMV_SHAPES = ((64, 1024, 1), (1024, 64, 1), (32, 2048, 1), (2048, 32, 1))
+_PEAKS = numpy.logspace(9, 13, 161)
+_HALVES = numpy.logspace(-1, 3, 161)
+ATTEMPTS = 3  # measurements tried before a loaded machine's constants are rejected
 
 
 def measure(backend="numpy"):
-    """Measure the :class:`Machine` constants of ``backend`` on this machine, float32. About a second."""
+    """Measure the :class:`Machine` constants of ``backend`` on this machine, float32: about a second
+    a try. A try whose constants fail :func:`problems` is repeated, up to :data:`ATTEMPTS` tries;
+    then :class:`CalibrationError`."""
     if backend != "numpy":
         raise ValueError("only the numpy backend is calibrated, got backend {!r}".format(backend))
+    clock = _clock()
+    found = []
+    for _ in range(ATTEMPTS):
+        machine = _measure_once(clock)
+        found = problems(machine)
+        if not found:
+            return machine
+    raise CalibrationError("; ".join(found))
+
+
+def _measure_once(clock):
     from scipy.linalg import lapack
 
     rng = numpy.random.default_rng(0)
     f32 = numpy.float32
     tiny = numpy.ones((2, 2), dtype=f32)
-    launch = _seconds(lambda: tiny @ tiny)
-    shapes, times = [], []
-    for p, q, r in _GEMM_SHAPES:
-        a = rng.standard_normal((p, q)).astype(f32)
-        b = rng.standard_normal((q, r)).astype(f32)
-        shapes.append((p, q, r))
-        times.append(_seconds(lambda: a @ b))
-    shapes, times = numpy.array(shapes, dtype=float), numpy.array(times)
+    launch = _seconds(lambda: tiny @ tiny, clock)
 
+    def gemm_seconds(shapes):
+        times = []
+        for p, q, r in shapes:
+            a = rng.standard_normal((p, q)).astype(f32)
+            b = rng.standard_normal((q, r)).astype(f32)
+            times.append(_seconds(lambda: a @ b, clock))
+        return numpy.array(shapes, dtype=float), numpy.array(times)
+
+    shapes, times = gemm_seconds(_GEMM_SHAPES)
     # least squares on log-times over a log grid of (peak, half): 1e9..1e13 flop/s, 0.1..1000
-    peaks = numpy.logspace(9, 13, 161)
-    halves = numpy.logspace(-1, 3, 161)
-    eff = numpy.prod(shapes[:, None, :] / (shapes[:, None, :] + halves[None, :, None]), axis=-1)  # (shape, half)
+    eff = numpy.prod(shapes[:, None, :] / (shapes[:, None, :] + _HALVES[None, :, None]), axis=-1)  # (shape, half)
     flops = 2 * shapes.prod(axis=1)
-    predicted = launch + flops[:, None, None] / (peaks[None, :, None] * eff[:, None, :])  # (shape, peak, half)
+    predicted = launch + flops[:, None, None] / (_PEAKS[None, :, None] * eff[:, None, :])  # (shape, peak, half)
     error = ((numpy.log(predicted) - numpy.log(times)[:, None, None]) ** 2).sum(axis=0)
     i, j = numpy.unravel_index(numpy.argmin(error), error.shape)
-    peak, half = float(peaks[i]), float(halves[j])
+    peak, half = float(_PEAKS[i]), float(_HALVES[j])
+    shapes, times = gemm_seconds(_GEMV_SHAPES)
+    gemv_rate = float(numpy.median(2 * shapes.prod(axis=1) / numpy.maximum(times - launch, 1e-9)))
     big = rng.standard_normal(1 << 20).astype(f32)
     other = big.copy()
-    bandwidth = 3 * big.nbytes / _seconds(lambda: numpy.subtract(big, other, out=big))
-    lapack_call = _seconds(lambda: lapack.strtri(tiny))
+    bandwidth = 3 * big.nbytes / _seconds(lambda: numpy.subtract(big, other, out=big), clock)
+    lapack_call = _seconds(lambda: lapack.strtri(tiny), clock)
     k = 64
     s = numpy.triu(rng.standard_normal((k, k)).astype(f32)) + k * numpy.eye(k, dtype=f32)
-    trtri_rate = (k**3 / 3) / max(_seconds(lambda: lapack.strtri(s)) - lapack_call, 1e-9)
+    trtri_rate = (k**3 / 3) / max(_seconds(lambda: lapack.strtri(s), clock) - lapack_call, 1e-9)
     ormqr_points = []
     for d, m in ((8, 1), (1024, 32)):
         qr, tau, _, _ = lapack.sgeqrf(rng.standard_normal((d, d)).astype(f32))
         x = numpy.asfortranarray(rng.standard_normal((d, m)).astype(f32))
         lwork = int(lapack.sormqr("L", "N", qr, tau, x, -1)[1][0])
-        ormqr_points.append((4.0 * d * (d - d / 2) * m, _seconds(lambda: lapack.sormqr("L", "N", qr, tau, x, lwork))))
+        ormqr_points.append(
+            (4.0 * d * (d - d / 2) * m, _seconds(lambda: lapack.sormqr("L", "N", qr, tau, x, lwork), clock))
+        )
     # the fixed cost from the smallest size, the rate from a large one (where LAPACK blocks: smaller
     # sizes run below that rate, which the model then slightly favours LAPACK at, as measured)
     (_, ormqr_call), (flops, seconds) = ormqr_points
     ormqr_rate = float(flops / max(seconds - ormqr_call, 1e-9))
-    return Machine(launch, peak, half, bandwidth, lapack_call, trtri_rate, ormqr_call, ormqr_rate)
+    return Machine(launch, peak, half, bandwidth, lapack_call, trtri_rate, ormqr_call, ormqr_rate, gemv_rate)

@@ -6,6 +6,8 @@ so its time is predicted from a few constants of the machine
 
 * a GEMM ``(p x q) @ (q x r)`` costs ``launch + 2 p q r / (peak e(p) e(q) e(r))``
   with the shape efficiency ``e(s) = s / (s + half)``;
+* a matrix-vector product (a dimension of 1) costs ``launch + 2 p q r / gemv_rate``:
+  it is bound by memory, and fitting it with the GEMMs misplaced ``half``;
 * an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 * on NumPy the T matrices come from LAPACK ``?trtri``, one call per block:
   ``lapack_call + k^3 / 3 / trtri_rate`` each (on CuPy, the batched doubling
@@ -55,8 +57,10 @@ BLOCK_SIZES = (8, 16, 32, 64, 128, 256, 512)
 def _gemm(mach, p, q, r, itemsize, count=1, calls=1):
     if not p * q * r:  # an empty operand (m = 0): launches only
         return calls * mach.launch
-    eff = (p / (p + mach.half)) * (q / (q + mach.half)) * (r / (r + mach.half))
     flops = 2.0 * p * q * r * count
+    if min(p, q, r) <= 1 and mach.gemv_rate is not None:  # a matrix-vector product: its own (memory) rate
+        return calls * mach.launch + flops / (mach.gemv_rate * (4 / itemsize))
+    eff = (p / (p + mach.half)) * (q / (q + mach.half)) * (r / (r + mach.half))
     peak = mach.peak * (4 / itemsize)
     return calls * mach.launch + flops / (peak * eff)
 
@@ -70,6 +74,19 @@ def _pass(mach, elements, itemsize, calls=1):
 # (1.8 GHz) a step with about 1024 matrices in flight on an H100-class GPU. Not yet measured.
 KERNEL_STEP_SECONDS = 5.5e-9
 KERNEL_MATRICES_AT_ONCE = 1024
+
+
+# What the counted calls above leave out of a cwy product, in units of ``launch`` (so that it scales
+# with the machine as the fixed cost of a call does): the Python work of a block and the calls the
+# terms do not list (slices, the Gram matrix as SYRK, masks of identity factors and, in a structured
+# layout, the heads of the blocks: one more GEMM per block and part). Fitted to cwy.build and
+# cwy.apply timed against predict() on the project's machine (d = 64..1024, k = 16..64, m = 1, 32;
+# single-threaded OpenBLAS): the build left out about 0.6 launches per reflection (full) and
+# 100 + 1.6 per reflection (structured), a step about 7 (full) and 18 (structured) launches. Without
+# them the model put a fresh cwy product from LAPACK's layout at a third of its time (d = 1024, m =
+# 32: 1.4 ms predicted, 3.3 ms measured), below LAPACK's ormqr (1.25 ms), which it then never chose.
+BUILD_OVERHEAD = {False: (0.0, 0.6), True: (100.0, 1.6)}  # (per build, per reflection), by structured layout
+STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 
 
 def _triangular_inverse(mach, k, count, itemsize):
@@ -121,10 +138,12 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
         step = _gemm(mach, k, d, m, itemsize) + _gemm(mach, d, k, m, itemsize) + _pass(mach, 3 * d * m, itemsize)
         return build + nb * step
     # raw vectors: no normalization pass; one Gram GEMM per block, S = G * W in one pass
+    structured = layout != "full"
     cwy_build = (
         _gemm(mach, k, d, k, itemsize, count=nb, calls=nb)
         + _pass(mach, 2 * nb * k * k, itemsize)
         + _triangular_inverse(mach, k, nb, itemsize)
+        + mach.launch * (BUILD_OVERHEAD[structured][0] + BUILD_OVERHEAD[structured][1] * n)
     )
     build = 0.0
     if algorithm == "cwy":
@@ -135,6 +154,7 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
             + _gemm(mach, k, k, m, itemsize)
             + _gemm(mach, d, k, m, itemsize)
             + _pass(mach, 3 * d * m, itemsize)
+            + mach.launch * STEP_OVERHEAD[structured]
         )
         return build + nb * step
     if algorithm == "dense":

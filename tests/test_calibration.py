@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy
 import pytest
@@ -18,7 +19,9 @@ SLOW_CALLS = calibration.Machine(
     trtri_rate=1e10,
     ormqr_call=1e-6,
     ormqr_rate=5e10,
+    gemv_rate=2e10,
 )
+MEASURE = calibration.measure  # the fixture below replaces it
 
 
 @pytest.fixture
@@ -141,3 +144,49 @@ def test_only_numpy_is_measured():
 def test_measure_returns_positive_constants():
     machine = calibration.measure()
     assert all(value > 0 for value in machine)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"launch": 0.5}, r"launch = 0\.5 is outside"),
+        ({"peak": float("nan")}, r"peak = nan is outside"),
+        ({"bandwidth": 1e15}, r"bandwidth = 1e\+15 is outside"),
+        ({"half": 1000.0}, r"the GEMM fit ran onto the edge of its grid \(half = 1000\)"),
+        ({"ormqr_rate": 3e11}, r"ormqr_rate = 3e\+11 flop/s exceeds twice the GEMM peak 1e\+11"),
+        ({"gemv_rate": 5e11}, r"gemv_rate = 5e\+11 flop/s exceeds twice the GEMM peak 1e\+11"),
+    ],
+)
+def test_implausible_constants_are_named(change, message):
+    assert calibration.problems(SLOW_CALLS) == []
+    found = calibration.problems(SLOW_CALLS._replace(**change))
+    assert len(found) == 1 and re.search(message, found[0]), found
+
+
+def test_a_measurement_distorted_by_load_is_retried_then_rejected(cache, monkeypatch):
+    """A loaded machine's timings (here: implausible constants) are measured again; when every try
+    fails nothing is written and this process plans with the built-in constants, saying why."""
+    tries = []
+    distorted = SLOW_CALLS._replace(ormqr_rate=1e13)  # LAPACK 100x faster than the GEMM peak
+    monkeypatch.setattr(calibration, "measure", MEASURE)
+    monkeypatch.setattr(calibration, "_measure_once", lambda clock: tries.append(clock) or distorted)
+    current = calibration.current()
+    assert len(tries) == calibration.ATTEMPTS
+    assert current.machine == calibration.DEFAULTS["numpy"]
+    assert current.source.startswith("built-in (measurement rejected: ormqr_rate = 1e+13 flop/s exceeds")
+    assert not os.path.exists(calibration.cache_path())
+    # a later try that is sane is kept
+    answers = iter([distorted, SLOW_CALLS])
+    monkeypatch.setattr(calibration, "_measure_once", lambda clock: next(answers))
+    assert calibration.measure() == SLOW_CALLS
+
+
+def test_a_cached_file_with_implausible_constants_is_measured_again(cache, monkeypatch):
+    calibration.write(calibration.cache_path(), SLOW_CALLS._replace(peak=1e20), calibration.machine_description())
+    monkeypatch.setattr(calibration, "measure", lambda backend="numpy": SLOW_CALLS)
+    assert calibration.machine() == SLOW_CALLS
+    assert calibration.read(calibration.cache_path()) == SLOW_CALLS
+
+
+def test_a_measurement_passes_its_own_checks():
+    assert calibration.problems(calibration.measure()) == []

@@ -34,6 +34,7 @@ bits.
 """
 
 import functools
+import math
 from collections import namedtuple
 
 import numpy
@@ -49,16 +50,22 @@ def limits(v_min, v_max, d, dtype):
     """The :class:`Limits` of rows whose nonzero norms lie in ``[v_min, v_max]`` (unit rows: 1, 1), for
     X ``(d, m)`` in ``dtype``. The backward's k x k products carry ``||v||^2`` and ``1/||v||^2``
     (``R = T^T N T^T`` with ``T ~ 1/||v||^2``, ``N ~ ||v||^2``), hence the squared spread. O(1)."""
-    info = numpy.finfo(dtype)
-    big, small = float(info.max), float(info.tiny) / float(info.eps)
+    big, small = _range(dtype)
     spread = max(float(v_max), 1.0 / float(v_min), 1.0)
     w = _weight(d)  # column_sizes are w times the sums of absolute values
     return Limits(
-        w * numpy.sqrt(d) * d * small * spread,
+        w * math.sqrt(d) * d * small * spread,
         w * big / (16.0 * d * spread),
         w * w * d * d * small * spread * spread,
         w * w * big / (16.0 * d * d * spread * spread),
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _range(dtype):
+    """``(max, tiny / eps)`` of ``dtype`` as Python floats (memoized: ``finfo`` costs a microsecond a call)."""
+    info = numpy.finfo(dtype)
+    return float(info.max), float(info.tiny) / float(info.eps)
 
 
 def _weight(d):

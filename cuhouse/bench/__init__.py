@@ -185,13 +185,16 @@ def _calibration_line(backend):
     if current.source == "built-in":
         why = "calibration off (CUHOUSE_CALIBRATION)" if backend == "numpy" else "not measured on this backend"
         return "the cost model's built-in constants ({})".format(why)
+    if current.source.startswith("built-in"):  # a measurement rejected as implausible: the reason follows
+        return "the cost model's {}".format(current.source)
     return (
         "the cost model calibrated on this machine ({}): GEMM peak {:.3g} GFLOP/s, half {:.3g}, call {:.2g} us, "
-        "trtri {:.3g} GFLOP/s, ormqr {:.2g} us + {:.3g} GFLOP/s".format(
+        "GEMV {:.3g} GFLOP/s, trtri {:.3g} GFLOP/s, ormqr {:.2g} us + {:.3g} GFLOP/s".format(
             current.source,
             m.peak / 1e9,
             m.half,
             m.launch * 1e6,
+            m.gemv_rate / 1e9,
             m.trtri_rate / 1e9,
             m.ormqr_call * 1e6,
             m.ormqr_rate / 1e9,
