@@ -8,9 +8,11 @@ synchronization, so torch autograd and ``torch.func`` go through it.
 
 * :func:`row_norms`: overflow-safe norms, for validation;
 * :func:`read_geqrf`: ``from_lapack``'s checks on ``geqrf`` output;
-* :func:`form`: the rows of every segment as full rows, scaled into the
-  safe range (a row's scale does not change its reflection), and their
-  form (:mod:`cuhouse.algorithms.portable`);
+* :func:`rows`, :func:`row_scale`, :func:`form`: the rows of every segment
+  as full rows, scaled into the safe range (a row's scale does not change
+  its reflection), and their form (:mod:`cuhouse.algorithms.portable`); on
+  torch, when a gradient is recorded, the scaled rows go to
+  :func:`cuhouse._torch.matmul` instead;
 * :func:`contributions`: the gradient with respect to those rows taken back
   to the leaf arrays (strictly lower part of a ``geqrf`` array);
 * :func:`segment_parts`: a gradient w.r.t. joined rows split back by segment
@@ -68,6 +70,8 @@ def read_geqrf(a, tau, xp, check_finite):
                 "tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
                 "geqrf returns; got values that do not make orthogonal reflectors"
             )
+    if identity.shape[:-1] != a.shape[:-2]:  # the batch of a and tau broadcast, as in numpy.matmul
+        identity = xp.broadcast_to(identity, numpy.broadcast_shapes(a.shape[:-2], identity.shape[:-1]) + (k,))
     return a, k, identity, dtype
 
 
@@ -95,25 +99,35 @@ def joined(parts, xp):
     return xp.concat([xp.broadcast_to(p, batch + tuple(p.shape[-2:])) for p in parts], axis=-2)
 
 
+def rows(core, dtype):
+    """Every reflection of ``core`` as full rows ``(..., n, d)`` in ``dtype``, in product order
+    (identity factors as zero rows): standard operations on the leaves, differentiable on torch. O(n d)."""
+    return joined([full_rows(core.params[s.param], s, dtype, core.xp) for s in core.segments], core.xp)
+
+
+def row_scale(rows, xp):
+    """The per-row scale ``(..., n)`` that brings ``rows`` ``(..., n, d)`` into the safe range: a row
+    whose largest magnitude b leaves ``[sqrt(tiny / eps), sqrt(max eps / d)]`` (where its sum of
+    squares could leave the dtype's safe range, since ``b^2 <= sum of squares <= d b^2``; judged
+    from b, so that nothing overflows on the way) is divided by b (a reflection does not change when
+    its vector is scaled); every other row, and a zero row, gets 1. No host synchronization.
+    Cost: two passes over ``rows``.
+    """
+    info = xp.finfo(rows.dtype)
+    low, high = math.sqrt(info.smallest_normal / info.eps), math.sqrt(info.max * info.eps / rows.shape[-1])
+    biggest = xp.max(xp.abs(rows), axis=-1)
+    unsafe = ((biggest < low) & (biggest > 0)) | (biggest > high)
+    return 1 / xp.where(unsafe, biggest, xp.ones_like(biggest))
+
+
 def form(core, algorithm, block_size, dtype):
     """``(form, scale)``: the :mod:`cuhouse.algorithms.portable` form of every reflection of
-    ``core`` in ``dtype``, and the per-row ``scale`` ``(..., n)`` applied first.
-
-    A row whose sum of squares could leave ``dtype``'s safe range (judged from its
-    largest magnitude ``b``, since ``b^2 <= sum of squares <= d b^2``, so that
-    nothing overflows on the way) is divided by ``b`` (a reflection does not
-    change when its vector is scaled); every other row is used as stored (scale
-    1). Computed without a host synchronization. Cost: O(n d) plus the build.
+    ``core`` in ``dtype`` (:func:`rows`), and the per-row ``scale`` ``(..., n)`` applied first
+    (:func:`row_scale`). Cost: O(n d) plus the build.
     """
-    xp = core.xp
-    rows = joined([full_rows(core.params[s.param], s, dtype, xp) for s in core.segments], xp)
-    info = xp.finfo(dtype)
-    biggest = xp.max(xp.abs(rows), axis=-1)
-    low, high = math.sqrt(info.smallest_normal / info.eps), math.sqrt(info.max * info.eps / rows.shape[-1])
-    safe = ((biggest >= low) & (biggest <= high)) | (biggest == 0)
-    one = xp.ones_like(biggest)
-    scale = xp.where(safe, one, one / xp.where(biggest == 0, one, biggest))
-    return portable.build(rows * scale[..., None], block_size, xp, algorithm), scale
+    full = rows(core, dtype)
+    scale = row_scale(full, core.xp)
+    return portable.build(full * scale[..., None], block_size, core.xp, algorithm), scale
 
 
 def segment_parts(dv, segments, params, xp, per_factor=1):

@@ -16,7 +16,7 @@ import math
 import numpy
 
 from . import _complex, _validate
-from ._backend import copy, creation_kwargs, is_native, numpy_dtype, swap
+from ._backend import concat, copy, creation_kwargs, is_native, numpy_dtype, swap
 from ._shapes import geqrf_shape
 from .algorithms import _layout
 
@@ -156,9 +156,13 @@ def geqrf_signed(q, xp):
     d x d QR is the identity). Cost: O(d r^2), blocked.
     """
     d, r = q.shape[-2:]
-    if not is_native(xp):  # no LAPACK QR in the standard: the reflections with R = I, no signs to move
+    if not is_native(xp):  # no LAPACK QR in the standard: the reflections with R = I ...
         a, tau = geqrf_exact(q, xp)
-        return a, tau, xp.ones(q.shape[:-2] + (r,), dtype=q.dtype, **creation_kwargs(q))
+        signs = xp.ones(q.shape[:-2] + (r,), dtype=q.dtype, **creation_kwargs(q))
+        if r == d > 1:  # ... whose last, of a square q, is I or diag(1, ..., 1, -1): a sign, as LAPACK's R
+            last = xp.where(tau[..., -1:] == 0, signs[..., -1:], -signs[..., -1:])
+            return a, tau[..., :-1], concat([signs[..., :-1], last], -1, xp)
+        return a, tau, signs
     raw, tau = xp.linalg.qr(q, mode="raw")  # raw is the transposed geqrf form
     a = xp.swapaxes(raw, -1, -2)
     signs = xp.sign(xp.diagonal(a, axis1=-2, axis2=-1)[..., :r])

@@ -195,14 +195,6 @@ class Operator(abc.ABC):
         """Gradients matching :attr:`params` from ``(leaf, gradient)`` pairs (:func:`accumulate`)."""
         return accumulate(self.params, contributions, self._xp)
 
-    def _substitute(self, mapping):
-        """This matrix on other leaf arrays: ``mapping`` takes ``id(leaf)`` to its replacement (same
-        shape; leaves not in it stay). Nothing is validated or copied; what was derived from the
-        leaves is derived again. Used by :mod:`cuhouse._torch` to run a matrix on the tensors
-        autograd hands it. A matrix class that does not override it cannot be differentiated by
-        torch autograd."""
-        raise TypeError("{} cannot be rebuilt on other arrays for torch autograd".format(type(self).__name__))
-
     def _describe(self):
         """``(name, value)`` pairs ``__repr__`` shows after shape, dtype and backend."""
         return ()
@@ -241,7 +233,8 @@ class Operator(abc.ABC):
 
     def logdet(self) -> Array:
         """``log|det|`` per batch entry (``-inf`` when singular), from :meth:`slogdet`. On torch, when
-        a gradient is recorded, differentiable through cuhouse's adjoint (:mod:`cuhouse._torch`).
+        a gradient is recorded, differentiable by torch autograd (after the checks of
+        ``cuhouse.vjp`` of ``logdet``: a spectrum without zeros).
 
         Returns
         -------
@@ -259,8 +252,8 @@ class Operator(abc.ABC):
         if self.backend == "torch":
             from . import _torch
 
-            if _torch.records_gradient(self):
-                return _torch.logabsdet(self)
+            if _torch.records_gradient(self.params):
+                return _torch.on_tape(self._vjp_logabsdet()[0], self.params)  # its checks: a nonzero spectrum
         return self.slogdet()[1]
 
     def matmul(self, x: Any) -> Any:
@@ -374,8 +367,8 @@ class Operator(abc.ABC):
         _memory.dense_memory(self.shape, self.dtype, "todense()", xp, self._TODENSE_WORKSPACE, self._device)
         like = creation_kwargs(self.params[0])
         if cols <= rows:
-            return self._apply(xp.eye(cols, dtype=self.dtype, **like), False)
-        return swap(self._conjugated()._apply(xp.eye(rows, dtype=self.dtype, **like), True), xp)
+            return self._matmat(xp.eye(cols, dtype=self.dtype, **like), False)
+        return swap(self._conjugated()._matmat(xp.eye(rows, dtype=self.dtype, **like), True), xp)
 
     def __array__(self, dtype=None, copy=None):
         """``numpy.asarray(A)``: the dense form, a new array. NumPy backend only.
@@ -439,18 +432,8 @@ class Operator(abc.ABC):
             return _dask.matmul(self.H if transpose else self, x, side)
         x, columns, transpose = self._operand(x, side, transpose, name)
         op = self._conjugated() if side == "right" else self
-        out = op._apply(columns, transpose)
+        out = op._matmat(columns, transpose)
         return contiguous(from_columns(out, x.ndim == 1, side, self._xp), self._xp)
-
-    def _apply(self, columns, transpose):
-        """:meth:`_matmat`, or on torch, when a gradient is recorded, the differentiable
-        :func:`cuhouse._torch.matmat` through cuhouse's adjoints."""
-        if self.backend == "torch":
-            from . import _torch
-
-            if _torch.records_gradient(self, columns):
-                return _torch.matmat(self, columns, transpose)
-        return self._matmat(columns, transpose)
 
     # ------------------------------------------------------------ gradients
     def _vjp_matmul(self, x, side):
@@ -568,10 +551,6 @@ class Product(Operator):
                 )
         batch_shape(*(("factor {}".format(i), f.shape[:-2]) for i, f in enumerate(factors)))
         self.args = tuple(factors)
-
-    def _substitute(self, mapping):
-        """The product of the factors on other leaf arrays (see :meth:`Operator._substitute`). O(k)."""
-        return Product(*(f._substitute(mapping) for f in self.args))
 
     @property
     def shape(self) -> Tuple[int, ...]:

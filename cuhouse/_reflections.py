@@ -8,6 +8,7 @@ leaf arrays, and nothing of the public class.
 """
 
 from collections import namedtuple
+from types import MappingProxyType
 
 import numpy
 
@@ -36,6 +37,8 @@ class _Cached:
     unpickling), a Dask token of the same state, and the array module of the backend name."""
 
     _CACHES = ()
+    _hot = MappingProxyType({})  # no kept dense H for the hot path of cuhouse._reuse (Reflections keeps its own)
+    reuse = False  # HouseholderProduct.prepare_reuse(): products run the form fastest per product (cuhouse._reuse)
 
     def __init__(self, backend, params, segments, check_finite, dtype):
         self.backend = backend
@@ -75,7 +78,7 @@ class Reflections(_Cached):
     It pickles without its caches, and with its backend as a name.
     """
 
-    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms")
+    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms", "_hot")
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
         super().__init__(backend, params, segments, check_finite, dtype)
@@ -91,6 +94,7 @@ class Reflections(_Cached):
         self._safe = None
         self._shape = None
         self._forms = {}
+        self._hot = {}  # the kept dense H by column count, for the NumPy hot path (cuhouse._reuse)
 
     @property
     def native(self):

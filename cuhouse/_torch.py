@@ -1,100 +1,131 @@
-"""torch autograd through cuhouse's own adjoints: one ``torch.autograd.Function``.
+"""torch autograd through cuhouse's own adjoint: ONE ``torch.autograd.Function``, :class:`Matmul`.
 
-A cuhouse matrix on torch tensors (any device) computes on the generic path
-(:mod:`cuhouse.algorithms.portable`). When torch records a gradient (grad mode
-on and the operand or a leaf of the matrix requires grad), ``A @ X`` and
-``A.logdet()`` run as :class:`Adjoint`, whose backward is cuhouse's level-3
-adjoint in torch ops rather than autograd's tape of the forward:
+``H @ X`` for the Householder product H of the rows of ``y`` runs
+:mod:`cuhouse.algorithms.portable` (compact WY) in torch operations, and its
+backward is portable's level-3 adjoint, not autograd's tape of the forward.
+Everything torch-differentiable in cuhouse goes through it:
 
-* ``forward`` rebuilds the matrix on the leaves it is given (a
-  structure-preserving substitution, :meth:`cuhouse.Operator._substitute`),
-  runs the operator's ``_vjp_matmat`` (``_vjp_logabsdet``) without a graph
-  and keeps its backward closure: a first-order backward recomputes nothing.
-* ``backward`` under ``create_graph=True`` (grad mode on in the backward, as
-  ``torch.autograd.grad(..., create_graph=True)``, ``torch.func.grad`` and
-  ``jacrev`` run it) recomputes the adjoint from the saved leaves and operand
-  with differentiable torch ops, so the gradient of the gradient is exact to
-  any order; otherwise it calls the kept closure.
-* ``setup_context`` with ``generate_vmap_rule = True``: ``torch.func.vmap``
-  batches it (pass ``check_finite=False`` under vmap: a finiteness check reads
-  the data on the host).
+* :mod:`cuhouse.torch` (``householder_matmul``, the layers, ``orthogonal()``)
+  calls :func:`matmul` on the raw vectors;
+* the core's matrices on torch tensors (``HouseholderProduct``, ``SVDMatrix``,
+  ``EighMatrix``, ``Product``, derived matrices, ``logdet``) compose their
+  products of plain differentiable torch operations (a spectrum's scaling,
+  the rows built from a ``geqrf`` array) around :func:`matmul`, which
+  ``HouseholderProduct`` calls when torch records a gradient.
 
-Nothing here synchronizes with the host; the one check that does, the
-finiteness of X, runs before and is skipped with ``check_finite=False``.
+The Function:
+
+* saves tensors only (the rows, the output, T and S; no closure, no Python
+  object holding tensors), with ``setup_context`` and
+  ``generate_vmap_rule = True``: it composes with ``torch.func.vmap``,
+  ``grad``, ``jacrev``, ``torch.compile(fullgraph=True)`` (whose backward
+  graph reuses the forward's T factors: nothing is recomputed) and
+  ``torch.export``;
+* differentiates to any order: the backward is itself differentiable torch
+  operations on the saved rows, output and cotangent; under
+  ``create_graph=True`` T and S are rebuilt from the rows under autograd
+  (O(n k d)), otherwise the forward's are used;
+* never synchronizes with the host and has no data-dependent Python branch.
 """
 
+import array_api_compat.torch as xp
 import torch
 
+from .algorithms import portable
 
-def records_gradient(op, columns=None):
-    """True when torch would record a gradient through ``op @ columns`` (or ``op.logdet()``)."""
+BLOCK = 64
+"""Reflections per compact-WY block when the caller gives none; 128 when X has at least d/2
+columns. Measured on one CPU thread: at d = 1024, 64 and 128 tie at m = 32 and 32 is 1.7x
+slower at m = d."""
+
+
+def default_block_size(n, d, m):
+    """Reflections per block for ``n`` reflections of length ``d`` applied to ``m`` columns."""
+    return min(n, 2 * BLOCK if 2 * m >= d else BLOCK)
+
+
+def records_gradient(params, columns=None):
+    """True when torch records a gradient through a function of ``params`` (tensors) and ``columns``."""
     if not torch.is_grad_enabled():
         return False
-    return (columns is not None and columns.requires_grad) or any(p.requires_grad for p in op.params)
+    return (columns is not None and columns.requires_grad) or any(p.requires_grad for p in params)
 
 
-class _Kept:
-    """The forward's backward closure and rebuilt matrix, handed from ``forward`` to ``backward``."""
+def on_tape(value, params):
+    """``value`` with every tensor of ``params`` that requires grad in its graph, each with a zero
+    gradient unless ``value`` already depends on it (``torch.where``'s backward passes zeros, never
+    ``0 * inf``): as torch does, a function of tensors that require grad returns one, e.g. the
+    log-determinant of a product of reflections (zero). O(size of params)."""
+    false = torch.zeros((), dtype=torch.bool, device=value.device)
+    for p in params:
+        if p.requires_grad:
+            value = value + torch.where(false, p.sum().real, 0).to(value.dtype)
+    return value
 
-    __slots__ = ("back", "op")
 
+class Matmul(torch.autograd.Function):
+    """``(H @ x, T, S)`` (``H^T @ x`` with ``transpose``) for rows ``y`` ``(..., n, d)`` and ``x``
+    ``(..., d, m)`` of one float dtype (batch shapes broadcast); T and S are not differentiable
+    (saved for the backward; the dense algorithm returns its d x d matrix fourth).
 
-def _rebuilt(template, leaves):
-    """``template`` on ``leaves`` in place of its own parameters (same order)."""
-    return template._substitute({id(p): leaf for p, leaf in zip(template.params, leaves)})
-
-
-class Adjoint(torch.autograd.Function):
-    """``A @ columns`` (``how == ("matmat", flip)``) or ``log|det A|`` (``how == ("logdet",)``).
-
-    ``Adjoint.apply(template, how, kept, columns, *leaves)``: ``template`` is
-    the cuhouse matrix (only its structure is used), ``kept`` a fresh
-    :class:`_Kept`, ``columns`` ``(..., d, m)`` in the result dtype (``None``
-    for logdet) and ``leaves`` the tensors of ``template.params``.
+    ``Matmul.apply(y, x, transpose, k, algorithm, trapezoidal)``: blocks of ``k``
+    rows, ``algorithm`` one of :data:`cuhouse.algorithms.portable.ALGORITHMS`,
+    ``trapezoidal`` as in :func:`cuhouse.algorithms.portable.build`.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(template, how, kept, columns, *leaves):
-        op = _rebuilt(template, leaves)
-        kept.op = op
-        if how[0] == "logdet":
-            value, kept.back = op._vjp_logabsdet()
-            return value
-        out, kept.back = op._vjp_matmat(columns, how[1])
-        return out
+    def forward(y, x, transpose, k, algorithm, trapezoidal):
+        f = portable.build(y, k, xp, algorithm, trapezoidal)
+        out = portable.apply(f, x, transpose, xp)
+        return (out, f.t, f.s) if f.dense is None else (out, f.t, f.s, f.dense)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        template, how, kept, columns, *leaves = inputs
-        ctx.template, ctx.how, ctx.kept = template, how, kept
-        ctx.save_for_backward(columns, *leaves)
+        y, x, transpose, k, algorithm, trapezoidal = inputs
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(y, *output)
+        ctx.how = transpose, k, algorithm, trapezoidal
+        ctx.x_shape = x.shape
 
     @staticmethod
-    def backward(ctx, dout):
-        columns, *leaves = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: the adjoint itself in differentiable torch ops
-            op = _rebuilt(ctx.template, leaves)
-            if ctx.how[0] == "logdet":
-                back = op._vjp_logabsdet()[1]
-            else:
-                back = op._vjp_matmat(columns, ctx.how[1])[1]
+    def backward(ctx, dout, *_):
+        y, out, t, s, *dense = ctx.saved_tensors
+        transpose, k, algorithm, trapezoidal = ctx.how
+        # create_graph=True: T and S as differentiable functions of y (a compiled graph reuses the
+        # forward's: torch.compile refuses double backward itself)
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            f = portable.build(y, k, xp, algorithm, trapezoidal)
         else:
-            op, back = ctx.kept.op, ctx.kept.back
-        if ctx.how[0] == "logdet":
-            contributions, dcolumns = back(dout), None
-        else:
-            contributions, dcolumns = back(dout)
-        grads = op._gradients(contributions)
-        return (None, None, None, dcolumns) + tuple(grads)
+            kb = 1 if algorithm == "sequential" else min(k, y.shape[-2])
+            f = portable.Form(portable.blocks(y, kb, xp), t, s, y.shape[-2], dense[0] if dense else None, trapezoidal)
+        dy, dx = portable.backward(f, out, dout.expand_as(out), transpose, xp)
+        dy = dy.sum_to_size(y.shape) if ctx.needs_input_grad[0] else None
+        dx = dx.sum_to_size(ctx.x_shape) if ctx.needs_input_grad[1] else None
+        return dy, dx, None, None, None, None
 
 
-def matmat(op, columns, flip):
-    """``op @ columns`` (``op.T @ columns`` when ``flip``), differentiable through :class:`Adjoint`."""
-    return Adjoint.apply(op, ("matmat", flip), _Kept(), columns, *op.params)
+def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorithm="cwy"):
+    """``H @ x`` (``H^T @ x`` with ``transpose``) for H the product of the reflections of the rows of
+    ``y`` ``(..., n, d)`` and ``x`` ``(..., d, m)`` of one float dtype, differentiable to any order.
 
+    Rows need not be unit; a zero row acts as the identity factor. Batch
+    shapes broadcast. ``block_size`` (default :func:`default_block_size`) reflections
+    per block; ``trapezoidal=True`` promises that row i is zero before column i
+    (LAPACK's layout): the products then skip the rows of x a block cannot
+    touch, about half the flops. No validation, no host synchronization.
 
-def logabsdet(op):
-    """``log|det op|`` per batch entry, differentiable through :class:`Adjoint`."""
-    return Adjoint.apply(op, ("logdet",), _Kept(), None, *op.params)
+    One block (n <= k) is differentiated by autograd's tape of its few
+    operations (the same formulas; the tape keeps Y x and T, as much as the
+    Function would, and its backward runs without Python dispatch); more
+    blocks go through :class:`Matmul`, whose backward rebuilds each block's
+    input from the output instead of storing it.
+    Cost: O(n d m) forward in 3 n/k GEMMs plus O(n k d) for the T factors;
+    backward about three times the forward.
+    """
+    n, d = y.shape[-2:]
+    k = block_size or default_block_size(n, d, x.shape[-1])
+    if algorithm == "cwy" and n <= k:  # one block: autograd's tape, which keeps what the Function would
+        return portable.apply(portable.build(y, k, xp), x, bool(transpose), xp)
+    return Matmul.apply(y, x, bool(transpose), k, algorithm, bool(trapezoidal))[0]

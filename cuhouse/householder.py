@@ -17,7 +17,7 @@ from typing import Any, Optional, Tuple
 
 import numpy
 
-from . import _complex, _generic, _geqrf, _small, _validate, plan
+from . import _complex, _generic, _geqrf, _reuse, _small, _validate, plan
 from ._backend import (
     array_module,
     astype,
@@ -124,13 +124,6 @@ class HouseholderProduct(Operator):
         self._conjugate = conjugate  # the entrywise conjugate (complex only)
         self.algorithm = algorithm
         self.block_size = block_size
-
-    def _substitute(self, mapping):
-        """This product on other leaf arrays (see :meth:`cuhouse.Operator._substitute`). O(1)."""
-        core = self._core
-        params = tuple(mapping.get(id(p), p) for p in core.params)
-        new = Reflections(core.backend, params, core.segments, core.check_finite, core.dtype)
-        return self._view(new, self._transpose, self.algorithm, self.block_size, self._conjugate)
 
     @classmethod
     def _view(cls, core, transpose, algorithm, block_size, conjugate=False):
@@ -477,18 +470,65 @@ class HouseholderProduct(Operator):
 
     # ------------------------------------------------------------- products
     def __matmul__(self, other):
-        if type(other) is numpy.ndarray:
-            out = _small.matmul(self, other, "left")
+        if type(other) is numpy.ndarray:  # the kept dense H (cuhouse._reuse), then the small-size path
+            out = _reuse.matmul(self, other, True)
+            if out is None:
+                out = _small.matmul(self, other, "left")
             if out is not None:
                 return out
         return super().__matmul__(other)
 
     def __rmatmul__(self, other):
         if type(other) is numpy.ndarray:
-            out = _small.matmul(self, other, "right")
+            out = _reuse.matmul(self, other, False)
+            if out is None:
+                out = _small.matmul(self, other, "right")
             if out is not None:
                 return out
         return super().__rmatmul__(other)
+
+    def prepare_reuse(self, reuse: bool = True) -> HouseholderProduct:
+        """Declare that these reflections will run many products: from the next product on, each runs
+        the form the cost model predicts fastest per product once built (built at its first use),
+        instead of the fresh plan, whose prediction includes the build.
+
+        The form may be the dense H (``d x d`` per batch entry, kept only when at
+        most ``max(2 n d, 2**16)`` entries and within the machine's memory): at
+        small d one GEMM instead of several per block and their Python layers,
+        and for n >= d/2 half the flops; or compact WY with a larger block. See
+        :mod:`cuhouse._reuse`. The result's bits then differ from a fresh
+        product's (by rounding); which form runs depends on (d, n, m, dtype,
+        layout, backend) and the calibration only, as the fresh plan does.
+        Products with a gradient, a pinned ``algorithm`` or ``block_size``, and
+        arrays of other libraries than NumPy and CuPy are unaffected. Shared
+        with every view of these reflections (``.T``, ``.H``), kept by
+        :meth:`refresh` and by pickling; ``reuse=False`` goes back to fresh
+        plans. Cost: O(1) now; the form's build at the next product (the dense
+        H: O(n d^2), about one product with d columns).
+
+        Returns
+        -------
+        HouseholderProduct
+            ``self``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import cuhouse as ch
+        >>> rng = np.random.default_rng(0)
+        >>> H = ch.HouseholderProduct(rng.standard_normal((16, 16))).prepare_reuse()
+        >>> H.plan_for(4).algorithm
+        'dense'
+        >>> X = rng.standard_normal((16, 4))
+        >>> np.allclose(H @ X, H.todense() @ X)
+        True
+        """
+        if not isinstance(reuse, (bool, numpy.bool_)):
+            raise TypeError("reuse must be True or False, got {!r} of type {}".format(reuse, type(reuse).__name__))
+        self._core.reuse = bool(reuse)
+        if not reuse:
+            self._real_core()._hot = {}
+        return self
 
     def _real_core(self):
         """The :class:`Reflections` products run on: the realified one of a unitary product."""
@@ -496,15 +536,16 @@ class HouseholderProduct(Operator):
 
     def plan_for(self, m: int, dtype: Any = None, differentiable: bool = False) -> plan.Plan:
         """The :class:`cuhouse.plan.Plan` used for an ``X`` with ``m`` columns of ``dtype`` (in ``vjp``
-        when ``differentiable``). A unitary product plans for its realified form (2n reflections of
+        when ``differentiable``): the fresh plan, or after :meth:`prepare_reuse` the plan fastest
+        per product once built. A unitary product plans for its realified form (2n reflections of
         length 2d); a real one with complex ``X`` for 2m real columns.
 
         Returns
         -------
         cuhouse.plan.Plan
-            ``(algorithm, block_size, store_inputs)``: deterministic for these
-            arguments on one machine (the cost model's constants are measured once
-            per machine).
+            ``(algorithm, block_size, store_inputs, apply)``: deterministic for
+            these arguments on one machine (the cost model's constants are
+            measured once per machine) and :meth:`prepare_reuse`.
 
         Examples
         --------
@@ -517,7 +558,23 @@ class HouseholderProduct(Operator):
         dtype = numpy_dtype(dtype or self.dtype)
         if _complex.is_complex(dtype) and not self._unitary:
             m *= 2
-        return self._plan(m, _complex.real_dtype(dtype), differentiable)
+        real = numpy_dtype(_complex.real_dtype(dtype))
+        chosen = self._plan(m, real, differentiable)
+        if self._reused(differentiable):
+            layout = self._core.layout_for(differentiable)
+            return _reuse.choose(self._real_core(), chosen, m, real, layout, self._plan_backend())
+        return chosen
+
+    def _reused(self, differentiable):
+        """Whether a product runs a kept plan (:mod:`cuhouse._reuse`): declared reused, no gradient,
+        nothing pinned, NumPy or CuPy."""
+        return (
+            self._core.reuse
+            and not differentiable
+            and self.algorithm == "auto"
+            and self.block_size is None
+            and is_native(self._xp)
+        )
 
     def _plan(self, m, dtype, differentiable):
         core = self._real_core()
@@ -547,7 +604,13 @@ class HouseholderProduct(Operator):
         applies is the hook's combined with this view's."""
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
         core = self._real_core()
-        built = core.form(chosen, columns.dtype, self._core.layout_for(differentiable))
+        layout = self._core.layout_for(differentiable)
+        reused = self._reused(differentiable)
+        if reused:
+            chosen = _reuse.choose(core, chosen, columns.shape[-1], columns.dtype, layout, self._plan_backend())
+        built = core.form(chosen, columns.dtype, layout)
+        if reused and chosen.algorithm == "dense" and core is self._core:
+            _reuse.remember(core, columns.shape[-1], built[0])
         module = PLANS[chosen.algorithm] if core.native else portable
         return module, chosen, built, transpose != self._transpose
 
@@ -574,8 +637,39 @@ class HouseholderProduct(Operator):
 
     def _matmat(self, columns, transpose):
         real, back = self._real_form(columns)
+        core = self._real_core()
+        if core.backend == "torch":
+            from . import _torch
+
+            if _torch.records_gradient(core.params, real):
+                return back(self._autograd(real, transpose))
         module, chosen, (form, _, limits), transpose = self._run(real, transpose, False)
         return back(_apply_scaled(module, chosen, form, real, transpose, limits, self._xp))
+
+    def _autograd(self, real, transpose):
+        """``H @ real`` (``H^T @ real``) on torch, differentiable by torch autograd to any order: the
+        full rows built from the leaves by differentiable torch operations, each row and each
+        column of X scaled by a power of two to its binade (exact), through the one Function
+        :func:`cuhouse._torch.matmul`. Both scales are constants (a reflection does not change
+        when its vector is scaled; H is linear), so this is exact to every order, and every
+        intermediate of the forward and of the backward (whose terms grow as 1 / |v|^2 times
+        the gradient) stays in range wherever the result and the gradient are.
+        Cost: the product's, plus O(n d + d m) for the rows, the columns and their scales."""
+        from . import _torch
+
+        core, xp = self._real_core(), self._xp
+        chosen = self._plan(real.shape[-1], real.dtype, True)
+        rows = _generic.rows(core, real.dtype)
+        rows = rows * _scaling.column_factors(rows.detach().mT, xp).mT
+        factors = _scaling.column_factors(real.detach(), xp)
+        out = _torch.matmul(
+            rows,
+            real * factors,
+            transpose != self._transpose,
+            block_size=chosen.block_size or 1,
+            algorithm=chosen.algorithm,
+        )
+        return out / factors
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp

@@ -87,20 +87,6 @@ class _SpectralMatrix(Operator):
         child._init(left, values, right, self._root(), self, step, derivative, (spectral_map, transpose, conjugate))
         return child
 
-    def _substitute(self, mapping):
-        """This matrix on other leaf arrays (see :meth:`cuhouse.Operator._substitute`): the lineage
-        is replayed, so derived values and derivatives are recomputed from the new leaves
-        (differentiably, on torch). Nothing is validated. O(r) per step."""
-        if self._parent is not None:
-            return self._parent._substitute(mapping)._derive(self._step, *self._how)
-        left = self._left._substitute(mapping)
-        right = left if self._right is self._left else self._right._substitute(mapping)
-        root = type(self).__new__(type(self))
-        root._init(left, mapping.get(id(self._given), self._given), right)
-        root._params = tuple(mapping.get(id(p), p) for p in self._params)
-        root._check_finite = self._check_finite
-        return root
-
     # ------------------------------------------------------------ attributes
     @property
     def params(self) -> Tuple[Array, ...]:

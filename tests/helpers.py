@@ -101,7 +101,7 @@ def check_vjp(fun, primals, vjp, *, seed=1, step=1e-6, rtol=1e-6, xp=numpy, mask
 
     def draw(like):
         t = rng.standard_normal(like.shape)
-        if dtype_name(like).startswith("complex"):
+        if numpy.dtype(dtype_name(like)).kind == "c":
             t = t + 1j * rng.standard_normal(like.shape)
         return xp.asarray(t)
 
@@ -138,7 +138,7 @@ def check_matmul_vjp(make, leaves, x, side="left", xp=numpy, **options):
 
     def fun(*primals):
         a, operand = make(*primals[:-1]), primals[-1]
-        return a @ operand if side == "left" else rmatmul(operand, a)
+        return ch.matmul(a, operand) if side == "left" else ch.matmul(operand, a)
 
     check_vjp(fun, (*leaves, x), grads, xp=xp, **options)
 
@@ -170,8 +170,8 @@ class Library:
     def asarray(self, a, dtype=None):
         if isinstance(a, numpy.ndarray) and dtype is not None:
             a = a.astype(dtype)
-        if isinstance(a, numpy.ndarray):  # (ascontiguousarray would make a 0-d array 1-d)
-            return self._namespace.asarray(a if a.flags.c_contiguous else numpy.ascontiguousarray(a))
+        if isinstance(a, numpy.ndarray):  # numpy.array, not ascontiguousarray, which makes a 0-d array 1-d
+            return self._namespace.asarray(numpy.array(a, order="C"))
         return self._namespace.asarray(a) if dtype is None else self._namespace.asarray(a, dtype=self._dtype(dtype))
 
     def _dtype(self, dtype):
@@ -247,3 +247,30 @@ def needs_algorithm(xp, algorithm):
 
     if algorithm not in ("auto",) + portable.ALGORITHMS:
         native_only(xp, "algorithm={!r}".format(algorithm))
+
+
+# ------------------------------------------- backend-neutral checks (tests2: spectral, complex, fuzz, ...)
+def examples(xp, numpy_examples):
+    """How many hypothesis examples a property test runs on ``xp``: all of them on NumPy and CuPy, a
+    quarter (at least 5) on the generic path, whose Python overhead per call is larger."""
+    return numpy_examples if getattr(xp, "native", True) else max(5, numpy_examples // 4)
+
+
+# The generic path's libraries that take complex data; the others refuse it with a TypeError, which
+# tests of complex data assert instead (:func:`refuses_complex`).
+COMPLEX_GENERIC = ()
+
+
+def refuses_complex(xp):
+    """False on NumPy, CuPy and the libraries of ``COMPLEX_GENERIC``. Elsewhere assert that complex data
+    is refused (a ``TypeError`` naming the argument, its dtype and the backends that take it) and
+    return True: the test of complex data ends there."""
+    if getattr(xp, "native", True) or backend_name(xp) in COMPLEX_GENERIC:
+        return False
+    with pytest.raises(
+        TypeError,
+        match=r"^vectors has dtype \S*complex128; complex dtypes run on NumPy and CuPy only: arrays of {} run "
+        r"the generic path".format(backend_name(xp)),
+    ):
+        ch.HouseholderProduct(xp.asarray(numpy.ones((2, 3), dtype=numpy.complex128)))
+    return True

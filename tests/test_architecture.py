@@ -38,6 +38,7 @@ LAYERS = (
             "cuhouse._generic",
             "cuhouse._geqrf",
             "cuhouse._small",
+            "cuhouse._reuse",
             "cuhouse._dask",
             "cuhouse._torch",
         ),

@@ -291,7 +291,7 @@ def _lapack(a, x):
     ],
 )
 def test_gradcheck_and_gradgradcheck(fn, shapes):
-    """First and second derivatives through cuhouse._torch.Adjoint against finite differences."""
+    """First and second derivatives (torch autograd around cuhouse._torch.Matmul) against finite differences."""
     rng = _rng(6)
     args = [rng.standard_normal(shape) for shape in shapes]
     if fn is not _householder and fn is not _lapack:

@@ -14,7 +14,17 @@ import pytest
 import scipy.linalg
 import scipy.optimize
 import scipy.sparse.linalg
-from helpers import check_matmul_vjp, matmul_vjp, to_numpy
+from helpers import (
+    COMPLEX_GENERIC,
+    backend_name,
+    check_matmul_vjp,
+    dtype_name,
+    matmul_vjp,
+    needs_algorithm,
+    refuses_complex,
+    rmatmul,
+    to_numpy,
+)
 
 import cuhouse as ch
 
@@ -51,6 +61,11 @@ def lapack_reference(a, tau):
     return q
 
 
+def on_backend(xp, matrix):
+    """A HouseholderProduct, SVDMatrix or EighMatrix built from NumPy arrays, rebuilt from its params on ``xp``."""
+    return type(matrix)(*(xp.asarray(numpy.asarray(p)) for p in matrix.params))
+
+
 def assert_close(actual, expected, dtype, scale=50):
     expected = numpy.asarray(expected)
     tol = scale * EPS[numpy.dtype(dtype).type] * max(1.0, numpy.abs(expected).max()) * max(expected.shape or (1,))
@@ -60,126 +75,149 @@ def assert_close(actual, expected, dtype, scale=50):
 # ------------------------------------------------------------------ products
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
-def test_products_match_the_definition(xp, algorithm, dtype):
+def test_products_match_the_definition(any_xp, algorithm, dtype):
+    needs_algorithm(any_xp, algorithm)
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(0)
     v = crandn(rng, 2, 5, 9, dtype=dtype)
     x = crandn(rng, 2, 9, 4, dtype=dtype)
-    h = ch.HouseholderProduct(xp.asarray(v), algorithm=algorithm, block_size=2)
+    xs = any_xp.asarray(x)
+    h = ch.HouseholderProduct(any_xp.asarray(v), algorithm=algorithm, block_size=2)
     ref = reference(v)
-    assert h.dtype == dtype and h.shape == (2, 9, 9)
-    assert_close(h @ xp.asarray(x), ref @ x, dtype)
-    assert_close(xp.asarray(x).swapaxes(-1, -2) @ h, x.swapaxes(-1, -2) @ ref, dtype)
-    assert_close(h.H @ xp.asarray(x), ref.conj().swapaxes(-1, -2) @ x, dtype)
-    assert_close(h.T @ xp.asarray(x), ref.swapaxes(-1, -2) @ x, dtype)
-    assert_close(h.conj() @ xp.asarray(x), ref.conj() @ x, dtype)
-    assert_close(h.inv() @ (h @ xp.asarray(x)), x, dtype)
-    assert_close(h @ xp.asarray(x[0, :, 0]), ref @ x[0, :, 0], dtype)  # a vector, broadcast over H's batch
+    assert dtype_name(h) == numpy.dtype(dtype).name and h.shape == (2, 9, 9)
+    assert_close(h @ xs, ref @ x, dtype)
+    assert_close(rmatmul(any_xp.asarray(x.swapaxes(-1, -2)), h), x.swapaxes(-1, -2) @ ref, dtype)
+    assert_close(h.H @ xs, ref.conj().swapaxes(-1, -2) @ x, dtype)
+    assert_close(h.T @ xs, ref.swapaxes(-1, -2) @ x, dtype)
+    assert_close(h.conj() @ xs, ref.conj() @ x, dtype)
+    assert_close(h.inv() @ (h @ xs), x, dtype)
+    assert_close(h @ any_xp.asarray(x[0, :, 0]), ref @ x[0, :, 0], dtype)  # a vector, broadcast over H's batch
 
 
 @pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
-def test_unitary_to_50_eps_d(xp, dtype):
+def test_unitary_to_50_eps_d(any_xp, dtype):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(1)
     d = 33
-    h = ch.HouseholderProduct(xp.asarray(crandn(rng, 20, d, dtype=dtype)))
+    h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 20, d, dtype=dtype)))
     dense = to_numpy(h.todense())
     assert dense.dtype == dtype
     error = numpy.abs(dense.conj().T @ dense - numpy.eye(d)).max()
     assert error <= 50 * EPS[numpy.dtype(dtype).type] * d
 
 
-def test_real_and_complex_operands_promote_as_numpy_matmul(xp):
+def test_real_and_complex_operands_promote_as_numpy_matmul(any_xp):
     rng = numpy.random.default_rng(2)
     real_v, complex_v = rng.standard_normal((3, 6)), crandn(rng, 3, 6, dtype=numpy.complex64)
-    hr, hc = ch.HouseholderProduct(xp.asarray(real_v)), ch.HouseholderProduct(xp.asarray(complex_v))
     xc, xr = crandn(rng, 6, 2), rng.standard_normal((6, 2)).astype(numpy.float32)
-    assert (hr @ xp.asarray(xc)).dtype == numpy.complex128
-    assert_close(hr @ xp.asarray(xc), reference(real_v) @ xc, numpy.complex128)
-    assert_close(xp.asarray(xc.T) @ hr, xc.T @ reference(real_v), numpy.complex128)
-    assert (hc @ xp.asarray(xr)).dtype == numpy.complex64
-    assert (hc @ xp.asarray(xr.astype(numpy.float64))).dtype == numpy.complex128
-    assert_close(hc @ xp.asarray(xr), reference(complex_v) @ xr, numpy.complex64)
-    assert_close(xp.asarray(xr.T) @ hc, xr.T @ reference(complex_v), numpy.complex64)
-    assert (hc @ xp.asarray(numpy.ones((6, 2), dtype=int))).dtype == numpy.complex128
+    hr = ch.HouseholderProduct(any_xp.asarray(real_v))
+    if refuses_complex(any_xp):
+        with pytest.raises(TypeError, match=r"^X has dtype \S*complex128; complex dtypes run on NumPy and CuPy only"):
+            hr @ any_xp.asarray(xc)
+        return
+    hc = ch.HouseholderProduct(any_xp.asarray(complex_v))
+    assert dtype_name(hr @ any_xp.asarray(xc)) == "complex128"
+    assert_close(hr @ any_xp.asarray(xc), reference(real_v) @ xc, numpy.complex128)
+    assert_close(rmatmul(any_xp.asarray(xc.T), hr), xc.T @ reference(real_v), numpy.complex128)
+    assert dtype_name(hc @ any_xp.asarray(xr)) == "complex64"
+    assert dtype_name(hc @ any_xp.asarray(xr.astype(numpy.float64))) == "complex128"
+    assert_close(hc @ any_xp.asarray(xr), reference(complex_v) @ xr, numpy.complex64)
+    assert_close(rmatmul(any_xp.asarray(xr.T), hc), xr.T @ reference(complex_v), numpy.complex64)
+    assert dtype_name(hc @ any_xp.asarray(numpy.ones((6, 2), dtype=int))) == "complex128"
 
 
-def test_real_matrices_have_h_equal_to_t_and_conj_equal_to_self():
+def test_real_matrices_have_h_equal_to_t_and_conj_equal_to_self(any_xp):
     rng = numpy.random.default_rng(3)
-    h = ch.HouseholderProduct(rng.standard_normal((3, 5)))
-    w = ch.SVDMatrix.random(5, 4, rng=rng)
-    e = ch.EighMatrix(rng.standard_normal((3, 5)), rng.standard_normal(5))
+    h = ch.HouseholderProduct(any_xp.asarray(rng.standard_normal((3, 5))))
+    w = on_backend(any_xp, ch.SVDMatrix.random(5, 4, rng=rng))
+    e = ch.EighMatrix(any_xp.asarray(rng.standard_normal((3, 5))), any_xp.asarray(rng.standard_normal(5)))
     p = w @ w.T
     for a in (h, w, e, p):
-        numpy.testing.assert_array_equal(a.H.todense(), a.T.todense())
-        numpy.testing.assert_array_equal(a.conj().todense(), a.todense())
+        numpy.testing.assert_array_equal(to_numpy(a.H.todense()), to_numpy(a.T.todense()))
+        numpy.testing.assert_array_equal(to_numpy(a.conj().todense()), to_numpy(a.todense()))
     assert h.conj() is h and w.conj() is w and e.H is e
 
 
-def test_transpose_adjoint_and_conjugate_on_every_type():
+def test_transpose_adjoint_and_conjugate_on_every_type(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(4)
-    h = ch.HouseholderProduct(crandn(rng, 3, 5))
-    w = ch.SVDMatrix.random(5, 4, rng=rng, dtype=numpy.complex128)
-    e = ch.EighMatrix(crandn(rng, 3, 5), rng.standard_normal(5))
+    h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 3, 5)))
+    w = on_backend(any_xp, ch.SVDMatrix.random(5, 4, rng=rng, dtype=numpy.complex128))
+    e = ch.EighMatrix(any_xp.asarray(crandn(rng, 3, 5)), any_xp.asarray(rng.standard_normal(5)))
     p = w @ w.H @ h
-    square = ch.SVDMatrix.random(5, 5, rng=rng, dtype=numpy.complex64)
+    square = on_backend(any_xp, ch.SVDMatrix.random(5, 5, rng=rng, dtype=numpy.complex64))
     for a in (h, w, e, p, h.T, w.pinv(), square.inv(), e.expm()):
-        dense = a.todense()
-        assert_close(a.H.todense(), dense.conj().T, a.dtype)
-        assert_close(a.T.todense(), dense.T, a.dtype)
-        assert_close(a.conj().todense(), dense.conj(), a.dtype)
-        assert_close(a.conj().H.todense(), dense.T, a.dtype)
+        dense, dtype = to_numpy(a.todense()), dtype_name(a)
+        assert_close(a.H.todense(), dense.conj().T, dtype)
+        assert_close(a.T.todense(), dense.T, dtype)
+        assert_close(a.conj().todense(), dense.conj(), dtype)
+        assert_close(a.conj().H.todense(), dense.T, dtype)
     assert isinstance(h.T, ch.HouseholderProduct) and isinstance(h.conj(), ch.HouseholderProduct)
     assert e.H is e  # Hermitian
-    assert_close(h.H.todense(), h.inv().todense(), numpy.complex128)
+    assert_close(h.H.todense(), to_numpy(h.inv().todense()), numpy.complex128)
 
 
-def test_compose_conjugated_and_adjoint_views_with_real_products():
+def test_compose_conjugated_and_adjoint_views_with_real_products(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(5)
-    h1 = ch.HouseholderProduct(crandn(rng, 3, 6))
-    h2 = ch.HouseholderProduct(rng.standard_normal((2, 6)))
-    h3 = ch.HouseholderProduct.from_dense(numpy.linalg.qr(crandn(rng, 6, 6))[0])
+    h1 = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 3, 6)))
+    h2 = ch.HouseholderProduct(any_xp.asarray(rng.standard_normal((2, 6))))
+    h3 = ch.HouseholderProduct.from_dense(any_xp.asarray(numpy.linalg.qr(crandn(rng, 6, 6))[0]))
     composed = h1.conj() @ h2 @ h3.H @ h1.T
     assert isinstance(composed, ch.HouseholderProduct)
-    expected = h1.todense().conj() @ h2.todense() @ h3.todense().conj().T @ h1.todense().T
+    d1, d2, d3 = (to_numpy(h.todense()) for h in (h1, h2, h3))
+    expected = d1.conj() @ d2 @ d3.conj().T @ d1.T
     assert_close(composed.todense(), expected, numpy.complex128)
     assert_close(composed.det(), numpy.linalg.det(expected), numpy.complex128)
     assert composed.params[0] is h1.params[0] and len(composed.params) == 3
 
 
-def test_det_and_slogdet_follow_numpy():
+def test_det_and_slogdet_follow_numpy(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(6)
-    h = ch.HouseholderProduct(crandn(rng, 2, 3, 5))
-    numpy.testing.assert_array_equal(h.det(), numpy.full(2, -1.0 + 0j))
+    h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 2, 3, 5)))
+    numpy.testing.assert_array_equal(to_numpy(h.det()), numpy.full(2, -1.0 + 0j))
     sign, logabs = h.slogdet()
     ref_sign, ref_log = numpy.linalg.slogdet(reference(h.vectors))
-    assert sign.dtype == numpy.complex128 and logabs.dtype == numpy.float64
+    assert dtype_name(sign) == "complex128" and dtype_name(logabs) == "float64"
     assert_close(sign, ref_sign, numpy.complex128)
     assert_close(logabs, ref_log, numpy.complex128)
-    assert h.logdet().dtype == numpy.float64
-    w = ch.SVDMatrix.random(5, 5, rng=rng, dtype=numpy.complex64)
+    assert dtype_name(h.logdet()) == "float64"
+    w = on_backend(any_xp, ch.SVDMatrix.random(5, 5, rng=rng, dtype=numpy.complex64))
+    dense = to_numpy(w.todense()).astype(numpy.complex128)
     sign, logabs = w.slogdet()
-    ref_sign, ref_log = numpy.linalg.slogdet(w.todense().astype(numpy.complex128))
-    assert sign.dtype == numpy.complex64 and logabs.dtype == numpy.float32
+    ref_sign, ref_log = numpy.linalg.slogdet(dense)
+    assert dtype_name(sign) == "complex64" and dtype_name(logabs) == "float32"
     assert_close(sign, ref_sign, numpy.complex64)
     assert_close(logabs, ref_log, numpy.complex64)
-    assert_close(w.det(), numpy.linalg.det(w.todense().astype(complex)), numpy.complex64)
+    assert_close(w.det(), numpy.linalg.det(dense), numpy.complex64)
 
 
-def test_pickle_and_vectors_of_views():
+def test_pickle_and_vectors_of_views(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(7)
-    v = crandn(rng, 3, 5)
-    h = ch.HouseholderProduct(v)
+    h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 3, 5)))
     for view in (h, h.H, h.conj(), h.T):
         copy = pickle.loads(pickle.dumps(view))
-        assert_close(copy.todense(), view.todense(), numpy.complex128)
-        assert_close(reference(view.vectors), view.todense(), numpy.complex128)
+        assert copy.backend == view.backend
+        assert_close(copy.todense(), to_numpy(view.todense()), numpy.complex128)
+        assert_close(reference(view.vectors), to_numpy(view.todense()), numpy.complex128)
 
 
-def test_refresh_after_an_in_place_update():
+def test_refresh_after_an_in_place_update(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(8)
-    v = crandn(rng, 3, 5)
+    v = any_xp.asarray(crandn(rng, 3, 5))
     h = ch.HouseholderProduct(v)
     h.todense()
-    v[1] *= 1j * 2
+    v[1, :] *= 2j
     v[0, 2] += 1 - 1j
     assert_close(h.refresh().todense(), reference(v), numpy.complex128)
 
@@ -187,13 +225,16 @@ def test_refresh_after_an_in_place_update():
 # ------------------------------------------------------------------ LAPACK and from_dense
 @pytest.mark.parametrize("shape", [(8, 5), (5, 5), (5, 8)])
 @pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
-def test_from_lapack_matches_scipy_qr(shape, dtype):
+def test_from_lapack_matches_scipy_qr(any_xp, shape, dtype):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(9)
     a = crandn(rng, *shape, dtype=dtype)
     (qr, tau), _ = scipy.linalg.qr(a, mode="raw")
     q = scipy.linalg.qr(a)[0]  # ?ungqr's Q
-    h = ch.HouseholderProduct.from_lapack(qr, tau)
-    assert h.dtype == dtype and h.params[0] is qr
+    qr_xp = any_xp.asarray(qr)
+    h = ch.HouseholderProduct.from_lapack(qr_xp, any_xp.asarray(tau))
+    assert dtype_name(h) == numpy.dtype(dtype).name and h.params[0] is qr_xp
     assert_close(h.todense(), q, dtype)
     assert_close(h.todense(), lapack_reference(qr, tau), dtype)
     assert_close(h.det(), numpy.linalg.det(q.astype(complex)), dtype)
@@ -202,13 +243,16 @@ def test_from_lapack_matches_scipy_qr(shape, dtype):
     reflectors = qr[:, : len(tau)]
     expected, _, info = unmqr("L", "N", reflectors, tau, x, max(1, 3 * 64))
     assert info == 0
-    assert_close(h @ x, expected, dtype)
+    assert_close(h @ any_xp.asarray(x), expected, dtype)
     expected_h, _, _ = unmqr("L", "C", reflectors, tau, x, max(1, 3 * 64))
-    assert_close(h.H @ x, expected_h, dtype)
+    assert_close(h.H @ any_xp.asarray(x), expected_h, dtype)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_from_lapack_batched_with_identity_factors(algorithm):
+def test_from_lapack_batched_with_identity_factors(any_xp, algorithm):
+    needs_algorithm(any_xp, algorithm)
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(10)
     a = crandn(rng, 2, 7, 4)
     qr = numpy.empty_like(a)
@@ -217,13 +261,14 @@ def test_from_lapack_batched_with_identity_factors(algorithm):
         (qr_b, tau_b), _ = scipy.linalg.qr(a[b], mode="raw")
         qr[b], tau[b] = qr_b, tau_b
     tau[1, 2] = 0  # an identity factor
-    h = ch.HouseholderProduct.from_lapack(qr, tau, algorithm=algorithm, block_size=2)
+    h = ch.HouseholderProduct.from_lapack(any_xp.asarray(qr), any_xp.asarray(tau), algorithm=algorithm, block_size=2)
     expected = numpy.stack([lapack_reference(qr[b], tau[b]) for b in range(2)])
     assert_close(h.todense(), expected, numpy.complex128)
     assert_close(h.det(), numpy.linalg.det(expected), numpy.complex128)
 
 
 def test_from_lapack_takes_torch_geqrf():
+    """torch.geqrf's complex output, on the NumPy backend (converted) and on the torch backend (as it is)."""
     torch = pytest.importorskip("torch")
     rng = numpy.random.default_rng(11)
     a = crandn(rng, 6, 4)
@@ -231,42 +276,55 @@ def test_from_lapack_takes_torch_geqrf():
     q = torch.linalg.householder_product(qr, tau).numpy()
     h = ch.HouseholderProduct.from_lapack(qr.numpy(), tau.numpy())
     assert_close(h.todense()[:, :4], q, numpy.complex128)
+    if "torch" not in COMPLEX_GENERIC:
+        with pytest.raises(TypeError, match=r"^a has dtype torch.complex128; complex dtypes run on NumPy and CuPy"):
+            ch.HouseholderProduct.from_lapack(qr, tau)
+        return
+    h = ch.HouseholderProduct.from_lapack(qr, tau)
+    assert isinstance(h.todense(), torch.Tensor)
+    assert_close(h.todense()[:, :4], q, numpy.complex128)
 
 
-def test_real_lapack_keeps_tau_implied_by_a():
+def test_real_lapack_keeps_tau_implied_by_a(any_xp):
     rng = numpy.random.default_rng(12)
     (qr, tau), _ = scipy.linalg.qr(rng.standard_normal((6, 4)), mode="raw")
-    h = ch.HouseholderProduct.from_lapack(qr, tau)
-    assert h.dtype == numpy.float64 and h.params == (qr,)
+    qr_xp = any_xp.asarray(qr)
+    h = ch.HouseholderProduct.from_lapack(qr_xp, any_xp.asarray(tau))
+    assert dtype_name(h) == "float64" and len(h.params) == 1 and h.params[0] is qr_xp
     with pytest.raises(ValueError, match="tau must be 0 or 2 / \\(v\\^T v\\)"):
-        ch.HouseholderProduct.from_lapack(qr, tau * 0.9)
+        ch.HouseholderProduct.from_lapack(qr_xp, any_xp.asarray(tau * 0.9))
 
 
 @pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
-def test_from_dense_of_a_unitary_matrix(xp, dtype):
+def test_from_dense_of_a_unitary_matrix(any_xp, dtype):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(13)
     q = numpy.linalg.qr(crandn(rng, 3, 7, 7))[0].astype(dtype)
-    h = ch.HouseholderProduct.from_dense(xp.asarray(q))
-    assert h.dtype == dtype and h.n_reflections <= 7
+    h = ch.HouseholderProduct.from_dense(any_xp.asarray(q))
+    assert dtype_name(h) == numpy.dtype(dtype).name and h.n_reflections <= 7
     assert_close(h.todense(), q, dtype)
     assert_close(h.det(), numpy.linalg.det(q.astype(complex)), dtype)
     tall = q[..., :3]
-    assert_close(ch.HouseholderProduct.from_dense(xp.asarray(tall)).todense()[..., :3], tall, dtype)
-    eye = ch.HouseholderProduct.from_dense(numpy.eye(4, dtype=dtype))
+    assert_close(to_numpy(ch.HouseholderProduct.from_dense(any_xp.asarray(tall)).todense())[..., :3], tall, dtype)
+    eye = ch.HouseholderProduct.from_dense(any_xp.asarray(numpy.eye(4, dtype=dtype)))
     assert_close(eye.todense(), numpy.eye(4), dtype)
 
 
 # ------------------------------------------------------------------ SVD and eigen
-def test_svd_matrix_operations_match_dense():
+def test_svd_matrix_operations_match_dense(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(14)
-    w = ch.SVDMatrix(crandn(rng, 4, 5), rng.uniform(0.5, 2, 4), crandn(rng, 4, 4))
-    u, v, s = reference(w.U.vectors), reference(w.V.vectors), numpy.asarray(w.s)
+    u, s, v = crandn(rng, 4, 5), rng.uniform(0.5, 2, 4), crandn(rng, 4, 4)
+    w = ch.SVDMatrix(any_xp.asarray(u), any_xp.asarray(s), any_xp.asarray(v))
+    u, v = reference(u), reference(v)
     dense = u[:, :4] @ numpy.diag(s) @ v[:, :4].conj().T
-    assert w.dtype == numpy.complex128 and w.shape == (5, 4)
+    assert dtype_name(w) == "complex128" and w.shape == (5, 4)
     assert_close(w.todense(), dense, numpy.complex128)
     x = crandn(rng, 4, 3)
-    assert_close(w @ x, dense @ x, numpy.complex128)
-    assert_close(x.T @ w.H, x.T @ dense.conj().T, numpy.complex128)
+    assert_close(w @ any_xp.asarray(x), dense @ x, numpy.complex128)
+    assert_close(rmatmul(any_xp.asarray(x.T), w.H), x.T @ dense.conj().T, numpy.complex128)
     assert_close(w.pinv().todense(), numpy.linalg.pinv(dense), numpy.complex128)
     assert_close(
         w.clip(0.8, 1.5).todense(), u[:, :4] @ numpy.diag(numpy.clip(s, 0.8, 1.5)) @ v.conj().T, numpy.complex128
@@ -274,31 +332,35 @@ def test_svd_matrix_operations_match_dense():
     for ord in (2, "fro", "nuc"):
         assert_close(w.norm(ord), numpy.linalg.norm(dense, ord), numpy.complex128)
     assert_close(w.cond(), numpy.linalg.cond(dense), numpy.complex128)
-    square = ch.SVDMatrix.random(5, 5, rng=rng, dtype=numpy.complex128)
-    sq = square.todense()
+    square = on_backend(any_xp, ch.SVDMatrix.random(5, 5, rng=rng, dtype=numpy.complex128))
+    sq = to_numpy(square.todense())
     b = crandn(rng, 5, 2)
     assert_close(square.inv().todense(), numpy.linalg.inv(sq), numpy.complex128)
-    assert_close(square.solve(b), numpy.linalg.solve(sq, b), numpy.complex128)
+    assert_close(square.solve(any_xp.asarray(b)), numpy.linalg.solve(sq, b), numpy.complex128)
     assert_close(square.logdet(), numpy.linalg.slogdet(sq)[1], numpy.complex128)
 
 
-def test_svd_from_dense_of_a_complex_matrix():
+def test_svd_from_dense_of_a_complex_matrix(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(15)
     a = crandn(rng, 6, 4)
-    w = ch.SVDMatrix.from_dense(a)
-    assert w.s.dtype == numpy.float64
+    w = ch.SVDMatrix.from_dense(any_xp.asarray(a))
+    assert dtype_name(w.s) == "float64"
     assert_close(w.todense(), a, numpy.complex128)
-    best = ch.SVDMatrix.from_dense(a, rank=2).todense()
+    best = ch.SVDMatrix.from_dense(any_xp.asarray(a), rank=2).todense()
     u, s, vh = numpy.linalg.svd(a, full_matrices=False)
     assert_close(best, u[:, :2] * s[:2] @ vh[:2], numpy.complex128)
 
 
-def test_eigh_matrix_functions_match_scipy():
+def test_eigh_matrix_functions_match_scipy(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(16)
     b = crandn(rng, 5, 5)
     a = b @ b.conj().T + numpy.eye(5)  # Hermitian positive definite
-    e = ch.EighMatrix.from_dense(a)
-    assert e.dtype == numpy.complex128 and e.w.dtype == numpy.float64
+    e = ch.EighMatrix.from_dense(any_xp.asarray(a))
+    assert dtype_name(e) == "complex128" and dtype_name(e.w) == "float64"
     assert_close(e.todense(), a, numpy.complex128)
     scaled = ch.EighMatrix(e.U, e.w / 10)
     assert_close(scaled.expm().todense(), scipy.linalg.expm(a / 10), numpy.complex128)
@@ -317,32 +379,38 @@ def _direction(rng, like):
     return crandn(rng, *like.shape) if numpy.iscomplexobj(like) else rng.standard_normal(like.shape)
 
 
-def _dot_test(make, params, x, side, rng, masks=None):
+def _dot_test(xp, make, params, x, side, rng, masks=None):
     """The dot test (:func:`helpers.check_vjp`) along complex directions, torch's convention: for every
-    parameter and X at once; gradients in their leaf's (float) dtype."""
+    parameter and X at once; gradients in their leaf's (float) dtype. ``params``, ``x`` and ``masks``
+    are NumPy arrays, moved to ``xp`` here."""
+    params, x = [xp.asarray(p) for p in params], xp.asarray(x)
     a = make(*params)
     out, grads = matmul_vjp(a, x, side)
-    *dparams, dx = grads(_direction(rng, out))
-    assert [g.dtype for g in dparams] == [numpy.result_type(p.dtype, numpy.float32) for p in params]
-    assert dx.dtype == x.dtype
-    check_matmul_vjp(
-        make, params, x, side, seed=int(rng.integers(2**31)), masks=None if masks is None else (*masks, None)
-    )
+    *dparams, dx = grads(xp.asarray(_direction(rng, to_numpy(out))))
+    assert [dtype_name(g) for g in dparams] == [numpy.result_type(dtype_name(p), numpy.float32).name for p in params]
+    assert dtype_name(dx) == dtype_name(x)
+    masks = None if masks is None else (*(xp.asarray(m) for m in masks), None)
+    check_matmul_vjp(make, params, x, side, xp, seed=int(rng.integers(2**31)), masks=masks)
 
 
 @pytest.mark.parametrize("algorithm", ("cwy", "fasth", "sequential", "dense"))
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("kinds", ["cc", "cr", "rc"])  # (vectors, X): complex or real
-def test_householder_adjoint_dot_test(algorithm, side, kinds):
+def test_householder_adjoint_dot_test(any_xp, algorithm, side, kinds):
+    needs_algorithm(any_xp, algorithm)
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(17)
     v = crandn(rng, 2, 4, 7) if kinds[0] == "c" else rng.standard_normal((2, 4, 7))
     shape = (7, 3) if side == "left" else (3, 7)
     x = crandn(rng, *shape) if kinds[1] == "c" else rng.standard_normal(shape)
-    _dot_test(lambda v: ch.HouseholderProduct(v, algorithm=algorithm, block_size=3), [v], x, side, rng)
+    _dot_test(any_xp, lambda v: ch.HouseholderProduct(v, algorithm=algorithm, block_size=3), [v], x, side, rng)
 
 
 @pytest.mark.parametrize("view", ["T", "H", "conj", "compose"])
-def test_views_adjoint_dot_test(view):
+def test_views_adjoint_dot_test(any_xp, view):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(18)
     makers = {
         "T": lambda v: ch.HouseholderProduct(v).T,
@@ -352,54 +420,65 @@ def test_views_adjoint_dot_test(view):
     }
     params = [crandn(rng, 4, 6), rng.standard_normal((3, 6))][: 2 if view == "compose" else 1]
     for side, x in (("left", crandn(rng, 6, 2)), ("right", crandn(rng, 2, 6))):
-        _dot_test(makers[view], params, x, side, rng)
+        _dot_test(any_xp, makers[view], params, x, side, rng)
 
 
 @pytest.mark.parametrize("algorithm", ("cwy", "fasth", "sequential", "dense"))
-def test_from_lapack_adjoint_dot_test_holds_the_eigenvalues_fixed(algorithm):
+def test_from_lapack_adjoint_dot_test_holds_the_eigenvalues_fixed(any_xp, algorithm):
+    needs_algorithm(any_xp, algorithm)
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(19)
     (qr, tau), _ = scipy.linalg.qr(crandn(rng, 7, 4), mode="raw")
-    eigenvalues = 1 - tau * (1 + (numpy.abs(numpy.tril(qr, -1)) ** 2).sum(0))
+    eigenvalues = any_xp.asarray(1 - tau * (1 + (numpy.abs(numpy.tril(qr, -1)) ** 2).sum(0)))
+    below = any_xp.asarray(numpy.tril(numpy.ones(qr.shape), -1))
 
     def make(a):
-        implied = (1 - eigenvalues) / (1 + (numpy.abs(numpy.tril(a, -1)) ** 2).sum(0))
+        implied = (1 - eigenvalues) / (1 + any_xp.sum(any_xp.abs(a * below) ** 2, axis=0))
         return ch.HouseholderProduct.from_lapack(a, implied, algorithm=algorithm, block_size=2)
 
     for side, x in (("left", crandn(rng, 7, 2)), ("right", crandn(rng, 2, 7))):
-        _dot_test(make, [qr], x, side, rng, masks=[numpy.tril(numpy.ones(qr.shape), -1)])
-    _, back = ch.vjp(ch.matmul, make(qr), crandn(rng, 7, 2))
-    (grad,), _ = back(crandn(rng, 7, 2))
-    assert numpy.all(numpy.triu(grad) == 0)
+        _dot_test(any_xp, make, [qr], x, side, rng, masks=[numpy.tril(numpy.ones(qr.shape), -1)])
+    _, back = ch.vjp(ch.matmul, make(any_xp.asarray(qr)), any_xp.asarray(crandn(rng, 7, 2)))
+    (grad,), _ = back(any_xp.asarray(crandn(rng, 7, 2)))
+    assert numpy.all(numpy.triu(to_numpy(grad)) == 0)
 
 
-def test_spectral_adjoint_dot_tests():
+def test_spectral_adjoint_dot_tests(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(20)
     svd = lambda u, s, v: ch.SVDMatrix(u, s, v)  # noqa: E731
     params = [crandn(rng, 3, 6), rng.uniform(1, 2, 3), crandn(rng, 3, 5)]
-    _dot_test(svd, params, crandn(rng, 5, 2), "left", rng)
-    _dot_test(svd, params, rng.standard_normal((2, 6)), "right", rng)
+    _dot_test(any_xp, svd, params, crandn(rng, 5, 2), "left", rng)
+    _dot_test(any_xp, svd, params, rng.standard_normal((2, 6)), "right", rng)
     derived = lambda u, s, v: ch.SVDMatrix(u, s, v).inv().T.conj()  # noqa: E731
     square = [crandn(rng, 5, 5), rng.uniform(1, 2, 5), crandn(rng, 5, 5)]
-    _dot_test(derived, square, crandn(rng, 5, 2), "left", rng)
+    _dot_test(any_xp, derived, square, crandn(rng, 5, 2), "left", rng)
     eigh = lambda u, w: ch.EighMatrix(u, w).expm().H  # noqa: E731
-    _dot_test(eigh, [crandn(rng, 5, 5), rng.uniform(-1, 1, 5)], crandn(rng, 5, 2), "left", rng)
+    _dot_test(any_xp, eigh, [crandn(rng, 5, 5), rng.uniform(-1, 1, 5)], crandn(rng, 5, 2), "left", rng)
 
 
-def test_logdet_gradient_of_a_complex_svd():
+def test_logdet_gradient_of_a_complex_svd(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(21)
     u, s, v = crandn(rng, 4, 4), rng.uniform(1, 2, 4), crandn(rng, 4, 4)
-    value, back = ch.vjp(ch.logdet, ch.SVDMatrix(u, s, v))
-    ((du, ds, dv),) = back(numpy.ones(()))
-    assert value.dtype == numpy.float64
-    numpy.testing.assert_allclose(ds, 1 / s)
-    assert not du.any() and not dv.any() and du.dtype == numpy.complex128
+    value, back = ch.vjp(ch.logdet, ch.SVDMatrix(*(any_xp.asarray(a) for a in (u, s, v))))
+    ((du, ds, dv),) = back(any_xp.asarray(numpy.ones(())))
+    assert dtype_name(value) == "float64"
+    numpy.testing.assert_allclose(to_numpy(ds), 1 / s)
+    assert not to_numpy(du).any() and not to_numpy(dv).any() and dtype_name(du) == "complex128"
 
 
-def test_gradients_match_torch_autograd_on_the_dense_formula():
+def test_gradients_match_torch_autograd_on_the_dense_formula(any_xp):
+    """cuhouse's vjp on every backend against torch autograd through the dense definitions."""
     torch = pytest.importorskip("torch")
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(22)
     v, x, g = crandn(rng, 4, 6), crandn(rng, 6, 3), crandn(rng, 6, 3)
-    (dv,), dx = ch.vjp(ch.matmul, ch.HouseholderProduct(v), x)[1](g)
+    (dv,), dx = ch.vjp(ch.matmul, ch.HouseholderProduct(any_xp.asarray(v)), any_xp.asarray(x))[1](any_xp.asarray(g))
     tv = torch.tensor(v, requires_grad=True)
     tx = torch.tensor(x, requires_grad=True)
     h = torch.eye(6, dtype=torch.complex128)
@@ -408,22 +487,24 @@ def test_gradients_match_torch_autograd_on_the_dense_formula():
         h = h @ (torch.eye(6, dtype=torch.complex128) - 2 * torch.outer(vi, vi.conj()) / (vi.conj() @ vi))
     loss = torch.real(torch.sum(torch.conj(torch.tensor(g)) * (h @ tx)))
     loss.backward()
-    numpy.testing.assert_allclose(dv, tv.grad.numpy(), atol=1e-12)
-    numpy.testing.assert_allclose(dx, tx.grad.numpy(), atol=1e-12)
+    numpy.testing.assert_allclose(to_numpy(dv), tv.grad.numpy(), atol=1e-12)
+    numpy.testing.assert_allclose(to_numpy(dx), tx.grad.numpy(), atol=1e-12)
     # LAPACK's generalized reflectors against torch.linalg.householder_product, tau implied by a
     # with each factor's eigenvalue 1 - tau v^H v held fixed
     a, x, g = crandn(rng, 6, 6), crandn(rng, 6, 2), crandn(rng, 6, 2)
     qr, tau = torch.geqrf(torch.from_numpy(a))
-    (da,), _ = ch.vjp(ch.matmul, ch.HouseholderProduct.from_lapack(qr.numpy(), tau.numpy()), x)[1](g)
+    h = ch.HouseholderProduct.from_lapack(any_xp.asarray(qr.numpy()), any_xp.asarray(tau.numpy()))
+    (da,), _ = ch.vjp(ch.matmul, h, any_xp.asarray(x))[1](any_xp.asarray(g))
     eigenvalue = 1 - tau * (1 + (qr.tril(-1).abs() ** 2).sum(0))
     tqr = qr.clone().requires_grad_(True)
     implied = (1 - eigenvalue) / (1 + (tqr.tril(-1).abs() ** 2).sum(0))
     q = torch.linalg.householder_product(tqr, implied)
     torch.real(torch.sum(torch.conj(torch.from_numpy(g)) * (q @ torch.from_numpy(x)))).backward()
-    numpy.testing.assert_allclose(da, numpy.tril(tqr.grad.numpy(), -1), atol=1e-11)
+    numpy.testing.assert_allclose(to_numpy(da), numpy.tril(tqr.grad.numpy(), -1), atol=1e-11)
 
 
 # ------------------------------------------------------------------ SciPy's operator interface
+# NumPy only: SciPy's LinearOperator computes with NumPy arrays.
 def test_scipy_linear_operator_lines_on_a_real_operator():
     rng = numpy.random.default_rng(23)
     h = ch.HouseholderProduct(rng.standard_normal((3, 6)))
@@ -460,54 +541,67 @@ def test_rmatvec_is_the_true_adjoint_of_a_complex_operator():
 
 
 # ------------------------------------------------------------------ bad input
-def test_complex_singular_values_are_a_type_error():
+def test_complex_singular_values_are_a_type_error(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(25)
-    with pytest.raises(TypeError, match="s must be real .*got dtype complex128"):
-        ch.SVDMatrix(crandn(rng, 2, 3), numpy.ones(2, dtype=complex), crandn(rng, 2, 3))
-    with pytest.raises(TypeError, match="w must be real .*eigenvalues.*got dtype complex64"):
-        ch.EighMatrix(crandn(rng, 2, 3), numpy.ones(3, dtype=numpy.complex64))
+    u, v = any_xp.asarray(crandn(rng, 2, 3)), any_xp.asarray(crandn(rng, 2, 3))
+    with pytest.raises(TypeError, match="s must be real .*got dtype \\S*complex128"):
+        ch.SVDMatrix(u, any_xp.asarray(numpy.ones(2, dtype=complex)), v)
+    with pytest.raises(TypeError, match="w must be real .*eigenvalues.*got dtype \\S*complex64"):
+        ch.EighMatrix(u, any_xp.asarray(numpy.ones(3, dtype=numpy.complex64)))
 
 
-def test_non_unitary_q_is_a_value_error():
+def test_non_unitary_q_is_a_value_error(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(26)
     with pytest.raises(ValueError, match=r"Q must be unitary to within 50 eps d = .* \(max \|Q\^H Q - I\|\), got"):
-        ch.HouseholderProduct.from_dense(crandn(rng, 4, 4))
+        ch.HouseholderProduct.from_dense(any_xp.asarray(crandn(rng, 4, 4)))
     with pytest.raises(ValueError, match=r"Q must be orthonormal columns .*Q\^H Q"):
-        ch.HouseholderProduct.from_dense(crandn(rng, 4, 2))
+        ch.HouseholderProduct.from_dense(any_xp.asarray(crandn(rng, 4, 2)))
 
 
-def test_tau_that_makes_no_unitary_factor_is_a_value_error():
+def test_tau_that_makes_no_unitary_factor_is_a_value_error(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(27)
     (qr, tau), _ = scipy.linalg.qr(crandn(rng, 5, 3), mode="raw")
     with pytest.raises(
         ValueError, match=r"tau must make unitary factors I - tau v v\^H, that is \|1 - tau v\^H v\| = 1"
     ):
-        ch.HouseholderProduct.from_lapack(qr, tau * 1.1)
+        ch.HouseholderProduct.from_lapack(any_xp.asarray(qr), any_xp.asarray(tau * 1.1))
 
 
-def test_non_hermitian_matrix_in_eigh_from_dense_is_a_value_error():
+def test_non_hermitian_matrix_in_eigh_from_dense_is_a_value_error(any_xp):
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(28)
     a = crandn(rng, 4, 4)
     with pytest.raises(ValueError, match=r"A must be Hermitian, but max \|A - A\^H\|"):
-        ch.EighMatrix.from_dense(a + a.T)  # complex symmetric is not Hermitian
+        ch.EighMatrix.from_dense(any_xp.asarray(a + a.T))  # complex symmetric is not Hermitian
 
 
 @pytest.mark.parametrize("dtype", [numpy.float16, numpy.clongdouble])
-def test_unsupported_dtypes_stay_a_type_error(dtype):
+def test_unsupported_dtypes_stay_a_type_error(any_xp, dtype):
+    if not getattr(any_xp, "native", True) and (dtype is numpy.clongdouble or backend_name(any_xp) != "torch"):
+        pytest.skip("{} has no {} arrays".format(backend_name(any_xp), numpy.dtype(dtype).name))
+    if refuses_complex(any_xp):
+        return
     rng = numpy.random.default_rng(29)
-    h = ch.HouseholderProduct(crandn(rng, 2, 4))
+    h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 2, 4)))
     with pytest.raises(
         TypeError,
         match="X has dtype {}; supported dtypes are float32, float64, complex64 and complex128".format(
             numpy.dtype(dtype)
         ),
     ):
-        h @ numpy.ones((4, 2), dtype=dtype)
+        h @ any_xp.asarray(numpy.ones((4, 2), dtype=dtype))
     with pytest.raises(TypeError, match="vectors has dtype {}".format(numpy.dtype(dtype))):
-        ch.HouseholderProduct(numpy.ones((2, 4), dtype=dtype))
+        ch.HouseholderProduct(any_xp.asarray(numpy.ones((2, 4), dtype=dtype)))
 
 
-def test_flatten_params_gives_real_optimizers_real_entries():
+def test_flatten_params_gives_real_optimizers_real_entries():  # NumPy only: SciPy's optimizer drives it
     """Complex parameters flatten to interleaved real and imaginary parts, and their gradients (torch's
     convention) flatten to the gradient w.r.t. those real entries: scipy.optimize drives a complex SVD."""
     rng = numpy.random.default_rng(30)

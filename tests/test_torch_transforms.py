@@ -3,7 +3,7 @@
 Every case runs with the default block size and with blocks of 2 reflections
 (``blocks`` fixture), so that both the one-block path (autograd's tape) and
 the multi-block ``torch.autograd.Function`` with cuhouse's level-3 backward
-are covered at small sizes.
+(``cuhouse._torch.Matmul``) are covered at small sizes.
 """
 
 import pytest
@@ -13,14 +13,14 @@ torch = pytest.importorskip("torch", reason="cuhouse.torch needs PyTorch: pip in
 from test_torch import assert_close, dense_householder, dense_svd_weight, randn  # noqa: E402
 
 import cuhouse.torch as cht  # noqa: E402
-from cuhouse.torch import _wy  # noqa: E402
+from cuhouse import _torch  # noqa: E402
 
 
 @pytest.fixture(params=["default", "blocks of 2"])
 def blocks(request, monkeypatch):
     """Run the test with the default block size, then with 2 reflections per block (many blocks)."""
     if request.param != "default":
-        monkeypatch.setattr(_wy, "BLOCK", 2)
+        monkeypatch.setattr(_torch, "BLOCK", 2)
     return request.param
 
 
@@ -223,7 +223,7 @@ def test_vmap_over_an_ensemble_of_layers(blocks):
 
 def test_forward_mode_of_many_blocks_is_refused(monkeypatch):
     """Forward-mode AD (jvp, jacfwd) is not implemented for the multi-block Function: a loud error."""
-    monkeypatch.setattr(_wy, "BLOCK", 2)
+    monkeypatch.setattr(_torch, "BLOCK", 2)
     v, x = randn(4, 5), randn(5, 2, seed=2)
     with pytest.raises(NotImplementedError, match="jvp"):
         torch.func.jvp(lambda v: cht.householder_matmul(v, x), (v,), (torch.ones_like(v),))
@@ -233,7 +233,7 @@ def test_forward_mode_of_many_blocks_is_refused(monkeypatch):
 def test_compiled_backward_does_not_recompute_the_forward(monkeypatch):
     """Many blocks (the Function): AOT autograd's backward graph has no triangular solve, the T
     factors are saved from the forward. (One block is autograd's own tape of the forward.)"""
-    monkeypatch.setattr(_wy, "BLOCK", 2)
+    monkeypatch.setattr(_torch, "BLOCK", 2)
     graphs = {}
 
     def capture(kind):
@@ -268,12 +268,12 @@ def test_export_of_each_layer(name):
 def test_trapezoidal_blocks_skip_only_rows_they_cannot_touch(monkeypatch, transpose):
     """The layout orthogonal() uses (row i zero before column i): the same products and gradients
     as the full-length path, with blocks of 2 so that later blocks skip rows."""
-    monkeypatch.setattr(_wy, "BLOCK", 2)
+    monkeypatch.setattr(_torch, "BLOCK", 2)
     v = randn(5, 7, requires_grad=True)
     x = randn(2, 7, 3, seed=2, requires_grad=True)
 
     def f(v, x, trapezoidal):
-        return _wy.matmul(torch.triu(v), x, transpose, trapezoidal)
+        return _torch.matmul(torch.triu(v), x, transpose, trapezoidal=trapezoidal)
 
     assert_close(f(v, x, True), f(v, x, False), torch.float64)
     for got, want in zip(

@@ -4,7 +4,8 @@ Every library that is not NumPy or CuPy (torch on any device,
 array_api_strict, ...) runs products here, through its ``array_api_compat``
 namespace ``xp``. The code is functional: no ``out=``, no in-place update of
 a view, no host synchronization, so torch autograd can differentiate it (the
-double backward of :mod:`cuhouse._torch` runs through it) and
+backward of :class:`cuhouse._torch.Matmul` is :func:`backward` in torch
+operations, differentiable again under ``create_graph``) and
 ``torch.func.vmap`` can batch it.
 
 The rows are full-length ``y`` ``(..., n, d)`` (a structured layout is
@@ -14,7 +15,9 @@ per block, padded with zero rows to ``nb = ceil(n / k)`` blocks:
 it acts as nothing), ``T = S^{-1}`` and each block is ``P = I - Y^T T Y``.
 The same formulas as :mod:`cuhouse.algorithms.cwy`; ``k = 1`` is the
 sequential algorithm (one rank-1 update per reflection) and ``dense``
-materializes H once and runs one GEMM per product.
+materializes H once and runs one GEMM per product. ``trapezoidal`` rows (row
+i zero before column i, LAPACK's layout) let block j skip the first ``j k``
+rows of X: about half the flops of a full product when n = d.
 
 Cost: build O(n k d); apply O(n d m) in 3 n/k GEMMs; backward about three
 times apply, all GEMMs.
@@ -22,12 +25,19 @@ times apply, all GEMMs.
 
 from collections import namedtuple
 
-Form = namedtuple("PortableForm", "y t s n dense")
+Form = namedtuple("PortableForm", "y t s n dense trapezoidal")
 Form.__doc__ = """Blocks ``y`` ``(..., nb, k, d)``, T matrices ``t`` and their inverses ``s``
-``(..., nb, k, k)``, the number ``n`` of reflections and the dense matrix
-``dense`` ``(..., d, d)`` (``None`` unless the dense algorithm built it)."""
+``(..., nb, k, k)``, the number ``n`` of reflections, the dense matrix
+``dense`` ``(..., d, d)`` (``None`` unless the dense algorithm built it) and
+whether the rows are ``trapezoidal`` (row i zero before column i)."""
 
 ALGORITHMS = ("cwy", "sequential", "dense")
+
+Constants = namedtuple("Constants", "mask half eye upper")
+Constants.__doc__ = """``(k, k)`` arrays: ``mask`` 1 above the diagonal and 1/2 on it
+(``S = G * mask``), ``half`` = I/2, the identity ``eye`` and ``upper``, 1 strictly above the diagonal."""
+
+_CONSTANTS = {}
 
 
 def _device(a):
@@ -36,46 +46,74 @@ def _device(a):
     return device(a)
 
 
-def _upper(k, xp, device, strict=True):
-    """The (strictly) upper-triangular boolean mask ``(k, k)``."""
-    i = xp.arange(k, device=device)
-    return (i[:, None] < i[None, :]) if strict else (i[:, None] <= i[None, :])
-
-
-def triangular_inverse(s, xp):
-    """Inverse of a stack of upper-triangular ``s`` ``(..., k, k)``: torch's triangular solve,
-    else the standard's ``linalg.inv`` with the strictly lower part set to zero. O(k^3)."""
+def is_torch_namespace(xp):
     from array_api_compat import is_torch_namespace
 
-    k = s.shape[-1]
-    eye = xp.eye(k, dtype=s.dtype, device=_device(s))
+    return is_torch_namespace(xp)
+
+
+def _tracing(xp, device):
+    """True while torch.compile or torch.export traces (or on the meta device): constants are
+    then built in the traced graph rather than read from, or stored in, the module's cache."""
+    if not is_torch_namespace(xp):
+        return False
+    import torch
+
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or device.type == "meta"
+
+
+def constants(k, dtype, device, xp):
+    """The :class:`Constants` for blocks of ``k`` rows in ``dtype`` on ``device``; kept per
+    (library, k, dtype, device) between eager calls. O(k^2) once."""
+    key = (xp.__name__, k, dtype, device)
+    tracing = _tracing(xp, device)
+    if not tracing and key in _CONSTANTS:
+        return _CONSTANTS[key]
+    i = xp.arange(k, device=device)
+    eye = xp.eye(k, dtype=dtype, device=device)
+    upper = xp.astype(i[:, None] < i[None, :], dtype)
+    result = Constants(upper + eye / 2, eye / 2, eye, upper)
+    if not tracing:
+        _CONSTANTS[key] = result
+    return result
+
+
+def triangular_inverse(s, c, xp):
+    """Inverse of a stack of upper-triangular ``s`` ``(..., k, k)`` (``c``: :func:`constants`):
+    torch's triangular solve, else the standard's ``linalg.inv`` with the strictly lower part set
+    to zero. O(k^3)."""
     if is_torch_namespace(xp):
         import torch
 
-        return torch.linalg.solve_triangular(s, eye, upper=True)
-    return xp.where(_upper(k, xp, _device(s), strict=False), xp.linalg.inv(s), xp.zeros_like(s))
+        return torch.linalg.solve_triangular(s, c.eye, upper=True)
+    return xp.linalg.inv(s) * (c.upper + c.eye)
 
 
-def build(y, block_size, xp, algorithm="cwy"):
+def blocks(y, k, xp):
+    """``y`` ``(..., n, d)`` padded with zero rows to a multiple of ``k`` and split ``(..., nb, k, d)``."""
+    n, d = y.shape[-2:]
+    nb = -(-n // k)
+    if nb * k > n:
+        y = xp.concat([y, xp.zeros(y.shape[:-2] + (nb * k - n, d), dtype=y.dtype, device=_device(y))], axis=-2)
+    return xp.reshape(y, y.shape[:-2] + (nb, k, d))
+
+
+def build(y, block_size, xp, algorithm="cwy", trapezoidal=False):
     """The form of H from the rows ``y`` ``(..., n, d)``: one batched Gram GEMM, one batched
-    triangular inverse (and, for ``algorithm == "dense"``, H applied to the identity). O(n k d)."""
+    triangular inverse (and, for ``algorithm == "dense"``, H applied to the identity). O(n k d).
+
+    ``trapezoidal`` promises that row i of ``y`` is zero before column i (the
+    products then skip the rows a block cannot touch; a wrong promise gives a
+    wrong product)."""
     n, d = y.shape[-2:]
     k = 1 if algorithm == "sequential" else min(block_size, n)
-    nb = -(-n // k)
-    device = _device(y)
-    if nb * k > n:
-        y = xp.concat([y, xp.zeros(y.shape[:-2] + (nb * k - n, d), dtype=y.dtype, device=device)], axis=-2)
-    y = xp.reshape(y, y.shape[:-2] + (nb, k, d))
+    y = blocks(y, k, xp)
+    c = constants(k, y.dtype, _device(y), xp)
     g = y @ y.mT
-    diag = xp.linalg.diagonal(g)
-    half = xp.where(diag > 0, diag / 2, xp.ones_like(diag) / 2)
-    s = (
-        xp.where(_upper(k, xp, device), g, xp.zeros_like(g))
-        + xp.eye(k, dtype=y.dtype, device=device) * half[..., None, :]
-    )
-    f = Form(y, triangular_inverse(s, xp), s, n, None)
+    s = xp.where(g == 0, c.half, g * c.mask)  # a zero row (identity factor, padding) gets S_ii = 1/2
+    f = Form(y, triangular_inverse(s, c, xp), s, n, None, bool(trapezoidal))
     if algorithm == "dense":
-        f = f._replace(dense=_apply_blocks(f, xp.eye(d, dtype=y.dtype, device=device), False, xp))
+        f = f._replace(dense=_apply_blocks(f, xp.eye(d, dtype=y.dtype, device=_device(y)), False, xp))
     return f
 
 
@@ -84,16 +122,34 @@ def _order(nb, transpose):
     return range(nb) if transpose else range(nb - 1, -1, -1)
 
 
+def _first(f, j):
+    """The first row of X block ``j`` touches: ``j k`` for trapezoidal rows, else 0."""
+    return j * f.y.shape[-2] if f.trapezoidal else 0
+
+
+def _rows_from(x, first, rest, xp):
+    """``x`` with its rows from ``first`` on replaced by ``rest`` (batch shapes broadcast)."""
+    if first == 0:
+        return rest
+    head = x[..., :first, :]
+    return xp.concat([xp.broadcast_to(head, rest.shape[:-2] + head.shape[-2:]), rest], axis=-2)
+
+
 def _apply_blocks(f, x, transpose, xp):
     for j in _order(f.t.shape[-3], transpose):
+        first = _first(f, j)
         yj, tj = f.y[..., j, :, :], f.t[..., j, :, :]
-        x = x - yj.mT @ ((tj.mT if transpose else tj) @ (yj @ x))
+        if first:
+            yj, rest = yj[..., first:], x[..., first:, :]
+            x = _rows_from(x, first, rest - yj.mT @ ((tj.mT if transpose else tj) @ (yj @ rest)), xp)
+        else:
+            x = x - yj.mT @ ((tj.mT if transpose else tj) @ (yj @ x))
     return x
 
 
 def apply(f, x, transpose, xp):
     """``H @ X`` (``H.T @ X``) for ``x`` ``(..., d, m)``: per block ``X - Y^T (T (Y X))``, or one GEMM
-    with the dense H. O(n d m), or O(d^2 m) dense."""
+    with the dense H. O(n d m) (about half for trapezoidal rows with n = d), or O(d^2 m) dense."""
     if f.dense is not None:
         return (f.dense.mT if transpose else f.dense) @ x
     return _apply_blocks(f, x, transpose, xp)
@@ -108,9 +164,12 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     (``M = T``, or ``T^T`` when ``transpose``) and the explicit term
     ``[-U_G, U_A] B^T``, then undoes the block, ``B <- B - Y^T U``. The k x k
     coefficients of ``dY = [-U_G, U_A] B^T + C Y`` then run batched over all
-    blocks. The dense algorithm takes ``dH = dout X^T`` back through the same
-    sweep on the identity. ``store_inputs`` is unused: the sweep recomputes.
-    Cost: about three products.
+    blocks. Trapezoidal rows: block j works on rows ``j k ..`` of B only and
+    its dY is zero before column ``j k``. The dense algorithm takes
+    ``dH = dout X^T`` back through the same sweep on the identity.
+    ``store_inputs`` is unused: the sweep recomputes. ``out`` and ``dout``
+    have one shape; dY and dX have the batch shape of ``out``. Cost: about
+    three products.
     """
     if f.dense is not None:
         h = f.dense.mT if transpose else f.dense
@@ -121,23 +180,28 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     nb, k = f.t.shape[-3], f.t.shape[-1]
     m = out.shape[-1]
     b = xp.concat([out, dout], axis=-1)
+    mt = f.t if transpose else f.t.mT  # U = M^T Z
     z, u, explicit = [None] * nb, [None] * nb, [None] * nb
     for j in reversed(_order(nb, transpose)):
-        yj, tj = f.y[..., j, :, :], f.t[..., j, :, :]
-        z[j] = yj @ b
-        u[j] = (tj if transpose else tj.mT) @ z[j]
-        explicit[j] = xp.concat([-u[j][..., m:], u[j][..., :m]], axis=-1) @ b.mT
-        b = b - yj.mT @ u[j]
-    z, u, explicit = (xp.stack(xp.broadcast_arrays(*parts), axis=-3) for parts in (z, u, explicit))
+        first = _first(f, j)
+        yj, rest = f.y[..., j, :, first:], b[..., first:, :]
+        z[j] = yj @ rest
+        u[j] = mt[..., j, :, :] @ z[j]
+        explicit[j] = xp.concat([-u[j][..., m:], u[j][..., :m]], axis=-1) @ rest.mT
+        if first:
+            pad = xp.zeros(explicit[j].shape[:-1] + (first,), dtype=b.dtype, device=_device(b))
+            explicit[j] = xp.concat([pad, explicit[j]], axis=-1)
+        b = _rows_from(b, first, rest - yj.mT @ u[j], xp)
+    z, u, explicit = (xp.stack(parts, axis=-3) for parts in (z, u, explicit))
     u_a, u_g = u[..., :m], u[..., m:]
     y_a_in = -((f.s.mT if transpose else f.s) @ u_a)  # V A_in = -M^{-1} U_A
     y_g = z[..., m:]
     n_mat = y_a_in @ y_g.mT if transpose else y_g @ y_a_in.mT
-    tt = f.t.mT
-    r = tt @ n_mat @ tt
-    ru = xp.where(_upper(k, xp, _device(r)), r, xp.zeros_like(r))
-    r_diag = xp.sum((tt @ n_mat) * f.t, axis=-1)
-    coefficients = ru + ru.mT + u_g @ u_a.mT + xp.eye(k, dtype=r.dtype, device=_device(r)) * r_diag[..., None, :]
+    tt_n = f.t.mT @ n_mat
+    c = constants(k, b.dtype, _device(b), xp)
+    r_upper = (tt_n @ f.t.mT) * c.upper
+    r_diag = xp.sum(tt_n * f.t, axis=-1)
+    coefficients = r_upper + r_upper.mT + u_g @ u_a.mT + c.eye * r_diag[..., None, :]
     dy = explicit + coefficients @ f.y
     dy = xp.reshape(dy, dy.shape[:-3] + (nb * k, dy.shape[-1]))[..., : f.n, :]
     return dy, b[..., m:]

@@ -21,6 +21,7 @@ EXPLAIN = {
     "from_lapack m=<m>": "HouseholderProduct.from_lapack(qr, tau) @ X, fresh: against ormqr on the same (qr, tau)",
     "auto m=<m>": "HouseholderProduct(V) @ X, fresh (full-length vectors: about twice LAPACK's flops)",
     "auto cached m=<m>": "H @ X with H's form already built, against one GEMM with the dense H",
+    "auto reused m=<m>": "the same after H.prepare_reuse(): the form fastest per product (here the dense H)",
 }
 
 
@@ -34,6 +35,8 @@ def cases(d, m, dtype, xp):
         reference = "{} m={}".format(label, columns)
         cached = cuhouse.HouseholderProduct(v)
         cached @ x
+        reused = cuhouse.HouseholderProduct(v).prepare_reuse()
+        reused @ x
         gemm = "dense GEMM m={}".format(columns)
         out["from_lapack m={}".format(columns)] = (
             lambda qr, tau, x: lambda: cuhouse.HouseholderProduct.from_lapack(qr, tau) @ x
@@ -41,11 +44,13 @@ def cases(d, m, dtype, xp):
         out["auto m={}".format(columns)] = (lambda v, x: lambda: cuhouse.HouseholderProduct(v) @ x)(v, x)
         out[reference] = run_ormqr
         out["auto cached m={}".format(columns)] = (lambda h, x: lambda: h @ x)(cached, x)
+        out["auto reused m={}".format(columns)] = (lambda h, x: lambda: h @ x)(reused, x)
         out[gemm] = peers.dense_gemm(cached.todense(), x)
         for name in ("from_lapack", "auto"):
             baselines["{} m={}".format(name, columns)] = reference
         baselines[reference] = reference
         baselines["auto cached m={}".format(columns)] = gemm
+        baselines["auto reused m={}".format(columns)] = gemm
         baselines[gemm] = gemm
     return baselines, out
 
@@ -58,5 +63,10 @@ def report(d, m, dtype, xp):
         qr, tau = peers.geqrf(v, xp)
         full = cuhouse.HouseholderProduct(v).plan_for(columns)
         lapack = cuhouse.HouseholderProduct.from_lapack(qr, tau).plan_for(columns)
-        parts.append("m={}: auto {}, from_lapack {}".format(columns, describe(full), describe(lapack)))
+        reused = cuhouse.HouseholderProduct(v).prepare_reuse().plan_for(columns)
+        parts.append(
+            "m={}: auto {}, from_lapack {}, reused {}".format(
+                columns, describe(full), describe(lapack), describe(reused)
+            )
+        )
     return "plans: " + "; ".join(parts)

@@ -1,6 +1,6 @@
 """Products with Householder and SVD matrices for torch tensors, in torch operations only.
 
-Everything here is a composition of one primitive, :func:`cuhouse.torch._wy.matmul`
+Everything here is a composition of one primitive, :func:`cuhouse._torch.matmul`
 (compact WY with the level-3 backward, see that module): no tensor crosses
 to NumPy or CuPy, so every device torch runs on works, and ``torch.func``
 (vmap, grad, jacrev), ``torch.compile(fullgraph=True)``, ``torch.export``
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import _torch
 from .._shapes import matmul_shape
-from . import _wy
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 DTYPES = FLOAT_DTYPES + (torch.complex64, torch.complex128)
@@ -51,14 +51,14 @@ def householder_matmul(
 def _left(vectors, x, transpose, trapezoidal=False):
     """``H @ x`` (``H^T @ x``; ``H^H @ x`` when complex) after :func:`check`: dtype promotion,
     ``(d,)`` as ``(d, 1)``, complex data realified (:func:`_complex_left`) (``trapezoidal``: see
-    :func:`cuhouse.torch._wy.matmul`)."""
+    :func:`cuhouse._torch.matmul`)."""
     dtype = torch.promote_types(vectors.dtype, x.dtype)
     x = x.to(dtype)
     if x.dim() == 1:
         return _left(vectors, x[:, None], transpose, trapezoidal)[..., 0]
     if dtype.is_complex:
         return _complex_left(vectors, x, transpose, trapezoidal)
-    return _wy.matmul(vectors.to(dtype), x, transpose, trapezoidal)
+    return _torch.matmul(vectors.to(dtype), x, transpose, trapezoidal=trapezoidal)
 
 
 def _complex_left(vectors, x, transpose, trapezoidal):
@@ -75,7 +75,9 @@ def _complex_left(vectors, x, transpose, trapezoidal):
     parts = torch.view_as_real(x)  # (..., d, m, 2)
     d, m = x.shape[-2:]
     if not vectors.is_complex():
-        out = _wy.matmul(vectors.to(parts.dtype), parts.reshape(x.shape[:-1] + (2 * m,)), transpose, trapezoidal)
+        out = _torch.matmul(
+            vectors.to(parts.dtype), parts.reshape(x.shape[:-1] + (2 * m,)), transpose, trapezoidal=trapezoidal
+        )
         return torch.view_as_complex(out.reshape(out.shape[:-1] + (m, 2)).contiguous())
     vectors = vectors.to(x.dtype)
     if trapezoidal:  # entries before i are not read: zero them, as the full rows below read everything
@@ -83,7 +85,7 @@ def _complex_left(vectors, x, transpose, trapezoidal):
     n = vectors.shape[-2]
     rows = torch.stack([torch.view_as_real(-vectors), torch.view_as_real(1j * vectors)], dim=-3)
     rows = rows.reshape(vectors.shape[:-2] + (2 * n, 2 * d))
-    out = _wy.matmul(rows, parts.transpose(-1, -2).reshape(x.shape[:-2] + (2 * d, m)), transpose)
+    out = _torch.matmul(rows, parts.transpose(-1, -2).reshape(x.shape[:-2] + (2 * d, m)), transpose)
     return torch.view_as_complex(out.reshape(out.shape[:-2] + (d, 2, m)).transpose(-1, -2).contiguous())
 
 

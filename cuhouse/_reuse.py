@@ -1,0 +1,158 @@
+"""Products of reflections declared reused: the cost model keeps the form fastest per product.
+
+A fresh ``H @ X`` runs :func:`cuhouse.plan.choose`'s plan, whose prediction
+includes building the form; it never depends on what is cached, so the same
+H and X give the same plan and the same bits whatever ran before, in any
+thread (the tests hold the library to that). A matrix applied many times
+would rather run the form that is fastest *per product* once built, even if
+building it costs more: the dense H (one GEMM per product instead of three
+per block and their Python layers, and half the flops of full-length vectors
+when n >= d/2), or compact WY with a larger block. Since that changes the
+result's bits, it is the caller's choice, made once with
+:meth:`cuhouse.HouseholderProduct.prepare_reuse`; from then on every product
+without gradient of those reflections (any view: ``H``, ``H.T``, ``H.H``)
+runs :func:`kept`'s plan for its column count, built at its first use. The
+choice is a function of (d, n, m, dtype, layout, backend) and the
+calibration (:mod:`cuhouse.calibration`) only: deterministic, as the fresh
+plan. Products with a gradient run the fresh plan (the dense form's backward
+costs O(n d^2)), and so do a pinned ``algorithm`` or ``block_size`` and
+arrays of other libraries than NumPy and CuPy.
+
+Memory: the dense H holds ``d * d`` entries per batch entry (4 d^2 bytes in
+float32, built in O(n d^2): about one product with d columns); it is kept
+only when that is at most ``max(2 n d, 2**16)`` entries (twice the
+reflections' own size, or 256 KiB of float32) and fits the machine's memory
+with its build's workspace, else the next fastest form is kept. A compact WY
+form holds its T matrices (``n k`` entries). Every kept form is dropped by
+``refresh()`` and none is pickled (the declaration is: a pickled copy makes
+the same choices).
+
+The hot path (:func:`matmul`): a NumPy ``H @ X`` or ``X @ H`` whose column
+count has the dense H kept runs one GEMM, after one reduction over X whose
+bound says that X is finite and that nothing can overflow. Anything else
+(NaN, large entries, another dtype, a wrong shape) returns ``None`` and the
+general path decides, raising or scaling as it would, with the same plan.
+Thread-safe: the kept dense H is stored with one dictionary assignment; two
+threads building the same form build it twice and keep one (the same bits).
+"""
+
+import functools
+
+import numpy
+
+from . import _memory, calibration, plan
+from ._reflections import DENSE_WORKSPACE
+
+KEEP_FACTOR = 2  # the dense H may hold up to this many times the reflections' entries ...
+KEEP_MIN = 1 << 16  # ... or this many entries, whichever is larger
+HOT_SIZES = 64  # column counts remembered per reflections for the hot path
+_largest = numpy.maximum.reduce  # the ufunc's reduction itself: no Python layer of ndarray.max
+
+
+def dense_fits(d, n):
+    """Whether the dense H ``(d, d)`` fits the memory budget of a kept form (module docstring). O(1)."""
+    return d * d <= max(KEEP_FACTOR * n * d, KEEP_MIN)
+
+
+def per_product(chosen, d, n, m, itemsize, backend, layout, mach):
+    """Predicted seconds of one product by ``chosen`` (a :class:`cuhouse.plan.Plan`) with its form built."""
+    if chosen.algorithm == "cwy":
+        return plan.predict_apply(chosen.apply, d, n, m, chosen.block_size, itemsize, backend, layout, mach)
+    return plan.predict(chosen.algorithm, d, n, m, chosen.block_size or 1, itemsize, backend, True, layout, mach)
+
+
+@functools.lru_cache(maxsize=4096)
+def kept(fresh, d, n, m, itemsize, backend, layout, mach):
+    """The plans a product of reused reflections may run for X ``(d, m)`` and ``n`` reflections, fastest
+    per product (form built) first, down to ``fresh`` (the plan of a fresh product), which ends
+    the tuple.
+
+    Candidates: ``fresh``, compact WY at every block size (in the backend's
+    best apply mode, see :func:`cuhouse.plan.apply_mode`), and the dense H
+    when :func:`dense_fits` (built with the block size that builds it
+    fastest). Memoized: O(1) after the first call.
+    """
+    found = {fresh: per_product(fresh, d, n, m, itemsize, backend, layout, mach)}
+    for k in sorted({min(k, n) for k in plan.BLOCK_SIZES}):
+        mode = plan.apply_mode(d, n, m, k, itemsize, backend, layout, mach)
+        chosen = plan.Plan("cwy", k, fresh.store_inputs, mode)
+        found.setdefault(chosen, per_product(chosen, d, n, m, itemsize, backend, layout, mach))
+    if dense_fits(d, n):
+        builds = {
+            min(k, n): plan.predict("dense", d, n, m, k, itemsize, backend, False, layout, mach)
+            for k in plan.BLOCK_SIZES
+        }
+        found[plan.Plan("dense", min(builds, key=builds.get), False)] = plan.predict(
+            "dense", d, n, m, 1, itemsize, backend, True, layout, mach
+        )
+    ranked = sorted(found, key=lambda p: (found[p], p != fresh))
+    return tuple(ranked[: ranked.index(fresh) + 1])
+
+
+def choose(core, fresh, m, dtype, layout, backend):
+    """The plan a product without gradient runs on reflections declared reused (``core``, a
+    :class:`cuhouse._reflections.Reflections`, the realified one of a unitary product): the first
+    plan of :func:`kept` whose form fits the memory (``fresh``, the plan of
+    :func:`cuhouse.plan.choose`, at the latest). O(1) after the first call for these arguments."""
+    n, d = core.shape[-2:]
+    for chosen in kept(fresh, d, n, m, dtype.itemsize, backend, layout, calibration.machine(backend)):
+        if chosen.algorithm != "dense" or _dense_memory_fits(core, d, dtype):
+            return chosen
+    return fresh
+
+
+def _dense_memory_fits(core, d, dtype):
+    """Whether the dense H and its build's workspace fit the machine's memory (no error: the next
+    plan is then kept instead)."""
+    try:
+        _memory.dense_memory(core.shape[:-2] + (d, d), dtype, "the kept dense H", core.xp, DENSE_WORKSPACE)
+    except MemoryError:
+        return False
+    return True
+
+
+def remember(core, m, form):
+    """Keep the dense ``form``'s matrix for the hot path of products with ``m >= 1`` columns (one NumPy
+    matrix of the reflections' own dtype; at most :data:`HOT_SIZES` column counts): ``(H, H^T, bound)``
+    with ``bound = max / (2 d)`` the dtype's largest value over 2d."""
+    if core.small is None or not m or (m not in core._hot and len(core._hot) >= HOT_SIZES):
+        return
+    h = form.h
+    if h.dtype == core.dtype:
+        core._hot[m] = (h, h.T, float(numpy.finfo(h.dtype).max) / (2 * h.shape[-1]))
+
+
+def matmul(op, x, left):
+    """``op @ x`` (``x @ op`` when not ``left``) for a NumPy ``x`` by the kept dense H, or ``None``.
+
+    ``x``: an ``ndarray`` ``(d,)`` or ``(d, m)`` (``(m, d)`` on the right) of the
+    reflections' dtype, whose column count has the dense H kept, with every
+    entry of size below ``bound`` (:func:`remember`): then X is finite and
+    no entry of the result, at most ``d max|x| < max / 2`` in size (an
+    orthogonal H's entries are at most 1), overflows, so no floating-point
+    warning either. Underflow needs no scaling here: with gradual underflow
+    the GEMM's error stays ``O(d eps)`` times the column's norm for a column
+    of normal size. Anything else returns ``None`` (the general path decides,
+    raising or scaling as it would). Cost: one pass over X (its largest
+    entry in size, through a temporary ``|X|``) and one GEMM of ``2 d^2 m``
+    flops; the result is a new C-contiguous array.
+    """
+    hot = op._core._hot
+    if not hot or op.algorithm != "auto" or op.block_size is not None:  # pinned on this view: not kept
+        return None
+    shape = x.shape
+    if len(shape) == 2:
+        rows, m = shape if left else (shape[1], shape[0])
+    elif len(shape) == 1:
+        rows, m = shape[0], 1
+    else:
+        return None
+    kept = hot.get(m)
+    if kept is None:
+        return None
+    h, ht, bound = kept
+    if x.dtype != h.dtype or rows != h.shape[0] or not _largest(abs(x), None) < bound:  # NaN fails too
+        return None
+    if op._transpose:
+        h = ht
+    return h @ x if left else x @ h

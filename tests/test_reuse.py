@@ -1,0 +1,224 @@
+"""Reflections declared reused (:meth:`cuhouse.HouseholderProduct.prepare_reuse`, :mod:`cuhouse._reuse`): the
+kept form (the dense H at small d, or compact WY with another block) gives the fresh product to rounding in
+every layout, direction and side; the NumPy hot path steps aside for what it does not handle; the choice is
+deterministic, dropped by ``refresh()`` where the vectors changed, kept by pickling, and within its memory
+budget; gradients and fresh products are untouched."""
+
+import copy
+import pickle
+import threading
+
+import numpy
+import pytest
+import scipy.linalg
+from helpers import dense_reference, rtol, to_numpy
+
+import cuhouse as ch
+from cuhouse import _reuse, calibration, plan
+
+
+def _lapack(rng, d, k, dtype=numpy.float64):
+    (qr, tau), _ = scipy.linalg.qr(rng.standard_normal((d, k)), mode="raw")
+    return qr.astype(dtype), tau.astype(dtype)
+
+
+def _pairs(rng, d, n, dtype, xp):
+    """``(fresh, reused)`` pairs of products over the same arrays, one of each layout."""
+    v = rng.standard_normal((n, d)).astype(dtype)
+    trapezoidal = numpy.triu(v)
+    qr, tau = _lapack(rng, d, n, dtype)
+    tau[1] = 0  # an identity factor
+    qr[2:, 1] = 0  # whose stored entries are zero, as geqrf leaves them (tau == 0 keeps them anyway)
+    makes = (
+        lambda: ch.HouseholderProduct(xp.asarray(v)),
+        lambda: ch.HouseholderProduct(xp.asarray(trapezoidal)),
+        lambda: ch.HouseholderProduct.from_lapack(xp.asarray(qr), xp.asarray(tau)),
+    )
+    return [(make(), make().prepare_reuse()) for make in makes]
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("d, n", [(16, 16), (24, 7), (64, 64)])
+def test_the_kept_form_gives_the_fresh_product(xp, dtype, d, n):
+    rng = numpy.random.default_rng(d + n)
+    for fresh, reused in _pairs(rng, d, n, dtype, xp):
+        reference = dense_reference(to_numpy(fresh.vectors))
+        for m in (1, 5):
+            x = rng.standard_normal((d, m)).astype(dtype)
+            for _ in range(2):  # built, then kept (the NumPy hot path the second time)
+                for a, b, h in ((fresh, reused, reference), (fresh.T, reused.T, reference.T)):
+                    pairs = (
+                        (b @ xp.asarray(x), a @ xp.asarray(x)),
+                        (xp.asarray(x.T) @ b, xp.asarray(x.T) @ a),
+                        (b @ xp.asarray(x[:, 0]), a @ xp.asarray(x[:, 0])),
+                        (xp.asarray(x[:, 0]) @ b, xp.asarray(x[:, 0]) @ a),
+                    )
+                    for got, want in pairs:
+                        got, want = to_numpy(got), to_numpy(want)
+                        assert got.dtype == dtype and got.shape == want.shape
+                        numpy.testing.assert_allclose(got, want, rtol=0, atol=rtol(dtype, 10 * d))
+                    numpy.testing.assert_allclose(to_numpy(b @ xp.asarray(x)), h @ x, atol=rtol(dtype, 10 * d))
+        assert reused.plan_for(5).algorithm == "dense"
+
+
+def test_batched_complex_and_promoted_products_run_the_kept_form(xp):
+    rng = numpy.random.default_rng(3)
+    v = rng.standard_normal((2, 6, 10))
+    fresh, reused = ch.HouseholderProduct(xp.asarray(v)), ch.HouseholderProduct(xp.asarray(v)).prepare_reuse()
+    x = rng.standard_normal((10, 3)) + 1j * rng.standard_normal((10, 3))
+    for operand in (x, x.real.astype(numpy.float32), rng.standard_normal((2, 10, 3))):
+        numpy.testing.assert_allclose(
+            to_numpy(reused @ xp.asarray(operand)), to_numpy(fresh @ xp.asarray(operand)), atol=1e-12
+        )
+    assert reused.plan_for(3).algorithm == "dense" and fresh.plan_for(3).algorithm != "dense"
+    u = numpy.linalg.qr(rng.standard_normal((8, 8)) + 1j * rng.standard_normal((8, 8)))[0]
+    unitary = ch.HouseholderProduct.from_dense(xp.asarray(u))
+    twin = ch.HouseholderProduct.from_dense(xp.asarray(u)).prepare_reuse()
+    y = rng.standard_normal((8, 2)) + 1j * rng.standard_normal((8, 2))
+    for a, b in ((unitary, twin), (unitary.H, twin.H), (unitary.conj(), twin.conj())):
+        for _ in range(2):
+            numpy.testing.assert_allclose(to_numpy(b @ xp.asarray(y)), to_numpy(a @ xp.asarray(y)), atol=1e-12)
+
+
+def test_the_hot_path_steps_aside_and_the_general_path_decides():
+    rng = numpy.random.default_rng(4)
+    v = rng.standard_normal((12, 12))
+    h = ch.HouseholderProduct(v).prepare_reuse()
+    x = rng.standard_normal((12, 3))
+    h @ x  # the dense H is kept for 3 columns
+    assert _reuse.matmul(h, x, True) is not None
+    bad = x.copy()
+    bad[4, 1] = numpy.nan
+    assert _reuse.matmul(h, bad, True) is None
+    with pytest.raises(ValueError, match="X must be finite; found NaN or Inf"):
+        h @ bad
+    lenient = ch.HouseholderProduct(v, check_finite=False).prepare_reuse()
+    lenient @ x
+    out = lenient @ bad
+    assert numpy.isnan(out[:, 1]).all() and numpy.isfinite(out[:, [0, 2]]).all()
+    with pytest.raises(ValueError, match=r"X has shape \(5, 3\) but the operator is 12x12"):
+        h @ numpy.ones((5, 3))
+    # X whose product's entries near overflow: the sum over the result is infinite, the general path scales
+    huge = x / numpy.abs(x).max() * numpy.finfo(numpy.float64).max / 4
+    got = h @ huge
+    assert numpy.isfinite(got).all()
+    numpy.testing.assert_allclose(got / huge.max(), (dense_reference(v) @ huge) / huge.max(), atol=1e-12)
+    tiny = x * 1e-300
+    numpy.testing.assert_allclose(h @ tiny / 1e-300, dense_reference(v) @ x, atol=1e-12)
+    # another dtype promotes on the general path; a pinned algorithm on a view skips the kept form
+    numpy.testing.assert_allclose(h @ x.astype(numpy.float32), dense_reference(v) @ x, atol=1e-5)
+    pinned = ch.HouseholderProduct(v).prepare_reuse()
+    pinned @ x
+    pinned.algorithm = "sequential"
+    assert _reuse.matmul(pinned, x, True) is None
+    numpy.testing.assert_array_equal(pinned @ x, ch.HouseholderProduct(v, algorithm="sequential") @ x)
+
+
+def test_the_choice_is_deterministic_whatever_ran_before_in_any_thread():
+    rng = numpy.random.default_rng(5)
+    v = rng.standard_normal((20, 32)).astype(numpy.float32)
+    xs = [rng.standard_normal((32, m)).astype(numpy.float32) for m in (1, 4, 40)]
+    first = ch.HouseholderProduct(v).prepare_reuse()
+    expected = [first @ x for x in xs]
+    other = ch.HouseholderProduct(v).prepare_reuse()
+    for x in reversed(xs):  # another history
+        other.T @ x
+        x.T @ other
+    numpy.testing.assert_array_equal(numpy.concatenate([other @ x for x in xs], axis=1), numpy.hstack(expected))
+    shared = ch.HouseholderProduct(v).prepare_reuse()
+    results = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def run(t):
+        barrier.wait()
+        results[t] = [shared @ x for x in (xs[t % 3 :] + xs[: t % 3])]
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for t, got in enumerate(results):
+        for a, x in zip(got, xs[t % 3 :] + xs[: t % 3]):
+            numpy.testing.assert_array_equal(a, expected[[id(y) for y in xs].index(id(x))])
+
+
+def test_refresh_drops_the_kept_form_and_pickling_keeps_the_declaration():
+    rng = numpy.random.default_rng(6)
+    v = rng.standard_normal((10, 10))
+    h = ch.HouseholderProduct(v).prepare_reuse()
+    x = rng.standard_normal((10, 2))
+    h @ x
+    v[3] = rng.standard_normal(10)  # an optimizer step, in place
+    numpy.testing.assert_allclose(h.refresh() @ x, dense_reference(v) @ x, atol=1e-12)
+    assert h.plan_for(2).algorithm == "dense"
+    for twin in (pickle.loads(pickle.dumps(h)), copy.deepcopy(h)):
+        assert not twin._core._hot  # the dense H is not pickled ...
+        assert twin.plan_for(2) == h.plan_for(2)  # ... the declaration is
+        numpy.testing.assert_array_equal(twin @ x, h @ x)
+    state = ch.HouseholderProduct(v).prepare_reuse(False)._core.__getstate__()
+    assert set(state) == set(ch.HouseholderProduct(v)._core.__getstate__()) | {"reuse"}
+    fresh = ch.HouseholderProduct(v)
+    back = h.prepare_reuse(False)
+    assert back is h and not h._core._hot and h.plan_for(2) == fresh.plan_for(2)
+    numpy.testing.assert_array_equal(h @ x, fresh @ x)
+
+
+def test_gradients_and_fresh_products_are_untouched():
+    rng = numpy.random.default_rng(7)
+    v = rng.standard_normal((9, 9))
+    x, dout = rng.standard_normal((9, 3)), rng.standard_normal((9, 3))
+    fresh, reused = ch.HouseholderProduct(v), ch.HouseholderProduct(v).prepare_reuse()
+    reused @ x
+    for a in (fresh, reused):
+        out, back = ch.vjp(ch.matmul, a, x)
+        (dv,), dx = back(dout)
+        if a is fresh:
+            expected = out, dv, dx
+    numpy.testing.assert_array_equal(out, expected[0])
+    numpy.testing.assert_array_equal(dv, expected[1])
+    numpy.testing.assert_array_equal(dx, expected[2])
+    assert reused.plan_for(3, differentiable=True) == fresh.plan_for(3, differentiable=True)
+    assert ch.HouseholderProduct(v, block_size=4).prepare_reuse().plan_for(3).algorithm == "cwy"
+
+
+def test_the_dense_form_is_kept_only_within_its_memory_budget():
+    mach = calibration.DEFAULTS["numpy"]
+    assert _reuse.dense_fits(256, 1) and _reuse.dense_fits(1024, 512) and not _reuse.dense_fits(1024, 511)
+    for d, n in ((512, 16), (1024, 64)):
+        fresh = plan.choose(d, n, 32, numpy.float32)
+        ranked = _reuse.kept(fresh, d, n, 32, 4, "numpy", "full", mach)
+        assert ranked[-1] == fresh and all(p.algorithm != "dense" for p in ranked)
+    ranked = _reuse.kept(plan.choose(1024, 1024, 32, numpy.float32), 1024, 1024, 32, 4, "numpy", "full", mach)
+    assert ranked[0].algorithm == "dense"
+    seconds = [_reuse.per_product(p, 1024, 1024, 32, 4, "numpy", "full", mach) for p in ranked]
+    assert seconds == sorted(seconds)
+    rng = numpy.random.default_rng(8)
+    h = ch.HouseholderProduct(rng.standard_normal((4, 300))).prepare_reuse()  # 300^2 > max(2 * 4 * 300, 2^16)
+    h @ rng.standard_normal((300, 2))
+    assert h.plan_for(2).algorithm == "cwy" and not h._core._hot
+    small = ch.HouseholderProduct(rng.standard_normal((4, 64))).prepare_reuse()
+    for m in (1, 2, 3):
+        small @ rng.standard_normal((64, m))
+    kept = small._core._hot
+    assert sorted(kept) == [1, 2, 3] and len({id(h) for h, _, _ in kept.values()}) == 1  # one d x d array
+    assert next(iter(kept.values()))[0].nbytes == 64 * 64 * 8
+
+
+def test_prepare_reuse_takes_a_boolean():
+    h = ch.HouseholderProduct(numpy.eye(3)[:1])
+    with pytest.raises(TypeError, match="reuse must be True or False, got 'yes' of type str"):
+        h.prepare_reuse("yes")
+
+
+def test_without_the_declaration_nothing_is_kept():
+    rng = numpy.random.default_rng(9)
+    v, x = rng.standard_normal((8, 8)), rng.standard_normal((8, 2))
+    first = ch.HouseholderProduct(v) @ x
+    for algorithm in ("dense", "auto"):
+        h = ch.HouseholderProduct(v, algorithm=algorithm)
+        for _ in range(3):
+            h @ x
+        assert not h._core._hot and h._core.reuse is False
+    h.algorithm = "auto"
+    numpy.testing.assert_array_equal(h @ x, first)
