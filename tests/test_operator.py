@@ -387,8 +387,9 @@ def test_inverse_of_a_subnormal_spectrum_is_a_value_error_not_a_warning(any_xp):
 
 
 # ----------------------------------------------------------------- memory
-def test_todense_too_large_says_how_much_memory_it_needs():
-    H = ch.HouseholderProduct(numpy.ones((1, 10**6)))
+def test_todense_too_large_says_how_much_memory_it_needs(any_xp):
+    ones = on(any_xp, numpy.ones((1, 10**6)))
+    H = ch.HouseholderProduct(ones)
     with pytest.raises(
         MemoryError,
         match=r"todense\(\) needs a dense float64 array of shape \(1000000, 1000000\) "
@@ -397,18 +398,19 @@ def test_todense_too_large_says_how_much_memory_it_needs():
     ):
         H.todense()
     with pytest.raises(MemoryError, match=r'algorithm="dense" needs a dense float64 array .* \(7.28 TiB; about'):
-        ch.HouseholderProduct(numpy.ones((1, 10**6)), algorithm="dense") @ numpy.ones(10**6)
+        ch.HouseholderProduct(ones, algorithm="dense") @ on(any_xp, numpy.ones(10**6))
     with pytest.raises(MemoryError, match=r"shape \(1000000, 1000000\)"):
-        ch.SVDMatrix(numpy.ones((1, 10**6)), numpy.ones(1), numpy.ones((1, 10**6))).todense()
+        ch.SVDMatrix(ones, on(any_xp, numpy.ones(1)), ones).todense()
 
 
-def test_todense_of_a_wide_matrix_applies_the_transpose_to_the_smaller_identity():
-    W = ch.SVDMatrix(numpy.eye(1, 5), numpy.ones(1), numpy.ones((1, 10**6)))  # 5 x 10^6: 40 MB
+def test_todense_of_a_wide_matrix_applies_the_transpose_to_the_smaller_identity(any_xp):
+    W = ch.SVDMatrix(*on(any_xp, numpy.eye(1, 5), numpy.ones(1), numpy.ones((1, 10**6))))  # 5 x 10^6: 40 MB
     dense = W.todense()
-    assert dense.shape == (5, 10**6)
-    numpy.testing.assert_allclose(dense[:, :3], W @ numpy.eye(10**6, 3), atol=1e-15)
-    wide = _svd(3, 6) @ MATRICES["W"]
-    numpy.testing.assert_allclose(dense_of(wide), dense_of(_svd(3, 6)) @ dense_of(MATRICES["W"]), atol=1e-12)
+    assert tuple(dense.shape) == (5, 10**6)
+    assert_allclose(dense[:, :3], W @ on(any_xp, numpy.eye(10**6, 3)), atol=1e-15)
+    matrices = _matrices(xp=any_xp)
+    wide = _svd(3, 6, xp=any_xp) @ matrices["W"]
+    numpy.testing.assert_allclose(dense_of(wide), dense_of(_svd(3, 6, xp=any_xp)) @ dense_of(matrices["W"]), atol=1e-12)
 
 
 # --------------------------------------------- one validation per call
