@@ -26,10 +26,9 @@ import math
 
 import numpy
 
-from . import plan
 from ._reflections import Reflections, Segment
 from ._validate import NormSummary
-from .algorithms import PLANS, _layout, _scaling
+from .algorithms import _layout, _scaling
 from .algorithms.ormqr import squared_lengths
 
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
@@ -150,40 +149,23 @@ def operand(h, x, side):
 def matmul(h, x, side):
     """``h @ x`` (``x @ h``) on the small-size path, or ``None`` when it does not apply.
 
-    The plan comes straight from :func:`cuhouse.plan.choose` with the facts the
-    small path knows (NumPy, one matrix, no gradient), the form from the
-    reflections' cache (built on the first product). X is validated in the
-    pass that the overflow-safe product makes anyway
-    (:func:`cuhouse.algorithms._scaling.column_sizes`, one GEMV over ``|X|``):
-    every column size inside the limits says at once that X is finite and
-    needs no scaling. Anything else (NaN, a zero column, a size out of range)
-    takes the general path, which raises or scales.
+    The plan and the form come from the product's own ``_run`` (the plan of
+    :func:`cuhouse.plan.choose`, or the kept plan of reflections declared
+    reused). X is validated in the pass that the overflow-safe product makes
+    anyway (:func:`cuhouse.algorithms._scaling.column_sizes`, one GEMV over
+    ``|X|``): every column size inside the limits says at once that X is
+    finite and needs no scaling. Anything else (NaN, a zero column, a size
+    out of range) takes the general path, which raises or scales.
     """
     found = operand(h, x, side)
     if found is None:
         return None
     columns, transpose = found
-    core = h._core
-    n, d = core.small
-    layout = core.layout
-    chosen = plan.choose(
-        d,
-        n,
-        columns.shape[1],
-        core.dtype,
-        "numpy",
-        h.algorithm,
-        h.block_size,
-        layout,
-        layout == _layout.UNIT and core.safe,
-    )
-    form, _, limits = core.form(chosen, core.dtype, layout)
+    module, chosen, (form, _, limits), transpose = h._run(columns, transpose, False)
     if columns.shape[1]:
         sizes = _scaling.column_sizes(columns, numpy)
         if not (sizes.min() >= limits.lo and sizes.max() <= limits.hi):
             return None
-    module = PLANS[chosen.algorithm]
-    transpose = transpose != h._transpose
     if chosen.apply == "steps":
         out = module.apply(form, columns, transpose, numpy)
     else:

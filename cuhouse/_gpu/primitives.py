@@ -126,11 +126,17 @@ def _doubling_inverse(s, xp, base, invert_base):
     return t[..., 0, :k, :k]
 
 
-def _lapack_upper_triangular_inverse(s):
-    """:func:`upper_triangular_inverse` of a NumPy stack by LAPACK ``?trtri``, one call per matrix."""
+@functools.lru_cache(maxsize=None)
+def _trtri(dtype):
+    """SciPy's ``?trtri`` for a real ``dtype``, looked up once (an import statement per call costs 2 us)."""
     from scipy.linalg import lapack
 
-    trtri = lapack.strtri if s.dtype == numpy.float32 else lapack.dtrtri
+    return lapack.strtri if dtype == numpy.float32 else lapack.dtrtri
+
+
+def _lapack_upper_triangular_inverse(s):
+    """:func:`upper_triangular_inverse` of a NumPy stack by LAPACK ``?trtri``, one call per matrix."""
+    trtri = _trtri(s.dtype)
     k = s.shape[-1]
     flat = s.reshape((-1, k, k))
     if flat.shape[0] == 1:  # one matrix: no loop, no stack to fill

@@ -66,7 +66,7 @@ def build(y, block_size, xp, layout=FULL, identity=None):
     weights, half_eye = _s_weights(k, g.dtype, xp)
     s = g * weights  # S = striu(G) + diag(G)/2 in one pass, no index arrays
     # a zero row (an identity factor, or block padding) gets s_ii = 1/2: decoupled, it acts as nothing
-    diagonal = xp.diagonal(g, axis1=-2, axis2=-1)
+    diagonal = g.diagonal(axis1=-2, axis2=-1)  # the array method: no function dispatch
     if xp is not numpy or not diagonal.all():  # (NumPy: tested first, no sync to avoid)
         s += (diagonal == 0)[..., None] * half_eye
     return Form(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2], {})
@@ -128,6 +128,8 @@ def apply(f, x, transpose, xp, mode="steps"):
 
 def _batch(f, x):
     """The batch shape of ``H @ x``."""
+    if f.t.ndim == 3 and x.ndim == 2:  # one matrix, one X: no broadcasting to work out (3 us at small sizes)
+        return ()
     return numpy.broadcast_shapes(f.t.shape[:-3], x.shape[:-2])
 
 
