@@ -37,7 +37,7 @@ Every function here is written against the array module ``xp``.
 
 import numpy
 
-from ._backend import COMPLEX_DTYPES, numpy_dtype
+from ._backend import COMPLEX_DTYPES, astype, creation_kwargs, numpy_dtype
 
 
 def is_complex(dtype):
@@ -46,18 +46,32 @@ def is_complex(dtype):
 
 
 def real_dtype(dtype):
-    """The real dtype of the parts of ``dtype``: complex64 -> float32, complex128 -> float64; reals stay
-    (a real dtype of another library included)."""
+    """The real dtype of the parts of ``dtype``: complex64 -> float32, complex128 -> float64; reals stay.
+    A dtype of another library gives that library's dtype (``torch.complex64`` -> ``torch.float32``)."""
     try:
         dtype = numpy.dtype(dtype)
-    except TypeError:  # torch.float32, ...: the generic path is real
-        return dtype
+    except TypeError:  # torch.complex64, ...: the same name's parts in that library
+        return _partner(dtype, real_dtype)
     return numpy.dtype(dtype.char.lower()) if dtype in COMPLEX_DTYPES else dtype
 
 
+def _partner(dtype, mapping):
+    """``mapping`` of a dtype of another library (torch, array_api_strict), as that library's dtype:
+    looked up by name on the module that defines the dtype object."""
+    import sys
+
+    name = numpy.dtype(mapping(numpy_dtype(dtype))).name
+    module = sys.modules[type(dtype).__module__.split(".")[0]]
+    return getattr(module, name)
+
+
 def complex_dtype(dtype):
-    """The complex dtype with parts of ``dtype``: float32 -> complex64, float64 -> complex128."""
-    return numpy.result_type(dtype, numpy.complex64)
+    """The complex dtype with parts of ``dtype``: float32 -> complex64, float64 -> complex128 (a dtype of
+    another library gives that library's dtype)."""
+    try:
+        return numpy.result_type(numpy.dtype(dtype), numpy.complex64)
+    except TypeError:
+        return _partner(dtype, complex_dtype)
 
 
 def realify_columns(c, xp):
@@ -109,32 +123,29 @@ def pair_rows(v, phase, xp):
     ``q = i c`` with c the unit that makes ``v_i``'s entry i real (1 where that
     entry is zero), written in exactly so that trapezoidal rows stay
     trapezoidal; ``p = i sqrt(lambda) c`` (principal root; ``-c`` for a
-    reflection). O(n d).
+    reflection). Array API operations only (the generic path runs it too). O(n d).
     """
-    n = v.shape[-2]
-    idx = xp.arange(n)
-    pivot = v[..., idx, idx]
+    n, d = v.shape[-2:]
+    kwargs = creation_kwargs(v)
+    diagonal = xp.arange(n, **kwargs)[:, None] == xp.arange(d, **kwargs)[None, :]
+    pivot = xp.sum(xp.where(diagonal, v, xp.zeros_like(v)), axis=-1)
     size = xp.abs(pivot)
-    cdtype = complex_dtype(size.dtype)
-    c = xp.where(size > 0, xp.conj(pivot) / xp.where(size > 0, size, 1), 1).astype(cdtype)
-    turned = c[..., None] * v
-    turned[..., idx, idx] = size
+    nonzero = size > 0
+    c = xp.where(nonzero, xp.conj(pivot) / xp.where(nonzero, size, xp.ones_like(size)), xp.ones_like(pivot))
+    turned = xp.where(diagonal, astype(size, v.dtype, xp)[..., None], c[..., None] * v)
     q = 1j * c
-    rows = xp.empty(v.shape[:-2] + (n, 2, v.shape[-1], 2), dtype=size.dtype)
     re, im = xp.real(turned), xp.imag(turned)
     if phase is None:  # realify(-c v)
         p = -c
-        rows[..., 0, :, 0] = -re
-        rows[..., 0, :, 1] = -im
+        first = (-re, -im)
     else:  # realify(i sqrt(lambda) c v)
-        root = xp.sqrt(phase.astype(cdtype))
+        root = xp.sqrt(astype(phase, v.dtype, xp))
         p = q * root
-        first = (1j * root)[..., None] * turned
-        rows[..., 0, :, 0] = xp.real(first)
-        rows[..., 0, :, 1] = xp.imag(first)
-    rows[..., 1, :, 0] = -im  # realify(i c v)
-    rows[..., 1, :, 1] = re
-    return xp.reshape(rows, v.shape[:-2] + (2 * n, 2 * v.shape[-1])), p, q
+        rotated = (1j * root)[..., None] * turned
+        first = (xp.real(rotated), xp.imag(rotated))
+    second = (-im, re)  # realify(i c v)
+    rows = xp.stack([xp.stack(first, axis=-1), xp.stack(second, axis=-1)], axis=-3)  # (..., n, 2, d, 2)
+    return xp.reshape(rows, v.shape[:-2] + (2 * n, 2 * d)), p, q
 
 
 def pair_gradient(g, p, q, xp):

@@ -23,7 +23,7 @@ import math
 
 import numpy
 
-from . import _validate
+from . import _complex, _validate
 from ._backend import astype, device_of, numpy_dtype, result_type
 from ._shapes import geqrf_shape
 from .algorithms import portable
@@ -45,34 +45,50 @@ def row_norms(v, xp):
 
 
 def read_geqrf(a, tau, xp, check_finite):
-    """``(a, k, identity, dtype)`` for ``from_lapack`` on the generic path: the same checks and
-    message as :func:`cuhouse._geqrf.read_geqrf`, in one host synchronization
-    (none with ``check_finite=False``, which also skips the check of ``tau``'s values)."""
+    """``(a, k, identity, dtype, phase)`` for ``from_lapack`` on the generic path: the same checks and
+    messages as :func:`cuhouse._geqrf.read_geqrf`, in one host synchronization (none with
+    ``check_finite=False``, which also skips the check of ``tau``'s values). ``phase`` is each complex
+    factor's eigenvalue ``1 - tau_i v_i^H v_i`` ``(..., k)``, normalized (``None`` for real input)."""
     a = _validate.as_array(a, "a", xp)
     device = device_of(a)
     tau = _validate.as_array(tau, "tau", xp, device)
     k = geqrf_shape(a.shape, tau.shape)
     rows = a.shape[-2]
-    a = astype(a, _validate.float_dtype(a.dtype, xp), xp)
     dtype = _validate.float_dtype(result_type(xp, a.dtype, tau.dtype), xp)
+    unitary = _complex.is_complex(dtype)
+    a = astype(a, dtype if unitary else _validate.float_dtype(a.dtype, xp), xp)
     identity = tau == 0
+    stored = xp.where(_strict_upper(k, rows, xp, device), a[..., :k].mT, xp.zeros_like(a[..., :k].mT))
+    sumsq = 1 + (_complex.squared_norms(stored, xp) if unitary else xp.sum(stored * stored, axis=-1))
+    phase = None
+    if unitary:
+        eigenvalue = 1 - tau * astype(sumsq, dtype, xp)
+        size = xp.abs(eigenvalue)
+        one = xp.ones_like(eigenvalue)
+        phase = xp.where(identity, one, eigenvalue / astype(xp.where(size > 0, size, xp.ones_like(size)), dtype, xp))
     if check_finite:
-        stored = xp.where(_strict_upper(k, rows, xp, device), a[..., :k].mT, xp.zeros_like(a[..., :k].mT))
-        sumsq = 1 + xp.sum(stored * stored, axis=-1)
-        expected = xp.where(identity, xp.zeros_like(sumsq), 2 / sumsq)
         tol = 1e3 * max(float(numpy.finfo(numpy_dtype(t)).eps) for t in (a.dtype, tau.dtype))
         finite = xp.all(xp.isfinite(tau)) & xp.all(xp.isfinite(sumsq))
-        close = xp.all(xp.abs(tau - expected) <= tol * xp.abs(expected) + tol)
+        if unitary:
+            close = xp.all(xp.abs(size - 1) <= tol * (1 + xp.abs(tau) * sumsq))
+        else:
+            expected = xp.where(identity, xp.zeros_like(sumsq), 2 / sumsq)
+            close = xp.all(xp.abs(tau - expected) <= tol * xp.abs(expected) + tol)
         if not bool(finite & close):  # the one synchronization; the message needs one more
             if not bool(finite):
                 raise ValueError("a and tau must be finite; found NaN or Inf")
+            if unitary:
+                raise ValueError(
+                    "tau must make unitary factors I - tau v v^H, that is |1 - tau v^H v| = 1 for each "
+                    "reflector v of a, as LAPACK's complex geqrf returns; got values that do not"
+                )
             raise ValueError(
                 "tau must be 0 or 2 / (v^T v) for each reflector v of a, as LAPACK's real "
                 "geqrf returns; got values that do not make orthogonal reflectors"
             )
     if identity.shape[:-1] != a.shape[:-2]:  # the batch of a and tau broadcast, as in numpy.matmul
         identity = xp.broadcast_to(identity, numpy.broadcast_shapes(a.shape[:-2], identity.shape[:-1]) + (k,))
-    return a, k, identity, dtype
+    return a, k, identity, dtype, phase
 
 
 def full_rows(leaf, segment, dtype, xp):
@@ -153,17 +169,23 @@ def contributions(core, dv, scale):
     strictly lower part, zero for identity factors and in its columns past k.
     """
     xp = core.xp
-    pairs = []
-    for segment, leaf, part in segment_parts(dv * scale[..., None], core.segments, core.params, xp):
-        if segment.k is not None:
-            n = segment.k
-            rows, cols = leaf.shape[-2:]
-            part = xp.where(_strict_upper(n, rows, xp, device_of(part)), part, xp.zeros_like(part))
-            if segment.identity is not None:
-                part = xp.where(segment.identity[..., None], xp.zeros_like(part), part)
-            part = part.mT
-            if cols > n:
-                pad = xp.zeros(part.shape[:-1] + (cols - n,), dtype=part.dtype, device=device_of(part))
-                part = xp.concat([part, pad], axis=-1)
-        pairs.append((leaf, part))
-    return pairs
+    parts = segment_parts(dv * scale[..., None], core.segments, core.params, xp)
+    return [(leaf, to_leaf(part, segment, leaf, xp)) for segment, leaf, part in parts]
+
+
+def to_leaf(part, segment, leaf, xp):
+    """The gradient ``part`` ``(..., n, d)`` w.r.t. one segment's full rows (stored order) as a gradient
+    w.r.t. its leaf: itself for a vectors leaf; for a ``geqrf`` leaf ``(..., d, N)`` its strictly lower
+    part, transposed, zero for identity factors and in the columns past k. O(n d)."""
+    if segment.k is None:
+        return part
+    n = segment.k
+    rows, cols = leaf.shape[-2:]
+    part = xp.where(_strict_upper(n, rows, xp, device_of(part)), part, xp.zeros_like(part))
+    if segment.identity is not None:
+        part = xp.where(segment.identity[..., None], xp.zeros_like(part), part)
+    part = part.mT
+    if cols > n:
+        pad = xp.zeros(part.shape[:-1] + (cols - n,), dtype=part.dtype, device=device_of(part))
+        part = xp.concat([part, pad], axis=-1)
+    return part

@@ -13,7 +13,17 @@ from types import MappingProxyType
 import numpy
 
 from . import _complex, _generic, _memory, _validate
-from ._backend import device_of, is_native, module_named, read_only, swap
+from ._backend import (
+    astype,
+    creation_kwargs,
+    device_of,
+    is_native,
+    is_torch,
+    library_dtype,
+    module_named,
+    read_only,
+    swap,
+)
 from ._gpu import primitives
 from .algorithms import PLANS, _layout, _normalize, _scaling
 
@@ -349,12 +359,19 @@ class ComplexReflections(_Cached):
         self._pairs = None
         self._vectors = None
 
+    @property
+    def native(self):
+        """True on NumPy and CuPy; False on the generic path (Array API operations only)."""
+        return is_native(self.xp)
+
     def _rows_of(self, segment):
         """The complex full rows ``(..., k, d)`` of one segment in stored order (identity factors
         zero, conjugated if the segment is), and their eigenvalues (``None``: reflections)."""
         xp = self.xp
         leaf = self.params[segment.param]
-        if segment.k is None:
+        if not self.native:
+            rows = _generic.full_rows(leaf, segment._replace(transpose=False), self.dtype, xp)
+        elif segment.k is None:
             rows = leaf
         else:
             rows = _layout.full_rows(_lapack_rows(leaf, segment, xp), _layout.UNIT, xp)
@@ -364,7 +381,7 @@ class ComplexReflections(_Cached):
         if segment.conjugate:
             rows = xp.conj(rows)
             phase = None if phase is None else xp.conj(phase)
-        return rows.astype(self.dtype, copy=False), phase
+        return astype(rows, self.dtype, xp), phase
 
     @property
     def shape(self):
@@ -389,27 +406,42 @@ class ComplexReflections(_Cached):
             parts = []
             for segment in self.segments:
                 rows, _ = self._rows_of(segment)
-                parts.append(rows[..., ::-1, :] if segment.transpose else rows)
+                parts.append(xp.flip(rows, axis=-2) if segment.transpose else rows)
+            if not self.native:
+                self._vectors = _generic.joined(parts, xp)
+                return self._vectors
             batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
             parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
             self._vectors = read_only(parts[0].copy() if len(parts) == 1 else xp.concatenate(parts, axis=-2))
         return self._vectors
 
+    def paired_rows(self):
+        """``(rows, pairs)``: the realified rows ``(..., 2n, 2d)`` in product order
+        (:func:`cuhouse._complex.pair_rows` of every segment) and each segment's units ``(p, q)``,
+        computed now from the leaves (differentiable on torch). O(n d)."""
+        xp = self.xp
+        parts, pairs = [], []
+        for segment in self.segments:
+            rows, phase = self._rows_of(segment)
+            paired, p, q = _complex.pair_rows(rows, phase, xp)
+            pairs.append((p, q))
+            parts.append(xp.flip(paired, axis=-2) if segment.transpose else paired)
+        if not self.native:
+            return _generic.joined(parts, xp), pairs
+        batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
+        parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
+        rows = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-2)
+        return xp.ascontiguousarray(rows), pairs
+
     @property
     def real(self):
-        """The :class:`Reflections` of the realified rows ``(..., 2n, 2d)``. Built once."""
+        """The :class:`Reflections` of the realified rows ``(..., 2n, 2d)``. Built once (on torch
+        without a graph: a product that records a gradient realifies afresh, see
+        ``HouseholderProduct._autograd``)."""
         if self._real is None:
-            xp = self.xp
-            parts, pairs = [], []
-            for segment in self.segments:
-                rows, phase = self._rows_of(segment)
-                paired, p, q = _complex.pair_rows(rows, phase, xp)
-                pairs.append((p, q))
-                parts.append(paired[..., ::-1, :] if segment.transpose else paired)
-            batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
-            parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
-            rows = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-2)
-            rows = xp.ascontiguousarray(rows)
+            rows, pairs = self.paired_rows()
+            if is_torch(self.xp):
+                rows, pairs = rows.detach(), [(p.detach(), q.detach()) for p, q in pairs]
             real = Reflections(self.backend, (rows,), (Segment(0, False, None, None),), self.check_finite, rows.dtype)
             self._real, self._pairs = real, pairs
         return self._real
@@ -433,7 +465,9 @@ class ComplexReflections(_Cached):
             grad = _complex.pair_gradient(part, p, q, xp)
             if segment.conjugate:
                 grad = xp.conj(grad)
-            if segment.k is not None:
+            if not self.native:
+                grad = _generic.to_leaf(grad, segment, leaf, xp)
+            elif segment.k is not None:
                 grad = _layout.structured(grad, _layout.UNIT, xp)
                 if segment.identity is not None:
                     grad = xp.where(segment.identity[..., None], 0, grad)
@@ -447,15 +481,15 @@ class ComplexReflections(_Cached):
         """``det`` of the product per batch entry of the factors' shape: the product of every
         factor's eigenvalue (conjugated for an adjoint or conjugated run, not for both). O(n)."""
         xp = self.xp
-        total = xp.ones((), dtype=self.dtype)
+        total = xp.ones((), dtype=self.dtype, **creation_kwargs(self.params[0]))
         for segment in self.segments:
             n = self._rows_shape(segment)[-2]
             if segment.phase is not None:
                 value = xp.prod(segment.phase, axis=-1)
                 total = total * (xp.conj(value) if segment.conjugate != segment.transpose else value)
             elif segment.identity is not None:
-                count = n - xp.count_nonzero(segment.identity, axis=-1)
-                total = total * xp.where(count % 2 == 0, 1, -1)
+                count = n - xp.sum(astype(segment.identity, library_dtype("int64", xp), xp), axis=-1)
+                total = total * astype(1 - 2 * (count % 2), self.dtype, xp)
             else:
                 total = total * (-1.0) ** n
         return total

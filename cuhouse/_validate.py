@@ -90,11 +90,6 @@ def as_array(x, name, xp, device=None):
             "devices: move it explicitly (e.g. with .to(device))".format(name, device_of(x), device)
         )
     check_dtype(x.dtype, name)
-    if not is_native(xp) and numpy_dtype(x.dtype).kind == "c":
-        raise TypeError(
-            "{} has dtype {}; complex dtypes run on NumPy and CuPy only: arrays of {} run the generic path, "
-            "which takes real data (float32, float64)".format(name, x.dtype, backend_name(xp))
-        )
     return x
 
 
@@ -216,7 +211,7 @@ def cotangent(g, name, shape, xp, check_finite, device=None):
                 name, tuple(shape), tuple(g.shape)
             )
         )
-    if check_finite and not bool(xp.all(xp.isfinite(g))):
+    if check_finite and numpy_dtype(g.dtype).kind in "fc" and not bool(xp.all(xp.isfinite(g))):
         raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
     return g
 
@@ -234,10 +229,10 @@ def product_operand(x, xp, op_name, op_shape, op_dtype, side, check_finite, name
     """
     x = as_array(x, name, xp, device)
     matmul_shape(op_shape, x.shape, side, op_name, name)
-    cast = astype(x, float_dtype(result_type(xp, op_dtype, x.dtype), xp), xp)
-    if check_finite and not bool(xp.all(xp.isfinite(cast))):  # (the Array API's isfinite refuses bool)
+    # bool and integer data are finite (and the Array API's isfinite refuses bool)
+    if check_finite and numpy_dtype(x.dtype).kind in "fc" and not bool(xp.all(xp.isfinite(x))):
         raise ValueError("{} must be finite; found NaN or Inf ({})".format(name, OPERAND_CHECK))
-    return x, cast
+    return x, astype(x, float_dtype(result_type(xp, op_dtype, x.dtype), xp), xp)
 
 
 def dense_matrix(a, name, xp):

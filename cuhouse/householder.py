@@ -103,8 +103,13 @@ class HouseholderProduct(Operator):
         xp = array_module(vectors)
         v = _validate.vectors(vectors, xp)
         segments = (Segment(0, False, None, None),)
-        if _complex.is_complex(v.dtype):  # NumPy and CuPy only: the generic path refuses complex input
-            _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
+        if _complex.is_complex(v.dtype):  # unitary: run realified (cuhouse._complex)
+            if is_native(xp):
+                _validate.vector_norms(primitives.row_norms(xp.abs(v), xp), xp, bool(check_finite))
+            else:
+                _generic_algorithm(algorithm)
+                if check_finite:  # the generic path: no host synchronization with check_finite=False
+                    _validate.vector_norms(_generic.row_norms(xp.abs(v), xp), xp, True)
             core = ComplexReflections(backend_name(xp), (v,), segments, bool(check_finite), v.dtype)
         elif is_native(xp):
             norms = primitives.row_norms(v, xp)
@@ -195,7 +200,8 @@ class HouseholderProduct(Operator):
             a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
         else:
             _generic_algorithm(algorithm)
-            (a, k, identity, dtype), norms, phase = _generic.read_geqrf(a, tau, xp, bool(check_finite)), None, None
+            a, k, identity, dtype, phase = _generic.read_geqrf(a, tau, xp, bool(check_finite))
+            norms = None
         if phase is not None:
             segment = Segment(0, False, k, identity, False, phase)
             core = ComplexReflections(backend_name(xp), (a,), (segment,), bool(check_finite), dtype)
@@ -312,8 +318,8 @@ class HouseholderProduct(Operator):
         xp = core.xp
         for segment in core.segments:
             param = core.params[segment.param]
-            if isinstance(core, Reflections) and not core.native:
-                norms = _generic.row_norms(_generic.full_rows(param, segment, core.dtype, xp), xp)
+            if not is_native(xp):
+                norms = _generic.row_norms(xp.abs(_generic.full_rows(param, segment, core.dtype, xp)), xp)
                 _validate.vector_norms(norms, xp, core.check_finite, allow_zero_rows=segment.k is not None)
                 continue
             if segment.k is None:
@@ -392,7 +398,7 @@ class HouseholderProduct(Operator):
         if self._unitary:
             det = self._core.det()
             det = xp.conj(det) if self._transpose != self._conjugate else det
-            return xp.broadcast_to(xp.asarray(det, dtype=self.dtype), batch).copy()
+            return copy(xp.broadcast_to(astype(det, self.dtype, xp), batch), xp)
         identities = self._core.identity_count()
         if identities is not None:
             count = self.n_reflections - identities
@@ -470,19 +476,15 @@ class HouseholderProduct(Operator):
 
     # ------------------------------------------------------------- products
     def __matmul__(self, other):
-        if type(other) is numpy.ndarray:  # the kept dense H (cuhouse._reuse), then the small-size path
-            out = _reuse.matmul(self, other, True)
-            if out is None:
-                out = _small.matmul(self, other, "left")
+        if type(other) is numpy.ndarray:  # declared reuse: the kept dense H (cuhouse._reuse); else the small path
+            out = _reuse.matmul(self, other, True) if self._core.reuse else _small.matmul(self, other, "left")
             if out is not None:
                 return out
         return super().__matmul__(other)
 
     def __rmatmul__(self, other):
         if type(other) is numpy.ndarray:
-            out = _reuse.matmul(self, other, False)
-            if out is None:
-                out = _small.matmul(self, other, "right")
+            out = _reuse.matmul(self, other, False) if self._core.reuse else _small.matmul(self, other, "right")
             if out is not None:
                 return out
         return super().__rmatmul__(other)
@@ -641,7 +643,7 @@ class HouseholderProduct(Operator):
         if core.backend == "torch":
             from . import _torch
 
-            if _torch.records_gradient(core.params, real):
+            if _torch.records_gradient(self._core.params, real):  # the complex leaves of a unitary product
                 return back(self._autograd(real, transpose))
         module, chosen, (form, _, limits), transpose = self._run(real, transpose, False)
         return back(_apply_scaled(module, chosen, form, real, transpose, limits, self._xp))
@@ -659,7 +661,10 @@ class HouseholderProduct(Operator):
 
         core, xp = self._real_core(), self._xp
         chosen = self._plan(real.shape[-1], real.dtype, True)
-        rows = _generic.rows(core, real.dtype)
+        if self._unitary:  # realified afresh from the complex leaves (the cached rows carry no graph)
+            rows = astype(self._core.paired_rows()[0], real.dtype, xp)
+        else:
+            rows = _generic.rows(core, real.dtype)
         rows = rows * _scaling.column_factors(rows.detach().mT, xp).mT
         factors = _scaling.column_factors(real.detach(), xp)
         out = _torch.matmul(
@@ -681,9 +686,12 @@ class HouseholderProduct(Operator):
             dv, dx, exponent = _backward_scaled(
                 module, form, out, self._real_form(dout)[0], transpose, limits, chosen.store_inputs, xp
             )
-            contributions = self._core.contributions(dv, scaled)
-            if exponent is not None:  # scaled back only now: the unit rows' gradient is divided by their norms
-                contributions = [(leaf, _unscale(g, exponent, limits, xp)) for leaf, g in contributions]
+            row_scale = scaled
+            if limits is None:  # the generic path: the rows' scale and out's and dout's, as two halves
+                dv, row_scale = _generic_unscale(dv, scaled, exponent, xp)
+            contributions = self._core.contributions(dv, row_scale)
+            if exponent is not None and limits is not None:  # only now: unit rows' gradients are divided by norms
+                contributions = [(leaf, _scaling.unscale(g, exponent, xp)) for leaf, g in contributions]
             return contributions, reduce_to_shape(to_columns(dx), columns.shape)
 
         return to_columns(out), back
@@ -746,11 +754,20 @@ def _backward_scaled(module, form, out, dout, transpose, limits, store_inputs, x
     return dv, _scaling.unscale(dx, e_dout, xp), e_out + e_dout
 
 
-def _unscale(gradient, exponent, limits, xp):
-    """A gradient w.r.t. the rows scaled back by :func:`_backward_scaled`'s ``exponent``: in place
-    on NumPy and CuPy, divided by both factors in turn on the generic path (``limits`` ``None``;
-    exact unless the true gradient overflows). O(size)."""
-    if limits is None:
-        f_out, f_dout = exponent
-        return gradient / f_out / f_dout
-    return _scaling.unscale(gradient, exponent, xp)
+def _generic_unscale(dv, scale, factors, xp):
+    """``(dv', scale')`` with ``dv' * scale'[..., None] == dv * scale[..., None] / (f_out f_dout)``: the
+    generic path's gradient w.r.t. the rows ``dv`` ``(..., n, d)``, computed from rows multiplied by
+    ``scale`` ``(..., n)`` and out, dout multiplied by the powers of two ``factors``
+    (:func:`_backward_scaled`). The power of two of the whole factor is split into two halves, the
+    scale's mantissa kept with the second, so that no intermediate overflows or underflows where the
+    gradient does not (rows at 2^-99 with X at 2^33 and dout at 2^-27 gave inf in float32 when the
+    three were applied in turn); exact but for the one rounding of the mantissa's product. O(n d)."""
+    f_out, f_dout = factors
+    k = xp.floor(xp.log2(scale))
+    mantissa = scale / xp.full_like(scale, 2.0) ** k  # exact: a division by a power of two
+    exponent = k[..., :, None] - xp.log2(f_out) - xp.log2(f_dout)  # (..., n, 1), integers
+    bound = float(numpy.finfo(numpy_dtype(dv.dtype)).maxexp - 2)  # 2**+-bound are normal numbers
+    half = xp.clip(xp.floor(exponent / 2), min=-bound, max=bound)
+    rest = xp.clip(exponent - half, min=-bound, max=bound)
+    two = xp.full_like(exponent, 2.0)
+    return dv * two**half, mantissa * (two**rest)[..., 0]

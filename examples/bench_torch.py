@@ -10,11 +10,14 @@
    with ``torch.nn.utils.parametrizations.orthogonal`` (matrix_exp, cayley),
    with a plain ``nn.Linear`` as the floor.
 
-Rounds are interleaved (A, B, C, A, B, C, ...) after a warm-up round; the
-table gives median times and the median of the per-round ratios to the
-cuhouse case (> 1: cuhouse is faster). Run:
-``python examples/bench_torch.py`` (d = 1024, m = 32, float32; about two
-minutes) or ``--d 256 --rounds 3`` for a quick look.
+Rounds are interleaved (A, B, C, A, B, C, ...) after a warm-up round, each
+case timed by the calling thread's CPU time (torch and its BLAS on one
+thread: a shared machine's waiting for a core is left out); the table gives
+median times and the median of the per-round ratios to the first case of the
+table (``householder_matmul``; ``orthogonal()`` for the training step),
+> 1: that case is faster. Run: ``python examples/bench_torch.py`` (d = 256
+and 1024, m = 32, float32; about three minutes) or ``--d 256 --rounds 3``
+for a quick look.
 """
 
 import argparse
@@ -55,8 +58,8 @@ def training_steps(d, m, dtype):
     """One SGD step of a d x d orthogonal layer on m rows, per implementation."""
     torch.manual_seed(0)
     layers = {
-        "cuhouse Orthogonal": cht.Orthogonal(d, dtype=dtype),
         "nn.Linear + cuhouse.torch.orthogonal": cht.orthogonal(nn.Linear(d, d, bias=False, dtype=dtype)),
+        "cuhouse Orthogonal": cht.Orthogonal(d, dtype=dtype),
         "parametrizations.orthogonal matrix_exp": parametrizations.orthogonal(
             nn.Linear(d, d, bias=False, dtype=dtype), orthogonal_map="matrix_exp"
         ),
@@ -83,29 +86,30 @@ def training_steps(d, m, dtype):
 
 def report(title, cases, rounds):
     baseline = next(iter(cases))
-    results = measure(cases, baseline, rounds, numpy)
+    results = measure(cases, baseline, rounds, numpy, cpu_clock=True)
     print(title)
-    print("  {:<42} {:>12} {:>22}".format("case", "median ms", "time / cuhouse (median)"))
+    print("  {:<42} {:>12} {:>22}".format("case", "median ms", "time / first (median)"))
     for name, result in results.items():
         print("  {:<42} {:>12.2f} {:>22.2f}".format(name, result.seconds * 1e3, result.ratio))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--d", type=int, default=1024, help="d = n (default 1024)")
+    parser.add_argument("--d", type=int, nargs="+", default=[256, 1024], help="d = n, one or more (default 256 1024)")
     parser.add_argument("--m", type=int, default=32, help="columns of X / rows of the batch (default 32)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
-    print(
-        "torch {}, {} thread, d = n = {}, m = {}, {}, {} interleaved rounds".format(
-            torch.__version__, torch.get_num_threads(), args.d, args.m, args.dtype, args.rounds
+    for d in args.d:
+        print(
+            "torch {}, {} thread, d = n = {}, m = {}, {}, {} interleaved rounds, thread CPU time".format(
+                torch.__version__, torch.get_num_threads(), d, args.m, args.dtype, args.rounds
+            )
         )
-    )
-    report("H @ X forward + backward", products(args.d, args.m, dtype), args.rounds)
-    report("training step of a d x d orthogonal layer", training_steps(args.d, args.m, dtype), args.rounds)
+        report("H @ X forward + backward", products(d, args.m, dtype), args.rounds)
+        report("training step of a d x d orthogonal layer", training_steps(d, args.m, dtype), args.rounds)
 
 
 if __name__ == "__main__":

@@ -258,7 +258,7 @@ def examples(xp, numpy_examples):
 
 # The generic path's libraries that take complex data; the others refuse it with a TypeError, which
 # tests of complex data assert instead (:func:`refuses_complex`).
-COMPLEX_GENERIC = ()
+COMPLEX_GENERIC = ("torch", "array_api_strict")
 
 
 def refuses_complex(xp):

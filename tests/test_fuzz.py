@@ -7,7 +7,10 @@ offending argument; the caller's arrays are never modified; no result shares
 memory with an input. Then the algebra fuzz (random expression trees of
 products, ``.T`` and ``.inv()`` against dense float64, with gradients against
 central differences) and an overflow/underflow sweep of row and operand scales
-for every algorithm.
+for every algorithm. Each runs on every backend (``any_xp``): the generic path's
+libraries draw from what they have (no object arrays, no negative strides,
+float16 on torch only, complex where :data:`helpers.COMPLEX_GENERIC` says) and
+run a quarter of the examples (:func:`helpers.examples`).
 
 Every call is counted by outcome in :data:`OUTCOMES`; ``pytest -s
 tests/test_fuzz.py`` prints the counts at the end of the module (and writes
@@ -24,11 +27,21 @@ import traceback
 import numpy
 import pytest
 import scipy.linalg
-from helpers import dense_reference
+from helpers import (
+    backend_name,
+    dense_reference,
+    dtype_name,
+    examples,
+    needs_algorithm,
+    refuses_complex,
+    rmatmul,
+    to_numpy,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cuhouse as ch
+from cuhouse.algorithms import portable
 from cuhouse.householder import ALGORITHM_CHOICES
 
 OUTCOMES = collections.Counter()
@@ -101,6 +114,16 @@ def _adjoint(a):
     return numpy.swapaxes(a, -1, -2).conj()
 
 
+def _native(xp):
+    return getattr(xp, "native", True)
+
+
+def _host_view(a):
+    """The memory of array ``a`` as a NumPy array (a view: torch CPU tensors and array_api_strict arrays
+    export theirs by DLPack), for ``numpy.shares_memory``."""
+    return a if isinstance(a, numpy.ndarray) else numpy.from_dlpack(a)
+
+
 # ------------------------------------------------------------------------------------ the matrices
 KINDS = ("householder", "trapezoidal", "lapack", "from_dense", "svd", "eigh")
 
@@ -113,8 +136,16 @@ def _vectors(rng, shape, dtype=numpy.float64):
     return v.astype(dtype)
 
 
-def _matrix(kind, rng, d, n, batch, dtype, algorithm):
-    """``(matrix, dense float64 (complex128) reference, {name: caller's array})`` for one kind of matrix."""
+def _matrix(kind, rng, d, n, batch, dtype, algorithm, xp):
+    """``(matrix, dense float64 (complex128) reference, {name: caller's array}, {name: NumPy array})`` for
+    one kind of matrix, built from ``xp`` arrays made from the NumPy ones."""
+    matrix, ref, host = _host_matrix(kind, rng, d, n, batch, dtype, algorithm)
+    params = {k: xp.asarray(v) for k, v in host.items()}
+    return (matrix if xp is numpy else _rebuild(kind, params, algorithm)), ref, (host if xp is numpy else params), host
+
+
+def _host_matrix(kind, rng, d, n, batch, dtype, algorithm):
+    """``(matrix, dense float64 (complex128) reference, {name: caller's array})`` on NumPy."""
     real = numpy.finfo(dtype).dtype  # the real dtype of the same precision
     if kind in ("householder", "trapezoidal"):
         v = _vectors(rng, batch + (n, d), dtype)
@@ -153,17 +184,20 @@ def _matrix(kind, rng, d, n, batch, dtype, algorithm):
     return ch.EighMatrix(u, w), ref, {"U": u, "w": w}
 
 
-def _layout(rng, x, order):
-    """``x`` in a memory order: C, Fortran, a strided slice of a larger array, or reversed strides."""
+def _layout(rng, x, order, xp=numpy):
+    """NumPy ``x`` as an ``xp`` array in a memory order: C, Fortran, a strided slice of a larger array,
+    or reversed strides (NumPy only: torch has no negative strides)."""
     if order == "F":
-        return numpy.asfortranarray(x)
+        if xp is numpy or x.ndim < 2:
+            return numpy.asfortranarray(x) if xp is numpy else xp.asarray(x)
+        return xp.asarray(numpy.swapaxes(x, -1, -2)).mT
     if order == "strided":
         big = numpy.zeros(x.shape[:-1] + (2 * x.shape[-1] + 1,), dtype=x.dtype)
         big[..., 1::2] = x
-        return big[..., 1::2]
+        return big[..., 1::2] if xp is numpy else xp.asarray(big)[..., 1::2]
     if order == "reversed":
         return numpy.ascontiguousarray(x[..., ::-1])[..., ::-1]
-    return x
+    return xp.asarray(x)
 
 
 # ------------------------------------------------------------------------------------- bad inputs
@@ -201,20 +235,26 @@ def _check_error(exc, name):
 
 
 @st.composite
-def api_cases(draw):
+def api_cases(draw, xp=numpy, complex_=True):
+    """One call of the API fuzz on ``xp`` (``complex_``: whether it takes complex data)."""
+    native = _native(xp)
+    complex_dtypes = [numpy.complex64, numpy.complex128] if complex_ else []
+    bad = [b for b in list(BAD)[1:] if native or b != "object X"]
+    if not native and backend_name(xp) != "torch":
+        bad.remove("float16 X")  # array_api_strict has no float16
     return dict(
         kind=draw(st.sampled_from(KINDS)),
-        dtype=draw(st.sampled_from([numpy.float32, numpy.float64, numpy.complex64, numpy.complex128])),
+        dtype=draw(st.sampled_from([numpy.float32, numpy.float64] + complex_dtypes)),
         d=draw(st.integers(1, 6)),
         batch=draw(st.sampled_from([(), (), (2,), (1,), (2, 1)])),
         x_batch=draw(st.sampled_from([(), (), (3,), (1, 2), (2, 1)])),
         m=draw(st.integers(0, 3)),
         vector=draw(st.booleans()),
-        x_dtype=draw(st.sampled_from(["float32", "float64", "int64", "bool", "complex64"])),
-        order=draw(st.sampled_from(["C", "F", "strided", "reversed"])),
+        x_dtype=draw(st.sampled_from(["float32", "float64", "int64", "bool"] + ["complex64"] * complex_)),
+        order=draw(st.sampled_from(["C", "F", "strided"] + ["reversed"] * native)),
         operation=draw(st.sampled_from(["A @ X", "X @ A", "A.T @ X", "vjp", "todense", "logdet", "solve"])),
-        algorithm=draw(st.sampled_from(ALGORITHM_CHOICES)),
-        bad=draw(st.sampled_from([None] * (len(BAD) - 1) + list(BAD)[1:])),  # about half the calls valid
+        algorithm=draw(st.sampled_from(ALGORITHM_CHOICES if native else ("auto",) + portable.ALGORITHMS)),
+        bad=draw(st.sampled_from([None] * len(bad) + bad)),  # about half the calls valid
         seed=draw(st.integers(0, 2**32 - 1)),
     )
 
@@ -275,14 +315,23 @@ def _spoil(bad, case, rng, x, params):
     return x, name
 
 
-@settings(FUZZ, max_examples=2000)
-@given(api_cases())
-def test_api_fuzz(case):
+def test_api_fuzz(any_xp):
+    complex_ = _native(any_xp) or not refuses_complex(any_xp)
+
+    @settings(FUZZ, max_examples=examples(any_xp, 2000))
+    @given(api_cases(any_xp, complex_))
+    def check(case):
+        _api_call(case, any_xp)
+
+    check()
+
+
+def _api_call(case, xp):
     rng = numpy.random.default_rng(case["seed"])
     d, dtype, kind, operation, bad = case["d"], numpy.dtype(case["dtype"]), case["kind"], case["operation"], case["bad"]
     n = d if kind in ("svd", "eigh") else int(rng.integers(1, d + 1))
-    matrix, ref, params = _matrix(
-        kind, numpy.random.default_rng(case["seed"] + 1), d, n, case["batch"], dtype, case["algorithm"]
+    matrix, ref, params, host = _matrix(
+        kind, numpy.random.default_rng(case["seed"] + 1), d, n, case["batch"], dtype, case["algorithm"], xp
     )
     x = rng.standard_normal(case["x_batch"] + (d, case["m"]) if not case["vector"] else (d,))
     x = x.astype(case["x_dtype"]) if case["x_dtype"] != "bool" else x > 0
@@ -290,30 +339,32 @@ def test_api_fuzz(case):
         x += 1j * rng.standard_normal(x.shape).astype(x.dtype)
     expect = None
     if bad in ("nan in the parameters", "a zero vector"):
-        _, expect = _spoil(bad, case, rng, x, params)
+        _, expect = _spoil(bad, case, rng, x, host)
         if expect is not None:  # the constructor must refuse the spoiled parameters
-            snapshot = {k: v.copy() for k, v in params.items()}
+            spoiled = host if xp is numpy else {k: xp.asarray(v) for k, v in host.items()}
+            snapshot = {k: to_numpy(v).copy() for k, v in spoiled.items()}
             OUTCOMES["calls"] += 1
             with pytest.raises(Exception) as info:
-                _rebuild(kind, params, case["algorithm"])
+                _rebuild(kind, spoiled, case["algorithm"])
             OUTCOMES[_check_error(info.value, expect)] += 1
-            for k, v in params.items():
-                numpy.testing.assert_array_equal(v, snapshot[k])
+            for k, v in spoiled.items():
+                numpy.testing.assert_array_equal(to_numpy(v), snapshot[k])
             return
     elif bad is not None:
-        x, expect = _spoil(bad, case, rng, x, params)
+        x, expect = _spoil(bad, case, rng, x, host)
     if isinstance(x, numpy.ndarray) and x.ndim > 1 and operation in X_OPERATIONS and expect is None:
         try:
             numpy.broadcast_shapes(matrix.shape[:-2], x.shape[:-2])
         except ValueError:
             expect = "B" if operation == "solve" and kind in ("svd", "eigh") else "X"
-    if isinstance(x, numpy.ndarray) and x.dtype != object:
-        x = _layout(rng, _orient(x, operation), case["order"])
-    inputs = dict(params, X=x) if isinstance(x, numpy.ndarray) else dict(params)
-    snapshot = {k: v.copy() for k, v in inputs.items()}
+    x_is_array = isinstance(x, numpy.ndarray)
+    if x_is_array and x.dtype != object:
+        x = _layout(rng, _orient(x, operation), case["order"], xp)
+    inputs = dict(params, X=x) if x_is_array else dict(params)
+    snapshot = {k: to_numpy(v).copy() for k, v in inputs.items()}
     OUTCOMES["calls"] += 1
     try:
-        results, wants, sources = _run(matrix, ref, x, case, rng, bad if expect == "dout" else None)
+        results, wants, sources = _run(matrix, ref, x, case, rng, bad if expect == "dout" else None, xp)
     except Exception as exc:
         OUTCOMES[_valid_refusal(exc, matrix, operation) if expect is None else _check_error(exc, expect)] += 1
     else:
@@ -328,13 +379,14 @@ def test_api_fuzz(case):
         )
         for r in results:
             for name, source in sources.items():
-                if isinstance(source, numpy.ndarray) and numpy.shares_memory(r, source):
+                if source is not None and numpy.shares_memory(_host_view(r), _host_view(source)):
                     OUTCOMES["shared memory"] += 1
                     raise AssertionError("a result shares memory with {}".format(name))
         OUTCOMES["matched the dense reference"] += 1
     finally:
         for k, v in inputs.items():
-            if not numpy.array_equal(v, snapshot[k], equal_nan=v.dtype.kind in "fc"):
+            snap = snapshot[k]
+            if not numpy.array_equal(to_numpy(v), snap, equal_nan=snap.dtype.kind in "fc"):
                 OUTCOMES["modified an input"] += 1
                 raise AssertionError("the caller's {} was modified".format(k))
 
@@ -366,17 +418,19 @@ def _valid_refusal(exc, matrix, operation):
     return "raised ValueError (documented: solve of a rank-deficient W)"
 
 
-def _run(matrix, ref, x, case, rng, bad_dout):
+def _run(matrix, ref, x, case, rng, bad_dout, xp=numpy):
     """``(results, references, sources)``: the call's arrays, their float64 references (``None``: only
     checked finite), and the inputs that results must not share memory with."""
     operation = case["operation"]
-    sources = {"X": x, **{"param{}".format(i): p for i, p in enumerate(matrix.params)}}
-    xd = _as_dense(x) if isinstance(x, numpy.ndarray) and x.dtype != object else None
+    is_array = hasattr(x, "ndim") and not isinstance(x, numpy.generic)
+    sources = {"X": x if is_array and dtype_name(x) != "object" else None}
+    sources.update({"param{}".format(i): p for i, p in enumerate(matrix.params)})
+    xd = _as_dense(to_numpy(x)) if sources["X"] is not None else None
     transposed = numpy.swapaxes(ref, -1, -2)
     if operation == "A @ X":
         return [matrix @ x], [ref @ xd], sources
     if operation == "X @ A":
-        return [x @ matrix], [xd @ ref], sources
+        return [rmatmul(x, matrix) if is_array else x @ matrix], [xd @ ref], sources
     if operation == "A.T @ X":
         return [matrix.T @ x], [transposed @ xd], sources
     if operation == "todense":
@@ -388,25 +442,28 @@ def _run(matrix, ref, x, case, rng, bad_dout):
             return [matrix.inv() @ x], [_adjoint(ref) @ xd], sources
         return [matrix.solve(x)], [numpy.linalg.solve(ref, xd) if xd.ndim > 1 else _solve_vector(ref, xd)], sources
     out, back = ch.vjp(ch.matmul, matrix, x)
-    dout = rng.standard_normal(out.shape)
-    if out.dtype.kind == "c":
-        dout = dout + 1j * rng.standard_normal(out.shape)
+    shape = tuple(out.shape)
+    dout = rng.standard_normal(shape)
+    if numpy.dtype(dtype_name(out)).kind == "c":
+        dout = dout + 1j * rng.standard_normal(shape)
     if bad_dout == "nan in dout":
         dout.flat[rng.integers(dout.size)] = numpy.nan
     elif bad_dout == "dout of the wrong shape":
-        dout = numpy.zeros(out.shape + (1,))
-    sources["dout"] = dout
+        dout = numpy.zeros(shape + (1,))
     snapshot = dout.copy()
+    dout = xp.asarray(dout)
+    sources["dout"] = dout
     try:
         grads, dx = back(dout)
     finally:
-        numpy.testing.assert_array_equal(dout, snapshot)
+        numpy.testing.assert_array_equal(to_numpy(dout), snapshot)
     # torch's convention: dX = A^H dout, its real part for a real X
+    dout = snapshot
     if x.ndim == 1:
         want_dx = _reduce((_adjoint(ref) @ dout[..., None])[..., 0], x.shape)
     else:
         want_dx = _reduce(_adjoint(ref) @ dout, x.shape)
-    if x.dtype.kind != "c":
+    if numpy.dtype(dtype_name(x)).kind != "c":
         want_dx = want_dx.real
     return [out, dx] + list(grads), [ref @ xd, want_dx] + [None] * len(grads), sources
 
@@ -419,7 +476,7 @@ def _logdet(matrix, ref):
     """log|det| from the spectrum (0 for an orthogonal matrix, -inf for a rank-deficient W)."""
     if isinstance(matrix, ch.HouseholderProduct):
         return numpy.zeros(ref.shape[:-2])
-    values = matrix.s if isinstance(matrix, ch.SVDMatrix) else matrix.w
+    values = to_numpy(matrix.s if isinstance(matrix, ch.SVDMatrix) else matrix.w)
     if values.shape[-1] < ref.shape[-1]:
         return numpy.full(ref.shape[:-2], -numpy.inf)
     return numpy.broadcast_to(numpy.log(numpy.abs(_as_dense(values))).sum(axis=-1), ref.shape[:-2])
@@ -437,7 +494,7 @@ def _compare(results, wants, dtypes, case):
     """Each result against its float64 reference, relative to the reference's size (a gradient w.r.t.
     the parameters, ``None``, is checked by the algebra fuzz: here it must be finite)."""
     for got, want in zip(results, wants):
-        got = numpy.asarray(got)
+        got = to_numpy(got)
         # the least precise of the matrix, X and the result (a float32 from_dense is Q to float32 accuracy)
         tol = max(TOL[numpy.finfo(ch._validate.float_dtype(t)).dtype] for t in dtypes + [got.dtype])
         if want is None:
@@ -472,17 +529,17 @@ def _leaf_params(rng, d):
     }
 
 
-def _implied_tau(a):
-    """LAPACK's tau for the reflectors of ``a``: 2 / (1 + ||a[i+1:, i]||^2)."""
-    below = numpy.tril(a, -1)
-    return 2 / (1 + (below * below).sum(axis=0))
+def _implied_tau(a, xp=numpy):
+    """LAPACK's tau for the reflectors of ``a`` (an ``xp`` array): 2 / (1 + ||a[i+1:, i]||^2)."""
+    below = a * xp.asarray(numpy.tri(*a.shape, -1))
+    return 2 / (1 + xp.sum(below * below, axis=0))
 
 
-def _leaves(params):
-    """Fresh leaf matrices from ``params`` (the arrays themselves: gradients reach them)."""
+def _leaves(params, xp=numpy):
+    """Fresh leaf matrices from ``params`` (``xp`` arrays, the arrays themselves: gradients reach them)."""
     return {
         "H": ch.HouseholderProduct(*params["H"]),
-        "L": ch.HouseholderProduct.from_lapack(params["L"][0], _implied_tau(params["L"][0])),
+        "L": ch.HouseholderProduct.from_lapack(params["L"][0], _implied_tau(params["L"][0], xp)),
         "W": ch.SVDMatrix(*params["W"]),
         "E": ch.EighMatrix(*params["E"]),
     }
@@ -509,8 +566,8 @@ def _evaluate(tree, leaves, matmul, transpose, inverse):
     return matmul(*values) if op == "@" else transpose(values[0]) if op == "T" else inverse(values[0])
 
 
-def _cuhouse(tree, params):
-    return _evaluate(tree, _leaves(params), lambda a, b: a @ b, lambda a: a.T, lambda a: a.inv())
+def _cuhouse(tree, params, xp=numpy):
+    return _evaluate(tree, _leaves(params, xp), lambda a, b: a @ b, lambda a: a.T, lambda a: a.inv())
 
 
 def _dense(tree, params):
@@ -540,28 +597,37 @@ def _count_match(error, tol, what):
     OUTCOMES["matched the dense reference"] += 1
 
 
-@settings(FUZZ, max_examples=300)
-@given(TREES, st.integers(2, 5), st.integers(0, 2**32 - 1))
-def test_algebra_fuzz(tree, d, seed):
+def test_algebra_fuzz(any_xp):
+    @settings(FUZZ, max_examples=examples(any_xp, 300))
+    @given(TREES, st.integers(2, 5), st.integers(0, 2**32 - 1))
+    def check(tree, d, seed):
+        _algebra_case(tree, d, seed, any_xp)
+
+    check()
+
+
+def _algebra_case(tree, d, seed, xp):
     rng = numpy.random.default_rng(seed)
     params = _leaf_params(rng, d)
-    a, dense = _cuhouse(tree, params), _dense(tree, params)
+    moved = {k: [xp.asarray(arr) for arr in arrays] for k, arrays in params.items()}
+    a, dense = _cuhouse(tree, moved, xp), _dense(tree, params)
     size = max(1.0, float(numpy.abs(dense).max()))
     x = rng.standard_normal((d, 3))
-    _count_match(numpy.abs(a @ x - dense @ x).max() / size, 1e-11, "A @ X")
-    _count_match(numpy.abs(x.T @ a - x.T @ dense).max() / size, 1e-11, "X @ A")
-    _count_match(numpy.abs(a.todense() - dense).max() / size, 1e-11, "todense()")
+    _count_match(numpy.abs(to_numpy(a @ xp.asarray(x)) - dense @ x).max() / size, 1e-11, "A @ X")
+    _count_match(numpy.abs(to_numpy(rmatmul(xp.asarray(x.T), a)) - x.T @ dense).max() / size, 1e-11, "X @ A")
+    _count_match(numpy.abs(to_numpy(a.todense()) - dense).max() / size, 1e-11, "todense()")
     logdet = numpy.linalg.slogdet(dense)[1]
-    _count_match(abs(a.logdet() - logdet), 1e-10 * max(1, abs(logdet)), "logdet()")
+    _count_match(abs(float(a.logdet()) - logdet), 1e-10 * max(1, abs(logdet)), "logdet()")
     # gradients: <vjp(G), delta> against a central difference of <G, A(params + h delta) @ X>
     g = rng.standard_normal((d, 3))
-    out, back = ch.vjp(ch.matmul, a, x)
-    grads, dx = back(g)
-    _count_match(numpy.abs(dx - dense.T @ g).max() / size, 1e-11, "dX")
-    flat = _flat(params)
+    out, back = ch.vjp(ch.matmul, a, xp.asarray(x))
+    grads, dx = back(xp.asarray(g))
+    grads = [to_numpy(grad) for grad in grads]
+    _count_match(numpy.abs(to_numpy(dx) - dense.T @ g).max() / size, 1e-11, "dX")
+    flat = _flat(moved)
     by_identity = {id(arr): key for key, arr in flat.items()}
     assert len(grads) == len(a.params) and all(id(p) in by_identity for p in a.params)
-    delta = {key: rng.standard_normal(arr.shape) for key, arr in flat.items()}
+    delta = {key: rng.standard_normal(tuple(arr.shape)) for key, arr in flat.items()}
     predicted = sum(float((grad * delta[by_identity[id(p)]]).sum()) for grad, p in zip(grads, a.params))
     h = 1e-6
 
@@ -570,11 +636,11 @@ def test_algebra_fuzz(tree, d, seed):
         return float((g * (_dense(tree, moved) @ x)).sum())
 
     used = {by_identity[id(p)] for p in a.params}
-    delta.update({key: numpy.zeros_like(arr) for key, arr in flat.items() if key not in used})
+    delta.update({key: numpy.zeros(tuple(arr.shape)) for key, arr in flat.items() if key not in used})
     measured = (value(1) - value(-1)) / (2 * h)
     _count_match(abs(predicted - measured), 1e-6 * max(1.0, abs(measured), size * d), "the gradient w.r.t. the leaves")
-    (dlog,) = ch.vjp(ch.logdet, a)[1](numpy.ones(()))
-    predicted = sum(float((grad * delta[by_identity[id(p)]]).sum()) for grad, p in zip(dlog, a.params))
+    (dlog,) = ch.vjp(ch.logdet, a)[1](xp.asarray(numpy.ones(())))
+    predicted = sum(float((to_numpy(grad) * delta[by_identity[id(p)]]).sum()) for grad, p in zip(dlog, a.params))
     measured = (
         numpy.linalg.slogdet(
             _dense(tree, {k: [arr + h * delta[(k, i)] for i, arr in enumerate(v)] for k, v in params.items()})
@@ -597,10 +663,12 @@ def _exponent_range(dtype, d):
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
 @pytest.mark.parametrize("layout", ["full", "trapezoidal", "lapack"])
 @pytest.mark.parametrize("algorithm", ALGORITHM_CHOICES)
-def test_overflow_underflow_sweep(algorithm, layout, dtype):
+def test_overflow_underflow_sweep(any_xp, algorithm, layout, dtype):
     # H(2^u V) @ (2^s X) == 2^s H(V) @ X, and the gradients scale as 2^(s + t - u) (w.r.t. V) and 2^t
     # (w.r.t. X) for dout 2^t G: exact in exact arithmetic, so the scaled results must match the
     # unscaled ones to rounding, wherever the exact results are representable
+    needs_algorithm(any_xp, algorithm)
+    xp = any_xp
     d = 8
     rng = numpy.random.default_rng(10)
     lowest, highest = _exponent_range(dtype, d)
@@ -614,12 +682,17 @@ def test_overflow_underflow_sweep(algorithm, layout, dtype):
     def make(u):
         if layout == "lapack":
             (a, tau), _ = scipy.linalg.qr(v0.T, mode="raw")
-            return ch.HouseholderProduct.from_lapack(a.astype(dtype), tau.astype(dtype), algorithm=algorithm)
-        return ch.HouseholderProduct(numpy.ldexp(v0, u).astype(dtype), algorithm=algorithm)
+            a, tau = xp.asarray(a.astype(dtype)), xp.asarray(tau.astype(dtype))
+            return ch.HouseholderProduct.from_lapack(a, tau, algorithm=algorithm)
+        return ch.HouseholderProduct(xp.asarray(numpy.ldexp(v0, u).astype(dtype)), algorithm=algorithm)
+
+    def vjp(h, x, g):
+        out, back = ch.vjp(ch.matmul, h, xp.asarray(x.astype(dtype)))
+        (dv,), dx = back(xp.asarray(g.astype(dtype)))
+        return to_numpy(out), to_numpy(dv), to_numpy(dx)
 
     base = make(0)
-    out0, back0 = ch.vjp(ch.matmul, base, x0.astype(dtype))
-    (dv0,), dx0 = back0(g0.astype(dtype))
+    out0, dv0, dx0 = vjp(base, x0, g0)
     reference = _lapack_dense(*scipy.linalg.qr(v0.T, mode="raw")[0]) if layout == "lapack" else dense_reference(v0)
     _count_match(numpy.abs(out0 - reference @ x0).max(), 10 * TOL[numpy.dtype(dtype)] * d, "the unscaled product")
     tol = 10 * TOL[numpy.dtype(dtype)] * d
@@ -627,15 +700,14 @@ def test_overflow_underflow_sweep(algorithm, layout, dtype):
     for u in row_exponents:
         h = make(u)
         for s in numpy.linspace(lowest, highest, 6).astype(int):
-            out = h @ numpy.ldexp(x0, s).astype(dtype)
+            out = to_numpy(h @ xp.asarray(numpy.ldexp(x0, s).astype(dtype)))
             _count_match(numpy.abs(numpy.ldexp(out.astype(numpy.float64), -s) - out0).max(), tol, "2^-s H @ 2^s X")
             # the gradient w.r.t. V near the bottom, the middle and the top of the range
             for q in (lowest + 16, 0, highest - 16):
                 t = q - s + u
                 if not lowest <= t <= highest:
                     continue
-                out, back = ch.vjp(ch.matmul, h, numpy.ldexp(x0, s).astype(dtype))
-                (dv,), dx = back(numpy.ldexp(g0, t).astype(dtype))
+                out, dv, dx = vjp(h, numpy.ldexp(x0, s), numpy.ldexp(g0, t))
                 size = numpy.abs(dv0).max()
                 error = numpy.abs(numpy.ldexp(dv.astype(numpy.float64), -q) - dv0).max() / size
                 _count_match(error, tol, "the gradient w.r.t. V at scales 2^{}, 2^{}, 2^{}".format(u, s, t))

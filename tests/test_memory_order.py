@@ -1,5 +1,8 @@
 """Every algorithm keeps the operand's memory order: a row-major ``X @ H`` (whose columns view is
-column-major) runs, and is differentiated, with no transposing copy of X, of the result or of dX."""
+column-major) runs, and is differentiated, with no transposing copy of X, of the result or of dX.
+
+NumPy only: memory order (``flags``, strides, ``out=``) is the native path's; the generic path's
+right products are checked for values on every backend in ``test_householder.py``."""
 
 import numpy
 import pytest

@@ -14,13 +14,18 @@ from test_torch import assert_close, dense_householder, dense_svd_weight, randn 
 
 import cuhouse.torch as cht  # noqa: E402
 from cuhouse import _torch  # noqa: E402
+from cuhouse.torch import _columns  # noqa: E402
 
 
 @pytest.fixture(params=["default", "blocks of 2"])
 def blocks(request, monkeypatch):
-    """Run the test with the default block size, then with 2 reflections per block (many blocks)."""
+    """Run the test with the default block size, then with 2 reflections per block (many blocks), and
+    orthogonal()'s weight through :mod:`cuhouse.torch._columns` in blocks of 1 wherever its cost rule
+    then picks it (from 2 reflections on)."""
     if request.param != "default":
         monkeypatch.setattr(_torch, "BLOCK", 2)
+        monkeypatch.setattr(_columns, "BLOCK", 1)
+        monkeypatch.setattr(_columns, "MIN_REFLECTIONS", 2)
     return request.param
 
 

@@ -189,11 +189,12 @@ def binade_factors(largest, xp):
     """The powers of two ``f = 2**-e`` (of ``largest``'s shape and real dtype) that bring each
     nonnegative ``largest`` into [1, 2) as ``largest * f``, with ``e = floor(log2(largest))``
     clipped to ``[-(maxexp - 2), maxexp - 2]`` so that ``f`` and ``1 / f`` are normal numbers: a
-    subnormal ``largest`` comes to at least ``2**-(mantissa bits)``, a zero one gets ``f = 1`` and
+    subnormal ``largest`` comes to at least ``2**-(mantissa bits)``, a zero one stays zero and
     a non-finite one stays non-finite (its column is NaN or infinite whatever is done). Array API
     operations only, no host synchronization, no data-dependent branch; exact. O(size)."""
     bound = _exponent_bound(largest.dtype)
-    positive = xp.where(largest == 0, xp.ones_like(largest), largest)  # log2(0) warns: a zero column takes f = 1
+    # zero (and NaN) sizes get the factor 1: log2(0) is a divide-by-zero warning on NumPy-backed libraries
+    positive = xp.where(largest > 0, largest, xp.ones_like(largest))
     exponent = xp.clip(xp.floor(xp.log2(positive)), min=-bound, max=bound)
     return xp.full_like(exponent, 0.5) ** exponent  # an array base: torch's scalar ** tensor costs 8x more
 

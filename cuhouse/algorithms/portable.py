@@ -41,15 +41,12 @@ _CONSTANTS = {}
 
 
 def _device(a):
-    from array_api_compat import device
-
-    return device(a)
+    return a.device  # the standard's attribute (array_api_compat.device() would be traced by torch.compile)
 
 
 def is_torch_namespace(xp):
-    from array_api_compat import is_torch_namespace
-
-    return is_torch_namespace(xp)
+    """``array_api_compat.is_torch_namespace`` without its cached helpers, which torch.compile would trace."""
+    return xp.__name__ in ("torch", "array_api_compat.torch")
 
 
 def _tracing(xp, device):
@@ -117,6 +114,20 @@ def build(y, block_size, xp, algorithm="cwy", trapezoidal=False):
     return f
 
 
+def _plus_product(c, a, b, xp, alpha=1):
+    """``c + alpha * (a @ b)`` (alpha 1 or -1): on torch one fused GEMM (``addmm``, ``baddbmm``;
+    one pass over ``c`` fewer) where ``c``, ``a`` and ``b`` are matrices or stacks of one batch
+    size, else the standard's operators. Differentiable, batched by ``torch.func.vmap``."""
+    if is_torch_namespace(xp) and c.ndim == a.ndim == b.ndim and c.ndim in (2, 3):
+        import torch
+
+        if c.ndim == 2:
+            return torch.addmm(c, a, b, alpha=alpha)
+        if c.shape[0] == a.shape[0] == b.shape[0]:
+            return torch.baddbmm(c, a, b, alpha=alpha)
+    return c + a @ b if alpha == 1 else c - a @ b
+
+
 def _order(nb, transpose):
     """Block indices in the order they act on X: H = P_1 ... P_N applies P_N first."""
     return range(nb) if transpose else range(nb - 1, -1, -1)
@@ -141,9 +152,9 @@ def _apply_blocks(f, x, transpose, xp):
         yj, tj = f.y[..., j, :, :], f.t[..., j, :, :]
         if first:
             yj, rest = yj[..., first:], x[..., first:, :]
-            x = _rows_from(x, first, rest - yj.mT @ ((tj.mT if transpose else tj) @ (yj @ rest)), xp)
+            x = _rows_from(x, first, _plus_product(rest, yj.mT, (tj.mT if transpose else tj) @ (yj @ rest), xp, -1), xp)
         else:
-            x = x - yj.mT @ ((tj.mT if transpose else tj) @ (yj @ x))
+            x = _plus_product(x, yj.mT, (tj.mT if transpose else tj) @ (yj @ x), xp, -1)
     return x
 
 
@@ -191,7 +202,7 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         if first:
             pad = xp.zeros(explicit[j].shape[:-1] + (first,), dtype=b.dtype, device=_device(b))
             explicit[j] = xp.concat([pad, explicit[j]], axis=-1)
-        b = _rows_from(b, first, rest - yj.mT @ u[j], xp)
+        b = _rows_from(b, first, _plus_product(rest, yj.mT, u[j], xp, -1), xp)
     z, u, explicit = (xp.stack(parts, axis=-3) for parts in (z, u, explicit))
     u_a, u_g = u[..., :m], u[..., m:]
     y_a_in = -((f.s.mT if transpose else f.s) @ u_a)  # V A_in = -M^{-1} U_A
@@ -202,6 +213,6 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     r_upper = (tt_n @ f.t.mT) * c.upper
     r_diag = xp.sum(tt_n * f.t, axis=-1)
     coefficients = r_upper + r_upper.mT + u_g @ u_a.mT + c.eye * r_diag[..., None, :]
-    dy = explicit + coefficients @ f.y
+    dy = _plus_product(explicit, coefficients, f.y, xp)
     dy = xp.reshape(dy, dy.shape[:-3] + (nb * k, dy.shape[-1]))[..., : f.n, :]
     return dy, b[..., m:]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import _columns
 from .ops import DTYPES, FLOAT_DTYPES, _left, householder_matmul, svd_matmul
 
 
@@ -344,8 +345,13 @@ class _HouseholderWeight(nn.Module):
         # the entries there are not used, and each block of reflections skips the rows it cannot touch
         vectors = torch.triu(self._vectors(original))
         d, k = vectors.shape[-1], self.signs.shape[-1]
-        columns = torch.eye(d, k, dtype=vectors.dtype, device=vectors.device)
-        q = _left(vectors, columns, False, trapezoidal=True) * self.signs[..., None, :]
+        if vectors.shape[-2] > k:  # reflection i >= k leaves I[:, :k] as it is (zero before column i)
+            vectors = vectors[..., :k, :]
+        if not vectors.is_complex() and _columns.cheaper(vectors.shape[-2], d, k):
+            q = _columns.columns(vectors, k)
+        else:
+            q = _left(vectors, torch.eye(d, k, dtype=vectors.dtype, device=vectors.device), False, trapezoidal=True)
+        q = q * self.signs[..., None, :]
         return (q if self.tall else q.mT).reshape(self.shape)
 
     @torch.no_grad()

@@ -1,0 +1,159 @@
+"""cuhouse.torch._columns: Q = H[:, :k] of trapezoidal vectors, the weight that orthogonal() materializes.
+
+Small sizes with blocks of 1 or 2 reflections (``many_blocks``), so that the
+orgqr-order forward, the skew-congruence backward and the window bookkeeping
+(padding of the last block, k < d, n < k) all run.
+"""
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="cuhouse.torch needs PyTorch: pip install 'cuhouse[torch]'")
+
+from test_torch import assert_close, dense_householder, randn  # noqa: E402
+
+import cuhouse.torch as cht  # noqa: E402
+from cuhouse.torch import _columns  # noqa: E402
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def many_blocks(monkeypatch):
+    """Blocks of 2 reflections, and :func:`_columns.cheaper` true from 2 reflections on."""
+    monkeypatch.setattr(_columns, "BLOCK", 2)
+    monkeypatch.setattr(_columns, "MIN_REFLECTIONS", 2)
+
+
+def trapezoidal(*shape, seed=0, requires_grad=False):
+    return torch.triu(randn(*shape, seed=seed)).requires_grad_(requires_grad)
+
+
+def columns_of(v, k):
+    """Q = H[:, :k] through the Function, v's entries below row i's diagonal not read."""
+    return _columns.columns(torch.triu(v), k)
+
+
+# (n, d, k, block): one block; the last block padded; k < d; n < k; n = k = d
+SHAPES = [(3, 3, 3, 4), (5, 7, 6, 2), (4, 4, 4, 2), (6, 9, 7, 4), (7, 7, 7, 3), (1, 4, 2, 2), (2, 6, 4, 1)]
+
+
+@pytest.mark.parametrize("n, d, k, block", SHAPES)
+def test_columns_match_the_dense_product(monkeypatch, n, d, k, block):
+    monkeypatch.setattr(_columns, "BLOCK", block)
+    v = trapezoidal(2, n, d)
+    assert_close(_columns.columns(v, k), dense_householder(v)[..., :k], F64)
+
+
+@pytest.mark.parametrize("n, d, k, block", SHAPES)
+def test_columns_gradcheck(monkeypatch, n, d, k, block):
+    monkeypatch.setattr(_columns, "BLOCK", block)
+    v = trapezoidal(n, d, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: columns_of(v, k), (v,))
+
+
+# small enough for gradgradcheck (d^2 k second derivatives): padded last block with k < d; n < k
+@pytest.mark.parametrize("n, d, k, block", [(3, 5, 4, 2), (2, 4, 3, 1)])
+def test_columns_gradgradcheck(monkeypatch, n, d, k, block):
+    monkeypatch.setattr(_columns, "BLOCK", block)
+    v = trapezoidal(n, d, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda v: columns_of(v, k), (v,))
+
+
+def test_columns_batched_gradients_against_the_dense_product(many_blocks):
+    v = trapezoidal(2, 1, 5, 6, requires_grad=True)
+    weight = randn(2, 1, 6, 5, seed=3)
+
+    def loss(q):
+        return (q * weight).sin().sum()
+
+    got = torch.autograd.grad(loss(columns_of(v, 5)), v)[0]
+    want = torch.autograd.grad(loss(dense_householder(torch.triu(v))[..., :5]), v)[0]
+    assert_close(got, want, F64)
+
+
+def test_columns_vmap_and_vmap_of_grad_against_a_loop(many_blocks):
+    v = trapezoidal(3, 5, 6)
+    assert_close(torch.func.vmap(lambda v: columns_of(v, 5))(v), torch.stack([columns_of(vi, 5) for vi in v]), F64)
+
+    def loss(v):
+        return columns_of(v, 5).sin().sum()
+
+    batched = torch.func.vmap(torch.func.grad(loss))(v)
+    loop = torch.stack([torch.func.grad(loss)(vi) for vi in v])
+    assert_close(batched, loop, F64)
+
+
+def test_cost_rule():
+    """The Function for many reflections of a square or nearly square Q; the compact-WY product otherwise."""
+    assert _columns.cheaper(256, 256, 256) and _columns.cheaper(1024, 1024, 1024)
+    assert not _columns.cheaper(128, 128, 128)  # one block of the compact-WY product: its autograd tape
+    assert not _columns.cheaper(200, 4096, 200)  # k << d: carrying Q and G is cheaper than a d x d K
+    this, wy = _columns.flops(1024, 1024, 1024)
+    assert this < 0.7 * wy
+
+
+LINEARS = {"square": (6, 6), "tall": (4, 7), "wide": (7, 5)}
+
+
+@pytest.mark.parametrize("shape", LINEARS)
+def test_orthogonal_uses_the_function_and_agrees_with_the_product(monkeypatch, shape):
+    """orthogonal() through _columns and through the compact-WY product: same weight, same gradient."""
+    monkeypatch.setattr(_columns, "BLOCK", 2)
+    torch.manual_seed(0)
+    linear = cht.orthogonal(torch.nn.Linear(*LINEARS[shape], dtype=F64))
+    x = randn(3, LINEARS[shape][0], seed=2)
+    results = {}
+    for name, minimum in (("columns", 2), ("product", 10**9)):
+        monkeypatch.setattr(_columns, "MIN_REFLECTIONS", minimum)
+        linear.zero_grad()
+        out = linear(x)
+        out.sin().sum().backward()
+        results[name] = (out.detach(), linear.parametrizations.weight.original.grad.clone())
+    for got, want in zip(results["columns"], results["product"]):
+        assert_close(got, want, F64)
+    weight = linear.weight.detach()
+    gram = weight.mT @ weight if weight.shape[0] >= weight.shape[1] else weight @ weight.mT
+    assert_close(gram, torch.eye(gram.shape[0], dtype=F64), F64)
+
+
+def test_orthogonal_gradient_penalty_against_finite_differences(many_blocks):
+    from test_torch_transforms import central_difference
+
+    torch.manual_seed(0)
+    linear = cht.orthogonal(torch.nn.Linear(4, 4, dtype=F64))
+    x = randn(5, 4, seed=2, requires_grad=True)
+    original = linear.parametrizations.weight.original
+    original.data = original.data.contiguous()  # central_difference writes through a flat view
+
+    def penalty():
+        (gx,) = torch.autograd.grad(linear(x).tanh().sum(), x, create_graph=True)
+        return gx.square().sum()
+
+    (got,) = torch.autograd.grad(penalty(), original)
+    (want,) = central_difference(penalty, [original])
+    assert_close(got, want, F64, scale=1e5)
+
+
+def test_orthogonal_compiled_step_matches_eager(many_blocks):
+    torch.manual_seed(0)
+    linear = cht.orthogonal(torch.nn.Linear(5, 5, dtype=F64))
+    x = randn(3, 5, seed=2)
+
+    def loss():
+        return linear(x).square().mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    grads = []
+    for f in (loss, compiled):
+        linear.zero_grad()
+        f().backward()
+        grads.append(linear.parametrizations.weight.original.grad.clone())
+    assert_close(grads[1], grads[0], F64)
+
+
+def test_orthogonal_export(many_blocks):
+    torch.manual_seed(0)
+    linear = cht.orthogonal(torch.nn.Linear(5, 5, dtype=F64))
+    x = randn(2, 5, seed=3)
+    exported = torch.export.export(linear, (x,))
+    assert_close(exported.module()(x), linear(x), F64)
