@@ -95,6 +95,8 @@ def split_columns(c, xp):
 
 def join_columns(r, xp):
     """Inverse of :func:`split_columns`. One copy."""
+    if r.shape[-1] == 0:  # no columns: array_api_strict refuses the slice 1::2 of an empty axis
+        return _join(r, r, xp)
     return _join(r[..., 0::2], r[..., 1::2], xp)
 
 

@@ -113,13 +113,14 @@ def _dense_memory_fits(core, d, dtype):
 
 def remember(core, m, form):
     """Keep the dense ``form``'s matrix for the hot path of products with ``m >= 1`` columns (one NumPy
-    matrix of the reflections' own dtype; at most :data:`HOT_SIZES` column counts): ``(H, H^T, bound)``
+    matrix of the reflections' own dtype; at most :data:`HOT_SIZES` column counts): ``(H, H^T, bound, d)``
     with ``bound = max / (2 d)`` the dtype's largest value over 2d."""
     if core.small is None or not m or (m not in core._hot and len(core._hot) >= HOT_SIZES):
         return
     h = form.h
     if h.dtype == core.dtype:
-        core._hot[m] = (h, h.T, float(numpy.finfo(h.dtype).max) / (2 * h.shape[-1]))
+        d = h.shape[-1]
+        core._hot[m] = (h, h.T, float(numpy.finfo(h.dtype).max) / (2 * d), d)
 
 
 def matmul(op, x, left):
@@ -137,21 +138,18 @@ def matmul(op, x, left):
     entry in size, through a temporary ``|X|``) and one GEMM of ``2 d^2 m``
     flops; the result is a new C-contiguous array.
     """
-    hot = op._core._hot
-    if not hot or op.algorithm != "auto" or op.block_size is not None:  # pinned on this view: not kept
-        return None
     shape = x.shape
     if len(shape) == 2:
-        rows, m = shape if left else (shape[1], shape[0])
+        m, rows = (shape[1], shape[0]) if left else shape
     elif len(shape) == 1:
-        rows, m = shape[0], 1
+        m, rows = 1, shape[0]
     else:
         return None
-    kept = hot.get(m)
-    if kept is None:
+    kept = op._core._hot.get(m)
+    if kept is None or op.algorithm != "auto" or op.block_size is not None:  # pinned on this view: not kept
         return None
-    h, ht, bound = kept
-    if x.dtype != h.dtype or rows != h.shape[0] or not _largest(abs(x), None) < bound:  # NaN fails too
+    h, ht, bound, d = kept
+    if rows != d or x.dtype != h.dtype or not _largest(abs(x), None) < bound:  # NaN fails too
         return None
     if op._transpose:
         h = ht

@@ -1,9 +1,12 @@
 """The generic path: every Array API library (torch, array_api_strict) beside NumPy and CuPy.
 
-Results are checked against the NumPy path (itself checked against dense
-references and central differences in the rest of the suite); the vjp of the
-generic path gets its own dot test. torch autograd goes through cuhouse's
-adjoints (``cuhouse._torch``): gradcheck and gradgradcheck.
+What only the generic path has. Products, derived and spectral matrices and their
+dot tests run on every backend (``any_xp``) in ``test_householder.py``,
+``test_spectral.py``, ``test_complex.py``, ``test_reliability.py`` and
+``test_fuzz.py``. Here: the vjp's dot test and ``from_lapack``/``from_dense``
+against the NumPy path, pickling, mixing libraries and devices, the generic
+path's own refusals, and torch autograd through cuhouse's adjoints
+(``cuhouse._torch``): gradcheck and gradgradcheck, vmap, host synchronizations.
 """
 
 import pickle
@@ -28,42 +31,11 @@ def _rng(seed=0):
     return numpy.random.default_rng(seed)
 
 
-def _dtype_name(a):
-    return str(a.dtype).rsplit(".", 1)[-1]
-
-
 def _close(actual, expected, dtype, scale=1):
     actual, expected = to_numpy(actual), numpy.asarray(expected)
     assert actual.shape == expected.shape
     err = numpy.abs(actual - expected).max() / max(1.0, numpy.abs(expected).max())
     assert err <= TOL[dtype] * 10 * scale, err
-
-
-@pytest.mark.parametrize("algorithm", GENERIC_ALGORITHMS)
-@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
-@pytest.mark.parametrize(
-    "shape_v,shape_x",
-    [((5, 7), (7, 3)), ((13, 13), (13, 1)), ((2, 40, 97), (97, 5)), ((2, 1, 3, 6), (4, 6, 2)), ((1, 1), (1, 2))],
-)
-def test_products_match_numpy(generic_xp, algorithm, dtype, shape_v, shape_x):
-    rng = _rng()
-    v, x = rng.standard_normal(shape_v).astype(dtype), rng.standard_normal(shape_x).astype(dtype)
-    ref = cuhouse.HouseholderProduct(v, algorithm=algorithm if algorithm != "auto" else "cwy")
-    h = cuhouse.HouseholderProduct(generic_xp.asarray(v), algorithm=algorithm)
-    xg = generic_xp.asarray(x)
-    d = shape_v[-1]
-    out = h @ xg
-    assert type(out) is type(xg) and _dtype_name(out) == numpy.dtype(dtype).name
-    _close(out, ref @ x, dtype, d)
-    _close(h.T @ xg, ref.T @ x, dtype, d)
-    _close(h.inv() @ out, numpy.broadcast_to(x, out.shape), dtype, d)
-    _close(matmul(xg.mT, h), numpy.swapaxes(x, -1, -2) @ ref, dtype, d)
-    if x.ndim == 2 and len(shape_v) == 2:  # a vector operand
-        _close(h @ xg[:, 0], ref @ x[:, 0], dtype, d)
-        _close(matmul(xg[:, 0], h), x[:, 0] @ ref, dtype, d)
-    _close(h.todense(), ref.todense(), dtype, d)
-    _close(h.det(), ref.det(), dtype)
-    _close(h.logdet(), ref.logdet(), dtype)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -113,45 +85,6 @@ def test_from_lapack_and_from_dense(generic_xp):
     _close(cuhouse.HouseholderProduct.from_dense(generic_xp.asarray(q)).todense(), q, numpy.float64, 50)
     thin = cuhouse.HouseholderProduct.from_dense(generic_xp.asarray(q[..., :3])).todense()
     _close(to_numpy(thin)[..., :3], q[..., :3], numpy.float64, 50)
-
-
-def test_spectral_operations_and_vjp(generic_xp):
-    rng = _rng(3)
-    u, s, v = rng.standard_normal((2, 5, 5)), rng.uniform(0.5, 1.5, (2, 5)), rng.standard_normal((2, 4, 5))
-    ref = cuhouse.SVDMatrix(u, s, v)
-    w = cuhouse.SVDMatrix(*(generic_xp.asarray(a) for a in (u, s, v)))
-    x = rng.standard_normal((5, 3))
-    for derive in (
-        lambda a: a,
-        lambda a: a.T,
-        lambda a: a.inv(),
-        lambda a: a.pinv(),
-        lambda a: a.clip(0.7, 1.2),
-        lambda a: a.inv().T,
-    ):
-        _close(derive(w) @ generic_xp.asarray(x), derive(ref) @ x, numpy.float64, 10)
-        _close(derive(w).logdet(), derive(ref).logdet(), numpy.float64)
-        out, vjp_fn = cuhouse.vjp(cuhouse.matmul, derive(w), generic_xp.asarray(x))
-        ref_out, ref_fn = cuhouse.vjp(cuhouse.matmul, derive(ref), x)
-        g = rng.standard_normal(ref_out.shape)
-        for got, want in zip(vjp_fn(generic_xp.asarray(g))[0], ref_fn(g)[0]):
-            _close(got, want, numpy.float64, 10)
-        (got,) = cuhouse.vjp(cuhouse.logdet, derive(w))[1](generic_xp.asarray(numpy.ones(2)))
-        (want,) = cuhouse.vjp(cuhouse.logdet, derive(ref))[1](numpy.ones(2))
-        for a, b in zip(got, want):
-            _close(a, b, numpy.float64, 10)
-    for name in ("norm", "cond", "det", "singular_values"):
-        _close(getattr(w, name)(), getattr(ref, name)(), numpy.float64, 10)
-    e_ref = cuhouse.EighMatrix(u, s)
-    e = cuhouse.EighMatrix(generic_xp.asarray(u), generic_xp.asarray(s))
-    for name, args in (("expm", ()), ("logm", ()), ("sqrtm", ()), ("power", (1.5,)), ("cayley", ()), ("inv", ())):
-        _close(getattr(e, name)(*args) @ generic_xp.asarray(x), getattr(e_ref, name)(*args) @ x, numpy.float64, 10)
-    a = rng.standard_normal((6, 4))
-    _close(cuhouse.SVDMatrix.from_dense(generic_xp.asarray(a)).todense(), a, numpy.float64, 50)
-    sym = a @ a.T
-    _close(cuhouse.EighMatrix.from_dense(generic_xp.asarray(sym)).todense(), sym, numpy.float64, 50)
-    p = w @ cuhouse.HouseholderProduct(generic_xp.asarray(v[0]))
-    _close(p @ generic_xp.asarray(x), ref @ (cuhouse.HouseholderProduct(v[0]) @ x), numpy.float64, 10)
 
 
 def test_pickle_keeps_the_backend(generic_xp):

@@ -201,7 +201,7 @@ def test_the_dense_form_is_kept_only_within_its_memory_budget():
     for m in (1, 2, 3):
         small @ rng.standard_normal((64, m))
     kept = small._core._hot
-    assert sorted(kept) == [1, 2, 3] and len({id(h) for h, _, _ in kept.values()}) == 1  # one d x d array
+    assert sorted(kept) == [1, 2, 3] and len({id(h) for h, _, _, _ in kept.values()}) == 1  # one d x d array
     assert next(iter(kept.values()))[0].nbytes == 64 * 64 * 8
 
 

@@ -167,6 +167,9 @@ def test_norms_and_cond_match_numpy(svd_case):
     if full_rank and shape[0] == shape[1]:
         for p in ("fro", "nuc"):
             assert_close(W.cond(p), numpy.linalg.cond(dense, p), dtype)
+    # unsorted |s|, zero-padded to min(d_out, d_in): sorted, they are the dense matrix's
+    singular_values = -numpy.sort(-to_numpy(W.singular_values()), axis=-1)
+    assert_close(singular_values, numpy.linalg.svd(dense, compute_uv=False), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -207,6 +210,18 @@ def test_random_layer():  # NumPy only: SVDMatrix.random makes NumPy arrays
     assert numpy.all(numpy.abs(W.s - 1) <= 0.1)
     numpy.testing.assert_array_equal(W.todense(), again.todense())
     assert ch.SVDMatrix.random(4, 4, rng=1, dtype=numpy.float32, batch_shape=(2,)).shape == (2, 4, 4)
+
+
+def test_product_with_a_householder_factor(any_xp):
+    (u, s, v), dense = svd_arrays(any_xp, numpy.float64, 5, 4, 4, (2,))
+    P = ch.SVDMatrix(u, s, v) @ ch.HouseholderProduct(v)
+    product = dense @ dense_reference(v)
+    rng = numpy.random.default_rng(9)
+    x, y = rng.standard_normal((4, 3)), rng.standard_normal((3, 5))
+    assert P.shape == (2, 5, 4)
+    assert_close(P @ any_xp.asarray(x), product @ x, numpy.float64)
+    assert_close(rmatmul(any_xp.asarray(y), P), y @ product, numpy.float64)
+    assert_close(P.todense(), product, numpy.float64)
 
 
 def test_params_are_the_leaf_arrays(any_xp):
