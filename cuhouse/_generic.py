@@ -36,9 +36,10 @@ def _strict_upper(rows, cols, xp, device):
 
 def row_norms(v, xp):
     """Euclidean norms ``(..., n)`` of the rows of ``v``, without spurious overflow or underflow:
-    each row is divided by its largest magnitude first. Cost: two passes over ``v``."""
+    each row is divided by its largest magnitude first (not a zero or infinite one: inf / inf would be
+    an invalid operation; such a row's norm is 0 or inf). Cost: two passes over ``v``."""
     biggest = xp.max(xp.abs(v), axis=-1)
-    safe = xp.where(biggest == 0, xp.ones_like(biggest), biggest)
+    safe = xp.where((biggest == 0) | xp.isinf(biggest), xp.ones_like(biggest), biggest)
     scaled = v / safe[..., None]
     return xp.sqrt(xp.sum(scaled * scaled, axis=-1)) * safe
 
@@ -48,8 +49,8 @@ def read_geqrf(a, tau, xp, check_finite):
     messages as :func:`cuhouse._geqrf.read_geqrf`, in one host synchronization (none with
     ``check_finite=False``, which also skips the check of ``tau``'s values). ``phase`` is each complex
     factor's eigenvalue ``1 - tau_i v_i^H v_i`` ``(..., k)``, normalized (``None`` for real input)."""
-    device = device_of(a)
     a = _validate.as_array(a, "a", xp)
+    device = device_of(a)
     tau = _validate.as_array(tau, "tau", xp, device)
     k = geqrf_shape(a.shape, tau.shape)
     rows = a.shape[-2]

@@ -17,7 +17,7 @@ from typing import Sequence, Tuple
 import numpy
 
 from . import _complex, _validate
-from ._backend import array_module
+from ._backend import array_module, astype, concat, copy, result_type
 from ._typing import Array
 
 
@@ -52,9 +52,9 @@ def flatten_params(params: Sequence[Array]) -> Array:
     params = _as_tuple(params, "params")
     xp = array_module(*params)
     arrays = [_validate.as_array(p, "params[{}]".format(i), xp) for i, p in enumerate(params)]
-    dtype = _complex.real_dtype(_validate.float_dtype(numpy.result_type(*arrays)))
-    parts = [_complex.realify_rows(a.reshape(-1, 1), xp) if _complex.is_complex(a.dtype) else a for a in arrays]
-    return xp.concatenate([a.reshape(-1).astype(dtype, copy=False) for a in parts])
+    dtype = _complex.real_dtype(_validate.float_dtype(result_type(xp, *(a.dtype for a in arrays)), xp))
+    parts = [_complex.realify_rows(xp.reshape(a, (-1, 1)), xp) if _complex.is_complex(a.dtype) else a for a in arrays]
+    return concat([astype(xp.reshape(a, (-1,)), dtype, xp) for a in parts], 0, xp)
 
 
 def unflatten_params(vector: Array, like: Sequence[Array]) -> Tuple[Array, ...]:
@@ -98,8 +98,9 @@ def unflatten_params(vector: Array, like: Sequence[Array]) -> Tuple[Array, ...]:
     for p, size in zip(like, sizes):
         piece = vector[start : start + size]
         if _complex.is_complex(p.dtype):
-            piece = _complex.complexify_rows(piece.reshape(1, size), xp)
-        out.append(piece.reshape(p.shape).astype(p.dtype, copy=True))
+            piece = _complex.complexify_rows(xp.reshape(piece, (1, size)), xp)
+        piece = xp.reshape(piece, tuple(p.shape))
+        out.append(copy(piece, xp) if piece.dtype == p.dtype else astype(piece, p.dtype, xp))
         start += size
     return tuple(out)
 

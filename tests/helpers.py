@@ -58,30 +58,31 @@ def dense_of(a):
 
 
 # ------------------------------------------------------- random matrices
-def random_householder(rng, d, n=None, batch=(), dtype=numpy.float64):
+# (``xp``: the backend of the arrays, from the same NumPy draws; NumPy by default.)
+def random_householder(rng, d, n=None, batch=(), dtype=numpy.float64, xp=numpy):
     """A ``HouseholderProduct`` of ``n`` (default d) standard normal vectors of length d."""
-    return ch.HouseholderProduct(rng.standard_normal(batch + (n or d, d)).astype(dtype))
+    return ch.HouseholderProduct(xp.asarray(rng.standard_normal(batch + (n or d, d)).astype(dtype)))
 
 
-def random_svd(rng, d_out, d_in, rank=None, low=1.0, high=2.0, u_reflections=None, v_reflections=None):
+def random_svd(rng, d_out, d_in, rank=None, low=1.0, high=2.0, u_reflections=None, v_reflections=None, xp=numpy):
     """An ``SVDMatrix`` ``d_out x d_in`` of ``rank`` (default min) singular values uniform in [low, high]."""
     r = rank or min(d_out, d_in)
-    u = random_householder(rng, d_out, u_reflections)
-    v = random_householder(rng, d_in, v_reflections)
-    return ch.SVDMatrix(u, rng.uniform(low, high, r), v)
+    u = random_householder(rng, d_out, u_reflections, xp=xp)
+    v = random_householder(rng, d_in, v_reflections, xp=xp)
+    return ch.SVDMatrix(u, xp.asarray(rng.uniform(low, high, r)), v)
 
 
-def random_eigh(rng, d, low=0.5, high=2.0):
+def random_eigh(rng, d, low=0.5, high=2.0, xp=numpy):
     """An ``EighMatrix`` with eigenvalues uniform in [low, high]."""
-    return ch.EighMatrix(random_householder(rng, d), rng.uniform(low, high, d))
+    return ch.EighMatrix(random_householder(rng, d, xp=xp), xp.asarray(rng.uniform(low, high, d)))
 
 
-def random_lapack(rng, d):
+def random_lapack(rng, d, xp=numpy):
     """``HouseholderProduct.from_lapack`` of the ``geqrf`` of a standard normal d x d matrix."""
     import scipy.linalg
 
     (qr, tau), _ = scipy.linalg.qr(rng.standard_normal((d, d)), mode="raw")
-    return ch.HouseholderProduct.from_lapack(qr, tau)
+    return ch.HouseholderProduct.from_lapack(xp.asarray(qr), xp.asarray(tau))
 
 
 # ------------------------------------------------------------ the dot test

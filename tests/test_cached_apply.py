@@ -1,6 +1,9 @@
 """The cached apply forms of compact WY (:mod:`cuhouse.algorithms._cached`): two GEMMs a block with
 ``W = M V`` cached, or the sweep replayed as a CUDA graph, give the steps form's product for every
-layout, direction, batch and identity factor; the plan picks a form per backend."""
+layout, direction, batch and identity factor; the plan picks a form per backend.
+
+NumPy and CuPy only (the ``xp`` fixture): these are the native compact WY's cached forms and apply
+modes; the generic path (``algorithms.portable``) has one apply form, tested in every other file."""
 
 import numpy
 import pytest

@@ -1,6 +1,7 @@
 """The cost model's machine constants: measured once, cached on disk, plans deterministic given the cache."""
 
 import json
+import math
 import os
 import re
 
@@ -141,9 +142,11 @@ def test_only_numpy_is_measured():
     assert calibration.current("cupy").source == "built-in"
 
 
-def test_measure_returns_positive_constants():
-    machine = calibration.measure()
-    assert all(value > 0 for value in machine)
+def test_one_measurement_gives_finite_positive_constants():
+    """One try of the measurement, without the plausibility checks: whether its timings pass those
+    depends on the machine's load (retries and rejection are tested below with set constants)."""
+    machine = calibration._measure_once(calibration._clock())
+    assert all(math.isfinite(value) and value > 0 for value in machine if value is not None), machine
 
 
 @pytest.mark.parametrize(
@@ -186,7 +189,3 @@ def test_a_cached_file_with_implausible_constants_is_measured_again(cache, monke
     monkeypatch.setattr(calibration, "measure", lambda backend="numpy": SLOW_CALLS)
     assert calibration.machine() == SLOW_CALLS
     assert calibration.read(calibration.cache_path()) == SLOW_CALLS
-
-
-def test_a_measurement_passes_its_own_checks():
-    assert calibration.problems(calibration.measure()) == []

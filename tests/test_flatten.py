@@ -2,35 +2,41 @@
 
 import numpy
 import pytest
-from helpers import to_numpy
+from helpers import assert_equal, dtype_name, on
 from scipy.optimize import minimize
 
 import cuhouse as ch
 
 
-def test_round_trip_keeps_shapes_dtypes_and_values(xp):
-    params = (xp.arange(6.0).reshape(2, 3), xp.ones((1, 4), dtype=xp.float32))
+def test_round_trip_keeps_shapes_dtypes_and_values(any_xp):
+    params = (on(any_xp, numpy.arange(6.0).reshape(2, 3)), on(any_xp, numpy.ones((1, 4)), dtype=numpy.float32))
     flat = ch.flatten_params(params)
-    assert flat.shape == (10,) and flat.dtype == numpy.float64
+    assert tuple(flat.shape) == (10,) and dtype_name(flat) == "float64"
     back = ch.unflatten_params(flat, like=params)
-    assert [b.shape for b in back] == [(2, 3), (1, 4)] and back[1].dtype == numpy.float32
+    assert [tuple(b.shape) for b in back] == [(2, 3), (1, 4)] and dtype_name(back[1]) == "float32"
     for a, b in zip(params, back):
-        numpy.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+        assert_equal(a, b)
     flat[0] = 99
     assert float(back[0][0, 0]) == 0.0  # pieces are copies
+    assert_equal(ch.flatten_params((params[1],)), numpy.ones(4, numpy.float32))  # one dtype: kept
 
 
-def test_wrong_length_is_a_value_error(xp):
+def test_wrong_length_is_a_value_error(any_xp):
     with pytest.raises(ValueError, match=r"vector must be 1-D with 6 elements .* got shape \(5,\)"):
-        ch.unflatten_params(xp.zeros(5), like=(xp.zeros((2, 3)),))
+        ch.unflatten_params(on(any_xp, numpy.zeros(5)), like=(on(any_xp, numpy.zeros((2, 3))),))
 
 
-def test_params_not_a_tuple_is_a_type_error(xp):
+def test_params_not_a_tuple_is_a_type_error(any_xp):
     with pytest.raises(TypeError, match="params must be a non-empty tuple of arrays such as H.params, got"):
-        ch.flatten_params(xp.zeros(3))
+        ch.flatten_params(on(any_xp, numpy.zeros(3)))
 
 
-def test_scipy_minimize_with_jac_fits_a_rotation():
+def test_mixing_libraries_is_a_type_error(generic_xp):
+    with pytest.raises(TypeError, match=r"cannot mix .*NumPy"):
+        ch.flatten_params((on(generic_xp, numpy.zeros(3)), numpy.zeros(2)))
+
+
+def test_scipy_minimize_with_jac_fits_a_rotation():  # NumPy only: SciPy's optimizers take NumPy vectors
     """The adapters feed scipy.optimize.minimize(jac=True) directly."""
     rng = numpy.random.default_rng(0)
     target = ch.HouseholderProduct(rng.standard_normal((4, 4)))

@@ -28,9 +28,13 @@ def trapezoidal(*shape, seed=0, requires_grad=False):
     return torch.triu(randn(*shape, seed=seed)).requires_grad_(requires_grad)
 
 
+def signs_of(k):
+    return torch.tensor([(-1.0) ** (i * i // 3) for i in range(k)], dtype=F64)
+
+
 def columns_of(v, k):
-    """Q = H[:, :k] through the Function, v's entries below row i's diagonal not read."""
-    return _columns.columns(torch.triu(v), k)
+    """Q = H[:, :k] diag(signs) through the Function, v's entries below row i's diagonal not read."""
+    return _columns.columns(torch.triu(v), k, signs_of(k))
 
 
 # (n, d, k, block): one block; the last block padded; k < d; n < k; n = k = d
@@ -42,6 +46,7 @@ def test_columns_match_the_dense_product(monkeypatch, n, d, k, block):
     monkeypatch.setattr(_columns, "BLOCK", block)
     v = trapezoidal(2, n, d)
     assert_close(_columns.columns(v, k), dense_householder(v)[..., :k], F64)
+    assert_close(columns_of(v, k), dense_householder(v)[..., :k] * signs_of(k), F64)
 
 
 @pytest.mark.parametrize("n, d, k, block", SHAPES)
@@ -67,7 +72,7 @@ def test_columns_batched_gradients_against_the_dense_product(many_blocks):
         return (q * weight).sin().sum()
 
     got = torch.autograd.grad(loss(columns_of(v, 5)), v)[0]
-    want = torch.autograd.grad(loss(dense_householder(torch.triu(v))[..., :5]), v)[0]
+    want = torch.autograd.grad(loss(dense_householder(torch.triu(v))[..., :5] * signs_of(5)), v)[0]
     assert_close(got, want, F64)
 
 

@@ -16,11 +16,11 @@ differentiable to any order with respect to ``v``. It is one
   congruence K_j = L_j^T K L_j (L_j the product of the blocks before j),
   and only the window [j b:, j b:] of K_j is read. One block's step is
   W = K_j V_j^T (2 b r^2 for the window size r) and the skew rank-2b update
-  K_{j+1} = K_j - Z V_j + (Z V_j)^T on the next window (4 b r^2, one GEMM:
-  a transposed sweep over the window is slower); the gradient itself costs
-  O(b^2 r). In all 2 d^3 + 2 d^2 k, about 4 d^3 for a square Q, against
-  about 6 d^3 for the backward of the compact-WY product, which carries Q
-  and G through every block. Saved: ``v``, Q and the T factors.
+  K_{j+1} = K_j - Z V_j + (Z V_j)^T on the next window (2 b r^2); the
+  gradient itself costs O(b^2 r). In all (4/3) d^3 + 2 d^2 k, about 3.3 d^3
+  for a square Q, against about 6 d^3 for the backward of the compact-WY
+  product, which carries Q and G through every block. Saved: ``v``, Q and
+  the T factors.
 
 Why only K's skew part: P_j is orthogonal for every V_j, so dP_j P_j^T is skew
 and <M, dP_j P_j^T> = <skew(M), dP_j P_j^T> for the full M_j = L_j^T G Q^T L_j.
@@ -58,8 +58,8 @@ def flops(n, d, k):
     (``ops._left``, trapezoidal, on I[:, :k]), both in blocks of :data:`BLOCK`."""
     b = BLOCK
     windows = _windows(n, d, k, b)
-    # here: K (2 d^2 k); per block the forward's 4 b r c, the backward's W (2 b r^2) and update (4 b r^2)
-    this = 2 * d * d * k + sum(4 * b * r * c + 6 * b * r * r for r, c in windows)
+    # here: K (2 d^2 k); per block the forward's 4 b r c, the backward's W and update (2 b r^2 each)
+    this = 2 * d * d * k + sum(4 * b * r * c + 4 * b * r * r for r, c in windows)
     # the product: forward 4 b r k per block, the backward's sweep over [Q | G] 8 b r k and its explicit term 4 b r k
     wy = sum(16 * b * r * k for r, _ in windows)
     return this, wy
@@ -72,82 +72,95 @@ def cheaper(n, d, k):
     return n >= MIN_REFLECTIONS and this < wy
 
 
-def _forward(vb, t, d, k):
-    """Q = H I[:, :k] in orgqr's order, in place on one ``(..., d, k)`` buffer (the Function's forward is
-    not recorded): block j (last first) maps the window [j b:, j b:k], the rest of P_{j+1} ... I[:, :k]
-    being still the identity. Per block the window is read by one GEMM and updated by another."""
+def _factors(v, b):
+    """``(vb, u)``: ``v`` padded with zero rows to whole blocks of ``b`` and split ``(..., nb, b, d)``,
+    and U = V^T T of every block ``(..., nb, d, b)`` (T from :func:`cuhouse.algorithms.portable.build`).
+    O(n b d)."""
+    form = portable.build(v, b, xp)
+    return form.y, form.y.mT @ form.t
+
+
+def _forward(vb, u, d, k, signs):
+    """Q diag(signs) = H I[:, :k] diag(signs) in orgqr's order, in place on one ``(..., d, k)`` buffer
+    (the Function's forward is not recorded): block j (last first) maps the window [j b:, j b:k], the
+    rest of P_{j+1} ... I[:, :k] diag(signs) being still that diagonal. Per block the window is read by
+    one GEMM and updated by another."""
     b = vb.shape[-2]
-    # the identity, batched as vb is (under torch.func.vmap too), in fresh memory that may be written
-    q = torch.zeros_like(vb[..., 0, :1, :1]) + torch.eye(d, k, dtype=vb.dtype, device=vb.device)
+    # diag(signs), batched as vb is (under torch.func.vmap too), in fresh memory that may be written
+    q = torch.zeros_like(vb[..., 0, :1, :1]) + torch.eye(d, k, dtype=vb.dtype, device=vb.device) * signs[..., None, :]
     for j in range(vb.shape[-3] - 1, -1, -1):
         first = j * b
         v, window = vb[..., j, :, first:], q[..., first:, first:]
-        window.sub_(v.mT @ (t[..., j, :, :] @ (v @ window)))
+        window.sub_(u[..., j, first:, :] @ (v @ window))
     return q
 
 
-def _backward(vb, t, q, g):
-    """dL/dv ``(..., nb b, d)`` for Q = H I[:, :k] and G = dL/dQ (see the module docstring).
+def _backward(vb, u, q, g):
+    """dL/dv ``(..., nb b, d)`` for Q = H I[:, :k] diag(signs) and G = dL/dQ (see the module docstring;
+    the signs drop out of K, G diag(s) (Q diag(s))^T = G Q^T for s = +-1).
 
     With K2 = 2 K = G Q^T - Q G^T, per block, V (b x r) the block's window of the vectors, T its
-    factor and K2 the window of 2 K_j: W = K2 V^T, C = T^T V W T (skew, b x b), and
-    dL/dV^T = W T - V^T triu(C, 1); then 2 K_{j+1} = K2 - Z V + V^T Z^T on rows and columns b..
-    with Z = W T - V^T C / 2, as one GEMM [Z | V^T] [V; -Z^T]. (From <K P, dP> with
-    P = I - V^T T V, dT = -T dS T, dS = mask * (dV V^T + V dV^T), simplified by V V^T = S + S^T,
-    so that T V V^T T^T = T + T^T.) Cost per block 6 b r^2 + O(b^2 r); no transposed sweep over
-    a large matrix (cache-hostile at power-of-two sizes) but the one that forms K2.
+    factor and K2 the window of 2 K_j: W = K2 V^T, C = T^T V W T = U^T K2 U with U = V^T T
+    (skew, b x b), and
+    dL/dV^T = W T - V^T triu(C, 1); then 2 K_{j+1} = K2 - Y + Y^T on rows and columns b.. with
+    Y = Z V and Z = W T - V^T C / 2. (From <K P, dP> with P = I - V^T T V, dT = -T dS T,
+    dS = mask * (dV V^T + V dV^T), simplified by V V^T = S + S^T, so that T V V^T T^T = T + T^T.)
+    Cost per block 4 b r^2 + O(b^2 r). The gradient is assembled transposed, ``(..., d, nb b)``,
+    and returned as its transpose (a view): the layout of the raw tensor orthogonal() stores.
     """
     b = vb.shape[-2]
     kk = g @ q.mT
-    kk = kk - kk.mT.contiguous()
+    kk = kk - kk.mT.contiguous()  # a blocked transposed copy: a strided read is slow at d = 2^p
     grads = []
     for j in range(vb.shape[-3]):
         first = j * b
-        v, tj = vb[..., j, :, first:], t[..., j, :, :]
-        wt = (kk @ v.mT) @ tj
-        c = tj.mT @ (v @ wt)
-        grads.append(nn.functional.pad((wt - v.mT @ torch.triu(c, 1)).mT, (first, 0)))
+        v, uj = vb[..., j, :, first:], u[..., j, first:, :]
+        wt = kk @ uj
+        c = uj.mT @ wt
+        p = v.mT @ torch.cat([torch.triu(c, 1), c / 2], dim=-1)
+        grads.append(nn.functional.pad(wt - p[..., :b], (0, 0, first, 0)))
         if j + 1 < vb.shape[-3]:
-            v2 = v[..., :, b:]
-            z = wt[..., b:, :] - v2.mT @ c / 2
-            kk = kk[..., b:, b:] - torch.cat([z, v2.mT], dim=-1) @ torch.cat([v2, -z.mT], dim=-2)
-    return torch.stack(grads, dim=-3).flatten(-3, -2)
+            y = (wt[..., b:, :] - p[..., b:, b:]) @ v[..., :, b:]
+            kk = kk[..., b:, b:] - y + y.mT.contiguous()
+    return torch.cat(grads, dim=-1).mT
 
 
 class Columns(torch.autograd.Function):
-    """Q = H[:, :k] for trapezoidal ``v`` ``(..., n, d)``, n <= k <= d, in blocks of ``b``."""
+    """Q = H[:, :k] diag(signs) for trapezoidal ``v`` ``(..., n, d)``, n <= k <= d, in blocks of ``b``."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(v, k, b):
-        form = portable.build(v, b, xp)
-        return _forward(form.y, form.t, v.shape[-1], k), form.t
+    def forward(v, signs, k, b):
+        vb, u = _factors(v, b)
+        return _forward(vb, u, v.shape[-1], k, signs), u
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        v, k, b = inputs
-        q, t = output
-        ctx.mark_non_differentiable(t)
-        ctx.save_for_backward(v, q, t)
+        v, _, k, b = inputs
+        q, u = output
+        ctx.mark_non_differentiable(u)
+        ctx.save_for_backward(v, q, u)
         ctx.b = b
 
     @staticmethod
-    def backward(ctx, dq, _dt):
-        v, q, t = ctx.saved_tensors
-        # create_graph=True: T and S as differentiable functions of v (a compiled graph reuses the
+    def backward(ctx, dq, _du):
+        v, q, u = ctx.saved_tensors
+        # create_graph=True: U as a differentiable function of v (a compiled graph reuses the
         # forward's: torch.compile refuses double backward itself)
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            form = portable.build(v, ctx.b, xp)
-            vb, t = form.y, form.t
-        else:  # v padded with zero rows to whole blocks, as build does
-            vb = nn.functional.pad(v, (0, 0, 0, -v.shape[-2] % ctx.b)).unflatten(-2, (-1, ctx.b))
-        dv = _backward(vb, t, q, dq)
-        return dv[..., : v.shape[-2], :], None, None
+            vb, u = _factors(v, ctx.b)
+        else:  # v padded with zero rows to whole blocks, as build does (no copy when none are needed)
+            pad = -v.shape[-2] % ctx.b
+            vb = (nn.functional.pad(v, (0, 0, 0, pad)) if pad else v).unflatten(-2, (-1, ctx.b))
+        dv = _backward(vb, u, q, dq)
+        return dv[..., : v.shape[-2], :], None, None, None
 
 
-def columns(v, k):
-    """The first k columns of H(v_1) ... H(v_n) ``(..., d, k)`` for ``v`` ``(..., n, d)`` whose row i is
-    zero before column i, 1 <= n <= k <= d, one float dtype; differentiable to any order. Cost: see the
-    module docstring (about 5.3 d^3 flops forward + backward for a square Q, against 8 d^3 through the product)."""
-    return Columns.apply(v, k, min(BLOCK, v.shape[-2]))[0]
+def columns(v, k, signs=None):
+    """The first k columns of H(v_1) ... H(v_n) ``(..., d, k)``, times ``signs`` ``(..., k)`` (+-1, not
+    differentiated; default all 1), for ``v`` ``(..., n, d)`` whose row i is zero before column i,
+    1 <= n <= k <= d, one float dtype; differentiable to any order in ``v``. Cost: see the
+    module docstring (about 4.7 d^3 flops forward + backward for a square Q, against 8 d^3 through the product)."""
+    signs = torch.ones(k, dtype=v.dtype, device=v.device) if signs is None else signs
+    return Columns.apply(v, signs, k, min(BLOCK, v.shape[-2]))[0]

@@ -348,10 +348,10 @@ class _HouseholderWeight(nn.Module):
         if vectors.shape[-2] > k:  # reflection i >= k leaves I[:, :k] as it is (zero before column i)
             vectors = vectors[..., :k, :]
         if not vectors.is_complex() and _columns.cheaper(vectors.shape[-2], d, k):
-            q = _columns.columns(vectors, k)
+            q = _columns.columns(vectors, k, self.signs)
         else:
             q = _left(vectors, torch.eye(d, k, dtype=vectors.dtype, device=vectors.device), False, trapezoidal=True)
-        q = q * self.signs[..., None, :]
+            q = q * self.signs[..., None, :]
         return (q if self.tall else q.mT).reshape(self.shape)
 
     @torch.no_grad()
