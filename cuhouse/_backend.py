@@ -65,11 +65,22 @@ def _library(a):
         return "numpy", None, None
     if isinstance(a, numpy.generic) or not hasattr(a, "shape") or not hasattr(a, "dtype"):
         return None
+    known = _TORCH_TYPES.get(type(a))
+    if known is not None:  # a torch tensor type seen before: its namespace, without array_api_compat's tests
+        return known + (a.device,)
     compat = array_api_compat()
     if compat is None or compat.is_dask_array(a) or not compat.is_array_api_obj(a):
         return None
     xp = compat.array_namespace(a)
-    return backend_name(xp), xp, compat.device(a)
+    name = backend_name(xp)
+    if name == "torch":
+        _TORCH_TYPES[type(a)] = name, xp
+    return name, xp, compat.device(a)
+
+
+_TORCH_TYPES = {}
+"""``(name, namespace)`` per torch tensor type met by :func:`_library` (torch's namespace and device
+depend on the type alone: ``array_api_compat.device`` of a tensor is its ``.device``)."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -240,9 +251,23 @@ def numpy_dtype(dtype):
     if isinstance(dtype, numpy.dtype):
         return dtype
     try:
-        return numpy.dtype(dtype)
+        return _NUMPY_DTYPES[dtype]
+    except (KeyError, TypeError):  # not met yet, or unhashable
+        pass
+    try:
+        result = numpy.dtype(dtype)
     except TypeError:
-        return numpy.dtype(str(dtype).rsplit(".", 1)[-1])
+        result = numpy.dtype(str(dtype).rsplit(".", 1)[-1])
+    try:
+        _NUMPY_DTYPES[dtype] = result
+    except TypeError:
+        pass
+    return result
+
+
+_NUMPY_DTYPES = {}
+"""NumPy dtypes of other libraries' dtypes met by :func:`numpy_dtype` (a failed ``numpy.dtype(torch.float32)``
+costs an exception per call)."""
 
 
 def library_dtype(name, xp):

@@ -11,6 +11,9 @@ sizes are d = 32, 128 and 1024; ``--sizes`` picks others, with the m given):
   with autograd (geqrf layout, tau implied, gradients w.r.t. the same d x n
   numbers) and against cuhouse's NumPy path (``cuhouse.vjp``), which the
   former DLPack adapter ran;
+* every size: the core's ``HouseholderProduct(tensor) @ X`` forward + backward
+  (torch autograd through ``cuhouse._torch.Matmul``) against the same NumPy
+  ``cuhouse.vjp`` (the former adapter's work without its DLPack crossings);
 * every size: a training step of ``cuhouse.torch.Orthogonal`` compiled with
   ``torch.compile(fullgraph=True)`` (inductor) against the same step eager.
 
@@ -26,6 +29,7 @@ EXPLAIN = {
     "nn.Linear step": "an unconstrained nn.Linear(d, d) on the same rows: one SGD step",
     "householder_product + autograd": "torch.linalg.householder_product(a, tau) @ X, forward + backward",
     "cuhouse NumPy vjp": "HouseholderProduct(numpy V) and cuhouse.vjp: the former adapter's path, no DLPack",
+    "HouseholderProduct(tensor) @ X fwd+bwd": "the core class on torch tensors, .backward(): torch autograd",
     "Orthogonal step compiled/eager": "cht.Orthogonal(d) SGD step, torch.compile(fullgraph=True) vs eager",
 }
 SIZES = QUICK_SIZES = (32, 128, 1024)
@@ -77,9 +81,18 @@ def cases(d, m, dtype, xp):
     def householder_matmul():
         cht.householder_matmul(vectors, x).backward(dout)
 
-    ours = "householder_matmul fwd+bwd"
-    calls = {ours: householder_matmul}
-    baselines = {ours: ours}
+    def core_product():
+        (cuhouse.HouseholderProduct(vectors, check_finite=False) @ x).backward(dout)
+
+    v_np, x_np, dout_np = (t.detach().numpy() for t in (vectors, x, dout))
+
+    def numpy_vjp():
+        out, back = cuhouse.vjp(cuhouse.matmul, cuhouse.HouseholderProduct(v_np), x_np)
+        return back(dout_np)
+
+    ours, core = "householder_matmul fwd+bwd", "HouseholderProduct(tensor) @ X fwd+bwd"
+    calls = {ours: householder_matmul, core: core_product, "cuhouse NumPy vjp": numpy_vjp}
+    baselines = {ours: ours, core: "cuhouse NumPy vjp", "cuhouse NumPy vjp": ours}
     if d <= 64:
         cayley = parametrizations.orthogonal(nn.Linear(d, d, bias=False, dtype=tdtype), orthogonal_map="cayley")
         calls["cayley orthogonal Linear step"] = _step(cayley, rows)
@@ -95,14 +108,7 @@ def cases(d, m, dtype, xp):
             tau = 2 / (1 + below.square().sum(dim=0))
             (torch.linalg.householder_product(below, tau) @ x).backward(dout)
 
-        v_np, x_np, dout_np = (t.detach().numpy() for t in (vectors, x, dout))
-
-        def numpy_vjp():
-            out, back = cuhouse.vjp(cuhouse.matmul, cuhouse.HouseholderProduct(v_np), x_np)
-            return back(dout_np)
-
         calls["householder_product + autograd"] = householder_product
-        calls["cuhouse NumPy vjp"] = numpy_vjp
         baselines["householder_product + autograd"] = ours
         baselines["cuhouse NumPy vjp"] = ours
     layer = cht.Orthogonal(d, dtype=tdtype)
