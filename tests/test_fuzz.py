@@ -22,6 +22,7 @@ import collections
 import json
 import os
 import re
+import sys
 import traceback
 
 import numpy
@@ -118,10 +119,14 @@ def _native(xp):
     return getattr(xp, "native", True)
 
 
-def _host_view(a):
-    """The memory of array ``a`` as a NumPy array (a view: torch CPU tensors and array_api_strict arrays
-    export theirs by DLPack), for ``numpy.shares_memory``."""
-    return a if isinstance(a, numpy.ndarray) else numpy.from_dlpack(a)
+def _shares_memory(a, b):
+    """Whether arrays ``a`` and ``b`` of one backend share memory: NumPy's and CuPy's ``shares_memory``;
+    torch CPU tensors and array_api_strict arrays through their DLPack views on the host."""
+    if isinstance(a, numpy.ndarray):
+        return numpy.shares_memory(a, b)
+    if type(a).__module__.split(".")[0] == "cupy":
+        return bool(sys.modules["cupy"].shares_memory(a, b))
+    return numpy.shares_memory(numpy.from_dlpack(a), numpy.from_dlpack(b))
 
 
 # ------------------------------------------------------------------------------------ the matrices
@@ -186,18 +191,25 @@ def _host_matrix(kind, rng, d, n, batch, dtype, algorithm):
 
 def _layout(rng, x, order, xp=numpy):
     """NumPy ``x`` as an ``xp`` array in a memory order: C, Fortran, a strided slice of a larger array,
-    or reversed strides (NumPy only: torch has no negative strides)."""
+    or reversed strides (NumPy and CuPy only: torch has no negative strides)."""
+    if not _native(xp):
+        if order == "F" and x.ndim > 1:
+            return xp.asarray(numpy.swapaxes(x, -1, -2)).mT
+        if order == "strided":
+            big = numpy.zeros(x.shape[:-1] + (2 * x.shape[-1] + 1,), dtype=x.dtype)
+            big[..., 1::2] = x
+            return xp.asarray(big)[..., 1::2]
+        return xp.asarray(x)
+    x = xp.asarray(x)
     if order == "F":
-        if xp is numpy or x.ndim < 2:
-            return numpy.asfortranarray(x) if xp is numpy else xp.asarray(x)
-        return xp.asarray(numpy.swapaxes(x, -1, -2)).mT
+        return xp.asfortranarray(x)
     if order == "strided":
-        big = numpy.zeros(x.shape[:-1] + (2 * x.shape[-1] + 1,), dtype=x.dtype)
+        big = xp.zeros(x.shape[:-1] + (2 * x.shape[-1] + 1,), dtype=x.dtype)
         big[..., 1::2] = x
-        return big[..., 1::2] if xp is numpy else xp.asarray(big)[..., 1::2]
+        return big[..., 1::2]
     if order == "reversed":
-        return numpy.ascontiguousarray(x[..., ::-1])[..., ::-1]
-    return xp.asarray(x)
+        return xp.ascontiguousarray(x[..., ::-1])[..., ::-1]
+    return x
 
 
 # ------------------------------------------------------------------------------------- bad inputs
@@ -379,7 +391,7 @@ def _api_call(case, xp):
         )
         for r in results:
             for name, source in sources.items():
-                if source is not None and numpy.shares_memory(_host_view(r), _host_view(source)):
+                if source is not None and _shares_memory(r, source):
                     OUTCOMES["shared memory"] += 1
                     raise AssertionError("a result shares memory with {}".format(name))
         OUTCOMES["matched the dense reference"] += 1
