@@ -650,13 +650,10 @@ class HouseholderProduct(Operator):
 
     def _autograd(self, real, transpose):
         """``H @ real`` (``H^T @ real``) on torch, differentiable by torch autograd to any order: the
-        full rows built from the leaves by differentiable torch operations, each row and each
-        column of X scaled by a power of two to its binade (exact), through the one Function
-        :func:`cuhouse._torch.matmul`. Both scales are constants (a reflection does not change
-        when its vector is scaled; H is linear), so this is exact to every order, and every
-        intermediate of the forward and of the backward (whose terms grow as 1 / |v|^2 times
-        the gradient) stays in range wherever the result and the gradient are.
-        Cost: the product's, plus O(n d + d m) for the rows, the columns and their scales."""
+        full rows built from the leaves by differentiable torch operations, through the one
+        Function :func:`cuhouse._torch.matmul` (which scales rows, columns, and out and dout in
+        its backward, to their binades: exact, and in range wherever the result and the gradient
+        are). Cost: the product's, plus O(n d + d m) for the rows, the columns and their scales."""
         from . import _torch
 
         core, xp = self._real_core(), self._xp
@@ -665,16 +662,9 @@ class HouseholderProduct(Operator):
             rows = astype(self._core.paired_rows()[0], real.dtype, xp)
         else:
             rows = _generic.rows(core, real.dtype)
-        rows = rows * _scaling.column_factors(rows.detach().mT, xp).mT
-        factors = _scaling.column_factors(real.detach(), xp)
-        out = _torch.matmul(
-            rows,
-            real * factors,
-            transpose != self._transpose,
-            block_size=chosen.block_size or 1,
-            algorithm=chosen.algorithm,
+        return _torch.matmul(
+            rows, real, transpose != self._transpose, block_size=chosen.block_size or 1, algorithm=chosen.algorithm
         )
-        return out / factors
 
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp

@@ -101,3 +101,25 @@ def test_an_overflowing_result_is_inf_not_nan(generic_xp):
     assert numpy.all(numpy.isfinite(out[:, 1:]))
     assert not numpy.any(numpy.isnan(out))
     assert _relative(out[:, 1:], _dense(v) @ x[:, 1:].astype(numpy.float64)) < 2e-5
+
+
+@pytest.mark.parametrize("n, d", [(8, 16), (100, 128)], ids=["one block", "two blocks"])
+@pytest.mark.parametrize("entry", ["HouseholderProduct", "householder_matmul"])
+def test_torch_autograd_near_the_largest_float(entry, n, d):
+    """X at 1e37 in float32: the gradient (about 3e37) is representable, ten times below float32's
+    largest value; unscaled, the forward's V^T X (two blocks) and the backward's bilinear terms
+    overflowed to NaN on both torch entry points."""
+    torch = pytest.importorskip("torch")
+    from cuhouse import torch as cht
+
+    rng = numpy.random.default_rng(4)
+    v, x = rng.standard_normal((n, d)).astype("float32"), (1e37 * rng.standard_normal((d, 3))).astype("float32")
+    vt, xt = (torch.tensor(a, requires_grad=True) for a in (v, x))
+    out = ch.HouseholderProduct(vt) @ xt if entry == "HouseholderProduct" else cht.householder_matmul(vt, xt)
+    out.backward(torch.ones_like(out))
+    want_out, back = ch.vjp(ch.matmul, ch.HouseholderProduct(v.astype(numpy.float64)), x.astype(numpy.float64))
+    (want_dv,), want_dx = back(numpy.ones(want_out.shape))
+    assert numpy.max(numpy.abs(want_dv)) > 1e37
+    assert _relative(out.detach(), want_out) < 2e-5
+    assert _relative(vt.grad, want_dv) < 2e-4
+    assert _relative(xt.grad, want_dx) < 2e-5

@@ -214,6 +214,17 @@ def matrix_factors(x, xp):
     return binade_factors(xp.max(magnitude, axis=(-2, -1), keepdims=True), xp)
 
 
+def divided(a, factors, xp):
+    """``a`` divided by the product of the powers of two ``factors`` (each as :func:`binade_factors`
+    gives), applied as two halves of the whole exponent, so that neither the product (up to
+    2^(2 maxexp)) nor ``a`` on the way passes through a value that overflows or underflows where
+    the quotient does not. Exact. O(size of a)."""
+    exponent = -sum(xp.log2(f) for f in factors)
+    half = xp.floor(exponent / 2)
+    two = xp.full_like(exponent, 2.0)
+    return a * two**half * two ** (exponent - half)
+
+
 @functools.lru_cache(maxsize=16)
 def _exponent_bound(dtype):
     """``maxexp - 2`` of a real floating ``dtype`` of any library, as a float."""
