@@ -126,3 +126,15 @@ def test_bench_section_runs_and_pairs_each_case_with_its_operation():
     assert set(baseline) == set(cases) and set(baseline.values()) <= set(cases)
     result = measure(cases, baseline, 1, numpy)
     assert all(result[name][1] == 1.0 for name in set(baseline.values()))
+
+
+def test_methods_keep_the_chain_of_references(capsys, monkeypatch):
+    """A reused row is compared with the dense GEMM, which is compared with LAPACK: --methods keeps the
+    whole chain (it raised KeyError 'LAPACK sormqr' with only the first link)."""
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")
+    argv = ["bench", "--sizes", "16", "--sections", "forward", "--rounds", "1", "--backend", "numpy"]
+    assert main(argv + ["--methods", "reused"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line[8:46].strip() for line in lines if line.startswith("    16") and "plans:" not in line]
+    assert sorted(rows) == ["LAPACK sormqr", "cuhouse auto, reused", "dense GEMM"]

@@ -157,7 +157,8 @@ def main(argv=None):
                 baselines = dict.fromkeys(cases, baselines)
             if args.methods:
                 chosen = {c for c in cases if any(part in c for part in args.methods)}
-                chosen |= {baselines[c] for c in chosen}
+                while not {baselines[c] for c in chosen} <= chosen:  # baselines have baselines: all of the chain
+                    chosen |= {baselines[c] for c in chosen}
                 cases = {c: fn for c, fn in cases.items() if c in chosen}
             for case, result in measure(cases, baselines, rounds, xp, cpu_clock).items():
                 vs = baselines[case]
