@@ -11,6 +11,7 @@ which tracks it as undefined instead.
 
 import ctypes
 import os
+import threading
 import weakref
 
 import numpy
@@ -27,6 +28,7 @@ for _f in (_poison, _unpoison):
         _f.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 
 _live = weakref.WeakValueDictionary()  # address -> Allocation
+_live_lock = threading.Lock()  # threads allocate while another's kernel launch lists the live allocations
 
 
 def guard_bytes():
@@ -54,7 +56,8 @@ class Allocation:
                 _poison(self.address + nbytes, self.guard)
         if os.environ.get("CUDA_CPU_UNDEFINED_MEMORY") != "1":
             ctypes.memset(self.address, 0xFF, nbytes)
-        _live[self.address] = self
+        with _live_lock:
+            _live[self.address] = self
         weakref.finalize(self, _release, self.base, self.guard, nbytes)
 
     def corrupted_guard(self):
@@ -80,7 +83,9 @@ def _release(base, guard, nbytes):
 
 def check_guards():
     """Sentences for every live allocation whose guard bytes were overwritten."""
-    return [problem for problem in (a.corrupted_guard() for a in list(_live.values())) if problem]
+    with _live_lock:
+        live = list(_live.values())
+    return [problem for problem in (a.corrupted_guard() for a in live) if problem]
 
 
 def device_array(shape, dtype, device=0, order="C"):
