@@ -70,7 +70,9 @@ class Matmul(torch.autograd.Function):
 
     ``Matmul.apply(y, x, transpose, k, algorithm, trapezoidal)``: blocks of ``k``
     rows, ``algorithm`` one of :data:`cuhouse.algorithms.portable.ALGORITHMS`,
-    ``trapezoidal`` as in :func:`cuhouse.algorithms.portable.build`.
+    ``trapezoidal`` as in :func:`cuhouse.algorithms.portable.build`. The backward
+    scales the cotangent to its binade; the rows and X's columns must already be
+    at theirs (:func:`matmul` does it), which keeps the output in range.
     """
 
     generate_vmap_rule = True
@@ -100,14 +102,13 @@ class Matmul(torch.autograd.Function):
         else:
             kb = 1 if algorithm == "sequential" else min(k, y.shape[-2])
             f = portable.Form(portable.blocks(y, kb, xp), t, s, y.shape[-2], dense[0] if dense else None, trapezoidal)
-        dout = dout.expand_as(out)
-        # out and dout each brought to their binade (one power of two per matrix, a constant: exact to
-        # every order), so that no intermediate overflows where the gradient does not; dy is bilinear
-        # in the two, dx linear in dout
-        f_out, f_dout = (_scaling.matrix_factors(a.detach(), xp) for a in (out, dout))
-        dy, dx = portable.backward(f, out * f_out, dout * f_dout, transpose, xp)
-        dy = _scaling.divided(dy, (f_out, f_dout), xp).sum_to_size(y.shape) if ctx.needs_input_grad[0] else None
-        dx = (dx / f_dout).sum_to_size(ctx.x_shape) if ctx.needs_input_grad[1] else None
+        # dout brought to its binade (one power of two per matrix, a constant: exact to every order), so
+        # that no intermediate overflows where the gradient does not (out is in range: matmul() scales the
+        # rows and X's columns); dy and dx are linear in it
+        factor = _scaling.matrix_factors(dout.detach(), xp)
+        dy, dx = portable.backward(f, out, (dout * factor).expand_as(out), transpose, xp)
+        dy = (dy / factor).sum_to_size(y.shape) if ctx.needs_input_grad[0] else None
+        dx = (dx / factor).sum_to_size(ctx.x_shape) if ctx.needs_input_grad[1] else None
         return dy, dx, None, None, None, None
 
 

@@ -192,7 +192,7 @@ def binade_factors(largest, xp):
     subnormal ``largest`` comes to at least ``2**-(mantissa bits)``, a zero one stays zero and
     a non-finite one stays non-finite (its column is NaN or infinite whatever is done). Array API
     operations only, no host synchronization, no data-dependent branch; exact. O(size)."""
-    bound = _exponent_bound(largest.dtype)
+    bound = math.floor(math.log2(float(xp.finfo(largest.dtype).max))) - 1.0  # maxexp - 2, as a float
     # zero (and NaN) sizes get the factor 1: log2(0) is a divide-by-zero warning on NumPy-backed libraries
     positive = xp.where(largest > 0, largest, xp.ones_like(largest))
     exponent = xp.clip(xp.floor(xp.log2(positive)), min=-bound, max=bound)
@@ -212,25 +212,6 @@ def matrix_factors(x, xp):
     if 0 in magnitude.shape[-2:]:
         return xp.ones(magnitude.shape[:-2] + (1, 1), dtype=magnitude.dtype, device=_device(magnitude))
     return binade_factors(xp.max(magnitude, axis=(-2, -1), keepdims=True), xp)
-
-
-def divided(a, factors, xp):
-    """``a`` divided by the product of the powers of two ``factors`` (each as :func:`binade_factors`
-    gives), applied as two halves of the whole exponent, so that neither the product (up to
-    2^(2 maxexp)) nor ``a`` on the way passes through a value that overflows or underflows where
-    the quotient does not. Exact. O(size of a)."""
-    exponent = -sum(xp.log2(f) for f in factors)
-    half = xp.floor(exponent / 2)
-    two = xp.full_like(exponent, 2.0)
-    return a * two**half * two ** (exponent - half)
-
-
-@functools.lru_cache(maxsize=16)
-def _exponent_bound(dtype):
-    """``maxexp - 2`` of a real floating ``dtype`` of any library, as a float."""
-    from .._backend import numpy_dtype
-
-    return float(numpy.finfo(numpy_dtype(dtype)).maxexp - 2)
 
 
 def _device(a):
