@@ -3,7 +3,9 @@
 ``H @ X`` for the Householder product H of the rows of ``y`` runs
 :mod:`cuhouse.algorithms.portable` (compact WY) in torch operations, and its
 backward is portable's level-3 adjoint, not autograd's tape of the forward.
-Everything torch-differentiable in cuhouse goes through it:
+Every torch-differentiable product in cuhouse goes through it (the one other
+Function, :mod:`cuhouse.torch._columns`, forms ``orthogonal()``'s weight
+H[:, :k] in LAPACK's orgqr order):
 
 * :mod:`cuhouse.torch` (``householder_matmul``, the layers, ``orthogonal()``)
   calls :func:`matmul` on the raw vectors;
@@ -121,12 +123,12 @@ def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorit
     per block; ``trapezoidal=True`` promises that row i is zero before column i
     (LAPACK's layout): the products then skip the rows of x a block cannot
     touch, about half the flops. No validation, no host synchronization.
-    Each row and each column of ``x`` is scaled to its binade (exact), so huge
-    or tiny rows and columns give what float64 would, rounded.
+    Each row of ``y`` and each column of ``x`` is scaled to its binade (exact),
+    so huge or tiny rows and columns give what float64 would, rounded.
 
     A recorded gradient goes through :class:`Matmul`, whose backward rebuilds
-    each block's input from the output instead of storing it and brings ``out``
-    and ``dout`` to their binade first. Autograd's own tape of one block's few
+    each block's input from the output instead of storing it and brings ``dout``
+    to its binade first. Autograd's own tape of one block's few
     operations was 1.3-1.6x faster at one block (d = 32 and 128 on one CPU
     thread), but its backward's intermediates (the k x k gradient of T grows as
     the gradient times m |y|^2) overflowed to NaN for float32 gradients within
@@ -136,7 +138,7 @@ def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorit
     """
     n, d = y.shape[-2:]
     k = block_size or default_block_size(n, d, x.shape[-1])
-    # each row and each column of x to its binade (powers of two, constants: exact to every order), so
+    # each row of y and each column of x to its binade (powers of two, constants: exact to every order), so
     # that no intermediate of the forward (Y^T x grows as |y| |x|) or of the backward leaves the range
     # where the result and the gradient are in it
     rows = y * _scaling.column_factors(y.detach().mT, xp).mT

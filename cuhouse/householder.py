@@ -528,8 +528,8 @@ class HouseholderProduct(Operator):
         if not isinstance(reuse, (bool, numpy.bool_)):
             raise TypeError("reuse must be True or False, got {!r} of type {}".format(reuse, type(reuse).__name__))
         self._core.reuse = bool(reuse)
-        if not reuse:
-            self._real_core()._hot = {}
+        if not reuse and not self._unitary:  # a unitary product's realified core never keeps a hot form
+            self._core._hot = {}
         return self
 
     def _real_core(self):
@@ -643,7 +643,7 @@ class HouseholderProduct(Operator):
         if core.backend == "torch":
             from . import _torch
 
-            if _torch.records_gradient(self._core.params, real):  # the complex leaves of a unitary product
+            if _torch.records_gradient(self._core.params, real):  # the leaves (a unitary product's complex ones)
                 return back(self._autograd(real, transpose))
         module, chosen, (form, _, limits), transpose = self._run(real, transpose, False)
         return back(_apply_scaled(module, chosen, form, real, transpose, limits, self._xp))
@@ -651,9 +651,9 @@ class HouseholderProduct(Operator):
     def _autograd(self, real, transpose):
         """``H @ real`` (``H^T @ real``) on torch, differentiable by torch autograd to any order: the
         full rows built from the leaves by differentiable torch operations, through the one
-        Function :func:`cuhouse._torch.matmul` (which scales rows, columns, and out and dout in
-        its backward, to their binades: exact, and in range wherever the result and the gradient
-        are). Cost: the product's, plus O(n d + d m) for the rows, the columns and their scales."""
+        Function :func:`cuhouse._torch.matmul` (which scales the rows and X's columns, and dout
+        in its backward, to their binades: exact, and in range wherever the result and the
+        gradient are). Cost: the product's, plus O(n d + d m) for the rows, the columns and their scales."""
         from . import _torch
 
         core, xp = self._real_core(), self._xp
@@ -727,7 +727,7 @@ def _backward_scaled(module, form, out, dout, transpose, limits, store_inputs, x
     bilinear in the two and sums over columns, hence one factor per array, not per column. dX is
     scaled back here; ``dV`` is returned scaled, to be multiplied by ``2**exponent`` (``None``: no
     scaling) after its last step (unit rows' gradients are divided by their norms; see
-    :func:`_unscale`). Cost: two GEMVs over ``|out|`` and ``|dout|``; four passes more only when
+    :func:`_generic_unscale`). Cost: two GEMVs over ``|out|`` and ``|dout|``; four passes more only when
     scaling. The generic path (``limits`` ``None``) always scales, with Array API operations
     (:func:`~cuhouse.algorithms._scaling.matrix_factors`), without a host synchronization:
     ``exponent`` is then the pair of factors that ``out`` and ``dout`` were multiplied by."""

@@ -254,23 +254,3 @@ def examples(xp, numpy_examples):
     """How many hypothesis examples a property test runs on ``xp``: all of them on NumPy and CuPy, a
     quarter (at least 5) on the generic path, whose Python overhead per call is larger."""
     return numpy_examples if getattr(xp, "native", True) else max(5, numpy_examples // 4)
-
-
-# The generic path's libraries that take complex data; the others refuse it with a TypeError, which
-# tests of complex data assert instead (:func:`refuses_complex`).
-COMPLEX_GENERIC = ("torch", "array_api_strict")
-
-
-def refuses_complex(xp):
-    """False on NumPy, CuPy and the libraries of ``COMPLEX_GENERIC``. Elsewhere assert that complex data
-    is refused (a ``TypeError`` naming the argument, its dtype and the backends that take it) and
-    return True: the test of complex data ends there."""
-    if getattr(xp, "native", True) or backend_name(xp) in COMPLEX_GENERIC:
-        return False
-    with pytest.raises(
-        TypeError,
-        match=r"^vectors has dtype \S*complex128; complex dtypes run on NumPy and CuPy only: arrays of {} run "
-        r"the generic path".format(backend_name(xp)),
-    ):
-        ch.HouseholderProduct(xp.asarray(numpy.ones((2, 3), dtype=numpy.complex128)))
-    return True

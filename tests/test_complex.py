@@ -15,13 +15,11 @@ import scipy.linalg
 import scipy.optimize
 import scipy.sparse.linalg
 from helpers import (
-    COMPLEX_GENERIC,
     backend_name,
     check_matmul_vjp,
     dtype_name,
     matmul_vjp,
     needs_algorithm,
-    refuses_complex,
     rmatmul,
     to_numpy,
 )
@@ -77,8 +75,6 @@ def assert_close(actual, expected, dtype, scale=50):
 @pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
 def test_products_match_the_definition(any_xp, algorithm, dtype):
     needs_algorithm(any_xp, algorithm)
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(0)
     v = crandn(rng, 2, 5, 9, dtype=dtype)
     x = crandn(rng, 2, 9, 4, dtype=dtype)
@@ -97,8 +93,6 @@ def test_products_match_the_definition(any_xp, algorithm, dtype):
 
 @pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
 def test_unitary_to_50_eps_d(any_xp, dtype):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(1)
     d = 33
     h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 20, d, dtype=dtype)))
@@ -113,10 +107,6 @@ def test_real_and_complex_operands_promote_as_numpy_matmul(any_xp):
     real_v, complex_v = rng.standard_normal((3, 6)), crandn(rng, 3, 6, dtype=numpy.complex64)
     xc, xr = crandn(rng, 6, 2), rng.standard_normal((6, 2)).astype(numpy.float32)
     hr = ch.HouseholderProduct(any_xp.asarray(real_v))
-    if refuses_complex(any_xp):
-        with pytest.raises(TypeError, match=r"^X has dtype \S*complex128; complex dtypes run on NumPy and CuPy only"):
-            hr @ any_xp.asarray(xc)
-        return
     hc = ch.HouseholderProduct(any_xp.asarray(complex_v))
     assert dtype_name(hr @ any_xp.asarray(xc)) == "complex128"
     assert_close(hr @ any_xp.asarray(xc), reference(real_v) @ xc, numpy.complex128)
@@ -141,8 +131,6 @@ def test_real_matrices_have_h_equal_to_t_and_conj_equal_to_self(any_xp):
 
 
 def test_transpose_adjoint_and_conjugate_on_every_type(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(4)
     h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 3, 5)))
     w = on_backend(any_xp, ch.SVDMatrix.random(5, 4, rng=rng, dtype=numpy.complex128))
@@ -161,8 +149,6 @@ def test_transpose_adjoint_and_conjugate_on_every_type(any_xp):
 
 
 def test_compose_conjugated_and_adjoint_views_with_real_products(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(5)
     h1 = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 3, 6)))
     h2 = ch.HouseholderProduct(any_xp.asarray(rng.standard_normal((2, 6))))
@@ -177,8 +163,6 @@ def test_compose_conjugated_and_adjoint_views_with_real_products(any_xp):
 
 
 def test_det_and_slogdet_follow_numpy(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(6)
     h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 2, 3, 5)))
     numpy.testing.assert_array_equal(to_numpy(h.det()), numpy.full(2, -1.0 + 0j))
@@ -199,8 +183,6 @@ def test_det_and_slogdet_follow_numpy(any_xp):
 
 
 def test_pickle_and_vectors_of_views(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(7)
     h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 3, 5)))
     for view in (h, h.H, h.conj(), h.T):
@@ -211,8 +193,6 @@ def test_pickle_and_vectors_of_views(any_xp):
 
 
 def test_refresh_after_an_in_place_update(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(8)
     v = any_xp.asarray(crandn(rng, 3, 5))
     h = ch.HouseholderProduct(v)
@@ -226,8 +206,6 @@ def test_refresh_after_an_in_place_update(any_xp):
 @pytest.mark.parametrize("shape", [(8, 5), (5, 5), (5, 8)])
 @pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
 def test_from_lapack_matches_scipy_qr(any_xp, shape, dtype):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(9)
     a = crandn(rng, *shape, dtype=dtype)
     (qr, tau), _ = scipy.linalg.qr(a, mode="raw")
@@ -251,8 +229,6 @@ def test_from_lapack_matches_scipy_qr(any_xp, shape, dtype):
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_from_lapack_batched_with_identity_factors(any_xp, algorithm):
     needs_algorithm(any_xp, algorithm)
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(10)
     a = crandn(rng, 2, 7, 4)
     qr = numpy.empty_like(a)
@@ -276,10 +252,6 @@ def test_from_lapack_takes_torch_geqrf():
     q = torch.linalg.householder_product(qr, tau).numpy()
     h = ch.HouseholderProduct.from_lapack(qr.numpy(), tau.numpy())
     assert_close(h.todense()[:, :4], q, numpy.complex128)
-    if "torch" not in COMPLEX_GENERIC:
-        with pytest.raises(TypeError, match=r"^a has dtype torch.complex128; complex dtypes run on NumPy and CuPy"):
-            ch.HouseholderProduct.from_lapack(qr, tau)
-        return
     h = ch.HouseholderProduct.from_lapack(qr, tau)
     assert isinstance(h.todense(), torch.Tensor)
     assert_close(h.todense()[:, :4], q, numpy.complex128)
@@ -297,8 +269,6 @@ def test_real_lapack_keeps_tau_implied_by_a(any_xp):
 
 @pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])
 def test_from_dense_of_a_unitary_matrix(any_xp, dtype):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(13)
     q = numpy.linalg.qr(crandn(rng, 3, 7, 7))[0].astype(dtype)
     h = ch.HouseholderProduct.from_dense(any_xp.asarray(q))
@@ -313,8 +283,6 @@ def test_from_dense_of_a_unitary_matrix(any_xp, dtype):
 
 # ------------------------------------------------------------------ SVD and eigen
 def test_svd_matrix_operations_match_dense(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(14)
     u, s, v = crandn(rng, 4, 5), rng.uniform(0.5, 2, 4), crandn(rng, 4, 4)
     w = ch.SVDMatrix(any_xp.asarray(u), any_xp.asarray(s), any_xp.asarray(v))
@@ -341,8 +309,6 @@ def test_svd_matrix_operations_match_dense(any_xp):
 
 
 def test_svd_from_dense_of_a_complex_matrix(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(15)
     a = crandn(rng, 6, 4)
     w = ch.SVDMatrix.from_dense(any_xp.asarray(a))
@@ -354,8 +320,6 @@ def test_svd_from_dense_of_a_complex_matrix(any_xp):
 
 
 def test_eigh_matrix_functions_match_scipy(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(16)
     b = crandn(rng, 5, 5)
     a = b @ b.conj().T + numpy.eye(5)  # Hermitian positive definite
@@ -398,8 +362,6 @@ def _dot_test(xp, make, params, x, side, rng, masks=None):
 @pytest.mark.parametrize("kinds", ["cc", "cr", "rc"])  # (vectors, X): complex or real
 def test_householder_adjoint_dot_test(any_xp, algorithm, side, kinds):
     needs_algorithm(any_xp, algorithm)
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(17)
     v = crandn(rng, 2, 4, 7) if kinds[0] == "c" else rng.standard_normal((2, 4, 7))
     shape = (7, 3) if side == "left" else (3, 7)
@@ -409,8 +371,6 @@ def test_householder_adjoint_dot_test(any_xp, algorithm, side, kinds):
 
 @pytest.mark.parametrize("view", ["T", "H", "conj", "compose"])
 def test_views_adjoint_dot_test(any_xp, view):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(18)
     makers = {
         "T": lambda v: ch.HouseholderProduct(v).T,
@@ -426,8 +386,6 @@ def test_views_adjoint_dot_test(any_xp, view):
 @pytest.mark.parametrize("algorithm", ("cwy", "fasth", "sequential", "dense"))
 def test_from_lapack_adjoint_dot_test_holds_the_eigenvalues_fixed(any_xp, algorithm):
     needs_algorithm(any_xp, algorithm)
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(19)
     (qr, tau), _ = scipy.linalg.qr(crandn(rng, 7, 4), mode="raw")
     eigenvalues = any_xp.asarray(1 - tau * (1 + (numpy.abs(numpy.tril(qr, -1)) ** 2).sum(0)))
@@ -445,8 +403,6 @@ def test_from_lapack_adjoint_dot_test_holds_the_eigenvalues_fixed(any_xp, algori
 
 
 def test_spectral_adjoint_dot_tests(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(20)
     svd = lambda u, s, v: ch.SVDMatrix(u, s, v)  # noqa: E731
     params = [crandn(rng, 3, 6), rng.uniform(1, 2, 3), crandn(rng, 3, 5)]
@@ -460,8 +416,6 @@ def test_spectral_adjoint_dot_tests(any_xp):
 
 
 def test_logdet_gradient_of_a_complex_svd(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(21)
     u, s, v = crandn(rng, 4, 4), rng.uniform(1, 2, 4), crandn(rng, 4, 4)
     value, back = ch.vjp(ch.logdet, ch.SVDMatrix(*(any_xp.asarray(a) for a in (u, s, v))))
@@ -474,8 +428,6 @@ def test_logdet_gradient_of_a_complex_svd(any_xp):
 def test_gradients_match_torch_autograd_on_the_dense_formula(any_xp):
     """cuhouse's vjp on every backend against torch autograd through the dense definitions."""
     torch = pytest.importorskip("torch")
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(22)
     v, x, g = crandn(rng, 4, 6), crandn(rng, 6, 3), crandn(rng, 6, 3)
     (dv,), dx = ch.vjp(ch.matmul, ch.HouseholderProduct(any_xp.asarray(v)), any_xp.asarray(x))[1](any_xp.asarray(g))
@@ -542,8 +494,6 @@ def test_rmatvec_is_the_true_adjoint_of_a_complex_operator():
 
 # ------------------------------------------------------------------ bad input
 def test_complex_singular_values_are_a_type_error(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(25)
     u, v = any_xp.asarray(crandn(rng, 2, 3)), any_xp.asarray(crandn(rng, 2, 3))
     with pytest.raises(TypeError, match="s must be real .*got dtype \\S*complex128"):
@@ -553,8 +503,6 @@ def test_complex_singular_values_are_a_type_error(any_xp):
 
 
 def test_non_unitary_q_is_a_value_error(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(26)
     with pytest.raises(ValueError, match=r"Q must be unitary to within 50 eps d = .* \(max \|Q\^H Q - I\|\), got"):
         ch.HouseholderProduct.from_dense(any_xp.asarray(crandn(rng, 4, 4)))
@@ -563,8 +511,6 @@ def test_non_unitary_q_is_a_value_error(any_xp):
 
 
 def test_tau_that_makes_no_unitary_factor_is_a_value_error(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(27)
     (qr, tau), _ = scipy.linalg.qr(crandn(rng, 5, 3), mode="raw")
     with pytest.raises(
@@ -574,8 +520,6 @@ def test_tau_that_makes_no_unitary_factor_is_a_value_error(any_xp):
 
 
 def test_non_hermitian_matrix_in_eigh_from_dense_is_a_value_error(any_xp):
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(28)
     a = crandn(rng, 4, 4)
     with pytest.raises(ValueError, match=r"A must be Hermitian, but max \|A - A\^H\|"):
@@ -586,8 +530,6 @@ def test_non_hermitian_matrix_in_eigh_from_dense_is_a_value_error(any_xp):
 def test_unsupported_dtypes_stay_a_type_error(any_xp, dtype):
     if not getattr(any_xp, "native", True) and (dtype is numpy.clongdouble or backend_name(any_xp) != "torch"):
         pytest.skip("{} has no {} arrays".format(backend_name(any_xp), numpy.dtype(dtype).name))
-    if refuses_complex(any_xp):
-        return
     rng = numpy.random.default_rng(29)
     h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 2, 4)))
     with pytest.raises(

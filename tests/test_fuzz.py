@@ -9,7 +9,7 @@ products, ``.T`` and ``.inv()`` against dense float64, with gradients against
 central differences) and an overflow/underflow sweep of row and operand scales
 for every algorithm. Each runs on every backend (``any_xp``): the generic path's
 libraries draw from what they have (no object arrays, no negative strides,
-float16 on torch only, complex where :data:`helpers.COMPLEX_GENERIC` says) and
+float16 on torch only) and
 run a quarter of the examples (:func:`helpers.examples`).
 
 Every call is counted by outcome in :data:`OUTCOMES`; ``pytest -s
@@ -34,7 +34,6 @@ from helpers import (
     dtype_name,
     examples,
     needs_algorithm,
-    refuses_complex,
     rmatmul,
     to_numpy,
 )
@@ -328,10 +327,9 @@ def _spoil(bad, case, rng, x, params):
 
 
 def test_api_fuzz(any_xp):
-    complex_ = _native(any_xp) or not refuses_complex(any_xp)
 
     @settings(FUZZ, max_examples=examples(any_xp, 2000))
-    @given(api_cases(any_xp, complex_))
+    @given(api_cases(any_xp))
     def check(case):
         _api_call(case, any_xp)
 

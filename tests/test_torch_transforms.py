@@ -1,9 +1,9 @@
 """cuhouse.torch under torch's transforms: gradgradcheck, gradient penalties, vmap, grad, jacrev, compile.
 
 Every case runs with the default block size and with blocks of 2 reflections
-(``blocks`` fixture), so that both the one-block path (autograd's tape) and
-the multi-block ``torch.autograd.Function`` with cuhouse's level-3 backward
-(``cuhouse._torch.Matmul``) are covered at small sizes.
+(``blocks`` fixture), so that cuhouse's ``torch.autograd.Function`` with its
+level-3 backward (``cuhouse._torch.Matmul``) runs with one block and with many
+at small sizes.
 """
 
 import pytest
@@ -226,9 +226,9 @@ def test_vmap_over_an_ensemble_of_layers(blocks):
     assert_close(layers[1].weight, dense_svd_weight(layers[1]), torch.float64)
 
 
-def test_forward_mode_of_many_blocks_is_refused(monkeypatch):
-    """Forward-mode AD (jvp, jacfwd) is not implemented for the multi-block Function: a loud error."""
-    monkeypatch.setattr(_torch, "BLOCK", 2)
+def test_forward_mode_is_refused(blocks):
+    """Forward-mode AD (jvp, jacfwd) is not implemented for the Function, with one block or many:
+    a loud error."""
     v, x = randn(4, 5), randn(5, 2, seed=2)
     with pytest.raises(NotImplementedError, match="jvp"):
         torch.func.jvp(lambda v: cht.householder_matmul(v, x), (v,), (torch.ones_like(v),))
@@ -237,7 +237,7 @@ def test_forward_mode_of_many_blocks_is_refused(monkeypatch):
 # ------------------------------------------------------------ compile, export
 def test_compiled_backward_does_not_recompute_the_forward(monkeypatch):
     """Many blocks (the Function): AOT autograd's backward graph has no triangular solve, the T
-    factors are saved from the forward. (One block is autograd's own tape of the forward.)"""
+    factors are saved from the forward."""
     monkeypatch.setattr(_torch, "BLOCK", 2)
     graphs = {}
 

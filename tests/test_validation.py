@@ -98,7 +98,7 @@ def _unsupported(xp):
 def _cases(xp):
     cases = _unsupported(xp)
     if not cases:
-        pytest.skip("array_api_strict has no dtype that cuhouse refuses (its complex refusal: test_backends.py)")
+        pytest.skip("array_api_strict has no dtype that cuhouse refuses")
     return cases
 
 

@@ -210,11 +210,5 @@ def matrix_factors(x, xp):
     ``(..., 1, 1)``, real (1 for a matrix with no entries). O(d m)."""
     magnitude = xp.abs(x)
     if 0 in magnitude.shape[-2:]:
-        return xp.ones(magnitude.shape[:-2] + (1, 1), dtype=magnitude.dtype, device=_device(magnitude))
+        return xp.ones(magnitude.shape[:-2] + (1, 1), dtype=magnitude.dtype, device=magnitude.device)
     return binade_factors(xp.max(magnitude, axis=(-2, -1), keepdims=True), xp)
-
-
-def _device(a):
-    from array_api_compat import device
-
-    return device(a)

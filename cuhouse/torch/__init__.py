@@ -3,7 +3,8 @@
 ``pip install "cuhouse[torch]"``. Everything runs in torch operations on the
 tensors' own device (no NumPy or CuPy crossing): compact WY with cuhouse's
 level-3 backward in one ``torch.autograd.Function`` (:mod:`cuhouse._torch`, shared with
-the core's classes on torch tensors). Each
+the core's classes on torch tensors; ``orthogonal()``'s materialized weight has its own,
+:mod:`cuhouse.torch._columns`). Each
 function and layer composes with ``torch.func`` (vmap, grad, jacrev),
 ``torch.compile(fullgraph=True)`` and ``torch.export``, and differentiates to
 any order (``gradgradcheck``, gradient penalties).

@@ -44,8 +44,9 @@ BLOCK = 64
 
 MIN_REFLECTIONS = 129
 """:func:`cheaper` is False below this many reflections: up to 128 (one block of 128 in
-the compact-WY product, a short autograd tape) that path's training step was faster on one
-CPU thread (d = 128: 1.8 ms against 2.3 ms here)."""
+the compact-WY product) that path's training step was faster on one CPU thread (d = 128:
+1.8 ms against 2.3 ms here, measured when one block ran on autograd's own tape; the
+compact-WY product now always goes through :class:`cuhouse._torch.Matmul`: not re-measured)."""
 
 
 def _windows(n, d, k, b):
