@@ -123,21 +123,26 @@ def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorit
     per block; ``trapezoidal=True`` promises that row i is zero before column i
     (LAPACK's layout): the products then skip the rows of x a block cannot
     touch, about half the flops. No validation, no host synchronization.
-    Each row of ``y`` and each column of ``x`` is scaled to its binade (exact),
-    so huge or tiny rows and columns give what float64 would, rounded.
-
-    A recorded gradient goes through :class:`Matmul`, whose backward rebuilds
-    each block's input from the output instead of storing it and brings ``dout``
-    to its binade first. Autograd's own tape of one block's few
-    operations was 1.3-1.6x faster at one block (d = 32 and 128 on one CPU
-    thread), but its backward's intermediates (the k x k gradient of T grows as
-    the gradient times m |y|^2) overflowed to NaN for float32 gradients within
-    about 10x of the largest float: never silently wrong comes first.
+    One float32 block (n <= k) is differentiated by autograd's tape of its few
+    operations computed in float64: its backward's intermediates (the k x k
+    gradient of T grows as the gradient times m |y|^2) overflowed in float32
+    near the largest float, and in float64 no product of float32-range values
+    can. Everything else goes through :class:`Matmul` with each row of ``y`` and
+    each column of ``x`` scaled to its binade (exact: huge or tiny rows and
+    columns give what float64 would, rounded); its backward rebuilds each
+    block's input from the output instead of storing it and brings ``dout`` to
+    its binade first.
     Cost: O(n d m) forward in 3 n/k GEMMs plus O(n k d) for the T factors;
     backward about three times the forward.
     """
     n, d = y.shape[-2:]
     k = block_size or default_block_size(n, d, x.shape[-1])
+    if algorithm == "cwy" and n <= k and y.dtype == torch.float32 and x.dtype == torch.float32:
+        # one float32 block: autograd's tape of its few operations, in float64, where no product of
+        # float32-range values overflows or underflows (1.16x the float32 tape at d = 32, half the
+        # Function's time there; the float32 tape overflowed near the largest float)
+        wide = torch.float64
+        return portable.apply(portable.build(y.to(wide), k, xp), x.to(wide), bool(transpose), xp).to(x.dtype)
     # each row of y and each column of x to its binade (powers of two, constants: exact to every order), so
     # that no intermediate of the forward (Y^T x grows as |y| |x|) or of the backward leaves the range
     # where the result and the gradient are in it

@@ -227,8 +227,8 @@ def test_vmap_over_an_ensemble_of_layers(blocks):
 
 
 def test_forward_mode_is_refused(blocks):
-    """Forward-mode AD (jvp, jacfwd) is not implemented for the Function, with one block or many:
-    a loud error."""
+    """Forward-mode AD (jvp, jacfwd) is not implemented for the Function (float64 here, one block
+    or many): a loud error."""
     v, x = randn(4, 5), randn(5, 2, seed=2)
     with pytest.raises(NotImplementedError, match="jvp"):
         torch.func.jvp(lambda v: cht.householder_matmul(v, x), (v,), (torch.ones_like(v),))
