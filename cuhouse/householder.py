@@ -757,7 +757,7 @@ def _generic_unscale(dv, scale, factors, xp):
     mantissa = scale / xp.full_like(scale, 2.0) ** k  # exact: a division by a power of two
     exponent = k[..., :, None] - xp.log2(f_out) - xp.log2(f_dout)  # (..., n, 1), integers
     bound = float(numpy.finfo(numpy_dtype(dv.dtype)).maxexp - 2)  # 2**+-bound are normal numbers
-    half = xp.clip(xp.floor(exponent / 2), min=-bound, max=bound)
-    rest = xp.clip(exponent - half, min=-bound, max=bound)
+    half = xp.clip(xp.floor(exponent / 2), -bound, bound)
+    rest = xp.clip(exponent - half, -bound, bound)
     two = xp.full_like(exponent, 2.0)
     return dv * two**half, mantissa * (two**rest)[..., 0]

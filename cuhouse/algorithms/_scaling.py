@@ -195,7 +195,7 @@ def binade_factors(largest, xp):
     bound = math.floor(math.log2(float(xp.finfo(largest.dtype).max))) - 1.0  # maxexp - 2, as a float
     # zero (and NaN) sizes get the factor 1: log2(0) is a divide-by-zero warning on NumPy-backed libraries
     positive = xp.where(largest > 0, largest, xp.ones_like(largest))
-    exponent = xp.clip(xp.floor(xp.log2(positive)), min=-bound, max=bound)
+    exponent = xp.clip(xp.floor(xp.log2(positive)), -bound, bound)  # positional: CuPy names them a_min, a_max
     return xp.full_like(exponent, 0.5) ** exponent  # an array base: torch's scalar ** tensor costs 8x more
 
 
