@@ -756,7 +756,7 @@ def _generic_unscale(dv, scale, factors, xp):
     k = xp.floor(xp.log2(scale))
     mantissa = scale / xp.full_like(scale, 2.0) ** k  # exact: a division by a power of two
     exponent = k[..., :, None] - xp.log2(f_out) - xp.log2(f_dout)  # (..., n, 1), integers
-    bound = float(numpy.finfo(numpy_dtype(dv.dtype)).maxexp - 2)  # 2**+-bound are normal numbers
+    bound = _scaling.exponent_bound(dv.dtype, xp)
     half = xp.clip(xp.floor(exponent / 2), -bound, bound)
     rest = xp.clip(exponent - half, -bound, bound)
     two = xp.full_like(exponent, 2.0)

@@ -286,3 +286,21 @@ def test_trapezoidal_blocks_skip_only_rows_they_cannot_touch(monkeypatch, transp
     ):
         assert_close(got, want, torch.float64)
     assert torch.autograd.gradgradcheck(lambda v, x: f(v, x, True), (v[:3, :4], x[0, :4, :1]))
+
+
+def test_float32_one_block_differentiates_twice_as_float64():
+    """One float32 block runs autograd's tape in float64; a gradient penalty through it (second
+    order) agrees with the float64 Function's."""
+    v64, x64, w64 = randn(4, 6), randn(6, 3, seed=2), randn(6, 3, seed=3)
+
+    def penalty_gradient(v, x):
+        v = v.clone().requires_grad_()
+        w = w64.to(v.dtype)  # a fixed weight: |H x|^2 alone does not depend on v
+        (g,) = torch.autograd.grad((cht.householder_matmul(v, x) * w).sum(), v, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), v)
+        return gg
+
+    want = penalty_gradient(v64, x64)
+    got = penalty_gradient(v64.float(), x64.float())
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())

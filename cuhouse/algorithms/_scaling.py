@@ -185,6 +185,13 @@ def unscale(out, exponent, xp):
 # ---------------------------------------------------------------- the generic path (Array API only)
 
 
+def exponent_bound(dtype, xp):
+    """``maxexp - 2`` of a real floating ``dtype`` of ``xp``, as a float: ``2**+-bound`` are normal
+    numbers, and so is their product with a number of one binade. From ``xp.finfo``: no cache,
+    which torch.compile would trace. O(1)."""
+    return math.floor(math.log2(float(xp.finfo(dtype).max))) - 1.0
+
+
 def binade_factors(largest, xp):
     """The powers of two ``f = 2**-e`` (of ``largest``'s shape and real dtype) that bring each
     nonnegative ``largest`` into [1, 2) as ``largest * f``, with ``e = floor(log2(largest))``
@@ -192,7 +199,7 @@ def binade_factors(largest, xp):
     subnormal ``largest`` comes to at least ``2**-(mantissa bits)``, a zero one stays zero and
     a non-finite one stays non-finite (its column is NaN or infinite whatever is done). Array API
     operations only, no host synchronization, no data-dependent branch; exact. O(size)."""
-    bound = math.floor(math.log2(float(xp.finfo(largest.dtype).max))) - 1.0  # maxexp - 2, as a float
+    bound = exponent_bound(largest.dtype, xp)
     # zero (and NaN) sizes get the factor 1: log2(0) is a divide-by-zero warning on NumPy-backed libraries
     positive = xp.where(largest > 0, largest, xp.ones_like(largest))
     exponent = xp.clip(xp.floor(xp.log2(positive)), -bound, bound)  # positional: CuPy names them a_min, a_max
