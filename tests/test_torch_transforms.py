@@ -70,6 +70,28 @@ def test_householder_matmul_gradgradcheck(blocks, v_shape, x_shape, transpose):
     assert torch.autograd.gradgradcheck(f, (v, x))
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_exactly_orthogonal_rows_differentiate_to_second_order(blocks, transpose):
+    """Rows with exactly zero Gram entries (axis-aligned vectors): dS/dG is the mask there too. A
+    ``where(G == 0, ...)`` in the T factors' build cut that derivative: the float32 one-block
+    gradient was wrong by 5.6 (of 6.1) and gradgradcheck failed in float64, with no error."""
+    v = torch.zeros(3, 5, dtype=torch.float64)
+    v[0, 0], v[1, 1], v[2, 2] = 1.0, 2.0, 1.5
+    v.requires_grad_()
+    x = randn(5, 2, seed=2, requires_grad=True)
+
+    def f(v, x):
+        return cht.householder_matmul(v, x, transpose=transpose)
+
+    assert torch.autograd.gradcheck(f, (v, x))
+    assert torch.autograd.gradgradcheck(f, (v, x))
+    w = randn(5, 2, seed=3)
+    want = torch.autograd.grad((dense_householder(v).mT if transpose else dense_householder(v)) @ x, v, w)[0]
+    v32 = v.detach().float().requires_grad_()
+    got = torch.autograd.grad(f(v32, x.detach().float()), v32, w.float())[0]
+    assert_close(got.double(), want, torch.float32)
+
+
 LAYERS = {
     "SVDLinear": lambda: cht.SVDLinear(3, 2, dtype=torch.float64),
     "SVDLinear wide": lambda: cht.SVDLinear(2, 3, dtype=torch.float64),

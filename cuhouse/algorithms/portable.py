@@ -107,7 +107,9 @@ def build(y, block_size, xp, algorithm="cwy", trapezoidal=False):
     y = blocks(y, k, xp)
     c = constants(k, y.dtype, _device(y), xp)
     g = y @ y.mT
-    s = xp.where(g == 0, c.half, g * c.mask)  # a zero row (identity factor, padding) gets S_ii = 1/2
+    # a zero row (identity factor, padding) gets S_ii = 1/2; the added term is a constant, so dS/dG is the mask
+    # everywhere (xp.where would cut the derivative of an exactly zero off-diagonal G_ij: orthogonal rows)
+    s = g * c.mask + c.half * xp.astype(g == 0, g.dtype)
     f = Form(y, triangular_inverse(s, c, xp), s, n, None, bool(trapezoidal))
     if algorithm == "dense":
         f = f._replace(dense=_apply_blocks(f, xp.eye(d, dtype=y.dtype, device=_device(y)), False, xp))
