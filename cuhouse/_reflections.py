@@ -224,12 +224,7 @@ class Reflections(_Cached):
                 if segment.transpose:
                     rows = rows[..., ::-1, :]
                 parts.append(rows.astype(self.dtype, copy=False))
-            if len(parts) == 1:
-                self._vectors = read_only(parts[0])
-            else:
-                batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
-                parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
-                self._vectors = read_only(xp.concatenate(parts, axis=-2))
+            self._vectors = read_only(_generic.joined(parts, xp))
         return self._vectors
 
     @property
@@ -407,12 +402,10 @@ class ComplexReflections(_Cached):
             for segment in self.segments:
                 rows, _ = self._rows_of(segment)
                 parts.append(xp.flip(rows, axis=-2) if segment.transpose else rows)
-            if not self.native:
-                self._vectors = _generic.joined(parts, xp)
-                return self._vectors
-            batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
-            parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
-            self._vectors = read_only(parts[0].copy() if len(parts) == 1 else xp.concatenate(parts, axis=-2))
+            joined = _generic.joined(parts, xp)
+            if self.native:  # a read-only array of its own (one segment's rows may be a view of a leaf)
+                joined = read_only(joined.copy() if len(parts) == 1 else joined)
+            self._vectors = joined
         return self._vectors
 
     def paired_rows(self):
@@ -426,12 +419,8 @@ class ComplexReflections(_Cached):
             paired, p, q = _complex.pair_rows(rows, phase, xp)
             pairs.append((p, q))
             parts.append(xp.flip(paired, axis=-2) if segment.transpose else paired)
-        if not self.native:
-            return _generic.joined(parts, xp), pairs
-        batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
-        parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
-        rows = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-2)
-        return xp.ascontiguousarray(rows), pairs
+        rows = _generic.joined(parts, xp)
+        return (xp.ascontiguousarray(rows) if self.native else rows), pairs
 
     @property
     def real(self):
