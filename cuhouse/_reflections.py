@@ -48,6 +48,7 @@ class _Cached:
 
     _CACHES = ()
     _hot = MappingProxyType({})  # no kept dense H for the hot path of cuhouse._reuse (Reflections keeps its own)
+    _replay = MappingProxyType({})  # no kept products to replay (cuhouse._reuse.replay; Reflections keeps its own)
     reuse = False  # HouseholderProduct.prepare_reuse(): products run the form fastest per product (cuhouse._reuse)
 
     def __init__(self, backend, params, segments, check_finite, dtype):
@@ -88,7 +89,7 @@ class Reflections(_Cached):
     It pickles without its caches, and with its backend as a name.
     """
 
-    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms", "_hot")
+    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms", "_hot", "_replay")
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
         super().__init__(backend, params, segments, check_finite, dtype)
@@ -105,6 +106,7 @@ class Reflections(_Cached):
         self._shape = None
         self._forms = {}
         self._hot = {}  # the kept dense H by column count, for the NumPy hot path (cuhouse._reuse)
+        self._replay = {}  # products kept for replay (cuhouse._reuse.replay)
 
     @property
     def native(self):

@@ -26,6 +26,7 @@ import math
 
 import numpy
 
+from . import _reuse
 from ._reflections import Reflections, Segment
 from ._validate import NormSummary
 from .algorithms import _layout, _scaling
@@ -170,6 +171,7 @@ def matmul(h, x, side):
         out = module.apply(form, columns, transpose, numpy)
     else:
         out = module.apply(form, columns, transpose, numpy, mode=chosen.apply)
+    _reuse.remember_product(h, columns, transpose, module, chosen, form, limits)  # the next such product replays it
     if x.ndim == 1:
         return out[:, 0]
     out = out.T if side == "right" else out
