@@ -145,9 +145,8 @@ def apply(f, x, transpose, xp, mode="steps"):
         if mode == "graph" and xp.__name__ != "numpy" and _cached.graphable(f, x, batch):
             return _cached.apply_graph(f, x, transpose, xp)
         return _cached.apply_gemm(f, x, transpose, xp, batch)
-    if xp is numpy and f.layout == FULL and f.active is None and f.t.ndim == 3 and x.ndim == 2 and x.shape[-1]:
-        if x.dtype == f.t.dtype and x.dtype in _gemm.BLAS_DTYPES:
-            return _apply_numpy(f, x, transpose)
+    if xp is numpy and direct(f, x):
+        return _apply_numpy(f, x, transpose)
     out = writable(x, _batch(f, x), xp)
     work = xp.empty_like(out)
     for j in application_order(len(f.blocks), transpose):
@@ -157,6 +156,21 @@ def apply(f, x, transpose, xp, mode="steps"):
         z = _block_rows_times(f, j, out, xp)
         _gemm.subtract_rows_transposed(block, _gemm.matmul(swap(tj, xp) if transpose else tj, z, xp), out, xp, work)
     return out
+
+
+def direct(f, x):
+    """Whether :func:`apply` runs the NumPy form ``f`` on the NumPy ``x`` as direct BLAS calls
+    (:func:`_apply_numpy`): one matrix in the full layout with no identity factors, and a 2-D X of
+    its float32/float64 dtype with at least one column. O(1)."""
+    return (
+        f.layout == FULL
+        and f.active is None
+        and f.t.ndim == 3
+        and x.ndim == 2
+        and x.shape[-1] > 0
+        and x.dtype == f.t.dtype
+        and x.dtype in _gemm.BLAS_DTYPES
+    )
 
 
 def _apply_numpy(f, x, transpose):
