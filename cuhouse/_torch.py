@@ -97,6 +97,9 @@ class Matmul(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         y, x, transpose, k, algorithm, trapezoidal, scale = inputs
         ctx.mark_non_differentiable(*output[1:])
+        # no zero arrays for the outputs without a gradient (T, S, ...); the product, the one differentiable
+        # output, is the only one a gradient reaches, so the backward always gets its dout
+        ctx.set_materialize_grads(False)
         ctx.one_block = _one_block(y, k, algorithm)
         if ctx.one_block:
             out, t, _, w = output
