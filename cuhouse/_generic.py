@@ -112,7 +112,8 @@ def joined(parts, xp):
     if len(parts) == 1:
         return parts[0]
     batch = numpy.broadcast_shapes(*(tuple(p.shape[:-2]) for p in parts))
-    return xp.concat([xp.broadcast_to(p, batch + tuple(p.shape[-2:])) for p in parts], axis=-2)
+    concat = getattr(xp, "concat", None) or xp.concatenate  # NumPy < 2.0 and CuPy name it concatenate
+    return concat([xp.broadcast_to(p, batch + tuple(p.shape[-2:])) for p in parts], axis=-2)
 
 
 def rows(core, dtype):

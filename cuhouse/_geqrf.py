@@ -18,7 +18,7 @@ import numpy
 from . import _complex, _validate
 from ._backend import concat, copy, creation_kwargs, is_native, numpy_dtype, swap
 from ._shapes import geqrf_shape
-from .algorithms import _layout
+from .algorithms import _layout, ormqr
 
 
 def read_geqrf(a, tau, xp, check_finite):
@@ -55,6 +55,8 @@ def read_geqrf(a, tau, xp, check_finite):
     reflectors = xp.swapaxes(a[..., :k], -1, -2)
     if unitary:
         sumsq = 1 + _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp)
+    elif xp is numpy and a.ndim == 2:  # one matrix: the reader of the small path and of Reflections.norms
+        sumsq = ormqr.squared_lengths(a[:, :k], nan_safe=True)
     else:
         sumsq = 1 + _layout.squared_norms(reflectors, _layout.UNIT, xp)
     if check_finite and not bool(xp.isfinite(sumsq).all()):

@@ -70,6 +70,7 @@ import numpy
 
 from . import _complex, _memory, _validate
 from ._backend import (
+    array_api_compat,
     astype,
     contiguous,
     copy,
@@ -137,6 +138,12 @@ class Operator(abc.ABC):
     @abc.abstractmethod
     def backend(self) -> str:
         """The array library's name, e.g. ``"numpy"`` or ``"cupy"``."""
+
+    @property
+    def device(self) -> Any:
+        """The device of the parameters as their library names it (``array_api_compat.device``):
+        ``"cpu"`` for NumPy, a ``cupy.cuda.Device``, a ``torch.device``. Products come back there."""
+        return array_api_compat().device(self.params[0])
 
     @property
     @abc.abstractmethod

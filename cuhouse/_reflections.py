@@ -25,7 +25,7 @@ from ._backend import (
     swap,
 )
 from ._gpu import primitives
-from .algorithms import PLANS, _layout, _normalize, _scaling
+from .algorithms import PLANS, _layout, _normalize, _scaling, ormqr
 
 # Peak memory of the dense plan and of todense() in units of the d x d result: measured
 # 4.06x at d = 2000 (cwy), 2.0x (dense).
@@ -48,6 +48,7 @@ class _Cached:
 
     _CACHES = ()
     _hot = MappingProxyType({})  # no kept dense H for the hot path of cuhouse._reuse (Reflections keeps its own)
+    _replay = MappingProxyType({})  # no kept products to replay (cuhouse._reuse.replay; Reflections keeps its own)
     reuse = False  # HouseholderProduct.prepare_reuse(): products run the form fastest per product (cuhouse._reuse)
 
     def __init__(self, backend, params, segments, check_finite, dtype):
@@ -88,7 +89,7 @@ class Reflections(_Cached):
     It pickles without its caches, and with its backend as a name.
     """
 
-    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms", "_hot")
+    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms", "_hot", "_replay")
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
         super().__init__(backend, params, segments, check_finite, dtype)
@@ -105,6 +106,7 @@ class Reflections(_Cached):
         self._shape = None
         self._forms = {}
         self._hot = {}  # the kept dense H by column count, for the NumPy hot path (cuhouse._reuse)
+        self._replay = {}  # products kept for replay (cuhouse._reuse.replay)
 
     @property
     def native(self):
@@ -224,12 +226,7 @@ class Reflections(_Cached):
                 if segment.transpose:
                     rows = rows[..., ::-1, :]
                 parts.append(rows.astype(self.dtype, copy=False))
-            if len(parts) == 1:
-                self._vectors = read_only(parts[0])
-            else:
-                batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
-                parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
-                self._vectors = read_only(xp.concatenate(parts, axis=-2))
+            self._vectors = read_only(_generic.joined(parts, xp))
         return self._vectors
 
     @property
@@ -238,6 +235,8 @@ class Reflections(_Cached):
         if self._norms is None:
             if not self.native:
                 self._norms = _generic.row_norms(self.vectors, self.xp)
+            elif self.layout == _layout.UNIT and self.xp is numpy and self.rows.ndim == 2:
+                self._norms = numpy.sqrt(ormqr.squared_lengths(self.rows.T, nan_safe=True))  # as from_lapack read them
             elif self.layout == _layout.UNIT:
                 self._norms = self.xp.sqrt(1 + _layout.squared_norms(self.rows, _layout.UNIT, self.xp))
             else:
@@ -407,12 +406,10 @@ class ComplexReflections(_Cached):
             for segment in self.segments:
                 rows, _ = self._rows_of(segment)
                 parts.append(xp.flip(rows, axis=-2) if segment.transpose else rows)
-            if not self.native:
-                self._vectors = _generic.joined(parts, xp)
-                return self._vectors
-            batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
-            parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
-            self._vectors = read_only(parts[0].copy() if len(parts) == 1 else xp.concatenate(parts, axis=-2))
+            joined = _generic.joined(parts, xp)
+            if self.native:  # a read-only array of its own (one segment's rows may be a view of a leaf)
+                joined = read_only(joined.copy() if len(parts) == 1 else joined)
+            self._vectors = joined
         return self._vectors
 
     def paired_rows(self):
@@ -426,12 +423,8 @@ class ComplexReflections(_Cached):
             paired, p, q = _complex.pair_rows(rows, phase, xp)
             pairs.append((p, q))
             parts.append(xp.flip(paired, axis=-2) if segment.transpose else paired)
-        if not self.native:
-            return _generic.joined(parts, xp), pairs
-        batch = numpy.broadcast_shapes(*(p.shape[:-2] for p in parts))
-        parts = [xp.broadcast_to(p, batch + p.shape[-2:]) for p in parts]
-        rows = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=-2)
-        return xp.ascontiguousarray(rows), pairs
+        rows = _generic.joined(parts, xp)
+        return (xp.ascontiguousarray(rows) if self.native else rows), pairs
 
     @property
     def real(self):

@@ -476,15 +476,23 @@ class HouseholderProduct(Operator):
 
     # ------------------------------------------------------------- products
     def __matmul__(self, other):
-        if type(other) is numpy.ndarray:  # declared reuse: the kept dense H (cuhouse._reuse); else the small path
-            out = _reuse.matmul(self, other, True) if self._core.reuse else _small.matmul(self, other, "left")
+        if type(other) is numpy.ndarray:  # a kept form or product (cuhouse._reuse), else the small path
+            out = _reuse.matmul(self, other, True) if self._core.reuse else None
+            if out is None:
+                out = _reuse.replay(self, other, True)
+            if out is None:
+                out = _small.matmul(self, other, "left")
             if out is not None:
                 return out
         return super().__matmul__(other)
 
     def __rmatmul__(self, other):
         if type(other) is numpy.ndarray:
-            out = _reuse.matmul(self, other, False) if self._core.reuse else _small.matmul(self, other, "right")
+            out = _reuse.matmul(self, other, False) if self._core.reuse else None
+            if out is None:
+                out = _reuse.replay(self, other, False)
+            if out is None:
+                out = _small.matmul(self, other, "right")
             if out is not None:
                 return out
         return super().__rmatmul__(other)
@@ -528,8 +536,10 @@ class HouseholderProduct(Operator):
         if not isinstance(reuse, (bool, numpy.bool_)):
             raise TypeError("reuse must be True or False, got {!r} of type {}".format(reuse, type(reuse).__name__))
         self._core.reuse = bool(reuse)
-        if not reuse and not self._unitary:  # a unitary product's realified core never keeps a hot form
-            self._core._hot = {}
+        if not self._unitary:  # plans change: nothing kept is replayed (a unitary product keeps none)
+            self._core._replay = {}
+            if not reuse:
+                self._core._hot = {}
         return self
 
     def _real_core(self):

@@ -195,15 +195,24 @@ def generic_library(name):
     return Library(name, namespace)
 
 
+def is_native(xp):
+    """Whether ``xp`` runs cuhouse's native code (NumPy, CuPy); the generic path's libraries of ``any_xp``
+    (:class:`Library`) say ``native = False``."""
+    return getattr(xp, "native", True) is not False
+
+
 def native_only(xp, what):
     """Skip the test on the generic path, saying which NumPy/CuPy-only feature it exercises."""
-    if getattr(xp, "native", True) is False:
+    if not is_native(xp):
         pytest.skip("{} is NumPy/CuPy only".format(what))
 
 
-def matmul(a, b):
-    """``a @ b``, through :func:`cuhouse.matmul` (array_api_strict's ``@`` refuses a cuhouse matrix)."""
-    return ch.matmul(a, b)
+def algorithm_names(xp):
+    """The algorithms that run on ``xp`` (``auto`` aside): all of them natively, the portable ones on the
+    generic path."""
+    from cuhouse.algorithms import ALGORITHMS, portable
+
+    return sorted(ALGORITHMS) if is_native(xp) else list(portable.ALGORITHMS)
 
 
 # ----------------------------------- backend-neutral inputs and results (every backend of ``any_xp``)
@@ -253,4 +262,4 @@ def needs_algorithm(xp, algorithm):
 def examples(xp, numpy_examples):
     """How many hypothesis examples a property test runs on ``xp``: all of them on NumPy and CuPy, a
     quarter (at least 5) on the generic path, whose Python overhead per call is larger."""
-    return numpy_examples if getattr(xp, "native", True) else max(5, numpy_examples // 4)
+    return numpy_examples if is_native(xp) else max(5, numpy_examples // 4)

@@ -18,6 +18,7 @@ from helpers import (
     backend_name,
     check_matmul_vjp,
     dtype_name,
+    is_native,
     matmul_vjp,
     needs_algorithm,
     rmatmul,
@@ -528,7 +529,7 @@ def test_non_hermitian_matrix_in_eigh_from_dense_is_a_value_error(any_xp):
 
 @pytest.mark.parametrize("dtype", [numpy.float16, numpy.clongdouble])
 def test_unsupported_dtypes_stay_a_type_error(any_xp, dtype):
-    if not getattr(any_xp, "native", True) and (dtype is numpy.clongdouble or backend_name(any_xp) != "torch"):
+    if not is_native(any_xp) and (dtype is numpy.clongdouble or backend_name(any_xp) != "torch"):
         pytest.skip("{} has no {} arrays".format(backend_name(any_xp), numpy.dtype(dtype).name))
     rng = numpy.random.default_rng(29)
     h = ch.HouseholderProduct(any_xp.asarray(crandn(rng, 2, 4)))
@@ -598,7 +599,106 @@ def test_raw_kernels_serve_unitary_products_on_real_rows(xp, algorithm, monkeypa
     assert seen and all(dtype == numpy.float64 for _, dtype in seen)
 
 
+# ------------------------------------------------------------------ generic path (torch, array_api_strict)
+def test_batched_composed_products(generic_xp):
+    rng = numpy.random.default_rng(2)
+    v, w, x = crandn(rng, 2, 3, 6), crandn(rng, 2, 6), crandn(rng, 6, 2)
+    h = ch.HouseholderProduct(generic_xp.asarray(v)) @ ch.HouseholderProduct(generic_xp.asarray(w)).H
+    expected = numpy.stack([reference(b) @ reference(w).conj().T @ x for b in v])
+    assert_close(ch.matmul(h, generic_xp.asarray(x)), expected, numpy.complex128)
+
+
+def test_gradients_match_numpy_vjp(generic_xp):
+    rng = numpy.random.default_rng(6)
+    u, v, x, g = crandn(rng, 4, 4), crandn(rng, 2, 4), crandn(rng, 4, 3), crandn(rng, 4, 3)
+    s = rng.uniform(0.5, 1.5, 4)
+    makers = {
+        "householder": lambda lib: ch.HouseholderProduct(lib(v)),
+        "adjoint": lambda lib: ch.HouseholderProduct(lib(v)).H,
+        "svd": lambda lib: ch.SVDMatrix(lib(u), lib(s), lib(u[::-1].copy())),
+        "eigh": lambda lib: ch.EighMatrix(lib(u), lib(s)),
+    }
+    for name, make in makers.items():
+        _, back = ch.vjp(ch.matmul, make(generic_xp.asarray), generic_xp.asarray(x))
+        _, want_back = ch.vjp(ch.matmul, make(numpy.asarray), x)
+        (got, got_x), (want, want_x) = back(generic_xp.asarray(g)), want_back(g)
+        assert_close(got_x, want_x, numpy.complex128)
+        assert len(got) == len(want), name
+        for a, b in zip(got, want):
+            assert_close(a, b, numpy.complex128)
+        (got,) = ch.vjp(ch.logdet, make(generic_xp.asarray))[1](generic_xp.asarray(1.0, dtype="float64"))
+        (want,) = ch.vjp(ch.logdet, make(numpy.asarray))[1](numpy.ones(()))
+        for a, b in zip(got, want):
+            assert_close(a, b, numpy.complex128)
+
+
 # ------------------------------------------------------------------ cuhouse.torch
+def test_torch_autograd_gradcheck_and_gradgradcheck():
+    torch = pytest.importorskip("torch")
+    rng = numpy.random.default_rng(7)
+
+    def leaf(a):
+        return torch.tensor(a, requires_grad=True)
+
+    v, u, x, s = leaf(crandn(rng, 3, 4)), leaf(crandn(rng, 4, 4)), leaf(crandn(rng, 4, 2)), leaf(rng.uniform(0.5, 1, 4))
+    a0, tau0 = torch.geqrf(torch.tensor(crandn(rng, 4, 3)))
+    below = torch.tril(torch.ones(4, 3, dtype=torch.float64), -1)
+    eigenvalues = 1 - tau0 * (1 + (a0.abs() ** 2 * below).sum(0))
+
+    def lapack(a, x):  # tau implied by a with the eigenvalues held fixed, as cuhouse's gradient does
+        return ch.HouseholderProduct.from_lapack(a, (1 - eigenvalues) / (1 + (a.abs() ** 2 * below).sum(0))) @ x
+
+    cases = {
+        "H @ X": (lambda v, x: ch.HouseholderProduct(v) @ x, (v, x)),
+        "X^T @ H.H": (lambda v, x: x.mT @ ch.HouseholderProduct(v).H, (v, x)),
+        "composed": (lambda v, u, x: (ch.HouseholderProduct(v) @ ch.HouseholderProduct(u).T) @ x, (v, u, x)),
+        "svd": (lambda u, s, v, x: ch.SVDMatrix(u, s, v) @ x, (u, s, v, x)),
+        "svd logdet": (lambda u, s: ch.SVDMatrix(u, s, u).logdet(), (u, s)),
+        "eigh": (lambda u, s, x: ch.EighMatrix(u, s) @ x, (u, s, x)),
+        "from_lapack": (lapack, (a0.clone().requires_grad_(True), x)),
+    }
+    for name, (function, args) in cases.items():
+        assert torch.autograd.gradcheck(function, args, fast_mode=True), name
+        if name in ("H @ X", "from_lapack"):  # the others' double backward runs the same adjoints
+            assert torch.autograd.gradgradcheck(function, args), name
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # torch's vmap of conj
+def test_torch_vmap_of_complex_products():
+    torch = pytest.importorskip("torch")
+    rng = numpy.random.default_rng(8)
+    vb, x = torch.tensor(crandn(rng, 3, 2, 5)), torch.tensor(crandn(rng, 5, 2))
+
+    def apply(v):
+        return ch.HouseholderProduct(v, check_finite=False) @ x
+
+    batched = torch.func.vmap(apply)(vb)
+    assert_close(batched, torch.stack([apply(v) for v in vb]), numpy.complex128)
+
+
+def test_torch_a_reused_product_differentiates_again_and_after_refresh():
+    """The realified rows are cached without a graph: a second backward through the same product works,
+    and after an in-place update and ``refresh`` the product and gradient follow the new vectors."""
+    torch = pytest.importorskip("torch")
+    rng = numpy.random.default_rng(9)
+    v, x = torch.tensor(crandn(rng, 3, 5), requires_grad=True), torch.tensor(crandn(rng, 5, 2))
+    h = ch.HouseholderProduct(v)
+    grads = []
+    for _ in range(2):
+        (h @ x).abs().sum().backward()
+        grads.append(v.grad.clone())
+        v.grad = None
+    assert_close(grads[1], grads[0], numpy.complex128)
+    with torch.no_grad():
+        v.add_(0.25)
+    out = h.refresh() @ x
+    out.abs().sum().backward()
+    assert_close(out.detach(), reference(v.detach().numpy()) @ x.numpy(), numpy.complex128)
+    fresh = v.detach().clone().requires_grad_(True)
+    (ch.HouseholderProduct(fresh) @ x).abs().sum().backward()
+    assert_close(v.grad, fresh.grad, numpy.complex128)
+
+
 def test_torch_householder_matmul_takes_complex_tensors():
     """Complex vectors and/or X in cuhouse.torch: the core's product and gradients (torch's convention is
     cuhouse's), ``transpose=True`` the adjoint, gradcheck and gradgradcheck, vmap."""

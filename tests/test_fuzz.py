@@ -29,10 +29,12 @@ import numpy
 import pytest
 import scipy.linalg
 from helpers import (
+    algorithm_names,
     backend_name,
     dense_reference,
     dtype_name,
     examples,
+    is_native,
     needs_algorithm,
     rmatmul,
     to_numpy,
@@ -41,7 +43,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cuhouse as ch
-from cuhouse.algorithms import portable
 from cuhouse.householder import ALGORITHM_CHOICES
 
 OUTCOMES = collections.Counter()
@@ -112,10 +113,6 @@ def _as_dense(x, complex_=None):
 
 def _adjoint(a):
     return numpy.swapaxes(a, -1, -2).conj()
-
-
-def _native(xp):
-    return getattr(xp, "native", True)
 
 
 def _shares_memory(a, b):
@@ -191,7 +188,7 @@ def _host_matrix(kind, rng, d, n, batch, dtype, algorithm):
 def _layout(rng, x, order, xp=numpy):
     """NumPy ``x`` as an ``xp`` array in a memory order: C, Fortran, a strided slice of a larger array,
     or reversed strides (NumPy and CuPy only: torch has no negative strides)."""
-    if not _native(xp):
+    if not is_native(xp):
         if order == "F" and x.ndim > 1:
             return xp.asarray(numpy.swapaxes(x, -1, -2)).mT
         if order == "strided":
@@ -248,7 +245,7 @@ def _check_error(exc, name):
 @st.composite
 def api_cases(draw, xp=numpy, complex_=True):
     """One call of the API fuzz on ``xp`` (``complex_``: whether it takes complex data)."""
-    native = _native(xp)
+    native = is_native(xp)
     complex_dtypes = [numpy.complex64, numpy.complex128] if complex_ else []
     bad = [b for b in list(BAD)[1:] if native or b != "object X"]
     if not native and backend_name(xp) != "torch":
@@ -264,7 +261,7 @@ def api_cases(draw, xp=numpy, complex_=True):
         x_dtype=draw(st.sampled_from(["float32", "float64", "int64", "bool"] + ["complex64"] * complex_)),
         order=draw(st.sampled_from(["C", "F", "strided"] + ["reversed"] * native)),
         operation=draw(st.sampled_from(["A @ X", "X @ A", "A.T @ X", "vjp", "todense", "logdet", "solve"])),
-        algorithm=draw(st.sampled_from(ALGORITHM_CHOICES if native else ("auto",) + portable.ALGORITHMS)),
+        algorithm=draw(st.sampled_from(["auto", *algorithm_names(xp)])),
         bad=draw(st.sampled_from([None] * len(bad) + bad)),  # about half the calls valid
         seed=draw(st.integers(0, 2**32 - 1)),
     )

@@ -1,23 +1,14 @@
 """Invariants on random well-conditioned inputs (hypothesis)."""
 
 import numpy
-from helpers import assert_allclose, dense_reference, dtype_name, on, to_numpy
+from helpers import algorithm_names, assert_allclose, dense_reference, dtype_name, examples, on, to_numpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cuhouse
-from cuhouse.algorithms import ALGORITHMS, portable
+from cuhouse.algorithms import ALGORITHMS
 
 ALGORITHM_NAMES = ["auto"] + sorted(ALGORITHMS)
-
-
-def _algorithms(xp):
-    return ALGORITHM_NAMES if getattr(xp, "native", True) else ["auto", *portable.ALGORITHMS]
-
-
-def _examples(xp):
-    """60 examples natively; 15 on the generic path (the same algorithms in plain Array API calls)."""
-    return 60 if getattr(xp, "native", True) else 15
 
 
 @st.composite
@@ -30,7 +21,7 @@ def products(draw, xp, dtype=None):
     rng = numpy.random.default_rng(seed)
     v = rng.standard_normal((n, d))
     v[:, 0] += numpy.where(v[:, 0] >= 0, 1.0, -1.0)  # keep every row away from zero
-    algorithm = draw(st.sampled_from(_algorithms(xp)))
+    algorithm = draw(st.sampled_from(["auto", *algorithm_names(xp)]))
     block = draw(st.one_of(st.none(), st.integers(1, 12)))
     m = draw(st.integers(1, 5))
     x = rng.standard_normal((d, m)).astype(dtype)
@@ -47,7 +38,7 @@ def _dtype(h):
 
 
 def test_transpose_undoes_product(any_xp):
-    @settings(max_examples=_examples(any_xp), deadline=None)
+    @settings(max_examples=examples(any_xp, 60), deadline=None)
     @given(products(any_xp))
     def check(hx):
         h, x = hx
@@ -60,7 +51,7 @@ def test_transpose_undoes_product(any_xp):
 
 
 def test_dense_is_orthogonal(any_xp):
-    @settings(max_examples=_examples(any_xp), deadline=None)
+    @settings(max_examples=examples(any_xp, 60), deadline=None)
     @given(products(any_xp))
     def check(hx):
         h, _ = hx
@@ -76,7 +67,7 @@ def test_det_parity(any_xp):
     the float64 sequential-loop reference (exactly the sign, |det| = 1 to float64 rounding) and H's
     own dense form (to H's rounding)."""
 
-    @settings(max_examples=_examples(any_xp), deadline=None)
+    @settings(max_examples=examples(any_xp, 60), deadline=None)
     @given(products(any_xp))
     def check(hx):
         h, _ = hx
@@ -91,7 +82,7 @@ def test_det_parity(any_xp):
 
 
 def test_composition_is_associative(any_xp):
-    @settings(max_examples=_examples(any_xp), deadline=None)
+    @settings(max_examples=examples(any_xp, 60), deadline=None)
     @given(products(any_xp, dtype=numpy.float64), st.integers(0, 2**32 - 1))
     def check(hx, seed):
         h1, x = hx

@@ -222,3 +222,143 @@ def test_without_the_declaration_nothing_is_kept():
         assert not h._core._hot and h._core.reuse is False
     h.algorithm = "auto"
     numpy.testing.assert_array_equal(h @ x, first)
+
+
+# ------------------------------------------------------------ replays of cached products (no declaration)
+def _replayed(make, product):
+    """``(first, later)``: a new operator's first product (the small path, which keeps it) and two
+    more (replays), checking that the second one did replay."""
+    h = make()
+    first = product(h)
+    assert h._core._replay, "the small path kept nothing to replay"
+    return first, [product(h) for _ in range(2)]
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("d, n", [(1, 1), (16, 16), (24, 7), (70, 70), (130, 45)])
+def test_a_replayed_product_has_the_bits_of_the_first(dtype, d, n):
+    rng = numpy.random.default_rng(10 + d + n)
+    v = rng.standard_normal((n, d)).astype(dtype)
+    qr, tau = _lapack(rng, d, n, dtype)
+    if n > 2:
+        tau[1] = 0  # an identity factor (the steps' mask of active rows)
+        qr[2:, 1] = 0
+    makes = (
+        lambda: ch.HouseholderProduct(v),
+        lambda: ch.HouseholderProduct(numpy.triu(v)),
+        lambda: ch.HouseholderProduct.from_lapack(qr, tau),
+        lambda: ch.HouseholderProduct.from_lapack(qr, tau, algorithm="cwy", block_size=4),
+        lambda: ch.HouseholderProduct(numpy.triu(v), algorithm="cwy", block_size=3),
+        lambda: ch.HouseholderProduct(v, algorithm="cwy", block_size=5),
+        lambda: ch.HouseholderProduct(v, algorithm="dense"),
+        lambda: ch.HouseholderProduct(v, algorithm="sequential"),
+    )
+    for m in (1, 3, 40):
+        x = rng.standard_normal((d, m)).astype(dtype)
+        products = (
+            lambda h: h @ x,
+            lambda h: x.T @ h,
+            lambda h: h.T @ numpy.asfortranarray(x),
+            lambda h: numpy.asfortranarray(x.T) @ h.T,
+            lambda h: h @ x[:, 0],
+            lambda h: x[:, 0] @ h.T,
+            lambda h: h @ x[::-1][::-1],  # a negative-stride view
+        )
+        for make in makes:
+            for product in products:
+                first, later = _replayed(make, product)
+                want = product(make())
+                for got in [first] + later:
+                    assert got.dtype == want.dtype and got.flags.c_contiguous and got.shape == want.shape
+                    numpy.testing.assert_array_equal(got, want)
+        reference = dense_reference(v)
+        numpy.testing.assert_allclose(
+            _replayed(makes[0], lambda h: h @ x)[1][1], reference @ x, atol=rtol(dtype, 10 * d)
+        )
+
+
+def test_a_replay_steps_aside_and_the_general_path_decides():
+    rng = numpy.random.default_rng(11)
+    v = rng.standard_normal((12, 12))
+    h = ch.HouseholderProduct(v)
+    x = rng.standard_normal((12, 3))
+    h @ x
+    assert _reuse.replay(h, x, True) is not None
+    assert _reuse.replay(h, x.T, False) is None  # another side: not kept yet
+    assert _reuse.replay(h, rng.standard_normal((12, 4)), True) is None  # another column count
+    bad = x.copy()
+    bad[4, 1] = numpy.nan
+    assert _reuse.replay(h, bad, True) is None
+    with pytest.raises(ValueError, match="X must be finite; found NaN or Inf"):
+        h @ bad
+    with pytest.raises(ValueError, match=r"X has shape \(5, 3\) but the operator is 12x12"):
+        h @ numpy.ones((5, 3))
+    for scale in (1e-300, 1e306):  # columns out of the form's limits: the general path scales them
+        assert _reuse.replay(h, x * scale, True) is None
+        numpy.testing.assert_allclose(h @ (x * scale) / scale, dense_reference(v) @ x, atol=1e-12)
+    assert _reuse.replay(h, x.astype(numpy.float32), True) is None  # promotes on the general path
+    numpy.testing.assert_allclose(h @ x.astype(numpy.float32), dense_reference(v) @ x, atol=1e-5)
+    h.algorithm = "sequential"  # a view pinned otherwise runs its own plan
+    assert _reuse.replay(h, x, True) is None
+    numpy.testing.assert_array_equal(h @ x, ch.HouseholderProduct(v, algorithm="sequential") @ x)
+
+
+def test_a_replay_kept_under_another_calibration_steps_aside():
+    rng = numpy.random.default_rng(12)
+    h = ch.HouseholderProduct(rng.standard_normal((20, 20)))
+    x = rng.standard_normal((20, 2))
+    h @ x
+    assert _reuse.replay(h, x, True) is not None
+    calibration.forget()  # the next plan reads the calibration again: a new one
+    try:
+        assert _reuse.replay(h, x, True) is None
+        numpy.testing.assert_array_equal(h @ x, ch.HouseholderProduct(h.vectors) @ x)
+    finally:
+        calibration.forget()
+
+
+def test_replays_are_dropped_by_refresh_prepare_reuse_and_pickling():
+    rng = numpy.random.default_rng(13)
+    v = rng.standard_normal((10, 10))
+    x = rng.standard_normal((10, 2))
+    h = ch.HouseholderProduct(v)
+    h @ x
+    assert h._core._replay
+    for twin in (pickle.loads(pickle.dumps(h)), copy.deepcopy(h)):
+        assert not twin._core._replay
+        numpy.testing.assert_array_equal(twin @ x, h @ x)
+    v[3] = rng.standard_normal(10)  # an optimizer step, in place
+    assert not h.refresh()._core._replay
+    numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
+    assert h._core._replay
+    h.prepare_reuse()  # the plans change: what was kept is not replayed
+    assert not h._core._replay
+    numpy.testing.assert_array_equal(h @ x, ch.HouseholderProduct(v).prepare_reuse() @ x)
+    h @ x
+    h.prepare_reuse(False)
+    assert not h._core._replay
+    numpy.testing.assert_array_equal(h @ x, ch.HouseholderProduct(v) @ x)
+
+
+def test_replays_give_the_same_bits_in_any_thread():
+    rng = numpy.random.default_rng(14)
+    v = rng.standard_normal((40, 96)).astype(numpy.float32)
+    xs = [rng.standard_normal((96, m)).astype(numpy.float32) for m in (1, 5, 33)]
+    expected = [ch.HouseholderProduct(v) @ x for x in xs]
+    shared = ch.HouseholderProduct(v)
+    results = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def run(t):
+        barrier.wait()
+        results[t] = [[shared @ x for x in xs] for _ in range(3)]
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for rounds in results:
+        for got in rounds:
+            for a, b in zip(got, expected):
+                numpy.testing.assert_array_equal(a, b)

@@ -8,6 +8,7 @@ from scipy.linalg import lapack
 import cuhouse
 from cuhouse import _small, plan
 from cuhouse._operator import Operator
+from cuhouse.algorithms import ormqr
 
 
 def _geqrf(rng, d, dtype):
@@ -125,3 +126,61 @@ def test_ormqr_plan_only_where_lapack_can_run():
         plan.predict("ormqr", 8, 8, 2, 8, layout="full")
     assert plan.choose(16, 16, 1, numpy.float32, layout="unit", lapack=True).algorithm == "ormqr"
     assert plan.choose(16, 16, 1, numpy.float32, layout="unit").algorithm != "ormqr"
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("order", ["F", "C"])
+@pytest.mark.parametrize("shape", [(5, 3), (40, 40), (300, 300), (600, 130), (520, 257), (700, 64), (330, 63)])
+def test_squared_lengths_reads_the_stored_entries_only(dtype, order, shape):
+    """The reader of from_lapack's tau check (whole-array masks up to 256 x 256, panels above, row blocks
+    for a large array in another order) against float64: NaN and Inf on and above the diagonal never
+    reach it with nan_safe, and nan_safe gives the fast reader's bits on a clean array."""
+    rng = numpy.random.default_rng(7)
+    a = numpy.asarray(rng.standard_normal(shape), dtype=dtype, order=order)
+    lower = numpy.tril(a.astype(numpy.float64), -1)
+    expected = 1 + numpy.einsum("ij,ij->j", lower, lower)
+    fast = ormqr.squared_lengths(a)
+    assert fast.dtype == dtype and fast.shape == (shape[1],)
+    numpy.testing.assert_allclose(fast, expected, rtol=rtol(dtype, 10), atol=0)
+    numpy.testing.assert_array_equal(ormqr.squared_lengths(a, nan_safe=True), fast)
+    poisoned = a.copy(order=order)
+    poisoned[numpy.triu_indices(shape[0], 0, shape[1])] = numpy.nan
+    poisoned[0, -1] = numpy.inf
+    numpy.testing.assert_array_equal(ormqr.squared_lengths(poisoned, nan_safe=True), fast)
+
+
+@pytest.mark.parametrize("d", [300, 520])
+def test_from_lapack_above_the_whole_array_masks(d):
+    """Past the whole-array masks (panels): the ormqr plan and cwy agree with LAPACK's Q, NaN above the
+    diagonal stays out (the general reader), a bad tau is refused, and a pickled product keeps its bits."""
+    import pickle
+
+    rng = numpy.random.default_rng(8)
+    qr, tau = _geqrf(rng, d, numpy.float64)
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
+    assert h.plan_for(3).algorithm == "ormqr"
+    x = rng.standard_normal((d, 3))
+    expected = _lapack_dense(qr, tau) @ x
+    numpy.testing.assert_allclose(h @ x, expected, rtol=0, atol=1e-12)
+    pinned = cuhouse.HouseholderProduct.from_lapack(qr, tau, algorithm="cwy")
+    numpy.testing.assert_allclose(pinned @ x, expected, rtol=0, atol=1e-12)
+    numpy.testing.assert_array_equal(pickle.loads(pickle.dumps(h)) @ x, h @ x)
+    poisoned = qr.copy(order="F")
+    poisoned[numpy.triu_indices(d)] = numpy.nan
+    numpy.testing.assert_array_equal(cuhouse.HouseholderProduct.from_lapack(poisoned, tau) @ x, h @ x)
+    bad = tau.copy()
+    bad[d // 2] *= 1.5
+    with pytest.raises(ValueError, match=r"tau must be 0 or 2 / \(v\^T v\) for each reflector v of a"):
+        cuhouse.HouseholderProduct.from_lapack(qr, bad)
+
+
+def test_from_lapack_of_a_tall_array_with_a_short_last_block():
+    """A tall geqrf array whose reflector count is not a multiple of the reader's block of 64 (the batched
+    reader missed the rows between the short last block and the next multiple of 64, and refused it)."""
+    rng = numpy.random.default_rng(9)
+    qr, tau, _, info = lapack.dgeqrf(rng.standard_normal((3000, 130)))
+    x = rng.standard_normal((3000, 2))
+    expected = lapack.dormqr("L", "N", qr, tau, x, 64 * 130)[0]
+    for a, t in ((qr, tau), (numpy.ascontiguousarray(qr), tau), (numpy.stack([qr, qr]), numpy.stack([tau, tau]))):
+        out = cuhouse.HouseholderProduct.from_lapack(a, t) @ x
+        numpy.testing.assert_allclose(out, numpy.broadcast_to(expected, out.shape), rtol=0, atol=1e-12)

@@ -466,20 +466,3 @@ def test_import_without_torch_says_how_to_install():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert 'pip install "cuhouse[torch]"' in out
-
-
-# ----------------------------------------------------------------------- CUDA
-@pytest.mark.cuda_torch  # not `gpu`: the CPU stand-in of CuPy cannot stand in for torch's CUDA
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA build of torch and a device")
-def test_cuda_matches_cpu():
-    pytest.importorskip("cupy")
-    v = randn(2, 8, 16, dtype=torch.float32, requires_grad=True)
-    x = randn(16, 5, dtype=torch.float32, seed=2, requires_grad=True)
-    vc, xc = v.detach().cuda().requires_grad_(), x.detach().cuda().requires_grad_()
-    out, out_c = cht.householder_matmul(v, x), cht.householder_matmul(vc, xc)
-    assert out_c.device == xc.device
-    assert_close(out_c.cpu(), out.detach(), torch.float32)
-    for got, want in zip(grads(out_c, (vc, xc)), grads(out, (v, x))):
-        assert_close(got.cpu(), want, torch.float32, scale=100)
-    with pytest.raises(TypeError, match="X is on cpu but vectors is on cuda"):
-        cht.householder_matmul(vc, x)

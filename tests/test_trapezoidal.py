@@ -4,18 +4,20 @@ products and gradients as the full-length rows, computed on the trailing rows on
 import numpy
 import pytest
 from helpers import (
+    algorithm_names,
     assert_allclose,
     assert_equal,
     check_vjp,
     dense_reference,
     dtype_name,
+    is_native,
     needs_algorithm,
     on,
     rmatmul,
     to_numpy,
 )
 
-from cuhouse.algorithms import ALGORITHMS, _layout, portable
+from cuhouse.algorithms import ALGORITHMS, _layout
 
 LAYOUTS = ("trapezoidal", "unit")
 
@@ -136,7 +138,7 @@ def test_from_lapack_in_place_matches_full_rows(any_xp, algorithm, side, shape, 
     """Tall a, k < N, batched, both memory orders (NumPy's; C order elsewhere); H and H.T on both sides,
     values and gradients."""
     needs_algorithm(any_xp, algorithm)
-    native = getattr(any_xp, "native", True)
+    native = is_native(any_xp)
     rng = numpy.random.default_rng(21)
     a, tau = _geqrf(rng, shape, order=order)
     tau = tau[..., :k]
@@ -202,7 +204,7 @@ def test_nan_above_the_diagonal_of_a_does_not_reach_the_result(any_xp):
     poisoned[numpy.triu_indices(6)] = numpy.nan
     h = cuhouse.HouseholderProduct.from_lapack(*on(any_xp, poisoned, tau[:5]))
     x = on(any_xp, rng.standard_normal((6, 2)))
-    for algorithm in sorted(ALGORITHMS) if getattr(any_xp, "native", True) else portable.ALGORITHMS:
+    for algorithm in algorithm_names(any_xp):
         h.algorithm = reference.algorithm = algorithm
         assert_equal(h @ x, reference @ x)
         (da,), dx = cuhouse.vjp(cuhouse.matmul, h, x)[1](on(any_xp, numpy.ones((6, 2))))
@@ -242,7 +244,7 @@ def test_trapezoidal_vectors_are_detected_and_keep_their_gradient(any_xp, algori
     rows (NumPy/CuPy detect the layout); the gradient still covers every entry of V (a product that is
     differentiated uses full rows)."""
     needs_algorithm(any_xp, algorithm)
-    native = getattr(any_xp, "native", True)
+    native = is_native(any_xp)
     rng = numpy.random.default_rng(26)
     v = numpy.triu(rng.standard_normal((2, 70, 75)))  # more than one 64-row detection block
     h = cuhouse.HouseholderProduct(on(any_xp, v), algorithm=algorithm, block_size=8)

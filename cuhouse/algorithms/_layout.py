@@ -133,12 +133,11 @@ def squared_norms(y, layout, xp, block_size=64):
         per_row = xp.einsum("...bij,...bij->...bi", kept, kept)
         sums.append(per_row.reshape(per_row.shape[:-2] + (per_row.shape[-2] * per_row.shape[-1],)))
     heads = xp.concatenate(sums, axis=-1)
+    # the tail of a block starts after its last row (a short last block: before first + k)
     tails = xp.concatenate(
         [
-            xp.einsum(
-                "...ij,...ij->...i", y[..., first : first + k, first + k :], y[..., first : first + k, first + k :]
-            )
-            for first in range(0, n, k)
+            xp.einsum("...ij,...ij->...i", y[..., first:last, last:], y[..., first:last, last:])
+            for first, last in ((first, min(first + k, n)) for first in range(0, n, k))
         ],
         axis=-1,
     )
