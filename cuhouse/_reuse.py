@@ -71,7 +71,8 @@ Replay = namedtuple("Replay", "calibration d dtype lo hi module form transpose m
 Replay.__doc__ = """A NumPy product kept for :func:`replay`: the :mod:`cuhouse.calibration` its plan was
 chosen under, X's rows ``d`` and ``dtype``, the limits ``[lo, hi]`` of X's column sizes the form takes
 unscaled, the plan's algorithm ``module`` with its built ``form``, the ``transpose`` it applies
-(``H^T``), its apply ``mode``, whether it runs cwy's steps (``steps``), and then their
+(``H^T``), its apply ``mode``, whether it replays cwy's steps (``steps``; not where
+:func:`~cuhouse.algorithms.cwy.direct` says ``cwy.apply`` runs direct BLAS calls: ``apply`` runs those), and then their
 :func:`~cuhouse.algorithms._cached.steps_program` (``None`` until the first replay)."""
 
 
@@ -217,7 +218,7 @@ def remember_product(op, columns, transpose, module, chosen, form, limits):
             form,
             transpose,
             chosen.apply,
-            chosen.algorithm == "cwy" and chosen.apply == "steps",
+            chosen.algorithm == "cwy" and chosen.apply == "steps" and not module.direct(form, columns),
             None,
         )
 

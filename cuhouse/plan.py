@@ -89,6 +89,45 @@ BUILD_OVERHEAD = {False: (0.0, 0.6), True: (100.0, 1.6)}  # (per build, per refl
 STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 
 
+# NumPy, full layout: cwy calls BLAS ?gemm on each block directly (cwy._build_numpy, cwy._apply_numpy:
+# the Gram matrix as a GEMM, X -= V^T U with beta = 1, no element-wise pass). Single-threaded OpenBLAS
+# runs these skinny GEMMs at about one rate whatever the block size k = 8..64 (small-matrix kernels
+# below about 1e6 multiply-adds, packed ones above; measured 60-70 GFLOP/s effective for every k at
+# d = 2048, m = 32), which the shape efficiency e(k) would put 1.6x apart and so favour large blocks,
+# whose Gram matrices cost n k d: the block dimension is costed at e(DIRECT_BLOCK) instead. The calls
+# a block makes beyond those counted (Python, slices, the in-place checks) are DIRECT_OVERHEAD
+# launches (build, step), fitted to cwy timed against predict() at d = 64..2048, m = 1, 32.
+DIRECT_BLOCK = 16
+DIRECT_OVERHEAD = (3.0, 5.0)
+
+
+def _block_gemm(mach, p, q, r, itemsize):
+    """A GEMM of :func:`_gemm`'s cost whose smallest dimension (the block size) is costed at
+    ``DIRECT_BLOCK`` (see there); matrix-vector products keep their own rate."""
+    small, middle, large = sorted((p, q, r))
+    if small <= 1 or mach.gemv_rate is None:
+        return _gemm(mach, p, q, r, itemsize)
+    eff = (DIRECT_BLOCK / (DIRECT_BLOCK + mach.half)) * (middle / (middle + mach.half)) * (large / (large + mach.half))
+    return mach.launch + 2.0 * p * q * r / (mach.peak * (4 / itemsize) * eff)
+
+
+def _direct_build(mach, d, n, k, itemsize):
+    """cwy's build on NumPy in the full layout: per block one Gram ``?gemm``, ``S = G * W``, one ``?trtri``."""
+    nb = -(-n // k)
+    per_block = _block_gemm(mach, k, d, k, itemsize) + mach.launch * (1 + DIRECT_OVERHEAD[0])
+    return nb * per_block + _triangular_inverse(mach, k, nb, itemsize)
+
+
+def _direct_step(mach, d, m, k, itemsize):
+    """One block of cwy's apply on NumPy in the full layout: ``V X``, ``T (V X)``, ``X -= V^T U`` (beta = 1)."""
+    return (
+        _block_gemm(mach, k, d, m, itemsize)
+        + _gemm(mach, k, k, m, itemsize)
+        + _block_gemm(mach, d, k, m, itemsize)
+        + mach.launch * DIRECT_OVERHEAD[1]
+    )
+
+
 def _triangular_inverse(mach, k, count, itemsize):
     """What :func:`cuhouse._gpu.primitives.upper_triangular_inverse` runs for ``count`` k x k triangles:
     one LAPACK ``?trtri`` each where the machine has LAPACK (NumPy); on the GPU the raw kernel on
@@ -137,6 +176,13 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
             build += k * 2 * _gemm(mach, k / 2, d, 1, itemsize, count=nb)
         step = _gemm(mach, k, d, m, itemsize) + _gemm(mach, d, k, m, itemsize) + _pass(mach, 3 * d * m, itemsize)
         return build + nb * step
+    if algorithm in ("cwy", "dense") and layout == "full" and backend == "numpy" and mach.trtri_rate is not None:
+        if algorithm == "cwy":
+            return (0.0 if built else _direct_build(mach, d, n, k, itemsize)) + nb * _direct_step(
+                mach, d, m, k, itemsize
+            )
+        build = 0.0 if built else _direct_build(mach, d, n, k, itemsize) + nb * _direct_step(mach, d, d, k, itemsize)
+        return build + _gemm(mach, d, d, m, itemsize)
     # raw vectors: no normalization pass; one Gram GEMM per block, S = G * W in one pass
     structured = layout != "full"
     cwy_build = (

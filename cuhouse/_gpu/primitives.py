@@ -134,6 +134,21 @@ def _trtri(dtype):
     return lapack.strtri if dtype == numpy.float32 else lapack.dtrtri
 
 
+def upper_triangular_inverse_in_place(s):
+    """:func:`upper_triangular_inverse` of a C-ordered NumPy stack ``s`` ``(nb, k, k)`` of float32/float64
+    whose strictly lower triangles are zero, in place (LAPACK ``?trtri`` on each ``s[j]^T``, a
+    Fortran-ordered lower triangle): the same bits as :func:`upper_triangular_inverse`, no
+    temporaries. Returns ``s``. Cost: O(k^3 / 3) flops and one call per matrix."""
+    trtri = _trtri(s.dtype)
+    for matrix in s:
+        _, info = trtri(matrix.T, lower=1, overwrite_c=1)
+        if info:
+            raise numpy.linalg.LinAlgError(
+                "a T matrix of the compact WY form is singular (?trtri info {})".format(info)
+            )
+    return s
+
+
 def _lapack_upper_triangular_inverse(s):
     """:func:`upper_triangular_inverse` of a NumPy stack by LAPACK ``?trtri``, one call per matrix."""
     trtri = _trtri(s.dtype)

@@ -6,7 +6,13 @@ its first reflector on. Every product keeps the memory order of its operand
 (:func:`matmul`).
 """
 
+import functools
+
+import numpy
+
 from ._steps import column_major
+
+BLAS_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
 
 
 def swap(a, xp):
@@ -76,3 +82,43 @@ def gram(block, xp):
     if block.head is not None:
         g += block.head @ swap(block.head, xp)
     return g
+
+
+# NumPy: BLAS ?gemm called directly (SciPy's wrappers), for what numpy.matmul cannot say: a Gram
+# matrix as a GEMM (matmul runs ``a @ a.T`` as SYRK, measured 1.6x slower at k = 16, d = 1024 on
+# single-threaded OpenBLAS) and a product subtracted in place (beta = 1: no temporary, no pass).
+# The operands are passed as Fortran-ordered views (a row-major matrix's transpose), so the
+# wrappers copy nothing.
+
+
+@functools.lru_cache(maxsize=None)
+def blas_gemm(dtype):
+    """SciPy's ``?gemm`` for a real ``dtype`` of :data:`BLAS_DTYPES`, looked up once."""
+    from scipy.linalg import blas
+
+    return blas.sgemm if dtype == numpy.float32 else blas.dgemm
+
+
+def _fortran(a):
+    """``(array, trans)``: ``a`` as a Fortran-ordered matrix and the BLAS flag that gives ``a`` back
+    (``a`` itself if it is Fortran-ordered, else its transpose with ``trans = 1``)."""
+    return (a, 0) if a.flags.f_contiguous else (a.T, 1)
+
+
+def gram_gemm(rows):
+    """``rows @ rows.T`` ``(k, k)`` for a NumPy matrix ``rows`` ``(k, d)`` as one ``?gemm``. O(k^2 d)."""
+    a, trans = _fortran(rows)
+    return blas_gemm(rows.dtype)(1.0, a, a, trans_a=trans, trans_b=1 - trans)
+
+
+def subtract_gemm(rows, u, out):
+    """``out -= rows.T @ u`` in place, as one ``?gemm`` with beta = 1, for NumPy matrices ``rows``
+    ``(k, d)``, ``u`` ``(k, m)`` and ``out`` ``(d, m)``: in BLAS's own memory when ``out`` is contiguous
+    in either order, else through the copy the wrapper makes, written back. O(k d m)."""
+    if out.flags.f_contiguous:  # out = out - rows^T u, column-major
+        (a, trans_a), (b, trans_b), c = _fortran(rows.T), _fortran(u), out
+    else:  # out^T = out^T - u^T rows, out^T column-major
+        (a, trans_a), (b, trans_b), c = _fortran(u.T), _fortran(rows), out.T
+    result = blas_gemm(out.dtype)(-1.0, a, b, beta=1.0, c=c, trans_a=trans_a, trans_b=trans_b, overwrite_c=1)
+    if not numpy.may_share_memory(result, c):  # the wrapper copied a non-contiguous c
+        c[...] = result

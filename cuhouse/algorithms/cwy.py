@@ -10,6 +10,11 @@ reflector on) and one k x k product. Merging adjacent blocks is the same
 formula with a larger k, so the block size the plan picks is also the merge
 depth.
 
+On NumPy, for one matrix in the full layout and a 2-D X, both run as direct
+BLAS calls (SciPy's ``?gemm``): each Gram matrix as a GEMM (NumPy's matmul
+would pick SYRK, 1.6x slower at these shapes), ``X -= V^T U`` as one GEMM with
+beta = 1 (no temporary, no subtraction pass), T by ``?trtri`` in place.
+
 Cost: build O(n k d) (half for a structured layout) in O(log k) batched
 steps; apply O(n d m + n k m) in 3 n/k GEMMs (half the flops for a structured
 layout); backward about three times apply, all GEMMs.
@@ -41,6 +46,8 @@ def build(y, block_size, xp, layout=FULL, identity=None):
     ``identity`` ``(..., n)`` (optional) marks reflections that are identity
     factors whatever their stored entries (LAPACK's ``tau == 0``).
     """
+    if xp is numpy and layout == FULL and identity is None and y.ndim == 2 and y.dtype in _gemm.BLAS_DTYPES:
+        return _build_numpy(y, block_size)
     blocks = _layout.blocks(y, block_size, layout, xp)
     k = blocks[0].last - blocks[0].first
     batch = y.shape[:-2]
@@ -70,6 +77,29 @@ def build(y, block_size, xp, layout=FULL, identity=None):
     if xp is not numpy or not diagonal.all():  # (NumPy: tested first, no sync to avoid)
         s += (diagonal == 0)[..., None] * half_eye
     return Form(blocks, _primitives.upper_triangular_inverse(s, xp), s, active, layout, y.shape[-2], {})
+
+
+def _build_numpy(y, block_size):
+    """:func:`build` of one NumPy matrix ``y`` ``(n, d)`` in the full layout: each block's Gram matrix
+    as one BLAS ``?gemm`` (:func:`._gemm.gram_gemm`; NumPy's matmul would run SYRK, slower at these
+    shapes), ``S`` written in place, one ``?trtri`` per block. Cost: O(n k d), 3 calls a block."""
+    blocks = _layout.blocks(y, block_size, FULL, numpy)
+    k = blocks[0].last - blocks[0].first
+    weights, half_eye = _numpy_s_weights(k, y.dtype)
+    s = numpy.empty((len(blocks), k, k), dtype=y.dtype)
+    for j, block in enumerate(blocks):
+        g = _gemm.gram_gemm(block.tail)
+        kb = g.shape[0]
+        if kb == k:
+            numpy.multiply(g, weights, out=s[j])
+        else:  # the last block, padded with decoupled rows
+            s[j] = half_eye
+            numpy.multiply(g, weights[:kb, :kb], out=s[j, :kb, :kb])
+    diagonal = s.diagonal(axis1=-2, axis2=-1)
+    if not diagonal.all():  # zero rows: s_ii = 1/2, as in build
+        s += (diagonal == 0)[..., None] * half_eye
+    # S is exactly zero below its diagonal, so ?trtri in place on a copy gives T with no mask
+    return Form(blocks, _primitives.upper_triangular_inverse_in_place(s.copy()), s, None, FULL, y.shape[-2], {})
 
 
 def _s_weights(k, dtype, xp):
@@ -115,6 +145,8 @@ def apply(f, x, transpose, xp, mode="steps"):
         if mode == "graph" and xp.__name__ != "numpy" and _cached.graphable(f, x, batch):
             return _cached.apply_graph(f, x, transpose, xp)
         return _cached.apply_gemm(f, x, transpose, xp, batch)
+    if xp is numpy and direct(f, x):
+        return _apply_numpy(f, x, transpose)
     out = writable(x, _batch(f, x), xp)
     work = xp.empty_like(out)
     for j in application_order(len(f.blocks), transpose):
@@ -123,6 +155,34 @@ def apply(f, x, transpose, xp, mode="steps"):
         tj = f.t[..., j, :kb, :kb]
         z = _block_rows_times(f, j, out, xp)
         _gemm.subtract_rows_transposed(block, _gemm.matmul(swap(tj, xp) if transpose else tj, z, xp), out, xp, work)
+    return out
+
+
+def direct(f, x):
+    """Whether :func:`apply` runs the NumPy form ``f`` on the NumPy ``x`` as direct BLAS calls
+    (:func:`_apply_numpy`): one matrix in the full layout with no identity factors, and a 2-D X of
+    its float32/float64 dtype with at least one column. O(1)."""
+    return (
+        f.layout == FULL
+        and f.active is None
+        and f.t.ndim == 3
+        and x.ndim == 2
+        and x.shape[-1] > 0
+        and x.dtype == f.t.dtype
+        and x.dtype in _gemm.BLAS_DTYPES
+    )
+
+
+def _apply_numpy(f, x, transpose):
+    """:func:`apply` of one NumPy form in the full layout to a 2-D X of its dtype: per block
+    ``U = T (V X)`` (two NumPy GEMMs) and ``X -= V^T U`` as one BLAS ``?gemm`` in place
+    (:func:`._gemm.subtract_gemm`), in X's memory order. Cost: O(n d m), 3 calls a block."""
+    out = x.copy(order="F" if column_major(x) else "C")
+    for j in application_order(len(f.blocks), transpose):
+        rows = f.blocks[j].tail
+        kb = rows.shape[0]
+        tj = f.t[j, :kb, :kb]
+        _gemm.subtract_gemm(rows, (tj.T if transpose else tj) @ (rows @ out), out)
     return out
 
 

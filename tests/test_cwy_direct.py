@@ -1,0 +1,115 @@
+"""cwy's direct BLAS path on NumPy (full layout, one matrix, a 2-D X): the Gram matrices and
+``X -= V^T U`` as ``?gemm`` calls, T by ``?trtri`` in place. Same products as the general steps
+(to rounding), X's memory order kept, and the same bits fresh, cached and across calls."""
+
+import numpy
+import pytest
+from helpers import dense_reference
+
+import cuhouse
+from cuhouse._gpu import primitives
+from cuhouse.algorithms import _gemm, cwy
+
+DTYPES = [numpy.float32, numpy.float64]
+
+
+def _tolerance(dtype):
+    return 200 * numpy.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("m", [1, 5])
+def test_subtract_gemm_updates_in_place_in_either_order(dtype, order, m):
+    rng = numpy.random.default_rng(1)
+    rows = rng.standard_normal((4, 9)).astype(dtype)
+    u = rng.standard_normal((4, m)).astype(dtype)
+    out = numpy.asarray(rng.standard_normal((9, m)).astype(dtype), order=order)
+    expected = out.astype(numpy.float64) - rows.astype(numpy.float64).T @ u.astype(numpy.float64)
+    before = out.__array_interface__["data"][0]
+    _gemm.subtract_gemm(rows, u, out)
+    assert out.__array_interface__["data"][0] == before
+    numpy.testing.assert_allclose(out, expected, rtol=0, atol=_tolerance(dtype) * 10)
+
+
+def test_subtract_gemm_writes_back_into_a_strided_output():
+    rng = numpy.random.default_rng(7)
+    rows, u = rng.standard_normal((3, 6)), rng.standard_normal((3, 2))
+    buffer = rng.standard_normal((12, 2))
+    out = buffer[::2]
+    expected = out - rows.T @ u
+    _gemm.subtract_gemm(rows, u, out)
+    numpy.testing.assert_allclose(buffer[::2], expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gram_gemm_in_either_order(dtype):
+    rng = numpy.random.default_rng(2)
+    rows = rng.standard_normal((5, 11)).astype(dtype)
+    expected = rows.astype(numpy.float64) @ rows.astype(numpy.float64).T
+    for operand in (rows, numpy.asfortranarray(rows)):
+        numpy.testing.assert_allclose(_gemm.gram_gemm(operand), expected, rtol=0, atol=_tolerance(dtype) * 20)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_in_place_inverse_gives_the_stack_inverse_bits(dtype):
+    rng = numpy.random.default_rng(3)
+    s = numpy.triu(rng.standard_normal((3, 6, 6))).astype(dtype) + 4 * numpy.eye(6, dtype=dtype)
+    expected = primitives.upper_triangular_inverse(s, numpy)
+    copy = s.copy()
+    assert primitives.upper_triangular_inverse_in_place(copy) is copy
+    numpy.testing.assert_array_equal(copy, expected)
+
+
+def test_in_place_inverse_refuses_a_singular_matrix():
+    s = numpy.triu(numpy.ones((2, 4, 4)))
+    s[1, 2, 2] = 0
+    with pytest.raises(numpy.linalg.LinAlgError, match=r"singular \(\?trtri info 3\)"):
+        primitives.upper_triangular_inverse_in_place(s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, k", [(12, 4), (13, 4), (7, 16)])
+def test_direct_build_matches_the_general_build(dtype, n, k):
+    """Blocks of k, a padded last block (13 = 3 * 4 + 1), one block smaller than k; a zero row."""
+    rng = numpy.random.default_rng(4)
+    y = rng.standard_normal((n, 16)).astype(dtype)
+    y[2] = 0
+    direct = cwy.build(y, k, numpy)
+    general = cwy.build(y[None], k, numpy)  # a batch of one: the general (batched) build
+    assert direct.t.shape == general.t.shape[1:] and direct.s.shape == general.s.shape[1:]
+    numpy.testing.assert_allclose(direct.s, general.s[0], rtol=_tolerance(dtype), atol=_tolerance(dtype))
+    numpy.testing.assert_allclose(direct.t, general.t[0], rtol=1e3 * _tolerance(dtype), atol=_tolerance(dtype))
+    assert not numpy.tril(direct.t, -1).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("columns", [(16, 1), (16, 3), "row-major X @ H"])
+def test_direct_apply_matches_the_dense_product_and_keeps_the_order(dtype, transpose, columns):
+    rng = numpy.random.default_rng(5)
+    y = rng.standard_normal((11, 16)).astype(dtype)
+    if columns == "row-major X @ H":
+        x = rng.standard_normal((3, 16)).astype(dtype).T  # the column-major view an X @ H operand is
+    else:
+        x = rng.standard_normal(columns).astype(dtype)
+    form = cwy.build(y, 4, numpy)
+    out = cwy.apply(form, x, transpose, numpy)
+    dense = dense_reference(y.astype(numpy.float64))
+    expected = (dense.T if transpose else dense) @ x.astype(numpy.float64)
+    numpy.testing.assert_allclose(out, expected, rtol=0, atol=_tolerance(dtype) * 10)
+    assert out.flags.f_contiguous if x.strides[0] < x.strides[1] else out.flags.c_contiguous
+    assert numpy.shares_memory(out, x) is False
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d, m", [(64, 1), (64, 32), (300, 7)])
+def test_fresh_and_cached_products_give_the_same_bits(dtype, d, m):
+    rng = numpy.random.default_rng(6)
+    v = rng.standard_normal((d, d)).astype(dtype)
+    x = rng.standard_normal((d, m)).astype(dtype)
+    h = cuhouse.HouseholderProduct(v)
+    first = h @ x
+    numpy.testing.assert_array_equal(first, h @ x)
+    numpy.testing.assert_array_equal(first, cuhouse.HouseholderProduct(v) @ x)
+    numpy.testing.assert_array_equal((x.T @ h.T).T, first)
