@@ -1,34 +1,40 @@
 """Q = H[:, :k] for trapezoidal Householder vectors: what :func:`cuhouse.torch.orthogonal` materializes.
 
-``columns(v, k)`` for ``v`` ``(..., n, d)`` whose row i is zero before column i
-(LAPACK's layout), n <= k <= d, is the first k columns of H = H(v_1) ... H(v_n),
+``columns(v, k)`` for ``v`` ``(..., n, d)`` read from row i's column i on
+(LAPACK's layout: the entries before are not used and get a zero gradient),
+n <= k <= d, is the first k columns of H = H(v_1) ... H(v_n),
 differentiable to any order with respect to ``v``. It is one
 ``torch.autograd.Function`` with two level-3 passes in blocks of b reflections
-(P_j = I - V_j^T T_j V_j, T_j from :func:`cuhouse.algorithms.portable.build`):
+(P_j = I - V_j^T T_j V_j with the T of :mod:`cuhouse.algorithms.portable`,
+kept as U_j = V_j^T T_j from one triangular solve; one block up to
+:data:`ONE_BLOCK` reflections, see :func:`block_size`):
 
 - **forward** as LAPACK's ``orgqr``: the blocks are applied to I[:, :k] last
   first, and block j (rows j b ..) touches only the window [j b:, j b:k] of
-  it, the rest being still the identity, in place on one buffer. Cost: sum
+  it, the rest being still the identity, in place on one buffer (the first
+  block applied reads its window, a diagonal, by a scaling). Cost: sum
   over blocks of 4 b (d - j b)(k - j b), (4/3) d^3 for a square Q, against
   2 d^3 for a product that reads all k columns.
 - **backward** from the skew matrix K = (G Q^T - Q G^T) / 2 (G = dL/dQ),
   2 d^2 k flops: the gradient of block j is <K_j, dP_j P_j^T> with the
   congruence K_j = L_j^T K L_j (L_j the product of the blocks before j),
   and only the window [j b:, j b:] of K_j is read. One block's step is
-  W = K_j V_j^T (2 b r^2 for the window size r) and the skew rank-2b update
-  K_{j+1} = K_j - Z V_j + (Z V_j)^T on the next window (2 b r^2); the
-  gradient itself costs O(b^2 r). In all (4/3) d^3 + 2 d^2 k, about 3.3 d^3
-  for a square Q, against about 6 d^3 for the backward of the compact-WY
-  product, which carries Q and G through every block. Saved: ``v``, Q and
-  the T factors.
+  W = K_j U_j (2 b r^2 for the window size r) and the skew rank-2b update
+  K_{j+1} = K_j - Z V_j + (Z V_j)^T on the next window, as two GEMMs of
+  rank b accumulating into K (4 b r^2: twice the flops of one product and
+  a transposed sum, and faster, the strided pass being slow); the gradient
+  itself costs O(b^2 r). In all about 4 d^3 for a square Q, against about
+  6 d^3 for the backward of the compact-WY product, which carries Q and G
+  through every block. Saved: ``v``, its masked copy, Q and U.
 
 Why only K's skew part: P_j is orthogonal for every V_j, so dP_j P_j^T is skew
 and <M, dP_j P_j^T> = <skew(M), dP_j P_j^T> for the full M_j = L_j^T G Q^T L_j.
 
-:func:`cheaper` is the cost rule between this and
-the compact-WY product (``ops._left``, trapezoidal) on I[:, :k]. The backward is
-differentiable torch operations on ``v`` and the saved output (T rebuilt
-from ``v`` under ``create_graph=True``), so double backward,
+In eager mode, outside ``torch.func``, both passes accumulate GEMMs in place
+(``addmm_``, ``baddbmm_``) into their buffers. :func:`cheaper` is the cost rule
+between this and the compact-WY product (``ops._left``, trapezoidal) on I[:, :k].
+The backward under ``create_graph=True`` is differentiable torch operations on
+``v`` and the saved output (U rebuilt from ``v``), so double backward,
 ``torch.func.vmap`` (``generate_vmap_rule``), ``torch.compile`` and
 ``torch.export`` see plain torch operations.
 """
@@ -228,6 +234,6 @@ def columns(v, k, signs=None):
     differentiated; default all 1), for ``v`` ``(..., n, d)`` whose row i is read from column i on
     (LAPACK's layout: the entries before it are not used, and their gradient is zero),
     1 <= n <= k <= d, one float dtype; differentiable to any order in ``v``. Cost: see the
-    module docstring (about 4.7 d^3 flops forward + backward for a square Q, against 8 d^3 through the product)."""
+    module docstring (about 5.3 d^3 flops forward + backward for a square Q, against 8 d^3 through the product)."""
     signs = torch.ones(k, dtype=v.dtype, device=v.device) if signs is None else signs
     return Columns.apply(v, signs, k, block_size(v.shape[-2]))[0]
