@@ -39,8 +39,6 @@ The backward under ``create_graph=True`` is differentiable torch operations on
 ``torch.export`` see plain torch operations.
 """
 
-import functools
-
 import torch
 from torch import nn
 
@@ -66,14 +64,15 @@ def _windows(n, d, k, b):
 def flops(n, d, k):
     """``(this, wy)``: flops of forward + backward of Q = H[:, :k] here and by the compact-WY product
     (``ops._left``, trapezoidal, on I[:, :k]), both in blocks of :func:`block_size` ``(n)``."""
-    return _flops(n, d, k, block_size(n))
-
-
-@functools.lru_cache(maxsize=256)
-def _flops(n, d, k, b):
+    b = block_size(n)
     windows = _windows(n, d, k, b)
-    # here: K (2 d^2 k); per block the forward's 4 b r c, the backward's W (2 b r^2) and update (4 b (r - b)^2)
-    this = 2 * d * d * k + sum(4 * b * r * c + 2 * b * r * r + 4 * b * max(r - b, 0) ** 2 for r, c in windows)
+    # here: K (2 d^2 k); per block the forward's 4 b r c and the backward's W and update (one block:
+    # W = K2 U, 2 b r^2; more: W = A U - A^T U and A's update, 4 b r^2 + 2 b (r - b)^2)
+    one_sided = len(windows) > 1
+    this = 2 * d * d * k
+    this += sum(
+        4 * b * r * c + (4 * b * r * r + 2 * b * (r - b) ** 2 if one_sided else 2 * b * r * r) for r, c in windows
+    )
     # the product: forward 4 b r k per block, the backward's sweep over [Q | G] 8 b r k and its explicit term 4 b r k
     wy = sum(16 * b * r * k for r, _ in windows)
     return this, wy
@@ -158,25 +157,33 @@ def _backward(vb, u, q, g, in_place):
     factor and K2 the window of 2 K_j: W = K2 V^T, C = T^T V W T = U^T K2 U with U = V^T T
     (skew, b x b), and
     dL/dV^T = W T - V^T triu(C, 1); then 2 K_{j+1} = K2 - Y + Y^T on rows and columns b.. with
-    Y = Z V and Z = W T - V^T C / 2, as two GEMMs of rank b accumulating into K2.
+    Y = Z V and Z = W T - V^T C / 2.
     (From <K P, dP> with P = I - V^T T V, dT = -T dS T,
     dS = mask * (dV V^T + V dV^T), simplified by V V^T = S + S^T, so that T V V^T T^T = T + T^T.)
-    Cost per block 6 b r^2 + O(b^2 r). ``in_place``: K2 is updated in its own buffer and W and the
-    gradient are written into the gradient's place (not differentiable: only without
+    With more than one block K2 is kept one-sided, K2 = A - A^T with A = G Q^T: no transposed pass over
+    it; W T = A U - A^T U (two GEMMs, one reading A transposed) and A_{j+1} = A - Y, one GEMM of rank b
+    accumulating into A. Cost per block 4 b r^2 + 2 b (r - b)^2 + O(b^2 r). ``in_place``: A is updated in its own buffer
+    and W and the gradient are written into the gradient's place (not differentiable: only without
     ``create_graph``). The gradient is assembled transposed, ``(..., d, nb b)``, and returned as
     its transpose (a view): the layout of the raw tensor orthogonal() stores.
     """
     b, nb = vb.shape[-2], vb.shape[-3]
-    kk = g @ q.mT
-    kk = kk - kk.mT.contiguous()  # a blocked transposed copy: a strided read is slow at d = 2^p
-    if in_place:  # one block writes all of it
-        out = (kk.new_zeros if nb > 1 else kk.new_empty)(kk.shape[:-1] + (nb * b,))
+    a = g @ q.mT
+    one_sided = nb > 1  # one block: K2 itself (one transposed pass) costs less than a second d x d x b GEMM
+    if not one_sided:
+        a = a - a.mT.contiguous()  # a blocked transposed copy: a strided read is slow at d = 2^p
+    if in_place:  # block j writes rows j b.. of its columns: the rows above are zero
+        out = a.new_empty(a.shape[:-1] + (nb * b,))
     grads = []
     vbs, us = vb.unbind(-3), u.unbind(-3)
     for j in range(nb):
         first = j * b
         v, uj = vbs[j][..., first:], us[j][..., first:, :]
-        w = torch.matmul(kk, uj, out=out[..., first:, first : first + b]) if in_place else kk @ uj
+        if in_place and first:
+            out[..., :first, first : first + b].zero_()
+        w = torch.matmul(a, uj, out=out[..., first:, first : first + b]) if in_place else a @ uj
+        if one_sided:
+            w = _plus_product(w, a.mT, uj, -1, in_place)
         c = uj.mT @ w
         if j + 1 < nb:
             rest = v[..., b:]
@@ -185,7 +192,7 @@ def _backward(vb, u, q, g, in_place):
         if in_place:  # zero above the diagonal: vector i's entries before column i are not read
             w[..., :b, :].tril_()
         if j + 1 < nb:
-            kk = _plus_product(_plus_product(kk[..., b:, b:], z, rest, -1, in_place), rest.mT, z.mT, 1, in_place)
+            a = _plus_product(a[..., b:, b:], z, rest, -1, in_place)
     if in_place:
         return out.mT
     if nb == 1:
