@@ -37,14 +37,13 @@ threads building the same form build it twice and keep one (the same bits).
 
 Every cached product (declared or not) has a second hot path, :func:`replay`:
 a NumPy ``H @ X`` or ``X @ H`` that the small-size path (:mod:`cuhouse._small`)
-ran once for this column count, side and memory order is kept as a
+ran once for this column count and side (and view's pinned plan) is kept as a
 :class:`Replay` (:func:`remember_product`): the plan, the built form and its limits.
 The next such product skips the plan lookup, the form lookup and the Python
 layers between ``@`` and the algorithm: one check of X (the small path's own:
-its column sizes inside the form's limits), then the form's GEMMs; a cwy
-product in the steps mode replays the blocks' operand views worked out once
-(:func:`cuhouse.algorithms._cached.replay_steps`). Same plan, same
-arithmetic, so the same bits as the first product, whatever ran before.
+its column sizes inside the form's limits), then the algorithm's ``apply`` on
+the kept form. Same plan, same function, so the same bits as the first
+product, whatever ran before.
 The plan depends on the calibration too: a replay kept under another
 calibration steps aside. Kept for at most :data:`REPLAYS` keys per
 reflections, dropped by ``refresh()`` and by :meth:`prepare_reuse
@@ -58,22 +57,20 @@ import numpy
 
 from . import _memory, calibration, plan
 from ._reflections import DENSE_WORKSPACE
-from .algorithms import _cached, _scaling
+from .algorithms import _scaling
 
 KEEP_FACTOR = 2  # the dense H may hold up to this many times the reflections' entries ...
 KEEP_MIN = 1 << 16  # ... or this many entries, whichever is larger
 HOT_SIZES = 64  # column counts remembered per reflections for the hot path
-REPLAYS = 64  # products kept per reflections for replay (column count, side, memory order, pinned plan)
+REPLAYS = 64  # products kept per reflections for replay (column count, side, pinned plan)
 _largest = numpy.maximum.reduce  # the ufunc's reduction itself: no Python layer of ndarray.max
 _smallest = numpy.minimum.reduce
 
-Replay = namedtuple("Replay", "calibration d dtype lo hi module form transpose mode steps program")
+Replay = namedtuple("Replay", "calibration d dtype lo hi module form transpose mode")
 Replay.__doc__ = """A NumPy product kept for :func:`replay`: the :mod:`cuhouse.calibration` its plan was
 chosen under, X's rows ``d`` and ``dtype``, the limits ``[lo, hi]`` of X's column sizes the form takes
 unscaled, the plan's algorithm ``module`` with its built ``form``, the ``transpose`` it applies
-(``H^T``), its apply ``mode``, whether it replays cwy's steps (``steps``; not where
-:func:`~cuhouse.algorithms.cwy.direct` says ``cwy.apply`` runs direct BLAS calls: ``apply`` runs those), and then their
-:func:`~cuhouse.algorithms._cached.steps_program` (``None`` until the first replay)."""
+(``H^T``) and its apply ``mode``."""
 
 
 def dense_fits(d, n):
@@ -184,16 +181,13 @@ def matmul(op, x, left):
 
 
 def _columns(x, left):
-    """``(columns, key)`` of a NumPy ``x`` for ``op @ x`` (``x @ op``): the ``(d, m)`` view the
-    algorithms take and its column count, memory order, or ``None`` (not 1-D or 2-D)."""
+    """The ``(d, m)`` view of a NumPy ``x`` that the algorithms take for ``op @ x`` (``x @ op``), or
+    ``None`` (not 1-D or 2-D)."""
     if x.ndim == 2:
-        columns = x if left else x.T
-    elif x.ndim == 1:
-        columns = x[:, None]
-    else:
-        return None
-    strides = columns.strides
-    return columns, strides[0] < strides[1]
+        return x if left else x.T
+    if x.ndim == 1:
+        return x[:, None]
+    return None
 
 
 def remember_product(op, columns, transpose, module, chosen, form, limits):
@@ -205,8 +199,7 @@ def remember_product(op, columns, transpose, module, chosen, form, limits):
     m = columns.shape[1]
     if not m or len(kept) >= REPLAYS:
         return
-    strides = columns.strides
-    key = (m, transpose, strides[0] < strides[1], op.algorithm, op.block_size)
+    key = (m, transpose, op.algorithm, op.block_size)
     if key not in kept:
         kept[key] = Replay(
             calibration.current(op._core.backend),
@@ -218,25 +211,22 @@ def remember_product(op, columns, transpose, module, chosen, form, limits):
             form,
             transpose,
             chosen.apply,
-            chosen.algorithm == "cwy" and chosen.apply == "steps" and not module.direct(form, columns),
-            None,
         )
 
 
 def replay(op, x, left):
     """``op @ x`` (``x @ op`` when not ``left``) for a NumPy ``x`` as the kept :class:`Replay` of this
-    column count, side and memory order runs it, or ``None`` (nothing kept, another dtype or size, a
+    column count and side runs it, or ``None`` (nothing kept, another dtype or size, a
     calibration changed since, or X's column sizes outside the limits: the small path and the general
     path decide, raising or scaling as they would). Cost: the check of the small path (one GEMV over
-    ``|X|``), a copy of X, the form's GEMMs; the result is a new C-contiguous array, as there."""
+    ``|X|``) and the algorithm's ``apply``; the result is a new C-contiguous array, as there."""
     kept = op._core._replay
     if not kept:
         return None
-    found = _columns(x, left)
-    if found is None:
+    columns = _columns(x, left)
+    if columns is None:
         return None
-    columns, column_major = found
-    entry = kept.get((columns.shape[1], left == op._transpose, column_major, op.algorithm, op.block_size))
+    entry = kept.get((columns.shape[1], left == op._transpose, op.algorithm, op.block_size))
     if (
         entry is None
         or columns.shape[0] != entry.d
@@ -247,14 +237,7 @@ def replay(op, x, left):
     sizes = _scaling.column_sizes(columns, numpy)
     if not (_smallest(sizes) >= entry.lo and _largest(sizes) <= entry.hi):  # NaN fails too
         return None
-    if entry.steps:
-        program = entry.program
-        if program is None:  # the first replay works the blocks' views out, once
-            program = _cached.steps_program(entry.form, entry.transpose)
-            key = (columns.shape[1], left == op._transpose, column_major, op.algorithm, op.block_size)
-            kept[key] = entry._replace(program=program)
-        out = _cached.replay_steps(program, columns, numpy)
-    elif entry.mode == "steps":
+    if entry.mode == "steps":
         out = entry.module.apply(entry.form, columns, entry.transpose, numpy)
     else:
         out = entry.module.apply(entry.form, columns, entry.transpose, numpy, mode=entry.mode)

@@ -16,12 +16,6 @@ plan's ``apply`` (:func:`cuhouse.plan.choose`); the steps of
 ``W`` and the dense rows (``n d`` values each, at most).
 
 Every operand is C-contiguous, so CuPy copies none of them before cuBLAS.
-
-A NumPy product whose form is already built can also replay the steps mode
-itself (:func:`steps_program`, :func:`replay_steps`): the same three GEMMs a
-block on the same operand views as :func:`cuhouse.algorithms.cwy.apply`, so
-the same bits, with every view, slice and branch of the sweep worked out
-once instead of on every product (the hot path of :mod:`cuhouse._reuse`).
 """
 
 import threading
@@ -30,12 +24,6 @@ from collections import OrderedDict, namedtuple
 
 from .._gpu import primitives as _primitives
 from ._steps import application_order, empty_in_order, writable
-
-Step = namedtuple("Step", "tail head m start split active")
-Step.__doc__ = """One block of :func:`replay_steps`, in application order: ``tail`` (the stored rows'
-view), ``head`` (the structured layout's k x k corner, or ``None``), ``m`` the block's T (``T^T``
-for ``H^T``), X's rows ``start ..`` it touches (``split``: where its tail's rows begin), and
-``active`` (the identity-factor mask of its rows, or ``None``)."""
 
 WBlock = namedtuple("WBlock", "w v start kb")
 WBlock.__doc__ = """Per block (in product order): ``w`` ``(..., kb, d - start)`` = ``M V`` with identity
@@ -153,70 +141,3 @@ def _capture(blocks, x, k, transpose, xp):
         finally:
             graph = side.end_capture()
     return out, z, graph, threading.Lock()
-
-
-def steps_program(f, transpose):
-    """The :class:`Step` list of the cwy form ``f`` (unbatched, NumPy) for ``H`` (``H^T`` when
-    ``transpose``), in application order: the operand views that
-    :func:`cuhouse.algorithms.cwy.apply` takes on every product. O(n/k)."""
-    program = []
-    for j in application_order(len(f.blocks), transpose):
-        block = f.blocks[j]
-        kb = block.last - block.first
-        tj = f.t[j, :kb, :kb]
-        active = None if f.active is None else f.active[block.first : block.last]
-        split = block.start + (kb if block.head is not None else 0)
-        program.append(
-            Step(block.tail, block.head, tj.swapaxes(-1, -2) if transpose else tj, block.start, split, active)
-        )
-    return tuple(program)
-
-
-def replay_steps(program, x, xp):
-    """``H @ x`` for ``x`` ``(d, m)`` (NumPy, 2-D, m >= 1) by the steps of ``program``
-    (:func:`steps_program`): one copy of X in its memory order, then per block ``Z = V X[start:]``,
-    ``U = M Z`` and ``X[start:] -= V^T U``, each GEMM on the operands (and in the memory order)
-    that :func:`cuhouse.algorithms.cwy.apply` uses, so the result has its bits. For the columns
-    view of a row-major ``X @ H`` operand every product runs on the transposes, as
-    :func:`cuhouse.algorithms._gemm.matmul` runs it. O(n d m)."""
-    out = empty_in_order(x.shape, x.dtype, x, xp)
-    out[...] = x
-    work = xp.empty_like(out)
-    if x.strides[-2] < x.strides[-1]:  # column-major: run on the row-major transposes
-        rows, spare = out.T, work.T
-        for step in program:
-            if step.head is None:
-                z = rows @ step.tail.T
-            else:
-                z = rows[:, step.split :] @ step.tail.T
-                z += rows[:, step.start : step.split] @ step.head.T
-            if step.active is not None:
-                z *= step.active
-            u = z @ step.m.T
-            target = rows[:, step.split :]
-            product = spare[:, : target.shape[-1]]
-            xp.matmul(u, step.tail, out=product)
-            target -= product
-            if step.head is not None:
-                product = spare[:, : step.split - step.start]
-                xp.matmul(u, step.head, out=product)
-                rows[:, step.start : step.split] -= product
-        return out
-    for step in program:
-        if step.head is None:
-            z = step.tail @ out
-        else:
-            z = step.tail @ out[step.split :]
-            z += step.head @ out[step.start : step.split]
-        if step.active is not None:
-            z *= step.active[:, None]
-        u = step.m @ z
-        target = out[step.split :]
-        product = work[: target.shape[0]]
-        xp.matmul(step.tail.T, u, out=product)
-        target -= product
-        if step.head is not None:
-            product = work[: step.split - step.start]
-            xp.matmul(step.head.T, u, out=product)
-            out[step.start : step.split] -= product
-    return out
