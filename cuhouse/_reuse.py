@@ -180,16 +180,6 @@ def matmul(op, x, left):
     return h @ x if left else x @ h
 
 
-def _columns(x, left):
-    """The ``(d, m)`` view of a NumPy ``x`` that the algorithms take for ``op @ x`` (``x @ op``), or
-    ``None`` (not 1-D or 2-D)."""
-    if x.ndim == 2:
-        return x if left else x.T
-    if x.ndim == 1:
-        return x[:, None]
-    return None
-
-
 def remember_product(op, columns, transpose, module, chosen, form, limits):
     """Keep the product ``op`` just ran on the small-size path for :func:`replay`: X's ``columns``
     ``(d, m)`` (m >= 1, inside ``limits``), the ``transpose`` the plan applied (the side's and the
@@ -223,10 +213,14 @@ def replay(op, x, left):
     kept = op._core._replay
     if not kept:
         return None
-    columns = _columns(x, left)
-    if columns is None:
+    if x.ndim == 2:
+        columns = x if left else x.T
+    elif x.ndim == 1:
+        columns = x[:, None]
+    else:
         return None
-    entry = kept.get((columns.shape[1], left == op._transpose, op.algorithm, op.block_size))
+    m = columns.shape[1]
+    entry = kept.get((m, left == op._transpose, op.algorithm, op.block_size))
     if (
         entry is None
         or columns.shape[0] != entry.d
@@ -235,7 +229,11 @@ def replay(op, x, left):
     ):
         return None
     sizes = _scaling.column_sizes(columns, numpy)
-    if not (_smallest(sizes) >= entry.lo and _largest(sizes) <= entry.hi):  # NaN fails too
+    if m == 1:  # one size: a float, no reductions
+        size = sizes.item()
+        if not entry.lo <= size <= entry.hi:  # NaN fails too
+            return None
+    elif not (_smallest(sizes) >= entry.lo and _largest(sizes) <= entry.hi):
         return None
     if entry.mode == "steps":
         out = entry.module.apply(entry.form, columns, entry.transpose, numpy)
