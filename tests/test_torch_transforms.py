@@ -21,11 +21,11 @@ from cuhouse.torch import _columns  # noqa: E402
 def blocks(request, monkeypatch):
     """Run the test with the default block size, then with 2 reflections per block (many blocks), and
     orthogonal()'s weight through :mod:`cuhouse.torch._columns` in blocks of 1 wherever its cost rule
-    then picks it (from 2 reflections on)."""
+    picks it (by default one block up to 128 reflections)."""
     if request.param != "default":
         monkeypatch.setattr(_torch, "BLOCK", 2)
         monkeypatch.setattr(_columns, "BLOCK", 1)
-        monkeypatch.setattr(_columns, "MIN_REFLECTIONS", 2)
+        monkeypatch.setattr(_columns, "ONE_BLOCK", 0)
     return request.param
 
 
