@@ -17,12 +17,13 @@ H[:, :k] in LAPACK's orgqr order):
 
 The Function:
 
-* saves tensors only (the rows, the output, T and S; no closure, no Python
-  object holding tensors), with ``setup_context`` and
+* saves tensors only (one block: the rows, X, T and W = T Y X; more: the
+  rows, the output, T and S; no closure, no Python object holding tensors), with ``setup_context`` and
   ``generate_vmap_rule = True``: it composes with ``torch.func.vmap``,
   ``grad``, ``jacrev``, ``torch.compile(fullgraph=True)`` (whose backward
   graph reuses the forward's T factors: nothing is recomputed) and
   ``torch.export``;
+* has a forward-mode rule (``jvp``) for one block, and refuses it loudly for more;
 * differentiates to any order: the backward is itself differentiable torch
   operations on the saved rows, output and cotangent; under
   ``create_graph=True`` T and S are rebuilt from the rows under autograd
@@ -66,52 +67,104 @@ def on_tape(value, params):
 
 
 class Matmul(torch.autograd.Function):
-    """``(H @ x, T, S)`` (``H^T @ x`` with ``transpose``) for rows ``y`` ``(..., n, d)`` and ``x``
-    ``(..., d, m)`` of one float dtype (batch shapes broadcast); T and S are not differentiable
-    (saved for the backward; the dense algorithm returns its d x d matrix fourth).
+    """``(H @ x, T, S, ...)`` (``H^T @ x`` with ``transpose``) for rows ``y`` ``(..., n, d)`` and ``x``
+    ``(..., d, m)`` of one float dtype (batch shapes broadcast); only the first output is
+    differentiable (the others are saved for the backward).
 
-    ``Matmul.apply(y, x, transpose, k, algorithm, trapezoidal)``: blocks of ``k``
-    rows, ``algorithm`` one of :data:`cuhouse.algorithms.portable.ALGORITHMS`,
-    ``trapezoidal`` as in :func:`cuhouse.algorithms.portable.build`. The backward
-    scales the cotangent to its binade; the rows and X's columns must already be
-    at theirs (:func:`matmul` does it), which keeps the output in range.
+    ``Matmul.apply(y, x, transpose, k, algorithm, trapezoidal, scale)``: blocks of
+    ``k`` rows, ``algorithm`` one of :data:`cuhouse.algorithms.portable.ALGORITHMS`,
+    ``trapezoidal`` as in :func:`cuhouse.algorithms.portable.build`. One block
+    (``"cwy"`` with ``n <= k``) runs :func:`cuhouse.algorithms.portable.one_block`
+    and saves ``y`` and ``x`` (fresh tensors made by :func:`matmul`, never the
+    caller's: an in-place change of those cannot reach the backward) with T and
+    ``W``; more blocks save ``y``, the output, T and S, and the backward rebuilds
+    each block's input from the output (:func:`cuhouse.algorithms.portable.backward`).
+    ``scale``: the backward brings the cotangent to its binade first (the rows
+    and X's columns must already be at theirs, which keeps the output in range).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(y, x, transpose, k, algorithm, trapezoidal):
+    def forward(y, x, transpose, k, algorithm, trapezoidal, scale):
+        if _one_block(y, k, algorithm):
+            return portable.one_block(y, x, transpose, xp)
         f = portable.build(y, k, xp, algorithm, trapezoidal)
         out = portable.apply(f, x, transpose, xp)
         return (out, f.t, f.s) if f.dense is None else (out, f.t, f.s, f.dense)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        y, x, transpose, k, algorithm, trapezoidal = inputs
+        y, x, transpose, k, algorithm, trapezoidal, scale = inputs
         ctx.mark_non_differentiable(*output[1:])
-        ctx.save_for_backward(y, *output)
-        ctx.how = transpose, k, algorithm, trapezoidal
-        ctx.x_shape = x.shape
+        ctx.one_block = _one_block(y, k, algorithm)
+        if ctx.one_block:
+            out, t, _, w = output
+            ctx.save_for_backward(y, x, t, w)
+            ctx.save_for_forward(y, x, t, w)
+        else:
+            ctx.save_for_backward(y, *output)
+        ctx.how = transpose, k, algorithm, trapezoidal, scale
+        ctx.x_shape, ctx.n = x.shape, y.shape[-2]
 
     @staticmethod
     def backward(ctx, dout, *_):
-        y, out, t, s, *dense = ctx.saved_tensors
-        transpose, k, algorithm, trapezoidal = ctx.how
-        # create_graph=True: T and S as differentiable functions of y (a compiled graph reuses the
+        transpose, k, algorithm, trapezoidal, scale = ctx.how
+        # create_graph=True: T (and S, W) as differentiable functions of y and x (a compiled graph reuses the
         # forward's: torch.compile refuses double backward itself)
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            f = portable.build(y, k, xp, algorithm, trapezoidal)
+        rebuild = torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        # dout brought to its binade (one power of two per matrix, a constant: exact to every order), so that no
+        # intermediate overflows where the gradient does not; dy and dx are linear in it
+        factor = _scaling.matrix_factors(dout.detach(), xp) if scale else None
+        if factor is not None:
+            dout = dout * factor
+        if ctx.one_block:
+            y, x, t, w = ctx.saved_tensors
+            if rebuild:
+                t = portable.factors(y, xp)[0]
+                w = (t.mT if transpose else t) @ (y @ x)
+            dy, dx = portable.one_block_backward(y, x, t, w, dout, transpose, xp)
         else:
-            kb = 1 if algorithm == "sequential" else min(k, y.shape[-2])
-            f = portable.Form(portable.blocks(y, kb, xp), t, s, y.shape[-2], dense[0] if dense else None, trapezoidal)
-        # dout brought to its binade (one power of two per matrix, a constant: exact to every order), so
-        # that no intermediate overflows where the gradient does not (out is in range: matmul() scales the
-        # rows and X's columns); dy and dx are linear in it
-        factor = _scaling.matrix_factors(dout.detach(), xp)
-        dy, dx = portable.backward(f, out, (dout * factor).expand_as(out), transpose, xp)
-        dy = (dy / factor).sum_to_size(y.shape) if ctx.needs_input_grad[0] else None
-        dx = (dx / factor).sum_to_size(ctx.x_shape) if ctx.needs_input_grad[1] else None
-        return dy, dx, None, None, None, None
+            y, out, t, s, *dense = ctx.saved_tensors
+            if rebuild:
+                f = portable.build(y, k, xp, algorithm, trapezoidal)
+            else:
+                kb = 1 if algorithm == "sequential" else min(k, y.shape[-2])
+                f = portable.Form(
+                    portable.blocks(y, kb, xp), t, s, y.shape[-2], dense[0] if dense else None, trapezoidal
+                )
+            dy, dx = portable.backward(f, out, dout.expand_as(out), transpose, xp)
+        if factor is not None and rebuild:
+            dy, dx = dy / factor, dx / factor
+        elif factor is not None:  # fresh tensors, and no graph is recorded: in place (no d x d temporary)
+            dy, dx = dy.div_(factor), dx.div_(factor)
+        dy = dy.sum_to_size(ctx.saved_tensors[0].shape) if ctx.needs_input_grad[0] else None
+        dx = dx.sum_to_size(ctx.x_shape) if ctx.needs_input_grad[1] else None
+        return dy, dx, None, None, None, None, None
+
+
+class EagerMatmul(Matmul):
+    """:class:`Matmul` with its forward-mode rule (``jvp``, one block only), for eager calls:
+    Dynamo cannot trace a Function that defines ``jvp``, so :func:`matmul` applies plain
+    :class:`Matmul` under ``torch.compile`` and ``torch.export`` (where forward mode is not
+    traced either)."""
+
+    @staticmethod
+    def jvp(ctx, dy, dx, *_):
+        transpose, k, algorithm, trapezoidal, scale = ctx.how
+        if not ctx.one_block:
+            raise NotImplementedError(
+                "forward-mode differentiation (jvp, jacfwd) of cuhouse's product is implemented for one "
+                "compact-WY block ({} reflections at most here); this product has {}: use reverse mode "
+                "(grad, jacrev)".format(k, ctx.n)
+            )
+        y, x, t, w = ctx.saved_tensors
+        return portable.one_block_tangent(y, x, t, w, dy, dx, transpose, xp), None, None, None
+
+
+def _one_block(y, k, algorithm):
+    """Whether :class:`Matmul` applies the rows ``y`` as one compact-WY block of at most ``k``."""
+    return algorithm == "cwy" and y.shape[-2] <= k
 
 
 def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorithm="cwy"):
@@ -123,29 +176,30 @@ def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorit
     per block; ``trapezoidal=True`` promises that row i is zero before column i
     (LAPACK's layout): the products then skip the rows of x a block cannot
     touch, about half the flops. No validation, no host synchronization.
-    One float32 block (n <= k) is differentiated by autograd's tape of its few
-    operations computed in float64: its backward's intermediates (the k x k
-    gradient of T grows as the gradient times m |y|^2) overflowed in float32
-    near the largest float, and in float64 no product of float32-range values
-    can. Everything else goes through :class:`Matmul` with each row of ``y`` and
-    each column of ``x`` scaled to its binade (exact: huge or tiny rows and
-    columns give what float64 would, rounded); its backward rebuilds each
-    block's input from the output instead of storing it and brings ``dout`` to
-    its binade first.
+    Everything goes through :class:`Matmul`. One float32 block (n <= k) is
+    computed in float64, where no product of float32-range values (nor of the
+    backward's few) overflows or underflows: no scaling (at d = 32 the
+    scalings' dozens of small torch calls cost more than the float64
+    arithmetic). Otherwise each row of ``y`` and each column of ``x`` is scaled
+    to its binade (exact: huge or tiny rows and columns give what float64
+    would, rounded) and the backward brings ``dout`` to its binade first; with
+    many blocks it rebuilds each block's input from the output instead of
+    storing it.
     Cost: O(n d m) forward in 3 n/k GEMMs plus O(n k d) for the T factors;
     backward about three times the forward.
     """
     n, d = y.shape[-2:]
     k = block_size or default_block_size(n, d, x.shape[-1])
-    if algorithm == "cwy" and n <= k and y.dtype == torch.float32 and x.dtype == torch.float32:
-        # one float32 block: autograd's tape of its few operations, in float64, where no product of
-        # float32-range values overflows or underflows (1.16x the float32 tape at d = 32, half the
-        # Function's time there; the float32 tape overflowed near the largest float)
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    function = Matmul if tracing else EagerMatmul
+    if _one_block(y, k, algorithm) and y.dtype == torch.float32 and x.dtype == torch.float32:
+        # one float32 block computed in float64, where no product of float32-range values (nor of the
+        # backward's few) overflows or underflows: no scaling at all
         wide = torch.float64
-        return portable.apply(portable.build(y.to(wide), k, xp), x.to(wide), bool(transpose), xp).to(x.dtype)
+        return function.apply(y.to(wide), x.to(wide), bool(transpose), k, algorithm, False, False)[0].to(x.dtype)
     # each row of y and each column of x to its binade (powers of two, constants: exact to every order), so
     # that no intermediate of the forward (Y^T x grows as |y| |x|) or of the backward leaves the range
     # where the result and the gradient are in it
     rows = y * _scaling.column_factors(y.detach().mT, xp).mT
     factors = _scaling.column_factors(x.detach(), xp)
-    return Matmul.apply(rows, x * factors, bool(transpose), k, algorithm, bool(trapezoidal))[0] / factors
+    return function.apply(rows, x * factors, bool(transpose), k, algorithm, bool(trapezoidal), True)[0] / factors

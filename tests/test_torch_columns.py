@@ -19,9 +19,9 @@ F64 = torch.float64
 
 @pytest.fixture
 def many_blocks(monkeypatch):
-    """Blocks of 2 reflections, and :func:`_columns.cheaper` true from 2 reflections on."""
+    """Blocks of 2 reflections, however few there are."""
     monkeypatch.setattr(_columns, "BLOCK", 2)
-    monkeypatch.setattr(_columns, "MIN_REFLECTIONS", 2)
+    monkeypatch.setattr(_columns, "ONE_BLOCK", 0)
 
 
 def trapezoidal(*shape, seed=0, requires_grad=False):
@@ -88,10 +88,29 @@ def test_columns_vmap_and_vmap_of_grad_against_a_loop(many_blocks):
     assert_close(batched, loop, F64)
 
 
+@pytest.mark.parametrize("batch", [(), (2,), (2, 1)])  # matrices, 3-d stacks (baddbmm), more axes
+@pytest.mark.parametrize("one_block", [True, False])
+def test_columns_ignore_the_entries_before_the_diagonal(monkeypatch, batch, one_block):
+    """Row i is read from column i on: Q as for the trapezoidal rows, and an exact zero gradient before
+    the diagonal, from the eager backward (in place) and from the differentiable one (create_graph)."""
+    monkeypatch.setattr(_columns, "BLOCK", 2)
+    monkeypatch.setattr(_columns, "ONE_BLOCK", 8 if one_block else 0)
+    n, d, k = 5, 7, 6
+    raw = randn(*batch, n, d, seed=4).requires_grad_()
+    v = torch.triu(raw.detach()).requires_grad_()
+    weight = randn(*batch, d, k, seed=5)
+    assert_close(_columns.columns(raw, k), dense_householder(v.detach())[..., :k], F64)
+    (want,) = torch.autograd.grad((_columns.columns(v, k) * weight).sin().sum(), v)
+    for create_graph in (False, True):
+        (got,) = torch.autograd.grad((_columns.columns(raw, k) * weight).sin().sum(), raw, create_graph=create_graph)
+        assert_close(got, want, F64)
+        assert torch.equal(torch.tril(got.detach(), -1), torch.zeros_like(got.detach()))
+
+
 def test_cost_rule():
     """The Function for many reflections of a square or nearly square Q; the compact-WY product otherwise."""
-    assert _columns.cheaper(256, 256, 256) and _columns.cheaper(1024, 1024, 1024)
-    assert not _columns.cheaper(128, 128, 128)  # one block of the compact-WY product: its autograd tape
+    assert all(_columns.cheaper(d, d, d) for d in (1, 2, 32, 128, 129, 256, 1024))
+    assert _columns.block_size(128) == 128 and _columns.block_size(129) == _columns.BLOCK
     assert not _columns.cheaper(200, 4096, 200)  # k << d: carrying Q and G is cheaper than a d x d K
     this, wy = _columns.flops(1024, 1024, 1024)
     assert this < 0.7 * wy
@@ -104,12 +123,13 @@ LINEARS = {"square": (6, 6), "tall": (4, 7), "wide": (7, 5)}
 def test_orthogonal_uses_the_function_and_agrees_with_the_product(monkeypatch, shape):
     """orthogonal() through _columns and through the compact-WY product: same weight, same gradient."""
     monkeypatch.setattr(_columns, "BLOCK", 2)
+    monkeypatch.setattr(_columns, "ONE_BLOCK", 0)
     torch.manual_seed(0)
     linear = cht.orthogonal(torch.nn.Linear(*LINEARS[shape], dtype=F64))
     x = randn(3, LINEARS[shape][0], seed=2)
     results = {}
-    for name, minimum in (("columns", 2), ("product", 10**9)):
-        monkeypatch.setattr(_columns, "MIN_REFLECTIONS", minimum)
+    for name in ("columns", "product"):
+        monkeypatch.setattr(_columns, "cheaper", lambda n, d, k, name=name: name == "columns")
         linear.zero_grad()
         out = linear(x)
         out.sin().sum().backward()

@@ -21,11 +21,11 @@ from cuhouse.torch import _columns  # noqa: E402
 def blocks(request, monkeypatch):
     """Run the test with the default block size, then with 2 reflections per block (many blocks), and
     orthogonal()'s weight through :mod:`cuhouse.torch._columns` in blocks of 1 wherever its cost rule
-    then picks it (from 2 reflections on)."""
+    picks it (by default one block up to 128 reflections)."""
     if request.param != "default":
         monkeypatch.setattr(_torch, "BLOCK", 2)
         monkeypatch.setattr(_columns, "BLOCK", 1)
-        monkeypatch.setattr(_columns, "MIN_REFLECTIONS", 2)
+        monkeypatch.setattr(_columns, "ONE_BLOCK", 0)
     return request.param
 
 
@@ -68,6 +68,28 @@ def test_householder_matmul_gradgradcheck(blocks, v_shape, x_shape, transpose):
 
     assert torch.autograd.gradcheck(f, (v, x))
     assert torch.autograd.gradgradcheck(f, (v, x))
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_exactly_orthogonal_rows_differentiate_to_second_order(blocks, transpose):
+    """Rows with exactly zero Gram entries (axis-aligned vectors): dS/dG is the mask there too. A
+    ``where(G == 0, ...)`` in the T factors' build cut that derivative: the float32 one-block
+    gradient was wrong by 5.6 (of 6.1) and gradgradcheck failed in float64, with no error."""
+    v = torch.zeros(3, 5, dtype=torch.float64)
+    v[0, 0], v[1, 1], v[2, 2] = 1.0, 2.0, 1.5
+    v.requires_grad_()
+    x = randn(5, 2, seed=2, requires_grad=True)
+
+    def f(v, x):
+        return cht.householder_matmul(v, x, transpose=transpose)
+
+    assert torch.autograd.gradcheck(f, (v, x))
+    assert torch.autograd.gradgradcheck(f, (v, x))
+    w = randn(5, 2, seed=3)
+    want = torch.autograd.grad((dense_householder(v).mT if transpose else dense_householder(v)) @ x, v, w)[0]
+    v32 = v.detach().float().requires_grad_()
+    got = torch.autograd.grad(f(v32, x.detach().float()), v32, w.float())[0]
+    assert_close(got.double(), want, torch.float32)
 
 
 LAYERS = {
@@ -226,12 +248,29 @@ def test_vmap_over_an_ensemble_of_layers(blocks):
     assert_close(layers[1].weight, dense_svd_weight(layers[1]), torch.float64)
 
 
-def test_forward_mode_is_refused(blocks):
-    """Forward-mode AD (jvp, jacfwd) is not implemented for the Function (float64 here, one block
-    or many): a loud error."""
-    v, x = randn(4, 5), randn(5, 2, seed=2)
-    with pytest.raises(NotImplementedError, match="jvp"):
-        torch.func.jvp(lambda v: cht.householder_matmul(v, x), (v,), (torch.ones_like(v),))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_forward_mode_of_one_block_and_refused_for_many(blocks, dtype, transpose):
+    """Forward-mode AD (jvp, jacfwd): the Function's rule for one block (4 reflections at the default
+    block size) agrees with central differences in float64 and jacfwd with jacrev; with blocks of 2
+    (many blocks) it is a loud error naming jvp."""
+    v, x = randn(4, 5, dtype=dtype), randn(5, 2, seed=2, dtype=dtype)
+    tv, tx = randn(4, 5, seed=3, dtype=dtype), randn(5, 2, seed=4, dtype=dtype)
+
+    def f(v, x):
+        return cht.householder_matmul(v, x, transpose=transpose)
+
+    if blocks != "default":
+        with pytest.raises(NotImplementedError, match="jvp"):
+            torch.func.jvp(f, (v, x), (tv, tx))
+        return
+    out, tangent = torch.func.jvp(f, (v, x), (tv, tx))
+    assert tangent.dtype == dtype
+    v64, x64, h = v.double(), x.double(), 1e-6
+    want = (f(v64 + h * tv.double(), x64 + h * tx.double()) - f(v64 - h * tv.double(), x64 - h * tx.double())) / (2 * h)
+    assert_close(tangent.double(), want, torch.float32 if dtype == torch.float32 else torch.float64, scale=1e3)
+    assert_close(out, f(v, x), dtype)
+    assert_close(torch.func.jacfwd(lambda v: f(v, x))(v), torch.func.jacrev(lambda v: f(v, x))(v), dtype)
 
 
 # ------------------------------------------------------------ compile, export

@@ -105,26 +105,84 @@ def build(y, block_size, xp, algorithm="cwy", trapezoidal=False):
     n, d = y.shape[-2:]
     k = 1 if algorithm == "sequential" else min(block_size, n)
     y = blocks(y, k, xp)
-    c = constants(k, y.dtype, _device(y), xp)
-    g = y @ y.mT
-    s = xp.where(g == 0, c.half, g * c.mask)  # a zero row (identity factor, padding) gets S_ii = 1/2
-    f = Form(y, triangular_inverse(s, c, xp), s, n, None, bool(trapezoidal))
+    t, s = factors(y, xp)
+    f = Form(y, t, s, n, None, bool(trapezoidal))
     if algorithm == "dense":
         f = f._replace(dense=_apply_blocks(f, xp.eye(d, dtype=y.dtype, device=_device(y)), False, xp))
     return f
 
 
-def _plus_product(c, a, b, xp, alpha=1):
+def factors(y, xp):
+    """``(T, S)`` ``(..., k, k)`` of the blocks ``y`` ``(..., k, d)``: ``S = G * mask`` with ``G = Y Y^T``
+    (a zero row, an identity factor or padding, gets ``S_ii = 1/2``: it acts as nothing) and
+    ``T = S^{-1}``; differentiable. O(k^2 d + k^3)."""
+    c = constants(y.shape[-2], y.dtype, _device(y), xp)
+    g = y @ y.mT
+    # the term for zero rows is a constant, so dS/dG is the mask everywhere (xp.where(G == 0, ...) cut the
+    # derivative at an exactly zero off-diagonal G_ij: orthogonal rows got silently wrong gradients)
+    s = g * c.mask + c.half * xp.astype(g == 0, g.dtype)
+    return triangular_inverse(s, c, xp), s
+
+
+def one_block(y, x, transpose, xp):
+    """``H @ x`` (``H^T @ x``) for the rows ``y`` ``(..., n, d)`` applied as ONE block, unpadded:
+    ``(out, T, S, W)`` with ``W = M (Y x)`` (``M = T``, or ``T^T`` when ``transpose``) ``(..., n, m)``,
+    kept for :func:`one_block_backward`. Batch shapes broadcast. O(n^2 d + n d m)."""
+    t, s = factors(y, xp)
+    w = (t.mT if transpose else t) @ (y @ x)
+    return _plus_product(x, y.mT, w, xp, -1), t, s, w
+
+
+def one_block_backward(y, x, t, w, dout, transpose, xp):
+    """``(dY, dX)`` of :func:`one_block`'s output for its inputs ``y``, ``x``, its ``T`` and ``W``
+    and the cotangent ``dout`` (of the output's shape), from the saved input rather than the
+    sweep's reconstruction: with ``A = Y dout`` and ``P = M^T A``,
+    ``dX = dout - Y^T P``, ``dS = P W^T`` (``W P^T`` when ``transpose``), ``dG = dS * mask`` and
+    ``dY = (dG + dG^T) Y - W dout^T - P x^T``. Differentiable (to any order when ``T`` and ``W``
+    are functions of ``y`` and ``x`` on the tape). dY and dX have the batch shape of ``dout``.
+    Cost: 5 GEMMs of O(n d m) and 1 of O(n^2 d): about twice the forward."""
+    c = constants(y.shape[-2], y.dtype, _device(y), xp)
+    p = (t if transpose else t.mT) @ (y @ dout)
+    dx = _plus_product(dout, y.mT, p, xp, -1)
+    dg = (w @ p.mT if transpose else p @ w.mT) * c.mask
+    dy = _plus_product((dg + dg.mT) @ y, w, dout.mT, xp, -1, scratch=True)
+    return _plus_product(dy, p, x.mT, xp, -1, scratch=True), dx
+
+
+def one_block_tangent(y, x, t, w, dy, dx, transpose, xp):
+    """The tangent of :func:`one_block`'s output for tangents ``dy`` and ``dx`` (either ``None``: zero)
+    of its inputs (forward mode): ``dG = dY Y^T + Y dY^T``, ``dT = -T (dG * mask) T``,
+    ``dW = dM (Y x) + M (dY x + Y dx)`` and ``d out = dx - dY^T W - Y^T dW``. O(n^2 d + n d m)."""
+    m = t.mT if transpose else t
+    parts, tangent = [], None
+    if dy is not None:
+        c = constants(y.shape[-2], y.dtype, _device(y), xp)
+        dt = -(t @ (((dy @ y.mT) + (y @ dy.mT)) * c.mask) @ t)
+        parts += [(dt.mT if transpose else dt) @ (y @ x), m @ (dy @ x)]
+        tangent = -(dy.mT @ w)
+    if dx is not None:
+        parts.append(m @ (y @ dx))
+        tangent = dx if tangent is None else tangent + dx
+    dw = parts[0]
+    for part in parts[1:]:
+        dw = dw + part
+    return tangent - y.mT @ dw
+
+
+def _plus_product(c, a, b, xp, alpha=1, scratch=False):
     """``c + alpha * (a @ b)`` (alpha 1 or -1): on torch one fused GEMM (``addmm``, ``baddbmm``;
     one pass over ``c`` fewer) where ``c``, ``a`` and ``b`` are matrices or stacks of one batch
-    size, else the standard's operators. Differentiable, batched by ``torch.func.vmap``."""
+    size, else the standard's operators. Differentiable, batched by ``torch.func.vmap``.
+    ``scratch``: ``c`` is an intermediate of the caller's own, which torch may then overwrite
+    when no graph is recorded (no new array of c's size)."""
     if is_torch_namespace(xp) and c.ndim == a.ndim == b.ndim and c.ndim in (2, 3):
         import torch
 
+        in_place = scratch and not torch.is_grad_enabled()
         if c.ndim == 2:
-            return torch.addmm(c, a, b, alpha=alpha)
+            return c.addmm_(a, b, alpha=alpha) if in_place else torch.addmm(c, a, b, alpha=alpha)
         if c.shape[0] == a.shape[0] == b.shape[0]:
-            return torch.baddbmm(c, a, b, alpha=alpha)
+            return c.baddbmm_(a, b, alpha=alpha) if in_place else torch.baddbmm(c, a, b, alpha=alpha)
     return c + a @ b if alpha == 1 else c - a @ b
 
 
@@ -198,11 +256,14 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
         yj, rest = f.y[..., j, :, first:], b[..., first:, :]
         z[j] = yj @ rest
         u[j] = mt[..., j, :, :] @ z[j]
-        explicit[j] = xp.concat([-u[j][..., m:], u[j][..., :m]], axis=-1) @ rest.mT
+        # [-U_G, U_A] B^T as two GEMMs over B = [A | G] (no concatenation, no negation)
+        explicit[j] = _plus_product(
+            u[j][..., :m] @ rest[..., m:].mT, u[j][..., m:], rest[..., :m].mT, xp, -1, scratch=True
+        )
         if first:
             pad = xp.zeros(explicit[j].shape[:-1] + (first,), dtype=b.dtype, device=_device(b))
             explicit[j] = xp.concat([pad, explicit[j]], axis=-1)
-        b = _rows_from(b, first, _plus_product(rest, yj.mT, u[j], xp, -1), xp)
+        b = _rows_from(b, first, _plus_product(rest, yj.mT, u[j], xp, -1, scratch=True), xp)
     z, u, explicit = (xp.stack(parts, axis=-3) for parts in (z, u, explicit))
     u_a, u_g = u[..., :m], u[..., m:]
     y_a_in = -((f.s.mT if transpose else f.s) @ u_a)  # V A_in = -M^{-1} U_A
@@ -213,6 +274,6 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     r_upper = (tt_n @ f.t.mT) * c.upper
     r_diag = xp.sum(tt_n * f.t, axis=-1)
     coefficients = r_upper + r_upper.mT + u_g @ u_a.mT + c.eye * r_diag[..., None, :]
-    dy = _plus_product(explicit, coefficients, f.y, xp)
+    dy = _plus_product(explicit, coefficients, f.y, xp, scratch=True)
     dy = xp.reshape(dy, dy.shape[:-3] + (nb * k, dy.shape[-1]))[..., : f.n, :]
     return dy, b[..., m:]

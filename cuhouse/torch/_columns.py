@@ -33,20 +33,23 @@ from ``v`` under ``create_graph=True``), so double backward,
 ``torch.export`` see plain torch operations.
 """
 
-import array_api_compat.torch as xp
+import functools
+
 import torch
 from torch import nn
 
-from ..algorithms import portable
-
 BLOCK = 64
-"""Reflections per block (32 and 128 were no faster at d = 256 and 1024 on one CPU thread)."""
+"""Reflections per block when there are more than :data:`ONE_BLOCK` (32 and 128 were no faster at
+d = 256 and 1024 on one CPU thread)."""
 
-MIN_REFLECTIONS = 129
-""":func:`cheaper` is False below this many reflections: up to 128 (one block of 128 in
-the compact-WY product) that path's training step was faster on one CPU thread (d = 128:
-1.8 ms against 2.3 ms here, measured when one block ran on autograd's own tape; the
-compact-WY product now always goes through :class:`cuhouse._torch.Matmul`: not re-measured)."""
+ONE_BLOCK = 128
+"""Up to this many reflections run as one block: fewer torch calls (the training step of
+``examples/bench_torch.py`` at d = 128 was 1.2 ms in one block against 1.4 ms in two, one CPU thread)."""
+
+
+def block_size(n):
+    """Reflections per block for n reflections: n up to :data:`ONE_BLOCK`, else :data:`BLOCK`."""
+    return n if n <= ONE_BLOCK else BLOCK
 
 
 def _windows(n, d, k, b):
@@ -56,11 +59,15 @@ def _windows(n, d, k, b):
 
 def flops(n, d, k):
     """``(this, wy)``: flops of forward + backward of Q = H[:, :k] here and by the compact-WY product
-    (``ops._left``, trapezoidal, on I[:, :k]), both in blocks of :data:`BLOCK`."""
-    b = BLOCK
+    (``ops._left``, trapezoidal, on I[:, :k]), both in blocks of :func:`block_size` ``(n)``."""
+    return _flops(n, d, k, block_size(n))
+
+
+@functools.lru_cache(maxsize=256)
+def _flops(n, d, k, b):
     windows = _windows(n, d, k, b)
-    # here: K (2 d^2 k); per block the forward's 4 b r c, the backward's W and update (2 b r^2 each)
-    this = 2 * d * d * k + sum(4 * b * r * c + 4 * b * r * r for r, c in windows)
+    # here: K (2 d^2 k); per block the forward's 4 b r c, the backward's W (2 b r^2) and update (4 b (r - b)^2)
+    this = 2 * d * d * k + sum(4 * b * r * c + 2 * b * r * r + 4 * b * max(r - b, 0) ** 2 for r, c in windows)
     # the product: forward 4 b r k per block, the backward's sweep over [Q | G] 8 b r k and its explicit term 4 b r k
     wy = sum(16 * b * r * k for r, _ in windows)
     return this, wy
@@ -68,35 +75,76 @@ def flops(n, d, k):
 
 def cheaper(n, d, k):
     """True when :func:`columns` is the faster way to Q = H[:, :k] (n reflections, rows of length d):
-    at least :data:`MIN_REFLECTIONS` and fewer :func:`flops` than the compact-WY product."""
+    fewer :func:`flops` than the compact-WY product (a square Q at every size; not k << d, where
+    the d x d K costs more than carrying Q and G through the blocks)."""
     this, wy = flops(n, d, k)
-    return n >= MIN_REFLECTIONS and this < wy
+    return this < wy
 
 
-def _factors(v, b):
-    """``(vb, u)``: ``v`` padded with zero rows to whole blocks of ``b`` and split ``(..., nb, b, d)``,
-    and U = V^T T of every block ``(..., nb, d, b)`` (T from :func:`cuhouse.algorithms.portable.build`).
-    O(n b d)."""
-    form = portable.build(v, b, xp)
-    return form.y, form.y.mT @ form.t
+def _blocks(v, b):
+    """``v`` ``(..., n, d)`` padded with zero rows to whole blocks of ``b`` and split ``(..., nb, b, d)``
+    (no copy when none are needed)."""
+    pad = -v.shape[-2] % b
+    return (nn.functional.pad(v, (0, 0, 0, pad)) if pad else v).unflatten(-2, (-1, b))
+
+
+def _factors(vb):
+    """U = V^T T of every block ``(..., nb, d, b)`` for ``vb`` ``(..., nb, b, d)``: T = S^{-1} with
+    S = diag(G) / 2 + striu(G), G = V V^T (a zero row, as padding, gets S_ii = 1/2: it acts as nothing),
+    as :mod:`cuhouse.algorithms.portable` builds it, by one triangular solve U S = V^T.
+    O(nb b^2 d)."""
+    s = torch.triu(vb @ vb.mT)
+    diagonal = s.diagonal(dim1=-2, dim2=-1)
+    diagonal.copy_(torch.where(diagonal == 0, 1, diagonal) / 2)
+    return torch.linalg.solve_triangular(s, vb.mT, upper=True, left=False)
+
+
+def _in_place(t):
+    """True when GEMMs may accumulate into ``t`` in place (``addmm_``, ``baddbmm_``): eager, outside
+    ``torch.func`` (vmap has no batching rule for them and would loop over the batch) and
+    ``torch.compile`` (which fuses the plain operations itself)."""
+    return not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def _plus_product(c, a, b, alpha, in_place):
+    """``c + alpha (a @ b)`` for stacks of one batch shape: one fused GEMM (``addmm``/``baddbmm``, on
+    ``c`` itself when ``in_place``) for matrices and 3-d stacks, else the product and an addition."""
+    if c.ndim == a.ndim == b.ndim == 2:
+        return c.addmm_(a, b, alpha=alpha) if in_place else torch.addmm(c, a, b, alpha=alpha)
+    if c.ndim == a.ndim == b.ndim == 3 and c.shape[0] == a.shape[0] == b.shape[0]:
+        return c.baddbmm_(a, b, alpha=alpha) if in_place else torch.baddbmm(c, a, b, alpha=alpha)
+    return c.add_(a @ b, alpha=alpha) if in_place else torch.add(c, a @ b, alpha=alpha)
 
 
 def _forward(vb, u, d, k, signs):
     """Q diag(signs) = H I[:, :k] diag(signs) in orgqr's order, in place on one ``(..., d, k)`` buffer
     (the Function's forward is not recorded): block j (last first) maps the window [j b:, j b:k], the
-    rest of P_{j+1} ... I[:, :k] diag(signs) being still that diagonal. Per block the window is read by
-    one GEMM and updated by another."""
-    b = vb.shape[-2]
-    # diag(signs), batched as vb is (under torch.func.vmap too), in fresh memory that may be written
-    q = torch.zeros_like(vb[..., 0, :1, :1]) + torch.eye(d, k, dtype=vb.dtype, device=vb.device) * signs[..., None, :]
-    for j in range(vb.shape[-3] - 1, -1, -1):
+    rest of P_{j+1} ... I[:, :k] diag(signs) being still that diagonal. Per block the window is read
+    by one GEMM (by a scaling for the first block applied, whose window is the diagonal) and updated
+    by another, accumulating into it."""
+    b, nb = vb.shape[-2], vb.shape[-3]
+    in_place = _in_place(vb)
+    if in_place:
+        q = vb.new_zeros(vb.shape[:-3] + (d, k))
+        q.diagonal(dim1=-2, dim2=-1).copy_(signs)
+    else:  # batched as vb is under torch.func.vmap, in fresh memory that may be written
+        q = (
+            torch.zeros_like(vb[..., 0, :1, :1])
+            + torch.eye(d, k, dtype=vb.dtype, device=vb.device) * signs[..., None, :]
+        )
+    vbs, us = vb.unbind(-3), u.unbind(-3)
+    for j in range(nb - 1, -1, -1):
         first = j * b
-        v, window = vb[..., j, :, first:], q[..., first:, first:]
-        window.sub_(u[..., j, first:, :] @ (v @ window))
+        v, uj, window = vbs[j][..., first:], us[j][..., first:, :], q[..., first:, first:]
+        x = v[..., : k - first] * signs[..., None, first:] if j == nb - 1 else v @ window
+        if in_place:
+            _plus_product(window, uj, x, -1, True)
+        else:  # torch.func has no batching rule for addmm_/baddbmm_
+            window.sub_(uj @ x)
     return q
 
 
-def _backward(vb, u, q, g):
+def _backward(vb, u, q, g, in_place):
     """dL/dv ``(..., nb b, d)`` for Q = H I[:, :k] diag(signs) and G = dL/dQ (see the module docstring;
     the signs drop out of K, G diag(s) (Q diag(s))^T = G Q^T for s = +-1).
 
@@ -104,64 +152,82 @@ def _backward(vb, u, q, g):
     factor and K2 the window of 2 K_j: W = K2 V^T, C = T^T V W T = U^T K2 U with U = V^T T
     (skew, b x b), and
     dL/dV^T = W T - V^T triu(C, 1); then 2 K_{j+1} = K2 - Y + Y^T on rows and columns b.. with
-    Y = Z V and Z = W T - V^T C / 2. (From <K P, dP> with P = I - V^T T V, dT = -T dS T,
+    Y = Z V and Z = W T - V^T C / 2, as two GEMMs of rank b accumulating into K2.
+    (From <K P, dP> with P = I - V^T T V, dT = -T dS T,
     dS = mask * (dV V^T + V dV^T), simplified by V V^T = S + S^T, so that T V V^T T^T = T + T^T.)
-    Cost per block 4 b r^2 + O(b^2 r). The gradient is assembled transposed, ``(..., d, nb b)``,
-    and returned as its transpose (a view): the layout of the raw tensor orthogonal() stores.
+    Cost per block 6 b r^2 + O(b^2 r). ``in_place``: K2 is updated in its own buffer and W and the
+    gradient are written into the gradient's place (not differentiable: only without
+    ``create_graph``). The gradient is assembled transposed, ``(..., d, nb b)``, and returned as
+    its transpose (a view): the layout of the raw tensor orthogonal() stores.
     """
-    b = vb.shape[-2]
+    b, nb = vb.shape[-2], vb.shape[-3]
     kk = g @ q.mT
     kk = kk - kk.mT.contiguous()  # a blocked transposed copy: a strided read is slow at d = 2^p
+    if in_place:  # one block writes all of it
+        out = (kk.new_zeros if nb > 1 else kk.new_empty)(kk.shape[:-1] + (nb * b,))
     grads = []
-    for j in range(vb.shape[-3]):
+    vbs, us = vb.unbind(-3), u.unbind(-3)
+    for j in range(nb):
         first = j * b
-        v, uj = vb[..., j, :, first:], u[..., j, first:, :]
-        wt = kk @ uj
-        c = uj.mT @ wt
-        p = v.mT @ torch.cat([torch.triu(c, 1), c / 2], dim=-1)
-        grads.append(nn.functional.pad(wt - p[..., :b], (0, 0, first, 0)))
-        if j + 1 < vb.shape[-3]:
-            y = (wt[..., b:, :] - p[..., b:, b:]) @ v[..., :, b:]
-            kk = kk[..., b:, b:] - y + y.mT.contiguous()
-    return torch.cat(grads, dim=-1).mT
+        v, uj = vbs[j][..., first:], us[j][..., first:, :]
+        w = torch.matmul(kk, uj, out=out[..., first:, first : first + b]) if in_place else kk @ uj
+        c = uj.mT @ w
+        if j + 1 < nb:
+            rest = v[..., b:]
+            z = _plus_product(w[..., b:, :], rest.mT, c, -0.5, False)
+        grads.append(_plus_product(w, v.mT, torch.triu(c, 1), -1, in_place))
+        if in_place:  # zero above the diagonal: vector i's entries before column i are not read
+            w[..., :b, :].tril_()
+        if j + 1 < nb:
+            kk = _plus_product(_plus_product(kk[..., b:, b:], z, rest, -1, in_place), rest.mT, z.mT, 1, in_place)
+    if in_place:
+        return out.mT
+    if nb == 1:
+        return torch.triu(grads[0].mT)
+    pads = [nn.functional.pad(grad, (0, 0, j * b, 0)) for j, grad in enumerate(grads)]
+    return torch.triu(torch.cat(pads, dim=-1).mT)
 
 
 class Columns(torch.autograd.Function):
-    """Q = H[:, :k] diag(signs) for trapezoidal ``v`` ``(..., n, d)``, n <= k <= d, in blocks of ``b``."""
+    """Q = H[:, :k] diag(signs) for ``v`` ``(..., n, d)`` read from each row's diagonal on, n <= k <= d,
+    in blocks of ``b``."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(v, signs, k, b):
-        vb, u = _factors(v, b)
-        return _forward(vb, u, v.shape[-1], k, signs), u
+        trapezoidal = torch.triu(v)
+        vb = _blocks(trapezoidal, b)
+        u = _factors(vb)
+        return _forward(vb, u, v.shape[-1], k, signs), u, trapezoidal
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         v, _, k, b = inputs
-        q, u = output
-        ctx.mark_non_differentiable(u)
-        ctx.save_for_backward(v, q, u)
+        q, u, trapezoidal = output
+        ctx.mark_non_differentiable(u, trapezoidal)
+        ctx.save_for_backward(v, q, u, trapezoidal)
         ctx.b = b
 
     @staticmethod
-    def backward(ctx, dq, _du):
-        v, q, u = ctx.saved_tensors
-        # create_graph=True: U as a differentiable function of v (a compiled graph reuses the
-        # forward's: torch.compile refuses double backward itself)
+    def backward(ctx, dq, _du, _dtrapezoidal):
+        v, q, u, trapezoidal = ctx.saved_tensors
+        # create_graph=True: the masked rows and U as differentiable functions of v (a compiled graph
+        # reuses the forward's: torch.compile refuses double backward itself)
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            vb, u = _factors(v, ctx.b)
-        else:  # v padded with zero rows to whole blocks, as build does (no copy when none are needed)
-            pad = -v.shape[-2] % ctx.b
-            vb = (nn.functional.pad(v, (0, 0, 0, pad)) if pad else v).unflatten(-2, (-1, ctx.b))
-        dv = _backward(vb, u, q, dq)
+            vb = _blocks(torch.triu(v), ctx.b)
+            u = _factors(vb)
+        else:
+            vb = _blocks(trapezoidal, ctx.b)
+        dv = _backward(vb, u, q, dq, not torch.is_grad_enabled() and _in_place(q))
         return dv[..., : v.shape[-2], :], None, None, None
 
 
 def columns(v, k, signs=None):
     """The first k columns of H(v_1) ... H(v_n) ``(..., d, k)``, times ``signs`` ``(..., k)`` (+-1, not
-    differentiated; default all 1), for ``v`` ``(..., n, d)`` whose row i is zero before column i,
+    differentiated; default all 1), for ``v`` ``(..., n, d)`` whose row i is read from column i on
+    (LAPACK's layout: the entries before it are not used, and their gradient is zero),
     1 <= n <= k <= d, one float dtype; differentiable to any order in ``v``. Cost: see the
     module docstring (about 4.7 d^3 flops forward + backward for a square Q, against 8 d^3 through the product)."""
     signs = torch.ones(k, dtype=v.dtype, device=v.device) if signs is None else signs
-    return Columns.apply(v, signs, k, min(BLOCK, v.shape[-2]))[0]
+    return Columns.apply(v, signs, k, block_size(v.shape[-2]))[0]

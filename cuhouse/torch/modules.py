@@ -334,22 +334,23 @@ class _HouseholderWeight(nn.Module):
         self.register_buffer("signs", torch.ones(self.matrix_shape[:-2] + (k,), dtype=dtype, device=device))
 
     def _vectors(self, original):
-        """The vectors ``(..., n, d)`` stored in ``original``."""
+        """The vectors ``(..., n, d)`` stored in ``original`` (row i is read from column i on)."""
         if self.n_reflections != self.signs.shape[-1]:
             return original
         matrices = original.reshape(self.matrix_shape)
         return matrices.mT if self.tall else matrices
 
     def forward(self, original):
-        # row i of the vectors is zero before column i (LAPACK's layout, what right_inverse makes):
-        # the entries there are not used, and each block of reflections skips the rows it cannot touch
-        vectors = torch.triu(self._vectors(original))
+        # row i of the vectors is read from column i on (LAPACK's layout, what right_inverse makes): the
+        # entries before it are not used, and each block of reflections skips the rows it cannot touch
+        vectors = self._vectors(original)
         d, k = vectors.shape[-1], self.signs.shape[-1]
         if vectors.shape[-2] > k:  # reflection i >= k leaves I[:, :k] as it is (zero before column i)
             vectors = vectors[..., :k, :]
         if not vectors.is_complex() and _columns.cheaper(vectors.shape[-2], d, k):
-            q = _columns.columns(vectors, k, self.signs)
+            q = _columns.columns(vectors, k, self.signs)  # reads each row from its diagonal on
         else:
+            vectors = torch.triu(vectors)
             q = _left(vectors, torch.eye(d, k, dtype=vectors.dtype, device=vectors.device), False, trapezoidal=True)
             q = q * self.signs[..., None, :]
         return (q if self.tall else q.mT).reshape(self.shape)
