@@ -33,6 +33,7 @@ from .algorithms import _layout, _scaling
 from .algorithms.ormqr import squared_lengths
 
 _FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
+_smallest, _largest = numpy.minimum.reduce, numpy.maximum.reduce  # the ufuncs' reductions: no ndarray method layer
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,7 +60,7 @@ def vectors_reflections(vectors, check_finite):
         return None
     sumsq = numpy.einsum("ij,ij->i", vectors, vectors)
     lo, hi = _safe_range(vectors.dtype)
-    smallest, largest = sumsq.min(), sumsq.max()
+    smallest, largest = _smallest(sumsq), _largest(sumsq)
     if not (smallest >= lo and largest <= hi):  # NaN fails both comparisons
         return None
     core = Reflections("numpy", (vectors,), (Segment(0, False, None, None),), bool(check_finite), vectors.dtype)
@@ -165,7 +166,7 @@ def matmul(h, x, side):
     module, chosen, (form, _, limits), transpose = h._run(columns, transpose, False)
     if columns.shape[1]:
         sizes = _scaling.column_sizes(columns, numpy)
-        if not (sizes.min() >= limits.lo and sizes.max() <= limits.hi):
+        if not (_smallest(sizes) >= limits.lo and _largest(sizes) <= limits.hi):
             return None
     if chosen.apply == "steps":
         out = module.apply(form, columns, transpose, numpy)

@@ -113,3 +113,10 @@ def test_fresh_and_cached_products_give_the_same_bits(dtype, d, m):
     numpy.testing.assert_array_equal(first, h @ x)
     numpy.testing.assert_array_equal(first, cuhouse.HouseholderProduct(v) @ x)
     numpy.testing.assert_array_equal((x.T @ h.T).T, first)
+
+
+def test_gram_gemm_refuses_an_output_it_cannot_write_in_place():
+    rows = numpy.ones((3, 5), dtype=numpy.float32)
+    for out in (numpy.empty((3, 3), dtype=numpy.float32, order="F"), numpy.empty((3, 3), dtype=numpy.float64)):
+        with pytest.raises(ValueError, match="gram_gemm needs a C-contiguous out of the rows' dtype"):
+            _gemm.gram_gemm(rows, out=out)

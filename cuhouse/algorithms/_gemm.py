@@ -105,10 +105,18 @@ def _fortran(a):
     return (a, 0) if a.flags.f_contiguous else (a.T, 1)
 
 
-def gram_gemm(rows):
-    """``rows @ rows.T`` ``(k, k)`` for a NumPy matrix ``rows`` ``(k, d)`` as one ``?gemm``. O(k^2 d)."""
+def gram_gemm(rows, out=None):
+    """``rows @ rows.T`` ``(k, k)`` for a NumPy matrix ``rows`` ``(k, d)`` as one ``?gemm``, into the
+    C-ordered ``out`` if given (BLAS writes through its transpose, a Fortran-ordered view: entry
+    ``(i, j)`` is computed as ``(j, i)``, the same number up to rounding). O(k^2 d)."""
     a, trans = _fortran(rows)
-    return blas_gemm(rows.dtype)(1.0, a, a, trans_a=trans, trans_b=1 - trans)
+    gemm = blas_gemm(rows.dtype)
+    if out is None:
+        return gemm(1.0, a, a, trans_a=trans, trans_b=1 - trans)
+    c = out.T
+    if gemm(1.0, a, a, beta=0.0, c=c, trans_a=trans, trans_b=1 - trans, overwrite_c=1) is not c:
+        raise ValueError("gram_gemm needs a C-contiguous out of the rows' dtype")
+    return out
 
 
 def subtract_gemm(rows, u, out):
@@ -120,5 +128,5 @@ def subtract_gemm(rows, u, out):
     else:  # out^T = out^T - u^T rows, out^T column-major
         (a, trans_a), (b, trans_b), c = _fortran(u.T), _fortran(rows), out.T
     result = blas_gemm(out.dtype)(-1.0, a, b, beta=1.0, c=c, trans_a=trans_a, trans_b=trans_b, overwrite_c=1)
-    if not numpy.may_share_memory(result, c):  # the wrapper copied a non-contiguous c
+    if result is not c:  # the wrapper copied a non-contiguous c
         c[...] = result

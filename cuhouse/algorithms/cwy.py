@@ -81,25 +81,34 @@ def build(y, block_size, xp, layout=FULL, identity=None):
 
 def _build_numpy(y, block_size):
     """:func:`build` of one NumPy matrix ``y`` ``(n, d)`` in the full layout: each block's Gram matrix
-    as one BLAS ``?gemm`` (:func:`._gemm.gram_gemm`; NumPy's matmul would run SYRK, slower at these
-    shapes), ``S`` written in place, one ``?trtri`` per block. Cost: O(n k d), 3 calls a block."""
+    as one BLAS ``?gemm`` written into ``S`` (:func:`._gemm.gram_gemm`; NumPy's matmul would run
+    SYRK, slower at these shapes), ``S = G * W`` in one pass over all blocks, one ``?trtri`` per
+    block in place. Cost: O(n k d), 2 calls a block."""
     blocks = _layout.blocks(y, block_size, FULL, numpy)
     k = blocks[0].last - blocks[0].first
     weights, half_eye = _numpy_s_weights(k, y.dtype)
     s = numpy.empty((len(blocks), k, k), dtype=y.dtype)
     for j, block in enumerate(blocks):
-        g = _gemm.gram_gemm(block.tail)
-        kb = g.shape[0]
+        rows = block.tail
+        kb = rows.shape[0]
         if kb == k:
-            numpy.multiply(g, weights, out=s[j])
-        else:  # the last block, padded with decoupled rows
-            s[j] = half_eye
-            numpy.multiply(g, weights[:kb, :kb], out=s[j, :kb, :kb])
+            _gemm.gram_gemm(rows, out=s[j])
+        else:  # the last block, padded with decoupled rows (a 1 on the diagonal: W halves it)
+            s[j] = _numpy_eye(k, y.dtype)
+            s[j, :kb, :kb] = _gemm.gram_gemm(rows)
+    numpy.multiply(s, weights, out=s)
     diagonal = s.diagonal(axis1=-2, axis2=-1)
     if not diagonal.all():  # zero rows: s_ii = 1/2, as in build
         s += (diagonal == 0)[..., None] * half_eye
     # S is exactly zero below its diagonal, so ?trtri in place on a copy gives T with no mask
     return Form(blocks, _primitives.upper_triangular_inverse_in_place(s.copy()), s, None, FULL, y.shape[-2], {})
+
+
+@functools.lru_cache(maxsize=64)
+def _numpy_eye(k, dtype):
+    eye = numpy.eye(k, dtype=dtype)
+    eye.flags.writeable = False
+    return eye
 
 
 def _s_weights(k, dtype, xp):
