@@ -1,39 +1,43 @@
 """Q = H[:, :k] for trapezoidal Householder vectors: what :func:`cuhouse.torch.orthogonal` materializes.
 
-``columns(v, k)`` for ``v`` ``(..., n, d)`` whose row i is zero before column i
-(LAPACK's layout), n <= k <= d, is the first k columns of H = H(v_1) ... H(v_n),
+``columns(v, k)`` for ``v`` ``(..., n, d)`` read from row i's column i on
+(LAPACK's layout: the entries before are not used and get a zero gradient),
+n <= k <= d, is the first k columns of H = H(v_1) ... H(v_n),
 differentiable to any order with respect to ``v``. It is one
 ``torch.autograd.Function`` with two level-3 passes in blocks of b reflections
-(P_j = I - V_j^T T_j V_j, T_j from :func:`cuhouse.algorithms.portable.build`):
+(P_j = I - V_j^T T_j V_j with the T of :mod:`cuhouse.algorithms.portable`,
+kept as U_j = V_j^T T_j from one triangular solve; one block up to
+:data:`ONE_BLOCK` reflections, see :func:`block_size`):
 
 - **forward** as LAPACK's ``orgqr``: the blocks are applied to I[:, :k] last
   first, and block j (rows j b ..) touches only the window [j b:, j b:k] of
-  it, the rest being still the identity, in place on one buffer. Cost: sum
+  it, the rest being still the identity, in place on one buffer (the first
+  block applied reads its window, a diagonal, by a scaling). Cost: sum
   over blocks of 4 b (d - j b)(k - j b), (4/3) d^3 for a square Q, against
   2 d^3 for a product that reads all k columns.
 - **backward** from the skew matrix K = (G Q^T - Q G^T) / 2 (G = dL/dQ),
   2 d^2 k flops: the gradient of block j is <K_j, dP_j P_j^T> with the
   congruence K_j = L_j^T K L_j (L_j the product of the blocks before j),
   and only the window [j b:, j b:] of K_j is read. One block's step is
-  W = K_j V_j^T (2 b r^2 for the window size r) and the skew rank-2b update
-  K_{j+1} = K_j - Z V_j + (Z V_j)^T on the next window (2 b r^2); the
-  gradient itself costs O(b^2 r). In all (4/3) d^3 + 2 d^2 k, about 3.3 d^3
-  for a square Q, against about 6 d^3 for the backward of the compact-WY
-  product, which carries Q and G through every block. Saved: ``v``, Q and
-  the T factors.
+  W = K_j U_j (2 b r^2 for the window size r) and the skew rank-2b update
+  K_{j+1} = K_j - Z V_j + (Z V_j)^T on the next window, as two GEMMs of
+  rank b accumulating into K (4 b r^2: twice the flops of one product and
+  a transposed sum, and faster, the strided pass being slow); the gradient
+  itself costs O(b^2 r). In all about 4 d^3 for a square Q, against about
+  6 d^3 for the backward of the compact-WY product, which carries Q and G
+  through every block. Saved: ``v``, its masked copy, Q and U.
 
 Why only K's skew part: P_j is orthogonal for every V_j, so dP_j P_j^T is skew
 and <M, dP_j P_j^T> = <skew(M), dP_j P_j^T> for the full M_j = L_j^T G Q^T L_j.
 
-:func:`cheaper` is the cost rule between this and
-the compact-WY product (``ops._left``, trapezoidal) on I[:, :k]. The backward is
-differentiable torch operations on ``v`` and the saved output (T rebuilt
-from ``v`` under ``create_graph=True``), so double backward,
+In eager mode, outside ``torch.func``, both passes accumulate GEMMs in place
+(``addmm_``, ``baddbmm_``) into their buffers. :func:`cheaper` is the cost rule
+between this and the compact-WY product (``ops._left``, trapezoidal) on I[:, :k].
+The backward under ``create_graph=True`` is differentiable torch operations on
+``v`` and the saved output (U rebuilt from ``v``), so double backward,
 ``torch.func.vmap`` (``generate_vmap_rule``), ``torch.compile`` and
 ``torch.export`` see plain torch operations.
 """
-
-import functools
 
 import torch
 from torch import nn
@@ -60,14 +64,15 @@ def _windows(n, d, k, b):
 def flops(n, d, k):
     """``(this, wy)``: flops of forward + backward of Q = H[:, :k] here and by the compact-WY product
     (``ops._left``, trapezoidal, on I[:, :k]), both in blocks of :func:`block_size` ``(n)``."""
-    return _flops(n, d, k, block_size(n))
-
-
-@functools.lru_cache(maxsize=256)
-def _flops(n, d, k, b):
+    b = block_size(n)
     windows = _windows(n, d, k, b)
-    # here: K (2 d^2 k); per block the forward's 4 b r c, the backward's W (2 b r^2) and update (4 b (r - b)^2)
-    this = 2 * d * d * k + sum(4 * b * r * c + 2 * b * r * r + 4 * b * max(r - b, 0) ** 2 for r, c in windows)
+    # here: K (2 d^2 k); per block the forward's 4 b r c and the backward's W and update (one block:
+    # W = K2 U, 2 b r^2; more: W = A U - A^T U and A's update, 4 b r^2 + 2 b (r - b)^2)
+    one_sided = len(windows) > 1
+    this = 2 * d * d * k
+    this += sum(
+        4 * b * r * c + (4 * b * r * r + 2 * b * (r - b) ** 2 if one_sided else 2 * b * r * r) for r, c in windows
+    )
     # the product: forward 4 b r k per block, the backward's sweep over [Q | G] 8 b r k and its explicit term 4 b r k
     wy = sum(16 * b * r * k for r, _ in windows)
     return this, wy
@@ -152,25 +157,33 @@ def _backward(vb, u, q, g, in_place):
     factor and K2 the window of 2 K_j: W = K2 V^T, C = T^T V W T = U^T K2 U with U = V^T T
     (skew, b x b), and
     dL/dV^T = W T - V^T triu(C, 1); then 2 K_{j+1} = K2 - Y + Y^T on rows and columns b.. with
-    Y = Z V and Z = W T - V^T C / 2, as two GEMMs of rank b accumulating into K2.
+    Y = Z V and Z = W T - V^T C / 2.
     (From <K P, dP> with P = I - V^T T V, dT = -T dS T,
     dS = mask * (dV V^T + V dV^T), simplified by V V^T = S + S^T, so that T V V^T T^T = T + T^T.)
-    Cost per block 6 b r^2 + O(b^2 r). ``in_place``: K2 is updated in its own buffer and W and the
-    gradient are written into the gradient's place (not differentiable: only without
+    With more than one block K2 is kept one-sided, K2 = A - A^T with A = G Q^T: no transposed pass over
+    it; W T = A U - A^T U (two GEMMs, one reading A transposed) and A_{j+1} = A - Y, one GEMM of rank b
+    accumulating into A. Cost per block 4 b r^2 + 2 b (r - b)^2 + O(b^2 r). ``in_place``: A is updated in its own buffer
+    and W and the gradient are written into the gradient's place (not differentiable: only without
     ``create_graph``). The gradient is assembled transposed, ``(..., d, nb b)``, and returned as
     its transpose (a view): the layout of the raw tensor orthogonal() stores.
     """
     b, nb = vb.shape[-2], vb.shape[-3]
-    kk = g @ q.mT
-    kk = kk - kk.mT.contiguous()  # a blocked transposed copy: a strided read is slow at d = 2^p
-    if in_place:  # one block writes all of it
-        out = (kk.new_zeros if nb > 1 else kk.new_empty)(kk.shape[:-1] + (nb * b,))
+    a = g @ q.mT
+    one_sided = nb > 1  # one block: K2 itself (one transposed pass) costs less than a second d x d x b GEMM
+    if not one_sided:
+        a = a - a.mT.contiguous()  # a blocked transposed copy: a strided read is slow at d = 2^p
+    if in_place:  # block j writes rows j b.. of its columns: the rows above are zero
+        out = a.new_empty(a.shape[:-1] + (nb * b,))
     grads = []
     vbs, us = vb.unbind(-3), u.unbind(-3)
     for j in range(nb):
         first = j * b
         v, uj = vbs[j][..., first:], us[j][..., first:, :]
-        w = torch.matmul(kk, uj, out=out[..., first:, first : first + b]) if in_place else kk @ uj
+        if in_place and first:
+            out[..., :first, first : first + b].zero_()
+        w = torch.matmul(a, uj, out=out[..., first:, first : first + b]) if in_place else a @ uj
+        if one_sided:
+            w = _plus_product(w, a.mT, uj, -1, in_place)
         c = uj.mT @ w
         if j + 1 < nb:
             rest = v[..., b:]
@@ -179,7 +192,7 @@ def _backward(vb, u, q, g, in_place):
         if in_place:  # zero above the diagonal: vector i's entries before column i are not read
             w[..., :b, :].tril_()
         if j + 1 < nb:
-            kk = _plus_product(_plus_product(kk[..., b:, b:], z, rest, -1, in_place), rest.mT, z.mT, 1, in_place)
+            a = _plus_product(a[..., b:, b:], z, rest, -1, in_place)
     if in_place:
         return out.mT
     if nb == 1:
@@ -228,6 +241,6 @@ def columns(v, k, signs=None):
     differentiated; default all 1), for ``v`` ``(..., n, d)`` whose row i is read from column i on
     (LAPACK's layout: the entries before it are not used, and their gradient is zero),
     1 <= n <= k <= d, one float dtype; differentiable to any order in ``v``. Cost: see the
-    module docstring (about 4.7 d^3 flops forward + backward for a square Q, against 8 d^3 through the product)."""
+    module docstring (about 5.3 d^3 flops forward + backward for a square Q, against 8 d^3 through the product)."""
     signs = torch.ones(k, dtype=v.dtype, device=v.device) if signs is None else signs
     return Columns.apply(v, signs, k, block_size(v.shape[-2]))[0]
