@@ -169,6 +169,27 @@ def one_block_tangent(y, x, t, w, dy, dx, transpose, xp):
     return tangent - y.mT @ dw
 
 
+def _explicit_array(b, nb, k, trapezoidal, xp):
+    """An uninitialized ``(nb, k, d)`` array for the backward's explicit terms when torch records no
+    graph (the backward of a first derivative, eager: no tracing, no transform), ``b`` ``(d, 2m)``
+    is one matrix and the rows are full; else ``None`` (the terms are stacked). Saves the stack's
+    copy of ``n d`` values."""
+    if not is_torch_namespace(xp) or b.ndim != 2 or trapezoidal:
+        return None
+    import torch
+
+    if torch.is_grad_enabled() or _tracing(xp, b.device) or torch._C._functorch.is_functorch_wrapped_tensor(b):
+        return None
+    return torch.empty((nb, k, b.shape[0]), dtype=b.dtype, device=b.device)
+
+
+def _explicit_into(out, u, b, m):
+    """``[-U_G, U_A] B^T`` written into ``out`` ``(k, d)`` (torch): two GEMMs, no new array."""
+    import torch
+
+    return torch.mm(u[:, :m], b[:, m:].mT, out=out).addmm_(u[:, m:], b[:, :m].mT, alpha=-1)
+
+
 def _plus_product(c, a, b, xp, alpha=1, scratch=False):
     """``c + alpha * (a @ b)`` (alpha 1 or -1): on torch one fused GEMM (``addmm``, ``baddbmm``;
     one pass over ``c`` fewer) where ``c``, ``a`` and ``b`` are matrices or stacks of one batch
@@ -251,20 +272,26 @@ def backward(f, out, dout, transpose, xp, store_inputs=False):
     b = xp.concat([out, dout], axis=-1)
     mt = f.t if transpose else f.t.mT  # U = M^T Z
     z, u, explicit = [None] * nb, [None] * nb, [None] * nb
+    # torch recording no graph, one matrix, full rows: the explicit terms written into one array (no stack)
+    into = _explicit_array(b, nb, k, f.trapezoidal, xp)
     for j in reversed(_order(nb, transpose)):
         first = _first(f, j)
         yj, rest = f.y[..., j, :, first:], b[..., first:, :]
         z[j] = yj @ rest
         u[j] = mt[..., j, :, :] @ z[j]
         # [-U_G, U_A] B^T as two GEMMs over B = [A | G] (no concatenation, no negation)
-        explicit[j] = _plus_product(
-            u[j][..., :m] @ rest[..., m:].mT, u[j][..., m:], rest[..., :m].mT, xp, -1, scratch=True
-        )
+        if into is not None:
+            explicit[j] = _explicit_into(into[j], u[j], rest, m)
+        else:
+            explicit[j] = _plus_product(
+                u[j][..., :m] @ rest[..., m:].mT, u[j][..., m:], rest[..., :m].mT, xp, -1, scratch=True
+            )
         if first:
             pad = xp.zeros(explicit[j].shape[:-1] + (first,), dtype=b.dtype, device=_device(b))
             explicit[j] = xp.concat([pad, explicit[j]], axis=-1)
         b = _rows_from(b, first, _plus_product(rest, yj.mT, u[j], xp, -1, scratch=True), xp)
-    z, u, explicit = (xp.stack(parts, axis=-3) for parts in (z, u, explicit))
+    z, u = (xp.stack(parts, axis=-3) for parts in (z, u))
+    explicit = xp.stack(explicit, axis=-3) if into is None else into
     u_a, u_g = u[..., :m], u[..., m:]
     y_a_in = -((f.s.mT if transpose else f.s) @ u_a)  # V A_in = -M^{-1} U_A
     y_g = z[..., m:]
