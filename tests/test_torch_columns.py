@@ -107,6 +107,24 @@ def test_columns_ignore_the_entries_before_the_diagonal(monkeypatch, batch, one_
         assert torch.equal(torch.tril(got.detach(), -1), torch.zeros_like(got.detach()))
 
 
+def test_eager_calls_use_the_older_function_form_with_the_same_results(many_blocks):
+    """Eager calls go through ``_EagerColumns`` (no argument binding per call); under a torch.func
+    transform ``Columns`` (the form torch.func, torch.compile and torch.export need): same bits,
+    same gradients."""
+    seen = []
+    torch.func.vmap(lambda x: seen.append(_columns._eager()) or x)(torch.ones(2))
+    assert _columns._eager() and seen == [False]
+    v = trapezoidal(2, 5, 6, requires_grad=True)
+    weight = randn(2, 6, 5, seed=6)
+    results = []
+    for form in (_columns._EagerColumns, _columns.Columns):
+        q = form.apply(v, torch.ones(5, dtype=F64), 5, 2)[0]
+        results.append((q.detach(), torch.autograd.grad((q * weight).sin().sum(), v, create_graph=True)[0]))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+    assert_close(results[0][0], dense_householder(v.detach())[..., :5], F64)
+
+
 def test_cost_rule():
     """The Function for many reflections of a square or nearly square Q; the compact-WY product otherwise."""
     assert all(_columns.cheaper(d, d, d) for d in (1, 2, 32, 128, 129, 256, 1024))
