@@ -303,8 +303,9 @@ def contiguous(a, xp):
 
 
 def is_torch(xp):
-    """True when ``xp`` is torch's Array API namespace."""
-    return not is_native(xp) and backend_name(xp) == "torch"
+    """True when ``xp`` is torch or its Array API namespace: a test of the module's name (no cached
+    helper, which torch.compile would trace)."""
+    return getattr(xp, "__name__", None) in ("torch", "array_api_compat.torch")
 
 
 def is_complex(dtype):

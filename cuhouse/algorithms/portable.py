@@ -25,6 +25,8 @@ times apply, all GEMMs.
 
 from collections import namedtuple
 
+from .._backend import is_torch
+
 Form = namedtuple("PortableForm", "y t s n dense trapezoidal")
 Form.__doc__ = """Blocks ``y`` ``(..., nb, k, d)``, T matrices ``t`` and their inverses ``s``
 ``(..., nb, k, k)``, the number ``n`` of reflections, the dense matrix
@@ -44,15 +46,10 @@ def _device(a):
     return a.device  # the standard's attribute (array_api_compat.device() would be traced by torch.compile)
 
 
-def is_torch_namespace(xp):
-    """``array_api_compat.is_torch_namespace`` without its cached helpers, which torch.compile would trace."""
-    return xp.__name__ in ("torch", "array_api_compat.torch")
-
-
 def _tracing(xp, device):
     """True while torch.compile or torch.export traces (or on the meta device): constants are
     then built in the traced graph rather than read from, or stored in, the module's cache."""
-    if not is_torch_namespace(xp):
+    if not is_torch(xp):
         return False
     import torch
 
@@ -79,7 +76,7 @@ def triangular_inverse(s, c, xp):
     """Inverse of a stack of upper-triangular ``s`` ``(..., k, k)`` (``c``: :func:`constants`):
     torch's triangular solve, else the standard's ``linalg.inv`` with the strictly lower part set
     to zero. O(k^3)."""
-    if is_torch_namespace(xp):
+    if is_torch(xp):
         import torch
 
         return torch.linalg.solve_triangular(s, c.eye, upper=True)
@@ -174,7 +171,7 @@ def _explicit_array(b, nb, k, trapezoidal, xp):
     graph (the backward of a first derivative, eager: no tracing, no transform), ``b`` ``(d, 2m)``
     is one matrix and the rows are full; else ``None`` (the terms are stacked). Saves the stack's
     copy of ``n d`` values."""
-    if not is_torch_namespace(xp) or b.ndim != 2 or trapezoidal:
+    if not is_torch(xp) or b.ndim != 2 or trapezoidal:
         return None
     import torch
 
@@ -196,7 +193,7 @@ def _plus_product(c, a, b, xp, alpha=1, scratch=False):
     size, else the standard's operators. Differentiable, batched by ``torch.func.vmap``.
     ``scratch``: ``c`` is an intermediate of the caller's own, which torch may then overwrite
     when no graph is recorded (no new array of c's size)."""
-    if is_torch_namespace(xp) and c.ndim == a.ndim == b.ndim and c.ndim in (2, 3):
+    if is_torch(xp) and c.ndim == a.ndim == b.ndim and c.ndim in (2, 3):
         import torch
 
         in_place = scratch and not torch.is_grad_enabled()

@@ -10,6 +10,8 @@ plain torch operations.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import _torch
@@ -123,12 +125,12 @@ def check_rows(vectors, name):
     two reading passes: the rows' largest and smallest entries, of each part when complex). Tiny
     rows are fine: the products scale each row to its binade."""
     parts = torch.view_as_real(vectors.detach()).flatten(-2) if vectors.is_complex() else vectors.detach()
-    high, low = parts.amax(dim=-1), parts.amin(dim=-1)
-    bad = ~(torch.isfinite(high) & torch.isfinite(low) & ((high != 0) | (low != 0)))  # NaN, Inf or a zero row
-    if bool(bad.any()):
+    largest = torch.maximum(parts.amax(dim=-1), -parts.amin(dim=-1))  # NaN where a row has one
+    good = (largest > 0) & (largest < math.inf)  # False for NaN, Inf and zero rows
+    if not bool(good.all()):
         if not bool(torch.isfinite(vectors).all()):
             raise ValueError("{} must be finite; found NaN or Inf".format(name))
-        row = int(bad.nonzero()[0, -1])
+        row = int((~good).nonzero()[0, -1])
         raise ValueError("{}: row {} is a zero vector, which makes no reflection".format(name, row))
 
 
