@@ -42,8 +42,8 @@ import numpy
 
 Machine = namedtuple(
     "Machine",
-    "launch peak half bandwidth lapack_call trtri_rate ormqr_call ormqr_rate gemv_rate",
-    defaults=(None,),
+    "launch peak half bandwidth lapack_call trtri_rate ormqr_call ormqr_rate gemv_rate block_rates",
+    defaults=(None, None),
 )
 Machine.__doc__ = """Constants of the cost model (seconds, flop/s at float32, bytes/s):
 ``launch`` the fixed cost of one array call; a GEMM ``(p x q) @ (q x r)`` costs
@@ -56,7 +56,11 @@ an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 ``trtri_rate`` the rate of ``?trtri`` (k^3 / 3 flops for a k x k triangle);
 ``?ormqr`` applying n reflectors of length d to m columns costs
 ``ormqr_call + 4 n (d - n/2) m / ormqr_rate`` (``ormqr_rate`` is ``None``
-where there is no LAPACK plan)."""
+where there is no LAPACK plan); ``block_rates`` ``((volume, flop/s), ...)`` (or
+``None``) the rates of the skinny GEMMs of a block of reflectors, ``(16 x d) @
+(d x 32)`` by their volume ``p q r``: a BLAS may run small products with other
+kernels (OpenBLAS: below about 1e6 multiply-adds, at 1.3-1.6x the rate of the
+packed kernels above), which decides the best block size at d >= 1024."""
 
 DEFAULTS = {
     # fitted on the project's 2-core machine (single-threaded OpenBLAS, float32); see cuhouse.plan
@@ -92,7 +96,7 @@ DEFAULTS["generic"] = DEFAULTS["numpy"]._replace(
     launch=1.0e-5, lapack_call=None, trtri_rate=None, ormqr_call=None, ormqr_rate=None
 )
 
-FORMAT = 3  # bump when the constants or their measurement change meaning
+FORMAT = 4  # bump when the constants or their measurement change meaning
 _ENV_DIR = "CUHOUSE_CALIBRATION_DIR"
 _ENV_SWITCH = "CUHOUSE_CALIBRATION"
 
@@ -236,7 +240,10 @@ def read(path):
             data = json.load(f)
         if data.get("format") != FORMAT:
             return None
-        return Machine(**{name: data["machine"][name] for name in Machine._fields})
+        stored = {name: data["machine"][name] for name in Machine._fields}
+        if stored["block_rates"] is not None:  # JSON lists: tuples, so that a Machine stays hashable
+            stored["block_rates"] = tuple((float(v), float(r)) for v, r in stored["block_rates"])
+        return Machine(**stored)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -299,6 +306,13 @@ def problems(machine):
         value = getattr(machine, name)
         if value is not None and value > 2 * machine.peak:
             found.append("{} = {:.3g} flop/s exceeds twice the GEMM peak {:.3g}".format(name, value, machine.peak))
+    for volume, rate in machine.block_rates or ():
+        if not (math.isfinite(rate) and 1e6 <= rate <= 2 * machine.peak):
+            found.append(
+                "the block GEMM rate {:.3g} flop/s at volume {:g} is outside [1e6, twice the GEMM peak {:.3g}]".format(
+                    rate, volume, machine.peak
+                )
+            )
     return found
 
 
@@ -360,6 +374,8 @@ _GEMM_SHAPES = (
 # with the shapes above, they pulled ``half`` down to about 2 and the model then put skinny GEMMs with
 # a dimension of 32 at 1.4-1.8x their measured speed: cwy at d = 2048 predicted 4.5 ms, measured 12)
 _GEMV_SHAPES = ((64, 1024, 1), (1024, 64, 1), (32, 2048, 1), (2048, 32, 1))
+# the skinny GEMMs of a block of reflectors, (16 x d) @ (d x 32), by volume: Machine.block_rates
+_BLOCK_DEPTHS = (256, 512, 1024, 2048, 4096)
 _PEAKS = numpy.logspace(9, 13, 161)
 _HALVES = numpy.logspace(-1, 3, 161)
 ATTEMPTS = 3  # measurements tried before a loaded machine's constants are rejected
@@ -407,6 +423,11 @@ def _measure_once(clock):
     peak, half = float(_PEAKS[i]), float(_HALVES[j])
     shapes, times = gemm_seconds(_GEMV_SHAPES)
     gemv_rate = float(numpy.median(2 * shapes.prod(axis=1) / numpy.maximum(times - launch, 1e-9)))
+    shapes, times = gemm_seconds(tuple((16, d, 32) for d in _BLOCK_DEPTHS))
+    volumes = shapes.prod(axis=1)
+    block_rates = tuple(
+        (float(v), float(2 * v / max(t - launch, 1e-9))) for v, t in zip(volumes.tolist(), times.tolist())
+    )
     big = rng.standard_normal(1 << 20).astype(f32)
     other = big.copy()
     bandwidth = 3 * big.nbytes / _seconds(lambda: numpy.subtract(big, other, out=big), clock)
@@ -426,4 +447,6 @@ def _measure_once(clock):
     # sizes run below that rate, which the model then slightly favours LAPACK at, as measured)
     (_, ormqr_call), (flops, seconds) = ormqr_points
     ormqr_rate = float(flops / max(seconds - ormqr_call, 1e-9))
-    return Machine(launch, peak, half, bandwidth, lapack_call, trtri_rate, ormqr_call, ormqr_rate, gemv_rate)
+    return Machine(
+        launch, peak, half, bandwidth, lapack_call, trtri_rate, ormqr_call, ormqr_rate, gemv_rate, block_rates
+    )

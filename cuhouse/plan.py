@@ -8,6 +8,11 @@ so its time is predicted from a few constants of the machine
   with the shape efficiency ``e(s) = s / (s + half)``;
 * a matrix-vector product (a dimension of 1) costs ``launch + 2 p q r / gemv_rate``:
   it is bound by memory, and fitting it with the GEMMs misplaced ``half``;
+* on NumPy, the skinny GEMMs of a block of reflectors in the full layout (the
+  block size k by d by m, and the Gram matrices) run at the measured rate for
+  their volume ``p q r`` (``block_rates``: OpenBLAS's small-matrix kernels make
+  products below about 1e6 multiply-adds 1.3-1.6x faster, hence k = 16 at
+  d = 1024 and k = 8 at d = 2048 for m = 32);
 * an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 * on NumPy the T matrices come from LAPACK ``?trtri``, one call per block:
   ``lapack_call + k^3 / 3 / trtri_rate`` each (on CuPy, the batched doubling
@@ -27,6 +32,7 @@ every plan.
 """
 
 import functools
+import math
 from collections import namedtuple
 
 import numpy
@@ -102,13 +108,29 @@ DIRECT_OVERHEAD = (3.0, 5.0)
 
 
 def _block_gemm(mach, p, q, r, itemsize):
-    """A GEMM of :func:`_gemm`'s cost whose smallest dimension (the block size) is costed at
-    ``DIRECT_BLOCK`` (see there); matrix-vector products keep their own rate."""
+    """A GEMM of :func:`_gemm`'s cost whose smallest dimension is the block size: at the machine's
+    measured rate for its volume ``p q r`` (``block_rates``, interpolated in log volume, held at
+    the ends), or without them with the block dimension costed at ``DIRECT_BLOCK`` (see there);
+    matrix-vector products keep their own rate."""
     small, middle, large = sorted((p, q, r))
     if small <= 1 or mach.gemv_rate is None:
         return _gemm(mach, p, q, r, itemsize)
+    if mach.block_rates:
+        return mach.launch + 2.0 * p * q * r / (_volume_rate(mach.block_rates, p * q * r) * (4 / itemsize))
     eff = (DIRECT_BLOCK / (DIRECT_BLOCK + mach.half)) * (middle / (middle + mach.half)) * (large / (large + mach.half))
     return mach.launch + 2.0 * p * q * r / (mach.peak * (4 / itemsize) * eff)
+
+
+def _volume_rate(rates, volume):
+    """The rate of ``rates`` ``((volume, flop/s), ...)`` (increasing volumes) at ``volume``: linear in
+    log volume between the measured points, the end points' beyond them."""
+    if volume <= rates[0][0]:
+        return rates[0][1]
+    for (v0, r0), (v1, r1) in zip(rates, rates[1:]):
+        if volume <= v1:
+            w = math.log(volume / v0) / math.log(v1 / v0)
+            return r0 + w * (r1 - r0)
+    return rates[-1][1]
 
 
 def _direct_build(mach, d, n, k, itemsize):

@@ -146,7 +146,11 @@ def test_one_measurement_gives_finite_positive_constants():
     """One try of the measurement, without the plausibility checks: whether its timings pass those
     depends on the machine's load (retries and rejection are tested below with set constants)."""
     machine = calibration._measure_once(calibration._clock())
-    assert all(math.isfinite(value) and value > 0 for value in machine if value is not None), machine
+    scalars = machine._replace(block_rates=None)
+    assert all(math.isfinite(value) and value > 0 for value in scalars if value is not None), machine
+    volumes = [volume for volume, _ in machine.block_rates]
+    assert volumes == sorted(volumes) and len(volumes) == 5
+    assert all(math.isfinite(rate) and rate > 0 for _, rate in machine.block_rates), machine
 
 
 @pytest.mark.parametrize(
@@ -158,6 +162,10 @@ def test_one_measurement_gives_finite_positive_constants():
         ({"half": 1000.0}, r"the GEMM fit ran onto the edge of its grid \(half = 1000\)"),
         ({"ormqr_rate": 3e11}, r"ormqr_rate = 3e\+11 flop/s exceeds twice the GEMM peak 1e\+11"),
         ({"gemv_rate": 5e11}, r"gemv_rate = 5e\+11 flop/s exceeds twice the GEMM peak 1e\+11"),
+        (
+            {"block_rates": ((1e5, 5e10), (1e6, 5e11))},
+            r"the block GEMM rate 5e\+11 flop/s at volume 1e\+06 is outside \[1e6, twice the GEMM peak 1e\+11\]",
+        ),
     ],
 )
 def test_implausible_constants_are_named(change, message):
@@ -189,3 +197,22 @@ def test_a_cached_file_with_implausible_constants_is_measured_again(cache, monke
     monkeypatch.setattr(calibration, "measure", lambda backend="numpy": SLOW_CALLS)
     assert calibration.machine() == SLOW_CALLS
     assert calibration.read(calibration.cache_path()) == SLOW_CALLS
+
+
+def test_block_rates_are_read_back_as_tuples_and_decide_the_block_size(cache):
+    """The rates of a block's skinny GEMMs by volume (JSON lists read back as tuples: a Machine is a
+    plan cache key): a BLAS whose small products run faster (OpenBLAS's small-matrix kernels below
+    about 1e6 multiply-adds) gets smaller blocks where they keep its GEMMs small."""
+    cliff = SLOW_CALLS._replace(
+        launch=6e-7,
+        peak=1.4e11,
+        half=5.6,
+        block_rates=((1.3e5, 1.3e11), (5.2e5, 1.3e11), (1.05e6, 8e10), (2.1e6, 8e10)),
+    )
+    calibration.write(calibration.cache_path(), cliff, calibration.machine_description())
+    assert calibration.machine() == cliff
+    assert isinstance(calibration.machine().block_rates[0], tuple)
+    assert plan.choose(2048, 2048, 32, numpy.float32).block_size == 8  # 8 x 2048 x 32: below the cliff
+    calibration.forget()
+    calibration.write(calibration.cache_path(), cliff._replace(block_rates=None), calibration.machine_description())
+    assert plan.choose(2048, 2048, 32, numpy.float32).block_size == 16
