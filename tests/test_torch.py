@@ -225,6 +225,30 @@ def test_zero_vector_is_cuhouse_s_value_error():
         cht.householder_matmul(v, randn(5, 2))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_vectors_are_a_value_error(bad):
+    v = randn(3, 5)
+    v[2, 1] = bad
+    with pytest.raises(ValueError, match="vectors must be finite; found NaN or Inf"):
+        cht.householder_matmul(v, randn(5, 2))
+
+
+def test_complex_zero_vector_is_a_value_error():
+    v = torch.complex(randn(3, 5), randn(3, 5, seed=1))
+    v[0] = 0
+    with pytest.raises(ValueError, match="row 0 is a zero vector"):
+        cht.householder_matmul(v, randn(5, 2))
+
+
+def test_tiny_vectors_pass_the_check_and_are_exact():
+    """A float32 row whose squared norm underflows (1e-30) is a valid reflection: accepted, and the
+    product agrees with float64's."""
+    v = randn(3, 5)
+    v[1] *= 1e-30
+    x = randn(5, 2, seed=2)
+    assert_close(cht.householder_matmul(v.float(), x.float()).double(), dense_householder(v) @ x, torch.float32)
+
+
 def test_mixed_devices():
     with pytest.raises(TypeError, match=r"X is on cpu but vectors is on meta; .*move one with \.to\(device\)"):
         cht.householder_matmul(torch.ones(3, 5, device="meta", dtype=torch.float64), randn(5, 2))

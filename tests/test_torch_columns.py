@@ -125,6 +125,17 @@ def test_eager_calls_use_the_older_function_form_with_the_same_results(many_bloc
     assert_close(results[0][0], dense_householder(v.detach())[..., :5], F64)
 
 
+@pytest.mark.parametrize("one_block", [True, False])
+def test_columns_gradients_at_axis_aligned_rows(monkeypatch, one_block):
+    """Rows e_i (the vectors of an identity weight): every off-diagonal Gram entry is exactly zero,
+    and S's derivative there must not be cut (gradcheck and gradgradcheck, one block and many)."""
+    monkeypatch.setattr(_columns, "BLOCK", 2)
+    monkeypatch.setattr(_columns, "ONE_BLOCK", 8 if one_block else 0)
+    v = torch.eye(5, 6, dtype=F64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: _columns.columns(v, 5), (v,))
+    assert torch.autograd.gradgradcheck(lambda v: _columns.columns(v, 5), (v,))
+
+
 def test_cost_rule():
     """The Function for many reflections of a square or nearly square Q; the compact-WY product otherwise."""
     assert all(_columns.cheaper(d, d, d) for d in (1, 2, 32, 128, 129, 256, 1024))

@@ -207,16 +207,14 @@ def binade_factors(largest, xp):
 
 
 def largest_magnitudes(x, axis, xp):
-    """The largest absolute value of ``x`` over ``axis`` (kept, size 1): for real ``x`` from its
-    maximum and minimum (two reading passes, no temporary of x's size), for complex from ``abs``.
-    NaN where a NaN is among them (as ``max(abs(x))``). O(size)."""
-    if x.dtype in (xp.complex64, xp.complex128):
-        return xp.max(xp.abs(x), axis=axis, keepdims=True)
+    """The largest absolute value of a real ``x`` over ``axis`` (kept, size 1), from its maximum and
+    minimum: two reading passes, no temporary of x's size. NaN where a NaN is among them (as
+    ``max(abs(x))``). O(size)."""
     return xp.maximum(xp.max(x, axis=axis, keepdims=True), -xp.min(x, axis=axis, keepdims=True))
 
 
 def column_factors(x, xp):
-    """:func:`binade_factors` of the largest absolute value of each column of ``x`` ``(..., d, m)``:
+    """:func:`binade_factors` of the largest absolute value of each column of a real ``x`` ``(..., d, m)``:
     ``(..., 1, m)``, real. O(d m)."""
     return binade_factors(largest_magnitudes(x, -2, xp), xp)
 

@@ -223,14 +223,16 @@ def _rows_from(x, first, rest, xp):
 
 
 def _apply_blocks(f, x, transpose, xp):
-    for j in _order(f.t.shape[-3], transpose):
+    for step, j in enumerate(_order(f.t.shape[-3], transpose)):
         first = _first(f, j)
         yj, tj = f.y[..., j, :, :], f.t[..., j, :, :]
+        own = step > 0  # x is the previous block's result: ours to overwrite (never the caller's)
         if first:
             yj, rest = yj[..., first:], x[..., first:, :]
-            x = _rows_from(x, first, _plus_product(rest, yj.mT, (tj.mT if transpose else tj) @ (yj @ rest), xp, -1), xp)
+            w = (tj.mT if transpose else tj) @ (yj @ rest)
+            x = _rows_from(x, first, _plus_product(rest, yj.mT, w, xp, -1, scratch=own), xp)
         else:
-            x = _plus_product(x, yj.mT, (tj.mT if transpose else tj) @ (yj @ x), xp, -1)
+            x = _plus_product(x, yj.mT, (tj.mT if transpose else tj) @ (yj @ x), xp, -1, scratch=own)
     return x
 
 
