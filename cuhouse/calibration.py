@@ -4,8 +4,10 @@ The cost model (:mod:`cuhouse.plan`) predicts every plan from a few constants
 of the machine it runs on: the fixed cost of one array call, the GEMM rate
 (a peak and the shape efficiency ``e(s) = s / (s + half)``, fitted to skinny
 and square GEMMs), the bandwidth of an element-wise pass, the fixed cost of
-one LAPACK call, the rate of LAPACK's triangular inverse ``?trtri`` and the
-cost of LAPACK's ``?ormqr``. They move with the machine (CPU, BLAS library
+one LAPACK call, the rate of LAPACK's triangular inverse ``?trtri``, the
+cost of LAPACK's ``?ormqr`` and the rates of a block of reflectors' skinny
+GEMMs by their volume (a BLAS may run small products with faster kernels,
+which decides the block size at large d). They move with the machine (CPU, BLAS library
 and version, BLAS threads): a plan tuned on one machine does not carry to
 the next. So, in the manner of FFTW's wisdom, they are measured the first
 time a plan is needed on a machine (about a second, once) and kept in a small

@@ -188,9 +188,15 @@ def _calibration_line(backend):
         return "the cost model's built-in constants ({})".format(why)
     if current.source.startswith("built-in"):  # a measurement rejected as implausible: the reason follows
         return "the cost model's {}".format(current.source)
+    blocks = ""
+    if m.block_rates:
+        blocks = ", block GEMMs {} GFLOP/s by volume {}".format(
+            "/".join("{:.0f}".format(rate / 1e9) for _, rate in m.block_rates),
+            "/".join("{:.0f}K".format(volume / 1024) for volume, _ in m.block_rates),
+        )
     return (
         "the cost model calibrated on this machine ({}): GEMM peak {:.3g} GFLOP/s, half {:.3g}, call {:.2g} us, "
-        "GEMV {:.3g} GFLOP/s, trtri {:.3g} GFLOP/s, ormqr {:.2g} us + {:.3g} GFLOP/s".format(
+        "GEMV {:.3g} GFLOP/s, trtri {:.3g} GFLOP/s, ormqr {:.2g} us + {:.3g} GFLOP/s{}".format(
             current.source,
             m.peak / 1e9,
             m.half,
@@ -199,6 +205,7 @@ def _calibration_line(backend):
             m.trtri_rate / 1e9,
             m.ormqr_call * 1e6,
             m.ormqr_rate / 1e9,
+            blocks,
         )
     )
 
