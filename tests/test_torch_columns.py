@@ -112,8 +112,8 @@ def test_eager_calls_use_the_older_function_form_with_the_same_results(many_bloc
     transform ``Columns`` (the form torch.func, torch.compile and torch.export need): same bits,
     same gradients."""
     seen = []
-    torch.func.vmap(lambda x: seen.append(_columns._eager()) or x)(torch.ones(2))
-    assert _columns._eager() and seen == [False]
+    torch.func.vmap(lambda x: seen.append(_columns.eager()) or x)(torch.ones(2))
+    assert _columns.eager() and seen == [False]
     v = trapezoidal(2, 5, 6, requires_grad=True)
     weight = randn(2, 6, 5, seed=6)
     results = []

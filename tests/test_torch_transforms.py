@@ -273,6 +273,62 @@ def test_forward_mode_of_one_block_and_refused_for_many(blocks, dtype, transpose
     assert_close(torch.func.jacfwd(lambda v: f(v, x))(v), torch.func.jacrev(lambda v: f(v, x))(v), dtype)
 
 
+def _graph_nodes(tensor):
+    """The names of the autograd nodes behind ``tensor``."""
+    names, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_eager_calls_use_the_older_function_form_with_the_same_results(blocks, transpose):
+    """Plain eager calls go through ``_torch._OlderMatmul`` (autograd's older Function form: no argument
+    binding per call); under a torch.func transform ``EagerMatmul`` (the ``setup_context`` form those
+    need): same bits, same gradients to second order, and in eager the same forward-mode tangent for
+    one block (dual tensors) and the same refusal for many."""
+    seen = []
+    torch.func.vmap(lambda x: seen.append(_torch.eager()) or x)(torch.ones(2))
+    assert _torch.eager() and seen == [False]
+    v, x = randn(4, 5, requires_grad=True), randn(5, 2, seed=2, requires_grad=True)
+    weight = randn(5, 2, seed=3)
+    assert "_OlderMatmulBackward" in _graph_nodes(cht.householder_matmul(v, x, transpose=transpose))
+    k = _torch.default_block_size(4, 5, 2)  # 4 (one block) or 2 (blocks of 2)
+    assert k == (4 if blocks == "default" else 2)
+    results = []
+    for form in (_torch._OlderMatmul, _torch.EagerMatmul):
+        out = form.apply(v, x, transpose, k, "cwy", False, True)[0]
+        first = torch.autograd.grad((out * weight).sin().sum(), (v, x), create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in first), (v, x))
+        results.append((out.detach(), *(g.detach() for g in first), *second))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+    assert_close(
+        results[0][0],
+        (dense_householder(v.detach()).mT if transpose else dense_householder(v.detach())) @ x.detach(),
+        torch.float64,
+    )
+    tv, tx = randn(4, 5, seed=4), randn(5, 2, seed=5)
+
+    def f(form, v, x):
+        return form.apply(v, x, transpose, k, "cwy", False, True)[0]
+
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual
+        if blocks != "default":
+            with pytest.raises(NotImplementedError, match="jvp"):
+                f(_torch._OlderMatmul, dual(v.detach(), tv), dual(x.detach(), tx))
+            return
+        tangent = torch.autograd.forward_ad.unpack_dual(
+            f(_torch._OlderMatmul, dual(v.detach(), tv), dual(x.detach(), tx))
+        ).tangent
+    _, want = torch.func.jvp(lambda v, x: f(_torch.EagerMatmul, v, x), (v.detach(), x.detach()), (tv, tx))
+    assert torch.equal(tangent, want)
+
+
 # ------------------------------------------------------------ compile, export
 def test_compiled_backward_does_not_recompute_the_forward(monkeypatch):
     """Many blocks (the Function): AOT autograd's backward graph has no triangular solve, the T

@@ -42,6 +42,8 @@ The backward under ``create_graph=True`` is differentiable torch operations on
 import torch
 from torch import nn
 
+from .._torch import eager
+
 BLOCK = 64
 """Reflections per block when there are more than :data:`ONE_BLOCK` (32 and 128 were no faster at
 d = 256 and 1024 on one CPU thread)."""
@@ -250,15 +252,6 @@ class _EagerColumns(torch.autograd.Function):
     backward = Columns.backward
 
 
-def _eager():
-    """True outside ``torch.compile``, ``torch.export`` and ``torch.func`` transforms."""
-    return (
-        not torch.compiler.is_compiling()
-        and not torch.compiler.is_exporting()
-        and not torch._C._are_functorch_transforms_active()
-    )
-
-
 def columns(v, k, signs=None):
     """The first k columns of H(v_1) ... H(v_n) ``(..., d, k)``, times ``signs`` ``(..., k)`` (+-1, not
     differentiated; default all 1), for ``v`` ``(..., n, d)`` whose row i is read from column i on
@@ -266,4 +259,4 @@ def columns(v, k, signs=None):
     1 <= n <= k <= d, one float dtype; differentiable to any order in ``v``. Cost: see the
     module docstring (about 5.3 d^3 flops forward + backward for a square Q, against 8 d^3 through the product)."""
     signs = torch.ones(k, dtype=v.dtype, device=v.device) if signs is None else signs
-    return (_EagerColumns if _eager() else Columns).apply(v, signs, k, block_size(v.shape[-2]))[0]
+    return (_EagerColumns if eager() else Columns).apply(v, signs, k, block_size(v.shape[-2]))[0]
