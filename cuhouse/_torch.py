@@ -17,7 +17,7 @@ H[:, :k] in LAPACK's orgqr order):
 
 The Function:
 
-* saves tensors only (one block: the rows, X, T and W = T Y X; more: the
+* saves tensors only (one block: the rows, X, S and W = S^{-1} Y X, no T; more: the
   rows, the output, T and S; no closure, no Python object holding tensors), with ``setup_context`` and
   ``generate_vmap_rule = True``: it composes with ``torch.func.vmap``,
   ``grad``, ``jacrev``, ``torch.compile(fullgraph=True)`` (whose backward
@@ -26,7 +26,7 @@ The Function:
 * has a forward-mode rule (``jvp``) for one block, and refuses it loudly for more;
 * differentiates to any order: the backward is itself differentiable torch
   operations on the saved rows, output and cotangent; under
-  ``create_graph=True`` T and S are rebuilt from the rows under autograd
+  ``create_graph=True`` S (and T, W) are rebuilt from the rows under autograd
   (O(n k d)), otherwise the forward's are used;
 * never synchronizes with the host and has no data-dependent Python branch.
 
@@ -73,17 +73,17 @@ def on_tape(value, params):
 
 
 class Matmul(torch.autograd.Function):
-    """``(H @ x, T, S, ...)`` (``H^T @ x`` with ``transpose``) for rows ``y`` ``(..., n, d)`` and ``x``
-    ``(..., d, m)`` of one float dtype (batch shapes broadcast); only the first output is
-    differentiable (the others are saved for the backward).
+    """``(H @ x, T, S, ...)`` (one block: ``(H @ x, S, W)``) (``H^T @ x`` with ``transpose``) for rows
+    ``y`` ``(..., n, d)`` and ``x`` ``(..., d, m)`` of one float dtype (batch shapes broadcast); only
+    the first output is differentiable (the others are saved for the backward).
 
     ``Matmul.apply(y, x, transpose, k, algorithm, trapezoidal, scale)``: blocks of
     ``k`` rows, ``algorithm`` one of :data:`cuhouse.algorithms.portable.ALGORITHMS`,
     ``trapezoidal`` as in :func:`cuhouse.algorithms.portable.build`. One block
     (``"cwy"`` with ``n <= k``) runs :func:`cuhouse.algorithms.portable.one_block`
     and saves ``y`` and ``x`` (fresh tensors made by :func:`matmul`, never the
-    caller's: an in-place change of those cannot reach the backward) with T and
-    ``W``; more blocks save ``y``, the output, T and S, and the backward rebuilds
+    caller's: an in-place change of those cannot reach the backward) with S and
+    ``W`` (triangular solves with S, no T); more blocks save ``y``, the output, T and S, and the backward rebuilds
     each block's input from the output (:func:`cuhouse.algorithms.portable.backward`).
     ``scale``: the backward brings the cotangent to its binade first (the rows
     and X's columns must already be at theirs, which keeps the output in range).
@@ -106,9 +106,9 @@ class Matmul(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # no zero arrays for the outputs without a gradient (T, S, ...)
         ctx.one_block = _one_block(y, k, algorithm)
         if ctx.one_block:
-            out, t, _, w = output
-            ctx.save_for_backward(y, x, t, w)
-            ctx.save_for_forward(y, x, t, w)
+            out, s, w = output
+            ctx.save_for_backward(y, x, s, w)
+            ctx.save_for_forward(y, x, s, w)
         else:
             ctx.save_for_backward(y, *output)
         ctx.how = transpose, k, algorithm, trapezoidal, scale
@@ -128,11 +128,11 @@ class Matmul(torch.autograd.Function):
         if factor is not None:
             dout = dout * factor
         if ctx.one_block:
-            y, x, t, w = ctx.saved_tensors
+            y, x, s, w = ctx.saved_tensors
             if rebuild:
-                t = portable.factors(y, xp)[0]
-                w = (t.mT if transpose else t) @ (y @ x)
-            dy, dx = portable.one_block_backward(y, x, t, w, dout, transpose, xp)
+                s = portable.gram_factor(y, xp)
+                w = portable.solve(s, y @ x, transpose, xp)
+            dy, dx = portable.one_block_backward(y, x, s, w, dout, transpose, xp)
         else:
             y, out, t, s, *dense = ctx.saved_tensors
             if rebuild:
@@ -168,8 +168,8 @@ class EagerMatmul(Matmul):
                 "compact-WY block ({} reflections at most here); this product has {}: use reverse mode "
                 "(grad, jacrev)".format(k, ctx.n)
             )
-        y, x, t, w = ctx.saved_tensors
-        return portable.one_block_tangent(y, x, t, w, dy, dx, transpose, xp), None, None, None
+        y, x, s, w = ctx.saved_tensors
+        return portable.one_block_tangent(y, x, s, w, dy, dx, transpose, xp), None, None
 
 
 class _OlderMatmul(torch.autograd.Function):

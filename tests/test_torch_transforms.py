@@ -399,3 +399,27 @@ def test_float32_one_block_differentiates_twice_as_float64():
     got = penalty_gradient(v64.float(), x64.float())
     assert got.dtype == torch.float32
     assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_one_block_on_numpy_matches_torch(transpose):
+    """:func:`cuhouse.algorithms.portable.one_block`, its backward and its tangent solve with S (a
+    triangular solve on torch, the standard's ``linalg.solve`` elsewhere): the same values on NumPy."""
+    import array_api_compat.numpy as np_xp
+    import array_api_compat.torch as torch_xp
+
+    from cuhouse.algorithms import portable
+
+    y, x, dout = randn(3, 5), randn(5, 2, seed=2), randn(5, 2, seed=3)
+    dy, dx = randn(3, 5, seed=4), randn(5, 2, seed=5)
+    results = []
+    for xp, arrays in ((torch_xp, (y, x, dout, dy, dx)), (np_xp, [a.numpy() for a in (y, x, dout, dy, dx)])):
+        y_, x_, dout_, dy_, dx_ = arrays
+        out, s, w = portable.one_block(y_, x_, transpose, xp)
+        back = portable.one_block_backward(y_, x_, s, w, dout_, transpose, xp)
+        tangent = portable.one_block_tangent(y_, x_, s, w, dy_, dx_, transpose, xp)
+        results.append([torch.as_tensor(a) for a in (out, *back, tangent)])
+    for got, want in zip(*results):
+        assert_close(got, want, torch.float64)
+    h = dense_householder(y)
+    assert_close(results[0][0], (h.mT if transpose else h) @ x, torch.float64)

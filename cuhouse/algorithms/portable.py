@@ -110,62 +110,80 @@ def build(y, block_size, xp, algorithm="cwy", trapezoidal=False):
 
 
 def factors(y, xp):
-    """``(T, S)`` ``(..., k, k)`` of the blocks ``y`` ``(..., k, d)``: ``S = G * mask`` with ``G = Y Y^T``
-    (a zero row, an identity factor or padding, gets ``S_ii = 1/2``: it acts as nothing) and
+    """``(T, S)`` ``(..., k, k)`` of the blocks ``y`` ``(..., k, d)``: S of :func:`gram_factor` and
     ``T = S^{-1}``; differentiable. O(k^2 d + k^3)."""
+    s = gram_factor(y, xp)
+    return triangular_inverse(s, constants(y.shape[-2], y.dtype, _device(y), xp), xp), s
+
+
+def gram_factor(y, xp):
+    """``S = G * mask`` ``(..., k, k)`` with ``G = Y Y^T`` for the rows ``y`` ``(..., k, d)`` (a zero row,
+    an identity factor or padding, gets ``S_ii = 1/2``: it acts as nothing); differentiable. O(k^2 d)."""
     c = constants(y.shape[-2], y.dtype, _device(y), xp)
     g = y @ y.mT
     # the term for zero rows is a constant, so dS/dG is the mask everywhere (xp.where(G == 0, ...) cut the
     # derivative at an exactly zero off-diagonal G_ij: orthogonal rows got silently wrong gradients); only
     # the diagonal is compared (I/2 is zero elsewhere): 18 us less at k = 128 on one CPU thread
     zero_rows = xp.astype(xp.linalg.diagonal(g) == 0, g.dtype)
-    s = g * c.mask + c.half * zero_rows[..., None, :]
-    return triangular_inverse(s, c, xp), s
+    return g * c.mask + c.half * zero_rows[..., None, :]
+
+
+def solve(s, b, transpose, xp):
+    """``S^{-1} b`` (``S^{-T} b`` with ``transpose``) for upper-triangular ``s`` ``(..., k, k)`` and ``b``
+    ``(..., k, m)`` (batch shapes broadcast): one triangular solve on torch, O(k^2 m); the standard's
+    ``linalg.solve`` otherwise."""
+    a = s.mT if transpose else s
+    if is_torch(xp):
+        import torch
+
+        return torch.linalg.solve_triangular(a, b, upper=not transpose)
+    return xp.linalg.solve(a, b)
 
 
 def one_block(y, x, transpose, xp):
     """``H @ x`` (``H^T @ x``) for the rows ``y`` ``(..., n, d)`` applied as ONE block, unpadded:
-    ``(out, T, S, W)`` with ``W = M (Y x)`` (``M = T``, or ``T^T`` when ``transpose``) ``(..., n, m)``,
-    kept for :func:`one_block_backward`. Batch shapes broadcast. O(n^2 d + n d m)."""
-    t, s = factors(y, xp)
-    w = (t.mT if transpose else t) @ (y @ x)
-    return _plus_product(x, y.mT, w, xp, -1), t, s, w
+    ``(out, S, W)`` with S of :func:`gram_factor` and ``W = M (Y x)`` (``M = T = S^{-1}``, or
+    ``T^T`` when ``transpose``) ``(..., n, m)`` by one triangular solve (no T), kept for
+    :func:`one_block_backward`. Batch shapes broadcast. O(n^2 d + n d m)."""
+    s = gram_factor(y, xp)
+    w = solve(s, y @ x, transpose, xp)
+    return _plus_product(x, y.mT, w, xp, -1), s, w
 
 
-def one_block_backward(y, x, t, w, dout, transpose, xp):
-    """``(dY, dX)`` of :func:`one_block`'s output for its inputs ``y``, ``x``, its ``T`` and ``W``
+def one_block_backward(y, x, s, w, dout, transpose, xp):
+    """``(dY, dX)`` of :func:`one_block`'s output for its inputs ``y``, ``x``, its ``S`` and ``W``
     and the cotangent ``dout`` (of the output's shape), from the saved input rather than the
-    sweep's reconstruction: with ``A = Y dout`` and ``P = M^T A``,
+    sweep's reconstruction: with ``A = Y dout`` and ``P = M^T A`` (one triangular solve),
     ``dX = dout - Y^T P``, ``dS = P W^T`` (``W P^T`` when ``transpose``), ``dG = dS * mask`` and
-    ``dY = (dG + dG^T) Y - W dout^T - P x^T``. Differentiable (to any order when ``T`` and ``W``
+    ``dY = (dG + dG^T) Y - W dout^T - P x^T``. Differentiable (to any order when ``S`` and ``W``
     are functions of ``y`` and ``x`` on the tape). dY and dX have the batch shape of ``dout``.
-    Cost: 5 GEMMs of O(n d m) and 1 of O(n^2 d): about twice the forward."""
+    Cost: 4 GEMMs of O(n d m), a solve of O(n^2 m) and 1 GEMM of O(n^2 d): about twice the forward."""
     c = constants(y.shape[-2], y.dtype, _device(y), xp)
-    p = (t if transpose else t.mT) @ (y @ dout)
+    p = solve(s, y @ dout, not transpose, xp)
     dx = _plus_product(dout, y.mT, p, xp, -1)
     dg = (w @ p.mT if transpose else p @ w.mT) * c.mask
     dy = _plus_product((dg + dg.mT) @ y, w, dout.mT, xp, -1, scratch=True)
     return _plus_product(dy, p, x.mT, xp, -1, scratch=True), dx
 
 
-def one_block_tangent(y, x, t, w, dy, dx, transpose, xp):
+def one_block_tangent(y, x, s, w, dy, dx, transpose, xp):
     """The tangent of :func:`one_block`'s output for tangents ``dy`` and ``dx`` (either ``None``: zero)
-    of its inputs (forward mode): ``dG = dY Y^T + Y dY^T``, ``dT = -T (dG * mask) T``,
-    ``dW = dM (Y x) + M (dY x + Y dx)`` and ``d out = dx - dY^T W - Y^T dW``. O(n^2 d + n d m)."""
-    m = t.mT if transpose else t
+    of its inputs (forward mode): ``dS = (dY Y^T + Y dY^T) * mask``,
+    ``dW = M (dY x + Y dx - dS W)`` (``dS^T`` when ``transpose``; one triangular solve) and
+    ``d out = dx - dY^T W - Y^T dW``. O(n^2 d + n d m)."""
     parts, tangent = [], None
     if dy is not None:
         c = constants(y.shape[-2], y.dtype, _device(y), xp)
-        dt = -(t @ (((dy @ y.mT) + (y @ dy.mT)) * c.mask) @ t)
-        parts += [(dt.mT if transpose else dt) @ (y @ x), m @ (dy @ x)]
+        ds = ((dy @ y.mT) + (y @ dy.mT)) * c.mask
+        parts += [-((ds.mT if transpose else ds) @ w), dy @ x]
         tangent = -(dy.mT @ w)
     if dx is not None:
-        parts.append(m @ (y @ dx))
+        parts.append(y @ dx)
         tangent = dx if tangent is None else tangent + dx
-    dw = parts[0]
+    rhs = parts[0]
     for part in parts[1:]:
-        dw = dw + part
-    return tangent - y.mT @ dw
+        rhs = rhs + part
+    return tangent - y.mT @ solve(s, rhs, transpose, xp)
 
 
 def _explicit_array(b, nb, k, trapezoidal, xp):
