@@ -180,12 +180,13 @@ def matmul(op, x, left):
     return h @ x if left else x @ h
 
 
-def remember_product(op, columns, transpose, module, chosen, form, limits):
-    """Keep the product ``op`` just ran on the small-size path for :func:`replay`: X's ``columns``
-    ``(d, m)`` (m >= 1, inside ``limits``), the ``transpose`` the plan applied (the side's and the
-    view's), the plan ``chosen`` with its ``module`` and built ``form``. One tuple and one dictionary
-    assignment; nothing once :data:`REPLAYS` keys are kept."""
-    kept = op._core._replay
+def remember_product(kept, op, columns, transpose, module, chosen, form, limits):
+    """Keep the product ``op`` just ran on the small-size path for :func:`replay` in ``kept``, the
+    replay table ``op`` had before the product ran (a ``refresh()`` meanwhile gives the operator a new
+    table, which the old form never enters): X's ``columns`` ``(d, m)`` (m >= 1, inside ``limits``),
+    the ``transpose`` the plan applied (the side's and the view's), the plan ``chosen`` with its
+    ``module`` and built ``form``. One tuple and one dictionary assignment; nothing once
+    :data:`REPLAYS` keys are kept."""
     m = columns.shape[1]
     if not m or len(kept) >= REPLAYS:
         return

@@ -13,7 +13,9 @@ the same work with fewer calls:
   needs no scaling;
 * no index arrays, no masks built per call (they are memoized by shape);
 * the plan memoized by (shape, dtype, layout), and no layer of the general
-  operand protocol between ``@`` and the algorithm.
+  operand protocol between ``@`` and the algorithm;
+* what a product ran here (plan, form, limits) is kept for
+  :func:`cuhouse._reuse.replay`, which runs before this path in ``@``.
 
 Whatever does not fit (a batch, another dtype or array type, a failed check)
 returns ``None`` and the caller takes the general path, which raises the
@@ -163,6 +165,7 @@ def matmul(h, x, side):
     if found is None:
         return None
     columns, transpose = found
+    kept = h._core._replay  # before the form is built: a refresh() meanwhile gives h a new table
     module, chosen, (form, _, limits), transpose = h._run(columns, transpose, False)
     if columns.shape[1]:
         sizes = _scaling.column_sizes(columns, numpy)
@@ -172,7 +175,8 @@ def matmul(h, x, side):
         out = module.apply(form, columns, transpose, numpy)
     else:
         out = module.apply(form, columns, transpose, numpy, mode=chosen.apply)
-    _reuse.remember_product(h, columns, transpose, module, chosen, form, limits)  # the next such product replays it
+    # the next such product replays it
+    _reuse.remember_product(kept, h, columns, transpose, module, chosen, form, limits)
     if x.ndim == 1:
         return out[:, 0]
     out = out.T if side == "right" else out

@@ -308,6 +308,9 @@ def problems(machine):
         value = getattr(machine, name)
         if value is not None and value > 2 * machine.peak:
             found.append("{} = {:.3g} flop/s exceeds twice the GEMM peak {:.3g}".format(name, value, machine.peak))
+    volumes = [volume for volume, _ in machine.block_rates or ()]
+    if any(not (math.isfinite(v) and v > 0) for v in volumes) or any(a >= b for a, b in zip(volumes, volumes[1:])):
+        found.append("the block GEMM volumes {} are not positive and increasing".format(volumes))
     for volume, rate in machine.block_rates or ():
         if not (math.isfinite(rate) and 1e6 <= rate <= 2 * machine.peak):
             found.append(

@@ -163,6 +163,10 @@ def test_one_measurement_gives_finite_positive_constants():
         ({"ormqr_rate": 3e11}, r"ormqr_rate = 3e\+11 flop/s exceeds twice the GEMM peak 1e\+11"),
         ({"gemv_rate": 5e11}, r"gemv_rate = 5e\+11 flop/s exceeds twice the GEMM peak 1e\+11"),
         (
+            {"block_rates": ((1e6, 5e10), (1e6, 6e10))},
+            r"the block GEMM volumes \[1000000.0, 1000000.0\] are not positive and increasing",
+        ),
+        (
             {"block_rates": ((1e5, 5e10), (1e6, 5e11))},
             r"the block GEMM rate 5e\+11 flop/s at volume 1e\+06 is outside \[1e6, twice the GEMM peak 1e\+11\]",
         ),

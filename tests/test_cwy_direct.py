@@ -68,6 +68,14 @@ def test_in_place_inverse_refuses_a_singular_matrix():
         primitives.upper_triangular_inverse_in_place(s)
 
 
+def test_in_place_inverse_refuses_a_stack_it_cannot_overwrite():
+    """?trtri would invert a copy of a Fortran-ordered (or read-only) stack and leave it as it was."""
+    s = numpy.triu(numpy.ones((2, 4, 4))) + numpy.eye(4)
+    for stack in (numpy.asfortranarray(s), s.transpose(0, 2, 1), numpy.broadcast_to(s[0], (2, 4, 4))):
+        with pytest.raises(ValueError, match=r"needs a writable C-ordered stack, got strides"):
+            primitives.upper_triangular_inverse_in_place(stack)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, k", [(12, 4), (13, 4), (7, 16)])
 def test_direct_build_matches_the_general_build(dtype, n, k):

@@ -340,6 +340,28 @@ def test_replays_are_dropped_by_refresh_prepare_reuse_and_pickling():
     numpy.testing.assert_array_equal(h @ x, ch.HouseholderProduct(v) @ x)
 
 
+def test_a_refresh_during_a_product_keeps_nothing_stale(monkeypatch):
+    """Vectors updated in place and ``refresh()`` called (another thread) while a product builds its
+    form: the form of the old vectors is not kept in the refreshed table, so the next product follows
+    the new vectors."""
+    rng = numpy.random.default_rng(14)
+    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
+    h = ch.HouseholderProduct(v)
+    run = h._run
+
+    def run_then_refresh(*args):
+        found = run(*args)
+        v[3] = rng.standard_normal(10)
+        h.refresh()
+        return found
+
+    monkeypatch.setattr(h, "_run", run_then_refresh)
+    h @ x
+    monkeypatch.undo()
+    assert not h._core._replay
+    numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
+
+
 def test_replays_give_the_same_bits_in_any_thread():
     rng = numpy.random.default_rng(14)
     v = rng.standard_normal((40, 96)).astype(numpy.float32)

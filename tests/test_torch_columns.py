@@ -136,6 +136,22 @@ def test_columns_gradients_at_axis_aligned_rows(monkeypatch, one_block):
     assert torch.autograd.gradgradcheck(lambda v: _columns.columns(v, 5), (v,))
 
 
+def test_orthogonal_refuses_forward_mode():
+    """The materialized weight's Function has no forward-mode rule (a Function with one cannot be
+    traced by torch.compile): jacfwd is a NotImplementedError naming jvp, never a wrong value;
+    reverse mode (jacrev) works."""
+    torch.manual_seed(0)
+    layer = cht.orthogonal(torch.nn.Linear(8, 8))
+    params, x = dict(layer.named_parameters()), torch.randn(2, 8)
+
+    def call(p):
+        return torch.func.functional_call(layer, p, (x,))
+
+    with pytest.raises(NotImplementedError, match="jvp"):
+        torch.func.jacfwd(call)(params)
+    assert torch.func.jacrev(call)(params)["parametrizations.weight.original"].shape == (2, 8, 8, 8)
+
+
 def test_cost_rule():
     """The Function for many reflections of a square or nearly square Q; the compact-WY product otherwise."""
     assert all(_columns.cheaper(d, d, d) for d in (1, 2, 32, 128, 129, 256, 1024))

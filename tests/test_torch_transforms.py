@@ -384,8 +384,8 @@ def test_trapezoidal_blocks_skip_only_rows_they_cannot_touch(monkeypatch, transp
 
 
 def test_float32_one_block_differentiates_twice_as_float64():
-    """One float32 block runs autograd's tape in float64; a gradient penalty through it (second
-    order) agrees with the float64 Function's."""
+    """One float32 block is computed in float64 by the Function's one-block rule; a gradient penalty
+    through it (second order) agrees with the float64 Function's."""
     v64, x64, w64 = randn(4, 6), randn(6, 3, seed=2), randn(6, 3, seed=3)
 
     def penalty_gradient(v, x):

@@ -139,6 +139,10 @@ def upper_triangular_inverse_in_place(s):
     whose strictly lower triangles are zero, in place (LAPACK ``?trtri`` on each ``s[j]^T``, a
     Fortran-ordered lower triangle): the same bits as :func:`upper_triangular_inverse`, no
     temporaries. Returns ``s``. Cost: O(k^3 / 3) flops and one call per matrix."""
+    if not s.flags.c_contiguous or not s.flags.writeable:  # ?trtri would invert a copy and leave s as it was
+        raise ValueError(
+            "upper_triangular_inverse_in_place needs a writable C-ordered stack, got strides {}".format(s.strides)
+        )
     trtri = _trtri(s.dtype)
     for matrix in s:
         _, info = trtri(matrix.T, lower=1, overwrite_c=1)

@@ -40,8 +40,9 @@ def householder_matmul(
     ``torch.compile``, ``torch.export`` or a ``torch.func`` transform) checks
     that every row is finite and nonzero, a ``ValueError`` otherwise, at the
     price of one host synchronization on a device; ``False`` skips it (a zero
-    row then acts as the identity factor). Cost: O(n d m) forward as GEMMs in blocks of k = 64
-    reflections plus O(n k d) for their T factors; backward about three times
+    row then acts as the identity factor). Cost: O(n d m) forward as GEMMs in blocks of k reflections
+    (``cuhouse._torch.default_block_size``: 64, or 128 when X has at least d/2 columns) plus
+    O(n k d) for their T factors; backward about three times
     the forward. No d x d matrix is formed.
     """
     check(vectors, X)
