@@ -63,8 +63,8 @@ KEEP_FACTOR = 2  # the dense H may hold up to this many times the reflections' e
 KEEP_MIN = 1 << 16  # ... or this many entries, whichever is larger
 HOT_SIZES = 64  # column counts remembered per reflections for the hot path
 REPLAYS = 64  # products kept per reflections for replay (column count, side, pinned plan)
-_largest = numpy.maximum.reduce  # the ufunc's reduction itself: no Python layer of ndarray.max
-_smallest = numpy.minimum.reduce
+largest = numpy.maximum.reduce  # the ufuncs' reductions themselves: no Python layer of ndarray.max/min
+smallest = numpy.minimum.reduce
 
 Replay = namedtuple("Replay", "calibration d dtype lo hi module form transpose mode")
 Replay.__doc__ = """A NumPy product kept for :func:`replay`: the :mod:`cuhouse.calibration` its plan was
@@ -173,7 +173,7 @@ def matmul(op, x, left):
     if kept is None or op.algorithm != "auto" or op.block_size is not None:  # pinned on this view: not kept
         return None
     h, ht, bound, d = kept
-    if rows != d or x.dtype != h.dtype or not _largest(abs(x), None) < bound:  # NaN fails too
+    if rows != d or x.dtype != h.dtype or not largest(abs(x), None) < bound:  # NaN fails too
         return None
     if op._transpose:
         h = ht
@@ -234,13 +234,20 @@ def replay(op, x, left):
         size = sizes.item()
         if not entry.lo <= size <= entry.hi:  # NaN fails too
             return None
-    elif not (_smallest(sizes) >= entry.lo and _largest(sizes) <= entry.hi):
+    elif not (smallest(sizes) >= entry.lo and largest(sizes) <= entry.hi):
         return None
-    if entry.mode == "steps":
-        out = entry.module.apply(entry.form, columns, entry.transpose, numpy)
+    return apply_plan(entry.module, entry.form, columns, entry.transpose, entry.mode, x.ndim, left)
+
+
+def apply_plan(module, form, columns, transpose, mode, ndim, left):
+    """``module.apply`` of a built ``form`` to NumPy ``columns`` ``(d, m)`` in the plan's apply ``mode``
+    (``"steps"`` takes no mode argument), returned as the product of a ``ndim``-D operand on the
+    ``left`` side or the right: a new C-contiguous array, a vector for ``ndim == 1``."""
+    if mode == "steps":
+        out = module.apply(form, columns, transpose, numpy)
     else:
-        out = entry.module.apply(entry.form, columns, entry.transpose, numpy, mode=entry.mode)
-    if x.ndim == 1:
+        out = module.apply(form, columns, transpose, numpy, mode=mode)
+    if ndim == 1:
         return out[:, 0]
     out = out if left else out.T
     return out if out.flags.c_contiguous else numpy.ascontiguousarray(out)

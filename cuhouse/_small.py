@@ -32,10 +32,8 @@ from . import _reuse
 from ._reflections import Reflections, Segment
 from ._validate import NormSummary
 from .algorithms import _layout, _scaling
+from .algorithms._gemm import BLAS_DTYPES
 from .algorithms.ormqr import squared_lengths
-
-_FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
-_smallest, _largest = numpy.minimum.reduce, numpy.maximum.reduce  # the ufuncs' reductions: no ndarray method layer
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,14 +53,14 @@ def vectors_reflections(vectors, check_finite):
     The norms, their summary and the safety are cached on the result; a row 1
     nonzero in entry 0 settles the layout (full) at once.
     """
-    if type(vectors) is not numpy.ndarray or vectors.ndim != 2 or vectors.dtype not in _FLOATS:
+    if type(vectors) is not numpy.ndarray or vectors.ndim != 2 or vectors.dtype not in BLAS_DTYPES:
         return None
     n, d = vectors.shape
     if not 1 <= n <= d:
         return None
     sumsq = numpy.einsum("ij,ij->i", vectors, vectors)
     lo, hi = _safe_range(vectors.dtype)
-    smallest, largest = _smallest(sumsq), _largest(sumsq)
+    smallest, largest = _reuse.smallest(sumsq), _reuse.largest(sumsq)
     if not (smallest >= lo and largest <= hi):  # NaN fails both comparisons
         return None
     core = Reflections("numpy", (vectors,), (Segment(0, False, None, None),), bool(check_finite), vectors.dtype)
@@ -89,7 +87,7 @@ def lapack_reflections(a, tau, check_finite):
         or type(tau) is not numpy.ndarray
         or a.ndim != 2
         or tau.ndim != 1
-        or a.dtype not in _FLOATS
+        or a.dtype not in BLAS_DTYPES
         or tau.dtype != a.dtype
     ):
         return None
@@ -136,7 +134,7 @@ def operand(h, x, side):
     row-major ``X @ H`` operand is a column-major view).
     """
     core = h._core
-    if core.backend != "numpy" or x.dtype != core.dtype or core.dtype not in _FLOATS or not 1 <= x.ndim <= 2:
+    if core.backend != "numpy" or x.dtype != core.dtype or core.dtype not in BLAS_DTYPES or not 1 <= x.ndim <= 2:
         return None
     if not core.small:
         return None
@@ -169,15 +167,9 @@ def matmul(h, x, side):
     module, chosen, (form, _, limits), transpose = h._run(columns, transpose, False)
     if columns.shape[1]:
         sizes = _scaling.column_sizes(columns, numpy)
-        if not (_smallest(sizes) >= limits.lo and _largest(sizes) <= limits.hi):
+        if not (_reuse.smallest(sizes) >= limits.lo and _reuse.largest(sizes) <= limits.hi):
             return None
-    if chosen.apply == "steps":
-        out = module.apply(form, columns, transpose, numpy)
-    else:
-        out = module.apply(form, columns, transpose, numpy, mode=chosen.apply)
+    out = _reuse.apply_plan(module, form, columns, transpose, chosen.apply, x.ndim, side != "right")
     # the next such product replays it
     _reuse.remember_product(kept, h, columns, transpose, module, chosen, form, limits)
-    if x.ndim == 1:
-        return out[:, 0]
-    out = out.T if side == "right" else out
-    return out if out.flags.c_contiguous else numpy.ascontiguousarray(out)
+    return out
