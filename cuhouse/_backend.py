@@ -9,6 +9,7 @@ backend.
 """
 
 import functools
+import sys
 
 import numpy
 
@@ -322,3 +323,10 @@ def to_host(a):
     if hasattr(a, "cpu"):  # torch, any device
         return a.detach().cpu().numpy()
     return numpy.asarray(a)
+
+
+def functorch_wrapped(t, unknown=True):
+    """Whether torch tensor ``t`` is a ``torch.func`` transform's wrapper (vmap's batched or grad's
+    tracking tensor), by torch's private probe (torch 2.4-2.13); ``unknown`` where this torch has none."""
+    probe = getattr(getattr(sys.modules["torch"]._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return unknown if probe is None else probe(t)

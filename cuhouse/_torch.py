@@ -189,13 +189,19 @@ class _OlderMatmul(torch.autograd.Function):
     jvp = EagerMatmul.jvp
 
 
+# torch's private probe of torch.func (torch 2.4-2.13; Function.apply itself calls it): where a torch
+# has none, eager() is False and the setup_context forms, valid everywhere, run.
+_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
 def eager():
     """True outside ``torch.compile``, ``torch.export`` and ``torch.func`` transforms: where an
     ``autograd.Function`` may be applied in its older form (``forward(ctx, ...)``)."""
     return (
         not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
-        and not torch._C._are_functorch_transforms_active()
+        and _TRANSFORMS_ACTIVE is not None
+        and not _TRANSFORMS_ACTIVE()
     )
 
 

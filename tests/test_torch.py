@@ -490,3 +490,26 @@ def test_import_without_torch_says_how_to_install():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert 'pip install "cuhouse[torch]"' in out
+
+
+def test_a_torch_without_the_private_functorch_probes_takes_the_forms_valid_everywhere(monkeypatch):
+    """cuhouse asks torch._C whether a torch.func transform is active or wraps a tensor (private
+    probes of torch 2.4-2.13); where they are missing, products, gradients and orthogonal()'s step
+    run the setup_context Function and out-of-place operations, with the same values."""
+    import cuhouse
+    import cuhouse._torch
+
+    torch.manual_seed(0)
+    v, x = randn(6, 8, requires_grad=True), randn(8, 3, seed=2, requires_grad=True)
+    layer = cht.orthogonal(torch.nn.Linear(8, 8, dtype=torch.float64))
+
+    def run():
+        out = cht.householder_matmul(v, x) + cuhouse.HouseholderProduct(v) @ x + layer(x.T).T[:, :3]
+        return (out, *torch.autograd.grad(out.square().sum(), (v, x, layer.parametrizations.weight.original)))
+
+    expected = run()
+    monkeypatch.setattr(cuhouse._torch, "_TRANSFORMS_ACTIVE", None)
+    monkeypatch.delattr(torch._C._functorch, "is_functorch_wrapped_tensor")
+    assert not cuhouse._torch.eager()
+    for got, want in zip(run(), expected):
+        assert_close(got, want, torch.float64)

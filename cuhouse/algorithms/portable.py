@@ -25,7 +25,7 @@ times apply, all GEMMs.
 
 from collections import namedtuple
 
-from .._backend import is_torch
+from .._backend import functorch_wrapped, is_torch
 
 Form = namedtuple("PortableForm", "y t s n dense trapezoidal")
 Form.__doc__ = """Blocks ``y`` ``(..., nb, k, d)``, T matrices ``t`` and their inverses ``s``
@@ -195,7 +195,7 @@ def _explicit_array(b, nb, k, trapezoidal, xp):
         return None
     import torch
 
-    if torch.is_grad_enabled() or _tracing(xp, b.device) or torch._C._functorch.is_functorch_wrapped_tensor(b):
+    if torch.is_grad_enabled() or _tracing(xp, b.device) or functorch_wrapped(b):
         return None
     return torch.empty((nb, k, b.shape[0]), dtype=b.dtype, device=b.device)
 

@@ -42,6 +42,7 @@ The backward under ``create_graph=True`` is differentiable torch operations on
 import torch
 from torch import nn
 
+from .._backend import functorch_wrapped
 from .._torch import eager
 
 BLOCK = 64
@@ -110,7 +111,7 @@ def _in_place(t):
     """True when GEMMs may accumulate into ``t`` in place (``addmm_``, ``baddbmm_``): eager, outside
     ``torch.func`` (vmap has no batching rule for them and would loop over the batch) and
     ``torch.compile`` (which fuses the plain operations itself)."""
-    return not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+    return not torch.compiler.is_compiling() and not functorch_wrapped(t)
 
 
 def _plus_product(c, a, b, alpha, in_place):

@@ -15,6 +15,7 @@ import math
 import torch
 
 from .. import _torch
+from .._backend import functorch_wrapped
 from .._shapes import matmul_shape
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -116,7 +117,7 @@ def _eager(t):
         type(t) in (torch.Tensor, torch.nn.Parameter)
         and not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
-        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+        and not functorch_wrapped(t, unknown=False)  # without the probe, a wrapper's check raises
         and t.device.type != "meta"
     )
 
