@@ -172,21 +172,25 @@ class EagerMatmul(Matmul):
         return portable.one_block_tangent(y, x, s, w, dy, dx, transpose, xp), None, None
 
 
-class _OlderMatmul(torch.autograd.Function):
-    """:class:`EagerMatmul` (backward and one block's ``jvp``) in autograd's older form
-    (``forward(ctx, ...)``), whose ``apply`` skips the argument binding (``inspect``) of the
-    ``setup_context`` form: about 30 us less per call (d = 8, one CPU thread). Only where
-    :func:`eager`: ``torch.func`` transforms, ``torch.compile`` and ``torch.export`` need the
-    newer form."""
+def older_form(function, name):
+    """The ``setup_context`` Function ``function`` as class ``name`` in autograd's older form
+    (``forward(ctx, ...)``): the same forward, context, backward and ``jvp``, but an ``apply`` that
+    skips the newer form's argument binding (``inspect``): 20-30 us less per call (one CPU thread).
+    Only where :func:`eager`: ``torch.func`` transforms, ``torch.compile`` and ``torch.export`` need
+    the newer form."""
 
-    @staticmethod
     def forward(ctx, *inputs):
-        output = Matmul.forward(*inputs)
-        Matmul.setup_context(ctx, inputs, output)
+        output = function.forward(*inputs)
+        function.setup_context(ctx, inputs, output)
         return output
 
-    backward = Matmul.backward
-    jvp = EagerMatmul.jvp
+    members = {"forward": forward, "backward": function.backward, "jvp": function.jvp}
+    members = {key: staticmethod(value) for key, value in members.items()}
+    members["__doc__"] = ":class:`{}` in autograd's older form (:func:`older_form`).".format(function.__name__)
+    return type(name, (torch.autograd.Function,), members)
+
+
+_OlderMatmul = older_form(EagerMatmul, "_OlderMatmul")
 
 
 # torch's private probe of torch.func (torch 2.4-2.13; Function.apply itself calls it): where a torch

@@ -476,26 +476,23 @@ class HouseholderProduct(Operator):
 
     # ------------------------------------------------------------- products
     def __matmul__(self, other):
-        if type(other) is numpy.ndarray:  # a kept form or product (cuhouse._reuse), else the small path
-            out = _reuse.matmul(self, other, True) if self._core.reuse else None
-            if out is None:
-                out = _reuse.replay(self, other, True)
-            if out is None:
-                out = _small.matmul(self, other, "left")
-            if out is not None:
-                return out
-        return super().__matmul__(other)
+        out = self._numpy_fast_path(other, True) if type(other) is numpy.ndarray else None
+        return super().__matmul__(other) if out is None else out
 
     def __rmatmul__(self, other):
-        if type(other) is numpy.ndarray:
-            out = _reuse.matmul(self, other, False) if self._core.reuse else None
-            if out is None:
-                out = _reuse.replay(self, other, False)
-            if out is None:
-                out = _small.matmul(self, other, "right")
-            if out is not None:
-                return out
-        return super().__rmatmul__(other)
+        out = self._numpy_fast_path(other, False) if type(other) is numpy.ndarray else None
+        return super().__rmatmul__(other) if out is None else out
+
+    def _numpy_fast_path(self, x, left):
+        """``self @ x`` (``x @ self`` when not ``left``) for a NumPy ``x`` by the first fast path that
+        takes it: the declared reuse's kept form, a kept product's replay (:mod:`cuhouse._reuse`),
+        the small-size path (:mod:`cuhouse._small`); ``None`` when none does."""
+        out = _reuse.matmul(self, x, left) if self._core.reuse else None
+        if out is None:
+            out = _reuse.replay(self, x, left)
+        if out is None:
+            out = _small.matmul(self, x, "left" if left else "right")
+        return out
 
     def prepare_reuse(self, reuse: bool = True) -> HouseholderProduct:
         """Declare that these reflections will run many products: from the next product on, each runs

@@ -39,11 +39,13 @@ The backward under ``create_graph=True`` is differentiable torch operations on
 ``torch.export`` see plain torch operations.
 """
 
+import array_api_compat.torch as xp
 import torch
 from torch import nn
 
 from .._backend import functorch_wrapped
-from .._torch import eager
+from .._torch import eager, older_form
+from ..algorithms import portable
 
 BLOCK = 64
 """Reflections per block when there are more than :data:`ONE_BLOCK` (32 and 128 were no faster at
@@ -97,14 +99,10 @@ def _blocks(v, b):
 
 
 def _factors(vb):
-    """U = V^T T of every block ``(..., nb, d, b)`` for ``vb`` ``(..., nb, b, d)``: T = S^{-1} with
-    S = diag(G) / 2 + striu(G), G = V V^T (a zero row, as padding, gets S_ii = 1/2: it acts as nothing),
-    as :mod:`cuhouse.algorithms.portable` builds it, by one triangular solve U S = V^T.
-    O(nb b^2 d)."""
-    s = torch.triu(vb @ vb.mT)
-    diagonal = s.diagonal(dim1=-2, dim2=-1)
-    diagonal.copy_(torch.where(diagonal == 0, 1, diagonal) / 2)
-    return torch.linalg.solve_triangular(s, vb.mT, upper=True, left=False)
+    """U = V^T T of every block ``(..., nb, d, b)`` for ``vb`` ``(..., nb, b, d)``: T = S^{-1} with the S
+    of :func:`cuhouse.algorithms.portable.gram_factor` (a zero row, as padding, acts as nothing), by
+    one triangular solve U S = V^T. O(nb b^2 d)."""
+    return torch.linalg.solve_triangular(portable.gram_factor(vb, xp), vb.mT, upper=True, left=False)
 
 
 def _in_place(t):
@@ -239,18 +237,7 @@ class Columns(torch.autograd.Function):
         return dv[..., : v.shape[-2], :], None, None, None
 
 
-class _EagerColumns(torch.autograd.Function):
-    """:class:`Columns` in autograd's older form (``forward(ctx, ...)``), whose ``apply`` skips the
-    argument binding (``inspect``) of the ``setup_context`` form: about 20 us less per call. Only
-    outside ``torch.func`` transforms, ``torch.compile`` and ``torch.export``, which need that form."""
-
-    @staticmethod
-    def forward(ctx, v, signs, k, b):
-        output = Columns.forward(v, signs, k, b)
-        Columns.setup_context(ctx, (v, signs, k, b), output)
-        return output
-
-    backward = Columns.backward
+_EagerColumns = older_form(Columns, "_EagerColumns")
 
 
 def columns(v, k, signs=None):
