@@ -597,6 +597,7 @@ class HouseholderProduct(Operator):
             self.block_size,
             core.layout_for(differentiable),
             core.lapack_ready(differentiable),
+            differentiable,
         )
 
     def _plan_backend(self):
