@@ -274,7 +274,9 @@ class Reflections(_Cached):
         binade instead (see ``householder._apply_scaled``).
         """
         key = (chosen.algorithm, chosen.block_size, dtype, layout)
-        if key not in self._forms:
+        forms = self._forms  # read once: a refresh() meanwhile gives a new table, which this form never enters
+        found = forms.get(key)
+        if found is None:
             xp = self.xp
             if chosen.algorithm == "dense":
                 d = self.shape[-1]
@@ -283,8 +285,8 @@ class Reflections(_Cached):
                 )
             if not self.native:  # rows scaled into range without a host synchronization; no column limits
                 form, scale = _generic.form(self, chosen.algorithm, chosen.block_size or 1, dtype)
-                self._forms[key] = form, scale, None
-                return self._forms[key]
+                found = forms[key] = form, scale, None
+                return found
             module = PLANS[chosen.algorithm]
             rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
             if not self.safe:
@@ -299,8 +301,8 @@ class Reflections(_Cached):
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
             extra = {"norms": self.norms} if module is PLANS["ormqr"] else {}
             form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
-            self._forms[key] = form, scaled, limits
-        return self._forms[key]
+            found = forms[key] = form, scaled, limits
+        return found
 
     def contributions(self, dv, scaled):
         """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the rows the form was built

@@ -617,9 +617,10 @@ class HouseholderProduct(Operator):
         reused = self._reused(differentiable)
         if reused:
             chosen = _reuse.choose(core, chosen, columns.shape[-1], columns.dtype, layout, self._plan_backend())
+        kept = core._hot  # before the form is built: a refresh() meanwhile gives core a new table
         built = core.form(chosen, columns.dtype, layout)
         if reused and chosen.algorithm == "dense" and core is self._core:
-            _reuse.remember(core, columns.shape[-1], built[0])
+            _reuse.remember(kept, core, columns.shape[-1], built[0])
         module = PLANS[chosen.algorithm] if core.native else portable
         return module, chosen, built, transpose != self._transpose
 
