@@ -161,6 +161,17 @@ def test_cost_rule():
     assert this < 0.7 * wy
 
 
+@pytest.mark.parametrize("d", [16, 128, 256, 1024, 4096])
+def test_flops_are_the_closed_forms_of_the_docstrings(d):
+    """A square Q in nb blocks (d a multiple of the block): what the module docstring states."""
+    nb = -(-d // _columns.block_size(d))
+    this, wy = _columns.flops(d, d, d)
+    forward = 4 / 3 * (1 + 1 / nb) * (1 + 1 / (2 * nb))
+    backward = 4.0 if nb == 1 else 2 + forward + 2 / 3 * (1 - 1 / nb) * (1 - 1 / (2 * nb))
+    assert this / d**3 == pytest.approx(forward + backward, rel=1e-12)
+    assert wy / d**3 == pytest.approx((2 + 6) * (1 + 1 / nb), rel=1e-12)
+
+
 LINEARS = {"square": (6, 6), "tall": (4, 7), "wide": (7, 5)}
 
 
