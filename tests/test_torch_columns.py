@@ -108,7 +108,7 @@ def test_columns_ignore_the_entries_before_the_diagonal(monkeypatch, batch, one_
 
 
 def test_eager_calls_use_the_older_function_form_with_the_same_results(many_blocks):
-    """Eager calls go through ``_EagerColumns`` (no argument binding per call); under a torch.func
+    """Eager calls go through ``_OlderColumns`` (no argument binding per call); under a torch.func
     transform ``Columns`` (the form torch.func, torch.compile and torch.export need): same bits,
     same gradients."""
     seen = []
@@ -117,7 +117,7 @@ def test_eager_calls_use_the_older_function_form_with_the_same_results(many_bloc
     v = trapezoidal(2, 5, 6, requires_grad=True)
     weight = randn(2, 6, 5, seed=6)
     results = []
-    for form in (_columns._EagerColumns, _columns.Columns):
+    for form in (_columns._OlderColumns, _columns.Columns):
         q = form.apply(v, torch.ones(5, dtype=F64), 5, 2)[0]
         results.append((q.detach(), torch.autograd.grad((q * weight).sin().sum(), v, create_graph=True)[0]))
     for got, want in zip(*results):
