@@ -33,7 +33,8 @@ bound says that X is finite and that nothing can overflow. Anything else
 (NaN, large entries, another dtype, a wrong shape) returns ``None`` and the
 general path decides, raising or scaling as it would, with the same plan.
 Thread-safe: the kept dense H is stored with one dictionary assignment; two
-threads building the same form build it twice and keep one (the same bits).
+threads building the same form build it twice and keep one (the same bits),
+and a form built while ``refresh()`` ran enters only the table it replaced.
 
 Every cached product (declared or not) has a second hot path, :func:`replay`:
 a NumPy ``H @ X`` or ``X @ H`` that the small-size path (:mod:`cuhouse._small`)
@@ -136,16 +137,18 @@ def _dense_memory_fits(core, d, dtype):
     return True
 
 
-def remember(core, m, form):
-    """Keep the dense ``form``'s matrix for the hot path of products with ``m >= 1`` columns (one NumPy
-    matrix of the reflections' own dtype; at most :data:`HOT_SIZES` column counts): ``(H, H^T, bound, d)``
-    with ``bound = max / (2 d)`` the dtype's largest value over 2d."""
-    if core.small is None or not m or (m not in core._hot and len(core._hot) >= HOT_SIZES):
+def remember(kept, core, m, form):
+    """Keep the dense ``form``'s matrix for the hot path of products with ``m >= 1`` columns in ``kept``,
+    the table of ``core`` (the reflections) read before the form was built (a ``refresh()`` meanwhile
+    gives ``core`` a new table, which the old form never enters): one NumPy matrix of the reflections'
+    own dtype, at most :data:`HOT_SIZES` column counts, as ``(H, H^T, bound, d)`` with
+    ``bound = max / (2 d)`` the dtype's largest value over 2d."""
+    if core.small is None or not m or (m not in kept and len(kept) >= HOT_SIZES):
         return
     h = form.h
     if h.dtype == core.dtype:
         d = h.shape[-1]
-        core._hot[m] = (h, h.T, float(numpy.finfo(h.dtype).max) / (2 * d), d)
+        kept[m] = (h, h.T, float(numpy.finfo(h.dtype).max) / (2 * d), d)
 
 
 def matmul(op, x, left):

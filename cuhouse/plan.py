@@ -9,10 +9,13 @@ so its time is predicted from a few constants of the machine
 * a matrix-vector product (a dimension of 1) costs ``launch + 2 p q r / gemv_rate``:
   it is bound by memory, and fitting it with the GEMMs misplaced ``half``;
 * on NumPy, the skinny GEMMs of a block of reflectors in the full layout (the
-  block size k by d by m, and the Gram matrices) run at the measured rate for
-  their volume ``p q r`` (``block_rates``: OpenBLAS's small-matrix kernels make
-  products below about 1e6 multiply-adds 1.3-1.6x faster, hence k = 16 at
-  d = 1024 and k = 8 at d = 2048 for m = 32);
+  block size k by d by m, and the Gram matrices) run at the rate measured for
+  their block size k and the size of the operand they stream (``block_rates``,
+  :func:`_block_rate`): every call streams X once, which a block of k
+  reflections shares k ways, and OpenBLAS's small-matrix kernels make products
+  below about 1e6 multiply-adds 1.3-1.6x faster; hence, for m = 32 on the
+  session-12 machine, k = 16 at d = 1024, k = 8 at d = 2048 and k = 16 at
+  d = 4096;
 * an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 * on NumPy the T matrices come from LAPACK ``?trtri``, one call per block:
   ``lapack_call + k^3 / 3 / trtri_rate`` each (on CuPy, the batched doubling
@@ -96,11 +99,12 @@ STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 
 
 # NumPy, full layout: cwy calls BLAS ?gemm on each block directly (cwy._build_numpy, cwy._apply_numpy:
-# the Gram matrix as a GEMM, X -= V^T U with beta = 1, no element-wise pass). Single-threaded OpenBLAS
-# runs these skinny GEMMs at about one rate whatever the block size k = 8..64 (small-matrix kernels
-# below about 1e6 multiply-adds, packed ones above; measured 60-70 GFLOP/s effective for every k at
-# d = 2048, m = 32), which the shape efficiency e(k) would put 1.6x apart and so favour large blocks,
-# whose Gram matrices cost n k d: the block dimension is costed at e(DIRECT_BLOCK) instead. The calls
+# the Gram matrix as a GEMM, X -= V^T U with beta = 1, no element-wise pass). These skinny GEMMs run
+# at the calibration's block_rates (_block_rate). Without them (built-in constants): single-threaded
+# OpenBLAS runs them within about 1.5x of one rate for k = 8..64 at d <= 2048 (measured 60-70 GFLOP/s
+# effective for every k at d = 2048, m = 32), which the shape efficiency e(k) would put 1.6x apart
+# and so favour large blocks, whose Gram matrices cost n k d: the block dimension is costed at
+# e(DIRECT_BLOCK) instead. The calls
 # a block makes beyond those counted (Python, slices, the in-place checks) are DIRECT_OVERHEAD
 # launches (build, step), fitted to cwy timed against predict() at d = 64..2048, m = 1, 32.
 DIRECT_BLOCK = 16
@@ -108,17 +112,55 @@ DIRECT_OVERHEAD = (3.0, 5.0)
 
 
 def _block_gemm(mach, p, q, r, itemsize):
-    """A GEMM of :func:`_gemm`'s cost whose smallest dimension is the block size: at the machine's
-    measured rate for its volume ``p q r`` (``block_rates``, interpolated in log volume, held at
-    the ends), or without them with the block dimension costed at ``DIRECT_BLOCK`` (see there);
-    matrix-vector products keep their own rate."""
+    """A GEMM of :func:`_gemm`'s cost whose smallest dimension is the block size k: at the machine's
+    measured rate for that k and the size of the operand it streams, the other two dimensions'
+    product (``block_rates``, see :func:`_block_rate`), or without them with the block dimension
+    costed at ``DIRECT_BLOCK`` (see there); matrix-vector products keep their own rate."""
     small, middle, large = sorted((p, q, r))
     if small <= 1 or mach.gemv_rate is None:
         return _gemm(mach, p, q, r, itemsize)
     if mach.block_rates:
-        return mach.launch + 2.0 * p * q * r / (_volume_rate(mach.block_rates, p * q * r) * (4 / itemsize))
+        return mach.launch + 2.0 * p * q * r / (_block_rate(mach.block_rates, small, middle * large) * (4 / itemsize))
     eff = (DIRECT_BLOCK / (DIRECT_BLOCK + mach.half)) * (middle / (middle + mach.half)) * (large / (large + mach.half))
     return mach.launch + 2.0 * p * q * r / (mach.peak * (4 / itemsize) * eff)
+
+
+def _block_rate(rates, k, size):
+    """The rate of a block GEMM of block size ``k`` streaming an operand of ``size`` entries, from
+    ``rates`` ``((k, size, flop/s), ...)`` (sorted): linear in log size between the sizes measured at
+    each k, then linear in log k between the two measured block sizes around ``k``; held at the
+    measured ends.
+
+    Why the block size is a dimension of its own (not only the volume ``k * size``): every call
+    streams its large operand (X ``d x m`` in ``V X`` and ``X -= V^T U``, the block ``k x d`` in a
+    Gram matrix) through the BLAS once, whatever k (OpenBLAS's packed kernels copy it into their
+    buffers; beyond the cache it comes from memory), so a block of k reflections pays one stream
+    per k reflections: small blocks pay it most often. Products small enough for the BLAS's
+    small-matrix kernels skip the packing (OpenBLAS: below about 1e6 multiply-adds), so which
+    block size is fastest depends on both. Measured on the session-12 machine (single-threaded
+    OpenBLAS, d = 4096, m = 32): 61 / 88 / 102 / 118 GFLOP/s at k = 8 / 16 / 32 / 64, where the
+    volume alone put k = 8 at the 92 GFLOP/s of k = 16 at d = 2048 and so picked it (35 ms an
+    apply against 26 ms at k = 16). O(len(rates))."""
+    levels = _rate_levels(rates)
+    ks = sorted(levels)
+    if k <= ks[0] or len(ks) == 1:
+        return _volume_rate(levels[ks[0]], size)
+    if k >= ks[-1]:
+        return _volume_rate(levels[ks[-1]], size)
+    for k0, k1 in zip(ks, ks[1:]):
+        if k <= k1:
+            r0, r1 = _volume_rate(levels[k0], size), _volume_rate(levels[k1], size)
+            return r0 + math.log(k / k0) / math.log(k1 / k0) * (r1 - r0)
+    raise AssertionError("unreachable")
+
+
+@functools.lru_cache(maxsize=16)
+def _rate_levels(rates):
+    """``{k: ((size, flop/s), ...)}`` of a ``block_rates`` table."""
+    levels = {}
+    for k, size, rate in rates:
+        levels.setdefault(k, []).append((size, rate))
+    return {k: tuple(points) for k, points in levels.items()}
 
 
 def _volume_rate(rates, volume):

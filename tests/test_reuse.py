@@ -363,6 +363,56 @@ def test_a_refresh_during_a_product_keeps_nothing_stale(monkeypatch):
     numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
 
 
+def test_a_refresh_during_a_declared_product_keeps_no_stale_dense_h(monkeypatch):
+    """Reflections declared reused: vectors updated in place and ``refresh()`` called (another thread)
+    after a product built its dense H but before the hot path kept it: the dense H of the old vectors
+    is not kept in the refreshed table, so the next product follows the new vectors."""
+    rng = numpy.random.default_rng(15)
+    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
+    h = ch.HouseholderProduct(v).prepare_reuse()
+    assert h.plan_for(2).algorithm == "dense"
+    core = h._core
+    form = core.form
+
+    def form_then_refresh(*args):
+        found = form(*args)
+        v[3] = rng.standard_normal(10)
+        h.refresh()
+        return found
+
+    monkeypatch.setattr(core, "form", form_then_refresh)
+    h @ x
+    monkeypatch.undo()
+    assert not core._hot and not core._replay
+    numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_refresh_while_a_form_builds_keeps_no_stale_form(monkeypatch, declared):
+    """Vectors updated in place and ``refresh()`` called (another thread) while a product builds its
+    form: the form of the old vectors enters no refreshed cache (forms, replays, the dense H), so the
+    next product follows the new vectors."""
+    rng = numpy.random.default_rng(16)
+    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
+    h = ch.HouseholderProduct(v)
+    if declared:
+        h.prepare_reuse()
+    module = ch.algorithms.PLANS[h.plan_for(2).algorithm]
+    build = module.build
+
+    def build_then_refresh(*args, **kwargs):
+        found = build(*args, **kwargs)
+        v[3] = rng.standard_normal(10)
+        h.refresh()
+        return found
+
+    monkeypatch.setattr(module, "build", build_then_refresh)
+    h @ x
+    monkeypatch.undo()
+    assert not h._core._forms and not h._core._replay and not h._core._hot
+    numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
+
+
 def test_replays_give_the_same_bits_in_any_thread():
     rng = numpy.random.default_rng(14)
     v = rng.standard_normal((40, 96)).astype(numpy.float32)
