@@ -6,8 +6,9 @@ of the machine it runs on: the fixed cost of one array call, the GEMM rate
 and square GEMMs), the bandwidth of an element-wise pass, the fixed cost of
 one LAPACK call, the rate of LAPACK's triangular inverse ``?trtri``, the
 cost of LAPACK's ``?ormqr`` and the rates of a block of reflectors' skinny
-GEMMs by their volume (a BLAS may run small products with faster kernels,
-which decides the block size at large d). They move with the machine (CPU, BLAS library
+GEMMs by block size and depth (a BLAS may run small products with faster
+kernels, and every call streams X once, which small blocks pay most often:
+together they decide the block size at large d). They move with the machine (CPU, BLAS library
 and version, BLAS threads): a plan tuned on one machine does not carry to
 the next. So, in the manner of FFTW's wisdom, they are measured the first
 time a plan is needed on a machine (about a second, once) and kept in a small
@@ -58,11 +59,15 @@ an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 ``trtri_rate`` the rate of ``?trtri`` (k^3 / 3 flops for a k x k triangle);
 ``?ormqr`` applying n reflectors of length d to m columns costs
 ``ormqr_call + 4 n (d - n/2) m / ormqr_rate`` (``ormqr_rate`` is ``None``
-where there is no LAPACK plan); ``block_rates`` ``((volume, flop/s), ...)`` (or
-``None``) the rates of the skinny GEMMs of a block of reflectors, ``(16 x d) @
-(d x 32)`` by their volume ``p q r``: a BLAS may run small products with other
-kernels (OpenBLAS: below about 1e6 multiply-adds, at 1.3-1.6x the rate of the
-packed kernels above), which decides the best block size at d >= 1024."""
+where there is no LAPACK plan); ``block_rates`` ``((k, size, flop/s), ...)`` (or
+``None``) the rates of the skinny GEMMs of a block of reflectors, ``(k x d) @
+(d x 32)`` for k = 8, 16, 32, 64 and d = 256..4096, by block size k and the
+size ``32 d`` of the operand each call streams (sorted by k, then size): a BLAS
+may run small products with other kernels (OpenBLAS: below about 1e6
+multiply-adds, at 1.3-1.6x the rate of the packed kernels above), and each
+call streams X (``d x m``) once whatever k, so the rate depends on k as well
+as on the volume (``cuhouse.plan._block_rate``); both decide the best block
+size at d >= 1024."""
 
 DEFAULTS = {
     # fitted on the project's 2-core machine (single-threaded OpenBLAS, float32); see cuhouse.plan
@@ -98,7 +103,7 @@ DEFAULTS["generic"] = DEFAULTS["numpy"]._replace(
     launch=1.0e-5, lapack_call=None, trtri_rate=None, ormqr_call=None, ormqr_rate=None
 )
 
-FORMAT = 4  # bump when the constants or their measurement change meaning
+FORMAT = 5  # bump when the constants or their measurement change meaning
 _ENV_DIR = "CUHOUSE_CALIBRATION_DIR"
 _ENV_SWITCH = "CUHOUSE_CALIBRATION"
 
@@ -244,7 +249,7 @@ def read(path):
             return None
         stored = {name: data["machine"][name] for name in Machine._fields}
         if stored["block_rates"] is not None:  # JSON lists: tuples, so that a Machine stays hashable
-            stored["block_rates"] = tuple((float(v), float(r)) for v, r in stored["block_rates"])
+            stored["block_rates"] = tuple((float(k), float(q), float(r)) for k, q, r in stored["block_rates"])
         return Machine(**stored)
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -308,15 +313,16 @@ def problems(machine):
         value = getattr(machine, name)
         if value is not None and value > 2 * machine.peak:
             found.append("{} = {:.3g} flop/s exceeds twice the GEMM peak {:.3g}".format(name, value, machine.peak))
-    volumes = [volume for volume, _ in machine.block_rates or ()]
-    if any(not (math.isfinite(v) and v > 0) for v in volumes) or any(a >= b for a, b in zip(volumes, volumes[1:])):
-        found.append("the block GEMM volumes {} are not positive and increasing".format(volumes))
-    for volume, rate in machine.block_rates or ():
+    points = [(k, size) for k, size, _ in machine.block_rates or ()]
+    if any(not (math.isfinite(k) and k > 0 and math.isfinite(q) and q > 0) for k, q in points) or any(
+        a >= b for a, b in zip(points, points[1:])
+    ):
+        found.append("the block GEMM points (k, size) {} are not positive and increasing".format(points))
+    for k, size, rate in machine.block_rates or ():
         if not (math.isfinite(rate) and 1e6 <= rate <= 2 * machine.peak):
             found.append(
-                "the block GEMM rate {:.3g} flop/s at volume {:g} is outside [1e6, twice the GEMM peak {:.3g}]".format(
-                    rate, volume, machine.peak
-                )
+                "the block GEMM rate {:.3g} flop/s at k = {:g}, size {:g} is outside [1e6, twice the GEMM peak "
+                "{:.3g}]".format(rate, k, size, machine.peak)
             )
     return found
 
@@ -379,8 +385,11 @@ _GEMM_SHAPES = (
 # with the shapes above, they pulled ``half`` down to about 2 and the model then put skinny GEMMs with
 # a dimension of 32 at 1.4-1.8x their measured speed: cwy at d = 2048 predicted 4.5 ms, measured 12)
 _GEMV_SHAPES = ((64, 1024, 1), (1024, 64, 1), (32, 2048, 1), (2048, 32, 1))
-# the skinny GEMMs of a block of reflectors, (16 x d) @ (d x 32), by volume: Machine.block_rates
+# the skinny GEMMs of a block of reflectors, (k x d) @ (d x 32), by block size k and depth d:
+# Machine.block_rates (20 GEMMs, about a quarter of the measurement's time)
+_BLOCK_SIZES = (8, 16, 32, 64)
 _BLOCK_DEPTHS = (256, 512, 1024, 2048, 4096)
+_BLOCK_COLUMNS = 32
 _PEAKS = numpy.logspace(9, 13, 161)
 _HALVES = numpy.logspace(-1, 3, 161)
 ATTEMPTS = 3  # measurements tried before a loaded machine's constants are rejected
@@ -428,10 +437,10 @@ def _measure_once(clock):
     peak, half = float(_PEAKS[i]), float(_HALVES[j])
     shapes, times = gemm_seconds(_GEMV_SHAPES)
     gemv_rate = float(numpy.median(2 * shapes.prod(axis=1) / numpy.maximum(times - launch, 1e-9)))
-    shapes, times = gemm_seconds(tuple((16, d, 32) for d in _BLOCK_DEPTHS))
-    volumes = shapes.prod(axis=1)
+    shapes, times = gemm_seconds(tuple((k, d, _BLOCK_COLUMNS) for k in _BLOCK_SIZES for d in _BLOCK_DEPTHS))
     block_rates = tuple(
-        (float(v), float(2 * v / max(t - launch, 1e-9))) for v, t in zip(volumes.tolist(), times.tolist())
+        (float(k), float(d * r), float(2 * k * d * r / max(t - launch, 1e-9)))
+        for (k, d, r), t in zip(shapes.tolist(), times.tolist())
     )
     big = rng.standard_normal(1 << 20).astype(f32)
     other = big.copy()

@@ -324,13 +324,11 @@ class HouseholderProduct(Operator):
                 continue
             if segment.k is None:
                 norms = primitives.row_norms(xp.abs(_validate.vectors(param, xp)), xp)
-            else:  # a geqrf array: tau is implied by the stored entries (and lambda)
+            elif _complex.is_complex(param.dtype):  # a geqrf array: tau is implied by the stored entries (and lambda)
                 reflectors = swap(param[..., : segment.k], xp)
-                if _complex.is_complex(param.dtype):
-                    sumsq = _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp)
-                else:
-                    sumsq = _layout.squared_norms(reflectors, _layout.UNIT, xp)
-                norms = xp.sqrt(1 + sumsq)
+                norms = xp.sqrt(1 + _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp))
+            else:  # read as from_lapack read them
+                norms = xp.sqrt(_geqrf.squared_lengths(param, segment.k, xp))
             _validate.vector_norms(norms, xp, core.check_finite)
         core.refresh()
         return self
@@ -597,6 +595,7 @@ class HouseholderProduct(Operator):
             self.block_size,
             core.layout_for(differentiable),
             core.lapack_ready(differentiable),
+            differentiable,
         )
 
     def _plan_backend(self):
@@ -617,9 +616,10 @@ class HouseholderProduct(Operator):
         reused = self._reused(differentiable)
         if reused:
             chosen = _reuse.choose(core, chosen, columns.shape[-1], columns.dtype, layout, self._plan_backend())
+        kept = core._hot  # before the form is built: a refresh() meanwhile gives core a new table
         built = core.form(chosen, columns.dtype, layout)
         if reused and chosen.algorithm == "dense" and core is self._core:
-            _reuse.remember(core, columns.shape[-1], built[0])
+            _reuse.remember(kept, core, columns.shape[-1], built[0])
         module = PLANS[chosen.algorithm] if core.native else portable
         return module, chosen, built, transpose != self._transpose
 

@@ -9,10 +9,13 @@ so its time is predicted from a few constants of the machine
 * a matrix-vector product (a dimension of 1) costs ``launch + 2 p q r / gemv_rate``:
   it is bound by memory, and fitting it with the GEMMs misplaced ``half``;
 * on NumPy, the skinny GEMMs of a block of reflectors in the full layout (the
-  block size k by d by m, and the Gram matrices) run at the measured rate for
-  their volume ``p q r`` (``block_rates``: OpenBLAS's small-matrix kernels make
-  products below about 1e6 multiply-adds 1.3-1.6x faster, hence k = 16 at
-  d = 1024 and k = 8 at d = 2048 for m = 32);
+  block size k by d by m, and the Gram matrices) run at the rate measured for
+  their block size k and the size of the operand they stream (``block_rates``,
+  :func:`_block_rate`): every call streams X once, which a block of k
+  reflections shares k ways, and OpenBLAS's small-matrix kernels make products
+  below about 1e6 multiply-adds 1.3-1.6x faster; hence, for m = 32 on the
+  session-12 machine, k = 16 at d = 1024, k = 8 at d = 2048 and k = 16 at
+  d = 4096;
 * an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 * on NumPy the T matrices come from LAPACK ``?trtri``, one call per block:
   ``lapack_call + k^3 / 3 / trtri_rate`` each (on CuPy, the batched doubling
@@ -96,11 +99,12 @@ STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 
 
 # NumPy, full layout: cwy calls BLAS ?gemm on each block directly (cwy._build_numpy, cwy._apply_numpy:
-# the Gram matrix as a GEMM, X -= V^T U with beta = 1, no element-wise pass). Single-threaded OpenBLAS
-# runs these skinny GEMMs at about one rate whatever the block size k = 8..64 (small-matrix kernels
-# below about 1e6 multiply-adds, packed ones above; measured 60-70 GFLOP/s effective for every k at
-# d = 2048, m = 32), which the shape efficiency e(k) would put 1.6x apart and so favour large blocks,
-# whose Gram matrices cost n k d: the block dimension is costed at e(DIRECT_BLOCK) instead. The calls
+# the Gram matrix as a GEMM, X -= V^T U with beta = 1, no element-wise pass). These skinny GEMMs run
+# at the calibration's block_rates (_block_rate). Without them (built-in constants): single-threaded
+# OpenBLAS runs them within about 1.5x of one rate for k = 8..64 at d <= 2048 (measured 60-70 GFLOP/s
+# effective for every k at d = 2048, m = 32), which the shape efficiency e(k) would put 1.6x apart
+# and so favour large blocks, whose Gram matrices cost n k d: the block dimension is costed at
+# e(DIRECT_BLOCK) instead. The calls
 # a block makes beyond those counted (Python, slices, the in-place checks) are DIRECT_OVERHEAD
 # launches (build, step), fitted to cwy timed against predict() at d = 64..2048, m = 1, 32.
 DIRECT_BLOCK = 16
@@ -108,17 +112,55 @@ DIRECT_OVERHEAD = (3.0, 5.0)
 
 
 def _block_gemm(mach, p, q, r, itemsize):
-    """A GEMM of :func:`_gemm`'s cost whose smallest dimension is the block size: at the machine's
-    measured rate for its volume ``p q r`` (``block_rates``, interpolated in log volume, held at
-    the ends), or without them with the block dimension costed at ``DIRECT_BLOCK`` (see there);
-    matrix-vector products keep their own rate."""
+    """A GEMM of :func:`_gemm`'s cost whose smallest dimension is the block size k: at the machine's
+    measured rate for that k and the size of the operand it streams, the other two dimensions'
+    product (``block_rates``, see :func:`_block_rate`), or without them with the block dimension
+    costed at ``DIRECT_BLOCK`` (see there); matrix-vector products keep their own rate."""
     small, middle, large = sorted((p, q, r))
     if small <= 1 or mach.gemv_rate is None:
         return _gemm(mach, p, q, r, itemsize)
     if mach.block_rates:
-        return mach.launch + 2.0 * p * q * r / (_volume_rate(mach.block_rates, p * q * r) * (4 / itemsize))
+        return mach.launch + 2.0 * p * q * r / (_block_rate(mach.block_rates, small, middle * large) * (4 / itemsize))
     eff = (DIRECT_BLOCK / (DIRECT_BLOCK + mach.half)) * (middle / (middle + mach.half)) * (large / (large + mach.half))
     return mach.launch + 2.0 * p * q * r / (mach.peak * (4 / itemsize) * eff)
+
+
+def _block_rate(rates, k, size):
+    """The rate of a block GEMM of block size ``k`` streaming an operand of ``size`` entries, from
+    ``rates`` ``((k, size, flop/s), ...)`` (sorted): linear in log size between the sizes measured at
+    each k, then linear in log k between the two measured block sizes around ``k``; held at the
+    measured ends.
+
+    Why the block size is a dimension of its own (not only the volume ``k * size``): every call
+    streams its large operand (X ``d x m`` in ``V X`` and ``X -= V^T U``, the block ``k x d`` in a
+    Gram matrix) through the BLAS once, whatever k (OpenBLAS's packed kernels copy it into their
+    buffers; beyond the cache it comes from memory), so a block of k reflections pays one stream
+    per k reflections: small blocks pay it most often. Products small enough for the BLAS's
+    small-matrix kernels skip the packing (OpenBLAS: below about 1e6 multiply-adds), so which
+    block size is fastest depends on both. Measured on the session-12 machine (single-threaded
+    OpenBLAS, d = 4096, m = 32): 61 / 88 / 102 / 118 GFLOP/s at k = 8 / 16 / 32 / 64, where the
+    volume alone put k = 8 at the 92 GFLOP/s of k = 16 at d = 2048 and so picked it (35 ms an
+    apply against 26 ms at k = 16). O(len(rates))."""
+    levels = _rate_levels(rates)
+    ks = sorted(levels)
+    if k <= ks[0] or len(ks) == 1:
+        return _volume_rate(levels[ks[0]], size)
+    if k >= ks[-1]:
+        return _volume_rate(levels[ks[-1]], size)
+    for k0, k1 in zip(ks, ks[1:]):
+        if k <= k1:
+            r0, r1 = _volume_rate(levels[k0], size), _volume_rate(levels[k1], size)
+            return r0 + math.log(k / k0) / math.log(k1 / k0) * (r1 - r0)
+    raise AssertionError("unreachable")
+
+
+@functools.lru_cache(maxsize=16)
+def _rate_levels(rates):
+    """``{k: ((size, flop/s), ...)}`` of a ``block_rates`` table."""
+    levels = {}
+    for k, size, rate in rates:
+        levels.setdefault(k, []).append((size, rate))
+    return {k: tuple(points) for k, points in levels.items()}
 
 
 def _volume_rate(rates, volume):
@@ -268,8 +310,27 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
     return min(modes, key=lambda mode: predict_apply(mode, d, n, m, block_size, itemsize, backend, layout, machine))
 
 
-def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full", lapack=False):
-    """The fastest :class:`Plan` for ``H @ X`` by the cost model, build included.
+# The objective of a product without gradient: among the plans whose predicted fresh cost (build
+# included) is at most (1 + FRESH_SLACK) times the fastest, the one fastest once its form is built.
+# A plan is a function of the shapes and the calibration, never of what is cached, so one plan
+# serves an H used once and an H used a thousand times: this bounds the first's loss (predicted)
+# by 15% and gives the second the fastest per-product form within that bound. Measured on the
+# project's machine (float32, one thread, session 12): at d = 16 the dense H costs a fresh product
+# 1.07-1.11x and a cached one 2.5x less than compact WY; one block of 64 at d = 64 (predicted
+# 1.17x fresh) measured 1.05-1.14x fresh for 1.2-1.45x faster cached products, which 15% leaves
+# out: the fresh d = 64 product (4x LAPACK's ormqr at most, measured 3.3-3.5x) has no more margin.
+# Where LAPACK's ormqr can run the product (from_lapack), the race with LAPACK is on its own
+# factorization, made for this product: the fastest fresh plan runs, as with a gradient.
+FRESH_SLACK = 0.15
+
+
+def choose(
+    d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full", lapack=False, gradient=False
+):
+    """The :class:`Plan` for ``H @ X`` by the cost model: the fastest once built among the plans
+    whose fresh cost (build included) is within ``FRESH_SLACK`` of the fastest (a product with a
+    ``gradient``, whose reflections change at the next step, or one LAPACK's ``?ormqr`` can run:
+    the fastest fresh).
 
     ``algorithm`` and ``block_size`` pin what the caller fixed; ``layout`` is
     the reflections' (see :mod:`cuhouse.algorithms._layout`); ``lapack`` says
@@ -282,15 +343,17 @@ def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, l
     calibration. Memoized: a dictionary lookup after the first call.
     """
     mach = calibration.machine(backend)
-    return _choose(d, n, m, numpy.dtype(dtype).itemsize, backend, algorithm, block_size, layout, lapack, mach)
+    itemsize = numpy.dtype(dtype).itemsize
+    return _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, bool(gradient), mach)
 
 
 @functools.lru_cache(maxsize=4096)
-def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, mach):
+def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, gradient, mach):
     names = AUTO_CANDIDATES if algorithm == "auto" else (algorithm,)
     if algorithm == "auto" and lapack and layout == "unit" and mach.ormqr_rate is not None:
         names += (LAPACK_PLAN,)
-    best = None
+    fresh_only = gradient or LAPACK_PLAN in names
+    found = []  # (fresh seconds, built seconds, name, block size), in a fixed order
     for name in names:
         if name in ("sequential", LAPACK_PLAN):
             sizes = (None,)
@@ -299,13 +362,23 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, m
         else:
             sizes = sorted({min(k, n) for k in BLOCK_SIZES})
         for k in sizes:
-            seconds = predict(name, d, n, m, k or 1, itemsize, backend, layout=layout, machine=mach)
-            if best is None or seconds < best[0]:
-                best = (seconds, name, k)
-    _, name, k = best
+            fresh = predict(name, d, n, m, k or 1, itemsize, backend, layout=layout, machine=mach)
+            built = fresh if fresh_only else _per_product(name, d, n, m, k, itemsize, backend, layout, mach)
+            found.append((fresh, built, name, k))
+    bound = min(f[0] for f in found) * (1.0 if fresh_only else 1.0 + FRESH_SLACK)
+    _, _, name, k = min((f for f in found if f[0] <= bound), key=lambda f: f[1])
     store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend, mach)
     mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach) if name == "cwy" else "steps"
     return Plan(name, k, store, mode)
+
+
+def _per_product(name, d, n, m, k, itemsize, backend, layout, mach):
+    """Predicted seconds of one product by plan ``name`` at block size ``k`` once its form is built (a
+    cwy form in its fastest apply mode, :func:`apply_mode`)."""
+    if name == "cwy":
+        mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach)
+        return predict_apply(mode, d, n, m, k, itemsize, backend, layout, mach)
+    return predict(name, d, n, m, k or 1, itemsize, backend, built=True, layout=layout, machine=mach)
 
 
 def describe(plan):

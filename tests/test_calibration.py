@@ -148,9 +148,9 @@ def test_one_measurement_gives_finite_positive_constants():
     machine = calibration._measure_once(calibration._clock())
     scalars = machine._replace(block_rates=None)
     assert all(math.isfinite(value) and value > 0 for value in scalars if value is not None), machine
-    volumes = [volume for volume, _ in machine.block_rates]
-    assert volumes == sorted(volumes) and len(volumes) == 5
-    assert all(math.isfinite(rate) and rate > 0 for _, rate in machine.block_rates), machine
+    points = [(k, size) for k, size, _ in machine.block_rates]
+    assert points == [(k, 32.0 * d) for k in (8, 16, 32, 64) for d in (256, 512, 1024, 2048, 4096)]
+    assert all(math.isfinite(rate) and rate > 0 for _, _, rate in machine.block_rates), machine
 
 
 @pytest.mark.parametrize(
@@ -163,12 +163,17 @@ def test_one_measurement_gives_finite_positive_constants():
         ({"ormqr_rate": 3e11}, r"ormqr_rate = 3e\+11 flop/s exceeds twice the GEMM peak 1e\+11"),
         ({"gemv_rate": 5e11}, r"gemv_rate = 5e\+11 flop/s exceeds twice the GEMM peak 1e\+11"),
         (
-            {"block_rates": ((1e6, 5e10), (1e6, 6e10))},
-            r"the block GEMM volumes \[1000000.0, 1000000.0\] are not positive and increasing",
+            {"block_rates": ((16.0, 1e4, 5e10), (16.0, 1e4, 6e10))},
+            r"the block GEMM points \(k, size\) \[\(16.0, 10000.0\), \(16.0, 10000.0\)\] are not positive and "
+            r"increasing",
         ),
         (
-            {"block_rates": ((1e5, 5e10), (1e6, 5e11))},
-            r"the block GEMM rate 5e\+11 flop/s at volume 1e\+06 is outside \[1e6, twice the GEMM peak 1e\+11\]",
+            {"block_rates": ((8.0, 1e4, 5e10), (0.0, 1e4, 5e10))},
+            r"the block GEMM points \(k, size\) \[\(8.0, 10000.0\), \(0.0, 10000.0\)\] are not positive",
+        ),
+        (
+            {"block_rates": ((16.0, 1e4, 5e10), (16.0, 1e5, 5e11))},
+            r"the block GEMM rate 5e\+11 flop/s at k = 16, size 100000 is outside \[1e6, twice the GEMM peak 1e\+11\]",
         ),
     ],
 )
@@ -203,20 +208,49 @@ def test_a_cached_file_with_implausible_constants_is_measured_again(cache, monke
     assert calibration.read(calibration.cache_path()) == SLOW_CALLS
 
 
-def test_block_rates_are_read_back_as_tuples_and_decide_the_block_size(cache):
-    """The rates of a block's skinny GEMMs by volume (JSON lists read back as tuples: a Machine is a
-    plan cache key): a BLAS whose small products run faster (OpenBLAS's small-matrix kernels below
-    about 1e6 multiply-adds) gets smaller blocks where they keep its GEMMs small."""
-    cliff = SLOW_CALLS._replace(
-        launch=6e-7,
-        peak=1.4e11,
-        half=5.6,
-        block_rates=((1.3e5, 1.3e11), (5.2e5, 1.3e11), (1.05e6, 8e10), (2.1e6, 8e10)),
+# block GEMM rates (GFLOP/s) of (k x d) @ (d x 32) measured on the session-12 machine (2-core Xeon,
+# single-threaded OpenBLAS 0.3.31), d = 256, 512, 1024, 2048, 4096
+MEASURED_BLOCK_RATES = {
+    8: (131, 133, 137, 169, 64),
+    16: (148, 133, 139, 94, 92),
+    32: (171, 156, 106, 107, 107),
+    64: (178, 128, 127, 126, 123),
+}
+
+
+def _block_rates(rows):
+    return tuple(
+        (float(k), 32.0 * d, rate * 1e9) for k in sorted(rows) for d, rate in zip((256, 512, 1024, 2048, 4096), rows[k])
     )
-    calibration.write(calibration.cache_path(), cliff, calibration.machine_description())
-    assert calibration.machine() == cliff
+
+
+def test_block_rates_are_read_back_as_tuples_and_decide_the_block_size(cache):
+    """The rates of a block's skinny GEMMs by block size and streamed size (JSON lists read back as
+    tuples: a Machine is a plan cache key). As measured: OpenBLAS's small-matrix kernels (below about
+    1e6 multiply-adds) keep k = 8 fastest at d = 2048; at d = 4096 every call streams X, which k = 8
+    pays twice as often as k = 16, so larger blocks win. Without the block-size dimension (k = 16
+    measured alone: the rate a function of the streamed size only) the model sees neither and
+    picks k = 16 at d = 2048 and k = 8 at d = 4096; with no rates at all, the shape efficiency's
+    k = 16 everywhere."""
+    machine = calibration.Machine(
+        launch=6e-7,
+        peak=1.78e11,
+        half=5.3,
+        bandwidth=4.4e10,
+        lapack_call=3e-7,
+        trtri_rate=6.4e9,
+        ormqr_call=9.6e-7,
+        ormqr_rate=6e10,
+        gemv_rate=4.8e10,
+        block_rates=_block_rates(MEASURED_BLOCK_RATES),
+    )
+    calibration.write(calibration.cache_path(), machine, calibration.machine_description())
+    assert calibration.machine() == machine
     assert isinstance(calibration.machine().block_rates[0], tuple)
-    assert plan.choose(2048, 2048, 32, numpy.float32).block_size == 8  # 8 x 2048 x 32: below the cliff
-    calibration.forget()
-    calibration.write(calibration.cache_path(), cliff._replace(block_rates=None), calibration.machine_description())
-    assert plan.choose(2048, 2048, 32, numpy.float32).block_size == 16
+    # the fastest fresh plans (gradient=True: no slack for a form faster once built, see plan.FRESH_SLACK)
+    assert [plan.choose(d, d, 32, numpy.float32, gradient=True).block_size for d in (1024, 2048, 4096)] == [16, 8, 16]
+    for rows, sizes in (({16: MEASURED_BLOCK_RATES[16]}, [16, 16, 8]), (None, [16, 16, 16])):
+        calibration.forget()
+        changed = machine._replace(block_rates=rows and _block_rates(rows))
+        calibration.write(calibration.cache_path(), changed, calibration.machine_description())
+        assert [plan.choose(d, d, 32, numpy.float32, gradient=True).block_size for d in (1024, 2048, 4096)] == sizes

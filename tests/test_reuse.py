@@ -63,10 +63,10 @@ def test_the_kept_form_gives_the_fresh_product(xp, dtype, d, n):
 
 def test_batched_complex_and_promoted_products_run_the_kept_form(xp):
     rng = numpy.random.default_rng(3)
-    v = rng.standard_normal((2, 6, 10))
+    v = rng.standard_normal((2, 20, 40))  # sizes where the fresh plan is not the dense H (see plan.FRESH_SLACK)
     fresh, reused = ch.HouseholderProduct(xp.asarray(v)), ch.HouseholderProduct(xp.asarray(v)).prepare_reuse()
-    x = rng.standard_normal((10, 3)) + 1j * rng.standard_normal((10, 3))
-    for operand in (x, x.real.astype(numpy.float32), rng.standard_normal((2, 10, 3))):
+    x = rng.standard_normal((40, 3)) + 1j * rng.standard_normal((40, 3))
+    for operand in (x, x.real.astype(numpy.float32), rng.standard_normal((2, 40, 3))):
         numpy.testing.assert_allclose(
             to_numpy(reused @ xp.asarray(operand)), to_numpy(fresh @ xp.asarray(operand)), atol=1e-12
         )
@@ -179,7 +179,8 @@ def test_gradients_and_fresh_products_are_untouched():
     numpy.testing.assert_array_equal(dv, expected[1])
     numpy.testing.assert_array_equal(dx, expected[2])
     assert reused.plan_for(3, differentiable=True) == fresh.plan_for(3, differentiable=True)
-    assert ch.HouseholderProduct(v, block_size=4).prepare_reuse().plan_for(3).algorithm == "cwy"
+    pinned = ch.HouseholderProduct(v, block_size=4)
+    assert ch.HouseholderProduct(v, block_size=4).prepare_reuse().plan_for(3) == pinned.plan_for(3)
 
 
 def test_the_dense_form_is_kept_only_within_its_memory_budget():
@@ -359,6 +360,56 @@ def test_a_refresh_during_a_product_keeps_nothing_stale(monkeypatch):
     h @ x
     monkeypatch.undo()
     assert not h._core._replay
+    numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
+
+
+def test_a_refresh_during_a_declared_product_keeps_no_stale_dense_h(monkeypatch):
+    """Reflections declared reused: vectors updated in place and ``refresh()`` called (another thread)
+    after a product built its dense H but before the hot path kept it: the dense H of the old vectors
+    is not kept in the refreshed table, so the next product follows the new vectors."""
+    rng = numpy.random.default_rng(15)
+    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
+    h = ch.HouseholderProduct(v).prepare_reuse()
+    assert h.plan_for(2).algorithm == "dense"
+    core = h._core
+    form = core.form
+
+    def form_then_refresh(*args):
+        found = form(*args)
+        v[3] = rng.standard_normal(10)
+        h.refresh()
+        return found
+
+    monkeypatch.setattr(core, "form", form_then_refresh)
+    h @ x
+    monkeypatch.undo()
+    assert not core._hot and not core._replay
+    numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
+
+
+@pytest.mark.parametrize("declared", [False, True])
+def test_a_refresh_while_a_form_builds_keeps_no_stale_form(monkeypatch, declared):
+    """Vectors updated in place and ``refresh()`` called (another thread) while a product builds its
+    form: the form of the old vectors enters no refreshed cache (forms, replays, the dense H), so the
+    next product follows the new vectors."""
+    rng = numpy.random.default_rng(16)
+    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
+    h = ch.HouseholderProduct(v)
+    if declared:
+        h.prepare_reuse()
+    module = ch.algorithms.PLANS[h.plan_for(2).algorithm]
+    build = module.build
+
+    def build_then_refresh(*args, **kwargs):
+        found = build(*args, **kwargs)
+        v[3] = rng.standard_normal(10)
+        h.refresh()
+        return found
+
+    monkeypatch.setattr(module, "build", build_then_refresh)
+    h @ x
+    monkeypatch.undo()
+    assert not h._core._forms and not h._core._replay and not h._core._hot
     numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
 
 

@@ -119,7 +119,8 @@ def factors(y, xp):
 def gram_factor(y, xp, nonzero=False):
     """``S = G * mask`` ``(..., k, k)`` with ``G = Y Y^T`` for the rows ``y`` ``(..., k, d)`` (a zero row,
     an identity factor or padding, gets ``S_ii = 1/2``: it acts as nothing; ``nonzero=True`` promises
-    that there is none: four array operations fewer); differentiable. O(k^2 d)."""
+    that there is none: four array operations fewer); differentiable. O(k^2 d).
+    The S of :func:`cuhouse.algorithms.cwy.build` (why it is built apart: that module's docstring)."""
     c = constants(y.shape[-2], y.dtype, _device(y), xp)
     g = y @ y.mT
     if nonzero:

@@ -190,9 +190,16 @@ def _calibration_line(backend):
         return "the cost model's {}".format(current.source)
     blocks = ""
     if m.block_rates:
-        blocks = ", block GEMMs {} GFLOP/s by volume {}".format(
-            "/".join("{:.0f}".format(rate / 1e9) for _, rate in m.block_rates),
-            "/".join("{:.0f}K".format(volume / 1024) for volume, _ in m.block_rates),
+        levels = {}
+        for k, size, rate in m.block_rates:
+            levels.setdefault(k, []).append((size, rate))
+        sizes = levels[min(levels)]
+        blocks = ", block GEMMs (k x d) @ (d x 32) GFLOP/s at d = {}: {}".format(
+            "/".join("{:.0f}".format(size / 32) for size, _ in sizes),
+            ", ".join(
+                "k={:.0f} {}".format(k, "/".join("{:.0f}".format(rate / 1e9) for _, rate in points))
+                for k, points in sorted(levels.items())
+            ),
         )
     return (
         "the cost model calibrated on this machine ({}): GEMM peak {:.3g} GFLOP/s, half {:.3g}, call {:.2g} us, "
