@@ -52,13 +52,11 @@ def read_geqrf(a, tau, xp, check_finite):
     if check_finite and not bool(xp.isfinite(tau).all()):
         raise ValueError("a and tau must be finite; found NaN or Inf")
     identity = tau == 0
-    reflectors = xp.swapaxes(a[..., :k], -1, -2)
     if unitary:
+        reflectors = xp.swapaxes(a[..., :k], -1, -2)
         sumsq = 1 + _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp)
-    elif xp is numpy and a.ndim == 2:  # one matrix: the reader of the small path and of Reflections.norms
-        sumsq = ormqr.squared_lengths(a[:, :k], nan_safe=True)
     else:
-        sumsq = 1 + _layout.squared_norms(reflectors, _layout.UNIT, xp)
+        sumsq = squared_lengths(a, k, xp)
     if check_finite and not bool(xp.isfinite(sumsq).all()):
         raise ValueError("a and tau must be finite; found NaN or Inf")
     # as accurate as the less precise of a and tau (float32 geqrf output may come with float64 tau)
@@ -81,11 +79,25 @@ def read_geqrf(a, tau, xp, check_finite):
                 "geqrf returns; got values that do not make orthogonal reflectors"
             )
     if identity.shape[:-1] != a.shape[:-2]:
-        # tau's batch dimensions broadcast with a's as in numpy.matmul: the mask carries the joint
-        # batch shape (kept even with no tau == 0), and the reflectors are read broadcast to it
-        batch = numpy.broadcast_shapes(a.shape[:-2], identity.shape[:-1])
-        return a, k, xp.broadcast_to(identity, batch + (k,)), dtype, xp.sqrt(sumsq), phase
+        # tau's batch dimensions broadcast with a's as in numpy.matmul: the mask and the norms carry
+        # the joint batch shape (the mask kept even with no tau == 0), and the reflectors are read
+        # broadcast to it
+        batch = numpy.broadcast_shapes(a.shape[:-2], identity.shape[:-1]) + (k,)
+        return a, k, xp.broadcast_to(identity, batch), dtype, xp.broadcast_to(xp.sqrt(sumsq), batch), phase
     return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq), phase
+
+
+def squared_lengths(a, k, xp):
+    """``1 + ||v_i||^2`` ``(..., k)`` of the first ``k`` reflectors of a real ``geqrf`` array ``a``
+    ``(..., M, N)`` (NumPy or CuPy), their implicit 1 included, read from ``a`` itself (never from a
+    view broadcast to a batch of ``tau``): the one reader of ``from_lapack``'s check and of
+    :attr:`Reflections.norms <cuhouse._reflections.Reflections.norms>`, so that the norms have the same
+    bits fresh, pickled and refreshed. One NumPy matrix: :func:`cuhouse.algorithms.ormqr.squared_lengths`
+    (NaN-safe), as the small path reads it; else
+    :func:`cuhouse.algorithms._layout.squared_norms`. One pass over the stored entries."""
+    if xp is numpy and a.ndim == 2:
+        return ormqr.squared_lengths(a[:, :k], nan_safe=True)
+    return 1 + _layout.squared_norms(xp.swapaxes(a[..., :k], -1, -2), _layout.UNIT, xp)
 
 
 def geqrf_exact(q, xp):

@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 import numpy
 
-from . import _complex, _generic, _memory, _validate
+from . import _complex, _generic, _geqrf, _memory, _validate
 from ._backend import (
     astype,
     creation_kwargs,
@@ -25,7 +25,7 @@ from ._backend import (
     swap,
 )
 from ._gpu import primitives
-from .algorithms import PLANS, _layout, _normalize, _scaling, ormqr
+from .algorithms import PLANS, _layout, _normalize, _scaling
 
 # Peak memory of the dense plan and of todense() in units of the d x d result: measured
 # 4.06x at d = 2000 (cwy), 2.0x (dense).
@@ -235,10 +235,10 @@ class Reflections(_Cached):
         if self._norms is None:
             if not self.native:
                 self._norms = _generic.row_norms(self.vectors, self.xp)
-            elif self.layout == _layout.UNIT and self.xp is numpy and self.rows.ndim == 2:
-                self._norms = numpy.sqrt(ormqr.squared_lengths(self.rows.T, nan_safe=True))  # as from_lapack read them
-            elif self.layout == _layout.UNIT:
-                self._norms = self.xp.sqrt(1 + _layout.squared_norms(self.rows, _layout.UNIT, self.xp))
+            elif self.layout == _layout.UNIT:  # one geqrf leaf, read as from_lapack read it
+                (segment,) = self.segments
+                sumsq = _geqrf.squared_lengths(self.params[segment.param], segment.k, self.xp)
+                self._norms = self.xp.broadcast_to(self.xp.sqrt(sumsq), self.shape[:-1])
             else:
                 self._norms = primitives.row_norms(self.vectors, self.xp)
         return self._norms

@@ -324,13 +324,11 @@ class HouseholderProduct(Operator):
                 continue
             if segment.k is None:
                 norms = primitives.row_norms(xp.abs(_validate.vectors(param, xp)), xp)
-            else:  # a geqrf array: tau is implied by the stored entries (and lambda)
+            elif _complex.is_complex(param.dtype):  # a geqrf array: tau is implied by the stored entries (and lambda)
                 reflectors = swap(param[..., : segment.k], xp)
-                if _complex.is_complex(param.dtype):
-                    sumsq = _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp)
-                else:
-                    sumsq = _layout.squared_norms(reflectors, _layout.UNIT, xp)
-                norms = xp.sqrt(1 + sumsq)
+                norms = xp.sqrt(1 + _complex.squared_norms(_layout.structured(reflectors.copy(), _layout.UNIT, xp), xp))
+            else:  # read as from_lapack read them
+                norms = xp.sqrt(_geqrf.squared_lengths(param, segment.k, xp))
             _validate.vector_norms(norms, xp, core.check_finite)
         core.refresh()
         return self

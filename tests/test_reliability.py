@@ -1,6 +1,7 @@
 """Never silently wrong (issue 17): each defect of the reliability review, as a test that failed before its fix."""
 
 import gc
+import pickle
 import threading
 import tracemalloc
 import weakref
@@ -149,6 +150,29 @@ def test_from_lapack_batch_dimensions_of_a_and_tau_broadcast_as_in_matmul(any_xp
             )
             numpy.testing.assert_allclose(dense[i, j], want, atol=1e-14)
             numpy.testing.assert_allclose(product[i, j], want @ x, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "a_shape, tau_batch",
+    [((4, 3), (2,)), ((300, 260), (2,)), ((2, 1, 5, 3), (3,))],
+    ids=["2-D a", "2-D a, read in panels", "batch dimensions of both"],
+)
+def test_from_lapack_norms_agree_fresh_pickled_and_refreshed(a_shape, tau_batch):
+    """The reflectors' norms a product keeps have the reflections' batch shape and the same bits
+    whether read by ``from_lapack``, after pickling or after ``refresh()`` (one reader of the leaf)."""
+    rng = numpy.random.default_rng(6)
+    (a, tau), _ = scipy.linalg.qr(rng.standard_normal(a_shape[-2:]), mode="raw")  # a in LAPACK's order
+    if len(a_shape) > 2:
+        a = numpy.ascontiguousarray(numpy.broadcast_to(a, a_shape))
+    q = ch.HouseholderProduct.from_lapack(a, numpy.broadcast_to(tau, tau_batch + tau.shape).copy())
+    batch = numpy.broadcast_shapes(a_shape[:-2], tau_batch)
+    fresh = q._core.norms
+    assert fresh.shape == batch + tau.shape
+    pickled = pickle.loads(pickle.dumps(q))._core.norms
+    refreshed = q.refresh()._core.norms
+    for norms in (pickled, refreshed):
+        assert norms.shape == fresh.shape and norms.dtype == fresh.dtype
+        numpy.testing.assert_array_equal(norms, fresh)
 
 
 # ----------------------------------------------- defect 3: SVDMatrix and EighMatrix referred to themselves

@@ -108,7 +108,7 @@ def test_columns_ignore_the_entries_before_the_diagonal(monkeypatch, batch, one_
 
 
 def test_eager_calls_use_the_older_function_form_with_the_same_results(many_blocks):
-    """Eager calls go through ``_EagerColumns`` (no argument binding per call); under a torch.func
+    """Eager calls go through ``_OlderColumns`` (no argument binding per call); under a torch.func
     transform ``Columns`` (the form torch.func, torch.compile and torch.export need): same bits,
     same gradients."""
     seen = []
@@ -117,7 +117,7 @@ def test_eager_calls_use_the_older_function_form_with_the_same_results(many_bloc
     v = trapezoidal(2, 5, 6, requires_grad=True)
     weight = randn(2, 6, 5, seed=6)
     results = []
-    for form in (_columns._EagerColumns, _columns.Columns):
+    for form in (_columns._OlderColumns, _columns.Columns):
         q = form.apply(v, torch.ones(5, dtype=F64), 5, 2)[0]
         results.append((q.detach(), torch.autograd.grad((q * weight).sin().sum(), v, create_graph=True)[0]))
     for got, want in zip(*results):
@@ -159,6 +159,17 @@ def test_cost_rule():
     assert not _columns.cheaper(200, 4096, 200)  # k << d: carrying Q and G is cheaper than a d x d K
     this, wy = _columns.flops(1024, 1024, 1024)
     assert this < 0.7 * wy
+
+
+@pytest.mark.parametrize("d", [16, 128, 256, 1024, 4096])
+def test_flops_are_the_closed_forms_of_the_docstrings(d):
+    """A square Q in nb blocks (d a multiple of the block): what the module docstring states."""
+    nb = -(-d // _columns.block_size(d))
+    this, wy = _columns.flops(d, d, d)
+    forward = 4 / 3 * (1 + 1 / nb) * (1 + 1 / (2 * nb))
+    backward = 4.0 if nb == 1 else 2 + forward + 2 / 3 * (1 - 1 / nb) * (1 - 1 / (2 * nb))
+    assert this / d**3 == pytest.approx(forward + backward, rel=1e-12)
+    assert wy / d**3 == pytest.approx((2 + 6) * (1 + 1 / nb), rel=1e-12)
 
 
 LINEARS = {"square": (6, 6), "tall": (4, 7), "wide": (7, 5)}

@@ -13,8 +13,10 @@ kept as U_j = V_j^T T_j from one triangular solve; one block up to
   first, and block j (rows j b ..) touches only the window [j b:, j b:k] of
   it, the rest being still the identity, in place on one buffer (the first
   block applied reads its window, a diagonal, by a scaling). Cost: sum
-  over blocks of 4 b (d - j b)(k - j b), (4/3) d^3 for a square Q, against
-  2 d^3 for a product that reads all k columns.
+  over blocks of 4 b (d - j b)(k - j b); for a square Q in nb blocks (d a
+  multiple of b) (4/3) d^3 (1 + 1/nb)(1 + 1/(2 nb)): 4 d^3 in one block
+  (d <= :data:`ONE_BLOCK`), 1.88 d^3 at d = 256, towards (4/3) d^3, against
+  2 d^3 (1 + 1/nb) for a product that reads all k columns (4 d^3 in one block).
 - **backward** from the skew matrix K = (G Q^T - Q G^T) / 2 (G = dL/dQ),
   2 d^2 k flops: the gradient of block j is <K_j, dP_j P_j^T> with the
   congruence K_j = L_j^T K L_j (L_j the product of the blocks before j),
@@ -23,15 +25,23 @@ kept as U_j = V_j^T T_j from one triangular solve; one block up to
   K_{j+1} = K_j - Z V_j + (Z V_j)^T on the next window, as two GEMMs of
   rank b accumulating into K (4 b r^2: twice the flops of one product and
   a transposed sum, and faster, the strided pass being slow); the gradient
-  itself costs O(b^2 r). In all about 4 d^3 for a square Q, against about
-  6 d^3 for the backward of the compact-WY product, which carries Q and G
-  through every block. Saved: ``v``, its masked copy, Q and U.
+  itself costs O(b^2 r). In one block K2 itself is formed (a transposed
+  pass) and W = K2 U is the only GEMM: 4 d^3 in all for a square Q. In nb
+  blocks (d a multiple of b), 2 d^3 + (4/3) d^3 (1 + 1/nb)(1 + 1/(2 nb)) +
+  (2/3) d^3 (1 - 1/nb)(1 - 1/(2 nb)): 4.31 d^3 at d = 256, towards 4 d^3;
+  against 6 d^3 (1 + 1/nb) for the backward of the compact-WY product, which
+  carries Q and G through every block (12 d^3 in one block). :func:`flops`
+  counts both for any shape. Saved: ``v``, its masked copy, Q and U.
 
 Why only K's skew part: P_j is orthogonal for every V_j, so dP_j P_j^T is skew
 and <M, dP_j P_j^T> = <skew(M), dP_j P_j^T> for the full M_j = L_j^T G Q^T L_j.
 
-In eager mode, outside ``torch.func``, both passes accumulate GEMMs in place
-(``addmm_``, ``baddbmm_``) into their buffers. :func:`cheaper` is the cost rule
+In eager mode (:func:`cuhouse._torch.eager`: outside ``torch.func``, whose vmap
+has no batching rule for them and would loop over the batch, and outside
+``torch.compile`` and ``torch.export``, which fuse the plain operations
+themselves) both passes accumulate GEMMs in place (``addmm_``, ``baddbmm_``)
+into their buffers; that is also where the Function runs in autograd's older
+form (``_OlderColumns``, see :func:`cuhouse._torch.older_form`). :func:`cheaper` is the cost rule
 between this and the compact-WY product (``ops._left``, trapezoidal) on I[:, :k].
 The backward under ``create_graph=True`` is differentiable torch operations on
 ``v`` and the saved output (U rebuilt from ``v``), so double backward,
@@ -43,7 +53,6 @@ import array_api_compat.torch as xp
 import torch
 from torch import nn
 
-from .._backend import functorch_wrapped
 from .._torch import eager, older_form
 from ..algorithms import portable
 
@@ -105,13 +114,6 @@ def _factors(vb):
     return torch.linalg.solve_triangular(portable.gram_factor(vb, xp), vb.mT, upper=True, left=False)
 
 
-def _in_place(t):
-    """True when GEMMs may accumulate into ``t`` in place (``addmm_``, ``baddbmm_``): eager, outside
-    ``torch.func`` (vmap has no batching rule for them and would loop over the batch) and
-    ``torch.compile`` (which fuses the plain operations itself)."""
-    return not torch.compiler.is_compiling() and not functorch_wrapped(t)
-
-
 def _plus_product(c, a, b, alpha, in_place):
     """``c + alpha (a @ b)`` for stacks of one batch shape: one fused GEMM (``addmm``/``baddbmm``, on
     ``c`` itself when ``in_place``) for matrices and 3-d stacks, else the product and an addition."""
@@ -129,7 +131,7 @@ def _forward(vb, u, d, k, signs):
     by one GEMM (by a scaling for the first block applied, whose window is the diagonal) and updated
     by another, accumulating into it."""
     b, nb = vb.shape[-2], vb.shape[-3]
-    in_place = _in_place(vb)
+    in_place = eager()
     if in_place:
         q = vb.new_zeros(vb.shape[:-3] + (d, k))
         q.diagonal(dim1=-2, dim2=-1).copy_(signs)
@@ -233,18 +235,20 @@ class Columns(torch.autograd.Function):
             u = _factors(vb)
         else:
             vb = _blocks(trapezoidal, ctx.b)
-        dv = _backward(vb, u, q, dq, not torch.is_grad_enabled() and _in_place(q))
+        dv = _backward(vb, u, q, dq, not torch.is_grad_enabled() and eager())
         return dv[..., : v.shape[-2], :], None, None, None
 
 
-_EagerColumns = older_form(Columns, "_EagerColumns")
+_OlderColumns = older_form(Columns, "_OlderColumns")
 
 
 def columns(v, k, signs=None):
     """The first k columns of H(v_1) ... H(v_n) ``(..., d, k)``, times ``signs`` ``(..., k)`` (+-1, not
     differentiated; default all 1), for ``v`` ``(..., n, d)`` whose row i is read from column i on
     (LAPACK's layout: the entries before it are not used, and their gradient is zero),
-    1 <= n <= k <= d, one float dtype; differentiable to any order in ``v``. Cost: see the
-    module docstring (about 5.3 d^3 flops forward + backward for a square Q, against 8 d^3 through the product)."""
+    1 <= n <= k <= d, one float dtype; differentiable to any order in ``v``. Cost (:func:`flops`, the
+    module docstring): forward + backward for a square Q, 8 d^3 flops against 16 d^3 through the product
+    in one block (d <= :data:`ONE_BLOCK`), 6.2 d^3 against 10 d^3 at d = 256, 5.5 against 8.5 at d = 1024,
+    towards (16/3) d^3 against 8 d^3."""
     signs = torch.ones(k, dtype=v.dtype, device=v.device) if signs is None else signs
-    return (_EagerColumns if eager() else Columns).apply(v, signs, k, block_size(v.shape[-2]))[0]
+    return (_OlderColumns if eager() else Columns).apply(v, signs, k, block_size(v.shape[-2]))[0]
