@@ -1,5 +1,7 @@
 """How much memory a dense result may take: the machine's RAM, or the GPU's memory (CuPy, torch CUDA)."""
 
+import functools
+import math
 import os
 
 import numpy
@@ -18,11 +20,11 @@ def dense_memory(shape, dtype, what, xp, workspace, device=None):
     library does not report is not checked. Cost: O(1).
     """
     dtype = numpy_dtype(dtype)
-    result = float(numpy.prod(shape, dtype=numpy.float64)) * dtype.itemsize
+    result = float(math.prod(shape)) * dtype.itemsize
     needed = workspace * result
     kind = getattr(device, "type", None)
     if xp is numpy or (not is_native(xp) and (device is None or kind == "cpu" or "CPU" in str(device))):
-        available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+        available, where = host_memory(), "this machine's memory"
     elif is_native(xp):
         available, where = xp.cuda.Device().mem_info[1], "the GPU's memory"
     elif kind == "cuda":
@@ -44,3 +46,9 @@ def _bytes(n):
         if n < 1024 or unit == "TiB":
             return "{:.3g} {}".format(n, unit)
         n /= 1024
+
+
+@functools.lru_cache(maxsize=None)
+def host_memory():
+    """Bytes of this machine's physical memory (read once: two system calls)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -67,11 +67,12 @@ REPLAYS = 64  # products kept per reflections for replay (column count, side, pi
 largest = numpy.maximum.reduce  # the ufuncs' reductions themselves: no Python layer of ndarray.max/min
 smallest = numpy.minimum.reduce
 
-Replay = namedtuple("Replay", "calibration d dtype lo hi module form transpose mode")
+Replay = namedtuple("Replay", "calibration d dtype lo hi module form transpose mode h")
 Replay.__doc__ = """A NumPy product kept for :func:`replay`: the :mod:`cuhouse.calibration` its plan was
 chosen under, X's rows ``d`` and ``dtype``, the limits ``[lo, hi]`` of X's column sizes the form takes
 unscaled, the plan's algorithm ``module`` with its built ``form``, the ``transpose`` it applies
-(``H^T``) and its apply ``mode``."""
+(``H^T``) and its apply ``mode``; for the dense plan ``h``, the matrix it applies (``H``, or ``H^T``
+as a view), else ``None``."""
 
 
 def dense_fits(d, n):
@@ -205,6 +206,7 @@ def remember_product(kept, op, columns, transpose, module, chosen, form, limits)
             form,
             transpose,
             chosen.apply,
+            (form.h.T if transpose else form.h) if chosen.algorithm == "dense" else None,
         )
 
 
@@ -217,39 +219,47 @@ def replay(op, x, left):
     kept = op._core._replay
     if not kept:
         return None
-    if x.ndim == 2:
+    ndim = x.ndim
+    if ndim == 2:
         columns = x if left else x.T
-    elif x.ndim == 1:
+    elif ndim == 1:
         columns = x[:, None]
     else:
         return None
-    m = columns.shape[1]
+    rows, m = columns.shape
     entry = kept.get((m, left == op._transpose, op.algorithm, op.block_size))
-    if (
-        entry is None
-        or columns.shape[0] != entry.d
-        or x.dtype is not entry.dtype
-        or calibration.current(op._core.backend) is not entry.calibration
-    ):
+    if entry is None:
+        return None
+    chosen_under, d, dtype, lo, hi, module, form, transpose, mode, h = entry  # one unpacking: no attribute lookups
+    if rows != d or x.dtype is not dtype or calibration.current(op._core.backend) is not chosen_under:
         return None
     sizes = _scaling.column_sizes(columns, numpy)
     if m == 1:  # one size: a float, no reductions
-        size = sizes.item()
-        if not entry.lo <= size <= entry.hi:  # NaN fails too
+        if not lo <= sizes.item() <= hi:  # NaN fails too
             return None
-    elif not (smallest(sizes) >= entry.lo and largest(sizes) <= entry.hi):
+    elif not (smallest(sizes) >= lo and largest(sizes) <= hi):
         return None
-    return apply_plan(entry.module, entry.form, columns, entry.transpose, entry.mode, x.ndim, left)
+    if h is None:
+        return apply_plan(module, form, columns, transpose, mode, ndim, left)
+    # dense.apply's one GEMM, inline: in X's memory order, as there
+    return shaped((columns.T @ h.T).T if columns.strides[0] < columns.strides[1] else h @ columns, ndim, left)
 
 
 def apply_plan(module, form, columns, transpose, mode, ndim, left):
     """``module.apply`` of a built ``form`` to NumPy ``columns`` ``(d, m)`` in the plan's apply ``mode``
     (``"steps"`` takes no mode argument), returned as the product of a ``ndim``-D operand on the
-    ``left`` side or the right: a new C-contiguous array, a vector for ``ndim == 1``."""
+    ``left`` side or the right (:func:`shaped`)."""
     if mode == "steps":
         out = module.apply(form, columns, transpose, numpy)
     else:
         out = module.apply(form, columns, transpose, numpy, mode=mode)
+    return shaped(out, ndim, left)
+
+
+def shaped(out, ndim, left):
+    """The result ``(d, m)`` of the algorithms as the product of a ``ndim``-D operand on the ``left``
+    side or the right: a new C-contiguous array (``X @ H`` transposed back), a vector for
+    ``ndim == 1``."""
     if ndim == 1:
         return out[:, 0]
     out = out if left else out.T

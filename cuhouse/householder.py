@@ -595,6 +595,7 @@ class HouseholderProduct(Operator):
             self.block_size,
             core.layout_for(differentiable),
             core.lapack_ready(differentiable),
+            differentiable,
         )
 
     def _plan_backend(self):

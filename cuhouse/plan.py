@@ -327,8 +327,24 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
     return min(modes, key=lambda mode: predict_apply(mode, d, n, m, block_size, itemsize, backend, layout, machine))
 
 
-def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full", lapack=False):
-    """The fastest :class:`Plan` for ``H @ X`` by the cost model, build included.
+# The objective of a product without gradient: among the plans whose predicted fresh cost (build
+# included) is at most (1 + FRESH_SLACK) times the fastest, the one fastest once its form is built.
+# A plan is a function of the shapes and the calibration, never of what is cached, so one plan
+# serves an H used once and an H used a thousand times: this bounds the first's loss (predicted)
+# by 15% and gives the second the fastest per-product form within that bound. Measured on the
+# project's machine (float32, one thread, session 12): at d = 16 the dense H costs a fresh product
+# 1.07-1.11x and a cached one 2.5x less than compact WY; one block of 64 at d = 64 (predicted
+# 1.17x fresh) measured 1.05-1.14x fresh for 1.2-1.45x faster cached products, which 15% leaves
+# out: the fresh d = 64 product (4x LAPACK's ormqr at most, measured 3.3-3.5x) has no more margin.
+FRESH_SLACK = 0.15
+
+
+def choose(
+    d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full", lapack=False, gradient=False
+):
+    """The :class:`Plan` for ``H @ X`` by the cost model: the fastest once built among the plans
+    whose fresh cost (build included) is within ``FRESH_SLACK`` of the fastest (a product with a
+    ``gradient``: the fastest fresh, as its reflections change at the next step).
 
     ``algorithm`` and ``block_size`` pin what the caller fixed; ``layout`` is
     the reflections' (see :mod:`cuhouse.algorithms._layout`); ``lapack`` says
@@ -341,15 +357,16 @@ def choose(d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, l
     calibration. Memoized: a dictionary lookup after the first call.
     """
     mach = calibration.machine(backend)
-    return _choose(d, n, m, numpy.dtype(dtype).itemsize, backend, algorithm, block_size, layout, lapack, mach)
+    itemsize = numpy.dtype(dtype).itemsize
+    return _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, bool(gradient), mach)
 
 
 @functools.lru_cache(maxsize=4096)
-def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, mach):
+def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, gradient, mach):
     names = AUTO_CANDIDATES if algorithm == "auto" else (algorithm,)
     if algorithm == "auto" and lapack and layout == "unit" and mach.ormqr_rate is not None:
         names += (LAPACK_PLAN,)
-    best = None
+    found = []  # (fresh seconds, built seconds, name, block size), in a fixed order
     for name in names:
         if name in ("sequential", LAPACK_PLAN):
             sizes = (None,)
@@ -358,13 +375,23 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, m
         else:
             sizes = sorted({min(k, n) for k in BLOCK_SIZES})
         for k in sizes:
-            seconds = predict(name, d, n, m, k or 1, itemsize, backend, layout=layout, machine=mach)
-            if best is None or seconds < best[0]:
-                best = (seconds, name, k)
-    _, name, k = best
+            fresh = predict(name, d, n, m, k or 1, itemsize, backend, layout=layout, machine=mach)
+            built = fresh if gradient else _per_product(name, d, n, m, k, itemsize, backend, layout, mach)
+            found.append((fresh, built, name, k))
+    bound = min(f[0] for f in found) * (1.0 if gradient else 1.0 + FRESH_SLACK)
+    _, _, name, k = min((f for f in found if f[0] <= bound), key=lambda f: f[1])
     store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend, mach)
     mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach) if name == "cwy" else "steps"
     return Plan(name, k, store, mode)
+
+
+def _per_product(name, d, n, m, k, itemsize, backend, layout, mach):
+    """Predicted seconds of one product by plan ``name`` at block size ``k`` once its form is built (a
+    cwy form in its fastest apply mode, :func:`apply_mode`)."""
+    if name == "cwy":
+        mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach)
+        return predict_apply(mode, d, n, m, k, itemsize, backend, layout, mach)
+    return predict(name, d, n, m, k or 1, itemsize, backend, built=True, layout=layout, machine=mach)
 
 
 def describe(plan):

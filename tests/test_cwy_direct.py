@@ -3,13 +3,14 @@
 and ``?gemv`` with S. Same products as the general steps (to rounding), X's memory order kept, and
 the same bits fresh, cached and across calls."""
 
+import array_api_compat.numpy
 import numpy
 import pytest
 from helpers import dense_reference
 
 import cuhouse
 from cuhouse._gpu import primitives
-from cuhouse.algorithms import _gemm, cwy
+from cuhouse.algorithms import _gemm, cwy, portable
 
 DTYPES = [numpy.float32, numpy.float64]
 
@@ -90,6 +91,23 @@ def test_direct_build_matches_the_general_build(dtype, n, k):
     numpy.testing.assert_allclose(direct.s, general.s[0], rtol=_tolerance(dtype), atol=_tolerance(dtype))
     numpy.testing.assert_allclose(direct.t, general.t[0], rtol=1e3 * _tolerance(dtype), atol=_tolerance(dtype))
     assert not numpy.tril(direct.t, -1).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, k", [(12, 4), (13, 4), (7, 16)])
+def test_the_three_builds_of_s_agree(dtype, n, k):
+    """S is built in three places on purpose (see cwy.build): the direct NumPy build, the general build
+    and the generic path's differentiable gram_factor give one S, zero rows and padding at 1/2 included."""
+    rng = numpy.random.default_rng(5)
+    y = rng.standard_normal((n, 16)).astype(dtype)
+    y[2] = 0
+    direct, general = cwy.build(y, k, numpy).s, cwy.build(y[None], k, numpy).s[0]
+    generic = portable.gram_factor(portable.blocks(y, min(k, n), array_api_compat.numpy), array_api_compat.numpy)
+    assert generic.shape == direct.shape == general.shape
+    for s in (general, generic):
+        numpy.testing.assert_allclose(s, direct, rtol=_tolerance(dtype), atol=_tolerance(dtype))
+        assert not numpy.tril(s, -1).any()
+    assert direct[0, 2, 2] == general[0, 2, 2] == generic[0, 2, 2] == 0.5
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

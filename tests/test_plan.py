@@ -87,6 +87,68 @@ def test_stored_block_inputs_only_for_cwy_on_full_rows():
             assert not chosen.store_inputs or (chosen.algorithm == "cwy" and layout == "full")
 
 
+# ------------------------------------------------------------ the objective
+def _costs(name, k, d, n, m, layout):
+    """``(fresh, built)`` predicted seconds of plan ``name`` at block size ``k`` (a cwy form in its apply mode)."""
+    fresh = plan.predict(name, d, n, m, k or 1, layout=layout)
+    if name == "cwy":
+        mode = plan.apply_mode(d, n, m, k, layout=layout)
+        return fresh, plan.predict_apply(mode, d, n, m, k, layout=layout)
+    return fresh, plan.predict(name, d, n, m, k or 1, built=True, layout=layout)
+
+
+@pytest.mark.parametrize("layout, lapack", [("full", False), ("trapezoidal", False), ("unit", True)])
+def test_without_a_gradient_the_plan_is_the_fastest_built_within_the_fresh_slack(layout, lapack):
+    """Every candidate predicted (brute force): the plan's fresh cost is within FRESH_SLACK of the fastest
+    fresh one and no candidate within that bound is faster once built; with a gradient, the fastest fresh."""
+    for d, n, m in _grid() + [(16, 16, 1), (16, 16, 32), (256, 256, 1)]:
+        names = plan.AUTO_CANDIDATES + ((plan.LAPACK_PLAN,) if lapack else ())
+        costs = {}
+        for name in names:
+            sizes = (None,) if name in ("sequential", plan.LAPACK_PLAN) else {min(k, n) for k in plan.BLOCK_SIZES}
+            for k in sizes:
+                costs[name, k] = _costs(name, k, d, n, m, layout)
+        fastest = min(fresh for fresh, _ in costs.values())
+        chosen = plan.choose(d, n, m, numpy.float32, layout=layout, lapack=lapack)
+        fresh, built = costs[chosen.algorithm, chosen.block_size]
+        assert fresh <= (1 + plan.FRESH_SLACK) * fastest
+        assert built == min(b for f, b in costs.values() if f <= (1 + plan.FRESH_SLACK) * fastest)
+        training = plan.choose(d, n, m, numpy.float32, layout=layout, lapack=lapack, gradient=True)
+        assert costs[training.algorithm, training.block_size][0] == fastest
+
+
+def test_small_products_without_gradient_run_the_dense_h_and_match_the_reference():
+    """At d = 12 (built-in constants) a product without gradient runs the dense H (one GEMM once built),
+    a product with a gradient compact WY: both sides, vectors, transposes, a batch, fresh and again
+    (the replay), against float64."""
+    rng = numpy.random.default_rng(12)
+    v = rng.standard_normal((2, 12, 12))
+    reference = dense_reference(v)
+    x = rng.standard_normal((12, 3))
+    for dtype in (numpy.float32, numpy.float64):
+        one, batch = ch.HouseholderProduct(v[0].astype(dtype)), ch.HouseholderProduct(v.astype(dtype))
+        assert one.plan_for(3).algorithm == "dense" and batch.plan_for(3).algorithm == "dense"
+        assert one.plan_for(3, differentiable=True).algorithm == "cwy"
+        xd, tol = x.astype(dtype), (1e-5 if dtype == numpy.float32 else 1e-13)
+        cases = (
+            (lambda: one @ xd, reference[0] @ x),
+            (lambda: xd.T @ one, x.T @ reference[0]),
+            (lambda: one.T @ xd, reference[0].T @ x),
+            (lambda: one @ numpy.asfortranarray(xd), reference[0] @ x),
+            (lambda: one @ xd[:, 0], reference[0] @ x[:, 0]),
+            (lambda: xd[:, 0] @ one, x[:, 0] @ reference[0]),
+            (lambda: batch @ xd, reference @ x),
+            (lambda: xd.T @ batch.T, x.T @ reference.swapaxes(-1, -2)),
+        )
+        for product, want in cases:
+            for _ in range(2):
+                got = product()
+                assert got.dtype == dtype
+                numpy.testing.assert_allclose(got, want, rtol=0, atol=tol)
+        out, _ = ch.vjp(ch.matmul, one, xd)
+        numpy.testing.assert_allclose(out, reference[0] @ x, rtol=0, atol=tol)
+
+
 # ------------------------------------------------------------ determinism
 def test_the_choice_is_a_function_of_its_arguments():
     """The same arguments give the same plan, memoized or computed afresh, whatever is cached."""

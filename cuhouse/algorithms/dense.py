@@ -6,8 +6,11 @@ once m, summed over the products that reuse H, is comparable to d.
 
 from collections import namedtuple
 
-from . import cwy
+import numpy
+
+from . import _gemm, cwy
 from ._gemm import swap
+from ._steps import application_order
 
 Form = namedtuple("DenseForm", "h wy")
 Form.__doc__ = "The dense matrix ``h`` ``(..., d, d)`` and the CWY form ``wy`` it was built from."
@@ -18,7 +21,23 @@ def build(y, block_size, xp, layout="full", identity=None):
     (half for a structured layout)."""
     d = y.shape[-1]
     wy = cwy.build(y, block_size, xp, layout, identity)
-    return Form(cwy.apply(wy, xp.eye(d, dtype=y.dtype), False, xp), wy)
+    eye = xp.eye(d, dtype=y.dtype)
+    if xp is numpy and cwy.direct(wy, eye):
+        return Form(_identity_applied(wy, eye), wy)
+    return Form(cwy.apply(wy, eye, False, xp), wy)
+
+
+def _identity_applied(wy, out):
+    """``H`` from the NumPy form ``wy`` of :func:`cwy.direct`, written into ``out`` (the identity):
+    the steps of ``cwy.apply`` (``out -= V^T (T (V out))`` a block, the last block first), except
+    that the first block's ``V I`` is ``V`` itself (no GEMM: the same numbers). Cost: 3 calls a
+    block, 2 for the first; ``4 n d^2`` flops."""
+    blocks = wy.blocks
+    for step, j in enumerate(application_order(len(blocks), False)):
+        rows = blocks[j].tail
+        kb = rows.shape[0]
+        _gemm.subtract_gemm(rows, wy.t[j, :kb, :kb] @ (rows @ out if step else rows), out)
+    return out
 
 
 def apply(f, x, transpose, xp):

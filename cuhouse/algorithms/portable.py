@@ -118,7 +118,8 @@ def factors(y, xp):
 
 def gram_factor(y, xp):
     """``S = G * mask`` ``(..., k, k)`` with ``G = Y Y^T`` for the rows ``y`` ``(..., k, d)`` (a zero row,
-    an identity factor or padding, gets ``S_ii = 1/2``: it acts as nothing); differentiable. O(k^2 d)."""
+    an identity factor or padding, gets ``S_ii = 1/2``: it acts as nothing); differentiable. O(k^2 d).
+    The S of :func:`cuhouse.algorithms.cwy.build` (why it is built apart: that module's docstring)."""
     c = constants(y.shape[-2], y.dtype, _device(y), xp)
     g = y @ y.mT
     # the term for zero rows is a constant, so dS/dG is the mask everywhere (xp.where(G == 0, ...) cut the
