@@ -336,6 +336,8 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
 # 1.07-1.11x and a cached one 2.5x less than compact WY; one block of 64 at d = 64 (predicted
 # 1.17x fresh) measured 1.05-1.14x fresh for 1.2-1.45x faster cached products, which 15% leaves
 # out: the fresh d = 64 product (4x LAPACK's ormqr at most, measured 3.3-3.5x) has no more margin.
+# Where LAPACK's ormqr can run the product (from_lapack), the race with LAPACK is on its own
+# factorization, made for this product: the fastest fresh plan runs, as with a gradient.
 FRESH_SLACK = 0.15
 
 
@@ -344,7 +346,8 @@ def choose(
 ):
     """The :class:`Plan` for ``H @ X`` by the cost model: the fastest once built among the plans
     whose fresh cost (build included) is within ``FRESH_SLACK`` of the fastest (a product with a
-    ``gradient``: the fastest fresh, as its reflections change at the next step).
+    ``gradient``, whose reflections change at the next step, or one LAPACK's ``?ormqr`` can run:
+    the fastest fresh).
 
     ``algorithm`` and ``block_size`` pin what the caller fixed; ``layout`` is
     the reflections' (see :mod:`cuhouse.algorithms._layout`); ``lapack`` says
@@ -366,6 +369,7 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
     names = AUTO_CANDIDATES if algorithm == "auto" else (algorithm,)
     if algorithm == "auto" and lapack and layout == "unit" and mach.ormqr_rate is not None:
         names += (LAPACK_PLAN,)
+    fresh_only = gradient or LAPACK_PLAN in names
     found = []  # (fresh seconds, built seconds, name, block size), in a fixed order
     for name in names:
         if name in ("sequential", LAPACK_PLAN):
@@ -376,9 +380,9 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
             sizes = sorted({min(k, n) for k in BLOCK_SIZES})
         for k in sizes:
             fresh = predict(name, d, n, m, k or 1, itemsize, backend, layout=layout, machine=mach)
-            built = fresh if gradient else _per_product(name, d, n, m, k, itemsize, backend, layout, mach)
+            built = fresh if fresh_only else _per_product(name, d, n, m, k, itemsize, backend, layout, mach)
             found.append((fresh, built, name, k))
-    bound = min(f[0] for f in found) * (1.0 if gradient else 1.0 + FRESH_SLACK)
+    bound = min(f[0] for f in found) * (1.0 if fresh_only else 1.0 + FRESH_SLACK)
     _, _, name, k = min((f for f in found if f[0] <= bound), key=lambda f: f[1])
     store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend, mach)
     mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach) if name == "cwy" else "steps"
