@@ -15,7 +15,10 @@ so its time is predicted from a few constants of the machine
   reflections shares k ways, and OpenBLAS's small-matrix kernels make products
   below about 1e6 multiply-adds 1.3-1.6x faster; hence, for m = 32 on the
   session-12 machine, k = 16 at d = 1024, k = 8 at d = 2048 and k = 16 at
-  d = 4096;
+  d = 4096; a block's Gram matrix, its own ``?gemm`` call (slower than a
+  block GEMM of its volume at small sizes), at the rate measured for it
+  (``gram_rates``); a product of one column builds no T matrices (it solves
+  with S: ``?trsv``, k^2 flops at the matrix-vector rate);
 * an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 * on NumPy the T matrices come from LAPACK ``?trtri``, one call per block:
   ``lapack_call + k^3 / 3 / trtri_rate`` each (on CuPy, the batched doubling
@@ -106,9 +109,12 @@ STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 # and so favour large blocks, whose Gram matrices cost n k d: the block dimension is costed at
 # e(DIRECT_BLOCK) instead. The calls
 # a block makes beyond those counted (Python, slices, the in-place checks) are DIRECT_OVERHEAD
-# launches (build, step), fitted to cwy timed against predict() at d = 64..2048, m = 1, 32.
+# launches (build, step, step of one column), fitted to cwy timed against predict() at d = 64..2048,
+# m = 1, 32 (session 11; the one-column step, three bare SciPy/NumPy calls on 1-D views: session 12,
+# d = 64..512, where 5 launches put it 2.5 us a block above its measured time and so favoured
+# k = 64 at d = 128, measured 1.94x sormqr against 1.86x for k = 32).
 DIRECT_BLOCK = 16
-DIRECT_OVERHEAD = (3.0, 5.0)
+DIRECT_OVERHEAD = (3.0, 5.0, 1.0)
 
 
 def _block_gemm(mach, p, q, r, itemsize):
@@ -175,20 +181,31 @@ def _volume_rate(rates, volume):
     return rates[-1][1]
 
 
-def _direct_build(mach, d, n, k, itemsize):
-    """cwy's build on NumPy in the full layout: per block one Gram ``?gemm``, ``S = G * W``, one ``?trtri``."""
+def _direct_build(mach, d, n, k, itemsize, m=2):
+    """cwy's build on NumPy in the full layout for products of ``m`` columns: per block one Gram
+    ``?gemm``, ``S = G * W``, and one ``?trtri`` unless m = 1 (one column solves with S instead)."""
     nb = -(-n // k)
-    per_block = _block_gemm(mach, k, d, k, itemsize) + mach.launch * (1 + DIRECT_OVERHEAD[0])
-    return nb * per_block + _triangular_inverse(mach, k, nb, itemsize)
+    if mach.gram_rates:  # the Gram matrix's own call, measured whole (``?gemm`` of (k x d) by its transpose)
+        gram = 2.0 * k * k * d / (_block_rate(mach.gram_rates, k, d) * (4 / itemsize))
+    else:
+        gram = _block_gemm(mach, k, d, k, itemsize)
+    per_block = gram + mach.launch * (1 + DIRECT_OVERHEAD[0])
+    return nb * per_block + (_triangular_inverse(mach, k, nb, itemsize) if m != 1 else 0.0)
 
 
 def _direct_step(mach, d, m, k, itemsize):
-    """One block of cwy's apply on NumPy in the full layout: ``V X``, ``T (V X)``, ``X -= V^T U`` (beta = 1)."""
+    """One block of cwy's apply on NumPy in the full layout: ``V X``, ``T (V X)``, ``X -= V^T U`` (beta = 1);
+    for one column ``S U = V X`` by ``?trsv`` (a LAPACK-like call: k^2 flops at the matrix-vector rate)
+    in place of the product with T, and ``?gemv``."""
+    if m == 1:
+        small = mach.lapack_call + _gemm(mach, k, k, 1, itemsize) - mach.launch
+    else:
+        small = _gemm(mach, k, k, m, itemsize)
     return (
         _block_gemm(mach, k, d, m, itemsize)
-        + _gemm(mach, k, k, m, itemsize)
+        + small
         + _block_gemm(mach, d, k, m, itemsize)
-        + mach.launch * DIRECT_OVERHEAD[1]
+        + mach.launch * DIRECT_OVERHEAD[1 if m != 1 else 2]
     )
 
 
@@ -242,7 +259,7 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
         return build + nb * step
     if algorithm in ("cwy", "dense") and layout == "full" and backend == "numpy" and mach.trtri_rate is not None:
         if algorithm == "cwy":
-            return (0.0 if built else _direct_build(mach, d, n, k, itemsize)) + nb * _direct_step(
+            return (0.0 if built else _direct_build(mach, d, n, k, itemsize, m)) + nb * _direct_step(
                 mach, d, m, k, itemsize
             )
         build = 0.0 if built else _direct_build(mach, d, n, k, itemsize) + nb * _direct_step(mach, d, d, k, itemsize)
@@ -319,6 +336,8 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
 # 1.07-1.11x and a cached one 2.5x less than compact WY; one block of 64 at d = 64 (predicted
 # 1.17x fresh) measured 1.05-1.14x fresh for 1.2-1.45x faster cached products, which 15% leaves
 # out: the fresh d = 64 product (4x LAPACK's ormqr at most, measured 3.3-3.5x) has no more margin.
+# Where LAPACK's ormqr can run the product (from_lapack), the race with LAPACK is on its own
+# factorization, made for this product: the fastest fresh plan runs, as with a gradient.
 FRESH_SLACK = 0.15
 
 
@@ -327,7 +346,8 @@ def choose(
 ):
     """The :class:`Plan` for ``H @ X`` by the cost model: the fastest once built among the plans
     whose fresh cost (build included) is within ``FRESH_SLACK`` of the fastest (a product with a
-    ``gradient``: the fastest fresh, as its reflections change at the next step).
+    ``gradient``, whose reflections change at the next step, or one LAPACK's ``?ormqr`` can run:
+    the fastest fresh).
 
     ``algorithm`` and ``block_size`` pin what the caller fixed; ``layout`` is
     the reflections' (see :mod:`cuhouse.algorithms._layout`); ``lapack`` says
@@ -349,6 +369,7 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
     names = AUTO_CANDIDATES if algorithm == "auto" else (algorithm,)
     if algorithm == "auto" and lapack and layout == "unit" and mach.ormqr_rate is not None:
         names += (LAPACK_PLAN,)
+    fresh_only = gradient or LAPACK_PLAN in names
     found = []  # (fresh seconds, built seconds, name, block size), in a fixed order
     for name in names:
         if name in ("sequential", LAPACK_PLAN):
@@ -359,9 +380,9 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
             sizes = sorted({min(k, n) for k in BLOCK_SIZES})
         for k in sizes:
             fresh = predict(name, d, n, m, k or 1, itemsize, backend, layout=layout, machine=mach)
-            built = fresh if gradient else _per_product(name, d, n, m, k, itemsize, backend, layout, mach)
+            built = fresh if fresh_only else _per_product(name, d, n, m, k, itemsize, backend, layout, mach)
             found.append((fresh, built, name, k))
-    bound = min(f[0] for f in found) * (1.0 if gradient else 1.0 + FRESH_SLACK)
+    bound = min(f[0] for f in found) * (1.0 if fresh_only else 1.0 + FRESH_SLACK)
     _, _, name, k = min((f for f in found if f[0] <= bound), key=lambda f: f[1])
     store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend, mach)
     mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach) if name == "cwy" else "steps"

@@ -100,7 +100,8 @@ def _costs(name, k, d, n, m, layout):
 @pytest.mark.parametrize("layout, lapack", [("full", False), ("trapezoidal", False), ("unit", True)])
 def test_without_a_gradient_the_plan_is_the_fastest_built_within_the_fresh_slack(layout, lapack):
     """Every candidate predicted (brute force): the plan's fresh cost is within FRESH_SLACK of the fastest
-    fresh one and no candidate within that bound is faster once built; with a gradient, the fastest fresh."""
+    fresh one and no candidate within that bound is faster once built; with a gradient, or where LAPACK's
+    ormqr races, the fastest fresh."""
     for d, n, m in _grid() + [(16, 16, 1), (16, 16, 32), (256, 256, 1)]:
         names = plan.AUTO_CANDIDATES + ((plan.LAPACK_PLAN,) if lapack else ())
         costs = {}
@@ -111,6 +112,9 @@ def test_without_a_gradient_the_plan_is_the_fastest_built_within_the_fresh_slack
         fastest = min(fresh for fresh, _ in costs.values())
         chosen = plan.choose(d, n, m, numpy.float32, layout=layout, lapack=lapack)
         fresh, built = costs[chosen.algorithm, chosen.block_size]
+        if lapack:  # the race with LAPACK on its own factorization: the fastest fresh
+            assert fresh == fastest
+            continue
         assert fresh <= (1 + plan.FRESH_SLACK) * fastest
         assert built == min(b for f, b in costs.values() if f <= (1 + plan.FRESH_SLACK) * fastest)
         training = plan.choose(d, n, m, numpy.float32, layout=layout, lapack=lapack, gradient=True)
