@@ -67,6 +67,7 @@ def vectors_reflections(vectors, check_finite):
     core._norms = numpy.sqrt(sumsq)
     core._safe = True
     core._summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(smallest))
+    core._shape = (n, d)
     if n > 1 and vectors[1, 0] != 0:
         core._layout = _layout.FULL
     return core
@@ -136,9 +137,10 @@ def operand(h, x, side):
     core = h._core
     if core.backend != "numpy" or x.dtype != core.dtype or core.dtype not in BLAS_DTYPES or not 1 <= x.ndim <= 2:
         return None
-    if not core.small:
+    small = core.small
+    if not small:
         return None
-    d = core.small[1]
+    d = small[1]
     if x.shape[-1 if (x.ndim == 1 or side == "right") else 0] != d:
         return None
     if x.ndim == 1:

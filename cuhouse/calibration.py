@@ -11,7 +11,7 @@ kernels, and every call streams X once, which small blocks pay most often:
 together they decide the block size at large d). They move with the machine (CPU, BLAS library
 and version, BLAS threads): a plan tuned on one machine does not carry to
 the next. So, in the manner of FFTW's wisdom, they are measured the first
-time a plan is needed on a machine (about a second, once) and kept in a small
+time a plan is needed on a machine (about two seconds, once) and kept in a small
 JSON file; every later process on that machine reads the file, so plans are
 deterministic given the file.
 
@@ -43,11 +43,26 @@ from collections import namedtuple
 
 import numpy
 
-Machine = namedtuple(
+_MachineFields = namedtuple(
     "Machine",
-    "launch peak half bandwidth lapack_call trtri_rate ormqr_call ormqr_rate gemv_rate block_rates",
-    defaults=(None, None),
+    "launch peak half bandwidth lapack_call trtri_rate ormqr_call ormqr_rate gemv_rate block_rates gram_rates",
+    defaults=(None, None, None),
 )
+
+
+class Machine(_MachineFields):
+    # a plan cache key (cuhouse.plan._choose, cuhouse._reuse.kept) on every product: its hash (about
+    # 170 floats with block_rates and gram_rates, 3 us) is computed once per object
+    def __hash__(self):
+        found = self.__dict__.get("_hash")
+        if found is None:
+            found = self.__dict__["_hash"] = tuple.__hash__(self)
+        return found
+
+    def __getstate__(self):  # the fields only (hash(None) differs between processes before Python 3.12)
+        return None
+
+
 Machine.__doc__ = """Constants of the cost model (seconds, flop/s at float32, bytes/s):
 ``launch`` the fixed cost of one array call; a GEMM ``(p x q) @ (q x r)`` costs
 ``launch + 2 p q r / (peak e(p) e(q) e(r))`` with ``e(s) = s / (s + half)``, fitted
@@ -67,7 +82,12 @@ may run small products with other kernels (OpenBLAS: below about 1e6
 multiply-adds, at 1.3-1.6x the rate of the packed kernels above), and each
 call streams X (``d x m``) once whatever k, so the rate depends on k as well
 as on the volume (``cuhouse.plan._block_rate``); both decide the best block
-size at d >= 1024."""
+size at d >= 1024. ``gram_rates`` ``((k, d, flop/s), ...)`` (or ``None``) the
+rates of a block's Gram matrix ``(k x d) @ (d x k)`` as one ``?gemm`` (the
+build's call, through SciPy), for the same k and d, its fixed cost
+included (the call's time is its flops over the rate): another shape and
+another call, measured 1.3-1.8x slower than ``block_rates``' product of the
+same volume at d <= 256, where they decide between k = 32 and 64."""
 
 DEFAULTS = {
     # fitted on the project's 2-core machine (single-threaded OpenBLAS, float32); see cuhouse.plan
@@ -103,7 +123,7 @@ DEFAULTS["generic"] = DEFAULTS["numpy"]._replace(
     launch=1.0e-5, lapack_call=None, trtri_rate=None, ormqr_call=None, ormqr_rate=None
 )
 
-FORMAT = 5  # bump when the constants or their measurement change meaning
+FORMAT = 6  # bump when the constants or their measurement change meaning
 _ENV_DIR = "CUHOUSE_CALIBRATION_DIR"
 _ENV_SWITCH = "CUHOUSE_CALIBRATION"
 
@@ -217,7 +237,7 @@ def calibrate(backend="numpy", force=False):
     ``force`` measures even when the file exists. A file whose constants fail
     :func:`problems` is measured again; a measurement that still fails after
     its retries (a machine too loaded to time) is not saved, and this process
-    uses the built-in constants (the source says why). Cost: about a second of
+    uses the built-in constants (the source says why). Cost: about two seconds of
     measurement when it runs; a file read otherwise.
     """
     path = cache_path(backend)
@@ -248,8 +268,9 @@ def read(path):
         if data.get("format") != FORMAT:
             return None
         stored = {name: data["machine"][name] for name in Machine._fields}
-        if stored["block_rates"] is not None:  # JSON lists: tuples, so that a Machine stays hashable
-            stored["block_rates"] = tuple((float(k), float(q), float(r)) for k, q, r in stored["block_rates"])
+        for name in ("block_rates", "gram_rates"):  # JSON lists: tuples, so that a Machine stays hashable
+            if stored[name] is not None:
+                stored[name] = tuple((float(k), float(q), float(r)) for k, q, r in stored[name])
         return Machine(**stored)
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -313,17 +334,18 @@ def problems(machine):
         value = getattr(machine, name)
         if value is not None and value > 2 * machine.peak:
             found.append("{} = {:.3g} flop/s exceeds twice the GEMM peak {:.3g}".format(name, value, machine.peak))
-    points = [(k, size) for k, size, _ in machine.block_rates or ()]
-    if any(not (math.isfinite(k) and k > 0 and math.isfinite(q) and q > 0) for k, q in points) or any(
-        a >= b for a, b in zip(points, points[1:])
-    ):
-        found.append("the block GEMM points (k, size) {} are not positive and increasing".format(points))
-    for k, size, rate in machine.block_rates or ():
-        if not (math.isfinite(rate) and 1e6 <= rate <= 2 * machine.peak):
-            found.append(
-                "the block GEMM rate {:.3g} flop/s at k = {:g}, size {:g} is outside [1e6, twice the GEMM peak "
-                "{:.3g}]".format(rate, k, size, machine.peak)
-            )
+    for name, table in (("block GEMM", machine.block_rates), ("Gram GEMM", machine.gram_rates)):
+        points = [(k, size) for k, size, _ in table or ()]
+        if any(not (math.isfinite(k) and k > 0 and math.isfinite(q) and q > 0) for k, q in points) or any(
+            a >= b for a, b in zip(points, points[1:])
+        ):
+            found.append("the {} points (k, size) {} are not positive and increasing".format(name, points))
+        for k, size, rate in table or ():
+            if not (math.isfinite(rate) and 1e6 <= rate <= 2 * machine.peak):
+                found.append(
+                    "the {} rate {:.3g} flop/s at k = {:g}, size {:g} is outside [1e6, twice the GEMM peak "
+                    "{:.3g}]".format(name, rate, k, size, machine.peak)
+                )
     return found
 
 
@@ -385,10 +407,11 @@ _GEMM_SHAPES = (
 # with the shapes above, they pulled ``half`` down to about 2 and the model then put skinny GEMMs with
 # a dimension of 32 at 1.4-1.8x their measured speed: cwy at d = 2048 predicted 4.5 ms, measured 12)
 _GEMV_SHAPES = ((64, 1024, 1), (1024, 64, 1), (32, 2048, 1), (2048, 32, 1))
-# the skinny GEMMs of a block of reflectors, (k x d) @ (d x 32), by block size k and depth d:
-# Machine.block_rates (20 GEMMs, about a quarter of the measurement's time)
+# the skinny GEMMs of a block of reflectors, (k x d) @ (d x 32), and its Gram matrix (k x d) @ (d x k)
+# by one ?gemm, by block size k and depth d: Machine.block_rates and gram_rates (56 GEMMs, about a
+# third of the measurement's time)
 _BLOCK_SIZES = (8, 16, 32, 64)
-_BLOCK_DEPTHS = (256, 512, 1024, 2048, 4096)
+_BLOCK_DEPTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 _BLOCK_COLUMNS = 32
 _PEAKS = numpy.logspace(9, 13, 161)
 _HALVES = numpy.logspace(-1, 3, 161)
@@ -396,7 +419,7 @@ ATTEMPTS = 3  # measurements tried before a loaded machine's constants are rejec
 
 
 def measure(backend="numpy"):
-    """Measure the :class:`Machine` constants of ``backend`` on this machine, float32: about a second
+    """Measure the :class:`Machine` constants of ``backend`` on this machine, float32: about two seconds
     a try. A try whose constants fail :func:`problems` is repeated, up to :data:`ATTEMPTS` tries;
     then :class:`CalibrationError`."""
     if backend != "numpy":
@@ -412,7 +435,7 @@ def measure(backend="numpy"):
 
 
 def _measure_once(clock):
-    from scipy.linalg import lapack
+    from scipy.linalg import blas, lapack
 
     rng = numpy.random.default_rng(0)
     f32 = numpy.float32
@@ -442,6 +465,14 @@ def _measure_once(clock):
         (float(k), float(d * r), float(2 * k * d * r / max(t - launch, 1e-9)))
         for (k, d, r), t in zip(shapes.tolist(), times.tolist())
     )
+    gram_rates = []
+    for k in _BLOCK_SIZES:
+        for d in _BLOCK_DEPTHS:
+            rows = rng.standard_normal((k, d)).astype(f32)
+            out = numpy.empty((k, k), dtype=f32)
+            # the call of cuhouse.algorithms._gemm.gram_gemm: rows^T as a Fortran matrix, transposed once
+            seconds = _seconds(lambda: blas.sgemm(1.0, rows.T, rows.T, 0.0, out.T, 1, 0, 1), clock)
+            gram_rates.append((float(k), float(d), float(2 * k * k * d / seconds)))  # the whole call
     big = rng.standard_normal(1 << 20).astype(f32)
     other = big.copy()
     bandwidth = 3 * big.nbytes / _seconds(lambda: numpy.subtract(big, other, out=big), clock)
@@ -462,5 +493,15 @@ def _measure_once(clock):
     (_, ormqr_call), (flops, seconds) = ormqr_points
     ormqr_rate = float(flops / max(seconds - ormqr_call, 1e-9))
     return Machine(
-        launch, peak, half, bandwidth, lapack_call, trtri_rate, ormqr_call, ormqr_rate, gemv_rate, block_rates
+        launch,
+        peak,
+        half,
+        bandwidth,
+        lapack_call,
+        trtri_rate,
+        ormqr_call,
+        ormqr_rate,
+        gemv_rate,
+        block_rates,
+        tuple(gram_rates),
     )

@@ -15,7 +15,10 @@ so its time is predicted from a few constants of the machine
   reflections shares k ways, and OpenBLAS's small-matrix kernels make products
   below about 1e6 multiply-adds 1.3-1.6x faster; hence, for m = 32 on the
   session-12 machine, k = 16 at d = 1024, k = 8 at d = 2048 and k = 16 at
-  d = 4096;
+  d = 4096; a block's Gram matrix, its own ``?gemm`` call (slower than a
+  block GEMM of its volume at small sizes), at the rate measured for it
+  (``gram_rates``); a product of one column builds no T matrices (it solves
+  with S: ``?trsv``, k^2 flops at the matrix-vector rate);
 * an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 * on NumPy the T matrices come from LAPACK ``?trtri``, one call per block:
   ``lapack_call + k^3 / 3 / trtri_rate`` each (on CuPy, the batched doubling
@@ -106,9 +109,12 @@ STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 # and so favour large blocks, whose Gram matrices cost n k d: the block dimension is costed at
 # e(DIRECT_BLOCK) instead. The calls
 # a block makes beyond those counted (Python, slices, the in-place checks) are DIRECT_OVERHEAD
-# launches (build, step), fitted to cwy timed against predict() at d = 64..2048, m = 1, 32.
+# launches (build, step, step of one column), fitted to cwy timed against predict() at d = 64..2048,
+# m = 1, 32 (session 11; the one-column step, three bare SciPy/NumPy calls on 1-D views: session 12,
+# d = 64..512, where 5 launches put it 2.5 us a block above its measured time and so favoured
+# k = 64 at d = 128, measured 1.94x sormqr against 1.86x for k = 32).
 DIRECT_BLOCK = 16
-DIRECT_OVERHEAD = (3.0, 5.0)
+DIRECT_OVERHEAD = (3.0, 5.0, 1.0)
 
 
 def _block_gemm(mach, p, q, r, itemsize):
@@ -175,20 +181,31 @@ def _volume_rate(rates, volume):
     return rates[-1][1]
 
 
-def _direct_build(mach, d, n, k, itemsize):
-    """cwy's build on NumPy in the full layout: per block one Gram ``?gemm``, ``S = G * W``, one ``?trtri``."""
+def _direct_build(mach, d, n, k, itemsize, m=2):
+    """cwy's build on NumPy in the full layout for products of ``m`` columns: per block one Gram
+    ``?gemm``, ``S = G * W``, and one ``?trtri`` unless m = 1 (one column solves with S instead)."""
     nb = -(-n // k)
-    per_block = _block_gemm(mach, k, d, k, itemsize) + mach.launch * (1 + DIRECT_OVERHEAD[0])
-    return nb * per_block + _triangular_inverse(mach, k, nb, itemsize)
+    if mach.gram_rates:  # the Gram matrix's own call, measured whole (``?gemm`` of (k x d) by its transpose)
+        gram = 2.0 * k * k * d / (_block_rate(mach.gram_rates, k, d) * (4 / itemsize))
+    else:
+        gram = _block_gemm(mach, k, d, k, itemsize)
+    per_block = gram + mach.launch * (1 + DIRECT_OVERHEAD[0])
+    return nb * per_block + (_triangular_inverse(mach, k, nb, itemsize) if m != 1 else 0.0)
 
 
 def _direct_step(mach, d, m, k, itemsize):
-    """One block of cwy's apply on NumPy in the full layout: ``V X``, ``T (V X)``, ``X -= V^T U`` (beta = 1)."""
+    """One block of cwy's apply on NumPy in the full layout: ``V X``, ``T (V X)``, ``X -= V^T U`` (beta = 1);
+    for one column ``S U = V X`` by ``?trsv`` (a LAPACK-like call: k^2 flops at the matrix-vector rate)
+    in place of the product with T, and ``?gemv``."""
+    if m == 1:
+        small = mach.lapack_call + _gemm(mach, k, k, 1, itemsize) - mach.launch
+    else:
+        small = _gemm(mach, k, k, m, itemsize)
     return (
         _block_gemm(mach, k, d, m, itemsize)
-        + _gemm(mach, k, k, m, itemsize)
+        + small
         + _block_gemm(mach, d, k, m, itemsize)
-        + mach.launch * DIRECT_OVERHEAD[1]
+        + mach.launch * DIRECT_OVERHEAD[1 if m != 1 else 2]
     )
 
 
@@ -242,7 +259,7 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
         return build + nb * step
     if algorithm in ("cwy", "dense") and layout == "full" and backend == "numpy" and mach.trtri_rate is not None:
         if algorithm == "cwy":
-            return (0.0 if built else _direct_build(mach, d, n, k, itemsize)) + nb * _direct_step(
+            return (0.0 if built else _direct_build(mach, d, n, k, itemsize, m)) + nb * _direct_step(
                 mach, d, m, k, itemsize
             )
         build = 0.0 if built else _direct_build(mach, d, n, k, itemsize) + nb * _direct_step(mach, d, d, k, itemsize)

@@ -146,11 +146,13 @@ def test_one_measurement_gives_finite_positive_constants():
     """One try of the measurement, without the plausibility checks: whether its timings pass those
     depends on the machine's load (retries and rejection are tested below with set constants)."""
     machine = calibration._measure_once(calibration._clock())
-    scalars = machine._replace(block_rates=None)
+    scalars = machine._replace(block_rates=None, gram_rates=None)
     assert all(math.isfinite(value) and value > 0 for value in scalars if value is not None), machine
-    points = [(k, size) for k, size, _ in machine.block_rates]
-    assert points == [(k, 32.0 * d) for k in (8, 16, 32, 64) for d in (256, 512, 1024, 2048, 4096)]
-    assert all(math.isfinite(rate) and rate > 0 for _, _, rate in machine.block_rates), machine
+    depths = (64, 128, 256, 512, 1024, 2048, 4096)
+    assert [(k, size) for k, size, _ in machine.block_rates] == [(k, 32.0 * d) for k in (8, 16, 32, 64) for d in depths]
+    assert [(k, d) for k, d, _ in machine.gram_rates] == [(k, float(d)) for k in (8, 16, 32, 64) for d in depths]
+    for table in (machine.block_rates, machine.gram_rates):
+        assert all(math.isfinite(rate) and rate > 0 for _, _, rate in table), machine
 
 
 @pytest.mark.parametrize(
@@ -174,6 +176,14 @@ def test_one_measurement_gives_finite_positive_constants():
         (
             {"block_rates": ((16.0, 1e4, 5e10), (16.0, 1e5, 5e11))},
             r"the block GEMM rate 5e\+11 flop/s at k = 16, size 100000 is outside \[1e6, twice the GEMM peak 1e\+11\]",
+        ),
+        (
+            {"gram_rates": ((16.0, 64.0, 5e10), (8.0, 64.0, 5e10))},
+            r"the Gram GEMM points \(k, size\) \[\(16.0, 64.0\), \(8.0, 64.0\)\] are not positive and increasing",
+        ),
+        (
+            {"gram_rates": ((16.0, 64.0, float("nan")),)},
+            r"the Gram GEMM rate nan flop/s at k = 16, size 64 is outside",
         ),
     ],
 )
@@ -208,20 +218,50 @@ def test_a_cached_file_with_implausible_constants_is_measured_again(cache, monke
     assert calibration.read(calibration.cache_path()) == SLOW_CALLS
 
 
-# block GEMM rates (GFLOP/s) of (k x d) @ (d x 32) measured on the session-12 machine (2-core Xeon,
-# single-threaded OpenBLAS 0.3.31), d = 256, 512, 1024, 2048, 4096
+# the rates (GFLOP/s) measured on the session-12 machine (2-core Xeon, single-threaded OpenBLAS 0.3.31) for
+# d = 64, 128, 256, 512, 1024, 2048, 4096: block GEMMs (k x d) @ (d x 32), and Gram matrices (k x d) @ (d x k)
+# by one ?gemm (the whole call)
+DEPTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 MEASURED_BLOCK_RATES = {
-    8: (131, 133, 137, 169, 64),
-    16: (148, 133, 139, 94, 92),
-    32: (171, 156, 106, 107, 107),
-    64: (178, 128, 127, 126, 123),
+    8: (137, 133, 137, 135, 139, 167, 65),
+    16: (123, 130, 146, 133, 136, 92, 90),
+    32: (146, 173, 186, 156, 103, 100, 97),
+    64: (147, 161, 178, 119, 127, 125, 121),
 }
+MEASURED_GRAM_RATES = {
+    8: (18, 32, 56, 76, 114, 93, 92),
+    16: (42, 75, 97, 150, 116, 98, 58),
+    32: (66, 114, 150, 120, 87, 87, 88),
+    64: (110, 123, 130, 131, 130, 113, 123),
+}
+SESSION_12 = calibration.Machine(
+    launch=6.2e-7,
+    peak=1.78e11,
+    half=5.0,
+    bandwidth=4.4e10,
+    lapack_call=3.0e-7,
+    trtri_rate=6.5e9,
+    ormqr_call=9.6e-7,
+    ormqr_rate=5.3e10,
+    gemv_rate=4.9e10,
+)
+
+
+def _rates(rows, size):
+    return tuple((float(k), float(size(d)), rate * 1e9) for k in sorted(rows) for d, rate in zip(DEPTHS, rows[k]))
 
 
 def _block_rates(rows):
-    return tuple(
-        (float(k), 32.0 * d, rate * 1e9) for k in sorted(rows) for d, rate in zip((256, 512, 1024, 2048, 4096), rows[k])
-    )
+    return _rates(rows, lambda d: 32 * d)
+
+
+def _gram_rates(rows):
+    return _rates(rows, lambda d: d)
+
+
+def _block_sizes(machine, m, sizes):
+    """The fastest fresh plans' block sizes (no slack for a form faster once built: see plan.FRESH_SLACK)."""
+    return [plan._choose(d, d, m, 4, "numpy", "auto", None, "full", False, True, machine).block_size for d in sizes]
 
 
 def test_block_rates_are_read_back_as_tuples_and_decide_the_block_size(cache):
@@ -232,25 +272,36 @@ def test_block_rates_are_read_back_as_tuples_and_decide_the_block_size(cache):
     measured alone: the rate a function of the streamed size only) the model sees neither and
     picks k = 16 at d = 2048 and k = 8 at d = 4096; with no rates at all, the shape efficiency's
     k = 16 everywhere."""
-    machine = calibration.Machine(
-        launch=6e-7,
-        peak=1.78e11,
-        half=5.3,
-        bandwidth=4.4e10,
-        lapack_call=3e-7,
-        trtri_rate=6.4e9,
-        ormqr_call=9.6e-7,
-        ormqr_rate=6e10,
-        gemv_rate=4.8e10,
-        block_rates=_block_rates(MEASURED_BLOCK_RATES),
+    machine = SESSION_12._replace(
+        block_rates=_block_rates(MEASURED_BLOCK_RATES), gram_rates=_gram_rates(MEASURED_GRAM_RATES)
     )
     calibration.write(calibration.cache_path(), machine, calibration.machine_description())
     assert calibration.machine() == machine
     assert isinstance(calibration.machine().block_rates[0], tuple)
+    assert isinstance(calibration.machine().gram_rates[0], tuple)
     # the fastest fresh plans (gradient=True: no slack for a form faster once built, see plan.FRESH_SLACK)
     assert [plan.choose(d, d, 32, numpy.float32, gradient=True).block_size for d in (1024, 2048, 4096)] == [16, 8, 16]
-    for rows, sizes in (({16: MEASURED_BLOCK_RATES[16]}, [16, 16, 8]), (None, [16, 16, 16])):
+    one_size = _block_rates({16: MEASURED_BLOCK_RATES[16]})
+    for changed, sizes in (
+        (machine._replace(block_rates=one_size), [16, 16, 8]),
+        (machine._replace(block_rates=None, gram_rates=None), [16, 16, 16]),
+    ):
         calibration.forget()
-        changed = machine._replace(block_rates=rows and _block_rates(rows))
         calibration.write(calibration.cache_path(), changed, calibration.machine_description())
-        assert [plan.choose(d, d, 32, numpy.float32, gradient=True).block_size for d in (1024, 2048, 4096)] == sizes
+        assert [plan.choose(d, d, 32, numpy.float32, gradient=True).block_size for d in (1024, 2048, 4096)] == sizes, (
+            changed
+        )
+
+
+def test_gram_rates_decide_the_block_size_of_one_column():
+    """A product of one column builds no T matrices (it solves with S), so its build is the Gram
+    matrices: measured as their own ?gemm call, slower than a block GEMM of the same volume at small
+    sizes, they make smaller blocks pay at d = 512 and 2048, as measured there (d = 512: 1.70x sormqr
+    at k = 16 against 1.94x at k = 32; d = 2048: 3.4 ms at k = 8 against 3.8 ms at k = 16)."""
+    machine = SESSION_12._replace(
+        block_rates=_block_rates(MEASURED_BLOCK_RATES), gram_rates=_gram_rates(MEASURED_GRAM_RATES)
+    )
+    assert _block_sizes(machine, 1, (256, 512, 1024, 2048)) == [32, 16, 16, 8]
+    assert _block_sizes(machine._replace(gram_rates=None), 1, (256, 512, 1024, 2048)) == [32, 32, 16, 16]
+    # m = 32 builds T too: the Gram rates do not move its block sizes on this machine
+    assert _block_sizes(machine, 32, DEPTHS) == _block_sizes(machine._replace(gram_rates=None), 32, DEPTHS)

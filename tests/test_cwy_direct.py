@@ -1,6 +1,7 @@
 """cwy's direct BLAS path on NumPy (full layout, one matrix, a 2-D X): the Gram matrices and
-``X -= V^T U`` as ``?gemm`` calls, T by ``?trtri`` in place. Same products as the general steps
-(to rounding), X's memory order kept, and the same bits fresh, cached and across calls."""
+``X -= V^T U`` as ``?gemm`` calls, T by ``?trtri`` in place when first read, one column by ``?trsv``
+and ``?gemv`` with S. Same products as the general steps (to rounding), X's memory order kept, and
+the same bits fresh, cached and across calls."""
 
 import array_api_compat.numpy
 import numpy
@@ -126,6 +127,30 @@ def test_direct_apply_matches_the_dense_product_and_keeps_the_order(dtype, trans
     numpy.testing.assert_allclose(out, expected, rtol=0, atol=_tolerance(dtype) * 10)
     assert out.flags.f_contiguous if x.strides[0] < x.strides[1] else out.flags.c_contiguous
     assert numpy.shares_memory(out, x) is False
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_one_column_solves_with_s_and_makes_t_only_when_read(dtype, transpose, order):
+    """One column solves ``S U = V X`` (``?trsv``) and subtracts by ``?gemv``: no T matrices built, the
+    dense product to rounding, for vectors in either memory order (an F-ordered V's blocks are strided
+    views) and a padded last block (11 = 2 * 4 + 3). T is made from S at its first read, once."""
+    rng = numpy.random.default_rng(7)
+    y = numpy.asarray(rng.standard_normal((11, 16)), dtype=dtype, order=order)
+    dense = dense_reference(y.astype(numpy.float64))
+    form = cwy.build(y, 4, numpy)
+    for x in (rng.standard_normal((16, 1)).astype(dtype), numpy.asfortranarray(rng.standard_normal((16, 1)), dtype)):
+        out = cwy.apply(form, x, transpose, numpy)
+        expected = (dense.T if transpose else dense) @ x.astype(numpy.float64)
+        numpy.testing.assert_allclose(out, expected, rtol=0, atol=_tolerance(dtype) * 10)
+        assert out.shape == (16, 1) and not numpy.shares_memory(out, x)
+    assert "t" not in form.cache
+    t = form.t
+    assert form.t is t and form.cache["t"] is t
+    numpy.testing.assert_array_equal(t, primitives.upper_triangular_inverse_in_place(form.s.copy()))
+    two = cwy.apply(form, numpy.hstack([x, x]), transpose, numpy)  # more columns: the product with T
+    numpy.testing.assert_allclose(two, numpy.hstack([expected, expected]), rtol=0, atol=_tolerance(dtype) * 10)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

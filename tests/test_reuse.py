@@ -341,74 +341,51 @@ def test_replays_are_dropped_by_refresh_prepare_reuse_and_pickling():
     numpy.testing.assert_array_equal(h @ x, ch.HouseholderProduct(v) @ x)
 
 
+def _product_with_a_refresh(monkeypatch, seed, declared, target):
+    """``(h, v, x)`` after one product ``h @ x`` during which, once the call ``target(h)`` names (an
+    ``(object, attribute)`` the product calls) returned, the vectors ``v`` were updated in place and
+    ``h.refresh()`` ran, as another thread would; ``h`` declared reused or not."""
+    rng = numpy.random.default_rng(seed)
+    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
+    h = ch.HouseholderProduct(v).prepare_reuse(declared)
+    owner, name = target(h)
+    call = getattr(owner, name)
+
+    def call_then_refresh(*args, **kwargs):
+        found = call(*args, **kwargs)
+        v[3] = rng.standard_normal(10)
+        h.refresh()
+        return found
+
+    monkeypatch.setattr(owner, name, call_then_refresh)
+    h @ x
+    monkeypatch.undo()
+    return h, v, x
+
+
 def test_a_refresh_during_a_product_keeps_nothing_stale(monkeypatch):
     """Vectors updated in place and ``refresh()`` called (another thread) while a product builds its
     form: the form of the old vectors is not kept in the refreshed table, so the next product follows
     the new vectors."""
-    rng = numpy.random.default_rng(14)
-    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
-    h = ch.HouseholderProduct(v)
-    run = h._run
-
-    def run_then_refresh(*args):
-        found = run(*args)
-        v[3] = rng.standard_normal(10)
-        h.refresh()
-        return found
-
-    monkeypatch.setattr(h, "_run", run_then_refresh)
-    h @ x
-    monkeypatch.undo()
+    h, v, x = _product_with_a_refresh(monkeypatch, 14, False, lambda h: (h, "_run"))
     assert not h._core._replay
     numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
 
 
-def test_a_refresh_during_a_declared_product_keeps_no_stale_dense_h(monkeypatch):
-    """Reflections declared reused: vectors updated in place and ``refresh()`` called (another thread)
-    after a product built its dense H but before the hot path kept it: the dense H of the old vectors
-    is not kept in the refreshed table, so the next product follows the new vectors."""
-    rng = numpy.random.default_rng(15)
-    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
-    h = ch.HouseholderProduct(v).prepare_reuse()
-    assert h.plan_for(2).algorithm == "dense"
-    core = h._core
-    form = core.form
+@pytest.mark.parametrize("declared, inside", [(True, "form"), (False, "build"), (True, "build")])
+def test_a_refresh_while_a_form_is_built_or_kept_keeps_nothing_stale(monkeypatch, declared, inside):
+    """Vectors updated in place and ``refresh()`` called (another thread) once the algorithm's
+    ``build`` returned (before the form cache took it) or once ``form`` returned (before the hot path
+    of reflections declared reused kept their dense H): the form of the old vectors enters no
+    refreshed cache (forms, replays, the dense H), so the next product follows the new vectors."""
 
-    def form_then_refresh(*args):
-        found = form(*args)
-        v[3] = rng.standard_normal(10)
-        h.refresh()
-        return found
+    def target(h):
+        if inside == "form":
+            assert h.plan_for(2).algorithm == "dense"  # the form the hot path keeps
+            return h._core, "form"
+        return ch.algorithms.PLANS[h.plan_for(2).algorithm], "build"
 
-    monkeypatch.setattr(core, "form", form_then_refresh)
-    h @ x
-    monkeypatch.undo()
-    assert not core._hot and not core._replay
-    numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
-
-
-@pytest.mark.parametrize("declared", [False, True])
-def test_a_refresh_while_a_form_builds_keeps_no_stale_form(monkeypatch, declared):
-    """Vectors updated in place and ``refresh()`` called (another thread) while a product builds its
-    form: the form of the old vectors enters no refreshed cache (forms, replays, the dense H), so the
-    next product follows the new vectors."""
-    rng = numpy.random.default_rng(16)
-    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
-    h = ch.HouseholderProduct(v)
-    if declared:
-        h.prepare_reuse()
-    module = ch.algorithms.PLANS[h.plan_for(2).algorithm]
-    build = module.build
-
-    def build_then_refresh(*args, **kwargs):
-        found = build(*args, **kwargs)
-        v[3] = rng.standard_normal(10)
-        h.refresh()
-        return found
-
-    monkeypatch.setattr(module, "build", build_then_refresh)
-    h @ x
-    monkeypatch.undo()
+    h, v, x = _product_with_a_refresh(monkeypatch, 15, declared, target)
     assert not h._core._forms and not h._core._replay and not h._core._hot
     numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
 

@@ -145,7 +145,7 @@ def upper_triangular_inverse_in_place(s):
         )
     trtri = _trtri(s.dtype)
     for matrix in s:
-        _, info = trtri(matrix.T, lower=1, overwrite_c=1)
+        _, info = trtri(matrix.T, 1, 0, 1)  # lower, not unit, overwrite_c (positional: keywords cost 0.2 us)
         if info:
             raise numpy.linalg.LinAlgError(
                 "a T matrix of the compact WY form is singular (?trtri info {})".format(info)

@@ -40,6 +40,8 @@ def blocks(y, block_size, layout, xp):
     k = min(block_size, n)
     starts = range(0, n, k)
     if layout == FULL:
+        if y.ndim == 2:  # one matrix: plain row slices (an Ellipsis index costs twice as much)
+            return [Block(first, min(first + k, n), 0, None, y[first : first + k]) for first in starts]
         return [Block(first, min(first + k, n), 0, None, y[..., first : min(first + k, n), :]) for first in starts]
     heads = _heads(y, k, layout, xp)
     return [

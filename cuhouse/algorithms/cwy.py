@@ -13,7 +13,10 @@ depth.
 On NumPy, for one matrix in the full layout and a 2-D X, both run as direct
 BLAS calls (SciPy's ``?gemm``): each Gram matrix as a GEMM (NumPy's matmul
 would pick SYRK, 1.6x slower at these shapes), ``X -= V^T U`` as one GEMM with
-beta = 1 (no temporary, no subtraction pass), T by ``?trtri`` in place.
+beta = 1 (no temporary, no subtraction pass), T by ``?trtri`` in place when
+first needed: a product of one column solves ``S U = V X`` by ``?trsv`` and
+subtracts by ``?gemv``, with no T at all (at d = 128, one ``?trtri`` of a
+32 x 32 triangle, 3 us, costs more than the four solves of a fresh product).
 
 S is built in three places that stay apart on purpose (a test holds them to
 one S: ``test_the_three_builds_of_s_agree``): :func:`_build_numpy` (one NumPy
@@ -45,12 +48,32 @@ from ._gemm import swap
 from ._layout import FULL
 from ._steps import application_order, column_major, empty_in_order, sweep_buffer, writable
 
-Form = namedtuple("CWYForm", "blocks t s active layout n cache")
-Form.__doc__ = """The :class:`~._layout.Block` list ``blocks``, T matrices ``t`` and their
-inverses ``s`` ``(..., n/k, k, k)`` (the last block padded with decoupled
-rows), ``active`` ``(..., n)`` (``None``, or False for identity factors),
-the ``layout``, the number ``n`` of reflections, and a ``cache`` dict for the
-cached apply modes (:mod:`._cached`: ``W = M V``, captured graphs)."""
+_FormFields = namedtuple("CWYForm", "blocks t s active layout n cache")
+
+
+class Form(_FormFields):
+    """The :class:`~._layout.Block` list ``blocks``, T matrices ``t`` and their
+    inverses ``s`` ``(..., n/k, k, k)`` (the last block padded with decoupled
+    rows), ``active`` ``(..., n)`` (``None``, or False for identity factors),
+    the ``layout``, the number ``n`` of reflections, and a ``cache`` dict for the
+    cached apply modes (:mod:`._cached`: ``W = M V``, captured graphs).
+
+    A form built with ``t = None`` (:func:`_build_numpy`: one NumPy matrix in
+    the full layout) makes its T matrices from ``s`` at the first read of
+    ``t`` (``?trtri`` per block, kept in ``cache``): a product with one
+    column solves with ``S`` instead (:func:`_apply_numpy`) and never needs
+    them. Two threads reading ``t`` at once both compute the same bits."""
+
+    __slots__ = ()
+
+    @property
+    def t(self):
+        t = tuple.__getitem__(self, 1)
+        if t is None:
+            t = self.cache.get("t")
+            if t is None:  # S is exactly zero below its diagonal: ?trtri in place on a copy, no mask
+                t = self.cache["t"] = _primitives.upper_triangular_inverse_in_place(self.s.copy())
+        return t
 
 
 def build(y, block_size, xp, layout=FULL, identity=None):
@@ -96,8 +119,9 @@ def build(y, block_size, xp, layout=FULL, identity=None):
 def _build_numpy(y, block_size):
     """:func:`build` of one NumPy matrix ``y`` ``(n, d)`` in the full layout: each block's Gram matrix
     as one BLAS ``?gemm`` written into ``S`` (:func:`._gemm.gram_gemm`; NumPy's matmul would run
-    SYRK, slower at these shapes), ``S = G * W`` in one pass over all blocks, one ``?trtri`` per
-    block in place. Cost: O(n k d), 2 calls a block."""
+    SYRK, slower at these shapes), ``S = G * W`` in one pass over all blocks; the T matrices (one
+    ``?trtri`` per block) only when first read (see :class:`Form`). Cost: O(n k d), 1 call a block
+    (2 with T)."""
     blocks = _layout.blocks(y, block_size, FULL, numpy)
     k = blocks[0].last - blocks[0].first
     weights, half_eye = _numpy_s_weights(k, y.dtype)
@@ -112,10 +136,9 @@ def _build_numpy(y, block_size):
             s[j, :kb, :kb] = _gemm.gram_gemm(rows)
     numpy.multiply(s, weights, out=s)
     diagonal = s.diagonal(axis1=-2, axis2=-1)
-    if not diagonal.all():  # zero rows: s_ii = 1/2, as in build
+    if numpy.count_nonzero(diagonal) != diagonal.size:  # zero rows: s_ii = 1/2, as in build
         s += (diagonal == 0)[..., None] * half_eye
-    # S is exactly zero below its diagonal, so ?trtri in place on a copy gives T with no mask
-    return Form(blocks, _primitives.upper_triangular_inverse_in_place(s.copy()), s, None, FULL, y.shape[-2], {})
+    return Form(blocks, None, s, None, FULL, y.shape[-2], {})
 
 
 @functools.lru_cache(maxsize=64)
@@ -188,10 +211,10 @@ def direct(f, x):
     return (
         f.layout == FULL
         and f.active is None
-        and f.t.ndim == 3
+        and f.s.ndim == 3
         and x.ndim == 2
         and x.shape[-1] > 0
-        and x.dtype == f.t.dtype
+        and x.dtype == f.s.dtype
         and x.dtype in _gemm.BLAS_DTYPES
     )
 
@@ -199,13 +222,35 @@ def direct(f, x):
 def _apply_numpy(f, x, transpose):
     """:func:`apply` of one NumPy form in the full layout to a 2-D X of its dtype: per block
     ``U = T (V X)`` (two NumPy GEMMs) and ``X -= V^T U`` as one BLAS ``?gemm`` in place
-    (:func:`._gemm.subtract_gemm`), in X's memory order. Cost: O(n d m), 3 calls a block."""
+    (:func:`._gemm.subtract_gemm`), in X's memory order. One column (m = 1) solves ``S U = V X``
+    instead (``?trsv``, no T matrices: their ``?trtri`` costs more than the solves of a fresh
+    product, and a solve of one column is no slower than the product with T) and subtracts
+    with ``?gemv``. Cost: O(n d m), 3 calls a block."""
     out = x.copy(order="F" if column_major(x) else "C")
+    if out.shape[1] == 1:
+        return _apply_numpy_column(f, out, transpose)
     for j in application_order(len(f.blocks), transpose):
         rows = f.blocks[j].tail
         kb = rows.shape[0]
         tj = f.t[j, :kb, :kb]
         _gemm.subtract_gemm(rows, (tj.T if transpose else tj) @ (rows @ out), out)
+    return out
+
+
+def _apply_numpy_column(f, out, transpose):
+    """:func:`_apply_numpy` of one column ``out`` ``(d, 1)``, in place: per block ``z = V out``,
+    ``S z' = z`` (``S^T`` for ``H^T``) by ``?trsv`` in place, ``out -= V^T z'`` by ``?gemv`` (beta = 1).
+    Returns ``out``."""
+    column = out[:, 0]  # contiguous in either memory order: ?gemv (overwrite_y) writes it in place
+    trsv, gemv = _gemm.blas_trsv(out.dtype), _gemm.blas_gemv(out.dtype)
+    trans = 0 if transpose else 1  # S^T (lower, Fortran-ordered) as stored: trans = 1 solves with S
+    for j in application_order(len(f.blocks), transpose):
+        rows = f.blocks[j].tail
+        kb = rows.shape[0]
+        s = f.s[j] if kb == f.s.shape[-1] else f.s[j, :kb, :kb]
+        z = trsv(s.T, rows @ column, 1, 0, 1, trans, 0, 1)  # (a, x, incx, offx, lower, trans, diag, overwrite_x)
+        # (alpha, a, x, beta, y, offx, incx, offy, incy, trans, overwrite_y): rows^T as a Fortran matrix
+        gemv(-1.0, rows.T, z, 1.0, column, 0, 1, 0, 1, 0, 1)
     return out
 
 
