@@ -1,5 +1,6 @@
 """cuhouse.torch: forward and gradients against dense torch references, gradcheck, DLPack, errors, compile."""
 
+import math
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="cuhouse.torch needs PyTorch: pip install 'cuhouse[torch]'")
 
 import cuhouse.torch as cht  # noqa: E402
+from cuhouse import _torch  # noqa: E402
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
@@ -141,22 +143,99 @@ def test_mixed_float_dtypes_promote_to_float64():
     assert v.grad.dtype == torch.float32 and x.grad.dtype == torch.float64
 
 
-def test_in_place_change_before_backward_leaves_the_gradient_of_the_forward():
-    """The Function saves its own copies (the rows and X's columns scaled to their binades), so an
-    in-place change of the caller's tensors after the forward cannot reach the backward: the
-    gradient is the one of the values the forward used (as for torch's ``leaf * 2``)."""
+@pytest.mark.parametrize("check_finite", [True, False], ids=["checked (ranged)", "unchecked (scaled)"])
+@pytest.mark.parametrize("block", [None, 2], ids=["one block", "blocks of 2"])
+def test_in_place_change_before_backward_leaves_the_gradient_of_the_forward(monkeypatch, check_finite, block):
+    """The Function saves its own copies (of the rows, scaled to their binades or not, and of X or of
+    the product), so an in-place change of the caller's tensors after the forward cannot reach the
+    backward: the gradient is the one of the values the forward used (as for torch's ``leaf * 2``)."""
+    if block:
+        monkeypatch.setattr(_torch, "BLOCK", block)
     v = randn(4, 6, requires_grad=True)
-    x = randn(6, 2, seed=2)
-    cht.householder_matmul(v * 1, x).sum().backward()
-    expected = v.grad.clone()
-    v.grad = None
-    leaf, xs = v * 1, x.clone()
-    out = cht.householder_matmul(leaf, xs)
+    x = randn(6, 2, seed=2, requires_grad=True)
+    cht.householder_matmul(v * 1, x * 1, check_finite=check_finite).sum().backward()
+    expected = v.grad.clone(), x.grad.clone()
+    v.grad = x.grad = None
+    leaf, xs = v * 1, x * 1
+    out = cht.householder_matmul(leaf, xs, check_finite=check_finite)
     with torch.no_grad():
         leaf.add_(1)
         xs.add_(1)
     out.sum().backward()
-    assert torch.equal(v.grad, expected)
+    assert torch.equal(v.grad, expected[0]) and torch.equal(x.grad, expected[1])
+
+
+def _at(scale, rows, dim):
+    """``rows`` scaled so that the largest absolute entry along ``dim`` is exactly ``scale``."""
+    return rows / rows.abs().amax(dim, keepdim=True) * scale
+
+
+def test_check_rows_answers_whether_the_scalings_can_be_skipped():
+    """``check_rows`` returns True exactly when every row's and every column's largest absolute entry
+    is in [1/RANGE, RANGE]; zero columns, NaN in X, complex data and anything outside answer False
+    (the product then scales); bad rows still raise."""
+    from cuhouse.torch import ops
+
+    edge = _torch.RANGE
+    v, x = randn(3, 8), randn(8, 2, seed=2)
+    assert ops.check_rows(v, "v", x) and ops.check_rows(v, "v", x[:, 0]) and not ops.check_rows(v, "v")
+    assert ops.check_rows(_at(edge, v, -1), "v", _at(1 / edge, x, -2))
+    assert ops.check_rows(_at(1 / edge, v, -1), "v", _at(edge, x, -2))
+    for rows in (_at(2 * edge, v, -1), _at(0.5 / edge, v, -1)):
+        assert not ops.check_rows(rows, "v", x)
+    for column in (0.0, 2 * edge, 0.5 / edge, math.nan, math.inf):
+        bad = x.clone()
+        bad[:, 1] = _at(column, bad[:, 1], 0) if column and math.isfinite(column) else column
+        assert not ops.check_rows(v, "v", bad)
+    assert not ops.check_rows(torch.complex(v, v), "v", x.to(torch.complex128))
+    big = randn(300, 300)  # the two-pass reading of the largest entries (more than 2^16 entries)
+    assert ops.check_rows(big, "v", randn(300, 2)) and not ops.check_rows(_at(2 * edge, big, -1), "v", randn(300, 2))
+    v[1] = 0
+    with pytest.raises(ValueError, match="row 1 is a zero vector"):
+        ops.check_rows(v, "v", x)
+
+
+# (rows' largest entry, columns' largest entry, cotangent scale): at the edges of the range in which
+# products skip the scalings (2^16 = RANGE), and outside it
+FAR = [
+    (2.0**-16, 2.0**16, 1e20),
+    (2.0**16, 2.0**-16, 1e-20),
+    (2.0**16, 2.0**16, 1e-20),
+    (2.0**-16, 2.0**-16, 1e20),
+    (1.0, 1.0, 1e36),
+    (1e-12, 1e20, 1.0),
+    (1e12, 1e-25, 1e10),
+    (1e-14, 1e-30, 1e-3),
+]
+
+
+@pytest.mark.parametrize("rows, columns, cotangent", FAR)
+@pytest.mark.parametrize("check_finite", [True, False], ids=["checked", "unchecked"])
+@pytest.mark.parametrize("block", [None, 2], ids=["one block", "blocks of 2"])
+def test_float32_products_and_gradients_far_from_one(monkeypatch, rows, columns, cotangent, check_finite, block):
+    """float32 ``householder_matmul`` and its gradients against NumPy's float64 ``vjp`` of the same
+    (rounded) data, with rows, X's columns and the cotangent far from 1: unscaled where every row and
+    column is in range (checked, :data:`cuhouse._torch.RANGE`), scaled otherwise; never wrong."""
+    import cuhouse
+
+    if block:
+        monkeypatch.setattr(_torch, "BLOCK", block)
+    v = _at(rows, randn(5, 9, seed=7), -1).float()
+    x = _at(columns, randn(9, 3, seed=8), -2).float()
+    g = (cotangent * randn(9, 3, seed=9)).float()
+    vt, xt = v.clone().requires_grad_(), x.clone().requires_grad_()
+    for transpose in (False, True):
+        vt.grad = xt.grad = None
+        out = cht.householder_matmul(vt, xt, transpose, check_finite=check_finite)
+        out.backward(g)
+        h = cuhouse.HouseholderProduct(v.double().numpy())
+        want, back = cuhouse.vjp(cuhouse.matmul, h.T if transpose else h, x.double().numpy())
+        (want_dv,), want_dx = back(g.double().numpy())
+        for got, ref in ((out, want), (vt.grad, want_dv), (xt.grad, want_dx)):
+            ref = torch.from_numpy(numpy.asarray(ref))
+            assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+            err = ((got.double() - ref).norm() / ref.norm()).item()
+            assert err < 1e-5, (transpose, err)
 
 
 # ------------------------------------------------------------- torch only

@@ -59,12 +59,13 @@ def as_function(layer, attribute="forward"):
     "v_shape, x_shape, transpose",
     [((3, 4), (4, 2), False), ((2, 1, 3, 4), (2, 4, 1), True), ((3, 4), (4,), True)],
 )
-def test_householder_matmul_gradgradcheck(blocks, v_shape, x_shape, transpose):
+@pytest.mark.parametrize("check_finite", [True, False], ids=["checked (ranged)", "unchecked (scaled)"])
+def test_householder_matmul_gradgradcheck(blocks, v_shape, x_shape, transpose, check_finite):
     v = randn(*v_shape, requires_grad=True)
     x = randn(*x_shape, seed=2, requires_grad=True)
 
     def f(v, x):
-        return cht.householder_matmul(v, x, transpose=transpose)
+        return cht.householder_matmul(v, x, transpose=transpose, check_finite=check_finite)
 
     assert torch.autograd.gradcheck(f, (v, x))
     assert torch.autograd.gradgradcheck(f, (v, x))
@@ -300,7 +301,7 @@ def test_eager_calls_use_the_older_function_form_with_the_same_results(blocks, t
     assert k == (4 if blocks == "default" else 2)
     results = []
     for form in (_torch._OlderMatmul, _torch.EagerMatmul):
-        out = form.apply(v, x, transpose, k, "cwy", False, True)[0]
+        out = form.apply(v, x, None, transpose, k, "cwy", False, "scaled")[0]
         first = torch.autograd.grad((out * weight).sin().sum(), (v, x), create_graph=True)
         second = torch.autograd.grad(sum((g * g).sum() for g in first), (v, x))
         results.append((out.detach(), *(g.detach() for g in first), *second))
@@ -314,7 +315,7 @@ def test_eager_calls_use_the_older_function_form_with_the_same_results(blocks, t
     tv, tx = randn(4, 5, seed=4), randn(5, 2, seed=5)
 
     def f(form, v, x):
-        return form.apply(v, x, transpose, k, "cwy", False, True)[0]
+        return form.apply(v, x, None, transpose, k, "cwy", False, "scaled")[0]
 
     with torch.autograd.forward_ad.dual_level():
         dual = torch.autograd.forward_ad.make_dual
@@ -383,15 +384,18 @@ def test_trapezoidal_blocks_skip_only_rows_they_cannot_touch(monkeypatch, transp
     assert torch.autograd.gradgradcheck(lambda v, x: f(v, x, True), (v[:3, :4], x[0, :4, :1]))
 
 
-def test_float32_one_block_differentiates_twice_as_float64():
-    """One float32 block is computed in float64 by the Function's one-block rule; a gradient penalty
-    through it (second order) agrees with the float64 Function's."""
+@pytest.mark.parametrize("check_finite", [True, False], ids=["checked (float32)", "unchecked (float64)"])
+def test_float32_one_block_differentiates_twice_as_float64(check_finite):
+    """One float32 block is computed in float32 where the check found every row and column in range,
+    else in float64 by the Function's one-block rule; a gradient penalty through it (second order)
+    agrees with the float64 Function's."""
     v64, x64, w64 = randn(4, 6), randn(6, 3, seed=2), randn(6, 3, seed=3)
 
     def penalty_gradient(v, x):
         v = v.clone().requires_grad_()
         w = w64.to(v.dtype)  # a fixed weight: |H x|^2 alone does not depend on v
-        (g,) = torch.autograd.grad((cht.householder_matmul(v, x) * w).sum(), v, create_graph=True)
+        out = cht.householder_matmul(v, x, check_finite=check_finite)
+        (g,) = torch.autograd.grad((out * w).sum(), v, create_graph=True)
         (gg,) = torch.autograd.grad(g.square().sum(), v)
         return gg
 

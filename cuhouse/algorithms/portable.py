@@ -116,12 +116,15 @@ def factors(y, xp):
     return triangular_inverse(s, constants(y.shape[-2], y.dtype, _device(y), xp), xp), s
 
 
-def gram_factor(y, xp):
+def gram_factor(y, xp, nonzero=False):
     """``S = G * mask`` ``(..., k, k)`` with ``G = Y Y^T`` for the rows ``y`` ``(..., k, d)`` (a zero row,
-    an identity factor or padding, gets ``S_ii = 1/2``: it acts as nothing); differentiable. O(k^2 d).
+    an identity factor or padding, gets ``S_ii = 1/2``: it acts as nothing; ``nonzero=True`` promises
+    that there is none: four array operations fewer); differentiable. O(k^2 d).
     The S of :func:`cuhouse.algorithms.cwy.build` (why it is built apart: that module's docstring)."""
     c = constants(y.shape[-2], y.dtype, _device(y), xp)
     g = y @ y.mT
+    if nonzero:
+        return g * c.mask
     # the term for zero rows is a constant, so dS/dG is the mask everywhere (xp.where(G == 0, ...) cut the
     # derivative at an exactly zero off-diagonal G_ij: orthogonal rows got silently wrong gradients); only
     # the diagonal is compared (I/2 is zero elsewhere): 18 us less at k = 128 on one CPU thread
@@ -141,12 +144,13 @@ def solve(s, b, transpose, xp):
     return xp.linalg.solve(a, b)
 
 
-def one_block(y, x, transpose, xp):
+def one_block(y, x, transpose, xp, nonzero=False):
     """``H @ x`` (``H^T @ x``) for the rows ``y`` ``(..., n, d)`` applied as ONE block, unpadded:
     ``(out, S, W)`` with S of :func:`gram_factor` and ``W = M (Y x)`` (``M = T = S^{-1}``, or
     ``T^T`` when ``transpose``) ``(..., n, m)`` by one triangular solve (no T), kept for
-    :func:`one_block_backward`. Batch shapes broadcast. O(n^2 d + n d m)."""
-    s = gram_factor(y, xp)
+    :func:`one_block_backward` (``nonzero``: as in :func:`gram_factor`). Batch shapes broadcast.
+    O(n^2 d + n d m)."""
+    s = gram_factor(y, xp, nonzero)
     w = solve(s, y @ x, transpose, xp)
     return _plus_product(x, y.mT, w, xp, -1), s, w
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 
+import array_api_compat.torch as xp
 import torch
 
 from .. import _torch
 from .._backend import functorch_wrapped
 from .._shapes import matmul_shape
+from ..algorithms import _scaling
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 DTYPES = FLOAT_DTYPES + (torch.complex64, torch.complex128)
@@ -47,22 +49,23 @@ def householder_matmul(
     the forward. No d x d matrix is formed.
     """
     check(vectors, X)
+    ranged = False
     if check_finite and _eager(vectors):
-        check_rows(vectors, "vectors")
-    return _left(vectors, X, transpose)
+        ranged = check_rows(vectors, "vectors", X if _eager(X) else None)
+    return _left(vectors, X, transpose, ranged=ranged)
 
 
-def _left(vectors, x, transpose, trapezoidal=False):
+def _left(vectors, x, transpose, trapezoidal=False, ranged=False):
     """``H @ x`` (``H^T @ x``; ``H^H @ x`` when complex) after :func:`check`: dtype promotion,
-    ``(d,)`` as ``(d, 1)``, complex data realified (:func:`_complex_left`) (``trapezoidal``: see
-    :func:`cuhouse._torch.matmul`)."""
+    ``(d,)`` as ``(d, 1)``, complex data realified (:func:`_complex_left`) (``trapezoidal`` and
+    ``ranged``: see :func:`cuhouse._torch.matmul`)."""
     dtype = torch.promote_types(vectors.dtype, x.dtype)
     x = x.to(dtype)
     if x.dim() == 1:
-        return _left(vectors, x[:, None], transpose, trapezoidal)[..., 0]
+        return _left(vectors, x[:, None], transpose, trapezoidal, ranged)[..., 0]
     if dtype.is_complex:
         return _complex_left(vectors, x, transpose, trapezoidal)
-    return _torch.matmul(vectors.to(dtype), x, transpose, trapezoidal=trapezoidal)
+    return _torch.matmul(vectors.to(dtype), x, transpose, trapezoidal=trapezoidal, ranged=ranged)
 
 
 def _complex_left(vectors, x, transpose, trapezoidal):
@@ -122,18 +125,35 @@ def _eager(t):
     )
 
 
-def check_rows(vectors, name):
-    """``ValueError`` unless every row of ``vectors`` ``(..., n, d)`` is finite and nonzero (one host sync;
-    two reading passes: the rows' largest and smallest entries, of each part when complex). Tiny
-    rows are fine: the products scale each row to its binade."""
+def check_rows(vectors, name, x=None):
+    """``ValueError`` unless every row of ``vectors`` ``(..., n, d)`` is finite and nonzero; returns
+    whether every row's largest absolute entry, and every column's of the real ``x`` ``(..., d, m)``
+    or ``(d,)`` (if given), lies in ``[1 / RANGE, RANGE]`` (:data:`cuhouse._torch.RANGE`: the product
+    may then skip the scalings, ``ranged`` in :func:`cuhouse._torch.matmul`; a zero column of x
+    answers False). One host sync (two when the answer is False: the rows are then looked at
+    again); one or two reading passes over each (of each part when complex). Tiny and huge rows
+    are fine: the products scale each row to its binade."""
     parts = torch.view_as_real(vectors.detach()).flatten(-2) if vectors.is_complex() else vectors.detach()
-    largest = torch.maximum(parts.amax(dim=-1), -parts.amin(dim=-1))  # NaN where a row has one
+    largest = _largest(parts, -1)  # NaN where a row has one
+    if x is not None and not x.is_complex() and not vectors.is_complex():
+        sizes = torch.cat([largest.flatten(), _largest(x.detach(), -2 if x.dim() > 1 else -1).flatten()])
+        if bool((sizes.clamp(1 / _torch.RANGE, _torch.RANGE) == sizes).all()):  # False for NaN, Inf and 0
+            return True
     good = (largest > 0) & (largest < math.inf)  # False for NaN, Inf and zero rows
     if not bool(good.all()):
         if not bool(torch.isfinite(vectors).all()):
             raise ValueError("{} must be finite; found NaN or Inf".format(name))
         row = int((~good).nonzero()[0, -1])
         raise ValueError("{}: row {} is a zero vector, which makes no reflection".format(name, row))
+    return False
+
+
+def _largest(t, dim):
+    """The largest absolute values of a real ``t`` along ``dim``: ``|t|`` and its maximum for up to
+    2^16 entries (two calls), else the maximum and minimum (two reading passes, no temporary)."""
+    if t.numel() <= 2**16:
+        return t.abs().amax(dim)
+    return _scaling.largest_magnitudes(t, dim, xp).squeeze(dim)
 
 
 def check(vectors, x):
