@@ -7,6 +7,7 @@ norms, the layout, each algorithm's form), the way gradients go back to the
 leaf arrays, and nothing of the public class.
 """
 
+import threading
 from collections import namedtuple
 from types import MappingProxyType
 
@@ -41,12 +42,23 @@ runs only: ``conjugate`` takes the entrywise conjugate of the run, and ``phase``
 eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: reflections, lambda = -1)."""
 
 
+_KEEP = threading.Lock()  # held by refresh() and by a cache's store only: a check and an assignment
+
+
 class _Cached:
     """What both reflection states share: the leaf arrays ``params`` read through ``segments``,
     pickling without the caches named in ``_CACHES`` (``refresh`` rebuilds them lazily after
-    unpickling), a Dask token of the same state, and the array module of the backend name."""
+    unpickling), a Dask token of the same state, and the array module of the backend name.
 
-    _CACHES = ()
+    Thread-safe refresh: :meth:`refresh` empties the caches (each subclass's ``_empty()``:
+    ``{cache attribute: its empty value}``) and starts a new
+    ``_generation``; a value computed from the leaves is stored by :meth:`_keep` only if no
+    ``refresh()`` ran since its computation began (another thread may update the leaves in place
+    and refresh meanwhile: the old leaves' value then serves the product that computed it, and
+    never enters the refreshed caches). Dictionaries of cached forms are read once per product and
+    written into the one read (a refresh replaces them)."""
+
+    _CACHES = ("_generation",)
     _hot = MappingProxyType({})  # no kept dense H for the hot path of cuhouse._reuse (Reflections keeps its own)
     _replay = MappingProxyType({})  # no kept products to replay (cuhouse._reuse.replay; Reflections keeps its own)
     reuse = False  # HouseholderProduct.prepare_reuse(): products run the form fastest per product (cuhouse._reuse)
@@ -58,6 +70,19 @@ class _Cached:
         self.check_finite = check_finite
         self.dtype = numpy.dtype(dtype) if is_native(module_named(backend)) else dtype
         self.refresh()
+
+    def refresh(self):
+        """Drop every cache; the next use rebuilds from the leaf arrays."""
+        empty = self._empty()
+        with _KEEP:
+            self.__dict__.update(empty, _generation=object())
+
+    def _keep(self, generation, **caches):
+        """Store ``caches`` (attribute names and values) unless :meth:`refresh` ran since ``generation``
+        (``self._generation``, read before the values were computed). O(1)."""
+        with _KEEP:
+            if self._generation is generation:
+                self.__dict__.update(caches)
 
     def __getstate__(self):
         return {key: value for key, value in self.__dict__.items() if key not in self._CACHES}
@@ -89,24 +114,35 @@ class Reflections(_Cached):
     It pickles without its caches, and with its backend as a name.
     """
 
-    _CACHES = ("_vectors", "_norms", "_summary", "_layout", "_safe", "_shape", "_forms", "_hot", "_replay")
+    _CACHES = _Cached._CACHES + (
+        "_vectors",
+        "_norms",
+        "_summary",
+        "_layout",
+        "_safe",
+        "_shape",
+        "_forms",
+        "_hot",
+        "_replay",
+    )
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
         super().__init__(backend, params, segments, check_finite, dtype)
         self._norms = norms
         self._summary = summary
 
-    def refresh(self):
-        """Drop every cache; the next use rebuilds from the leaf arrays."""
-        self._vectors = None
-        self._norms = None
-        self._summary = None
-        self._layout = None
-        self._safe = None
-        self._shape = None
-        self._forms = {}
-        self._hot = {}  # the kept dense H by column count, for the NumPy hot path (cuhouse._reuse)
-        self._replay = {}  # products kept for replay (cuhouse._reuse.replay)
+    def _empty(self):
+        return {
+            "_vectors": None,
+            "_norms": None,
+            "_summary": None,
+            "_layout": None,
+            "_safe": None,
+            "_shape": None,
+            "_forms": {},
+            "_hot": {},  # the kept dense H by column count, for the NumPy hot path (cuhouse._reuse)
+            "_replay": {},  # products kept for replay (cuhouse._reuse.replay)
+        }
 
     @property
     def native(self):
@@ -129,21 +165,27 @@ class Reflections(_Cached):
     def safe(self):
         """Whether every reflection's sum of squares is inside ``dtype``'s safe range, so that its
         form needs no normalization pass (see :meth:`form`). Cached."""
-        if self._safe is None:
+        safe = self._safe
+        if safe is None:
+            generation = self._generation
             info = numpy.finfo(self.dtype)
             summary = self.norm_summary()  # host facts: no sync when the constructor had them
-            self._safe = bool(
+            safe = bool(
                 (summary.smallest == numpy.inf or summary.smallest >= numpy.sqrt(info.tiny / info.eps))
                 and summary.largest <= numpy.sqrt(info.max * info.eps)
             )
-        return self._safe
+            self._keep(generation, _safe=safe)
+        return safe
 
     def norm_summary(self):
         """The :class:`~cuhouse._validate.NormSummary` of :attr:`norms`: one device-to-host transfer,
         usually made by the constructor's validation. Cached."""
-        if self._summary is None:
-            self._summary = _validate.norm_summary(self.norms, self.xp)
-        return self._summary
+        summary = self._summary
+        if summary is None:
+            generation = self._generation
+            summary = _validate.norm_summary(self.norms, self.xp)
+            self._keep(generation, _summary=summary)
+        return summary
 
     def lapack_ready(self, differentiable):
         """Whether LAPACK's ``?ormqr`` can run a product itself (:mod:`cuhouse.algorithms.ormqr`): one
@@ -164,19 +206,22 @@ class Reflections(_Cached):
         """The layout of :attr:`rows` (see :mod:`cuhouse.algorithms._layout`): ``"unit"`` for a
         ``geqrf`` array, ``"trapezoidal"`` for one vectors array whose row i is zero in its first i
         entries (checked once, see :func:`~cuhouse.algorithms._layout.is_trapezoidal`), else ``"full"``."""
-        if self._layout is None:
+        layout = self._layout
+        if layout is None:
+            generation = self._generation
             (segment, *more) = self.segments
             if not self.native:  # the generic path runs on full rows: no structure to detect
                 simple = segment.k is not None and not (more or segment.transpose)
-                self._layout = _layout.UNIT if simple else _layout.FULL
+                layout = _layout.UNIT if simple else _layout.FULL
             elif more or segment.transpose:
-                self._layout = _layout.FULL
+                layout = _layout.FULL
             elif segment.k is not None:
-                self._layout = _layout.UNIT
+                layout = _layout.UNIT
             else:
                 trapezoidal = _layout.is_trapezoidal(self.params[segment.param], self.xp)
-                self._layout = _layout.TRAPEZOIDAL if trapezoidal else _layout.FULL
-        return self._layout
+                layout = _layout.TRAPEZOIDAL if trapezoidal else _layout.FULL
+            self._keep(generation, _layout=layout)
+        return layout
 
     def layout_for(self, differentiable):
         """The layout products run in. A gradient w.r.t. a vectors array covers every entry, the zeros
@@ -203,18 +248,25 @@ class Reflections(_Cached):
     @property
     def shape(self):
         """``(..., n, d)`` of the reflections. Cached."""
-        if self._shape is None:
-            self._shape = tuple(self._stored(self.segments[0]).shape if len(self.segments) == 1 else self.vectors.shape)
-        return self._shape
+        shape = self._shape
+        if shape is None:
+            generation = self._generation
+            shape = tuple(self._stored(self.segments[0]).shape if len(self.segments) == 1 else self.vectors.shape)
+            self._keep(generation, _shape=shape)
+        return shape
 
     @property
     def vectors(self):
         """All reflections as full rows ``(..., n, d)`` in product order (identity factors as zero
         rows): a read-only view (NumPy) of a vectors leaf, else a copy made once. Cached."""
-        if self._vectors is None and not self.native:
+        vectors = self._vectors
+        if vectors is not None:
+            return vectors
+        generation = self._generation
+        if not self.native:
             parts = [_generic.full_rows(self.params[s.param], s, self.dtype, self.xp) for s in self.segments]
-            self._vectors = _generic.joined(parts, self.xp)
-        if self._vectors is None:
+            vectors = _generic.joined(parts, self.xp)
+        else:
             xp = self.xp
             parts = []
             for segment in self.segments:
@@ -226,22 +278,26 @@ class Reflections(_Cached):
                 if segment.transpose:
                     rows = rows[..., ::-1, :]
                 parts.append(rows.astype(self.dtype, copy=False))
-            self._vectors = read_only(_generic.joined(parts, xp))
-        return self._vectors
+            vectors = read_only(_generic.joined(parts, xp))
+        self._keep(generation, _vectors=vectors)
+        return vectors
 
     @property
     def norms(self):
         """Euclidean norms ``(..., n)`` of the reflections (as stored, the implicit 1 included). Cached."""
-        if self._norms is None:
+        norms = self._norms
+        if norms is None:
+            generation = self._generation
             if not self.native:
-                self._norms = _generic.row_norms(self.vectors, self.xp)
+                norms = _generic.row_norms(self.vectors, self.xp)
             elif self.layout == _layout.UNIT:  # one geqrf leaf, read as from_lapack read it
                 (segment,) = self.segments
                 sumsq = _geqrf.squared_lengths(self.params[segment.param], segment.k, self.xp)
-                self._norms = self.xp.broadcast_to(self.xp.sqrt(sumsq), self.shape[:-1])
+                norms = self.xp.broadcast_to(self.xp.sqrt(sumsq), self.shape[:-1])
             else:
-                self._norms = primitives.row_norms(self.vectors, self.xp)
-        return self._norms
+                norms = primitives.row_norms(self.vectors, self.xp)
+            self._keep(generation, _norms=norms)
+        return norms
 
     def identity_count(self):
         """Identity factors (``tau == 0``) per batch entry, or ``None`` when there are none. O(n)."""
@@ -352,13 +408,10 @@ class ComplexReflections(_Cached):
     in :meth:`contributions`. Pickles without its caches.
     """
 
-    _CACHES = ("_real", "_pairs", "_vectors")
+    _CACHES = _Cached._CACHES + ("_real", "_pairs", "_vectors")
 
-    def refresh(self):
-        """Drop every cache; the next use realifies the leaf arrays again."""
-        self._real = None
-        self._pairs = None
-        self._vectors = None
+    def _empty(self):
+        return {"_real": None, "_pairs": None, "_vectors": None}  # the next use realifies the leaves again
 
     @property
     def native(self):
@@ -402,7 +455,9 @@ class ComplexReflections(_Cached):
     def vectors(self):
         """All factors' vectors as complex full rows ``(..., n, d)`` in product order (identity
         factors as zero rows; an adjoint run reversed, a conjugated one conjugated). Cached."""
-        if self._vectors is None:
+        joined = self._vectors
+        if joined is None:
+            generation = self._generation
             xp = self.xp
             parts = []
             for segment in self.segments:
@@ -411,8 +466,8 @@ class ComplexReflections(_Cached):
             joined = _generic.joined(parts, xp)
             if self.native:  # a read-only array of its own (one segment's rows may be a view of a leaf)
                 joined = read_only(joined.copy() if len(parts) == 1 else joined)
-            self._vectors = joined
-        return self._vectors
+            self._keep(generation, _vectors=joined)
+        return joined
 
     def paired_rows(self):
         """``(rows, pairs)``: the realified rows ``(..., 2n, 2d)`` in product order
@@ -433,13 +488,15 @@ class ComplexReflections(_Cached):
         """The :class:`Reflections` of the realified rows ``(..., 2n, 2d)``. Built once (on torch
         without a graph: a product that records a gradient realifies afresh, see
         ``HouseholderProduct._autograd``)."""
-        if self._real is None:
+        real = self._real
+        if real is None:
+            generation = self._generation
             rows, pairs = self.paired_rows()
             if is_torch(self.xp):
                 rows, pairs = rows.detach(), [(p.detach(), q.detach()) for p, q in pairs]
             real = Reflections(self.backend, (rows,), (Segment(0, False, None, None),), self.check_finite, rows.dtype)
-            self._real, self._pairs = real, pairs
-        return self._real
+            self._keep(generation, _real=real, _pairs=pairs)
+        return real
 
     def layout_for(self, differentiable):
         return self.real.layout_for(differentiable)

@@ -341,33 +341,43 @@ def test_replays_are_dropped_by_refresh_prepare_reuse_and_pickling():
     numpy.testing.assert_array_equal(h @ x, ch.HouseholderProduct(v) @ x)
 
 
-def _product_with_a_refresh(monkeypatch, seed, declared, target):
-    """``(h, v, x)`` after one product ``h @ x`` during which, once the call ``target(h)`` names (an
-    ``(object, attribute)`` the product calls) returned, the vectors ``v`` were updated in place and
-    ``h.refresh()`` ran, as another thread would; ``h`` declared reused or not."""
-    rng = numpy.random.default_rng(seed)
-    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
-    h = ch.HouseholderProduct(v).prepare_reuse(declared)
-    owner, name = target(h)
+def _product_with_a_refresh(monkeypatch, h, x, change, owner, name):
+    """``h @ x`` during which, once the call ``owner.name`` (one the product makes) first returned,
+    ``change()`` updated the leaves in place and ``h.refresh()`` ran, as another thread would."""
     call = getattr(owner, name)
+    done = []
 
     def call_then_refresh(*args, **kwargs):
         found = call(*args, **kwargs)
-        v[3] = rng.standard_normal(10)
-        h.refresh()
+        if not done:  # once (refresh() itself may make the call)
+            done.append(True)
+            change()
+            h.refresh()
         return found
 
     monkeypatch.setattr(owner, name, call_then_refresh)
     h @ x
     monkeypatch.undo()
-    return h, v, x
+
+
+def _changing(seed):
+    """``(v, x, change)``: vectors ``(10, 10)``, X ``(10, 2)`` and an in-place update of one vector."""
+    rng = numpy.random.default_rng(seed)
+    v, x = rng.standard_normal((10, 10)), rng.standard_normal((10, 2))
+
+    def change():
+        v[3] = rng.standard_normal(10)
+
+    return v, x, change
 
 
 def test_a_refresh_during_a_product_keeps_nothing_stale(monkeypatch):
     """Vectors updated in place and ``refresh()`` called (another thread) while a product builds its
     form: the form of the old vectors is not kept in the refreshed table, so the next product follows
     the new vectors."""
-    h, v, x = _product_with_a_refresh(monkeypatch, 14, False, lambda h: (h, "_run"))
+    v, x, change = _changing(14)
+    h = ch.HouseholderProduct(v)
+    _product_with_a_refresh(monkeypatch, h, x, change, h, "_run")
     assert not h._core._replay
     numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
 
@@ -378,15 +388,43 @@ def test_a_refresh_while_a_form_is_built_or_kept_keeps_nothing_stale(monkeypatch
     ``build`` returned (before the form cache took it) or once ``form`` returned (before the hot path
     of reflections declared reused kept their dense H): the form of the old vectors enters no
     refreshed cache (forms, replays, the dense H), so the next product follows the new vectors."""
-
-    def target(h):
-        if inside == "form":
-            assert h.plan_for(2).algorithm == "dense"  # the form the hot path keeps
-            return h._core, "form"
-        return ch.algorithms.PLANS[h.plan_for(2).algorithm], "build"
-
-    h, v, x = _product_with_a_refresh(monkeypatch, 15, declared, target)
+    v, x, change = _changing(15)
+    h = ch.HouseholderProduct(v).prepare_reuse(declared)
+    if inside == "form":
+        assert h.plan_for(2).algorithm == "dense"  # the form the hot path keeps
+        owner = h._core
+    else:
+        owner = ch.algorithms.PLANS[h.plan_for(2).algorithm]
+    _product_with_a_refresh(monkeypatch, h, x, change, owner, inside)
     assert not h._core._forms and not h._core._replay and not h._core._hot
+    numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
+
+
+def test_a_refresh_while_the_norms_or_the_layout_are_read_keeps_neither_stale(monkeypatch):
+    """The norms (from which LAPACK's plan takes tau) and the layout (trapezoidal or not: what a
+    structured product skips) read from the old leaves while ``refresh()`` ran (another thread) are
+    not kept: the next product follows the new leaves."""
+    rng = numpy.random.default_rng(17)
+    qr, _ = _lapack(rng, 10, 10)
+    x = rng.standard_normal((10, 2))
+    h = ch.HouseholderProduct.from_lapack(qr, 2 / (1 + (numpy.tril(qr, -1) ** 2).sum(axis=0))).refresh()
+
+    def longer():
+        qr[4:, 3] *= 2
+
+    _product_with_a_refresh(monkeypatch, h, x, longer, ch._geqrf, "squared_lengths")
+    norms = numpy.sqrt(1 + (numpy.tril(qr, -1) ** 2).sum(axis=0))
+    assert h._core._norms is None or numpy.allclose(h._core._norms, norms, rtol=1e-14)
+    numpy.testing.assert_allclose(h @ x, dense_reference((numpy.tril(qr, -1) + numpy.eye(10)).T) @ x, atol=1e-12)
+    v = numpy.triu(rng.standard_normal((10, 10)))
+    h = ch.HouseholderProduct(v)
+    assert h._core.layout == "trapezoidal"
+
+    def full():
+        v[5, 0] = 1.0
+
+    _product_with_a_refresh(monkeypatch, h.refresh(), x, full, ch.algorithms._layout, "is_trapezoidal")
+    assert h._core._layout in (None, "full")
     numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
 
 
