@@ -279,6 +279,13 @@ cotangent at its binade) then stays within ``RANGE**4`` times a power of ``d`` o
 float32's range and above its underflow (2^-102 relative)."""
 
 
+WIDE = 2**19
+"""One float32 block with ``n d (n + m)`` below this is computed in float64 even when ``ranged``
+(:func:`matmul`): there the float64 arithmetic costs less than the cotangent's scaling (one CPU
+thread, fwd+bwd: d = 32, m = 1 143 us against 166 us; d = 64, m = 64 a tie; d = 128, m = 64
+700 us against 496 us)."""
+
+
 def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorithm="cwy", ranged=False):
     """``H @ x`` (``H^T @ x`` with ``transpose``) for H the product of the reflections of the rows of
     ``y`` ``(..., n, d)`` and ``x`` ``(..., d, m)`` of one float dtype, differentiable to any order.
@@ -293,14 +300,15 @@ def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorit
 
     ``ranged=True`` promises (the caller has read it, e.g. :func:`cuhouse.torch.ops.check_rows`)
     that the largest absolute entry of every row of ``y`` and of every nonzero column of
-    ``x`` lies in ``[1 / RANGE, RANGE]`` (:data:`RANGE`): the rows and X are used as they are,
-    in their own dtype (the backward still brings ``dout`` to its binade). Otherwise one
-    float32 block (n <= k) is computed in float64, where no product of float32-range values
-    (nor of the backward's few) overflows or underflows: no scaling (at d = 32 the
-    scalings' dozens of small torch calls cost more than the float64 arithmetic); and
-    anything else scales each row of ``y`` and each column of ``x`` to its binade (exact:
-    huge or tiny rows and columns give what float64 would, rounded) and the backward
-    brings ``dout`` to its binade first. With many blocks the backward rebuilds each
+    ``x`` lies in ``[1 / RANGE, RANGE]`` (:data:`RANGE`): the rows and X are used as they
+    are, in their own dtype (the backward still brings ``dout`` to its binade), except a
+    float32 block smaller than :data:`WIDE`. Otherwise one float32 block (n <= k) is
+    computed in float64, where no product of float32-range values (nor of the backward's
+    few) overflows or underflows: no scaling (at d = 32 the scalings' dozens of small
+    torch calls cost more than the float64 arithmetic); and anything else scales each
+    row of ``y`` and each column of ``x`` to its binade (exact: huge or tiny rows and
+    columns give what float64 would, rounded) and the backward brings ``dout`` to its
+    binade first. With many blocks the backward rebuilds each
     block's input from the output instead of storing it.
     Cost: O(n d m) forward in 3 n/k GEMMs plus O(n k d) for the T factors and a copy of
     the rows; backward about three times the forward.
@@ -315,9 +323,10 @@ def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorit
         function = ForwardModeMatmul
     transpose, trapezoidal = bool(transpose), bool(trapezoidal)
     one_block = _one_block(y, k, algorithm)
-    if one_block and ranged:
+    single = y.dtype == torch.float32 and x.dtype == torch.float32
+    if one_block and ranged and not (single and n * d * (n + x.shape[-1]) < WIDE):
         return function.apply(y, x, None, transpose, k, algorithm, trapezoidal, "ranged")[0]
-    if one_block and y.dtype == torch.float32 and x.dtype == torch.float32:
+    if one_block and single:
         # one float32 block computed in float64, where no product of float32-range values (nor of the
         # backward's few) overflows or underflows: no scaling at all
         return function.apply(y, x, None, transpose, k, algorithm, trapezoidal, "wide")[0]

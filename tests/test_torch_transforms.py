@@ -389,7 +389,8 @@ def test_float32_one_block_differentiates_twice_as_float64(check_finite):
     """One float32 block is computed in float32 where the check found every row and column in range,
     else in float64 by the Function's one-block rule; a gradient penalty through it (second order)
     agrees with the float64 Function's."""
-    v64, x64, w64 = randn(4, 6), randn(6, 3, seed=2), randn(6, 3, seed=3)
+    n, d, m = (64, 64, 64) if check_finite else (4, 6, 3)  # checked: n d (n + m) >= _torch.WIDE
+    v64, x64, w64 = randn(n, d), randn(d, m, seed=2), randn(d, m, seed=3)
 
     def penalty_gradient(v, x):
         v = v.clone().requires_grad_()
