@@ -36,7 +36,7 @@ The Function:
 
 :func:`matmul` applies it in one of three forms of the same code: plain eager
 calls (:func:`eager`) the older form (``forward(ctx, ...)``, whose ``apply``
-costs about 30 us less per call), ``torch.func`` transforms :class:`EagerMatmul`
+costs about 30 us less per call), ``torch.func`` transforms :class:`ForwardModeMatmul`
 (``setup_context`` and ``jvp``), ``torch.compile`` and ``torch.export``
 :class:`Matmul` itself (Dynamo refuses a Function with a ``jvp``).
 """
@@ -195,7 +195,7 @@ def _plus(a, b):
     return a + b
 
 
-class EagerMatmul(Matmul):
+class ForwardModeMatmul(Matmul):
     """:class:`Matmul` with its forward-mode rule (``jvp``, one block only), for ``torch.func``
     transforms (eager calls outside them take its older form, :class:`_OlderMatmul`): Dynamo
     cannot trace a Function that defines ``jvp``, so :func:`matmul` applies plain
@@ -242,7 +242,7 @@ def older_form(function, name):
     return type(name, (torch.autograd.Function,), members)
 
 
-_OlderMatmul = older_form(EagerMatmul, "_OlderMatmul")
+_OlderMatmul = older_form(ForwardModeMatmul, "_OlderMatmul")
 
 
 # torch's private probe of torch.func (torch 2.4-2.13; Function.apply itself calls it): where a torch
@@ -252,7 +252,10 @@ _TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 def eager():
     """True outside ``torch.compile``, ``torch.export`` and ``torch.func`` transforms: where an
-    ``autograd.Function`` may be applied in its older form (``forward(ctx, ...)``)."""
+    ``autograd.Function`` may be applied in its older form (``forward(ctx, ...)``), and where
+    :mod:`cuhouse.torch._columns` accumulates its GEMMs in place. A global state, not a tensor's
+    (:func:`cuhouse.torch.ops._readable` asks whether a tensor's values may be read for a check);
+    False where this torch lacks the private probe (the forms valid everywhere then run)."""
     return (
         not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
@@ -276,6 +279,13 @@ cotangent at its binade) then stays within ``RANGE**4`` times a power of ``d`` o
 float32's range and above its underflow (2^-102 relative)."""
 
 
+WIDE = 2**19
+"""One float32 block with ``n d (n + m)`` below this is computed in float64 even when ``ranged``
+(:func:`matmul`): there the float64 arithmetic costs less than the cotangent's scaling (one CPU
+thread, fwd+bwd: d = 32, m = 1 143 us against 166 us; d = 64, m = 64 a tie; d = 128, m = 64
+700 us against 496 us)."""
+
+
 def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorithm="cwy", ranged=False):
     """``H @ x`` (``H^T @ x`` with ``transpose``) for H the product of the reflections of the rows of
     ``y`` ``(..., n, d)`` and ``x`` ``(..., d, m)`` of one float dtype, differentiable to any order.
@@ -290,14 +300,15 @@ def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorit
 
     ``ranged=True`` promises (the caller has read it, e.g. :func:`cuhouse.torch.ops.check_rows`)
     that the largest absolute entry of every row of ``y`` and of every nonzero column of
-    ``x`` lies in ``[1 / RANGE, RANGE]`` (:data:`RANGE`): the rows and X are used as they are,
-    in their own dtype (the backward still brings ``dout`` to its binade). Otherwise one
-    float32 block (n <= k) is computed in float64, where no product of float32-range values
-    (nor of the backward's few) overflows or underflows: no scaling (at d = 32 the
-    scalings' dozens of small torch calls cost more than the float64 arithmetic); and
-    anything else scales each row of ``y`` and each column of ``x`` to its binade (exact:
-    huge or tiny rows and columns give what float64 would, rounded) and the backward
-    brings ``dout`` to its binade first. With many blocks the backward rebuilds each
+    ``x`` lies in ``[1 / RANGE, RANGE]`` (:data:`RANGE`): the rows and X are used as they
+    are, in their own dtype (the backward still brings ``dout`` to its binade), except a
+    float32 block smaller than :data:`WIDE`. Otherwise one float32 block (n <= k) is
+    computed in float64, where no product of float32-range values (nor of the backward's
+    few) overflows or underflows: no scaling (at d = 32 the scalings' dozens of small
+    torch calls cost more than the float64 arithmetic); and anything else scales each
+    row of ``y`` and each column of ``x`` to its binade (exact: huge or tiny rows and
+    columns give what float64 would, rounded) and the backward brings ``dout`` to its
+    binade first. With many blocks the backward rebuilds each
     block's input from the output instead of storing it.
     Cost: O(n d m) forward in 3 n/k GEMMs plus O(n k d) for the T factors and a copy of
     the rows; backward about three times the forward.
@@ -309,12 +320,13 @@ def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorit
     elif torch.compiler.is_compiling() or torch.compiler.is_exporting():
         function = Matmul
     else:  # a torch.func transform
-        function = EagerMatmul
+        function = ForwardModeMatmul
     transpose, trapezoidal = bool(transpose), bool(trapezoidal)
     one_block = _one_block(y, k, algorithm)
-    if one_block and ranged:
+    single = y.dtype == torch.float32 and x.dtype == torch.float32
+    if one_block and ranged and not (single and n * d * (n + x.shape[-1]) < WIDE):
         return function.apply(y, x, None, transpose, k, algorithm, trapezoidal, "ranged")[0]
-    if one_block and y.dtype == torch.float32 and x.dtype == torch.float32:
+    if one_block and single:
         # one float32 block computed in float64, where no product of float32-range values (nor of the
         # backward's few) overflows or underflows: no scaling at all
         return function.apply(y, x, None, transpose, k, algorithm, trapezoidal, "wide")[0]

@@ -209,24 +209,47 @@ FAR = [
 ]
 
 
+def record_modes(monkeypatch):
+    """The ``mode`` of every eager :class:`cuhouse._torch.Matmul` application from now on (a list)."""
+    modes, function = [], _torch._OlderMatmul
+
+    class Recorder:
+        @staticmethod
+        def apply(*args):
+            modes.append(args[-1])
+            return function.apply(*args)
+
+    monkeypatch.setattr(_torch, "_OlderMatmul", Recorder)
+    return modes
+
+
 @pytest.mark.parametrize("rows, columns, cotangent", FAR)
 @pytest.mark.parametrize("check_finite", [True, False], ids=["checked", "unchecked"])
+@pytest.mark.parametrize("shape", [(5, 9, 3), (64, 64, 64)], ids=["small", "n = d = m = 64"])
 @pytest.mark.parametrize("block", [None, 2], ids=["one block", "blocks of 2"])
-def test_float32_products_and_gradients_far_from_one(monkeypatch, rows, columns, cotangent, check_finite, block):
+def test_float32_products_and_gradients_far_from_one(monkeypatch, rows, columns, cotangent, check_finite, shape, block):
     """float32 ``householder_matmul`` and its gradients against NumPy's float64 ``vjp`` of the same
     (rounded) data, with rows, X's columns and the cotangent far from 1: unscaled where every row and
-    column is in range (checked, :data:`cuhouse._torch.RANGE`), scaled otherwise; never wrong."""
+    column is in range (checked, :data:`cuhouse._torch.RANGE`; one small float32 block in float64,
+    :data:`cuhouse._torch.WIDE`), scaled otherwise; never wrong."""
     import cuhouse
 
     if block:
         monkeypatch.setattr(_torch, "BLOCK", block)
-    v = _at(rows, randn(5, 9, seed=7), -1).float()
-    x = _at(columns, randn(9, 3, seed=8), -2).float()
-    g = (cotangent * randn(9, 3, seed=9)).float()
+    n, d, m = shape
+    v = _at(rows, randn(n, d, seed=7), -1).float()
+    x = _at(columns, randn(d, m, seed=8), -2).float()
+    g = (cotangent * randn(d, m, seed=9)).float()
+    inside = all(2.0**-16 <= s <= 2.0**16 for s in (rows, columns))
+    expected = "ranged" if check_finite and inside else "scaled"
+    if not block:
+        expected = "ranged" if expected == "ranged" and n * d * (n + m) >= _torch.WIDE else "wide"
+    modes = record_modes(monkeypatch)
     vt, xt = v.clone().requires_grad_(), x.clone().requires_grad_()
     for transpose in (False, True):
         vt.grad = xt.grad = None
         out = cht.householder_matmul(vt, xt, transpose, check_finite=check_finite)
+        assert modes[-1] == expected
         out.backward(g)
         h = cuhouse.HouseholderProduct(v.double().numpy())
         want, back = cuhouse.vjp(cuhouse.matmul, h.T if transpose else h, x.double().numpy())

@@ -288,7 +288,7 @@ def _graph_nodes(tensor):
 @pytest.mark.parametrize("transpose", [False, True])
 def test_eager_calls_use_the_older_function_form_with_the_same_results(blocks, transpose):
     """Plain eager calls go through ``_torch._OlderMatmul`` (autograd's older Function form: no argument
-    binding per call); under a torch.func transform ``EagerMatmul`` (the ``setup_context`` form those
+    binding per call); under a torch.func transform ``ForwardModeMatmul`` (the ``setup_context`` form those
     need): same bits, same gradients to second order, and in eager the same forward-mode tangent for
     one block (dual tensors) and the same refusal for many."""
     seen = []
@@ -300,7 +300,7 @@ def test_eager_calls_use_the_older_function_form_with_the_same_results(blocks, t
     k = _torch.default_block_size(4, 5, 2)  # 4 (one block) or 2 (blocks of 2)
     assert k == (4 if blocks == "default" else 2)
     results = []
-    for form in (_torch._OlderMatmul, _torch.EagerMatmul):
+    for form in (_torch._OlderMatmul, _torch.ForwardModeMatmul):
         out = form.apply(v, x, None, transpose, k, "cwy", False, "scaled")[0]
         first = torch.autograd.grad((out * weight).sin().sum(), (v, x), create_graph=True)
         second = torch.autograd.grad(sum((g * g).sum() for g in first), (v, x))
@@ -326,7 +326,7 @@ def test_eager_calls_use_the_older_function_form_with_the_same_results(blocks, t
         tangent = torch.autograd.forward_ad.unpack_dual(
             f(_torch._OlderMatmul, dual(v.detach(), tv), dual(x.detach(), tx))
         ).tangent
-    _, want = torch.func.jvp(lambda v, x: f(_torch.EagerMatmul, v, x), (v.detach(), x.detach()), (tv, tx))
+    _, want = torch.func.jvp(lambda v, x: f(_torch.ForwardModeMatmul, v, x), (v.detach(), x.detach()), (tv, tx))
     assert torch.equal(tangent, want)
 
 
@@ -389,7 +389,8 @@ def test_float32_one_block_differentiates_twice_as_float64(check_finite):
     """One float32 block is computed in float32 where the check found every row and column in range,
     else in float64 by the Function's one-block rule; a gradient penalty through it (second order)
     agrees with the float64 Function's."""
-    v64, x64, w64 = randn(4, 6), randn(6, 3, seed=2), randn(6, 3, seed=3)
+    n, d, m = (64, 64, 64) if check_finite else (4, 6, 3)  # checked: n d (n + m) >= _torch.WIDE
+    v64, x64, w64 = randn(n, d), randn(d, m, seed=2), randn(d, m, seed=3)
 
     def penalty_gradient(v, x):
         v = v.clone().requires_grad_()
