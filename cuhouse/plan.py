@@ -349,6 +349,8 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
 # there, float32, one thread, interleaved: fresh calls 0.95-1.13x at d = 16, 32 and 1.10-1.19x at
 # d = 64, m = 32). Where LAPACK's ormqr can run the product (from_lapack), the race with LAPACK is
 # on its own factorization, made for this product: the fastest fresh plan runs, as with a gradient.
+# So it does on the other backends, whose constants were not measured against this objective (the
+# CuPy ones are unchecked H100 figures; on them it would take the dense H up to d = 256 and more).
 FRESH_SLACK = 0.15
 CALL_SECONDS = 30e-6
 
@@ -359,9 +361,9 @@ def choose(
     """The :class:`Plan` for ``H @ X`` by the cost model: each algorithm at its fastest fresh block
     size, and of those whose fresh call (build included, and ``CALL_SECONDS`` of layers) costs at
     most ``1 + FRESH_SLACK`` times the fastest's, the one fastest once built (a product with a
-    ``gradient``, whose reflections change at the next step, or one LAPACK's ``?ormqr`` can run:
-    the fastest fresh; with a gradient ``"auto"`` does not race the dense H, whose backward costs
-    O(n d^2)).
+    ``gradient``, whose reflections change at the next step, one LAPACK's ``?ormqr`` can run, or
+    one on another backend than NumPy: the fastest fresh; with a gradient ``"auto"`` does not race
+    the dense H, whose backward costs O(n d^2)).
 
     ``algorithm`` and ``block_size`` pin what the caller fixed; ``layout`` is
     the reflections' (see :mod:`cuhouse.algorithms._layout`); ``lapack`` says
@@ -385,7 +387,7 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
         names = tuple(name for name in names if name != "dense")
     if algorithm == "auto" and lapack and layout == "unit" and mach.ormqr_rate is not None:
         names += (LAPACK_PLAN,)
-    fresh_only = gradient or LAPACK_PLAN in names
+    fresh_only = gradient or LAPACK_PLAN in names or backend != "numpy"
     found = []  # (fresh seconds, built seconds, name, block size), in a fixed order
     for name in names:
         if name in ("sequential", LAPACK_PLAN):

@@ -128,6 +128,13 @@ def test_without_a_gradient_the_plan_is_the_fastest_built_within_the_fresh_slack
         bound = (1 + plan.FRESH_SLACK) * (fastest + plan.CALL_SECONDS) - plan.CALL_SECONDS
         assert fresh <= bound
         assert built == min(b for _, (f, b) in own.values() if f <= bound)
+        # other backends: the fastest fresh (their constants were not measured against the objective)
+        on_cupy = plan.choose(d, n, m, numpy.float32, "cupy", layout=layout)
+        assert plan.predict(on_cupy.algorithm, d, n, m, on_cupy.block_size or 1, backend="cupy", layout=layout) == min(
+            plan.predict(name, d, n, m, k or 1, backend="cupy", layout=layout)
+            for name in plan.AUTO_CANDIDATES
+            for k in ((None,) if name == "sequential" else {min(k, n) for k in plan.BLOCK_SIZES})
+        )
 
 
 def test_small_products_without_gradient_run_the_dense_h_and_match_the_reference():
