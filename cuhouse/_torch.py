@@ -36,7 +36,7 @@ The Function:
 
 :func:`matmul` applies it in one of three forms of the same code: plain eager
 calls (:func:`eager`) the older form (``forward(ctx, ...)``, whose ``apply``
-costs about 30 us less per call), ``torch.func`` transforms :class:`EagerMatmul`
+costs about 30 us less per call), ``torch.func`` transforms :class:`ForwardModeMatmul`
 (``setup_context`` and ``jvp``), ``torch.compile`` and ``torch.export``
 :class:`Matmul` itself (Dynamo refuses a Function with a ``jvp``).
 """
@@ -195,7 +195,7 @@ def _plus(a, b):
     return a + b
 
 
-class EagerMatmul(Matmul):
+class ForwardModeMatmul(Matmul):
     """:class:`Matmul` with its forward-mode rule (``jvp``, one block only), for ``torch.func``
     transforms (eager calls outside them take its older form, :class:`_OlderMatmul`): Dynamo
     cannot trace a Function that defines ``jvp``, so :func:`matmul` applies plain
@@ -242,7 +242,7 @@ def older_form(function, name):
     return type(name, (torch.autograd.Function,), members)
 
 
-_OlderMatmul = older_form(EagerMatmul, "_OlderMatmul")
+_OlderMatmul = older_form(ForwardModeMatmul, "_OlderMatmul")
 
 
 # torch's private probe of torch.func (torch 2.4-2.13; Function.apply itself calls it): where a torch
@@ -252,7 +252,10 @@ _TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 def eager():
     """True outside ``torch.compile``, ``torch.export`` and ``torch.func`` transforms: where an
-    ``autograd.Function`` may be applied in its older form (``forward(ctx, ...)``)."""
+    ``autograd.Function`` may be applied in its older form (``forward(ctx, ...)``), and where
+    :mod:`cuhouse.torch._columns` accumulates its GEMMs in place. A global state, not a tensor's
+    (:func:`cuhouse.torch.ops._readable` asks whether a tensor's values may be read for a check);
+    False where this torch lacks the private probe (the forms valid everywhere then run)."""
     return (
         not torch.compiler.is_compiling()
         and not torch.compiler.is_exporting()
@@ -317,7 +320,7 @@ def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorit
     elif torch.compiler.is_compiling() or torch.compiler.is_exporting():
         function = Matmul
     else:  # a torch.func transform
-        function = EagerMatmul
+        function = ForwardModeMatmul
     transpose, trapezoidal = bool(transpose), bool(trapezoidal)
     one_block = _one_block(y, k, algorithm)
     single = y.dtype == torch.float32 and x.dtype == torch.float32

@@ -63,10 +63,10 @@ def test_the_kept_form_gives_the_fresh_product(xp, dtype, d, n):
 
 def test_batched_complex_and_promoted_products_run_the_kept_form(xp):
     rng = numpy.random.default_rng(3)
-    v = rng.standard_normal((2, 20, 40))  # sizes where the fresh plan is not the dense H (see plan.FRESH_SLACK)
+    v = rng.standard_normal((2, 40, 96))  # sizes where the fresh plan is not the dense H (see plan.FRESH_SLACK)
     fresh, reused = ch.HouseholderProduct(xp.asarray(v)), ch.HouseholderProduct(xp.asarray(v)).prepare_reuse()
-    x = rng.standard_normal((40, 3)) + 1j * rng.standard_normal((40, 3))
-    for operand in (x, x.real.astype(numpy.float32), rng.standard_normal((2, 40, 3))):
+    x = rng.standard_normal((96, 3)) + 1j * rng.standard_normal((96, 3))
+    for operand in (x, x.real.astype(numpy.float32), rng.standard_normal((2, 96, 3))):
         numpy.testing.assert_allclose(
             to_numpy(reused @ xp.asarray(operand)), to_numpy(fresh @ xp.asarray(operand)), atol=1e-12
         )

@@ -288,7 +288,7 @@ def _graph_nodes(tensor):
 @pytest.mark.parametrize("transpose", [False, True])
 def test_eager_calls_use_the_older_function_form_with_the_same_results(blocks, transpose):
     """Plain eager calls go through ``_torch._OlderMatmul`` (autograd's older Function form: no argument
-    binding per call); under a torch.func transform ``EagerMatmul`` (the ``setup_context`` form those
+    binding per call); under a torch.func transform ``ForwardModeMatmul`` (the ``setup_context`` form those
     need): same bits, same gradients to second order, and in eager the same forward-mode tangent for
     one block (dual tensors) and the same refusal for many."""
     seen = []
@@ -300,7 +300,7 @@ def test_eager_calls_use_the_older_function_form_with_the_same_results(blocks, t
     k = _torch.default_block_size(4, 5, 2)  # 4 (one block) or 2 (blocks of 2)
     assert k == (4 if blocks == "default" else 2)
     results = []
-    for form in (_torch._OlderMatmul, _torch.EagerMatmul):
+    for form in (_torch._OlderMatmul, _torch.ForwardModeMatmul):
         out = form.apply(v, x, None, transpose, k, "cwy", False, "scaled")[0]
         first = torch.autograd.grad((out * weight).sin().sum(), (v, x), create_graph=True)
         second = torch.autograd.grad(sum((g * g).sum() for g in first), (v, x))
@@ -326,7 +326,7 @@ def test_eager_calls_use_the_older_function_form_with_the_same_results(blocks, t
         tangent = torch.autograd.forward_ad.unpack_dual(
             f(_torch._OlderMatmul, dual(v.detach(), tv), dual(x.detach(), tx))
         ).tangent
-    _, want = torch.func.jvp(lambda v, x: f(_torch.EagerMatmul, v, x), (v.detach(), x.detach()), (tv, tx))
+    _, want = torch.func.jvp(lambda v, x: f(_torch.ForwardModeMatmul, v, x), (v.detach(), x.detach()), (tv, tx))
     assert torch.equal(tangent, want)
 
 

@@ -229,10 +229,12 @@ def _apply_numpy(f, x, transpose):
     out = x.copy(order="F" if column_major(x) else "C")
     if out.shape[1] == 1:
         return _apply_numpy_column(f, out, transpose)
+    t = f.t  # read once: made from S at the first read
+    k = t.shape[-1]
     for j in application_order(len(f.blocks), transpose):
         rows = f.blocks[j].tail
         kb = rows.shape[0]
-        tj = f.t[j, :kb, :kb]
+        tj = t[j] if kb == k else t[j, :kb, :kb]
         _gemm.subtract_gemm(rows, (tj.T if transpose else tj) @ (rows @ out), out)
     return out
 
@@ -244,10 +246,11 @@ def _apply_numpy_column(f, out, transpose):
     column = out[:, 0]  # contiguous in either memory order: ?gemv (overwrite_y) writes it in place
     trsv, gemv = _gemm.blas_trsv(out.dtype), _gemm.blas_gemv(out.dtype)
     trans = 0 if transpose else 1  # S^T (lower, Fortran-ordered) as stored: trans = 1 solves with S
+    k = f.s.shape[-1]
     for j in application_order(len(f.blocks), transpose):
         rows = f.blocks[j].tail
         kb = rows.shape[0]
-        s = f.s[j] if kb == f.s.shape[-1] else f.s[j, :kb, :kb]
+        s = f.s[j] if kb == k else f.s[j, :kb, :kb]
         z = trsv(s.T, rows @ column, 1, 0, 1, trans, 0, 1)  # (a, x, incx, offx, lower, trans, diag, overwrite_x)
         # (alpha, a, x, beta, y, offx, incx, offy, incy, trans, overwrite_y): rows^T as a Fortran matrix
         gemv(-1.0, rows.T, z, 1.0, column, 0, 1, 0, 1, 0, 1)

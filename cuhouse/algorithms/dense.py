@@ -4,6 +4,7 @@ Pays O(n d^2) once per H (cached) and O(d^2 m) per product: the fastest route
 once m, summed over the products that reuse H, is comparable to d.
 """
 
+import functools
 from collections import namedtuple
 
 import numpy
@@ -28,16 +29,39 @@ def build(y, block_size, xp, layout="full", identity=None):
 
 
 def _identity_applied(wy, out):
-    """``H`` from the NumPy form ``wy`` of :func:`cwy.direct`, written into ``out`` (the identity):
-    the steps of ``cwy.apply`` (``out -= V^T (T (V out))`` a block, the last block first), except
-    that the first block's ``V I`` is ``V`` itself (no GEMM: the same numbers). Cost: 3 calls a
-    block, 2 for the first; ``4 n d^2`` flops."""
+    """``H`` from the NumPy form ``wy`` of :func:`cwy.direct`, written into ``out`` (the identity).
+
+    One block: ``H = I - V^T (S^{-1} V)``, one ``?trsm`` and one ``?gemm`` with beta = 1 (no T:
+    :class:`cwy.Form` makes it only when read). More blocks: the steps of ``cwy.apply``
+    (``out -= V^T (T (V out))`` a block, the last block first), except that the first block's
+    ``V I`` is ``V`` itself (no GEMM: the same numbers). Cost: ``4 n d^2`` flops (one block:
+    ``n^2 d + 2 n d^2``) in 2 calls, or 3 calls a block."""
     blocks = wy.blocks
+    if len(blocks) == 1:
+        rows = blocks[0].tail
+        kb = rows.shape[0]
+        _gemm.subtract_gemm(rows, _solved(wy.s[0, :kb, :kb], rows), out)
+        return out
     for step, j in enumerate(application_order(len(blocks), False)):
         rows = blocks[j].tail
         kb = rows.shape[0]
         _gemm.subtract_gemm(rows, wy.t[j, :kb, :kb] @ (rows @ out if step else rows), out)
     return out
+
+
+def _solved(s, rows):
+    """``S^{-1} rows`` ``(k, d)`` for the upper-triangular NumPy ``s`` ``(k, k)``: one BLAS ``?trsm``
+    on the rows' transpose from the right (``X S^T = V^T``), which a row-major ``rows`` and ``s``
+    give as column-major views (no copy; ``s^T`` is lower triangular). O(k^2 d)."""
+    return _blas_trsm(rows.dtype)(1.0, s.T, rows.T, side=1, lower=1).T
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_trsm(dtype):
+    """SciPy's ``?trsm`` for float32 or float64, looked up once."""
+    from scipy.linalg import blas
+
+    return blas.strsm if dtype == numpy.float32 else blas.dtrsm
 
 
 def apply(f, x, transpose, xp):

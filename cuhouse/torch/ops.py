@@ -53,8 +53,8 @@ def householder_matmul(
     """
     check(vectors, X)
     ranged = False
-    if check_finite and _eager(vectors):
-        ranged = check_rows(vectors, "vectors", X if _eager(X) else None)
+    if check_finite and _readable(vectors):
+        ranged = check_rows(vectors, "vectors", X if _readable(X) else None)
     return _left(vectors, X, transpose, ranged=ranged)
 
 
@@ -117,8 +117,12 @@ def svd_matmul(u_vectors, s, v_vectors, x, transpose=False):
 
 
 # ------------------------------------------------------------------ checks
-def _eager(t):
-    """True for a plain tensor outside torch.compile, torch.export and torch.func: where a value check can run."""
+def _readable(t):
+    """True where the values of ``t`` may be read on the host for a check: a plain tensor (not a
+    subclass, not on the meta device) outside ``torch.compile``, ``torch.export`` and ``torch.func``.
+    Per tensor, unlike :func:`cuhouse._torch.eager` (which Function form applies): a plain tensor
+    closed over inside a transform is read, and where this torch lacks the private probe the
+    check runs anyway (a transform's wrapper then raises rather than skipping the check)."""
     return (
         type(t) in (torch.Tensor, torch.nn.Parameter)
         and not torch.compiler.is_compiling()
