@@ -223,6 +223,27 @@ def record_modes(monkeypatch):
     return modes
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("block", [None, 16], ids=["one block", "blocks of 16"])
+def test_float32_ranged_products_match_dense_float64(monkeypatch, transpose, block):
+    """The ranged path in float32 (rows and X in range, read by the check; one block computed in
+    float32 at n d (n + m) >= WIDE): product and gradients against the float64 dense reference."""
+    if block:
+        monkeypatch.setattr(_torch, "BLOCK", block)
+    modes = record_modes(monkeypatch)
+    v, x, g = randn(64, 64, requires_grad=True), randn(64, 64, seed=2, requires_grad=True), randn(64, 64, seed=3)
+    v32, x32 = (t.detach().float().requires_grad_() for t in (v, x))
+    out = cht.householder_matmul(v32, x32, transpose)
+    assert modes == ["ranged"] and out.dtype == torch.float32
+    h = dense_householder(v)
+    want = (h.mT if transpose else h) @ x
+    assert_close(out.double(), want, torch.float32)
+    got_grads = torch.autograd.grad(out, (v32, x32), g.float())
+    for got, ref in zip(got_grads, torch.autograd.grad(want, (v, x), g)):
+        assert got.dtype == torch.float32
+        assert_close(got.double(), ref, torch.float32, scale=100)
+
+
 @pytest.mark.parametrize("rows, columns, cotangent", FAR)
 @pytest.mark.parametrize("check_finite", [True, False], ids=["checked", "unchecked"])
 @pytest.mark.parametrize("shape", [(5, 9, 3), (64, 64, 64)], ids=["small", "n = d = m = 64"])
