@@ -42,8 +42,11 @@ def householder_matmul(
     ``check_finite`` (eager calls on plain tensors only: never under
     ``torch.compile``, ``torch.export`` or a ``torch.func`` transform) checks
     that every row is finite and nonzero, a ``ValueError`` otherwise, at the
-    price of one host synchronization on a device; ``False`` skips it (a zero
-    row then acts as the identity factor). Cost: O(n d m) forward as GEMMs in blocks of k reflections
+    price of one host synchronization on a device (two when a row or a column of X
+    is outside ``[2^-16, 2^16]``); the same read lets the product skip the
+    scalings of the rows and X where every row and column is inside (see
+    ``cuhouse._torch.matmul``'s ``ranged``). ``False`` skips it (a zero row then
+    acts as the identity factor). Cost: O(n d m) forward as GEMMs in blocks of k reflections
     (``cuhouse._torch.default_block_size``: 64, or 128 when X has at least d/2 columns) plus
     O(n k d) for their T factors; backward about three times
     the forward. No d x d matrix is formed.
