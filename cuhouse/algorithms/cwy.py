@@ -30,7 +30,7 @@ always on CuPy (no host sync); :func:`cuhouse.algorithms.portable.gram_factor`
 in-place update (torch autograd, ``vmap``), and the zero-row term a constant
 times an indicator, so that dS/dG is the mask everywhere. Its functional form
 on the direct path's Grams measured 6.2 against 2.3 us at d = 64 and 11.5
-against 3.8 us at d = 256 (k = 32, float32, one thread), of a 20 / 120 us build.
+against 3.8 us at d = 256 (k = 32, float32, one thread), of a 20 / 120 us build (T included).
 
 Cost: build O(n k d) (half for a structured layout) in O(log k) batched
 steps; apply O(n d m + n k m) in 3 n/k GEMMs (half the flops for a structured
