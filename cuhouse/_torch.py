@@ -273,8 +273,8 @@ MODES = ("scaled", "ranged", "wide")
 """How :class:`Matmul` treats the ranges of its inputs (see there)."""
 
 RANGE = 2.0**16
-"""Rows and columns whose largest absolute entry lies in ``[1 / RANGE, RANGE]`` need no scaling (see
-:func:`matmul`'s ``ranged``): every intermediate of the one-block forward and backward (with the
+"""Rows whose norm and columns whose largest absolute entry lie in ``[1 / RANGE, RANGE]`` need no
+scaling (see :func:`matmul`'s ``ranged``): every intermediate of the forward and backward (with the
 cotangent at its binade) then stays within ``RANGE**4`` times a power of ``d`` of 1, far inside
 float32's range and above its underflow (2^-102 relative)."""
 
@@ -299,8 +299,8 @@ def matmul(y, x, transpose=False, *, block_size=None, trapezoidal=False, algorit
     (scaled to their binades unless ``ranged``).
 
     ``ranged=True`` promises (the caller has read it, e.g. :func:`cuhouse.torch.ops.check_rows`)
-    that the largest absolute entry of every row of ``y`` and of every nonzero column of
-    ``x`` lies in ``[1 / RANGE, RANGE]`` (:data:`RANGE`): the rows and X are used as they
+    that the norm of every row of ``y`` and the largest absolute entry of every column of
+    ``x`` lie in ``[1 / RANGE, RANGE]`` (:data:`RANGE`): the rows and X are used as they
     are, in their own dtype (the backward still brings ``dout`` to its binade), except a
     float32 block smaller than :data:`WIDE`. Otherwise one float32 block (n <= k) is
     computed in float64, where no product of float32-range values (nor of the backward's

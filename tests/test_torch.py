@@ -171,37 +171,42 @@ def _at(scale, rows, dim):
 
 
 def test_check_rows_answers_whether_the_scalings_can_be_skipped():
-    """``check_rows`` returns True exactly when every row's and every column's largest absolute entry
-    is in [1/RANGE, RANGE]; zero columns, NaN in X, complex data and anything outside answer False
-    (the product then scales); bad rows still raise."""
+    """``check_rows`` returns True exactly when every row's norm and every column's largest absolute
+    entry is in [1/RANGE, RANGE]; zero columns, NaN in X, complex data and anything outside answer
+    False (the product then scales); bad rows still raise."""
     from cuhouse.torch import ops
 
     edge = _torch.RANGE
     v, x = randn(3, 8), randn(8, 2, seed=2)
+    axes = torch.eye(3, 8, dtype=torch.float64)  # rows whose norm is exactly their one entry
     assert ops.check_rows(v, "v", x) and ops.check_rows(v, "v", x[:, 0]) and not ops.check_rows(v, "v")
-    assert ops.check_rows(_at(edge, v, -1), "v", _at(1 / edge, x, -2))
-    assert ops.check_rows(_at(1 / edge, v, -1), "v", _at(edge, x, -2))
-    for rows in (_at(2 * edge, v, -1), _at(0.5 / edge, v, -1)):
-        assert not ops.check_rows(rows, "v", x)
+    assert ops.check_rows(edge * axes, "v", _at(1 / edge, x, -2))
+    assert ops.check_rows(axes / edge, "v", _at(edge, x, -2))
+    for rows in (2 * edge * axes, axes / (2 * edge), _at(edge, v, -1), _at(0.25 / edge, v, -1)):
+        assert not ops.check_rows(rows, "v", x)  # a norm outside (above the largest entry by up to sqrt(d))
     for column in (0.0, 2 * edge, 0.5 / edge, math.nan, math.inf):
         bad = x.clone()
         bad[:, 1] = _at(column, bad[:, 1], 0) if column and math.isfinite(column) else column
         assert not ops.check_rows(v, "v", bad)
     assert not ops.check_rows(torch.complex(v, v), "v", x.to(torch.complex128))
-    big = randn(300, 300)  # the two-pass reading of the largest entries (more than 2^16 entries)
+    big = randn(300, 300)  # the rows' largest entries read in two passes (more than 2^16 entries)
     assert ops.check_rows(big, "v", randn(300, 2)) and not ops.check_rows(_at(2 * edge, big, -1), "v", randn(300, 2))
+    assert not ops.check_rows(_at(1e30, big, -1).float(), "v", randn(300, 2).float())  # norms overflow: scaled
     v[1] = 0
     with pytest.raises(ValueError, match="row 1 is a zero vector"):
         ops.check_rows(v, "v", x)
+    big[7] = math.nan
+    with pytest.raises(ValueError, match="must be finite"):
+        ops.check_rows(big, "v", randn(300, 2))
 
 
-# (rows' largest entry, columns' largest entry, cotangent scale): at the edges of the range in which
-# products skip the scalings (2^16 = RANGE), and outside it
+# (rows' norm, columns' largest entry, cotangent scale): near the edges of the range in which products
+# skip the scalings (2^16 = RANGE), and outside it
 FAR = [
-    (2.0**-16, 2.0**16, 1e20),
-    (2.0**16, 2.0**-16, 1e-20),
-    (2.0**16, 2.0**16, 1e-20),
-    (2.0**-16, 2.0**-16, 1e20),
+    (2.0**-15.9, 2.0**16, 1e20),
+    (2.0**15.9, 2.0**-16, 1e-20),
+    (2.0**15.9, 2.0**16, 1e-20),
+    (2.0**-15.9, 2.0**-16, 1e20),
     (1.0, 1.0, 1e36),
     (1e-12, 1e20, 1.0),
     (1e12, 1e-25, 1e10),
@@ -258,7 +263,8 @@ def test_float32_products_and_gradients_far_from_one(monkeypatch, rows, columns,
     if block:
         monkeypatch.setattr(_torch, "BLOCK", block)
     n, d, m = shape
-    v = _at(rows, randn(n, d, seed=7), -1).float()
+    v = randn(n, d, seed=7)
+    v = (v / v.norm(dim=-1, keepdim=True) * rows).float()
     x = _at(columns, randn(d, m, seed=8), -2).float()
     g = (cotangent * randn(d, m, seed=9)).float()
     inside = all(2.0**-16 <= s <= 2.0**16 for s in (rows, columns))

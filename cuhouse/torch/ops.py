@@ -42,10 +42,10 @@ def householder_matmul(
     ``check_finite`` (eager calls on plain tensors only: never under
     ``torch.compile``, ``torch.export`` or a ``torch.func`` transform) checks
     that every row is finite and nonzero, a ``ValueError`` otherwise, at the
-    price of one host synchronization on a device (two when a row or a column of X
-    is outside ``[2^-16, 2^16]``); the same read lets the product skip the
-    scalings of the rows and X where every row and column is inside (see
-    ``cuhouse._torch.matmul``'s ``ranged``). ``False`` skips it (a zero row then
+    price of one host synchronization on a device (two when a row's norm or a
+    column's largest entry of X is outside ``[2^-16, 2^16]``); the same read lets
+    the product skip the scalings of the rows and X where every one is inside
+    (see ``cuhouse._torch.matmul``'s ``ranged``). ``False`` skips it (a zero row then
     acts as the identity factor). Cost: O(n d m) forward as GEMMs in blocks of k reflections
     (``cuhouse._torch.default_block_size``: 64, or 128 when X has at least d/2 columns) plus
     O(n k d) for their T factors; backward about three times
@@ -134,18 +134,21 @@ def _readable(t):
 
 def check_rows(vectors, name, x=None):
     """``ValueError`` unless every row of ``vectors`` ``(..., n, d)`` is finite and nonzero; returns
-    whether every row's largest absolute entry, and every column's of the real ``x`` ``(..., d, m)``
-    or ``(d,)`` (if given), lies in ``[1 / RANGE, RANGE]`` (:data:`cuhouse._torch.RANGE`: the product
-    may then skip the scalings, ``ranged`` in :func:`cuhouse._torch.matmul`; a zero column of x
-    answers False). One host sync (two when the answer is False: the rows are then looked at
-    again); one or two reading passes over each (of each part when complex). Tiny and huge rows
-    are fine: the products scale each row to its binade."""
-    parts = torch.view_as_real(vectors.detach()).flatten(-2) if vectors.is_complex() else vectors.detach()
-    largest = _largest(parts, -1)  # NaN where a row has one
-    if x is not None and not x.is_complex() and not vectors.is_complex():
-        sizes = torch.cat([largest.flatten(), _largest(x.detach(), -2 if x.dim() > 1 else -1).flatten()])
+    whether every row's norm, and every column's largest absolute entry of the real ``x``
+    ``(..., d, m)`` or ``(d,)`` (if given), lies in ``[1 / RANGE, RANGE]``
+    (:data:`cuhouse._torch.RANGE`: the product may then skip the scalings, ``ranged`` in
+    :func:`cuhouse._torch.matmul`; a zero column of x answers False). One host sync and one
+    reading pass over the rows (the norms; a norm that overflows or underflows answers False);
+    when the answer is False, a second sync and the rows' largest and smallest entries (of each
+    part when complex). Tiny and huge rows are fine: the products scale each row to its binade."""
+    real = x is not None and not x.is_complex() and not vectors.is_complex()
+    if real:
+        norms = torch.linalg.vector_norm(vectors.detach(), dim=-1)
+        sizes = torch.cat([norms.flatten(), _largest(x.detach(), -2 if x.dim() > 1 else -1).flatten()])
         if bool((sizes.clamp(1 / _torch.RANGE, _torch.RANGE) == sizes).all()):  # False for NaN, Inf and 0
             return True
+    parts = torch.view_as_real(vectors.detach()).flatten(-2) if vectors.is_complex() else vectors.detach()
+    largest = _largest(parts, -1)  # NaN where a row has one
     good = (largest > 0) & (largest < math.inf)  # False for NaN, Inf and zero rows
     if not bool(good.all()):
         if not bool(torch.isfinite(vectors).all()):
