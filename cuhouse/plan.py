@@ -340,9 +340,11 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
 # an H used a thousand times: this bounds the first's loss (predicted) by 15% and gives the second
 # the fastest per-product algorithm within that bound. The bound is on the whole call, whose layers
 # outside the plan predict() leaves out (the constructor's validation, the plan and form lookups,
-# X's check, the layers between @ and the algorithm): CALL_SECONDS, the low end of what they
-# measured on the session-12 machine (fresh time minus predict() of its plan: 34-42 us at
-# d = 16..256 for m = 1, 35-56 us for m = 32). Block sizes keep their fresh optimum: within one
+# X's check, the layers between @ and the algorithm): CALL_LAUNCHES array calls' worth of the
+# machine's measured ``launch`` (the layers are Python, which runs as fast as the array calls'
+# dispatch does), the low end of what they measured on the session-12 machine (fresh time minus
+# predict() of its plan: 34-42 us at d = 16..256 for m = 1, 35-56 us for m = 32, with a measured
+# launch of 0.6 us: about 50 launches). Block sizes keep their fresh optimum: within one
 # algorithm they trade a few percent fresh for a few percent cached, inside the model's error (at
 # d = 128, m = 1, k = 64 predicted 1.02x k = 32's fresh call measured 1.12-1.16x, for cached products
 # 16% faster), where the dense H is 2-2.5x faster once built than compact WY at d <= 64 (measured
@@ -352,14 +354,19 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
 # So it does on the other backends, whose constants were not measured against this objective (the
 # CuPy ones are unchecked H100 figures; on them it would take the dense H up to d = 256 and more).
 FRESH_SLACK = 0.15
-CALL_SECONDS = 30e-6
+CALL_LAUNCHES = 50
+
+
+def call_seconds(mach):
+    """Predicted seconds of a product's layers outside its plan (see ``CALL_LAUNCHES``) on ``mach``."""
+    return CALL_LAUNCHES * mach.launch
 
 
 def choose(
     d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full", lapack=False, gradient=False
 ):
     """The :class:`Plan` for ``H @ X`` by the cost model: each algorithm at its fastest fresh block
-    size, and of those whose fresh call (build included, and ``CALL_SECONDS`` of layers) costs at
+    size, and of those whose fresh call (build included, and :func:`call_seconds` of layers) costs at
     most ``1 + FRESH_SLACK`` times the fastest's, the one fastest once built (a product with a
     ``gradient``, whose reflections change at the next step, one LAPACK's ``?ormqr`` can run, or
     one on another backend than NumPy: the fastest fresh; with a gradient ``"auto"`` does not race
@@ -401,7 +408,8 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
             built = fresh if fresh_only else _per_product(name, d, n, m, k, itemsize, backend, layout, mach)
             found.append((fresh, built, name, k))
     fastest = min(f[0] for f in found)
-    bound = fastest if fresh_only else (1.0 + FRESH_SLACK) * (fastest + CALL_SECONDS) - CALL_SECONDS
+    layers = call_seconds(mach)
+    bound = fastest if fresh_only else (1.0 + FRESH_SLACK) * (fastest + layers) - layers
     own = {}  # each algorithm at its fastest fresh block size (the first such)
     for f in found:
         if f[2] not in own or f[0] < own[f[2]][0]:
