@@ -34,6 +34,36 @@ def inner(a, b):
     return float(numpy.real(numpy.sum(numpy.conj(a) * b)))
 
 
+# ------------------------------------------------------------ host reads
+class SyncCounter:
+    """Counts the device-to-host reads of torch tensors (``bool``, ``item``, ``float``, ``int``, ``index``,
+    ``tolist``, ``numpy``) inside a ``with`` block, as ``count``: a stand-in on the CPU for
+    ``torch.cuda.set_sync_debug_mode``."""
+
+    NAMES = ("__bool__", "item", "__float__", "__int__", "__index__", "tolist", "numpy")
+
+    def __enter__(self):
+        import torch
+
+        self.count, self._saved = 0, {}
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+            self._saved[name] = original
+
+            def counted(t, *args, _original=original, **kwargs):
+                self.count += 1
+                return _original(t, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        for name, original in self._saved.items():
+            setattr(torch.Tensor, name, original)
+
+
 # ------------------------------------------------------- dense references
 def dense_reference(vectors, identity=None):
     """float64 H(v_1) ... H(v_n) by the sequential loop, for one ``(n, d)`` stack or a batch.

@@ -16,7 +16,7 @@ import sys
 import numpy
 import pytest
 import scipy.linalg
-from helpers import on, to_numpy
+from helpers import SyncCounter, on, to_numpy
 
 import cuhouse
 from cuhouse.algorithms import portable
@@ -283,30 +283,6 @@ def test_vmap_and_func_grad_compose():
     assert jac.shape == (5, 2, 2, 5)
 
 
-class _SyncCounter:
-    """Counts the device-to-host reads of torch tensors (``bool``, ``item``, ``float``, ``int``, ``tolist``,
-    ``numpy``): a stand-in on the CPU for ``torch.cuda.set_sync_debug_mode``."""
-
-    NAMES = ("__bool__", "item", "__float__", "__int__", "__index__", "tolist", "numpy")
-
-    def __enter__(self):
-        self.count, self._saved = 0, {}
-        for name in self.NAMES:
-            original = getattr(torch.Tensor, name)
-            self._saved[name] = original
-
-            def counted(t, *args, _original=original, **kwargs):
-                self.count += 1
-                return _original(t, *args, **kwargs)
-
-            setattr(torch.Tensor, name, counted)
-        return self
-
-    def __exit__(self, *exc):
-        for name, original in self._saved.items():
-            setattr(torch.Tensor, name, original)
-
-
 @pytest.mark.parametrize("check_finite,allowed", [(True, 1), (False, 0)])
 def test_host_synchronizations_per_product(check_finite, allowed):
     rng = _rng(9)
@@ -315,15 +291,15 @@ def test_host_synchronizations_per_product(check_finite, allowed):
     h = cuhouse.HouseholderProduct(v, check_finite=check_finite)
     w = cuhouse.SVDMatrix(v, s, v, check_finite=check_finite)
     for op in (h, h.T, w, w.T):
-        with _SyncCounter() as syncs:
+        with SyncCounter() as syncs:
             out = op @ x
         assert syncs.count <= allowed, (op, syncs.count)
-        with _SyncCounter() as syncs:
+        with SyncCounter() as syncs:
             out.sum().backward()
         assert syncs.count == 0
     if not check_finite:
         square = _t(rng.standard_normal((6, 6)))
-        with _SyncCounter() as syncs:
+        with SyncCounter() as syncs:
             cuhouse.HouseholderProduct(v, check_finite=False) @ x
             cuhouse.SVDMatrix(square, s.detach().repeat(2)[:6], square, check_finite=False).logdet().backward()
         assert syncs.count == 0

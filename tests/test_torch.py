@@ -200,6 +200,69 @@ def test_check_rows_answers_whether_the_scalings_can_be_skipped():
         ops.check_rows(big, "v", randn(300, 2))
 
 
+def _reviewed_inputs(case, dtype):
+    """Issue 21's review of the check's host reads: rows ``(64, 128)`` and X ``(128, 8)``."""
+    v, x = randn(64, 128, dtype=dtype), randn(128, 8, dtype=dtype, seed=2)
+    if case == "a zero column of X":
+        x[:, 3] = 0
+    elif case == "X times 1e-6":
+        x = x * 1e-6
+    elif case == "rows times 1e-6":
+        v = v * 1e-6
+    return v, x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["in range", "a zero column of X", "X times 1e-6", "rows times 1e-6"])
+def test_householder_matmul_reads_the_host_once(monkeypatch, dtype, case):
+    """One host read per checked product (issue 21; counted by :class:`helpers.SyncCounter`), whether
+    or not the rows and X are in range (the product then scales them), and none in the backward."""
+    from helpers import SyncCounter
+
+    v, x = _reviewed_inputs(case, dtype)
+    modes = record_modes(monkeypatch)
+    vt = v.clone().requires_grad_()
+    with SyncCounter() as syncs:
+        out = cht.householder_matmul(vt, x)
+    assert syncs.count == 1
+    outside = "scaled" if dtype == torch.float64 else "wide"  # one float32 block: in float64, unscaled
+    assert modes == ["ranged" if case == "in range" else outside]
+    assert_close(out.double(), dense_householder(v.double()) @ x.double(), dtype)
+    with SyncCounter() as syncs:
+        out.sum().backward()
+    assert syncs.count == 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), complex(1, float("nan"))])
+def test_nan_rows_are_refused_after_the_one_host_read(bad):
+    """A NaN makes its row's norm NaN: the one read already decides the ``ValueError``."""
+    from helpers import SyncCounter
+
+    v, x = _reviewed_inputs("in range", torch.float64)
+    if isinstance(bad, complex):
+        v, x = v.to(torch.complex128), x.to(torch.complex128)
+    v[5, 7] = bad
+    with SyncCounter() as syncs, pytest.raises(ValueError, match="^vectors must be finite; found NaN or Inf$"):
+        cht.householder_matmul(v, x)
+    assert syncs.count == 1
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_rows_whose_squares_underflow_or_overflow_are_read_twice(scale):
+    """float32 rows whose sum of squares underflows (1e-30) or overflows (1e30) have a norm of 0 or
+    inf, which the one read cannot tell from a zero or an infinite row: a second read of their largest
+    entries accepts them (the product scales them)."""
+    from helpers import SyncCounter
+
+    from cuhouse.torch import ops
+
+    v, x = randn(4, 8), randn(8, 2, seed=2)
+    v[2] *= scale
+    with SyncCounter() as syncs:
+        assert not ops.check_rows(v.float(), "v", x.float())
+    assert syncs.count == 2
+
+
 # (rows' norm, columns' largest entry, cotangent scale): near the edges of the range in which products
 # skip the scalings (2^16 = RANGE), and outside it
 FAR = [

@@ -42,9 +42,11 @@ def householder_matmul(
     ``check_finite`` (eager calls on plain tensors only: never under
     ``torch.compile``, ``torch.export`` or a ``torch.func`` transform) checks
     that every row is finite and nonzero, a ``ValueError`` otherwise, at the
-    price of one host synchronization on a device (two when a row's norm or a
-    column's largest entry of X is outside ``[2^-16, 2^16]``); the same read lets
-    the product skip the scalings of the rows and X where every one is inside
+    price of one pass over the rows and one host synchronization on a device
+    (a second only to refuse a zero row or an infinite entry, or where a valid
+    row's sum of squares under- or overflows: see :func:`check_rows`); the same
+    read tells whether every row's norm and every column's largest entry of X lie in
+    ``[2^-16, 2^16]``, where the product skips the scalings of the rows and X
     (see ``cuhouse._torch.matmul``'s ``ranged``). ``False`` skips it (a zero row then
     acts as the identity factor). Cost: O(n d m) forward as GEMMs in blocks of k reflections
     (``cuhouse._torch.default_block_size``: 64, or 128 when X has at least d/2 columns) plus
@@ -137,25 +139,44 @@ def check_rows(vectors, name, x=None):
     whether every row's norm, and every column's largest absolute entry of the real ``x``
     ``(..., d, m)`` or ``(d,)`` (if given), lies in ``[1 / RANGE, RANGE]``
     (:data:`cuhouse._torch.RANGE`: the product may then skip the scalings, ``ranged`` in
-    :func:`cuhouse._torch.matmul`; a zero column of x answers False). One host sync and one
-    reading pass over the rows (the norms; a norm that overflows or underflows answers False);
-    when the answer is False, a second sync and the rows' largest and smallest entries (of each
+    :func:`cuhouse._torch.matmul`; a zero column of x answers False). One reading pass over the
+    rows (their norms) and one host sync, which reads the smallest and largest norm (and
+    column size) and so decides both questions: norms in ``(0, inf)`` are finite nonzero rows,
+    a NaN norm is a NaN entry (the ``ValueError`` at once). Only where a norm is 0 or infinite
+    (a zero row or an infinite entry, the ``ValueError``; or a valid row whose sum of squares
+    underflows or overflows: in float32 every entry below 2^-75 in magnitude, or a norm above
+    2^64; in float64 2^-538 and 2^512) a second sync reads the rows' largest entries (of each
     part when complex). Tiny and huge rows are fine: the products scale each row to its binade."""
+    detached = vectors.detach()
+    norms = torch.linalg.vector_norm(detached, dim=-1).flatten()  # real, also for complex rows
     real = x is not None and not x.is_complex() and not vectors.is_complex()
-    if real:
-        norms = torch.linalg.vector_norm(vectors.detach(), dim=-1)
-        sizes = torch.cat([norms.flatten(), _largest(x.detach(), -2 if x.dim() > 1 else -1).flatten()])
-        if bool((sizes.clamp(1 / _torch.RANGE, _torch.RANGE) == sizes).all()):  # False for NaN, Inf and 0
-            return True
-    parts = torch.view_as_real(vectors.detach()).flatten(-2) if vectors.is_complex() else vectors.detach()
-    largest = _largest(parts, -1)  # NaN where a row has one
-    good = (largest > 0) & (largest < math.inf)  # False for NaN, Inf and zero rows
+    sizes = _largest(x.detach(), -2 if x.dim() > 1 else -1).flatten() if real else None
+    read = [t for t in (norms, sizes) if t is not None and t.numel()]
+    if not read:  # no rows, and no column of x: nothing to check
+        return sizes is not None
+    values = torch.stack([value for t in read for value in torch.aminmax(t)]).tolist()  # the one host sync
+    if norms.numel():
+        smallest, largest = values[:2]
+        if math.isnan(smallest) or math.isnan(largest):
+            raise ValueError("{} must be finite; found NaN or Inf".format(name))
+        if not 0 < smallest <= largest < math.inf:
+            _refuse_zero_or_infinite(detached, name)
+            return False
+    return sizes is not None and all(1 / _torch.RANGE <= value <= _torch.RANGE for value in values)
+
+
+def _refuse_zero_or_infinite(rows, name):
+    """``ValueError`` where a row of ``rows`` ``(..., n, d)`` (detached) has an infinite entry or
+    no nonzero one; nothing where every row is finite and nonzero (its norm under- or overflowed).
+    A host sync (two more before a ``ValueError``) and the rows' largest entries: O(n d)."""
+    parts = torch.view_as_real(rows).flatten(-2) if rows.is_complex() else rows
+    largest = _largest(parts, -1)
+    good = (largest > 0) & (largest < math.inf)  # False for Inf and zero rows
     if not bool(good.all()):
-        if not bool(torch.isfinite(vectors).all()):
+        if not bool(torch.isfinite(rows).all()):
             raise ValueError("{} must be finite; found NaN or Inf".format(name))
         row = int((~good).nonzero()[0, -1])
         raise ValueError("{}: row {} is a zero vector, which makes no reflection".format(name, row))
-    return False
 
 
 def _largest(t, dim):
