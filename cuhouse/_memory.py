@@ -8,6 +8,10 @@ import numpy
 
 from ._backend import is_native, numpy_dtype
 
+# Peak memory of the dense plan and of todense() in units of the d x d result: measured
+# 4.06x at d = 2000 (cwy), 2.0x (dense).
+DENSE_WORKSPACE = 4
+
 
 def dense_memory(shape, dtype, what, xp, workspace, device=None):
     """``MemoryError`` up front when a dense result of ``shape`` and ``dtype``,
@@ -39,6 +43,11 @@ def dense_memory(shape, dtype, what, xp, workspace, device=None):
             "than {} ({}); multiply by a thin X instead (A @ X costs O(d n m) without forming "
             "A)".format(what, dtype, tuple(shape), _bytes(result), _bytes(needed), where, _bytes(available))
         )
+
+
+def host_fits(nbytes):
+    """Whether ``nbytes`` fit this machine's physical memory (:func:`host_memory`). O(1)."""
+    return nbytes <= host_memory()
 
 
 def _bytes(n):

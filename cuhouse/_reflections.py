@@ -28,9 +28,7 @@ from ._backend import (
 from ._gpu import primitives
 from .algorithms import PLANS, _layout, _normalize, _scaling
 
-# Peak memory of the dense plan and of todense() in units of the d x d result: measured
-# 4.06x at d = 2000 (cwy), 2.0x (dense).
-DENSE_WORKSPACE = 4
+DENSE_WORKSPACE = _memory.DENSE_WORKSPACE  # the dense plan's peak memory in d x d results (see there)
 
 
 Segment = namedtuple("Segment", "param transpose k identity conjugate phase", defaults=(False, None))

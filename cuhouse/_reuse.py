@@ -60,8 +60,6 @@ from . import _memory, calibration, plan
 from ._reflections import DENSE_WORKSPACE
 from .algorithms import _scaling
 
-KEEP_FACTOR = 2  # the dense H may hold up to this many times the reflections' entries ...
-KEEP_MIN = 1 << 16  # ... or this many entries, whichever is larger
 HOT_SIZES = 64  # column counts remembered per reflections for the hot path
 REPLAYS = 64  # products kept per reflections for replay (column count, side, pinned plan)
 largest = numpy.maximum.reduce  # the ufuncs' reductions themselves: no Python layer of ndarray.max/min
@@ -75,9 +73,7 @@ unscaled, the plan's algorithm ``module`` with its built ``form``, the ``transpo
 as a view), else ``None``."""
 
 
-def dense_fits(d, n):
-    """Whether the dense H ``(d, d)`` fits the memory budget of a kept form (module docstring). O(1)."""
-    return d * d <= max(KEEP_FACTOR * n * d, KEEP_MIN)
+dense_fits = plan.dense_fits  # the memory budget of a kept dense H (module docstring), per batch entry here
 
 
 def per_product(chosen, d, n, m, itemsize, backend, layout, mach):

@@ -76,7 +76,7 @@ an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 ``ormqr_call + 4 n (d - n/2) m / ormqr_rate`` (``ormqr_rate`` is ``None``
 where there is no LAPACK plan); ``block_rates`` ``((k, size, flop/s), ...)`` (or
 ``None``) the rates of the skinny GEMMs of a block of reflectors, ``(k x d) @
-(d x 32)`` for k = 8, 16, 32, 64 and d = 256..4096, by block size k and the
+(d x 32)`` for k = 8, 16, 32, 64 and d = 64..4096, by block size k and the
 size ``32 d`` of the operand each call streams (sorted by k, then size): a BLAS
 may run small products with other kernels (OpenBLAS: below about 1e6
 multiply-adds, at 1.3-1.6x the rate of the packed kernels above), and each

@@ -13,6 +13,7 @@ After changing ``vectors`` in place (an optimizer step), call
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Tuple
 
 import numpy
@@ -562,6 +563,10 @@ class HouseholderProduct(Operator):
         >>> H.plan_for(32)
         Plan(algorithm='cwy', block_size=16, store_inputs=...)
         """
+        if not isinstance(differentiable, (bool, numpy.bool_)):
+            raise TypeError(
+                "differentiable must be a bool, got {!r} ({})".format(differentiable, type(differentiable).__name__)
+            )
         dtype = numpy_dtype(dtype or self.dtype)
         if _complex.is_complex(dtype) and not self._unitary:
             m *= 2
@@ -595,7 +600,8 @@ class HouseholderProduct(Operator):
             self.block_size,
             core.layout_for(differentiable),
             core.lapack_ready(differentiable),
-            differentiable,
+            bool(differentiable),
+            max(math.prod(core.shape[:-2]), 1),  # the matrices one call builds and applies (none: as one)
         )
 
     def _plan_backend(self):

@@ -43,7 +43,7 @@ from collections import namedtuple
 
 import numpy
 
-from . import calibration
+from . import _memory, calibration
 from ._gpu.primitives import KERNEL_INVERSE_MAX_K
 
 Plan = namedtuple("Plan", "algorithm block_size store_inputs apply", defaults=("steps",))
@@ -115,6 +115,15 @@ STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 # k = 64 at d = 128, measured 1.94x sormqr against 1.86x for k = 32).
 DIRECT_BLOCK = 16
 DIRECT_OVERHEAD = (3.0, 5.0, 1.0)
+# NumPy, full layout: what a fresh dense H costs beyond the calls counted for dense.build (the
+# identity it is written into, the d x d GEMMs with k = d outside the measured block rates, the
+# memory check, the form): (launches, passes over the d x d matrix). Fitted to fresh products
+# timed against fresh cwy products (session 12, single-threaded OpenBLAS, interleaved, d = 16..128,
+# m = 1, 2, 32, float32 and float64): without it the model put the dense H's first call at 1.00x
+# cwy's at d = 16 (measured 1.15x), 0.98x at d = 64, m = 2, float64 (1.22x), 1.07x at d = 96, m = 32
+# (1.25x), so the slack of the objective (FRESH_SLACK) took the dense H where its first call cost
+# 1.2-1.35x; the measured excess, 5.5-23 us, is about 7 launches and 16 passes over d^2 entries.
+DENSE_BUILD_OVERHEAD = (7.0, 16.0)
 
 
 def _block_gemm(mach, p, q, r, itemsize):
@@ -181,16 +190,17 @@ def _volume_rate(rates, volume):
     return rates[-1][1]
 
 
-def _direct_build(mach, d, n, k, itemsize, m=2):
-    """cwy's build on NumPy in the full layout for products of ``m`` columns: per block one Gram
-    ``?gemm``, ``S = G * W``, and one ``?trtri`` unless m = 1 (one column solves with S instead)."""
+def _direct_build(mach, d, n, k, itemsize, inverses):
+    """cwy's build on NumPy in the full layout: per block one Gram ``?gemm``, ``S = G * W``, and with
+    ``inverses`` one ``?trtri`` (T = S^-1; a product of one column, or the dense H of one block,
+    solves with S instead and builds no T)."""
     nb = -(-n // k)
     if mach.gram_rates:  # the Gram matrix's own call, measured whole (``?gemm`` of (k x d) by its transpose)
         gram = 2.0 * k * k * d / (_block_rate(mach.gram_rates, k, d) * (4 / itemsize))
     else:
         gram = _block_gemm(mach, k, d, k, itemsize)
     per_block = gram + mach.launch * (1 + DIRECT_OVERHEAD[0])
-    return nb * per_block + (_triangular_inverse(mach, k, nb, itemsize) if m != 1 else 0.0)
+    return nb * per_block + (_triangular_inverse(mach, k, nb, itemsize) if inverses else 0.0)
 
 
 def _direct_step(mach, d, m, k, itemsize):
@@ -259,16 +269,18 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
         return build + nb * step
     if algorithm in ("cwy", "dense") and layout == "full" and backend == "numpy" and mach.trtri_rate is not None:
         if algorithm == "cwy":
-            return (0.0 if built else _direct_build(mach, d, n, k, itemsize, m)) + nb * _direct_step(
+            return (0.0 if built else _direct_build(mach, d, n, k, itemsize, m != 1)) + nb * _direct_step(
                 mach, d, m, k, itemsize
             )
         if built:
-            build = 0.0
-        elif nb == 1:  # dense.build's one block: H = I - V^T (S^-1 V), one ?trsm and one ?gemm, no T (as m = 1)
+            return _gemm(mach, d, d, m, itemsize)
+        # what dense.build does beyond its counted calls (DENSE_BUILD_OVERHEAD)
+        build = mach.launch * DENSE_BUILD_OVERHEAD[0] + _pass(mach, DENSE_BUILD_OVERHEAD[1] * d * d, itemsize, 0)
+        if nb == 1:  # dense.build's one block: H = I - V^T (S^-1 V), one ?trsm and one ?gemm, no T (as m = 1)
             solve = mach.lapack_call + _gemm(mach, k, k, d, itemsize)
-            build = _direct_build(mach, d, n, k, itemsize, 1) + solve + _block_gemm(mach, d, k, d, itemsize)
+            build += _direct_build(mach, d, n, k, itemsize, False) + solve + _block_gemm(mach, d, k, d, itemsize)
         else:
-            build = _direct_build(mach, d, n, k, itemsize) + nb * _direct_step(mach, d, d, k, itemsize)
+            build += _direct_build(mach, d, n, k, itemsize, True) + nb * _direct_step(mach, d, d, k, itemsize)
         return build + _gemm(mach, d, d, m, itemsize)
     # raw vectors: no normalization pass; one Gram GEMM per block, S = G * W in one pass
     structured = layout != "full"
@@ -338,21 +350,32 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
 # fastest's, the one fastest once its form is built (ties: the faster fresh). A plan is a function
 # of the shapes and the calibration, never of what is cached, so one plan serves an H used once and
 # an H used a thousand times: this bounds the first's loss (predicted) by 15% and gives the second
-# the fastest per-product algorithm within that bound. The bound is on the whole call, whose layers
-# outside the plan predict() leaves out (the constructor's validation, the plan and form lookups,
-# X's check, the layers between @ and the algorithm): CALL_LAUNCHES array calls' worth of the
-# machine's measured ``launch`` (the layers are Python, which runs as fast as the array calls'
-# dispatch does), the low end of what they measured on the session-12 machine (fresh time minus
-# predict() of its plan: 34-42 us at d = 16..256 for m = 1, 35-56 us for m = 32, with a measured
-# launch of 0.6 us: about 50 launches). Block sizes keep their fresh optimum: within one
+# the fastest per-product algorithm within that bound. The bound is on the whole call: its B
+# matrices (a batch: each built and applied once, B times a matrix's prediction) and its layers
+# outside the plan, which predict() leaves out and which are paid once a call (the constructor's
+# validation, the plan and form lookups, X's check, the layers between @ and the algorithm):
+# CALL_LAUNCHES array calls' worth of the machine's measured ``launch`` (the layers are Python,
+# which runs as fast as the array calls' dispatch does), the low end of what they measured on the
+# session-12 machine (fresh time minus predict() of its plan: 34-42 us at d = 16..256 for m = 1,
+# 35-56 us for m = 32, with a measured launch of 0.6 us: about 50 launches). Without the batch
+# (session 12, reviewed) the slack of one call's layers went to each of 20000 matrices: V (20000,
+# 8, 64) with one column ran the dense H, 0.07 -> 0.50 s and 198 MB -> 1.6 GB. The dense H is also
+# raced only within its memory budget (dense_fits: B d^2 entries at most twice the reflections' B n
+# d, or 256 KiB of float32) and, on NumPy, the machine's memory (V (400000, 2, 64) raised
+# MemoryError naming algorithm="dense"). Block sizes keep their fresh optimum: within one
 # algorithm they trade a few percent fresh for a few percent cached, inside the model's error (at
 # d = 128, m = 1, k = 64 predicted 1.02x k = 32's fresh call measured 1.12-1.16x, for cached products
-# 16% faster), where the dense H is 2-2.5x faster once built than compact WY at d <= 64 (measured
-# there, float32, one thread, interleaved: fresh calls 0.95-1.13x at d = 16, 32 and 1.10-1.19x at
-# d = 64, m = 32). Where LAPACK's ormqr can run the product (from_lapack), the race with LAPACK is
-# on its own factorization, made for this product: the fastest fresh plan runs, as with a gradient.
-# So it does on the other backends, whose constants were not measured against this objective (the
-# CuPy ones are unchecked H100 figures; on them it would take the dense H up to d = 256 and more).
+# 16% faster). Measured on the session-12 machine (one thread, interleaved, 7 rounds, load ~2;
+# first call of "auto" over the same call pinned to compact WY at its fresh block size), where this
+# takes the dense H (float32: d = 16, and d = 32..80 for m >= 2; float64: d = 16..48 for m >= 2 and
+# d = 64, 80 for m = 32): 1.16x (d = 16, m = 1, f32: on the bound), 1.02x (16, m = 2, f64), 1.04x
+# (32, m = 2, f32), 1.02x (48, m = 2, f64), 1.10x (64, m = 2, f32), 1.09x (64, m = 32, f64), 1.10x (80,
+# m = 2, f32), 1.06x (80, m = 32, f32), predicted 1.03-1.14x (see DENSE_BUILD_OVERHEAD, without which
+# the dense H ran at 1.2-1.36x up to d = 96). Where LAPACK's ormqr can run the product
+# (from_lapack), the race with LAPACK is on its own factorization, made for this product: the
+# fastest fresh plan runs, as with a gradient. So it does on the other backends, whose constants
+# were not measured against this objective (the CuPy ones are unchecked H100 figures; on them it
+# would take the dense H up to d = 256 and more).
 FRESH_SLACK = 0.15
 CALL_LAUNCHES = 50
 
@@ -363,14 +386,30 @@ def call_seconds(mach):
 
 
 def choose(
-    d, n, m, dtype, backend="numpy", algorithm="auto", block_size=None, layout="full", lapack=False, gradient=False
+    d,
+    n,
+    m,
+    dtype,
+    backend="numpy",
+    algorithm="auto",
+    block_size=None,
+    layout="full",
+    lapack=False,
+    gradient=False,
+    batch=1,
 ):
     """The :class:`Plan` for ``H @ X`` by the cost model: each algorithm at its fastest fresh block
-    size, and of those whose fresh call (build included, and :func:`call_seconds` of layers) costs at
-    most ``1 + FRESH_SLACK`` times the fastest's, the one fastest once built (a product with a
-    ``gradient``, whose reflections change at the next step, one LAPACK's ``?ormqr`` can run, or
-    one on another backend than NumPy: the fastest fresh; with a gradient ``"auto"`` does not race
-    the dense H, whose backward costs O(n d^2)).
+    size, and of those whose fresh call (``batch`` products of one matrix each, build included, and
+    :func:`call_seconds` of layers once) costs at most ``1 + FRESH_SLACK`` times the fastest's, the
+    one fastest once built (a product with a ``gradient``, whose reflections change at the next
+    step, one LAPACK's ``?ormqr`` can run, or one on another backend than NumPy: the fastest fresh;
+    with a gradient ``"auto"`` does not race the dense H, whose backward costs O(n d^2)).
+
+    ``batch`` is the number of matrices (H's batch entries, each built and applied once by the
+    call): the layers' cost is per call while the predictions are per matrix, so a large batch
+    leaves the slack to the matrices alone. ``"auto"`` races the dense H only where ``batch``
+    matrices of d x d entries fit :func:`dense_fits`'s budget and, on NumPy, the machine's memory
+    with the dense build's workspace (:data:`cuhouse._memory.DENSE_WORKSPACE`).
 
     ``algorithm`` and ``block_size`` pin what the caller fixed; ``layout`` is
     the reflections' (see :mod:`cuhouse.algorithms._layout`); ``lapack`` says
@@ -382,15 +421,43 @@ def choose(
     H and X always run the same plan (and give the same bits) for a given
     calibration. Memoized: a dictionary lookup after the first call.
     """
+    if not isinstance(gradient, (bool, numpy.bool_)):
+        raise TypeError("gradient must be a bool, got {!r} ({})".format(gradient, type(gradient).__name__))
+    if isinstance(batch, (bool, numpy.bool_)) or not isinstance(batch, (int, numpy.integer)):
+        raise TypeError("batch must be an int, got {!r} ({})".format(batch, type(batch).__name__))
+    if batch < 1:
+        raise ValueError("batch must be at least 1 (the number of matrices), got {}".format(batch))
     mach = calibration.machine(backend)
     itemsize = numpy.dtype(dtype).itemsize
-    return _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, bool(gradient), mach)
+    return _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, bool(gradient), mach, int(batch))
+
+
+# The dense H's memory budget in "auto" (and for a form kept by prepare_reuse, cuhouse._reuse): its
+# batch * d * d entries at most KEEP_FACTOR times the reflections' batch * n * d, or KEEP_MIN
+# entries (256 KiB of float32) in all, whichever is larger.
+KEEP_FACTOR = 2
+KEEP_MIN = 1 << 16
+
+
+def dense_fits(d, n, batch=1):
+    """Whether ``batch`` dense matrices H ``(d, d)`` fit the memory budget of a dense form
+    (``KEEP_FACTOR``, ``KEEP_MIN``) for ``batch`` sets of ``n`` reflections of length ``d``. O(1)."""
+    return batch * d * d <= max(KEEP_FACTOR * batch * n * d, KEEP_MIN)
+
+
+def _dense_allowed(d, n, itemsize, backend, batch):
+    """Whether ``"auto"`` may race the dense H: :func:`dense_fits`, and on NumPy the ``batch`` matrices
+    with the dense build's workspace fit this machine's memory (:func:`cuhouse._memory.host_fits`)."""
+    if not dense_fits(d, n, batch):
+        return False
+    return backend != "numpy" or _memory.host_fits(_memory.DENSE_WORKSPACE * batch * d * d * itemsize)
 
 
 @functools.lru_cache(maxsize=4096)
-def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, gradient, mach):
+def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, gradient, mach, batch=1):
     names = AUTO_CANDIDATES if algorithm == "auto" else (algorithm,)
-    if algorithm == "auto" and gradient:  # the dense H's backward, O(n d^2), is not priced: not raced
+    if algorithm == "auto" and (gradient or not _dense_allowed(d, n, itemsize, backend, batch)):
+        # the dense H's backward, O(n d^2), is not priced; its memory is over the budget: not raced
         names = tuple(name for name in names if name != "dense")
     if algorithm == "auto" and lapack and layout == "unit" and mach.ormqr_rate is not None:
         names += (LAPACK_PLAN,)
@@ -409,12 +476,13 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
             found.append((fresh, built, name, k))
     fastest = min(f[0] for f in found)
     layers = call_seconds(mach)
-    bound = fastest if fresh_only else (1.0 + FRESH_SLACK) * (fastest + layers) - layers
+    # the whole call: batch matrices, the layers once
+    bound = batch * fastest if fresh_only else (1.0 + FRESH_SLACK) * (batch * fastest + layers) - layers
     own = {}  # each algorithm at its fastest fresh block size (the first such)
     for f in found:
         if f[2] not in own or f[0] < own[f[2]][0]:
             own[f[2]] = f
-    _, _, name, k = min((f for f in own.values() if f[0] <= bound), key=lambda f: (f[1], f[0]))
+    _, _, name, k = min((f for f in own.values() if batch * f[0] <= bound), key=lambda f: (f[1], f[0]))
     store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend, mach)
     mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach) if name == "cwy" else "steps"
     return Plan(name, k, store, mode)
@@ -422,7 +490,7 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
 
 def _per_product(name, d, n, m, k, itemsize, backend, layout, mach):
     """Predicted seconds of one product by plan ``name`` at block size ``k`` once its form is built (a
-    cwy form in its fastest apply mode, :func:`apply_mode`)."""
+    cwy form in its fastest apply mode, :func:`apply_mode`). Cost: O(1) (a few :func:`predict` calls)."""
     if name == "cwy":
         mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach)
         return predict_apply(mode, d, n, m, k, itemsize, backend, layout, mach)

@@ -171,3 +171,19 @@ def test_gram_gemm_refuses_an_output_it_cannot_write_in_place():
     for out in (numpy.empty((3, 3), dtype=numpy.float32, order="F"), numpy.empty((3, 3), dtype=numpy.float64)):
         with pytest.raises(ValueError, match="gram_gemm needs a C-contiguous out of the rows' dtype"):
             _gemm.gram_gemm(rows, out=out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_column_writes_back_into_a_strided_output(dtype):
+    """``_apply_numpy_column`` on a strided ``out`` ``(d, 1)`` (a column of a wider array): ``?gemv`` copies
+    the column it cannot write in place, and the result is written back (as ``subtract_gemm`` does)."""
+    rng = numpy.random.default_rng(8)
+    y = rng.standard_normal((11, 16)).astype(dtype)
+    dense = dense_reference(y.astype(numpy.float64))
+    form = cwy.build(y, 4, numpy)
+    wide = rng.standard_normal((16, 3)).astype(dtype)
+    x = wide[:, :1].astype(numpy.float64)
+    out = wide[:, :1]
+    assert not out[:, 0].flags.contiguous
+    assert cwy._apply_numpy_column(form, out, False) is out
+    numpy.testing.assert_allclose(wide[:, :1], dense @ x, rtol=0, atol=_tolerance(dtype) * 10)

@@ -115,6 +115,14 @@ def blas_trsv(dtype):
     return blas.strsv if dtype == numpy.float32 else blas.dtrsv
 
 
+@functools.lru_cache(maxsize=None)
+def blas_trsm(dtype):
+    """SciPy's ``?trsm`` for a real ``dtype`` of :data:`BLAS_DTYPES`, looked up once."""
+    from scipy.linalg import blas
+
+    return blas.strsm if dtype == numpy.float32 else blas.dtrsm
+
+
 def _fortran(a):
     """``(array, trans)``: ``a`` as a Fortran-ordered matrix and the BLAS flag that gives ``a`` back
     (``a`` itself if it is Fortran-ordered, else its transpose with ``trans = 1``)."""
