@@ -555,6 +555,11 @@ class HouseholderProduct(Operator):
             these arguments on one machine (the cost model's constants are
             measured once per machine) and :meth:`prepare_reuse`.
 
+        Raises
+        ------
+        TypeError
+            ``differentiable`` is not a bool.
+
         Examples
         --------
         >>> import numpy as np
