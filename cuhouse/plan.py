@@ -368,7 +368,7 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
 # 16% faster). Measured on the session-12 machine (one thread, interleaved, 7 rounds, load ~2;
 # first call of "auto" over the same call pinned to compact WY at its fresh block size), where this
 # takes the dense H (float32: d = 16, and d = 32..80 for m >= 2; float64: d = 16..48 for m >= 2 and
-# d = 64, 80 for m = 32): 1.16x (d = 16, m = 1, f32: on the bound), 1.02x (16, m = 2, f64), 1.04x
+# d = 64, 80 for m = 32): 1.12-1.16x (d = 16, m = 1, f32: on the bound), 1.02x (16, m = 2, f64), 1.04x
 # (32, m = 2, f32), 1.02x (48, m = 2, f64), 1.10x (64, m = 2, f32), 1.09x (64, m = 32, f64), 1.10x (80,
 # m = 2, f32), 1.06x (80, m = 32, f32), predicted 1.03-1.14x (see DENSE_BUILD_OVERHEAD, without which
 # the dense H ran at 1.2-1.36x up to d = 96). Where LAPACK's ormqr can run the product
