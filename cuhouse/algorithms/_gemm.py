@@ -92,35 +92,12 @@ def gram(block, xp):
 
 
 @functools.lru_cache(maxsize=None)
-def blas_gemm(dtype):
-    """SciPy's ``?gemm`` for a real ``dtype`` of :data:`BLAS_DTYPES`, looked up once."""
-    from scipy.linalg import blas
+def blas(routine, dtype):
+    """SciPy's BLAS ``routine`` ("gemm", "gemv", "trsv", "trsm") for a real ``dtype`` of
+    :data:`BLAS_DTYPES` (``?gemm``: ``sgemm`` or ``dgemm``), looked up once."""
+    from scipy.linalg import blas as scipy_blas
 
-    return blas.sgemm if dtype == numpy.float32 else blas.dgemm
-
-
-@functools.lru_cache(maxsize=None)
-def blas_gemv(dtype):
-    """SciPy's ``?gemv`` for a real ``dtype`` of :data:`BLAS_DTYPES`, looked up once."""
-    from scipy.linalg import blas
-
-    return blas.sgemv if dtype == numpy.float32 else blas.dgemv
-
-
-@functools.lru_cache(maxsize=None)
-def blas_trsv(dtype):
-    """SciPy's ``?trsv`` for a real ``dtype`` of :data:`BLAS_DTYPES`, looked up once."""
-    from scipy.linalg import blas
-
-    return blas.strsv if dtype == numpy.float32 else blas.dtrsv
-
-
-@functools.lru_cache(maxsize=None)
-def blas_trsm(dtype):
-    """SciPy's ``?trsm`` for a real ``dtype`` of :data:`BLAS_DTYPES`, looked up once."""
-    from scipy.linalg import blas
-
-    return blas.strsm if dtype == numpy.float32 else blas.dtrsm
+    return getattr(scipy_blas, ("s" if dtype == numpy.float32 else "d") + routine)
 
 
 def _fortran(a):
@@ -134,7 +111,7 @@ def gram_gemm(rows, out=None):
     C-ordered ``out`` if given (BLAS writes through its transpose, a Fortran-ordered view: entry
     ``(i, j)`` is computed as ``(j, i)``, the same number up to rounding). O(k^2 d)."""
     a, trans = _fortran(rows)
-    gemm = blas_gemm(rows.dtype)
+    gemm = blas("gemm", rows.dtype)
     if out is None:
         return gemm(1.0, a, a, 0.0, None, trans, 1 - trans)
     c = out.T
@@ -152,6 +129,6 @@ def subtract_gemm(rows, u, out):
         (a, trans_a), (b, trans_b), c = _fortran(rows.T), _fortran(u), out
     else:  # out^T = out^T - u^T rows, out^T column-major
         (a, trans_a), (b, trans_b), c = _fortran(u.T), _fortran(rows), out.T
-    result = blas_gemm(out.dtype)(-1.0, a, b, 1.0, c, trans_a, trans_b, 1)  # beta = 1, overwrite_c (positional)
+    result = blas("gemm", out.dtype)(-1.0, a, b, 1.0, c, trans_a, trans_b, 1)  # beta = 1, overwrite_c (positional)
     if result is not c:  # the wrapper copied a non-contiguous c
         c[...] = result

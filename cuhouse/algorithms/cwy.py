@@ -245,7 +245,7 @@ def _apply_numpy_column(f, out, transpose):
     Returns ``out``. Cost: ``4 n d + n k`` flops (``n`` reflections in blocks of ``k``) in three BLAS
     calls a block; no allocation beyond ``z`` ``(k,)`` a block."""
     column = out[:, 0]  # contiguous in either memory order: ?gemv (overwrite_y) writes it in place
-    trsv, gemv = _gemm.blas_trsv(out.dtype), _gemm.blas_gemv(out.dtype)
+    trsv, gemv = _gemm.blas("trsv", out.dtype), _gemm.blas("gemv", out.dtype)
     trans = 0 if transpose else 1  # S^T (lower, Fortran-ordered) as stored: trans = 1 solves with S
     k = f.s.shape[-1]
     for j in application_order(len(f.blocks), transpose):

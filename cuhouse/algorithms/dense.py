@@ -53,7 +53,7 @@ def _solved(s, rows):
     on the rows' transpose from the right (``X S^T = V^T``), which a row-major ``rows`` and ``s``
     give as column-major views (no copy; ``s^T`` is lower triangular). O(k^2 d)."""
     # positional: (alpha, a, b, side, lower); keywords cost 0.3 us a call
-    return _gemm.blas_trsm(rows.dtype)(1.0, s.T, rows.T, 1, 1).T
+    return _gemm.blas("trsm", rows.dtype)(1.0, s.T, rows.T, 1, 1).T
 
 
 def apply(f, x, transpose, xp):
