@@ -345,37 +345,19 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
     return min(modes, key=lambda mode: predict_apply(mode, d, n, m, block_size, itemsize, backend, layout, machine))
 
 
-# The objective of a product without gradient: each algorithm at its fastest fresh block size;
-# among those whose predicted fresh call (build included) costs at most (1 + FRESH_SLACK) times the
-# fastest's, the one fastest once its form is built (ties: the faster fresh). A plan is a function
-# of the shapes and the calibration, never of what is cached, so one plan serves an H used once and
-# an H used a thousand times: this bounds the first's loss (predicted) by 15% and gives the second
-# the fastest per-product algorithm within that bound. The bound is on the whole call: its B
-# matrices (a batch: each built and applied once, B times a matrix's prediction) and its layers
-# outside the plan, which predict() leaves out and which are paid once a call (the constructor's
-# validation, the plan and form lookups, X's check, the layers between @ and the algorithm):
-# CALL_LAUNCHES array calls' worth of the machine's measured ``launch`` (the layers are Python,
-# which runs as fast as the array calls' dispatch does), the low end of what they measured on the
-# session-12 machine (fresh time minus predict() of its plan: 34-42 us at d = 16..256 for m = 1,
-# 35-56 us for m = 32, with a measured launch of 0.6 us: about 50 launches). Without the batch
-# (session 12, reviewed) the slack of one call's layers went to each of 20000 matrices: V (20000,
-# 8, 64) with one column ran the dense H, 0.07 -> 0.50 s and 198 MB -> 1.6 GB. The dense H is also
-# raced only within its memory budget (dense_fits: B d^2 entries at most twice the reflections' B n
-# d, or 256 KiB of float32) and, on NumPy, the machine's memory (V (400000, 2, 64) raised
-# MemoryError naming algorithm="dense"). Block sizes keep their fresh optimum: within one
-# algorithm they trade a few percent fresh for a few percent cached, inside the model's error (at
-# d = 128, m = 1, k = 64 predicted 1.02x k = 32's fresh call measured 1.12-1.16x, for cached products
-# 16% faster). Measured on the session-12 machine (one thread, interleaved, 7 rounds, load ~2;
-# first call of "auto" over the same call pinned to compact WY at its fresh block size), where this
-# takes the dense H (float32: d = 16, and d = 32..80 for m >= 2; float64: d = 16..48 for m >= 2 and
-# d = 64, 80 for m = 32): 1.12-1.16x (d = 16, m = 1, f32: on the bound), 1.02x (16, m = 2, f64), 1.04x
-# (32, m = 2, f32), 1.02x (48, m = 2, f64), 1.10x (64, m = 2, f32), 1.09x (64, m = 32, f64), 1.10x (80,
-# m = 2, f32), 1.06x (80, m = 32, f32), predicted 1.03-1.14x (see DENSE_BUILD_OVERHEAD, without which
-# the dense H ran at 1.2-1.36x up to d = 96). Where LAPACK's ormqr can run the product
-# (from_lapack), the race with LAPACK is on its own factorization, made for this product: the
-# fastest fresh plan runs, as with a gradient. So it does on the other backends, whose constants
-# were not measured against this objective (the CuPy ones are unchecked H100 figures; on them it
-# would take the dense H up to d = 256 and more).
+# The objective of a product without gradient (docs/design.rst, "The objective", has the measured
+# figures): each algorithm at its fastest fresh block size; among those whose predicted fresh call
+# costs at most (1 + FRESH_SLACK) times the fastest's, the one fastest once its form is built (ties:
+# the faster fresh). A plan is a function of the shapes and the calibration, never of what is
+# cached, so one plan serves an H used once (it loses at most the slack, as predicted) and an H used
+# a thousand times. The call is the batch's B matrices (each built and applied once) plus the layers
+# outside the plan that predict() leaves out, paid once a call (validation, lookups, X's check):
+# CALL_LAUNCHES times the machine's measured array-call cost (``launch``; 50 x 0.6 us against the
+# 34-56 us measured on the session-12 machine). The dense H is raced only within its memory budget
+# (dense_fits) and the machine's memory. Block sizes keep their fresh optimum (within one algorithm
+# the trade is inside the model's error). A gradient, LAPACK's ormqr (from_lapack: the race is on
+# LAPACK's own factorization) and backends other than NumPy (their constants were not measured
+# against this objective) take the fastest fresh plan.
 FRESH_SLACK = 0.15
 CALL_LAUNCHES = 50
 
