@@ -28,9 +28,6 @@ from ._backend import (
 from ._gpu import primitives
 from .algorithms import PLANS, _layout, _normalize, _scaling
 
-DENSE_WORKSPACE = _memory.DENSE_WORKSPACE  # the dense plan's peak memory in d x d results (see there)
-
-
 Segment = namedtuple("Segment", "param transpose k identity conjugate phase", defaults=(False, None))
 Segment.__doc__ = """Where a run of reflections comes from: leaf number ``param`` of ``params``, its rows
 in reverse order (``transpose``: the adjoint of the run) or not; ``k`` is ``None`` for a vectors
@@ -335,7 +332,7 @@ class Reflections(_Cached):
             if chosen.algorithm == "dense":
                 d = self.shape[-1]
                 _memory.dense_memory(
-                    self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, DENSE_WORKSPACE, self.device
+                    self.shape[:-2] + (d, d), dtype, 'algorithm="dense"', xp, _memory.DENSE_WORKSPACE, self.device
                 )
             if not self.native:  # rows scaled into range without a host synchronization; no column limits
                 form, scale = _generic.form(self, chosen.algorithm, chosen.block_size or 1, dtype)

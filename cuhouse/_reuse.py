@@ -57,7 +57,6 @@ from collections import namedtuple
 import numpy
 
 from . import _memory, calibration, plan
-from ._reflections import DENSE_WORKSPACE
 from .algorithms import _scaling
 
 HOT_SIZES = 64  # column counts remembered per reflections for the hot path
@@ -73,16 +72,6 @@ unscaled, the plan's algorithm ``module`` with its built ``form``, the ``transpo
 as a view), else ``None``."""
 
 
-dense_fits = plan.dense_fits  # the memory budget of a kept dense H (module docstring), per batch entry here
-
-
-def per_product(chosen, d, n, m, itemsize, backend, layout, mach):
-    """Predicted seconds of one product by ``chosen`` (a :class:`cuhouse.plan.Plan`) with its form built."""
-    if chosen.algorithm == "cwy":
-        return plan.predict_apply(chosen.apply, d, n, m, chosen.block_size, itemsize, backend, layout, mach)
-    return plan.predict(chosen.algorithm, d, n, m, chosen.block_size or 1, itemsize, backend, True, layout, mach)
-
-
 @functools.lru_cache(maxsize=4096)
 def kept(fresh, d, n, m, itemsize, backend, layout, mach):
     """The plans a product of reused reflections may run for X ``(d, m)`` and ``n`` reflections, fastest
@@ -91,15 +80,19 @@ def kept(fresh, d, n, m, itemsize, backend, layout, mach):
 
     Candidates: ``fresh``, compact WY at every block size (in the backend's
     best apply mode, see :func:`cuhouse.plan.apply_mode`), and the dense H
-    when :func:`dense_fits` (built with the block size that builds it
+    when :func:`cuhouse.plan.dense_fits` (built with the block size that builds it
     fastest). Memoized: O(1) after the first call.
     """
-    found = {fresh: per_product(fresh, d, n, m, itemsize, backend, layout, mach)}
+    found = {
+        fresh: plan.per_product(
+            fresh.algorithm, d, n, m, fresh.block_size, itemsize, backend, layout, mach, fresh.apply
+        )
+    }
     for k in sorted({min(k, n) for k in plan.BLOCK_SIZES}):
         mode = plan.apply_mode(d, n, m, k, itemsize, backend, layout, mach)
         chosen = plan.Plan("cwy", k, fresh.store_inputs, mode)
-        found.setdefault(chosen, per_product(chosen, d, n, m, itemsize, backend, layout, mach))
-    if dense_fits(d, n):
+        found.setdefault(chosen, plan.per_product("cwy", d, n, m, k, itemsize, backend, layout, mach, mode))
+    if plan.dense_fits(d, n):
         builds = {
             min(k, n): plan.predict("dense", d, n, m, k, itemsize, backend, False, layout, mach)
             for k in plan.BLOCK_SIZES
@@ -127,7 +120,7 @@ def _dense_memory_fits(core, d, dtype):
     """Whether the dense H and its build's workspace fit the machine's memory (no error: the next
     plan is then kept instead)."""
     try:
-        _memory.dense_memory(core.shape[:-2] + (d, d), dtype, "the kept dense H", core.xp, DENSE_WORKSPACE)
+        _memory.dense_memory(core.shape[:-2] + (d, d), dtype, "the kept dense H", core.xp, _memory.DENSE_WORKSPACE)
     except MemoryError:
         return False
     return True

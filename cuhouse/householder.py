@@ -18,7 +18,7 @@ from typing import Any, Optional, Tuple
 
 import numpy
 
-from . import _complex, _generic, _geqrf, _reuse, _small, _validate, plan
+from . import _complex, _generic, _geqrf, _memory, _reuse, _small, _validate, plan
 from ._backend import (
     array_module,
     astype,
@@ -33,7 +33,7 @@ from ._backend import (
 )
 from ._gpu import primitives
 from ._operator import Operator
-from ._reflections import DENSE_WORKSPACE, ComplexReflections, Reflections, Segment
+from ._reflections import ComplexReflections, Reflections, Segment
 from ._shapes import batch_shape, reduce_to_shape
 from ._typing import Array
 from .algorithms import ALGORITHMS, PLANS, _layout, _scaling, portable
@@ -90,7 +90,7 @@ class HouseholderProduct(Operator):
     """
 
     _NAME = "H"
-    _TODENSE_WORKSPACE = DENSE_WORKSPACE
+    _TODENSE_WORKSPACE = _memory.DENSE_WORKSPACE
 
     def __init__(
         self, vectors: Array, algorithm: str = "auto", block_size: Optional[int] = None, *, check_finite: bool = True

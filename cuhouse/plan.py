@@ -454,7 +454,7 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
             sizes = sorted({min(k, n) for k in BLOCK_SIZES})
         for k in sizes:
             fresh = predict(name, d, n, m, k or 1, itemsize, backend, layout=layout, machine=mach)
-            built = fresh if fresh_only else _per_product(name, d, n, m, k, itemsize, backend, layout, mach)
+            built = fresh if fresh_only else per_product(name, d, n, m, k, itemsize, backend, layout, mach)
             found.append((fresh, built, name, k))
     fastest = min(f[0] for f in found)
     layers = call_seconds(mach)
@@ -470,11 +470,12 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
     return Plan(name, k, store, mode)
 
 
-def _per_product(name, d, n, m, k, itemsize, backend, layout, mach):
+def per_product(name, d, n, m, k, itemsize, backend, layout, mach, mode=None):
     """Predicted seconds of one product by plan ``name`` at block size ``k`` once its form is built (a
-    cwy form in its fastest apply mode, :func:`apply_mode`). Cost: O(1) (a few :func:`predict` calls)."""
+    cwy form in apply ``mode``, by default its fastest, :func:`apply_mode`). Cost: O(1) (a few
+    :func:`predict` calls)."""
     if name == "cwy":
-        mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach)
+        mode = mode or apply_mode(d, n, m, k, itemsize, backend, layout, mach)
         return predict_apply(mode, d, n, m, k, itemsize, backend, layout, mach)
     return predict(name, d, n, m, k or 1, itemsize, backend, built=True, layout=layout, machine=mach)
 

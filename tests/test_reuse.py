@@ -185,14 +185,16 @@ def test_gradients_and_fresh_products_are_untouched():
 
 def test_the_dense_form_is_kept_only_within_its_memory_budget():
     mach = calibration.DEFAULTS["numpy"]
-    assert _reuse.dense_fits(256, 1) and _reuse.dense_fits(1024, 512) and not _reuse.dense_fits(1024, 511)
+    assert plan.dense_fits(256, 1) and plan.dense_fits(1024, 512) and not plan.dense_fits(1024, 511)
     for d, n in ((512, 16), (1024, 64)):
         fresh = plan.choose(d, n, 32, numpy.float32)
         ranked = _reuse.kept(fresh, d, n, 32, 4, "numpy", "full", mach)
         assert ranked[-1] == fresh and all(p.algorithm != "dense" for p in ranked)
     ranked = _reuse.kept(plan.choose(1024, 1024, 32, numpy.float32), 1024, 1024, 32, 4, "numpy", "full", mach)
     assert ranked[0].algorithm == "dense"
-    seconds = [_reuse.per_product(p, 1024, 1024, 32, 4, "numpy", "full", mach) for p in ranked]
+    seconds = [
+        plan.per_product(p.algorithm, 1024, 1024, 32, p.block_size, 4, "numpy", "full", mach, p.apply) for p in ranked
+    ]
     assert seconds == sorted(seconds)
     rng = numpy.random.default_rng(8)
     h = ch.HouseholderProduct(rng.standard_normal((4, 300))).prepare_reuse()  # 300^2 > max(2 * 4 * 300, 2^16)
