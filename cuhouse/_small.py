@@ -63,13 +63,21 @@ def vectors_reflections(vectors, check_finite):
     smallest, largest = _reuse.smallest(sumsq), _reuse.largest(sumsq)
     if not (smallest >= lo and largest <= hi):  # NaN fails both comparisons
         return None
-    core = Reflections("numpy", (vectors,), (Segment(0, False, None, None),), bool(check_finite), vectors.dtype)
-    core._norms = numpy.sqrt(sumsq)
-    core._safe = True
-    core._summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(smallest))
-    core._shape = (n, d)
+    summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(smallest))
+    core = Reflections(
+        "numpy",
+        (vectors,),
+        (Segment(0, False, None, None),),
+        bool(check_finite),
+        vectors.dtype,
+        numpy.sqrt(sumsq),
+        summary,
+    )
+    known = core._cache  # a new object: no other thread reads it yet
+    known["safe"] = True
+    known["shape"] = (n, d)
     if n > 1 and vectors[1, 0] != 0:
-        core._layout = _layout.FULL
+        known["layout"] = _layout.FULL
     return core
 
 
@@ -112,11 +120,13 @@ def lapack_reflections(a, tau, check_finite):
     largest = sumsq.max()
     if not largest <= _safe_range(a.dtype)[1]:
         return None
-    core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype)
-    core._norms = numpy.sqrt(sumsq)
-    core._safe = True
-    core._summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(sumsq.min()))
-    core._shape, core._layout = (k, rows), _layout.UNIT  # what the first product asks for, known here
+    summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(sumsq.min()))
+    core = Reflections(
+        "numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, numpy.sqrt(sumsq), summary
+    )
+    known = core._cache  # a new object: no other thread reads it yet
+    known["safe"] = True
+    known["shape"], known["layout"] = (k, rows), _layout.UNIT  # what the first product asks for, known here
     return core
 
 
