@@ -323,7 +323,12 @@ class Reflections(_Cached):
                 # all-zero rows (identity factors only) act as unit rows
                 v_max, v_min = summary.largest, summary.smallest
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            extra = {"norms": self.norms} if module is PLANS["ormqr"] else {}
+            extra = {}
+            if module is PLANS["ormqr"]:
+                extra["norms"] = self.norms
+            elif module is PLANS["sequential"] and scaled is None and identity is None and layout != _layout.UNIT:
+                if dtype == self.dtype:  # the norms of the rows the loop normalizes: the same bits, not again
+                    extra["norms"] = self.norms
             form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
             found = forms[key] = form, scaled, limits
         return found

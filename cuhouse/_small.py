@@ -37,10 +37,13 @@ from .algorithms.ormqr import squared_lengths
 
 
 @functools.lru_cache(maxsize=None)
-def _safe_range(dtype):
-    """``(lo, hi)``: sums of squares in this range are finite, nonzero and need no scaling."""
+def _bounds(dtype):
+    """``(lo, hi, tau_lo, tau_hi)``: sums of squares in ``[lo, hi]`` (``tiny/eps``, ``max*eps``) are
+    finite, nonzero and need no scaling; ``tau (1 + ||v||^2)`` in ``[tau_lo, tau_hi]`` (``2 -+ 3 tol``,
+    ``tol = 1e3 eps``) passes the tau check of this path. Python floats, memoized by dtype."""
     info = numpy.finfo(dtype)
-    return float(info.tiny / info.eps), float(info.max * info.eps)
+    tol = 3e3 * float(info.eps)
+    return float(info.tiny / info.eps), float(info.max * info.eps), 2 - tol, 2 + tol
 
 
 def vectors_reflections(vectors, check_finite):
@@ -50,35 +53,36 @@ def vectors_reflections(vectors, check_finite):
     Takes a float32/float64 NumPy matrix ``(n, d)``, 1 <= n <= d, whose rows'
     sums of squares all lie in ``[tiny/eps, max*eps]`` (finite, nonzero, no
     scaling needed: one pass and two reductions over n values say it all).
-    The norms, their summary and the safety are cached on the result; a row 1
-    nonzero in entry 0 settles the layout (full) at once.
+    The norms, their summary and the safety are cached on the result; the
+    layout is settled at once when there is one row (trapezoidal) or row 1 is
+    nonzero in entry 0 (full); see :meth:`~cuhouse._reflections.Reflections.layout`.
     """
-    if type(vectors) is not numpy.ndarray or vectors.ndim != 2 or vectors.dtype not in BLAS_DTYPES:
+    if type(vectors) is not numpy.ndarray or vectors.ndim != 2:
+        return None
+    dtype = vectors.dtype
+    if dtype not in BLAS_DTYPES:
         return None
     n, d = vectors.shape
     if not 1 <= n <= d:
         return None
     sumsq = numpy.einsum("ij,ij->i", vectors, vectors)
-    lo, hi = _safe_range(vectors.dtype)
+    lo, hi = _bounds(dtype)[:2]
     smallest, largest = _reuse.smallest(sumsq), _reuse.largest(sumsq)
     if not (smallest >= lo and largest <= hi):  # NaN fails both comparisons
         return None
     summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(smallest))
-    core = Reflections(
-        "numpy",
-        (vectors,),
-        (Segment(0, False, None, None),),
-        bool(check_finite),
-        vectors.dtype,
-        numpy.sqrt(sumsq),
-        summary,
-    )
+    core = Reflections("numpy", (vectors,), _ONE_LEAF, bool(check_finite), dtype, numpy.sqrt(sumsq), summary)
     known = core._cache  # a new object: no other thread reads it yet
     known["safe"] = True
     known["shape"] = (n, d)
-    if n > 1 and vectors[1, 0] != 0:
+    if n == 1:  # one row is zero in its first 0 entries: trapezoidal, as the detection would find
+        known["layout"] = _layout.TRAPEZOIDAL
+    elif vectors[1, 0] != 0:
         known["layout"] = _layout.FULL
     return core
+
+
+_ONE_LEAF = (Segment(0, False, None, None),)  # the segments of one vectors leaf
 
 
 def lapack_reflections(a, tau, check_finite):
@@ -89,16 +93,12 @@ def lapack_reflections(a, tau, check_finite):
     1 <= k <= min(M, N), every ``tau`` 0 (an identity factor) or equal to
     ``2 / (1 + ||v||^2)`` within a tolerance tighter than the general check's,
     and norms (their implicit 1 included) in the safe range. Cost: one pass
-    over the reflectors' stored entries and about six calls over k values.
+    over the reflectors' stored entries and about eight calls over k values.
     """
-    if (
-        type(a) is not numpy.ndarray
-        or type(tau) is not numpy.ndarray
-        or a.ndim != 2
-        or tau.ndim != 1
-        or a.dtype not in BLAS_DTYPES
-        or tau.dtype != a.dtype
-    ):
+    if type(a) is not numpy.ndarray or type(tau) is not numpy.ndarray or a.ndim != 2 or tau.ndim != 1:
+        return None
+    dtype = a.dtype
+    if dtype not in BLAS_DTYPES or tau.dtype != dtype:
         return None
     rows, cols = a.shape
     k = tau.shape[0]
@@ -108,32 +108,24 @@ def lapack_reflections(a, tau, check_finite):
     # |tau (1 + ||v||^2) - 2| <= 3 tol implies the general check |tau - e| <= tol e + tol; NaN fails it.
     # e - 2 is exact for e in [1, 4] (Sterbenz), so comparing e itself with 2 -+ 3 tol is that test.
     # Identity factors (tau == 0: the last one of a square geqrf) count as e = 2.
-    tol = _tau_tolerance(a.dtype)
+    _, hi, tau_lo, tau_hi = _bounds(dtype)
     identity = tau == 0
     product = tau * sumsq
     if numpy.count_nonzero(identity):
         product[identity] = 2
     else:
         identity = None
-    if not (product.max() <= 2 + tol and product.min() >= 2 - tol):
+    largest = _reuse.largest(sumsq)
+    if not (_reuse.largest(product) <= tau_hi and _reuse.smallest(product) >= tau_lo and largest <= hi):
         return None
-    largest = sumsq.max()
-    if not largest <= _safe_range(a.dtype)[1]:
-        return None
-    summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(sumsq.min()))
+    summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(_reuse.smallest(sumsq)))
     core = Reflections(
-        "numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, numpy.sqrt(sumsq), summary
+        "numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, numpy.sqrt(sumsq), summary
     )
     known = core._cache  # a new object: no other thread reads it yet
     known["safe"] = True
     known["shape"], known["layout"] = (k, rows), _layout.UNIT  # what the first product asks for, known here
     return core
-
-
-@functools.lru_cache(maxsize=None)
-def _tau_tolerance(dtype):
-    """``3 tol`` with ``tol = 1e3 eps``: how far ``tau (1 + ||v||^2)`` may be from 2 on this path."""
-    return 3e3 * float(numpy.finfo(dtype).eps)
 
 
 def operand(h, x, side):

@@ -17,7 +17,10 @@ stored:
 The GEMMs on a :class:`Block` are in :mod:`._gemm`.
 """
 
+import functools
 from collections import namedtuple
+
+import numpy
 
 FULL, TRAPEZOIDAL, UNIT = "full", "trapezoidal", "unit"
 LAYOUTS = (FULL, TRAPEZOIDAL, UNIT)
@@ -111,7 +114,7 @@ def is_trapezoidal(y, xp, block_size=64):
     n, d = y.shape[-2:]
     if n > d:
         return False
-    lower = xp.tril(xp.ones((block_size, block_size), dtype=bool), -1)
+    lower = _strictly_lower(block_size) if xp is numpy else xp.tril(xp.ones((block_size, block_size), dtype=bool), -1)
     for first in range(0, n, block_size):
         last = min(first + block_size, n)
         corner = y[..., first:last, first:last]
@@ -120,6 +123,14 @@ def is_trapezoidal(y, xp, block_size=64):
     return not any(
         bool(xp.any(y[..., first : first + block_size, :first] != 0)) for first in range(block_size, n, block_size)
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _strictly_lower(block_size):
+    """The read-only NumPy mask ``(block_size, block_size)`` of the entries strictly below the diagonal."""
+    lower = numpy.tril(numpy.ones((block_size, block_size), dtype=bool), -1)
+    lower.flags.writeable = False
+    return lower
 
 
 def squared_norms(y, layout, xp, block_size=64):
@@ -151,7 +162,7 @@ def full_rows(y, layout, xp):
     if layout == FULL:
         return y
     if layout == TRAPEZOIDAL:
-        return xp.triu(y)
+        return y.copy() if y.shape[-2] == 1 else xp.triu(y)  # one row: nothing below its diagonal
     return xp.triu(y, 1) + xp.eye(*y.shape[-2:], dtype=y.dtype)
 
 

@@ -5,11 +5,16 @@ from .._gpu import primitives as _primitives
 from ._layout import full_rows
 
 
-def unit_rows(y, layout, identity, xp):
-    """``(unit, norms)``: the full rows normalized, identity factors as zero rows. O(n d)."""
+def unit_rows(y, layout, identity, xp, norms=None):
+    """``(unit, norms)``: the full rows normalized, identity factors as zero rows. O(n d).
+
+    ``norms`` (optional, nonzero): the full rows' norms as :func:`cuhouse._gpu.primitives.row_norms`
+    gives them, when the caller has them (then they are not computed again: the same bits)."""
     v = full_rows(y, layout, xp)
     if identity is not None:
         v = xp.where(identity[..., None], 0, v)
+    if norms is not None:
+        return v / norms[..., None], norms
     unit, norms = _primitives.unit_rows(v, xp)
     return unit, norms
 

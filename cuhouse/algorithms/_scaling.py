@@ -35,6 +35,7 @@ bits.
 
 import functools
 import math
+import struct
 from collections import namedtuple
 
 import numpy
@@ -113,13 +114,20 @@ def bit_bounds(lo, hi, dtype):
     for sizes ``s`` of ``dtype`` (float32 or float64, NumPy) that are ``>= 0`` or NaN (what
     :func:`column_sizes` gives), ``max(s.view(unsigned) - lo_bits) <= span`` (the subtraction wraps
     around) exactly when every ``s`` is in ``[lo, hi]`` as NumPy compares a ``dtype`` value with a
-    Python float (``lo`` and ``hi`` rounded to ``dtype``): nonnegative floats order as their bit
-    patterns, a size below ``lo`` wraps to more than ``span``, and NaN's pattern is above
+    Python float (``lo`` and ``hi``, finite, rounded to ``dtype``): nonnegative floats order as their
+    bit patterns, a size below ``lo`` wraps to more than ``span``, and NaN's pattern is above
     infinity's. One subtraction and one reduction instead of two reductions (0.3 us less at m = 32;
-    ``lo_bits`` is a 0-d array, which NumPy subtracts faster than a scalar)."""
-    unsigned = numpy.uint32 if numpy.dtype(dtype) == numpy.float32 else numpy.uint64
-    lo_bits, hi_bits = (numpy.array(bound, dtype=dtype).view(unsigned) for bound in (lo, hi))
-    return unsigned, lo_bits, int(hi_bits) - int(lo_bits)
+    ``lo_bits`` is a 0-d array, which NumPy subtracts faster than a scalar). The patterns come from
+    ``struct`` (round to nearest, as NumPy's conversion): 0.1 us each against 0.7 us through arrays."""
+    pack, unpack, unsigned = _BIT_FORMATS[numpy.dtype(dtype).itemsize]
+    lo_bits = unpack(pack(lo))[0]
+    return unsigned, numpy.array(lo_bits, dtype=unsigned), unpack(pack(hi))[0] - lo_bits
+
+
+_BIT_FORMATS = {  # by itemsize (float32, float64): pack a float, unpack its bits, their NumPy type
+    4: (struct.Struct("<f").pack, struct.Struct("<I").unpack, numpy.uint32),
+    8: (struct.Struct("<d").pack, struct.Struct("<Q").unpack, numpy.uint64),
+}
 
 
 def _fast_inside(sizes, lo, hi):

@@ -18,9 +18,11 @@ Form = namedtuple("SequentialForm", "unit norms layout")
 Form.__doc__ = "Unit rows ``(..., n, d)`` (identity factors zero), their raw ``norms`` and the ``layout``."
 
 
-def build(y, block_size, xp, layout=FULL, identity=None):
-    """The unit rows (a normalized copy; identity factors as zero rows). O(n d)."""
-    unit, norms = unit_rows(y, layout, identity, xp)
+def build(y, block_size, xp, layout=FULL, identity=None, norms=None):
+    """The unit rows (a normalized copy; identity factors as zero rows). O(n d). ``norms``
+    (optional, nonzero): the full rows' norms when the caller has them (see
+    :func:`._normalize.unit_rows`)."""
+    unit, norms = unit_rows(y, layout, identity, xp, norms)
     return Form(unit, norms, layout)
 
 
@@ -31,7 +33,8 @@ def _start(f, i):
 
 def apply(f, x, transpose, xp):
     """``H @ X`` (``H.T @ X`` when ``transpose``) by n rank-1 updates, in X's memory order. O(n d m)."""
-    out = writable(x, numpy.broadcast_shapes(f.unit.shape[:-2], x.shape[:-2]), xp)
+    batch = x.shape[:-2] if f.unit.ndim == 2 else numpy.broadcast_shapes(f.unit.shape[:-2], x.shape[:-2])
+    out = writable(x, batch, xp)
     for i in application_order(f.unit.shape[-2], transpose):
         s = _start(f, i)
         yi = f.unit[..., i : i + 1, s:]  # (..., 1, d - s)
