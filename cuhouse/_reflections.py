@@ -7,7 +7,6 @@ norms, the layout, each algorithm's form), the way gradients go back to the
 leaf arrays, and nothing of the public class.
 """
 
-import threading
 from collections import namedtuple
 from types import MappingProxyType
 
@@ -37,47 +36,40 @@ runs only: ``conjugate`` takes the entrywise conjugate of the run, and ``phase``
 eigenvalue lambda_i = 1 - tau_i v_i^H v_i of each LAPACK factor (``None``: reflections, lambda = -1)."""
 
 
-_KEEP = threading.Lock()  # held by refresh() and by a cache's store only: a check and an assignment
-
-
 class _Cached:
     """What both reflection states share: the leaf arrays ``params`` read through ``segments``,
     pickling without the caches named in ``_CACHES`` (``refresh`` rebuilds them lazily after
     unpickling), a Dask token of the same state, and the array module of the backend name.
 
-    Thread-safe refresh: :meth:`refresh` empties the caches (each subclass's ``_empty()``:
-    ``{cache attribute: its empty value}``) and starts a new
-    ``_generation``; a value computed from the leaves is stored by :meth:`_keep` only if no
-    ``refresh()`` ran since its computation began (another thread may update the leaves in place
-    and refresh meanwhile: the old leaves' value then serves the product that computed it, and
-    never enters the refreshed caches). Dictionaries of cached forms are read once per product and
-    written into the one read (a refresh replaces them)."""
+    Thread-safe refresh without a lock: every cache lives in a dictionary of the current
+    generation, ``_cache`` (values computed from the leaves: norms, layout, ...) and each
+    subclass's tables of built forms (:meth:`_new_tables`); :meth:`refresh` replaces them with new
+    empty ones, ``_cache`` first. A value is stored into the dictionary read before its computation
+    began, so a value of the old leaves (another thread may update them in place and refresh
+    meanwhile) serves the product that computed it and never enters the refreshed dictionaries;
+    and a product that read a new form table reads the new values too."""
 
-    _CACHES = ("_generation",)
+    _CACHES = ("_cache",)
     _hot = MappingProxyType({})  # no kept dense H for the hot path of cuhouse._reuse (Reflections keeps its own)
     _replay = MappingProxyType({})  # no kept products to replay (cuhouse._reuse.replay; Reflections keeps its own)
     reuse = False  # HouseholderProduct.prepare_reuse(): products run the form fastest per product (cuhouse._reuse)
 
-    def __init__(self, backend, params, segments, check_finite, dtype):
+    def __init__(self, backend, params, segments, check_finite, dtype, known=None):
         self.backend = backend
         self.params = params
         self.segments = segments
         self.check_finite = check_finite
         self.dtype = numpy.dtype(dtype) if is_native(module_named(backend)) else dtype
-        self.refresh()
+        self._cache = {} if known is None else known  # the first generation: what the caller knew
+        self._new_tables()
 
     def refresh(self):
         """Drop every cache; the next use rebuilds from the leaf arrays."""
-        empty = self._empty()
-        with _KEEP:
-            self.__dict__.update(empty, _generation=object())
+        self._cache = {}
+        self._new_tables()
 
-    def _keep(self, generation, **caches):
-        """Store ``caches`` (attribute names and values) unless :meth:`refresh` ran since ``generation``
-        (``self._generation``, read before the values were computed). O(1)."""
-        with _KEEP:
-            if self._generation is generation:
-                self.__dict__.update(caches)
+    def _new_tables(self):
+        """New empty tables of built forms (each subclass's; none here)."""
 
     def __getstate__(self):
         return {key: value for key, value in self.__dict__.items() if key not in self._CACHES}
@@ -109,35 +101,17 @@ class Reflections(_Cached):
     It pickles without its caches, and with its backend as a name.
     """
 
-    _CACHES = _Cached._CACHES + (
-        "_vectors",
-        "_norms",
-        "_summary",
-        "_layout",
-        "_safe",
-        "_shape",
-        "_forms",
-        "_hot",
-        "_replay",
-    )
+    _CACHES = _Cached._CACHES + ("_forms", "_hot", "_replay")
 
     def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
-        super().__init__(backend, params, segments, check_finite, dtype)
-        self._norms = norms
-        self._summary = summary
+        """``norms`` and ``summary``: the caller's, computed from the leaves (``None``: not known). The
+        small-size path (:mod:`cuhouse._small`) writes what else it knows into ``_cache`` itself."""
+        super().__init__(backend, params, segments, check_finite, dtype, {"norms": norms, "summary": summary})
 
-    def _empty(self):
-        return {
-            "_vectors": None,
-            "_norms": None,
-            "_summary": None,
-            "_layout": None,
-            "_safe": None,
-            "_shape": None,
-            "_forms": {},
-            "_hot": {},  # the kept dense H by column count, for the NumPy hot path (cuhouse._reuse)
-            "_replay": {},  # products kept for replay (cuhouse._reuse.replay)
-        }
+    def _new_tables(self):
+        self._forms = {}  # built forms by (algorithm, block size, dtype, layout)
+        self._hot = {}  # the kept dense H by column count, for the NumPy hot path (cuhouse._reuse)
+        self._replay = {}  # products kept for replay (cuhouse._reuse.replay)
 
     @property
     def native(self):
@@ -160,26 +134,25 @@ class Reflections(_Cached):
     def safe(self):
         """Whether every reflection's sum of squares is inside ``dtype``'s safe range, so that its
         form needs no normalization pass (see :meth:`form`). Cached."""
-        safe = self._safe
+        cache = self._cache
+        safe = cache.get("safe")
         if safe is None:
-            generation = self._generation
             info = numpy.finfo(self.dtype)
             summary = self.norm_summary()  # host facts: no sync when the constructor had them
             safe = bool(
                 (summary.smallest == numpy.inf or summary.smallest >= numpy.sqrt(info.tiny / info.eps))
                 and summary.largest <= numpy.sqrt(info.max * info.eps)
             )
-            self._keep(generation, _safe=safe)
+            cache["safe"] = safe
         return safe
 
     def norm_summary(self):
         """The :class:`~cuhouse._validate.NormSummary` of :attr:`norms`: one device-to-host transfer,
         usually made by the constructor's validation. Cached."""
-        summary = self._summary
+        cache = self._cache
+        summary = cache.get("summary")
         if summary is None:
-            generation = self._generation
-            summary = _validate.norm_summary(self.norms, self.xp)
-            self._keep(generation, _summary=summary)
+            summary = cache["summary"] = _validate.norm_summary(self.norms, self.xp)
         return summary
 
     def lapack_ready(self, differentiable):
@@ -201,9 +174,9 @@ class Reflections(_Cached):
         """The layout of :attr:`rows` (see :mod:`cuhouse.algorithms._layout`): ``"unit"`` for a
         ``geqrf`` array, ``"trapezoidal"`` for one vectors array whose row i is zero in its first i
         entries (checked once, see :func:`~cuhouse.algorithms._layout.is_trapezoidal`), else ``"full"``."""
-        layout = self._layout
+        cache = self._cache
+        layout = cache.get("layout")
         if layout is None:
-            generation = self._generation
             (segment, *more) = self.segments
             if not self.native:  # the generic path runs on full rows: no structure to detect
                 simple = segment.k is not None and not (more or segment.transpose)
@@ -215,14 +188,14 @@ class Reflections(_Cached):
             else:
                 trapezoidal = _layout.is_trapezoidal(self.params[segment.param], self.xp)
                 layout = _layout.TRAPEZOIDAL if trapezoidal else _layout.FULL
-            self._keep(generation, _layout=layout)
+            cache["layout"] = layout
         return layout
 
     def layout_for(self, differentiable):
         """The layout products run in. A gradient w.r.t. a vectors array covers every entry, the zeros
         of a trapezoidal array included, so differentiable products use its full rows (decided
         without looking at the entries: no host sync)."""
-        if differentiable and self._layout is None and self.segments[0].k is None:
+        if differentiable and self._cache.get("layout") is None and self.segments[0].k is None:
             return _layout.FULL
         layout = self.layout
         return _layout.FULL if differentiable and layout == _layout.TRAPEZOIDAL else layout
@@ -243,21 +216,21 @@ class Reflections(_Cached):
     @property
     def shape(self):
         """``(..., n, d)`` of the reflections. Cached."""
-        shape = self._shape
+        cache = self._cache
+        shape = cache.get("shape")
         if shape is None:
-            generation = self._generation
             shape = tuple(self._stored(self.segments[0]).shape if len(self.segments) == 1 else self.vectors.shape)
-            self._keep(generation, _shape=shape)
+            cache["shape"] = shape
         return shape
 
     @property
     def vectors(self):
         """All reflections as full rows ``(..., n, d)`` in product order (identity factors as zero
         rows): a read-only view (NumPy) of a vectors leaf, else a copy made once. Cached."""
-        vectors = self._vectors
+        cache = self._cache
+        vectors = cache.get("vectors")
         if vectors is not None:
             return vectors
-        generation = self._generation
         if not self.native:
             parts = [_generic.full_rows(self.params[s.param], s, self.dtype, self.xp) for s in self.segments]
             vectors = _generic.joined(parts, self.xp)
@@ -274,15 +247,15 @@ class Reflections(_Cached):
                     rows = rows[..., ::-1, :]
                 parts.append(rows.astype(self.dtype, copy=False))
             vectors = read_only(_generic.joined(parts, xp))
-        self._keep(generation, _vectors=vectors)
+        cache["vectors"] = vectors
         return vectors
 
     @property
     def norms(self):
         """Euclidean norms ``(..., n)`` of the reflections (as stored, the implicit 1 included). Cached."""
-        norms = self._norms
+        cache = self._cache
+        norms = cache.get("norms")
         if norms is None:
-            generation = self._generation
             if not self.native:
                 norms = _generic.row_norms(self.vectors, self.xp)
             elif self.layout == _layout.UNIT:  # one geqrf leaf, read as from_lapack read it
@@ -291,7 +264,7 @@ class Reflections(_Cached):
                 norms = self.xp.broadcast_to(self.xp.sqrt(sumsq), self.shape[:-1])
             else:
                 norms = primitives.row_norms(self.vectors, self.xp)
-            self._keep(generation, _norms=norms)
+            cache["norms"] = norms
         return norms
 
     def identity_count(self):
@@ -399,14 +372,9 @@ class ComplexReflections(_Cached):
     factors are realified once, lazily (:mod:`cuhouse._complex`): each complex
     factor becomes two real reflections in 2d dimensions, and :attr:`real`, a
     :class:`Reflections` over those ``(..., 2n, 2d)`` rows, runs every product,
-    plan and cache. Gradients w.r.t. the real rows go back to the complex leaves
-    in :meth:`contributions`. Pickles without its caches.
+    plan and cache; gradients w.r.t. the real rows go back to the complex leaves
+    through it too (:class:`Realified`). Pickles without its caches.
     """
-
-    _CACHES = _Cached._CACHES + ("_real", "_pairs", "_vectors")
-
-    def _empty(self):
-        return {"_real": None, "_pairs": None, "_vectors": None}  # the next use realifies the leaves again
 
     @property
     def native(self):
@@ -450,9 +418,9 @@ class ComplexReflections(_Cached):
     def vectors(self):
         """All factors' vectors as complex full rows ``(..., n, d)`` in product order (identity
         factors as zero rows; an adjoint run reversed, a conjugated one conjugated). Cached."""
-        joined = self._vectors
+        cache = self._cache
+        joined = cache.get("vectors")
         if joined is None:
-            generation = self._generation
             xp = self.xp
             parts = []
             for segment in self.segments:
@@ -461,7 +429,7 @@ class ComplexReflections(_Cached):
             joined = _generic.joined(parts, xp)
             if self.native:  # a read-only array of its own (one segment's rows may be a view of a leaf)
                 joined = read_only(joined.copy() if len(parts) == 1 else joined)
-            self._keep(generation, _vectors=joined)
+            cache["vectors"] = joined
         return joined
 
     def paired_rows(self):
@@ -480,49 +448,20 @@ class ComplexReflections(_Cached):
 
     @property
     def real(self):
-        """The :class:`Reflections` of the realified rows ``(..., 2n, 2d)``. Built once (on torch
-        without a graph: a product that records a gradient realifies afresh, see
+        """The :class:`Realified` reflections of the realified rows ``(..., 2n, 2d)``. Built once (on
+        torch without a graph: a product that records a gradient realifies afresh, see
         ``HouseholderProduct._autograd``)."""
-        real = self._real
+        cache = self._cache
+        real = cache.get("real")
         if real is None:
-            generation = self._generation
             rows, pairs = self.paired_rows()
             if is_torch(self.xp):
                 rows, pairs = rows.detach(), [(p.detach(), q.detach()) for p, q in pairs]
-            real = Reflections(self.backend, (rows,), (Segment(0, False, None, None),), self.check_finite, rows.dtype)
-            self._keep(generation, _real=real, _pairs=pairs)
+            real = cache["real"] = Realified(self, rows, pairs)
         return real
 
     def layout_for(self, differentiable):
         return self.real.layout_for(differentiable)
-
-    def form(self, chosen, dtype, layout):
-        return self.real.form(chosen, dtype, layout)
-
-    def contributions(self, dv, scaled):
-        """``(leaf, gradient)`` pairs from ``dv`` ``(..., 2n, 2d)``, the gradient w.r.t. the real rows
-        (see :meth:`Reflections.contributions`): each pair of rows back to its complex factor
-        (:func:`cuhouse._complex.pair_gradient`), conjugated for a conjugated run, to the strictly
-        lower part of a ``geqrf`` leaf; a real leaf gets the real part. Cost: O(n d)."""
-        xp = self.xp
-        ((_, dv),) = self.real.contributions(dv, scaled)
-        contributions = []
-        parts = _generic.segment_parts(dv, self.segments, self.params, xp, per_factor=2)
-        for (segment, leaf, part), (p, q) in zip(parts, self._pairs):
-            grad = _complex.pair_gradient(part, p, q, xp)
-            if segment.conjugate:
-                grad = xp.conj(grad)
-            if not self.native:
-                grad = _generic.to_leaf(grad, segment, leaf, xp)
-            elif segment.k is not None:
-                grad = _layout.structured(grad, _layout.UNIT, xp)
-                if segment.identity is not None:
-                    grad = xp.where(segment.identity[..., None], 0, grad)
-                full = xp.zeros(grad.shape[:-2] + leaf.shape[-2:], dtype=grad.dtype)
-                transpose_into(full[..., : segment.k], grad, xp)
-                grad = full
-            contributions.append((leaf, grad if _complex.is_complex(leaf.dtype) else xp.real(grad)))
-        return contributions
 
     def det(self):
         """``det`` of the product per batch entry of the factors' shape: the product of every
@@ -540,6 +479,50 @@ class ComplexReflections(_Cached):
             else:
                 total = total * (-1.0) ** n
         return total
+
+
+class Realified(Reflections):
+    """The :class:`Reflections` of a unitary product's realified rows ``(..., 2n, 2d)``
+    (:meth:`ComplexReflections.paired_rows`), which also takes gradients back to the complex leaves.
+
+    It keeps the complex state's ``complex_segments`` and ``complex_params``
+    and each segment's units ``(p, q)`` (``pairs``) it was realified with: a
+    gradient goes back with the units of the rows its form was built from,
+    though another thread updated the leaves in place and refreshed the
+    complex state meanwhile (which then realifies them anew).
+    """
+
+    def __init__(self, owner, rows, pairs):
+        super().__init__(owner.backend, (rows,), (Segment(0, False, None, None),), owner.check_finite, rows.dtype)
+        self.complex_segments = owner.segments
+        self.complex_params = owner.params
+        self.pairs = pairs
+
+    def contributions(self, dv, scaled):
+        """``(leaf, gradient)`` pairs for the complex leaves from ``dv`` ``(..., 2n, 2d)``, the gradient
+        w.r.t. the real rows (see :meth:`Reflections.contributions` for ``scaled``): each pair of rows
+        back to its complex factor (:func:`cuhouse._complex.pair_gradient` with this realification's
+        units), conjugated for a conjugated run, to the strictly lower part of a ``geqrf`` leaf; a real
+        leaf gets the real part. Cost: O(n d)."""
+        xp = self.xp
+        ((_, dv),) = super().contributions(dv, scaled)
+        contributions = []
+        parts = _generic.segment_parts(dv, self.complex_segments, self.complex_params, xp, per_factor=2)
+        for (segment, leaf, part), (p, q) in zip(parts, self.pairs):
+            grad = _complex.pair_gradient(part, p, q, xp)
+            if segment.conjugate:
+                grad = xp.conj(grad)
+            if not self.native:
+                grad = _generic.to_leaf(grad, segment, leaf, xp)
+            elif segment.k is not None:
+                grad = _layout.structured(grad, _layout.UNIT, xp)
+                if segment.identity is not None:
+                    grad = xp.where(segment.identity[..., None], 0, grad)
+                full = xp.zeros(grad.shape[:-2] + leaf.shape[-2:], dtype=grad.dtype)
+                transpose_into(full[..., : segment.k], grad, xp)
+                grad = full
+            contributions.append((leaf, grad if _complex.is_complex(leaf.dtype) else xp.real(grad)))
+        return contributions
 
 
 def transpose_into(target, source, xp, strip=16):

@@ -28,10 +28,10 @@ import math
 
 import numpy
 
-from . import _reuse
+from . import _reuse, calibration
 from ._reflections import Reflections, Segment
 from ._validate import NormSummary
-from .algorithms import _layout, _scaling
+from .algorithms import PLANS, _layout, _scaling
 from .algorithms._gemm import BLAS_DTYPES
 from .algorithms.ormqr import squared_lengths
 
@@ -63,13 +63,21 @@ def vectors_reflections(vectors, check_finite):
     smallest, largest = _reuse.smallest(sumsq), _reuse.largest(sumsq)
     if not (smallest >= lo and largest <= hi):  # NaN fails both comparisons
         return None
-    core = Reflections("numpy", (vectors,), (Segment(0, False, None, None),), bool(check_finite), vectors.dtype)
-    core._norms = numpy.sqrt(sumsq)
-    core._safe = True
-    core._summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(smallest))
-    core._shape = (n, d)
+    summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(smallest))
+    core = Reflections(
+        "numpy",
+        (vectors,),
+        (Segment(0, False, None, None),),
+        bool(check_finite),
+        vectors.dtype,
+        numpy.sqrt(sumsq),
+        summary,
+    )
+    known = core._cache  # a new object: no other thread reads it yet
+    known["safe"] = True
+    known["shape"] = (n, d)
     if n > 1 and vectors[1, 0] != 0:
-        core._layout = _layout.FULL
+        known["layout"] = _layout.FULL
     return core
 
 
@@ -112,11 +120,13 @@ def lapack_reflections(a, tau, check_finite):
     largest = sumsq.max()
     if not largest <= _safe_range(a.dtype)[1]:
         return None
-    core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype)
-    core._norms = numpy.sqrt(sumsq)
-    core._safe = True
-    core._summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(sumsq.min()))
-    core._shape, core._layout = (k, rows), _layout.UNIT  # what the first product asks for, known here
+    summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(sumsq.min()))
+    core = Reflections(
+        "numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), a.dtype, numpy.sqrt(sumsq), summary
+    )
+    known = core._cache  # a new object: no other thread reads it yet
+    known["safe"] = True
+    known["shape"], known["layout"] = (k, rows), _layout.UNIT  # what the first product asks for, known here
     return core
 
 
@@ -153,9 +163,10 @@ def operand(h, x, side):
 def matmul(h, x, side):
     """``h @ x`` (``x @ h``) on the small-size path, or ``None`` when it does not apply.
 
-    The plan and the form come from the product's own ``_run`` (the plan of
-    :func:`cuhouse.plan.choose`, or the kept plan of reflections declared
-    reused). X is validated in the pass that the overflow-safe product makes
+    The plan is :func:`fresh_plan`'s (the product's own ``_plan``, memoized by
+    shape, dtype, layout and calibration), or for reflections declared reused
+    the kept plan of the product's ``_run``; the form is the reflections' cached
+    one. X is validated in the pass that the overflow-safe product makes
     anyway (:func:`cuhouse.algorithms._scaling.column_sizes`, one GEMV over
     ``|X|``): every column size inside the limits says at once that X is
     finite and needs no scaling. Anything else (NaN, a zero column, a size
@@ -165,8 +176,14 @@ def matmul(h, x, side):
     if found is None:
         return None
     columns, transpose = found
-    kept = h._core._replay  # before the form is built: a refresh() meanwhile gives h a new table
-    module, chosen, (form, _, limits), transpose = h._run(columns, transpose, False)
+    core = h._core
+    kept = core._replay  # before the form is built: a refresh() meanwhile gives h a new table
+    if core.reuse:  # the kept plan of reflections declared reused (cuhouse._reuse)
+        module, chosen, (form, _, limits), transpose = h._run(columns, transpose, False)
+    else:
+        chosen, module = fresh_plan(h, core, columns.shape[1], columns.dtype)
+        form, _, limits = core.form(chosen, columns.dtype, core.layout)
+        transpose = transpose != h._transpose
     if columns.shape[1]:
         sizes = _scaling.column_sizes(columns, numpy)
         if not (_reuse.smallest(sizes) >= limits.lo and _reuse.largest(sizes) <= limits.hi):
@@ -175,3 +192,33 @@ def matmul(h, x, side):
     # the next such product replays it
     _reuse.remember_product(kept, h, columns, transpose, module, chosen, form, limits)
     return out
+
+
+_PLANS = {}  # fresh_plan's memo: (n, d, m, dtype, layout, lapack, algorithm, block size, calibration) -> plan
+_PLANS_KEPT = 4096  # then the memo starts over (a calibration replaced keeps its entries until then)
+
+
+def fresh_plan(h, core, m, dtype):
+    """``(plan, module)``: the plan of a fresh product without gradient of ``h`` (reflections ``core``, one
+    NumPy matrix) for X ``(d, m)`` of ``dtype``, as ``h._plan`` chooses it, and its algorithm's
+    module. Memoized by everything the plan depends on (shape, dtype, layout, whether LAPACK can
+    run it, the pinned algorithm and block size, the calibration in use): a dictionary lookup
+    instead of the layers of arguments ``plan.choose`` takes."""
+    layout = core.layout
+    key = (
+        core.shape,
+        m,
+        dtype,
+        layout,
+        layout == _layout.UNIT and core.safe,  # core.lapack_ready(False) of one NumPy matrix
+        h.algorithm,
+        h.block_size,
+        calibration.current("numpy"),
+    )
+    found = _PLANS.get(key)
+    if found is None:
+        chosen = h._plan(m, dtype, False)
+        if len(_PLANS) >= _PLANS_KEPT:
+            _PLANS.clear()
+        found = _PLANS[key] = chosen, PLANS[chosen.algorithm]
+    return found

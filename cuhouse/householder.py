@@ -617,13 +617,15 @@ class HouseholderProduct(Operator):
             return core.backend
         return "generic" if getattr(core.device, "type", "cpu") == "cpu" or "CPU" in str(core.device) else "cupy"
 
-    def _run(self, columns, transpose, differentiable):
+    def _run(self, columns, transpose, differentiable, core=None):
         """``(plan module, plan, (form, scaled, limits), transpose)`` for real ``columns``
         ``(..., d, m)`` (``(..., 2d, m)`` realified for a unitary product): the transpose the plan
-        applies is the hook's combined with this view's."""
+        applies is the hook's combined with this view's. The form is ``core``'s (default:
+        :meth:`_real_core`, read now)."""
         chosen = self._plan(columns.shape[-1], columns.dtype, differentiable)
-        core = self._real_core()
-        layout = self._core.layout_for(differentiable)
+        if core is None:
+            core = self._real_core()
+        layout = core.layout_for(differentiable)
         reused = self._reused(differentiable)
         if reused:
             chosen = _reuse.choose(core, chosen, columns.shape[-1], columns.dtype, layout, self._plan_backend())
@@ -687,7 +689,8 @@ class HouseholderProduct(Operator):
     def _vjp_matmat(self, columns, transpose):
         xp = self._xp
         real, to_columns = self._real_form(columns)
-        module, chosen, (form, scaled, limits), transpose = self._run(real, transpose, True)
+        core = self._real_core()  # read once: the gradient goes back through the rows its form was built from
+        module, chosen, (form, scaled, limits), transpose = self._run(real, transpose, True, core)
         out = _apply_scaled(module, chosen, form, real, transpose, limits, xp)
 
         def back(dout):
@@ -697,7 +700,7 @@ class HouseholderProduct(Operator):
             row_scale = scaled
             if limits is None:  # the generic path: the rows' scale and out's and dout's, as two halves
                 dv, row_scale = _generic_unscale(dv, scaled, exponent, xp)
-            contributions = self._core.contributions(dv, row_scale)
+            contributions = core.contributions(dv, row_scale)
             if exponent is not None and limits is not None:  # only now: unit rows' gradients are divided by norms
                 contributions = [(leaf, _scaling.unscale(g, exponent, xp)) for leaf, g in contributions]
             return contributions, reduce_to_shape(to_columns(dx), columns.shape)

@@ -203,6 +203,34 @@ def test_refresh_after_an_in_place_update(any_xp):
     assert_close(h.refresh().todense(), reference(v), numpy.complex128)
 
 
+@pytest.mark.parametrize("refreshed", ["after the forward", "while the backward realifies"])
+def test_a_gradient_in_flight_goes_back_through_the_realification_it_ran_on(monkeypatch, refreshed):
+    """A unitary product's gradient maps the real rows' gradient back to the complex leaves with the
+    units (p, q) of the realification its form was built from, though another thread updated the
+    leaves in place and called ``refresh()`` after the forward (before: the new leaves' units, a wrong
+    gradient) or again while the backward realified them afresh (before: no units, a TypeError)."""
+    rng = numpy.random.default_rng(21)
+    v, x, g = crandn(rng, 3, 6), crandn(rng, 6, 2), crandn(rng, 6, 2)
+    (want,), want_dx = ch.vjp(ch.matmul, ch.HouseholderProduct(v.copy()), x)[1](g)
+    h = ch.HouseholderProduct(v)
+    out, back = ch.vjp(ch.matmul, h, x)
+    v[...] = crandn(rng, 3, 6)  # another thread: an in-place update, then refresh()
+    h.refresh()
+    if refreshed == "while the backward realifies":
+        realify = ch._reflections.ComplexReflections.paired_rows
+
+        def realify_then_refresh(core):
+            found = realify(core)
+            monkeypatch.undo()
+            h.refresh()
+            return found
+
+        monkeypatch.setattr(ch._reflections.ComplexReflections, "paired_rows", realify_then_refresh)
+    (got,), dx = back(g)
+    numpy.testing.assert_array_equal(got, want)
+    numpy.testing.assert_array_equal(dx, want_dx)
+
+
 # ------------------------------------------------------------------ LAPACK and from_dense
 @pytest.mark.parametrize("shape", [(8, 5), (5, 5), (5, 8)])
 @pytest.mark.parametrize("dtype", [numpy.complex64, numpy.complex128])

@@ -14,7 +14,7 @@ import scipy.linalg
 from helpers import dense_reference, rtol, to_numpy
 
 import cuhouse as ch
-from cuhouse import _reuse, calibration, plan
+from cuhouse import _reuse, _small, calibration, plan
 
 
 def _lapack(rng, d, k, dtype=numpy.float64):
@@ -379,7 +379,7 @@ def test_a_refresh_during_a_product_keeps_nothing_stale(monkeypatch):
     the new vectors."""
     v, x, change = _changing(14)
     h = ch.HouseholderProduct(v)
-    _product_with_a_refresh(monkeypatch, h, x, change, h, "_run")
+    _product_with_a_refresh(monkeypatch, h, x, change, _small, "fresh_plan")  # the small path's plan
     assert not h._core._replay
     numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
 
@@ -416,7 +416,8 @@ def test_a_refresh_while_the_norms_or_the_layout_are_read_keeps_neither_stale(mo
 
     _product_with_a_refresh(monkeypatch, h, x, longer, ch._geqrf, "squared_lengths")
     norms = numpy.sqrt(1 + (numpy.tril(qr, -1) ** 2).sum(axis=0))
-    assert h._core._norms is None or numpy.allclose(h._core._norms, norms, rtol=1e-14)
+    kept = h._core._cache.get("norms")
+    assert kept is None or numpy.allclose(kept, norms, rtol=1e-14)
     numpy.testing.assert_allclose(h @ x, dense_reference((numpy.tril(qr, -1) + numpy.eye(10)).T) @ x, atol=1e-12)
     v = numpy.triu(rng.standard_normal((10, 10)))
     h = ch.HouseholderProduct(v)
@@ -426,7 +427,7 @@ def test_a_refresh_while_the_norms_or_the_layout_are_read_keeps_neither_stale(mo
         v[5, 0] = 1.0
 
     _product_with_a_refresh(monkeypatch, h.refresh(), x, full, ch.algorithms._layout, "is_trapezoidal")
-    assert h._core._layout in (None, "full")
+    assert h._core._cache.get("layout") in (None, "full")
     numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-12)
 
 
@@ -452,3 +453,23 @@ def test_replays_give_the_same_bits_in_any_thread():
         for got in rounds:
             for a, b in zip(got, expected):
                 numpy.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_the_replays_one_reduction_test_of_the_sizes_is_the_two_comparisons(dtype):
+    """``_scaling.bit_bounds``: one subtraction of bit patterns and one reduction decide as
+    ``min >= lo and max <= hi`` (NumPy's comparison of a ``dtype`` value with a Python float) for
+    sizes at and next to both bounds, zero, infinity and NaN of either sign."""
+    from cuhouse.algorithms import _scaling
+
+    rng = numpy.random.default_rng(18)
+    info = numpy.finfo(dtype)
+    for _ in range(2000):
+        lo = float(10 ** rng.uniform(numpy.log10(info.tiny) - 5, 0))
+        hi = float(10 ** rng.uniform(0, numpy.log10(info.max)))
+        unsigned, lo_bits, span = _scaling.bit_bounds(lo, hi, dtype)
+        near = [numpy.nextafter(dtype(b), dtype(t)) for b in (lo, hi) for t in (0, numpy.inf)]
+        values = numpy.array([0.0, numpy.inf, numpy.nan, -numpy.nan, lo, hi, 1.0] + near, dtype=dtype)
+        sizes = values[rng.integers(0, values.size, rng.integers(1, 5))]
+        expected = bool(_reuse.smallest(sizes) >= lo and _reuse.largest(sizes) <= hi)
+        assert bool(_reuse.largest(sizes.view(unsigned) - lo_bits) <= span) == expected, (lo, hi, sizes)

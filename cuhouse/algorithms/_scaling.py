@@ -50,15 +50,26 @@ def limits(v_min, v_max, d, dtype):
     """The :class:`Limits` of rows whose nonzero norms lie in ``[v_min, v_max]`` (unit rows: 1, 1), for
     X ``(d, m)`` in ``dtype``. The backward's k x k products carry ``||v||^2`` and ``1/||v||^2``
     (``R = T^T N T^T`` with ``T ~ 1/||v||^2``, ``N ~ ||v||^2``), hence the squared spread. O(1)."""
-    big, small = _range(dtype)
     spread = max(float(v_max), 1.0 / float(v_min), 1.0)
-    w = _weight(d)  # column_sizes are w times the sums of absolute values
+    lo, hi, hi_d, gradient_lo, gradient_hi, gradient_hi_d = _limit_terms(d, dtype)
+    # the terms' products in the order the formulas read, left to right: the same bits as unfactored
     return Limits(
-        w * math.sqrt(d) * d * small * spread,
-        w * big / (16.0 * d * spread),
-        w * w * d * d * small * spread * spread,
-        w * w * big / (16.0 * d * d * spread * spread),
+        lo * spread,
+        hi / (hi_d * spread),
+        gradient_lo * spread * spread,
+        gradient_hi / (gradient_hi_d * spread * spread),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _limit_terms(d, dtype):
+    """The factors of :func:`limits` that do not depend on the rows, for X ``(d, m)`` in ``dtype``: the
+    left-to-right products ``w sqrt(d) d tiny/eps``, ``w max``, ``16 d``, ``w^2 d^2 tiny/eps``,
+    ``w^2 max``, ``16 d^2`` (w: :func:`_weight`; column_sizes are w times the sums of absolute
+    values). Memoized: at d = 16 the formulas cost more than a small product's check of X."""
+    big, small = _range(dtype)
+    w = _weight(d)
+    return w * math.sqrt(d) * d * small, w * big, 16.0 * d, w * w * d * d * small, w * w * big, 16.0 * d * d
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,8 +87,12 @@ def _weight(d):
 def column_sizes(x, xp):
     """``w`` times the sums of absolute values of the columns of ``x`` ``(..., d, m)``: ``(..., m)``, with
     ``w = 2^-(ceil(log2 d) + 1)`` (so that no sum overflows), 0 only for a zero column; between
-    ``w ||x_j||`` and ``w sqrt(d) ||x_j||``. One GEMV."""
-    return _weights(x.shape[-2], x.dtype, xp) @ xp.abs(x)
+    ``w ||x_j||`` and ``w sqrt(d) ||x_j||``. One GEMV: ``weights(d, dtype, xp) @ |x|`` (for one NumPy
+    matrix ``numpy.dot``, the same BLAS call with a third of ``@``'s overhead: 0.95 against 1.5 us at
+    d = 16, m = 32)."""
+    if xp is numpy and x.ndim == 2:
+        return numpy.dot(weights(x.shape[0], x.dtype, numpy), abs(x))
+    return weights(x.shape[-2], x.dtype, xp) @ xp.abs(x)
 
 
 @functools.lru_cache(maxsize=32)
@@ -87,9 +102,24 @@ def _numpy_weights(d, dtype):
     return weights
 
 
-def _weights(d, dtype, xp):
-    """A vector of d weights w (cached on NumPy, where allocating it costs as much as the GEMV at small d)."""
+def weights(d, dtype, xp):
+    """The vector of d weights w of :func:`column_sizes` (read-only and cached on NumPy, where
+    allocating it costs as much as the GEMV at small d)."""
     return _numpy_weights(d, dtype) if xp is numpy else xp.full(d, _weight(d), dtype=dtype)
+
+
+def bit_bounds(lo, hi, dtype):
+    """``(unsigned, lo_bits, span)`` with which one reduction tests column sizes against ``[lo, hi]``:
+    for sizes ``s`` of ``dtype`` (float32 or float64, NumPy) that are ``>= 0`` or NaN (what
+    :func:`column_sizes` gives), ``max(s.view(unsigned) - lo_bits) <= span`` (the subtraction wraps
+    around) exactly when every ``s`` is in ``[lo, hi]`` as NumPy compares a ``dtype`` value with a
+    Python float (``lo`` and ``hi`` rounded to ``dtype``): nonnegative floats order as their bit
+    patterns, a size below ``lo`` wraps to more than ``span``, and NaN's pattern is above
+    infinity's. One subtraction and one reduction instead of two reductions (0.3 us less at m = 32;
+    ``lo_bits`` is a 0-d array, which NumPy subtracts faster than a scalar)."""
+    unsigned = numpy.uint32 if numpy.dtype(dtype) == numpy.float32 else numpy.uint64
+    lo_bits, hi_bits = (numpy.array(bound, dtype=dtype).view(unsigned) for bound in (lo, hi))
+    return unsigned, lo_bits, int(hi_bits) - int(lo_bits)
 
 
 def _fast_inside(sizes, lo, hi):
