@@ -11,7 +11,9 @@ kernels, and every call streams X once, which small blocks pay most often:
 together they decide the block size at large d). They move with the machine (CPU, BLAS library
 and version, BLAS threads): a plan tuned on one machine does not carry to
 the next. So, in the manner of FFTW's wisdom, they are measured the first
-time a plan is needed on a machine (about two seconds, once) and kept in a small
+time a plan is needed on a machine (about two seconds, once; the timings of
+each table in interleaved passes, the fastest of five kept, so that a burst of
+load on a shared machine reads no entry low) and kept in a small
 JSON file; every later process on that machine reads the file, so plans are
 deterministic given the file.
 
@@ -123,7 +125,7 @@ DEFAULTS["generic"] = DEFAULTS["numpy"]._replace(
     launch=1.0e-5, lapack_call=None, trtri_rate=None, ormqr_call=None, ormqr_rate=None
 )
 
-FORMAT = 6  # bump when the constants or their measurement change meaning
+FORMAT = 7  # bump when the constants or their measurement change meaning (7: the tables timed in interleaved passes)
 _ENV_DIR = "CUHOUSE_CALIBRATION_DIR"
 _ENV_SWITCH = "CUHOUSE_CALIBRATION"
 
@@ -366,22 +368,42 @@ def _clock():
 
 def _seconds(fn, clock=time.perf_counter, budget=0.002, repeats=5):
     """The fastest of ``repeats`` timings of ``fn`` by ``clock``, each over enough calls to last ``budget`` seconds."""
-    fn()
-    number, elapsed = 1, 0.0
-    while True:
-        start = clock()
-        for _ in range(number):
-            fn()
-        elapsed = clock() - start
-        if elapsed >= budget or number >= 1 << 20:
-            break
-        number *= 4 if elapsed < budget / 8 else 2
-    best = elapsed / number
+    return _best_seconds((fn,), clock, budget, repeats)[0]
+
+
+def _best_seconds(fns, clock=time.perf_counter, budget=0.002, repeats=5):
+    """The fastest of ``repeats`` timings of each of ``fns`` by ``clock``, each timing over enough
+    calls to last ``budget`` seconds (their number found once per function), in interleaved passes:
+    pass p times every function once, so that a function's timings are spread over the whole
+    measurement (about ``len(fns) * repeats * budget`` seconds) rather than taken back to back.
+
+    Why: on a loaded machine a burst of work on the other cores (a neighbour's BLAS, a test run)
+    slows what runs meanwhile through the shared caches and memory, which a thread's CPU time does
+    not leave out. Back to back, all the timings of one table entry can fall into one burst and the
+    entry reads 2-3x low (measured: single block rates at d = 4096 that flipped near-tie block sizes
+    between two calibrations); spread over the table, a burst hits one timing of each entry it
+    overlaps, and the fastest of the others stands. Cost: the same calls as timing each function
+    back to back."""
+    numbers, best = [], []
+    for fn in fns:
+        fn()
+        number = 1
+        while True:
+            start = clock()
+            for _ in range(number):
+                fn()
+            elapsed = clock() - start
+            if elapsed >= budget or number >= 1 << 20:
+                break
+            number *= 4 if elapsed < budget / 8 else 2
+        numbers.append(number)
+        best.append(elapsed / number)
     for _ in range(repeats - 1):
-        start = clock()
-        for _ in range(number):
-            fn()
-        best = min(best, (clock() - start) / number)
+        for i, (fn, number) in enumerate(zip(fns, numbers)):
+            start = clock()
+            for _ in range(number):
+                fn()
+            best[i] = min(best[i], (clock() - start) / number)
     return best
 
 
@@ -442,13 +464,14 @@ def _measure_once(clock):
     tiny = numpy.ones((2, 2), dtype=f32)
     launch = _seconds(lambda: tiny @ tiny, clock)
 
+    def products(shapes):  # a @ b of each shape (p, q, r), the operands made once
+        operands = [
+            (rng.standard_normal((p, q)).astype(f32), rng.standard_normal((q, r)).astype(f32)) for p, q, r in shapes
+        ]
+        return [(lambda a, b: lambda: a @ b)(a, b) for a, b in operands]
+
     def gemm_seconds(shapes):
-        times = []
-        for p, q, r in shapes:
-            a = rng.standard_normal((p, q)).astype(f32)
-            b = rng.standard_normal((q, r)).astype(f32)
-            times.append(_seconds(lambda: a @ b, clock))
-        return numpy.array(shapes, dtype=float), numpy.array(times)
+        return numpy.array(shapes, dtype=float), numpy.array(_best_seconds(products(shapes), clock))
 
     shapes, times = gemm_seconds(_GEMM_SHAPES)
     # least squares on log-times over a log grid of (peak, half): 1e9..1e13 flop/s, 0.1..1000
@@ -460,19 +483,20 @@ def _measure_once(clock):
     peak, half = float(_PEAKS[i]), float(_HALVES[j])
     shapes, times = gemm_seconds(_GEMV_SHAPES)
     gemv_rate = float(numpy.median(2 * shapes.prod(axis=1) / numpy.maximum(times - launch, 1e-9)))
-    shapes, times = gemm_seconds(tuple((k, d, _BLOCK_COLUMNS) for k in _BLOCK_SIZES for d in _BLOCK_DEPTHS))
+    shapes = tuple((k, d, _BLOCK_COLUMNS) for k in _BLOCK_SIZES for d in _BLOCK_DEPTHS)
+    grams = []
+    for k, d, _ in shapes:
+        rows, out = rng.standard_normal((k, d)).astype(f32), numpy.empty((k, k), dtype=f32)
+        # the call of cuhouse.algorithms.cwy._build_numpy: rows^T as a Fortran matrix, transposed once
+        grams.append((lambda rows, out: lambda: blas.sgemm(1.0, rows.T, rows.T, 0.0, out.T, 1, 0, 1))(rows, out))
+    # both tables in one interleaved measurement (_best_seconds): a burst of load reads no entry low
+    times = _best_seconds(products(shapes) + grams, clock)
     block_rates = tuple(
-        (float(k), float(d * r), float(2 * k * d * r / max(t - launch, 1e-9)))
-        for (k, d, r), t in zip(shapes.tolist(), times.tolist())
+        (float(k), float(d * r), float(2 * k * d * r / max(t - launch, 1e-9))) for (k, d, r), t in zip(shapes, times)
     )
-    gram_rates = []
-    for k in _BLOCK_SIZES:
-        for d in _BLOCK_DEPTHS:
-            rows = rng.standard_normal((k, d)).astype(f32)
-            out = numpy.empty((k, k), dtype=f32)
-            # the call of cuhouse.algorithms._gemm.gram_gemm: rows^T as a Fortran matrix, transposed once
-            seconds = _seconds(lambda: blas.sgemm(1.0, rows.T, rows.T, 0.0, out.T, 1, 0, 1), clock)
-            gram_rates.append((float(k), float(d), float(2 * k * k * d / seconds)))  # the whole call
+    gram_rates = tuple(
+        (float(k), float(d), float(2 * k * k * d / t)) for (k, d, _), t in zip(shapes, times[len(shapes) :])
+    )  # the whole call
     big = rng.standard_normal(1 << 20).astype(f32)
     other = big.copy()
     bandwidth = 3 * big.nbytes / _seconds(lambda: numpy.subtract(big, other, out=big), clock)
@@ -503,5 +527,5 @@ def _measure_once(clock):
         ormqr_rate,
         gemv_rate,
         block_rates,
-        tuple(gram_rates),
+        gram_rates,
     )

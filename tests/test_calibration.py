@@ -142,6 +142,30 @@ def test_only_numpy_is_measured():
     assert calibration.current("cupy").source == "built-in"
 
 
+def test_a_burst_of_load_reads_no_table_entry_low():
+    """The table's timings run in interleaved passes (calibration._best_seconds): a burst that slows
+    everything 3x for 25 ms (a neighbour's work through the shared caches, which a thread's CPU time
+    does not leave out) hits one or two of each entry's five timings, and the fastest of the others
+    is the entry's cost. Timed back to back, as before, the entries that fell inside the burst read 3x
+    slow (rates 3x low). A fake clock: each call advances it by its cost, times 3 inside the burst."""
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    def work(cost):
+        def call():
+            now[0] += cost * (3.0 if 0.02 <= now[0] < 0.045 else 1.0)
+
+        return call
+
+    costs = [1e-4 * (1 + i % 3) for i in range(12)]
+    assert calibration._best_seconds([work(c) for c in costs], clock) == pytest.approx(costs)
+    now[0] = 0.0
+    back_to_back = [calibration._seconds(work(c), clock) for c in costs]
+    assert max(t / c for t, c in zip(back_to_back, costs)) == pytest.approx(3.0)
+
+
 def test_one_measurement_gives_finite_positive_constants():
     """One try of the measurement, without the plausibility checks: whether its timings pass those
     depends on the machine's load (retries and rejection are tested below with set constants)."""
