@@ -345,7 +345,10 @@ class Reflections(_Cached):
             if module is PLANS["ormqr"]:
                 extra["norms"] = self.norms
             elif module is PLANS["sequential"] and scaled is None and identity is None and layout != _layout.UNIT:
-                if dtype == self.dtype:  # the norms of the rows the loop normalizes: the same bits, not again
+                # the norms of the rows the loop normalizes (the same bits: not again), unless they were
+                # computed from a strided leaf, which the rows read through a copy (see _leaf)
+                segment, *more = self.segments
+                if dtype == self.dtype and (more or self._leaf(segment.param) is self.params[segment.param]):
                     extra["norms"] = self.norms
             form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
             found = forms[key] = form, scaled, limits
