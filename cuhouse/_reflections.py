@@ -71,6 +71,28 @@ class _Cached:
     def _new_tables(self):
         """New empty tables of built forms (each subclass's; none here)."""
 
+    @property
+    def native(self):
+        """True on NumPy and CuPy (layouts read in place); False on the generic path (:mod:`cuhouse._generic`)."""
+        return is_native(self.xp)
+
+    def _leaf(self, param):
+        """Leaf number ``param`` as the algorithms read it: the caller's array, or, for a NumPy or CuPy
+        array in neither C nor Fortran order (a strided view), a read-only C-contiguous copy made once
+        per generation. Pickling stores such a leaf C-contiguous, and NumPy sums a strided operand in
+        another order (a product's bits differed after pickling), so the algorithms read what a
+        pickled copy reads; BLAS takes it in place too. O(1), or one copy of the leaf."""
+        leaf = self.params[param]
+        flags = getattr(leaf, "flags", None)
+        if flags is None or flags.c_contiguous or flags.f_contiguous or not self.native:
+            return leaf
+        cache = self._cache
+        key = ("leaf", param)
+        copy = cache.get(key)
+        if copy is None:
+            copy = cache[key] = read_only(self.xp.ascontiguousarray(leaf))
+        return copy
+
     def __getstate__(self):
         return {key: value for key, value in self.__dict__.items() if key not in self._CACHES}
 
@@ -112,11 +134,6 @@ class Reflections(_Cached):
         self._forms = {}  # built forms by (algorithm, block size, dtype, layout)
         self._hot = {}  # the kept dense H by column count, for the NumPy hot path (cuhouse._reuse)
         self._replay = {}  # products kept for replay (cuhouse._reuse.replay)
-
-    @property
-    def native(self):
-        """True on NumPy and CuPy (layouts read in place); False on the generic path (:mod:`cuhouse._generic`)."""
-        return is_native(self.xp)
 
     @property
     def device(self):
@@ -163,7 +180,7 @@ class Reflections(_Cached):
     def _stored(self, segment):
         """The stored rows of one segment (a view), in product order; broadcast to the batch shape
         of its ``tau == 0`` mask where ``tau`` had batch dimensions that ``a`` lacks."""
-        leaf = self.params[segment.param]
+        leaf = self._leaf(segment.param)
         rows = leaf if segment.k is None else _lapack_rows(leaf, segment, self.xp)
         if not segment.transpose:
             return rows
@@ -208,7 +225,8 @@ class Reflections(_Cached):
 
     @property
     def rows(self):
-        """The rows the algorithms run on, in :attr:`layout`: the caller's array itself for one leaf."""
+        """The rows the algorithms run on, in :attr:`layout`: the caller's array itself for one leaf
+        (a C-contiguous copy of a strided one, see :meth:`_leaf`)."""
         if len(self.segments) == 1:
             return self._stored(self.segments[0])
         return self.vectors
@@ -260,7 +278,7 @@ class Reflections(_Cached):
                 norms = _generic.row_norms(self.vectors, self.xp)
             elif self.layout == _layout.UNIT:  # one geqrf leaf, read as from_lapack read it
                 (segment,) = self.segments
-                sumsq = _geqrf.squared_lengths(self.params[segment.param], segment.k, self.xp)
+                sumsq = _geqrf.squared_lengths(self._leaf(segment.param), segment.k, self.xp)
                 norms = self.xp.broadcast_to(self.xp.sqrt(sumsq), self.shape[:-1])
             else:
                 norms = primitives.row_norms(self.vectors, self.xp)
@@ -376,16 +394,11 @@ class ComplexReflections(_Cached):
     through it too (:class:`Realified`). Pickles without its caches.
     """
 
-    @property
-    def native(self):
-        """True on NumPy and CuPy; False on the generic path (Array API operations only)."""
-        return is_native(self.xp)
-
     def _rows_of(self, segment):
         """The complex full rows ``(..., k, d)`` of one segment in stored order (identity factors
         zero, conjugated if the segment is), and their eigenvalues (``None``: reflections)."""
         xp = self.xp
-        leaf = self.params[segment.param]
+        leaf = self._leaf(segment.param)
         if not self.native:
             rows = _generic.full_rows(leaf, segment._replace(transpose=False), self.dtype, xp)
         elif segment.k is None:

@@ -20,8 +20,9 @@ arrays of other libraries than NumPy and CuPy.
 
 Memory: the dense H holds ``d * d`` entries per batch entry (4 d^2 bytes in
 float32, built in O(n d^2): about one product with d columns); it is kept
-only when that is at most ``max(2 n d, 2**16)`` entries (twice the
-reflections' own size, or 256 KiB of float32) and fits the machine's memory
+only when the whole batch's ``B d^2`` entries are at most ``max(2 B n d,
+2**16)`` (twice the reflections' own size, or 256 KiB of float32: the fresh
+plan's rule, :func:`cuhouse.plan.dense_fits`) and fit the machine's memory
 with its build's workspace, else the next fastest form is kept. A compact WY
 form holds its T matrices (``n k`` entries). Every kept form is dropped by
 ``refresh()`` and none is pickled (the declaration is: a pickled copy makes
@@ -52,6 +53,7 @@ reflections, dropped by ``refresh()`` and by :meth:`prepare_reuse
 """
 
 import functools
+import math
 from collections import namedtuple
 
 import numpy
@@ -75,15 +77,16 @@ the dense plan ``h``, the matrix it applies (``H``, or ``H^T`` as a view), else 
 
 
 @functools.lru_cache(maxsize=4096)
-def kept(fresh, d, n, m, itemsize, backend, layout, mach):
+def kept(fresh, d, n, m, itemsize, backend, layout, mach, batch=1):
     """The plans a product of reused reflections may run for X ``(d, m)`` and ``n`` reflections, fastest
     per product (form built) first, down to ``fresh`` (the plan of a fresh product), which ends
     the tuple.
 
     Candidates: ``fresh``, compact WY at every block size (in the backend's
     best apply mode, see :func:`cuhouse.plan.apply_mode`), and the dense H
-    when :func:`cuhouse.plan.dense_fits` (built with the block size that builds it
-    fastest). Memoized: O(1) after the first call.
+    when :func:`cuhouse.plan.dense_fits` for the ``batch`` matrices one call
+    builds, as the fresh plan asks it (built with the block size that builds
+    it fastest). Memoized: O(1) after the first call.
     """
     found = {
         fresh: plan.per_product(
@@ -94,7 +97,7 @@ def kept(fresh, d, n, m, itemsize, backend, layout, mach):
         mode = plan.apply_mode(d, n, m, k, itemsize, backend, layout, mach)
         chosen = plan.Plan("cwy", k, fresh.store_inputs, mode)
         found.setdefault(chosen, plan.per_product("cwy", d, n, m, k, itemsize, backend, layout, mach, mode))
-    if plan.dense_fits(d, n):
+    if plan.dense_fits(d, n, batch):
         builds = {
             min(k, n): plan.predict("dense", d, n, m, k, itemsize, backend, False, layout, mach)
             for k in plan.BLOCK_SIZES
@@ -111,8 +114,10 @@ def choose(core, fresh, m, dtype, layout, backend):
     :class:`cuhouse._reflections.Reflections`, the realified one of a unitary product): the first
     plan of :func:`kept` whose form fits the memory (``fresh``, the plan of
     :func:`cuhouse.plan.choose`, at the latest). O(1) after the first call for these arguments."""
-    n, d = core.shape[-2:]
-    for chosen in kept(fresh, d, n, m, dtype.itemsize, backend, layout, calibration.machine(backend)):
+    shape = core.shape
+    n, d = shape[-2:]
+    batch = max(math.prod(shape[:-2]), 1)  # the matrices one call builds (none: as one), as the fresh plan
+    for chosen in kept(fresh, d, n, m, dtype.itemsize, backend, layout, calibration.machine(backend), batch):
         if chosen.algorithm != "dense" or _dense_memory_fits(core, d, dtype):
             return chosen
     return fresh

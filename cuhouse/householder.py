@@ -498,8 +498,9 @@ class HouseholderProduct(Operator):
         the form the cost model predicts fastest per product once built (built at its first use),
         instead of the fresh plan, whose prediction includes the build.
 
-        The form may be the dense H (``d x d`` per batch entry, kept only when at
-        most ``max(2 n d, 2**16)`` entries and within the machine's memory): at
+        The form may be the dense H (``d x d`` per batch entry, kept only when the
+        batch's ``B d^2`` entries are at most ``max(2 B n d, 2**16)`` and within
+        the machine's memory): at
         small d one GEMM instead of several per block and their Python layers,
         and for n >= d/2 half the flops; or compact WY with a larger block. See
         :mod:`cuhouse._reuse`. The result's bits then differ from a fresh

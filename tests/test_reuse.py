@@ -208,6 +208,22 @@ def test_the_dense_form_is_kept_only_within_its_memory_budget():
     assert next(iter(kept.values()))[0].nbytes == 64 * 64 * 8
 
 
+@pytest.mark.parametrize("batch", [8, 512])
+def test_the_dense_form_of_a_batch_is_kept_within_the_batchs_budget(batch):
+    """The declared reuse asks :func:`plan.dense_fits` for the whole batch, as the fresh plan does:
+    512 matrices of d = 16 from n = 4 reflections hold 2^17 entries, over max(2 B n d, 2^16), though
+    each one's 256 fits (before: the budget was asked per batch entry, and the dense H was kept)."""
+    d, n = 16, 4
+    v = numpy.random.default_rng(23).standard_normal((batch, n, d))
+    fits = plan.dense_fits(d, n, batch)
+    assert fits == (batch == 8) and plan.dense_fits(d, n)
+    h = ch.HouseholderProduct(v).prepare_reuse()
+    x = numpy.random.default_rng(24).standard_normal((batch, d, 4))
+    for m in (1, 4):
+        assert (h.plan_for(m).algorithm == "dense") == fits
+    numpy.testing.assert_allclose(h @ x, dense_reference(v) @ x, atol=1e-13)
+
+
 def test_prepare_reuse_takes_a_boolean():
     h = ch.HouseholderProduct(numpy.eye(3)[:1])
     with pytest.raises(TypeError, match="reuse must be True or False, got 'yes' of type str"):
