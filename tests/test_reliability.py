@@ -175,19 +175,19 @@ def test_from_lapack_norms_agree_fresh_pickled_and_refreshed(a_shape, tau_batch)
         numpy.testing.assert_array_equal(norms, fresh)
 
 
-def _strided(values, step_rows, step_cols):
-    """``values`` in a strided view of a larger array (every ``step``-th row and column; neither C nor
-    Fortran order when ``step_cols > 1``), in place updates seen as by the caller's own array."""
+def _strided(values, step_rows, step_cols, xp):
+    """``values`` in a strided view of a larger ``xp`` array (every ``step``-th row and column; neither C
+    nor Fortran order when ``step_cols > 1``), in place updates seen as by the caller's own array."""
     rows, cols = values.shape
-    view = numpy.zeros((rows * step_rows, cols * step_cols), values.dtype)[::step_rows, ::step_cols]
-    view[...] = values
+    view = xp.zeros((rows * step_rows, cols * step_cols), dtype=values.dtype)[::step_rows, ::step_cols]
+    view[...] = xp.asarray(values)
     return view
 
 
 @pytest.mark.parametrize("steps", [(1, 2), (2, 3), (2, 1)], ids=["strided columns", "strided both", "strided rows"])
 @pytest.mark.parametrize("algorithm", ["auto", "cwy", "dense", "sequential", "fasth"])
 @pytest.mark.parametrize("lapack", [False, True], ids=["V", "from_lapack"])
-def test_a_strided_leaf_gives_the_same_bits_fresh_pickled_and_refreshed(steps, algorithm, lapack):
+def test_a_strided_leaf_gives_the_same_bits_fresh_pickled_and_refreshed(xp, steps, algorithm, lapack):
     """A leaf in a strided view (pickling stores it C-contiguous) gives products with the bits of a
     C-contiguous copy of it, fresh, pickled and after an in-place update and ``refresh()`` (before: the
     algorithms summed the strided operand in another order, up to 2.4e-15 apart in float64)."""
@@ -195,22 +195,22 @@ def test_a_strided_leaf_gives_the_same_bits_fresh_pickled_and_refreshed(steps, a
     d, n = 24, 9
     if lapack:
         (a, _), _ = scipy.linalg.qr(rng.standard_normal((d, d)), mode="raw")
-        leaf = _strided(a, *steps)
+        leaf = _strided(a, *steps, xp)
 
         def make(leaf):  # tau as implied by the reflectors stored in leaf
-            tau = 2 / (1 + (numpy.tril(leaf, -1) ** 2).sum(axis=0))
+            tau = 2 / (1 + (xp.tril(leaf, -1) ** 2).sum(axis=0))
             return ch.HouseholderProduct.from_lapack(leaf, tau, algorithm=algorithm)
     else:
-        leaf = _strided(rng.standard_normal((n, d)), *steps)
+        leaf = _strided(rng.standard_normal((n, d)), *steps, xp)
         make = lambda leaf: ch.HouseholderProduct(leaf, algorithm=algorithm)  # noqa: E731
-    x = rng.standard_normal((d, 5))
+    x = xp.asarray(rng.standard_normal((d, 5)))
     h = make(leaf)
     for view in (h, pickle.loads(pickle.dumps(h))):
         assert view.params[0].shape == leaf.shape
-        numpy.testing.assert_array_equal(view @ x, make(numpy.ascontiguousarray(leaf)) @ x)
-        numpy.testing.assert_array_equal(x.T @ view, x.T @ make(numpy.ascontiguousarray(leaf)))
+        numpy.testing.assert_array_equal(to_numpy(view @ x), to_numpy(make(xp.ascontiguousarray(leaf)) @ x))
+        numpy.testing.assert_array_equal(to_numpy(x.T @ view), to_numpy(x.T @ make(xp.ascontiguousarray(leaf))))
     leaf[3:, 2] *= 1.5  # in place (a reflector of a geqrf leaf): the copy is made anew after refresh()
-    numpy.testing.assert_array_equal(h.refresh() @ x, make(numpy.ascontiguousarray(leaf)) @ x)
+    numpy.testing.assert_array_equal(to_numpy(h.refresh() @ x), to_numpy(make(xp.ascontiguousarray(leaf)) @ x))
     assert h.params[0] is leaf
 
 
