@@ -345,10 +345,11 @@ class Reflections(_Cached):
             if module is PLANS["ormqr"]:
                 extra["norms"] = self.norms
             elif module is PLANS["sequential"] and scaled is None and identity is None and layout != _layout.UNIT:
-                # the norms of the rows the loop normalizes (the same bits: not again), unless they were
-                # computed from a strided leaf, which the rows read through a copy (see _leaf)
+                # the norms of the rows the loop normalizes (the same bits: not again) when none is zero,
+                # unless they were computed from a strided leaf, which the rows read through a copy (_leaf)
                 segment, *more = self.segments
-                if dtype == self.dtype and (more or self._leaf(segment.param) is self.params[segment.param]):
+                in_place = self._leaf(segment.param) is self.params[segment.param]
+                if xp is numpy and dtype == self.dtype and not summary.zero and (more or in_place):
                     extra["norms"] = self.norms
             form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
             found = forms[key] = form, scaled, limits
