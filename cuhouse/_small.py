@@ -65,7 +65,7 @@ def vectors_reflections(vectors, check_finite):
     n, d = vectors.shape
     if not 1 <= n <= d:
         return None
-    sumsq = numpy.einsum("ij,ij->i", vectors, vectors)
+    sumsq = numpy.einsum("...i,...i->...", vectors, vectors)  # as primitives.row_norms: the same bits
     lo, hi = _bounds(dtype)[:2]
     smallest, largest = _reuse.smallest(sumsq), _reuse.largest(sumsq)
     if not (smallest >= lo and largest <= hi):  # NaN fails both comparisons
