@@ -39,8 +39,9 @@ and a form built while ``refresh()`` ran enters only the table it replaced.
 
 Every cached product (declared or not) has a second hot path, :func:`replay`:
 a NumPy ``H @ X`` or ``X @ H`` that the small-size path (:mod:`cuhouse._small`)
-ran once for this column count and side (and view's pinned plan) is kept as a
-:class:`Replay` (:func:`remember_product`): the plan, the built form and its limits.
+ran once for this column count and side (and view's pinned plan) is kept
+(:func:`remember_product`; a :class:`Replay` from its first replay on): the plan, the built
+form and its limits.
 The next such product skips the plan lookup, the form lookup and the Python
 layers between ``@`` and the algorithm: one check of X (the small path's own:
 its column sizes inside the form's limits), then the algorithm's ``apply`` on
@@ -185,27 +186,45 @@ def remember_product(kept, op, columns, transpose, module, chosen, form, limits)
     replay table ``op`` had before the product ran (a ``refresh()`` meanwhile gives the operator a new
     table, which the old form never enters): X's ``columns`` ``(d, m)`` (m >= 1, inside ``limits``),
     the ``transpose`` the plan applied (the side's and the view's), the plan ``chosen`` with its
-    ``module`` and built ``form``. One tuple and one dictionary assignment; nothing once
-    :data:`REPLAYS` keys are kept."""
+    ``module`` and built ``form``. One plain tuple and one dictionary assignment (the first replay
+    completes it into a :class:`Replay`, so that a product of reflections used once pays for none of
+    it); nothing once :data:`REPLAYS` keys are kept."""
     m = columns.shape[1]
     if not m or len(kept) >= REPLAYS:
         return
     key = (m, transpose, op.algorithm, op.block_size)
     if key not in kept:
-        kept[key] = Replay(
-            calibration.current(op._core.backend),
-            columns.shape[0],
+        d, dense = columns.shape[0], chosen.algorithm == "dense"
+        kept[key] = (
+            calibration.current("numpy"),
+            d,
             columns.dtype,
-            limits.lo,
-            limits.hi,
-            *_scaling.bit_bounds(limits.lo, limits.hi, columns.dtype),
-            _scaling.weights(columns.shape[0], columns.dtype, numpy),
+            limits,
             module,
             form,
             transpose,
             chosen.apply,
-            (form.h.T if transpose else form.h) if chosen.algorithm == "dense" else None,
+            dense,
         )
+
+
+def _completed(pending):
+    """The :class:`Replay` of a product :func:`remember_product` kept. O(1)."""
+    chosen_under, d, dtype, limits, module, form, transpose, mode, dense = pending
+    return Replay(
+        chosen_under,
+        d,
+        dtype,
+        limits.lo,
+        limits.hi,
+        *_scaling.bit_bounds(limits.lo, limits.hi, dtype),
+        _scaling.weights(d, dtype, numpy),
+        module,
+        form,
+        transpose,
+        mode,
+        (form.h.T if transpose else form.h) if dense else None,
+    )
 
 
 def replay(op, x, left):
@@ -227,9 +246,12 @@ def replay(op, x, left):
     else:
         return None
     rows, m = columns.shape
-    entry = kept.get((m, left == op._transpose, op.algorithm, op.block_size))
+    key = (m, left == op._transpose, op.algorithm, op.block_size)
+    entry = kept.get(key)
     if entry is None:
         return None
+    if type(entry) is not Replay:  # the first replay of a product kept by remember_product
+        entry = kept[key] = _completed(entry)
     chosen_under, d, dtype, lo, hi, unsigned, lo_bits, span, weights, module, form, transpose, mode, h = entry
     if rows != d or x.dtype is not dtype or calibration.current("numpy") is not chosen_under:
         return None

@@ -184,3 +184,51 @@ def test_from_lapack_of_a_tall_array_with_a_short_last_block():
     for a, t in ((qr, tau), (numpy.ascontiguousarray(qr), tau), (numpy.stack([qr, qr]), numpy.stack([tau, tau]))):
         out = cuhouse.HouseholderProduct.from_lapack(a, t) @ x
         numpy.testing.assert_allclose(out, numpy.broadcast_to(expected, out.shape), rtol=0, atol=1e-12)
+
+
+def test_the_fresh_plan_memo_gives_the_products_own_plan():
+    """``_small.fresh_plan`` returns what ``plan_for`` chooses, for vectors, LAPACK's layout and pinned
+    plans, keyed by the calibration in use (equal constants: the same plan), also once reloaded."""
+    from cuhouse import calibration
+
+    rng = numpy.random.default_rng(12)
+    qr, tau = _geqrf(rng, 24, numpy.float64)
+    for h in (
+        cuhouse.HouseholderProduct(rng.standard_normal((24, 24))),
+        cuhouse.HouseholderProduct(rng.standard_normal((5, 24))),
+        cuhouse.HouseholderProduct(rng.standard_normal((24, 24)), algorithm="cwy", block_size=8),
+        cuhouse.HouseholderProduct.from_lapack(qr, tau),
+    ):
+        for m in (1, 7, 32):
+            chosen, module = _small.fresh_plan(h, h._core, m, numpy.dtype(numpy.float64))
+            assert chosen == h.plan_for(m) and module is cuhouse.algorithms.PLANS[chosen.algorithm]
+    calibration.forget()  # the next plan reads the calibration again
+    try:
+        chosen, _ = _small.fresh_plan(h, h._core, 7, numpy.dtype(numpy.float64))
+        assert chosen == h.plan_for(7)
+        assert any(key[-1] == calibration.current("numpy") for key in _small._PLANS)
+    finally:
+        calibration.forget()
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("n", [1, 3])
+def test_one_reflection_knows_its_layout_and_the_sequential_plan_keeps_its_bits(dtype, order, n):
+    """One row is trapezoidal (zero in its first 0 entries) without a look at its entries; the
+    sequential plan, which takes the reflections' norms, gives the same bits fresh, pickled and
+    refreshed, and H(v) x = x - 2 v (v^T x) / (v^T v) to rounding."""
+    import pickle
+
+    rng = numpy.random.default_rng(13 + n)
+    v = numpy.asarray(rng.standard_normal((n, 16)), dtype=dtype, order=order)
+    x = rng.standard_normal((16, 5)).astype(dtype)
+    h = cuhouse.HouseholderProduct(v)
+    if n == 1:
+        assert h._core._cache["layout"] == "trapezoidal" and h.plan_for(5).algorithm == "sequential"
+    pinned = cuhouse.HouseholderProduct(v, algorithm="sequential")
+    for a in (h, pinned):
+        first = a @ x
+        numpy.testing.assert_array_equal(pickle.loads(pickle.dumps(a)) @ x, first)
+        numpy.testing.assert_array_equal(a.refresh() @ x, first)
+        numpy.testing.assert_allclose(first, dense_reference(v) @ x, rtol=0, atol=rtol(dtype, 30))
