@@ -114,7 +114,13 @@ def test_the_three_builds_of_s_agree(dtype, n, k):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("columns", [(16, 1), (16, 3), "row-major X @ H"])
-def test_direct_apply_matches_the_dense_product_and_keeps_the_order(dtype, transpose, columns):
+@pytest.mark.parametrize("through_numpy", [False, True])
+def test_direct_apply_matches_the_dense_product_and_keeps_the_order(
+    dtype, transpose, columns, through_numpy, monkeypatch
+):
+    """``through_numpy``: Z = V X by NumPy's matmul, as for a row-major X of at least
+    ``cwy.NUMPY_PRODUCT_FROM`` entries (here every X), else SciPy's ?gemm."""
+    monkeypatch.setattr(cwy, "NUMPY_PRODUCT_FROM", 0 if through_numpy else cwy.NUMPY_PRODUCT_FROM)
     rng = numpy.random.default_rng(5)
     y = rng.standard_normal((11, 16)).astype(dtype)
     if columns == "row-major X @ H":
