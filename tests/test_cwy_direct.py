@@ -9,7 +9,7 @@ from helpers import dense_reference
 
 import cuhouse
 from cuhouse._gpu import primitives
-from cuhouse.algorithms import _gemm, cwy, portable
+from cuhouse.algorithms import _gemm, _layout, cwy, portable
 
 DTYPES = [numpy.float32, numpy.float64]
 
@@ -194,3 +194,24 @@ def test_one_column_writes_back_into_a_strided_output(dtype):
     assert not out[:, 0].flags.contiguous
     assert cwy._apply_numpy_column(form, out, False) is out
     numpy.testing.assert_allclose(wide[:, :1], dense @ x, rtol=0, atol=_tolerance(dtype) * 10)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("n", [32, 37])
+def test_direct_build_keeps_the_blocks_rows_as_views(order, n):
+    """``_build_numpy`` keeps each block's rows as the Fortran view ``V_j^T`` (``cache["columns"]``,
+    one reshaped view for a row-major V, slices otherwise, the short last block included) and makes
+    the Block list only when first read: the same blocks as ``_layout.blocks``, views of V, in block order."""
+    rng = numpy.random.default_rng(5)
+    y = numpy.asarray(rng.standard_normal((n, 40)), order=order)
+    form = cwy.build(y, 8, numpy)
+    assert "blocks" not in form.cache
+    columns = form.cache["columns"]
+    expected = _layout.blocks(y, 8, "full", numpy)
+    assert form.blocks == form.cache["blocks"] and len(form.blocks) == len(expected) == len(columns)
+    for got, want, vt in zip(form.blocks, expected, columns):
+        assert got[:4] == want[:4]
+        assert numpy.shares_memory(got.tail, y) and numpy.shares_memory(vt, y)
+        numpy.testing.assert_array_equal(got.tail, want.tail)
+        numpy.testing.assert_array_equal(vt, want.tail.T)
+        assert vt.flags.f_contiguous == (order == "C")

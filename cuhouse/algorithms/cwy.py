@@ -67,6 +67,15 @@ class Form(_FormFields):
     __slots__ = ()
 
     @property
+    def blocks(self):
+        blocks = tuple.__getitem__(self, 0)
+        if blocks is None:  # a form of _build_numpy: the Block list made at the first read
+            blocks = self.cache.get("blocks")
+            if blocks is None:
+                blocks = self.cache["blocks"] = _layout.blocks(self.cache["y"], self.s.shape[-1], FULL, numpy)
+        return blocks
+
+    @property
     def t(self):
         t = tuple.__getitem__(self, 1)
         if t is None:
@@ -120,30 +129,41 @@ def _build_numpy(y, block_size):
     """:func:`build` of one NumPy matrix ``y`` ``(n, d)`` in the full layout: each block's Gram matrix
     as one BLAS ``?gemm`` written into ``S`` (:func:`._gemm.gram_gemm`; NumPy's matmul would run
     SYRK, slower at these shapes), ``S = G * W`` in one pass over all blocks; the T matrices (one
-    ``?trtri`` per block) only when first read (see :class:`Form`). Cost: O(n k d), 1 call a block
-    (2 with T)."""
-    blocks = _layout.blocks(y, block_size, FULL, numpy)
-    k = blocks[0].last - blocks[0].first
+    ``?trtri`` per block) only when first read (see :class:`Form`). The blocks' rows are kept as
+    Fortran views ``V_j^T`` ``(d, kb)`` (``cache["columns"]``, what the BLAS calls of
+    :func:`_apply_numpy` take; a row-major ``y``'s come from one reshaped view, 0.1 us a block
+    against 0.6 for a :class:`~._layout.Block`), the Block list only when first read. Cost:
+    O(n k d), 1 call a block (2 with T)."""
+    n, d = y.shape
+    k = min(block_size, n)
+    whole = n // k
     weights, half_eye = _numpy_s_weights(k, y.dtype)
-    s = numpy.empty((len(blocks), k, k), dtype=y.dtype)
+    s = numpy.empty((-(-n // k), k, k), dtype=y.dtype)
     gemm = _gemm.blas("gemm", y.dtype)
     if y.flags.c_contiguous:  # each block's rows^T is a Fortran matrix: rows @ rows^T by one ?gemm, no wrapper
-        for j, block in enumerate(blocks[:-1] if blocks[-1].tail.shape[0] < k else blocks):
-            rows = block.tail.T  # (alpha, a, b, beta, c, trans_a, trans_b, overwrite_c): S_j^T = rows^T rows
-            gemm(1.0, rows, rows, 0.0, s[j].T, 1, 0, 1)
+        columns = list(y[: whole * k].reshape(whole, k, d).transpose(0, 2, 1))
+        for rows, sj in zip(columns, s.transpose(0, 2, 1)):  # (alpha, a, b, beta, c, trans_a, trans_b, overwrite_c)
+            gemm(1.0, rows, rows, 0.0, sj, 1, 0, 1)  # S_j^T = rows^T rows
     else:
-        for j, block in enumerate(blocks[:-1] if blocks[-1].tail.shape[0] < k else blocks):
-            _gemm.gram_gemm(block.tail, out=s[j])
-    rows = blocks[-1].tail
-    kb = rows.shape[0]
-    if kb < k:  # the last block, padded with decoupled rows (a 1 on the diagonal: W halves it)
+        columns = [y[first : first + k].T for first in range(0, whole * k, k)]
+        for j, rows in enumerate(columns):
+            _gemm.gram_gemm(rows.T, out=s[j])
+    if whole * k < n:  # the last block, padded with decoupled rows (a 1 on the diagonal: W halves it)
+        rows = y[whole * k :]
+        columns.append(rows.T)
         s[-1] = _numpy_eye(k, y.dtype)
-        s[-1, :kb, :kb] = _gemm.gram_gemm(rows)
+        s[-1, : n - whole * k, : n - whole * k] = _gemm.gram_gemm(rows)
     numpy.multiply(s, weights, out=s)
     diagonal = s.diagonal(axis1=-2, axis2=-1)
     if numpy.count_nonzero(diagonal) != diagonal.size:  # zero rows: s_ii = 1/2, as in build
         s += (diagonal == 0)[..., None] * half_eye
-    return Form(blocks, None, s, None, FULL, y.shape[-2], {})
+    return Form(None, None, s, None, FULL, n, {"y": y, "columns": columns})
+
+
+def _columns(f):
+    """The blocks' rows of the form ``f`` as Fortran views ``V_j^T`` ``(d, kb)``, in block order."""
+    columns = f.cache.get("columns")
+    return [block.tail.T for block in f.blocks] if columns is None else columns
 
 
 @functools.lru_cache(maxsize=64)
@@ -245,32 +265,34 @@ def _apply_numpy(f, x, transpose):
         return _apply_numpy_column(f, out, transpose)
     t = f.t  # read once: made from S at the first read
     k = t.shape[-1]
+    columns = _columns(f)
     gemm = _gemm.blas("gemm", out.dtype)
     m = out.shape[1]
     # (alpha, a, b, beta, c, trans_a, trans_b, overwrite_c), positional: keywords cost 0.3 us a call
     if out.flags.f_contiguous:  # Z = V X, U = T Z, X -= V^T U on column-major arrays
         z, u = numpy.empty((m, k), dtype=out.dtype).T, numpy.empty((m, k), dtype=out.dtype).T
-        for j in application_order(len(f.blocks), transpose):
-            rows = f.blocks[j].tail
-            kb = rows.shape[0]
+        for j in application_order(len(columns), transpose):
+            vt = columns[j]  # V_j^T (d, kb)
+            kb = vt.shape[1]
             zj, uj, tj = (z, u, t[j]) if kb == k else (None, None, t[j, :kb, :kb])  # the last block: new Z, U
-            zj = gemm(1.0, rows.T, out, 0.0, zj, 1, 0, 1)
+            zj = gemm(1.0, vt, out, 0.0, zj, 1, 0, 1)
             uj = gemm(1.0, tj.T, zj, 0.0, uj, 0 if transpose else 1, 0, 1)  # tj.T is T_j^T as a Fortran matrix
-            gemm(-1.0, rows.T, uj, 1.0, out, 0, 0, 1)  # out is contiguous: written in place
+            gemm(-1.0, vt, uj, 1.0, out, 0, 0, 1)  # out is contiguous: written in place
         return out
     # row-major X: the same products transposed, Z^T = X^T V^T, U^T = Z^T T^T, X^T -= U^T V
     zt, ut = numpy.empty((m, k), dtype=out.dtype, order="F"), numpy.empty((m, k), dtype=out.dtype, order="F")
     streamed = out.size >= NUMPY_PRODUCT_FROM
-    for j in application_order(len(f.blocks), transpose):
-        rows = f.blocks[j].tail
-        kb = rows.shape[0]
+    xt = out.T
+    for j in application_order(len(columns), transpose):
+        vt = columns[j]  # V_j^T (d, kb)
+        kb = vt.shape[1]
         zj, uj, tj = (zt, ut, t[j]) if kb == k else (zt[:, :kb], ut[:, :kb], t[j, :kb, :kb])  # contiguous columns
         if streamed:  # Z = V X by NumPy's matmul (CBLAS) into Z^T's memory
-            numpy.matmul(rows, out, out=zj.T)
+            numpy.matmul(vt.T, out, out=zj.T)
         else:
-            zj = gemm(1.0, out.T, rows.T, 0.0, zj, 0, 0, 1)
+            zj = gemm(1.0, xt, vt, 0.0, zj, 0, 0, 1)
         uj = gemm(1.0, zj, tj.T, 0.0, uj, 0, 1 if transpose else 0, 1)
-        gemm(-1.0, uj, rows.T, 1.0, out.T, 0, 1, 1)
+        gemm(-1.0, uj, vt, 1.0, xt, 0, 1, 1)
     return out
 
 
@@ -286,14 +308,15 @@ def _apply_numpy_column(f, out, transpose):
     s_all = f.s
     k = s_all.shape[-1]
     buffer = numpy.empty(k, dtype=out.dtype)
-    for j in application_order(len(f.blocks), transpose):
-        rows = f.blocks[j].tail
-        kb = rows.shape[0]
+    columns = _columns(f)
+    for j in application_order(len(columns), transpose):
+        vt = columns[j]  # V_j^T (d, kb)
+        kb = vt.shape[1]
         s, z = (s_all[j], buffer) if kb == k else (s_all[j, :kb, :kb], buffer[:kb])
         # (alpha, a, x, beta, y, offx, incx, offy, incy, trans, overwrite_y): rows^T as a Fortran matrix
-        z = gemv(1.0, rows.T, column, 0.0, z, 0, 1, 0, 1, 1, 1)  # z = V out (trans = 1)
+        z = gemv(1.0, vt, column, 0.0, z, 0, 1, 0, 1, 1, 1)  # z = V out (trans = 1)
         z = trsv(s.T, z, 1, 0, 1, trans, 0, 1)  # (a, x, incx, offx, lower, trans, diag, overwrite_x)
-        result = gemv(-1.0, rows.T, z, 1.0, column, 0, 1, 0, 1, 0, 1)
+        result = gemv(-1.0, vt, z, 1.0, column, 0, 1, 0, 1, 0, 1)
         if result is not column:  # the wrapper copied a column it could not write (as subtract_gemm)
             column[...] = result
     return out
