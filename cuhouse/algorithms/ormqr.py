@@ -72,15 +72,16 @@ def squared_lengths(a, nan_safe=False):
     values: a masked entry is 0 either way).
     """
     rows, k = a.shape
-    if a.size > _WHOLE and not a.flags.f_contiguous:  # another order: row blocks, no mask of a's size
-        return 1 + _layout.squared_norms(a.T, UNIT, numpy)
-    if a.size <= _WHOLE:
-        mask = _strict_lower(rows, k, a.dtype, a.flags.f_contiguous)
-        if a.size <= _ONE_CALL:  # one einsum over (a, a, mask): no temporary, one call fewer
+    size, fortran = rows * k, a.flags.f_contiguous
+    if size <= _WHOLE:  # the small case first: at d = 16 the reader's own steps cost as much as its einsum
+        mask = _strict_lower(rows, k, a.dtype, fortran)
+        if size <= _ONE_CALL:  # one einsum over (a, a, mask): no temporary, one call fewer
             kept = _select(a, mask) if nan_safe else a
             return 1 + numpy.einsum("ij,ij,ij->j", kept, kept, mask)
         stored = _select(a, mask) if nan_safe else a * mask
         return 1 + numpy.einsum("ij,ij->j", stored, stored)
+    if not fortran:  # another order: row blocks, no mask of a's size
+        return 1 + _layout.squared_norms(a.T, UNIT, numpy)
     b = _PANEL
     full = k // b
     heads = []
