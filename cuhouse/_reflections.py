@@ -79,9 +79,9 @@ class _Cached:
     def _leaf(self, param):
         """Leaf number ``param`` as the algorithms read it: the caller's array, or, for a NumPy or CuPy
         array in neither C nor Fortran order (a strided view), a read-only C-contiguous copy made once
-        per generation. Pickling stores such a leaf C-contiguous, and NumPy sums a strided operand in
-        another order (a product's bits differed after pickling), so the algorithms read what a
-        pickled copy reads; BLAS takes it in place too. O(1), or one copy of the leaf."""
+        per generation. Pickling stores such a leaf C-contiguous and NumPy sums a strided operand in
+        another order, so the algorithms read what a pickled copy reads (the same bits fresh and
+        pickled); BLAS takes it in place too. O(1), or one copy of the leaf."""
         leaf = self.params[param]
         flags = getattr(leaf, "flags", None)
         if flags is None or flags.c_contiguous or flags.f_contiguous or not self.native:

@@ -475,18 +475,27 @@ class HouseholderProduct(Operator):
 
     # ------------------------------------------------------------- products
     def __matmul__(self, other):
-        out = self._numpy_fast_path(other, True) if type(other) is numpy.ndarray else None
-        return super().__matmul__(other) if out is None else out
+        if type(other) is numpy.ndarray:
+            out = self._numpy_fast_path(other, True)
+            if out is not None:
+                return out
+        return super().__matmul__(other)
 
     def __rmatmul__(self, other):
-        out = self._numpy_fast_path(other, False) if type(other) is numpy.ndarray else None
-        return super().__rmatmul__(other) if out is None else out
+        if type(other) is numpy.ndarray:
+            out = self._numpy_fast_path(other, False)
+            if out is not None:
+                return out
+        return super().__rmatmul__(other)
 
     def _numpy_fast_path(self, x, left):
         """``self @ x`` (``x @ self`` when not ``left``) for a NumPy ``x`` by the first fast path that
         takes it: the declared reuse's kept form, a kept product's replay (:mod:`cuhouse._reuse`),
         the small-size path (:mod:`cuhouse._small`); ``None`` when none does."""
-        out = _reuse.matmul(self, x, left) if self._core.reuse else None
+        if not self._core.reuse:  # the common case first: a kept product's replay, else the small path
+            out = _reuse.replay(self, x, left)
+            return _small.matmul(self, x, "left" if left else "right") if out is None else out
+        out = _reuse.matmul(self, x, left)
         if out is None:
             out = _reuse.replay(self, x, left)
         if out is None:

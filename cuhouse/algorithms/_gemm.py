@@ -92,11 +92,9 @@ def gram(block, xp):
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=64)
 def blas(routine, dtype):
     """SciPy's BLAS ``routine`` ("gemm", "gemv", "trsv", "trsm") for a real ``dtype`` of
-    :data:`BLAS_DTYPES` (``?gemm``: ``sgemm`` or ``dgemm``), looked up once (memoized: the import
-    statement and the lookup cost 0.5 us a call, a small product makes several)."""
+    :data:`BLAS_DTYPES` (``?gemm``: ``sgemm`` or ``dgemm``), looked up once."""
     from scipy.linalg import blas as scipy_blas
 
     return getattr(scipy_blas, ("s" if dtype == numpy.float32 else "d") + routine)
