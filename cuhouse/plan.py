@@ -364,7 +364,7 @@ CALL_LAUNCHES = 50
 # near tie: the one fastest once built is taken (ties: the faster fresh). The fastest fresh block size
 # alone flipped between calibration caches where two sizes tie (d = 4096, m = 32: k = 16 and 32
 # predicted 51.32 and 51.33 ms with one cache; k = 32, 16 or 8 with others), and the cached product with
-# it (k = 16 measured 2.40x the GEMM, k = 32 1.75x, bench, session 13). Kept below the 2% at which the
+# it (k = 16 measured 2.40x the GEMM, k = 32 1.75x in the bench). Kept below the 2% at which the
 # model misjudges the fresh trade (design.rst: k = 64 at d = 128, m = 1, predicted 1.02x k = 32's fresh
 # call, measured 1.12-1.16x). A gradient, LAPACK's race and other backends keep the fastest fresh.
 BLOCK_TIE = 0.01

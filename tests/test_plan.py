@@ -123,7 +123,7 @@ def test_without_a_gradient_the_plan_is_the_fastest_built_within_the_fresh_slack
             tie = 0.0 if lapack else plan.BLOCK_TIE
             near = [(k, c) for k, c in every if c[0] <= (1 + tie) * fastest_own[name][1][0]]
             own[name] = min(near, key=lambda item: (item[1][1], item[1][0]))
-        fastest = min(fresh for _, (fresh, _) in own.values())
+        fastest = min(fresh for _, (fresh, _) in fastest_own.values())  # over every block size, as _choose
         training = plan.choose(d, n, m, numpy.float32, layout=layout, lapack=lapack, gradient=True, batch=batch)
         assert training.algorithm != "dense"  # its backward is not priced
         k, costs = fastest_own[training.algorithm]

@@ -246,7 +246,7 @@ def direct(f, x):
 
 # From this many entries of a row-major X on, Z = V X runs through NumPy's matmul (OpenBLAS's CBLAS
 # entry) rather than SciPy's ?gemm: the same product measured 7-14% faster there at d = 4096, m = 32
-# (k = 8..32; session 13, single-threaded OpenBLAS 0.3.31), while below about d = 2048 the direct call
+# (k = 8..32, single-threaded OpenBLAS 0.3.31), while below about d = 2048 the direct call
 # is 0.5-1 us (2-25%) faster.
 NUMPY_PRODUCT_FROM = 4096 * 32
 
@@ -277,7 +277,9 @@ def _apply_numpy(f, x, transpose):
             zj, uj, tj = (z, u, t[j]) if kb == k else (None, None, t[j, :kb, :kb])  # the last block: new Z, U
             zj = gemm(1.0, vt, out, 0.0, zj, 1, 0, 1)
             uj = gemm(1.0, tj.T, zj, 0.0, uj, 0 if transpose else 1, 0, 1)  # tj.T is T_j^T as a Fortran matrix
-            gemm(-1.0, vt, uj, 1.0, out, 0, 0, 1)  # out is contiguous: written in place
+            result = gemm(-1.0, vt, uj, 1.0, out, 0, 0, 1)  # out is contiguous: written in place
+            if result is not out:  # the wrapper copied an array it could not write (as the column path)
+                out[...] = result
         return out
     # row-major X: the same products transposed, Z^T = X^T V^T, U^T = Z^T T^T, X^T -= U^T V
     zt, ut = numpy.empty((m, k), dtype=out.dtype, order="F"), numpy.empty((m, k), dtype=out.dtype, order="F")
@@ -292,7 +294,9 @@ def _apply_numpy(f, x, transpose):
         else:
             zj = gemm(1.0, xt, vt, 0.0, zj, 0, 0, 1)
         uj = gemm(1.0, zj, tj.T, 0.0, uj, 0, 1 if transpose else 0, 1)
-        gemm(-1.0, uj, vt, 1.0, xt, 0, 1, 1)
+        result = gemm(-1.0, uj, vt, 1.0, xt, 0, 1, 1)  # xt is Fortran-contiguous: written in place
+        if result is not xt:
+            xt[...] = result
     return out
 
 
