@@ -475,17 +475,33 @@ def test_replays_give_the_same_bits_in_any_thread():
 def test_the_replays_one_reduction_test_of_the_sizes_is_the_two_comparisons(dtype):
     """``_scaling.bit_bounds``: one subtraction of bit patterns and one reduction decide as
     ``min >= lo and max <= hi`` (NumPy's comparison of a ``dtype`` value with a Python float) for
-    sizes at and next to both bounds, zero, infinity and NaN of either sign."""
+    sizes at and next to both bounds, zero, infinity and NaN of either sign, with bounds that are
+    values of ``dtype`` (as :func:`~cuhouse.algorithms._scaling.limits` gives: then the comparison is
+    the same in ``dtype`` and in float64, on every NumPy)."""
     from cuhouse.algorithms import _scaling
 
     rng = numpy.random.default_rng(18)
     info = numpy.finfo(dtype)
     for _ in range(2000):
-        lo = float(10 ** rng.uniform(numpy.log10(info.tiny) - 5, 0))
-        hi = float(10 ** rng.uniform(0, numpy.log10(info.max)))
+        lo = float(dtype(10 ** rng.uniform(numpy.log10(info.tiny) - 5, 0)))
+        hi = float(dtype(10 ** rng.uniform(0, numpy.log10(info.max))))
         unsigned, lo_bits, span = _scaling.bit_bounds(lo, hi, dtype)
         near = [numpy.nextafter(dtype(b), dtype(t)) for b in (lo, hi) for t in (0, numpy.inf)]
         values = numpy.array([0.0, numpy.inf, numpy.nan, -numpy.nan, lo, hi, 1.0] + near, dtype=dtype)
         sizes = values[rng.integers(0, values.size, rng.integers(1, 5))]
         expected = bool(_reuse.smallest(sizes) >= lo and _reuse.largest(sizes) <= hi)
         assert bool(_reuse.largest(sizes.view(unsigned) - lo_bits) <= span) == expected, (lo, hi, sizes)
+        assert bool(numpy.all(sizes.astype(numpy.float64) >= lo) and numpy.all(sizes <= hi)) == expected
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_the_limits_are_values_of_the_dtype(dtype):
+    """``_scaling.limits`` rounds its bounds to ``dtype``, so that a size is inside them alike when
+    compared in ``dtype`` (NumPy >= 2, arrays) and in float64 (NumPy < 2 scalars, ``.item()``): the
+    small path, the general path and the replay decide the same on every NumPy."""
+    from cuhouse.algorithms import _scaling
+
+    for d in (1, 16, 64, 1000):
+        for v_min, v_max in ((1.0, 1.0), (0.3, 7.0), (1e-9, 3e4)):
+            for bound in _scaling.limits(v_min, v_max, d, dtype):
+                assert 0 < bound < numpy.inf and float(dtype(bound)) == bound, (d, v_min, v_max, bound)

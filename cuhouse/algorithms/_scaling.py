@@ -50,16 +50,39 @@ zero); the product of the largest such sizes of the output and its gradient
 def limits(v_min, v_max, d, dtype):
     """The :class:`Limits` of rows whose nonzero norms lie in ``[v_min, v_max]`` (unit rows: 1, 1), for
     X ``(d, m)`` in ``dtype``. The backward's k x k products carry ``||v||^2`` and ``1/||v||^2``
-    (``R = T^T N T^T`` with ``T ~ 1/||v||^2``, ``N ~ ||v||^2``), hence the squared spread. O(1)."""
+    (``R = T^T N T^T`` with ``T ~ 1/||v||^2``, ``N ~ ||v||^2``), hence the squared spread. The
+    bounds are values of ``dtype`` (rounded to nearest): a size compares with them alike in ``dtype``
+    and in float64, so every check agrees on every NumPy (NumPy < 2 compares a float32 scalar with a
+    Python float in float64, an array in float32). O(1)."""
     spread = max(float(v_max), 1.0 / float(v_min), 1.0)
-    lo, hi, hi_d, gradient_lo, gradient_hi, gradient_hi_d = _limit_terms(d, dtype)
+    lo, hi, hi_d, gradient_lo, gradient_hi, gradient_hi_d, rounded = _limit_terms(d, dtype)
     # the terms' products in the order the formulas read, left to right: the same bits as unfactored
-    return Limits(
-        lo * spread,
-        hi / (hi_d * spread),
-        gradient_lo * spread * spread,
-        gradient_hi / (gradient_hi_d * spread * spread),
+    return Limits._make(
+        rounded(
+            lo * spread,
+            hi / (hi_d * spread),
+            gradient_lo * spread * spread,
+            gradient_hi / (gradient_hi_d * spread * spread),
+        )
     )
+
+
+_FLOAT32S = struct.Struct("<4f")
+
+
+def _float32s(*values):
+    """``values`` (four Python floats) rounded to the nearest float32s, as Python floats (one ``struct``
+    round trip, 0.2 us; infinity beyond float32's range)."""
+    try:
+        return _FLOAT32S.unpack(_FLOAT32S.pack(*values))
+    except OverflowError:  # struct refuses what rounds to infinity: NumPy's conversion gives it
+        with numpy.errstate(over="ignore"):
+            return tuple(float(numpy.float32(v)) for v in values)
+
+
+def _float64s(*values):
+    """``values``, already float64s."""
+    return values
 
 
 @functools.lru_cache(maxsize=256)
@@ -67,10 +90,12 @@ def _limit_terms(d, dtype):
     """The factors of :func:`limits` that do not depend on the rows, for X ``(d, m)`` in ``dtype``: the
     left-to-right products ``w sqrt(d) d tiny/eps``, ``w max``, ``16 d``, ``w^2 d^2 tiny/eps``,
     ``w^2 max``, ``16 d^2`` (w: :func:`_weight`; column_sizes are w times the sums of absolute
-    values). Memoized: at d = 16 the formulas cost more than a small product's check of X."""
+    values), and the function that rounds the four bounds to ``dtype``. Memoized: at d = 16 the
+    formulas cost more than a small product's check of X."""
     big, small = _range(dtype)
     w = _weight(d)
-    return w * math.sqrt(d) * d * small, w * big, 16.0 * d, w * w * d * d * small, w * w * big, 16.0 * d * d
+    rounded = _float32s if numpy.dtype(dtype).itemsize == 4 else _float64s
+    return w * math.sqrt(d) * d * small, w * big, 16.0 * d, w * w * d * d * small, w * w * big, 16.0 * d * d, rounded
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,15 +138,16 @@ def bit_bounds(lo, hi, dtype):
     """``(unsigned, lo_bits, span)`` with which one reduction tests column sizes against ``[lo, hi]``:
     for sizes ``s`` of ``dtype`` (float32 or float64, NumPy) that are ``>= 0`` or NaN (what
     :func:`column_sizes` gives), ``max(s.view(unsigned) - lo_bits) <= span`` (the subtraction wraps
-    around) exactly when every ``s`` is in ``[lo, hi]`` as NumPy compares a ``dtype`` value with a
-    Python float (``lo`` and ``hi``, finite, rounded to ``dtype``): nonnegative floats order as their
+    around) exactly when every ``s`` is in ``[lo, hi]`` (``lo`` and ``hi`` finite values of ``dtype``,
+    as :func:`limits` gives; ``span`` is of the type ``unsigned``: NumPy < 2 compares a uint64 with a
+    Python int in float64, which loses the last bits): nonnegative floats order as their
     bit patterns, a size below ``lo`` wraps to more than ``span``, and NaN's pattern is above
     infinity's. One subtraction and one reduction instead of two reductions (0.3 us less at m = 32;
     ``lo_bits`` is a 0-d array, which NumPy subtracts faster than a scalar). The patterns come from
     ``struct`` (round to nearest, as NumPy's conversion): 0.1 us each against 0.7 us through arrays."""
     pack, unpack, unsigned = _BIT_FORMATS[numpy.dtype(dtype).itemsize]
     lo_bits = unpack(pack(lo))[0]
-    return unsigned, numpy.array(lo_bits, dtype=unsigned), unpack(pack(hi))[0] - lo_bits
+    return unsigned, numpy.array(lo_bits, dtype=unsigned), unsigned(unpack(pack(hi))[0] - lo_bits)
 
 
 _BIT_FORMATS = {  # by itemsize (float32, float64): pack a float, unpack its bits, their NumPy type
