@@ -23,7 +23,7 @@ def dense_memory(shape, dtype, what, xp, workspace, device=None):
     generic path (``None`` on NumPy and CuPy); a device whose memory the
     library does not report is not checked. Cost: O(1).
     """
-    if xp is numpy and workspace * float(math.prod(shape)) * numpy.dtype(dtype).itemsize <= host_memory():
+    if xp is numpy and host_fits(workspace * float(math.prod(shape)) * numpy.dtype(dtype).itemsize):
         return  # the common case first, in fewer steps (a small product checks its dense H on every build)
     dtype = numpy_dtype(dtype)
     result = float(math.prod(shape)) * dtype.itemsize

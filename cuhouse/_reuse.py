@@ -54,12 +54,12 @@ reflections, dropped by ``refresh()`` and by :meth:`prepare_reuse
 """
 
 import functools
-import math
 from collections import namedtuple
 
 import numpy
 
 from . import _memory, calibration, plan
+from ._shapes import matrix_count
 from .algorithms import _scaling
 
 HOT_SIZES = 64  # column counts remembered per reflections for the hot path
@@ -117,7 +117,7 @@ def choose(core, fresh, m, dtype, layout, backend):
     :func:`cuhouse.plan.choose`, at the latest). O(1) after the first call for these arguments."""
     shape = core.shape
     n, d = shape[-2:]
-    batch = max(math.prod(shape[:-2]), 1)  # the matrices one call builds (none: as one), as the fresh plan
+    batch = matrix_count(shape)  # as the fresh plan
     for chosen in kept(fresh, d, n, m, dtype.itemsize, backend, layout, calibration.machine(backend), batch):
         if chosen.algorithm != "dense" or _dense_memory_fits(core, d, dtype):
             return chosen

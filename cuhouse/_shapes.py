@@ -11,6 +11,8 @@ and ``X @ A`` is ``(A^T X^T)^T``; the hooks of :class:`cuhouse.Operator` work
 on it. :func:`to_columns` and :func:`from_columns` convert, as views.
 """
 
+import math
+
 import numpy
 
 from ._backend import array_module, swap
@@ -28,6 +30,12 @@ def batch_shape(*named):
         parts = ["{} {}".format(name, tuple(shape)) for name, shape in named]
         listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         raise ValueError("the batch shapes of {} do not broadcast".format(listed)) from None
+
+
+def matrix_count(shape):
+    """How many matrices a stack of ``shape`` ``(..., p, q)`` holds, at least 1 (an empty batch counts as
+    one: what a plan prices). O(len(shape))."""
+    return max(math.prod(shape[:-2]), 1)
 
 
 def geqrf_shape(a_shape, tau_shape):

@@ -176,14 +176,8 @@ def matmul(h, x, side):
         chosen, module = fresh_plan(h, core, columns.shape[1], columns.dtype)
         form, _, limits = core.form(chosen, columns.dtype, core.layout)
         transpose = transpose != h._transpose
-    m = columns.shape[1]
-    if m:
-        sizes = _scaling.column_sizes(columns, numpy)
-        if m == 1:  # one size: a float, no reductions (as the replay tests it)
-            if not limits.lo <= sizes.item() <= limits.hi:  # NaN fails too
-                return None
-        elif not (_reuse.smallest(sizes) >= limits.lo and _reuse.largest(sizes) <= limits.hi):
-            return None
+    if columns.shape[1] and not _scaling.inside(_scaling.column_sizes(columns, numpy), limits.lo, limits.hi):
+        return None
     out = _reuse.apply_plan(module, form, columns, transpose, chosen.apply, x.ndim, side != "right")
     # the next such product replays it
     _reuse.remember_product(kept, h, columns, transpose, module, chosen, form, limits)

@@ -13,7 +13,6 @@ After changing ``vectors`` in place (an optimizer step), call
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Tuple
 
 import numpy
@@ -34,7 +33,7 @@ from ._backend import (
 from ._gpu import primitives
 from ._operator import Operator
 from ._reflections import ComplexReflections, Reflections, Segment
-from ._shapes import batch_shape, reduce_to_shape
+from ._shapes import batch_shape, matrix_count, reduce_to_shape
 from ._typing import Array
 from .algorithms import ALGORITHMS, PLANS, _layout, _scaling, portable
 
@@ -616,7 +615,7 @@ class HouseholderProduct(Operator):
             core.layout_for(differentiable),
             core.lapack_ready(differentiable),
             bool(differentiable),
-            max(math.prod(core.shape[:-2]), 1),  # the matrices one call builds and applies (none: as one)
+            matrix_count(core.shape),  # the matrices one call builds and applies
         )
 
     def _plan_backend(self):

@@ -14,7 +14,7 @@ def unit_rows(y, layout, identity, xp, norms=None):
     if identity is not None:
         v = xp.where(identity[..., None], 0, v)
     if norms is not None:
-        return v / norms[..., None], norms
+        return _primitives.normalize_rows(v, norms, xp), norms
     unit, norms = _primitives.unit_rows(v, xp)
     return unit, norms
 

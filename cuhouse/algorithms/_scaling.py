@@ -156,9 +156,12 @@ _BIT_FORMATS = {  # by itemsize (float32, float64): pack a float, unpack its bit
 }
 
 
-def _fast_inside(sizes, lo, hi):
-    """Whether every size is in ``[lo, hi]``: two reductions over m values (array methods: no function
-    dispatch) and one test; False for zero columns, which :func:`_any_column_out` then looks at."""
+def inside(sizes, lo, hi):
+    """Whether every size is in ``[lo, hi]`` (NaN is not): one size compared as a float, more by two
+    reductions (array methods: no function dispatch) and one test; False for zero columns, which
+    :func:`_any_column_out` then looks at. O(m)."""
+    if sizes.size == 1:
+        return lo <= sizes.item() <= hi
     return sizes.size == 0 or bool((sizes.min() >= lo) & (sizes.max() <= hi))
 
 
@@ -183,7 +186,7 @@ def column_exponents(x, limits, xp):
     range, zero, or not finite (with ``check_finite=False``).
     """
     sizes = column_sizes(x, xp)
-    if _fast_inside(sizes, limits.lo, limits.hi):
+    if inside(sizes, limits.lo, limits.hi):
         return None
     largest = _largest(x, xp)
     if not _any_column_out(largest, sizes, limits.lo, limits.hi, xp):
@@ -212,7 +215,7 @@ def gradient_needs_scaling(out, dout, limits, xp):
     if 0 in out.shape:
         return False
     sizes = [column_sizes(a, xp) for a in (out, dout)]  # (..., m) each
-    if not all(_fast_inside(s, limits.lo, limits.hi) for s in sizes) and any(
+    if not all(inside(s, limits.lo, limits.hi) for s in sizes) and any(
         _any_column_out(_largest(a, xp), s, limits.lo, limits.hi, xp) for a, s in zip((out, dout), sizes)
     ):
         return True
