@@ -59,7 +59,7 @@ class _Cached:
         self.params = params
         self.segments = segments
         self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype) if is_native(module_named(backend)) else dtype
+        self.dtype = numpy.dtype(dtype) if backend == "numpy" or is_native(module_named(backend)) else dtype
         self._cache = {} if known is None else known  # the first generation: what the caller knew
         self._new_tables()
 
@@ -74,7 +74,7 @@ class _Cached:
     @property
     def native(self):
         """True on NumPy and CuPy (layouts read in place); False on the generic path (:mod:`cuhouse._generic`)."""
-        return is_native(self.xp)
+        return self.backend == "numpy" or is_native(self.xp)
 
     def _leaf(self, param):
         """Leaf number ``param`` as the algorithms read it: the caller's array, or, for a NumPy or CuPy

@@ -31,7 +31,7 @@ import numpy
 from . import _reuse, calibration
 from ._reflections import Reflections, Segment
 from ._validate import NormSummary
-from .algorithms import PLANS, _layout, _scaling
+from .algorithms import PLANS, _layout, _scaling, cwy
 from .algorithms._gemm import BLAS_DTYPES
 from .algorithms.ormqr import squared_lengths
 
@@ -178,7 +178,10 @@ def matmul(h, x, side):
         transpose = transpose != h._transpose
     if columns.shape[1] and not _scaling.inside(_scaling.column_sizes(columns, numpy), limits.lo, limits.hi):
         return None
-    out = _reuse.apply_plan(module, form, columns, transpose, chosen.apply, x.ndim, side != "right")
+    if module is cwy and chosen.apply == "steps" and cwy.direct_form(form):  # what cwy.apply runs, no layers
+        out = _reuse.shaped(cwy._apply_numpy(form, columns, transpose), x.ndim, side != "right")
+    else:
+        out = _reuse.apply_plan(module, form, columns, transpose, chosen.apply, x.ndim, side != "right")
     # the next such product replays it
     _reuse.remember_product(kept, h, columns, transpose, module, chosen, form, limits)
     return out

@@ -305,7 +305,12 @@ def _steps(f, name):
     steps = f.cache.get(key)
     if steps is None:
         matrices = f.t if name == "t" else f.s
-        steps = f.cache[key] = [(vt, matrices[j, : vt.shape[1], : vt.shape[1]].T) for j, vt in enumerate(_columns(f))]
+        columns = _columns(f)
+        steps = list(zip(columns, matrices.transpose(0, 2, 1)))  # M_j^T: the stack's views, made in C
+        kb = columns[-1].shape[1]
+        if kb < matrices.shape[-1]:  # the last block's rows only
+            steps[-1] = columns[-1], matrices[-1, :kb, :kb].T
+        f.cache[key] = steps
     return steps
 
 
