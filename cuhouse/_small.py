@@ -172,7 +172,7 @@ def matmul(h, x, side):
         transpose = right != h._transpose
     if m and not _scaling.inside(_scaling.column_sizes(columns, numpy), limits.lo, limits.hi):
         return None
-    if module is cwy and chosen.apply == "steps" and cwy.direct_form(form):  # what cwy.apply runs, no layers
+    if m and module is cwy and chosen.apply == "steps" and cwy.direct_form(form):  # what cwy.apply runs (cwy.direct)
         out = _reuse.shaped(cwy._apply_numpy(form, columns, transpose), ndim, not right)
     else:
         out = _reuse.apply_plan(module, form, columns, transpose, chosen.apply, ndim, not right)
