@@ -259,7 +259,7 @@ def _apply_numpy(f, x, transpose):
     instead (``?trsv``, no T matrices: their ``?trtri`` costs more than the solves of a fresh
     product, and a solve of one column is no slower than the product with T) and subtracts
     with ``?gemv``. Cost: O(n d m), 3 calls a block."""
-    out = x.copy(order="F" if column_major(x) else "C")
+    out = x.copy(order="F" if x.strides[0] < x.strides[1] else "C")  # column_major(x), inline
     if out.shape[1] == 1:
         return _apply_numpy_column(f, out, transpose)
     steps = _steps(f, "t")  # T made from S at the first read
