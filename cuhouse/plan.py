@@ -139,9 +139,8 @@ DENSE_BUILD_OVERHEAD = (7.0, 16.0)
 # The same with a calibration of cwy's calls as made (FORMAT 8; cwy's build then carries MEASURED_BUILD, which the
 # dense build pays too): least squares over fresh dense H minus fresh cwy products (each at the plan's block size
 # for it) against predict() without it, d = 16..96, m = 1, 2, 32, float32 and float64 (one thread, interleaved,
-# 7 rounds, idle): 10.1 launches and 5.2 passes, residuals within 7.4 us (most within 4 us). With the overhead of
-# the built-in constants instead, the model put the dense H's fresh call 3-6 us too high at d = 32..80 and the
-# objective took compact WY at 41 of 840 shapes (d = 16..96) where it had taken the dense H.
+# 7 rounds, idle; 36 shapes): 10.1 launches and 5.2 passes, residuals within 7.4 us (most within 4 us), where the
+# built-in constants' (7, 16) left -23.6..+2.4 us (the dense H priced up to 24 us too high at d = 80, 96).
 MEASURED_DENSE_OVERHEAD = (10.0, 5.0)
 
 

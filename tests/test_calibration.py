@@ -325,7 +325,7 @@ def test_the_tables_are_read_back_as_tuples_and_plans_from_them_are_deterministi
 def test_the_tables_decide_the_block_size_as_measured():
     """The block sizes the plans take from the session-14 tables are the ones measured fastest there (fresh
     HouseholderProduct(V, block_size=k) @ X and cwy.build + cwy.apply, interleaved, one thread): k = 16 at
-    d = 128..512, m = 32 (the plan's k = 32 without the tables measured 1.07-1.10x slower), k = 8 at d = 2048
+    d = 128..512, m = 32 (the plan's k = 32 without the tables measured 1.08-1.10x slower), k = 8 at d = 2048
     (OpenBLAS's small-matrix kernels below about 1e6 multiply-adds: k = 16 measured 1.5x slower), k = 8 at
     d = 1024, m = 1 (k = 16 1.07x). At d = 1024 (m = 32) k = 8 and 16 measured within 2%, at d = 4096 k = 16 and
     32 within 0.1%. Without the tables (the built-in formulas with the same scalar constants) the model takes
