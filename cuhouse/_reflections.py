@@ -59,7 +59,7 @@ class _Cached:
         self.params = params
         self.segments = segments
         self.check_finite = check_finite
-        self.dtype = numpy.dtype(dtype) if is_native(module_named(backend)) else dtype
+        self.dtype = numpy.dtype(dtype) if backend == "numpy" or is_native(module_named(backend)) else dtype
         self._cache = {} if known is None else known  # the first generation: what the caller knew
         self._new_tables()
 
@@ -74,7 +74,7 @@ class _Cached:
     @property
     def native(self):
         """True on NumPy and CuPy (layouts read in place); False on the generic path (:mod:`cuhouse._generic`)."""
-        return is_native(self.xp)
+        return self.backend == "numpy" or is_native(self.xp)
 
     def _leaf(self, param):
         """Leaf number ``param`` as the algorithms read it: the caller's array, or, for a NumPy or CuPy
@@ -330,7 +330,9 @@ class Reflections(_Cached):
                 found = forms[key] = form, scale, None
                 return found
             module = PLANS[chosen.algorithm]
-            rows, identity, scaled = self.rows.astype(dtype, copy=False), self.identity, None
+            rows, identity, scaled = self.rows, self.identity, None
+            if rows.dtype != dtype:  # converted only then (astype with copy=False: a call more)
+                rows = rows.astype(dtype)
             if not self.safe:
                 scaled = _normalize.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _layout.FULL, None
@@ -341,17 +343,19 @@ class Reflections(_Cached):
                 # all-zero rows (identity factors only) act as unit rows
                 v_max, v_min = summary.largest, summary.smallest
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            extra = {}
-            if module is PLANS["ormqr"]:
-                extra["norms"] = self.norms
-            elif module is PLANS["sequential"] and scaled is None and identity is None and layout != _layout.UNIT:
+            if chosen.algorithm == "ormqr":
+                form = module.build(rows, chosen.block_size, xp, layout, identity, self.norms)
+            elif chosen.algorithm == "sequential" and scaled is None and identity is None and layout != _layout.UNIT:
                 # the norms of the rows the loop normalizes (the same bits: not again) when none is zero,
                 # unless they were computed from a strided leaf, which the rows read through a copy (_leaf)
                 segment, *more = self.segments
                 in_place = self._leaf(segment.param) is self.params[segment.param]
+                norms = None
                 if xp is numpy and dtype == self.dtype and not summary.zero and (more or in_place):
-                    extra["norms"] = self.norms
-            form = module.build(rows, chosen.block_size, xp, layout, identity, **extra)
+                    norms = self.norms
+                form = module.build(rows, chosen.block_size, xp, layout, identity, norms=norms)
+            else:
+                form = module.build(rows, chosen.block_size, xp, layout, identity)
             found = forms[key] = form, scaled, limits
         return found
 

@@ -60,21 +60,25 @@ import numpy
 
 from . import _memory, calibration, plan
 from ._shapes import matrix_count
-from .algorithms import _scaling
+from .algorithms import _scaling, cwy
 
 HOT_SIZES = 64  # column counts remembered per reflections for the hot path
 REPLAYS = 64  # products kept per reflections for replay (column count, side, pinned plan)
 largest = numpy.maximum.reduce  # the ufuncs' reductions themselves: no Python layer of ndarray.max/min
 smallest = numpy.minimum.reduce
 
-Replay = namedtuple("Replay", "calibration d dtype lo hi unsigned lo_bits span weights module form transpose mode h")
+Replay = namedtuple(
+    "Replay", "calibration d dtype lo hi unsigned lo_bits span weights module form transpose mode h direct"
+)
 Replay.__doc__ = """A NumPy product kept for :func:`replay`: the :mod:`cuhouse.calibration` its plan was
 chosen under, X's rows ``d`` and ``dtype``, the limits ``[lo, hi]`` of X's column sizes the form takes
 unscaled and the same as a test of their bits (``unsigned, lo_bits, span``, see
 :func:`cuhouse.algorithms._scaling.bit_bounds`), the ``weights`` of
 :func:`cuhouse.algorithms._scaling.column_sizes` (``w @ |X|`` are the sizes), the plan's algorithm
 ``module`` with its built ``form``, the ``transpose`` it applies (``H^T``) and its apply ``mode``; for
-the dense plan ``h``, the matrix it applies (``H``, or ``H^T`` as a view), else ``None``."""
+the dense plan ``h``, the matrix it applies (``H``, or ``H^T`` as a view), else ``None``; ``direct``:
+whether ``apply`` runs ``cuhouse.algorithms.cwy._apply_numpy`` on the form (compact WY's steps on one
+matrix in the full layout), which the replay then calls itself (the same function, no layers)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -224,6 +228,7 @@ def _completed(pending):
         transpose,
         mode,
         (form.h.T if transpose else form.h) if dense else None,
+        module is cwy and mode == "steps" and cwy.direct_form(form),
     )
 
 
@@ -252,7 +257,7 @@ def replay(op, x, left):
         return None
     if type(entry) is not Replay:  # the first replay of a product kept by remember_product
         entry = kept[key] = _completed(entry)
-    chosen_under, d, dtype, lo, hi, unsigned, lo_bits, span, weights, module, form, transpose, mode, h = entry
+    chosen_under, d, dtype, lo, hi, unsigned, lo_bits, span, weights, module, form, transpose, mode, h, direct = entry
     if rows != d or x.dtype is not dtype or calibration.current("numpy") is not chosen_under:
         return None
     sizes = numpy.dot(weights, abs(columns))  # _scaling.column_sizes, inline
@@ -261,6 +266,8 @@ def replay(op, x, left):
             return None
     elif not largest(sizes.view(unsigned) - lo_bits) <= span:  # every size in [lo, hi]: one reduction
         return None
+    if direct:  # what cwy.apply runs for this form and X (2-D, its dtype, m >= 1), without its layers
+        return shaped(cwy._apply_numpy(form, columns, transpose), ndim, left)
     if h is None:
         return apply_plan(module, form, columns, transpose, mode, ndim, left)
     # dense.apply's one GEMM, inline: in X's memory order, as there

@@ -31,7 +31,7 @@ import numpy
 from . import _reuse, calibration
 from ._reflections import Reflections, Segment
 from ._validate import NormSummary
-from .algorithms import PLANS, _layout, _scaling
+from .algorithms import PLANS, _layout, _scaling, cwy
 from .algorithms._gemm import BLAS_DTYPES
 from .algorithms.ormqr import squared_lengths
 
@@ -128,33 +128,13 @@ def lapack_reflections(a, tau, check_finite):
     return core
 
 
-def operand(h, x, side):
-    """``(columns, transpose)`` for ``h @ x`` (``side == "left"``) or ``x @ h``, or ``None``;
-    ``transpose`` says that the product runs ``h^T``, as ``X @ H`` does.
-
-    ``x`` must be a 1-D or 2-D ``ndarray`` of ``h``'s (real) dtype and size.
-    ``columns`` is the ``(d, m)`` view the algorithms take (no copy: a
-    row-major ``X @ H`` operand is a column-major view).
-    """
-    core = h._core
-    if core.backend != "numpy" or x.dtype != core.dtype or core.dtype not in BLAS_DTYPES or not 1 <= x.ndim <= 2:
-        return None
-    small = core.small
-    if not small:
-        return None
-    d = small[1]
-    if x.shape[-1 if (x.ndim == 1 or side == "right") else 0] != d:
-        return None
-    if x.ndim == 1:
-        columns = x[:, None]
-    else:
-        columns = x.T if side == "right" else x
-    return columns, side == "right"
-
-
 def matmul(h, x, side):
     """``h @ x`` (``x @ h``) on the small-size path, or ``None`` when it does not apply.
 
+    ``x`` must be a 1-D or 2-D ``ndarray`` of ``h``'s (real, float32/float64)
+    dtype and size, and ``h`` one NumPy matrix. The algorithms take the
+    ``(d, m)`` columns view of ``x`` (no copy: a row-major ``X @ H`` operand
+    is a column-major view), and ``X @ H`` runs ``H^T``.
     The plan is :func:`fresh_plan`'s (the product's own ``_plan``, memoized by
     shape, dtype, layout and calibration), or for reflections declared reused
     the kept plan of the product's ``_run``; the form is the reflections' cached
@@ -162,23 +142,40 @@ def matmul(h, x, side):
     anyway (:func:`cuhouse.algorithms._scaling.column_sizes`, one GEMV over
     ``|X|``): every column size inside the limits says at once that X is
     finite and needs no scaling. Anything else (NaN, a zero column, a size
-    out of range) takes the general path, which raises or scales.
+    out of range) takes the general path, which raises or scales. At d = 64
+    the call's own steps cost about as much as its flops, so they are inline:
+    one function from ``@`` to the algorithm's ``apply``.
     """
-    found = operand(h, x, side)
-    if found is None:
-        return None
-    columns, transpose = found
     core = h._core
+    dtype = x.dtype
+    if core.backend != "numpy" or dtype != core.dtype or dtype not in BLAS_DTYPES:
+        return None
+    shape = core.shape
+    ndim = x.ndim
+    right = side == "right"
+    if ndim == 2:
+        columns = x.T if right else x
+    elif ndim == 1:
+        columns = x[:, None]
+    else:
+        return None
+    d, m = columns.shape
+    if len(shape) != 2 or d != shape[1]:
+        return None
     kept = core._replay  # before the form is built: a refresh() meanwhile gives h a new table
     if core.reuse:  # the kept plan of reflections declared reused (cuhouse._reuse)
-        module, chosen, (form, _, limits), transpose = h._run(columns, transpose, False)
+        module, chosen, (form, _, limits), transpose = h._run(columns, right, False)
     else:
-        chosen, module = fresh_plan(h, core, columns.shape[1], columns.dtype)
-        form, _, limits = core.form(chosen, columns.dtype, core.layout)
-        transpose = transpose != h._transpose
-    if columns.shape[1] and not _scaling.inside(_scaling.column_sizes(columns, numpy), limits.lo, limits.hi):
+        layout = core.layout
+        chosen, module = fresh_plan(h, core, m, dtype, layout)
+        form, _, limits = core.form(chosen, dtype, layout)
+        transpose = right != h._transpose
+    if m and not _scaling.inside(_scaling.column_sizes(columns, numpy), limits.lo, limits.hi):
         return None
-    out = _reuse.apply_plan(module, form, columns, transpose, chosen.apply, x.ndim, side != "right")
+    if m and module is cwy and chosen.apply == "steps" and cwy.direct_form(form):  # what cwy.apply runs (cwy.direct)
+        out = _reuse.shaped(cwy._apply_numpy(form, columns, transpose), ndim, not right)
+    else:
+        out = _reuse.apply_plan(module, form, columns, transpose, chosen.apply, ndim, not right)
     # the next such product replays it
     _reuse.remember_product(kept, h, columns, transpose, module, chosen, form, limits)
     return out
@@ -188,13 +185,15 @@ _PLANS = {}  # fresh_plan's memo: (n, d, m, dtype, layout, lapack, algorithm, bl
 _PLANS_KEPT = 4096  # then the memo starts over (a calibration replaced keeps its entries until then)
 
 
-def fresh_plan(h, core, m, dtype):
+def fresh_plan(h, core, m, dtype, layout=None):
     """``(plan, module)``: the plan of a fresh product without gradient of ``h`` (reflections ``core``, one
     NumPy matrix) for X ``(d, m)`` of ``dtype``, as ``h._plan`` chooses it, and its algorithm's
     module. Memoized by everything the plan depends on (shape, dtype, layout, whether LAPACK can
     run it, the pinned algorithm and block size, the calibration in use): a dictionary lookup
-    instead of the layers of arguments ``plan.choose`` takes."""
-    layout = core.layout
+    instead of the layers of arguments ``plan.choose`` takes. ``layout``: ``core.layout``, when the
+    caller has read it."""
+    if layout is None:
+        layout = core.layout
     key = (
         core.shape,
         m,

@@ -231,17 +231,16 @@ def apply(f, x, transpose, xp, mode="steps"):
 
 def direct(f, x):
     """Whether :func:`apply` runs the NumPy form ``f`` on the NumPy ``x`` as direct BLAS calls
-    (:func:`_apply_numpy`): one matrix in the full layout with no identity factors, and a 2-D X of
-    its float32/float64 dtype with at least one column. O(1)."""
-    return (
-        f.layout == FULL
-        and f.active is None
-        and f.s.ndim == 3
-        and x.ndim == 2
-        and x.shape[-1] > 0
-        and x.dtype == f.s.dtype
-        and x.dtype in _gemm.BLAS_DTYPES
-    )
+    (:func:`_apply_numpy`): a :func:`direct_form` and a 2-D X of its float32/float64 dtype with at
+    least one column. O(1)."""
+    return direct_form(f) and x.ndim == 2 and x.shape[-1] > 0 and x.dtype == f.s.dtype and x.dtype in _gemm.BLAS_DTYPES
+
+
+def direct_form(f):
+    """Whether the NumPy form ``f`` is one matrix in the full layout with no identity factors: then
+    :func:`apply` (``mode="steps"``) runs :func:`_apply_numpy` on every X that :func:`direct` takes.
+    O(1)."""
+    return f.layout == FULL and f.active is None and f.s.ndim == 3
 
 
 # From this many entries of a row-major X on, Z = V X runs through NumPy's matmul (OpenBLAS's CBLAS
@@ -263,20 +262,18 @@ def _apply_numpy(f, x, transpose):
     out = x.copy(order="F" if column_major(x) else "C")
     if out.shape[1] == 1:
         return _apply_numpy_column(f, out, transpose)
-    t = f.t  # read once: made from S at the first read
-    k = t.shape[-1]
-    columns = _columns(f)
+    steps = _steps(f, "t")  # T made from S at the first read
+    k = f.s.shape[-1]
     gemm = _gemm.blas("gemm", out.dtype)
     m = out.shape[1]
+    order = steps if transpose else reversed(steps)  # application_order
     # (alpha, a, b, beta, c, trans_a, trans_b, overwrite_c), positional: keywords cost 0.3 us a call
     if out.flags.f_contiguous:  # Z = V X, U = T Z, X -= V^T U on column-major arrays
         z, u = numpy.empty((m, k), dtype=out.dtype).T, numpy.empty((m, k), dtype=out.dtype).T
-        for j in application_order(len(columns), transpose):
-            vt = columns[j]  # V_j^T (d, kb)
-            kb = vt.shape[1]
-            zj, uj, tj = (z, u, t[j]) if kb == k else (None, None, t[j, :kb, :kb])  # the last block: new Z, U
+        for vt, tjt in order:  # V_j^T (d, kb), T_j^T (kb, kb) as Fortran matrices
+            zj, uj = (z, u) if vt.shape[1] == k else (None, None)  # the last block: new Z, U
             zj = gemm(1.0, vt, out, 0.0, zj, 1, 0, 1)
-            uj = gemm(1.0, tj.T, zj, 0.0, uj, 0 if transpose else 1, 0, 1)  # tj.T is T_j^T as a Fortran matrix
+            uj = gemm(1.0, tjt, zj, 0.0, uj, 0 if transpose else 1, 0, 1)
             result = gemm(-1.0, vt, uj, 1.0, out, 0, 0, 1)  # out is contiguous: written in place
             if result is not out:  # the wrapper copied an array it could not write (as the column path)
                 out[...] = result
@@ -285,19 +282,36 @@ def _apply_numpy(f, x, transpose):
     zt, ut = numpy.empty((m, k), dtype=out.dtype, order="F"), numpy.empty((m, k), dtype=out.dtype, order="F")
     streamed = out.size >= NUMPY_PRODUCT_FROM
     xt = out.T
-    for j in application_order(len(columns), transpose):
-        vt = columns[j]  # V_j^T (d, kb)
+    for vt, tjt in order:
         kb = vt.shape[1]
-        zj, uj, tj = (zt, ut, t[j]) if kb == k else (zt[:, :kb], ut[:, :kb], t[j, :kb, :kb])  # contiguous columns
+        zj, uj = (zt, ut) if kb == k else (zt[:, :kb], ut[:, :kb])  # contiguous columns
         if streamed:  # Z = V X by NumPy's matmul (CBLAS) into Z^T's memory
             numpy.matmul(vt.T, out, out=zj.T)
         else:
             zj = gemm(1.0, xt, vt, 0.0, zj, 0, 0, 1)
-        uj = gemm(1.0, zj, tj.T, 0.0, uj, 0, 1 if transpose else 0, 1)
+        uj = gemm(1.0, zj, tjt, 0.0, uj, 0, 1 if transpose else 0, 1)
         result = gemm(-1.0, uj, vt, 1.0, xt, 0, 1, 1)  # xt is Fortran-contiguous: written in place
         if result is not xt:
             xt[...] = result
     return out
+
+
+def _steps(f, name):
+    """``[(V_j^T, M_j^T), ...]`` in block order for the NumPy form ``f`` of :func:`_apply_numpy`, with
+    ``M = f.t`` (``name == "t"``) or ``f.s`` (``"s"``): the Fortran views its BLAS calls take
+    (``M_j^T`` cut to the block's ``kb`` rows), made once per form and kept in ``f.cache`` (a
+    view costs 0.1-0.2 us a block a call). Two threads making them at once make the same views."""
+    key = ("steps", name)
+    steps = f.cache.get(key)
+    if steps is None:
+        matrices = f.t if name == "t" else f.s
+        columns = _columns(f)
+        steps = list(zip(columns, matrices.transpose(0, 2, 1)))  # M_j^T: the stack's views, made in C
+        kb = columns[-1].shape[1]
+        if kb < matrices.shape[-1]:  # the last block's rows only
+            steps[-1] = columns[-1], matrices[-1, :kb, :kb].T
+        f.cache[key] = steps
+    return steps
 
 
 def _apply_numpy_column(f, out, transpose):
@@ -309,17 +323,15 @@ def _apply_numpy_column(f, out, transpose):
     column = out[:, 0]  # contiguous in either memory order: ?gemv (overwrite_y) writes it in place
     trsv, gemv = _gemm.blas("trsv", out.dtype), _gemm.blas("gemv", out.dtype)
     trans = 0 if transpose else 1  # S^T (lower, Fortran-ordered) as stored: trans = 1 solves with S
-    s_all = f.s
-    k = s_all.shape[-1]
+    k = f.s.shape[-1]
     buffer = numpy.empty(k, dtype=out.dtype)
-    columns = _columns(f)
-    for j in application_order(len(columns), transpose):
-        vt = columns[j]  # V_j^T (d, kb)
+    steps = _steps(f, "s")
+    for vt, st in steps if transpose else reversed(steps):  # V_j^T (d, kb), S_j^T (kb, kb): application_order
         kb = vt.shape[1]
-        s, z = (s_all[j], buffer) if kb == k else (s_all[j, :kb, :kb], buffer[:kb])
+        z = buffer if kb == k else buffer[:kb]
         # (alpha, a, x, beta, y, offx, incx, offy, incy, trans, overwrite_y): rows^T as a Fortran matrix
         z = gemv(1.0, vt, column, 0.0, z, 0, 1, 0, 1, 1, 1)  # z = V out (trans = 1)
-        z = trsv(s.T, z, 1, 0, 1, trans, 0, 1)  # (a, x, incx, offx, lower, trans, diag, overwrite_x)
+        z = trsv(st, z, 1, 0, 1, trans, 0, 1)  # (a, x, incx, offx, lower, trans, diag, overwrite_x)
         result = gemv(-1.0, vt, z, 1.0, column, 0, 1, 0, 1, 0, 1)
         if result is not column:  # the wrapper copied a column it could not write (as subtract_gemm)
             column[...] = result
