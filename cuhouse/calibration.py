@@ -514,8 +514,9 @@ def _direct_calls(k, y, m, rng):
     n, d = y.shape
     nb = n // k
     period = max(1, min(_SWEEP_PERIOD, n) // k)  # distinct blocks
-    g = numpy.einsum("bkd,bld->bkl", *(2 * (y[: period * k].reshape(period, k, d).astype(float),)))
-    s_distinct = numpy.triu(g, 1) + numpy.einsum("bkk->bk", g)[..., None] * numpy.eye(k) / 2
+    distinct = y[: period * k].reshape(period, k, d).astype(float)
+    g = distinct @ distinct.transpose(0, 2, 1)  # float64 Gram matrices: S = striu(G) + diag(G) / 2, T = S^-1
+    s_distinct = numpy.triu(g, 1) + g.diagonal(axis1=1, axis2=2)[..., None] * numpy.eye(k) / 2
     s_all = numpy.ascontiguousarray(numpy.resize(s_distinct.astype(dtype), (nb, k, k)))
     t = numpy.ascontiguousarray(numpy.resize(numpy.linalg.inv(s_distinct).astype(dtype), (nb, k, k)))
     columns = list(y[: nb * k].reshape(nb, k, d).transpose(0, 2, 1))  # V_j^T (d, k), as _build_numpy's
@@ -532,27 +533,28 @@ def _direct_calls(k, y, m, rng):
         for rows, sj in zip(columns, s_out.transpose(0, 2, 1)):
             gemm(1.0, rows, rows, 0.0, sj, 1, 0, 1)
 
+    t_steps = list(zip(columns, t.transpose(0, 2, 1)))  # (V_j^T, T_j^T), as cwy._steps(f, "t")
+    s_steps = list(zip(columns, s_all.transpose(0, 2, 1)))  # (V_j^T, S_j^T), as cwy._steps(f, "s")
+
     def step():
-        for j in range(nb):
-            vt = columns[j]
+        for vt, tjt in reversed(t_steps):  # application_order of H
             kb = vt.shape[1]
-            zj, uj, tj = (zt, ut, t[j]) if kb == k else (zt[:, :kb], ut[:, :kb], t[j, :kb, :kb])
+            zj, uj = (zt, ut) if kb == k else (zt[:, :kb], ut[:, :kb])
             if streamed:
                 numpy.matmul(vt.T, x, out=zj.T)
             else:
                 zj = gemm(1.0, xt, vt, 0.0, zj, 0, 0, 1)
-            uj = gemm(1.0, zj, tj.T, 0.0, uj, 0, 0, 1)
+            uj = gemm(1.0, zj, tjt, 0.0, uj, 0, 0, 1)
             result = gemm(-1.0, uj, vt, 1.0, xt, 0, 1, 1)
             if result is not xt:
                 xt[...] = result
 
     def column_step():
-        for j in range(nb):
-            vt = columns[j]
+        for vt, st in reversed(s_steps):
             kb = vt.shape[1]
-            s, z = (s_all[j], buffer) if kb == k else (s_all[j, :kb, :kb], buffer[:kb])
+            z = buffer if kb == k else buffer[:kb]
             z = gemv(1.0, vt, column, 0.0, z, 0, 1, 0, 1, 1, 1)
-            z = trsv(s.T, z, 1, 0, 1, 1, 0, 1)
+            z = trsv(st, z, 1, 0, 1, 1, 0, 1)
             result = gemv(-1.0, vt, z, 1.0, column, 0, 1, 0, 1, 0, 1)
             if result is not column:
                 column[...] = result
