@@ -4,16 +4,19 @@ The cost model (:mod:`cuhouse.plan`) predicts every plan from a few constants
 of the machine it runs on: the fixed cost of one array call, the GEMM rate
 (a peak and the shape efficiency ``e(s) = s / (s + half)``, fitted to skinny
 and square GEMMs), the bandwidth of an element-wise pass, the fixed cost of
-one LAPACK call, the rate of LAPACK's triangular inverse ``?trtri``, the
-cost of LAPACK's ``?ormqr`` and the rates of a block of reflectors' skinny
-GEMMs by block size and depth (a BLAS may run small products with faster
-kernels, and every call streams X once, which small blocks pay most often:
-together they decide the block size at large d). They move with the machine (CPU, BLAS library
+one LAPACK call, the cost of LAPACK's ``?ormqr``, and tables of the calls
+compact WY makes on NumPy (:mod:`cuhouse.algorithms.cwy`: a block's Gram
+``?gemm``, its three ``?gemm`` calls of a product, its ``?gemv``/``?trsv``/``?gemv``
+of a one-column product, ``?trtri``) timed exactly as it makes them, in sweeps
+over the blocks, by block size and depth: they decide the block size (a BLAS
+may run small products with faster kernels, and every call streams X once,
+which small blocks pay most often). They move with the machine (CPU, BLAS library
 and version, BLAS threads): a plan tuned on one machine does not carry to
 the next. So, in the manner of FFTW's wisdom, they are measured the first
-time a plan is needed on a machine (about two seconds, once; the timings of
-each table in interleaved passes, the fastest of five kept, so that a burst of
-load on a shared machine reads no entry low) and kept in a small
+time a plan is needed on a machine (about 1.6 seconds, once, on the project's
+2-core Xeon; the timings of each table in interleaved passes, the fastest of
+five kept, so that a burst of load on a shared machine reads no entry low)
+and kept in a small
 JSON file; every later process on that machine reads the file, so plans are
 deterministic given the file.
 
@@ -47,14 +50,15 @@ import numpy
 
 _MachineFields = namedtuple(
     "Machine",
-    "launch peak half bandwidth lapack_call trtri_rate ormqr_call ormqr_rate gemv_rate block_rates gram_rates",
-    defaults=(None, None, None),
+    "launch peak half bandwidth lapack_call trtri_rate ormqr_call ormqr_rate gemv_rate gram_rates step_rates "
+    "column_rates trtri_rates",
+    defaults=(None, None, None, None, None),
 )
 
 
 class Machine(_MachineFields):
     # a plan cache key (cuhouse.plan._choose, cuhouse._reuse.kept) on every product: its hash (about
-    # 170 floats with block_rates and gram_rates, 3 us) is computed once per object
+    # 260 floats with the tables, 3 us) is computed once per object
     def __hash__(self):
         found = self.__dict__.get("_hash")
         if found is None:
@@ -73,23 +77,33 @@ memory rather than flops) costs ``launch + 2 p q r / gemv_rate`` (``gemv_rate``
 ``None``: the GEMM formula);
 an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 ``lapack_call`` is the fixed cost of one LAPACK call through SciPy and
-``trtri_rate`` the rate of ``?trtri`` (k^3 / 3 flops for a k x k triangle);
+``trtri_rate`` the rate of ``?trtri`` (k^3 / 3 flops for a k x k triangle; measured:
+the rate at k = 64 of ``trtri_rates``);
 ``?ormqr`` applying n reflectors of length d to m columns costs
 ``ormqr_call + 4 n (d - n/2) m / ormqr_rate`` (``ormqr_rate`` is ``None``
-where there is no LAPACK plan); ``block_rates`` ``((k, size, flop/s), ...)`` (or
-``None``) the rates of the skinny GEMMs of a block of reflectors, ``(k x d) @
-(d x 32)`` for k = 8, 16, 32, 64 and d = 64..4096, by block size k and the
-size ``32 d`` of the operand each call streams (sorted by k, then size): a BLAS
+where there is no LAPACK plan).
+
+The tables (``None`` in the built-in constants) time the calls compact WY makes
+on NumPy in the full layout (:mod:`cuhouse.algorithms.cwy`) exactly as it
+makes them (the same SciPy wrappers, positional arguments, Fortran views and
+buffers), in sweeps over the blocks of up to 2^21 entries of reflections (a
+block's rows come from memory or the last-level cache, as in a product), for
+block sizes k = 8, 16, 32, 64 and depths d = 64..4096 (sorted by k, then
+size); each rate is of whole calls, their fixed cost included (a block's time
+is its flops over the rate), interpolated by ``cuhouse.plan._block_rate``:
+``gram_rates`` ``((k, d, flop/s), ...)`` the Gram matrix ``(k x d) @ (d x k)`` of a
+block by one ``?gemm`` (``2 k^2 d`` flops; 18-130 GFLOP/s here, slow at small
+k and d); ``step_rates`` ``((k, 32 d, flop/s), ...)`` a block of the apply to a
+row-major X of 32 columns, ``Z = V X``, ``U = T Z`` and ``X -= V^T U`` with
+beta = 1 (``4 k d m + 2 k^2 m`` flops), by k and the size ``d m`` of X: a BLAS
 may run small products with other kernels (OpenBLAS: below about 1e6
-multiply-adds, at 1.3-1.6x the rate of the packed kernels above), and each
-call streams X (``d x m``) once whatever k, so the rate depends on k as well
-as on the volume (``cuhouse.plan._block_rate``); both decide the best block
-size at d >= 1024. ``gram_rates`` ``((k, d, flop/s), ...)`` (or ``None``) the
-rates of a block's Gram matrix ``(k x d) @ (d x k)`` as one ``?gemm`` (the
-build's call, through SciPy), for the same k and d, its fixed cost
-included (the call's time is its flops over the rate): another shape and
-another call, measured 1.3-1.8x slower than ``block_rates``' product of the
-same volume at d <= 256, where they decide between k = 32 and 64."""
+multiply-adds, 1.3-1.6x faster than the packed kernels above) and every call
+streams X once whatever k, so the rate depends on k as well as on the volume;
+``column_rates`` ``((k, d, flop/s), ...)`` a block of the apply to one column,
+``?gemv``, ``?trsv`` with S, ``?gemv`` (``4 k d + k^2`` flops; memory-bound: 2-30
+GFLOP/s); ``trtri_rates`` ``((k, flop/s), ...)`` one ``?trtri`` of a k x k
+triangle in a build's stack, k = 8..128 (0.4-10 GFLOP/s here: one rate
+measured at k = 64 put k = 16's call at a third of its time)."""
 
 DEFAULTS = {
     # fitted on the project's 2-core machine (single-threaded OpenBLAS, float32); see cuhouse.plan
@@ -125,7 +139,7 @@ DEFAULTS["generic"] = DEFAULTS["numpy"]._replace(
     launch=1.0e-5, lapack_call=None, trtri_rate=None, ormqr_call=None, ormqr_rate=None
 )
 
-FORMAT = 7  # bump when the constants or their measurement change meaning (7: the tables timed in interleaved passes)
+FORMAT = 8  # bump when the constants or their measurement change meaning (8: the tables of the calls as cwy makes them)
 _ENV_DIR = "CUHOUSE_CALIBRATION_DIR"
 _ENV_SWITCH = "CUHOUSE_CALIBRATION"
 
@@ -239,7 +253,7 @@ def calibrate(backend="numpy", force=False):
     ``force`` measures even when the file exists. A file whose constants fail
     :func:`problems` is measured again; a measurement that still fails after
     its retries (a machine too loaded to time) is not saved, and this process
-    uses the built-in constants (the source says why). Cost: about two seconds of
+    uses the built-in constants (the source says why). Cost: about 1.6 seconds of
     measurement when it runs; a file read otherwise.
     """
     path = cache_path(backend)
@@ -270,9 +284,9 @@ def read(path):
         if data.get("format") != FORMAT:
             return None
         stored = {name: data["machine"][name] for name in Machine._fields}
-        for name in ("block_rates", "gram_rates"):  # JSON lists: tuples, so that a Machine stays hashable
+        for name in _TABLES:  # JSON lists: tuples of floats, so that a Machine stays hashable
             if stored[name] is not None:
-                stored[name] = tuple((float(k), float(q), float(r)) for k, q, r in stored[name])
+                stored[name] = tuple(tuple(float(value) for value in entry) for entry in stored[name])
         return Machine(**stored)
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -336,19 +350,37 @@ def problems(machine):
         value = getattr(machine, name)
         if value is not None and value > 2 * machine.peak:
             found.append("{} = {:.3g} flop/s exceeds twice the GEMM peak {:.3g}".format(name, value, machine.peak))
-    for name, table in (("block GEMM", machine.block_rates), ("Gram GEMM", machine.gram_rates)):
-        points = [(k, size) for k, size, _ in table or ()]
-        if any(not (math.isfinite(k) and k > 0 and math.isfinite(q) and q > 0) for k, q in points) or any(
+    for field, name in _TABLES.items():
+        table = getattr(machine, field) or ()
+        points = [entry[:-1] for entry in table]
+        if any(not all(math.isfinite(q) and q > 0 for q in point) for point in points) or any(
             a >= b for a, b in zip(points, points[1:])
         ):
-            found.append("the {} points (k, size) {} are not positive and increasing".format(name, points))
-        for k, size, rate in table or ():
+            shown = [point[0] if len(point) == 1 else point for point in points]
+            found.append(
+                "the {} points {} {} are not positive and increasing".format(
+                    name, "k" if field == "trtri_rates" else "(k, size)", shown
+                )
+            )
+        for entry in table:
+            rate = entry[-1]
             if not (math.isfinite(rate) and 1e6 <= rate <= 2 * machine.peak):
+                at = "k = {:g}".format(entry[0]) + ("" if len(entry) == 2 else ", size {:g}".format(entry[1]))
                 found.append(
-                    "the {} rate {:.3g} flop/s at k = {:g}, size {:g} is outside [1e6, twice the GEMM peak "
-                    "{:.3g}]".format(name, rate, k, size, machine.peak)
+                    "the {} rate {:.3g} flop/s at {} is outside [1e6, twice the GEMM peak {:.3g}]".format(
+                        name, rate, at, machine.peak
+                    )
                 )
     return found
+
+
+# the tables of a Machine (field: name in problems' sentences); entries (k, size, flop/s), trtri_rates' (k, flop/s)
+_TABLES = {
+    "gram_rates": "Gram GEMM",
+    "step_rates": "block step",
+    "column_rates": "column step",
+    "trtri_rates": "?trtri",
+}
 
 
 def _clock():
@@ -429,19 +461,119 @@ _GEMM_SHAPES = (
 # with the shapes above, they pulled ``half`` down to about 2 and the model then put skinny GEMMs with
 # a dimension of 32 at 1.4-1.8x their measured speed: cwy at d = 2048 predicted 4.5 ms, measured 12)
 _GEMV_SHAPES = ((64, 1024, 1), (1024, 64, 1), (32, 2048, 1), (2048, 32, 1))
-# the skinny GEMMs of a block of reflectors, (k x d) @ (d x 32), and its Gram matrix (k x d) @ (d x k)
-# by one ?gemm, by block size k and depth d: Machine.block_rates and gram_rates (56 GEMMs, about a
-# third of the measurement's time)
+# the block sizes and depths of the tables of compact WY's calls (Machine.gram_rates, step_rates, column_rates:
+# 84 sweeps, about two thirds of the measurement's time) and the columns of X in step_rates' sweeps
 _BLOCK_SIZES = (8, 16, 32, 64)
 _BLOCK_DEPTHS = (64, 128, 256, 512, 1024, 2048, 4096)
-_BLOCK_COLUMNS = 32
+STEP_COLUMNS = 32
+# the time of each timing of the tables (a sweep of the larger blocks lasts longer): two idle measurements, with
+# 1 ms and with 2 ms, differed from a third alike (median entry 2%, largest 15-19%); 1 ms takes 0.8 s less
+_TABLE_BUDGET = 0.001
+# the block sizes of Machine.trtri_rates (each timed on a stack of _TRTRI_STACK triangles, as a build inverts its
+# blocks' S in one call of cuhouse._gpu.primitives.upper_triangular_inverse_in_place)
+_TRTRI_SIZES = (8, 16, 32, 64, 128)
+_TRTRI_STACK = 8
+# cuhouse.algorithms.cwy.NUMPY_PRODUCT_FROM (a layer above: a test holds the two equal): from this many entries
+# of a row-major X on, cwy's Z = V X runs through NumPy's matmul
+_NUMPY_PRODUCT_FROM = 4096 * 32
+# the timed sweeps run over min(d, _SWEEP_ENTRIES / d) reflections of length d (all of a square V up to d = 1024,
+# 8 MB of float32 beyond, four times a core's L2 cache here): a block's rows come from memory or the last-level
+# cache, as in a product, not from the core's own cache as when one block is timed alone (at d = 1024 one block
+# timed alone ran the apply's steps 1.1-1.5x and its one-column steps 1.5-2.2x faster than they run in a product)
+_SWEEP_ENTRIES = 1 << 21
+_SWEEP_PERIOD = 64  # the reflections repeat with this period (their T and S computed once a period)
+
+
+def _sweep_vectors(d, rng, dtype=numpy.float32):
+    """The reflections ``(n, d)`` the sweeps of :func:`_direct_calls` run over at depth ``d``: a row-major
+    stack of ``n = min(d, _SWEEP_ENTRIES // d)`` rows (a multiple of ``_SWEEP_PERIOD``), ``_SWEEP_PERIOD``
+    random rows repeated (distinct memory, so the BLAS reads them as distinct blocks)."""
+    n = max(_SWEEP_PERIOD, min(d, _SWEEP_ENTRIES // d) // _SWEEP_PERIOD * _SWEEP_PERIOD)
+    return numpy.tile(rng.standard_normal((_SWEEP_PERIOD, d)).astype(dtype), (n // _SWEEP_PERIOD, 1))
+
+
+def _direct_calls(k, y, m, rng):
+    """Zero-argument functions that each run one sweep over the blocks of ``k`` reflections of ``y``
+    (:func:`_sweep_vectors`) making the calls of compact WY on NumPy in the full layout exactly as
+    :mod:`cuhouse.algorithms.cwy` makes them, block after block (the same SciPy wrappers, positional
+    arguments, Fortran views and buffers; a test records both and compares): ``"gram"`` the Gram
+    ``?gemm`` of ``_build_numpy``; ``"step"`` the steps of ``_apply_numpy`` on a row-major X ``(d, m)``:
+    ``Z = V X`` (NumPy's matmul from ``_NUMPY_PRODUCT_FROM`` entries of X on), ``U = T Z`` and
+    ``X -= V^T U`` (beta = 1); ``"column"`` those of ``_apply_numpy_column`` on X ``(d, 1)``: ``?gemv``,
+    ``?trsv``, ``?gemv``; and ``"trtri"``, ``?trtri`` on a stack of ``_TRTRI_STACK`` k x k triangles
+    (:func:`cuhouse._gpu.primitives.upper_triangular_inverse_in_place`). A sweep makes ``len(y) // k``
+    blocks' calls (``"trtri"``: ``_TRTRI_STACK``). They run in place on real reflections (the products
+    stay orthogonal: the operands keep their size however often they run)."""
+    from scipy.linalg import blas
+
+    from ._gpu import primitives
+
+    dtype = y.dtype
+    prefix = "s" if dtype == numpy.float32 else "d"
+    gemm, gemv, trsv = (getattr(blas, prefix + name) for name in ("gemm", "gemv", "trsv"))
+    n, d = y.shape
+    nb = n // k
+    period = max(1, min(_SWEEP_PERIOD, n) // k)  # distinct blocks
+    distinct = y[: period * k].reshape(period, k, d).astype(float)
+    g = distinct @ distinct.transpose(0, 2, 1)  # float64 Gram matrices: S = striu(G) + diag(G) / 2, T = S^-1
+    s_distinct = numpy.triu(g, 1) + g.diagonal(axis1=1, axis2=2)[..., None] * numpy.eye(k) / 2
+    s_all = numpy.ascontiguousarray(numpy.resize(s_distinct.astype(dtype), (nb, k, k)))
+    t = numpy.ascontiguousarray(numpy.resize(numpy.linalg.inv(s_distinct).astype(dtype), (nb, k, k)))
+    columns = list(y[: nb * k].reshape(nb, k, d).transpose(0, 2, 1))  # V_j^T (d, k), as _build_numpy's
+    s_out = numpy.empty((nb, k, k), dtype=dtype)
+    x = rng.standard_normal((d, m)).astype(dtype)  # row-major, as the copy of a NumPy X
+    xt = x.T
+    zt, ut = numpy.empty((m, k), dtype=dtype, order="F"), numpy.empty((m, k), dtype=dtype, order="F")
+    streamed = x.size >= _NUMPY_PRODUCT_FROM
+    column = rng.standard_normal((d, 1)).astype(dtype)[:, 0]
+    buffer = numpy.empty(k, dtype=dtype)
+    triangles = numpy.ascontiguousarray(numpy.resize(s_all[0], (_TRTRI_STACK, k, k)))
+
+    def gram():
+        for rows, sj in zip(columns, s_out.transpose(0, 2, 1)):
+            gemm(1.0, rows, rows, 0.0, sj, 1, 0, 1)
+
+    t_steps = list(zip(columns, t.transpose(0, 2, 1)))  # (V_j^T, T_j^T), as cwy._steps(f, "t")
+    s_steps = list(zip(columns, s_all.transpose(0, 2, 1)))  # (V_j^T, S_j^T), as cwy._steps(f, "s")
+
+    def step():
+        for vt, tjt in reversed(t_steps):  # application_order of H
+            kb = vt.shape[1]
+            zj, uj = (zt, ut) if kb == k else (zt[:, :kb], ut[:, :kb])
+            if streamed:
+                numpy.matmul(vt.T, x, out=zj.T)
+            else:
+                zj = gemm(1.0, xt, vt, 0.0, zj, 0, 0, 1)
+            uj = gemm(1.0, zj, tjt, 0.0, uj, 0, 0, 1)
+            result = gemm(-1.0, uj, vt, 1.0, xt, 0, 1, 1)
+            if result is not xt:
+                xt[...] = result
+
+    def column_step():
+        for vt, st in reversed(s_steps):
+            kb = vt.shape[1]
+            z = buffer if kb == k else buffer[:kb]
+            z = gemv(1.0, vt, column, 0.0, z, 0, 1, 0, 1, 1, 1)
+            z = trsv(st, z, 1, 0, 1, 1, 0, 1)
+            result = gemv(-1.0, vt, z, 1.0, column, 0, 1, 0, 1, 0, 1)
+            if result is not column:
+                column[...] = result
+
+    return {
+        "gram": gram,
+        "step": step,
+        "column": column_step,
+        "trtri": lambda: primitives.upper_triangular_inverse_in_place(triangles),
+    }
+
+
 _PEAKS = numpy.logspace(9, 13, 161)
 _HALVES = numpy.logspace(-1, 3, 161)
 ATTEMPTS = 3  # measurements tried before a loaded machine's constants are rejected
 
 
 def measure(backend="numpy"):
-    """Measure the :class:`Machine` constants of ``backend`` on this machine, float32: about two seconds
+    """Measure the :class:`Machine` constants of ``backend`` on this machine, float32: about 1.6 seconds
     a try. A try whose constants fail :func:`problems` is repeated, up to :data:`ATTEMPTS` tries;
     then :class:`CalibrationError`."""
     if backend != "numpy":
@@ -457,7 +589,7 @@ def measure(backend="numpy"):
 
 
 def _measure_once(clock):
-    from scipy.linalg import blas, lapack
+    from scipy.linalg import lapack
 
     rng = numpy.random.default_rng(0)
     f32 = numpy.float32
@@ -483,27 +615,35 @@ def _measure_once(clock):
     peak, half = float(_PEAKS[i]), float(_HALVES[j])
     shapes, times = gemm_seconds(_GEMV_SHAPES)
     gemv_rate = float(numpy.median(2 * shapes.prod(axis=1) / numpy.maximum(times - launch, 1e-9)))
-    shapes = tuple((k, d, _BLOCK_COLUMNS) for k in _BLOCK_SIZES for d in _BLOCK_DEPTHS)
-    grams = []
-    for k, d, _ in shapes:
-        rows, out = rng.standard_normal((k, d)).astype(f32), numpy.empty((k, k), dtype=f32)
-        # the call of cuhouse.algorithms.cwy._build_numpy: rows^T as a Fortran matrix, transposed once
-        grams.append((lambda rows, out: lambda: blas.sgemm(1.0, rows.T, rows.T, 0.0, out.T, 1, 0, 1))(rows, out))
-    # both tables in one interleaved measurement (_best_seconds): a burst of load reads no entry low
-    times = _best_seconds(products(shapes) + grams, clock)
-    block_rates = tuple(
-        (float(k), float(d * r), float(2 * k * d * r / max(t - launch, 1e-9))) for (k, d, r), t in zip(shapes, times)
+    shapes = tuple((k, d) for k in _BLOCK_SIZES for d in _BLOCK_DEPTHS)
+    vectors = {d: _sweep_vectors(d, rng) for d in _BLOCK_DEPTHS}
+    calls = [_direct_calls(k, vectors[d], STEP_COLUMNS, rng) for k, d in shapes]
+    trtris = [_direct_calls(k, _sweep_vectors(k, rng), 1, rng)["trtri"] for k in _TRTRI_SIZES]
+    # the tables in one interleaved measurement (_best_seconds): a burst of load reads no entry low
+    count = len(shapes)
+    times = _best_seconds(
+        [c["gram"] for c in calls] + [c["step"] for c in calls] + [c["column"] for c in calls] + trtris,
+        clock,
+        _TABLE_BUDGET,
     )
-    gram_rates = tuple(
-        (float(k), float(d), float(2 * k * k * d / t)) for (k, d, _), t in zip(shapes, times[len(shapes) :])
-    )  # the whole call
+    # rates of whole calls (their fixed cost included: a call's time is its flops over the rate), each sweep's
+    # time over its blocks' flops
+    blocks = [len(vectors[d]) // k for k, d in shapes]
+    m = STEP_COLUMNS
+    gram_rates = tuple((float(k), float(d), 2.0 * k * k * d * b / t) for (k, d), b, t in zip(shapes, blocks, times))
+    step_rates = tuple(
+        (float(k), float(d * m), (4.0 * k * d * m + 2.0 * k * k * m) * b / t)
+        for (k, d), b, t in zip(shapes, blocks, times[count:])
+    )
+    column_rates = tuple(
+        (float(k), float(d), (4.0 * k * d + k * k) * b / t) for (k, d), b, t in zip(shapes, blocks, times[2 * count :])
+    )
+    trtri_rates = tuple((float(k), k**3 / 3 * _TRTRI_STACK / t) for k, t in zip(_TRTRI_SIZES, times[3 * count :]))
+    trtri_rate = dict(trtri_rates)[64.0]
     big = rng.standard_normal(1 << 20).astype(f32)
     other = big.copy()
     bandwidth = 3 * big.nbytes / _seconds(lambda: numpy.subtract(big, other, out=big), clock)
     lapack_call = _seconds(lambda: lapack.strtri(tiny), clock)
-    k = 64
-    s = numpy.triu(rng.standard_normal((k, k)).astype(f32)) + k * numpy.eye(k, dtype=f32)
-    trtri_rate = (k**3 / 3) / max(_seconds(lambda: lapack.strtri(s), clock) - lapack_call, 1e-9)
     ormqr_points = []
     for d, m in ((8, 1), (1024, 32)):
         qr, tau, _, _ = lapack.sgeqrf(rng.standard_normal((d, d)).astype(f32))
@@ -526,6 +666,8 @@ def _measure_once(clock):
         ormqr_call,
         ormqr_rate,
         gemv_rate,
-        block_rates,
         gram_rates,
+        step_rates,
+        column_rates,
+        trtri_rates,
     )

@@ -8,21 +8,25 @@ so its time is predicted from a few constants of the machine
   with the shape efficiency ``e(s) = s / (s + half)``;
 * a matrix-vector product (a dimension of 1) costs ``launch + 2 p q r / gemv_rate``:
   it is bound by memory, and fitting it with the GEMMs misplaced ``half``;
-* on NumPy, the skinny GEMMs of a block of reflectors in the full layout (the
-  block size k by d by m, and the Gram matrices) run at the rate measured for
-  their block size k and the size of the operand they stream (``block_rates``,
-  :func:`_block_rate`): every call streams X once, which a block of k
-  reflections shares k ways, and OpenBLAS's small-matrix kernels make products
-  below about 1e6 multiply-adds 1.3-1.6x faster; hence, for m = 32 on the
-  session-12 machine, k = 16 at d = 1024, k = 8 at d = 2048 and k = 16 at
-  d = 4096; a block's Gram matrix, its own ``?gemm`` call (slower than a
-  block GEMM of its volume at small sizes), at the rate measured for it
-  (``gram_rates``); a product of one column builds no T matrices (it solves
-  with S: ``?trsv``, k^2 flops at the matrix-vector rate);
+* on NumPy, compact WY in the full layout (one matrix, a 2-D X) makes direct
+  SciPy BLAS calls, which the calibration times exactly as they are made, in
+  sweeps over the blocks (FORMAT 8): a block's Gram ``?gemm`` (``gram_rates``),
+  a block of a product, ``Z = V X``, ``U = T Z``, ``X -= V^T U`` (``step_rates``,
+  by block size k and the size ``d m`` of X), a block of a one-column product,
+  ``?gemv``, ``?trsv`` with S, ``?gemv`` (``column_rates``: no T matrices), each
+  at the rate measured for its k and size (:func:`_block_rate`): every call
+  streams its large operand once, which a block of k reflections shares k
+  ways, and OpenBLAS's small-matrix kernels make products below about 1e6
+  multiply-adds 1.3-1.6x faster; hence, for m = 32 on the session-14 machine,
+  k = 16 at d = 64..1024, k = 8 at d = 2048 and k = 32 at d = 4096 (k = 16
+  within 0.1%). Plus what the sweeps leave out (``MEASURED_OVERHEAD``,
+  ``MEASURED_BUILD``). Without the tables (built-in constants) the GEMM
+  formula with the block dimension at ``e(DIRECT_BLOCK)``;
 * an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
-* on NumPy the T matrices come from LAPACK ``?trtri``, one call per block:
-  ``lapack_call + k^3 / 3 / trtri_rate`` each (on CuPy, the batched doubling
-  inverse: two batched GEMMs per level);
+* on NumPy the T matrices come from LAPACK ``?trtri``, one call per block: at
+  the calibration's ``trtri_rates`` for its k (0.4-9.6 GFLOP/s from k = 8 to
+  128 here), or ``lapack_call + k^3 / 3 / trtri_rate`` (on CuPy, the batched
+  doubling inverse: two batched GEMMs per level);
 * LAPACK ``?ormqr`` (the ``"ormqr"`` plan: NumPy, LAPACK's layout, one
   matrix, no gradient) costs ``ormqr_call + 4 n (d - n/2) m / ormqr_rate``.
 
@@ -102,8 +106,8 @@ STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 
 
 # NumPy, full layout: cwy calls BLAS ?gemm on each block directly (cwy._build_numpy, cwy._apply_numpy:
-# the Gram matrix as a GEMM, X -= V^T U with beta = 1, no element-wise pass). These skinny GEMMs run
-# at the calibration's block_rates (_block_rate). Without them (built-in constants): single-threaded
+# the Gram matrix as a GEMM, X -= V^T U with beta = 1, no element-wise pass). A calibration times these
+# calls as made (the tables of FORMAT 8, see MEASURED_OVERHEAD). Without it (built-in constants): single-threaded
 # OpenBLAS runs them within about 1.5x of one rate for k = 8..64 at d <= 2048 (measured 60-70 GFLOP/s
 # effective for every k at d = 2048, m = 32), which the shape efficiency e(k) would put 1.6x apart
 # and so favour large blocks, whose Gram matrices cost n k d: the block dimension is costed at
@@ -115,8 +119,16 @@ STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 # k = 64 at d = 128, measured 1.94x sormqr against 1.86x for k = 32).
 DIRECT_BLOCK = 16
 DIRECT_OVERHEAD = (3.0, 5.0, 1.0)
+# The same with a calibration that times the calls as cwy makes them, in sweeps over the blocks (FORMAT 8:
+# gram_rates, step_rates, column_rates, trtri_rates): what those sweeps leave out, in launches, per block of a
+# build, of a step (m > 1) and of a one-column step (the loop's lines), and per build (MEASURED_BUILD: the
+# blocks' views, S = G * W in one pass, the zero-diagonal test, the form). Fitted to cwy.build and cwy.apply
+# timed against predict() (d = 128 and 1024, k = 8..64, m = 1 and 32, single-threaded OpenBLAS 0.3.31): the
+# sweeps leave out 0.1-0.3 us a block of a build, 7-9 us a build at d = 128, 0.2-1.3 us a step.
+MEASURED_OVERHEAD = (0.25, 1.0, 0.5)
+MEASURED_BUILD = 12.0
 # NumPy, full layout: what a fresh dense H costs beyond the calls counted for dense.build (the
-# identity it is written into, the d x d GEMMs with k = d outside the measured block rates, the
+# identity it is written into, the d x d GEMMs with k = d outside the measured block tables, the
 # memory check, the form): (launches, passes over the d x d matrix). Fitted to fresh products
 # timed against fresh cwy products (session 12, single-threaded OpenBLAS, interleaved, d = 16..128,
 # m = 1, 2, 32, float32 and float64): without it the model put the dense H's first call at 1.00x
@@ -124,27 +136,30 @@ DIRECT_OVERHEAD = (3.0, 5.0, 1.0)
 # (1.25x), so the slack of the objective (FRESH_SLACK) took the dense H where its first call cost
 # 1.2-1.35x; the measured excess, 5.5-23 us, is about 7 launches and 16 passes over d^2 entries.
 DENSE_BUILD_OVERHEAD = (7.0, 16.0)
+# The same with a calibration of cwy's calls as made (FORMAT 8; cwy's build then carries MEASURED_BUILD, which the
+# dense build pays too): least squares over fresh dense H minus fresh cwy products (each at the plan's block size
+# for it) against predict() without it, d = 16..96, m = 1, 2, 32, float32 and float64 (one thread, interleaved,
+# 7 rounds, idle; 36 shapes): 10.1 launches and 5.2 passes, residuals within 7.4 us (most within 4 us), where the
+# built-in constants' (7, 16) left -23.6..+2.4 us (the dense H priced up to 24 us too high at d = 80, 96).
+MEASURED_DENSE_OVERHEAD = (10.0, 5.0)
 
 
 def _block_gemm(mach, p, q, r, itemsize):
-    """A GEMM of :func:`_gemm`'s cost whose smallest dimension is the block size k: at the machine's
-    measured rate for that k and the size of the operand it streams, the other two dimensions'
-    product (``block_rates``, see :func:`_block_rate`), or without them with the block dimension
-    costed at ``DIRECT_BLOCK`` (see there); matrix-vector products keep their own rate."""
+    """A GEMM of :func:`_gemm`'s cost whose smallest dimension is the block size k, the block dimension
+    costed at ``DIRECT_BLOCK`` (see there): the built-in constants' cost of cwy's direct calls, and
+    the dense H's ``X -= V^T U`` of one block; matrix-vector products keep their own rate."""
     small, middle, large = sorted((p, q, r))
     if small <= 1 or mach.gemv_rate is None:
         return _gemm(mach, p, q, r, itemsize)
-    if mach.block_rates:
-        return mach.launch + 2.0 * p * q * r / (_block_rate(mach.block_rates, small, middle * large) * (4 / itemsize))
     eff = (DIRECT_BLOCK / (DIRECT_BLOCK + mach.half)) * (middle / (middle + mach.half)) * (large / (large + mach.half))
     return mach.launch + 2.0 * p * q * r / (mach.peak * (4 / itemsize) * eff)
 
 
 def _block_rate(rates, k, size):
-    """The rate of a block GEMM of block size ``k`` streaming an operand of ``size`` entries, from
-    ``rates`` ``((k, size, flop/s), ...)`` (sorted): linear in log size between the sizes measured at
-    each k, then linear in log k between the two measured block sizes around ``k``; held at the
-    measured ends.
+    """The rate of the calls of a block of block size ``k`` streaming an operand of ``size`` entries,
+    from a calibration table ``rates`` ``((k, size, flop/s), ...)`` (sorted: ``gram_rates``,
+    ``step_rates``, ``column_rates``): linear in log size between the sizes measured at each k, then
+    linear in log k between the two measured block sizes around ``k``; held at the measured ends.
 
     Why the block size is a dimension of its own (not only the volume ``k * size``): every call
     streams its large operand (X ``d x m`` in ``V X`` and ``X -= V^T U``, the block ``k x d`` in a
@@ -171,7 +186,7 @@ def _block_rate(rates, k, size):
 
 @functools.lru_cache(maxsize=16)
 def _rate_levels(rates):
-    """``{k: ((size, flop/s), ...)}`` of a ``block_rates`` table."""
+    """``{k: ((size, flop/s), ...)}`` of a table of :func:`_block_rate`."""
     levels = {}
     for k, size, rate in rates:
         levels.setdefault(k, []).append((size, rate))
@@ -193,20 +208,36 @@ def _volume_rate(rates, volume):
 def _direct_build(mach, d, n, k, itemsize, inverses):
     """cwy's build on NumPy in the full layout: per block one Gram ``?gemm``, ``S = G * W``, and with
     ``inverses`` one ``?trtri`` (T = S^-1; a product of one column, or the dense H of one block,
-    solves with S instead and builds no T)."""
+    solves with S instead and builds no T). The Gram call at the calibration's ``gram_rates`` (the
+    call as cwy makes it, its fixed cost included)."""
     nb = -(-n // k)
     if mach.gram_rates:  # the Gram matrix's own call, measured whole (``?gemm`` of (k x d) by its transpose)
-        gram = 2.0 * k * k * d / (_block_rate(mach.gram_rates, k, d) * (4 / itemsize))
+        k0, d0, _ = mach.gram_rates[0]
+        gram = _measured_seconds(mach.gram_rates, k, d, 2.0 * k * k * d, 2.0 * k0 * k0 * d0, itemsize)
     else:
         gram = _block_gemm(mach, k, d, k, itemsize)
-    per_block = gram + mach.launch * (1 + DIRECT_OVERHEAD[0])
-    return nb * per_block + (_triangular_inverse(mach, k, nb, itemsize) if inverses else 0.0)
+    if mach.step_rates:  # a FORMAT 8 calibration: the Gram call timed as cwy makes it, in a sweep over blocks
+        build = nb * (gram + mach.launch * MEASURED_OVERHEAD[0]) + mach.launch * MEASURED_BUILD
+    else:
+        build = nb * (gram + mach.launch * (1 + DIRECT_OVERHEAD[0]))
+    return build + (_triangular_inverse(mach, k, nb, itemsize) if inverses else 0.0)
 
 
 def _direct_step(mach, d, m, k, itemsize):
     """One block of cwy's apply on NumPy in the full layout: ``V X``, ``T (V X)``, ``X -= V^T U`` (beta = 1);
     for one column ``S U = V X`` by ``?trsv`` (a LAPACK-like call: k^2 flops at the matrix-vector rate)
-    in place of the product with T, and ``?gemv``."""
+    in place of the product with T, and ``?gemv``. With the calibration's ``step_rates`` (m > 1) and
+    ``column_rates`` (m = 1), the block's calls as cwy makes them, timed together: ``4 k d m + 2 k^2 m``
+    (``4 k d + k^2``) flops at the rate measured for k and ``d m`` (d), and ``MEASURED_OVERHEAD``."""
+    if m == 1 and mach.column_rates:
+        k0, d0, _ = mach.column_rates[0]
+        seconds = _measured_seconds(mach.column_rates, k, d, 4.0 * k * d + k * k, 4.0 * k0 * d0 + k0 * k0, itemsize)
+        return seconds + mach.launch * MEASURED_OVERHEAD[2]
+    if m != 1 and mach.step_rates:
+        k0, size0, _ = mach.step_rates[0]  # the table's calls have calibration.STEP_COLUMNS columns
+        first = 4.0 * k0 * size0 + 2.0 * k0 * k0 * calibration.STEP_COLUMNS
+        seconds = _measured_seconds(mach.step_rates, k, d * m, 4.0 * k * d * m + 2.0 * k * k * m, first, itemsize)
+        return seconds + mach.launch * MEASURED_OVERHEAD[1]
     if m == 1:
         small = mach.lapack_call + _gemm(mach, k, k, 1, itemsize) - mach.launch
     else:
@@ -219,12 +250,26 @@ def _direct_step(mach, d, m, k, itemsize):
     )
 
 
+def _measured_seconds(rates, k, size, flops, first_flops, itemsize):
+    """Seconds of a call of ``flops`` at block size ``k`` and ``size`` from a table ``rates`` ``((k, size,
+    flop/s), ...)`` of whole calls (their fixed cost included; :func:`_block_rate`'s interpolation),
+    and no less than the table's first (smallest) call, of ``first_flops``: below the measured
+    sizes a call's time is mostly its fixed cost. float64 at half the rate. O(len(rates))."""
+    _, _, first_rate = rates[0]
+    return max(flops / _block_rate(rates, k, size), first_flops / first_rate) * (itemsize / 4)
+
+
 def _triangular_inverse(mach, k, count, itemsize):
     """What :func:`cuhouse._gpu.primitives.upper_triangular_inverse` runs for ``count`` k x k triangles:
-    one LAPACK ``?trtri`` each where the machine has LAPACK (NumPy); on the GPU the raw kernel on
+    one LAPACK ``?trtri`` each where the machine has LAPACK (NumPy: at the calibration's
+    ``trtri_rates`` for block size k, the call as cwy makes it, its fixed cost included: linear in
+    log k between the measured sizes, the rate held beyond the largest and the time beyond the
+    smallest; without them ``lapack_call + k^3 / 3 / trtri_rate``); on the GPU the raw kernel on
     the diagonal blocks of ``b = min(k, KERNEL_INVERSE_MAX_K)`` (one launch, waves of serial
     loops), then the doubling from b (at level b, two GEMMs of b x b x b per pair and about six
     element-wise launches: gathers, the joined blocks)."""
+    if mach.trtri_rates:
+        return count * _trtri_seconds(mach.trtri_rates, k) * (itemsize / 4)
     if mach.trtri_rate is not None:
         return count * (mach.lapack_call + k**3 / 3 / (mach.trtri_rate * 4 / itemsize))
     b = min(k, KERNEL_INVERSE_MAX_K)
@@ -234,6 +279,14 @@ def _triangular_inverse(mach, k, count, itemsize):
         seconds += 6 * mach.launch + 2 * _gemm(mach, b, b, b, itemsize, count=count * k / (2 * b))
         b *= 2
     return seconds
+
+
+def _trtri_seconds(rates, k):
+    """Seconds of one ``?trtri`` of a k x k triangle from ``rates`` ``((k, flop/s), ...)`` (increasing k)."""
+    k0, rate0 = rates[0]
+    if k <= k0:
+        return k0**3 / 3 / rate0
+    return k**3 / 3 / _volume_rate(rates, k)
 
 
 def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=False, layout="full", machine=None):
@@ -274,8 +327,9 @@ def predict(algorithm, d, n, m, block_size, itemsize=4, backend="numpy", built=F
             )
         if built:
             return _gemm(mach, d, d, m, itemsize)
-        # what dense.build does beyond its counted calls (DENSE_BUILD_OVERHEAD)
-        build = mach.launch * DENSE_BUILD_OVERHEAD[0] + _pass(mach, DENSE_BUILD_OVERHEAD[1] * d * d, itemsize, 0)
+        # what dense.build does beyond its counted calls (DENSE_BUILD_OVERHEAD, MEASURED_DENSE_OVERHEAD)
+        launches, passes = MEASURED_DENSE_OVERHEAD if mach.step_rates else DENSE_BUILD_OVERHEAD
+        build = mach.launch * launches + _pass(mach, passes * d * d, itemsize, 0)
         if nb == 1:  # dense.build's one block: H = I - V^T (S^-1 V), one ?trsm and one ?gemm, no T (as m = 1)
             solve = mach.lapack_call + _gemm(mach, k, k, d, itemsize)
             build += _direct_build(mach, d, n, k, itemsize, False) + solve + _block_gemm(mach, d, k, d, itemsize)
@@ -358,7 +412,12 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
 # the trade is inside the model's error) but for near ties (BLOCK_TIE): of those, the faster built.
 # A gradient, LAPACK's ormqr (from_lapack: the race is on LAPACK's own factorization) and backends
 # other than NumPy (their constants were not measured against this objective) take the fastest fresh plan.
-FRESH_SLACK = 0.15
+# FRESH_SLACK was 0.15 (session 12: the dense H's first call measured 1.12-1.16x compact WY's at d = 16,
+# m = 1, "on the bound"); with the calibration of the calls as made (FORMAT 8) the model prices the dense
+# H within a few us, and the same call measured 1.245x (d = 64, m = 32: 1.164x) against a cached product
+# 2-2.5x faster: at 0.15 the plan took compact WY there, the cached product measured 6.8x (d = 16, m = 1)
+# and 5.7x (d = 64, m = 32) a dense GEMM instead of 3.3x and 2.6x, for fresh calls 0.80x and 0.84x.
+FRESH_SLACK = 0.20
 CALL_LAUNCHES = 50
 # Block sizes of one algorithm whose predicted fresh calls lie within this fraction of its fastest are a
 # near tie: the one fastest once built is taken (ties: the faster fresh). The fastest fresh block size

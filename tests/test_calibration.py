@@ -170,13 +170,16 @@ def test_one_measurement_gives_finite_positive_constants():
     """One try of the measurement, without the plausibility checks: whether its timings pass those
     depends on the machine's load (retries and rejection are tested below with set constants)."""
     machine = calibration._measure_once(calibration._clock())
-    scalars = machine._replace(block_rates=None, gram_rates=None)
+    scalars = machine._replace(gram_rates=None, step_rates=None, column_rates=None, trtri_rates=None)
     assert all(math.isfinite(value) and value > 0 for value in scalars if value is not None), machine
     depths = (64, 128, 256, 512, 1024, 2048, 4096)
-    assert [(k, size) for k, size, _ in machine.block_rates] == [(k, 32.0 * d) for k in (8, 16, 32, 64) for d in depths]
-    assert [(k, d) for k, d, _ in machine.gram_rates] == [(k, float(d)) for k in (8, 16, 32, 64) for d in depths]
-    for table in (machine.block_rates, machine.gram_rates):
-        assert all(math.isfinite(rate) and rate > 0 for _, _, rate in table), machine
+    assert [(k, size) for k, size, _ in machine.step_rates] == [(k, 32.0 * d) for k in (8, 16, 32, 64) for d in depths]
+    for table in (machine.gram_rates, machine.column_rates):
+        assert [(k, d) for k, d, _ in table] == [(k, float(d)) for k in (8, 16, 32, 64) for d in depths]
+    assert [k for k, _ in machine.trtri_rates] == [8.0, 16.0, 32.0, 64.0, 128.0]
+    assert machine.trtri_rate == dict(machine.trtri_rates)[64.0]
+    for table in (machine.gram_rates, machine.step_rates, machine.column_rates, machine.trtri_rates):
+        assert all(math.isfinite(entry[-1]) and entry[-1] > 0 for entry in table), machine
 
 
 @pytest.mark.parametrize(
@@ -189,17 +192,25 @@ def test_one_measurement_gives_finite_positive_constants():
         ({"ormqr_rate": 3e11}, r"ormqr_rate = 3e\+11 flop/s exceeds twice the GEMM peak 1e\+11"),
         ({"gemv_rate": 5e11}, r"gemv_rate = 5e\+11 flop/s exceeds twice the GEMM peak 1e\+11"),
         (
-            {"block_rates": ((16.0, 1e4, 5e10), (16.0, 1e4, 6e10))},
-            r"the block GEMM points \(k, size\) \[\(16.0, 10000.0\), \(16.0, 10000.0\)\] are not positive and "
+            {"step_rates": ((16.0, 1e4, 5e10), (16.0, 1e4, 6e10))},
+            r"the block step points \(k, size\) \[\(16.0, 10000.0\), \(16.0, 10000.0\)\] are not positive and "
             r"increasing",
         ),
         (
-            {"block_rates": ((8.0, 1e4, 5e10), (0.0, 1e4, 5e10))},
-            r"the block GEMM points \(k, size\) \[\(8.0, 10000.0\), \(0.0, 10000.0\)\] are not positive",
+            {"column_rates": ((8.0, 1e4, 5e10), (0.0, 1e4, 5e10))},
+            r"the column step points \(k, size\) \[\(8.0, 10000.0\), \(0.0, 10000.0\)\] are not positive",
         ),
         (
-            {"block_rates": ((16.0, 1e4, 5e10), (16.0, 1e5, 5e11))},
-            r"the block GEMM rate 5e\+11 flop/s at k = 16, size 100000 is outside \[1e6, twice the GEMM peak 1e\+11\]",
+            {"step_rates": ((16.0, 1e4, 5e10), (16.0, 1e5, 5e11))},
+            r"the block step rate 5e\+11 flop/s at k = 16, size 100000 is outside \[1e6, twice the GEMM peak 1e\+11\]",
+        ),
+        (
+            {"trtri_rates": ((16.0, 1e9), (8.0, 1e9))},
+            r"the \?trtri points k \[16.0, 8.0\] are not positive and increasing",
+        ),
+        (
+            {"trtri_rates": ((16.0, 1e3),)},
+            r"the \?trtri rate 1e\+03 flop/s at k = 16 is outside \[1e6, twice the GEMM peak 1e\+11\]",
         ),
         (
             {"gram_rates": ((16.0, 64.0, 5e10), (8.0, 64.0, 5e10))},
@@ -242,31 +253,38 @@ def test_a_cached_file_with_implausible_constants_is_measured_again(cache, monke
     assert calibration.read(calibration.cache_path()) == SLOW_CALLS
 
 
-# the rates (GFLOP/s) measured on the session-12 machine (2-core Xeon, single-threaded OpenBLAS 0.3.31) for
-# d = 64, 128, 256, 512, 1024, 2048, 4096: block GEMMs (k x d) @ (d x 32), and Gram matrices (k x d) @ (d x k)
-# by one ?gemm (the whole call)
+# the tables of a calibration measured on the session-14 machine (2-core Xeon, single-threaded OpenBLAS 0.3.31,
+# idle; GFLOP/s of whole calls in sweeps over the blocks, as cwy makes them) for d = 64, 128, 256, 512, 1024,
+# 2048, 4096: a block's Gram ?gemm, a block of the apply to 32 columns, to one column; ?trtri by k
 DEPTHS = (64, 128, 256, 512, 1024, 2048, 4096)
-MEASURED_BLOCK_RATES = {
-    8: (137, 133, 137, 135, 139, 167, 65),
-    16: (123, 130, 146, 133, 136, 92, 90),
-    32: (146, 173, 186, 156, 103, 100, 97),
-    64: (147, 161, 178, 119, 127, 125, 121),
-}
 MEASURED_GRAM_RATES = {
-    8: (18, 32, 56, 76, 114, 93, 92),
-    16: (42, 75, 97, 150, 116, 98, 58),
-    32: (66, 114, 150, 120, 87, 87, 88),
-    64: (110, 123, 130, 131, 130, 113, 123),
+    8: (22, 40, 63, 87, 74, 73, 70),
+    16: (49, 78, 102, 125, 96, 87, 55),
+    32: (73, 103, 125, 121, 78, 83, 84),
+    64: (106, 121, 128, 133, 120, 122, 120),
 }
-SESSION_12 = calibration.Machine(
-    launch=6.2e-7,
+MEASURED_STEP_RATES = {
+    8: (52, 78, 98, 108, 114, 124, 67),
+    16: (85, 111, 128, 131, 132, 82, 90),
+    32: (126, 144, 168, 169, 95, 96, 104),
+    64: (152, 170, 175, 117, 110, 108, 102),
+}
+MEASURED_COLUMN_RATES = {
+    8: (1.9, 3.8, 7.3, 12, 14, 17, 20),
+    16: (3.5, 6.6, 12, 17, 16, 19, 20),
+    32: (5.2, 9.5, 16, 21, 17, 19, 20),
+    64: (8.1, 13, 21, 27, 19, 20, 20),
+}
+MEASURED_TRTRI_RATES = ((8.0, 0.36e9), (16.0, 1.55e9), (32.0, 3.41e9), (64.0, 5.83e9), (128.0, 9.59e9))
+SESSION_14 = calibration.Machine(
+    launch=6.1e-7,
     peak=1.78e11,
-    half=5.0,
+    half=4.7,
     bandwidth=4.4e10,
-    lapack_call=3.0e-7,
-    trtri_rate=6.5e9,
+    lapack_call=2.9e-7,
+    trtri_rate=5.8e9,
     ormqr_call=9.6e-7,
-    ormqr_rate=5.3e10,
+    ormqr_rate=5.8e10,
     gemv_rate=4.9e10,
 )
 
@@ -275,57 +293,124 @@ def _rates(rows, size):
     return tuple((float(k), float(size(d)), rate * 1e9) for k in sorted(rows) for d, rate in zip(DEPTHS, rows[k]))
 
 
-def _block_rates(rows):
-    return _rates(rows, lambda d: 32 * d)
+MEASURED = SESSION_14._replace(
+    gram_rates=_rates(MEASURED_GRAM_RATES, lambda d: d),
+    step_rates=_rates(MEASURED_STEP_RATES, lambda d: calibration.STEP_COLUMNS * d),
+    column_rates=_rates(MEASURED_COLUMN_RATES, lambda d: d),
+    trtri_rates=MEASURED_TRTRI_RATES,
+)
 
 
-def _gram_rates(rows):
-    return _rates(rows, lambda d: d)
-
-
-def _block_sizes(machine, m, sizes):
+def _block_sizes(machine, m, sizes=DEPTHS):
     """The fastest fresh plans' block sizes (no slack for a form faster once built: see plan.FRESH_SLACK)."""
     return [plan._choose(d, d, m, 4, "numpy", "auto", None, "full", False, True, machine).block_size for d in sizes]
 
 
-def test_block_rates_are_read_back_as_tuples_and_decide_the_block_size(cache):
-    """The rates of a block's skinny GEMMs by block size and streamed size (JSON lists read back as
-    tuples: a Machine is a plan cache key). As measured: OpenBLAS's small-matrix kernels (below about
-    1e6 multiply-adds) keep k = 8 fastest at d = 2048; at d = 4096 every call streams X, which k = 8
-    pays twice as often as k = 16, so larger blocks win. Without the block-size dimension (k = 16
-    measured alone: the rate a function of the streamed size only) the model sees neither and
-    picks k = 16 at d = 2048 and k = 8 at d = 4096; with no rates at all, the shape efficiency's
-    k = 16 everywhere."""
-    machine = SESSION_12._replace(
-        block_rates=_block_rates(MEASURED_BLOCK_RATES), gram_rates=_gram_rates(MEASURED_GRAM_RATES)
-    )
-    calibration.write(calibration.cache_path(), machine, calibration.machine_description())
-    assert calibration.machine() == machine
-    assert isinstance(calibration.machine().block_rates[0], tuple)
-    assert isinstance(calibration.machine().gram_rates[0], tuple)
-    # the fastest fresh plans (gradient=True: no slack for a form faster once built, see plan.FRESH_SLACK)
-    assert [plan.choose(d, d, 32, numpy.float32, gradient=True).block_size for d in (1024, 2048, 4096)] == [16, 8, 16]
-    one_size = _block_rates({16: MEASURED_BLOCK_RATES[16]})
-    for changed, sizes in (
-        (machine._replace(block_rates=one_size), [16, 16, 8]),
-        (machine._replace(block_rates=None, gram_rates=None), [16, 16, 16]),
-    ):
-        calibration.forget()
-        calibration.write(calibration.cache_path(), changed, calibration.machine_description())
-        assert [plan.choose(d, d, 32, numpy.float32, gradient=True).block_size for d in (1024, 2048, 4096)] == sizes, (
-            changed
-        )
+def test_the_tables_are_read_back_as_tuples_and_plans_from_them_are_deterministic(cache):
+    """JSON lists read back as tuples (a Machine is a plan cache key); the plans from a cache with the tables are
+    the same in every process that reads it, and differ from the plans without them."""
+    calibration.write(calibration.cache_path(), MEASURED, calibration.machine_description())
+    assert calibration.machine() == MEASURED
+    for name in ("gram_rates", "step_rates", "column_rates", "trtri_rates"):
+        assert isinstance(getattr(calibration.machine(), name)[0], tuple), name
+    first = plans()
+    calibration.forget()
+    plan._choose.cache_clear()
+    assert plans() == first
+    calibration.forget()
+    calibration.write(calibration.cache_path(), SESSION_14, calibration.machine_description())
+    assert plans() != first
 
 
-def test_gram_rates_decide_the_block_size_of_one_column():
-    """A product of one column builds no T matrices (it solves with S), so its build is the Gram
-    matrices: measured as their own ?gemm call, slower than a block GEMM of the same volume at small
-    sizes, they make smaller blocks pay at d = 512 and 2048, as measured there (d = 512: 1.70x sormqr
-    at k = 16 against 1.94x at k = 32; d = 2048: 3.4 ms at k = 8 against 3.8 ms at k = 16)."""
-    machine = SESSION_12._replace(
-        block_rates=_block_rates(MEASURED_BLOCK_RATES), gram_rates=_gram_rates(MEASURED_GRAM_RATES)
-    )
-    assert _block_sizes(machine, 1, (256, 512, 1024, 2048)) == [32, 16, 16, 8]
-    assert _block_sizes(machine._replace(gram_rates=None), 1, (256, 512, 1024, 2048)) == [32, 32, 16, 16]
-    # m = 32 builds T too: the Gram rates do not move its block sizes on this machine
-    assert _block_sizes(machine, 32, DEPTHS) == _block_sizes(machine._replace(gram_rates=None), 32, DEPTHS)
+def test_the_tables_decide_the_block_size_as_measured():
+    """The block sizes the plans take from the session-14 tables are the ones measured fastest there (fresh
+    HouseholderProduct(V, block_size=k) @ X and cwy.build + cwy.apply, interleaved, one thread): k = 16 at
+    d = 128..512, m = 32 (the plan's k = 32 without the tables measured 1.08-1.10x slower), k = 8 at d = 2048
+    (OpenBLAS's small-matrix kernels below about 1e6 multiply-adds: k = 16 measured 1.5x slower), k = 8 at
+    d = 1024, m = 1 (k = 16 1.07x). At d = 1024 (m = 32) k = 8 and 16 measured within 2%, at d = 4096 k = 16 and
+    32 within 0.1%. Without the tables (the built-in formulas with the same scalar constants) the model takes
+    k = 32 at d = 64..512 and k = 16 at d = 2048 (m = 32); with one ?trtri rate (measured at k = 64, 16x the
+    rate at k = 8) it takes k = 32 at d = 64 (measured 1.05x k = 16's fresh call)."""
+    assert _block_sizes(MEASURED, 32) == [16, 16, 16, 16, 16, 8, 32]
+    assert _block_sizes(MEASURED, 1) == [64, 32, 16, 16, 8, 8, 8]
+    assert _block_sizes(SESSION_14, 32) == [32, 32, 32, 32, 16, 16, 16]
+    assert _block_sizes(SESSION_14, 1) == [64, 64, 32, 32, 16, 16, 8]
+    assert _block_sizes(MEASURED._replace(trtri_rates=None), 32)[0] == 32
+
+
+def test_a_table_call_costs_no_less_than_its_smallest_measured_call():
+    """Below the tables' smallest depth (d < 64) and block size (k < 8) a call's time is its fixed cost: the model
+    holds it at the table's first entry's time, rather than scaling it down with the flops."""
+    step = plan._direct_step(MEASURED, 16, 32, 4, 4)
+    first = (4 * 8 * 64 * 32 + 2 * 8 * 8 * 32) / 52e9
+    assert step == pytest.approx(first + MEASURED.launch * plan.MEASURED_OVERHEAD[1])
+    assert plan._triangular_inverse(MEASURED, 2, 3, 4) == pytest.approx(3 * 8**3 / 3 / 0.36e9)
+    assert plan._triangular_inverse(MEASURED, 256, 1, 4) == pytest.approx(256**3 / 3 / 9.59e9)  # the rate held
+
+
+def _recorded(monkeypatch, run):
+    """The calls ``run()`` makes to SciPy's ?gemm, ?gemv, ?trsv, ?trtri (float32) and NumPy's matmul: for
+    each, the routine and its arguments, an array as its shape, memory order and dtype, in call order."""
+    from scipy.linalg import blas, lapack
+
+    from cuhouse._gpu import primitives
+    from cuhouse.algorithms import _gemm
+
+    calls = []
+
+    def shown(value):
+        if isinstance(value, numpy.ndarray):
+            return ("array", value.shape, value.flags.c_contiguous, value.flags.f_contiguous, str(value.dtype))
+        return value
+
+    def recording(module, name):
+        original = getattr(module, name)
+
+        def call(*args, **kwargs):
+            calls.append((name, tuple(shown(a) for a in args), tuple(sorted((k, shown(v)) for k, v in kwargs.items()))))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, call)
+
+    for module, name in ((blas, "sgemm"), (blas, "sgemv"), (blas, "strsv"), (lapack, "strtri"), (numpy, "matmul")):
+        recording(module, name)
+    memoized = (_gemm.blas, primitives._trtri)  # the library's lookups of the wrappers
+    for lookup in memoized:
+        lookup.cache_clear()
+    try:
+        run()
+    finally:
+        monkeypatch.undo()
+        for lookup in memoized:
+            lookup.cache_clear()
+    return calls
+
+
+@pytest.mark.parametrize("k, blocks, d, m", [(8, 3, 64, 32), (16, 2, 256, 1), (8, 2, 1024, 128)])
+def test_the_tables_time_the_calls_cwy_makes(k, blocks, d, m, monkeypatch):
+    """The sweeps the calibration times (calibration._direct_calls) make the calls of compact WY on NumPy in the
+    full layout exactly as cuhouse.algorithms.cwy makes them, block after block: the same routines with the
+    same arguments (arrays of the same shapes, memory orders and dtypes): the Gram ?gemm of a build, ?trtri
+    on its stack, a product's three calls a block on a row-major X (from cwy.NUMPY_PRODUCT_FROM entries on,
+    Z = V X by NumPy's matmul: d = 1024, m = 128 here) or, for one column, ?gemv, ?trsv, ?gemv."""
+    from cuhouse.algorithms import cwy
+
+    assert calibration._NUMPY_PRODUCT_FROM == cwy.NUMPY_PRODUCT_FROM
+    rng = numpy.random.default_rng(3)
+    y = rng.standard_normal((blocks * k, d)).astype(numpy.float32)
+    x = rng.standard_normal((d, m)).astype(numpy.float32)
+    form = cwy.build(y, k, numpy)
+    assert form.t.shape == (blocks, k, k)  # its T matrices made (on the first read): the product's calls alone below
+    built = _recorded(monkeypatch, lambda: cwy.build(y, k, numpy))
+    inverted = _recorded(monkeypatch, lambda: cwy.build(y, k, numpy).t)[len(built) :]
+    applied = _recorded(monkeypatch, lambda: cwy.apply(form, x, False, numpy))
+
+    def timed(name):  # the sweep made (its wrappers looked up) and run once, recorded
+        return _recorded(monkeypatch, lambda: calibration._direct_calls(k, y.copy(), m, rng)[name]())
+
+    assert timed("gram") == built and len(built) == blocks
+    assert timed("column" if m == 1 else "step") == applied and len(applied) == 3 * blocks
+    routines = {"sgemv", "strsv"} if m == 1 else {"sgemm", "matmul"} if d * m >= cwy.NUMPY_PRODUCT_FROM else {"sgemm"}
+    assert {call[0] for call in applied} == routines
+    trtri = timed("trtri")
+    assert len(trtri) == calibration._TRTRI_STACK and set(trtri) == set(inverted) and len(inverted) == blocks

@@ -189,17 +189,18 @@ def _calibration_line(backend):
     if current.source.startswith("built-in"):  # a measurement rejected as implausible: the reason follows
         return "the cost model's {}".format(current.source)
     blocks = ""
-    if m.block_rates:
+    if m.step_rates:  # a block of cwy's direct product (Z = V X, U = T Z, X -= V^T U), 32 columns, and ?trtri by k
         levels = {}
-        for k, size, rate in m.block_rates:
+        for k, size, rate in m.step_rates:
             levels.setdefault(k, []).append((size, rate))
         sizes = levels[min(levels)]
-        blocks = ", block GEMMs (k x d) @ (d x 32) GFLOP/s at d = {}: {}".format(
+        blocks = ", cwy block steps (32 columns) GFLOP/s at d = {}: {}; trtri by k: {}".format(
             "/".join("{:.0f}".format(size / 32) for size, _ in sizes),
             ", ".join(
                 "k={:.0f} {}".format(k, "/".join("{:.0f}".format(rate / 1e9) for _, rate in points))
                 for k, points in sorted(levels.items())
             ),
+            ", ".join("k={:.0f} {:.2g}".format(k, rate / 1e9) for k, rate in m.trtri_rates),
         )
     return (
         "the cost model calibrated on this machine ({}): GEMM peak {:.3g} GFLOP/s, half {:.3g}, call {:.2g} us, "
