@@ -243,6 +243,17 @@ def test_device_arrays_refuse_implicit_conversion_like_cupy(cp):
         numpy.asarray(cp.zeros((2,)))
 
 
+def test_a_pickled_device_array_comes_back_in_device_memory_like_cupy(cp):
+    import pickle
+
+    x = cp.arange(6.0).reshape(2, 3)[:, ::2]
+    y = pickle.loads(pickle.dumps(x))
+    assert type(y) is type(x) and y.device.id == x.device.id
+    numpy.testing.assert_array_equal(y.get(), x.get())
+    y[0, 0] = 7.0  # its own memory
+    assert x.get()[0, 0] == 0.0
+
+
 def test_the_stand_in_refuses_to_shadow_a_real_cupy(tmp_path):
     _stand_in()
     real = tmp_path / "cupy"

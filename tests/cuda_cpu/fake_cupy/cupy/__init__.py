@@ -95,6 +95,12 @@ class ndarray:
         """NumPy functions on device arrays run on the device, as in CuPy."""
         return _compute(func, args, kwargs, gemm=func.__name__ in GEMM_FUNCTIONS)
 
+    def __reduce__(self):
+        """Pickled as CuPy pickles a device array (``array, (self.get(),)``): unpickled into new device
+        memory. (object's own reduce pickled the NumPy view: the copy viewed host memory and no longer
+        owned an allocation, so its ``device`` fell through to NumPy's ``"cpu"``.)"""
+        return array, (self.get(),)
+
     # --- device to host: each a synchronization
     def get(self, stream=None, order="C", out=None, blocking=True):
         _trace.call()
