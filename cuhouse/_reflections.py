@@ -220,8 +220,9 @@ class Reflections(_Cached):
     @property
     def identity(self):
         """The identity-factor mask ``(..., n)`` of :attr:`rows` (one ``geqrf`` leaf), or ``None``."""
-        (segment, *more) = self.segments
-        return segment.identity if not more and not segment.transpose and segment.k is not None else None
+        segments = self.segments
+        segment = segments[0]
+        return segment.identity if len(segments) == 1 and not segment.transpose and segment.k is not None else None
 
     @property
     def rows(self):
@@ -391,7 +392,8 @@ def _lapack_rows(leaf, segment, xp):
     """The reflectors of a ``geqrf`` leaf ``(..., d, N)`` as rows ``(..., k, d)`` (a view), broadcast to
     the batch shape of the segment's ``tau == 0`` mask when ``tau`` has batch dimensions ``a`` lacks."""
     rows = swap(leaf[..., : segment.k], xp)
-    if segment.identity is not None and segment.identity.shape[:-1] != rows.shape[:-2]:
+    identity = segment.identity  # a 1-D mask goes with an ``a`` of no batch (the mask has the joint batch shape)
+    if identity is not None and identity.ndim > 1 and identity.shape[:-1] != rows.shape[:-2]:
         rows = xp.broadcast_to(rows, segment.identity.shape[:-1] + rows.shape[-2:])
     return rows
 

@@ -109,12 +109,11 @@ def lapack_reflections(a, tau, check_finite):
     # e - 2 is exact for e in [1, 4] (Sterbenz), so comparing e itself with 2 -+ 3 tol is that test.
     # Identity factors (tau == 0: the last one of a square geqrf) count as e = 2.
     _, hi, tau_lo, tau_hi = _bounds(dtype)
-    identity = tau == 0
     product = tau * sumsq
-    if numpy.count_nonzero(identity):
+    identity = None
+    if numpy.count_nonzero(tau) != k:  # identity factors: no mask made when there are none
+        identity = tau == 0
         product[identity] = 2
-    else:
-        identity = None
     largest = _reuse.largest(sumsq)
     if not (_reuse.largest(product) <= tau_hi and _reuse.smallest(product) >= tau_lo and largest <= hi):
         return None

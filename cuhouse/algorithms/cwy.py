@@ -259,7 +259,7 @@ def _apply_numpy(f, x, transpose):
     instead (``?trsv``, no T matrices: their ``?trtri`` costs more than the solves of a fresh
     product, and a solve of one column is no slower than the product with T) and subtracts
     with ``?gemv``. Cost: O(n d m), 3 calls a block."""
-    out = x.copy(order="F" if column_major(x) else "C")
+    out = x.copy(order="F" if x.strides[0] < x.strides[1] else "C")  # column_major(x), inline
     if out.shape[1] == 1:
         return _apply_numpy_column(f, out, transpose)
     steps = _steps(f, "t")  # T made from S at the first read
@@ -270,10 +270,12 @@ def _apply_numpy(f, x, transpose):
     # (alpha, a, b, beta, c, trans_a, trans_b, overwrite_c), positional: keywords cost 0.3 us a call
     if out.flags.f_contiguous:  # Z = V X, U = T Z, X -= V^T U on column-major arrays
         z, u = numpy.empty((m, k), dtype=out.dtype).T, numpy.empty((m, k), dtype=out.dtype).T
+        trans_t = 0 if transpose else 1
+        partial = steps[-1][0] if steps[-1][0].shape[1] < k else None  # the last block's V^T if it has fewer rows
         for vt, tjt in order:  # V_j^T (d, kb), T_j^T (kb, kb) as Fortran matrices
-            zj, uj = (z, u) if vt.shape[1] == k else (None, None)  # the last block: new Z, U
+            zj, uj = (None, None) if vt is partial else (z, u)  # the last block: new Z, U
             zj = gemm(1.0, vt, out, 0.0, zj, 1, 0, 1)
-            uj = gemm(1.0, tjt, zj, 0.0, uj, 0 if transpose else 1, 0, 1)
+            uj = gemm(1.0, tjt, zj, 0.0, uj, trans_t, 0, 1)
             result = gemm(-1.0, vt, uj, 1.0, out, 0, 0, 1)  # out is contiguous: written in place
             if result is not out:  # the wrapper copied an array it could not write (as the column path)
                 out[...] = result
@@ -282,14 +284,17 @@ def _apply_numpy(f, x, transpose):
     zt, ut = numpy.empty((m, k), dtype=out.dtype, order="F"), numpy.empty((m, k), dtype=out.dtype, order="F")
     streamed = out.size >= NUMPY_PRODUCT_FROM
     xt = out.T
+    trans_t = 1 if transpose else 0
+    last = steps[-1][0]  # the last block's V^T: its Z^T and U^T are the buffers' first kb columns (contiguous)
+    kb = last.shape[1]
+    z_last, u_last = (zt, ut) if kb == k else (zt[:, :kb], ut[:, :kb])
     for vt, tjt in order:
-        kb = vt.shape[1]
-        zj, uj = (zt, ut) if kb == k else (zt[:, :kb], ut[:, :kb])  # contiguous columns
+        zj, uj = (z_last, u_last) if vt is last else (zt, ut)
         if streamed:  # Z = V X by NumPy's matmul (CBLAS) into Z^T's memory
             numpy.matmul(vt.T, out, out=zj.T)
         else:
             zj = gemm(1.0, xt, vt, 0.0, zj, 0, 0, 1)
-        uj = gemm(1.0, zj, tjt, 0.0, uj, 0, 1 if transpose else 0, 1)
+        uj = gemm(1.0, zj, tjt, 0.0, uj, 0, trans_t, 1)
         result = gemm(-1.0, uj, vt, 1.0, xt, 0, 1, 1)  # xt is Fortran-contiguous: written in place
         if result is not xt:
             xt[...] = result
