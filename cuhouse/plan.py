@@ -119,6 +119,14 @@ STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 # k = 64 at d = 128, measured 1.94x sormqr against 1.86x for k = 32).
 DIRECT_BLOCK = 16
 DIRECT_OVERHEAD = (3.0, 5.0, 1.0)
+# Without a calibration: single-threaded OpenBLAS runs a float32 GEMM of at most about 1e6 multiply-adds with
+# its small-matrix kernels, without packing, and larger ones 1.3-1.6x slower a flop (SkylakeX, 0.3.31). The
+# formula above knows no such threshold and so took k = 32 at d = 1024, m = 32 (measured 1.67x k = 16's fresh
+# call, session 14) and k = 16 at d = 2048 (1.5x k = 8's); with the block GEMMs beyond it priced
+# PACKED_SLOWDOWN times slower, the built-in constants take k = 16 and 8 there, as measured fastest. (A
+# calibration measures the calls themselves: this applies to the built-in constants only.)
+SMALL_KERNEL_MACS = 1e6
+PACKED_SLOWDOWN = 1.4
 # The same with a calibration that times the calls as cwy makes them, in sweeps over the blocks (FORMAT 8:
 # gram_rates, step_rates, column_rates, trtri_rates): what those sweeps leave out, in launches, per block of a
 # build, of a step (m > 1) and of a one-column step (the loop's lines), and per build (MEASURED_BUILD: the
@@ -152,7 +160,8 @@ def _block_gemm(mach, p, q, r, itemsize):
     if small <= 1 or mach.gemv_rate is None:
         return _gemm(mach, p, q, r, itemsize)
     eff = (DIRECT_BLOCK / (DIRECT_BLOCK + mach.half)) * (middle / (middle + mach.half)) * (large / (large + mach.half))
-    return mach.launch + 2.0 * p * q * r / (mach.peak * (4 / itemsize) * eff)
+    packed = PACKED_SLOWDOWN if p * q * r > SMALL_KERNEL_MACS else 1.0
+    return mach.launch + packed * 2.0 * p * q * r / (mach.peak * (4 / itemsize) * eff)
 
 
 def _block_rate(rates, k, size):
