@@ -119,6 +119,14 @@ STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 # k = 64 at d = 128, measured 1.94x sormqr against 1.86x for k = 32).
 DIRECT_BLOCK = 16
 DIRECT_OVERHEAD = (3.0, 5.0, 1.0)
+# Without a calibration: single-threaded OpenBLAS runs a float32 GEMM of at most about 1e6 multiply-adds with
+# its small-matrix kernels, without packing, and larger ones 1.3-1.6x slower a flop (SkylakeX, 0.3.31). The
+# formula above knows no such threshold and so took k = 32 at d = 1024, m = 32 (measured 1.67x k = 16's fresh
+# call, session 14) and k = 16 at d = 2048 (1.5x k = 8's); with the block GEMMs beyond it priced
+# PACKED_SLOWDOWN times slower, the built-in constants take k = 16 and 8 there, as measured fastest. (A
+# calibration measures the calls themselves: this applies to the built-in constants only.)
+SMALL_KERNEL_MACS = 1e6
+PACKED_SLOWDOWN = 1.4
 # The same with a calibration that times the calls as cwy makes them, in sweeps over the blocks (FORMAT 8:
 # gram_rates, step_rates, column_rates, trtri_rates): what those sweeps leave out, in launches, per block of a
 # build, of a step (m > 1) and of a one-column step (the loop's lines), and per build (MEASURED_BUILD: the
@@ -152,7 +160,8 @@ def _block_gemm(mach, p, q, r, itemsize):
     if small <= 1 or mach.gemv_rate is None:
         return _gemm(mach, p, q, r, itemsize)
     eff = (DIRECT_BLOCK / (DIRECT_BLOCK + mach.half)) * (middle / (middle + mach.half)) * (large / (large + mach.half))
-    return mach.launch + 2.0 * p * q * r / (mach.peak * (4 / itemsize) * eff)
+    packed = PACKED_SLOWDOWN if p * q * r > SMALL_KERNEL_MACS else 1.0
+    return mach.launch + packed * 2.0 * p * q * r / (mach.peak * (4 / itemsize) * eff)
 
 
 def _block_rate(rates, k, size):
@@ -412,11 +421,13 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
 # the trade is inside the model's error) but for near ties (BLOCK_TIE): of those, the faster built.
 # A gradient, LAPACK's ormqr (from_lapack: the race is on LAPACK's own factorization) and backends
 # other than NumPy (their constants were not measured against this objective) take the fastest fresh plan.
-# FRESH_SLACK was 0.15 (session 12: the dense H's first call measured 1.12-1.16x compact WY's at d = 16,
-# m = 1, "on the bound"); with the calibration of the calls as made (FORMAT 8) the model prices the dense
-# H within a few us, and the same call measured 1.245x (d = 64, m = 32: 1.164x) against a cached product
-# 2-2.5x faster: at 0.15 the plan took compact WY there, the cached product measured 6.8x (d = 16, m = 1)
-# and 5.7x (d = 64, m = 32) a dense GEMM instead of 3.3x and 2.6x, for fresh calls 0.80x and 0.84x.
+# FRESH_SLACK is a policy (how much of a first call a reused H may cost), not a machine constant. It was 0.15
+# (session 12: the dense H's first call measured 1.12-1.16x compact WY's at d = 16, m = 1, "on the bound");
+# with the calibration of the calls as made (FORMAT 8) the model prices the dense H within a few us, and the
+# same call measured 1.245x (d = 64, m = 32: 1.164x) against a cached product 2-2.5x faster: at 0.15 the plan
+# took compact WY there, the cached product measured 6.8x (d = 16, m = 1) and 5.7x (d = 64, m = 32) a dense
+# GEMM instead of 3.3x and 2.6x (targets 5 and 3), for fresh calls 0.80x and 0.84x (targets missed either way).
+# At 0.20 a first call there costs what the dense H costs: 1.245x and 1.164x compact WY's, measured.
 FRESH_SLACK = 0.20
 CALL_LAUNCHES = 50
 # Block sizes of one algorithm whose predicted fresh calls lie within this fraction of its fastest are a

@@ -329,13 +329,26 @@ def test_the_tables_decide_the_block_size_as_measured():
     (OpenBLAS's small-matrix kernels below about 1e6 multiply-adds: k = 16 measured 1.5x slower), k = 8 at
     d = 1024, m = 1 (k = 16 1.07x). At d = 1024 (m = 32) k = 8 and 16 measured within 2%, at d = 4096 k = 16 and
     32 within 0.1%. Without the tables (the built-in formulas with the same scalar constants) the model takes
-    k = 32 at d = 64..512 and k = 16 at d = 2048 (m = 32); with one ?trtri rate (measured at k = 64, 16x the
-    rate at k = 8) it takes k = 32 at d = 64 (measured 1.05x k = 16's fresh call)."""
+    k = 32 at d = 64..512 (m = 32; at d >= 1024 plan.PACKED_SLOWDOWN brings it to the measured k = 16 and 8,
+    and k = 8 at d = 4096, measured 1.02x k = 16's) and k = 32 at d = 128 and 512 for one column; with one
+    ?trtri rate (measured at k = 64, 16x the rate at k = 8) it takes k = 32 at d = 64 (measured 1.05x k = 16's
+    fresh call)."""
     assert _block_sizes(MEASURED, 32) == [16, 16, 16, 16, 16, 8, 32]
     assert _block_sizes(MEASURED, 1) == [64, 32, 16, 16, 8, 8, 8]
-    assert _block_sizes(SESSION_14, 32) == [32, 32, 32, 32, 16, 16, 16]
+    assert _block_sizes(SESSION_14, 32) == [32, 32, 32, 32, 16, 8, 8]
     assert _block_sizes(SESSION_14, 1) == [64, 64, 32, 32, 16, 16, 8]
     assert _block_sizes(MEASURED._replace(trtri_rates=None), 32)[0] == 32
+
+
+def test_without_a_calibration_block_gemms_past_the_small_kernels_cost_more():
+    """The built-in constants' block GEMMs (no tables) of more than plan.SMALL_KERNEL_MACS multiply-adds cost
+    plan.PACKED_SLOWDOWN times their flops' time (OpenBLAS's small-matrix kernels end there): k = 16 at
+    d = 1024 and k = 8 at d = 2048 (m = 32), measured fastest, where the formula alone took 32 and 16."""
+    small = plan._block_gemm(SESSION_14, 16, 1024, 32, 4) - SESSION_14.launch  # 524288 multiply-adds
+    large = plan._block_gemm(SESSION_14, 32, 1024, 32, 4) - SESSION_14.launch  # 1048576
+    assert large == pytest.approx(2 * small * plan.PACKED_SLOWDOWN)
+    assert plan.choose(1024, 1024, 32, numpy.float32, gradient=True).block_size == 16  # the built-in constants
+    assert plan.choose(2048, 2048, 32, numpy.float32, gradient=True).block_size == 8
 
 
 def test_a_table_call_costs_no_less_than_its_smallest_measured_call():
