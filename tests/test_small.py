@@ -100,6 +100,30 @@ def test_ormqr_plan_matches_lapack(dtype, order):
     assert (h @ x).flags.c_contiguous and (x.T @ h).flags.c_contiguous
 
 
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("m", [1, 4, 8, 32])
+def test_ormqr_plan_runs_lapacks_unblocked_path_for_few_columns(dtype, m):
+    """For few columns (``ormqr.unblocked``) the plan hands ``?ormqr`` the least workspace, so that LAPACK
+    runs its unblocked ``?orm2r`` (2-4x faster there than its blocked path, whose T matrices dominate);
+    else the queried optimum. Either way LAPACK's own bits, fresh and replayed."""
+    rng = numpy.random.default_rng(5)
+    d = 64  # more reflectors than LAPACK's panel of 32: the two paths round differently
+    qr, tau = _geqrf(rng, d, dtype)
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
+    x = numpy.asfortranarray(rng.standard_normal((d, m)).astype(dtype))
+    chosen = h.plan_for(m)
+    assert chosen.algorithm == "ormqr"
+    form = h._core.form(chosen, x.dtype, h._core.layout)[0]
+    routine = getattr(lapack, ("s" if dtype == numpy.float32 else "d") + "ormqr")
+    optimum = int(routine("L", "N", form.a, form.tau, x, -1)[1][0])
+    blocked = routine("L", "N", form.a, form.tau, x, optimum)[0]
+    unblocked = routine("L", "N", form.a, form.tau, x, m)[0]
+    assert ormqr.unblocked(d, m) == (m <= 8) and not numpy.array_equal(blocked, unblocked)
+    expected = unblocked if m <= 8 else blocked
+    for _ in range(2):  # fresh, then replayed
+        numpy.testing.assert_array_equal(h @ x, expected)
+
+
 def test_ormqr_plan_reads_the_callers_array_and_keeps_cuhouses_gradient():
     rng = numpy.random.default_rng(5)
     qr, tau = _geqrf(rng, 12, numpy.float64)

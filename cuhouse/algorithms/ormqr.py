@@ -13,7 +13,8 @@ The reflectors are read in place: ``a`` is the caller's array (a Fortran-ordered
 (0 for an identity factor). X keeps its memory order: a row-major ``X`` is
 handed to LAPACK as the transposed product (``side="R"``), so neither operand
 is copied into Fortran order. Cost: one LAPACK call, LAPACK's flops
-(about 2 d^2 m for n = d).
+(about 2 d^2 m for n = d); for a few columns LAPACK's unblocked ``?orm2r``
+(:func:`unblocked`), 2-4x faster there than its blocked path.
 """
 
 import functools
@@ -137,13 +138,32 @@ def _strict_lower(rows, cols, dtype, fortran):
     return mask
 
 
+# Few columns run LAPACK's unblocked ?orm2r (?ormqr given lwork = the columns of X, too little for its blocks):
+# the blocked path builds a T matrix per panel of 32 reflectors (?larft, O(k^2 d)), which for a few columns
+# costs more than the product. Measured unblocked / blocked (float32, one thread, n = d reflectors): m = 1
+# 0.24-0.28 at d = 64..512, 0.35-0.44 at 1024..4096; m = 4 0.34-0.61; m = 8 0.46-0.73 at d <= 512 but 0.97-1.11
+# above; m = 16 0.68-0.90 at d <= 256; m = 32 1.04-2.0 (float64 alike). At d <= 32 (k <= 32) LAPACK runs
+# ?orm2r either way.
+UNBLOCKED_COLUMNS = 4  # always up to this many columns
+UNBLOCKED_ENTRIES = 4096  # and up to 16 columns while d * m is at most this
+
+
+def unblocked(d, m):
+    """Whether a product with X ``(d, m)`` runs LAPACK's unblocked ``?orm2r`` (see above). O(1)."""
+    return m <= UNBLOCKED_COLUMNS or (m <= 16 and d * m <= UNBLOCKED_ENTRIES)
+
+
 @functools.lru_cache(maxsize=256)
 def _routine(char, side, trans, rows, cols, k):
-    """``(?ormqr, lwork)`` for this shape: the workspace size queried once."""
+    """``(?ormqr, lwork)`` for this shape: for few columns (:func:`unblocked`) the least workspace, with
+    which ``?ormqr`` runs its unblocked ``?orm2r``; else the optimum, queried once."""
     from scipy.linalg import lapack
 
     ormqr = getattr(lapack, char + "ormqr")
-    a = numpy.zeros((rows if side == "L" else cols, k), dtype=char_dtype(char), order="F")
+    d, m = (rows, cols) if side == "L" else (cols, rows)  # X (d, m), or X^T (m, d) on the right
+    if unblocked(d, m):
+        return ormqr, max(1, m)
+    a = numpy.zeros((d, k), dtype=char_dtype(char), order="F")
     c = numpy.zeros((rows, cols), dtype=a.dtype, order="F")
     work, info = ormqr(side, trans, a, numpy.zeros(k, dtype=a.dtype), c, -1)[1:]
     return ormqr, max(1, int(work[0]))
