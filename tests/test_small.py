@@ -122,6 +122,9 @@ def test_ormqr_plan_runs_lapacks_unblocked_path_for_few_columns(dtype, m):
     expected = unblocked if m <= 8 else blocked
     for _ in range(2):  # fresh, then replayed
         numpy.testing.assert_array_equal(h @ x, expected)
+    # the mode a calibrated plan may give instead of the built-in rule
+    numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="blocked"), blocked)
+    numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="unblocked"), unblocked)
 
 
 def test_ormqr_plan_reads_the_callers_array_and_keeps_cuhouses_gradient():

@@ -140,30 +140,38 @@ def _strict_lower(rows, cols, dtype, fortran):
 
 # Few columns run LAPACK's unblocked ?orm2r (?ormqr given lwork = the columns of X, too little for its blocks):
 # the blocked path builds a T matrix per panel of 32 reflectors (?larft, O(k^2 d)), which for a few columns
-# costs more than the product. Measured unblocked / blocked (float32, one thread, n = d reflectors): m = 1
-# 0.24-0.28 at d = 64..512, 0.35-0.44 at 1024..4096; m = 4 0.34-0.61; m = 8 0.46-0.73 at d <= 512 but 0.97-1.11
-# above; m = 16 0.68-0.90 at d <= 256; m = 32 1.04-2.0 (float64 alike). At d <= 32 (k <= 32) LAPACK runs
-# ?orm2r either way.
+# costs more than the product. The built-in rule below was measured on one machine (2-core Xeon, OpenBLAS
+# 0.3.30's LAPACK through SciPy, one thread, n = d reflectors), unblocked / blocked time:
+#   float32  d:  64    128   256   512   1024  2048  4096
+#   m = 1       0.25  0.24  0.27  0.28  0.44  0.35  0.39
+#   m = 4       0.34  0.39  0.40  0.53  0.56  0.57  0.61
+#   m = 8       0.46  0.52  0.61  0.73  1.02  0.97  1.11
+#   m = 16      0.68  0.78  0.90  1.13  1.42  1.57
+#   m = 32      1.04  1.13  1.35        2.0
+#   float64: m = 1 0.22 / 0.26 / 0.36 / 0.54 and m = 4 0.29 / 0.38 / 0.52 / 0.81 at d = 64 / 256 / 1024 / 4096.
+# At d <= 32 (k <= 32 reflectors) LAPACK runs ?orm2r either way. Which path runs is a plan choice, as a block
+# size is: it changes the bits of those products (LAPACK's two paths round differently), and it depends on the
+# shapes only, so fresh, replayed and pickled products agree.
 UNBLOCKED_COLUMNS = 4  # always up to this many columns
 UNBLOCKED_ENTRIES = 4096  # and up to 16 columns while d * m is at most this
 
 
 def unblocked(d, m):
-    """Whether a product with X ``(d, m)`` runs LAPACK's unblocked ``?orm2r`` (see above). O(1)."""
+    """Whether a product with X ``(d, m)`` runs LAPACK's unblocked ``?orm2r`` by the built-in rule (see
+    above): the apply mode ``"unblocked"``, else ``"blocked"``. O(1)."""
     return m <= UNBLOCKED_COLUMNS or (m <= 16 and d * m <= UNBLOCKED_ENTRIES)
 
 
 @functools.lru_cache(maxsize=256)
-def _routine(char, side, trans, rows, cols, k):
-    """``(?ormqr, lwork)`` for this shape: for few columns (:func:`unblocked`) the least workspace, with
-    which ``?ormqr`` runs its unblocked ``?orm2r``; else the optimum, queried once."""
+def _routine(char, side, trans, rows, cols, k, fast):
+    """``(?ormqr, lwork)`` for this shape: with ``fast`` the least workspace, with which ``?ormqr`` runs its
+    unblocked ``?orm2r``; else the optimum, queried once."""
     from scipy.linalg import lapack
 
     ormqr = getattr(lapack, char + "ormqr")
-    d, m = (rows, cols) if side == "L" else (cols, rows)  # X (d, m), or X^T (m, d) on the right
-    if unblocked(d, m):
-        return ormqr, max(1, m)
-    a = numpy.zeros((d, k), dtype=char_dtype(char), order="F")
+    if fast:
+        return ormqr, max(1, rows if side == "R" else cols)  # the columns of X (X^T's rows on the right)
+    a = numpy.zeros((rows if side == "L" else cols, k), dtype=char_dtype(char), order="F")
     c = numpy.zeros((rows, cols), dtype=a.dtype, order="F")
     work, info = ormqr(side, trans, a, numpy.zeros(k, dtype=a.dtype), c, -1)[1:]
     return ormqr, max(1, int(work[0]))
@@ -173,26 +181,28 @@ def char_dtype(char):
     return numpy.float32 if char == "s" else numpy.float64
 
 
-def apply(f, x, transpose, xp):
+def apply(f, x, transpose, xp, mode=None):
     """``Q @ X`` (``Q.T @ X``) for ``x`` ``(d, m)`` by one ``?ormqr`` call, in ``x``'s memory order:
     a C-ordered ``x`` runs as ``(X^T Q^T)^T`` (``side="R"``) on the Fortran-ordered ``X^T``.
     A batch of X ``(..., d, m)`` (Q has none here) runs as one ``(d, batch * m)`` product, a copy;
-    an empty X is returned as a copy (LAPACK refuses a zero dimension)."""
+    an empty X is returned as a copy (LAPACK refuses a zero dimension). ``mode``: ``"unblocked"``
+    (LAPACK's ``?orm2r``) or ``"blocked"``, as the plan chose it; ``None``: by :func:`unblocked`."""
     if x.size == 0:
         return x.copy()
     if x.ndim > 2:
         d, m = x.shape[-2:]
         columns = numpy.moveaxis(x, -2, 0).reshape(d, -1)
-        out = apply(f, columns, transpose, xp)
+        out = apply(f, columns, transpose, xp, mode)
         return numpy.moveaxis(out.reshape((d,) + x.shape[:-2] + (m,)), 0, -2)
     char = "s" if f.a.dtype == numpy.float32 else "d"
     k = f.tau.shape[0]
+    fast = unblocked(*x.shape) if mode is None else mode == "unblocked"
     if x.flags.f_contiguous or not x.flags.c_contiguous:
-        ormqr, lwork = _routine(char, "L", "T" if transpose else "N", x.shape[0], x.shape[1], k)
+        ormqr, lwork = _routine(char, "L", "T" if transpose else "N", x.shape[0], x.shape[1], k, fast)
         out, _, info = ormqr("L", "T" if transpose else "N", f.a, f.tau, x, lwork)
     else:
         xt = x.T
-        ormqr, lwork = _routine(char, "R", "N" if transpose else "T", xt.shape[0], xt.shape[1], k)
+        ormqr, lwork = _routine(char, "R", "N" if transpose else "T", xt.shape[0], xt.shape[1], k, fast)
         out, _, info = ormqr("R", "N" if transpose else "T", f.a, f.tau, xt, lwork)
         out = out.T
     if info:
