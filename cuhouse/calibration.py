@@ -51,8 +51,8 @@ import numpy
 _MachineFields = namedtuple(
     "Machine",
     "launch peak half bandwidth lapack_call trtri_rate ormqr_call ormqr_rate gemv_rate gram_rates step_rates "
-    "column_rates trtri_rates",
-    defaults=(None, None, None, None, None),
+    "column_rates trtri_rates orm2r_columns",
+    defaults=(None, None, None, None, None, None),
 )
 
 
@@ -103,7 +103,14 @@ streams X once whatever k, so the rate depends on k as well as on the volume;
 ``?gemv``, ``?trsv`` with S, ``?gemv`` (``4 k d + k^2`` flops; memory-bound: 2-30
 GFLOP/s); ``trtri_rates`` ``((k, flop/s), ...)`` one ``?trtri`` of a k x k
 triangle in a build's stack, k = 8..128 (0.4-10 GFLOP/s here: one rate
-measured at k = 64 put k = 16's call at a third of its time)."""
+measured at k = 64 put k = 16's call at a third of its time);
+``orm2r_columns`` ``((d, m_max), ...)`` where LAPACK's unblocked ``?orm2r`` (``?ormqr``
+given lwork = the columns of X) beats its blocked path with the queried lwork
+(:mod:`cuhouse.algorithms.ormqr`), by depth d = 64, 256, 1024: ``m_max`` the
+largest measured column count m (of 1, 4, 8, 16, 32) up to which the unblocked
+call measured faster at every measured m (0: never). ``None`` (the built-in
+constants, or a cache written before it was measured): the ormqr plan's built-in
+shape rule (:func:`cuhouse.algorithms.ormqr.unblocked`) decides."""
 
 DEFAULTS = {
     # fitted on the project's 2-core machine (single-threaded OpenBLAS, float32); see cuhouse.plan
@@ -283,8 +290,9 @@ def read(path):
             data = json.load(f)
         if data.get("format") != FORMAT:
             return None
-        stored = {name: data["machine"][name] for name in Machine._fields}
-        for name in _TABLES:  # JSON lists: tuples of floats, so that a Machine stays hashable
+        stored = {name: data["machine"][name] for name in Machine._fields if name not in _OPTIONAL}
+        stored.update({name: data["machine"].get(name) for name in _OPTIONAL})
+        for name in (*_TABLES, *_OPTIONAL):  # JSON lists: tuples of floats, so that a Machine stays hashable
             if stored[name] is not None:
                 stored[name] = tuple(tuple(float(value) for value in entry) for entry in stored[name])
         return Machine(**stored)
@@ -371,6 +379,19 @@ def problems(machine):
                         name, rate, at, machine.peak
                     )
                 )
+    columns = machine.orm2r_columns
+    if columns is not None:
+        depths = [entry[0] for entry in columns]
+        if not (
+            columns
+            and all(len(entry) == 3 and all(0 <= q <= max(_ORM2R_COLUMNS) for q in entry[1:]) for entry in columns)
+            and all(d > 0 for d in depths)
+            and all(a < b for a, b in zip(depths, depths[1:]))
+        ):
+            found.append(
+                "orm2r_columns {!r} is not (d, left, right) triples with increasing d and column counts "
+                "in [0, {}]".format(columns, max(_ORM2R_COLUMNS))
+            )
     return found
 
 
@@ -381,6 +402,8 @@ _TABLES = {
     "column_rates": "column step",
     "trtri_rates": "?trtri",
 }
+# fields a FORMAT 8 file written before they were measured lacks: read as None (their built-in rule decides)
+_OPTIONAL = ("orm2r_columns",)
 
 
 def _clock():
@@ -482,6 +505,12 @@ _NUMPY_PRODUCT_FROM = 4096 * 32
 # timed alone ran the apply's steps 1.1-1.5x and its one-column steps 1.5-2.2x faster than they run in a product)
 _SWEEP_ENTRIES = 1 << 21
 _SWEEP_PERIOD = 64  # the reflections repeat with this period (their T and S computed once a period)
+# Machine.orm2r_columns: the depths and column counts at which ?ormqr's unblocked call (lwork = m) is timed against
+# its blocked one (the queried lwork), n = d reflections, float32, for a Fortran-ordered and a row-major X (the
+# latter from 4 columns: one column is both orders and runs side="L"); each timing over _ORM2R_BUDGET seconds
+_ORM2R_BUDGET = 0.0005
+_ORM2R_DEPTHS = (64, 256, 1024)
+_ORM2R_COLUMNS = (1, 4, 16)
 
 
 def _sweep_vectors(d, rng, dtype=numpy.float32):
@@ -658,6 +687,7 @@ def _measure_once(clock):
     # sizes run below that rate, which the model then slightly favours LAPACK at, as measured)
     (_, ormqr_call), (flops, seconds) = ormqr_points
     ormqr_rate = float(flops / max(seconds - ormqr_call, 1e-9))
+    orm2r_columns = _orm2r_columns(rng, clock)
     return Machine(
         launch,
         peak,
@@ -672,4 +702,44 @@ def _measure_once(clock):
         step_rates,
         column_rates,
         trtri_rates,
+        orm2r_columns,
     )
+
+
+def _orm2r_columns(rng, clock):
+    """``Machine.orm2r_columns``: at each of ``_ORM2R_DEPTHS``, ``(d, left, right)``: the largest of
+    ``_ORM2R_COLUMNS`` up to which the ormqr plan's unblocked call (``?ormqr`` with lwork = m: LAPACK's
+    ``?orm2r``) measured faster than its blocked one (the queried lwork) at every measured column count (0:
+    never), for a Fortran-ordered X ``(d, m)`` (``left``: ``side="L"``, one column included) and for a
+    row-major one (``right``: ``side="R"`` on the Fortran-ordered ``X^T``; from 2 columns), made as
+    :func:`cuhouse.algorithms.ormqr.apply` makes them on a ``geqrf`` array of d reflections, in one
+    interleaved measurement (:func:`_best_seconds`, budget ``_ORM2R_BUDGET``): about 0.2 s here."""
+    from scipy.linalg import lapack
+
+    calls = []
+    entries = numpy.asfortranarray(rng.standard_normal((max(_ORM2R_DEPTHS),) * 2).astype(numpy.float32))
+    for d in _ORM2R_DEPTHS:
+        # reflectors in LAPACK's layout (no ?geqrf: 0.1 s at d = 1024): the strictly lower entries of a, tau
+        # 2 / (1 + ||v||^2) as cuhouse.algorithms.ormqr.build makes it
+        qr = numpy.asfortranarray(entries[:d, :d] / numpy.float32(math.sqrt(d)))
+        tau = (2 / (1 + (numpy.tril(qr, -1) ** 2).sum(axis=0))).astype(numpy.float32)
+        for side, columns in (("L", _ORM2R_COLUMNS), ("R", _ORM2R_COLUMNS[1:])):
+            for m in columns:
+                x = rng.standard_normal((d, m)).astype(numpy.float32)
+                c, trans = (numpy.asfortranarray(x), "N") if side == "L" else (x.T, "T")
+                queried = int(lapack.sormqr(side, trans, qr, tau, c, -1)[1][0])
+                for lwork in (m, max(1, queried)):
+                    calls.append((lambda *a: lambda: lapack.sormqr(*a))(side, trans, qr, tau, c, lwork))
+    times = iter(_best_seconds(calls, clock, _ORM2R_BUDGET))
+    found = []
+    for d in _ORM2R_DEPTHS:
+        limits = []
+        for columns in (_ORM2R_COLUMNS, _ORM2R_COLUMNS[1:]):
+            m_max, faster = 0, True
+            for m in columns:
+                unblocked, blocked = next(times), next(times)
+                faster = faster and unblocked < blocked
+                m_max = m if faster else m_max
+            limits.append(float(m_max))
+        found.append((float(d), *limits))
+    return tuple(found)

@@ -549,8 +549,32 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
             own[f[2]] = f
     _, _, name, k = min((f for f in own.values() if batch * f[0] <= bound), key=lambda f: (f[1], f[0]))
     store = name == "cwy" and layout == "full" and store_block_inputs(d, n, m, k, itemsize, backend, mach)
-    mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach) if name == "cwy" else "steps"
+    if name == "cwy":
+        mode = apply_mode(d, n, m, k, itemsize, backend, layout, mach)
+    else:
+        mode = ormqr_mode(d, m, mach) if name == LAPACK_PLAN else "steps"
     return Plan(name, k, store, mode)
+
+
+def ormqr_mode(d, m, mach):
+    """The apply mode of the ``"ormqr"`` plan for X ``(d, m)`` from ``mach.orm2r_columns`` (see
+    :class:`cuhouse.calibration.Machine`): whether LAPACK's unblocked ``?orm2r`` runs for an X taken from
+    the left (Fortran-ordered) and for a row-major one, by the entry of the largest measured depth at most
+    ``d`` (the smallest one below it): ``"unblocked"``, ``"unblocked_left"``, ``"unblocked_right"`` or
+    ``"blocked"`` (:data:`cuhouse.algorithms.ormqr.MODES`). ``"steps"`` when the calibration has no such
+    entry (the built-in constants, or a cache written before it was measured): the built-in rule
+    :func:`cuhouse.algorithms.ormqr.unblocked` decides when the product runs. O(len(orm2r_columns))."""
+    columns = mach.orm2r_columns
+    if columns is None:
+        return "steps"
+    entry = columns[0]
+    for found in columns:
+        if found[0] <= d:
+            entry = found
+    left, right = m <= entry[1], m <= entry[2]
+    if left and right:
+        return "unblocked"
+    return "unblocked_left" if left else "unblocked_right" if right else "blocked"
 
 
 def per_product(name, d, n, m, k, itemsize, backend, layout, mach, mode=None):

@@ -170,7 +170,9 @@ def test_one_measurement_gives_finite_positive_constants():
     """One try of the measurement, without the plausibility checks: whether its timings pass those
     depends on the machine's load (retries and rejection are tested below with set constants)."""
     machine = calibration._measure_once(calibration._clock())
-    scalars = machine._replace(gram_rates=None, step_rates=None, column_rates=None, trtri_rates=None)
+    scalars = machine._replace(
+        gram_rates=None, step_rates=None, column_rates=None, trtri_rates=None, orm2r_columns=None
+    )
     assert all(math.isfinite(value) and value > 0 for value in scalars if value is not None), machine
     depths = (64, 128, 256, 512, 1024, 2048, 4096)
     assert [(k, size) for k, size, _ in machine.step_rates] == [(k, 32.0 * d) for k in (8, 16, 32, 64) for d in depths]
@@ -180,6 +182,9 @@ def test_one_measurement_gives_finite_positive_constants():
     assert machine.trtri_rate == dict(machine.trtri_rates)[64.0]
     for table in (machine.gram_rates, machine.step_rates, machine.column_rates, machine.trtri_rates):
         assert all(math.isfinite(entry[-1]) and entry[-1] > 0 for entry in table), machine
+    # orm2r_columns: one entry per depth, column counts among those measured (0: never)
+    assert [entry[0] for entry in machine.orm2r_columns] == [64.0, 256.0, 1024.0]
+    assert all(q in (0, 1, 4, 16) for entry in machine.orm2r_columns for q in entry[1:]), machine
 
 
 @pytest.mark.parametrize(
@@ -427,3 +432,86 @@ def test_the_tables_time_the_calls_cwy_makes(k, blocks, d, m, monkeypatch):
     assert {call[0] for call in applied} == routines
     trtri = timed("trtri")
     assert len(trtri) == calibration._TRTRI_STACK and set(trtri) == set(inverted) and len(inverted) == blocks
+
+
+ORM2R = ((64.0, 16.0, 4.0), (256.0, 16.0, 0.0), (1024.0, 4.0, 0.0))
+
+
+def _ormqr_plans():
+    return [
+        plan.choose(d, d, m, numpy.float32, layout="unit", lapack=True)
+        for d in (64, 128, 256, 2048)
+        for m in (1, 4, 8, 16, 32)
+    ]
+
+
+def test_the_ormqr_plans_unblocked_path_follows_the_cache(cache):
+    """Machine.orm2r_columns decides LAPACK's unblocked ?orm2r for each (d, m) and X order: by the entry of the
+    largest measured depth at most d; the plans come from the file, the same after a new read."""
+    calibration.write(
+        calibration.cache_path(), SLOW_CALLS._replace(orm2r_columns=ORM2R), calibration.machine_description()
+    )
+    first = _ormqr_plans()
+    assert all(p.algorithm == "ormqr" for p in first)
+    modes = {
+        (d, m): plan.ormqr_mode(d, m, calibration.machine())
+        for d in (16, 64, 128, 256, 2048)
+        for m in (1, 4, 8, 16, 32)
+    }
+    assert modes[16, 4] == modes[64, 4] == modes[128, 4] == "unblocked"  # below the first entry: the first
+    assert modes[64, 8] == modes[128, 16] == modes[256, 16] == modes[256, 1] == "unblocked_left"
+    assert modes[2048, 4] == "unblocked_left" and modes[2048, 8] == modes[64, 32] == "blocked"
+    assert [p.apply for p in first] == [modes[d, m] for d in (64, 128, 256, 2048) for m in (1, 4, 8, 16, 32)]
+    calibration.forget()
+    assert _ormqr_plans() == first and calibration.machine().orm2r_columns == ORM2R
+    calibration.forget()
+    never = tuple((d, 0.0, 0.0) for d, _, _ in ORM2R)
+    calibration.write(
+        calibration.cache_path(), SLOW_CALLS._replace(orm2r_columns=never), calibration.machine_description()
+    )
+    assert {p.apply for p in _ormqr_plans()} == {"blocked"}
+
+
+def test_a_product_runs_the_mode_the_cache_gives(cache):
+    """The plan's mode reaches LAPACK: the product equals ?ormqr's own call with lwork = m (unblocked) or the
+    queried optimum, fresh and replayed."""
+    from scipy.linalg import lapack
+
+    rng = numpy.random.default_rng(3)
+    d, m = 64, 8
+    qr, tau = lapack.sgeqrf(rng.standard_normal((d, d)).astype(numpy.float32))[:2]
+    x = numpy.asfortranarray(rng.standard_normal((d, m)).astype(numpy.float32))
+    optimum = int(lapack.sormqr("L", "N", qr, tau, x, -1)[1][0])
+    for entry, lwork in (((64.0, 8.0, 0.0), m), ((64.0, 4.0, 0.0), optimum)):
+        calibration.forget()
+        machine = SLOW_CALLS._replace(orm2r_columns=(entry,))
+        calibration.write(calibration.cache_path(), machine, calibration.machine_description())
+        h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
+        assert h.plan_for(m).algorithm == "ormqr"
+        form = h._core.form(h.plan_for(m), x.dtype, h._core.layout)[0]
+        expected = lapack.sormqr("L", "N", form.a, form.tau, x, lwork)[0]
+        for _ in range(2):  # fresh, then replayed
+            numpy.testing.assert_array_equal(h @ x, expected)
+
+
+def test_a_cache_without_the_orm2r_entry_falls_back_to_the_built_in_rule(cache):
+    """A FORMAT 8 file written before orm2r_columns was measured reads as it is (no new measurement: the
+    fixture refuses one), with orm2r_columns None: the ormqr plan keeps apply "steps" and ormqr.unblocked decides."""
+    calibration.write(
+        calibration.cache_path(), SLOW_CALLS._replace(orm2r_columns=ORM2R), calibration.machine_description()
+    )
+    with open(calibration.cache_path()) as f:
+        data = json.load(f)
+    del data["machine"]["orm2r_columns"]
+    with open(calibration.cache_path(), "w") as f:
+        json.dump(data, f)
+    calibration.forget()
+    assert calibration.machine() == SLOW_CALLS and calibration.current().source == calibration.cache_path()
+    assert {p.apply for p in _ormqr_plans()} == {"steps"}
+
+
+def test_a_malformed_orm2r_entry_is_named():
+    assert not calibration.problems(SLOW_CALLS._replace(orm2r_columns=ORM2R))
+    for bad in (((64.0, 4.0),), ((256.0, 4.0, 4.0), (64.0, 4.0, 4.0)), ((64.0, 99.0, 0.0),), ()):
+        (message,) = calibration.problems(SLOW_CALLS._replace(orm2r_columns=bad))
+        assert message.startswith("orm2r_columns") and "triples with increasing d" in message

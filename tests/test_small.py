@@ -125,6 +125,28 @@ def test_ormqr_plan_runs_lapacks_unblocked_path_for_few_columns(dtype, m):
     # the mode a calibrated plan may give instead of the built-in rule
     numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="blocked"), blocked)
     numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="unblocked"), unblocked)
+    # X taken from the left (Fortran-ordered): the "_left" mode runs the unblocked path, the "_right" one not
+    numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="unblocked_left"), unblocked)
+    numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="unblocked_right"), blocked)
+
+
+@pytest.mark.parametrize("mode", [None, "unblocked", "unblocked_left", "unblocked_right", "blocked"])
+def test_ormqr_plan_chooses_the_unblocked_path_by_xs_memory_order(mode):
+    """A row-major X runs ``side="R"`` on ``X^T``: its unblocked path is slower from d = 256 on (measured), so
+    the built-in rule keeps it to d <= 64, m <= 8, and the modes name each order; the product is LAPACK's
+    own call with that workspace, bit for bit."""
+    rng = numpy.random.default_rng(6)
+    d, m = 64, 4
+    qr, tau = _geqrf(rng, d, numpy.float32)
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
+    form = h._core.form(h.plan_for(m), numpy.float32, h._core.layout)[0]
+    x = rng.standard_normal((d, m)).astype(numpy.float32)  # row-major
+    optimum = int(lapack.sormqr("R", "T", form.a, form.tau, x.T, -1)[1][0])
+    fast = ormqr.unblocked(d, m, left=False) if mode is None else mode in ("unblocked", "unblocked_right")
+    expected = lapack.sormqr("R", "T", form.a, form.tau, x.T, m if fast else optimum)[0].T
+    numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode), expected)
+    assert ormqr.unblocked(64, 8, left=False) and not ormqr.unblocked(64, 16, left=False)
+    assert not ormqr.unblocked(256, 4, left=False) and ormqr.unblocked(256, 4)
 
 
 def test_ormqr_plan_reads_the_callers_array_and_keeps_cuhouses_gradient():

@@ -140,8 +140,10 @@ def _strict_lower(rows, cols, dtype, fortran):
 
 # Few columns run LAPACK's unblocked ?orm2r (?ormqr given lwork = the columns of X, too little for its blocks):
 # the blocked path builds a T matrix per panel of 32 reflectors (?larft, O(k^2 d)), which for a few columns
-# costs more than the product. The built-in rule below was measured on one machine (2-core Xeon, OpenBLAS
-# 0.3.30's LAPACK through SciPy, one thread, n = d reflectors), unblocked / blocked time:
+# costs more than the product. Where it wins depends on the machine and on X's memory order, so the calibration
+# measures it (cuhouse.calibration.Machine.orm2r_columns; the plan then hands apply its mode). The built-in rule
+# below, used without a calibration, was measured on one machine (2-core Xeon, OpenBLAS 0.3.30's LAPACK through
+# SciPy, one thread, n = d reflectors), unblocked / blocked time for a Fortran-ordered X (side="L"):
 #   float32  d:  64    128   256   512   1024  2048  4096
 #   m = 1       0.25  0.24  0.27  0.28  0.44  0.35  0.39
 #   m = 4       0.34  0.39  0.40  0.53  0.56  0.57  0.61
@@ -149,17 +151,32 @@ def _strict_lower(rows, cols, dtype, fortran):
 #   m = 16      0.68  0.78  0.90  1.13  1.42  1.57
 #   m = 32      1.04  1.13  1.35        2.0
 #   float64: m = 1 0.22 / 0.26 / 0.36 / 0.54 and m = 4 0.29 / 0.38 / 0.52 / 0.81 at d = 64 / 256 / 1024 / 4096.
-# At d <= 32 (k <= 32 reflectors) LAPACK runs ?orm2r either way. Which path runs is a plan choice, as a block
-# size is: it changes the bits of those products (LAPACK's two paths round differently), and it depends on the
-# shapes only, so fresh, replayed and pickled products agree.
-UNBLOCKED_COLUMNS = 4  # always up to this many columns
+# A row-major X runs side="R" on X^T, where the unblocked path (one ?larf a reflector on a short, wide X^T) is
+# slower from d = 256 on: 0.53 / 0.64 / 0.76 / 1.10 at d = 64, m = 1 / 4 / 8 / 16; 1.43 / 1.79 / 3.29 at d = 256,
+# m = 1 / 4 / 16; 2.6-6.0 at d = 1024 (float32, same machine). So the built-in rule takes it there only at d <= 64,
+# m <= 8. At d <= 32 (k <= 32 reflectors) LAPACK runs ?orm2r either way. Which path runs is a plan choice, as a
+# block size is: it changes the bits of those products (LAPACK's two paths round differently), and it depends on
+# the shapes, X's memory order and the calibration only, so fresh, replayed and pickled products agree.
+UNBLOCKED_COLUMNS = 4  # a Fortran-ordered X: always up to this many columns
 UNBLOCKED_ENTRIES = 4096  # and up to 16 columns while d * m is at most this
+UNBLOCKED_RIGHT_DEPTH = 64  # a row-major X: up to this depth
+UNBLOCKED_RIGHT_COLUMNS = 8  # and this many columns
+# the apply modes a plan may give (cuhouse.plan.ormqr_mode): whether the unblocked path runs for an X LAPACK
+# takes from the left (Fortran-ordered, one column, or neither order) and from the right (row-major)
+MODES = {
+    "unblocked": (True, True),
+    "unblocked_left": (True, False),
+    "unblocked_right": (False, True),
+    "blocked": (False, False),
+}
 
 
-def unblocked(d, m):
+def unblocked(d, m, left=True):
     """Whether a product with X ``(d, m)`` runs LAPACK's unblocked ``?orm2r`` by the built-in rule (see
-    above): the apply mode ``"unblocked"``, else ``"blocked"``. O(1)."""
-    return m <= UNBLOCKED_COLUMNS or (m <= 16 and d * m <= UNBLOCKED_ENTRIES)
+    above; ``left``: X is taken from the left, ``side="L"``, else a row-major X from the right). O(1)."""
+    if left:
+        return m <= UNBLOCKED_COLUMNS or (m <= 16 and d * m <= UNBLOCKED_ENTRIES)
+    return d <= UNBLOCKED_RIGHT_DEPTH and m <= UNBLOCKED_RIGHT_COLUMNS
 
 
 @functools.lru_cache(maxsize=256)
@@ -185,8 +202,10 @@ def apply(f, x, transpose, xp, mode=None):
     """``Q @ X`` (``Q.T @ X``) for ``x`` ``(d, m)`` by one ``?ormqr`` call, in ``x``'s memory order:
     a C-ordered ``x`` runs as ``(X^T Q^T)^T`` (``side="R"``) on the Fortran-ordered ``X^T``.
     A batch of X ``(..., d, m)`` (Q has none here) runs as one ``(d, batch * m)`` product, a copy;
-    an empty X is returned as a copy (LAPACK refuses a zero dimension). ``mode``: ``"unblocked"``
-    (LAPACK's ``?orm2r``) or ``"blocked"``, as the plan chose it; ``None``: by :func:`unblocked`."""
+    an empty X is returned as a copy (LAPACK refuses a zero dimension). ``mode``: one of :data:`MODES`,
+    as the plan chose it from the calibration (``"unblocked"``: LAPACK's ``?orm2r`` whatever X's order,
+    ``"unblocked_left"`` / ``"unblocked_right"`` for an X taken from the left / a row-major X only,
+    ``"blocked"``: never); ``None``: by the built-in rule :func:`unblocked`."""
     if x.size == 0:
         return x.copy()
     if x.ndim > 2:
@@ -196,8 +215,9 @@ def apply(f, x, transpose, xp, mode=None):
         return numpy.moveaxis(out.reshape((d,) + x.shape[:-2] + (m,)), 0, -2)
     char = "s" if f.a.dtype == numpy.float32 else "d"
     k = f.tau.shape[0]
-    fast = unblocked(*x.shape) if mode is None else mode == "unblocked"
-    if x.flags.f_contiguous or not x.flags.c_contiguous:
+    left = x.flags.f_contiguous or not x.flags.c_contiguous
+    fast = unblocked(*x.shape, left) if mode is None else MODES[mode][0 if left else 1]
+    if left:
         ormqr, lwork = _routine(char, "L", "T" if transpose else "N", x.shape[0], x.shape[1], k, fast)
         out, _, info = ormqr("L", "T" if transpose else "N", f.a, f.tau, x, lwork)
     else:
