@@ -104,12 +104,13 @@ streams X once whatever k, so the rate depends on k as well as on the volume;
 GFLOP/s); ``trtri_rates`` ``((k, flop/s), ...)`` one ``?trtri`` of a k x k
 triangle in a build's stack, k = 8..128 (0.4-10 GFLOP/s here: one rate
 measured at k = 64 put k = 16's call at a third of its time);
-``orm2r_columns`` ``((d, m_max), ...)`` where LAPACK's unblocked ``?orm2r`` (``?ormqr``
-given lwork = the columns of X) beats its blocked path with the queried lwork
-(:mod:`cuhouse.algorithms.ormqr`), by depth d = 64, 256, 1024: ``m_max`` the
-largest measured column count m (of 1, 4, 8, 16, 32) up to which the unblocked
-call measured faster at every measured m (0: never). ``None`` (the built-in
-constants, or a cache written before it was measured): the ormqr plan's built-in
+``orm2r_columns`` ``((d, m, left, right), ...)`` whether LAPACK's unblocked ``?orm2r``
+(``?ormqr`` given lwork = the columns of X) measured faster (1.0, else 0.0) than
+its blocked path with the queried lwork (:mod:`cuhouse.algorithms.ormqr`) for
+X ``(d, m)``, Fortran-ordered (``left``) and row-major (``right``), at d = 64,
+256, 1024 and m = 1, 4, 16, 32 (sorted by d, then m; read by
+:func:`cuhouse.plan.ormqr_mode`). ``None`` (the built-in constants, or a cache
+written before it was measured): the ormqr plan's built-in
 shape rule (:func:`cuhouse.algorithms.ormqr.unblocked`) decides."""
 
 DEFAULTS = {
@@ -381,16 +382,17 @@ def problems(machine):
                 )
     columns = machine.orm2r_columns
     if columns is not None:
-        depths = [entry[0] for entry in columns]
+        points = [entry[:2] for entry in columns]
         if not (
             columns
-            and all(len(entry) == 3 and all(0 <= q <= max(_ORM2R_COLUMNS) for q in entry[1:]) for entry in columns)
-            and all(d > 0 for d in depths)
-            and all(a < b for a, b in zip(depths, depths[1:]))
+            and all(len(entry) == 4 and entry[0] > 0 and entry[1] > 0 for entry in columns)
+            and all(q in (0.0, 1.0) for entry in columns for q in entry[2:])
+            and all(a < b for a, b in zip(points, points[1:]))
         ):
             found.append(
-                "orm2r_columns {!r} is not (d, left, right) triples with increasing d and column counts "
-                "in [0, {}]".format(columns, max(_ORM2R_COLUMNS))
+                "orm2r_columns {!r} is not (d, m, left, right) entries with increasing (d, m) and flags 0 or 1".format(
+                    columns
+                )
             )
     return found
 
@@ -510,7 +512,7 @@ _SWEEP_PERIOD = 64  # the reflections repeat with this period (their T and S com
 # latter from 4 columns: one column is both orders and runs side="L"); each timing over _ORM2R_BUDGET seconds
 _ORM2R_BUDGET = 0.0005
 _ORM2R_DEPTHS = (64, 256, 1024)
-_ORM2R_COLUMNS = (1, 4, 16)
+_ORM2R_COLUMNS = (1, 4, 16, 32)
 
 
 def _sweep_vectors(d, rng, dtype=numpy.float32):
@@ -707,39 +709,34 @@ def _measure_once(clock):
 
 
 def _orm2r_columns(rng, clock):
-    """``Machine.orm2r_columns``: at each of ``_ORM2R_DEPTHS``, ``(d, left, right)``: the largest of
-    ``_ORM2R_COLUMNS`` up to which the ormqr plan's unblocked call (``?ormqr`` with lwork = m: LAPACK's
-    ``?orm2r``) measured faster than its blocked one (the queried lwork) at every measured column count (0:
-    never), for a Fortran-ordered X ``(d, m)`` (``left``: ``side="L"``, one column included) and for a
-    row-major one (``right``: ``side="R"`` on the Fortran-ordered ``X^T``; from 2 columns), made as
-    :func:`cuhouse.algorithms.ormqr.apply` makes them on a ``geqrf`` array of d reflections, in one
-    interleaved measurement (:func:`_best_seconds`, budget ``_ORM2R_BUDGET``): about 0.2 s here."""
+    """``Machine.orm2r_columns``: ``(d, m, left, right)`` for each of ``_ORM2R_DEPTHS`` and ``_ORM2R_COLUMNS``:
+    whether the ormqr plan's unblocked call (``?ormqr`` with lwork = m: LAPACK's ``?orm2r``) measured faster
+    (1.0, else 0.0) than its blocked one (the queried lwork) for a Fortran-ordered X ``(d, m)`` (``left``:
+    ``side="L"``) and for a row-major one (``right``: ``side="R"`` on the Fortran-ordered ``X^T``; one column is
+    both orders and runs from the left, so ``right`` there repeats ``left``), both made as
+    :func:`cuhouse.algorithms.ormqr.apply` makes them on a ``geqrf`` array of d reflections, in one interleaved
+    measurement (:func:`_best_seconds`, budget ``_ORM2R_BUDGET``): about 0.25 s here."""
     from scipy.linalg import lapack
 
-    calls = []
+    calls, shapes = [], []
     entries = numpy.asfortranarray(rng.standard_normal((max(_ORM2R_DEPTHS),) * 2).astype(numpy.float32))
     for d in _ORM2R_DEPTHS:
         # reflectors in LAPACK's layout (no ?geqrf: 0.1 s at d = 1024): the strictly lower entries of a, tau
         # 2 / (1 + ||v||^2) as cuhouse.algorithms.ormqr.build makes it
         qr = numpy.asfortranarray(entries[:d, :d] / numpy.float32(math.sqrt(d)))
         tau = (2 / (1 + (numpy.tril(qr, -1) ** 2).sum(axis=0))).astype(numpy.float32)
-        for side, columns in (("L", _ORM2R_COLUMNS), ("R", _ORM2R_COLUMNS[1:])):
-            for m in columns:
+        for m in _ORM2R_COLUMNS:
+            for side in ("L", "R") if m > 1 else ("L",):
                 x = rng.standard_normal((d, m)).astype(numpy.float32)
                 c, trans = (numpy.asfortranarray(x), "N") if side == "L" else (x.T, "T")
                 queried = int(lapack.sormqr(side, trans, qr, tau, c, -1)[1][0])
                 for lwork in (m, max(1, queried)):
                     calls.append((lambda *a: lambda: lapack.sormqr(*a))(side, trans, qr, tau, c, lwork))
-    times = iter(_best_seconds(calls, clock, _ORM2R_BUDGET))
-    found = []
-    for d in _ORM2R_DEPTHS:
-        limits = []
-        for columns in (_ORM2R_COLUMNS, _ORM2R_COLUMNS[1:]):
-            m_max, faster = 0, True
-            for m in columns:
-                unblocked, blocked = next(times), next(times)
-                faster = faster and unblocked < blocked
-                m_max = m if faster else m_max
-            limits.append(float(m_max))
-        found.append((float(d), *limits))
-    return tuple(found)
+                shapes.append((d, m, side))
+    times = _best_seconds(calls, clock, _ORM2R_BUDGET)
+    faster = {shape: float(times[2 * i] < times[2 * i + 1]) for i, shape in enumerate(shapes)}
+    return tuple(
+        (float(d), float(m), faster[d, m, "L"], faster[d, m, "R" if m > 1 else "L"])
+        for d in _ORM2R_DEPTHS
+        for m in _ORM2R_COLUMNS
+    )

@@ -559,19 +559,18 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
 def ormqr_mode(d, m, mach):
     """The apply mode of the ``"ormqr"`` plan for X ``(d, m)`` from ``mach.orm2r_columns`` (see
     :class:`cuhouse.calibration.Machine`): whether LAPACK's unblocked ``?orm2r`` runs for an X taken from
-    the left (Fortran-ordered) and for a row-major one, by the entry of the largest measured depth at most
-    ``d`` (the smallest one below it): ``"unblocked"``, ``"unblocked_left"``, ``"unblocked_right"`` or
-    ``"blocked"`` (:data:`cuhouse.algorithms.ormqr.MODES`). ``"steps"`` when the calibration has no such
-    entry (the built-in constants, or a cache written before it was measured): the built-in rule
+    the left (Fortran-ordered) and for a row-major one, as measured at the largest measured depth at most
+    ``d`` (the smallest one below it) and the fewest measured columns at least ``m`` (more columns than
+    measured: blocked): ``"unblocked"``, ``"unblocked_left"``, ``"unblocked_right"`` or ``"blocked"``
+    (:data:`cuhouse.algorithms.ormqr.MODES`). ``"steps"`` when the calibration has no such entry (the
+    built-in constants, or a cache written before it was measured): the built-in rule
     :func:`cuhouse.algorithms.ormqr.unblocked` decides when the product runs. O(len(orm2r_columns))."""
-    columns = mach.orm2r_columns
-    if columns is None:
+    entries = mach.orm2r_columns
+    if entries is None:
         return "steps"
-    entry = columns[0]
-    for found in columns:
-        if found[0] <= d:
-            entry = found
-    left, right = m <= entry[1], m <= entry[2]
+    depth = max((e[0] for e in entries if e[0] <= d), default=entries[0][0])
+    found = [e for e in entries if e[0] == depth and e[1] >= m]
+    left, right = (found[0][2] == 1.0, found[0][3] == 1.0) if found else (False, False)
     if left and right:
         return "unblocked"
     return "unblocked_left" if left else "unblocked_right" if right else "blocked"

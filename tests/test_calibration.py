@@ -183,8 +183,9 @@ def test_one_measurement_gives_finite_positive_constants():
     for table in (machine.gram_rates, machine.step_rates, machine.column_rates, machine.trtri_rates):
         assert all(math.isfinite(entry[-1]) and entry[-1] > 0 for entry in table), machine
     # orm2r_columns: one entry per depth, column counts among those measured (0: never)
-    assert [entry[0] for entry in machine.orm2r_columns] == [64.0, 256.0, 1024.0]
-    assert all(q in (0, 1, 4, 16) for entry in machine.orm2r_columns for q in entry[1:]), machine
+    points = [entry[:2] for entry in machine.orm2r_columns]
+    assert points == [(float(d), float(m)) for d in (64, 256, 1024) for m in (1, 4, 16, 32)]
+    assert all(q in (0.0, 1.0) for entry in machine.orm2r_columns for q in entry[2:]), machine
 
 
 @pytest.mark.parametrize(
@@ -434,7 +435,18 @@ def test_the_tables_time_the_calls_cwy_makes(k, blocks, d, m, monkeypatch):
     assert len(trtri) == calibration._TRTRI_STACK and set(trtri) == set(inverted) and len(inverted) == blocks
 
 
-ORM2R = ((64.0, 16.0, 4.0), (256.0, 16.0, 0.0), (1024.0, 4.0, 0.0))
+# as measured here (idle): unblocked faster from the left up to 16 columns (d <= 256) or 4 (d = 1024); from the
+# right (a row-major X) at d = 64 only, not at 16 columns; one column runs from the left (right repeats left)
+ORM2R = tuple(
+    (
+        float(d),
+        float(m),
+        float(m <= (16 if d <= 256 else 4)),
+        float(m <= (16 if d <= 256 else 4) if m == 1 else d == 64 and m != 16),
+    )
+    for d in (64, 256, 1024)
+    for m in (1, 4, 16, 32)
+)
 
 
 def _ormqr_plans():
@@ -458,14 +470,16 @@ def test_the_ormqr_plans_unblocked_path_follows_the_cache(cache):
         for d in (16, 64, 128, 256, 2048)
         for m in (1, 4, 8, 16, 32)
     }
-    assert modes[16, 4] == modes[64, 4] == modes[128, 4] == "unblocked"  # below the first entry: the first
-    assert modes[64, 8] == modes[128, 16] == modes[256, 16] == modes[256, 1] == "unblocked_left"
-    assert modes[2048, 4] == "unblocked_left" and modes[2048, 8] == modes[64, 32] == "blocked"
+    assert modes[16, 4] == modes[64, 4] == modes[128, 4] == modes[256, 1] == "unblocked"  # below 64: the first
+    assert modes[64, 16] == modes[128, 8] == modes[256, 16] == modes[2048, 4] == "unblocked_left"
+    assert modes[64, 32] == modes[128, 32] == "unblocked_right"
+    assert modes[2048, 8] == modes[256, 32] == "blocked" and modes[256, 4] == "unblocked_left"
+    assert plan.ormqr_mode(64, 33, calibration.machine()) == "blocked"  # more columns than measured
     assert [p.apply for p in first] == [modes[d, m] for d in (64, 128, 256, 2048) for m in (1, 4, 8, 16, 32)]
     calibration.forget()
     assert _ormqr_plans() == first and calibration.machine().orm2r_columns == ORM2R
     calibration.forget()
-    never = tuple((d, 0.0, 0.0) for d, _, _ in ORM2R)
+    never = tuple((d, m, 0.0, 0.0) for d, m, _, _ in ORM2R)
     calibration.write(
         calibration.cache_path(), SLOW_CALLS._replace(orm2r_columns=never), calibration.machine_description()
     )
@@ -482,9 +496,9 @@ def test_a_product_runs_the_mode_the_cache_gives(cache):
     qr, tau = lapack.sgeqrf(rng.standard_normal((d, d)).astype(numpy.float32))[:2]
     x = numpy.asfortranarray(rng.standard_normal((d, m)).astype(numpy.float32))
     optimum = int(lapack.sormqr("L", "N", qr, tau, x, -1)[1][0])
-    for entry, lwork in (((64.0, 8.0, 0.0), m), ((64.0, 4.0, 0.0), optimum)):
+    for flag, lwork in ((1.0, m), (0.0, optimum)):
         calibration.forget()
-        machine = SLOW_CALLS._replace(orm2r_columns=(entry,))
+        machine = SLOW_CALLS._replace(orm2r_columns=((64.0, 16.0, flag, 0.0),))
         calibration.write(calibration.cache_path(), machine, calibration.machine_description())
         h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
         assert h.plan_for(m).algorithm == "ormqr"
@@ -512,6 +526,6 @@ def test_a_cache_without_the_orm2r_entry_falls_back_to_the_built_in_rule(cache):
 
 def test_a_malformed_orm2r_entry_is_named():
     assert not calibration.problems(SLOW_CALLS._replace(orm2r_columns=ORM2R))
-    for bad in (((64.0, 4.0),), ((256.0, 4.0, 4.0), (64.0, 4.0, 4.0)), ((64.0, 99.0, 0.0),), ()):
+    for bad in (((64.0, 4.0, 1.0),), ((256.0, 4.0, 1.0, 1.0), (64.0, 4.0, 1.0, 1.0)), ((64.0, 4.0, 2.0, 0.0),), ()):
         (message,) = calibration.problems(SLOW_CALLS._replace(orm2r_columns=bad))
-        assert message.startswith("orm2r_columns") and "triples with increasing d" in message
+        assert message.startswith("orm2r_columns") and "entries with increasing (d, m)" in message
