@@ -13,7 +13,7 @@ may run small products with faster kernels, and every call streams X once,
 which small blocks pay most often). They move with the machine (CPU, BLAS library
 and version, BLAS threads): a plan tuned on one machine does not carry to
 the next. So, in the manner of FFTW's wisdom, they are measured the first
-time a plan is needed on a machine (about 1.6 seconds, once, on the project's
+time a plan is needed on a machine (about 1.7 seconds, once, on the project's
 2-core Xeon; the timings of each table in interleaved passes, the fastest of
 five kept, so that a burst of load on a shared machine reads no entry low)
 and kept in a small
@@ -261,7 +261,7 @@ def calibrate(backend="numpy", force=False):
     ``force`` measures even when the file exists. A file whose constants fail
     :func:`problems` is measured again; a measurement that still fails after
     its retries (a machine too loaded to time) is not saved, and this process
-    uses the built-in constants (the source says why). Cost: about 1.6 seconds of
+    uses the built-in constants (the source says why). Cost: about 1.7 seconds of
     measurement when it runs; a file read otherwise.
     """
     path = cache_path(backend)
@@ -606,7 +606,7 @@ ATTEMPTS = 3  # measurements tried before a loaded machine's constants are rejec
 
 
 def measure(backend="numpy"):
-    """Measure the :class:`Machine` constants of ``backend`` on this machine, float32: about 1.6 seconds
+    """Measure the :class:`Machine` constants of ``backend`` on this machine, float32: about 1.7 seconds
     a try. A try whose constants fail :func:`problems` is repeated, up to :data:`ATTEMPTS` tries;
     then :class:`CalibrationError`."""
     if backend != "numpy":
