@@ -10,6 +10,7 @@ import pytest
 
 import cuhouse
 from cuhouse import calibration, plan
+from cuhouse.algorithms import ormqr
 
 SLOW_CALLS = calibration.Machine(
     launch=5e-5,
@@ -506,6 +507,14 @@ def test_a_product_runs_the_mode_the_cache_gives(cache):
         expected = lapack.sormqr("L", "N", form.a, form.tau, x, lwork)[0]
         for _ in range(2):  # fresh, then replayed
             numpy.testing.assert_array_equal(h @ x, expected)
+    # a batch of X runs as one product of its batch * m columns: the built-in rule decides for that count
+    # (a row-major copy of 3 * 8 columns: blocked), not the mode chosen for m columns
+    batch = numpy.ascontiguousarray(numpy.stack([x, x, x]))
+    columns = numpy.moveaxis(batch, 0, 1).reshape(d, -1)  # (d, 24), row-major, as ormqr.apply makes it
+    assert not ormqr.unblocked(d, 3 * m, left=False)
+    optimum = int(lapack.sormqr("R", "T", form.a, form.tau, columns.T, -1)[1][0])
+    expected = lapack.sormqr("R", "T", form.a, form.tau, columns.T, optimum)[0].T.reshape(d, 3, m)
+    numpy.testing.assert_array_equal(h @ batch, numpy.moveaxis(expected, 1, 0))
 
 
 def test_a_cache_without_the_orm2r_entry_falls_back_to_the_built_in_rule(cache):

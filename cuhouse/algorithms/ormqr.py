@@ -203,15 +203,17 @@ def apply(f, x, transpose, xp, mode=None):
     a C-ordered ``x`` runs as ``(X^T Q^T)^T`` (``side="R"``) on the Fortran-ordered ``X^T``.
     A batch of X ``(..., d, m)`` (Q has none here) runs as one ``(d, batch * m)`` product, a copy;
     an empty X is returned as a copy (LAPACK refuses a zero dimension). ``mode``: one of :data:`MODES`,
-    as the plan chose it from the calibration (``"unblocked"``: LAPACK's ``?orm2r`` whatever X's order,
+    as the plan chose it from the calibration for m columns (a batch of more runs by the built-in rule):
+    ``"unblocked"``: LAPACK's ``?orm2r`` whatever X's order,
     ``"unblocked_left"`` / ``"unblocked_right"`` for an X taken from the left / a row-major X only,
-    ``"blocked"``: never); ``None``: by the built-in rule :func:`unblocked`."""
+    ``"blocked"``: never; ``None``: by the built-in rule :func:`unblocked`."""
     if x.size == 0:
         return x.copy()
     if x.ndim > 2:
         d, m = x.shape[-2:]
         columns = numpy.moveaxis(x, -2, 0).reshape(d, -1)
-        out = apply(f, columns, transpose, xp, mode)
+        # the plan's mode was chosen for m columns: more run by the built-in rule on their own count
+        out = apply(f, columns, transpose, xp, mode if columns.shape[1] == m else None)
         return numpy.moveaxis(out.reshape((d,) + x.shape[:-2] + (m,)), 0, -2)
     char = "s" if f.a.dtype == numpy.float32 else "d"
     k = f.tau.shape[0]
