@@ -339,7 +339,9 @@ def problems(machine):
 
     Each constant must be finite and inside its plausible range, the GEMM fit
     must not sit on an edge of its grid (``half`` 0.1 or 1000: no fit), and
-    the LAPACK and matrix-vector rates must not exceed twice the GEMM peak.
+    the LAPACK and matrix-vector rates must not exceed twice the GEMM peak; the
+    four tables are there together or not at all, each entry of its arity
+    (``(k, size, flop/s)``, ``?trtri``'s ``(k, flop/s)``) at increasing points.
     ``None`` entries (no LAPACK plan) are not checked. O(1).
     """
     found = []
@@ -359,8 +361,22 @@ def problems(machine):
         value = getattr(machine, name)
         if value is not None and value > 2 * machine.peak:
             found.append("{} = {:.3g} flop/s exceeds twice the GEMM peak {:.3g}".format(name, value, machine.peak))
+    present = [field for field in _TABLES if getattr(machine, field) is not None]
+    if present and len(present) < len(_TABLES):
+        missing = [field for field in _TABLES if field not in present]
+        return found + [
+            "the tables come together: {} present, {} missing".format(", ".join(present), ", ".join(missing))
+        ]
     for field, name in _TABLES.items():
         table = getattr(machine, field) or ()
+        arity = 2 if field == "trtri_rates" else 3
+        if any(not isinstance(entry, (tuple, list)) or len(entry) != arity for entry in table):
+            found.append(
+                "the {} entries must be {} tuples, got {!r}".format(
+                    name, "(k, flop/s)" if arity == 2 else "(k, size, flop/s)", table
+                )
+            )
+            continue
         points = [entry[:-1] for entry in table]
         if any(not all(math.isfinite(q) and q > 0 for q in point) for point in points) or any(
             a >= b for a, b in zip(points, points[1:])

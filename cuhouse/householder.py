@@ -744,7 +744,8 @@ def _apply_scaled(module, chosen, form, columns, transpose, limits, xp):
 
 
 def _apply(module, chosen, form, columns, transpose, xp):
-    """``module.apply`` in the plan's apply mode (only cwy has modes other than ``"steps"``)."""
+    """``module.apply`` in the plan's apply mode (cwy's modes, ormqr's calibrated path; ``"steps"``
+    passes none)."""
     if chosen.apply == "steps" or module is portable:  # the generic path has the steps only
         return module.apply(form, columns, transpose, xp)
     return module.apply(form, columns, transpose, xp, mode=chosen.apply)

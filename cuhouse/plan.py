@@ -17,15 +17,17 @@ so its time is predicted from a few constants of the machine
   at the rate measured for its k and size (:func:`_block_rate`): every call
   streams its large operand once, which a block of k reflections shares k
   ways, and OpenBLAS's small-matrix kernels make products below about 1e6
-  multiply-adds 1.3-1.6x faster; hence, for m = 32 on the session-14 machine,
+  multiply-adds 1.3-1.6x faster; hence, for m = 32 on a 2-core Xeon (OpenBLAS 0.3.31),
   k = 16 at d = 64..1024, k = 8 at d = 2048 and k = 32 at d = 4096 (k = 16
   within 0.1%). Plus what the sweeps leave out (``MEASURED_OVERHEAD``,
   ``MEASURED_BUILD``). Without the tables (built-in constants) the GEMM
-  formula with the block dimension at ``e(DIRECT_BLOCK)``;
+  formula with the block dimension at ``e(DIRECT_BLOCK)`` and products past
+  ``SMALL_KERNEL_MACS`` ``PACKED_SLOWDOWN`` times slower. float64 calls keep
+  their fixed cost and take twice the rest;
 * an element-wise pass over ``b`` bytes costs ``launch + b / bandwidth``;
 * on NumPy the T matrices come from LAPACK ``?trtri``, one call per block: at
   the calibration's ``trtri_rates`` for its k (0.4-9.6 GFLOP/s from k = 8 to
-  128 here), or ``lapack_call + k^3 / 3 / trtri_rate`` (on CuPy, the batched
+  128 on a 2-core Xeon), or ``lapack_call + k^3 / 3 / trtri_rate`` (on CuPy, the batched
   doubling inverse: two batched GEMMs per level);
 * LAPACK ``?ormqr`` (the ``"ormqr"`` plan: NumPy, LAPACK's layout, one
   matrix, no gradient) costs ``ormqr_call + 4 n (d - n/2) m / ormqr_rate``.
@@ -114,7 +116,7 @@ STEP_OVERHEAD = {False: 7.0, True: 18.0}  # per block of a product
 # e(DIRECT_BLOCK) instead. The calls
 # a block makes beyond those counted (Python, slices, the in-place checks) are DIRECT_OVERHEAD
 # launches (build, step, step of one column), fitted to cwy timed against predict() at d = 64..2048,
-# m = 1, 32 (session 11; the one-column step, three bare SciPy/NumPy calls on 1-D views: session 12,
+# m = 1, 32 (a 2-core machine; the one-column step, three bare SciPy/NumPy calls on 1-D views,
 # d = 64..512, where 5 launches put it 2.5 us a block above its measured time and so favoured
 # k = 64 at d = 128, measured 1.94x sormqr against 1.86x for k = 32).
 DIRECT_BLOCK = 16
@@ -122,9 +124,10 @@ DIRECT_OVERHEAD = (3.0, 5.0, 1.0)
 # Without a calibration: single-threaded OpenBLAS runs a float32 GEMM of at most about 1e6 multiply-adds with
 # its small-matrix kernels, without packing, and larger ones 1.3-1.6x slower a flop (SkylakeX, 0.3.31). The
 # formula above knows no such threshold and so took k = 32 at d = 1024, m = 32 (measured 1.67x k = 16's fresh
-# call, session 14) and k = 16 at d = 2048 (1.5x k = 8's); with the block GEMMs beyond it priced
+# call on a 2-core Xeon) and k = 16 at d = 2048 (1.5x k = 8's); with the block GEMMs beyond it priced
 # PACKED_SLOWDOWN times slower, the built-in constants take k = 16 and 8 there, as measured fastest. (A
-# calibration measures the calls themselves: this applies to the built-in constants only.)
+# calibration's tables time compact WY's calls themselves; with one, this prices only what no table times:
+# the dense H's one-block update, see _block_gemm.)
 SMALL_KERNEL_MACS = 1e6
 PACKED_SLOWDOWN = 1.4
 # The same with a calibration that times the calls as cwy makes them, in sweeps over the blocks (FORMAT 8:
@@ -132,13 +135,16 @@ PACKED_SLOWDOWN = 1.4
 # build, of a step (m > 1) and of a one-column step (the loop's lines), and per build (MEASURED_BUILD: the
 # blocks' views, S = G * W in one pass, the zero-diagonal test, the form). Fitted to cwy.build and cwy.apply
 # timed against predict() (d = 128 and 1024, k = 8..64, m = 1 and 32, single-threaded OpenBLAS 0.3.31): the
-# sweeps leave out 0.1-0.3 us a block of a build, 7-9 us a build at d = 128, 0.2-1.3 us a step.
+# sweeps leave out 0.1-0.3 us a block of a build, 7-9 us a build at d = 128, 0.2-1.3 us a step. Fitted before
+# cwy's loop lost about 0.9 us a block (its per-form step lists) and without a product's fixed part (X's copy,
+# buffers: about 4 us), so a step is priced up to about 0.9 us high; a refit must move MEASURED_DENSE_OVERHEAD
+# with it (docs/development.rst, "Cost model, what FORMAT 8 leaves").
 MEASURED_OVERHEAD = (0.25, 1.0, 0.5)
 MEASURED_BUILD = 12.0
 # NumPy, full layout: what a fresh dense H costs beyond the calls counted for dense.build (the
 # identity it is written into, the d x d GEMMs with k = d outside the measured block tables, the
 # memory check, the form): (launches, passes over the d x d matrix). Fitted to fresh products
-# timed against fresh cwy products (session 12, single-threaded OpenBLAS, interleaved, d = 16..128,
+# timed against fresh cwy products (a 2-core machine, single-threaded OpenBLAS, interleaved, d = 16..128,
 # m = 1, 2, 32, float32 and float64): without it the model put the dense H's first call at 1.00x
 # cwy's at d = 16 (measured 1.15x), 0.98x at d = 64, m = 2, float64 (1.22x), 1.07x at d = 96, m = 32
 # (1.25x), so the slack of the objective (FRESH_SLACK) took the dense H where its first call cost
@@ -176,7 +182,7 @@ def _block_rate(rates, k, size):
     buffers; beyond the cache it comes from memory), so a block of k reflections pays one stream
     per k reflections: small blocks pay it most often. Products small enough for the BLAS's
     small-matrix kernels skip the packing (OpenBLAS: below about 1e6 multiply-adds), so which
-    block size is fastest depends on both. Measured on the session-12 machine (single-threaded
+    block size is fastest depends on both. Measured on a 2-core machine (single-threaded
     OpenBLAS, d = 4096, m = 32): 61 / 88 / 102 / 118 GFLOP/s at k = 8 / 16 / 32 / 64, where the
     volume alone put k = 8 at the 92 GFLOP/s of k = 16 at d = 2048 and so picked it (35 ms an
     apply against 26 ms at k = 16). O(len(rates))."""
@@ -222,7 +228,7 @@ def _direct_build(mach, d, n, k, itemsize, inverses):
     nb = -(-n // k)
     if mach.gram_rates:  # the Gram matrix's own call, measured whole (``?gemm`` of (k x d) by its transpose)
         k0, d0, _ = mach.gram_rates[0]
-        gram = _measured_seconds(mach.gram_rates, k, d, 2.0 * k * k * d, 2.0 * k0 * k0 * d0, itemsize)
+        gram = _measured_seconds(mach.gram_rates, k, d, 2.0 * k * k * d, 2.0 * k0 * k0 * d0, itemsize, mach.lapack_call)
     else:
         gram = _block_gemm(mach, k, d, k, itemsize)
     if mach.step_rates:  # a FORMAT 8 calibration: the Gram call timed as cwy makes it, in a sweep over blocks
@@ -240,12 +246,14 @@ def _direct_step(mach, d, m, k, itemsize):
     (``4 k d + k^2``) flops at the rate measured for k and ``d m`` (d), and ``MEASURED_OVERHEAD``."""
     if m == 1 and mach.column_rates:
         k0, d0, _ = mach.column_rates[0]
-        seconds = _measured_seconds(mach.column_rates, k, d, 4.0 * k * d + k * k, 4.0 * k0 * d0 + k0 * k0, itemsize)
+        flops, first = 4.0 * k * d + k * k, 4.0 * k0 * d0 + k0 * k0
+        seconds = _measured_seconds(mach.column_rates, k, d, flops, first, itemsize, 3 * mach.lapack_call)
         return seconds + mach.launch * MEASURED_OVERHEAD[2]
     if m != 1 and mach.step_rates:
         k0, size0, _ = mach.step_rates[0]  # the table's calls have calibration.STEP_COLUMNS columns
         first = 4.0 * k0 * size0 + 2.0 * k0 * k0 * calibration.STEP_COLUMNS
-        seconds = _measured_seconds(mach.step_rates, k, d * m, 4.0 * k * d * m + 2.0 * k * k * m, first, itemsize)
+        flops = 4.0 * k * d * m + 2.0 * k * k * m
+        seconds = _measured_seconds(mach.step_rates, k, d * m, flops, first, itemsize, 3 * mach.lapack_call)
         return seconds + mach.launch * MEASURED_OVERHEAD[1]
     if m == 1:
         small = mach.lapack_call + _gemm(mach, k, k, 1, itemsize) - mach.launch
@@ -259,13 +267,26 @@ def _direct_step(mach, d, m, k, itemsize):
     )
 
 
-def _measured_seconds(rates, k, size, flops, first_flops, itemsize):
+def _measured_seconds(rates, k, size, flops, first_flops, itemsize, fixed):
     """Seconds of a call of ``flops`` at block size ``k`` and ``size`` from a table ``rates`` ``((k, size,
-    flop/s), ...)`` of whole calls (their fixed cost included; :func:`_block_rate`'s interpolation),
-    and no less than the table's first (smallest) call, of ``first_flops``: below the measured
-    sizes a call's time is mostly its fixed cost. float64 at half the rate. O(len(rates))."""
+    flop/s), ...)`` of whole float32 calls (their fixed cost included; :func:`_block_rate`'s
+    interpolation), and no less than the table's first (smallest) call, of ``first_flops``: below the
+    measured sizes a call's time is mostly its fixed cost. float64: :func:`_wider`, with the calls'
+    ``fixed`` seconds. O(len(rates))."""
     _, _, first_rate = rates[0]
-    return max(flops / _block_rate(rates, k, size), first_flops / first_rate) * (itemsize / 4)
+    return _wider(max(flops / _block_rate(rates, k, size), first_flops / first_rate), fixed, itemsize)
+
+
+def _wider(seconds, fixed, itemsize):
+    """``seconds`` of float32 calls at ``itemsize``: their ``fixed`` part (the calls' own cost, at most
+    ``seconds``) as it is, the rest scaled by ``itemsize / 4`` (float64: half the rate). Measured (cwy
+    build + apply, d = 64..1024, k = 16 and 32, m = 1 and 32, one thread, 2-core AMD EPYC): float64
+    predictions 0.92-1.30x the measured time, against 0.94-1.43x with the whole scaled (float32:
+    0.84-1.06x)."""
+    if itemsize == 4:
+        return seconds
+    fixed = min(fixed, seconds)
+    return fixed + (seconds - fixed) * (itemsize / 4)
 
 
 def _triangular_inverse(mach, k, count, itemsize):
@@ -278,7 +299,7 @@ def _triangular_inverse(mach, k, count, itemsize):
     loops), then the doubling from b (at level b, two GEMMs of b x b x b per pair and about six
     element-wise launches: gathers, the joined blocks)."""
     if mach.trtri_rates:
-        return count * _trtri_seconds(mach.trtri_rates, k) * (itemsize / 4)
+        return count * _wider(_trtri_seconds(mach.trtri_rates, k), mach.lapack_call, itemsize)
     if mach.trtri_rate is not None:
         return count * (mach.lapack_call + k**3 / 3 / (mach.trtri_rate * 4 / itemsize))
     b = min(k, KERNEL_INVERSE_MAX_K)
@@ -416,13 +437,13 @@ def apply_mode(d, n, m, block_size, itemsize=4, backend="numpy", layout="full", 
 # a thousand times. The call is the batch's B matrices (each built and applied once) plus the layers
 # outside the plan that predict() leaves out, paid once a call (validation, lookups, X's check):
 # CALL_LAUNCHES times the machine's measured array-call cost (``launch``; 50 x 0.6 us against the
-# 34-56 us measured on the session-12 machine). The dense H is raced only within its memory budget
+# 34-56 us measured on a 2-core machine). The dense H is raced only within its memory budget
 # (dense_fits) and the machine's memory. Block sizes keep their fresh optimum (within one algorithm
 # the trade is inside the model's error) but for near ties (BLOCK_TIE): of those, the faster built.
 # A gradient, LAPACK's ormqr (from_lapack: the race is on LAPACK's own factorization) and backends
 # other than NumPy (their constants were not measured against this objective) take the fastest fresh plan.
 # FRESH_SLACK is a policy (how much of a first call a reused H may cost), not a machine constant. It was 0.15
-# (session 12: the dense H's first call measured 1.12-1.16x compact WY's at d = 16, m = 1, "on the bound");
+# (the dense H's first call measured 1.12-1.16x compact WY's at d = 16, m = 1, "on the bound");
 # with the calibration of the calls as made (FORMAT 8) the model prices the dense H within a few us, and the
 # same call measured 1.245x (d = 64, m = 32: 1.164x) against a cached product 2-2.5x faster: at 0.15 the plan
 # took compact WY there, the cached product measured 6.8x (d = 16, m = 1) and 5.7x (d = 64, m = 32) a dense
@@ -587,9 +608,10 @@ def per_product(name, d, n, m, k, itemsize, backend, layout, mach, mode=None):
 
 
 def describe(plan):
-    """A plan in a few words: ``cwy k=64``, ``sequential``, ``ormqr (LAPACK)``."""
+    """A plan in a few words: ``cwy k=64``, ``sequential``, ``ormqr (LAPACK)`` (its path by the built-in
+    rule), ``ormqr (LAPACK, unblocked)`` (a calibrated apply mode, :func:`ormqr_mode`)."""
     if plan.algorithm == LAPACK_PLAN:
-        return "ormqr (LAPACK)"
+        return "ormqr (LAPACK)" if plan.apply == "steps" else "ormqr (LAPACK, {})".format(plan.apply)
     return plan.algorithm if plan.block_size is None else "{} k={}".format(plan.algorithm, plan.block_size)
 
 

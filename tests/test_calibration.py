@@ -230,8 +230,34 @@ def test_one_measurement_gives_finite_positive_constants():
     ],
 )
 def test_implausible_constants_are_named(change, message):
-    assert calibration.problems(SLOW_CALLS) == []
-    found = calibration.problems(SLOW_CALLS._replace(**change))
+    assert calibration.problems(SLOW_CALLS) == [] and calibration.problems(WITH_TABLES) == []
+    found = calibration.problems(WITH_TABLES._replace(**change))
+    assert len(found) == 1 and re.search(message, found[0]), found
+
+
+# plausible tables of one entry each: problems() takes all four or none
+WITH_TABLES = SLOW_CALLS._replace(
+    gram_rates=((8.0, 64.0, 5e10),),
+    step_rates=((8.0, 2048.0, 5e10),),
+    column_rates=((8.0, 64.0, 5e9),),
+    trtri_rates=((8.0, 1e9),),
+)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"trtri_rates": None},
+            r"the tables come together: gram_rates, step_rates, column_rates present, trtri_rates missing",
+        ),
+        ({"step_rates": ((8.0, 5e10),)}, r"the block step entries must be \(k, size, flop/s\) tuples, got \(\(8.0, 5"),
+        ({"trtri_rates": ((8.0, 64.0, 1e9),)}, r"the \?trtri entries must be \(k, flop/s\) tuples, got \(\(8.0, 64.0"),
+    ],
+)
+def test_incomplete_or_misshapen_tables_are_named(change, message):
+    """A file whose tables a plan cannot read (one missing, an entry of the wrong arity) is measured again."""
+    found = calibration.problems(WITH_TABLES._replace(**change))
     assert len(found) == 1 and re.search(message, found[0]), found
 
 
@@ -283,7 +309,7 @@ MEASURED_COLUMN_RATES = {
     64: (8.1, 13, 21, 27, 19, 20, 20),
 }
 MEASURED_TRTRI_RATES = ((8.0, 0.36e9), (16.0, 1.55e9), (32.0, 3.41e9), (64.0, 5.83e9), (128.0, 9.59e9))
-SESSION_14 = calibration.Machine(
+XEON_CONSTANTS = calibration.Machine(
     launch=6.1e-7,
     peak=1.78e11,
     half=4.7,
@@ -300,7 +326,7 @@ def _rates(rows, size):
     return tuple((float(k), float(size(d)), rate * 1e9) for k in sorted(rows) for d, rate in zip(DEPTHS, rows[k]))
 
 
-MEASURED = SESSION_14._replace(
+MEASURED = XEON_CONSTANTS._replace(
     gram_rates=_rates(MEASURED_GRAM_RATES, lambda d: d),
     step_rates=_rates(MEASURED_STEP_RATES, lambda d: calibration.STEP_COLUMNS * d),
     column_rates=_rates(MEASURED_COLUMN_RATES, lambda d: d),
@@ -325,7 +351,7 @@ def test_the_tables_are_read_back_as_tuples_and_plans_from_them_are_deterministi
     plan._choose.cache_clear()
     assert plans() == first
     calibration.forget()
-    calibration.write(calibration.cache_path(), SESSION_14, calibration.machine_description())
+    calibration.write(calibration.cache_path(), XEON_CONSTANTS, calibration.machine_description())
     assert plans() != first
 
 
@@ -342,17 +368,28 @@ def test_the_tables_decide_the_block_size_as_measured():
     fresh call)."""
     assert _block_sizes(MEASURED, 32) == [16, 16, 16, 16, 16, 8, 32]
     assert _block_sizes(MEASURED, 1) == [64, 32, 16, 16, 8, 8, 8]
-    assert _block_sizes(SESSION_14, 32) == [32, 32, 32, 32, 16, 8, 8]
-    assert _block_sizes(SESSION_14, 1) == [64, 64, 32, 32, 16, 16, 8]
+    assert _block_sizes(XEON_CONSTANTS, 32) == [32, 32, 32, 32, 16, 8, 8]
+    assert _block_sizes(XEON_CONSTANTS, 1) == [64, 64, 32, 32, 16, 16, 8]
     assert _block_sizes(MEASURED._replace(trtri_rates=None), 32)[0] == 32
+
+
+def test_float64_calls_keep_their_fixed_cost():
+    """The tables are float32 calls: float64 takes twice their time but the calls' own fixed cost (one
+    ``lapack_call`` per ``?gemm``/``?trtri``, three per block step); scaling the whole overpriced small calls."""
+    fixed = MEASURED.lapack_call
+    t32, t64 = (plan._triangular_inverse(MEASURED, 16, 3, size) for size in (4, 8))
+    assert t64 == pytest.approx(3 * (fixed + 2 * (t32 / 3 - fixed)))
+    extra = MEASURED.launch * plan.MEASURED_OVERHEAD[1]
+    s32, s64 = (plan._direct_step(MEASURED, 256, 32, 16, size) - extra for size in (4, 8))
+    assert s64 == pytest.approx(3 * fixed + 2 * (s32 - 3 * fixed)) and s64 < 2 * s32
 
 
 def test_without_a_calibration_block_gemms_past_the_small_kernels_cost_more():
     """The built-in constants' block GEMMs (no tables) of more than plan.SMALL_KERNEL_MACS multiply-adds cost
     plan.PACKED_SLOWDOWN times their flops' time (OpenBLAS's small-matrix kernels end there): k = 16 at
     d = 1024 and k = 8 at d = 2048 (m = 32), measured fastest, where the formula alone took 32 and 16."""
-    small = plan._block_gemm(SESSION_14, 16, 1024, 32, 4) - SESSION_14.launch  # 524288 multiply-adds
-    large = plan._block_gemm(SESSION_14, 32, 1024, 32, 4) - SESSION_14.launch  # 1048576
+    small = plan._block_gemm(XEON_CONSTANTS, 16, 1024, 32, 4) - XEON_CONSTANTS.launch  # 524288 multiply-adds
+    large = plan._block_gemm(XEON_CONSTANTS, 32, 1024, 32, 4) - XEON_CONSTANTS.launch  # 1048576
     assert large == pytest.approx(2 * small * plan.PACKED_SLOWDOWN)
     assert plan.choose(1024, 1024, 32, numpy.float32, gradient=True).block_size == 16  # the built-in constants
     assert plan.choose(2048, 2048, 32, numpy.float32, gradient=True).block_size == 8

@@ -149,6 +149,24 @@ def test_ormqr_plan_chooses_the_unblocked_path_by_xs_memory_order(mode):
     assert not ormqr.unblocked(256, 4, left=False) and ormqr.unblocked(256, 4)
 
 
+def test_ormqr_apply_refuses_an_unknown_mode():
+    rng = numpy.random.default_rng(7)
+    qr, tau = _geqrf(rng, 16, numpy.float32)
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
+    form = h._core.form(h.plan_for(2), numpy.float32, h._core.layout)[0]
+    x = numpy.ones((16, 2), dtype=numpy.float32)
+    with pytest.raises(ValueError, match=r"mode must be None or one of 'unblocked', .*'blocked', got 'steps'"):
+        ormqr.apply(form, x, False, numpy, mode="steps")
+    assert numpy.array_equal(x, numpy.ones((16, 2), dtype=numpy.float32))  # untouched
+
+
+def test_describe_names_the_ormqr_path():
+    """The bench's plans line says which of ?ormqr's paths a calibrated plan runs."""
+    assert plan.describe(plan.Plan("ormqr", None, False, "steps")) == "ormqr (LAPACK)"
+    assert plan.describe(plan.Plan("ormqr", None, False, "unblocked_left")) == "ormqr (LAPACK, unblocked_left)"
+    assert plan.describe(plan.Plan("cwy", 16, False, "steps")) == "cwy k=16"
+
+
 def test_ormqr_plan_reads_the_callers_array_and_keeps_cuhouses_gradient():
     rng = numpy.random.default_rng(5)
     qr, tau = _geqrf(rng, 12, numpy.float64)

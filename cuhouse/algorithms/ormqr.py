@@ -206,7 +206,8 @@ def apply(f, x, transpose, xp, mode=None):
     as the plan chose it from the calibration for m columns (a batch of more runs by the built-in rule):
     ``"unblocked"``: LAPACK's ``?orm2r`` whatever X's order,
     ``"unblocked_left"`` / ``"unblocked_right"`` for an X taken from the left / a row-major X only,
-    ``"blocked"``: never; ``None``: by the built-in rule :func:`unblocked`."""
+    ``"blocked"``: never; ``None``: by the built-in rule :func:`unblocked`. ``ValueError`` for another
+    ``mode``."""
     if x.size == 0:
         return x.copy()
     if x.ndim > 2:
@@ -215,6 +216,8 @@ def apply(f, x, transpose, xp, mode=None):
         # the plan's mode was chosen for m columns: more run by the built-in rule on their own count
         out = apply(f, columns, transpose, xp, mode if columns.shape[1] == m else None)
         return numpy.moveaxis(out.reshape((d,) + x.shape[:-2] + (m,)), 0, -2)
+    if mode is not None and mode not in MODES:
+        raise ValueError("mode must be None or one of {}, got {!r}".format(", ".join(map(repr, MODES)), mode))
     char = "s" if f.a.dtype == numpy.float32 else "d"
     k = f.tau.shape[0]
     left = x.flags.f_contiguous or not x.flags.c_contiguous
