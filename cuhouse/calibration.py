@@ -13,11 +13,11 @@ may run small products with faster kernels, and every call streams X once,
 which small blocks pay most often). They move with the machine (CPU, BLAS library
 and version, BLAS threads): a plan tuned on one machine does not carry to
 the next. So, in the manner of FFTW's wisdom, they are measured the first
-time a plan is needed on a machine (about 1.7 seconds, once, on the project's
-2-core Xeon; the timings of each table in interleaved passes, the fastest of
-five kept, so that a burst of load on a shared machine reads no entry low)
-and kept in a small
-JSON file; every later process on that machine reads the file, so plans are
+time a plan is needed on a machine (once: about 1.7 seconds on a 2-core
+Xeon, 2.4-2.9 on a 2-core AMD EPYC, whose LAPACK calls are slower; the
+timings of each table in interleaved passes, the fastest of five kept, so
+that a burst of load on a shared machine reads no entry low) and kept in a
+small JSON file; every later process on that machine reads the file, so plans are
 deterministic given the file.
 
 Where:
@@ -106,10 +106,11 @@ triangle in a build's stack, k = 8..128 (0.4-10 GFLOP/s here: one rate
 measured at k = 64 put k = 16's call at a third of its time);
 ``orm2r_columns`` ``((d, m, left, right), ...)`` whether LAPACK's unblocked ``?orm2r``
 (``?ormqr`` given lwork = the columns of X) measured faster (1.0, else 0.0) than
-its blocked path with the queried lwork (:mod:`cuhouse.algorithms.ormqr`) for
-X ``(d, m)``, Fortran-ordered (``left``) and row-major (``right``), at d = 64,
-256, 1024 and m = 1, 4, 16, 32 (sorted by d, then m; read by
-:func:`cuhouse.plan.ormqr_mode`). ``None`` (the built-in constants, or a cache
+its blocked path with the queried lwork (:mod:`cuhouse.algorithms.ormqr`) for a
+Fortran-ordered X ``(d, m)`` (``left``), and which way a row-major one measured
+fastest (``right``: 0.0 blocked, 1.0 unblocked from the right, 2.0 copied into
+Fortran order and run as ``left`` says), at d = 64, 256, 1024 and m = 1, 4, 16,
+32 (sorted by d, then m; read by :func:`cuhouse.plan.ormqr_mode`). ``None`` (the built-in constants, or a cache
 written before it was measured): the ormqr plan's built-in
 shape rule (:func:`cuhouse.algorithms.ormqr.unblocked`) decides."""
 
@@ -147,7 +148,8 @@ DEFAULTS["generic"] = DEFAULTS["numpy"]._replace(
     launch=1.0e-5, lapack_call=None, trtri_rate=None, ormqr_call=None, ormqr_rate=None
 )
 
-FORMAT = 8  # bump when the constants or their measurement change meaning (8: the tables of the calls as cwy makes them)
+FORMAT = 9  # bump when the constants or their measurement change meaning (8: the tables of the calls as cwy makes
+# them; 9: orm2r_columns' right entry may say 2.0, a row-major X copied into Fortran order)
 _ENV_DIR = "CUHOUSE_CALIBRATION_DIR"
 _ENV_SWITCH = "CUHOUSE_CALIBRATION"
 
@@ -261,7 +263,7 @@ def calibrate(backend="numpy", force=False):
     ``force`` measures even when the file exists. A file whose constants fail
     :func:`problems` is measured again; a measurement that still fails after
     its retries (a machine too loaded to time) is not saved, and this process
-    uses the built-in constants (the source says why). Cost: about 1.7 seconds of
+    uses the built-in constants (the source says why). Cost: about 2 seconds of
     measurement when it runs; a file read otherwise.
     """
     path = cache_path(backend)
@@ -402,13 +404,12 @@ def problems(machine):
         if not (
             columns
             and all(len(entry) == 4 and entry[0] > 0 and entry[1] > 0 for entry in columns)
-            and all(q in (0.0, 1.0) for entry in columns for q in entry[2:])
+            and all(entry[2] in (0.0, 1.0) and entry[3] in (0.0, 1.0, 2.0) for entry in columns)
             and all(a < b for a, b in zip(points, points[1:]))
         ):
             found.append(
-                "orm2r_columns {!r} is not (d, m, left, right) entries with increasing (d, m) and flags 0 or 1".format(
-                    columns
-                )
+                "orm2r_columns {!r} is not (d, m, left, right) entries with increasing (d, m), left 0 or 1 and "
+                "right 0, 1 or 2".format(columns)
             )
     return found
 
@@ -420,7 +421,8 @@ _TABLES = {
     "column_rates": "column step",
     "trtri_rates": "?trtri",
 }
-# fields a FORMAT 8 file written before they were measured lacks: read as None (their built-in rule decides)
+# fields a file may lack (one of FORMAT 8 was written before orm2r_columns was measured): read as None, their
+# built-in rule decides
 _OPTIONAL = ("orm2r_columns",)
 
 
@@ -622,9 +624,9 @@ ATTEMPTS = 3  # measurements tried before a loaded machine's constants are rejec
 
 
 def measure(backend="numpy"):
-    """Measure the :class:`Machine` constants of ``backend`` on this machine, float32: about 1.7 seconds
-    a try. A try whose constants fail :func:`problems` is repeated, up to :data:`ATTEMPTS` tries;
-    then :class:`CalibrationError`."""
+    """Measure the :class:`Machine` constants of ``backend`` on this machine, float32: about 2 seconds
+    a try (1.7-2.9 measured on 2-core machines). A try whose constants fail :func:`problems` is
+    repeated, up to :data:`ATTEMPTS` tries; then :class:`CalibrationError`."""
     if backend != "numpy":
         raise ValueError("only the numpy backend is calibrated, got backend {!r}".format(backend))
     clock = _clock()
@@ -726,15 +728,23 @@ def _measure_once(clock):
 
 def _orm2r_columns(rng, clock):
     """``Machine.orm2r_columns``: ``(d, m, left, right)`` for each of ``_ORM2R_DEPTHS`` and ``_ORM2R_COLUMNS``:
-    whether the ormqr plan's unblocked call (``?ormqr`` with lwork = m: LAPACK's ``?orm2r``) measured faster
-    (1.0, else 0.0) than its blocked one (the queried lwork) for a Fortran-ordered X ``(d, m)`` (``left``:
-    ``side="L"``) and for a row-major one (``right``: ``side="R"`` on the Fortran-ordered ``X^T``; one column is
-    both orders and runs from the left, so ``right`` there repeats ``left``), both made as
-    :func:`cuhouse.algorithms.ormqr.apply` makes them on a ``geqrf`` array of d reflections, in one interleaved
-    measurement (:func:`_best_seconds`, budget ``_ORM2R_BUDGET``): about 0.25 s here."""
+    ``left`` whether the ormqr plan's unblocked call (``?ormqr`` with lwork = m: LAPACK's ``?orm2r``) measured
+    faster (1.0, else 0.0) than its blocked one (the queried lwork) for a Fortran-ordered X ``(d, m)``
+    (``side="L"``), and ``right`` which way a row-major one measured fastest: 0.0 blocked or 1.0 unblocked
+    from the right (``side="R"`` on the Fortran-ordered ``X^T``), 2.0 a Fortran-ordered copy run unblocked
+    from the left, the result copied back (one column is both orders and runs from the left: ``right``
+    there is 2.0 where ``left`` is 1.0, else 0.0); each call made as :func:`cuhouse.algorithms.ormqr.apply`
+    makes it on a ``geqrf`` array of d reflections, in one interleaved measurement (:func:`_best_seconds`,
+    budget ``_ORM2R_BUDGET``): about 0.5 s on a 2-core AMD EPYC."""
     from scipy.linalg import lapack
 
-    calls, shapes = [], []
+    def sormqr(*args, **kwargs):  # a call LAPACK refused would time as the fastest
+        out, _, info = lapack.sormqr(*args, **kwargs)
+        if info:
+            raise RuntimeError("sormqr refused the calibration's call: info = {}".format(info))
+        return out
+
+    calls = {}  # (d, m, way, unblocked): a zero-argument call
     entries = numpy.asfortranarray(rng.standard_normal((max(_ORM2R_DEPTHS),) * 2).astype(numpy.float32))
     for d in _ORM2R_DEPTHS:
         # reflectors in LAPACK's layout (no ?geqrf: 0.1 s at d = 1024): the strictly lower entries of a, tau
@@ -742,17 +752,32 @@ def _orm2r_columns(rng, clock):
         qr = numpy.asfortranarray(entries[:d, :d] / numpy.float32(math.sqrt(d)))
         tau = (2 / (1 + (numpy.tril(qr, -1) ** 2).sum(axis=0))).astype(numpy.float32)
         for m in _ORM2R_COLUMNS:
-            for side in ("L", "R") if m > 1 else ("L",):
-                x = rng.standard_normal((d, m)).astype(numpy.float32)
-                c, trans = (numpy.asfortranarray(x), "N") if side == "L" else (x.T, "T")
+            x = rng.standard_normal((d, m)).astype(numpy.float32)  # row-major
+            for side, trans, c in (("L", "N", numpy.asfortranarray(x)), ("R", "T", x.T))[: 2 if m > 1 else 1]:
                 queried = int(lapack.sormqr(side, trans, qr, tau, c, -1)[1][0])
                 for lwork in (m, max(1, queried)):
-                    calls.append((lambda *a: lambda: lapack.sormqr(*a))(side, trans, qr, tau, c, lwork))
-                shapes.append((d, m, side))
-    times = _best_seconds(calls, clock, _ORM2R_BUDGET)
-    faster = {shape: float(times[2 * i] < times[2 * i + 1]) for i, shape in enumerate(shapes)}
-    return tuple(
-        (float(d), float(m), faster[d, m, "L"], faster[d, m, "R" if m > 1 else "L"])
-        for d in _ORM2R_DEPTHS
-        for m in _ORM2R_COLUMNS
-    )
+                    calls[d, m, side, lwork == m] = (lambda *a: lambda: sormqr(*a))(side, trans, qr, tau, c, lwork)
+            if m > 1:  # as ormqr.apply copies a row-major X
+                calls[d, m, "copied", True] = (
+                    lambda qr, tau, x, m: (
+                        lambda: numpy.ascontiguousarray(
+                            sormqr("L", "N", qr, tau, numpy.asfortranarray(x), m, overwrite_c=1)
+                        )
+                    )
+                )(qr, tau, x, m)
+    timed = dict(zip(calls, _best_seconds(list(calls.values()), clock, _ORM2R_BUDGET)))
+    found = []
+    for d in _ORM2R_DEPTHS:
+        for m in _ORM2R_COLUMNS:
+            left = timed[d, m, "L", True] < timed[d, m, "L", False]
+            if m == 1:
+                right = 2.0 if left else 0.0
+            else:
+                ways = (
+                    (timed[d, m, "R", False], 0.0),
+                    (timed[d, m, "R", True], 1.0),
+                    (timed[d, m, "copied", True], 2.0),
+                )
+                right = min(ways)[1]
+            found.append((float(d), float(m), float(left), right))
+    return tuple(found)

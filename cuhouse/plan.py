@@ -580,21 +580,25 @@ def _choose(d, n, m, itemsize, backend, algorithm, block_size, layout, lapack, g
 def ormqr_mode(d, m, mach):
     """The apply mode of the ``"ormqr"`` plan for X ``(d, m)`` from ``mach.orm2r_columns`` (see
     :class:`cuhouse.calibration.Machine`): whether LAPACK's unblocked ``?orm2r`` runs for an X taken from
-    the left (Fortran-ordered) and for a row-major one, as measured at the largest measured depth at most
-    ``d`` (the smallest one below it) and the fewest measured columns at least ``m`` (more columns than
-    measured: blocked): ``"unblocked"``, ``"unblocked_left"``, ``"unblocked_right"`` or ``"blocked"``
-    (:data:`cuhouse.algorithms.ormqr.MODES`). ``"steps"`` when the calibration has no such entry (the
-    built-in constants, or a cache written before it was measured): the built-in rule
-    :func:`cuhouse.algorithms.ormqr.unblocked` decides when the product runs. O(len(orm2r_columns))."""
+    the left (Fortran-ordered), and how a row-major one runs (from the right, blocked or unblocked, or
+    copied into Fortran order), as measured at the largest measured depth at most ``d`` (the smallest
+    one below it) and the fewest measured columns at least ``m`` (more columns than measured: blocked
+    from either side): ``"<left>_<right>"``, a name of :data:`cuhouse.algorithms.ormqr.MODES`.
+    ``"steps"`` when the calibration has no such entry (the built-in constants, or a cache written
+    before it was measured): the built-in rule :func:`cuhouse.algorithms.ormqr.built_in_mode` decides
+    when the product runs. O(len(orm2r_columns))."""
     entries = mach.orm2r_columns
     if entries is None:
         return "steps"
     depth = max((e[0] for e in entries if e[0] <= d), default=entries[0][0])
     found = [e for e in entries if e[0] == depth and e[1] >= m]
-    left, right = (found[0][2] == 1.0, found[0][3] == 1.0) if found else (False, False)
-    if left and right:
-        return "unblocked"
-    return "unblocked_left" if left else "unblocked_right" if right else "blocked"
+    if not found:
+        return "blocked_blocked"
+    return "{}_{}".format("unblocked" if found[0][2] == 1.0 else "blocked", _RIGHT_WAYS[found[0][3]])
+
+
+# Machine.orm2r_columns's right entry: how a row-major X ran fastest (cuhouse.algorithms.ormqr.RIGHT_WAYS)
+_RIGHT_WAYS = {0.0: "blocked", 1.0: "unblocked", 2.0: "copied"}
 
 
 def per_product(name, d, n, m, k, itemsize, backend, layout, mach, mode=None):
@@ -609,7 +613,7 @@ def per_product(name, d, n, m, k, itemsize, backend, layout, mach, mode=None):
 
 def describe(plan):
     """A plan in a few words: ``cwy k=64``, ``sequential``, ``ormqr (LAPACK)`` (its path by the built-in
-    rule), ``ormqr (LAPACK, unblocked)`` (a calibrated apply mode, :func:`ormqr_mode`)."""
+    rule), ``ormqr (LAPACK, unblocked_copied)`` (a calibrated apply mode, :func:`ormqr_mode`)."""
     if plan.algorithm == LAPACK_PLAN:
         return "ormqr (LAPACK)" if plan.apply == "steps" else "ormqr (LAPACK, {})".format(plan.apply)
     return plan.algorithm if plan.block_size is None else "{} k={}".format(plan.algorithm, plan.block_size)

@@ -186,7 +186,8 @@ def test_one_measurement_gives_finite_positive_constants():
     # orm2r_columns: one entry per depth, column counts among those measured (0: never)
     points = [entry[:2] for entry in machine.orm2r_columns]
     assert points == [(float(d), float(m)) for d in (64, 256, 1024) for m in (1, 4, 16, 32)]
-    assert all(q in (0.0, 1.0) for entry in machine.orm2r_columns for q in entry[2:]), machine
+    assert all(e[2] in (0.0, 1.0) and e[3] in (0.0, 1.0, 2.0) for e in machine.orm2r_columns), machine
+    assert all(e[3] == 2 * e[2] for e in machine.orm2r_columns if e[1] == 1), machine  # one column: from the left
 
 
 @pytest.mark.parametrize(
@@ -480,7 +481,7 @@ ORM2R = tuple(
         float(d),
         float(m),
         float(m <= (16 if d <= 256 else 4)),
-        float(m <= (16 if d <= 256 else 4) if m == 1 else d == 64 and m != 16),
+        2.0 if d == 1024 and m in (4, 16) else float(m <= (16 if d <= 256 else 4) if m == 1 else d == 64 and m != 16),
     )
     for d in (64, 256, 1024)
     for m in (1, 4, 16, 32)
@@ -508,11 +509,15 @@ def test_the_ormqr_plans_unblocked_path_follows_the_cache(cache):
         for d in (16, 64, 128, 256, 2048)
         for m in (1, 4, 8, 16, 32)
     }
-    assert modes[16, 4] == modes[64, 4] == modes[128, 4] == modes[256, 1] == "unblocked"  # below 64: the first
-    assert modes[64, 16] == modes[128, 8] == modes[256, 16] == modes[2048, 4] == "unblocked_left"
-    assert modes[64, 32] == modes[128, 32] == "unblocked_right"
-    assert modes[2048, 8] == modes[256, 32] == "blocked" and modes[256, 4] == "unblocked_left"
-    assert plan.ormqr_mode(64, 33, calibration.machine()) == "blocked"  # more columns than measured
+    # "<left>_<right>": the way of a Fortran-ordered X, then of a row-major one
+    assert (
+        modes[16, 4] == modes[64, 4] == modes[128, 4] == modes[256, 1] == "unblocked_unblocked"
+    )  # below 64: the first
+    assert modes[64, 16] == modes[128, 8] == modes[256, 16] == "unblocked_blocked"
+    assert modes[64, 32] == modes[128, 32] == "blocked_unblocked"
+    assert modes[256, 32] == modes[2048, 32] == "blocked_blocked" and modes[256, 4] == "unblocked_blocked"
+    assert modes[2048, 4] == "unblocked_copied" and modes[2048, 8] == "blocked_copied"  # right: 2.0
+    assert plan.ormqr_mode(64, 33, calibration.machine()) == "blocked_blocked"  # more columns than measured
     assert [p.apply for p in first] == [modes[d, m] for d in (64, 128, 256, 2048) for m in (1, 4, 8, 16, 32)]
     calibration.forget()
     assert _ormqr_plans() == first and calibration.machine().orm2r_columns == ORM2R
@@ -521,7 +526,7 @@ def test_the_ormqr_plans_unblocked_path_follows_the_cache(cache):
     calibration.write(
         calibration.cache_path(), SLOW_CALLS._replace(orm2r_columns=never), calibration.machine_description()
     )
-    assert {p.apply for p in _ormqr_plans()} == {"blocked"}
+    assert {p.apply for p in _ormqr_plans()} == {"blocked_blocked"}
 
 
 def test_a_product_runs_the_mode_the_cache_gives(cache):
@@ -548,7 +553,7 @@ def test_a_product_runs_the_mode_the_cache_gives(cache):
     # (a row-major copy of 3 * 8 columns: blocked), not the mode chosen for m columns
     batch = numpy.ascontiguousarray(numpy.stack([x, x, x]))
     columns = numpy.moveaxis(batch, 0, 1).reshape(d, -1)  # (d, 24), row-major, as ormqr.apply makes it
-    assert not ormqr.unblocked(d, 3 * m, left=False)
+    assert ormqr.built_in_mode(d, 3 * m) == "blocked_blocked"
     optimum = int(lapack.sormqr("R", "T", form.a, form.tau, columns.T, -1)[1][0])
     expected = lapack.sormqr("R", "T", form.a, form.tau, columns.T, optimum)[0].T.reshape(d, 3, m)
     numpy.testing.assert_array_equal(h @ batch, numpy.moveaxis(expected, 1, 0))
@@ -572,6 +577,12 @@ def test_a_cache_without_the_orm2r_entry_falls_back_to_the_built_in_rule(cache):
 
 def test_a_malformed_orm2r_entry_is_named():
     assert not calibration.problems(SLOW_CALLS._replace(orm2r_columns=ORM2R))
-    for bad in (((64.0, 4.0, 1.0),), ((256.0, 4.0, 1.0, 1.0), (64.0, 4.0, 1.0, 1.0)), ((64.0, 4.0, 2.0, 0.0),), ()):
+    for bad in (
+        ((64.0, 4.0, 1.0),),
+        ((256.0, 4.0, 1.0, 1.0), (64.0, 4.0, 1.0, 1.0)),
+        ((64.0, 4.0, 2.0, 0.0),),
+        ((64.0, 4.0, 1.0, 3.0),),
+        (),
+    ):
         (message,) = calibration.problems(SLOW_CALLS._replace(orm2r_columns=bad))
         assert message.startswith("orm2r_columns") and "entries with increasing (d, m)" in message

@@ -123,30 +123,36 @@ def test_ormqr_plan_runs_lapacks_unblocked_path_for_few_columns(dtype, m):
     for _ in range(2):  # fresh, then replayed
         numpy.testing.assert_array_equal(h @ x, expected)
     # the mode a calibrated plan may give instead of the built-in rule
-    numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="blocked"), blocked)
-    numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="unblocked"), unblocked)
-    # X taken from the left (Fortran-ordered): the "_left" mode runs the unblocked path, the "_right" one not
-    numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="unblocked_left"), unblocked)
-    numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="unblocked_right"), blocked)
+    # X taken from the left (Fortran-ordered): the mode's first word decides, whatever a row-major X would run
+    for right in ormqr.RIGHT_WAYS:
+        numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="blocked_" + right), blocked)
+        numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode="unblocked_" + right), unblocked)
 
 
-@pytest.mark.parametrize("mode", [None, "unblocked", "unblocked_left", "unblocked_right", "blocked"])
-def test_ormqr_plan_chooses_the_unblocked_path_by_xs_memory_order(mode):
-    """A row-major X runs ``side="R"`` on ``X^T``: its unblocked path is slower from d = 256 on (measured), so
-    the built-in rule keeps it to d <= 64, m <= 8, and the modes name each order; the product is LAPACK's
-    own call with that workspace, bit for bit."""
+@pytest.mark.parametrize("mode", [None, *ormqr.MODES])
+@pytest.mark.parametrize("d, m", [(64, 4), (256, 32)])
+def test_ormqr_plan_runs_a_row_major_x_by_its_mode(mode, d, m):
+    """A row-major X runs ``side="R"`` on ``X^T`` (its unblocked path there is slow for few columns, measured), or
+    copied into Fortran order from the left, the result copied back: LAPACK's own call with that workspace, bit
+    for bit, in X's memory order, X untouched. The built-in rule copies where a Fortran-ordered X runs unblocked."""
     rng = numpy.random.default_rng(6)
-    d, m = 64, 4
     qr, tau = _geqrf(rng, d, numpy.float32)
     h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
     form = h._core.form(h.plan_for(m), numpy.float32, h._core.layout)[0]
     x = rng.standard_normal((d, m)).astype(numpy.float32)  # row-major
-    optimum = int(lapack.sormqr("R", "T", form.a, form.tau, x.T, -1)[1][0])
-    fast = ormqr.unblocked(d, m, left=False) if mode is None else mode in ("unblocked", "unblocked_right")
-    expected = lapack.sormqr("R", "T", form.a, form.tau, x.T, m if fast else optimum)[0].T
-    numpy.testing.assert_array_equal(ormqr.apply(form, x, False, numpy, mode), expected)
-    assert ormqr.unblocked(64, 8, left=False) and not ormqr.unblocked(64, 16, left=False)
-    assert not ormqr.unblocked(256, 4, left=False) and ormqr.unblocked(256, 4)
+    before = x.copy()
+    right = (mode or ormqr.built_in_mode(d, m)).split("_")[1]
+    if right == "copied":
+        fortran = numpy.asfortranarray(x)
+        expected = lapack.sormqr("L", "N", form.a, form.tau, fortran, m)[0]  # unblocked
+    else:
+        optimum = int(lapack.sormqr("R", "T", form.a, form.tau, x.T, -1)[1][0])
+        expected = lapack.sormqr("R", "T", form.a, form.tau, x.T, m if right == "unblocked" else optimum)[0].T
+    out = ormqr.apply(form, x, False, numpy, mode)
+    numpy.testing.assert_array_equal(out, expected)
+    assert out.flags.c_contiguous and numpy.array_equal(x, before)
+    assert ormqr.built_in_mode(64, 16) == "unblocked_copied" and ormqr.built_in_mode(256, 4) == "unblocked_copied"
+    assert ormqr.built_in_mode(512, 16) == ormqr.built_in_mode(64, 32) == "blocked_blocked"
 
 
 def test_ormqr_apply_refuses_an_unknown_mode():
@@ -155,7 +161,9 @@ def test_ormqr_apply_refuses_an_unknown_mode():
     h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
     form = h._core.form(h.plan_for(2), numpy.float32, h._core.layout)[0]
     x = numpy.ones((16, 2), dtype=numpy.float32)
-    with pytest.raises(ValueError, match=r"mode must be None or one of 'unblocked', .*'blocked', got 'steps'"):
+    with pytest.raises(
+        ValueError, match=r"mode must be None or one of 'unblocked_unblocked', .*'blocked_copied', got 'steps'"
+    ):
         ormqr.apply(form, x, False, numpy, mode="steps")
     assert numpy.array_equal(x, numpy.ones((16, 2), dtype=numpy.float32))  # untouched
 
@@ -163,7 +171,7 @@ def test_ormqr_apply_refuses_an_unknown_mode():
 def test_describe_names_the_ormqr_path():
     """The bench's plans line says which of ?ormqr's paths a calibrated plan runs."""
     assert plan.describe(plan.Plan("ormqr", None, False, "steps")) == "ormqr (LAPACK)"
-    assert plan.describe(plan.Plan("ormqr", None, False, "unblocked_left")) == "ormqr (LAPACK, unblocked_left)"
+    assert plan.describe(plan.Plan("ormqr", None, False, "unblocked_copied")) == "ormqr (LAPACK, unblocked_copied)"
     assert plan.describe(plan.Plan("cwy", 16, False, "steps")) == "cwy k=16"
 
 

@@ -11,10 +11,12 @@ measures faster. It is a forward plan only: products under ``vjp`` run
 The reflectors are read in place: ``a`` is the caller's array (a Fortran-ordered
 ``geqrf`` result needs no copy) and ``tau`` is implied by it, ``2 / (1 + ||v||^2)``
 (0 for an identity factor). X keeps its memory order: a row-major ``X`` is
-handed to LAPACK as the transposed product (``side="R"``), so neither operand
-is copied into Fortran order. Cost: one LAPACK call, LAPACK's flops
-(about 2 d^2 m for n = d); for a few columns LAPACK's unblocked ``?orm2r``
-(:func:`unblocked`), 2-4x faster there than its blocked path.
+handed to LAPACK as the transposed product (``side="R"``), or, for few columns,
+as a Fortran-ordered copy from the left with the result copied back (the mode,
+:data:`MODES`: LAPACK's unblocked path from the right is slow there). Cost: one
+LAPACK call, LAPACK's flops (about 2 d^2 m for n = d); for a few columns
+LAPACK's unblocked ``?orm2r`` (:func:`unblocked`), 2-4x faster there than its
+blocked path.
 """
 
 import functools
@@ -153,30 +155,42 @@ def _strict_lower(rows, cols, dtype, fortran):
 #   float64: m = 1 0.22 / 0.26 / 0.36 / 0.54 and m = 4 0.29 / 0.38 / 0.52 / 0.81 at d = 64 / 256 / 1024 / 4096.
 # A row-major X runs side="R" on X^T, where the unblocked path (one ?larf a reflector on a short, wide X^T) is
 # slower from d = 256 on: 0.53 / 0.64 / 0.76 / 1.10 at d = 64, m = 1 / 4 / 8 / 16; 1.43 / 1.79 / 3.29 at d = 256,
-# m = 1 / 4 / 16; 2.6-6.0 at d = 1024 (float32, same machine). So the built-in rule takes it there only at d <= 64,
-# m <= 8. At d <= 32 (k <= 32 reflectors) LAPACK runs ?orm2r either way. Which path runs is a plan choice, as a
-# block size is: it changes the bits of those products (LAPACK's two paths round differently), and it depends on
-# the shapes, X's memory order and the calibration only, so fresh, replayed and pickled products agree.
+# m = 1 / 4 / 16; 2.6-6.0 at d = 1024 (float32, same machine). A Fortran-ordered copy of such an X, run from the
+# left (unblocked), and the result copied back to row-major order measured faster still for few columns (2-core
+# AMD EPYC, OpenBLAS 0.3.30, float32, against side="R" blocked; side="R" unblocked in brackets):
+#   d:        64            128           256           1024          2048
+#   m = 4    0.31 (0.55)   0.26 (0.73)   0.22 (0.94)   0.16 (1.28)   0.19 (1.35)
+#   m = 16   0.55 (0.75)   0.51 (1.05)   0.50 (1.44)   0.59 (2.03)   0.56 (2.14)
+#   m = 32   0.80 (0.49)   0.77 (0.68)   0.78 (0.90)   0.92 (1.31)   0.88 (1.40)
+#   m = 64   1.07 (0.54)   1.17 (0.65)   1.34 (0.93)   1.39 (1.41)   1.39 (1.67)
+# (the copies: 2 d m entries, against the unblocked path's 4 d^2 m flops). So the built-in rule copies a row-major
+# X wherever it runs a Fortran-ordered one unblocked, and runs it from the right (blocked) elsewhere. At d <= 32
+# (k <= 32 reflectors) LAPACK runs ?orm2r either way. Which path runs is a plan choice, as a block size is: it
+# changes the bits of those products (LAPACK's two paths round differently; a copied X has the bits of a
+# Fortran-ordered one), and it depends on the shapes, X's memory order and the calibration only, so fresh,
+# replayed and pickled products agree.
 UNBLOCKED_COLUMNS = 4  # a Fortran-ordered X: always up to this many columns
 UNBLOCKED_ENTRIES = 4096  # and up to 16 columns while d * m is at most this
-UNBLOCKED_RIGHT_DEPTH = 64  # a row-major X: up to this depth
-UNBLOCKED_RIGHT_COLUMNS = 8  # and this many columns
-# the apply modes a plan may give (cuhouse.plan.ormqr_mode): whether the unblocked path runs for an X LAPACK
-# takes from the left (Fortran-ordered, one column, or neither order) and from the right (row-major)
-MODES = {
-    "unblocked": (True, True),
-    "unblocked_left": (True, False),
-    "unblocked_right": (False, True),
-    "blocked": (False, False),
-}
 
 
-def unblocked(d, m, left=True):
-    """Whether a product with X ``(d, m)`` runs LAPACK's unblocked ``?orm2r`` by the built-in rule (see
-    above; ``left``: X is taken from the left, ``side="L"``, else a row-major X from the right). O(1)."""
-    if left:
-        return m <= UNBLOCKED_COLUMNS or (m <= 16 and d * m <= UNBLOCKED_ENTRIES)
-    return d <= UNBLOCKED_RIGHT_DEPTH and m <= UNBLOCKED_RIGHT_COLUMNS
+# the apply modes a plan may give (cuhouse.plan.ormqr_mode), "<left>_<right>": how an X LAPACK takes from the left
+# runs (Fortran-ordered, one column, or neither order: "unblocked" or "blocked"), and how a row-major X runs (from
+# the right "unblocked" or "blocked", or "copied" into Fortran order and run unblocked from the left)
+LEFT_WAYS = ("unblocked", "blocked")
+RIGHT_WAYS = ("unblocked", "blocked", "copied")
+MODES = tuple("{}_{}".format(left, right) for left in LEFT_WAYS for right in RIGHT_WAYS)
+
+
+def unblocked(d, m):
+    """Whether a product with an X ``(d, m)`` taken from the left (``side="L"``) runs LAPACK's unblocked
+    ``?orm2r`` by the built-in rule (see above). O(1)."""
+    return m <= UNBLOCKED_COLUMNS or (m <= 16 and d * m <= UNBLOCKED_ENTRIES)
+
+
+def built_in_mode(d, m):
+    """The built-in rule's mode (:data:`MODES`) for X ``(d, m)``: where a Fortran-ordered X runs unblocked
+    (:func:`unblocked`), a row-major one is copied and runs the same; elsewhere both run blocked. O(1)."""
+    return "unblocked_copied" if unblocked(d, m) else "blocked_blocked"
 
 
 @functools.lru_cache(maxsize=256)
@@ -200,14 +214,15 @@ def char_dtype(char):
 
 def apply(f, x, transpose, xp, mode=None):
     """``Q @ X`` (``Q.T @ X``) for ``x`` ``(d, m)`` by one ``?ormqr`` call, in ``x``'s memory order:
-    a C-ordered ``x`` runs as ``(X^T Q^T)^T`` (``side="R"``) on the Fortran-ordered ``X^T``.
-    A batch of X ``(..., d, m)`` (Q has none here) runs as one ``(d, batch * m)`` product, a copy;
-    an empty X is returned as a copy (LAPACK refuses a zero dimension). ``mode``: one of :data:`MODES`,
-    as the plan chose it from the calibration for m columns (a batch of more runs by the built-in rule):
-    ``"unblocked"``: LAPACK's ``?orm2r`` whatever X's order,
-    ``"unblocked_left"`` / ``"unblocked_right"`` for an X taken from the left / a row-major X only,
-    ``"blocked"``: never; ``None``: by the built-in rule :func:`unblocked`. ``ValueError`` for another
-    ``mode``."""
+    a C-ordered ``x`` runs as ``(X^T Q^T)^T`` (``side="R"``) on the Fortran-ordered ``X^T``, or, where
+    ``mode`` says ``"copied"``, as a Fortran-ordered copy from the left (unblocked), its result copied
+    back (two copies of X's size). A batch of X ``(..., d, m)`` (Q has none here) runs as one ``(d, batch * m)``
+    product, a copy; an empty X is returned as a copy (LAPACK refuses a zero dimension). ``mode``: one
+    of :data:`MODES`, as the plan chose it from the calibration for m columns (a batch of more runs by
+    the built-in rule), or ``None``: the built-in rule :func:`built_in_mode`. ``ValueError`` for
+    another ``mode``."""
+    if mode is not None and mode not in MODES:
+        raise ValueError("mode must be None or one of {}, got {!r}".format(", ".join(map(repr, MODES)), mode))
     if x.size == 0:
         return x.copy()
     if x.ndim > 2:
@@ -216,18 +231,21 @@ def apply(f, x, transpose, xp, mode=None):
         # the plan's mode was chosen for m columns: more run by the built-in rule on their own count
         out = apply(f, columns, transpose, xp, mode if columns.shape[1] == m else None)
         return numpy.moveaxis(out.reshape((d,) + x.shape[:-2] + (m,)), 0, -2)
-    if mode is not None and mode not in MODES:
-        raise ValueError("mode must be None or one of {}, got {!r}".format(", ".join(map(repr, MODES)), mode))
+    left, right = (mode or built_in_mode(*x.shape)).split("_")
+    left_fast = left == "unblocked"
     char = "s" if f.a.dtype == numpy.float32 else "d"
     k = f.tau.shape[0]
-    left = x.flags.f_contiguous or not x.flags.c_contiguous
-    fast = unblocked(*x.shape, left) if mode is None else MODES[mode][0 if left else 1]
-    if left:
-        ormqr, lwork = _routine(char, "L", "T" if transpose else "N", x.shape[0], x.shape[1], k, fast)
-        out, _, info = ormqr("L", "T" if transpose else "N", f.a, f.tau, x, lwork)
+    trans = "T" if transpose else "N"
+    if x.flags.f_contiguous or not x.flags.c_contiguous:  # from the left; SciPy copies X into Fortran order
+        ormqr, lwork = _routine(char, "L", trans, x.shape[0], x.shape[1], k, left_fast)
+        out, _, info = ormqr("L", trans, f.a, f.tau, x, lwork)
+    elif right == "copied":  # our own Fortran copy, which LAPACK may overwrite; the result back in X's order
+        ormqr, lwork = _routine(char, "L", trans, x.shape[0], x.shape[1], k, True)
+        out, _, info = ormqr("L", trans, f.a, f.tau, numpy.asfortranarray(x), lwork, overwrite_c=1)
+        out = numpy.ascontiguousarray(out)
     else:
         xt = x.T
-        ormqr, lwork = _routine(char, "R", "N" if transpose else "T", xt.shape[0], xt.shape[1], k, fast)
+        ormqr, lwork = _routine(char, "R", "N" if transpose else "T", xt.shape[0], xt.shape[1], k, right == "unblocked")
         out, _, info = ormqr("R", "N" if transpose else "T", f.a, f.tau, xt, lwork)
         out = out.T
     if info:
