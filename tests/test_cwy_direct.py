@@ -138,6 +138,50 @@ def test_direct_apply_matches_the_dense_product_and_keeps_the_order(
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("m", [9, 12, 40])
+def test_a_column_major_x_of_many_columns_runs_in_panels(dtype, transpose, m, monkeypatch):
+    """Past ``PANEL_ENTRIES`` entries a column-major X runs in panels of columns, each through every block
+    (here panels of 4 columns, the last one narrower for m = 9; a padded last block, 11 = 2 * 4 + 3): the
+    dense product to rounding, X's order kept, X untouched, and the same bits on every call. A row-major X
+    of the same shape runs whole."""
+    monkeypatch.setattr(cwy, "PANEL_ENTRIES", 4 * 16)
+    monkeypatch.setattr(cwy, "PANEL_MIN_COLUMNS", 2)
+    assert cwy.panel_columns(16, m) == 4 and cwy.panel_columns(16, 4) == 4 and cwy.panel_columns(8, 7) == 7
+    assert cwy.panel_columns(64, m) == 2  # at least PANEL_MIN_COLUMNS
+    rng = numpy.random.default_rng(9)
+    y = rng.standard_normal((11, 16)).astype(dtype)
+    dense = dense_reference(y.astype(numpy.float64))
+    form = cwy.build(y, 4, numpy)
+    form.t  # noqa: B018 (T made before the calls are counted)
+    calls = []
+    blas = _gemm.blas
+
+    def counted(name, dtype):
+        routine = blas(name, dtype)
+        return lambda *args: calls.append(name) or routine(*args)
+
+    monkeypatch.setattr(_gemm, "blas", counted)
+    fortran = numpy.asfortranarray(rng.standard_normal((16, m)).astype(dtype))
+    for x in (fortran, rng.standard_normal((m, 16)).astype(dtype).T):  # the second: an X @ H operand's view
+        before = x.copy()
+        calls.clear()
+        out = cwy.apply(form, x, transpose, numpy)
+        assert calls == ["gemm"] * (3 * 3 * -(-m // 4))  # 3 calls a block, 3 blocks a panel
+        expected = (dense.T if transpose else dense) @ x.astype(numpy.float64)
+        numpy.testing.assert_allclose(out, expected, rtol=0, atol=_tolerance(dtype) * 10)
+        assert out.flags.f_contiguous and not numpy.shares_memory(out, x)
+        numpy.testing.assert_array_equal(x, before)
+        numpy.testing.assert_array_equal(cwy.apply(form, x, transpose, numpy), out)
+    row_major = rng.standard_normal((16, m)).astype(dtype)
+    out = cwy.apply(form, row_major, transpose, numpy)
+    assert out.flags.c_contiguous
+    numpy.testing.assert_allclose(
+        out, (dense.T if transpose else dense) @ row_major.astype(numpy.float64), rtol=0, atol=_tolerance(dtype) * 10
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_one_column_solves_with_s_and_makes_t_only_when_read(dtype, transpose, order):
     """One column solves ``S U = V X`` (``?trsv``) and subtracts by ``?gemv``: no T matrices built, the
