@@ -278,13 +278,23 @@ class Reflections(_Cached):
             if not self.native:
                 norms = _generic.row_norms(self.vectors, self.xp)
             elif self.layout == _layout.UNIT:  # one geqrf leaf, read as from_lapack read it
-                (segment,) = self.segments
-                sumsq = _geqrf.squared_lengths(self._leaf(segment.param), segment.k, self.xp)
-                norms = self.xp.broadcast_to(self.xp.sqrt(sumsq), self.shape[:-1])
+                norms = self.xp.broadcast_to(self.xp.sqrt(self.squared_lengths), self.shape[:-1])
             else:
                 norms = primitives.row_norms(self.vectors, self.xp)
             cache["norms"] = norms
         return norms
+
+    @property
+    def squared_lengths(self):
+        """``1 + ||v_i||^2`` ``(..., k)`` of the reflectors of one ``geqrf`` leaf (layout ``"unit"``), read
+        from the leaf itself as ``from_lapack`` read them (:func:`cuhouse._geqrf.squared_lengths`), so that
+        they have the same bits fresh, pickled and refreshed. Cached."""
+        cache = self._cache
+        squared = cache.get("squared_lengths")
+        if squared is None:
+            (segment,) = self.segments
+            squared = cache["squared_lengths"] = _geqrf.squared_lengths(self._leaf(segment.param), segment.k, self.xp)
+        return squared
 
     def identity_count(self):
         """Identity factors (``tau == 0``) per batch entry, or ``None`` when there are none. O(n)."""
@@ -345,7 +355,7 @@ class Reflections(_Cached):
                 v_max, v_min = summary.largest, summary.smallest
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
             if chosen.algorithm == "ormqr":
-                form = module.build(rows, chosen.block_size, xp, layout, identity, self.norms)
+                form = module.build(rows, chosen.block_size, xp, layout, identity, self.squared_lengths)
             elif chosen.algorithm == "sequential" and scaled is None and identity is None and layout != _layout.UNIT:
                 # the norms of the rows the loop normalizes (the same bits: not again) when none is zero,
                 # unless they were computed from a strided leaf, which the rows read through a copy (_leaf)

@@ -31,7 +31,7 @@ import numpy
 from . import _reuse, calibration
 from ._reflections import Reflections, Segment
 from ._validate import NormSummary
-from .algorithms import PLANS, _layout, _scaling, cwy
+from .algorithms import PLANS, _layout, _scaling, cwy, ormqr
 from .algorithms._gemm import BLAS_DTYPES
 from .algorithms.ormqr import squared_lengths
 
@@ -118,12 +118,16 @@ def lapack_reflections(a, tau, check_finite):
     if not (_reuse.largest(product) <= tau_hi and _reuse.smallest(product) >= tau_lo and largest <= hi):
         return None
     summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(_reuse.smallest(sumsq)))
-    core = Reflections(
-        "numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, numpy.sqrt(sumsq), summary
-    )
+    # the norms follow from the squared lengths when asked for (Reflections.norms)
+    core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, None, summary)
     known = core._cache  # a new object: no other thread reads it yet
     known["safe"] = True
     known["shape"], known["layout"] = (k, rows), _layout.UNIT  # what the first product asks for, known here
+    known["squared_lengths"] = sumsq
+    if a.flags.f_contiguous:  # the ormqr plan's form as Reflections.form builds it (no copy of a): 2 / sumsq
+        form = ormqr.build(a[:, :k].T, None, numpy, _layout.UNIT, identity, sumsq)
+        limits = _scaling.limits(summary.smallest, summary.largest, rows, dtype)
+        core._forms["ormqr", None, dtype, _layout.UNIT] = form, None, limits
     return core
 
 

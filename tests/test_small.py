@@ -101,6 +101,34 @@ def test_ormqr_plan_matches_lapack(dtype, order):
 
 
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("k", [16, 11])
+def test_from_lapack_comes_with_its_ormqr_form_as_reflections_form_builds_it(dtype, order, k):
+    """The small path's check has the squared lengths the ormqr form needs (tau = 2 / (1 + ||v||^2)), so a
+    Fortran-ordered ``a`` (LAPACK's) comes with that form, read in place: the same bits as the form
+    ``Reflections.form`` builds after a ``refresh()`` (from the squared lengths read again), and products
+    with the same bits. Another order gets no form until a product asks for it (its build copies ``a``)."""
+    rng = numpy.random.default_rng(12)
+    qr, tau = _geqrf(rng, 16, dtype)
+    qr, tau = numpy.asarray(qr, order=order), tau[:k].copy()
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau)
+    key = ("ormqr", None, numpy.dtype(dtype), "unit")
+    x = rng.standard_normal((16, 3)).astype(dtype)
+    if order == "C":
+        assert key not in h._core._forms
+        return
+    form, scaled, _ = h._core._forms[key]
+    assert numpy.shares_memory(form.a, qr)
+    numpy.testing.assert_array_equal(form.tau, numpy.where(tau == 0, 0, 2 / ormqr.squared_lengths(qr[:, :k])))
+    assert h.plan_for(3).algorithm == "ormqr" and scaled is None
+    first = h @ x
+    h._core.refresh()
+    assert key not in h._core._forms
+    numpy.testing.assert_array_equal(h @ x, first)
+    numpy.testing.assert_array_equal(h._core._forms[key][0].tau, form.tau)
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
 @pytest.mark.parametrize("m", [1, 4, 8, 32])
 def test_ormqr_plan_runs_lapacks_unblocked_path_for_few_columns(dtype, m):
     """For few columns (``ormqr.unblocked``) the plan hands ``?ormqr`` the least workspace, so that LAPACK

@@ -32,13 +32,14 @@ Form = namedtuple("OrmqrForm", "a tau")
 Form.__doc__ = """The ``geqrf`` array ``a`` ``(d, n)`` (Fortran-ordered) and ``tau`` ``(n,)``."""
 
 
-def build(y, block_size, xp, layout=UNIT, identity=None, norms=None):
+def build(y, block_size, xp, layout=UNIT, identity=None, squared=None):
     """``(a, tau)`` for LAPACK from the rows ``y`` ``(n, d)``, LAPACK's layout read through ``a^T``.
 
-    ``block_size`` is unused (LAPACK blocks by itself). ``norms`` ``(n,)``
-    (optional) are the reflectors' norms, their implicit 1 included, when the
-    caller has them. ``ValueError`` for anything LAPACK cannot run: another
-    layout or backend, or a batch. O(n) for ``tau`` given ``norms``, else one
+    ``block_size`` is unused (LAPACK blocks by itself). ``squared`` ``(n,)``
+    (optional) are the reflectors' squared lengths ``1 + ||v||^2``, as
+    :func:`squared_lengths` reads them, when the caller has them: ``tau`` is
+    ``2 / squared``. ``ValueError`` for anything LAPACK cannot run: another
+    layout or backend, or a batch. O(n) for ``tau`` given ``squared``, else one
     pass over the stored entries; a Fortran copy of ``a`` only when the
     caller's array is not Fortran-ordered.
     """
@@ -48,7 +49,7 @@ def build(y, block_size, xp, layout=UNIT, identity=None, norms=None):
             "backend {}, {} batch dimensions".format(layout, xp.__name__, y.ndim - 2)
         )
     a = y.T
-    tau = 2 / (norms * norms if norms is not None else squared_lengths(a))  # a new array: written below
+    tau = 2 / (squared if squared is not None else squared_lengths(a))  # a new array: written below
     if tau.dtype != y.dtype:
         tau = tau.astype(y.dtype)
     if identity is not None:
@@ -179,6 +180,8 @@ UNBLOCKED_ENTRIES = 4096  # and up to 16 columns while d * m is at most this
 LEFT_WAYS = ("unblocked", "blocked")
 RIGHT_WAYS = ("unblocked", "blocked", "copied")
 MODES = tuple("{}_{}".format(left, right) for left in LEFT_WAYS for right in RIGHT_WAYS)
+# apply's reading of each mode: (whether the left runs unblocked, the right's way)
+_WAYS = {"{}_{}".format(left, right): (left == "unblocked", right) for left in LEFT_WAYS for right in RIGHT_WAYS}
 
 
 def unblocked(d, m):
@@ -221,7 +224,8 @@ def apply(f, x, transpose, xp, mode=None):
     of :data:`MODES`, as the plan chose it from the calibration for m columns (a batch of more runs by
     the built-in rule), or ``None``: the built-in rule :func:`built_in_mode`. ``ValueError`` for
     another ``mode``."""
-    if mode is not None and mode not in MODES:
+    ways = None if mode is None else _WAYS.get(mode)
+    if ways is None and mode is not None:
         raise ValueError("mode must be None or one of {}, got {!r}".format(", ".join(map(repr, MODES)), mode))
     if x.size == 0:
         return x.copy()
@@ -231,12 +235,12 @@ def apply(f, x, transpose, xp, mode=None):
         # the plan's mode was chosen for m columns: more run by the built-in rule on their own count
         out = apply(f, columns, transpose, xp, mode if columns.shape[1] == m else None)
         return numpy.moveaxis(out.reshape((d,) + x.shape[:-2] + (m,)), 0, -2)
-    left, right = (mode or built_in_mode(*x.shape)).split("_")
-    left_fast = left == "unblocked"
+    left_fast, right = ways or _WAYS[built_in_mode(*x.shape)]
     char = "s" if f.a.dtype == numpy.float32 else "d"
     k = f.tau.shape[0]
     trans = "T" if transpose else "N"
-    if x.flags.f_contiguous or not x.flags.c_contiguous:  # from the left; SciPy copies X into Fortran order
+    flags = x.flags
+    if flags.f_contiguous or not flags.c_contiguous:  # from the left; SciPy copies X into Fortran order
         ormqr, lwork = _routine(char, "L", trans, x.shape[0], x.shape[1], k, left_fast)
         out, _, info = ormqr("L", trans, f.a, f.tau, x, lwork)
     elif right == "copied":  # our own Fortran copy, which LAPACK may overwrite; the result back in X's order
