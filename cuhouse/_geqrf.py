@@ -22,7 +22,7 @@ from .algorithms import _layout, ormqr
 
 
 def read_geqrf(a, tau, xp, check_finite):
-    """``(a, k, identity, dtype, norms, phase)``, in this order:
+    """``(a, k, identity, dtype, squared, phase)``, in this order:
 
     - ``a`` checked (converted only when its dtype or type requires it);
     - ``k``, the number of reflectors;
@@ -30,7 +30,8 @@ def read_geqrf(a, tau, xp, check_finite):
       identity; when ``tau`` has batch dimensions that ``a`` lacks, the mask always, with the
       batch shape of the two broadcast, which is the product's);
     - ``dtype``, the dtype of the product (that of ``a`` and ``tau`` together);
-    - ``norms``, the reflectors' norms ``(..., k)``, their implicit 1 included;
+    - ``squared``, the reflectors' squared lengths ``1 + ||v_i||^2`` (their implicit 1 included) as
+      read from ``a`` itself, ``(..., k)`` with ``a``'s batch dimensions (not broadcast to ``tau``'s);
     - ``phase``, for complex input each factor's eigenvalue ``(..., k)`` (else ``None``).
 
     ``a`` ``(..., M, N)`` holds reflector i below the diagonal of column i with
@@ -79,12 +80,11 @@ def read_geqrf(a, tau, xp, check_finite):
                 "geqrf returns; got values that do not make orthogonal reflectors"
             )
     if identity.shape[:-1] != a.shape[:-2]:
-        # tau's batch dimensions broadcast with a's as in numpy.matmul: the mask and the norms carry
-        # the joint batch shape (the mask kept even with no tau == 0), and the reflectors are read
-        # broadcast to it
+        # tau's batch dimensions broadcast with a's as in numpy.matmul: the mask carries the joint batch
+        # shape (kept even with no tau == 0), and the reflectors (and their norms) are read broadcast to it
         batch = numpy.broadcast_shapes(a.shape[:-2], identity.shape[:-1]) + (k,)
-        return a, k, xp.broadcast_to(identity, batch), dtype, xp.broadcast_to(xp.sqrt(sumsq), batch), phase
-    return a, k, (identity if bool(identity.any()) else None), dtype, xp.sqrt(sumsq), phase
+        return a, k, xp.broadcast_to(identity, batch), dtype, sumsq, phase
+    return a, k, (identity if bool(identity.any()) else None), dtype, sumsq, phase
 
 
 def squared_lengths(a, k, xp):

@@ -125,10 +125,12 @@ class Reflections(_Cached):
 
     _CACHES = _Cached._CACHES + ("_forms", "_hot", "_replay")
 
-    def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None):
-        """``norms`` and ``summary``: the caller's, computed from the leaves (``None``: not known). The
-        small-size path (:mod:`cuhouse._small`) writes what else it knows into ``_cache`` itself."""
-        super().__init__(backend, params, segments, check_finite, dtype, {"norms": norms, "summary": summary})
+    def __init__(self, backend, params, segments, check_finite, dtype, norms=None, summary=None, squared_lengths=None):
+        """``norms``, ``summary`` and (one ``geqrf`` leaf) ``squared_lengths``: the caller's, computed from
+        the leaves (``None``: not known). The small-size path (:mod:`cuhouse._small`) writes what else
+        it knows into ``_cache`` itself."""
+        known = {"norms": norms, "summary": summary, "squared_lengths": squared_lengths}
+        super().__init__(backend, params, segments, check_finite, dtype, known)
 
     def _new_tables(self):
         self._forms = {}  # built forms by (algorithm, block size, dtype, layout)
@@ -354,8 +356,9 @@ class Reflections(_Cached):
                 # all-zero rows (identity factors only) act as unit rows
                 v_max, v_min = summary.largest, summary.smallest
             limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
-            if chosen.algorithm == "ormqr":
-                form = module.build(rows, chosen.block_size, xp, layout, identity, self.squared_lengths)
+            if chosen.algorithm == "ormqr":  # tau from the squared lengths, unless rows were converted to dtype
+                squared = self.squared_lengths
+                form = module.build(rows, None, xp, layout, identity, squared if squared.dtype == dtype else None)
             elif chosen.algorithm == "sequential" and scaled is None and identity is None and layout != _layout.UNIT:
                 # the norms of the rows the loop normalizes (the same bits: not again) when none is zero,
                 # unless they were computed from a strided leaf, which the rows read through a copy (_leaf)

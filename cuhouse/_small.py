@@ -119,11 +119,11 @@ def lapack_reflections(a, tau, check_finite):
         return None
     summary = NormSummary(True, False, math.sqrt(largest), math.sqrt(_reuse.smallest(sumsq)))
     # the norms follow from the squared lengths when asked for (Reflections.norms)
-    core = Reflections("numpy", (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, None, summary)
+    segments = (Segment(0, False, k, identity),)
+    core = Reflections("numpy", (a,), segments, bool(check_finite), dtype, None, summary, squared_lengths=sumsq)
     known = core._cache  # a new object: no other thread reads it yet
     known["safe"] = True
     known["shape"], known["layout"] = (k, rows), _layout.UNIT  # what the first product asks for, known here
-    known["squared_lengths"] = sumsq
     if a.flags.f_contiguous:  # the ormqr plan's form as Reflections.form builds it (no copy of a): 2 / sumsq
         form = ormqr.build(a[:, :k].T, None, numpy, _layout.UNIT, identity, sumsq)
         limits = _scaling.limits(summary.smallest, summary.largest, rows, dtype)

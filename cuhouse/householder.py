@@ -197,18 +197,17 @@ class HouseholderProduct(Operator):
             return cls._view(core, False, algorithm, block_size)
         xp = array_module(a, tau)
         if is_native(xp):
-            a, k, identity, dtype, norms, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
+            a, k, identity, dtype, squared, phase = _geqrf.read_geqrf(a, tau, xp, bool(check_finite))
         else:
             _generic_algorithm(algorithm)
             a, k, identity, dtype, phase = _generic.read_geqrf(a, tau, xp, bool(check_finite))
-            norms = None
+            squared = None
         if phase is not None:
             segment = Segment(0, False, k, identity, False, phase)
             core = ComplexReflections(backend_name(xp), (a,), (segment,), bool(check_finite), dtype)
         else:
-            core = Reflections(
-                backend_name(xp), (a,), (Segment(0, False, k, identity),), bool(check_finite), dtype, norms
-            )
+            segments = (Segment(0, False, k, identity),)
+            core = Reflections(backend_name(xp), (a,), segments, bool(check_finite), dtype, squared_lengths=squared)
         return cls._view(core, False, algorithm, block_size)
 
     @classmethod

@@ -128,6 +128,23 @@ def test_from_lapack_comes_with_its_ormqr_form_as_reflections_form_builds_it(dty
     numpy.testing.assert_array_equal(h._core._forms[key][0].tau, form.tau)
 
 
+def test_ormqr_plan_of_a_float32_array_with_float64_tau_is_a_float64_product():
+    """float32 reflectors with float64 tau make a float64 product (the general path): the ormqr form reads
+    tau from the float64 rows, not from the float32 squared lengths of the check, so the product is that
+    of the float32 vectors' exact reflections to float64 rounding (it was off by about 1e9 eps)."""
+    rng = numpy.random.default_rng(13)
+    d = 64
+    qr, tau, _, info = lapack.sgeqrf(rng.standard_normal((d, d)).astype(numpy.float32))
+    assert info == 0
+    h = cuhouse.HouseholderProduct.from_lapack(qr, tau.astype(numpy.float64))
+    x = rng.standard_normal((d, 4))
+    assert h.dtype == numpy.float64 and h.plan_for(4).algorithm == "ormqr"
+    q = _lapack_dense(
+        qr.astype(numpy.float64), numpy.where(tau == 0, 0, 2 / ormqr.squared_lengths(qr.astype(numpy.float64)))
+    )
+    numpy.testing.assert_allclose(h @ x, q @ x, rtol=0, atol=rtol(numpy.float64, 100))
+
+
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
 @pytest.mark.parametrize("m", [1, 4, 8, 32])
 def test_ormqr_plan_runs_lapacks_unblocked_path_for_few_columns(dtype, m):
@@ -193,6 +210,8 @@ def test_ormqr_apply_refuses_an_unknown_mode():
         ValueError, match=r"mode must be None or one of 'unblocked_unblocked', .*'blocked_copied', got 'steps'"
     ):
         ormqr.apply(form, x, False, numpy, mode="steps")
+    with pytest.raises(ValueError, match=r"mode must be None or one of .*, got \['blocked', 'copied'\]"):
+        ormqr.apply(form, x, False, numpy, mode=["blocked", "copied"])  # unhashable: the same error
     assert numpy.array_equal(x, numpy.ones((16, 2), dtype=numpy.float32))  # untouched
 
 

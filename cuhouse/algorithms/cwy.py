@@ -306,14 +306,15 @@ def _apply_numpy(f, x, transpose):
     return out
 
 
-# A column-major X of more columns than this many entries hold (d * columns) runs in panels of that many
-# columns (at least PANEL_MIN_COLUMNS), each through every block before the next: a panel stays in the cache
-# between its three GEMMs and from block to block, where the whole X (d * m entries) is streamed from memory
-# 3 times a block. Measured (2-core AMD EPYC, OpenBLAS 0.3.30, float32, one thread, n = 64 reflections,
-# k = 32, the copy of X included) against the whole X at once / a row-major X^T (d, m) at once:
-#   d = 256, m = 65536:  58-68 ms (panels of 256-2048 columns alike) against 115-121 / 89-99 ms
-#   d = 1024, m = 65536: 231-265 ms (256-512 columns) against 375-424 / 320-327 ms
-#   d = 4096, m = 8192:  110-132 ms (128-256 columns; 64 columns: 133-146) against 165 / 147-171 ms
+# A column-major X ``(d, m)`` of more than PANEL_ENTRIES entries (d * m) runs in panels of PANEL_ENTRIES // d
+# columns (at least PANEL_MIN_COLUMNS, at most m), each through every block before the next: a panel stays in
+# the cache between its three GEMMs and from block to block, where the whole X is streamed from memory three
+# times a block. Measured (2-core AMD EPYC, OpenBLAS 0.3.30, float32, one thread, n = 64 reflections, k = 32),
+# this function alone (the copy of X included) in panels / on the whole X / on a row-major X^T (d, m):
+#   d = 256, m = 65536:  58-68 ms (panels of 256-2048 columns alike) / 115-121 (X @ H) / 89-99 ms
+#   d = 1024, m = 65536: 231-265 ms (256-512 columns) / 375-424 / 320-327 ms
+#   d = 4096, m = 8192:  110-132 ms (128-256 columns; 64 columns: 133-146) / 165 / 147-171 ms
+# (X @ H itself, the X check included: 69-75 ms at d = 256 and 282-315 ms at d = 1024, docs/design.rst.)
 # A row-major X's panels (strided views of X^T) measured no faster (301-373 ms at d = 1024): it runs whole.
 PANEL_ENTRIES = 1 << 19
 PANEL_MIN_COLUMNS = 128
@@ -321,8 +322,9 @@ PANEL_MIN_COLUMNS = 128
 
 def panel_columns(d, m):
     """The columns of :func:`_apply_numpy`'s panels of a column-major X ``(d, m)``: ``m`` (one panel)
-    up to ``PANEL_ENTRIES`` entries, else ``max(PANEL_ENTRIES // d, PANEL_MIN_COLUMNS)`` (the last panel
-    may be narrower). Depends on the shape only, so the same X gives the same bits. O(1)."""
+    up to ``PANEL_ENTRIES`` entries, else ``max(PANEL_ENTRIES // d, PANEL_MIN_COLUMNS)`` and at most
+    ``m`` (the last panel may be narrower). Depends on the shape only, so the same X gives the same
+    bits. O(1)."""
     if d * m <= PANEL_ENTRIES:
         return m
     return min(m, max(PANEL_ENTRIES // d, PANEL_MIN_COLUMNS))

@@ -224,7 +224,7 @@ def apply(f, x, transpose, xp, mode=None):
     of :data:`MODES`, as the plan chose it from the calibration for m columns (a batch of more runs by
     the built-in rule), or ``None``: the built-in rule :func:`built_in_mode`. ``ValueError`` for
     another ``mode``."""
-    ways = None if mode is None else _WAYS.get(mode)
+    ways = _WAYS.get(mode) if isinstance(mode, str) else None
     if ways is None and mode is not None:
         raise ValueError("mode must be None or one of {}, got {!r}".format(", ".join(map(repr, MODES)), mode))
     if x.size == 0:
