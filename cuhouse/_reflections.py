@@ -349,13 +349,10 @@ class Reflections(_Cached):
             if not self.safe:
                 scaled = _normalize.unit_rows(rows, layout, identity, xp)
                 rows, layout, identity = scaled[0], _layout.FULL, None
-            summary = self.norm_summary()  # host facts: no sync here
-            v_min = v_max = 1.0  # unit rows: FastH and the sequential loop normalize their own copy
-            if scaled is None and chosen.algorithm in ("cwy", "dense", "ormqr") and summary.smallest != numpy.inf:
-                # dense: CWY builds H and its adjoint; ormqr: LAPACK on the raw rows, as CWY;
-                # all-zero rows (identity factors only) act as unit rows
-                v_max, v_min = summary.largest, summary.smallest
-            limits = _scaling.limits(v_min, v_max, self.shape[-1], dtype)
+            # dense: CWY builds H and its adjoint; ormqr: LAPACK on the raw rows, as CWY. FastH and the
+            # sequential loop normalize their own copy, and normalized rows are unit rows
+            raw = scaled is None and chosen.algorithm in ("cwy", "dense", "ormqr")
+            limits = self._limits(dtype, raw)
             if chosen.algorithm == "ormqr":  # tau from the squared lengths, unless rows were converted to dtype
                 squared = self.squared_lengths
                 form = module.build(rows, None, xp, layout, identity, squared if squared.dtype == dtype else None)
@@ -365,13 +362,32 @@ class Reflections(_Cached):
                 segment, *more = self.segments
                 in_place = self._leaf(segment.param) is self.params[segment.param]
                 norms = None
-                if xp is numpy and dtype == self.dtype and not summary.zero and (more or in_place):
+                if xp is numpy and dtype == self.dtype and not self.norm_summary().zero and (more or in_place):
                     norms = self.norms
                 form = module.build(rows, chosen.block_size, xp, layout, identity, norms=norms)
             else:
                 form = module.build(rows, chosen.block_size, xp, layout, identity)
             found = forms[key] = form, scaled, limits
         return found
+
+    def _limits(self, dtype, raw):
+        """The :class:`~cuhouse.algorithms._scaling.Limits` of a form in ``dtype`` built on the rows as
+        stored (``raw``: from their norm summary, a host fact) or on unit rows. Rows all zero (identity
+        factors only) act as unit rows. O(1)."""
+        summary = self.norm_summary() if raw else None
+        if summary is None or summary.smallest == numpy.inf:
+            return _scaling.limits(1.0, 1.0, self.shape[-1], dtype)
+        return _scaling.limits(summary.smallest, summary.largest, self.shape[-1], dtype)
+
+    def build_ormqr_form(self):
+        """Build now the ``"ormqr"`` plan's form (:mod:`cuhouse.algorithms.ormqr`) of one Fortran-ordered
+        NumPy ``geqrf`` leaf in the safe range, from the squared lengths its check read: what
+        :meth:`form` builds for it, without its general steps (the small path, :mod:`cuhouse._small`,
+        calls it with the check: 0.93x the instructions of a fresh product at d = 16 and 64). O(k)."""
+        (segment,) = self.segments
+        rows = self.params[segment.param][:, : segment.k].T
+        form = PLANS["ormqr"].build(rows, None, numpy, _layout.UNIT, segment.identity, self.squared_lengths)
+        self._forms["ormqr", None, self.dtype, _layout.UNIT] = form, None, self._limits(self.dtype, True)
 
     def contributions(self, dv, scaled):
         """``(leaf, gradient)`` pairs from ``dv``, the gradient w.r.t. the rows the form was built

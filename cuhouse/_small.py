@@ -31,7 +31,7 @@ import numpy
 from . import _reuse, calibration
 from ._reflections import Reflections, Segment
 from ._validate import NormSummary
-from .algorithms import PLANS, _layout, _scaling, cwy, ormqr
+from .algorithms import PLANS, _layout, _scaling, cwy
 from .algorithms._gemm import BLAS_DTYPES
 from .algorithms.ormqr import squared_lengths
 
@@ -124,10 +124,8 @@ def lapack_reflections(a, tau, check_finite):
     known = core._cache  # a new object: no other thread reads it yet
     known["safe"] = True
     known["shape"], known["layout"] = (k, rows), _layout.UNIT  # what the first product asks for, known here
-    if a.flags.f_contiguous:  # the ormqr plan's form as Reflections.form builds it (no copy of a): 2 / sumsq
-        form = ormqr.build(a[:, :k].T, None, numpy, _layout.UNIT, identity, sumsq)
-        limits = _scaling.limits(summary.smallest, summary.largest, rows, dtype)
-        core._forms["ormqr", None, dtype, _layout.UNIT] = form, None, limits
+    if a.flags.f_contiguous:  # the ormqr plan's form, read in place: tau = 2 / sumsq, one division
+        core.build_ormqr_form()
     return core
 
 

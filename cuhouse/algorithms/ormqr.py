@@ -179,9 +179,9 @@ UNBLOCKED_ENTRIES = 4096  # and up to 16 columns while d * m is at most this
 # the right "unblocked" or "blocked", or "copied" into Fortran order and run unblocked from the left)
 LEFT_WAYS = ("unblocked", "blocked")
 RIGHT_WAYS = ("unblocked", "blocked", "copied")
-MODES = tuple("{}_{}".format(left, right) for left in LEFT_WAYS for right in RIGHT_WAYS)
 # apply's reading of each mode: (whether the left runs unblocked, the right's way)
 _WAYS = {"{}_{}".format(left, right): (left == "unblocked", right) for left in LEFT_WAYS for right in RIGHT_WAYS}
+MODES = tuple(_WAYS)
 
 
 def unblocked(d, m):
